@@ -1,0 +1,6 @@
+"""Token adaptation of timm ViTs: merging (γ < 0), prompting (γ > 0), stock (γ = 0)."""
+
+from otas.adapt.config import DEFAULT_GAMMAS, AdaptConfig
+from otas.adapt.vit import SOURCE, AdaptiveViT
+
+__all__ = ["DEFAULT_GAMMAS", "SOURCE", "AdaptConfig", "AdaptiveViT"]

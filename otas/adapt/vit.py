@@ -1,0 +1,199 @@
+"""A timm VisionTransformer whose forward takes γ: prompting (γ > 0), merging (γ < 0), stock (γ = 0).
+
+γ is an argument of `forward`, never state: one `AdaptiveViT` can run concurrent batches with
+different γ. Parameters beyond the frozen backbone are, per downstream task and per γ > 0, a prompt
+set (depth, γ, C) and a linear head; per task a γ = 0 head that merging reuses.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from otas.adapt.attention import attention_with_keys
+from otas.adapt.config import AdaptConfig
+from otas.adapt.merge import bipartite_soft_matching, merge_schedule, merge_wavg
+from otas.adapt.timm_compat import check_vit
+
+SOURCE = "source"
+"""Name of the backbone's own task; its head is the timm model's `head`."""
+
+
+def key(task: str, gamma: int) -> str:
+    return f"{task}/{gamma}"
+
+
+class AdaptiveViT(nn.Module):
+    def __init__(self, vit: nn.Module, config: AdaptConfig, source_classes: Sequence[str] | None = None):
+        super().__init__()
+        check_vit(vit)
+        self.vit = vit
+        self.config = config
+        self.source_classes = list(source_classes) if source_classes else None
+        self.task_classes: dict[str, list[str]] = {}
+        C = vit.embed_dim
+        depth = len(vit.blocks) if config.deep else 1
+        self.prompts = nn.ParameterDict()
+        self.heads = nn.ModuleDict()
+        for task, n in config.tasks.items():
+            self.heads[key(task, 0)] = nn.Linear(C, n)
+            for g in config.prompt_gammas:
+                p = torch.empty(depth, g, C)
+                nn.init.trunc_normal_(p, std=0.02)
+                self.prompts[key(task, g)] = nn.Parameter(p)
+                self.heads[key(task, g)] = nn.Linear(C, n)
+        self.merge_caps: dict[int, list[int]] = {}
+        for g in config.gammas:
+            if g < 0:
+                self.merge_schedule(g)  # raises on an impossible merge, warns on a capped one
+
+    # -- introspection ----------------------------------------------------------------------
+    @property
+    def num_tokens(self) -> int:
+        """Tokens entering the first block at γ = 0 (prefix + patches)."""
+        return self.vit.num_prefix_tokens + self.vit.patch_embed.num_patches
+
+    @property
+    def tasks(self) -> list[str]:
+        return [SOURCE, *self.config.tasks]
+
+    def num_classes(self, task: str) -> int:
+        return self.vit.num_classes if task == SOURCE else self.config.tasks[task]
+
+    def merge_schedule(self, gamma: int, num_tokens: int | None = None) -> list[int]:
+        """Tokens merged per block at γ < 0; the cap where too few tokens remain is warned about once."""
+        r = -gamma
+        n = num_tokens or self.num_tokens
+        sched = merge_schedule(n, r, len(self.vit.blocks), self.vit.num_prefix_tokens)
+        if any(r_l < r for r_l in sched) and gamma not in self.merge_caps:
+            warnings.warn(
+                f"gamma={gamma}: r={r} capped to {sched} per block ({n} tokens): too few tokens remain "
+                "in the last blocks",
+                stacklevel=2,
+            )
+        self.merge_caps.setdefault(gamma, sched) if any(r_l < r for r_l in sched) else None
+        return sched
+
+    def token_counts(self, gamma: int) -> list[int]:
+        """Tokens entering each block, then leaving the last one, at γ."""
+        gamma = self.config.check_gamma(gamma)
+        n, depth = self.num_tokens, len(self.vit.blocks)
+        if gamma >= 0:
+            return [n + gamma] * (depth + 1)
+        counts = [n]
+        for r_l in self.merge_schedule(gamma):
+            counts.append(counts[-1] - r_l)
+        return counts
+
+    # -- forward --------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, gamma: int = 0, task: str | Sequence[str] = SOURCE) -> torch.Tensor:
+        """Images (B, 3, H, W) -> logits (B, K); K = the most classes among the batch's tasks.
+
+        `task` is one task name or one per image; a task with fewer than K classes gets -inf logits
+        in the extra columns, so softmax and argmax stay right.
+        """
+        gamma = self.config.check_gamma(gamma)
+        tasks = self._tasks(task, x.shape[0])
+        if gamma == 0 and set(tasks) == {SOURCE}:
+            return self.vit(x)  # exactly stock timm
+        feats = self.forward_features(x, gamma, tasks)  # (B, C)
+        return self._heads(feats, gamma, tasks)
+
+    def forward_features(self, x: torch.Tensor, gamma: int, tasks: list[str]) -> torch.Tensor:
+        """Images -> pooled, pre-head features (B, C) at γ."""
+        vit = self.vit
+        x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))  # (B, N, C)
+        p = vit.num_prefix_tokens
+        size = None
+        if gamma > 0:
+            x = self._blocks_prompted(x, gamma, tasks)
+        elif gamma < 0:
+            x, size = self._blocks_merged(x, -gamma)
+        else:
+            x = vit.blocks(x)
+        x = vit.norm(x)
+        if vit.global_pool == "token":
+            x = x[:, 0]
+        elif vit.global_pool in ("avg", ""):
+            skip = p + max(gamma, 0)
+            w = size[:, skip:] if size is not None else torch.ones_like(x[:, skip:, :1])
+            x = (x[:, skip:] * w).sum(1) / w.sum(1)
+        else:
+            raise ValueError(f"global_pool={vit.global_pool!r} is not supported with token adaptation")
+        return vit.head_drop(vit.fc_norm(x))
+
+    def _blocks_prompted(self, x: torch.Tensor, gamma: int, tasks: list[str]) -> torch.Tensor:
+        p = self.vit.num_prefix_tokens
+        names = sorted(set(tasks))
+        for t in names:
+            if t == SOURCE or key(t, gamma) not in self.prompts:
+                raise ValueError(f"task {t!r} has no prompts for gamma={gamma}; prompted tasks: {list(self.config.tasks)}")
+        if len(names) == 1:
+            P = self.prompts[key(names[0], gamma)][None].expand(x.shape[0], -1, -1, -1)  # (B, L, γ, C)
+        else:
+            idx = torch.tensor([names.index(t) for t in tasks], device=x.device)
+            P = torch.stack([self.prompts[key(t, gamma)] for t in names])[idx]  # (B, L, γ, C)
+        P = P.to(x.dtype)
+        x = torch.cat([x[:, :p], P[:, 0], x[:, p:]], dim=1)  # (B, N + γ, C)
+        for i, blk in enumerate(self.vit.blocks):
+            if i > 0 and self.config.deep:
+                x = torch.cat([x[:, :p], P[:, i], x[:, p + gamma :]], dim=1)
+            x = blk(x)
+        return x
+
+    def _blocks_merged(self, x: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
+        p = self.vit.num_prefix_tokens
+        schedule = self.merge_schedule(-r, x.shape[1])
+        size = torch.ones_like(x[..., :1])  # (B, N, 1)
+        prop = self.config.proportional_attn
+        for blk, r_l in zip(self.vit.blocks, schedule, strict=True):
+            h, k = attention_with_keys(blk.attn, blk.norm1(x), size if prop else None)
+            x = x + blk.drop_path1(blk.ls1(h))
+            if r_l > 0:
+                merge = bipartite_soft_matching(k[:, p:], r_l)
+                rest, rest_size = merge_wavg(merge, x[:, p:], size[:, p:])
+                x, size = torch.cat([x[:, :p], rest], 1), torch.cat([size[:, :p], rest_size], 1)
+            x = x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
+        return x, size
+
+    def _heads(self, feats: torch.Tensor, gamma: int, tasks: list[str]) -> torch.Tensor:
+        hg = max(gamma, 0)
+        names = sorted(set(tasks))
+        if len(names) == 1:
+            return self._head(names[0], hg)(feats)
+        K = max(self.num_classes(t) for t in names)
+        out = feats.new_full((feats.shape[0], K), float("-inf"))
+        for t in names:
+            rows = torch.tensor([i for i, s in enumerate(tasks) if s == t], device=feats.device)
+            logits = self._head(t, hg)(feats[rows])
+            out[rows, : logits.shape[1]] = logits
+        return out
+
+    def _head(self, task: str, gamma: int) -> nn.Module:
+        if task == SOURCE:
+            return self.vit.head
+        return self.heads[key(task, gamma)]
+
+    def _tasks(self, task: str | Sequence[str], batch: int) -> list[str]:
+        tasks = [task] * batch if isinstance(task, str) else list(task)
+        if len(tasks) != batch:
+            raise ValueError(f"got {len(tasks)} task names for a batch of {batch} images")
+        for t in set(tasks):
+            if t != SOURCE and t not in self.config.tasks:
+                raise ValueError(f"unknown task {t!r}; this model serves {self.tasks}")
+        return tasks
+
+    # -- training helpers ------------------------------------------------------------------
+    def freeze_backbone(self) -> None:
+        """Freeze every backbone parameter (prompts and task heads stay trainable)."""
+        for prm in self.vit.parameters():
+            prm.requires_grad_(False)
+
+    def task_parameters(self, task: str, gamma: int) -> list[nn.Parameter]:
+        params = list(self.heads[key(task, gamma)].parameters())
+        if gamma > 0:
+            params.append(self.prompts[key(task, gamma)])
+        return params

@@ -1,0 +1,115 @@
+"""Dataclass configs with validation, and the applications file. No torch.
+
+Every field has a docstring; `__post_init__` rejects bad values with the value and the fix.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from otas.types import App
+
+
+@dataclass
+class SchedulerConfig:
+    """Knobs of `otas.sched.Scheduler`, shared by every policy."""
+
+    lookahead: int = 8
+    """n: how many pending batches the optimizer plans over (receding horizon; only the first runs)."""
+    delta_ms: float = 1.0
+    """δ: time step of the optimizer's grid. Batch latencies are rounded *up* to a multiple of δ, so
+    a plan the optimizer counts as on time is on time under the profile."""
+    max_grid: int = 1024
+    """Cap on grid points; δ grows to horizon / max_grid when the horizon is long (bounds cost)."""
+    max_batch: int = 64
+    """B_max: largest batch; also capped by `memory_limit_mb` at the fastest gamma."""
+    max_queue_delay_ms: float = 0.0
+    """Triton-style: hold a batch smaller than B_max until its oldest query waited this long.
+    0 = work-conserving (run whatever is queued as soon as the device is free)."""
+    slo_class_tolerance: float = 0.0
+    """Apps whose SLOs are within a factor (1 + tolerance) of the class's tightest share a queue;
+    0 batches only apps with equal SLOs together."""
+    memory_limit_mb: float | None = None
+    """M: device memory for one batch; None = unlimited (CPU profiles have no memory table)."""
+    reject_infeasible: bool = True
+    """True: reject/expire queries that cannot meet their deadline even alone at the fastest
+    setting, with a reason. False: keep them and serve them best-effort (they earn nothing)."""
+    max_queue: int = 100_000
+    """Backpressure: submissions beyond this many queued queries are rejected (queue_full)."""
+    latency_ewma: float = 0.1
+    """Weight of each measured batch in the online latency correction (0 disables it)."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.lookahead, int) or self.lookahead < 1:
+            raise ValueError(f"lookahead={self.lookahead!r}: use an integer >= 1 (8 is the default)")
+        if not (self.delta_ms > 0 and math.isfinite(self.delta_ms)):
+            raise ValueError(f"delta_ms={self.delta_ms!r}: use a positive time step in ms, e.g. 1.0")
+        if not isinstance(self.max_grid, int) or self.max_grid < 2:
+            raise ValueError(f"max_grid={self.max_grid!r}: use an integer >= 2, e.g. 1024")
+        if not isinstance(self.max_batch, int) or self.max_batch < 1:
+            raise ValueError(f"max_batch={self.max_batch!r}: use an integer >= 1, e.g. 64")
+        if self.max_queue_delay_ms < 0:
+            raise ValueError(f"max_queue_delay_ms={self.max_queue_delay_ms!r}: use 0 or a positive delay")
+        if self.slo_class_tolerance < 0:
+            raise ValueError(
+                f"slo_class_tolerance={self.slo_class_tolerance!r}: use >= 0 (0.25 = SLOs within 25%)"
+            )
+        if self.memory_limit_mb is not None and self.memory_limit_mb <= 0:
+            raise ValueError(f"memory_limit_mb={self.memory_limit_mb!r}: use a positive size or None")
+        if not isinstance(self.max_queue, int) or self.max_queue < 1:
+            raise ValueError(f"max_queue={self.max_queue!r}: use an integer >= 1")
+        if not 0.0 <= self.latency_ewma <= 1.0:
+            raise ValueError(f"latency_ewma={self.latency_ewma!r}: use a weight in [0, 1] (0 = off)")
+
+
+def parse_apps(data: object, source: str = "<apps>") -> list[App]:
+    """Build applications from parsed YAML: a list of {name, slo_ms, utility, task}, or
+    {"apps": [...]}. Raises ValueError naming the entry and the fix."""
+    if isinstance(data, dict) and "apps" in data:
+        data = data["apps"]
+    if not isinstance(data, list) or not data:
+        raise ValueError(f"{source}: expected a non-empty list of applications (or a key `apps:`)")
+    apps: list[App] = []
+    for i, entry in enumerate(data):
+        where = f"{source}: application #{i}"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where} is {entry!r}; write a mapping with name, slo_ms, utility, task")
+        missing = [k for k in ("name", "slo_ms", "utility", "task") if k not in entry]
+        extra = sorted(set(entry) - {"name", "slo_ms", "utility", "task"})
+        if missing or extra:
+            raise ValueError(f"{where} {entry!r}: missing keys {missing}, unknown keys {extra}")
+        try:
+            slo, utility = float(entry["slo_ms"]), float(entry["utility"])
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: slo_ms and utility must be numbers, got {entry!r}") from None
+        if not (slo > 0 and math.isfinite(slo)):
+            raise ValueError(f"{where}: slo_ms={entry['slo_ms']!r}; use a positive latency in ms")
+        if utility < 0 or not math.isfinite(utility):
+            raise ValueError(f"{where}: utility={entry['utility']!r}; use a number >= 0")
+        apps.append(App(name=str(entry["name"]), slo_ms=slo, utility=utility, task=str(entry["task"])))
+    names = [a.name for a in apps]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{source}: application names must be unique, got {names}")
+    return apps
+
+
+def load_apps(path: str | Path) -> list[App]:
+    """Read an applications YAML file (see otas/configs/apps.yaml)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"applications file {p} does not exist; see otas/configs/apps.yaml for the format")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"{p}: not valid YAML ({e})") from None
+    return parse_apps(data, source=str(p))
+
+
+def default_apps_path(device: str = "cpu") -> Path:
+    """The packaged applications file for a device kind: 'cpu' or 'h100'."""
+    name = "apps.yaml" if device == "cpu" else f"apps-{device}.yaml"
+    return Path(__file__).parent / "configs" / name

@@ -1,0 +1,129 @@
+"""Labelled image datasets as folders of images per class, from a directory or a .tar.gz.
+
+Layout (the usual ImageFolder one): ``ROOT/[SPLIT/]CLASS/IMAGE.{jpg,png,...}``. An archive may also
+hold one top-level folder around it. Images are decoded once into a uint8 array and cached as
+``.npz`` (see `cache_dir`), so later runs load in a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+@dataclass
+class ImageSet:
+    images: np.ndarray
+    """(N, H, W, 3) uint8, RGB."""
+    labels: np.ndarray
+    """(N,) int64 indices into `classes`."""
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def head(self, n: int) -> ImageSet:
+        """A spread of `n` images (every k-th), keeping every class present."""
+        step = max(1, len(self) // n)
+        return ImageSet(self.images[::step][:n], self.labels[::step][:n], self.classes)
+
+    def subset(self, classes: list[str]) -> ImageSet:
+        """The images of `classes` only, relabelled 0..len(classes)-1 in that order."""
+        missing = [c for c in classes if c not in self.classes]
+        if missing:
+            raise ValueError(f"classes {missing} not in this dataset; it has {self.classes}")
+        remap = np.full(len(self.classes), -1, dtype=np.int64)
+        for i, c in enumerate(classes):
+            remap[self.classes.index(c)] = i
+        new = remap[self.labels]
+        keep = new >= 0
+        return ImageSet(self.images[keep], new[keep], list(classes))
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("OTAS_CACHE", Path.home() / ".cache" / "otas"))
+
+
+def decode(data: bytes, image_size: int | None) -> np.ndarray:
+    """Encoded image bytes -> (H, W, 3) uint8, resized to a square `image_size` if given."""
+    with Image.open(io.BytesIO(data)) as im:
+        im = im.convert("RGB")
+        if image_size is not None and im.size != (image_size, image_size):
+            im = im.resize((image_size, image_size), Image.BILINEAR)
+        return np.asarray(im, dtype=np.uint8)
+
+
+def _split_path(parts: list[str], split: str | None) -> tuple[str, str] | None:
+    """(class, file) for an archive member's path parts, or None if it is not in `split`."""
+    if len(parts) < 2 or not parts[-1].lower().endswith(IMAGE_SUFFIXES):
+        return None
+    if split is None:
+        return parts[-2], parts[-1]
+    if split in parts[:-2]:
+        return parts[-2], parts[-1]
+    return None
+
+
+def _iter_files(root: Path, split: str | None):
+    """Yield (class, name, bytes) for every image of `split` under a directory or in an archive."""
+    if root.is_dir():
+        base = root / split if split else root
+        if not base.is_dir():
+            raise ValueError(f"{root} has no '{split}' folder")
+        for f in sorted(base.glob("*/*")):
+            if f.suffix.lower() in IMAGE_SUFFIXES:
+                yield f.parent.name, f.name, f.read_bytes()
+    else:
+        with tarfile.open(root, "r:*") as tar:
+            for m in tar:
+                if not m.isfile():
+                    continue
+                where = _split_path(m.name.strip("/").split("/"), split)
+                if where:
+                    yield where[0], where[1], tar.extractfile(m).read()  # type: ignore[union-attr]
+
+
+def load_image_folder(path: str | Path, split: str | None = None, image_size: int | None = None,
+                      progress: bool = True) -> ImageSet:
+    """Decode (or load from cache) every image of `split` under `path`; classes sorted by name."""
+    root = Path(path)
+    if not root.exists():
+        raise ValueError(f"dataset {root} does not exist")
+    st = root.stat()
+    tag = hashlib.sha1(f"{root.resolve()}|{st.st_size}|{st.st_mtime_ns}|{split}|{image_size}".encode()).hexdigest()[:16]
+    cached = cache_dir() / f"{root.name}.{split or 'all'}.{tag}.npz"
+    if cached.is_file():
+        with np.load(cached) as z:
+            return ImageSet(z["images"], z["labels"], [str(c) for c in z["classes"]])
+
+    from rich.progress import Progress
+
+    items: list[tuple[str, str, np.ndarray]] = []
+    with Progress(transient=True, disable=not progress) as bar:
+        job = bar.add_task(f"decoding {root.name} [{split or 'all'}]", total=None)
+        for cls, name, data in _iter_files(root, split):
+            items.append((cls, name, decode(data, image_size)))
+            bar.advance(job)
+    if not items:
+        raise ValueError(f"no images found in {root} (split={split!r}); expected ROOT/[SPLIT/]CLASS/IMAGE.jpg")
+    shapes = {im.shape for _, _, im in items}
+    if len(shapes) > 1:
+        raise ValueError(f"images in {root} have several sizes {sorted(shapes)[:4]}...; pass image_size")
+    items.sort(key=lambda t: (t[0], t[1]))
+    classes = sorted({c for c, _, _ in items})
+    images = np.stack([im for _, _, im in items])
+    labels = np.array([classes.index(c) for c, _, _ in items], dtype=np.int64)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(".tmp.npz")
+    np.savez(tmp, images=images, labels=labels, classes=np.array(classes))
+    tmp.replace(cached)
+    return ImageSet(images, labels, classes)

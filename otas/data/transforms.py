@@ -1,0 +1,56 @@
+"""Preprocessing and on-device augmentation of uint8 image batches."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) float in [0, 1]."""
+    return images.permute(0, 3, 1, 2).float().div_(255)
+
+
+def normalize(x: torch.Tensor, mean=CIFAR_MEAN, std=CIFAR_STD) -> torch.Tensor:
+    m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - m) / s
+
+
+def random_crop_flip(x: torch.Tensor, pad: int = 4) -> torch.Tensor:
+    """Random crop after reflect padding, and a random horizontal flip, per image. x (B, C, H, W)."""
+    B, C, H, W = x.shape
+    xp = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    dy = torch.randint(0, 2 * pad + 1, (B,), device=x.device)
+    dx = torch.randint(0, 2 * pad + 1, (B,), device=x.device)
+    rows = (dy[:, None] + torch.arange(H, device=x.device)[None])  # (B, H)
+    cols = (dx[:, None] + torch.arange(W, device=x.device)[None])  # (B, W)
+    flip = torch.rand(B, device=x.device) < 0.5
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    idx_r = rows[:, None, :, None].expand(B, C, H, W + 2 * pad)
+    out = xp.gather(2, idx_r)  # (B, C, H, W + 2 pad)
+    idx_c = cols[:, None, None, :].expand(B, C, H, W)
+    return out.gather(3, idx_c)
+
+
+def mix(x: torch.Tensor, y: torch.Tensor, num_classes: int, smoothing: float = 0.1,
+        mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup or CutMix (one of them per batch, at random) with label smoothing -> soft targets."""
+    target = F.one_hot(y, num_classes).float() * (1 - smoothing) + smoothing / num_classes
+    perm = torch.randperm(x.shape[0], device=x.device)
+    if torch.rand(()) < 0.5:
+        lam = float(torch.distributions.Beta(mixup_alpha, mixup_alpha).sample())
+        x = lam * x + (1 - lam) * x[perm]
+    else:
+        lam = float(torch.distributions.Beta(cutmix_alpha, cutmix_alpha).sample())
+        H, W = x.shape[-2:]
+        h, w = int(H * (1 - lam) ** 0.5), int(W * (1 - lam) ** 0.5)
+        cy, cx = int(torch.randint(H, ())), int(torch.randint(W, ()))
+        y0, y1, x0, x1 = max(cy - h // 2, 0), min(cy + h // 2, H), max(cx - w // 2, 0), min(cx + w // 2, W)
+        x = x.clone()
+        x[..., y0:y1, x0:x1] = x[perm][..., y0:y1, x0:x1]
+        lam = 1 - (y1 - y0) * (x1 - x0) / (H * W)
+    return x, lam * target + (1 - lam) * target[perm]

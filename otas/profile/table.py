@@ -1,0 +1,192 @@
+"""Offline profiles: accuracy per (task, gamma), latency and memory per (gamma, batch size).
+
+Pure Python (no torch): the scheduler and the simulator read profiles through this module, the
+profiler (`otas.profile.measure`) writes them through it.
+
+File format (JSON, ``schema: "otas.profile/1"``)::
+
+    {
+      "schema": "otas.profile/1",
+      "model": "vit_tiny_p2_c5",            # model name in the registry
+      "device": "NVIDIA H100 80GB HBM3",     # torch's device name, or the CPU's
+      "dtype": "bfloat16",
+      "gammas": [-20, -16, ..., 16],         # the configured set, ascending
+      "batch_sizes": [1, 8, 64],             # ascending
+      "tasks": {"novel": {"num_classes": 5, "test_images": 5000}},
+      "accuracy": {"novel": {"-20": 0.81, "0": 0.86, ...}},    # fraction in [0, 1]
+      "latency_ms": {"-20": {"1": 3.1, "8": 9.5, ...}, ...},    # median per batch
+      "latency_p90_ms": {... same shape ...},                     # spread, for noisy simulation
+      "memory_mb": {"-20": {"1": 210.5, ...}, ...} | null,       # peak device memory, GPU only
+      "gflops": {"-20": 0.61, ...},                              # per image, forward pass
+      "model_load_ms": 120.0,                                    # time to load the checkpoint
+      "meta": {"commit": "...", "command": "...", "created": "...", "torch": "...", ...}
+    }
+
+JSON object keys are strings; this module converts them to ints once, at load time.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA = "otas.profile/1"
+
+
+def _int_keys(d: dict[str, Any]) -> dict[int, Any]:
+    return {int(k): v for k, v in d.items()}
+
+
+def _str_keys(d: dict[int, Any]) -> dict[str, Any]:
+    return {str(k): v for k, v in sorted(d.items())}
+
+
+def _interp(xs: list[int], ys: list[float], x: float) -> float:
+    """Piecewise-linear in x, linear extrapolation past the last point (batches scale ~linearly)."""
+    if len(xs) == 1:
+        return ys[0] * x / xs[0]
+    i = bisect.bisect_left(xs, x)
+    if i < len(xs) and xs[i] == x:
+        return ys[i]
+    i = min(max(i, 1), len(xs) - 1)
+    x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+    y = y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return max(y, 0.0)
+
+
+@dataclass
+class Profile:
+    """Accuracy, latency and memory of one model on one device, per gamma and batch size."""
+
+    model: str
+    device: str
+    dtype: str
+    gammas: list[int]
+    batch_sizes: list[int]
+    accuracy: dict[str, dict[int, float]]
+    """task -> gamma -> accuracy in [0, 1]."""
+    latency_ms: dict[int, dict[int, float]]
+    """gamma -> batch size -> median latency of one batch, in milliseconds."""
+    latency_p90_ms: dict[int, dict[int, float]] | None = None
+    memory_mb: dict[int, dict[int, float]] | None = None
+    gflops: dict[int, float] | None = None
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    model_load_ms: float | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if sorted(self.gammas) != list(self.gammas) or len(set(self.gammas)) != len(self.gammas):
+            raise ValueError(f"profile gammas must be ascending and unique, got {self.gammas}")
+        if sorted(self.batch_sizes) != list(self.batch_sizes) or not self.batch_sizes:
+            raise ValueError(f"profile batch_sizes must be ascending, got {self.batch_sizes}")
+        for g in self.gammas:
+            if g not in self.latency_ms:
+                raise ValueError(f"profile has no latency for gamma={g}")
+        for task, acc in self.accuracy.items():
+            missing = [g for g in self.gammas if g not in acc]
+            if missing:
+                raise ValueError(f"profile task {task!r} has no accuracy for gammas {missing}")
+
+    # -- queries used by the scheduler -------------------------------------------------------
+    def lat(self, gamma: int, batch: int) -> float:
+        """Latency in ms of one batch of `batch` images at `gamma` (interpolated in batch size)."""
+        row = self._row(self.latency_ms, gamma)
+        xs = sorted(row)
+        return _interp(xs, [row[b] for b in xs], batch)
+
+    def lat_p90(self, gamma: int, batch: int) -> float:
+        if self.latency_p90_ms is None:
+            return self.lat(gamma, batch)
+        row = self._row(self.latency_p90_ms, gamma)
+        xs = sorted(row)
+        return _interp(xs, [row[b] for b in xs], batch)
+
+    def acc(self, task: str, gamma: int) -> float:
+        if task not in self.accuracy:
+            raise ValueError(f"profile {self.model!r} has no task {task!r}; it has {sorted(self.accuracy)}")
+        return self._row(self.accuracy[task], gamma)
+
+    def mem(self, gamma: int, batch: int) -> float:
+        """Peak device memory in MB, or 0.0 where the profile has none (CPU)."""
+        if self.memory_mb is None:
+            return 0.0
+        row = self._row(self.memory_mb, gamma)
+        xs = sorted(row)
+        return _interp(xs, [row[b] for b in xs], batch)
+
+    def throughput(self, gamma: int, max_batch: int, max_lat_ms: float | None = None) -> float:
+        """Best images per second at `gamma` over batch sizes 1..max_batch whose batch latency is
+        within `max_lat_ms` (batch size 1 if none is): the sustainable rate of one device."""
+        best = 1000.0 / self.lat(gamma, 1)
+        for b in range(2, max_batch + 1):
+            lat = self.lat(gamma, b)
+            if max_lat_ms is not None and lat > max_lat_ms:
+                break
+            best = max(best, 1000.0 * b / lat)
+        return best
+
+    def _row(self, table: dict[int, Any], gamma: int) -> Any:
+        try:
+            return table[gamma]
+        except KeyError:
+            raise ValueError(f"gamma={gamma} is not in the profile's set {self.gammas}") from None
+
+    # -- files --------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        def table(t: dict[int, dict[int, float]] | None) -> dict[str, Any] | None:
+            return None if t is None else {str(g): _str_keys(row) for g, row in sorted(t.items())}
+
+        return {
+            "schema": SCHEMA,
+            "model": self.model,
+            "device": self.device,
+            "dtype": self.dtype,
+            "gammas": list(self.gammas),
+            "batch_sizes": list(self.batch_sizes),
+            "tasks": self.tasks,
+            "accuracy": {t: _str_keys(a) for t, a in self.accuracy.items()},
+            "latency_ms": table(self.latency_ms),
+            "latency_p90_ms": table(self.latency_p90_ms),
+            "memory_mb": table(self.memory_mb),
+            "gflops": None if self.gflops is None else _str_keys(self.gflops),
+            "model_load_ms": self.model_load_ms,
+            "meta": self.meta,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Profile:
+        if d.get("schema") != SCHEMA:
+            raise ValueError(f"not an otas profile: schema={d.get('schema')!r}, expected {SCHEMA!r}")
+
+        def table(t: dict[str, Any] | None) -> dict[int, dict[int, float]] | None:
+            return None if t is None else {int(g): _int_keys(row) for g, row in t.items()}
+
+        return cls(
+            model=d["model"],
+            device=d["device"],
+            dtype=d["dtype"],
+            gammas=[int(g) for g in d["gammas"]],
+            batch_sizes=[int(b) for b in d["batch_sizes"]],
+            accuracy={t: _int_keys(a) for t, a in d["accuracy"].items()},
+            latency_ms=table(d["latency_ms"]),  # type: ignore[arg-type]
+            latency_p90_ms=table(d.get("latency_p90_ms")),
+            memory_mb=table(d.get("memory_mb")),
+            gflops=None if d.get("gflops") is None else _int_keys(d["gflops"]),
+            tasks=d.get("tasks", {}),
+            model_load_ms=d.get("model_load_ms"),
+            meta=d.get("meta", {}),
+        )
+
+    def save(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Profile:
+        p = Path(path)
+        if not p.is_file():
+            raise ValueError(f"profile file {p} does not exist; run `otas profile` to make one")
+        return cls.from_dict(json.loads(p.read_text()))

@@ -1,0 +1,171 @@
+"""Application-aware selective batching (method §4).
+
+Queries wait in one FIFO deque per application: within an application arrival order is deadline
+order (same SLO), so expiry only ever looks at deque fronts. Applications are grouped into
+*queues*: one per SLO class (selective batching) or a single global queue (the FIFO / EDF
+baselines). A queue's order is the merge of its deques by deadline or by arrival. A batch is a
+prefix of one queue, so it never mixes SLO classes; its deadline is its earliest member's.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from itertools import islice
+
+from otas.types import App, Request
+
+
+def slo_classes(apps: Sequence[App], tolerance: float) -> list[list[str]]:
+    """Group applications so that within a class max SLO ≤ (1 + tolerance) · min SLO.
+
+    Greedy over applications sorted by SLO: a class opens at its tightest SLO and takes every
+    following application within the factor. Equal SLOs always share a class.
+    """
+    classes: list[list[str]] = []
+    floor = None
+    for app in sorted(apps, key=lambda a: (a.slo_ms, a.name)):
+        if floor is None or app.slo_ms > floor * (1.0 + tolerance):
+            classes.append([])
+            floor = app.slo_ms
+        classes[-1].append(app.name)
+    return classes
+
+
+@dataclass
+class Candidate:
+    """A pending batch: a prefix (or a later chunk) of one queue."""
+
+    requests: list[Request]
+    queue: int
+    deadline_ms: float
+
+
+def _by_deadline(r: Request) -> tuple[float, int]:
+    return (r.deadline_ms, r.id)
+
+
+def _by_arrival(r: Request) -> tuple[float, int]:
+    return (r.arrival_ms, r.id)
+
+
+class Queues:
+    """Per-application deques grouped into queues; `order` is 'deadline' or 'arrival'."""
+
+    def __init__(self, groups: list[list[str]], order: str = "deadline") -> None:
+        if order not in ("deadline", "arrival"):
+            raise ValueError(f"queue order {order!r}: use 'deadline' or 'arrival'")
+        self.groups = groups
+        self.order = order
+        self._key = _by_deadline if order == "deadline" else _by_arrival
+        self._dq: dict[str, deque[Request]] = {a: deque() for g in groups for a in g}
+        self._n = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    def push(self, req: Request) -> None:
+        dq = self._dq[req.app]
+        if dq and dq[-1].deadline_ms > req.deadline_ms:
+            raise ValueError(
+                f"request {req.id} of {req.app!r} has an earlier deadline than one already queued; "
+                "submit each application's requests in arrival order"
+            )
+        dq.append(req)
+        self._n += 1
+
+    def expire_front(self, late: Callable[[Request], bool]) -> list[Request]:
+        """Pop, from every deque's front, the requests for which `late` holds."""
+        out: list[Request] = []
+        for dq in self._dq.values():
+            while dq and late(dq[0]):
+                out.append(dq.popleft())
+        self._n -= len(out)
+        return out
+
+    def head(self, queue: int, n: int) -> list[Request]:
+        """The first n requests of a queue, in queue order."""
+        dqs = [self._dq[a] for a in self.groups[queue] if self._dq[a]]
+        if len(dqs) == 1:
+            return list(islice(dqs[0], n))
+        return list(islice(heapq.merge(*dqs, key=self._key), n))
+
+    def pop(self, batch: list[Request]) -> None:
+        """Remove a batch that is a prefix of its queue (so a prefix of each deque)."""
+        for r in batch:
+            got = self._dq[r.app].popleft()
+            assert got is r, "a batch must be a prefix of its queue"
+        self._n -= len(batch)
+
+    def nonempty(self) -> list[int]:
+        return [i for i, g in enumerate(self.groups) if any(self._dq[a] for a in g)]
+
+
+def batch_sizes(
+    items: list[Request], now_ms: float, cap: int, lat_fast: list[float] | None, n: int
+) -> list[int]:
+    """Cut a queue's head into up to n consecutive batches of at most `cap` requests.
+
+    With `lat_fast` (latency at the fastest setting per batch size, nondecreasing, index = size),
+    a batch is cut so that it could still finish by its earliest member's deadline if it started
+    now: a large batch must not sink its own most urgent member (deadline-aware size, OTAS only).
+    """
+    sizes: list[int] = []
+    p = 0
+    while p < len(items) and len(sizes) < n:
+        m = min(cap, len(items) - p)
+        if lat_fast is not None:
+            k, min_d = 0, float("inf")
+            for b in range(1, m + 1):  # members enter in queue order; the earliest deadline binds
+                min_d = min(min_d, items[p + b - 1].deadline_ms)
+                if now_ms + lat_fast[b] > min_d:
+                    break
+                k = b
+            m = max(k, 1)
+        sizes.append(m)
+        p += m
+    return sizes
+
+
+def deadline_cut(first_deadline_ms: float, now_ms: float, cap: int, lat_fast: list[float]) -> int:
+    """Fast path of `batch_sizes` for deadline-ordered queues: the earliest member is the first."""
+    k = bisect.bisect_right(lat_fast, first_deadline_ms - now_ms, 1, cap + 1) - 1
+    return max(k, 1)
+
+
+def candidates(
+    queues: Queues,
+    now_ms: float,
+    cap: int,
+    n: int,
+    lat_fast: list[float] | None,
+) -> list[Candidate]:
+    """The next n pending batches over all queues, in execution order.
+
+    Several queues (SLO classes): batches ordered by batch deadline (earliest member's), ties by
+    queue then position. One queue: its own order.
+    """
+    out: list[Candidate] = []
+    for qi in queues.nonempty():
+        items = queues.head(qi, cap * n)
+        if lat_fast is not None and queues.order == "deadline":
+            p, made = 0, 0
+            while p < len(items) and made < n:
+                m = deadline_cut(items[p].deadline_ms, now_ms, min(cap, len(items) - p), lat_fast)
+                out.append(Candidate(items[p : p + m], qi, items[p].deadline_ms))
+                p, made = p + m, made + 1
+            continue
+        p = 0
+        for m in batch_sizes(items, now_ms, cap, lat_fast, n):
+            chunk = items[p : p + m]
+            out.append(Candidate(chunk, qi, min(r.deadline_ms for r in chunk)))
+            p += m
+    if len(queues.groups) > 1:  # stable sorts: a queue's chunks keep their order
+        if queues.order == "deadline":
+            out.sort(key=lambda c: c.deadline_ms)
+        else:
+            out.sort(key=lambda c: c.requests[0].arrival_ms)
+    return out[:n]

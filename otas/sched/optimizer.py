@@ -1,0 +1,142 @@
+"""The token-adaptation optimizer (method §5): choose gamma for each of n pending batches.
+
+    maximize   Σ_i Σ_{q∈B_i} u_q · acc(γ_i) · 1[ Σ_{j≤i} lat(γ_j, |B_j|) ≤ d_q − now ]
+    subject to mem(γ_i, |B_i|) ≤ M                      (as lat = inf for settings that do not fit)
+
+Dynamic programme over (batch index i, elapsed time τ on a grid of step δ), solved backwards:
+
+    V(i, k) = max_γ [ gain_i(γ, k + s_iγ) + V(i+1, k + s_iγ) ],   s_iγ = ceil(lat_iγ / δ)
+
+Time discretisation (documented choice): each batch latency is rounded *up* to a whole number of
+steps, so elapsed times are over-estimated by less than n·δ in total and a query the optimizer
+counts as on time is on time under the profile. δ = max(delta_ms, horizon / (max_grid − 2)) where
+the horizon is the latest deadline, so the grid never exceeds `max_grid` points: cost is
+O(n · |Γ| · max_grid) vector work, independent of the number of queued queries. `brute_force`
+evaluates the same rounded objective by enumeration; the tests check the two agree.
+
+gain_i(γ, k) = Σ_groups w[γ, g] · #{q in group g : d_q ≥ k·δ}: a batch's members are grouped by
+application (same utility and task), so a gain is a few counts from sorted deadlines.
+Pure functions of numpy arrays; no clock, no state.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    """One pending batch as the optimizer sees it."""
+
+    deadlines: tuple[np.ndarray, ...]
+    """Per group (application): member deadlines in ms relative to now, ascending."""
+    weights: np.ndarray
+    """(|Γ|, groups): u_a · acc(task_a, γ), the value of one on-time member of each group."""
+    latency: np.ndarray
+    """(|Γ|,): predicted batch latency in ms at each γ; inf where it does not fit in memory."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    choice: list[int]
+    """Index into Γ for each batch, in order."""
+    value: float
+    """Objective of the plan under the rounded latencies."""
+    delta_ms: float
+    """The grid step actually used."""
+
+
+def grid_step(specs: list[BatchSpec], delta_ms: float, max_grid: int) -> tuple[float, int]:
+    """(δ, G): the step and the number of grid points k = 0..G-1 (index G is the 'too late' pad)."""
+    horizon = max((float(d[-1]) for s in specs for d in s.deadlines if len(d)), default=0.0)
+    horizon = max(horizon, 0.0)
+    delta = max(delta_ms, horizon / (max_grid - 2))
+    return delta, int(horizon // delta) + 2
+
+
+def _steps(spec: BatchSpec, delta: float, G: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rounded-up latency in grid steps (clipped to the pad index G) and the validity mask."""
+    valid = np.isfinite(spec.latency)
+    lat = np.where(valid, spec.latency, 0.0)
+    s = np.ceil(lat / delta - 1e-9).astype(np.int64)
+    return np.minimum(s, G), valid
+
+
+def _counts(deadlines: np.ndarray, taus: np.ndarray) -> np.ndarray:
+    """#{d ≥ τ} for each τ (deadlines ascending)."""
+    return len(deadlines) - np.searchsorted(deadlines, taus, side="left")
+
+
+def plan(specs: list[BatchSpec], delta_ms: float = 1.0, max_grid: int = 1024) -> Plan:
+    """Best gamma per batch for `specs` (executed in the given order). See the module docstring."""
+    if not specs:
+        return Plan([], 0.0, delta_ms)
+    delta, G = grid_step(specs, delta_ms, max_grid)
+    taus = np.arange(G + 1) * delta  # τ of each grid index; index G stands for 'after the horizon'
+    k = np.arange(G)
+    V = np.zeros(G + 1)  # V(n, ·) = 0; V[G] = 0 is the pad (every deadline has passed there)
+    choices: list[np.ndarray] = []
+    for i in range(len(specs) - 1, 0, -1):
+        spec = specs[i]
+        s, valid = _steps(spec, delta, G)
+        idx = np.minimum(k[None, :] + s[:, None], G)  # (|Γ|, G)
+        val = V[idx]
+        for g, d in enumerate(spec.deadlines):
+            cnt = _counts(d, taus)
+            cnt[G] = 0
+            val += spec.weights[:, g, None] * cnt[idx]
+        val[~valid] = -np.inf
+        best = val.argmax(axis=0)  # ties go to the lowest index: the fastest setting
+        choices.append(best)
+        V = np.append(val[best, k], 0.0)
+    # Level 0 is evaluated at k = 0 only.
+    spec = specs[0]
+    s, valid = _steps(spec, delta, G)
+    val0 = V[s].copy()
+    for g, d in enumerate(spec.deadlines):
+        cnt = np.where(s < G, _counts(d, taus[s]), 0)
+        val0 += spec.weights[:, g] * cnt
+    val0[~valid] = -np.inf
+    if not np.isfinite(val0).any():
+        raise ValueError("no gamma fits the first batch in memory; lower max_batch or raise the limit")
+    g0 = int(val0.argmax())
+    choice, at = [g0], int(s[g0])
+    for best in reversed(choices):
+        if at >= G:  # past the horizon every setting gains nothing: take the fastest valid
+            lat = specs[len(choice)].latency
+            choice.append(int(np.argmin(lat)))
+            continue
+        g = int(best[at])
+        choice.append(g)
+        at = min(at + int(_steps(specs[len(choice) - 1], delta, G)[0][g]), G)
+    return Plan(choice, float(val0[g0]), delta)
+
+
+def evaluate(specs: list[BatchSpec], choice: list[int], delta: float) -> float:
+    """Objective of one plan with latencies rounded up to whole steps of `delta` (as in `plan`)."""
+    K, total = 0, 0.0
+    for spec, g in zip(specs, choice, strict=True):
+        lat = float(spec.latency[g])
+        if not math.isfinite(lat):
+            return -math.inf
+        K += math.ceil(lat / delta - 1e-9)
+        tau = K * delta
+        for j, d in enumerate(spec.deadlines):
+            total += float(spec.weights[g, j]) * int(_counts(d, np.array([tau]))[0])
+    return total
+
+
+def brute_force(specs: list[BatchSpec], delta_ms: float = 1.0, max_grid: int = 1024) -> Plan:
+    """Exhaustive search over Γ^n (for tests and tiny instances only)."""
+    delta, _ = grid_step(specs, delta_ms, max_grid)
+    n_gamma = len(specs[0].latency) if specs else 0
+    best: tuple[float, list[int]] = (-math.inf, [])
+    for choice in itertools.product(range(n_gamma), repeat=len(specs)):
+        v = evaluate(specs, list(choice), delta)
+        if v > best[0] + 1e-9:
+            best = (v, list(choice))
+    return Plan(best[1], best[0], delta)

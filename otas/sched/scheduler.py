@@ -1,0 +1,188 @@
+"""The Scheduler: one object, driven by the simulator and by the live server alike.
+
+The clock is injected: every method takes `now_ms`. The caller owns the device; it calls
+`next_batch` when the device is free, runs the plan, then reports the measured time through
+`complete`, which corrects the latency profile online (one multiplicative factor per model,
+an EWMA of measured / profiled).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from otas.config import SchedulerConfig
+from otas.profile.table import Profile
+from otas.sched.batching import Queues, candidates, slo_classes
+from otas.sched.policies import Policy, make_policy
+from otas.types import App, BatchPlan, Reason, Rejection, Request
+
+_FACTOR_RANGE = (0.25, 4.0)
+
+
+class _Table:
+    """Per-model precomputed profile rows: latency (B_max+1, |Γ|) with inf where memory does not
+    fit, and per-application weights u_a · acc(task_a, γ)."""
+
+    def __init__(self, profile: Profile, apps: Sequence[App], cfg: SchedulerConfig) -> None:
+        g = profile.gammas
+        self.gammas = list(g)
+        self.index = {gamma: i for i, gamma in enumerate(g)}
+        lat = np.full((cfg.max_batch + 1, len(g)), np.inf)
+        lat[0] = 0.0  # a batch of nothing; keeps running maxima over batch sizes finite
+        for b in range(1, cfg.max_batch + 1):
+            for i, gamma in enumerate(g):
+                fits = cfg.memory_limit_mb is None or profile.mem(gamma, b) <= cfg.memory_limit_mb
+                if fits:
+                    lat[b, i] = profile.lat(gamma, b)
+        self.lat = lat
+        self.weights = {
+            a.name: np.array([a.utility * profile.acc(a.task, gamma) for gamma in g]) for a in apps
+        }
+        self.load_ms = float(profile.model_load_ms or 0.0)
+
+
+class Scheduler:
+    """Queues requests, expires hopeless ones, and hands out batch plans chosen by a policy."""
+
+    def __init__(
+        self,
+        apps: Sequence[App],
+        profile: Profile | Sequence[Profile],
+        policy: str | Policy,
+        config: SchedulerConfig | None = None,
+    ) -> None:
+        self.config = config or SchedulerConfig()
+        self.apps = {a.name: a for a in apps}
+        if len(self.apps) != len(apps):
+            raise ValueError(f"application names must be unique, got {[a.name for a in apps]}")
+        profiles = [profile] if isinstance(profile, Profile) else list(profile)
+        if not profiles:
+            raise ValueError("give at least one profile")
+        self.profiles = {p.model: p for p in profiles}
+        self.model = profiles[0].model
+        self._tab = {p.model: _Table(p, apps, self.config) for p in profiles}  # checks tasks exist
+        self.policy = make_policy(policy) if isinstance(policy, str) else policy
+        if self.policy.offline:
+            raise ValueError(f"policy {self.policy.name!r} is an offline bound; compute it with otas.sim")
+        self.policy.bind(self)
+        groups = (
+            slo_classes(apps, self.config.slo_class_tolerance)
+            if self.policy.selective
+            else [[a.name for a in apps]]
+        )
+        self.queues = Queues(groups, self.policy.order)
+        self._factor = {m: 1.0 for m in self.profiles}
+        self._expired: list[tuple[Request, str]] = []
+        self._hold_until: float | None = None
+        self._refresh_fast()
+
+    # -- profile queries, corrected online ----------------------------------------------------
+    def lat_vector(self, model: str, batch: int) -> np.ndarray:
+        """(|Γ|,) predicted latency of a batch of `batch` at each gamma; inf where it won't fit."""
+        return self._tab[model].lat[batch] * self._factor[model]
+
+    def weights(self, model: str, app: str) -> np.ndarray:
+        return self._tab[model].weights[app]
+
+    def predict(self, model: str, gamma: int, batch: int) -> float:
+        t = self._tab[model]
+        return float(t.lat[batch, t.index[gamma]] * self._factor[model])
+
+    def _refresh_fast(self) -> None:
+        """Latency per batch size at the policy's fastest setting, made nondecreasing, and the
+        largest batch that fits in memory."""
+        opts = self.policy.options(self)
+        rows = [self._tab[m].lat[:, self._tab[m].index[g]] * self._factor[m] for m, g in opts]
+        fast = np.min(rows, axis=0)
+        fast = np.maximum.accumulate(fast)
+        fast[0] = 0.0
+        self._fast = fast.tolist()
+        fits = np.flatnonzero(np.isfinite(fast))
+        self._mem_cap = int(fits[-1]) if len(fits) > 1 else 0
+        if self._mem_cap < 1:
+            raise ValueError("no setting fits a batch of 1 in memory_limit_mb; raise the limit")
+
+    # -- the interface ------------------------------------------------------------------------
+    def submit(self, req: Request, now_ms: float) -> Rejection | None:
+        """Queue a request, or reject it early with a reason."""
+        if req.app not in self.apps:
+            raise ValueError(f"request {req.id}: unknown application {req.app!r}; known: {sorted(self.apps)}")
+        if len(self.queues) >= self.config.max_queue:
+            return Rejection(req, Reason.QUEUE_FULL, f"{len(self.queues)} queued (max_queue)")
+        if self.config.reject_infeasible and now_ms + self._fast[1] > req.deadline_ms:
+            slack = req.deadline_ms - now_ms
+            return Rejection(
+                req, Reason.INFEASIBLE, f"{slack:.1f} ms to deadline < {self._fast[1]:.1f} ms at the fastest setting"
+            )
+        self.queues.push(req)
+        self.policy.on_submit(req, now_ms)
+        return None
+
+    def next_batch(self, now_ms: float) -> BatchPlan | None:
+        """The device is free: the batch to run now (removed from the queues), or None."""
+        self._drain(now_ms)
+        self._hold_until = None
+        if not len(self.queues):
+            return None
+        cap = min(self.policy.batch_cap(self), self._mem_cap)
+        fast = self._fast if self.policy.deadline_aware else None
+        cands = candidates(self.queues, now_ms, cap, max(self.policy.lookahead, 1), fast)
+        first = cands[0]
+        delay = self.config.max_queue_delay_ms
+        if delay > 0 and len(first.requests) < cap:
+            oldest = min(r.arrival_ms for r in first.requests)
+            if now_ms < oldest + delay:
+                self._hold_until = oldest + delay
+                return None
+        model, gamma, meta = self.policy.choose(cands, now_ms, self)
+        self.queues.pop(first.requests)
+        switch = self._tab[model].load_ms if model != self.model else 0.0
+        self.model = model
+        b = len(first.requests)
+        profiled = float(self._tab[model].lat[b, self._tab[model].index[gamma]])
+        meta = {**meta, "profiled_ms": profiled}
+        return BatchPlan(
+            requests=first.requests,
+            gamma=gamma,
+            predicted_ms=profiled * self._factor[model] + switch,
+            start_ms=now_ms,
+            model=model,
+            switch_ms=switch,
+            deadline_ms=first.deadline_ms,
+            meta=meta,
+        )
+
+    def next_wakeup(self, now_ms: float) -> float | None:
+        """After next_batch gave None: when to ask again; None = only when new work arrives."""
+        if not len(self.queues):
+            return None
+        return self._hold_until if self._hold_until is not None else now_ms
+
+    def complete(self, plan: BatchPlan, now_ms: float, measured_ms: float) -> None:
+        """Feedback after a batch ran: correct the model's latency factor, inform the policy."""
+        a = self.config.latency_ewma
+        profiled = plan.meta.get("profiled_ms", 0.0)
+        if a > 0 and profiled > 0:
+            ratio = max(measured_ms - plan.switch_ms, 0.0) / profiled
+            f = (1 - a) * self._factor[plan.model] + a * ratio
+            self._factor[plan.model] = min(max(f, _FACTOR_RANGE[0]), _FACTOR_RANGE[1])
+            self._refresh_fast()
+        self.policy.on_complete(plan, now_ms, measured_ms, self)
+
+    def expired(self, now_ms: float) -> list[tuple[Request, str]]:
+        """Queries dropped since the last call, with reasons (they are also drained in next_batch)."""
+        self._drain(now_ms)
+        out, self._expired = self._expired, []
+        return out
+
+    def queued(self) -> int:
+        return len(self.queues)
+
+    def _drain(self, now_ms: float) -> None:
+        if not self.config.reject_infeasible:
+            return
+        cutoff = now_ms + self._fast[1]
+        for r in self.queues.expire_front(lambda r: r.deadline_ms < cutoff):
+            self._expired.append((r, Reason.DEADLINE_UNREACHABLE.value))

@@ -1,0 +1,113 @@
+"""Build the otas models and their H100 profiles on a GPU machine, resumably, under a time budget.
+
+    OTAS_CIFAR10=.carry/cifar10-jpg.tar.gz python scripts/gpu_pipeline.py --budget 540 --out $OUT
+
+Stages run in order and are skipped once their output exists under runs/ (a warm machine keeps
+runs/ between calls): tiny backbone -> tiny prompts -> tiny profile -> small backbone -> small
+prompts -> small profile. Every call copies the finished artefacts to --out (fp16 checkpoints,
+split into 15 MB parts where larger: `cat NAME.part-* > NAME` rebuilds them) with the logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+RUNS = Path("runs")
+MODELS = {
+    "vit_tiny_p2_c5": dict(arch="vit_tiny_p2", epochs=150, drop_path=0.1),
+    "vit_small_p2_c5": dict(arch="vit_small_p2", epochs=150, drop_path=0.2),
+}
+PROMPT_EPOCHS = {"vit_tiny_p2_c5": 20, "vit_small_p2_c5": 12}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--budget", type=float, default=540.0, help="seconds of work in this call")
+    ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "out")))
+    ap.add_argument("--models", default=",".join(MODELS))
+    args = ap.parse_args()
+    t0 = time.time()
+    left = lambda: args.budget - (time.time() - t0)
+    os.environ.setdefault("OTAS_CACHE", str(RUNS / "cache"))
+    RUNS.mkdir(exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    logf = open(args.out / "log.txt", "a")
+
+    def log(msg: str) -> None:
+        line = f"[{time.time() - t0:7.1f}s] {msg}"
+        print(line, flush=True)
+        logf.write(line + "\n")
+        logf.flush()
+
+    import timm
+    import torch
+
+    log(f"torch {torch.__version__} timm {timm.__version__} device "
+        f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}")
+    from otas.train.backbone import BackboneConfig, train_backbone
+    from otas.train.prompts import PromptConfig, train_prompts
+
+    for name in args.models.split(","):
+        spec = MODELS[name]
+        bb, full = RUNS / f"{name}.backbone.safetensors", RUNS / f"{name}.safetensors"
+        prof = RUNS / f"{name}__h100.json"
+        if not bb.is_file():
+            if left() < 60:
+                break
+            r = train_backbone(BackboneConfig(arch=spec["arch"], epochs=spec["epochs"], drop_path=spec["drop_path"],
+                                              time_budget_s=left() - 30), bb, log=log)
+            if not r["done"]:
+                break
+        if not (RUNS / f"{name}.prompts.done").is_file():
+            if left() < 60:
+                break
+            cfg = PromptConfig(epochs=PROMPT_EPOCHS[name], time_budget_s=left() - 60)
+            train_prompts(cfg, bb, full, log=log)
+            from otas.models.checkpoint import read_header
+
+            res = read_header(full)["meta"].get("prompt_results", {})
+            if sum(len(v) for v in res.values()) < len(cfg.tasks) * (1 + len([g for g in cfg.gammas if g > 0])):
+                break
+            (RUNS / f"{name}.prompts.done").touch()
+        if not prof.is_file():
+            if left() < 120:
+                break
+            cmd = [sys.executable, "-m", "otas.cli", "profile", str(full), "--out", str(prof),
+                   "--batch-sizes", "1,8,64,256"]
+            log("running " + " ".join(cmd))
+            subprocess.run(cmd, check=True)
+    export(args.out, log)
+    log(f"done with {left():.0f}s of budget left")
+
+
+def export(out: Path, log) -> None:
+    """fp16 copies of finished checkpoints (parts of 15 MB) and profiles to `out`."""
+    import torch
+
+    from otas.models.checkpoint import load_checkpoint, read_header, save_checkpoint
+
+    for f in sorted(RUNS.glob("*.safetensors")):
+        if f.name.endswith(".state.safetensors") or f.name.endswith(".backbone.safetensors") and \
+                (RUNS / f.name.replace(".backbone", "")).is_file():
+            continue
+        h = read_header(f)
+        half = out / f.name
+        save_checkpoint(load_checkpoint(f), half, h["arch"], h["meta"], dtype=torch.float16)
+        if half.stat().st_size > 15_000_000:
+            subprocess.run(["split", "-b", "15000000", "-d", str(half), str(half) + ".part-"], check=True)
+            half.unlink()
+        log(f"exported {f.name}")
+    for f in sorted(RUNS.glob("*.json")):
+        shutil.copy(f, out / f.name)
+
+
+if __name__ == "__main__":
+    main()
