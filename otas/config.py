@@ -20,10 +20,10 @@ class SchedulerConfig:
 
     lookahead: int = 8
     """n: how many pending batches the optimizer plans over (receding horizon; only the first runs)."""
-    delta_ms: float = 1.0
+    delta_ms: float = 0.25
     """δ: time step of the optimizer's grid. Batch latencies are rounded *up* to a multiple of δ, so
     a plan the optimizer counts as on time is on time under the profile."""
-    max_grid: int = 1024
+    max_grid: int = 512
     """Cap on grid points; δ grows to horizon / max_grid when the horizon is long (bounds cost)."""
     max_batch: int = 64
     """B_max: largest batch; also capped by `memory_limit_mb` at the fastest gamma."""
@@ -47,9 +47,9 @@ class SchedulerConfig:
         if not isinstance(self.lookahead, int) or self.lookahead < 1:
             raise ValueError(f"lookahead={self.lookahead!r}: use an integer >= 1 (8 is the default)")
         if not (self.delta_ms > 0 and math.isfinite(self.delta_ms)):
-            raise ValueError(f"delta_ms={self.delta_ms!r}: use a positive time step in ms, e.g. 1.0")
+            raise ValueError(f"delta_ms={self.delta_ms!r}: use a positive time step in ms, e.g. 0.25")
         if not isinstance(self.max_grid, int) or self.max_grid < 2:
-            raise ValueError(f"max_grid={self.max_grid!r}: use an integer >= 2, e.g. 1024")
+            raise ValueError(f"max_grid={self.max_grid!r}: use an integer >= 2, e.g. 512")
         if not isinstance(self.max_batch, int) or self.max_batch < 1:
             raise ValueError(f"max_batch={self.max_batch!r}: use an integer >= 1, e.g. 64")
         if self.max_queue_delay_ms < 0:

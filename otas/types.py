@@ -6,7 +6,7 @@ Times are milliseconds on the caller's clock (the scheduler never reads a clock 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class Request:
     deadline_ms: float
 
 
-class Outcome(str, Enum):
+class Outcome(StrEnum):
     """How a query ends; every query ends exactly once."""
 
     SERVED = "served"
@@ -40,7 +40,7 @@ class Outcome(str, Enum):
     EXPIRED = "expired"
 
 
-class Reason(str, Enum):
+class Reason(StrEnum):
     """Why a query was not served."""
 
     INFEASIBLE = "infeasible"

@@ -50,8 +50,10 @@ def main() -> None:
     import timm
     import torch
 
-    log(f"torch {torch.__version__} timm {timm.__version__} device "
-        f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}")
+    log(
+        f"torch {torch.__version__} timm {timm.__version__} device "
+        f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}"
+    )
     from otas.train.backbone import BackboneConfig, train_backbone
     from otas.train.prompts import PromptConfig, train_prompts
 
@@ -62,8 +64,13 @@ def main() -> None:
         if not bb.is_file():
             if left() < 60:
                 break
-            r = train_backbone(BackboneConfig(arch=spec["arch"], epochs=spec["epochs"], drop_path=spec["drop_path"],
-                                              time_budget_s=left() - 30), bb, log=log)
+            r = train_backbone(
+                BackboneConfig(
+                    arch=spec["arch"], epochs=spec["epochs"], drop_path=spec["drop_path"], time_budget_s=left() - 30
+                ),
+                bb,
+                log=log,
+            )
             if not r["done"]:
                 break
         if not (RUNS / f"{name}.prompts.done").is_file():
@@ -80,8 +87,19 @@ def main() -> None:
         if not prof.is_file():
             if left() < 120:
                 break
-            cmd = [sys.executable, "-m", "otas.cli", "profile", str(full), "--out", str(prof),
-                   "--batch-sizes", "1,8,64,256"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "otas.cli",
+                "profile",
+                str(full),
+                "--out",
+                str(prof),
+                "--batch-sizes",
+                "1,8,64,256",
+                "--device",
+                "cuda",
+            ]
             log("running " + " ".join(cmd))
             subprocess.run(cmd, check=True)
     export(args.out, log)
@@ -95,12 +113,15 @@ def export(out: Path, log) -> None:
     from otas.models.checkpoint import load_checkpoint, read_header, save_checkpoint
 
     for f in sorted(RUNS.glob("*.safetensors")):
-        if f.name.endswith(".state.safetensors") or f.name.endswith(".backbone.safetensors") and \
-                (RUNS / f.name.replace(".backbone", "")).is_file():
+        if (
+            f.name.endswith(".state.safetensors")
+            or f.name.endswith(".backbone.safetensors")
+            and (RUNS / f.name.replace(".backbone", "")).is_file()
+        ):
             continue
         h = read_header(f)
         half = out / f.name
-        save_checkpoint(load_checkpoint(f), half, h["arch"], h["meta"], dtype=torch.float16)
+        save_checkpoint(load_checkpoint(f), half, h["meta"], dtype=torch.float16)
         if half.stat().st_size > 15_000_000:
             subprocess.run(["split", "-b", "15000000", "-d", str(half), str(half) + ".part-"], check=True)
             half.unlink()

@@ -69,12 +69,12 @@ class AdaptiveViT(nn.Module):
         n = num_tokens or self.num_tokens
         sched = merge_schedule(n, r, len(self.vit.blocks), self.vit.num_prefix_tokens)
         if any(r_l < r for r_l in sched) and gamma not in self.merge_caps:
+            self.merge_caps[gamma] = sched  # reported once per model and γ, and kept for inspection
             warnings.warn(
                 f"gamma={gamma}: r={r} capped to {sched} per block ({n} tokens): too few tokens remain "
                 "in the last blocks",
                 stacklevel=2,
             )
-        self.merge_caps.setdefault(gamma, sched) if any(r_l < r for r_l in sched) else None
         return sched
 
     def token_counts(self, gamma: int) -> list[int]:
@@ -130,7 +130,9 @@ class AdaptiveViT(nn.Module):
         names = sorted(set(tasks))
         for t in names:
             if t == SOURCE or key(t, gamma) not in self.prompts:
-                raise ValueError(f"task {t!r} has no prompts for gamma={gamma}; prompted tasks: {list(self.config.tasks)}")
+                raise ValueError(
+                    f"task {t!r} has no prompts for gamma={gamma}; prompted tasks: {list(self.config.tasks)}"
+                )
         if len(names) == 1:
             P = self.prompts[key(names[0], gamma)][None].expand(x.shape[0], -1, -1, -1)  # (B, L, γ, C)
         else:

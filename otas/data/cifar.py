@@ -15,12 +15,17 @@ def default_archive() -> Path:
     env = os.environ.get("OTAS_CIFAR10")
     if env:
         return Path(env)
-    for d in (Path("data"), Path("../shared/data"), Path.cwd().parent / "shared" / "data",
-              Path.home() / ".cache" / "otas"):
+    for d in (
+        Path("data"),
+        Path("../shared/data"),
+        Path.cwd().parent / "shared" / "data",
+        Path.home() / ".cache" / "otas",
+    ):
         if (d / ARCHIVE_NAME).is_file():
             return d / ARCHIVE_NAME
-    raise ValueError(f"CIFAR-10 archive {ARCHIVE_NAME} not found: set OTAS_CIFAR10=/path/to/{ARCHIVE_NAME} "
-                     "or pass --data")
+    raise ValueError(
+        f"CIFAR-10 archive {ARCHIVE_NAME} not found: set OTAS_CIFAR10=/path/to/{ARCHIVE_NAME} or pass --data"
+    )
 
 
 def load_cifar10(split: str, path: str | Path | None = None, progress: bool = True) -> ImageSet:

@@ -92,8 +92,9 @@ def _iter_files(root: Path, split: str | None):
                     yield where[0], where[1], tar.extractfile(m).read()  # type: ignore[union-attr]
 
 
-def load_image_folder(path: str | Path, split: str | None = None, image_size: int | None = None,
-                      progress: bool = True) -> ImageSet:
+def load_image_folder(
+    path: str | Path, split: str | None = None, image_size: int | None = None, progress: bool = True
+) -> ImageSet:
     """Decode (or load from cache) every image of `split` under `path`; classes sorted by name."""
     root = Path(path)
     if not root.exists():

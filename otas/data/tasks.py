@@ -36,7 +36,9 @@ class TaskSpec:
 TASKS: dict[str, TaskSpec] = {
     "source": TaskSpec("source", tuple(SOURCE_CLASSES), None, "the backbone's own 5 classes"),
     "novel": TaskSpec("novel", tuple(NOVEL_CLASSES), None, "5 classes the backbone never saw"),
-    "lowlight": TaskSpec("lowlight", tuple(SOURCE_CLASSES), "lowlight", "source classes in low light with sensor noise"),
+    "lowlight": TaskSpec(
+        "lowlight", tuple(SOURCE_CLASSES), "lowlight", "source classes in low light with sensor noise"
+    ),
     "blur": TaskSpec("blur", tuple(NOVEL_CLASSES), "blur", "novel classes out of focus"),
 }
 DOWNSTREAM = ("novel", "lowlight", "blur")

@@ -26,8 +26,8 @@ def random_crop_flip(x: torch.Tensor, pad: int = 4) -> torch.Tensor:
     xp = F.pad(x, (pad, pad, pad, pad), mode="reflect")
     dy = torch.randint(0, 2 * pad + 1, (B,), device=x.device)
     dx = torch.randint(0, 2 * pad + 1, (B,), device=x.device)
-    rows = (dy[:, None] + torch.arange(H, device=x.device)[None])  # (B, H)
-    cols = (dx[:, None] + torch.arange(W, device=x.device)[None])  # (B, W)
+    rows = dy[:, None] + torch.arange(H, device=x.device)[None]  # (B, H)
+    cols = dx[:, None] + torch.arange(W, device=x.device)[None]  # (B, W)
     flip = torch.rand(B, device=x.device) < 0.5
     cols = torch.where(flip[:, None], cols.flip(1), cols)
     idx_r = rows[:, None, :, None].expand(B, C, H, W + 2 * pad)
@@ -36,8 +36,14 @@ def random_crop_flip(x: torch.Tensor, pad: int = 4) -> torch.Tensor:
     return out.gather(3, idx_c)
 
 
-def mix(x: torch.Tensor, y: torch.Tensor, num_classes: int, smoothing: float = 0.1,
-        mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def mix(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    num_classes: int,
+    smoothing: float = 0.1,
+    mixup_alpha: float = 0.8,
+    cutmix_alpha: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mixup or CutMix (one of them per batch, at random) with label smoothing -> soft targets."""
     target = F.one_hot(y, num_classes).float() * (1 - smoothing) + smoothing / num_classes
     perm = torch.randperm(x.shape[0], device=x.device)

@@ -19,17 +19,28 @@ from otas.models.registry import build_vit
 FORMAT = "otas.checkpoint/1"
 
 
-def save_checkpoint(model: AdaptiveViT, path: str | Path, arch: str, meta: dict[str, Any] | None = None,
-                    dtype: torch.dtype | None = None) -> None:
-    """Write `model` to `path`; `dtype` (e.g. torch.float16) shrinks the file for shipping."""
-    state = {k: (v.to(dtype) if dtype and v.is_floating_point() else v).contiguous().cpu()
-             for k, v in model.state_dict().items()}
+def save_checkpoint(
+    model: AdaptiveViT, path: str | Path, meta: dict[str, Any] | None = None, dtype: torch.dtype | None = None
+) -> None:
+    """Write `model` (built by `build_vit`) to `path`; `dtype` (e.g. torch.float16) shrinks the file."""
+    build = getattr(model.vit, "otas_build", None)
+    if build is None:
+        raise ValueError("the model's ViT was not built by otas.models.build_vit, so it cannot be rebuilt")
+    state = {
+        k: (v.to(dtype) if dtype and v.is_floating_point() else v).contiguous().cpu()
+        for k, v in model.state_dict().items()
+    }
     header = {
         "format": FORMAT,
-        "arch": arch,
+        "arch": build["arch"],
+        "arch_overrides": build["overrides"],
         "num_classes": model.vit.num_classes,
-        "adapt": {"gammas": list(model.config.gammas), "deep": model.config.deep,
-                  "proportional_attn": model.config.proportional_attn, "tasks": model.config.tasks},
+        "adapt": {
+            "gammas": list(model.config.gammas),
+            "deep": model.config.deep,
+            "proportional_attn": model.config.proportional_attn,
+            "tasks": model.config.tasks,
+        },
         "source_classes": model.source_classes,
         "task_classes": model.task_classes,
         "meta": meta or {},
@@ -51,8 +62,12 @@ def read_header(path: str | Path) -> dict[str, Any]:
     return header
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                    gammas: tuple[int, ...] | None = None) -> AdaptiveViT:
+def load_checkpoint(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    gammas: tuple[int, ...] | None = None,
+) -> AdaptiveViT:
     """Rebuild the model from `path` (weights upcast/downcast to `dtype`), in eval mode."""
     p = Path(path)
     if not p.is_file():
@@ -61,14 +76,15 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", dtype:
     cfg = dict(header["adapt"])
     if gammas is not None:
         cfg["gammas"] = gammas
-    vit = build_vit(header["arch"], header["num_classes"])
+    vit = build_vit(header["arch"], header["num_classes"], **header.get("arch_overrides", {}))
     model = AdaptiveViT(vit, AdaptConfig(**cfg), header.get("source_classes"))
     model.task_classes = header.get("task_classes") or {}
     state = load_file(str(p))
     missing, unexpected = model.load_state_dict(state, strict=False)
     allowed_missing = [k for k in missing if k.startswith(("prompts.", "heads."))]
     if unexpected or len(allowed_missing) != len(missing):
-        raise ValueError(f"{p}: checkpoint does not match its architecture (missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]})")
+        raise ValueError(
+            f"{p}: checkpoint does not match its architecture (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
     model.untrained = sorted({k.split(".")[1] for k in missing})  # type: ignore[attr-defined]
     return model.to(device=device, dtype=dtype).eval()

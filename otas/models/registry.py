@@ -20,8 +20,14 @@ ARCHS: dict[str, dict[str, Any]] = {
 }
 
 
-def build_vit(arch: str, num_classes: int, drop_path_rate: float = 0.0, pretrained: bool = False,
-              pretrained_file: str | None = None, **overrides: Any) -> nn.Module:
+def build_vit(
+    arch: str,
+    num_classes: int,
+    drop_path_rate: float = 0.0,
+    pretrained: bool = False,
+    pretrained_file: str | None = None,
+    **overrides: Any,
+) -> nn.Module:
     """A timm VisionTransformer for `arch` (a key of ARCHS, or ``timm:<timm model name>``)."""
     from timm.models.vision_transformer import VisionTransformer
 
@@ -32,11 +38,15 @@ def build_vit(arch: str, num_classes: int, drop_path_rate: float = 0.0, pretrain
         if pretrained_file:
             kwargs["pretrained_cfg_overlay"] = dict(file=pretrained_file)
         try:
-            return timm.create_model(arch[5:], pretrained=pretrained or bool(pretrained_file), **kwargs)
+            vit = timm.create_model(arch[5:], pretrained=pretrained or bool(pretrained_file), **kwargs)
         except RuntimeError as e:  # unknown model name
             raise ValueError(f"timm cannot build {arch[5:]!r}: {e}") from e
+        vit.otas_build = {"arch": arch, "overrides": overrides}  # how to rebuild it from a checkpoint
+        return vit
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; known: {sorted(ARCHS)} or 'timm:<name>'")
     if pretrained or pretrained_file:
         raise ValueError(f"{arch} has no pretrained weights; train it with `otas train backbone`")
-    return VisionTransformer(num_classes=num_classes, drop_path_rate=drop_path_rate, **{**ARCHS[arch], **overrides})
+    vit = VisionTransformer(num_classes=num_classes, drop_path_rate=drop_path_rate, **{**ARCHS[arch], **overrides})
+    vit.otas_build = {"arch": arch, "overrides": overrides}  # how to rebuild it from a checkpoint
+    return vit

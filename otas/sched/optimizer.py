@@ -71,31 +71,34 @@ def _counts(deadlines: np.ndarray, taus: np.ndarray) -> np.ndarray:
     return len(deadlines) - np.searchsorted(deadlines, taus, side="left")
 
 
-def plan(specs: list[BatchSpec], delta_ms: float = 1.0, max_grid: int = 1024) -> Plan:
+def plan(specs: list[BatchSpec], delta_ms: float = 0.25, max_grid: int = 512) -> Plan:
     """Best gamma per batch for `specs` (executed in the given order). See the module docstring."""
     if not specs:
         return Plan([], 0.0, delta_ms)
     delta, G = grid_step(specs, delta_ms, max_grid)
     taus = np.arange(G + 1) * delta  # τ of each grid index; index G stands for 'after the horizon'
     k = np.arange(G)
+    steps = [_steps(spec, delta, G) for spec in specs]
     V = np.zeros(G + 1)  # V(n, ·) = 0; V[G] = 0 is the pad (every deadline has passed there)
-    choices: list[np.ndarray] = []
+    vals: list[np.ndarray] = []  # vals[i][γ, k]: value of γ at batch i from grid point k
     for i in range(len(specs) - 1, 0, -1):
-        spec = specs[i]
-        s, valid = _steps(spec, delta, G)
+        spec, (s, valid) = specs[i], steps[i]
         idx = np.minimum(k[None, :] + s[:, None], G)  # (|Γ|, G)
         val = V[idx]
         for g, d in enumerate(spec.deadlines):
             cnt = _counts(d, taus)
             cnt[G] = 0
             val += spec.weights[:, g, None] * cnt[idx]
-        val[~valid] = -np.inf
-        best = val.argmax(axis=0)  # ties go to the lowest index: the fastest setting
-        choices.append(best)
-        V = np.append(val[best, k], 0.0)
+        if not valid.all():
+            val[~valid] = -np.inf
+        vals.append(val)
+        V = np.empty(G + 1)
+        # OPTIMIZATION: only the max per column here; argmax is taken on the one column the
+        # optimal path visits, when the path is read back below.
+        val.max(axis=0, out=V[:G])
+        V[G] = 0.0
     # Level 0 is evaluated at k = 0 only.
-    spec = specs[0]
-    s, valid = _steps(spec, delta, G)
+    spec, (s, valid) = specs[0], steps[0]
     val0 = V[s].copy()
     for g, d in enumerate(spec.deadlines):
         cnt = np.where(s < G, _counts(d, taus[s]), 0)
@@ -103,16 +106,15 @@ def plan(specs: list[BatchSpec], delta_ms: float = 1.0, max_grid: int = 1024) ->
     val0[~valid] = -np.inf
     if not np.isfinite(val0).any():
         raise ValueError("no gamma fits the first batch in memory; lower max_batch or raise the limit")
-    g0 = int(val0.argmax())
+    g0 = int(val0.argmax())  # ties go to the lowest index: the fastest setting
     choice, at = [g0], int(s[g0])
-    for best in reversed(choices):
-        if at >= G:  # past the horizon every setting gains nothing: take the fastest valid
-            lat = specs[len(choice)].latency
-            choice.append(int(np.argmin(lat)))
-            continue
-        g = int(best[at])
+    for i, val in zip(range(1, len(specs)), reversed(vals), strict=True):
+        if at >= G:  # past the horizon every setting gains nothing: take the fastest valid one
+            g = int(np.argmin(specs[i].latency))
+        else:
+            g = int(val[:, at].argmax())
         choice.append(g)
-        at = min(at + int(_steps(specs[len(choice) - 1], delta, G)[0][g]), G)
+        at = min(at + int(steps[i][0][g]), G)
     return Plan(choice, float(val0[g0]), delta)
 
 
@@ -130,7 +132,7 @@ def evaluate(specs: list[BatchSpec], choice: list[int], delta: float) -> float:
     return total
 
 
-def brute_force(specs: list[BatchSpec], delta_ms: float = 1.0, max_grid: int = 1024) -> Plan:
+def brute_force(specs: list[BatchSpec], delta_ms: float = 0.25, max_grid: int = 512) -> Plan:
     """Exhaustive search over Γ^n (for tests and tiny instances only)."""
     delta, _ = grid_step(specs, delta_ms, max_grid)
     n_gamma = len(specs[0].latency) if specs else 0

@@ -29,7 +29,16 @@ from otas.sched import optimizer
 from otas.sched.batching import Candidate
 from otas.types import App, BatchPlan, Request
 
-POLICY_NAMES = ["otas", "otas-greedy", "otas-fifo", "fixed:<gamma>", "edf", "clipper", "model-switch", "oracle"]
+POLICY_NAMES = [
+    "otas",
+    "otas-greedy",
+    "otas-fifo",
+    "fixed:<gamma>",
+    "edf",
+    "clipper",
+    "model-switch",
+    "oracle",
+]
 
 
 class View(Protocol):
@@ -106,12 +115,19 @@ class Otas(Policy):
 
     @staticmethod
     def _spec(c: Candidate, now_ms: float, view: View) -> optimizer.BatchSpec:
+        reqs = c.requests
+        lat = view.lat_vector(view.model, len(reqs))
+        if reqs[0].app == reqs[-1].app and all(r.app == reqs[0].app for r in reqs):
+            # OPTIMIZATION: one application (the usual case under selective batching): no grouping.
+            d = np.fromiter((r.deadline_ms for r in reqs), float, len(reqs)) - now_ms
+            d.sort()
+            return optimizer.BatchSpec((d,), view.weights(view.model, reqs[0].app)[:, None], lat)
         groups: dict[str, list[float]] = {}
-        for r in c.requests:
+        for r in reqs:
             groups.setdefault(r.app, []).append(r.deadline_ms - now_ms)
         deadlines = tuple(np.sort(np.asarray(v)) for v in groups.values())
         weights = np.stack([view.weights(view.model, a) for a in groups], axis=1)
-        return optimizer.BatchSpec(deadlines, weights, view.lat_vector(view.model, len(c.requests)))
+        return optimizer.BatchSpec(deadlines, weights, lat)
 
 
 class Fixed(Policy):
@@ -232,9 +248,16 @@ def make_policy(name: str, **kwargs: object) -> Policy:
         try:
             gamma = int(name.split(":", 1)[1])
         except ValueError:
-            raise ValueError(f"policy {name!r}: write fixed:<integer gamma>, e.g. fixed:0 or fixed:-16") from None
+            raise ValueError(
+                f"policy {name!r}: write fixed:<integer gamma>, e.g. fixed:0 or fixed:-16"
+            ) from None
         return Fixed(gamma)
-    simple: dict[str, type[Policy]] = {"edf": Edf, "clipper": Clipper, "model-switch": ModelSwitch, "oracle": Oracle}
+    simple: dict[str, type[Policy]] = {
+        "edf": Edf,
+        "clipper": Clipper,
+        "model-switch": ModelSwitch,
+        "oracle": Oracle,
+    }
     if name in simple:
         return simple[name](**kwargs)  # type: ignore[arg-type]
     raise ValueError(f"unknown policy {name!r}; valid names: {', '.join(POLICY_NAMES)}")

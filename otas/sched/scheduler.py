@@ -114,7 +114,9 @@ class Scheduler:
         if self.config.reject_infeasible and now_ms + self._fast[1] > req.deadline_ms:
             slack = req.deadline_ms - now_ms
             return Rejection(
-                req, Reason.INFEASIBLE, f"{slack:.1f} ms to deadline < {self._fast[1]:.1f} ms at the fastest setting"
+                req,
+                Reason.INFEASIBLE,
+                f"{slack:.1f} ms to deadline < {self._fast[1]:.1f} ms at the fastest setting",
             )
         self.queues.push(req)
         self.policy.on_submit(req, now_ms)

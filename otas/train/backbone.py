@@ -53,8 +53,9 @@ class BackboneConfig:
             raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
 
 
-def train_backbone(cfg: BackboneConfig, out: Path, data: Path | None = None, device: str | None = None,
-                   log=print) -> dict:
+def train_backbone(
+    cfg: BackboneConfig, out: Path, data: Path | None = None, device: str | None = None, log=print
+) -> dict:
     dev = pick_device(device)
     torch.manual_seed(cfg.seed)
     spec = get_task(cfg.task)
@@ -71,9 +72,12 @@ def train_backbone(cfg: BackboneConfig, out: Path, data: Path | None = None, dev
     decay = [p for n, p in vit.named_parameters() if p.ndim >= 2 and "pos_embed" not in n]
     no_decay = [p for n, p in vit.named_parameters() if not (p.ndim >= 2 and "pos_embed" not in n)]
     lr = cfg.lr * cfg.batch_size / 512
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.999),
-                            fused=dev.type == "cuda")
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr,
+        betas=(0.9, 0.999),
+        fused=dev.type == "cuda",
+    )
     state_path = out.with_suffix(".state.safetensors")
     info = {"epoch": 0, "history": []}
     if state_path.is_file():
@@ -85,8 +89,13 @@ def train_backbone(cfg: BackboneConfig, out: Path, data: Path | None = None, dev
     total, warmup = cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch
     t0 = time.time()
     epoch = info["epoch"]
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TextColumn("{task.fields[msg]}"), TimeRemainingColumn()) as bar:
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[msg]}"),
+        TimeRemainingColumn(),
+    ) as bar:
         job = bar.add_task(f"train {cfg.arch}", total=cfg.epochs, completed=epoch, msg="")
         while epoch < cfg.epochs:
             vit.train()
@@ -119,9 +128,14 @@ def train_backbone(cfg: BackboneConfig, out: Path, data: Path | None = None, dev
                 return {"done": False, **info}
     vit.eval()
     acc = evaluate(model, xte, yte, 0, "source")
-    meta = {"config": asdict(cfg), "source_test_acc": acc, "source_task": cfg.task, "history": info["history"],
-            "test_images": len(yte)}
-    save_checkpoint(model, out, cfg.arch, meta)
+    meta = {
+        "config": asdict(cfg),
+        "source_test_acc": acc,
+        "source_task": cfg.task,
+        "history": info["history"],
+        "test_images": len(yte),
+    }
+    save_checkpoint(model, out, meta)
     state_path.unlink(missing_ok=True)
     log(f"{cfg.arch}: source test accuracy {acc:.4f} on {len(yte)} images -> {out}")
     return {"done": True, "test_acc": acc, **info}

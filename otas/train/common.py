@@ -68,8 +68,9 @@ def cosine_lr(step: int, total: int, warmup: int, base: float) -> float:
 
 
 @torch.no_grad()
-def evaluate(model, images: torch.Tensor, labels: torch.Tensor, gamma: int = 0, task: str = "source",
-             batch_size: int = 500) -> float:
+def evaluate(
+    model, images: torch.Tensor, labels: torch.Tensor, gamma: int = 0, task: str = "source", batch_size: int = 500
+) -> float:
     """Top-1 accuracy of `model` at γ on uint8 images (N, H, W, 3) already on the model's device."""
     device = images.device
     correct = 0

@@ -21,8 +21,7 @@ from otas.adapt.vit import key
 from otas.data.cifar import load_cifar10
 from otas.data.tasks import DOWNSTREAM, get_task
 from otas.models.checkpoint import load_checkpoint, read_header, save_checkpoint
-from otas.train.common import (autocast, batches, corrupt_set, cosine_lr, evaluate, pick_device, to_device,
-                               train_batch)
+from otas.train.common import autocast, batches, corrupt_set, cosine_lr, evaluate, pick_device, to_device, train_batch
 
 
 @dataclass
@@ -45,8 +44,9 @@ class PromptConfig:
     """Save and stop before starting a new task/γ once this much wall time has passed; rerun to resume."""
 
 
-def train_prompts(cfg: PromptConfig, backbone: Path, out: Path, data: Path | None = None,
-                  device: str | None = None, log=print) -> dict:
+def train_prompts(
+    cfg: PromptConfig, backbone: Path, out: Path, data: Path | None = None, device: str | None = None, log=print
+) -> dict:
     dev = pick_device(device)
     torch.manual_seed(cfg.seed)
     header = read_header(backbone)
@@ -88,15 +88,27 @@ def train_prompts(cfg: PromptConfig, backbone: Path, out: Path, data: Path | Non
             _fit(model, task, g, spec.corruption, xtr, ytr, epochs, cfg, dev)
             acc = evaluate(model, xte, yte, g, task)
             results.setdefault(task, {})[str(g)] = acc
-            log(json.dumps({"task": task, "gamma": g, "test_acc": acc, "epochs": epochs,
-                            "train_s": round(time.time() - t0, 1)}))
+            log(
+                json.dumps(
+                    {"task": task, "gamma": g, "test_acc": acc, "epochs": epochs, "train_s": round(time.time() - t0, 1)}
+                )
+            )
             meta = {**header["meta"], "prompt_config": asdict(cfg), "prompt_results": results}
-            save_checkpoint(model, out, header["arch"], meta)  # after every task/γ, so a stop loses little
+            save_checkpoint(model, out, meta)  # after every task/γ, so a stop loses little
     return results
 
 
-def _fit(model: AdaptiveViT, task: str, gamma: int, kind: str | None, x: torch.Tensor, y: torch.Tensor,
-         epochs: int, cfg: PromptConfig, dev: torch.device) -> None:
+def _fit(
+    model: AdaptiveViT,
+    task: str,
+    gamma: int,
+    kind: str | None,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    epochs: int,
+    cfg: PromptConfig,
+    dev: torch.device,
+) -> None:
     params = model.task_parameters(task, gamma)
     for p in params:
         p.requires_grad_(True)

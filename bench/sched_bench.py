@@ -1,0 +1,163 @@
+"""Scheduler benchmark: decision time of the optimizer and simulation wall time.
+
+1. Decision time: a Scheduler with 3 applications, |Γ| = 8, lookahead 8, kept at 1,024 queued
+   queries; each timed call is one full `next_batch` (expiry, batching, DP). Also the DP alone.
+   Warm-up, then median and p99 over many decisions, in ms.
+2. Simulation wall time of the one-hour Azure trace for every policy (load 1.0 by default).
+
+    python bench/sched_bench.py [--profile PATH] [--out bench/results]
+Writes sched_bench.json (with machine, commit, command) and sched_bench.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from otas.config import SchedulerConfig, default_apps_path, load_apps  # noqa: E402
+from otas.profile.table import Profile  # noqa: E402
+from otas.sched import Scheduler  # noqa: E402
+from otas.sched.optimizer import plan  # noqa: E402
+from otas.sim.cli import default_policies  # noqa: E402
+from otas.sim.simulator import run  # noqa: E402
+from otas.sim.traces import capacity_per_s, make_trace  # noqa: E402
+from otas.types import Request  # noqa: E402
+
+
+def default_profiles() -> list[Path]:
+    real = sorted((REPO / "profiles").glob("vit_tiny_p2_c5__*cpu*.json")) or sorted(
+        (REPO / "profiles").glob("vit_tiny_p2_c5__*.json")
+    )
+    if real:
+        small = sorted((REPO / "profiles").glob(real[0].name.replace("tiny", "small")))
+        return [real[0], *small]
+    return [REPO / "tests/data/handmade_tiny__cpu.json", REPO / "tests/data/handmade_small__cpu.json"]
+
+
+def decision_times(profile: Profile, n_queued: int = 1024, decisions: int = 3000) -> dict[str, float]:
+    apps = load_apps(default_apps_path("cpu"))
+    cfg = SchedulerConfig(lookahead=8, max_batch=64)
+    s = Scheduler(apps, profile, "otas", cfg)
+    now, nid = 0.0, 0
+
+    def fill() -> None:
+        nonlocal nid
+        while s.queued() < n_queued:
+            a = apps[nid % len(apps)]
+            s.submit(Request(nid, a.name, now, now + a.slo_ms), now)
+            nid += 1
+
+    full, dp = [], []
+    for k in range(decisions + 200):
+        now += 0.5
+        fill()
+        s.expired(now)
+        t0 = time.perf_counter()
+        p = s.next_batch(now)
+        t1 = time.perf_counter()
+        assert p is not None and p.meta["planned_batches"] == 8
+        if k >= 200:
+            full.append(t1 - t0)
+    # the DP alone, on the specs of the same kind of state
+    from otas.sched.batching import candidates
+    from otas.sched.policies import Otas
+
+    fill()
+    specs = [Otas._spec(c, now, s) for c in candidates(s.queues, now, 64, 8, s._fast)]
+    for _ in range(2000):
+        t0 = time.perf_counter()
+        plan(specs, cfg.delta_ms, cfg.max_grid)
+        dp.append(time.perf_counter() - t0)
+    ms = lambda xs, q: float(np.percentile(np.array(xs) * 1e3, q))
+    return {
+        "decision_p50_ms": ms(full, 50),
+        "decision_p99_ms": ms(full, 99),
+        "dp_p50_ms": ms(dp, 50),
+        "dp_p99_ms": ms(dp, 99),
+        "queued": n_queued,
+        "lookahead": 8,
+        "gammas": len(profile.gammas),
+        "decisions": decisions,
+    }
+
+
+def sim_times(profiles: list[Profile], load: float) -> dict[str, float]:
+    apps = load_apps(default_apps_path("cpu"))
+    cfg = SchedulerConfig()
+    cap = capacity_per_s(profiles[0], apps, cfg.max_batch)
+    tr = make_trace("azure", apps, load, cap)
+    out = {}
+    for name in default_policies(profiles):
+        if name == "oracle":
+            from otas.sched.oracle import upper_bound
+
+            t0 = time.perf_counter()
+            upper_bound(tr.requests(apps), apps, profiles, cfg)
+        else:
+            ps = profiles if name == "model-switch" else profiles[:1]
+            t0 = time.perf_counter()
+            run(tr, apps, ps, name, cfg)
+        out[name] = time.perf_counter() - t0
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--profile", default=",".join(str(p) for p in default_profiles()))
+    ap.add_argument("--load", type=float, default=1.0)
+    ap.add_argument("--out", default=str(REPO / "bench/results"))
+    args = ap.parse_args()
+    profiles = [Profile.load(p) for p in args.profile.split(",")]
+    dec = decision_times(profiles[0])
+    sims = sim_times(profiles, args.load)
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO
+    ).stdout.strip()
+    result = {
+        "command": " ".join(["python", *sys.argv]),
+        "commit": commit or "uncommitted",
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+            "cpus": __import__("os").cpu_count(),
+        },
+        "profiles": [str(p) for p in args.profile.split(",")],
+        "decision": dec,
+        "sim_azure_one_hour_s": sims,
+        "sim_azure_total_s": sum(sims.values()),
+        "load": args.load,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sched_bench.json").write_text(json.dumps(result, indent=1) + "\n")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.barh(list(sims), list(sims.values()))
+    ax.set_xlabel("wall time (s), one-hour Azure trace")
+    ax.set_title(
+        f"decision p50 {dec['decision_p50_ms']:.3f} ms, p99 {dec['decision_p99_ms']:.3f} ms "
+        f"(lookahead 8, |Γ|=8, 1024 queued)",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(out / "sched_bench.png", dpi=120)
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

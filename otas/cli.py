@@ -1,0 +1,180 @@
+"""The `otas` command: train, profile, predict, simulate, demo.
+
+Heavy imports (torch, timm) happen inside the commands, so `otas --help` stays instant.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    help="otas: elastic transformer serving by token adaptation.", no_args_is_help=True, pretty_exceptions_enable=False
+)
+train_app = typer.Typer(help="Train backbones (source task) and prompts (downstream tasks).", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+console = Console()
+
+
+def _ints(s: str) -> list[int]:
+    try:
+        return [int(v) for v in s.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers, got {s!r}") from None
+
+
+@train_app.command("backbone")
+def train_backbone_cmd(
+    out: Annotated[Path, typer.Option(help="Checkpoint to write (.safetensors).")],
+    arch: Annotated[str, typer.Option(help="Architecture: vit_tiny_p2, vit_small_p2, vit_base_p2.")] = "vit_tiny_p2",
+    epochs: int = 150,
+    batch_size: int = 512,
+    lr: float = 1e-3,
+    drop_path: float = 0.1,
+    data: Annotated[Path | None, typer.Option(help="CIFAR-10 JPEG archive (default: $OTAS_CIFAR10).")] = None,
+    device: Annotated[str | None, typer.Option(help="cuda or cpu (default: cuda if present).")] = None,
+    time_budget_s: Annotated[float | None, typer.Option(help="Save a resumable state and stop after this.")] = None,
+    compile: bool = True,
+) -> None:
+    """Train a ViT from scratch on the source task (5 CIFAR-10 classes); resumes if a state file exists."""
+    from otas.train.backbone import BackboneConfig, train_backbone
+
+    cfg = BackboneConfig(
+        arch=arch,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        drop_path=drop_path,
+        time_budget_s=time_budget_s,
+        compile=compile,
+    )
+    train_backbone(cfg, out, data, device, log=console.log)
+
+
+@train_app.command("prompts")
+def train_prompts_cmd(
+    backbone: Annotated[Path, typer.Argument(help="Backbone checkpoint from `otas train backbone`.")],
+    out: Annotated[Path, typer.Option(help="Checkpoint to write, with heads and prompts.")],
+    tasks: str = "novel,lowlight,blur",
+    gammas: Annotated[
+        str, typer.Option(help="The set Γ; prompts are trained for every γ > 0.")
+    ] = "-20,-16,-12,-8,0,4,8,16",
+    epochs: int = 20,
+    shallow: Annotated[bool, typer.Option(help="Shallow prompts (input only) instead of deep.")] = False,
+    data: Path | None = None,
+    device: str | None = None,
+) -> None:
+    """Train per task the γ = 0 head and a prompt set + head per γ > 0, backbone frozen."""
+    from otas.train.prompts import PromptConfig, train_prompts
+
+    cfg = PromptConfig(
+        tasks=tuple(t for t in tasks.split(",") if t), gammas=tuple(_ints(gammas)), deep=not shallow, epochs=epochs
+    )
+    train_prompts(cfg, backbone, out, data, device, log=console.log)
+
+
+@app.command("profile")
+def profile_cmd(
+    checkpoint: Annotated[Path, typer.Argument(help="Model checkpoint (.safetensors).")],
+    out: Annotated[Path | None, typer.Option(help="Profile JSON (default: profiles/<model>__<device>.json).")] = None,
+    device: str = "cpu",
+    dtype: Annotated[str, typer.Option(help="float32 or bfloat16 (default: bfloat16 on cuda).")] = "",
+    batch_sizes: str = "1,8,64",
+    accuracy_from: Annotated[Path | None, typer.Option(help="Reuse accuracy from this profile.")] = None,
+    accuracy_limit: Annotated[int | None, typer.Option(help="Test images per task (default: all).")] = None,
+    min_time_s: float = 1.0,
+    data: Path | None = None,
+) -> None:
+    """Measure accuracy per (task, γ) and latency/memory per (γ, batch size); write a JSON profile."""
+    import torch
+
+    from otas.profile.measure import device_slug, measure_profile
+    from otas.profile.report import print_profile
+    from otas.profile.table import Profile
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise typer.BadParameter("--device cuda given but no CUDA device is available")
+    dt = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    if dt not in ("float32", "bfloat16", "float16"):
+        raise typer.BadParameter(f"--dtype must be float32, bfloat16 or float16, got {dt!r}")
+    prof = measure_profile(
+        checkpoint,
+        device,
+        getattr(torch, dt),
+        _ints(batch_sizes),
+        data=data,
+        accuracy_from=Profile.load(accuracy_from) if accuracy_from else None,
+        accuracy_limit=accuracy_limit,
+        min_time_s=min_time_s,
+    )
+    out = out or Path("profiles") / f"{prof.model}__{device_slug(prof.device)}.json"
+    prof.save(out)
+    print_profile(prof, console)
+    console.print(f"wrote {out}")
+
+
+@app.command("report")
+def report_cmd(
+    profiles: Annotated[list[Path], typer.Argument(help="Profile JSON files.")],
+    out: Annotated[Path, typer.Option(help="Folder for the markdown table and plot.")] = Path("profiles"),
+    batch: Annotated[int, typer.Option(help="Batch size of the trade-off plot.")] = 8,
+) -> None:
+    """Write the accuracy-latency table (with FLOP reduction vs speed-up) and plot for profiles."""
+    from otas.profile.report import markdown, plot_tradeoff
+    from otas.profile.table import Profile
+
+    profs = [Profile.load(p) for p in profiles]
+    out.mkdir(parents=True, exist_ok=True)
+    for p, prof in zip(profiles, profs, strict=True):
+        (out / (p.stem + ".md")).write_text(markdown(prof))
+    plot_tradeoff(profs, out / "tradeoff.png", batch)
+    console.print(f"wrote {out}/*.md and {out / 'tradeoff.png'}")
+
+
+@app.command("predict")
+def predict_cmd(
+    images: Annotated[list[Path], typer.Argument(help="Image files (any size; resized to the model's).")],
+    task: str = "novel",
+    gamma: int = 0,
+    model: Annotated[Path | None, typer.Option(help="Checkpoint (default: the shipped model).")] = None,
+    top_k: int = 3,
+) -> None:
+    """Classify images with the model at one γ and print the top-k labels."""
+    from otas.predict import Predictor
+
+    pred = Predictor.load(model)
+    for path, res in zip(images, pred.classify_files(images, task, gamma, top_k), strict=True):
+        top = ", ".join(f"{lab} {p:.2f}" for lab, p in res)
+        console.print(f"{path}: {top}")
+
+
+@app.command("demo")
+def demo_cmd(
+    model: Annotated[Path | None, typer.Option(help="Checkpoint (default: the shipped model).")] = None,
+) -> None:
+    """The main job on the shipped default: classify the bundled sample at every γ, then schedule a trace."""
+    from otas.demo import run_demo
+
+    run_demo(model, console)
+
+
+def _register_optional() -> None:
+    try:
+        from otas.sim.cli import simulate
+    except ImportError:  # the simulator is optional at import time only while it is being built
+        return
+    app.command("simulate")(simulate)
+
+
+_register_optional()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""`otas demo`: the main job on the shipped default model, runnable on a fresh CPU machine.
+
+1. Classify the bundled labelled sample of every task at every γ: accuracy and latency side by side.
+2. Schedule a bursty synthetic workload with the shipped CPU profile: OTAS against fixed γ.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from otas.predict import Predictor, sample_dir
+
+
+def load_sample(task: str, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The bundled sample of `task`: uint8 (N, 32, 32, 3) images and labels indexing `classes`."""
+    from PIL import Image
+
+    images, labels = [], []
+    for c, cls in enumerate(classes):
+        for f in sorted((sample_dir() / task / cls).glob("*.png")):
+            with Image.open(f) as im:
+                images.append(np.asarray(im.convert("RGB")))
+            labels.append(c)
+    if not images:
+        raise ValueError(f"no sample images for task {task!r} under {sample_dir()}")
+    return np.stack(images), np.array(labels)
+
+
+def run_demo(model_path: Path | None, console: Console) -> None:
+    pred = Predictor.load(model_path)
+    model = pred.model
+    tasks = list(model.config.tasks)
+    console.print(
+        f"[bold]model[/] {model_path or 'shipped default'}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M "
+        f"parameters, {model.num_tokens} tokens, Γ = {list(model.config.gammas)}, tasks {tasks}"
+    )
+    samples = {t: load_sample(t, pred.labels(t)) for t in tasks}
+    table = Table(title="bundled sample: accuracy per task and latency per γ (this CPU, fp32)")
+    table.add_column("γ", justify="right")
+    table.add_column("what", justify="left")
+    for t in tasks:
+        table.add_column(f"{t} acc (n={len(samples[t][1])})", justify="right")
+    table.add_column("ms / batch of 8", justify="right")
+    for g in model.config.gammas:
+        accs = []
+        for t in tasks:
+            x, y = samples[t]
+            accs.append(float((pred.probs(x, t, g).argmax(-1).numpy() == y).mean()))
+        x8 = samples[tasks[0]][0][:8]
+        pred.probs(x8, tasks[0], g)  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(3):
+            pred.probs(x8, tasks[0], g)
+        ms = (time.perf_counter() - t0) / 3 * 1e3
+        what = f"merge {-g}/block" if g < 0 else f"{g} prompts" if g > 0 else "stock"
+        table.add_row(str(g), what, *[f"{100 * a:.1f}%" for a in accs], f"{ms:.1f}")
+    console.print(table)
+    t = tasks[0]
+    x, y = samples[t]
+    top = pred.topk(pred.probs(x[:1], t, 0), t, 3)[0]
+    console.print(f"example ({t}, true label {pred.labels(t)[y[0]]}): " + ", ".join(f"{lab} {p:.2f}" for lab, p in top))
+    _demo_schedule(console)
+
+
+def _demo_schedule(console: Console) -> None:
+    try:
+        from otas.sim.demo import run as run_sim
+    except ImportError:
+        console.print("(simulator not installed in this build)")
+        return
+    run_sim(console)

@@ -1,0 +1,100 @@
+"""Tables and plots of profiles: the accuracy-latency trade-off per γ, FLOP reduction vs speed-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from otas.profile.table import Profile
+
+
+def speedup_rows(prof: Profile) -> list[dict]:
+    """Per (γ, batch): latency, speed-up over γ = 0, FLOP ratio, and the share of the FLOP saving realised."""
+    rows = []
+    for g in prof.gammas:
+        f = prof.gflops[g] / prof.gflops[0] if prof.gflops else None
+        for b in prof.batch_sizes:
+            lat, base = prof.latency_ms[g][b], prof.latency_ms[0][b]
+            speedup = base / lat
+            # share of the ideal speed-up (1/f) realised, for merging only: (1 - lat/base) / (1 - f)
+            realised = (1 - lat / base) / (1 - f) if f is not None and f < 1 else None
+            rows.append(
+                {
+                    "gamma": g,
+                    "batch": b,
+                    "latency_ms": lat,
+                    "speedup": speedup,
+                    "flop_ratio": f,
+                    "flop_speedup": 1 / f if f else None,
+                    "realised": realised,
+                }
+            )
+    return rows
+
+
+def print_profile(prof: Profile, console: Console | None = None) -> None:
+    console = console or Console()
+    t = Table(title=f"{prof.model} on {prof.device} ({prof.dtype})")
+    t.add_column("γ", justify="right")
+    t.add_column("GFLOPs", justify="right")
+    for task in prof.accuracy:
+        t.add_column(f"acc {task}", justify="right")
+    for b in prof.batch_sizes:
+        t.add_column(f"ms @{b}", justify="right")
+    for g in prof.gammas:
+        cells = [str(g), f"{prof.gflops[g]:.3f}" if prof.gflops else "-"]
+        cells += [f"{100 * prof.accuracy[task][g]:.2f}" for task in prof.accuracy]
+        cells += [f"{prof.latency_ms[g][b]:.2f}" for b in prof.batch_sizes]
+        t.add_row(*cells)
+    console.print(t)
+
+
+def markdown(prof: Profile) -> str:
+    lines = [f"### {prof.model} on {prof.device} ({prof.dtype})", ""]
+    tasks = list(prof.accuracy)
+    head = ["γ", "GFLOPs/img", *[f"acc {t} %" for t in tasks]]
+    for b in prof.batch_sizes:
+        head += [f"ms @b{b}", f"speed-up @b{b} (FLOP-ideal, realised)"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = {(r["gamma"], r["batch"]): r for r in speedup_rows(prof)}
+    for g in prof.gammas:
+        cells = [str(g), f"{prof.gflops[g]:.3f}" if prof.gflops else "-"]
+        cells += [f"{100 * prof.accuracy[t][g]:.2f}" for t in tasks]
+        for b in prof.batch_sizes:
+            r = rows[(g, b)]
+            ideal = f"{r['flop_speedup']:.2f}x" if r["flop_speedup"] else "-"
+            real = f", {100 * r['realised']:.0f}%" if r["realised"] is not None else ""
+            cells += [f"{r['latency_ms']:.2f}", f"{r['speedup']:.2f}x ({ideal}{real})"]
+        lines.append("| " + " | ".join(cells) + " |")
+    meta = prof.meta
+    lines += ["", f"commit `{meta.get('commit')}`, command `{meta.get('command')}`, created {meta.get('created')}"]
+    return "\n".join(lines) + "\n"
+
+
+def plot_tradeoff(profiles: list[Profile], path: Path, batch: int | None = None) -> None:
+    """Accuracy vs latency per task, one point per γ, one panel per profile."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(profiles), figsize=(5.5 * len(profiles), 4.2), squeeze=False)
+    for ax, prof in zip(axes[0], profiles, strict=True):
+        b = batch if batch in prof.batch_sizes else prof.batch_sizes[min(1, len(prof.batch_sizes) - 1)]
+        for task, acc in prof.accuracy.items():
+            xs = [prof.latency_ms[g][b] for g in prof.gammas]
+            ys = [100 * acc[g] for g in prof.gammas]
+            ax.plot(xs, ys, "o-", label=task)
+            for g, x, y in zip(prof.gammas, xs, ys, strict=True):
+                ax.annotate(f"{g:+d}" if g else "0", (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
+        ax.set_xlabel(f"latency of a batch of {b} (ms)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"{prof.model}\n{prof.device} ({prof.dtype})", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

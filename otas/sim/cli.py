@@ -1,0 +1,153 @@
+"""`otas simulate`: run policies over a trace and a load sweep; print tables, write JSON and plots.
+
+The lead registers `simulate` in otas/cli.py with `app.command("simulate")(simulate)`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from otas.config import SchedulerConfig, default_apps_path, load_apps
+from otas.profile.table import Profile
+from otas.sched.oracle import upper_bound
+from otas.sched.policies import make_policy
+from otas.sim import report
+from otas.sim.simulator import SimResult, run
+from otas.sim.traces import capacity_per_s, make_trace
+from otas.types import App
+
+
+def default_policies(profiles: Sequence[Profile]) -> list[str]:
+    """otas and its ablations, fixed:<γ> for every γ, the baselines, and the oracle bound."""
+    names = [
+        "otas",
+        "otas-greedy",
+        "otas-fifo",
+        *[f"fixed:{g}" for g in profiles[0].gammas],
+        "edf",
+        "clipper",
+    ]
+    if len(profiles) > 1:
+        names.append("model-switch")
+    return [*names, "oracle"]
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or "uncommitted"
+    except OSError:
+        return "unknown"
+
+
+def sweep(
+    trace: str,
+    apps: Sequence[App],
+    profiles: Sequence[Profile],
+    policies: Sequence[str],
+    loads: Sequence[float],
+    config: SchedulerConfig,
+    seed: int = 0,
+    noise: bool = False,
+    n_synthetic: int = 20_000,
+) -> tuple[dict[str, object], dict[float, list[SimResult]]]:
+    """Run every policy at every load. Returns (JSON-ready results, SimResults per load)."""
+    for name in policies:
+        make_policy(name)  # fail fast on a bad name, before any simulation
+    cap = capacity_per_s(profiles[0], apps, config.max_batch)
+    runs: list[dict[str, object]] = []
+    kept: dict[float, list[SimResult]] = {}
+    for load in loads:
+        tr = make_trace(trace, apps, load, cap, seed=seed, n=n_synthetic)
+        bound = upper_bound(tr.requests(apps), apps, profiles, config)
+        kept[load] = []
+        for name in policies:
+            t0 = time.perf_counter()
+            if name == "oracle":
+                row: dict[str, object] = {
+                    "policy": "oracle (bound)",
+                    "utility": bound.value,
+                    "window_ms": bound.window_ms,
+                    "offset_ms": bound.offset_ms,
+                }
+            else:
+                online = [p for p in profiles] if name == "model-switch" else [profiles[0]]
+                res = run(tr, apps, online, name, config, seed=seed, noise=noise)
+                kept[load].append(res)
+                row = res.summary(apps)
+            row["vs_oracle"] = float(row["utility"]) / bound.value if bound.value > 0 else math.nan  # type: ignore[arg-type]
+            row.update(load=load, trace=tr.name, requests=len(tr), wall_s=time.perf_counter() - t0)
+            runs.append(row)
+    out = {
+        "meta": {
+            "command": " ".join(sys.argv),
+            "commit": _commit(),
+            "machine": platform.platform(),
+            "python": platform.python_version(),
+            "seed": seed,
+            "noise": noise,
+            "profiles": [f"{p.model} on {p.device}" for p in profiles],
+            "apps": [a.__dict__ for a in apps],
+            "config": config.__dict__,
+        },
+        "capacity_per_s": cap,
+        "runs": runs,
+    }
+    return out, kept
+
+
+def simulate(
+    trace: Annotated[
+        str, typer.Option(help="CSV path (Azure format) or azure|poisson|step|diurnal|mmpp")
+    ] = "azure",
+    apps: Annotated[Path, typer.Option(help="applications YAML")] = default_apps_path("cpu"),
+    profile: Annotated[
+        str, typer.Option(help="profile JSON; PROFILE,PROFILE2,... adds models for model-switch")
+    ] = "",
+    policies: Annotated[str, typer.Option(help="comma-separated policy names; empty = all")] = "",
+    load: Annotated[str, typer.Option(help="load × capacity of γ=0, or a sweep like 0.5,1,1.5,2")] = "1.0",
+    seed: Annotated[int, typer.Option(help="seed for traces, app mapping and noise")] = 0,
+    noise: Annotated[bool, typer.Option(help="draw batch latencies from the profile's p90 spread")] = False,
+    lookahead: Annotated[int, typer.Option(help="optimizer lookahead (batches)")] = 8,
+    max_batch: Annotated[int, typer.Option(help="largest batch B_max")] = 64,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write results JSON here")] = None,
+    plots: Annotated[Path | None, typer.Option(help="write plots into this directory")] = None,
+) -> None:
+    """Simulate scheduling policies on a trace with profiled latencies; print one table per load."""
+    if not profile:
+        raise typer.BadParameter("give --profile PATH (e.g. profiles/vit_tiny_p2_c5__cpu.json)")
+    try:
+        profs = [Profile.load(p) for p in profile.split(",") if p]
+        app_list = load_apps(apps)
+        loads = [float(x) for x in load.split(",") if x]
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    config = SchedulerConfig(lookahead=lookahead, max_batch=max_batch)
+    names = [p for p in policies.split(",") if p] or default_policies(profs)
+    out, kept = sweep(trace, app_list, profs, names, loads, config, seed=seed, noise=noise)
+    runs = out["runs"]
+    for x in loads:
+        rows = [r for r in runs if r["load"] == x]  # type: ignore[index]
+        report.table(rows, title=f"{trace} at load {x:g} × capacity of γ=0 ({rows[0]['requests']} requests)")
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(out, indent=1, default=str) + "\n")
+    if plots is not None:
+        cap = float(out["capacity_per_s"])  # type: ignore[arg-type]
+        for x, results in kept.items():
+            if results:
+                report.plot_over_time(results, cap, plots / f"over_time_{Path(trace).stem}_load{x:g}.png")
+        by_policy: dict[str, dict[float, float]] = {}
+        for r in runs:
+            by_policy.setdefault(str(r["policy"]), {})[float(r["load"])] = float(r["vs_oracle"])  # type: ignore[arg-type]
+        report.plot_sweep(by_policy, plots / f"sweep_{Path(trace).stem}.png")

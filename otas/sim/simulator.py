@@ -1,0 +1,171 @@
+"""Discrete-event simulation: the same `Scheduler` the server uses, on a profile-backed clock.
+
+Events: arrivals (from the trace), batch completions (start + profile latency of the plan's model
+at its gamma and size, times optional log-normal noise fitted to the profile's p90/median spread,
+plus any model-switch delay) and scheduler wake-ups (max queue delay). Every request ends exactly
+once: served (on time or late), rejected at submission, or expired in the queue.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from otas.config import SchedulerConfig
+from otas.profile.table import Profile
+from otas.sched.policies import Policy
+from otas.sched.scheduler import Scheduler
+from otas.sim.traces import Trace
+from otas.types import App, BatchPlan, Outcome
+
+_Z90 = 1.2815515655446004  # standard normal 90th percentile
+
+
+@dataclass
+class SimResult:
+    """Per-request outcomes and per-batch decisions of one simulated run."""
+
+    policy: str
+    trace: str
+    n: int
+    outcome: list[Outcome | None]
+    reason: list[str]
+    finish_ms: np.ndarray
+    utility: np.ndarray
+    """Earned utility per request (0 unless served on time)."""
+    accuracy: np.ndarray
+    """acc(task, gamma) of the setting each served request ran at (nan if not served)."""
+    on_time: np.ndarray
+    app_of: list[str]
+    arrival_ms: np.ndarray
+    batches: list[tuple[float, int, int, str]] = field(default_factory=list)
+    """(start_ms, size, gamma, model) per batch."""
+
+    @property
+    def total_utility(self) -> float:
+        return float(self.utility.sum())
+
+    def count(self, outcome: Outcome) -> int:
+        return sum(1 for o in self.outcome if o is outcome)
+
+    def summary(self, apps: Sequence[App]) -> dict[str, object]:
+        served = np.array([o is Outcome.SERVED for o in self.outcome])
+        names = np.array(self.app_of)
+        slo = {
+            a.name: float(self.on_time[names == a.name].mean()) if (names == a.name).any() else math.nan
+            for a in apps
+        }
+        gammas = [g for _, _, g, _ in self.batches]
+        return {
+            "policy": self.policy,
+            "trace": self.trace,
+            "requests": self.n,
+            "utility": self.total_utility,
+            "slo_attainment": float(self.on_time.mean()) if self.n else math.nan,
+            "slo_attainment_per_app": slo,
+            "mean_accuracy_served": float(np.nanmean(self.accuracy[served])) if served.any() else math.nan,
+            "served": int(served.sum()),
+            "late": int((served & ~self.on_time).sum()),
+            "rejected": self.count(Outcome.REJECTED),
+            "expired": self.count(Outcome.EXPIRED),
+            "batches": len(self.batches),
+            "mean_batch": float(np.mean([b for _, b, _, _ in self.batches])) if self.batches else 0.0,
+            "mean_gamma": float(np.mean(gammas)) if gammas else math.nan,
+        }
+
+
+class _Recorder:
+    def __init__(self, n: int, trace: Trace, policy: str) -> None:
+        self.r = SimResult(
+            policy=policy,
+            trace=trace.name,
+            n=n,
+            outcome=[None] * n,
+            reason=[""] * n,
+            finish_ms=np.full(n, np.nan),
+            utility=np.zeros(n),
+            accuracy=np.full(n, np.nan),
+            on_time=np.zeros(n, dtype=bool),
+            app_of=list(trace.apps),
+            arrival_ms=np.asarray(trace.arrival_ms),
+        )
+
+    def end(self, rid: int, outcome: Outcome, reason: str = "") -> None:
+        if self.r.outcome[rid] is not None:
+            raise AssertionError(f"request {rid} ended twice ({self.r.outcome[rid]} then {outcome})")
+        self.r.outcome[rid] = outcome
+        self.r.reason[rid] = reason
+
+
+def _latency(plan: BatchPlan, profiles: dict[str, Profile], noise: bool, rng: random.Random) -> float:
+    p = profiles[plan.model]
+    med = p.lat(plan.gamma, plan.size)
+    if noise:
+        p90 = p.lat_p90(plan.gamma, plan.size)
+        sigma = math.log(max(p90, med) / med) / _Z90 if med > 0 else 0.0
+        med *= math.exp(rng.gauss(0.0, sigma))
+    return med + plan.switch_ms
+
+
+def run(
+    trace: Trace,
+    apps: Sequence[App],
+    profiles: Profile | Sequence[Profile],
+    policy: str | Policy,
+    config: SchedulerConfig | None = None,
+    seed: int = 0,
+    noise: bool = False,
+) -> SimResult:
+    """Simulate one policy on one trace; deterministic for a given seed."""
+    profs = [profiles] if isinstance(profiles, Profile) else list(profiles)
+    by_model = {p.model: p for p in profs}
+    app_by = {a.name: a for a in apps}
+    sched = Scheduler(apps, profs, policy, config)
+    reqs = trace.requests(apps)
+    rec = _Recorder(len(reqs), trace, sched.policy.name)
+    rng = random.Random(seed)
+    i, n = 0, len(reqs)
+    busy: tuple[BatchPlan, float, float] | None = None  # plan, end time, actual latency
+    wake: float | None = None
+    while True:
+        t_arr = reqs[i].arrival_ms if i < n else math.inf
+        t_done = busy[1] if busy else math.inf
+        t_wake = wake if (wake is not None and busy is None) else math.inf
+        now = min(t_arr, t_done, t_wake)
+        if now == math.inf:
+            break
+        wake = None
+        if t_done <= now and busy is not None:
+            plan, end, actual = busy
+            busy = None
+            for r in plan.requests:
+                rec.end(r.id, Outcome.SERVED)
+                acc = by_model[plan.model].acc(app_by[r.app].task, plan.gamma)
+                rec.r.finish_ms[r.id], rec.r.accuracy[r.id] = end, acc
+                if end <= r.deadline_ms:
+                    rec.r.on_time[r.id] = True
+                    rec.r.utility[r.id] = app_by[r.app].utility * acc
+            sched.complete(plan, now, actual)
+        while i < n and reqs[i].arrival_ms <= now:
+            rej = sched.submit(reqs[i], now)
+            if rej is not None:
+                rec.end(reqs[i].id, Outcome.REJECTED, rej.reason.value)
+            i += 1
+        if busy is None:
+            plan = sched.next_batch(now)
+            if plan is not None:
+                actual = _latency(plan, by_model, noise, rng)
+                busy = (plan, now + actual, actual)
+                rec.r.batches.append((now, plan.size, plan.gamma, plan.model))
+            else:
+                wake = sched.next_wakeup(now)
+        for r, why in sched.expired(now):
+            rec.end(r.id, Outcome.EXPIRED, why)
+    missing = [k for k, o in enumerate(rec.r.outcome) if o is None]
+    if missing:
+        raise AssertionError(f"{len(missing)} requests never ended, e.g. {missing[:5]}")
+    return rec.r

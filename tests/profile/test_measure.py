@@ -1,0 +1,49 @@
+import torch
+
+from otas.adapt import AdaptConfig, AdaptiveViT
+from otas.models.checkpoint import save_checkpoint
+from otas.models.registry import build_vit
+from otas.profile.measure import device_slug, gflops, measure_profile
+from otas.profile.report import markdown, speedup_rows
+from otas.profile.table import Profile
+
+
+def _ckpt(tmp_path):
+    torch.manual_seed(0)
+    vit = build_vit("vit_tiny_p2", 5, img_size=16, depth=2)
+    m = AdaptiveViT(vit, AdaptConfig(gammas=(-8, 0, 4), tasks={"novel": 5}))
+    p = tmp_path / "tiny.safetensors"
+    save_checkpoint(m, p)
+    return m, p
+
+
+def test_gflops_follow_token_counts(tmp_path):
+    m, _ = _ckpt(tmp_path)
+    assert gflops(m, -8) < gflops(m, 0) < gflops(m, 4)
+    # γ = 0: patch embedding + per block 2 N (12 C^2) + 4 N^2 C with N = 65, C = 192, 2 blocks
+    N, C = 65, 192
+    expected = 2 * 64 * C * 12 + 2 * (2 * N * 12 * C * C + 4 * N * N * C)
+    assert abs(gflops(m, 0) - expected / 1e9) < 1e-9
+
+
+def test_measure_profile_on_cpu(tmp_path):
+    _, p = _ckpt(tmp_path)
+    acc = Profile(
+        model="x",
+        device="d",
+        dtype="float32",
+        gammas=[-8, 0, 4],
+        batch_sizes=[1],
+        accuracy={"source": {-8: 0.5, 0: 0.6, 4: 0.6}, "novel": {-8: 0.4, 0: 0.5, 4: 0.7}},
+        latency_ms={g: {1: 1.0} for g in (-8, 0, 4)},
+    )
+    prof = measure_profile(p, "cpu", torch.float32, [1, 4], accuracy_from=acc, min_time_s=0.01)
+    assert prof.gammas == [-8, 0, 4] and prof.batch_sizes == [1, 4]
+    assert all(prof.latency_ms[g][b] > 0 for g in prof.gammas for b in (1, 4))
+    assert prof.latency_p90_ms[0][4] >= prof.latency_ms[0][4]
+    assert prof.accuracy == acc.accuracy and "accuracy_from" in prof.meta and prof.memory_mb is None
+    Profile.from_dict(prof.to_dict())  # valid file format
+    rows = speedup_rows(prof)
+    assert {(r["gamma"], r["batch"]) for r in rows} == {(g, b) for g in (-8, 0, 4) for b in (1, 4)}
+    assert "| -8 |" in markdown(prof)
+    assert device_slug("NVIDIA H100 80GB HBM3") == "h100" and device_slug("AMD EPYC 7B13") == "cpu-amd"

@@ -1,0 +1,53 @@
+import json
+
+import pytest
+
+from otas.profile.table import Profile
+
+
+def _profile(**kw) -> Profile:
+    d = dict(
+        model="m",
+        device="cpu",
+        dtype="float32",
+        gammas=[-4, 0, 4],
+        batch_sizes=[1, 8],
+        accuracy={"t": {-4: 0.8, 0: 0.85, 4: 0.9}},
+        latency_ms={-4: {1: 5.0, 8: 20.0}, 0: {1: 6.0, 8: 30.0}, 4: {1: 6.5, 8: 33.0}},
+        gflops={-4: 1.0, 0: 1.5, 4: 1.6},
+    )
+    d.update(kw)
+    return Profile(**d)
+
+
+def test_roundtrip(tmp_path):
+    p = _profile(memory_mb={g: {1: 10.0, 8: 40.0} for g in (-4, 0, 4)})
+    p.save(tmp_path / "p.json")
+    q = Profile.load(tmp_path / "p.json")
+    assert q == p
+    assert json.loads((tmp_path / "p.json").read_text())["schema"] == "otas.profile/1"
+
+
+def test_interpolation_and_extrapolation():
+    p = _profile()
+    assert p.lat(0, 1) == 6.0 and p.lat(0, 8) == 30.0
+    assert p.lat(0, 4) == pytest.approx(6.0 + 24.0 * 3 / 7)
+    assert p.lat(0, 15) == pytest.approx(30.0 + 24.0)  # linear past the last measured batch
+    assert p.acc("t", 4) == 0.9 and p.mem(0, 8) == 0.0
+
+
+def test_errors_name_the_problem(tmp_path):
+    p = _profile()
+    with pytest.raises(ValueError, match="gamma=2 is not in the profile"):
+        p.lat(2, 1)
+    with pytest.raises(ValueError, match="no task 'x'"):
+        p.acc("x", 0)
+    with pytest.raises(ValueError, match="no latency for gamma=4"):
+        _profile(latency_ms={-4: {1: 1.0}, 0: {1: 1.0}})
+    with pytest.raises(ValueError, match="ascending"):
+        _profile(gammas=[0, -4, 4])
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ValueError, match="not an otas profile"):
+        Profile.load(tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="does not exist"):
+        Profile.load(tmp_path / "none.json")

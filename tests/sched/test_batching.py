@@ -1,0 +1,61 @@
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from otas.config import SchedulerConfig
+from otas.sched.batching import Queues, candidates, slo_classes
+from otas.sim.simulator import run
+from otas.sim.traces import capacity_per_s, make_trace
+from otas.types import App
+from tests.factories import make_profile, make_request
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(10, 5000), min_size=1, max_size=8), st.floats(0, 1))
+def test_slo_classes_respect_tolerance(slos, tol):
+    apps = [App(f"a{i}", s, 1.0, "novel") for i, s in enumerate(slos)]
+    classes = slo_classes(apps, tol)
+    by = {a.name: a.slo_ms for a in apps}
+    assert sorted(n for c in classes for n in c) == sorted(by)
+    for c in classes:
+        assert max(by[n] for n in c) <= min(by[n] for n in c) * (1 + tol) + 1e-9
+
+
+def test_batches_never_mix_slo_classes_beyond_tolerance():
+    apps = [
+        App("a", 400, 1, "novel"),
+        App("b", 440, 1, "blur"),
+        App("c", 900, 2, "lowlight"),
+        App("d", 1000, 1, "novel"),
+        App("e", 2500, 1, "blur"),
+    ]
+    slo = {a.name: a.slo_ms for a in apps}
+    p = make_profile()
+    for tol in (0.0, 0.15):
+        cfg = SchedulerConfig(slo_class_tolerance=tol)
+        tr = make_trace("mmpp", apps, 1.5, capacity_per_s(p, apps, cfg.max_batch), seed=1, n=2000)
+        res = run(tr, apps, p, "otas", cfg)
+        assert res.batches
+        reqs = tr.requests(apps)
+        # rebuild batch membership from the outcomes: requests finishing at the same time share a batch
+        by_finish: dict[float, list[str]] = {}
+        for r in reqs:
+            if res.outcome[r.id].value == "served":
+                by_finish.setdefault(float(res.finish_ms[r.id]), []).append(r.app)
+        for members in by_finish.values():
+            s = [slo[m] for m in members]
+            assert max(s) <= min(s) * (1 + tol) + 1e-9, (tol, members)
+
+
+def test_deadline_aware_cut_and_batch_deadline():
+    p = make_profile()
+    app = App("a", 500, 1, "novel")
+    q = Queues([["a"]], "deadline")
+    for i in range(40):
+        q.push(make_request(i, app, float(i)))
+    fast = [0.0] + [p.lat(-20, b) for b in range(1, 65)]
+    c = candidates(q, now_ms=300.0, cap=64, n=8, lat_fast=fast)
+    first = c[0]
+    assert first.deadline_ms == 500.0  # the earliest member's
+    assert 300.0 + fast[len(first.requests)] <= first.deadline_ms
+    assert 300.0 + fast[len(first.requests) + 1] > first.deadline_ms  # as large as possible
+    assert sum(len(x.requests) for x in c) == 40

@@ -1,0 +1,67 @@
+import math
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from otas.sched.optimizer import BatchSpec, brute_force, evaluate, plan
+
+
+@st.composite
+def instances(draw):
+    n_gamma = draw(st.integers(1, 4))
+    n = draw(st.integers(1, 4))
+    specs = []
+    for _i in range(n):
+        groups = draw(st.integers(1, 2))
+        deadlines = tuple(
+            np.sort(np.array(draw(st.lists(st.floats(-50, 400), min_size=1, max_size=5))))
+            for _ in range(groups)
+        )
+        weights = np.array(
+            draw(
+                st.lists(
+                    st.lists(st.floats(0, 3), min_size=groups, max_size=groups),
+                    min_size=n_gamma,
+                    max_size=n_gamma,
+                )
+            )
+        )
+        lat = draw(
+            st.lists(st.one_of(st.floats(0.5, 200), st.just(math.inf)), min_size=n_gamma, max_size=n_gamma)
+        )
+        if not any(math.isfinite(x) for x in lat):  # the batcher sizes every batch to fit
+            lat[0] = 10.0
+        specs.append(BatchSpec(deadlines, weights, np.array(lat)))
+    delta = draw(st.sampled_from([0.25, 1.0, 7.0]))
+    max_grid = draw(st.sampled_from([16, 512]))
+    return specs, delta, max_grid
+
+
+@settings(max_examples=300, deadline=None)
+@given(instances())
+def test_dp_equals_brute_force(inst):
+    specs, delta, max_grid = inst
+    got = plan(specs, delta, max_grid)
+    want = brute_force(specs, delta, max_grid)
+    assert math.isclose(got.value, want.value, rel_tol=1e-9, abs_tol=1e-9)
+    assert math.isclose(evaluate(specs, got.choice, got.delta_ms), got.value, rel_tol=1e-9, abs_tol=1e-9)
+
+
+def _spec(deadlines, acc, lat):
+    return BatchSpec((np.array(deadlines, float),), np.array(acc, float)[:, None], np.array(lat, float))
+
+
+def test_slack_buys_accuracy_and_pressure_buys_speed():
+    acc, lat = [0.80, 0.86, 0.90], [20.0, 60.0, 65.0]
+    light = [_spec([1000.0], acc, lat)]
+    assert plan(light).choice == [2]
+    tight = [_spec([70.0] * 4, acc, lat), _spec([95.0] * 4, acc, lat)]
+    p = plan(tight)
+    assert p.choice == [0, 2] and math.isclose(p.value, 4 * 0.80 + 4 * 0.90)
+
+
+def test_rounding_is_conservative():
+    # 10.2 ms rounds up to 11 steps of 1 ms: a deadline at 10.5 ms is counted as missed.
+    p = plan([_spec([10.5], [1.0], [10.2])], delta_ms=1.0)
+    assert p.value == 0.0

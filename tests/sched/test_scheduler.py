@@ -1,0 +1,95 @@
+import pytest
+
+from otas.config import SchedulerConfig
+from otas.sched import Scheduler, make_policy
+from otas.types import Reason, Request
+from tests.factories import make_apps, make_profile, make_request, make_small_profile
+
+APPS = make_apps()
+NOVEL = APPS[0]
+
+
+def test_early_rejection_with_reason():
+    s = Scheduler(APPS, make_profile(), "otas")
+    rej = s.submit(Request(1, "novel", 0.0, 10.0), now_ms=0.0)  # 10 ms < 20 ms at gamma -20
+    assert rej is not None and rej.reason is Reason.INFEASIBLE and "fastest" in rej.detail
+    assert s.submit(make_request(2, NOVEL, 0.0), 0.0) is None
+
+
+def test_best_effort_keeps_infeasible_queries():
+    s = Scheduler(APPS, make_profile(), "otas", SchedulerConfig(reject_infeasible=False))
+    assert s.submit(Request(1, "novel", 0.0, 10.0), 0.0) is None
+    plan = s.next_batch(0.0)
+    assert plan is not None and plan.size == 1 and s.expired(0.0) == []
+
+
+def test_expiry_while_queued_and_queue_full():
+    s = Scheduler(APPS, make_profile(), "fixed:0", SchedulerConfig(max_queue=2))
+    assert s.submit(make_request(1, NOVEL, 0.0), 0.0) is None
+    assert s.submit(make_request(2, NOVEL, 1.0), 1.0) is None
+    full = s.submit(make_request(3, NOVEL, 2.0), 2.0)
+    assert full is not None and full.reason is Reason.QUEUE_FULL
+    gone = s.expired(460.0)  # 40 ms left < 60 ms at gamma 0, batch 1
+    assert [r.id for r, _ in gone] == [1, 2] and gone[0][1] == Reason.DEADLINE_UNREACHABLE.value
+    assert s.next_batch(460.0) is None and s.next_wakeup(460.0) is None
+
+
+def test_unknown_app_and_bad_policy_names():
+    s = Scheduler(APPS, make_profile(), "otas")
+    with pytest.raises(ValueError, match="unknown application"):
+        s.submit(Request(1, "nope", 0.0, 100.0), 0.0)
+    with pytest.raises(ValueError, match="valid names: otas"):
+        make_policy("fastest")
+    with pytest.raises(ValueError, match="fixed:<integer gamma>"):
+        make_policy("fixed:x")
+    with pytest.raises(ValueError, match="not in the profile's set"):
+        Scheduler(APPS, make_profile(), "fixed:3")
+    with pytest.raises(ValueError, match="offline bound"):
+        Scheduler(APPS, make_profile(), "oracle")
+
+
+def test_max_queue_delay_holds_then_releases():
+    s = Scheduler(APPS, make_profile(), "fixed:0", SchedulerConfig(max_queue_delay_ms=5.0))
+    s.submit(make_request(1, NOVEL, 0.0), 0.0)
+    assert s.next_batch(1.0) is None and s.next_wakeup(1.0) == 5.0
+    plan = s.next_batch(5.0)
+    assert plan is not None and plan.size == 1 and plan.start_ms == 5.0
+
+
+def test_online_latency_correction():
+    s = Scheduler(APPS, make_profile(), "fixed:0", SchedulerConfig(latency_ewma=0.5))
+    s.submit(make_request(1, APPS[2], 0.0), 0.0)
+    plan = s.next_batch(0.0)
+    assert plan.predicted_ms == pytest.approx(60.0)
+    s.complete(plan, 120.0, measured_ms=120.0)  # twice as slow as profiled
+    assert s.predict(s.model, 0, 1) == pytest.approx(90.0)
+
+
+def test_memory_limit_caps_batch():
+    p = make_profile(memory_mb=(100.0, 400.0, 3000.0))
+    cfg = SchedulerConfig(memory_limit_mb=400.0 * 0.34 + 1)  # batch 8 fits only at gamma -20
+    s = Scheduler(APPS, p, "otas", cfg)
+    for i in range(30):
+        s.submit(make_request(i, APPS[2], 0.0), 0.0)
+    plan = s.next_batch(0.0)
+    assert plan.size == 8 and plan.gamma == -20
+    s = Scheduler(APPS, p, "fixed:0", cfg)  # at gamma 0 only batch 1 fits
+    s.submit(make_request(0, APPS[2], 0.0), 0.0)
+    s.submit(make_request(1, APPS[2], 0.0), 0.0)
+    assert s.next_batch(0.0).size == 1
+
+
+def test_model_switch_pays_load_delay():
+    s = Scheduler(APPS, [make_small_profile(), make_profile()], "model-switch")
+    for i in range(300):  # 100 queries/s: far above the small model's throughput
+        s.submit(make_request(i, APPS[2], i * 10.0), i * 10.0)
+    plan = s.next_batch(3000.0)
+    assert plan.model == "vit_tiny_handmade" and plan.switch_ms == 80.0
+    assert plan.predicted_ms == pytest.approx(80.0 + make_profile().lat(0, plan.size))
+
+
+def test_config_errors_show_value_and_fix():
+    with pytest.raises(ValueError, match=r"lookahead=0: use an integer >= 1"):
+        SchedulerConfig(lookahead=0)
+    with pytest.raises(ValueError, match="slo_class_tolerance=-1"):
+        SchedulerConfig(slo_class_tolerance=-1)

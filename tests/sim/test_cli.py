@@ -1,0 +1,51 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from otas.config import default_apps_path, load_apps
+from otas.sim.cli import simulate
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def test_simulate_writes_json_and_plots(tmp_path, capsys):
+    prof = f"{DATA / 'handmade_tiny__cpu.json'},{DATA / 'handmade_small__cpu.json'}"
+    simulate(
+        trace="step",
+        apps=default_apps_path("cpu"),
+        profile=prof,
+        policies="otas,fixed:0,model-switch,oracle",
+        load="0.5,1.5",
+        seed=0,
+        noise=False,
+        lookahead=8,
+        max_batch=64,
+        json_out=tmp_path / "o.json",
+        plots=tmp_path / "plots",
+    )
+    out = json.loads((tmp_path / "o.json").read_text())
+    assert {r["policy"] for r in out["runs"]} == {"otas", "fixed:0", "model-switch", "oracle (bound)"}
+    assert all(r["vs_oracle"] <= 1.0 + 1e-9 for r in out["runs"])
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
+        "over_time_step_load0.5.png",
+        "over_time_step_load1.5.png",
+        "sweep_step.png",
+    ]
+    assert "otas" in capsys.readouterr().out
+
+
+def test_packaged_apps_files_load():
+    for dev in ("cpu", "h100"):
+        apps = load_apps(default_apps_path(dev))
+        assert [a.task for a in apps] == ["novel", "lowlight", "blur"]
+
+
+def test_load_apps_errors(tmp_path):
+    bad = tmp_path / "a.yaml"
+    bad.write_text("apps:\n  - {name: x, slo_ms: -5, utility: 1, task: novel}\n")
+    with pytest.raises(ValueError, match="slo_ms=-5"):
+        load_apps(bad)
+    bad.write_text("apps:\n  - {name: x, slo: 5}\n")
+    with pytest.raises(ValueError, match="missing keys"):
+        load_apps(bad)

@@ -1,0 +1,75 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from otas.config import SchedulerConfig
+from otas.sim.simulator import run
+from otas.sim.traces import capacity_per_s, make_trace
+from otas.types import Outcome
+from tests.factories import make_apps, make_profile, make_small_profile
+
+APPS = make_apps()
+POLICIES = [
+    "otas",
+    "otas-greedy",
+    "otas-fifo",
+    "fixed:-20",
+    "fixed:0",
+    "fixed:16",
+    "edf",
+    "clipper",
+    "model-switch",
+]
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def bursty():
+    p = make_profile()
+    return make_trace("mmpp", APPS, 1.5, capacity_per_s(p, APPS, 64), seed=7, n=3000)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_every_query_ends_exactly_once(bursty, policy):
+    res = run(bursty, APPS, [make_profile(), make_small_profile()], policy, SchedulerConfig(), noise=True)
+    assert all(o is not None for o in res.outcome)  # the simulator also raises on a double end
+    assert res.count(Outcome.SERVED) + res.count(Outcome.REJECTED) + res.count(Outcome.EXPIRED) == len(bursty)
+    assert sum(b for _, b, _, _ in res.batches) == res.count(Outcome.SERVED)
+    served = np.array([o is Outcome.SERVED for o in res.outcome])
+    assert not res.on_time[~served].any() and (res.utility[~res.on_time] == 0).all()
+
+
+def test_same_seed_same_results(bursty):
+    cfg = SchedulerConfig()
+    a = run(bursty, APPS, make_profile(), "otas", cfg, seed=3, noise=True)
+    b = run(bursty, APPS, make_profile(), "otas", cfg, seed=3, noise=True)
+    assert a.batches == b.batches and a.total_utility == b.total_utility
+    t1 = make_trace("diurnal", APPS, 1.0, 20.0, seed=5, n=500)
+    t2 = make_trace("diurnal", APPS, 1.0, 20.0, seed=5, n=500)
+    assert np.array_equal(t1.arrival_ms, t2.arrival_ms) and t1.apps == t2.apps
+
+
+def test_otas_adapts_gamma_to_load():
+    p = make_profile()
+    cap = capacity_per_s(p, APPS, 64)
+    light = run(make_trace("poisson", APPS, 0.3, cap, seed=1, n=1500), APPS, p, "otas").summary(APPS)
+    heavy = run(make_trace("poisson", APPS, 2.0, cap, seed=1, n=1500), APPS, p, "otas").summary(APPS)
+    assert light["mean_gamma"] > 8 > 0 > heavy["mean_gamma"]
+
+
+def test_imports_without_torch():
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch' or name.startswith('torch.'):\n"
+        "            raise ImportError('torch is blocked in this test')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import otas.sched, otas.sim, otas.sim.cli, otas.sched.oracle, otas.sim.report\n"
+        "assert 'torch' not in sys.modules\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr

@@ -1,0 +1,43 @@
+"""End-to-end training on a handful of real CIFAR-10 images: the code paths, not the accuracy."""
+
+import torch
+
+from otas.models.checkpoint import load_checkpoint, read_header
+from otas.train.backbone import BackboneConfig, train_backbone
+from otas.train.prompts import PromptConfig, train_prompts
+
+
+def test_backbone_then_prompts(cifar_archive, tmp_path, monkeypatch):
+    monkeypatch.setenv("OTAS_CACHE", str(tmp_path / "cache"))
+    bb = tmp_path / "bb.safetensors"
+    r = train_backbone(
+        BackboneConfig(epochs=2, batch_size=16, limit=48, eval_every=1, warmup_epochs=1),
+        bb,
+        cifar_archive,
+        "cpu",
+        log=lambda *a: None,
+    )
+    assert r["done"] and 0.0 <= r["test_acc"] <= 1.0 and len(r["history"]) == 2
+    assert read_header(bb)["source_classes"] == ["airplane", "automobile", "bird", "cat", "deer"]
+
+    full = tmp_path / "full.safetensors"
+    cfg = PromptConfig(tasks=("novel",), gammas=(-8, 0, 4), epochs=1, head_epochs=1, batch_size=16, limit=32)
+    res = train_prompts(cfg, bb, full, cifar_archive, "cpu", log=lambda *a: None)
+    assert set(res["novel"]) == {"0", "4"}
+    before, after = load_checkpoint(bb), load_checkpoint(full)
+    for (k, v), (k2, v2) in zip(before.vit.state_dict().items(), after.vit.state_dict().items(), strict=True):
+        assert k == k2 and torch.equal(v, v2), f"backbone weight {k} changed during prompt training"
+    assert after.task_classes["novel"] == ["dog", "frog", "horse", "ship", "truck"]
+    # a second call resumes: nothing left to train
+    assert train_prompts(cfg, bb, full, cifar_archive, "cpu", log=lambda *a: None) == res
+
+
+def test_backbone_resumes_under_a_time_budget(cifar_archive, tmp_path, monkeypatch):
+    monkeypatch.setenv("OTAS_CACHE", str(tmp_path / "cache"))
+    bb = tmp_path / "bb.safetensors"
+    cfg = BackboneConfig(epochs=2, batch_size=16, limit=32, warmup_epochs=1, time_budget_s=1e-9)
+    r = train_backbone(cfg, bb, cifar_archive, "cpu", log=lambda *a: None)
+    assert not r["done"] and r["epoch"] == 1 and bb.with_suffix(".state.safetensors").is_file()
+    cfg.time_budget_s = None
+    r = train_backbone(cfg, bb, cifar_archive, "cpu", log=lambda *a: None)
+    assert r["done"] and [h["epoch"] for h in r["history"]] == [1, 2] and bb.is_file()
