@@ -11,6 +11,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from otas.sim.cli import simulate
+
 app = typer.Typer(
     help="otas: elastic transformer serving by token adaptation.", no_args_is_help=True, pretty_exceptions_enable=False
 )
@@ -161,15 +163,7 @@ def demo_cmd(
     run_demo(model, console)
 
 
-def _register_optional() -> None:
-    try:
-        from otas.sim.cli import simulate
-    except ImportError:  # the simulator is optional at import time only while it is being built
-        return
-    app.command("simulate")(simulate)
-
-
-_register_optional()
+app.command("simulate")(simulate)
 
 
 def main() -> None:

@@ -85,47 +85,44 @@ def main() -> None:
                 break
             (RUNS / f"{name}.prompts.done").touch()
         if not prof.is_file():
-            if left() < 120:
+            if left() < 150:
                 break
-            cmd = [
-                sys.executable,
-                "-m",
-                "otas.cli",
-                "profile",
-                str(full),
-                "--out",
-                str(prof),
-                "--batch-sizes",
-                "1,8,64,256",
-                "--device",
-                "cuda",
-            ]
-            log("running " + " ".join(cmd))
-            subprocess.run(cmd, check=True)
+            shipped = export_one(full, RUNS / "fp16", log)  # profile exactly what is shipped
+            base = [sys.executable, "-m", "otas.cli", "profile", str(shipped), "--device", "cuda"]
+            for extra in (["--dtype", "float32", "--batch-sizes", "1", "--min-time-s", "0.05",
+                           "--out", str(RUNS / f"{name}__h100-fp32.json")],
+                          ["--batch-sizes", "1,8,64,256", "--out", str(prof)]):
+                log("running " + " ".join(base + extra))
+                subprocess.run(base + extra, check=True)
     export(args.out, log)
     log(f"done with {left():.0f}s of budget left")
 
 
-def export(out: Path, log) -> None:
-    """fp16 copies of finished checkpoints (parts of 15 MB) and profiles to `out`."""
+def export_one(f: Path, out: Path, log) -> Path:
+    """An fp16 copy of checkpoint `f` in folder `out` (the form models are shipped in)."""
     import torch
 
     from otas.models.checkpoint import load_checkpoint, read_header, save_checkpoint
 
+    half = out / f.name
+    if not half.is_file() or half.stat().st_mtime < f.stat().st_mtime:
+        save_checkpoint(load_checkpoint(f), half, read_header(f)["meta"], dtype=torch.float16)
+        log(f"exported {f.name} as fp16")
+    return half
+
+
+def export(out: Path, log) -> None:
+    """fp16 copies of finished checkpoints (parts of 15 MB) and profiles to `out`."""
     for f in sorted(RUNS.glob("*.safetensors")):
-        if (
-            f.name.endswith(".state.safetensors")
-            or f.name.endswith(".backbone.safetensors")
-            and (RUNS / f.name.replace(".backbone", "")).is_file()
+        if f.name.endswith(".state.safetensors") or (
+            f.name.endswith(".backbone.safetensors") and (RUNS / f.name.replace(".backbone", "")).is_file()
         ):
             continue
-        h = read_header(f)
-        half = out / f.name
-        save_checkpoint(load_checkpoint(f), half, h["meta"], dtype=torch.float16)
+        half = export_one(f, RUNS / "fp16", log)
         if half.stat().st_size > 15_000_000:
-            subprocess.run(["split", "-b", "15000000", "-d", str(half), str(half) + ".part-"], check=True)
-            half.unlink()
-        log(f"exported {f.name}")
+            subprocess.run(["split", "-b", "15000000", "-d", str(half), str(out / half.name) + ".part-"], check=True)
+        else:
+            shutil.copy(half, out / half.name)
     for f in sorted(RUNS.glob("*.json")):
         shutil.copy(f, out / f.name)
 
