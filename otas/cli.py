@@ -88,6 +88,7 @@ def profile_cmd(
     accuracy_from: Annotated[Path | None, typer.Option(help="Reuse accuracy from this profile.")] = None,
     accuracy_limit: Annotated[int | None, typer.Option(help="Test images per task (default: all).")] = None,
     min_time_s: float = 1.0,
+    mode: Annotated[str, typer.Option(help="Timed path: eager, graphs (CUDA graphs) or compile.")] = "eager",
     data: Path | None = None,
 ) -> None:
     """Measure accuracy per (task, γ) and latency/memory per (γ, batch size); write a JSON profile."""
@@ -111,6 +112,7 @@ def profile_cmd(
         accuracy_from=Profile.load(accuracy_from) if accuracy_from else None,
         accuracy_limit=accuracy_limit,
         min_time_s=min_time_s,
+        mode=mode,
     )
     out = out or Path("profiles") / f"{prof.model}__{device_slug(prof.device)}.json"
     prof.save(out)

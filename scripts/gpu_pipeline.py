@@ -89,9 +89,29 @@ def main() -> None:
                 break
             shipped = export_one(full, RUNS / "fp16", log)  # profile exactly what is shipped
             base = [sys.executable, "-m", "otas.cli", "profile", str(shipped), "--device", "cuda"]
-            for extra in (["--dtype", "float32", "--batch-sizes", "1", "--min-time-s", "0.05",
-                           "--out", str(RUNS / f"{name}__h100-fp32.json")],
-                          ["--batch-sizes", "1,8,64,256", "--out", str(prof)]):
+            for extra in (
+                [
+                    "--dtype",
+                    "float32",
+                    "--batch-sizes",
+                    "1",
+                    "--min-time-s",
+                    "0.05",
+                    "--out",
+                    str(RUNS / f"{name}__h100-fp32.json"),
+                ],
+                ["--batch-sizes", "1,8,64,256", "--out", str(prof)],
+                [
+                    "--batch-sizes",
+                    "1,8,64,256",
+                    "--mode",
+                    "graphs",
+                    "--accuracy-from",
+                    str(prof),
+                    "--out",
+                    str(RUNS / f"{name}__h100-graphs.json"),
+                ],
+            ):
                 log("running " + " ".join(base + extra))
                 subprocess.run(base + extra, check=True)
     export(args.out, log)

@@ -104,12 +104,29 @@ class AdaptiveViT(nn.Module):
 
     def forward_features(self, x: torch.Tensor, gamma: int, tasks: list[str]) -> torch.Tensor:
         """Images -> pooled, pre-head features (B, C) at γ."""
+        P = self._prompts_by_name(tasks, gamma) if gamma > 0 else None
+        return self._features(x, gamma, P)
+
+    def forward_indexed(self, x: torch.Tensor, gamma: int, task_idx: torch.Tensor) -> torch.Tensor:
+        """Like `forward`, with tasks as indices into `self.tasks` (B,) and every head evaluated.
+
+        Shapes depend only on (γ, B), and nothing reads tensors back to the host, so this is the
+        form that CUDA graphs and torch.compile capture once per (γ, batch bucket).
+        """
+        P = None
+        if gamma > 0:
+            P = self._prompt_table(gamma, x.dtype)[task_idx]  # (B, L, γ, C)
+        feats = self._features(x, gamma, P)  # (B, C)
+        W, b = self._head_table(max(gamma, 0), feats.dtype)  # (T, K, C), (T, K)
+        return torch.einsum("bc,bkc->bk", feats, W[task_idx]) + b[task_idx]  # (B, K)
+
+    def _features(self, x: torch.Tensor, gamma: int, P: torch.Tensor | None) -> torch.Tensor:
         vit = self.vit
         x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))  # (B, N, C)
         p = vit.num_prefix_tokens
         size = None
         if gamma > 0:
-            x = self._blocks_prompted(x, gamma, tasks)
+            x = self._blocks_prompted(x, P.to(x.dtype))
         elif gamma < 0:
             x, size = self._blocks_merged(x, -gamma)
         else:
@@ -125,8 +142,8 @@ class AdaptiveViT(nn.Module):
             raise ValueError(f"global_pool={vit.global_pool!r} is not supported with token adaptation")
         return vit.head_drop(vit.fc_norm(x))
 
-    def _blocks_prompted(self, x: torch.Tensor, gamma: int, tasks: list[str]) -> torch.Tensor:
-        p = self.vit.num_prefix_tokens
+    def _prompts_by_name(self, tasks: list[str], gamma: int) -> torch.Tensor:
+        """Prompt sets of each image's task: (B, L, γ, C)."""
         names = sorted(set(tasks))
         for t in names:
             if t == SOURCE or key(t, gamma) not in self.prompts:
@@ -134,11 +151,33 @@ class AdaptiveViT(nn.Module):
                     f"task {t!r} has no prompts for gamma={gamma}; prompted tasks: {list(self.config.tasks)}"
                 )
         if len(names) == 1:
-            P = self.prompts[key(names[0], gamma)][None].expand(x.shape[0], -1, -1, -1)  # (B, L, γ, C)
-        else:
-            idx = torch.tensor([names.index(t) for t in tasks], device=x.device)
-            P = torch.stack([self.prompts[key(t, gamma)] for t in names])[idx]  # (B, L, γ, C)
-        P = P.to(x.dtype)
+            return self.prompts[key(names[0], gamma)][None].expand(len(tasks), -1, -1, -1)
+        idx = torch.tensor([names.index(t) for t in tasks], device=self.prompts[key(names[0], gamma)].device)
+        return torch.stack([self.prompts[key(t, gamma)] for t in names])[idx]
+
+    def _prompt_table(self, gamma: int, dtype: torch.dtype) -> torch.Tensor:
+        """(T, L, γ, C) in `self.tasks` order; zeros for the source task, which has no prompts."""
+        ref = self.prompts[key(next(iter(self.config.tasks)), gamma)]
+        return torch.stack(
+            [torch.zeros_like(ref) if t == SOURCE else self.prompts[key(t, gamma)] for t in self.tasks]
+        ).to(dtype)
+
+    def _head_table(self, gamma: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every task's head as (T, K, C) weights and (T, K) biases, -inf bias in padded classes."""
+        K = max(self.num_classes(t) for t in self.tasks)
+        C = self.vit.embed_dim
+        W = self.vit.head.weight.new_zeros(len(self.tasks), K, C, dtype=dtype)
+        b = W.new_full((len(self.tasks), K), float("-inf"))
+        for i, t in enumerate(self.tasks):
+            head = self._head(t, 0 if t == SOURCE else gamma)
+            n = head.weight.shape[0]
+            W[i, :n] = head.weight.to(dtype)
+            b[i, :n] = head.bias.to(dtype) if head.bias is not None else 0
+        return W, b
+
+    def _blocks_prompted(self, x: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
+        """x (B, N, C), P (B, L, γ, C): insert γ prompts after the prefix; deep: fresh ones per block."""
+        p, gamma = self.vit.num_prefix_tokens, P.shape[2]
         x = torch.cat([x[:, :p], P[:, 0], x[:, p:]], dim=1)  # (B, N + γ, C)
         for i, blk in enumerate(self.vit.blocks):
             if i > 0 and self.config.deep:

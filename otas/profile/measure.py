@@ -83,12 +83,28 @@ def time_batch(
     max_runs: int = 50,
     warmup: int = 3,
     task: str = SOURCE,
+    fast=None,
 ) -> tuple[float, float, float | None]:
-    """(median ms, p90 ms, peak MB or None) of one forward of a random batch at γ."""
+    """(median ms, p90 ms, peak MB or None) of one forward of a random batch at γ.
+
+    With `fast` (an `otas.adapt.fast.FastForward`), times that path from uint8 host images instead,
+    including the copy to the device: what a served batch costs.
+    """
     size = model.vit.patch_embed.img_size
-    xs = [torch.randn(batch, 3, *size, device=device, dtype=dtype) for _ in range(2)]
+    if fast is not None:
+        pin = device.type == "cuda"
+        xs = [
+            torch.randint(0, 256, (batch, *size, 3), dtype=torch.uint8).pin_memory()
+            if pin
+            else torch.randint(0, 256, (batch, *size, 3), dtype=torch.uint8)
+            for _ in range(2)
+        ]
+        run = lambda x: fast(x, gamma, task)
+    else:
+        xs = [torch.randn(batch, 3, *size, device=device, dtype=dtype) for _ in range(2)]
+        run = lambda x: model(x, gamma, task)
     for i in range(warmup):
-        model(xs[i % 2], gamma, task)
+        run(xs[i % 2])
     _sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -96,7 +112,7 @@ def time_batch(
     start = time.perf_counter()
     while len(times) < min_runs or (time.perf_counter() - start < min_time_s and len(times) < max_runs):
         t0 = time.perf_counter()
-        model(xs[len(times) % 2], gamma, task)
+        run(xs[len(times) % 2])
         _sync(device)
         times.append((time.perf_counter() - t0) * 1e3)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
@@ -142,6 +158,7 @@ def measure_profile(
     accuracy_from: Profile | None = None,
     accuracy_limit: int | None = None,
     min_time_s: float = 1.0,
+    mode: str = "eager",
 ) -> Profile:
     dev = torch.device(device)
     t0 = time.perf_counter()
@@ -149,6 +166,11 @@ def measure_profile(
     _sync(dev)
     load_ms = (time.perf_counter() - t0) * 1e3
     header = read_header(checkpoint)
+    fast = None
+    if mode != "eager":
+        from otas.adapt.fast import FastConfig, FastForward
+
+        fast = FastForward(model, dev, FastConfig(mode=mode, dtype=dtype, buckets=tuple(batch_sizes)))
     gammas = list(model.config.gammas)
     tasks = tasks or [SOURCE, *model.config.tasks]
     meta = {
@@ -157,6 +179,7 @@ def measure_profile(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "torch": torch.__version__,
         "checkpoint": Path(checkpoint).name,
+        "mode": mode,
         "threads": torch.get_num_threads(),
         "accuracy_note": "CIFAR-10 JPEG test images (slightly below PNG CIFAR-10 accuracies)",
     }
@@ -199,7 +222,7 @@ def measure_profile(
                 mem[g] = {}
             task = SOURCE if g <= 0 else next(iter(model.config.tasks))
             for b in batch_sizes:
-                med, hi, peak = time_batch(model, g, b, dev, dtype, min_time_s=min_time_s, task=task)
+                med, hi, peak = time_batch(model, g, b, dev, dtype, min_time_s=min_time_s, task=task, fast=fast)
                 lat[g][b], p90[g][b] = round(med, 4), round(hi, 4)
                 if mem is not None and peak is not None:
                     mem[g][b] = round(peak, 1)

@@ -157,3 +157,14 @@ def test_capped_merge_is_reported():
     with pytest.warns(UserWarning, match="capped"):
         m = small_model(gammas=(-14, 0))
     assert m.token_counts(-14)[-1] >= 1
+
+
+def test_forward_indexed_equals_forward(model):
+    x = torch.randn(4, 3, 16, 16)
+    names = ["a", "b", "b", "a"]
+    idx = torch.tensor([model.tasks.index(t) for t in names])
+    with torch.no_grad():
+        for g in model.config.gammas:
+            torch.testing.assert_close(model.forward_indexed(x, g, idx), model(x, g, names), atol=1e-5, rtol=1e-5)
+        src = torch.zeros(4, dtype=torch.long)  # the source task through the indexed path (γ <= 0)
+        torch.testing.assert_close(model.forward_indexed(x, -4, src)[:, :5], model(x, -4, SOURCE), atol=1e-5, rtol=1e-5)

@@ -1,0 +1,119 @@
+"""The GPU fast path: bf16, static shapes per (γ, batch bucket), CUDA graphs or torch.compile.
+
+A batch of b images is padded to the smallest bucket >= b and copied (as uint8: 4x fewer bytes than
+float) into a static input buffer; normalisation, the forward at γ and every task head run inside
+one captured graph, and the first b rows of the output are returned. Tasks are an index tensor, so
+one graph per (γ, bucket) serves any mix of applications.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from otas.adapt.vit import SOURCE, AdaptiveViT
+from otas.data.transforms import normalize
+
+DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+@dataclass
+class FastConfig:
+    mode: str = "graphs"
+    """"eager", "graphs" (CUDA graphs per (γ, bucket)) or "compile" (torch.compile per shape)."""
+    buckets: tuple[int, ...] = DEFAULT_BUCKETS
+    """Batch sizes graphs are captured for; a batch is padded to the next one."""
+    dtype: torch.dtype = torch.bfloat16
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("eager", "graphs", "compile"):
+            raise ValueError(f"mode must be eager, graphs or compile, got {self.mode!r}")
+        if not self.buckets or sorted(self.buckets) != list(self.buckets) or self.buckets[0] < 1:
+            raise ValueError(f"buckets must be ascending positive batch sizes, got {self.buckets}")
+
+
+class FastForward:
+    """Callable `(uint8 images (B, H, W, 3) on the host or device, γ, tasks) -> probabilities (B, K)`."""
+
+    def __init__(self, model: AdaptiveViT, device: torch.device | str, config: FastConfig | None = None):
+        self.cfg = config or FastConfig()
+        self.device = torch.device(device)
+        if self.cfg.mode == "graphs" and self.device.type != "cuda":
+            raise ValueError("CUDA graphs need a CUDA device; use mode='eager' or 'compile' on a CPU")
+        self.model = model.to(self.device, self.cfg.dtype).eval()
+        self.tasks = model.tasks  # index order of task ids
+        size = model.vit.patch_embed.img_size
+        self._shape = (*size, 3)
+        self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._fn = self._forward
+        if self.cfg.mode == "compile":
+            self._fn = torch.compile(self._forward, dynamic=False)
+
+    def task_index(self, tasks: str | Sequence[str], batch: int) -> torch.Tensor:
+        names = [tasks] * batch if isinstance(tasks, str) else list(tasks)
+        try:
+            return torch.tensor([self.tasks.index(t) for t in names], dtype=torch.long)
+        except ValueError:
+            raise ValueError(f"unknown task in {sorted(set(names))}; this model serves {self.tasks}") from None
+
+    def bucket(self, batch: int) -> int:
+        i = bisect.bisect_left(self.cfg.buckets, batch)
+        if i == len(self.cfg.buckets):
+            raise ValueError(f"batch of {batch} exceeds the largest bucket {self.cfg.buckets[-1]}")
+        return self.cfg.buckets[i]
+
+    def _forward(self, images: torch.Tensor, gamma: int, task_idx: torch.Tensor) -> torch.Tensor:
+        x = normalize(images.permute(0, 3, 1, 2).float().div(255)).to(self.cfg.dtype)  # (B, 3, H, W)
+        return self.model.forward_indexed(x, gamma, task_idx).float().softmax(-1)
+
+    @torch.inference_mode()
+    def __call__(self, images: torch.Tensor, gamma: int, tasks: str | Sequence[str]) -> torch.Tensor:
+        gamma = self.model.config.check_gamma(gamma)
+        b = images.shape[0]
+        idx = self.task_index(tasks, b)
+        if gamma > 0 and SOURCE in (tasks if not isinstance(tasks, str) else [tasks]):
+            raise ValueError(f"the source task has no prompts; gamma={gamma} serves {self.tasks[1:]}")
+        if self.cfg.mode == "eager":
+            return self._forward(images.to(self.device, non_blocking=True), gamma, idx.to(self.device))
+        B = self.bucket(b)
+        if self.cfg.mode == "compile":
+            x = torch.zeros((B, *self._shape), dtype=torch.uint8, device=self.device)
+            x[:b].copy_(images, non_blocking=True)
+            i = torch.zeros(B, dtype=torch.long, device=self.device)
+            i[:b].copy_(idx, non_blocking=True)
+            if gamma > 0:
+                i[b:] = 1  # padding rows use a task that has prompts
+            return self._fn(x, gamma, i)[:b]
+        graph, x, i, out = self._graph(gamma, B)
+        x[:b].copy_(images, non_blocking=True)
+        i[:b].copy_(idx, non_blocking=True)
+        graph.replay()
+        return out[:b]
+
+    def _graph(self, gamma: int, B: int):
+        if (gamma, B) not in self._graphs:
+            x = torch.randint(0, 256, (B, *self._shape), dtype=torch.uint8, device=self.device)
+            i = torch.full((B,), 1 if gamma > 0 else 0, dtype=torch.long, device=self.device)
+            s = torch.cuda.Stream(self.device)
+            s.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(s):
+                for _ in range(2):  # warm-up outside the graph (cuBLAS handles, autotuning)
+                    self._forward(x, gamma, i)
+            torch.cuda.current_stream(self.device).wait_stream(s)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = self._forward(x, gamma, i)
+            self._graphs[(gamma, B)] = (graph, x, i, out)
+        return self._graphs[(gamma, B)]
+
+    def warm_up(self, gammas: Sequence[int] | None = None) -> None:
+        """Capture (or compile) every (γ, bucket) up front, so no request pays for it."""
+        for g in gammas or self.model.config.gammas:
+            for B in self.cfg.buckets:
+                task = self.tasks[1] if g > 0 and len(self.tasks) > 1 else SOURCE
+                if g > 0 and len(self.tasks) == 1:
+                    continue
+                self(torch.zeros((B, *self._shape), dtype=torch.uint8), g, task)

@@ -1,0 +1,48 @@
+import pytest
+import torch
+
+from otas.adapt.fast import FastConfig, FastForward
+from otas.data.transforms import normalize, to_float
+
+from .conftest import small_model
+
+
+def _reference(model, images, gamma, tasks):
+    with torch.no_grad():
+        return model(normalize(to_float(images)), gamma, tasks).float().softmax(-1)
+
+
+def test_eager_matches_the_model():
+    model = small_model()
+    fast = FastForward(small_model(), "cpu", FastConfig(mode="eager", dtype=torch.float32))
+    images = torch.randint(0, 256, (3, 16, 16, 3), dtype=torch.uint8)
+    for g in model.config.gammas:
+        torch.testing.assert_close(fast(images, g, ["a", "b", "a"]), _reference(model, images, g, ["a", "b", "a"]))
+
+
+def test_buckets_and_errors():
+    fast = FastForward(small_model(), "cpu", FastConfig(mode="eager", dtype=torch.float32, buckets=(1, 4, 8)))
+    assert [fast.bucket(b) for b in (1, 2, 4, 5, 8)] == [1, 4, 4, 8, 8]
+    with pytest.raises(ValueError, match="exceeds the largest bucket"):
+        fast.bucket(9)
+    with pytest.raises(ValueError, match="unknown task"):
+        fast(torch.zeros(1, 16, 16, 3, dtype=torch.uint8), 0, "zzz")
+    with pytest.raises(ValueError, match="source task has no prompts"):
+        fast(torch.zeros(1, 16, 16, 3, dtype=torch.uint8), 4, "source")
+    with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
+        FastForward(small_model(), "cpu", FastConfig(mode="graphs"))
+    with pytest.raises(ValueError, match="mode must be"):
+        FastConfig(mode="turbo")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["graphs", "compile"])
+def test_gpu_modes_match_eager(mode):
+    model = small_model()
+    ref = FastForward(small_model(), "cuda", FastConfig(mode="eager"))
+    fast = FastForward(model, "cuda", FastConfig(mode=mode, buckets=(1, 4, 8)))
+    for g in model.config.gammas:
+        for b in (1, 3, 8):
+            images = torch.randint(0, 256, (b, 16, 16, 3), dtype=torch.uint8)
+            tasks = ["a", "b"] * (b // 2) + ["a"] * (b % 2)
+            torch.testing.assert_close(fast(images, g, tasks), ref(images, g, tasks), atol=2e-2, rtol=0)
