@@ -23,9 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 RUNS = Path("runs")
 MODELS = {
     "vit_tiny_p2_c5": dict(arch="vit_tiny_p2", epochs=150, drop_path=0.1),
-    "vit_small_p2_c5": dict(arch="vit_small_p2", epochs=150, drop_path=0.2),
+    "vit_small_p2_c5": dict(arch="vit_small_p2", epochs=120, drop_path=0.1),
 }
-PROMPT_EPOCHS = {"vit_tiny_p2_c5": 20, "vit_small_p2_c5": 12}
+PROMPT_EPOCHS = {"vit_tiny_p2_c5": (20, 10), "vit_small_p2_c5": (6, 5)}  # (prompt, head) epochs
+DONE = Path(".carry/done")  # finished fp16 checkpoints and profiles carried to a fresh machine
 
 
 def main() -> None:
@@ -57,33 +58,39 @@ def main() -> None:
     from otas.train.backbone import BackboneConfig, train_backbone
     from otas.train.prompts import PromptConfig, train_prompts
 
+    born = RUNS / ".born"  # when this machine's first call started: a machine is held 30 min at most
+    if not born.is_file():
+        born.write_text(str(time.time()))
+    age_min = (time.time() - float(born.read_text())) / 60
+    log(f"machine age {age_min:.1f} min")
     for name in args.models.split(","):
         spec = MODELS[name]
         bb, full = RUNS / f"{name}.backbone.safetensors", RUNS / f"{name}.safetensors"
         prof = RUNS / f"{name}__h100.json"
-        if not bb.is_file():
-            if left() < 60:
-                break
-            r = train_backbone(
-                BackboneConfig(
+        if not full.is_file() and (DONE / f"{name}__h100-graphs.json").is_file():
+            log(f"{name}: finished on an earlier machine ({DONE}); skipped")
+            continue
+        if not full.is_file() and not bb.is_file() and age_min > 5:
+            # too little of this machine's 30 minutes left to train a model: benchmark the finished ones
+            bench_finished(args.out, log)
+            break
+        epochs, head_epochs = PROMPT_EPOCHS[name]
+        cfg = PromptConfig(epochs=epochs, head_epochs=head_epochs)
+        if not prompts_complete(full, cfg):
+            if not bb.is_file():
+                if left() < 60:
+                    break
+                bcfg = BackboneConfig(
                     arch=spec["arch"], epochs=spec["epochs"], drop_path=spec["drop_path"], time_budget_s=left() - 30
-                ),
-                bb,
-                log=log,
-            )
-            if not r["done"]:
-                break
-        if not (RUNS / f"{name}.prompts.done").is_file():
+                )
+                if not train_backbone(bcfg, bb, log=log)["done"]:
+                    break
             if left() < 60:
                 break
-            cfg = PromptConfig(epochs=PROMPT_EPOCHS[name], time_budget_s=left() - 60)
+            cfg.time_budget_s = left() - 60
             train_prompts(cfg, bb, full, log=log)
-            from otas.models.checkpoint import read_header
-
-            res = read_header(full)["meta"].get("prompt_results", {})
-            if sum(len(v) for v in res.values()) < len(cfg.tasks) * (1 + len([g for g in cfg.gammas if g > 0])):
+            if not prompts_complete(full, cfg):
                 break
-            (RUNS / f"{name}.prompts.done").touch()
         if not prof.is_file():
             if left() < 150:
                 break
@@ -116,6 +123,33 @@ def main() -> None:
                 subprocess.run(base + extra, check=True)
     export(args.out, log)
     log(f"done with {left():.0f}s of budget left")
+
+
+def bench_finished(out: Path, log) -> None:
+    """`otas bench gpu` on every finished (profiled) model of this machine, once."""
+    done = RUNS / ".benched"
+    models = [
+        RUNS / "fp16" / f.name.replace("__h100-graphs.json", ".safetensors") for f in RUNS.glob("*__h100-graphs.json")
+    ]
+    names = ",".join(sorted(m.stem for m in models))
+    if not models or (done.is_file() and done.read_text() == names):
+        return
+    from otas.profile.gpubench import run_gpu_bench
+
+    log(f"bench gpu: {names}")
+    res = run_gpu_bench(sorted(models), [1, 8, 64, 256], RUNS)
+    done.write_text(names)
+    log(f"bench gpu done in {res['meta']['wall_s']:.0f}s")
+
+
+def prompts_complete(full: Path, cfg) -> bool:
+    from otas.models.checkpoint import read_header
+
+    if not full.is_file():
+        return False
+    res = read_header(full)["meta"].get("prompt_results", {})
+    want = 1 + len([g for g in cfg.gammas if g > 0])
+    return all(len(res.get(t, {})) >= want for t in cfg.tasks)
 
 
 def export_one(f: Path, out: Path, log) -> Path:
