@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from otas.adapt.vit import SOURCE, AdaptiveViT
-from otas.data.transforms import normalize
+from otas.data.transforms import CIFAR_MEAN, CIFAR_STD
 
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -47,6 +47,9 @@ class FastForward:
         self.tasks = model.tasks  # index order of task ids
         size = model.vit.patch_embed.img_size
         self._shape = (*size, 3)
+        # made once on the device: a host-to-device copy is not allowed inside graph capture
+        self._mean = torch.tensor(CIFAR_MEAN, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(CIFAR_STD, device=self.device).view(1, 3, 1, 1)
         self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self._fn = self._forward
         if self.cfg.mode == "compile":
@@ -66,7 +69,7 @@ class FastForward:
         return self.cfg.buckets[i]
 
     def _forward(self, images: torch.Tensor, gamma: int, task_idx: torch.Tensor) -> torch.Tensor:
-        x = normalize(images.permute(0, 3, 1, 2).float().div(255)).to(self.cfg.dtype)  # (B, 3, H, W)
+        x = ((images.permute(0, 3, 1, 2).float().div(255) - self._mean) / self._std).to(self.cfg.dtype)  # (B, 3, H, W)
         return self.model.forward_indexed(x, gamma, task_idx).float().softmax(-1)
 
     @torch.inference_mode()
