@@ -214,3 +214,30 @@ def print_tables(result: dict, console: Console) -> None:
                 format(100 * r["realised"], ".0f") if r["realised"] is not None else "-",
             )
         console.print(t)
+
+
+def plot(result: dict, path: Path) -> None:
+    """Latency per γ at each batch size, eager vs CUDA graphs, one panel per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = result["models"]
+    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.2), squeeze=False)
+    for ax, m in zip(axes[0], models, strict=True):
+        batches = sorted({r["batch"] for r in m["rows"]})
+        for b in batches:
+            rows = sorted((r for r in m["rows"] if r["batch"] == b), key=lambda r: r["gamma"])
+            g = [r["gamma"] for r in rows]
+            (line,) = ax.plot(g, [r["graphs_ms"] for r in rows], "o-", label=f"b={b} graphs")
+            ax.plot(g, [r["eager_ms"] for r in rows], "x--", color=line.get_color(), alpha=0.5, label=f"b={b} eager")
+        ax.set_yscale("log")
+        ax.set_xlabel("γ (< 0 merge, > 0 prompts)")
+        ax.set_ylabel("batch latency (ms)")
+        ax.set_title(f"{m['model']} on {result['meta']['device']} (bf16)", fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

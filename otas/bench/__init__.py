@@ -1,0 +1,1 @@
+"""Load generation over HTTP (trace replay, server overhead) and its reports."""

@@ -1,0 +1,283 @@
+"""The engine: an asyncio loop that drives the Scheduler and hands batches to the runner.
+
+    submit ──> Scheduler.submit ──(rejected)──> NotServed at once
+                    │ queued: one future per request
+    loop: device free ──> next_batch ──> runner.run (device thread) ──> complete(measured) ──> futures
+
+The Scheduler is the very object the simulator drives; it is touched only from the event loop, so
+it needs no lock. The runner runs in one dedicated thread (it owns the device); decoding runs in a
+small pool. Every accepted request gets exactly one answer: a result, `NotServed("expired")` when
+the scheduler drops it, or `NotServed("error")` when its batch fails. `stop()` stops admission,
+serves what is queued, and fails (never forgets) whatever is left after the drain timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import math
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from otas.engine.images import MAX_PIXELS, decode_image
+from otas.sched.scheduler import Scheduler
+from otas.types import BatchPlan, Request
+
+log = logging.getLogger("otas.engine")
+
+
+@dataclass
+class RunResult:
+    probs: np.ndarray
+    """(B, K) float32 class probabilities; columns past a task's class count are 0."""
+    ms: float
+    """Wall time of collation + forward + copy back, as the runner measured it."""
+
+
+class Runner(Protocol):
+    image_size: int
+    max_batch: int
+    classes: dict[str, list[str]]
+
+    def run(self, images: Sequence[np.ndarray], tasks: Sequence[str], gamma: int) -> RunResult: ...
+
+
+@dataclass(frozen=True)
+class Served:
+    """The answer to one served request (times in ms on the engine's clock)."""
+
+    id: int
+    app: str
+    gamma: int
+    probs: np.ndarray
+    """(K,) probabilities over `classes`."""
+    classes: list[str]
+    queue_ms: float
+    """Arrival (the HTTP request's receipt, decoding included) to batch start."""
+    exec_ms: float
+    total_ms: float
+    deadline_met: bool
+    batch_size: int
+    utility: float
+    """Expected utility earned: u_a · acc(task, γ) from the profile if on time, else 0."""
+
+
+class NotServed(Exception):
+    """A request that gets no result: `outcome` is rejected, expired or error; `reason` a code."""
+
+    def __init__(self, outcome: str, reason: str, detail: str):
+        super().__init__(f"{outcome} ({reason}): {detail}")
+        self.outcome, self.reason, self.detail = outcome, reason, detail
+
+
+class Observer:
+    """Hooks for metrics and logs; the server's Prometheus observer overrides them."""
+
+    def ended(self, app: str, outcome: str, reason: str = "", served: Served | None = None) -> None: ...
+
+    def batch(self, plan: BatchPlan, measured_ms: float, runner_ms: float, queued: int) -> None: ...
+
+    def queue_depth(self, n: int) -> None: ...
+
+
+@dataclass
+class _Pending:
+    req: Request
+    image: np.ndarray
+    future: asyncio.Future[Served]
+    deadline_ms: float
+    """From the true arrival (the request's `deadline_ms` may be a little later; see submit)."""
+
+
+class Engine:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        runner: Runner,
+        observer: Observer | None = None,
+        decode_workers: int = 2,
+        max_pixels: int = MAX_PIXELS,
+        deadline_margin: float = 0.02,
+        clock=time.monotonic,
+    ):
+        """`deadline_margin`: the scheduler plans against deadlines this fraction of the SLO early,
+        leaving time to send the answer (the optimizer packs batches right up to a deadline)."""
+        if not 0 <= deadline_margin < 0.5:
+            raise ValueError(f"deadline_margin={deadline_margin}: use a fraction of the SLO in [0, 0.5), e.g. 0.02")
+        self.margin = deadline_margin
+        self.scheduler, self.runner = scheduler, runner
+        self.observer = observer or Observer()
+        self.apps = scheduler.apps
+        self.max_pixels = max_pixels
+        missing = sorted({a.task for a in self.apps.values()} - set(runner.classes))
+        if missing:
+            raise ValueError(f"the model has no head for tasks {missing}; it serves {sorted(runner.classes)}")
+        self._clock, self._t0 = clock, clock()
+        self._ids = itertools.count()
+        self._pending: dict[int, _Pending] = {}
+        self._last_arrival: dict[str, float] = {}
+        self._device = ThreadPoolExecutor(1, thread_name_prefix="otas-device")
+        self._decoders = ThreadPoolExecutor(decode_workers, thread_name_prefix="otas-decode")
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._closing = False
+        self._poll_s = min(a.slo_ms for a in self.apps.values()) / 10 / 1000  # expiry checks during a batch
+        self.batches = 0
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def now_ms(self) -> float:
+        return (self._clock() - self._t0) * 1000.0
+
+    @property
+    def ready(self) -> bool:
+        return self._task is not None and not self._task.done() and not self._closing
+
+    async def start(self) -> None:
+        self._wake = asyncio.Event()
+        self._task = asyncio.create_task(self._loop(), name="otas-engine")
+
+    async def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop admitting, serve what is queued, then fail whatever is left (nothing is lost)."""
+        self._closing = True
+        if self._task is not None:
+            self._wake.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
+            except TimeoutError:
+                self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
+        self._fail_all("shutting_down", "the server shut down before this request ran; retry")
+        self._device.shutdown(wait=True)
+        self._decoders.shutdown(wait=False, cancel_futures=True)
+
+    # -- requests -----------------------------------------------------------------------------
+    async def decode(self, data: bytes) -> np.ndarray:
+        """Encoded image -> uint8 (H, W, 3) at the model's size, off the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._decoders, decode_image, data, self.runner.image_size, self.max_pixels)
+
+    def submit(self, app: str, image: np.ndarray, arrival_ms: float | None = None) -> asyncio.Future[Served]:
+        """Queue one image for `app`; the future resolves to Served or raises NotServed.
+        Rejections raise NotServed at once (the caller answers before awaiting anything)."""
+        if app not in self.apps:
+            raise ValueError(f"unknown application {app!r}; known: {sorted(self.apps)}")
+        now = self.now_ms()
+        if not self.ready:
+            self.observer.ended(app, "rejected", "shutting_down")
+            raise NotServed("rejected", "shutting_down", "the server is shutting down; retry on another replica")
+        arrival = now if arrival_ms is None else min(arrival_ms, now)
+        # The scheduler's per-app queues need arrival order, but decoding finishes out of order:
+        # queue at max(arrival, the app's last), and judge the deadline on the true arrival.
+        queued_at = max(arrival, self._last_arrival.get(app, -math.inf))
+        self._last_arrival[app] = queued_at
+        slo = self.apps[app].slo_ms
+        req = Request(next(self._ids), app, queued_at, queued_at + slo * (1 - self.margin))
+        rej = self.scheduler.submit(req, now)
+        if rej is not None:
+            self.observer.ended(app, "rejected", rej.reason.value)
+            raise NotServed("rejected", rej.reason.value, rej.detail)
+        fut: asyncio.Future[Served] = asyncio.get_running_loop().create_future()
+        self._pending[req.id] = _Pending(req, image, fut, arrival + slo)
+        self.observer.queue_depth(self.scheduler.queued())
+        self._wake.set()
+        return fut
+
+    # -- the loop -----------------------------------------------------------------------------
+    async def _loop(self) -> None:
+        try:
+            while True:
+                now = self.now_ms()
+                plan = self.scheduler.next_batch(now)
+                self._fail_expired(now)
+                if plan is not None:
+                    await self._execute(plan)
+                    continue
+                if self._closing and not self._pending:
+                    return
+                wake = self.scheduler.next_wakeup(now)
+                self._wake.clear()  # no await since next_batch: no submission can be missed
+                timeout = None if wake is None else max(wake - now, 1.0) / 1000.0
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+                except TimeoutError:
+                    pass
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("engine loop crashed; failing every pending request")
+            self._fail_all("engine_failed", "the engine loop crashed; see the server log")
+            raise
+
+    async def _execute(self, plan: BatchPlan) -> None:
+        items = [self._pending.pop(r.id) for r in plan.requests]
+        tasks = [self.apps[r.app].task for r in plan.requests]
+        self.observer.queue_depth(self.scheduler.queued())
+        loop = asyncio.get_running_loop()
+        t0 = self.now_ms()
+        job = loop.run_in_executor(self._device, self.runner.run, [it.image for it in items], tasks, plan.gamma)
+        while True:  # answer requests that expire while the device is busy, promptly
+            done, _ = await asyncio.wait({job}, timeout=self._poll_s)
+            if done:
+                break
+            self._fail_expired(self.now_ms())
+        t1 = self.now_ms()
+        try:
+            out = job.result()
+            if len(out.probs) != len(items):
+                raise RuntimeError(f"runner returned {len(out.probs)} results for a batch of {len(items)}")
+        except Exception as e:
+            detail = f"batch of {len(items)} at gamma={plan.gamma} failed: {type(e).__name__}: {e}"
+            log.error("batch failed", extra={"event": "batch_failed", "detail": detail})
+            for it in items:
+                self.observer.ended(it.req.app, "error", "batch_failed")
+                if not it.future.done():
+                    it.future.set_exception(NotServed("error", "batch_failed", detail))
+            return
+        measured = t1 - t0
+        self.scheduler.complete(plan, t1, measured)
+        self.batches += 1
+        self.observer.batch(plan, measured, out.ms, self.scheduler.queued())
+        prof = self.scheduler.profiles[plan.model]
+        for it, p in zip(items, out.probs, strict=True):
+            r, app = it.req, self.apps[it.req.app]
+            met = t1 <= it.deadline_ms
+            classes = self.runner.classes[app.task]
+            s = Served(
+                id=r.id,
+                app=r.app,
+                gamma=plan.gamma,
+                probs=p[: len(classes)],
+                classes=classes,
+                queue_ms=t0 - (it.deadline_ms - app.slo_ms),
+                exec_ms=measured,
+                total_ms=t1 - (it.deadline_ms - app.slo_ms),
+                deadline_met=met,
+                batch_size=len(items),
+                utility=app.utility * prof.acc(app.task, plan.gamma) if met else 0.0,
+            )
+            self.observer.ended(r.app, "served", "", s)
+            if not it.future.done():  # the caller may have gone away (cancelled)
+                it.future.set_result(s)
+
+    def _fail_expired(self, now: float) -> None:
+        for req, why in self.scheduler.expired(now):
+            it = self._pending.pop(req.id)
+            self.observer.ended(req.app, "expired", why)
+            if not it.future.done():
+                slack = req.deadline_ms - now
+                it.future.set_exception(
+                    NotServed("expired", why, f"dropped from the queue: {slack:.1f} ms to its deadline is too little")
+                )
+
+    def _fail_all(self, reason: str, detail: str) -> None:
+        for it in self._pending.values():
+            self.observer.ended(it.req.app, "error", reason)
+            if not it.future.done():
+                it.future.set_exception(NotServed("error", reason, detail))
+        self._pending.clear()

@@ -1,0 +1,50 @@
+"""A no-op model for measuring the server itself: HTTP + scheduling + collation, no forward.
+
+`NoopRunner` has the runner's interface and collates into a preallocated buffer exactly like the
+real one, then returns uniform probabilities. `noop_profile` gives the scheduler a flat, tiny
+latency table so that it batches and never rejects for lateness. No torch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from otas.engine.engine import RunResult
+from otas.profile.table import Profile
+from otas.types import App
+
+NOOP_MS = 0.05
+
+
+class NoopRunner:
+    def __init__(self, apps: Sequence[App], image_size: int = 32, max_batch: int = 64, num_classes: int = 5):
+        self.image_size, self.max_batch, self.gammas = image_size, max_batch, [0]
+        self.classes = {a.task: [f"class{i}" for i in range(num_classes)] for a in apps}
+        self._np = np.empty((max_batch, image_size, image_size, 3), np.uint8)
+        self._probs = np.full((max_batch, num_classes), 1.0 / num_classes, np.float32)
+
+    def run(self, images: Sequence[np.ndarray], tasks: Sequence[str], gamma: int):
+        t0 = time.perf_counter()
+        b = len(images)
+        np.stack(images, out=self._np[:b])
+        return RunResult(self._probs[:b].copy(), (time.perf_counter() - t0) * 1e3)
+
+    def warmup(self, batch_sizes: Sequence[int] = ()) -> None:
+        pass
+
+
+def noop_profile(apps: Sequence[App], max_batch: int = 64) -> Profile:
+    tasks = sorted({a.task for a in apps})
+    return Profile(
+        model="noop",
+        device="none (no-op model)",
+        dtype="none",
+        gammas=[0],
+        batch_sizes=[1, max_batch],
+        accuracy={t: {0: 1.0} for t in tasks},
+        latency_ms={0: {1: NOOP_MS, max_batch: NOOP_MS * 2}},
+        meta={"note": "no-op model for server-overhead benchmarks"},
+    )

@@ -1,0 +1,312 @@
+"""The router's engine: an `Engine`-shaped object that `otas.server.app.create_app` serves as is
+(same endpoints, same bodies, same metrics), but whose `submit` routes each decoded image to a
+replica instead of a local scheduler. No ray import: replicas are reached through `ReplicaClient`
+(Ray Serve handles in `deployment.py`, plain objects in tests).
+
+    HTTP ─> create_app (parse, decode) ─> RoutedEngine.submit ─> Router.route ─> replica k
+                                                 ^ retry elsewhere while the deadline allows
+                                                 └── replica k failed: Router.down(k), probe until it answers
+
+Every accepted image gets exactly one answer: the replica's result or refusal, or
+`NotServed("error", "replica_failed")` when its replica died (or stayed silent past the deadline
+plus `grace_s`) and no retry could still make the deadline. Nothing waits unboundedly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.responses import JSONResponse
+
+from otas.engine.engine import NotServed, Observer, Served
+from otas.engine.images import MAX_PIXELS, decode_image
+from otas.scale.replica import Reply
+from otas.scale.router import NoReplica, Router, RouterConfig
+from otas.types import App
+
+log = logging.getLogger("otas.scale")
+_RPC_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+
+
+class ReplicaClient(Protocol):
+    name: str
+
+    async def submit(self, app: str, image: np.ndarray, arrival_epoch_ms: float) -> Reply: ...
+
+    async def stats(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class FrontendConfig:
+    """Failure handling of the router; validated at construction."""
+
+    grace_s: float = 5.0
+    """A call still unanswered this long past its request's deadline counts as a replica failure."""
+    max_retries: int = 1
+    """Re-sends of a request whose replica failed, to another replica, while its deadline allows."""
+    probe_s: float = 0.5
+    """Period of the health probe (it readmits restarted replicas and relays idle replicas' metrics)."""
+    probe_timeout_s: float = 2.0
+    """A probe unanswered this long is a miss: a failed replica stays out, and two misses in a row
+    take a replica out (e.g. one that died idle while Serve holds its calls until the restart)."""
+    drain_s: float = 30.0
+    """On shutdown, wait this long for in-flight requests before failing them."""
+
+    def __post_init__(self) -> None:
+        if not self.grace_s > 0:
+            raise ValueError(f"grace_s={self.grace_s!r}: use a positive number of seconds, e.g. 5")
+        if not isinstance(self.max_retries, int) or self.max_retries < 0:
+            raise ValueError(f"max_retries={self.max_retries!r}: use an integer >= 0 (0 = fail fast only)")
+        if not (self.probe_s > 0 and self.probe_timeout_s > 0):
+            raise ValueError(
+                f"probe_s={self.probe_s!r}, probe_timeout_s={self.probe_timeout_s!r}: use positive seconds, e.g. 0.5, 2"
+            )
+
+
+class RouterMetrics:
+    """The router's own series, beside the server's (same registry, so one /metrics has both)."""
+
+    def __init__(self, registry: CollectorRegistry, names: Sequence[str]):
+        self.routed = Counter(
+            "otas_router_requests", "Images sent to a replica, by how the replica was chosen (home/spill/retry)",
+            ["replica", "kind"], registry=registry,
+        )  # fmt: skip
+        self.failures = Counter(
+            "otas_router_replica_failures", "Calls that failed because the replica died or went silent",
+            ["replica"], registry=registry,
+        )  # fmt: skip
+        self.up = Gauge("otas_router_replica_up", "1 while the router sends to it", ["replica"], registry=registry)
+        self.rpc = Histogram(
+            "otas_router_rpc_overhead_seconds", "Router-to-replica call time minus time inside the replica",
+            buckets=_RPC_BUCKETS, registry=registry,
+        )  # fmt: skip
+        for n in names:
+            self.up.labels(n).set(1)
+            self.failures.labels(n)
+
+
+def profile_costs(profile, apps: Sequence[App], max_batch: int) -> tuple[float, float]:
+    """(device ms per request at the best sustainable batching, ms of the fastest batch of one):
+    the router's prior for its wait predictions, and the least time left worth a retry."""
+    slo = min(a.slo_ms for a in apps)
+    rate = max(profile.throughput(g, max_batch, slo / 2) for g in profile.gammas)  # per second
+    return 1000.0 / rate, min(profile.lat(g, 1) for g in profile.gammas)
+
+
+class _Runner:
+    """What create_app reads off `engine.runner`: the model's input size and classes per task."""
+
+    def __init__(self, image_size: int, max_batch: int, classes: dict[str, list[str]]):
+        self.image_size, self.max_batch, self.classes = image_size, max_batch, classes
+
+
+class RoutedEngine:
+    """Engine-shaped facade over replicas (see the module docstring)."""
+
+    def __init__(
+        self,
+        clients: Sequence[ReplicaClient],
+        apps: Sequence[App],
+        describe: dict[str, Any],
+        cost_ms: float,
+        fast_ms: float,
+        router_config: RouterConfig | None = None,
+        config: FrontendConfig | None = None,
+        registry: CollectorRegistry | None = None,
+        decode_workers: int = 2,
+        clock=time.monotonic,
+    ):
+        """`describe`: a replica's `ReplicaCore.describe()`; `cost_ms`: initial device time per request;
+        `fast_ms`: the fastest batch of one (a retry needs at least that much time left)."""
+        self.clients = list(clients)
+        self.names = [c.name for c in self.clients]
+        self.apps = {a.name: a for a in apps}
+        self.config = config or FrontendConfig()
+        self.router = Router(apps, len(self.clients), cost_ms, router_config)
+        self.runner = _Runner(describe["image_size"], describe["max_batch"], describe["classes"])
+        self.observer = Observer()
+        self.rmetrics = RouterMetrics(registry or CollectorRegistry(), self.names)
+        self.batches = 0
+        self._queued = [0] * len(self.clients)
+        self._pids: list[int | None] = [None] * len(self.clients)
+        self._actors: list[Any] = [None] * len(self.clients)
+        self._misses = [0] * len(self.clients)
+        self._clock, self._t0 = clock, clock()
+        self._decoders = ThreadPoolExecutor(decode_workers, thread_name_prefix="otas-decode")
+        self._inflight: set[asyncio.Task] = set()
+        self._probe: asyncio.Task | None = None
+        self._closing = False
+        self.fast_ms = fast_ms
+
+    # -- the Engine surface create_app uses -------------------------------------------------------
+    def now_ms(self) -> float:
+        return (self._clock() - self._t0) * 1000.0
+
+    @property
+    def ready(self) -> bool:
+        return self._probe is not None and not self._closing and self.router.healthy_count() > 0
+
+    async def start(self) -> None:
+        self._probe = asyncio.create_task(self._probe_loop(), name="otas-router-probe")
+
+    async def stop(self) -> None:
+        """Stop admitting, let in-flight requests finish (bounded), then fail what is left."""
+        self._closing = True
+        if self._inflight:
+            await asyncio.wait(set(self._inflight), timeout=self.config.drain_s)
+        for t in list(self._inflight):
+            t.cancel()
+        if self._probe is not None:
+            self._probe.cancel()
+            await asyncio.gather(self._probe, return_exceptions=True)
+        self._decoders.shutdown(wait=False, cancel_futures=True)
+
+    async def decode(self, data: bytes) -> np.ndarray:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._decoders, decode_image, data, self.runner.image_size, MAX_PIXELS)
+
+    def submit(self, app: str, image: np.ndarray, arrival_ms: float | None = None) -> asyncio.Future[Served]:
+        """Route one image; the future resolves to Served or raises NotServed (as Engine.submit)."""
+        if app not in self.apps:
+            raise ValueError(f"unknown application {app!r}; known: {sorted(self.apps)}")
+        if self._closing:
+            self.observer.ended(app, "rejected", "shutting_down")
+            raise NotServed("rejected", "shutting_down", "the server is shutting down; retry on another instance")
+        now = self.now_ms()
+        arrival = now if arrival_ms is None else min(arrival_ms, now)
+        task = asyncio.get_running_loop().create_task(self._serve(app, image, arrival))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # a sibling's failure may leave it unread
+        return task
+
+    # -- one request ------------------------------------------------------------------------------
+    async def _serve(self, app: str, image: np.ndarray, arrival: float) -> Served:
+        slo, tried = self.apps[app].slo_ms, []
+        last_error: BaseException = RuntimeError("not sent")
+        while True:
+            age = self.now_ms() - arrival
+            try:
+                route = self.router.route(app, self.now_ms(), age, exclude=tried)
+            except NoReplica as e:
+                if tried:
+                    raise self._fail(app, tried[-1], last_error, retried=len(tried) - 1) from None
+                self.observer.ended(app, "rejected", "no_replica")
+                raise NotServed(
+                    "rejected", "no_replica", f"{e}; Ray is restarting replicas, retry in a few seconds"
+                ) from None
+            k = route.replica
+            self.router.sent(k, app, route.kind)
+            self.rmetrics.routed.labels(self.names[k], route.kind).inc()
+            epoch_ms = time.time() * 1000.0 - age
+            t0 = time.perf_counter()
+            try:
+                reply = await asyncio.wait_for(
+                    self.clients[k].submit(app, image, epoch_ms), (slo - age) / 1000.0 + self.config.grace_s
+                )
+            except asyncio.CancelledError:
+                self.router.done(k)
+                raise
+            except Exception as e:  # the replica died, hung, or Ray could not reach it
+                last_error = e
+                self._down(k, e)
+                tried.append(k)
+                left = slo - (self.now_ms() - arrival)
+                if len(tried) <= self.config.max_retries and left > self.fast_ms:
+                    continue
+                raise self._fail(app, k, e, retried=len(tried) - 1) from None
+            rpc_ms = (time.perf_counter() - t0) * 1e3
+            self.rmetrics.rpc.observe(max(rpc_ms - reply.replica_ms, 0.0) / 1e3)
+            s = reply.served
+            self.router.done(k, s.exec_ms / s.batch_size if s is not None else None)
+            self._absorb(k, reply.queued, reply.batches)
+            if s is not None:
+                self.observer.ended(app, "served", "", s)
+                return s
+            self.observer.ended(app, reply.outcome, reply.reason)
+            raise NotServed(reply.outcome, reply.reason, reply.detail)
+
+    def _fail(self, app: str, k: int, e: BaseException, retried: int) -> NotServed:
+        self.observer.ended(app, "error", "replica_failed")
+        again = f" (after {retried} retry)" if retried else ""
+        return NotServed(
+            "error",
+            "replica_failed",
+            f"replica {self.names[k]} failed while serving this request{again}: {type(e).__name__}: "
+            f"{str(e)[:200]}; the router stopped sending to it and Ray Serve restarts it; retry",
+        )
+
+    def _down(self, k: int, e: BaseException, call: bool = True) -> None:
+        if call:  # a request's call ended (a probe is none)
+            self.router.done(k)
+        self.rmetrics.failures.labels(self.names[k]).inc()
+        if self.router.down(k):
+            self.rmetrics.up.labels(self.names[k]).set(0)
+            log.warning(
+                "replica out of rotation",
+                extra={"event": "replica_down", "replica": self.names[k], "error": f"{type(e).__name__}: {e}"[:300]},
+            )
+
+    def _absorb(self, k: int, queued: int, batches: list) -> None:
+        for ev in batches:
+            self.observer.batch(*ev)
+            self.batches += 1
+        self._queued[k] = queued
+        self.observer.queue_depth(sum(q for q, r in zip(self._queued, self.router.replicas, strict=True) if r.up))
+
+    # -- health -------------------------------------------------------------------------------------
+    async def _probe_loop(self) -> None:
+        while True:
+            await asyncio.gather(*(self._probe_one(k) for k in range(len(self.clients))))
+            await asyncio.sleep(self.config.probe_s)
+
+    async def _probe_one(self, k: int) -> None:
+        try:
+            st = await asyncio.wait_for(self.clients[k].stats(), self.config.probe_timeout_s)
+        except TimeoutError:  # slow is not dead, but two silent probes in a row take it out
+            self._misses[k] += 1
+            if self._misses[k] >= 2 and self.router.replicas[k].up:
+                self._down(k, TimeoutError(f"{self._misses[k]} health probes unanswered"), call=False)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            if self.router.replicas[k].up:
+                self._down(k, e, call=False)
+            return
+        self._misses[k] = 0
+        self._absorb(k, st["queued"], st["batches"])
+        if self._pids[k] is not None and st["pid"] != self._pids[k]:
+            log.warning("replica restarted", extra={"event": "replica_restarted", "replica": self.names[k],
+                                                    "pid": st["pid"]})  # fmt: skip
+        self._pids[k], self._actors[k] = st["pid"], st.get("actor")
+        if st["healthy"] and self.router.up(k):
+            self.rmetrics.up.labels(self.names[k]).set(1)
+            log.info("replica back in rotation", extra={"event": "replica_up", "replica": self.names[k]})
+
+    def snapshot(self) -> dict[str, Any]:
+        snap = self.router.snapshot()
+        for r in snap["replicas"]:
+            k = r["index"]
+            r.update(name=self.names[k], pid=self._pids[k], actor=self._actors[k], queued=self._queued[k])
+        return snap
+
+
+def with_replicas_endpoint(app, engine: RoutedEngine):
+    """ASGI: `GET /v1/replicas` (the router's view: health, load, routing counts, shares), the rest
+    to the server app unchanged (its lifespan included)."""
+
+    async def asgi(scope, receive, send):
+        if scope["type"] == "http" and scope["path"] == "/v1/replicas":
+            return await JSONResponse(engine.snapshot())(scope, receive, send)
+        return await app(scope, receive, send)
+
+    return asgi

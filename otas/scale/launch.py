@@ -1,0 +1,137 @@
+"""`otas serve --backend ray`: connect to (or start) Ray, deploy the replicas and the router with
+Ray Serve, serve until SIGINT/SIGTERM, then delete the application (replicas drain first)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import threading
+from collections.abc import Sequence
+from dataclasses import replace
+
+from otas.config import SchedulerConfig
+from otas.profile.table import Profile
+from otas.scale.replica import ReplicaSpec
+from otas.types import App
+
+log = logging.getLogger("otas.scale")
+
+
+def make_spec(
+    model,
+    profile_path,
+    apps: Sequence[App],
+    policy: str,
+    device: str,
+    config: SchedulerConfig,
+    noop: bool = False,
+    paced: bool = False,
+    warmup: bool = True,
+    dtype: str = "",
+    max_queue: int = 0,
+) -> ReplicaSpec:
+    """What every replica builds, resolved here (in the driver) so bad options fail once, early."""
+    from otas.server.main import default_max_queue
+
+    if paced and not (noop and profile_path):
+        raise ValueError("--paced emulates a profiled device with the no-op model: give --noop and --profile P")
+    if noop and not paced:
+        from otas.engine.noop import noop_profile
+
+        profile = noop_profile(apps, config.max_batch)
+    else:
+        if profile_path is None:
+            raise ValueError("give --profile PATH: the latency/accuracy profile of this model on this device")
+        profile = Profile.load(profile_path)
+    config = replace(config, max_queue=max_queue or default_max_queue(profile, apps, config.max_batch))
+    return ReplicaSpec(
+        apps=list(apps), profile=profile.to_dict(), policy=policy, scheduler=config,
+        model=None if model is None else str(model), device=device, dtype=dtype, noop=noop, paced=paced,
+        warmup=warmup,
+    )  # fmt: skip
+
+
+def check_resources(spec: ReplicaSpec, replicas: int) -> None:
+    """Refuse, with the fix, a replica count the cluster cannot place (Serve would wait forever)."""
+    import ray
+
+    have = ray.cluster_resources()
+    kind = "GPU" if spec.device.startswith("cuda") else "CPU"
+    n = math.floor(have.get(kind, 0))
+    if replicas > n:
+        raise ValueError(
+            f"--replicas {replicas} needs {replicas} {kind}s (one per replica) but the Ray cluster has {n}; "
+            f"use --replicas {max(n, 1)} or add nodes (ray start --address HEAD:6379 on each)"
+        )
+
+
+def deploy(
+    spec: ReplicaSpec,
+    replicas: int,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    address: str = "",
+    max_body_bytes: int = 8 << 20,
+    log_level: str = "info",
+    num_cpus: int | None = None,
+    **build_kwargs,
+) -> str:
+    """Start (or join) Ray and Serve, deploy, wait until the HTTP API is ready; returns its URL.
+
+    address: "" = a new local Ray instance; "auto" = the one `ray start --head` runs here;
+    "HOST:6379" or "ray://HOST:10001" = an existing cluster.
+    """
+    import ray
+    from ray import serve
+
+    from otas.scale.deployment import APP_NAME, build_app, wait_ready
+
+    if not ray.is_initialized():
+        # "local": a new instance even if `ray start` runs one here (that one is --address auto)
+        kw = {"address": address} if address else {"address": "local", "num_cpus": num_cpus, "include_dashboard": False}
+        ray.init(**kw, logging_level=logging.WARNING, log_to_driver=log_level == "debug")
+    check_resources(spec, replicas)
+    serve.start(http_options={"host": host, "port": port})
+    app = build_app(spec, replicas, max_body_bytes, log_level=log_level, **build_kwargs)
+    serve.run(app, name=APP_NAME, route_prefix="/")
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    wait_ready(url)
+    return url
+
+
+def shutdown(address: str = "") -> None:
+    """Delete the application (graceful: replicas serve what they queued); stop Ray if we started it."""
+    import ray
+    from ray import serve
+
+    from otas.scale.deployment import APP_NAME
+
+    serve.delete(APP_NAME)
+    if not address:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def serve_ray(spec: ReplicaSpec, replicas: int, host: str, port: int, address: str, max_body_bytes: int,
+              log_level: str = "info") -> None:  # fmt: skip
+    """Deploy and serve until SIGINT/SIGTERM."""
+    from otas.server.app import setup_logging
+
+    setup_logging(log_level)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    url = deploy(spec, replicas, host, port, address, max_body_bytes, log_level)
+    log.info(
+        "serving",
+        extra={"event": "serve", "url": url, "backend": "ray", "replicas": replicas, "address": address or "local",
+               "model": Profile.from_dict(spec.profile).model, "policy": spec.policy, "device": spec.device,
+               "max_queue_per_replica": spec.scheduler.max_queue, "apps": [a.name for a in spec.apps]},
+    )  # fmt: skip
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        log.info("shutting down", extra={"event": "stop"})
+        shutdown(address)

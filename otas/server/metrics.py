@@ -1,0 +1,84 @@
+"""Prometheus metrics: the engine's Observer, recording into a registry of its own (one per app, so
+several servers in one process, as in tests, never collide)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from otas.engine.engine import Observer, Served
+from otas.types import BatchPlan
+
+_LAT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics(Observer):
+    def __init__(self, gammas: list[int], registry: CollectorRegistry | None = None):
+        self.registry = r = registry or CollectorRegistry()
+        self.requests = Counter(
+            "otas_requests", "Requests by application and outcome (served/rejected/expired/error)",
+            ["app", "outcome", "reason"], registry=r,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "otas_request_latency_seconds",
+            "Served requests: arrival to answer",
+            ["app"],
+            buckets=_LAT_BUCKETS,
+            registry=r,
+        )
+        self.queue = Histogram(
+            "otas_queue_latency_seconds",
+            "Served requests: arrival to batch start",
+            ["app"],
+            buckets=_LAT_BUCKETS,
+            registry=r,
+        )
+        self.slo_met = Counter("otas_slo_met", "Requests served within their deadline", ["app"], registry=r)
+        self.slo_attainment = Gauge(
+            "otas_slo_attainment", "Fraction of ended requests (any outcome) served on time", ["app"], registry=r
+        )
+        self.utility = Counter(
+            "otas_utility", "Expected utility accrued: u * acc(task, gamma), on time", ["app"], registry=r
+        )
+        self.gamma = Counter("otas_batches", "Batches run, by gamma", ["gamma"], registry=r)
+        self.batch_size = Histogram("otas_batch_size", "Requests per batch", buckets=_BATCH_BUCKETS, registry=r)
+        self.queue_depth_g = Gauge("otas_queue_depth", "Requests queued in the scheduler", registry=r)
+        self.predicted = Histogram(
+            "otas_batch_predicted_seconds", "Predicted batch latency (profile x online correction)",
+            buckets=_LAT_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.measured = Histogram(
+            "otas_batch_measured_seconds",
+            "Measured batch latency (dispatch to results)",
+            buckets=_LAT_BUCKETS,
+            registry=r,
+        )
+        self.ratio = Gauge("otas_batch_measured_over_predicted", "Last batch: measured / predicted latency", registry=r)
+        for g in gammas:
+            self.gamma.labels(str(g))
+        self._ended: dict[str, int] = {}
+        self._met: dict[str, int] = {}
+
+    def ended(self, app: str, outcome: str, reason: str = "", served: Served | None = None) -> None:
+        self.requests.labels(app, outcome, reason).inc()
+        self._ended[app] = self._ended.get(app, 0) + 1
+        if served is not None:
+            self.latency.labels(app).observe(served.total_ms / 1e3)
+            self.queue.labels(app).observe(max(served.queue_ms, 0.0) / 1e3)
+            self.utility.labels(app).inc(served.utility)
+            if served.deadline_met:
+                self.slo_met.labels(app).inc()
+                self._met[app] = self._met.get(app, 0) + 1
+        self.slo_attainment.labels(app).set(self._met.get(app, 0) / self._ended[app])
+
+    def batch(self, plan: BatchPlan, measured_ms: float, runner_ms: float, queued: int) -> None:
+        self.gamma.labels(str(plan.gamma)).inc()
+        self.batch_size.observe(plan.size)
+        self.predicted.observe(plan.predicted_ms / 1e3)
+        self.measured.observe(measured_ms / 1e3)
+        if plan.predicted_ms > 0:
+            self.ratio.set(measured_ms / plan.predicted_ms)
+        self.queue_depth_g.set(queued)
+
+    def queue_depth(self, n: int) -> None:
+        self.queue_depth_g.set(n)

@@ -1,0 +1,206 @@
+"""The router's engine over in-process replicas (no Ray): routing by application, relayed
+metrics, and what happens when a replica dies or hangs. Every wait is bounded."""
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from otas.config import SchedulerConfig
+from otas.engine.engine import NotServed, Observer
+from otas.scale.frontend import FrontendConfig, RoutedEngine, profile_costs
+from otas.scale.replica import ReplicaCore, ReplicaSpec
+from otas.scale.router import RouterConfig
+from tests.server.helpers import APPS, paced_profile
+
+IMG = np.zeros((32, 32, 3), np.uint8)
+
+
+class ActorDied(Exception):
+    pass
+
+
+class LocalReplica:
+    """A ReplicaClient calling a ReplicaCore in-process; `kill` fails its calls as a dead actor's
+    would, `hang` makes them never answer."""
+
+    def __init__(self, core: ReplicaCore, name: str):
+        self.core, self.name = core, name
+        self.dead = self.hung = False
+        self.pending: set[asyncio.Future] = set()
+
+    async def submit(self, app, image, arrival_epoch_ms):
+        return await self._call(self.core.submit(app, image, arrival_epoch_ms))
+
+    async def stats(self):
+        return await self._call(asyncio.sleep(0, self.core.stats()))
+
+    async def _call(self, coro):
+        if self.dead:
+            coro.close()
+            raise ActorDied(f"{self.name} is dead")
+        fut = asyncio.get_running_loop().create_future()
+        if not self.hung:
+            inner = asyncio.ensure_future(coro)
+            inner.add_done_callback(lambda t: fut.done() or fut.set_result(t.result()))
+        else:
+            coro.close()
+        self.pending.add(fut)
+        try:
+            return await fut
+        finally:
+            self.pending.discard(fut)
+
+    def kill(self):
+        self.dead = True
+        for f in self.pending:
+            f.done() or f.set_exception(ActorDied(f"{self.name} was killed"))
+
+
+class Counts(Observer):
+    def __init__(self):
+        self.ended_by: dict[tuple, int] = {}
+        self.batches = 0
+
+    def ended(self, app, outcome, reason="", served=None):
+        self.ended_by[(outcome, reason)] = self.ended_by.get((outcome, reason), 0) + 1
+
+    def batch(self, plan, measured_ms, runner_ms, queued):
+        self.batches += 1
+
+
+def spec(base_ms=50.0, per_image_ms=10.0) -> ReplicaSpec:
+    prof = paced_profile(base_ms, per_image_ms)
+    return ReplicaSpec(APPS, prof.to_dict(), "otas", SchedulerConfig(max_batch=16), noop=True, paced=True)
+
+
+async def routed(n=2, frontend=None, **spec_kw):
+    sp = spec(**spec_kw)
+    cores = [ReplicaCore(sp, i) for i in range(n)]
+    for c in cores:
+        await c.start()
+    clients = [LocalReplica(c, f"otas-replica-{i}") for i, c in enumerate(cores)]
+    cost, fast = profile_costs(paced_profile(), APPS, 16)
+    fe = frontend or FrontendConfig(probe_s=0.05, probe_timeout_s=0.5)
+    eng = RoutedEngine(clients, APPS, cores[0].describe(), cost, fast, RouterConfig(), fe)
+    eng.observer = Counts()
+    await eng.start()
+    return eng, cores, clients
+
+
+async def close(eng, cores):
+    await eng.stop()
+    for c in cores:
+        await c.stop(5)
+
+
+def results(res):
+    return [type(r).__name__ if not isinstance(r, NotServed) else r.reason for r in res]
+
+
+def test_routes_each_application_home_and_relays_batches():
+    async def main():
+        eng, cores, _ = await routed()
+        futs = [eng.submit(a.name, IMG) for _ in range(6) for a in APPS]
+        res = await asyncio.wait_for(asyncio.gather(*futs), 10)
+        snap = eng.snapshot()
+        await close(eng, cores)
+        return eng, res, snap
+
+    eng, res, snap = asyncio.run(main())
+    assert all(r.deadline_met for r in res)
+    routed_ = [r["routed"] for r in snap["replicas"]]
+    assert routed_[0].get("home:novel") == 6 and "home:novel" not in routed_[1]
+    assert routed_[1].get("home:blur") == 6 and "home:blur" not in routed_[0]
+    assert eng.observer.ended_by == {("served", ""): 18}
+    assert eng.observer.batches == eng.batches > 0  # batch observations relayed from the replicas
+
+
+def test_killed_replica_requests_retry_elsewhere_and_router_stops_sending():
+    async def main():
+        eng, cores, clients = await routed()
+        futs = [eng.submit("blur", IMG) for _ in range(8)]  # blur's home is replica 1
+        await asyncio.sleep(0.02)  # queued / running on replica 1
+        t0 = time.perf_counter()
+        clients[1].kill()
+        res = await asyncio.wait_for(asyncio.gather(*futs, return_exceptions=True), 10)
+        took = time.perf_counter() - t0
+        after = await asyncio.wait_for(asyncio.gather(*(eng.submit("blur", IMG) for _ in range(4))), 10)
+        snap = eng.snapshot()
+        # Ray restarts it: a fresh replica answers the probe, and it is back in rotation
+        cores[1] = ReplicaCore(cores[1].spec, 1)
+        await cores[1].start()
+        clients[1].core, clients[1].dead = cores[1], False
+        for _ in range(100):
+            if eng.router.replicas[1].up:
+                break
+            await asyncio.sleep(0.02)
+        back = await asyncio.wait_for(eng.submit("blur", IMG), 5)
+        await close(eng, cores)
+        return res, took, after, snap, back, eng
+
+    res, took, after, snap, back, eng = asyncio.run(main())
+    assert all(not isinstance(r, Exception) for r in res), results(res)  # retried on replica 0 in time
+    assert took < 2.0
+    assert not snap["replicas"][1]["up"] and snap["replicas"][0]["routed"].get("retry:blur") == 8
+    assert snap["replicas"][0]["routed"].get("home:blur") == 4  # the shares were re-cut at once
+    assert back.deadline_met and eng.snapshot()["replicas"][1]["up"]
+
+
+def test_killed_replica_fails_fast_with_a_clear_error_when_no_retry_fits():
+    async def main():
+        fe = FrontendConfig(max_retries=0, probe_s=0.05)
+        eng, cores, clients = await routed(frontend=fe)
+        futs = [eng.submit("novel", IMG) for _ in range(4)]
+        await asyncio.sleep(0.02)
+        t0 = time.perf_counter()
+        clients[0].kill()
+        res = await asyncio.wait_for(asyncio.gather(*futs, return_exceptions=True), 5)
+        took = time.perf_counter() - t0
+        await close(eng, cores)
+        return res, took, eng
+
+    res, took, eng = asyncio.run(main())
+    assert took < 0.5
+    assert all(isinstance(r, NotServed) and r.reason == "replica_failed" for r in res), res
+    assert "otas-replica-0" in res[0].detail and "restarts it" in res[0].detail
+    assert eng.observer.ended_by[("error", "replica_failed")] == 4
+
+
+def test_hung_replica_times_out_after_deadline_plus_grace():
+    async def main():
+        fe = FrontendConfig(grace_s=0.2, max_retries=1, probe_s=0.05, probe_timeout_s=0.1)
+        eng, cores, clients = await routed(frontend=fe)
+        clients[0].hung = True
+        t0 = time.perf_counter()
+        with pytest.raises(NotServed) as e:
+            await asyncio.wait_for(eng.submit("novel", IMG), 5)
+        took = time.perf_counter() - t0
+        await close(eng, cores)
+        return e.value, took
+
+    err, took = asyncio.run(main())
+    assert err.reason == "replica_failed" and "TimeoutError" in err.detail
+    assert 0.55 < took < 1.5  # 400 ms SLO + 200 ms grace, no retry left in the deadline
+
+
+def test_no_healthy_replica_is_rejected_at_once():
+    async def main():
+        eng, cores, clients = await routed()
+        for c in clients:
+            c.kill()
+        await asyncio.sleep(0.2)  # the probe takes both out
+        ready = eng.ready
+        with pytest.raises(NotServed) as e:
+            await asyncio.wait_for(eng.submit("novel", IMG), 2)
+        await close(eng, cores)
+        return ready, e.value
+
+    ready, err = asyncio.run(main())
+    assert not ready and err.outcome == "rejected" and err.reason == "no_replica"
+
+
+def test_spec_checks():
+    with pytest.raises(ValueError, match="noop=True"):
+        ReplicaSpec(APPS, paced_profile().to_dict(), "otas", SchedulerConfig(), paced=True)

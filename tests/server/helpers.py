@@ -1,0 +1,106 @@
+"""Shared by the engine, server and bench tests: a tiny random checkpoint, a runner paced to a
+hand-made profile (so latencies are known), applications, and a server on loopback."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import time
+
+import numpy as np
+from PIL import Image
+
+from otas.config import SchedulerConfig
+from otas.data.tasks import NOVEL_CLASSES, SOURCE_CLASSES
+from otas.profile.table import Profile
+from otas.types import App
+
+GAMMAS = (-4, 0, 4)
+SPEED = {-4: 0.6, 0: 1.0, 4: 1.1}
+ACC = {-4: 0.80, 0: 0.85, 4: 0.90}
+APPS = [App("novel", 400.0, 1.0, "novel"), App("lowlight", 800.0, 2.0, "lowlight"), App("blur", 1600.0, 1.0, "blur")]
+SIZE = 16
+
+
+def tiny_checkpoint(path) -> None:
+    import torch
+
+    from otas.adapt import AdaptConfig, AdaptiveViT
+    from otas.models.checkpoint import save_checkpoint
+    from otas.models.registry import build_vit
+
+    torch.manual_seed(0)
+    vit = build_vit("vit_tiny_p2", 5, img_size=SIZE, depth=2)
+    m = AdaptiveViT(vit, AdaptConfig(gammas=GAMMAS, tasks={"novel": 5, "lowlight": 5, "blur": 5}), SOURCE_CLASSES)
+    m.task_classes = {"novel": NOVEL_CLASSES, "lowlight": SOURCE_CLASSES, "blur": NOVEL_CLASSES}
+    save_checkpoint(m, path)
+
+
+def paced_profile(base_ms: float = 50.0, per_image_ms: float = 10.0, max_batch: int = 16) -> Profile:
+    lat = {
+        g: {1: (base_ms + per_image_ms) * s, max_batch: (base_ms + per_image_ms * max_batch) * s}
+        for g, s in SPEED.items()
+    }
+    return Profile(
+        model="tiny_test",
+        device="cpu (paced)",
+        dtype="float32",
+        gammas=list(GAMMAS),
+        batch_sizes=[1, max_batch],
+        accuracy={t: dict(ACC) for t in ("source", "novel", "lowlight", "blur")},
+        latency_ms=lat,
+    )
+
+
+class PacedRunner:
+    """A real runner whose batches take exactly the profile's latency (sleeps the rest), so the
+    scheduler's predictions hold and tests are deterministic. `fail` makes every batch raise."""
+
+    def __init__(self, runner, profile: Profile, fail: bool = False):
+        self.inner, self.profile, self.fail = runner, profile, fail
+        self.image_size, self.max_batch, self.classes = runner.image_size, runner.max_batch, runner.classes
+        self.gammas = runner.gammas
+        self.sizes: list[int] = []
+
+    def run(self, images, tasks, gamma):
+        t0 = time.perf_counter()
+        if self.fail:
+            raise RuntimeError("device on fire")
+        out = self.inner.run(images, tasks, gamma)
+        self.sizes.append(len(images))
+        rest = self.profile.lat(gamma, len(images)) / 1e3 - (time.perf_counter() - t0)
+        if rest > 0:
+            time.sleep(rest)
+        return out
+
+
+def png(seed: int = 0, size: int = SIZE) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def b64png(seed: int = 0, size: int = SIZE) -> str:
+    return base64.b64encode(png(seed, size)).decode()
+
+
+def infer_body(app: str = "novel", n: int = 1) -> dict:
+    return {
+        "parameters": {"app": app},
+        "inputs": [{"name": "image", "datatype": "BYTES", "shape": [n], "data": [b64png(i) for i in range(n)]}],
+    }
+
+
+@contextlib.contextmanager
+def serving(runner, profile: Profile, policy: str = "otas", apps=APPS, max_queue: int = 0, **cfg):
+    """(ServerThread, engine) on an ephemeral loopback port; stopped (gracefully) on exit."""
+    from otas.server.app import ServerThread
+    from otas.server.main import build, default_max_queue
+
+    config = SchedulerConfig(max_batch=runner.max_batch, **cfg)
+    config.max_queue = max_queue or default_max_queue(profile, apps, config.max_batch)
+    app, engine = build(runner, profile, apps, policy, config, max_body_bytes=64 * 1024)
+    with ServerThread(app) as srv:
+        yield srv, engine
