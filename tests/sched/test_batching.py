@@ -59,3 +59,16 @@ def test_deadline_aware_cut_and_batch_deadline():
     assert 300.0 + fast[len(first.requests)] <= first.deadline_ms
     assert 300.0 + fast[len(first.requests) + 1] > first.deadline_ms  # as large as possible
     assert sum(len(x.requests) for x in c) == 40
+
+
+def test_deadline_cut_maximises_on_time_members():
+    from otas.sched.batching import deadline_cut
+
+    flat = [0.0] + [10.0] * 8  # GPU-like: any batch takes 10 ms
+    linear = [0.0] + [10.0 * b for b in range(1, 9)]  # CPU-like: 10 ms per image
+    d = [5.0, 50.0, 50.0, 50.0, 50.0, 50.0, 50.0, 50.0]  # the first is hopeless at any size
+    assert deadline_cut(d, 0.0, 8, flat) == 8  # a full batch: 7 on time
+    assert deadline_cut(d, 0.0, 8, linear) == 5  # 10*b <= 50: the first 5 (4 on time)
+    unsorted = [50.0, 5.0, 50.0, 50.0]  # mixed applications: the same answer by brute force
+    best = max(range(1, 5), key=lambda b: (sum(x >= flat[b] for x in unsorted[:b]), -b))
+    assert deadline_cut(unsorted, 0.0, 4, flat) == best == 4

@@ -15,8 +15,7 @@ def instances(draw):
     for _i in range(n):
         groups = draw(st.integers(1, 2))
         deadlines = tuple(
-            np.sort(np.array(draw(st.lists(st.floats(-50, 400), min_size=1, max_size=5))))
-            for _ in range(groups)
+            np.sort(np.array(draw(st.lists(st.floats(-50, 400), min_size=1, max_size=5)))) for _ in range(groups)
         )
         weights = np.array(
             draw(
@@ -27,9 +26,7 @@ def instances(draw):
                 )
             )
         )
-        lat = draw(
-            st.lists(st.one_of(st.floats(0.5, 200), st.just(math.inf)), min_size=n_gamma, max_size=n_gamma)
-        )
+        lat = draw(st.lists(st.one_of(st.floats(0.5, 200), st.just(math.inf)), min_size=n_gamma, max_size=n_gamma))
         if not any(math.isfinite(x) for x in lat):  # the batcher sizes every batch to fit
             lat[0] = 10.0
         specs.append(BatchSpec(deadlines, weights, np.array(lat)))
