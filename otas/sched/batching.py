@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 
@@ -87,12 +87,16 @@ class Queues:
         self._n -= len(out)
         return out
 
-    def head(self, queue: int, n: int) -> list[Request]:
-        """The first n requests of a queue, in queue order."""
+    def iter(self, queue: int) -> Iterator[Request]:
+        """A queue's requests in queue order (lazily merged across its applications)."""
         dqs = [self._dq[a] for a in self.groups[queue] if self._dq[a]]
         if len(dqs) == 1:
-            return list(islice(dqs[0], n))
-        return list(islice(heapq.merge(*dqs, key=self._key), n))
+            return iter(dqs[0])
+        return heapq.merge(*dqs, key=self._key)
+
+    def head(self, queue: int, n: int) -> list[Request]:
+        """The first n requests of a queue, in queue order."""
+        return list(islice(self.iter(queue), n))
 
     def pop(self, batch: list[Request]) -> None:
         """Remove a batch that is a prefix of its queue (so a prefix of each deque)."""
@@ -151,37 +155,43 @@ def deadline_cut(deadlines: Sequence[float], now_ms: float, cap: int, lat_fast: 
     return int(np.argmax(on_time.sum(1))) + 1
 
 
+def _chunks(queues: Queues, qi: int, now_ms: float, cap: int, n: int, lat_fast) -> Iterator[Candidate]:
+    """A queue's pending batches in order, cut lazily (only as many as the caller takes)."""
+    if lat_fast is None:
+        items = queues.head(qi, cap * n)
+        p = 0
+        for m in batch_sizes(items, now_ms, cap, None, n):
+            chunk = items[p : p + m]
+            yield Candidate(chunk, qi, min(r.deadline_ms for r in chunk))
+            p += m
+        return
+    it = queues.iter(qi)
+    buf = list(islice(it, cap))
+    while buf:
+        d = np.fromiter((r.deadline_ms for r in buf), float, len(buf))  # (≤ cap,)
+        m = deadline_cut(d, now_ms, cap, lat_fast)
+        yield Candidate(buf[:m], qi, float(d[:m].min()))
+        buf = buf[m:] + list(islice(it, m))
+
+
 def candidates(
     queues: Queues,
     now_ms: float,
     cap: int,
     n: int,
-    lat_fast: list[float] | None,
+    lat_fast: Sequence[float] | None,
 ) -> list[Candidate]:
     """The next n pending batches over all queues, in execution order.
 
-    Several queues (SLO classes): batches ordered by batch deadline (earliest member's), ties by
-    queue then position. One queue: its own order.
+    Several queues (SLO classes): batches merged by the queue order (their head's arrival, or the
+    batch deadline), ties by queue then position. One queue: its own order. Batches are cut
+    lazily, so a decision cuts about n of them whatever the number of queues.
     """
-    out: list[Candidate] = []
-    for qi in queues.nonempty():
-        items = queues.head(qi, cap * n)
-        if lat_fast is not None:
-            d = np.fromiter((r.deadline_ms for r in items), float, len(items))  # (len,)
-            p, made = 0, 0
-            while p < len(items) and made < n:
-                m = deadline_cut(d[p : p + cap], now_ms, cap, lat_fast)
-                out.append(Candidate(items[p : p + m], qi, float(d[p : p + m].min())))
-                p, made = p + m, made + 1
-            continue
-        p = 0
-        for m in batch_sizes(items, now_ms, cap, lat_fast, n):
-            chunk = items[p : p + m]
-            out.append(Candidate(chunk, qi, min(r.deadline_ms for r in chunk)))
-            p += m
-    if len(queues.groups) > 1:  # stable sorts: a queue's chunks keep their order
-        if queues.order == "deadline":
-            out.sort(key=lambda c: c.deadline_ms)
-        else:
-            out.sort(key=lambda c: c.requests[0].arrival_ms)
-    return out[:n]
+    streams = [_chunks(queues, qi, now_ms, cap, n, lat_fast) for qi in queues.nonempty()]
+    if len(streams) == 1:
+        return list(islice(streams[0], n))
+    if queues.order == "deadline":
+        merged = heapq.merge(*streams, key=lambda c: c.deadline_ms)
+    else:
+        merged = heapq.merge(*streams, key=lambda c: c.requests[0].arrival_ms)
+    return list(islice(merged, n))
