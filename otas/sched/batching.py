@@ -43,6 +43,8 @@ class Candidate:
     requests: list[Request]
     queue: int
     deadline_ms: float
+    deadlines: np.ndarray | None = None
+    """Members' deadlines, ascending, when the batch holds one application (else None)."""
 
 
 def _by_deadline(r: Request) -> tuple[float, int]:
@@ -165,12 +167,13 @@ def _chunks(queues: Queues, qi: int, now_ms: float, cap: int, n: int, lat_fast) 
             yield Candidate(chunk, qi, min(r.deadline_ms for r in chunk))
             p += m
         return
+    one_app = len(queues.groups[qi]) == 1  # then deadlines are ascending: arrival order = deadline order
     it = queues.iter(qi)
     buf = list(islice(it, cap))
     while buf:
         d = np.fromiter((r.deadline_ms for r in buf), float, len(buf))  # (≤ cap,)
         m = deadline_cut(d, now_ms, cap, lat_fast)
-        yield Candidate(buf[:m], qi, float(d[:m].min()))
+        yield Candidate(buf[:m], qi, float(d[:m].min()), d[:m] if one_app else None)
         buf = buf[m:] + list(islice(it, m))
 
 

@@ -121,6 +121,8 @@ class Otas(Policy):
     def _spec(c: Candidate, now_ms: float, view: View) -> optimizer.BatchSpec:
         reqs = c.requests
         lat = view.lat_vector(view.model, len(reqs))
+        if c.deadlines is not None:  # OPTIMIZATION: one application, deadlines already sorted
+            return optimizer.BatchSpec((c.deadlines - now_ms,), view.weights(view.model, reqs[0].app)[:, None], lat)
         if reqs[0].app == reqs[-1].app and all(r.app == reqs[0].app for r in reqs):
             # OPTIMIZATION: one application (the usual case under selective batching): no grouping.
             d = np.fromiter((r.deadline_ms for r in reqs), float, len(reqs)) - now_ms
