@@ -9,7 +9,7 @@ import pytest
 
 from otas.config import SchedulerConfig
 from otas.engine.engine import NotServed, Observer
-from otas.scale.frontend import FrontendConfig, RoutedEngine, profile_costs
+from otas.scale.frontend import FrontendConfig, RoutedEngine, fastest_latency
 from otas.scale.replica import ReplicaCore, ReplicaSpec
 from otas.scale.router import RouterConfig
 from tests.server.helpers import APPS, paced_profile
@@ -75,15 +75,15 @@ def spec(base_ms=50.0, per_image_ms=10.0) -> ReplicaSpec:
     return ReplicaSpec(APPS, prof.to_dict(), "otas", SchedulerConfig(max_batch=16), noop=True, paced=True)
 
 
-async def routed(n=2, frontend=None, **spec_kw):
-    sp = spec(**spec_kw)
+async def routed(n=2, frontend=None, base_ms=50.0, per_image_ms=10.0):
+    sp = spec(base_ms, per_image_ms)
     cores = [ReplicaCore(sp, i) for i in range(n)]
     for c in cores:
         await c.start()
     clients = [LocalReplica(c, f"otas-replica-{i}") for i, c in enumerate(cores)]
-    cost, fast = profile_costs(paced_profile(), APPS, 16)
     fe = frontend or FrontendConfig(probe_s=0.05, probe_timeout_s=0.5)
-    eng = RoutedEngine(clients, APPS, cores[0].describe(), cost, fast, RouterConfig(), fe)
+    lat = fastest_latency(paced_profile(base_ms, per_image_ms), 16)
+    eng = RoutedEngine(clients, APPS, cores[0].describe(), lat, RouterConfig(), fe)
     eng.observer = Counts()
     await eng.start()
     return eng, cores, clients

@@ -8,6 +8,7 @@ from otas.scale.router import NoReplica, Router, RouterConfig, wraparound
 from otas.types import App
 
 APPS = [App("novel", 400.0, 1.0, "novel"), App("lowlight", 800.0, 2.0, "lowlight"), App("blur", 1600.0, 1.0, "blur")]
+LAT = [0.0] + [20.0 + 5.0 * b for b in range(1, 17)]  # fastest setting: 20 + 5·b ms, B_max 16
 
 
 @given(st.lists(st.floats(0, 100), min_size=1, max_size=8), st.integers(1, 6))
@@ -33,21 +34,23 @@ def test_config_errors_name_the_value():
     with pytest.raises(ValueError, match="spill_slack=1.5"):
         RouterConfig(spill_slack=1.5)
     with pytest.raises(ValueError, match="replicas=0"):
-        Router(APPS, 0, 5.0)
+        Router(APPS, 0, LAT)
+    with pytest.raises(ValueError, match="nondecreasing"):
+        Router(APPS, 1, [0.0, 5.0, 4.0])
 
 
 def test_routes_by_application_when_not_loaded():
-    r = Router(APPS, 3, cost_ms=5.0)
+    r = Router(APPS, 3, LAT)
     homes = {a.name: {r.route(a.name, 0.0).replica for _ in range(20)} for a in APPS}
     assert homes == {"novel": {0}, "lowlight": {1}, "blur": {2}}  # one class per replica, no scatter
-    r2 = Router(APPS, 2, cost_ms=5.0)
+    r2 = Router(APPS, 2, LAT)
     seen = {a.name: [r2.route(a.name, 0.0).replica for _ in range(20)] for a in APPS}
     assert set(seen["novel"]) == {0} and set(seen["blur"]) == {1}
     assert seen["lowlight"].count(0) == seen["lowlight"].count(1) == 10  # the one split class alternates
 
 
 def test_shares_follow_measured_rates():
-    r = Router(APPS, 2, cost_ms=1.0, config=RouterConfig(rebalance_ms=100, rate_halflife_ms=1))
+    r = Router(APPS, 2, LAT, config=RouterConfig(rebalance_ms=100, rate_halflife_ms=1))
     for t in range(0, 1000, 2):  # novel 3x busier than the others together
         for app in ("novel", "novel", "novel", "lowlight" if t % 4 else "blur"):
             k = r.route(app, float(t)).replica
@@ -59,28 +62,29 @@ def test_shares_follow_measured_rates():
 
 
 def test_spills_when_home_slack_is_low():
-    r = Router(APPS, 2, cost_ms=10.0, config=RouterConfig(spill_slack=0.25))
-    for _ in range(25):  # 25 in flight at novel's home: predicted wait 260 ms of a 400 ms SLO
+    r = Router(APPS, 2, LAT, config=RouterConfig(spill_slack=0.25))
+    for _ in range(16):  # 16 in flight at novel's home: a full batch running, then a full one
         r.sent(0, "novel")
+    assert r.predicted_wait_ms(0) == 200.0
     route = r.route("novel", 0.0)
-    assert route.replica == 0 and route.kind == "home"  # 140 ms slack >= 100 ms
-    route = r.route("novel", 0.0, age_ms=60.0)  # 80 ms slack < 0.25 * 400
-    assert route.replica == 1 and route.kind == "spill"
+    assert route.replica == 0 and route.kind == "home"  # 200 ms slack >= 0.25 * 400
+    route = r.route("novel", 0.0, age_ms=120.0)  # 80 ms slack: spill to the idle replica
+    assert route.replica == 1 and route.kind == "spill" and route.slack_ms == 400 - 120 - 25
     for _ in range(40):
         r.sent(1, "blur")
-    assert r.route("novel", 0.0, age_ms=60.0).replica == 0  # the other is worse: stay home
+    assert r.route("novel", 0.0, age_ms=120.0).replica == 0  # the other is worse: stay home
 
 
-def test_learns_cost_from_answers():
-    r = Router(APPS, 1, cost_ms=10.0, config=RouterConfig(cost_ewma=0.5))
+def test_learns_the_measured_over_profiled_factor():
+    r = Router(APPS, 1, LAT, config=RouterConfig(factor_ewma=0.5))
     r.sent(0, "novel")
-    r.done(0, 2.0)
-    assert r.replicas[0].cost_ms == 6.0 and r.replicas[0].inflight == 0
-    assert r.predicted_wait_ms(0) == 6.0
+    r.done(0, exec_ms=60.0, batch_size=2)  # profiled 30 ms: twice as slow (a slower setting ran)
+    assert r.replicas[0].factor == 1.5 and r.replicas[0].inflight == 0
+    assert r.predicted_wait_ms(0) == 1.5 * LAT[1]
 
 
 def test_down_replica_gets_nothing_until_up():
-    r = Router(APPS, 2, cost_ms=5.0)
+    r = Router(APPS, 2, LAT)
     assert r.down(1) and not r.down(1)
     assert {r.route(a.name, 0.0).replica for a in APPS for _ in range(5)} == {0}
     r.down(0)
@@ -91,7 +95,7 @@ def test_down_replica_gets_nothing_until_up():
 
 
 def test_retry_excludes_the_failed_replica():
-    r = Router(APPS, 2, cost_ms=5.0)
+    r = Router(APPS, 2, LAT)
     route = r.route("novel", 0.0, exclude=[0])
     assert route.replica == 1 and route.kind == "retry"
     with pytest.raises(NoReplica):
@@ -100,4 +104,4 @@ def test_retry_excludes_the_failed_replica():
 
 def test_unknown_app():
     with pytest.raises(ValueError, match="unknown application 'x'"):
-        Router(APPS, 1, 5.0).route("x", 0.0)
+        Router(APPS, 1, LAT).route("x", 0.0)
