@@ -80,8 +80,12 @@ def plot_tradeoff(profiles: list[Profile], path: Path, batch: int | None = None)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(profiles), figsize=(5.5 * len(profiles), 4.2), squeeze=False)
-    for ax, prof in zip(axes[0], profiles, strict=True):
+    cols = min(len(profiles), 2)
+    rows = -(-len(profiles) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 4.4 * rows), squeeze=False)
+    for ax in axes.flat[len(profiles) :]:
+        ax.set_visible(False)
+    for ax, prof in zip(axes.flat, profiles, strict=False):
         b = batch if batch in prof.batch_sizes else prof.batch_sizes[min(1, len(prof.batch_sizes) - 1)]
         for task, acc in prof.accuracy.items():
             xs = [prof.latency_ms[g][b] for g in prof.gammas]
