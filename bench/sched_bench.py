@@ -120,9 +120,7 @@ def main() -> None:
     profiles = [Profile.load(p) for p in args.profile.split(",")]
     dec = decision_times(profiles[0])
     sims = sim_times(profiles, args.load)
-    commit = subprocess.run(
-        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO
-    ).stdout.strip()
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
     result = {
         "command": " ".join(["python", *sys.argv]),
         "commit": commit or "uncommitted",

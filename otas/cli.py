@@ -74,7 +74,9 @@ def train_prompts_cmd(
     from otas.train.prompts import PromptConfig, train_prompts
 
     cfg = PromptConfig(
-        tasks=tuple(t for t in tasks.split(",") if t), gammas=tuple(_ints(gammas)), deep=not shallow,
+        tasks=tuple(t for t in tasks.split(",") if t),
+        gammas=tuple(_ints(gammas)),
+        deep=not shallow,
         epochs=epochs,
         head_epochs=head_epochs,
     )

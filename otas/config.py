@@ -55,9 +55,7 @@ class SchedulerConfig:
         if self.max_queue_delay_ms < 0:
             raise ValueError(f"max_queue_delay_ms={self.max_queue_delay_ms!r}: use 0 or a positive delay")
         if self.slo_class_tolerance < 0:
-            raise ValueError(
-                f"slo_class_tolerance={self.slo_class_tolerance!r}: use >= 0 (0.25 = SLOs within 25%)"
-            )
+            raise ValueError(f"slo_class_tolerance={self.slo_class_tolerance!r}: use >= 0 (0.25 = SLOs within 25%)")
         if self.memory_limit_mb is not None and self.memory_limit_mb <= 0:
             raise ValueError(f"memory_limit_mb={self.memory_limit_mb!r}: use a positive size or None")
         if not isinstance(self.max_queue, int) or self.max_queue < 1:

@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry
 from ray import serve
 
 from otas.profile.table import Profile
-from otas.scale.frontend import FrontendConfig, RoutedEngine, profile_costs, with_replicas_endpoint
+from otas.scale.frontend import FrontendConfig, RoutedEngine, fastest_latency, with_replicas_endpoint
 from otas.scale.replica import ReplicaCore, ReplicaSpec, Reply
 from otas.scale.router import RouterConfig
 from otas.server.app import ServeConfig, create_app, setup_logging
@@ -43,8 +43,9 @@ class EngineReplica:
         self.core = ReplicaCore(spec, index)
         await self.core.start()
         ctx = ray.get_runtime_context()
-        self.actor = {"name": ctx.get_actor_name(), "namespace": ctx.namespace, "node": ctx.get_node_id()}
-        log.info("replica ready", extra={"event": "replica_ready", "index": index, **self.actor})
+        # Serve's actors are named in its own namespace, whatever the job's is
+        self.actor = {"name": ctx.get_actor_name(), "namespace": "serve", "node": ctx.get_node_id()}
+        log.info("replica ready", extra={"event": "replica_ready", "index": index, "actor": self.actor["name"]})
 
     async def submit(self, app: str, image: np.ndarray, arrival_epoch_ms: float) -> Reply:
         return await self.core.submit(app, image, arrival_epoch_ms)
@@ -106,10 +107,10 @@ class OtasRouter:
         clients = [RayReplica(h, f"otas-replica-{i}") for i, h in enumerate(replicas)]
         desc = await clients[0].describe()
         profile = Profile.from_dict(spec.profile)
-        cost_ms, fast_ms = profile_costs(profile, spec.apps, spec.scheduler.max_batch)
+        lat_fast = fastest_latency(profile, spec.scheduler.max_batch)
         registry = CollectorRegistry()
         self.engine = RoutedEngine(
-            clients, spec.apps, desc, cost_ms, fast_ms, router_config, frontend_config, registry=registry
+            clients, spec.apps, desc, lat_fast, router_config, frontend_config, registry=registry
         )
         info = {**desc["info"], "backend": "ray", "replicas": len(clients)}
         serve_cfg = ServeConfig(model_name=profile.model, max_body_bytes=max_body_bytes, info=info)

@@ -93,12 +93,13 @@ class RouterMetrics:
             self.failures.labels(n)
 
 
-def profile_costs(profile, apps: Sequence[App], max_batch: int) -> tuple[float, float]:
-    """(device ms per request at the best sustainable batching, ms of the fastest batch of one):
-    the router's prior for its wait predictions, and the least time left worth a retry."""
-    slo = min(a.slo_ms for a in apps)
-    rate = max(profile.throughput(g, max_batch, slo / 2) for g in profile.gammas)  # per second
-    return 1000.0 / rate, min(profile.lat(g, 1) for g in profile.gammas)
+def fastest_latency(profile, max_batch: int) -> list[float]:
+    """[0, lat(1), ..., lat(B_max)]: per batch size the profile's fastest setting, made
+    nondecreasing (as the scheduler's own feasibility check), for the router's wait predictions."""
+    lat = [0.0] + [min(profile.lat(g, b) for g in profile.gammas) for b in range(1, max_batch + 1)]
+    for b in range(1, len(lat)):
+        lat[b] = max(lat[b], lat[b - 1])
+    return lat
 
 
 class _Runner:
@@ -116,21 +117,20 @@ class RoutedEngine:
         clients: Sequence[ReplicaClient],
         apps: Sequence[App],
         describe: dict[str, Any],
-        cost_ms: float,
-        fast_ms: float,
+        lat_fast: list[float],
         router_config: RouterConfig | None = None,
         config: FrontendConfig | None = None,
         registry: CollectorRegistry | None = None,
         decode_workers: int = 2,
         clock=time.monotonic,
     ):
-        """`describe`: a replica's `ReplicaCore.describe()`; `cost_ms`: initial device time per request;
-        `fast_ms`: the fastest batch of one (a retry needs at least that much time left)."""
+        """`describe`: a replica's `ReplicaCore.describe()`; `lat_fast`: `fastest_latency(profile, B_max)`
+        (a retry also needs at least `lat_fast[1]` left before its deadline)."""
         self.clients = list(clients)
         self.names = [c.name for c in self.clients]
         self.apps = {a.name: a for a in apps}
         self.config = config or FrontendConfig()
-        self.router = Router(apps, len(self.clients), cost_ms, router_config)
+        self.router = Router(apps, len(self.clients), lat_fast, router_config)
         self.runner = _Runner(describe["image_size"], describe["max_batch"], describe["classes"])
         self.observer = Observer()
         self.rmetrics = RouterMetrics(registry or CollectorRegistry(), self.names)
@@ -144,7 +144,7 @@ class RoutedEngine:
         self._inflight: set[asyncio.Task] = set()
         self._probe: asyncio.Task | None = None
         self._closing = False
-        self.fast_ms = fast_ms
+        self.fast_ms = lat_fast[1]
 
     # -- the Engine surface create_app uses -------------------------------------------------------
     def now_ms(self) -> float:
@@ -226,7 +226,7 @@ class RoutedEngine:
             rpc_ms = (time.perf_counter() - t0) * 1e3
             self.rmetrics.rpc.observe(max(rpc_ms - reply.replica_ms, 0.0) / 1e3)
             s = reply.served
-            self.router.done(k, s.exec_ms / s.batch_size if s is not None else None)
+            self.router.done(k, *((s.exec_ms, s.batch_size) if s is not None else ()))
             self._absorb(k, reply.queued, reply.batches)
             if s is not None:
                 self.observer.ended(app, "served", "", s)

@@ -10,10 +10,12 @@ class on as few replicas as possible while balancing load:
    classes its segment covers; at most (replicas − 1) classes are split, each over two neighbouring
    replicas, and every replica gets the same load. Rates are EWMAs of arrivals, re-cut every
    `rebalance_ms`; a split class alternates by smooth weighted round-robin (deterministic).
-2. **Spill-over by predicted slack.** Per replica the router predicts a new request's wait as
-   (its requests in flight + 1) × the replica's measured device time per request. When the home's
-   slack (SLO − age − predicted wait) falls below `spill_slack` × SLO, the request goes to the
-   healthy replica with the most slack instead, if that one has more.
+2. **Spill-over by predicted slack.** With n requests in flight at a replica, a new one waits for
+   the batch running there and then for a batch holding all n + 1: predicted wait =
+   f · (lat(min(n, B)) · ⌈n/B⌉ + lat(min(n + 1, B))), lat the profile at the fastest setting (what
+   the scheduler itself falls back to under load) and f the replica's measured / profiled batch
+   time (EWMA). When the home's slack (SLO − age − predicted wait) falls below `spill_slack` × SLO,
+   the request goes to the healthy replica with the most slack instead, if that one has more.
 3. **Failures.** A replica that fails a call is out of every choice until it is `up` again; shares are
    re-cut over the healthy ones at once. With none healthy, `route` raises `NoReplica`.
 """
@@ -39,8 +41,8 @@ class RouterConfig:
     """How often the home shares are re-cut from the measured arrival rates."""
     rate_halflife_ms: float = 10_000.0
     """Half-life of the per-class arrival-rate EWMA behind the shares."""
-    cost_ewma: float = 0.2
-    """Weight of each answer in a replica's device-time-per-request estimate."""
+    factor_ewma: float = 0.2
+    """Weight of each answer in a replica's measured / profiled batch-time factor."""
     min_share: float = 0.1
     """A class's share on a replica below this is folded into its largest share (a sliver of a
     class on another replica costs a batch there and buys almost no balance)."""
@@ -54,8 +56,8 @@ class RouterConfig:
             raise ValueError(f"rebalance_ms={self.rebalance_ms!r}: use a positive period in ms, e.g. 2000")
         if not self.rate_halflife_ms > 0:
             raise ValueError(f"rate_halflife_ms={self.rate_halflife_ms!r}: use a positive half-life in ms")
-        if not 0.0 < self.cost_ewma <= 1.0:
-            raise ValueError(f"cost_ewma={self.cost_ewma!r}: use a weight in (0, 1], e.g. 0.2")
+        if not 0.0 < self.factor_ewma <= 1.0:
+            raise ValueError(f"factor_ewma={self.factor_ewma!r}: use a weight in (0, 1], e.g. 0.2")
         if not 0.0 <= self.min_share < 0.5:
             raise ValueError(f"min_share={self.min_share!r}: use a fraction in [0, 0.5), e.g. 0.1")
         if self.slo_class_tolerance < 0:
@@ -119,8 +121,8 @@ def wraparound(loads: Sequence[float], n: int, min_share: float = 0.0) -> list[d
 class _Replica:
     up: bool = True
     inflight: int = 0
-    cost_ms: float = 1.0
-    """Device time per request (batch execution time / batch size), EWMA."""
+    factor: float = 1.0
+    """Measured / profiled (fastest setting) batch time, EWMA: above 1 when slower settings run."""
     routed: dict[str, int] = field(default_factory=dict)
     """Requests sent here, per `kind:app`."""
 
@@ -128,17 +130,21 @@ class _Replica:
 class Router:
     """Chooses a replica per request; the caller reports `sent`, `done` and `failed`."""
 
-    def __init__(self, apps: Sequence[App], replicas: int, cost_ms: float, config: RouterConfig | None = None) -> None:
-        """`cost_ms`: initial device time per request, e.g. the profile's batch latency at B_max / B_max."""
+    def __init__(
+        self, apps: Sequence[App], replicas: int, lat_fast: Sequence[float], config: RouterConfig | None = None
+    ) -> None:
+        """`lat_fast[b]`: profiled ms of a batch of b (b = 0..B_max) at the fastest setting, nondecreasing."""
         if replicas < 1:
             raise ValueError(f"replicas={replicas}: use at least 1")
-        if not cost_ms > 0:
-            raise ValueError(f"cost_ms={cost_ms!r}: use the device time per request in ms (> 0)")
+        if len(lat_fast) < 2 or lat_fast[0] != 0 or any(lat_fast[b] < lat_fast[b - 1] for b in range(1, len(lat_fast))):
+            raise ValueError(f"lat_fast={list(lat_fast)[:5]}...: give [0, lat(1), ..., lat(B_max)], nondecreasing")
+        self.lat = [float(x) for x in lat_fast]
+        self.max_batch = len(self.lat) - 1
         self.config = config or RouterConfig()
         self.apps = {a.name: a for a in apps}
         self.classes = slo_classes(list(apps), self.config.slo_class_tolerance)
         self.class_of = {name: i for i, names in enumerate(self.classes) for name in names}
-        self.replicas = [_Replica(cost_ms=cost_ms) for _ in range(replicas)]
+        self.replicas = [_Replica() for _ in range(replicas)]
         self._rate = [float(len(c)) for c in self.classes]  # prior: every application equally busy
         self._count = [0] * len(self.classes)
         self._window_start: float | None = None
@@ -170,8 +176,10 @@ class Router:
         return Route(home, kind, slack[home])
 
     def predicted_wait_ms(self, k: int) -> float:
-        r = self.replicas[k]
-        return (r.inflight + 1) * r.cost_ms
+        r, b = self.replicas[k], self.max_batch
+        n = r.inflight
+        ahead = self.lat[min(n, b)] * -(-n // b)  # what is in flight, in full batches
+        return r.factor * (ahead + self.lat[min(n + 1, b)])
 
     def _home(self, c: int, ok: list[int]) -> int | None:
         """Smooth weighted round-robin over the class's shares (healthy, not excluded replicas)."""
@@ -192,14 +200,14 @@ class Router:
         key = f"{kind}:{app}"
         r.routed[key] = r.routed.get(key, 0) + 1
 
-    def done(self, k: int, device_ms_per_request: float | None = None) -> None:
+    def done(self, k: int, exec_ms: float | None = None, batch_size: int = 0) -> None:
         """An answer (or a refusal) came back from replica k; a served one reports its batch's
-        execution time / batch size."""
+        execution time and size, which correct the replica's factor."""
         r = self.replicas[k]
         r.inflight = max(r.inflight - 1, 0)
-        if device_ms_per_request is not None and device_ms_per_request > 0:
-            a = self.config.cost_ewma
-            r.cost_ms = (1 - a) * r.cost_ms + a * device_ms_per_request
+        if exec_ms is not None and 1 <= batch_size <= self.max_batch and exec_ms > 0:
+            a = self.config.factor_ewma
+            r.factor = (1 - a) * r.factor + a * exec_ms / self.lat[batch_size]
 
     def down(self, k: int) -> bool:
         """Replica k failed: out of every choice until `up`; shares re-cut now. True if it was up."""
@@ -252,7 +260,7 @@ class Router:
         """For `/v1/replicas` and logs: per replica health, load and routing counts; per class shares."""
         return {
             "replicas": [
-                {"index": k, "up": r.up, "inflight": r.inflight, "cost_ms": round(r.cost_ms, 3),
+                {"index": k, "up": r.up, "inflight": r.inflight, "factor": round(r.factor, 3),
                  "routed": dict(sorted(r.routed.items()))}
                 for k, r in enumerate(self.replicas)
             ],

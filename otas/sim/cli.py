@@ -107,13 +107,9 @@ def sweep(
 
 
 def simulate(
-    trace: Annotated[
-        str, typer.Option(help="CSV path (Azure format) or azure|poisson|step|diurnal|mmpp")
-    ] = "azure",
+    trace: Annotated[str, typer.Option(help="CSV path (Azure format) or azure|poisson|step|diurnal|mmpp")] = "azure",
     apps: Annotated[Path, typer.Option(help="applications YAML")] = default_apps_path("cpu"),
-    profile: Annotated[
-        str, typer.Option(help="profile JSON; PROFILE,PROFILE2,... adds models for model-switch")
-    ] = "",
+    profile: Annotated[str, typer.Option(help="profile JSON; PROFILE,PROFILE2,... adds models for model-switch")] = "",
     policies: Annotated[str, typer.Option(help="comma-separated policy names; empty = all")] = "",
     load: Annotated[str, typer.Option(help="load × capacity of γ=0, or a sweep like 0.5,1,1.5,2")] = "1.0",
     seed: Annotated[int, typer.Option(help="seed for traces, app mapping and noise")] = 0,

@@ -106,9 +106,7 @@ def plot_over_time(results: Sequence[SimResult], capacity_per_s: float, path: Pa
     plt.close(fig)
 
 
-def plot_sweep(
-    sweep: dict[str, dict[float, float]], path: Path, ylabel: str = "utility / oracle bound"
-) -> None:
+def plot_sweep(sweep: dict[str, dict[float, float]], path: Path, ylabel: str = "utility / oracle bound") -> None:
     """Utility (relative to the oracle bound) against load, one line per policy."""
     import matplotlib
 

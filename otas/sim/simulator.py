@@ -56,8 +56,7 @@ class SimResult:
         served = np.array([o is Outcome.SERVED for o in self.outcome])
         names = np.array(self.app_of)
         slo = {
-            a.name: float(self.on_time[names == a.name].mean()) if (names == a.name).any() else math.nan
-            for a in apps
+            a.name: float(self.on_time[names == a.name].mean()) if (names == a.name).any() else math.nan for a in apps
         }
         gammas = [g for _, _, g, _ in self.batches]
         return {

@@ -31,9 +31,7 @@ import numpy as np
 from otas.profile.table import Profile
 from otas.types import App, Request
 
-AZURE_DEFAULT = (
-    Path(__file__).resolve().parents[2] / ".." / "shared/data/traces/AzureLLMInferenceTrace_conv.csv"
-)
+AZURE_DEFAULT = Path(__file__).resolve().parents[2] / ".." / "shared/data/traces/AzureLLMInferenceTrace_conv.csv"
 SYNTHETIC = ("poisson", "step", "diurnal", "mmpp")
 
 
@@ -85,9 +83,7 @@ def load_csv(path: str | Path, apps: Sequence[App], mapping: str = "tokens", see
     """An Azure-format CSV trace (TIMESTAMP,ContextTokens,GeneratedTokens), arrivals from 0."""
     p = Path(path)
     if not p.is_file():
-        raise ValueError(
-            f"trace file {p} does not exist; give a CSV path or one of azure, {', '.join(SYNTHETIC)}"
-        )
+        raise ValueError(f"trace file {p} does not exist; give a CSV path or one of azure, {', '.join(SYNTHETIC)}")
     times, tokens = [], []
     with p.open() as f:
         for row in csv.DictReader(f):
@@ -98,9 +94,7 @@ def load_csv(path: str | Path, apps: Sequence[App], mapping: str = "tokens", see
                 times.append(t * 1000.0)
                 tokens.append(int(row["ContextTokens"]))
             except (KeyError, ValueError) as e:
-                raise ValueError(
-                    f"{p}: bad row {row!r} ({e}); expected TIMESTAMP,ContextTokens,..."
-                ) from None
+                raise ValueError(f"{p}: bad row {row!r} ({e}); expected TIMESTAMP,ContextTokens,...") from None
     order = np.argsort(times, kind="stable")
     t = np.asarray(times)[order]
     tok = np.asarray(tokens)[order]

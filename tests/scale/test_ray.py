@@ -36,7 +36,7 @@ def _free_port() -> int:
 def ray_url():
     cfg = SchedulerConfig(max_batch=16, max_queue=256)
     spec = ReplicaSpec(APPS, PROFILE.to_dict(), "otas", cfg, noop=True, paced=True)
-    fe = FrontendConfig(probe_s=0.2, probe_timeout_s=1.0)
+    fe = FrontendConfig(probe_s=0.2, probe_timeout_s=1.0, drain_s=3.0)
     url = deploy(spec, 2, port=_free_port(), max_body_bytes=BODY_LIMIT, num_cpus=2, frontend_config=fe)
     try:
         yield url
@@ -138,10 +138,13 @@ def test_routes_by_application(ray_url):
         {k: v - b["routed"].get(k, 0) for k, v in a["routed"].items() if v - b["routed"].get(k, 0)}
         for a, b in zip(after, before, strict=True)
     ]
-    # 3 SLO classes on 2 replicas (wrap-around): novel whole on 0, blur whole on 1, lowlight split
-    assert delta[0].get("home:novel") == 10 and "home:novel" not in delta[1], delta
-    assert delta[1].get("home:blur") == 10 and "home:blur" not in delta[0], delta
-    assert delta[0].get("home:lowlight", 0) + delta[1].get("home:lowlight", 0) == 10
+    # 3 SLO classes on 2 replicas (wrap-around): novel's home is 0, blur's 1, lowlight split; a
+    # request may spill off its home if a CPU hiccup on this shared machine eats its slack
+    spills = sum(n for d in delta for k, n in d.items() if k.startswith("spill:"))
+    assert spills <= 2, delta
+    assert delta[0].get("home:novel", 0) >= 8 and "home:novel" not in delta[1], delta
+    assert delta[1].get("home:blur", 0) >= 8 and "home:blur" not in delta[0], delta
+    assert delta[0].get("home:lowlight", 0) >= 3 and delta[1].get("home:lowlight", 0) >= 3, delta
 
 
 def test_killed_replica_fails_fast_or_retries_and_ray_restarts_it(ray_url):
@@ -172,13 +175,15 @@ def test_killed_replica_fails_fast_or_retries_and_ray_restarts_it(ray_url):
     res = asyncio.run(_send(ray_url, ["blur"] * 4))  # meanwhile: served, by replica 0 or the restarted 1
     assert [s for _, s, _ in res] == [200] * 4
 
-    deadline = time.monotonic() + 90
+    t_restart, deadline = time.monotonic(), time.monotonic() + 90
     while True:  # Serve restarts the replica; the router's probe puts it back in rotation
         rep = _replicas(ray_url)[1]
         if rep["up"] and rep["pid"] not in (None, victim["pid"]):
             break
         assert time.monotonic() < deadline, f"replica 1 not back after 90 s: {rep}"
         time.sleep(0.5)
+    print(f"kill: {statuses.count(200)} served ({retried} retried), {statuses.count(500)} failed, all answered in "
+          f"{took:.2f} s; replica back in rotation {time.monotonic() - t_restart:.1f} s later")  # fmt: skip
     before = _replicas(ray_url)[1]["routed"].get("home:blur", 0)
     res = asyncio.run(_send(ray_url, ["blur"] * 4, spacing_s=0.02))
     assert [s for _, s, _ in res] == [200] * 4
