@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Headline comparison of issue 3: every policy on the Azure trace and a synthetic step trace, load
+# Headline comparison: every policy on the Azure trace and a synthetic step trace, load
 # sweep 0.5-2x the capacity of gamma=0, with the real CPU and H100 profiles. Results JSON + plots
 # under bench/results/headline/. Usage: bash bench/headline.sh  (from the repository root)
 set -euo pipefail

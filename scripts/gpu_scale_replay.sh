@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Scale-out on 2 GPUs (issue 6): `otas serve --backend ray` with 1 replica at 1x the single-GPU
+# Scale-out on 2 GPUs: `otas serve --backend ray` with 1 replica at 1x the single-GPU
 # capacity vs 2 replicas at 2x, both driven by `otas bench replay` over loopback, plus the
 # single-process server at 1x (the router's cost) and the no-op overhead of each backend.
 # Results (JSON, plots, logs, scale.json with the ratios) under $OUT.
 #
-# NOT YET RUN. Needs the nvidia-h200-x2 machine kind (device tool, no NCCL) with ray[serve] importable
-# there: its image has no network, and the ray wheel (~70 MB for cp312) is over the tool's 64 MiB
+# NOT YET RUN. Needs a machine with 2 GPUs (no NCCL needed) with ray[serve] importable
+# there: its image has no network, and the ray wheel (~70 MB for cp312) is over a 64 MiB upload limit
 # carry, so either an image with ray, or carry .gpu/whl split over two runs that leave it on the
 # warm machine. Otherwise prepare as scripts/gpu_serve_replay.sh says (starlette, uvicorn,
 # python-multipart wheels; the CIFAR-10 archive and the Azure trace in .gpu/), then:

@@ -2,7 +2,7 @@
 # Live Azure-trace replay on one H100: `otas serve --device cuda` and the load generator on the same
 # machine, over loopback, for OTAS, fixed:0 and the other baselines; results under $OUT.
 #
-# Prepare here (once), then call the device tool (kind nvidia-h100-x1, carry [".gpu"]):
+# Prepare here (once), then run it on the GPU machine with .gpu/ uploaded beside the repository:
 #   echo /.gpu/ >> .git/info/exclude; mkdir -p .gpu
 #   cp ../shared/data/cifar10-jpg.tar.gz ../shared/data/traces/AzureLLMInferenceTrace_conv.csv .gpu/
 #   for w in starlette==1.10.0 uvicorn==0.54.0 python-multipart==0.0.34; do   # not in the GPU image

@@ -1,6 +1,6 @@
 """`otas simulate`: run policies over a trace and a load sweep; print tables, write JSON and plots.
 
-The lead registers `simulate` in otas/cli.py with `app.command("simulate")(simulate)`.
+Registered in `otas/cli.py` as the `otas simulate` command.
 """
 
 from __future__ import annotations
