@@ -6,7 +6,7 @@
 #
 # NOT YET RUN. Needs a machine with 2 GPUs (no NCCL needed) with ray[serve] importable
 # there: its image has no network, and the ray wheel (~70 MB for cp312) is over a 64 MiB upload limit
-# carry, so either an image with ray, or carry .gpu/whl split over two runs that leave it on the
+# so either an image with ray, or carry .gpu/whl split over two runs that leave it on the
 # warm machine. Otherwise prepare as scripts/gpu_serve_replay.sh says (starlette, uvicorn,
 # python-multipart wheels; the CIFAR-10 archive and the Azure trace in .gpu/), then:
 #   run: bash scripts/gpu_scale_replay.sh   (env: MODEL, PROFILE, SCALE (per replica), LIMIT, POLICY)
