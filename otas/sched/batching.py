@@ -111,30 +111,6 @@ class Queues:
         return [i for i, g in enumerate(self.groups) if any(self._dq[a] for a in g)]
 
 
-def batch_sizes(items: list[Request], now_ms: float, cap: int, lat_fast: list[float] | None, n: int) -> list[int]:
-    """Cut a queue's head into up to n consecutive batches of at most `cap` requests.
-
-    With `lat_fast` (latency at the fastest setting per batch size, nondecreasing, index = size),
-    a batch is cut so that it could still finish by its earliest member's deadline if it started
-    now: a large batch must not sink its own most urgent member (deadline-aware size, OTAS only).
-    """
-    sizes: list[int] = []
-    p = 0
-    while p < len(items) and len(sizes) < n:
-        m = min(cap, len(items) - p)
-        if lat_fast is not None:
-            k, min_d = 0, float("inf")
-            for b in range(1, m + 1):  # members enter in queue order; the earliest deadline binds
-                min_d = min(min_d, items[p + b - 1].deadline_ms)
-                if now_ms + lat_fast[b] > min_d:
-                    break
-                k = b
-            m = max(k, 1)
-        sizes.append(m)
-        p += m
-    return sizes
-
-
 def deadline_cut(deadlines: Sequence[float], now_ms: float, cap: int, lat_fast: Sequence[float]) -> int:
     """Size of the next batch from a queue's head: the one whose members most often finish by their
     deadlines if it started now at the fastest setting (the smallest such size on ties).
@@ -159,13 +135,11 @@ def deadline_cut(deadlines: Sequence[float], now_ms: float, cap: int, lat_fast: 
 
 def _chunks(queues: Queues, qi: int, now_ms: float, cap: int, n: int, lat_fast) -> Iterator[Candidate]:
     """A queue's pending batches in order, cut lazily (only as many as the caller takes)."""
-    if lat_fast is None:
+    if lat_fast is None:  # plain batching: consecutive batches of up to `cap`
         items = queues.head(qi, cap * n)
-        p = 0
-        for m in batch_sizes(items, now_ms, cap, None, n):
-            chunk = items[p : p + m]
+        for p in range(0, len(items), cap):
+            chunk = items[p : p + cap]
             yield Candidate(chunk, qi, min(r.deadline_ms for r in chunk))
-            p += m
         return
     one_app = len(queues.groups[qi]) == 1  # then deadlines are ascending: arrival order = deadline order
     it = queues.iter(qi)
