@@ -10,7 +10,6 @@ import argparse
 import json
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 from otas.models.checkpoint import load_checkpoint
 from otas.predict import default_model_path
 from otas.profile.measure import device_name, gflops
+from otas.provenance import git_commit
 
 CASES = [
     ("vit_tiny_p2_c5", default_model_path(), (8, 64)),
@@ -36,9 +36,7 @@ def main() -> None:
             "command": " ".join(["python", *sys.argv]),
             "machine": device_name(torch.device("cpu")),
             "platform": platform.platform(),
-            "commit": subprocess.run(
-                ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-            ).stdout.strip(),
+            "commit": git_commit(short=True),
             "rounds": args.rounds,
         },
         "rows": [],

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ sys.path.insert(0, str(REPO))
 
 from otas.config import SchedulerConfig, default_apps_path, load_apps  # noqa: E402
 from otas.profile.table import Profile  # noqa: E402
+from otas.provenance import git_commit  # noqa: E402
 from otas.sched import Scheduler  # noqa: E402
 from otas.sched.optimizer import plan  # noqa: E402
 from otas.sim.cli import default_policies  # noqa: E402
@@ -120,7 +120,7 @@ def main() -> None:
     profiles = [Profile.load(p) for p in args.profile.split(",")]
     dec = decision_times(profiles[0])
     sims = sim_times(profiles, args.load)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+    commit = git_commit()
     result = {
         "command": " ".join(["python", *sys.argv]),
         "commit": commit or "uncommitted",

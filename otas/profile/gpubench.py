@@ -21,7 +21,8 @@ from rich.table import Table
 from otas.adapt import SOURCE
 from otas.adapt.fast import FastConfig, FastForward
 from otas.models.checkpoint import load_checkpoint
-from otas.profile.measure import device_name, gflops, git_commit
+from otas.profile.measure import device_name, gflops
+from otas.provenance import git_commit
 
 COMPILE_BATCHES = (8, 256)  # torch.compile per shape is slow to build: compare it at two batch sizes
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -22,6 +21,7 @@ from otas.data.cifar import load_cifar10
 from otas.data.tasks import get_task
 from otas.models.checkpoint import load_checkpoint, read_header
 from otas.profile.table import Profile
+from otas.provenance import git_commit
 from otas.train.common import corrupt_set, to_device
 
 
@@ -139,15 +139,6 @@ def accuracy(
     return correct / len(labels)
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def measure_profile(
     checkpoint: Path,
     device: str,
@@ -174,7 +165,7 @@ def measure_profile(
     gammas = list(model.config.gammas)
     tasks = tasks or [SOURCE, *model.config.tasks]
     meta = {
-        "commit": git_commit(),
+        "commit": git_commit(short=True),
         "command": " ".join(["otas", *sys.argv[1:]]),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "torch": torch.__version__,

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import platform
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -19,6 +18,7 @@ import typer
 
 from otas.config import SchedulerConfig, default_apps_path, load_apps
 from otas.profile.table import Profile
+from otas.provenance import git_commit
 from otas.sched.oracle import upper_bound
 from otas.sched.policies import make_policy
 from otas.sim import report
@@ -40,14 +40,6 @@ def default_policies(profiles: Sequence[Profile]) -> list[str]:
     if len(profiles) > 1:
         names.append("model-switch")
     return [*names, "oracle"]
-
-
-def _commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or "uncommitted"
-    except OSError:
-        return "unknown"
 
 
 def sweep(
@@ -91,7 +83,7 @@ def sweep(
     out = {
         "meta": {
             "command": " ".join(sys.argv),
-            "commit": _commit(),
+            "commit": git_commit(),
             "machine": platform.platform(),
             "python": platform.python_version(),
             "seed": seed,
