@@ -163,10 +163,12 @@ def test_killed_replica_fails_fast_or_retries_and_ray_restarts_it(ray_url):
 
     res, took = asyncio.run(scenario())
     statuses = [s for _, s, _ in res]
-    assert set(statuses) <= {200, 500}, res
+    assert set(statuses) <= {200, 500, 503}, res
     for _, s, body in res:
         if s == 500:
             assert body["reason"] == "replica_failed" and "otas-replica-1" in body["error"], body
+        if s == 503:  # retried on replica 0 with too little of its SLO left: refused, one clear answer
+            assert body["reason"] in ("infeasible", "deadline_unreachable"), body
     assert took < 10  # nothing hangs: every request answered (retried on replica 0 or failed)
     after = _replicas(ray_url)
     retried = after[0]["routed"].get("retry:blur", 0) - reps[0]["routed"].get("retry:blur", 0)
@@ -182,7 +184,8 @@ def test_killed_replica_fails_fast_or_retries_and_ray_restarts_it(ray_url):
             break
         assert time.monotonic() < deadline, f"replica 1 not back after 90 s: {rep}"
         time.sleep(0.5)
-    print(f"kill: {statuses.count(200)} served ({retried} retried), {statuses.count(500)} failed, all answered in "
+    print(f"kill: {statuses.count(200)} served ({retried} retried), {statuses.count(500)} failed, "
+          f"{statuses.count(503)} refused (deadline), all answered in "
           f"{took:.2f} s; replica back in rotation {time.monotonic() - t_restart:.1f} s later")  # fmt: skip
     before = _replicas(ray_url)[1]["routed"].get("home:blur", 0)
     res = asyncio.run(_send(ray_url, ["blur"] * 4, spacing_s=0.02))
