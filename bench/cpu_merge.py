@@ -1,5 +1,6 @@
-"""Merging speed-up on this CPU, measured side by side: every γ ≤ 0 once per round, interleaved, so
-machine drift hits all settings alike; median over rounds. Writes bench/results/cpu_merge.{json,png}.
+"""Merging speed-up on this CPU, measured side by side: every γ ≤ 0 timed in interleaved rounds
+(`otas.profile.measure.time_cells`), so machine drift hits all settings alike; median over rounds.
+Writes bench/results/cpu_merge.{json,png}.
 
     python bench/cpu_merge.py [--rounds 7]
 """
@@ -9,16 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 from otas.models.checkpoint import load_checkpoint
 from otas.predict import default_model_path
-from otas.profile.measure import device_name, gflops
+from otas.profile.measure import device_name, gflops, time_cells
 from otas.provenance import git_commit
 
 CASES = [
@@ -48,19 +47,11 @@ def main() -> None:
         model = load_checkpoint(path)
         gammas = [g for g in model.config.gammas if g <= 0]
         for b in batches:
-            x = torch.randn(b, 3, 32, 32)
-            times: dict[int, list[float]] = {g: [] for g in gammas}
-            with torch.inference_mode():
-                for g in gammas:
-                    model(x, g)  # warm-up
-                for _ in range(args.rounds):
-                    for g in gammas:
-                        t0 = time.perf_counter()
-                        model(x, g)
-                        times[g].append((time.perf_counter() - t0) * 1e3)
-            base = statistics.median(times[0])
+            cells = [(g, b) for g in gammas]
+            timed = time_cells(model, cells, torch.device("cpu"), torch.float32, min_time_s=0.0, min_runs=args.rounds)
+            base = timed[0, b][0]
             for g in gammas:
-                ms = statistics.median(times[g])
+                ms = timed[g, b][0]
                 f = gflops(model, g) / gflops(model, 0)
                 row = {
                     "model": name,

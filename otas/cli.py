@@ -90,9 +90,12 @@ def profile_cmd(
     device: str = "cpu",
     dtype: Annotated[str, typer.Option(help="float32 or bfloat16 (default: bfloat16 on cuda).")] = "",
     batch_sizes: str = "1,8,64",
-    accuracy_from: Annotated[Path | None, typer.Option(help="Reuse accuracy from this profile.")] = None,
+    accuracy_from: Annotated[
+        Path | None, typer.Option(help="Reuse accuracy from this profile; the γ it lacks are measured.")
+    ] = None,
+    gammas: Annotated[str, typer.Option(help="Profile only these γ of the model's set, e.g. -20,0,16.")] = "",
     accuracy_limit: Annotated[int | None, typer.Option(help="Test images per task (default: all).")] = None,
-    min_time_s: float = 1.0,
+    min_time_s: Annotated[float, typer.Option(help="Timing seconds per (γ, batch) cell, cells interleaved.")] = 1.0,
     mode: Annotated[str, typer.Option(help="Timed path: eager, graphs (CUDA graphs) or compile.")] = "eager",
     data: Path | None = None,
 ) -> None:
@@ -118,6 +121,7 @@ def profile_cmd(
         accuracy_limit=accuracy_limit,
         min_time_s=min_time_s,
         mode=mode,
+        gammas=_ints(gammas) if gammas else None,
     )
     out = out or Path("profiles") / f"{prof.model}__{device_slug(prof.device)}.json"
     prof.save(out)

@@ -5,11 +5,17 @@ from __future__ import annotations
 import subprocess
 
 
-def git_commit(short: bool = False) -> str:
-    """The checkout's HEAD, or "unknown" outside a git checkout."""
-    cmd = ["git", "rev-parse", *(["--short"] if short else []), "HEAD"]
+def _git(*args: str) -> str | None:
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        return subprocess.run(["git", *args], capture_output=True, text=True, timeout=5, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def git_commit(short: bool = False) -> str:
+    """The checkout's HEAD, with "-dirty" when tracked files differ from it; "unknown" outside git."""
+    head = _git("rev-parse", *(["--short"] if short else []), "HEAD")
+    if not head:
         return "unknown"
-    return out or "unknown"
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    return f"{head}-dirty" if dirty else head

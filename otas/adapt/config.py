@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-DEFAULT_GAMMAS = (-20, -16, -12, -8, 0, 4, 8, 16)
+DEFAULT_GAMMAS = (-48, -32, -20, -16, -12, -8, 0, 4, 8, 16)
 
 
 @dataclass

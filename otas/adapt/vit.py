@@ -26,6 +26,10 @@ def key(task: str, gamma: int) -> str:
     return f"{task}/{gamma}"
 
 
+class MergeCapWarning(UserWarning):
+    """A configured γ asks for more merges per block than the last blocks have tokens for."""
+
+
 class AdaptiveViT(nn.Module):
     def __init__(self, vit: nn.Module, config: AdaptConfig, source_classes: Sequence[str] | None = None):
         super().__init__()
@@ -48,7 +52,16 @@ class AdaptiveViT(nn.Module):
         self.merge_caps: dict[int, list[int]] = {}
         for g in config.gammas:
             if g < 0:
-                self.merge_schedule(g)  # raises on an impossible merge, warns on a capped one
+                self.merge_caps[g] = self.merge_schedule(g)  # raises on an impossible merge
+        self.merge_caps = {g: s for g, s in self.merge_caps.items() if any(r_l < -g for r_l in s)}
+        if self.merge_caps:  # one report per model, listing every capped γ
+            caps = "; ".join(f"gamma={g}: {s}" for g, s in sorted(self.merge_caps.items()))
+            warnings.warn(
+                f"r capped where too few tokens remain in the last blocks ({self.num_tokens} tokens), "
+                f"tokens merged per block: {caps}",
+                MergeCapWarning,
+                stacklevel=2,
+            )
 
     # -- introspection ----------------------------------------------------------------------
     @property
@@ -64,18 +77,8 @@ class AdaptiveViT(nn.Module):
         return self.vit.num_classes if task == SOURCE else self.config.tasks[task]
 
     def merge_schedule(self, gamma: int, num_tokens: int | None = None) -> list[int]:
-        """Tokens merged per block at γ < 0; the cap where too few tokens remain is warned about once."""
-        r = -gamma
-        n = num_tokens or self.num_tokens
-        sched = merge_schedule(n, r, len(self.vit.blocks), self.vit.num_prefix_tokens)
-        if any(r_l < r for r_l in sched) and gamma not in self.merge_caps:
-            self.merge_caps[gamma] = sched  # reported once per model and γ, and kept for inspection
-            warnings.warn(
-                f"gamma={gamma}: r={r} capped to {sched} per block ({n} tokens): too few tokens remain "
-                "in the last blocks",
-                stacklevel=2,
-            )
-        return sched
+        """Tokens merged per block at γ < 0 (capped where too few tokens remain; see `merge_caps`)."""
+        return merge_schedule(num_tokens or self.num_tokens, -gamma, len(self.vit.blocks), self.vit.num_prefix_tokens)
 
     def token_counts(self, gamma: int) -> list[int]:
         """Tokens entering each block, then leaving the last one, at γ."""

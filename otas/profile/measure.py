@@ -71,53 +71,94 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-@torch.inference_mode()
-def time_batch(
-    model: AdaptiveViT,
-    gamma: int,
-    batch: int,
-    device: torch.device,
-    dtype: torch.dtype,
-    min_time_s: float = 1.0,
-    min_runs: int = 5,
-    max_runs: int = 50,
-    warmup: int = 3,
-    task: str = SOURCE,
-    fast=None,
-) -> tuple[float, float, float | None]:
-    """(median ms, p90 ms, peak MB or None) of one forward of a random batch at γ.
+def _runner(model: AdaptiveViT, gamma: int, batch: int, device: torch.device, dtype: torch.dtype, task: str, fast):
+    """A closure running one forward of a random batch at γ (alternating between 2 inputs).
 
-    With `fast` (an `otas.adapt.fast.FastForward`), times that path from uint8 host images instead,
-    including the copy to the device: what a served batch costs.
+    With `fast` (an `otas.adapt.fast.FastForward`), it runs that path from uint8 host images
+    instead, including the copy to the device: what a served batch costs.
     """
     size = model.vit.patch_embed.img_size
     if fast is not None:
         pin = device.type == "cuda"
-        xs = [
-            torch.randint(0, 256, (batch, *size, 3), dtype=torch.uint8).pin_memory()
-            if pin
-            else torch.randint(0, 256, (batch, *size, 3), dtype=torch.uint8)
-            for _ in range(2)
-        ]
-        run = lambda x: fast(x, gamma, task)
+        xs = [torch.randint(0, 256, (batch, *size, 3), dtype=torch.uint8) for _ in range(2)]
+        xs = [x.pin_memory() for x in xs] if pin else xs
+        step = lambda x: fast(x, gamma, task)
     else:
         xs = [torch.randn(batch, 3, *size, device=device, dtype=dtype) for _ in range(2)]
-        run = lambda x: model(x, gamma, task)
-    for i in range(warmup):
-        run(xs[i % 2])
+        step = lambda x: model(x, gamma, task)
+    calls = [0]
+
+    def run() -> None:
+        step(xs[calls[0] % 2])
+        calls[0] += 1
+
+    return run
+
+
+def _timed(run, device: torch.device) -> float:
+    t0 = time.perf_counter()
+    run()
     _sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < min_runs or (time.perf_counter() - start < min_time_s and len(times) < max_runs):
-        t0 = time.perf_counter()
-        run(xs[len(times) % 2])
-        _sync(device)
-        times.append((time.perf_counter() - t0) * 1e3)
-    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    times.sort()
-    return statistics.median(times), times[int(0.9 * (len(times) - 1))], peak
+    return (time.perf_counter() - t0) * 1e3
+
+
+@torch.inference_mode()
+def time_cells(
+    model: AdaptiveViT,
+    cells: list[tuple[int, int]],
+    device: torch.device,
+    dtype: torch.dtype,
+    min_time_s: float = 1.0,
+    min_runs: int = 5,
+    max_runs: int = 200,
+    warmup: int = 3,
+    task_of=lambda gamma: SOURCE,
+    fast=None,
+    seed: int = 0,
+    on_round=None,
+) -> dict[tuple[int, int], tuple[float, float, float | None]]:
+    """{(γ, batch): (median ms, p90 ms, peak MB or None)}, timing all cells *interleaved*.
+
+    Cells are timed in rounds; each round visits every cell once, in a fresh random order, and runs
+    it a few times in a row (enough for ~equal time per cell, at least once). A slow spell of a
+    shared machine (another process, frequency scaling) thus lands on every cell alike instead of
+    on whichever cell happened to be timed then, so ratios between cells (the speed-up of a γ)
+    are far steadier than with one cell after another. Rounds go on until every cell has
+    `min_runs` runs and `min_time_s` per cell has passed in all, or a cell reaches `max_runs`.
+    Peak memory (CUDA) is taken per cell over its warm-up runs.
+    """
+    import random
+
+    runs, peak, est = {}, {}, {}
+    for g, b in cells:
+        runs[g, b] = _runner(model, g, b, device, dtype, task_of(g), fast)
+        if device.type == "cuda":
+            _sync(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        for _ in range(max(warmup - 1, 0)):
+            runs[g, b]()
+        est[g, b] = _timed(runs[g, b], device)  # the last warm-up run, timed: sets the repeats per round
+        peak[g, b] = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    slice_ms = max(est.values())
+    reps = {c: max(1, min(int(slice_ms / max(est[c], 1e-3)), 50)) for c in cells}
+    times: dict[tuple[int, int], list[float]] = {c: [] for c in cells}
+    rng, start = random.Random(seed), time.perf_counter()
+    while True:
+        order = list(cells)
+        rng.shuffle(order)
+        for c in order:
+            for _ in range(reps[c]):
+                times[c].append(_timed(runs[c], device))
+        if on_round is not None:
+            on_round()
+        fewest = min(len(t) for t in times.values())
+        if fewest >= min_runs and (fewest >= max_runs or time.perf_counter() - start >= min_time_s * len(cells)):
+            break
+    out = {}
+    for c, t in times.items():
+        t.sort()
+        out[c] = (statistics.median(t), t[int(0.9 * (len(t) - 1))], peak[c])
+    return out
 
 
 @torch.inference_mode()
@@ -150,7 +191,14 @@ def measure_profile(
     accuracy_limit: int | None = None,
     min_time_s: float = 1.0,
     mode: str = "eager",
+    gammas: list[int] | None = None,
 ) -> Profile:
+    """Profile `checkpoint` on `device`. `gammas`: a subset of the model's Γ (default: all of it).
+
+    `accuracy_from`: reuse the accuracy of another profile of the same model; the γ it lacks are
+    measured here (and listed in `meta["accuracy_measured"]`). Latency cells are timed
+    interleaved (`time_cells`).
+    """
     dev = torch.device(device)
     t0 = time.perf_counter()
     model = load_checkpoint(checkpoint, dev, dtype)
@@ -162,7 +210,9 @@ def measure_profile(
         from otas.adapt.fast import FastConfig, FastForward
 
         fast = FastForward(model, dev, FastConfig(mode=mode, dtype=dtype, buckets=tuple(batch_sizes)))
-    gammas = list(model.config.gammas)
+    gammas = sorted({model.config.check_gamma(g) for g in gammas}) if gammas else list(model.config.gammas)
+    if 0 not in gammas:
+        raise ValueError(f"gammas must include 0 (the stock model), got {gammas}")
     tasks = tasks or [SOURCE, *model.config.tasks]
     meta = {
         "commit": git_commit(short=True),
@@ -175,49 +225,54 @@ def measure_profile(
         "accuracy_note": "CIFAR-10 JPEG test images (slightly below PNG CIFAR-10 accuracies)",
     }
 
-    acc: dict[str, dict[int, float]] = {}
+    acc: dict[str, dict[int, float]] = {t: {} for t in tasks}
     task_info: dict[str, dict] = {}
+    todo = list(gammas)
+    if accuracy_from is not None:
+        for t in tasks:
+            if t not in accuracy_from.accuracy:
+                raise ValueError(f"--accuracy-from profile has no task {t!r} (it has {sorted(accuracy_from.accuracy)})")
+            acc[t] = {g: a for g, a in accuracy_from.accuracy[t].items() if g in gammas}
+        task_info = {t: accuracy_from.tasks[t] for t in tasks if t in accuracy_from.tasks}
+        todo = [g for g in gammas if g not in accuracy_from.gammas]
+        meta["accuracy_from"] = f"{accuracy_from.model} on {accuracy_from.device} ({accuracy_from.dtype})"
+        meta["accuracy_measured"] = todo  # the γ measured here rather than taken from there
     with Progress() as bar:
-        if accuracy_from is not None:
-            acc = {t: dict(accuracy_from.accuracy[t]) for t in tasks}
-            task_info = accuracy_from.tasks
-            meta["accuracy_from"] = f"{accuracy_from.model} on {accuracy_from.device} ({accuracy_from.dtype})"
-        else:
+        if todo:
             test_all = load_cifar10("test", data, progress=False)
-            job = bar.add_task("accuracy", total=len(tasks) * len(gammas))
+            job = bar.add_task("accuracy", total=len(tasks) * len(todo))
             for t in tasks:
                 spec = get_task(t)
                 test = corrupt_set(test_all.subset(list(spec.classes)), spec.corruption, seed=1)
                 if accuracy_limit:
                     test = test.head(accuracy_limit)
                 x, y = to_device(test, dev)
-                task_info[t] = {
-                    "num_classes": len(spec.classes),
-                    "test_images": len(y),
-                    "description": spec.description,
-                }
-                acc[t] = {}
-                for g in gammas:
+                task_info.setdefault(
+                    t, {"num_classes": len(spec.classes), "test_images": len(y), "description": spec.description}
+                )
+                for g in sorted(todo, key=lambda g: g > 0):  # γ = 0 before the prompts reuse it
                     if t == SOURCE and g > 0:
                         acc[t][g] = acc[t][0]  # prompts are trained for downstream tasks only
                     else:
                         acc[t][g] = accuracy(model, t, g, x, y, dtype)
                     bar.advance(job)
-        lat: dict[int, dict[int, float]] = {}
-        p90: dict[int, dict[int, float]] = {}
-        mem: dict[int, dict[int, float]] | None = {} if dev.type == "cuda" else None
-        job = bar.add_task("latency", total=len(gammas) * len(batch_sizes))
-        for g in gammas:
-            lat[g], p90[g] = {}, {}
-            if mem is not None:
-                mem[g] = {}
-            task = SOURCE if g <= 0 else next(iter(model.config.tasks))
-            for b in batch_sizes:
-                med, hi, peak = time_batch(model, g, b, dev, dtype, min_time_s=min_time_s, task=task, fast=fast)
-                lat[g][b], p90[g][b] = round(med, 4), round(hi, 4)
-                if mem is not None and peak is not None:
-                    mem[g][b] = round(peak, 1)
-                bar.advance(job)
+        acc = {t: {g: acc[t][g] for g in gammas} for t in tasks}
+        cells = [(g, b) for g in gammas for b in batch_sizes]
+        job = bar.add_task("latency (interleaved rounds)", total=None)
+        first_task = next(iter(model.config.tasks), SOURCE)
+        timed = time_cells(
+            model,
+            cells,
+            dev,
+            dtype,
+            min_time_s=min_time_s,
+            task_of=lambda g: SOURCE if g <= 0 else first_task,
+            fast=fast,
+            on_round=lambda: bar.advance(job),
+        )
+    lat = {g: {b: round(timed[g, b][0], 4) for b in batch_sizes} for g in gammas}
+    p90 = {g: {b: round(timed[g, b][1], 4) for b in batch_sizes} for g in gammas}
+    mem = {g: {b: round(timed[g, b][2], 1) for b in batch_sizes} for g in gammas} if dev.type == "cuda" else None
     return Profile(
         model=Path(checkpoint).name.split(".")[0],
         device=device_name(dev),

@@ -70,6 +70,10 @@ def markdown(prof: Profile) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     meta = prof.meta
     lines += ["", f"commit `{meta.get('commit')}`, command `{meta.get('command')}`, created {meta.get('created')}"]
+    if meta.get("accuracy_from"):
+        here = meta.get("accuracy_measured")
+        measured = f"; γ {', '.join(map(str, here))} measured on this device" if here else ""
+        lines += ["", f"Accuracy from {meta['accuracy_from']}{measured}."]
     return "\n".join(lines) + "\n"
 
 

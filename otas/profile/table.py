@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import bisect
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +127,25 @@ class Profile:
                 break
             best = max(best, 1000.0 * b / lat)
         return best
+
+    def restrict(self, gammas: list[int]) -> Profile:
+        """The same profile served with only `gammas` (a subset of its set that includes 0)."""
+        keep = sorted(set(gammas))
+        if 0 not in keep or not set(keep) <= set(self.gammas):
+            raise ValueError(f"gammas {keep} must include 0 and be a subset of the profile's set {self.gammas}")
+
+        def sub(t: dict[int, Any] | None) -> dict[int, Any] | None:
+            return None if t is None else {g: t[g] for g in keep}
+
+        return replace(
+            self,
+            gammas=keep,
+            accuracy={task: sub(a) for task, a in self.accuracy.items()},  # type: ignore[misc]
+            latency_ms=sub(self.latency_ms),  # type: ignore[arg-type]
+            latency_p90_ms=sub(self.latency_p90_ms),
+            memory_mb=sub(self.memory_mb),
+            gflops=sub(self.gflops),
+        )
 
     def _row(self, table: dict[int, Any], gamma: int) -> Any:
         try:

@@ -4,7 +4,7 @@ import warnings
 import pytest
 import torch
 
-from otas.adapt import SOURCE, AdaptConfig, AdaptiveViT
+from otas.adapt import SOURCE, AdaptConfig, AdaptiveViT, MergeCapWarning
 from otas.adapt.attention import attention_reference, attention_with_keys
 from otas.models.registry import build_vit
 
@@ -154,8 +154,10 @@ def test_bad_gamma_task_and_impossible_merge_raise(model):
 
 
 def test_capped_merge_is_reported():
-    with pytest.warns(UserWarning, match="capped"):
-        m = small_model(gammas=(-14, 0))
+    with pytest.warns(MergeCapWarning, match="capped") as seen:
+        m = small_model(gammas=(-14, -12, 0))
+    assert len(seen) == 1 and "gamma=-14" in str(seen[0].message)  # one report listing every capped γ
+    assert -14 in m.merge_caps and m.merge_caps[-14] == m.merge_schedule(-14)
     assert m.token_counts(-14)[-1] >= 1
 
 

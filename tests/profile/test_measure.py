@@ -1,9 +1,10 @@
+import pytest
 import torch
 
 from otas.adapt import AdaptConfig, AdaptiveViT
 from otas.models.checkpoint import save_checkpoint
 from otas.models.registry import build_vit
-from otas.profile.measure import device_slug, gflops, measure_profile
+from otas.profile.measure import device_slug, gflops, measure_profile, time_cells
 from otas.profile.report import markdown, speedup_rows
 from otas.profile.table import Profile
 
@@ -47,3 +48,39 @@ def test_measure_profile_on_cpu(tmp_path):
     assert {(r["gamma"], r["batch"]) for r in rows} == {(g, b) for g in (-8, 0, 4) for b in (1, 4)}
     assert "| -8 |" in markdown(prof)
     assert device_slug("NVIDIA H100 80GB HBM3") == "h100" and device_slug("AMD EPYC 7B13") == "cpu-amd"
+
+
+def test_accuracy_from_fills_missing_gammas_and_subset(tmp_path, cifar_archive, monkeypatch):
+    monkeypatch.setenv("OTAS_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    vit = build_vit("vit_tiny_p2", 5, img_size=32, depth=1)
+    p = tmp_path / "tiny32.safetensors"
+    save_checkpoint(AdaptiveViT(vit, AdaptConfig(gammas=(-8, 0, 4), tasks={"novel": 5})), p)
+    acc = Profile(
+        model="x",
+        device="d",
+        dtype="float32",
+        gammas=[0, 4],
+        batch_sizes=[1],
+        accuracy={"source": {0: 0.6, 4: 0.6}, "novel": {0: 0.5, 4: 0.7}},
+        latency_ms={g: {1: 1.0} for g in (0, 4)},
+    )
+    prof = measure_profile(
+        p, "cpu", torch.float32, [2], data=cifar_archive, accuracy_from=acc, accuracy_limit=16, min_time_s=0.01
+    )
+    assert prof.gammas == [-8, 0, 4] and prof.meta["accuracy_measured"] == [-8]
+    assert prof.accuracy["novel"][4] == 0.7 and 0.0 <= prof.accuracy["novel"][-8] <= 1.0  # kept / measured
+    sub = measure_profile(p, "cpu", torch.float32, [2], accuracy_from=acc, min_time_s=0.01, gammas=[0, 4])
+    assert sub.gammas == [0, 4] and sub.meta["accuracy_measured"] == [] and set(sub.latency_ms) == {0, 4}
+    with pytest.raises(ValueError, match="not in the configured set"):
+        measure_profile(p, "cpu", torch.float32, [2], accuracy_from=acc, gammas=[0, -12])
+
+
+def test_time_cells_interleaves_and_covers_every_cell(tmp_path):
+    m, _ = _ckpt(tmp_path)
+    rounds = []
+    cells = [(g, b) for g in (-8, 0, 4) for b in (1, 4)]
+    out = time_cells(m, cells, torch.device("cpu"), torch.float32, min_time_s=0.0, min_runs=3,
+                     task_of=lambda g: "novel" if g > 0 else "source", on_round=lambda: rounds.append(1))  # fmt: skip
+    assert set(out) == set(cells) and len(rounds) >= 3  # every cell is visited once per round
+    assert all(0 < med <= p90 and peak is None for med, p90, peak in out.values())

@@ -51,3 +51,16 @@ def test_errors_name_the_problem(tmp_path):
         Profile.load(tmp_path / "bad.json")
     with pytest.raises(ValueError, match="does not exist"):
         Profile.load(tmp_path / "none.json")
+
+
+def test_restrict_keeps_only_the_given_gammas():
+    p = _profile(memory_mb={g: {1: 10.0, 8: 40.0} for g in (-4, 0, 4)})
+    q = p.restrict([4, 0])
+    assert q.gammas == [0, 4] and set(q.latency_ms) == set(q.memory_mb) == set(q.gflops) == {0, 4}
+    assert q.lat(4, 8) == p.lat(4, 8) and q.acc("t", 0) == p.acc("t", 0) and p.gammas == [-4, 0, 4]
+    with pytest.raises(ValueError, match="gamma=-4 is not in the profile"):
+        q.lat(-4, 1)
+    with pytest.raises(ValueError, match="must include 0 and be a subset"):
+        p.restrict([-8, 0])
+    with pytest.raises(ValueError, match="must include 0"):
+        p.restrict([4])
