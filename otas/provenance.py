@@ -19,3 +19,18 @@ def git_commit(short: bool = False) -> str:
         return "unknown"
     dirty = _git("status", "--porcelain", "--untracked-files=no")
     return f"{head}-dirty" if dirty else head
+
+
+def run_meta() -> dict[str, str]:
+    """Commit, command line, machine and time of this run, for a benchmark's result file."""
+    import os
+    import platform
+    import sys
+    from datetime import UTC, datetime
+
+    return {
+        "commit": git_commit(short=True),
+        "command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]]),
+        "machine": f"{platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }

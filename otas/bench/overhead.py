@@ -13,12 +13,13 @@ import base64
 import io
 import json
 import multiprocessing as mp
-import platform
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from otas.provenance import run_meta
 
 
 def _png() -> bytes:
@@ -84,7 +85,7 @@ def main(url: str, concurrency: int, duration_s: float, clients: int, profile: P
     lat = [x for p in parts for x in p[2]]
     res: dict[str, Any] = {
         "meta": {"url": url, "model": info["model"], "concurrency": concurrency, "clients": clients,
-                 "duration_s": duration_s, "machine": platform.platform()},
+                 "duration_s": duration_s, **run_meta()},
         "requests_per_s": ok / duration_s,
         "non_200": bad,
         "latency_ms": {q: float(np.percentile(lat, int(q[1:]))) if lat else None for q in ("p50", "p90", "p99")},

@@ -26,6 +26,7 @@ import numpy as np
 
 from otas.config import SchedulerConfig, load_apps
 from otas.profile.table import Profile
+from otas.provenance import run_meta
 from otas.sim.traces import Trace, capacity_per_s, make_trace
 from otas.types import App
 
@@ -230,7 +231,7 @@ def main(
     result = {
         "meta": {"url": url, "trace": trace.name, "scale": scale, "capacity_per_s": cap, "requests": n, "seed": seed,
                  "policy": policy, "model": info["model"], "device": info.get("device"), "wall_s": wall,
-                 "duration_s": trace.duration_ms / 1e3, "scheduler": info["scheduler"]},
+                 "duration_s": trace.duration_ms / 1e3, "scheduler": info["scheduler"], **run_meta()},
         "apps": [a.__dict__ for a in apps],
         "live": live,
         "sim": sim,
