@@ -243,7 +243,8 @@ def serve_cmd(
 
 
 bench_app = typer.Typer(
-    help="Load generation against a running server: trace replay, server overhead.", no_args_is_help=True
+    help="Benchmarks: trace replay and server overhead against a running server; GPU speed of models.",
+    no_args_is_help=True,
 )
 app.add_typer(bench_app, name="bench")
 
@@ -301,6 +302,29 @@ def bench_summary_cmd(
     console.print(table, markup=False)
     if out is not None:
         out.write_text(table)
+
+
+@bench_app.command("gpu")
+def bench_gpu_cmd(
+    models: Annotated[list[Path], typer.Argument(help="Model checkpoints (.safetensors).")],
+    batch_sizes: str = "1,8,64,256",
+    out: Annotated[Path, typer.Option(help="Folder for gpu_bench.json and gpu_bench.png.")] = Path("bench/results"),
+    data: Annotated[Path | None, typer.Option(help="CIFAR-10 archive (default: $OTAS_CIFAR10).")] = None,
+) -> None:
+    """On a CUDA device: latency, images/s and MFU per model, γ and batch size (eager, CUDA graphs,
+    compile, stock timm), SDPA kernels with and without the merging bias, and the bias's accuracy cost."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise typer.BadParameter("otas bench gpu needs a CUDA device; none is available here")
+    missing = [str(m) for m in models if not m.is_file()]
+    if missing:
+        raise typer.BadParameter(f"no such checkpoint: {', '.join(missing)}")
+    from otas.profile.gpubench import plot, run_gpu_bench
+
+    result = run_gpu_bench(models, _ints(batch_sizes), out, data, console)
+    plot(result, out / "gpu_bench.png")
+    console.print(f"wrote {out / 'gpu_bench.json'} and {out / 'gpu_bench.png'}")
 
 
 app.command("simulate")(simulate)
