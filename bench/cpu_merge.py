@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import sys
 from pathlib import Path
 
 import torch
@@ -18,7 +16,7 @@ import torch
 from otas.models.checkpoint import load_checkpoint
 from otas.predict import default_model_path
 from otas.profile.measure import device_name, gflops, time_cells
-from otas.provenance import git_commit
+from otas.provenance import run_meta
 
 CASES = [
     ("vit_tiny_p2_c5", default_model_path(), (8, 64)),
@@ -31,13 +29,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     args = ap.parse_args()
     out = {
-        "meta": {
-            "command": " ".join(["python", *sys.argv]),
-            "machine": device_name(torch.device("cpu")),
-            "platform": platform.platform(),
-            "commit": git_commit(short=True),
-            "rounds": args.rounds,
-        },
+        "meta": {**run_meta(), "device": device_name(torch.device("cpu")), "rounds": args.rounds},
         "rows": [],
     }
     for name, path, batches in CASES:

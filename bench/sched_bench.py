@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 
 from otas.config import SchedulerConfig, default_apps_path, load_apps  # noqa: E402
 from otas.profile.table import Profile  # noqa: E402
-from otas.provenance import git_commit  # noqa: E402
+from otas.provenance import run_meta  # noqa: E402
 from otas.sched import Scheduler  # noqa: E402
 from otas.sched.optimizer import plan  # noqa: E402
 from otas.sim.cli import default_policies  # noqa: E402
@@ -46,12 +46,11 @@ def default_profiles() -> list[Path]:
 
 
 GAMMA8 = [-48, -32, -20, -12, 0, 4, 8, 16]
-"""The |Γ| = 8 subset timed (where the profile has these γ; else its 8 first)."""
+"""The |Γ| = 8 subset timed (where the profile has these γ; else its whole set)."""
 
 
 def gamma8(profile: Profile) -> Profile:
-    keep = GAMMA8 if set(GAMMA8) <= set(profile.gammas) else profile.gammas[:7] + [0]
-    return profile.restrict(keep)
+    return profile.restrict(GAMMA8) if set(GAMMA8) <= set(profile.gammas) else profile
 
 
 def decision_times(profile: Profile, n_queued: int = 1024, decisions: int = 3000) -> dict[str, float]:
@@ -131,16 +130,9 @@ def main() -> None:
     dec = decision_times(gamma8(profiles[0]))
     dec_all = decision_times(profiles[0])
     sims = sim_times(profiles, args.load)
-    commit = git_commit()
     result = {
-        "command": " ".join(["python", *sys.argv]),
-        "commit": commit or "uncommitted",
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "python": platform.python_version(),
-            "cpus": __import__("os").cpu_count(),
-        },
+        **run_meta(),
+        "python": platform.python_version(),
         "profiles": [str(p) for p in args.profile.split(",")],
         "decision": dec,
         "decision_all_gammas": dec_all,

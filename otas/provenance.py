@@ -28,9 +28,11 @@ def run_meta() -> dict[str, str]:
     import sys
     from datetime import UTC, datetime
 
+    argv0 = sys.argv[0]
+    program = f"python {argv0}" if argv0.endswith(".py") else os.path.basename(argv0)  # a script, or `otas`
     return {
         "commit": git_commit(short=True),
-        "command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]]),
+        "command": " ".join([program, *sys.argv[1:]]),
         "machine": f"{platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }

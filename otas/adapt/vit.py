@@ -49,11 +49,9 @@ class AdaptiveViT(nn.Module):
                 nn.init.trunc_normal_(p, std=0.02)
                 self.prompts[key(task, g)] = nn.Parameter(p)
                 self.heads[key(task, g)] = nn.Linear(C, n)
-        self.merge_caps: dict[int, list[int]] = {}
-        for g in config.gammas:
-            if g < 0:
-                self.merge_caps[g] = self.merge_schedule(g)  # raises on an impossible merge
-        self.merge_caps = {g: s for g, s in self.merge_caps.items() if any(r_l < -g for r_l in s)}
+        schedules = {g: self.merge_schedule(g) for g in config.gammas if g < 0}  # raises on an impossible merge
+        # γ whose r is capped in the last blocks -> tokens merged per block
+        self.merge_caps = {g: s for g, s in schedules.items() if min(s) < -g}
         if self.merge_caps:  # one report per model, listing every capped γ
             caps = "; ".join(f"gamma={g}: {s}" for g, s in sorted(self.merge_caps.items()))
             warnings.warn(

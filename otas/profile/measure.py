@@ -6,11 +6,11 @@ synchronize around every timed run, the median (and p90) of repeated runs.
 
 from __future__ import annotations
 
+import itertools
 import platform
+import random
 import statistics
-import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -21,7 +21,7 @@ from otas.data.cifar import load_cifar10
 from otas.data.tasks import get_task
 from otas.models.checkpoint import load_checkpoint, read_header
 from otas.profile.table import Profile
-from otas.provenance import git_commit
+from otas.provenance import run_meta
 from otas.train.common import corrupt_set, to_device
 
 
@@ -86,13 +86,8 @@ def _runner(model: AdaptiveViT, gamma: int, batch: int, device: torch.device, dt
     else:
         xs = [torch.randn(batch, 3, *size, device=device, dtype=dtype) for _ in range(2)]
         step = lambda x: model(x, gamma, task)
-    calls = [0]
-
-    def run() -> None:
-        step(xs[calls[0] % 2])
-        calls[0] += 1
-
-    return run
+    inputs = itertools.cycle(xs)
+    return lambda: step(next(inputs))
 
 
 def _timed(run, device: torch.device) -> float:
@@ -124,11 +119,9 @@ def time_cells(
     shared machine (another process, frequency scaling) thus lands on every cell alike instead of
     on whichever cell happened to be timed then, so ratios between cells (the speed-up of a γ)
     are far steadier than with one cell after another. Rounds go on until every cell has
-    `min_runs` runs and `min_time_s` per cell has passed in all, or a cell reaches `max_runs`.
+    `min_runs` runs and either `min_time_s` per cell has passed in all or every cell has `max_runs`.
     Peak memory (CUDA) is taken per cell over its warm-up runs.
     """
-    import random
-
     runs, peak, est = {}, {}, {}
     for g, b in cells:
         runs[g, b] = _runner(model, g, b, device, dtype, task_of(g), fast)
@@ -215,9 +208,7 @@ def measure_profile(
         raise ValueError(f"gammas must include 0 (the stock model), got {gammas}")
     tasks = tasks or [SOURCE, *model.config.tasks]
     meta = {
-        "commit": git_commit(short=True),
-        "command": " ".join(["otas", *sys.argv[1:]]),
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        **run_meta(),
         "torch": torch.__version__,
         "checkpoint": Path(checkpoint).name,
         "mode": mode,
