@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from otas.bench.replay import infer_request
 from otas.provenance import run_meta
 
 
@@ -34,10 +35,7 @@ def _png() -> bytes:
 async def _client(url: str, model: str, app: str, concurrency: int, duration_s: float) -> tuple[int, int, list[float]]:
     import aiohttp
 
-    body = b'{"parameters":{"app":"%s"},"inputs":[{"name":"image","datatype":"BYTES","shape":[1],"data":["%s"]}]}' % (
-        app.encode(),
-        _png(),
-    )
+    body = infer_request(_png(), app)
     endpoint = f"{url}/v2/models/{model}/infer"
     ok = bad = 0
     lat: list[float] = []

@@ -75,7 +75,8 @@ def image_pools(apps: Sequence[App], needed: dict[str, int], data: Path | None) 
     return pools
 
 
-def _body(b64png: bytes, app: str) -> bytes:
+def infer_request(b64png: bytes, app: str) -> bytes:
+    """A KServe v2 infer request body for one base64 image, for application `app`."""
     head = (
         b'{"parameters":{"app":"%s"},"inputs":[{"name":"image","datatype":"BYTES","shape":[1],"data":["' % app.encode()
     )
@@ -218,7 +219,7 @@ def main(
     for a in trace.apps:
         pool, k = pools[task_of[a]], cursor[task_of[a]]
         cursor[task_of[a]] += 1
-        bodies.append(_body(pool.bodies[k % len(pool.bodies)], a))
+        bodies.append(infer_request(pool.bodies[k % len(pool.bodies)], a))
         labels.append(pool.labels[k % len(pool.labels)])
     console.print(f"replaying against {url} (policy {policy})")
     t0 = time.perf_counter()

@@ -91,8 +91,8 @@ class _Pending:
     req: Request
     image: np.ndarray
     future: asyncio.Future[Served]
-    deadline_ms: float
-    """From the true arrival (the request's `deadline_ms` may be a little later; see submit)."""
+    arrival_ms: float
+    """The true arrival: the deadline is judged from it (the request's may be a little later; see submit)."""
 
 
 class Engine:
@@ -183,7 +183,7 @@ class Engine:
             self.observer.ended(app, "rejected", rej.reason.value)
             raise NotServed("rejected", rej.reason.value, rej.detail)
         fut: asyncio.Future[Served] = asyncio.get_running_loop().create_future()
-        self._pending[req.id] = _Pending(req, image, fut, arrival + slo)
+        self._pending[req.id] = _Pending(req, image, fut, arrival)
         self.observer.queue_depth(self.scheduler.queued())
         self._wake.set()
         return fut
@@ -246,7 +246,7 @@ class Engine:
         prof = self.scheduler.profiles[plan.model]
         for it, p in zip(items, out.probs, strict=True):
             r, app = it.req, self.apps[it.req.app]
-            met = t1 <= it.deadline_ms
+            met = t1 <= it.arrival_ms + app.slo_ms
             classes = self.runner.classes[app.task]
             s = Served(
                 id=r.id,
@@ -254,9 +254,9 @@ class Engine:
                 gamma=plan.gamma,
                 probs=p[: len(classes)],
                 classes=classes,
-                queue_ms=t0 - (it.deadline_ms - app.slo_ms),
+                queue_ms=t0 - it.arrival_ms,
                 exec_ms=measured,
-                total_ms=t1 - (it.deadline_ms - app.slo_ms),
+                total_ms=t1 - it.arrival_ms,
                 deadline_met=met,
                 batch_size=len(items),
                 utility=app.utility * prof.acc(app.task, plan.gamma) if met else 0.0,

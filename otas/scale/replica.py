@@ -13,15 +13,15 @@ import os
 import socket
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from otas.config import SchedulerConfig
-from otas.engine.engine import Engine, NotServed, Observer, Served
+from otas.engine.engine import NotServed, Observer, Served
 from otas.profile.table import Profile
-from otas.sched.scheduler import Scheduler
+from otas.server.main import make_engine
 from otas.types import App, BatchPlan
 
 MAX_RELAYED = 10_000
@@ -91,9 +91,6 @@ def build_runner(spec: ReplicaSpec):
 
     dt = getattr(torch, spec.dtype) if spec.dtype else None
     runner = Runner.load(spec.model or default_model_path(), spec.device, dt, mb)
-    missing = sorted(set(profile.gammas) - set(runner.gammas))
-    if missing:
-        raise ValueError(f"profile {profile.model!r} has gammas {missing} the model does not serve; profile this model")
     if spec.warmup:
         runner.warmup()
     return runner
@@ -122,8 +119,8 @@ class _Relay(Observer):
         self.events: list[tuple[BatchPlan, float, float, int]] = []
 
     def batch(self, plan: BatchPlan, measured_ms: float, runner_ms: float, queued: int) -> None:
-        plan = BatchPlan(plan.requests, plan.gamma, plan.predicted_ms, plan.start_ms, plan.model, plan.switch_ms)
-        self.events.append((plan, measured_ms, runner_ms, queued))  # meta dropped: diagnostics only
+        plan = replace(plan, meta={})  # policy diagnostics are not relayed
+        self.events.append((plan, measured_ms, runner_ms, queued))
         if len(self.events) > MAX_RELAYED:
             del self.events[: len(self.events) - MAX_RELAYED]
 
@@ -140,8 +137,9 @@ class ReplicaCore:
         self.profile = Profile.from_dict(spec.profile)
         self.runner = runner if runner is not None else build_runner(spec)
         self.relay = _Relay()
-        sched = Scheduler(spec.apps, self.profile, spec.policy, spec.scheduler)
-        self.engine = Engine(sched, self.runner, observer=self.relay, decode_workers=1)
+        self.engine, self.info = make_engine(
+            self.runner, self.profile, spec.apps, spec.policy, spec.scheduler, observer=self.relay, decode_workers=1
+        )
         self.started_at = time.time()
 
     async def start(self) -> None:
@@ -197,11 +195,5 @@ class ReplicaCore:
             "image_size": self.runner.image_size,
             "max_batch": self.runner.max_batch,
             "classes": self.runner.classes,
-            "info": {
-                "policy": self.engine.scheduler.policy.name,
-                "scheduler": asdict(self.spec.scheduler),
-                "apps": [asdict(a) for a in self.spec.apps],
-                "profile": self.spec.profile,
-                "device": str(getattr(self.runner, "device", "none")),
-            },
+            "info": self.info,
         }

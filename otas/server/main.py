@@ -28,6 +28,31 @@ def default_max_queue(profile: Profile, apps: Sequence[App], max_batch: int) -> 
     return max(max_batch, math.ceil(rate * slo / 1000.0))
 
 
+def make_engine(
+    runner,
+    profile: Profile,
+    apps: Sequence[App],
+    policy: str,
+    config: SchedulerConfig,
+    observer=None,
+    decode_workers: int = 2,
+) -> tuple[Engine, dict]:
+    """(engine, its `/v1/config` info) for a runner (real, no-op or paced) and its profile."""
+    missing = sorted(set(profile.gammas) - set(getattr(runner, "gammas", profile.gammas)))
+    if missing:
+        raise ValueError(f"profile {profile.model!r} has gammas {missing} the model does not serve; profile this model")
+    sched = Scheduler(apps, profile, policy, config)
+    engine = Engine(sched, runner, observer=observer, decode_workers=decode_workers)
+    info = {
+        "policy": sched.policy.name,
+        "scheduler": asdict(config),
+        "apps": [asdict(a) for a in apps],
+        "profile": profile.to_dict(),
+        "device": str(getattr(runner, "device", "none")),
+    }
+    return engine, info
+
+
 def build(
     runner,
     profile: Profile,
@@ -38,18 +63,7 @@ def build(
     decode_workers: int = 2,
 ):
     """(Starlette app, engine) for a runner (real or no-op) and its profile."""
-    missing = sorted(set(profile.gammas) - set(getattr(runner, "gammas", profile.gammas)))
-    if missing:
-        raise ValueError(f"profile {profile.model!r} has gammas {missing} the model does not serve; profile this model")
-    sched = Scheduler(apps, profile, policy, config)
-    engine = Engine(sched, runner, decode_workers=decode_workers)
-    info = {
-        "policy": sched.policy.name,
-        "scheduler": asdict(config),
-        "apps": [asdict(a) for a in apps],
-        "profile": profile.to_dict(),
-        "device": getattr(runner, "device", "none").__str__(),
-    }
+    engine, info = make_engine(runner, profile, apps, policy, config, decode_workers=decode_workers)
     serve_cfg = ServeConfig(model_name=profile.model, max_body_bytes=max_body_bytes, info=info)
     return create_app(engine, serve_cfg, Metrics(profile.gammas)), engine
 
