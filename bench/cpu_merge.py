@@ -16,6 +16,7 @@ import torch
 from otas.models.checkpoint import load_checkpoint
 from otas.predict import default_model_path
 from otas.profile.measure import device_name, gflops, time_cells
+from otas.profile.report import realised_share
 from otas.provenance import run_meta
 
 CASES = [
@@ -52,7 +53,7 @@ def main() -> None:
                     "median_ms": ms,
                     "speedup": base / ms,
                     "flop_speedup": 1 / f,
-                    "realised": (1 - ms / base) / (1 - f) if f < 1 else None,
+                    "realised": realised_share(ms, base, f),
                 }
                 out["rows"].append(row)
                 print(json.dumps(row))

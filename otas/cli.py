@@ -60,10 +60,10 @@ def train_backbone_cmd(
 def train_prompts_cmd(
     backbone: Annotated[Path, typer.Argument(help="Backbone checkpoint from `otas train backbone`.")],
     out: Annotated[Path, typer.Option(help="Checkpoint to write, with heads and prompts.")],
-    tasks: str = "novel,lowlight,blur",
+    tasks: Annotated[str, typer.Option(help="Downstream tasks (default: novel,lowlight,blur).")] = "",
     gammas: Annotated[
-        str, typer.Option(help="The set Γ; prompts are trained for every γ > 0.")
-    ] = "-20,-16,-12,-8,0,4,8,16",
+        str, typer.Option(help="The set Γ (default: otas.adapt.DEFAULT_GAMMAS); prompts for every γ > 0.")
+    ] = "",
     epochs: int = 20,
     head_epochs: int = 10,
     shallow: Annotated[bool, typer.Option(help="Shallow prompts (input only) instead of deep.")] = False,
@@ -73,12 +73,9 @@ def train_prompts_cmd(
     """Train per task the γ = 0 head and a prompt set + head per γ > 0, backbone frozen."""
     from otas.train.prompts import PromptConfig, train_prompts
 
+    given = {"tasks": tuple(t for t in tasks.split(",") if t), "gammas": tuple(_ints(gammas)) if gammas else ()}
     cfg = PromptConfig(
-        tasks=tuple(t for t in tasks.split(",") if t),
-        gammas=tuple(_ints(gammas)),
-        deep=not shallow,
-        epochs=epochs,
-        head_epochs=head_epochs,
+        deep=not shallow, epochs=epochs, head_epochs=head_epochs, **{k: v for k, v in given.items() if v}
     )
     train_prompts(cfg, backbone, out, data, device, log=console.log)
 
@@ -313,16 +310,12 @@ def bench_gpu_cmd(
 ) -> None:
     """On a CUDA device: latency, images/s and MFU per model, γ and batch size (eager, CUDA graphs,
     compile, stock timm), SDPA kernels with and without the merging bias, and the bias's accuracy cost."""
-    import torch
-
-    if not torch.cuda.is_available():
-        raise typer.BadParameter("otas bench gpu needs a CUDA device; none is available here")
-    missing = [str(m) for m in models if not m.is_file()]
-    if missing:
-        raise typer.BadParameter(f"no such checkpoint: {', '.join(missing)}")
     from otas.profile.gpubench import plot, run_gpu_bench
 
-    result = run_gpu_bench(models, _ints(batch_sizes), out, data, console)
+    try:
+        result = run_gpu_bench(models, _ints(batch_sizes), out, data, console)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
     plot(result, out / "gpu_bench.png")
     console.print(f"wrote {out / 'gpu_bench.json'} and {out / 'gpu_bench.png'}")
 

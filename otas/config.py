@@ -107,6 +107,11 @@ def load_apps(path: str | Path) -> list[App]:
     return parse_apps(data, source=str(p))
 
 
+def asset_path(name: str) -> Path:
+    """A file shipped inside the package, under otas/assets/ (the default model, its profile, the sample)."""
+    return Path(__file__).parent / "assets" / name
+
+
 def default_apps_path(device: str = "cpu") -> Path:
     """The packaged applications file for a device kind: 'cpu' or 'h100'."""
     name = "apps.yaml" if device == "cpu" else f"apps-{device}.yaml"

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from otas.adapt import SOURCE, AdaptiveViT
+from otas.config import asset_path
 from otas.data.folder import decode
 from otas.data.transforms import normalize, to_float
 from otas.models.checkpoint import load_checkpoint
@@ -19,12 +19,12 @@ DEFAULT_MODEL = "vit_tiny_p2_c5.safetensors"
 
 def default_model_path() -> Path:
     """The model shipped inside the package (ViT-Tiny, patch 2, trained on 5 CIFAR-10 classes)."""
-    return Path(str(resources.files("otas") / "assets" / DEFAULT_MODEL))
+    return asset_path(DEFAULT_MODEL)
 
 
 def sample_dir() -> Path:
     """The labelled image sample shipped inside the package: sample/<task>/<class>/<image>.png."""
-    return Path(str(resources.files("otas") / "assets" / "sample"))
+    return asset_path("sample")
 
 
 class Predictor:

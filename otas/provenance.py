@@ -28,8 +28,11 @@ def run_meta() -> dict[str, str]:
     import sys
     from datetime import UTC, datetime
 
-    argv0 = sys.argv[0]
-    program = f"python {argv0}" if argv0.endswith(".py") else os.path.basename(argv0)  # a script, or `otas`
+    argv0, spec = sys.argv[0], getattr(sys.modules["__main__"], "__spec__", None)
+    if spec is not None:  # python -m otas.cli ...
+        program = f"python -m {spec.name}"
+    else:  # a script, or the `otas` console command
+        program = f"python {argv0}" if argv0.endswith(".py") else os.path.basename(argv0)
     return {
         "commit": git_commit(short=True),
         "command": " ".join([program, *sys.argv[1:]]),

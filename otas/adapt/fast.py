@@ -111,12 +111,3 @@ class FastForward:
                 out = self._forward(x, gamma, i)
             self._graphs[(gamma, B)] = (graph, x, i, out)
         return self._graphs[(gamma, B)]
-
-    def warm_up(self, gammas: Sequence[int] | None = None) -> None:
-        """Capture (or compile) every (γ, bucket) up front, so no request pays for it."""
-        for g in gammas or self.model.config.gammas:
-            for B in self.cfg.buckets:
-                task = self.tasks[1] if g > 0 and len(self.tasks) > 1 else SOURCE
-                if g > 0 and len(self.tasks) == 1:
-                    continue
-                self(torch.zeros((B, *self._shape), dtype=torch.uint8), g, task)

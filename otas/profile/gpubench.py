@@ -9,7 +9,6 @@ at γ = 0; and the accuracy cost of dropping the bias. Ratios come from this one
 from __future__ import annotations
 
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -22,7 +21,8 @@ from otas.adapt import SOURCE
 from otas.adapt.fast import FastConfig, FastForward
 from otas.models.checkpoint import load_checkpoint
 from otas.profile.measure import device_name, gflops
-from otas.provenance import git_commit
+from otas.profile.report import realised_share
+from otas.provenance import run_meta
 
 COMPILE_BATCHES = (8, 256)  # torch.compile per shape is slow to build: compare it at two batch sizes
 
@@ -122,7 +122,7 @@ def bench_model(path: Path, batch_sizes: list[int], peak_tflops: float, console:
         base_best = min(base[r["batch"]]["eager_ms"], base[r["batch"]]["graphs_ms"])
         r["flop_ratio"] = f
         r["speedup"] = base_best / best
-        r["realised"] = (1 - best / base_best) / (1 - f) if f < 1 else None
+        r["realised"] = realised_share(best, base_best, f)
     return {"model": path.stem, "rows": rows}
 
 
@@ -154,20 +154,16 @@ def run_gpu_bench(
 ) -> dict:
     console = console or Console()
     if not torch.cuda.is_available():
-        raise ValueError("otas bench gpu needs a CUDA device")
+        raise ValueError("otas bench gpu needs a CUDA device; none is available here")
+    missing = [str(m) for m in models if not Path(m).is_file()]
+    if missing:
+        raise ValueError(f"no such checkpoint: {', '.join(missing)}")
     torch.backends.cuda.matmul.allow_tf32 = True
     t0 = time.time()
     peak = matmul_tflops()
     console.log(f"bf16 matmul 8192^3: {peak:.0f} TFLOP/s")
     result = {
-        "meta": {
-            "device": device_name(torch.device("cuda")),
-            "torch": torch.__version__,
-            "commit": git_commit(),
-            "command": f"otas bench gpu {' '.join(map(str, models))}",
-            "host": platform.node(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        },
+        "meta": {**run_meta(), "device": device_name(torch.device("cuda")), "torch": torch.__version__},
         "matmul_bf16_tflops": peak,
         "sdpa": sdpa_kernels(),
         "models": [bench_model(m, batch_sizes, peak, console) for m in models],

@@ -10,6 +10,12 @@ from rich.table import Table
 from otas.profile.table import Profile
 
 
+def realised_share(lat: float, base: float, flop_ratio: float) -> float | None:
+    """Share of a γ's FLOP saving realised as time saved, (1 - lat/base) / (1 - flop_ratio); None
+    unless the γ saves FLOPs (flop_ratio < 1)."""
+    return (1 - lat / base) / (1 - flop_ratio) if flop_ratio < 1 else None
+
+
 def speedup_rows(prof: Profile) -> list[dict]:
     """Per (γ, batch): latency, speed-up over γ = 0, FLOP ratio, and the share of the FLOP saving realised."""
     rows = []
@@ -18,8 +24,7 @@ def speedup_rows(prof: Profile) -> list[dict]:
         for b in prof.batch_sizes:
             lat, base = prof.latency_ms[g][b], prof.latency_ms[0][b]
             speedup = base / lat
-            # share of the ideal speed-up (1/f) realised, for merging only: (1 - lat/base) / (1 - f)
-            realised = (1 - lat / base) / (1 - f) if f is not None and f < 1 else None
+            realised = realised_share(lat, base, f) if f is not None else None
             rows.append(
                 {
                     "gamma": g,

@@ -108,7 +108,6 @@ def upper_bound(
     """Min over window partitions of the LP bound (module docstring). `windows`: lengths in ms,
     default 2, 4, ..., 64 × the largest SLO, each at offsets 0 and half a window."""
     profs = [profiles] if isinstance(profiles, Profile) else list(profiles)
-    by_name = {a.name: a for a in apps}
     opts = {a.name: options(a, profs, cfg) for a in apps}
     incs = {a: hull_increments(o) for a, o in opts.items()}
     vmax = {a: max((v for _, v in o), default=0.0) for a, o in opts.items()}
@@ -132,5 +131,4 @@ def upper_bound(
                 total += _window_lp(counts, incs, L)
             if total < best.value:
                 best = Bound(total, L, off)
-    assert set(vmax) == set(by_name)
     return best

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import platform
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +17,7 @@ import typer
 
 from otas.config import SchedulerConfig, default_apps_path, load_apps
 from otas.profile.table import Profile
-from otas.provenance import git_commit
+from otas.provenance import run_meta
 from otas.sched.oracle import upper_bound
 from otas.sched.policies import make_policy
 from otas.sim import report
@@ -82,9 +81,7 @@ def sweep(
             runs.append(row)
     out = {
         "meta": {
-            "command": " ".join(sys.argv),
-            "commit": git_commit(),
-            "machine": platform.platform(),
+            **run_meta(),
             "python": platform.python_version(),
             "seed": seed,
             "noise": noise,

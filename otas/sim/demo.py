@@ -5,13 +5,12 @@ Uses the CPU profile shipped with the default model, so it runs anywhere without
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from otas.config import SchedulerConfig, default_apps_path, load_apps
+from otas.config import SchedulerConfig, asset_path, default_apps_path, load_apps
 from otas.profile.table import Profile
 from otas.sim.cli import sweep
 
@@ -19,7 +18,7 @@ DEFAULT_PROFILE = "vit_tiny_p2_c5__cpu.json"
 
 
 def default_profile_path() -> Path:
-    return Path(str(resources.files("otas") / "assets" / DEFAULT_PROFILE))
+    return asset_path(DEFAULT_PROFILE)
 
 
 def run(console: Console, loads: tuple[float, ...] = (0.5, 1.0, 2.0), requests: int = 4000) -> None:
