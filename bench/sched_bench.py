@@ -29,7 +29,7 @@ from otas.profile.table import Profile  # noqa: E402
 from otas.provenance import run_meta  # noqa: E402
 from otas.sched import Scheduler  # noqa: E402
 from otas.sched.optimizer import plan  # noqa: E402
-from otas.sim.cli import default_policies  # noqa: E402
+from otas.sim.cli import default_policies, online_profiles  # noqa: E402
 from otas.sim.simulator import run  # noqa: E402
 from otas.sim.traces import capacity_per_s, make_trace  # noqa: E402
 from otas.types import Request  # noqa: E402
@@ -113,9 +113,8 @@ def sim_times(profiles: list[Profile], load: float) -> dict[str, float]:
             t0 = time.perf_counter()
             upper_bound(tr.requests(apps), apps, profiles, cfg)
         else:
-            ps = profiles if name == "model-switch" else profiles[:1]
             t0 = time.perf_counter()
-            run(tr, apps, ps, name, cfg)
+            run(tr, apps, online_profiles(name, profiles), name, cfg)
         out[name] = time.perf_counter() - t0
     return out
 

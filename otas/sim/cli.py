@@ -22,7 +22,7 @@ from otas.sched.oracle import upper_bound
 from otas.sched.policies import make_policy
 from otas.sim import report
 from otas.sim.simulator import SimResult, run
-from otas.sim.traces import capacity_per_s, make_trace
+from otas.sim.traces import at_load, base_trace, capacity_per_s
 from otas.types import App
 
 
@@ -41,6 +41,11 @@ def default_policies(profiles: Sequence[Profile]) -> list[str]:
     return [*names, "oracle"]
 
 
+def online_profiles(policy: str, profiles: Sequence[Profile]) -> list[Profile]:
+    """The profiles a policy serves from: every model for model-switch, else the first (served) one."""
+    return list(profiles) if policy == "model-switch" else [profiles[0]]
+
+
 def sweep(
     trace: str,
     apps: Sequence[App],
@@ -56,10 +61,11 @@ def sweep(
     for name in policies:
         make_policy(name)  # fail fast on a bad name, before any simulation
     cap = capacity_per_s(profiles[0], apps, config.max_batch)
+    base = base_trace(trace, apps, seed=seed, n=n_synthetic)
     runs: list[dict[str, object]] = []
     kept: dict[float, list[SimResult]] = {}
     for load in loads:
-        tr = make_trace(trace, apps, load, cap, seed=seed, n=n_synthetic)
+        tr = at_load(base, load, cap)
         bound = upper_bound(tr.requests(apps), apps, profiles, config)
         kept[load] = []
         for name in policies:
@@ -72,8 +78,7 @@ def sweep(
                     "offset_ms": bound.offset_ms,
                 }
             else:
-                online = [p for p in profiles] if name == "model-switch" else [profiles[0]]
-                res = run(tr, apps, online, name, config, seed=seed, noise=noise)
+                res = run(tr, apps, online_profiles(name, profiles), name, config, seed=seed, noise=noise)
                 kept[load].append(res)
                 row = res.summary(apps)
             row["vs_oracle"] = float(row["utility"]) / bound.value if bound.value > 0 else math.nan  # type: ignore[arg-type]

@@ -170,11 +170,19 @@ def make_trace(
     mapping: str | None = None,
 ) -> Trace:
     """A trace by path or name, time-scaled so its mean rate is load × capacity (per second)."""
+    return at_load(base_trace(spec, apps, seed, n, mapping), load, capacity)
+
+
+def base_trace(spec: str, apps: Sequence[App], seed: int = 0, n: int = 20_000, mapping: str | None = None) -> Trace:
+    """A trace by path or name, at its own rate (load it once, then scale it with `at_load`)."""
     if spec in SYNTHETIC:
-        base = synthetic(spec, apps, n=n, seed=seed)
-    else:
-        path = AZURE_DEFAULT.resolve() if spec == "azure" else Path(spec)
-        base = load_csv(path, apps, mapping=mapping or "tokens", seed=seed)
+        return synthetic(spec, apps, n=n, seed=seed)
+    path = AZURE_DEFAULT.resolve() if spec == "azure" else Path(spec)
+    return load_csv(path, apps, mapping=mapping or "tokens", seed=seed)
+
+
+def at_load(base: Trace, load: float, capacity: float) -> Trace:
+    """`base` time-scaled so its mean rate is load × capacity (per second)."""
     if load <= 0:
         raise ValueError(f"load={load!r}: use a positive multiple of the gamma=0 capacity, e.g. 1.0")
     return scale_to_rate(base, load * capacity)
