@@ -130,8 +130,7 @@ def bias_accuracy_cost(path: Path, data: Path | None) -> list[dict]:
     """Accuracy at every γ < 0 with and without proportional attention (bf16, full test sets)."""
     from otas.data.cifar import load_cifar10
     from otas.data.tasks import get_task
-    from otas.profile.measure import accuracy
-    from otas.train.common import corrupt_set, to_device
+    from otas.train.common import corrupt_set, evaluate, to_device
 
     model = load_checkpoint(path, "cuda", torch.bfloat16)
     test = load_cifar10("test", data, progress=False)
@@ -143,7 +142,8 @@ def bias_accuracy_cost(path: Path, data: Path | None) -> list[dict]:
             row = {"task": t, "gamma": g}
             for prop in (True, False):
                 model.config.proportional_attn = prop
-                row["acc_bias" if prop else "acc_no_bias"] = accuracy(model, t, g, x, y, torch.bfloat16)
+                acc = evaluate(model, x, y, g, t, batch_size=250, dtype=torch.bfloat16)
+                row["acc_bias" if prop else "acc_no_bias"] = acc
             model.config.proportional_attn = True
             out.append(row)
     return out

@@ -22,7 +22,7 @@ from otas.data.tasks import get_task
 from otas.models.checkpoint import load_checkpoint, read_header
 from otas.profile.table import Profile
 from otas.provenance import run_meta
-from otas.train.common import corrupt_set, to_device
+from otas.train.common import corrupt_set, evaluate, to_device
 
 
 def device_name(device: torch.device) -> str:
@@ -154,25 +154,6 @@ def time_cells(
     return out
 
 
-@torch.inference_mode()
-def accuracy(
-    model: AdaptiveViT,
-    task: str,
-    gamma: int,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    dtype: torch.dtype,
-    batch_size: int = 250,
-) -> float:
-    from otas.data.transforms import normalize, to_float
-
-    correct = 0
-    for i in range(0, len(labels), batch_size):
-        x = normalize(to_float(images[i : i + batch_size])).to(dtype)
-        correct += int((model(x, gamma, task).argmax(-1) == labels[i : i + batch_size]).sum())
-    return correct / len(labels)
-
-
 def measure_profile(
     checkpoint: Path,
     device: str,
@@ -245,7 +226,7 @@ def measure_profile(
                     if t == SOURCE and g > 0:
                         acc[t][g] = acc[t][0]  # prompts are trained for downstream tasks only
                     else:
-                        acc[t][g] = accuracy(model, t, g, x, y, dtype)
+                        acc[t][g] = evaluate(model, x, y, g, t, batch_size=250, dtype=dtype)
                     bar.advance(job)
         acc = {t: {g: acc[t][g] for g in gammas} for t in tasks}
         cells = [(g, b) for g in gammas for b in batch_sizes]

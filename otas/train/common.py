@@ -68,15 +68,24 @@ def cosine_lr(step: int, total: int, warmup: int, base: float) -> float:
 
 
 @torch.no_grad()
+@torch.inference_mode()
 def evaluate(
-    model, images: torch.Tensor, labels: torch.Tensor, gamma: int = 0, task: str = "source", batch_size: int = 500
+    model,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    gamma: int = 0,
+    task: str = "source",
+    batch_size: int = 500,
+    dtype: torch.dtype | None = None,
 ) -> float:
-    """Top-1 accuracy of `model` at γ on uint8 images (N, H, W, 3) already on the model's device."""
-    device = images.device
+    """Top-1 accuracy of `model` at γ on uint8 images (N, H, W, 3) already on the model's device.
+
+    `dtype`: feed the model inputs of this dtype (a model already cast to it) instead of autocast."""
     correct = 0
-    with autocast(device):
+    with autocast(images.device) if dtype is None else nullcontext():
         for i in range(0, len(labels), batch_size):
             x = normalize(to_float(images[i : i + batch_size]))
+            x = x if dtype is None else x.to(dtype)
             logits = model(x, gamma, task) if gamma is not None else model(x)
             correct += int((logits.argmax(-1) == labels[i : i + batch_size]).sum())
     return correct / len(labels)
