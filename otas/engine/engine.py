@@ -25,7 +25,7 @@ from typing import Protocol
 
 import numpy as np
 
-from otas.engine.images import MAX_PIXELS, decode_image
+from otas.engine.images import MAX_PIXELS, Decoder
 from otas.sched.scheduler import Scheduler
 from otas.types import BatchPlan, Request
 
@@ -114,7 +114,6 @@ class Engine:
         self.scheduler, self.runner = scheduler, runner
         self.observer = observer or Observer()
         self.apps = scheduler.apps
-        self.max_pixels = max_pixels
         missing = sorted({a.task for a in self.apps.values()} - set(runner.classes))
         if missing:
             raise ValueError(f"the model has no head for tasks {missing}; it serves {sorted(runner.classes)}")
@@ -123,7 +122,7 @@ class Engine:
         self._pending: dict[int, _Pending] = {}
         self._last_arrival: dict[str, float] = {}
         self._device = ThreadPoolExecutor(1, thread_name_prefix="otas-device")
-        self._decoders = ThreadPoolExecutor(decode_workers, thread_name_prefix="otas-decode")
+        self._decode = Decoder(runner.image_size, decode_workers, max_pixels)
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._closing = False
@@ -154,13 +153,12 @@ class Engine:
                 await asyncio.gather(self._task, return_exceptions=True)
         self._fail_all("shutting_down", "the server shut down before this request ran; retry")
         self._device.shutdown(wait=True)
-        self._decoders.shutdown(wait=False, cancel_futures=True)
+        self._decode.shutdown()
 
     # -- requests -----------------------------------------------------------------------------
     async def decode(self, data: bytes) -> np.ndarray:
         """Encoded image -> uint8 (H, W, 3) at the model's size, off the event loop."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._decoders, decode_image, data, self.runner.image_size, self.max_pixels)
+        return await self._decode(data)
 
     def submit(self, app: str, image: np.ndarray, arrival_ms: float | None = None) -> asyncio.Future[Served]:
         """Queue one image for `app`; the future resolves to Served or raises NotServed.

@@ -6,7 +6,9 @@ remedy, so the server can answer 400 without guessing.
 
 from __future__ import annotations
 
+import asyncio
 import io
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -65,3 +67,19 @@ def tensor_images(datatype: str, shape: list[int], data: np.ndarray, size: int) 
     else:
         raise ImageError(f"datatype {datatype!r} is not an image type; use BYTES, UINT8 or FP32")
     return list(x)
+
+
+class Decoder:
+    """Decodes payloads on a small thread pool, off the event loop (for the engine and the Ray router)."""
+
+    def __init__(self, size: int, workers: int = 2, max_pixels: int = MAX_PIXELS):
+        self.size, self.max_pixels = size, max_pixels
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="otas-decode")
+
+    async def __call__(self, data: bytes) -> np.ndarray:
+        """Encoded image -> uint8 (size, size, 3); raises ImageError."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, decode_image, data, self.size, self.max_pixels)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

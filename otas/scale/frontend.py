@@ -18,7 +18,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -27,7 +26,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.responses import JSONResponse
 
 from otas.engine.engine import NotServed, Observer, Served
-from otas.engine.images import MAX_PIXELS, decode_image
+from otas.engine.images import Decoder
 from otas.scale.replica import Reply
 from otas.scale.router import NoReplica, Router, RouterConfig
 from otas.types import App
@@ -140,7 +139,7 @@ class RoutedEngine:
         self._actors: list[Any] = [None] * len(self.clients)
         self._misses = [0] * len(self.clients)
         self._clock, self._t0 = clock, clock()
-        self._decoders = ThreadPoolExecutor(decode_workers, thread_name_prefix="otas-decode")
+        self._decode = Decoder(describe["image_size"], decode_workers)
         self._inflight: set[asyncio.Task] = set()
         self._probe: asyncio.Task | None = None
         self._closing = False
@@ -167,11 +166,10 @@ class RoutedEngine:
         if self._probe is not None:
             self._probe.cancel()
             await asyncio.gather(self._probe, return_exceptions=True)
-        self._decoders.shutdown(wait=False, cancel_futures=True)
+        self._decode.shutdown()
 
     async def decode(self, data: bytes) -> np.ndarray:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._decoders, decode_image, data, self.runner.image_size, MAX_PIXELS)
+        return await self._decode(data)
 
     def submit(self, app: str, image: np.ndarray, arrival_ms: float | None = None) -> asyncio.Future[Served]:
         """Route one image; the future resolves to Served or raises NotServed (as Engine.submit)."""
