@@ -12,7 +12,7 @@ for P in ${POLICIES:-otas fixed:0 fixed:-48 fixed:-20}; do
   $OTAS serve --policy "$P" --port "$PORT" --log-level warning &
   S=$!
   for _ in $(seq 60); do curl -sf "http://127.0.0.1:$PORT/v2/health/ready" >/dev/null && break; sleep 1; done
-  $OTAS bench replay --url "http://127.0.0.1:$PORT" --trace azure --scale "$SCALE" --limit "$LIMIT" \
+  $OTAS bench replay --url "http://127.0.0.1:$PORT" --trace azure --load "$SCALE" --limit "$LIMIT" \
     --tag "live_cpu_${P/:/}" --out bench/results/live_cpu
   kill -TERM "$S"; wait "$S" || true
 done

@@ -11,6 +11,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from otas.bench.cli import bench_app
+from otas.server.cli import serve_cmd
 from otas.sim.cli import simulate
 
 app = typer.Typer(
@@ -171,155 +173,8 @@ def demo_cmd(
     run_demo(model, console)
 
 
-@app.command("serve")
-def serve_cmd(
-    model: Annotated[Path | None, typer.Option(help="Checkpoint (default: the shipped model).")] = None,
-    profile: Annotated[
-        Path | None, typer.Option(help="Profile of this model on this device (default: the shipped CPU profile).")
-    ] = None,
-    apps: Annotated[Path | None, typer.Option(help="Applications YAML (default: otas/configs/apps.yaml).")] = None,
-    policy: Annotated[str, typer.Option(help="otas, otas-greedy, otas-fifo, fixed:<γ>, edf, clipper.")] = "otas",
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    max_batch: Annotated[int, typer.Option(help="Largest batch B_max.")] = 64,
-    lookahead: Annotated[int, typer.Option(help="Optimizer lookahead (batches).")] = 8,
-    max_queue: Annotated[
-        int, typer.Option(help="Backpressure: queued requests before 429 (0 = from the profile).")
-    ] = 0,
-    max_queue_delay_ms: Annotated[
-        float, typer.Option(help="Hold small batches this long (0 = work-conserving).")
-    ] = 0.0,
-    max_body_mb: Annotated[float, typer.Option(help="Request body size limit (413 above).")] = 8.0,
-    dtype: Annotated[str, typer.Option(help="float32 | bfloat16 (default: bfloat16 on cuda, float32 on cpu).")] = "",
-    noop: Annotated[bool, typer.Option(help="No-op model: measure HTTP + scheduling + collation only.")] = False,
-    warmup: Annotated[bool, typer.Option(help="Run every γ once before serving.")] = True,
-    log_level: str = "info",
-    backend: Annotated[
-        str, typer.Option(help="local: one process; ray: Ray Serve replicas behind an application-aware router.")
-    ] = "local",
-    replicas: Annotated[
-        int, typer.Option(help="ray: engine replicas, one per GPU (--device cuda) or per CPU slot.")
-    ] = 1,
-    address: Annotated[
-        str, typer.Option(help="ray: cluster to join (auto, HOST:6379, ray://HOST:10001); empty = a new local Ray.")
-    ] = "",
-    paced: Annotated[
-        bool, typer.Option(help="ray, with --noop --profile P: batches sleep P's latency (emulates that device).")
-    ] = False,
-) -> None:
-    """Serve the model over HTTP: KServe v2 (/v2/...), /v1/apps, /v1/apps/{app}/classify, /metrics."""
-    from otas.config import SchedulerConfig, default_apps_path, load_apps
-    from otas.server.main import serve
-
-    try:
-        if backend not in ("local", "ray"):
-            raise ValueError(f"--backend {backend!r}: use local (one process) or ray (Ray Serve replicas)")
-        if backend == "local" and (replicas != 1 or address or paced):
-            raise ValueError("--replicas, --address and --paced need --backend ray")
-        app_list = load_apps(apps or default_apps_path("h100" if device.startswith("cuda") else "cpu"))
-        config = SchedulerConfig(lookahead=lookahead, max_batch=max_batch, max_queue_delay_ms=max_queue_delay_ms)
-        from otas.sim.demo import default_profile_path
-
-        prof = profile or (None if noop or device.startswith("cuda") else default_profile_path())
-        if backend == "ray":
-            from otas.scale.launch import make_spec, serve_ray
-
-            spec = make_spec(
-                model, prof, app_list, policy, device, config, noop=noop, paced=paced, warmup=warmup, dtype=dtype,
-                max_queue=max_queue,
-            )  # fmt: skip
-            serve_ray(spec, replicas, host, port, address, int(max_body_mb * (1 << 20)), log_level)
-            return
-        serve(
-            model, prof, app_list, policy, device, host, port, config, int(max_body_mb * (1 << 20)),
-            noop=noop, warmup=warmup, log_level=log_level, dtype=dtype, max_queue=max_queue,
-        )  # fmt: skip
-    except ValueError as e:
-        raise typer.BadParameter(str(e)) from None
-
-
-bench_app = typer.Typer(
-    help="Benchmarks: trace replay and server overhead against a running server; GPU speed of models.",
-    no_args_is_help=True,
-)
+app.command("serve")(serve_cmd)
 app.add_typer(bench_app, name="bench")
-
-
-@bench_app.command("replay")
-def bench_replay_cmd(
-    url: Annotated[str, typer.Option(help="Server base URL.")] = "http://127.0.0.1:8000",
-    trace: Annotated[str, typer.Option(help="CSV path (Azure format) or azure|poisson|step|diurnal|mmpp.")] = "azure",
-    apps: Annotated[
-        Path | None, typer.Option(help="Applications YAML (default: the server's, from /v1/config).")
-    ] = None,
-    scale: Annotated[float, typer.Option(help="Load: × the γ=0 capacity of the server's profile.")] = 1.0,
-    limit: Annotated[int, typer.Option(help="Replay the first N requests of the scaled trace (0 = all).")] = 1500,
-    seed: int = 0,
-    out: Annotated[Path, typer.Option(help="Folder for JSON and plots.")] = Path("bench/results"),
-    tag: Annotated[str, typer.Option(help="Name of this run in file names (default: the server's policy).")] = "",
-    data: Annotated[Path | None, typer.Option(help="CIFAR-10 archive (default: $OTAS_CIFAR10).")] = None,
-) -> None:
-    """Replay a trace open-loop against a server with labelled CIFAR-10 test images; report utility,
-    SLO attainment, accuracy and latency per app beside the simulator's prediction."""
-    from otas.bench.replay import main as replay_main
-
-    try:
-        replay_main(url, trace, apps, scale, limit, seed, out, tag, data, console)
-    except ValueError as e:
-        raise typer.BadParameter(str(e)) from None
-
-
-@bench_app.command("overhead")
-def bench_overhead_cmd(
-    url: Annotated[
-        str, typer.Option(help="Server base URL (start it with `otas serve --noop`).")
-    ] = "http://127.0.0.1:8000",
-    concurrency: Annotated[int, typer.Option(help="Requests in flight (closed loop).")] = 64,
-    duration_s: float = 10.0,
-    clients: Annotated[int, typer.Option(help="Client processes.")] = 1,
-    profile: Annotated[Path | None, typer.Option(help="A model profile to compare against (its throughput).")] = None,
-    out: Annotated[Path, typer.Option(help="Folder for the JSON result.")] = Path("bench/results"),
-) -> None:
-    """Requests/s the server sustains (best run against `otas serve --noop`), vs a model's throughput."""
-    from otas.bench.overhead import main as overhead_main
-
-    overhead_main(url, concurrency, duration_s, clients, profile, out, console)
-
-
-@bench_app.command("summary")
-def bench_summary_cmd(
-    files: Annotated[list[Path], typer.Argument(help="Replay JSON files from `otas bench replay`.")],
-    out: Annotated[Path | None, typer.Option(help="Write the markdown table here too.")] = None,
-) -> None:
-    """One markdown table over several replays: utility and SLO attainment, live beside simulated."""
-    from otas.bench.report import summary
-
-    table = summary(files)
-    console.print(table, markup=False)
-    if out is not None:
-        out.write_text(table)
-
-
-@bench_app.command("gpu")
-def bench_gpu_cmd(
-    models: Annotated[list[Path], typer.Argument(help="Model checkpoints (.safetensors).")],
-    batch_sizes: str = "1,8,64,256",
-    out: Annotated[Path, typer.Option(help="Folder for gpu_bench.json and gpu_bench.png.")] = Path("bench/results"),
-    data: Annotated[Path | None, typer.Option(help="CIFAR-10 archive (default: $OTAS_CIFAR10).")] = None,
-) -> None:
-    """On a CUDA device: latency, images/s and MFU per model, γ and batch size (eager, CUDA graphs,
-    compile, stock timm), SDPA kernels with and without the merging bias, and the bias's accuracy cost."""
-    from otas.profile.gpubench import plot, run_gpu_bench
-
-    try:
-        result = run_gpu_bench(models, _ints(batch_sizes), out, data, console)
-    except ValueError as e:
-        raise typer.BadParameter(str(e)) from None
-    plot(result, out / "gpu_bench.png")
-    console.print(f"wrote {out / 'gpu_bench.json'} and {out / 'gpu_bench.png'}")
-
-
 app.command("simulate")(simulate)
 
 

@@ -6,7 +6,7 @@ Every field has a docstring; `__post_init__` rejects bad values with the value a
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -62,6 +62,109 @@ class SchedulerConfig:
             raise ValueError(f"max_queue={self.max_queue!r}: use an integer >= 1")
         if not 0.0 <= self.latency_ewma <= 1.0:
             raise ValueError(f"latency_ewma={self.latency_ewma!r}: use a weight in [0, 1] (0 = off)")
+
+
+@dataclass
+class EngineConfig:
+    """How the engine runs the model: the local server and every Ray replica alike."""
+
+    device: str = "cpu"
+    """cpu or cuda (cuda:N)."""
+    dtype: str = ""
+    """float32 or bfloat16; "" = bfloat16 on cuda, float32 on cpu."""
+    mode: str = ""
+    """The fast path the runner takes: eager, graphs (CUDA graphs) or compile; "" = graphs on cuda,
+    eager on cpu. Profile the device with the same --mode, so the scheduler plans what runs."""
+    warmup: bool = True
+    """Run every γ (on cuda: every batch bucket, capturing its graph) before serving."""
+    noop: bool = False
+    """No model: measure HTTP + scheduling + collation only."""
+    paced: bool = False
+    """With noop and a profile: each batch sleeps the profile's latency (emulates that device)."""
+    decode_workers: int = 2
+    """Threads decoding images beside the event loop."""
+    max_queue: int = 0
+    """Backpressure: queued requests before 429; 0 = what the device can finish within the loosest SLO."""
+
+    def __post_init__(self) -> None:
+        if not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ValueError(f"device={self.device!r}: use cpu or cuda (cuda:N)")
+        if self.dtype not in ("", "float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype={self.dtype!r}: use float32 or bfloat16 (empty = the device's default)")
+        if self.mode not in ("", "eager", "graphs", "compile"):
+            raise ValueError(f"mode={self.mode!r}: use eager, graphs or compile (empty = the device's default)")
+        if self.mode == "graphs" and self.device == "cpu":
+            raise ValueError("mode=graphs needs --device cuda; use eager or compile on a CPU")
+        if not isinstance(self.decode_workers, int) or self.decode_workers < 1:
+            raise ValueError(f"decode_workers={self.decode_workers!r}: use an integer >= 1")
+        if not isinstance(self.max_queue, int) or self.max_queue < 0:
+            raise ValueError(f"max_queue={self.max_queue!r}: use 0 (from the profile) or a positive count")
+
+
+@dataclass
+class HttpConfig:
+    """Where and how the HTTP API listens."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_body_mb: float = 8.0
+    """Request bodies above this are refused with 413 before being read whole."""
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port < 65536:
+            raise ValueError(f"port={self.port}: use 0..65535")
+        if not self.max_body_mb > 0:
+            raise ValueError(f"max_body_mb={self.max_body_mb}: use a positive size in MiB")
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * (1 << 20))
+
+
+@dataclass
+class RayConfig:
+    """Scale-out on Ray Serve (`backend="ray"`)."""
+
+    replicas: int = 1
+    """Engine replicas, one per GPU (device cuda) or per CPU slot."""
+    address: str = ""
+    """Cluster to join (auto, HOST:6379, ray://HOST:10001); "" = a new local Ray instance."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.replicas, int) or self.replicas < 1:
+            raise ValueError(f"replicas={self.replicas!r}: use an integer >= 1")
+
+
+@dataclass
+class ServingConfig:
+    """The whole of `otas serve`: what to serve, how to schedule and run it, where to listen."""
+
+    apps: list[App]
+    model: Path | None = None
+    """Checkpoint; None = the shipped model."""
+    profile: Path | None = None
+    """Latency/accuracy profile of the model on this device (required unless noop)."""
+    policy: str = "otas"
+    backend: str = "local"
+    """local (one process) or ray (Ray Serve replicas behind an application-aware router)."""
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("local", "ray"):
+            raise ValueError(f"backend={self.backend!r}: use local (one process) or ray (Ray Serve replicas)")
+        if self.backend == "local" and (self.ray != RayConfig() or self.engine.paced):
+            raise ValueError("--replicas, --address and --paced need --backend ray")
+        if self.engine.paced and not (self.engine.noop and self.profile is not None):
+            raise ValueError("--paced emulates a profiled device with the no-op model: give --noop and --profile P")
+        if self.profile is None and not (self.engine.noop and not self.engine.paced):
+            raise ValueError(
+                "give --profile PATH: the latency/accuracy profile of this model on this device "
+                "(make one with `otas profile CHECKPOINT --device ...`)"
+            )
 
 
 def parse_apps(data: object, source: str = "<apps>") -> list[App]:

@@ -11,10 +11,11 @@ import torch
 from otas.adapt import SOURCE, AdaptiveViT
 from otas.config import asset_path
 from otas.data.folder import decode
-from otas.data.transforms import normalize, to_float
+from otas.engine.runner import Runner
 from otas.models.checkpoint import load_checkpoint
 
 DEFAULT_MODEL = "vit_tiny_p2_c5.safetensors"
+MAX_BATCH = 64
 
 
 def default_model_path() -> Path:
@@ -28,13 +29,16 @@ def sample_dir() -> Path:
 
 
 class Predictor:
-    def __init__(self, model: AdaptiveViT, device: torch.device, dtype: torch.dtype = torch.float32):
-        self.model, self.device, self.dtype = model, device, dtype
-        self.image_size = model.vit.patch_embed.img_size[0]
+    """Offline classification through the serving `Runner` (the one forward the server runs)."""
+
+    def __init__(self, model: AdaptiveViT, device: str = "cpu", dtype: torch.dtype = torch.float32, mode: str = ""):
+        self.runner = Runner(model, device, dtype, max_batch=MAX_BATCH, mode=mode)
+        self.model = self.runner.model
+        self.image_size = self.runner.image_size
 
     @classmethod
     def load(cls, path: Path | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Predictor:
-        return cls(load_checkpoint(path or default_model_path(), device, dtype), torch.device(device), dtype)
+        return cls(load_checkpoint(path or default_model_path(), "cpu", torch.float32), device, dtype)
 
     def labels(self, task: str) -> list[str]:
         if task == SOURCE:
@@ -50,12 +54,15 @@ class Predictor:
         except Exception as e:  # PIL raises many types for bad data
             raise ValueError(f"not a decodable image ({type(e).__name__}: {e})") from None
 
-    @torch.inference_mode()
     def probs(self, images: np.ndarray | torch.Tensor, task: str | Sequence[str], gamma: int) -> torch.Tensor:
-        """uint8 (B, H, W, 3) -> class probabilities (B, K) at γ."""
-        x = torch.as_tensor(images).to(self.device)
-        x = normalize(to_float(x)).to(self.dtype)
-        return self.model(x, gamma, task).float().softmax(-1).cpu()
+        """uint8 (B, H, W, 3) -> class probabilities (B, K) at γ, in chunks of the runner's batch."""
+        x = torch.as_tensor(images)
+        tasks = [task] * len(x) if isinstance(task, str) else list(task)
+        out = [
+            torch.from_numpy(self.runner.forward(x[i : i + MAX_BATCH], tasks[i : i + MAX_BATCH], gamma))
+            for i in range(0, len(x), MAX_BATCH)
+        ]
+        return torch.cat(out)
 
     def topk(self, probs: torch.Tensor, task: str, k: int) -> list[list[tuple[str, float]]]:
         labels = self.labels(task)

@@ -40,7 +40,7 @@ serve_and_replay() {  # TAG LOAD serve-options...
     --max-batch 256 --port 8000 --log-level warning "$@" > "$OUT/serve_$tag.log" 2>&1 &
   local pid=$!
   for _ in $(seq 300); do curl -sf localhost:8000/v2/health/ready > /dev/null && break; sleep 1; done
-  $OTAS bench replay --url http://127.0.0.1:8000 --trace "$TRACE" --scale "$load" --limit "$LIMIT" \
+  $OTAS bench replay --url http://127.0.0.1:8000 --trace "$TRACE" --load "$load" --limit "$LIMIT" \
     --out "$OUT" --tag "$tag" 2>&1 | tee "$OUT/replay_$tag.txt"
   curl -s localhost:8000/metrics > "$OUT/metrics_$tag.txt"
   curl -s localhost:8000/v1/replicas > "$OUT/replicas_$tag.json" || true
@@ -70,7 +70,7 @@ runs = {}
 for f in glob.glob(f"{out}/replay_*.json"):
     r = json.load(open(f)); tag = f.split("_")[-2]
     a = r["live"]["all"]
-    runs[tag] = {"load": r["meta"]["scale"], "sent": a["sent"], "slo": a["slo_attainment"],
+    runs[tag] = {"load": r["meta"].get("load", r["meta"].get("scale")), "sent": a["sent"], "slo": a["slo_attainment"],
                  "utility_per_request": a["utility_expected"] / a["sent"], "p50_ms": a["latency_ms"]["p50"],
                  "on_time_per_s": a["on_time"] / r["meta"]["duration_s"]}
 res = {"runs": runs}

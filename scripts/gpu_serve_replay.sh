@@ -36,7 +36,7 @@ for POLICY in $POLICIES; do
   PID=$!
   for _ in $(seq 120); do curl -sf localhost:8000/v2/health/ready > /dev/null && break; sleep 1; done
   $OTAS bench replay --url http://127.0.0.1:8000 --trace "${TRACE:-.gpu/AzureLLMInferenceTrace_conv.csv}" \
-    --scale "$SCALE" --limit "$LIMIT" --out "$OUT" --tag "$TAG" 2>&1 | tee "$OUT/replay_$TAG.txt"
+    --load "$SCALE" --limit "$LIMIT" --out "$OUT" --tag "$TAG" 2>&1 | tee "$OUT/replay_$TAG.txt"
   curl -s localhost:8000/metrics > "$OUT/metrics_$TAG.txt"
   kill -TERM $PID; wait $PID || true
 done

@@ -36,7 +36,10 @@ def make_profile(
         dtype="float32",
         gammas=list(gammas),
         batch_sizes=list(batch_sizes),
-        accuracy={t: {g: min(1.0, acc[g] + s + acc_shift) for g in gammas} for t, s in TASK_SHIFT.items()},
+        accuracy={  # the source task has no prompts: not servable at γ > 0
+            t: {g: min(1.0, acc[g] + s + acc_shift) for g in gammas if t != "source" or g <= 0}
+            for t, s in TASK_SHIFT.items()
+        },
         latency_ms=lat,
         latency_p90_ms={g: {b: 1.1 * v for b, v in row.items()} for g, row in lat.items()},
         memory_mb=mem,

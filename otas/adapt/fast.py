@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from otas.adapt.vit import SOURCE, AdaptiveViT
-from otas.data.transforms import CIFAR_MEAN, CIFAR_STD
+from otas.adapt.vit import AdaptiveViT
+from otas.data.transforms import Normalize
 
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -38,7 +38,13 @@ class FastConfig:
 class FastForward:
     """Callable `(uint8 images (B, H, W, 3) on the host or device, γ, tasks) -> probabilities (B, K)`."""
 
-    def __init__(self, model: AdaptiveViT, device: torch.device | str, config: FastConfig | None = None):
+    def __init__(
+        self,
+        model: AdaptiveViT,
+        device: torch.device | str,
+        config: FastConfig | None = None,
+        normalize: Normalize | None = None,
+    ):
         self.cfg = config or FastConfig()
         self.device = torch.device(device)
         if self.cfg.mode == "graphs" and self.device.type != "cuda":
@@ -48,19 +54,11 @@ class FastForward:
         size = model.vit.patch_embed.img_size
         self._shape = (*size, 3)
         # made once on the device: a host-to-device copy is not allowed inside graph capture
-        self._mean = torch.tensor(CIFAR_MEAN, device=self.device).view(1, 3, 1, 1)
-        self._std = torch.tensor(CIFAR_STD, device=self.device).view(1, 3, 1, 1)
+        self._normalize = (normalize or Normalize()).to(self.device)
         self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self._fn = self._forward
         if self.cfg.mode == "compile":
             self._fn = torch.compile(self._forward, dynamic=False)
-
-    def task_index(self, tasks: str | Sequence[str], batch: int) -> torch.Tensor:
-        names = [tasks] * batch if isinstance(tasks, str) else list(tasks)
-        try:
-            return torch.tensor([self.tasks.index(t) for t in names], dtype=torch.long)
-        except ValueError:
-            raise ValueError(f"unknown task in {sorted(set(names))}; this model serves {self.tasks}") from None
 
     def bucket(self, batch: int) -> int:
         i = bisect.bisect_left(self.cfg.buckets, batch)
@@ -69,16 +67,14 @@ class FastForward:
         return self.cfg.buckets[i]
 
     def _forward(self, images: torch.Tensor, gamma: int, task_idx: torch.Tensor) -> torch.Tensor:
-        x = ((images.permute(0, 3, 1, 2).float().div(255) - self._mean) / self._std).to(self.cfg.dtype)  # (B, 3, H, W)
+        x = self._normalize(images).to(self.cfg.dtype)  # (B, 3, H, W)
         return self.model.forward_indexed(x, gamma, task_idx).float().softmax(-1)
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor, gamma: int, tasks: str | Sequence[str]) -> torch.Tensor:
-        gamma = self.model.config.check_gamma(gamma)
         b = images.shape[0]
-        idx = self.task_index(tasks, b)
-        if gamma > 0 and SOURCE in (tasks if not isinstance(tasks, str) else [tasks]):
-            raise ValueError(f"the source task has no prompts; gamma={gamma} serves {self.tasks[1:]}")
+        idx = self.model.task_index(tasks, b, gamma)  # raises on an unknown or unservable (task, γ)
+        gamma = int(gamma)
         if self.cfg.mode == "eager":
             return self._forward(images.to(self.device, non_blocking=True), gamma, idx.to(self.device))
         B = self.bucket(b)

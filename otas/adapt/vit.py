@@ -74,6 +74,32 @@ class AdaptiveViT(nn.Module):
     def num_classes(self, task: str) -> int:
         return self.vit.num_classes if task == SOURCE else self.config.tasks[task]
 
+    def servable(self, task: str) -> tuple[int, ...]:
+        """The γ at which `task` can be served: the one declaration of which (task, γ) pairs exist.
+
+        The backbone's own task has no prompts, so it is served at γ ≤ 0; a downstream task at every
+        configured γ (a prompt set and head per γ > 0; merging reuses the γ = 0 head). Profiles,
+        the scheduler and the server read this; nothing re-derives it.
+        """
+        if task == SOURCE:
+            return tuple(g for g in self.config.gammas if g <= 0)
+        if task not in self.config.tasks:
+            raise ValueError(f"unknown task {task!r}; this model serves {self.tasks}")
+        return tuple(self.config.gammas)
+
+    def task_index(self, task: str | Sequence[str], batch: int, gamma: int) -> torch.Tensor:
+        """Task names (one, or one per image) -> indices into `self.tasks` (B,), on the CPU.
+
+        Raises ValueError for an unknown task or a (task, γ) pair that is not servable, so an index
+        tensor reaching `forward_indexed` is always valid."""
+        gamma = self.config.check_gamma(gamma)
+        tasks = self._tasks(task, batch)
+        for t in set(tasks):
+            if gamma not in self.servable(t):
+                raise ValueError(f"task {t!r} is not served at gamma={gamma}; it is served at {list(self.servable(t))}")
+        order = {t: i for i, t in enumerate(self.tasks)}
+        return torch.tensor([order[t] for t in tasks], dtype=torch.long)
+
     def merge_schedule(self, gamma: int, num_tokens: int | None = None) -> list[int]:
         """Tokens merged per block at γ < 0 (capped where too few tokens remain; see `merge_caps`)."""
         return merge_schedule(num_tokens or self.num_tokens, -gamma, len(self.vit.blocks), self.vit.num_prefix_tokens)
@@ -94,31 +120,39 @@ class AdaptiveViT(nn.Module):
         """Images (B, 3, H, W) -> logits (B, K); K = the most classes among the batch's tasks.
 
         `task` is one task name or one per image; a task with fewer than K classes gets -inf logits
-        in the extra columns, so softmax and argmax stay right.
+        in the extra columns, so softmax and argmax stay right. Runs `forward_indexed`'s path over
+        the batch's own tasks only, so training one task touches no other task's parameters.
         """
-        gamma = self.config.check_gamma(gamma)
-        tasks = self._tasks(task, x.shape[0])
-        if gamma == 0 and set(tasks) == {SOURCE}:
+        idx = self.task_index(task, x.shape[0], gamma)
+        if gamma == 0 and bool((idx == 0).all()):
             return self.vit(x)  # exactly stock timm
-        feats = self.forward_features(x, gamma, tasks)  # (B, C)
-        return self._heads(feats, gamma, tasks)
+        present = sorted(set(idx.tolist()))
+        local = torch.tensor([present.index(i) for i in idx.tolist()], device=x.device)
+        return self._indexed(x, gamma, local, [self.tasks[i] for i in present])
 
-    def forward_features(self, x: torch.Tensor, gamma: int, tasks: list[str]) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor, gamma: int, task: str | Sequence[str]) -> torch.Tensor:
         """Images -> pooled, pre-head features (B, C) at γ."""
-        P = self._prompts_by_name(tasks, gamma) if gamma > 0 else None
+        idx = self.task_index(task, x.shape[0], gamma).to(x.device)
+        P = self._prompt_table(gamma, x.dtype, self.tasks)[idx] if gamma > 0 else None
         return self._features(x, gamma, P)
 
     def forward_indexed(self, x: torch.Tensor, gamma: int, task_idx: torch.Tensor) -> torch.Tensor:
-        """Like `forward`, with tasks as indices into `self.tasks` (B,) and every head evaluated.
+        """Images (B, 3, H, W), tasks as indices into `self.tasks` (B,) -> logits (B, K) of every task,
+        K the most classes of any task (-inf in a task's missing columns).
 
         Shapes depend only on (γ, B), and nothing reads tensors back to the host, so this is the
-        form that CUDA graphs and torch.compile capture once per (γ, batch bucket).
+        form that CUDA graphs and torch.compile capture once per (γ, batch bucket). The indices
+        must be servable at γ (`task_index` checks names; a source row at γ > 0 gets zero prompts).
         """
+        return self._indexed(x, gamma, task_idx, self.tasks)
+
+    def _indexed(self, x: torch.Tensor, gamma: int, task_idx: torch.Tensor, tasks: list[str]) -> torch.Tensor:
+        """The one forward with task selection: `task_idx` (B,) indexes `tasks`."""
         P = None
         if gamma > 0:
-            P = self._prompt_table(gamma, x.dtype)[task_idx]  # (B, L, γ, C)
+            P = self._prompt_table(gamma, x.dtype, tasks)[task_idx]  # (B, L, γ, C)
         feats = self._features(x, gamma, P)  # (B, C)
-        W, b = self._head_table(max(gamma, 0), feats.dtype)  # (T, K, C), (T, K)
+        W, b = self._head_table(max(gamma, 0), feats.dtype, tasks)  # (T, K, C), (T, K)
         return torch.einsum("bc,bkc->bk", feats, W[task_idx]) + b[task_idx]  # (B, K)
 
     def _features(self, x: torch.Tensor, gamma: int, P: torch.Tensor | None) -> torch.Tensor:
@@ -143,33 +177,20 @@ class AdaptiveViT(nn.Module):
             raise ValueError(f"global_pool={vit.global_pool!r} is not supported with token adaptation")
         return vit.head_drop(vit.fc_norm(x))
 
-    def _prompts_by_name(self, tasks: list[str], gamma: int) -> torch.Tensor:
-        """Prompt sets of each image's task: (B, L, γ, C)."""
-        names = sorted(set(tasks))
-        for t in names:
-            if t == SOURCE or key(t, gamma) not in self.prompts:
-                raise ValueError(
-                    f"task {t!r} has no prompts for gamma={gamma}; prompted tasks: {list(self.config.tasks)}"
-                )
-        if len(names) == 1:
-            return self.prompts[key(names[0], gamma)][None].expand(len(tasks), -1, -1, -1)
-        idx = torch.tensor([names.index(t) for t in tasks], device=self.prompts[key(names[0], gamma)].device)
-        return torch.stack([self.prompts[key(t, gamma)] for t in names])[idx]
-
-    def _prompt_table(self, gamma: int, dtype: torch.dtype) -> torch.Tensor:
-        """(T, L, γ, C) in `self.tasks` order; zeros for the source task, which has no prompts."""
+    def _prompt_table(self, gamma: int, dtype: torch.dtype, tasks: list[str]) -> torch.Tensor:
+        """(T, L, γ, C) in `tasks` order; zeros for the source task, which has no prompts."""
         ref = self.prompts[key(next(iter(self.config.tasks)), gamma)]
-        return torch.stack(
-            [torch.zeros_like(ref) if t == SOURCE else self.prompts[key(t, gamma)] for t in self.tasks]
-        ).to(dtype)
+        return torch.stack([torch.zeros_like(ref) if t == SOURCE else self.prompts[key(t, gamma)] for t in tasks]).to(
+            dtype
+        )
 
-    def _head_table(self, gamma: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every task's head as (T, K, C) weights and (T, K) biases, -inf bias in padded classes."""
-        K = max(self.num_classes(t) for t in self.tasks)
+    def _head_table(self, gamma: int, dtype: torch.dtype, tasks: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The heads of `tasks` as (T, K, C) weights and (T, K) biases, -inf bias in padded classes."""
+        K = max(self.num_classes(t) for t in tasks)
         C = self.vit.embed_dim
-        W = self.vit.head.weight.new_zeros(len(self.tasks), K, C, dtype=dtype)
-        b = W.new_full((len(self.tasks), K), float("-inf"))
-        for i, t in enumerate(self.tasks):
+        W = self.vit.head.weight.new_zeros(len(tasks), K, C, dtype=dtype)
+        b = W.new_full((len(tasks), K), float("-inf"))
+        for i, t in enumerate(tasks):
             head = self._head(t, 0 if t == SOURCE else gamma)
             n = head.weight.shape[0]
             W[i, :n] = head.weight.to(dtype)
@@ -200,19 +221,6 @@ class AdaptiveViT(nn.Module):
                 x, size = torch.cat([x[:, :p], rest], 1), torch.cat([size[:, :p], rest_size], 1)
             x = x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
         return x, size
-
-    def _heads(self, feats: torch.Tensor, gamma: int, tasks: list[str]) -> torch.Tensor:
-        hg = max(gamma, 0)
-        names = sorted(set(tasks))
-        if len(names) == 1:
-            return self._head(names[0], hg)(feats)
-        K = max(self.num_classes(t) for t in names)
-        out = feats.new_full((feats.shape[0], K), float("-inf"))
-        for t in names:
-            rows = torch.tensor([i for i, s in enumerate(tasks) if s == t], device=feats.device)
-            logits = self._head(t, hg)(feats[rows])
-            out[rows, : logits.shape[1]] = logits
-        return out
 
     def _head(self, task: str, gamma: int) -> nn.Module:
         if task == SOURCE:

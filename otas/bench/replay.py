@@ -188,7 +188,7 @@ def main(
     url: str,
     trace_spec: str,
     apps_path: Path | None,
-    scale: float,
+    load: float,
     limit: int,
     seed: int,
     out: Path,
@@ -203,7 +203,7 @@ def main(
     cfg = SchedulerConfig(**info["scheduler"])
     policy = info["policy"]
     cap = capacity_per_s(profile, apps, cfg.max_batch)
-    full = make_trace(trace_spec, apps, scale, cap, seed=seed)
+    full = make_trace(trace_spec, apps, load, cap, seed=seed)
     n = len(full) if limit <= 0 else min(limit, len(full))
     trace = Trace(full.name, full.arrival_ms[:n] - full.arrival_ms[0], list(full.apps[:n]))
     task_of = {a.name: a.task for a in apps}
@@ -211,7 +211,7 @@ def main(
     for a in trace.apps:
         needed[task_of[a]] = needed.get(task_of[a], 0) + 1
     console.print(
-        f"{trace.name}: {n} requests over {trace.duration_ms / 1e3:.1f} s ({scale:g} × {cap:.1f}/s); loading images"
+        f"{trace.name}: {n} requests over {trace.duration_ms / 1e3:.1f} s ({load:g} × {cap:.1f}/s); loading images"
     )
     pools = image_pools(apps, needed, data)
     cursor = {t: 0 for t in pools}
@@ -230,7 +230,7 @@ def main(
     live = summarize(recs, trace, apps, labels, profile)
     sim = simulate(trace, apps, profile, policy, cfg, seed)
     result = {
-        "meta": {"url": url, "trace": trace.name, "scale": scale, "capacity_per_s": cap, "requests": n, "seed": seed,
+        "meta": {"url": url, "trace": trace.name, "load": load, "capacity_per_s": cap, "requests": n, "seed": seed,
                  "policy": policy, "model": info["model"], "device": info.get("device"), "wall_s": wall,
                  "duration_s": trace.duration_ms / 1e3, "scheduler": info["scheduler"], **run_meta()},
         "apps": [a.__dict__ for a in apps],
@@ -241,7 +241,7 @@ def main(
 
     print_replay(result, console)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"replay_{Path(trace.name).stem}_{(tag or policy).replace(':', '')}_x{scale:g}"
+    stem = f"replay_{Path(trace.name).stem}_{(tag or policy).replace(':', '')}_x{load:g}"
     (out / f"{stem}.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
     plot_replay(result, recs, trace, apps, out / f"{stem}.png")
     console.print(f"wrote {out / stem}.json and .png")

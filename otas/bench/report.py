@@ -17,7 +17,7 @@ from otas.types import App
 def print_replay(result: dict[str, Any], console) -> None:
     live, sim = result["live"], result["sim"]["noise_free"]
     m = result["meta"]
-    t = Table(title=f"live replay: {m['trace']} × {m['scale']:g}, {m['requests']} requests, policy {m['policy']}")
+    t = Table(title=f"live replay: {m['trace']} × {m['load']:g}, {m['requests']} requests, policy {m['policy']}")
     cols = "app sent answered rejected errors SLO_att sim_SLO accuracy utility sim_util p50_ms p99_ms mean_γ"
     for c in cols.split():
         t.add_column(c.replace("_", " "), justify="right")
@@ -77,7 +77,7 @@ def summary(files: Sequence[Path]) -> str:
         m, live, sim = r["meta"], r["live"]["all"], r["sim"]["noise_free"]
         ratio = live["utility_expected"] / sim["utility"] if sim["utility"] else float("nan")
         lines.append(
-            f"| {m['policy']} | {m['trace']} × {m['scale']:g} | {live['sent']} | {live['answered']} "
+            f"| {m['policy']} | {m['trace']} × {m['load']:g} | {live['sent']} | {live['answered']} "
             f"| {live['rejected']} "
             f"| {live['errors']} | {live['utility_expected']:.1f} | {sim['utility']:.1f} | {ratio:.2f} "
             f"| {100 * live['slo_attainment']:.1f}% | {100 * sim['slo_attainment']:.1f}% "

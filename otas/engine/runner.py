@@ -1,8 +1,10 @@
-"""The runner: owns the device and the model; called from one thread only (the engine's device
-thread), so the model, the buffers and the CUDA stream are never shared.
+"""The runner: owns the device and the model, and runs batches through `FastForward`, the very
+forward the profiler times (CUDA graphs per (γ, batch bucket) on a GPU, eager or compiled on a CPU).
 
-A batch is collated into a preallocated uint8 buffer (pinned on CUDA so the host->device copy is
-asynchronous), normalised on the device and run at the plan's γ with one task per image.
+Called from one thread only (the engine's device thread), so the model, the buffers and the CUDA
+stream are never shared. A batch is collated into a preallocated uint8 buffer (pinned on CUDA so
+the host-to-device copy is asynchronous); normalisation, the forward at γ and every task head run
+on the device.
 """
 
 from __future__ import annotations
@@ -15,45 +17,68 @@ import numpy as np
 import torch
 
 from otas.adapt import SOURCE, AdaptiveViT
-from otas.data.transforms import normalize, to_float
+from otas.adapt.fast import DEFAULT_BUCKETS, FastConfig, FastForward
 from otas.engine.engine import RunResult
 from otas.models.checkpoint import load_checkpoint
 
 
+def default_mode(device: str | torch.device) -> str:
+    """The fast path for a device: CUDA graphs on a GPU, eager on a CPU (compile is opt-in there)."""
+    return "graphs" if torch.device(device).type == "cuda" else "eager"
+
+
+def buckets_for(max_batch: int) -> tuple[int, ...]:
+    """The padding buckets up to `max_batch` (the largest is max_batch itself)."""
+    return tuple(b for b in DEFAULT_BUCKETS if b < max_batch) + (max_batch,)
+
+
 class Runner:
-    """Runs batches of uint8 (H, W, 3) images on one model and device."""
+    """Runs batches of uint8 (H, W, 3) images on one model and device, through `FastForward`."""
 
     def __init__(
-        self, model: AdaptiveViT, device: str = "cpu", dtype: torch.dtype = torch.float32, max_batch: int = 64
+        self,
+        model: AdaptiveViT,
+        device: str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        max_batch: int = 64,
+        mode: str = "",
     ):
         if max_batch < 1:
             raise ValueError(f"max_batch={max_batch}: use an integer >= 1")
         self.device = torch.device(device)
-        self.model = model.to(self.device, dtype).eval()
         self.dtype = dtype
         self.max_batch = max_batch
+        self.mode = mode or default_mode(self.device)
+        self.fast = FastForward(model, self.device, FastConfig(self.mode, buckets_for(max_batch), dtype))
+        self.model = self.fast.model
         self.image_size = int(model.vit.patch_embed.img_size[0])
         self.gammas = list(model.config.gammas)
         self.classes = {t: self._labels(t) for t in model.tasks}
-        cuda = self.device.type == "cuda"
+        self.servable = {t: model.servable(t) for t in model.tasks}
         # OPTIMIZATION: one buffer for the largest batch, pinned on CUDA, so collation is a copy
         # into fixed memory and the upload overlaps nothing else on the stream.
+        cuda = self.device.type == "cuda"
         self._buf = torch.empty((max_batch, self.image_size, self.image_size, 3), dtype=torch.uint8, pin_memory=cuda)
         self._np = self._buf.numpy()
 
     @classmethod
     def load(
-        cls, path: str | Path, device: str = "cpu", dtype: torch.dtype | None = None, max_batch: int = 64
+        cls,
+        path: str | Path,
+        device: str = "cpu",
+        dtype: torch.dtype | None = None,
+        max_batch: int = 64,
+        mode: str = "",
     ) -> Runner:
-        dt = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
-        return cls(load_checkpoint(path, "cpu", torch.float32), device, dt, max_batch)
+        dt = dtype or (torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
+        return cls(load_checkpoint(path, "cpu", torch.float32), device, dt, max_batch, mode)
 
     def _labels(self, task: str) -> list[str]:
+        model = self.fast.model
         if task == SOURCE:
-            return self.model.source_classes or [str(i) for i in range(self.model.vit.num_classes)]
-        return self.model.task_classes.get(task) or [str(i) for i in range(self.model.num_classes(task))]
+            return model.source_classes or [str(i) for i in range(model.vit.num_classes)]
+        return model.task_classes.get(task) or [str(i) for i in range(model.num_classes(task))]
 
-    @torch.inference_mode()
     def run(self, images: Sequence[np.ndarray], tasks: Sequence[str], gamma: int) -> RunResult:
         """Images (each (H, W, 3) uint8) and one task per image -> probabilities, at γ."""
         b = len(images)
@@ -61,16 +86,21 @@ class Runner:
             raise ValueError(f"batch of {b} images and {len(tasks)} tasks; need 1..{self.max_batch} of each")
         t0 = time.perf_counter()
         np.stack(images, out=self._np[:b])  # (B, H, W, 3) collation into the preallocated buffer
-        x = self._buf[:b].to(self.device, non_blocking=True)
-        x = normalize(to_float(x)).to(self.dtype)  # (B, 3, H, W)
-        probs = self.model(x, gamma, list(tasks)).float().softmax(-1).cpu().numpy()  # syncs the device
+        probs = self.forward(self._buf[:b], tasks, gamma)
         return RunResult(probs, (time.perf_counter() - t0) * 1e3)
 
-    def warmup(self, batch_sizes: Sequence[int] = (1, 8)) -> None:
-        """One forward per (γ, batch size): first calls pay allocation and kernel selection."""
+    def forward(self, images: torch.Tensor, tasks: str | Sequence[str], gamma: int) -> np.ndarray:
+        """uint8 (B, H, W, 3) host tensor, B ≤ max_batch -> probabilities (B, K) as float32 numpy."""
+        return self.fast(images, gamma, tasks).float().cpu().numpy()  # .cpu() waits for the device
+
+    def warmup(self, batch_sizes: Sequence[int] | None = None) -> None:
+        """One forward per (γ, batch size) before serving: on CUDA every bucket, so each graph is
+        captured before the first request; elsewhere batch 1 and 8 (allocation, kernel choice)."""
+        sizes = batch_sizes or (self.fast.cfg.buckets if self.mode != "eager" else (1, 8))
         img = np.zeros((self.image_size, self.image_size, 3), np.uint8)
-        task = next(iter(self.model.config.tasks), SOURCE)
+        task = next((t for t in self.classes if t != SOURCE), SOURCE)
         for g in self.gammas:
-            for b in batch_sizes:
+            t = task if g in self.servable[task] else SOURCE
+            for b in sizes:
                 b = min(b, self.max_batch)
-                self.run([img] * b, [task] * b, g)
+                self.run([img] * b, [t] * b, g)

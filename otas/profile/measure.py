@@ -204,7 +204,7 @@ def measure_profile(
         for t in tasks:
             if t not in accuracy_from.accuracy:
                 raise ValueError(f"--accuracy-from profile has no task {t!r} (it has {sorted(accuracy_from.accuracy)})")
-            acc[t] = {g: a for g, a in accuracy_from.accuracy[t].items() if g in gammas}
+            acc[t] = {g: a for g, a in accuracy_from.accuracy[t].items() if g in gammas and g in model.servable(t)}
         task_info = {t: accuracy_from.tasks[t] for t in tasks if t in accuracy_from.tasks}
         todo = [g for g in gammas if g not in accuracy_from.gammas]
         meta["accuracy_from"] = f"{accuracy_from.model} on {accuracy_from.device} ({accuracy_from.dtype})"
@@ -222,13 +222,11 @@ def measure_profile(
                 task_info.setdefault(
                     t, {"num_classes": len(spec.classes), "test_images": len(y), "description": spec.description}
                 )
-                for g in sorted(todo, key=lambda g: g > 0):  # γ = 0 before the prompts reuse it
-                    if t == SOURCE and g > 0:
-                        acc[t][g] = acc[t][0]  # prompts are trained for downstream tasks only
-                    else:
+                for g in todo:
+                    if g in model.servable(t):  # only servable pairs have an accuracy
                         acc[t][g] = evaluate(model, x, y, g, t, batch_size=250, dtype=dtype)
                     bar.advance(job)
-        acc = {t: {g: acc[t][g] for g in gammas} for t in tasks}
+        acc = {t: {g: acc[t][g] for g in gammas if g in model.servable(t)} for t in tasks}
         cells = [(g, b) for g in gammas for b in batch_sizes]
         job = bar.add_task("latency (interleaved rounds)", total=None)
         first_task = next(iter(model.config.tasks), SOURCE)

@@ -39,6 +39,11 @@ def speedup_rows(prof: Profile) -> list[dict]:
     return rows
 
 
+def _acc(prof: Profile, task: str, gamma: int) -> str:
+    """Accuracy in %, or '–' where the pair is not servable (the source task has no prompts)."""
+    return f"{100 * prof.accuracy[task][gamma]:.2f}" if gamma in prof.accuracy[task] else "–"
+
+
 def print_profile(prof: Profile, console: Console | None = None) -> None:
     console = console or Console()
     t = Table(title=f"{prof.model} on {prof.device} ({prof.dtype})")
@@ -50,7 +55,7 @@ def print_profile(prof: Profile, console: Console | None = None) -> None:
         t.add_column(f"ms @{b}", justify="right")
     for g in prof.gammas:
         cells = [str(g), f"{prof.gflops[g]:.3f}" if prof.gflops else "-"]
-        cells += [f"{100 * prof.accuracy[task][g]:.2f}" for task in prof.accuracy]
+        cells += [_acc(prof, task, g) for task in prof.accuracy]
         cells += [f"{prof.latency_ms[g][b]:.2f}" for b in prof.batch_sizes]
         t.add_row(*cells)
     console.print(t)
@@ -66,7 +71,7 @@ def markdown(prof: Profile) -> str:
     rows = {(r["gamma"], r["batch"]): r for r in speedup_rows(prof)}
     for g in prof.gammas:
         cells = [str(g), f"{prof.gflops[g]:.3f}" if prof.gflops else "-"]
-        cells += [f"{100 * prof.accuracy[t][g]:.2f}" for t in tasks]
+        cells += [_acc(prof, t, g) for t in tasks]
         for b in prof.batch_sizes:
             r = rows[(g, b)]
             ideal = f"{r['flop_speedup']:.2f}x" if r["flop_speedup"] else "-"

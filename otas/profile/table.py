@@ -67,7 +67,8 @@ class Profile:
     gammas: list[int]
     batch_sizes: list[int]
     accuracy: dict[str, dict[int, float]]
-    """task -> gamma -> accuracy in [0, 1]."""
+    """task -> gamma -> accuracy in [0, 1], for the servable (task, γ) pairs only: a γ missing from
+    a task's row cannot be served for that task (the source task has no prompts, so no γ > 0)."""
     latency_ms: dict[int, dict[int, float]]
     """gamma -> batch size -> median latency of one batch, in milliseconds."""
     latency_p90_ms: dict[int, dict[int, float]] | None = None
@@ -86,9 +87,11 @@ class Profile:
             if g not in self.latency_ms:
                 raise ValueError(f"profile has no latency for gamma={g}")
         for task, acc in self.accuracy.items():
-            missing = [g for g in self.gammas if g not in acc]
-            if missing:
-                raise ValueError(f"profile task {task!r} has no accuracy for gammas {missing}")
+            if not acc:
+                raise ValueError(f"profile task {task!r} has no accuracy at any gamma; it cannot be served")
+            extra = sorted(set(acc) - set(self.gammas))
+            if extra:
+                raise ValueError(f"profile task {task!r} has accuracy for gammas {extra} outside its set {self.gammas}")
 
     # -- queries used by the scheduler -------------------------------------------------------
     def lat(self, gamma: int, batch: int) -> float:
@@ -105,9 +108,15 @@ class Profile:
         return _interp(xs, [row[b] for b in xs], batch)
 
     def acc(self, task: str, gamma: int) -> float:
+        if gamma not in self.servable(task):
+            raise ValueError(f"task {task!r} is not served at gamma={gamma}; it is served at {self.servable(task)}")
+        return self.accuracy[task][gamma]
+
+    def servable(self, task: str) -> list[int]:
+        """The γ at which `task` can be served (the keys of its accuracy row), ascending."""
         if task not in self.accuracy:
             raise ValueError(f"profile {self.model!r} has no task {task!r}; it has {sorted(self.accuracy)}")
-        return self._row(self.accuracy[task], gamma)
+        return sorted(self.accuracy[task])
 
     def mem(self, gamma: int, batch: int) -> float:
         """Peak device memory in MB, or 0.0 where the profile has none (CPU)."""
@@ -140,7 +149,7 @@ class Profile:
         return replace(
             self,
             gammas=keep,
-            accuracy={task: sub(a) for task, a in self.accuracy.items()},  # type: ignore[misc]
+            accuracy={task: {g: v for g, v in a.items() if g in keep} for task, a in self.accuracy.items()},
             latency_ms=sub(self.latency_ms),  # type: ignore[arg-type]
             latency_p90_ms=sub(self.latency_p90_ms),
             memory_mb=sub(self.memory_mb),

@@ -8,13 +8,11 @@ import math
 import os
 import signal
 import threading
-from collections.abc import Sequence
 from dataclasses import replace
 
-from otas.config import SchedulerConfig
+from otas.config import ServingConfig
 from otas.profile.table import Profile
 from otas.scale.replica import ReplicaSpec
-from otas.types import App
 
 log = logging.getLogger("otas.scale")
 
@@ -32,37 +30,24 @@ LOCAL_RAY_ENV = {
 them before `ray start` on every node (docs/scaling.md)."""
 
 
-def make_spec(
-    model,
-    profile_path,
-    apps: Sequence[App],
-    policy: str,
-    device: str,
-    config: SchedulerConfig,
-    noop: bool = False,
-    paced: bool = False,
-    warmup: bool = True,
-    dtype: str = "",
-    max_queue: int = 0,
-) -> ReplicaSpec:
+def make_spec(cfg: ServingConfig) -> ReplicaSpec:
     """What every replica builds, resolved here (in the driver) so bad options fail once, early."""
     from otas.server.main import default_max_queue
 
-    if paced and not (noop and profile_path):
+    apps, eng, config = cfg.apps, cfg.engine, cfg.scheduler
+    if eng.paced and cfg.profile is None:
         raise ValueError("--paced emulates a profiled device with the no-op model: give --noop and --profile P")
-    if noop and not paced:
+    if eng.noop and not eng.paced:
         from otas.engine.noop import noop_profile
 
         profile = noop_profile(apps, config.max_batch)
     else:
-        if profile_path is None:
-            raise ValueError("give --profile PATH: the latency/accuracy profile of this model on this device")
-        profile = Profile.load(profile_path)
-    config = replace(config, max_queue=max_queue or default_max_queue(profile, apps, config.max_batch))
+        profile = Profile.load(cfg.profile)
+    config = replace(config, max_queue=eng.max_queue or default_max_queue(profile, apps, config.max_batch))
     return ReplicaSpec(
-        apps=list(apps), profile=profile.to_dict(), policy=policy, scheduler=config,
-        model=None if model is None else str(model), device=device, dtype=dtype, noop=noop, paced=paced,
-        warmup=warmup,
+        apps=list(apps), profile=profile.to_dict(), policy=cfg.policy, scheduler=config,
+        model=None if cfg.model is None else str(cfg.model), device=eng.device, dtype=eng.dtype, noop=eng.noop,
+        paced=eng.paced, warmup=eng.warmup,
     )  # fmt: skip
 
 
@@ -139,9 +124,11 @@ def shutdown(address: str = "") -> None:
             ray.shutdown()
 
 
-def serve_ray(spec: ReplicaSpec, replicas: int, host: str, port: int, address: str, max_body_bytes: int,
-              log_level: str = "info") -> None:  # fmt: skip
+def serve_ray(cfg: ServingConfig) -> None:
     """Deploy and serve until SIGINT/SIGTERM."""
+    spec = make_spec(cfg)
+    replicas, address, log_level = cfg.ray.replicas, cfg.ray.address, cfg.http.log_level
+    host, port, max_body_bytes = cfg.http.host, cfg.http.port, cfg.http.max_body_bytes
     from otas.server.app import setup_logging
 
     setup_logging(log_level)

@@ -54,7 +54,7 @@ def options(app: App, profiles: Sequence[Profile], cfg: SchedulerConfig) -> list
     """(c_a(o), v_a(o)) for every usable option o = (model, γ) of this application."""
     out = []
     for p in profiles:
-        for gamma in p.gammas:
+        for gamma in p.servable(app.task):
             costs = [
                 p.lat(gamma, b) / b
                 for b in range(1, cfg.max_batch + 1)

@@ -52,6 +52,15 @@ class View(Protocol):
 
     def lat_vector(self, model: str, batch: int) -> np.ndarray: ...
     def weights(self, model: str, app: str) -> np.ndarray: ...
+    def servable(self, model: str, apps: list[str]) -> np.ndarray: ...
+
+
+def batch_apps(c: Candidate) -> list[str]:
+    """The distinct applications of a candidate batch (usually one, under selective batching)."""
+    reqs = c.requests
+    if reqs[0].app == reqs[-1].app and all(r.app == reqs[0].app for r in reqs):
+        return [reqs[0].app]
+    return list(dict.fromkeys(r.app for r in reqs))
 
 
 Choice = tuple[str, int, dict[str, float]]
@@ -82,7 +91,7 @@ class Policy:
         return view.config.max_batch
 
     def choose(self, cands: list[Candidate], now_ms: float, view: View) -> Choice:
-        return view.model, 0, {}
+        return view.model, 0, {}  # γ = 0 serves every task
 
     def on_submit(self, req: Request, now_ms: float) -> None:
         pass
@@ -121,6 +130,9 @@ class Otas(Policy):
     def _spec(c: Candidate, now_ms: float, view: View) -> optimizer.BatchSpec:
         reqs = c.requests
         lat = view.lat_vector(view.model, len(reqs))
+        ok = view.servable(view.model, batch_apps(c))
+        if not ok.all():  # a γ some member's task is not served at is unavailable
+            lat = np.where(ok, lat, np.inf)
         if c.deadlines is not None:  # OPTIMIZATION: one application, deadlines already sorted
             return optimizer.BatchSpec((c.deadlines - now_ms,), view.weights(view.model, reqs[0].app)[:, None], lat)
         if reqs[0].app == reqs[-1].app and all(r.app == reqs[0].app for r in reqs):
@@ -152,7 +164,14 @@ class Fixed(Policy):
         return [(view.model, self.gamma)]
 
     def choose(self, cands: list[Candidate], now_ms: float, view: View) -> Choice:
-        return view.model, self.gamma, {}
+        ok = view.servable(view.model, batch_apps(cands[0]))
+        gammas = view.profiles[view.model].gammas
+        if ok[gammas.index(self.gamma)]:
+            return view.model, self.gamma, {}
+        # a member's task is not served at this γ (no prompts for the source task): the servable
+        # γ nearest to it, towards 0
+        near = min((g for g, k in zip(gammas, ok, strict=True) if k), key=lambda g: (abs(g - self.gamma), abs(g)))
+        return view.model, near, {"fallback_from": float(self.gamma)}
 
 
 class Edf(Policy):

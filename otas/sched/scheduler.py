@@ -23,7 +23,8 @@ _FACTOR_RANGE = (0.25, 4.0)
 
 class _Table:
     """Per-model precomputed profile rows: latency (B_max+1, |Γ|) with inf where memory does not
-    fit, and per-application weights u_a · acc(task_a, γ)."""
+    fit, per-application weights u_a · acc(task_a, γ), and per-application servable masks (a γ the
+    profile does not serve for an application's task is unavailable: infinite latency)."""
 
     def __init__(self, profile: Profile, apps: Sequence[App], cfg: SchedulerConfig) -> None:
         g = profile.gammas
@@ -37,7 +38,11 @@ class _Table:
                 if fits:
                     lat[b, i] = profile.lat(gamma, b)
         self.lat = lat
-        self.weights = {a.name: np.array([a.utility * profile.acc(a.task, gamma) for gamma in g]) for a in apps}
+        self.servable = {a.name: np.isin(g, profile.servable(a.task)) for a in apps}  # (|Γ|,) bool
+        self.weights = {
+            a.name: np.array([a.utility * profile.acc(a.task, x) if x in profile.servable(a.task) else 0.0 for x in g])
+            for a in apps
+        }
         self.load_ms = float(profile.model_load_ms or 0.0)
 
 
@@ -81,6 +86,14 @@ class Scheduler:
 
     def weights(self, model: str, app: str) -> np.ndarray:
         return self._tab[model].weights[app]
+
+    def servable(self, model: str, apps: Sequence[str]) -> np.ndarray:
+        """(|Γ|,) bool: the γ at which every one of `apps` can be served on `model`."""
+        tab = self._tab[model]
+        mask = tab.servable[apps[0]]
+        for a in apps[1:]:
+            mask = mask & tab.servable[a]
+        return mask
 
     def predict(self, model: str, gamma: int, batch: int) -> float:
         t = self._tab[model]
@@ -135,6 +148,10 @@ class Scheduler:
                 self._hold_until = oldest + delay
                 return None
         model, gamma, meta = self.policy.choose(cands, now_ms, self)
+        if not self.servable(model, list({r.app for r in first.requests}))[self._tab[model].index[gamma]]:
+            raise RuntimeError(
+                f"policy {self.policy.name!r} chose gamma={gamma}, which a member's task is not served at"
+            )
         self.queues.pop(first.requests)
         switch = self._tab[model].load_ms if model != self.model else 0.0
         self.model = model

@@ -7,9 +7,8 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, replace
-from pathlib import Path
 
-from otas.config import SchedulerConfig
+from otas.config import SchedulerConfig, ServingConfig
 from otas.engine.engine import Engine
 from otas.profile.table import Profile
 from otas.sched.scheduler import Scheduler
@@ -28,6 +27,32 @@ def default_max_queue(profile: Profile, apps: Sequence[App], max_batch: int) -> 
     return max(max_batch, math.ceil(rate * slo / 1000.0))
 
 
+def check_servable(runner, profile: Profile, apps: Sequence[App], policy: str) -> None:
+    """Refuse, with the fix, a configuration that needs a (task, γ) pair the model cannot serve:
+    an application's task the model or profile lacks, a profile claiming pairs the model has no
+    prompts for, or a fixed γ an application's task is not served at."""
+    missing = sorted(set(profile.gammas) - set(getattr(runner, "gammas", profile.gammas)))
+    if missing:
+        raise ValueError(f"profile {profile.model!r} has gammas {missing} the model does not serve; profile this model")
+    model_pairs = getattr(runner, "servable", None)  # task -> γ the model serves (None: a stand-in runner)
+    for a in apps:
+        if a.task not in runner.classes:
+            raise ValueError(f"app {a.name!r}: the model has no task {a.task!r}; it serves {sorted(runner.classes)}")
+        served = profile.servable(a.task)  # raises for a task the profile lacks
+        if model_pairs is not None:
+            extra = sorted(set(served) - set(model_pairs[a.task]))
+            if extra:
+                raise ValueError(
+                    f"profile {profile.model!r} lists task {a.task!r} at gammas {extra}, which the model cannot "
+                    f"serve (it serves {list(model_pairs[a.task])}); re-profile this model"
+                )
+        if policy.startswith("fixed:") and policy[6:].lstrip("-").isdigit() and int(policy[6:]) not in served:
+            raise ValueError(
+                f"policy {policy!r} cannot serve app {a.name!r}: task {a.task!r} is served at gammas {served}; "
+                f"use a fixed γ in that set, or --policy otas"
+            )
+
+
 def make_engine(
     runner,
     profile: Profile,
@@ -38,9 +63,7 @@ def make_engine(
     decode_workers: int = 2,
 ) -> tuple[Engine, dict]:
     """(engine, its `/v1/config` info) for a runner (real, no-op or paced) and its profile."""
-    missing = sorted(set(profile.gammas) - set(getattr(runner, "gammas", profile.gammas)))
-    if missing:
-        raise ValueError(f"profile {profile.model!r} has gammas {missing} the model does not serve; profile this model")
+    check_servable(runner, profile, apps, policy)
     sched = Scheduler(apps, profile, policy, config)
     engine = Engine(sched, runner, observer=observer, decode_workers=decode_workers)
     info = {
@@ -49,6 +72,7 @@ def make_engine(
         "apps": [asdict(a) for a in apps],
         "profile": profile.to_dict(),
         "device": str(getattr(runner, "device", "none")),
+        "mode": getattr(runner, "mode", "none"),
     }
     return engine, info
 
@@ -68,52 +92,50 @@ def build(
     return create_app(engine, serve_cfg, Metrics(profile.gammas)), engine
 
 
-def serve(
-    model: Path | None,
-    profile_path: Path | None,
-    apps: Sequence[App],
-    policy: str,
-    device: str,
-    host: str,
-    port: int,
-    config: SchedulerConfig,
-    max_body_bytes: int,
-    noop: bool = False,
-    warmup: bool = True,
-    log_level: str = "info",
-    dtype: str = "",
-    max_queue: int = 0,
-) -> None:
-    """Load everything and run uvicorn until SIGINT/SIGTERM (graceful: queued requests are served).
-    max_queue 0 = `default_max_queue`."""
+def load_runner(cfg: ServingConfig):
+    """(runner, profile) of a serving config: the model through its fast path, or the no-op model."""
+    apps, sched, eng = cfg.apps, cfg.scheduler, cfg.engine
+    if eng.noop:
+        from otas.engine.noop import NoopRunner, noop_profile
+
+        return NoopRunner(apps, max_batch=sched.max_batch), noop_profile(apps, sched.max_batch)
+    import torch
+
+    from otas.engine.runner import Runner
+    from otas.predict import default_model_path
+
+    profile = Profile.load(cfg.profile)
+    dt = getattr(torch, eng.dtype) if eng.dtype else None
+    runner = Runner.load(cfg.model or default_model_path(), eng.device, dt, sched.max_batch, eng.mode)
+    if profile.meta.get("mode", runner.mode) != runner.mode:
+        log.warning(
+            "profile timed another path",
+            extra={"event": "profile_mode", "profile_mode": profile.meta.get("mode"), "runner_mode": runner.mode},
+        )
+    if eng.warmup:
+        runner.warmup()
+    return runner, profile
+
+
+def serve(cfg: ServingConfig) -> None:
+    """Load everything and run uvicorn until SIGINT/SIGTERM (graceful: queued requests are served)."""
     import uvicorn
 
     from otas.server.app import setup_logging
 
-    setup_logging(log_level)
-    if noop:
-        from otas.engine.noop import NoopRunner, noop_profile
-
-        runner, profile = NoopRunner(apps, max_batch=config.max_batch), noop_profile(apps, config.max_batch)
-    else:
-        import torch
-
-        from otas.engine.runner import Runner
-        from otas.predict import default_model_path
-
-        if profile_path is None:
-            raise ValueError("give --profile PATH: the latency/accuracy profile of this model on this device")
-        profile = Profile.load(profile_path)
-        dt = getattr(torch, dtype) if dtype else None
-        runner = Runner.load(model or default_model_path(), device, dt, config.max_batch)
-        if warmup:
-            runner.warmup()
-    config = replace(config, max_queue=max_queue or default_max_queue(profile, apps, config.max_batch))
-    app, engine = build(runner, profile, apps, policy, config, max_body_bytes)
+    setup_logging(cfg.http.log_level)
+    runner, profile = load_runner(cfg)
+    apps = cfg.apps
+    config = replace(
+        cfg.scheduler, max_queue=cfg.engine.max_queue or default_max_queue(profile, apps, cfg.scheduler.max_batch)
+    )
+    app, engine = build(runner, profile, apps, cfg.policy, config, cfg.http.max_body_bytes, cfg.engine.decode_workers)
+    host, port = cfg.http.host, cfg.http.port
     log.info(
         "serving",
-        extra={"event": "serve", "url": f"http://{host}:{port}", "model": profile.model, "policy": policy,
-               "device": device, "max_queue": config.max_queue, "apps": [a.name for a in apps]},
+        extra={"event": "serve", "url": f"http://{host}:{port}", "model": profile.model, "policy": cfg.policy,
+               "device": cfg.engine.device, "mode": getattr(runner, "mode", "none"), "max_queue": config.max_queue,
+               "apps": [a.name for a in apps]},
     )  # fmt: skip
     slo = max(a.slo_ms for a in apps) / 1000.0
     uvicorn.run(

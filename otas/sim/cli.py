@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from otas import cli_options as opt
 from otas.config import SchedulerConfig, default_apps_path, load_apps
 from otas.profile.table import Profile
 from otas.provenance import run_meta
@@ -101,28 +102,30 @@ def sweep(
 
 
 def simulate(
-    trace: Annotated[str, typer.Option(help="CSV path (Azure format) or azure|poisson|step|diurnal|mmpp")] = "azure",
-    apps: Annotated[Path, typer.Option(help="applications YAML")] = default_apps_path("cpu"),
-    profile: Annotated[str, typer.Option(help="profile JSON; PROFILE,PROFILE2,... adds models for model-switch")] = "",
-    policies: Annotated[str, typer.Option(help="comma-separated policy names; empty = all")] = "",
-    load: Annotated[str, typer.Option(help="load × capacity of γ=0, or a sweep like 0.5,1,1.5,2")] = "1.0",
-    seed: Annotated[int, typer.Option(help="seed for traces, app mapping and noise")] = 0,
-    noise: Annotated[bool, typer.Option(help="draw batch latencies from the profile's p90 spread")] = False,
-    lookahead: Annotated[int, typer.Option(help="optimizer lookahead (batches)")] = 8,
-    max_batch: Annotated[int, typer.Option(help="largest batch B_max")] = 64,
-    json_out: Annotated[Path | None, typer.Option("--json", help="write results JSON here")] = None,
-    plots: Annotated[Path | None, typer.Option(help="write plots into this directory")] = None,
+    trace: opt.Trace = "azure",
+    apps: opt.Apps = None,
+    profile: Annotated[str, typer.Option(help="Profile JSON; PROFILE,PROFILE2,... adds models for model-switch.")] = "",
+    policies: Annotated[str, typer.Option(help="Comma-separated policy names; empty = all.")] = "",
+    load: opt.Load = "1.0",
+    seed: opt.Seed = 0,
+    noise: Annotated[bool, typer.Option(help="Draw batch latencies from the profile's p90 spread.")] = False,
+    lookahead: opt.Lookahead = 8,
+    max_batch: opt.MaxBatch = 64,
+    max_queue_delay_ms: opt.MaxQueueDelay = 0.0,
+    slo_class_tolerance: opt.SloClassTolerance = 0.0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write results JSON here.")] = None,
+    plots: Annotated[Path | None, typer.Option(help="Write plots into this directory.")] = None,
 ) -> None:
     """Simulate scheduling policies on a trace with profiled latencies; print one table per load."""
     if not profile:
         raise typer.BadParameter("give --profile PATH (e.g. profiles/vit_tiny_p2_c5__cpu.json)")
+    config = opt.scheduler_config(lookahead, max_batch, max_queue_delay_ms, slo_class_tolerance)
+    loads = opt.loads(load)
     try:
         profs = [Profile.load(p) for p in profile.split(",") if p]
-        app_list = load_apps(apps)
-        loads = [float(x) for x in load.split(",") if x]
+        app_list = load_apps(apps or default_apps_path("cpu"))
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
-    config = SchedulerConfig(lookahead=lookahead, max_batch=max_batch)
     names = [p for p in policies.split(",") if p] or default_policies(profs)
     out, kept = sweep(trace, app_list, profs, names, loads, config, seed=seed, noise=noise)
     runs = out["runs"]

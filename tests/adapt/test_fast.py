@@ -27,7 +27,7 @@ def test_buckets_and_errors():
         fast.bucket(9)
     with pytest.raises(ValueError, match="unknown task"):
         fast(torch.zeros(1, 16, 16, 3, dtype=torch.uint8), 0, "zzz")
-    with pytest.raises(ValueError, match="source task has no prompts"):
+    with pytest.raises(ValueError, match="task .source. is not served at gamma=4"):
         fast(torch.zeros(1, 16, 16, 3, dtype=torch.uint8), 4, "source")
     with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
         FastForward(small_model(), "cpu", FastConfig(mode="graphs"))

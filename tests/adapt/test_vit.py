@@ -143,7 +143,7 @@ def test_bad_gamma_task_and_impossible_merge_raise(model):
         model(x, 1.5, "a")
     with pytest.raises(ValueError, match="unknown task"):
         model(x, 0, "nope")
-    with pytest.raises(ValueError, match="no prompts"):
+    with pytest.raises(ValueError, match="not served at gamma"):
         model(x, 4, SOURCE)
     with pytest.raises(ValueError, match="task names for a batch"):
         model(x, 0, ["a", "b"])

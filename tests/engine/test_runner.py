@@ -37,3 +37,23 @@ def test_noop_runner_collates_and_returns_uniform():
     assert out.probs.shape == (3, 5) and np.allclose(out.probs, 0.2)
     p = noop_profile(APPS, 8)
     assert p.gammas == [0] and p.lat(0, 8) < 1
+
+
+def test_runner_serves_through_the_fast_path(runner, monkeypatch):
+    """The server's runner runs `FastForward`, the forward the profiler times: one path."""
+    from otas.adapt.fast import FastForward
+
+    calls = []
+    inner = FastForward._forward
+    monkeypatch.setattr(FastForward, "_forward", lambda self, *a: calls.append(a[1]) or inner(self, *a))
+    assert isinstance(runner.fast, FastForward) and runner.mode == "eager"
+    for g in runner.gammas:
+        runner.run(_imgs(2), ["novel", "blur"], g)
+    assert calls == runner.gammas
+
+
+def test_runner_refuses_unservable_pairs(runner):
+    assert runner.servable["source"] == tuple(g for g in runner.gammas if g <= 0)
+    g = max(runner.gammas)
+    with pytest.raises(ValueError, match="not served at gamma"):
+        runner.run(_imgs(2), ["novel", "source"], g)

@@ -35,14 +35,17 @@ def test_measure_profile_on_cpu(tmp_path):
         dtype="float32",
         gammas=[-8, 0, 4],
         batch_sizes=[1],
-        accuracy={"source": {-8: 0.5, 0: 0.6, 4: 0.6}, "novel": {-8: 0.4, 0: 0.5, 4: 0.7}},
+        accuracy={"source": {-8: 0.5, 0: 0.6, 4: 0.6}, "novel": {-8: 0.4, 0: 0.5, 4: 0.7}},  # source/4: stale
         latency_ms={g: {1: 1.0} for g in (-8, 0, 4)},
     )
     prof = measure_profile(p, "cpu", torch.float32, [1, 4], accuracy_from=acc, min_time_s=0.01)
     assert prof.gammas == [-8, 0, 4] and prof.batch_sizes == [1, 4]
     assert all(prof.latency_ms[g][b] > 0 for g in prof.gammas for b in (1, 4))
     assert prof.latency_p90_ms[0][4] >= prof.latency_ms[0][4]
-    assert prof.accuracy == acc.accuracy and "accuracy_from" in prof.meta and prof.memory_mb is None
+    # the source task has no prompts: a γ > 0 accuracy for it is not servable, so it is not kept
+    assert prof.accuracy == {"source": {-8: 0.5, 0: 0.6}, "novel": acc.accuracy["novel"]}
+    assert prof.servable("source") == [-8, 0] and prof.servable("novel") == [-8, 0, 4]
+    assert "accuracy_from" in prof.meta and prof.memory_mb is None
     Profile.from_dict(prof.to_dict())  # valid file format
     rows = speedup_rows(prof)
     assert {(r["gamma"], r["batch"]) for r in rows} == {(g, b) for g in (-8, 0, 4) for b in (1, 4)}

@@ -93,3 +93,35 @@ def test_config_errors_show_value_and_fix():
         SchedulerConfig(lookahead=0)
     with pytest.raises(ValueError, match="slo_class_tolerance=-1"):
         SchedulerConfig(slo_class_tolerance=-1)
+
+
+@pytest.mark.parametrize("policy", ["fixed:4", "fixed:16", "otas", "otas-fifo", "otas-greedy"])
+def test_unservable_pairs_are_never_planned(policy):
+    """The source task has no prompts: no batch holding a source query runs at γ > 0, whatever the
+    policy, and other applications still get γ > 0 where it pays (light load, loose SLOs)."""
+    from otas.types import App
+
+    apps = [App("src", 3000.0, 1.0, "source"), App("nov", 3000.0, 1.0, "novel")]
+    prof = make_profile()
+    assert prof.servable("source") == [g for g in prof.gammas if g <= 0]
+    s = Scheduler(apps, prof, policy, SchedulerConfig(max_batch=4, slo_class_tolerance=0.5))
+    t, i, gammas = 0.0, 0, {"src": set(), "nov": set()}
+    for i in range(40):
+        s.submit(make_request(i, apps[i % 2], t), t)
+        if i % 3 == 2:
+            while (plan := s.next_batch(t)) is not None:
+                for r in plan.requests:
+                    gammas[r.app].add(plan.gamma)
+                t += plan.predicted_ms
+                s.complete(plan, t, plan.predicted_ms)
+        t += 20.0
+    assert gammas["src"] and max(gammas["src"]) <= 0
+    if policy.startswith("fixed:"):
+        assert gammas["nov"] == {int(policy[6:])} or max(gammas["nov"]) <= 0  # mixed batches fall back
+
+
+def test_profile_accuracy_rows_declare_servable_pairs():
+    prof = make_profile()
+    with pytest.raises(ValueError, match="not served at gamma=4"):
+        prof.acc("source", 4)
+    assert prof.restrict([-8, 0, 4]).servable("source") == [-8, 0]

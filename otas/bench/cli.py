@@ -1,0 +1,100 @@
+"""`otas bench`: trace replay and server overhead against a running server; GPU speed of models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from otas import cli_options as opt
+
+console = Console()
+
+
+def _ints(s: str) -> list[int]:
+    try:
+        return [int(v) for v in s.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers, got {s!r}") from None
+
+
+bench_app = typer.Typer(
+    help="Benchmarks: trace replay and server overhead against a running server; GPU speed of models.",
+    no_args_is_help=True,
+)
+
+
+@bench_app.command("replay")
+def bench_replay_cmd(
+    url: Annotated[str, typer.Option(help="Server base URL.")] = "http://127.0.0.1:8000",
+    trace: opt.Trace = "azure",
+    apps: Annotated[
+        Path | None, typer.Option(help="Applications YAML (default: the server's, from /v1/config).")
+    ] = None,
+    load: Annotated[float, typer.Option(help="Load: × the γ=0 capacity of the server's profile.")] = 1.0,
+    limit: Annotated[int, typer.Option(help="Replay the first N requests of the scaled trace (0 = all).")] = 1500,
+    seed: opt.Seed = 0,
+    out: Annotated[Path, typer.Option(help="Folder for JSON and plots.")] = Path("bench/results"),
+    tag: Annotated[str, typer.Option(help="Name of this run in file names (default: the server's policy).")] = "",
+    data: Annotated[Path | None, typer.Option(help="CIFAR-10 archive (default: $OTAS_CIFAR10).")] = None,
+) -> None:
+    """Replay a trace open-loop against a server with labelled CIFAR-10 test images; report utility,
+    SLO attainment, accuracy and latency per app beside the simulator's prediction."""
+    from otas.bench.replay import main as replay_main
+
+    try:
+        replay_main(url, trace, apps, load, limit, seed, out, tag, data, console)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
+@bench_app.command("overhead")
+def bench_overhead_cmd(
+    url: Annotated[
+        str, typer.Option(help="Server base URL (start it with `otas serve --noop`).")
+    ] = "http://127.0.0.1:8000",
+    concurrency: Annotated[int, typer.Option(help="Requests in flight (closed loop).")] = 64,
+    duration_s: float = 10.0,
+    clients: Annotated[int, typer.Option(help="Client processes.")] = 1,
+    profile: Annotated[Path | None, typer.Option(help="A model profile to compare against (its throughput).")] = None,
+    out: Annotated[Path, typer.Option(help="Folder for the JSON result.")] = Path("bench/results"),
+) -> None:
+    """Requests/s the server sustains (best run against `otas serve --noop`), vs a model's throughput."""
+    from otas.bench.overhead import main as overhead_main
+
+    overhead_main(url, concurrency, duration_s, clients, profile, out, console)
+
+
+@bench_app.command("summary")
+def bench_summary_cmd(
+    files: Annotated[list[Path], typer.Argument(help="Replay JSON files from `otas bench replay`.")],
+    out: Annotated[Path | None, typer.Option(help="Write the markdown table here too.")] = None,
+) -> None:
+    """One markdown table over several replays: utility and SLO attainment, live beside simulated."""
+    from otas.bench.report import summary
+
+    table = summary(files)
+    console.print(table, markup=False)
+    if out is not None:
+        out.write_text(table)
+
+
+@bench_app.command("gpu")
+def bench_gpu_cmd(
+    models: Annotated[list[Path], typer.Argument(help="Model checkpoints (.safetensors).")],
+    batch_sizes: str = "1,8,64,256",
+    out: Annotated[Path, typer.Option(help="Folder for gpu_bench.json and gpu_bench.png.")] = Path("bench/results"),
+    data: Annotated[Path | None, typer.Option(help="CIFAR-10 archive (default: $OTAS_CIFAR10).")] = None,
+) -> None:
+    """On a CUDA device: latency, images/s and MFU per model, γ and batch size (eager, CUDA graphs,
+    compile, stock timm), SDPA kernels with and without the merging bias, and the bias's accuracy cost."""
+    from otas.profile.gpubench import plot, run_gpu_bench
+
+    try:
+        result = run_gpu_bench(models, _ints(batch_sizes), out, data, console)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    plot(result, out / "gpu_bench.png")
+    console.print(f"wrote {out / 'gpu_bench.json'} and {out / 'gpu_bench.png'}")

@@ -1,0 +1,53 @@
+"""Options shared by several commands, so one knob has one name, one help text and one default
+everywhere (`otas serve`, `otas simulate`, `otas bench replay`), and the one builder of the config
+tree they map to."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from otas.config import SchedulerConfig
+
+Policy = Annotated[
+    str,
+    typer.Option(help="otas, otas-greedy, otas-fifo, fixed:<γ>, edf, clipper (model-switch needs several profiles)."),
+]
+Apps = Annotated[Path | None, typer.Option(help="Applications YAML (default: otas/configs/apps.yaml).")]
+Lookahead = Annotated[int, typer.Option(help="Optimizer lookahead n (batches planned; only the first runs).")]
+MaxBatch = Annotated[int, typer.Option(help="Largest batch B_max.")]
+MaxQueueDelay = Annotated[float, typer.Option(help="Hold a batch below B_max this long in ms (0 = work-conserving).")]
+SloClassTolerance = Annotated[
+    float, typer.Option(help="Apps whose SLOs are within this factor share a batch queue (0 = equal SLOs only).")
+]
+Load = Annotated[str, typer.Option(help="Load: × the γ=0 capacity of the profile; a sweep like 0.5,1,2 where allowed.")]
+Seed = Annotated[int, typer.Option(help="Seed for synthetic traces and the request-to-application mapping.")]
+Trace = Annotated[str, typer.Option(help="CSV path (Azure format) or azure|poisson|step|diurnal|mmpp.")]
+
+
+def scheduler_config(
+    lookahead: int = 8, max_batch: int = 64, max_queue_delay_ms: float = 0.0, slo_class_tolerance: float = 0.0
+) -> SchedulerConfig:
+    """The `SchedulerConfig` of the shared scheduler options (a bad value is a usage error)."""
+    try:
+        return SchedulerConfig(
+            lookahead=lookahead,
+            max_batch=max_batch,
+            max_queue_delay_ms=max_queue_delay_ms,
+            slo_class_tolerance=slo_class_tolerance,
+        )
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
+def loads(value: str) -> list[float]:
+    """'0.5,1,2' -> [0.5, 1.0, 2.0], each a positive load."""
+    try:
+        out = [float(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"--load {value!r}: write a number or comma-separated numbers, e.g. 0.5,1,2") from None
+    if not out or any(not x > 0 for x in out):
+        raise typer.BadParameter(f"--load {value!r}: every load must be a positive number")
+    return out

@@ -1,0 +1,83 @@
+"""`otas serve`: build the serving config tree from the command line and run it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from otas import cli_options as opt
+
+
+def serve_cmd(
+    model: Annotated[Path | None, typer.Option(help="Checkpoint (default: the shipped model).")] = None,
+    profile: Annotated[
+        Path | None,
+        typer.Option(help="Profile of this model on this device (default on cpu: the shipped CPU profile)."),
+    ] = None,
+    apps: opt.Apps = None,
+    policy: opt.Policy = "otas",
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    mode: Annotated[
+        str,
+        typer.Option(help="Fast path: eager, graphs (CUDA graphs) or compile (default: graphs on cuda, else eager)."),
+    ] = "",
+    dtype: Annotated[str, typer.Option(help="float32 | bfloat16 (default: bfloat16 on cuda, float32 on cpu).")] = "",
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_batch: opt.MaxBatch = 64,
+    lookahead: opt.Lookahead = 8,
+    max_queue_delay_ms: opt.MaxQueueDelay = 0.0,
+    slo_class_tolerance: opt.SloClassTolerance = 0.0,
+    max_queue: Annotated[
+        int, typer.Option(help="Backpressure: queued requests before 429 (0 = from the profile).")
+    ] = 0,
+    max_body_mb: Annotated[float, typer.Option(help="Request body size limit in MiB (413 above).")] = 8.0,
+    noop: Annotated[bool, typer.Option(help="No-op model: measure HTTP + scheduling + collation only.")] = False,
+    warmup: Annotated[bool, typer.Option(help="Run every γ (on cuda: capture every graph) before serving.")] = True,
+    log_level: str = "info",
+    backend: Annotated[
+        str, typer.Option(help="local: one process; ray: Ray Serve replicas behind an application-aware router.")
+    ] = "local",
+    replicas: Annotated[
+        int, typer.Option(help="ray: engine replicas, one per GPU (--device cuda) or per CPU slot.")
+    ] = 1,
+    address: Annotated[
+        str, typer.Option(help="ray: cluster to join (auto, HOST:6379, ray://HOST:10001); empty = a new local Ray.")
+    ] = "",
+    paced: Annotated[
+        bool, typer.Option(help="ray, with --noop --profile P: batches sleep P's latency (emulates that device).")
+    ] = False,
+) -> None:
+    """Serve the model over HTTP: KServe v2 (/v2/...), /v1/apps, /v1/apps/{app}/classify, /metrics."""
+    from otas.config import EngineConfig, HttpConfig, RayConfig, ServingConfig, default_apps_path, load_apps
+
+    sched = opt.scheduler_config(lookahead, max_batch, max_queue_delay_ms, slo_class_tolerance)
+    cuda = device.startswith("cuda")
+    try:
+        if profile is None and not noop and not cuda:
+            from otas.sim.demo import default_profile_path
+
+            profile = default_profile_path()
+        cfg = ServingConfig(
+            apps=load_apps(apps or default_apps_path("h100" if cuda else "cpu")),
+            model=model,
+            profile=profile,
+            policy=policy,
+            backend=backend,
+            scheduler=sched,
+            engine=EngineConfig(device, dtype, mode, warmup, noop, paced, max_queue=max_queue),
+            http=HttpConfig(host, port, max_body_mb, log_level),
+            ray=RayConfig(replicas, address),
+        )
+        if backend == "ray":
+            from otas.scale.launch import serve_ray
+
+            serve_ray(cfg)
+        else:
+            from otas.server.main import serve
+
+            serve(cfg)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
