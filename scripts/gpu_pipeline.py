@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 RUNS = Path("runs")
 MODELS = {
     "vit_tiny_p2_c5": dict(arch="vit_tiny_p2", epochs=150, drop_path=0.1),
-    "vit_small_p2_c5": dict(arch="vit_small_p2", epochs=120, drop_path=0.1),
+    "vit_small_p2_c5": dict(arch="vit_small_p2", epochs=300, drop_path=0.1),
 }
 PROMPT_EPOCHS = {"vit_tiny_p2_c5": (20, 10), "vit_small_p2_c5": (6, 5)}  # (prompt, head) epochs
 DONE = Path(".carry/done")  # finished fp16 checkpoints and profiles carried to a fresh machine
