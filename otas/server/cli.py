@@ -24,8 +24,8 @@ def serve_cmd(
         typer.Option(help="Fast path: eager, graphs (CUDA graphs) or compile (default: graphs on cuda, else eager)."),
     ] = "",
     dtype: Annotated[str, typer.Option(help="float32 | bfloat16 (default: bfloat16 on cuda, float32 on cpu).")] = "",
-    host: str = "127.0.0.1",
-    port: int = 8000,
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0 for every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     max_batch: opt.MaxBatch = 64,
     lookahead: opt.Lookahead = 8,
     max_queue_delay_ms: opt.MaxQueueDelay = 0.0,
@@ -36,7 +36,7 @@ def serve_cmd(
     max_body_mb: Annotated[float, typer.Option(help="Request body size limit in MiB (413 above).")] = 8.0,
     noop: Annotated[bool, typer.Option(help="No-op model: measure HTTP + scheduling + collation only.")] = False,
     warmup: Annotated[bool, typer.Option(help="Run every γ (on cuda: capture every graph) before serving.")] = True,
-    log_level: str = "info",
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error (JSON lines on stderr).")] = "info",
     backend: Annotated[
         str, typer.Option(help="local: one process; ray: Ray Serve replicas behind an application-aware router.")
     ] = "local",
