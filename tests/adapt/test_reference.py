@@ -158,6 +158,18 @@ def test_reference_without_merging_is_stock_timm(variant):
     torch.testing.assert_close(model.vit.head(feats), model.vit(x))
 
 
+def test_reference_merge_by_hand():
+    # A = tokens 0, 2, 4; B = 1, 3, 5. Token 0 matches 1 exactly, 4 nearly matches 5, 2 matches nothing well.
+    metric = torch.tensor([[1.0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 1, 1], [0, 1, 1.2]], dtype=torch.float64)
+    x = torch.tensor([[2.0], [4], [10], [20], [30], [40]], dtype=torch.float64)
+    size = torch.tensor([3.0, 1, 1, 1, 1, 1], dtype=torch.float64)
+    new_x, new_size = ref_merge(x, size, metric, 2)
+    # kept A token 2 first; then B: (3*2 + 4)/4, 20, (30 + 40)/2
+    assert new_x.flatten().tolist() == [10.0, 2.5, 20.0, 35.0] and new_size.tolist() == [1.0, 4.0, 1.0, 2.0]
+    new_x, _ = ref_merge(x, torch.ones(6, dtype=torch.float64), metric, 1)  # r = 1: only 0 -> 1 merges
+    assert new_x.flatten().tolist() == [30.0, 10.0, 3.0, 20.0, 40.0]  # kept A tokens by similarity: 4 before 2
+
+
 @pytest.mark.parametrize("variant,gamma", MERGE_CASES)
 @torch.no_grad()
 def test_merged_blocks_match_reference(variant, gamma):
