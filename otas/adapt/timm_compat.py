@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import timm
 from timm.layers import Attention
-from timm.models.vision_transformer import VisionTransformer
+from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
 TIMM_MIN, TIMM_MAX = (1, 0, 9), (1, 1, 0)  # tested on 1.0.x; the Block/Attention layout we rely on
@@ -22,11 +22,17 @@ if not (TIMM_MIN <= _version(timm.__version__) < TIMM_MAX):
 
 
 def check_vit(vit: nn.Module) -> None:
-    """Token adaptation needs a plain timm VisionTransformer with standard attention blocks."""
+    """Token adaptation needs a plain timm VisionTransformer of standard `Block`s with standard `Attention`."""
     if not isinstance(vit, VisionTransformer):
         raise ValueError(f"token adaptation needs a timm VisionTransformer, got {type(vit).__name__}")
     if vit.dynamic_img_size:
         raise ValueError("dynamic_img_size ViTs are not supported: build the model for one image size")
     for i, blk in enumerate(vit.blocks):
+        # merging runs a block piecewise (norm1, attn, merge, norm2, mlp): only the pre-norm Block's layout fits
+        if type(blk) is not Block:
+            raise ValueError(
+                f"block {i} is {type(blk).__name__}; token adaptation supports only timm's standard pre-norm "
+                f"Block (timm.models.vision_transformer.Block): build the model with the default block_fn"
+            )
         if type(blk.attn) is not Attention:
             raise ValueError(f"block {i} uses {type(blk.attn).__name__}; only timm's standard Attention is supported")

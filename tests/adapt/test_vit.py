@@ -3,6 +3,7 @@ import warnings
 
 import pytest
 import torch
+from timm.models import vision_transformer as tv
 
 from otas.adapt import SOURCE, AdaptConfig, AdaptiveViT, MergeCapWarning
 from otas.adapt.attention import attention_reference, attention_with_keys
@@ -151,6 +152,16 @@ def test_bad_gamma_task_and_impossible_merge_raise(model):
         small_model(gammas=(-40, 0))
     with pytest.raises(ValueError, match="must include 0"):
         AdaptConfig(gammas=(-4, 4))
+
+
+@pytest.mark.parametrize("block", [tv.ResPostBlock, tv.ParallelScalingBlock, tv.ParallelThingsBlock])
+def test_non_standard_blocks_are_rejected(block):
+    with pytest.raises(ValueError, match=f"block 0 is {block.__name__}; .* only timm's standard pre-norm Block"):
+        AdaptiveViT(build_vit("timm:vit_tiny_patch16_224", 5, img_size=32, depth=2, block_fn=block), AdaptConfig())
+    vit = build_vit("vit_tiny_p2", 5, img_size=16, depth=3)
+    vit.blocks[2] = block(dim=vit.embed_dim, num_heads=3)  # one odd block is enough
+    with pytest.raises(ValueError, match=f"block 2 is {block.__name__}"):
+        AdaptiveViT(vit, AdaptConfig(gammas=(-4, 0)))
 
 
 def test_capped_merge_is_reported():
