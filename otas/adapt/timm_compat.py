@@ -27,6 +27,11 @@ def check_vit(vit: nn.Module) -> None:
         raise ValueError(f"token adaptation needs a timm VisionTransformer, got {type(vit).__name__}")
     if vit.dynamic_img_size:
         raise ValueError("dynamic_img_size ViTs are not supported: build the model for one image size")
+    if vit.global_pool not in ("token", "avg"):
+        raise ValueError(
+            f"global_pool={vit.global_pool!r} is not supported with token adaptation (a merged token stands for "
+            f"several patches, so pooling must be the class token or a size-weighted average): use 'token' or 'avg'"
+        )
     for i, blk in enumerate(vit.blocks):
         # merging runs a block piecewise (norm1, attn, merge, norm2, mlp): only the pre-norm Block's layout fits
         if type(blk) is not Block:

@@ -169,7 +169,7 @@ class AdaptiveViT(nn.Module):
         x = vit.norm(x)
         if vit.global_pool == "token":
             x = x[:, 0]
-        elif vit.global_pool in ("avg", ""):
+        elif vit.global_pool == "avg":
             skip = p + max(gamma, 0)
             w = size[:, skip:] if size is not None else torch.ones_like(x[:, skip:, :1])
             x = (x[:, skip:] * w).sum(1) / w.sum(1)

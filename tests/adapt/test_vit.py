@@ -181,3 +181,10 @@ def test_forward_indexed_equals_forward(model):
             torch.testing.assert_close(model.forward_indexed(x, g, idx), model(x, g, names), atol=1e-5, rtol=1e-5)
         src = torch.zeros(4, dtype=torch.long)  # the source task through the indexed path (γ <= 0)
         torch.testing.assert_close(model.forward_indexed(x, -4, src)[:, :5], model(x, -4, SOURCE), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("pool", ["max", "avgmax", ""])
+def test_unsupported_pooling_is_rejected(pool):
+    vit = build_vit("timm:vit_tiny_patch16_224", 5, img_size=32, depth=1, global_pool=pool)
+    with pytest.raises(ValueError, match="global_pool=.*not supported with token adaptation"):
+        AdaptiveViT(vit, AdaptConfig(gammas=(-2, 0)))
