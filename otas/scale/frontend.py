@@ -25,8 +25,8 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.responses import JSONResponse
 
-from otas.engine.engine import NotServed, Observer, Served
 from otas.engine.images import Decoder
+from otas.engine.serving import NotServed, Observer, Served
 from otas.scale.replica import Reply
 from otas.scale.router import NoReplica, Router, RouterConfig
 from otas.types import App
