@@ -10,7 +10,7 @@ small pool. Every accepted request stays in `_pending` until it gets exactly one
 `NotServed("expired")` when the scheduler drops it, or `NotServed("error")` when its batch fails
 (the runner or the bookkeeping after it) or the server stops. `stop()` stops admission, serves what
 is queued, and fails (never forgets) whatever is left after the drain timeout, a batch still on the
-device included. Observer hooks (metrics, logs) that raise are logged and change no answer.
+device included. An observer hook (metrics, logs) that raises is logged and changes no answer.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Protocol
 import numpy as np
 
 from otas.engine.images import MAX_PIXELS, Decoder
-from otas.engine.serving import NotServed, Observer, Served
+from otas.engine.serving import NotServed, Observer, Served, observe
 from otas.sched.scheduler import Scheduler
 from otas.types import BatchPlan, Request
 
@@ -143,7 +143,7 @@ class Engine:
             raise ValueError(f"unknown application {app!r}; known: {sorted(self.apps)}")
         now = self.now_ms()
         if not self.ready:
-            self._observe(self.observer.ended, app, "rejected", "shutting_down")
+            observe(self.observer.ended, app, "rejected", "shutting_down")
             raise NotServed("rejected", "shutting_down", "the server is shutting down; retry on another replica")
         arrival = now if arrival_ms is None else min(arrival_ms, now)
         # The scheduler's per-app queues need arrival order, but decoding finishes out of order:
@@ -154,11 +154,11 @@ class Engine:
         req = Request(next(self._ids), app, queued_at, queued_at + slo * (1 - self.margin))
         rej = self.scheduler.submit(req, now)
         if rej is not None:
-            self._observe(self.observer.ended, app, "rejected", rej.reason.value)
+            observe(self.observer.ended, app, "rejected", rej.reason.value)
             raise NotServed("rejected", rej.reason.value, rej.detail)
         fut: asyncio.Future[Served] = asyncio.get_running_loop().create_future()
         self._pending[req.id] = _Pending(req, image, fut, arrival)
-        self._observe(self.observer.queue_depth, self.scheduler.queued())
+        observe(self.observer.queue_depth, self.scheduler.queued())
         self._wake.set()
         return fut
 
@@ -192,14 +192,14 @@ class Engine:
         """Run one batch and answer each of its requests exactly once, whatever fails: the
         runner, the scheduler's feedback, or stop() giving up on the device (cancellation)."""
         items = [self._pending[r.id] for r in plan.requests]
-        self._observe(self.observer.queue_depth, self.scheduler.queued())
+        observe(self.observer.queue_depth, self.scheduler.queued())
         try:
             t0 = self.now_ms()
             out = await self._run(plan, items)
             t1 = self.now_ms()
             self.scheduler.complete(plan, t1, t1 - t0)
             self.batches += 1
-            self._observe(self.observer.batch, plan, t1 - t0, out.ms, self.scheduler.queued())
+            observe(self.observer.batch, plan, t1 - t0, out.ms, self.scheduler.queued())
             self._answer_batch(plan, items, out.probs, t0, t1)
         except asyncio.CancelledError:
             self._fail(items, "shutting_down", "the server shut down while this request's batch ran; retry")
@@ -257,7 +257,7 @@ class Engine:
                 it.future.set_result(served)
             else:
                 it.future.set_exception(answer)
-        self._observe(self.observer.ended, it.req.app, outcome, reason, served)
+        observe(self.observer.ended, it.req.app, outcome, reason, served)
 
     def _fail(self, items: list[_Pending], reason: str, detail: str) -> None:
         for it in items:
@@ -273,10 +273,3 @@ class Engine:
 
     def _fail_all(self, reason: str, detail: str) -> None:
         self._fail(list(self._pending.values()), reason, detail)
-
-    def _observe(self, hook, *args) -> None:
-        """Call an observer hook: metrics and logs that fail are logged, and cost no request its answer."""
-        try:
-            hook(*args)
-        except Exception:
-            log.exception("observer failed", extra={"event": "observer_failed", "hook": getattr(hook, "__name__", "")})

@@ -8,12 +8,16 @@ once: a `Served` record, or a `NotServed` error saying why not.
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from otas.types import App, BatchPlan
+
+log = logging.getLogger("otas.engine")
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,15 @@ class Observer:
     def batch(self, plan: BatchPlan, measured_ms: float, runner_ms: float, queued: int) -> None: ...
 
     def queue_depth(self, n: int) -> None: ...
+
+
+def observe(hook: Callable[..., None], *args: Any) -> None:
+    """Call one observer hook. Observers are metrics and logs: one that raises is logged, and costs
+    no request its answer and no engine its loop."""
+    try:
+        hook(*args)
+    except Exception:
+        log.exception("observer failed", extra={"event": "observer_failed", "hook": getattr(hook, "__name__", "")})
 
 
 @runtime_checkable
