@@ -142,7 +142,7 @@ def shutdown(address: str = "") -> None:
 def serve_ray(spec: ReplicaSpec, replicas: int, host: str, port: int, address: str, max_body_bytes: int,
               log_level: str = "info") -> None:  # fmt: skip
     """Deploy and serve until SIGINT/SIGTERM."""
-    from otas.server.app import setup_logging
+    from otas.server.logs import setup_logging
 
     setup_logging(log_level)
     stop = threading.Event()
