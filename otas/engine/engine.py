@@ -6,9 +6,11 @@
 
 The Scheduler is the very object the simulator drives; it is touched only from the event loop, so
 it needs no lock. The runner runs in one dedicated thread (it owns the device); decoding runs in a
-small pool. Every accepted request gets exactly one answer: a result, `NotServed("expired")` when
-the scheduler drops it, or `NotServed("error")` when its batch fails. `stop()` stops admission,
-serves what is queued, and fails (never forgets) whatever is left after the drain timeout.
+small pool. Every accepted request stays in `_pending` until it gets exactly one answer: a result,
+`NotServed("expired")` when the scheduler drops it, or `NotServed("error")` when its batch fails
+(the runner or the bookkeeping after it) or the server stops. `stop()` stops admission, serves what
+is queued, and fails (never forgets) whatever is left after the drain timeout, a batch still on the
+device included. An observer hook (metrics, logs) that raises is logged and changes no answer.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Protocol
 import numpy as np
 
 from otas.engine.images import MAX_PIXELS, Decoder
+from otas.engine.serving import NotServed, Observer, Served, observe
 from otas.sched.scheduler import Scheduler
 from otas.types import BatchPlan, Request
 
@@ -48,44 +51,6 @@ class Runner(Protocol):
     def run(self, images: Sequence[np.ndarray], tasks: Sequence[str], gamma: int) -> RunResult: ...
 
 
-@dataclass(frozen=True)
-class Served:
-    """The answer to one served request (times in ms on the engine's clock)."""
-
-    id: int
-    app: str
-    gamma: int
-    probs: np.ndarray
-    """(K,) probabilities over `classes`."""
-    classes: list[str]
-    queue_ms: float
-    """Arrival (the HTTP request's receipt, decoding included) to batch start."""
-    exec_ms: float
-    total_ms: float
-    deadline_met: bool
-    batch_size: int
-    utility: float
-    """Expected utility earned: u_a · acc(task, γ) from the profile if on time, else 0."""
-
-
-class NotServed(Exception):
-    """A request that gets no result: `outcome` is rejected, expired or error; `reason` a code."""
-
-    def __init__(self, outcome: str, reason: str, detail: str):
-        super().__init__(f"{outcome} ({reason}): {detail}")
-        self.outcome, self.reason, self.detail = outcome, reason, detail
-
-
-class Observer:
-    """Hooks for metrics and logs; the server's Prometheus observer overrides them."""
-
-    def ended(self, app: str, outcome: str, reason: str = "", served: Served | None = None) -> None: ...
-
-    def batch(self, plan: BatchPlan, measured_ms: float, runner_ms: float, queued: int) -> None: ...
-
-    def queue_depth(self, n: int) -> None: ...
-
-
 @dataclass
 class _Pending:
     req: Request
@@ -96,6 +61,8 @@ class _Pending:
 
 
 class Engine:
+    """The local engine: one Scheduler, one runner on one device thread (a `ServingEngine`)."""
+
     def __init__(
         self,
         scheduler: Scheduler,
@@ -119,7 +86,7 @@ class Engine:
             raise ValueError(f"the model has no head for tasks {missing}; it serves {sorted(runner.classes)}")
         self._clock, self._t0 = clock, clock()
         self._ids = itertools.count()
-        self._pending: dict[int, _Pending] = {}
+        self._pending: dict[int, _Pending] = {}  # accepted and not yet answered: queued or on the device
         self._last_arrival: dict[str, float] = {}
         self._device = ThreadPoolExecutor(1, thread_name_prefix="otas-device")
         self._decode = Decoder(runner.image_size, decode_workers, max_pixels)
@@ -128,6 +95,14 @@ class Engine:
         self._closing = False
         self._poll_s = min(a.slo_ms for a in self.apps.values()) / 10 / 1000  # expiry checks during a batch
         self.batches = 0
+
+    @property
+    def image_size(self) -> int:
+        return self.runner.image_size
+
+    @property
+    def classes(self) -> dict[str, list[str]]:
+        return self.runner.classes
 
     # -- lifecycle ----------------------------------------------------------------------------
     def now_ms(self) -> float:
@@ -142,17 +117,18 @@ class Engine:
         self._task = asyncio.create_task(self._loop(), name="otas-engine")
 
     async def stop(self, timeout_s: float = 30.0) -> None:
-        """Stop admitting, serve what is queued, then fail whatever is left (nothing is lost)."""
+        """Stop admitting, serve what is queued, then answer whatever is left after `timeout_s`
+        (a batch still on the device included) with `shutting_down`: nothing is lost."""
         self._closing = True
         if self._task is not None:
             self._wake.set()
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
-            except TimeoutError:
-                self._task.cancel()
-                await asyncio.gather(self._task, return_exceptions=True)
+            await asyncio.wait({self._task}, timeout=timeout_s)
+            self._task.cancel()  # a no-op once the loop has drained
+            await asyncio.gather(self._task, return_exceptions=True)
         self._fail_all("shutting_down", "the server shut down before this request ran; retry")
-        self._device.shutdown(wait=True)
+        # Off the event loop: a batch still on the device finishes there (its result unread)
+        # while the answers above go out.
+        await asyncio.to_thread(self._device.shutdown)
         self._decode.shutdown()
 
     # -- requests -----------------------------------------------------------------------------
@@ -167,7 +143,7 @@ class Engine:
             raise ValueError(f"unknown application {app!r}; known: {sorted(self.apps)}")
         now = self.now_ms()
         if not self.ready:
-            self.observer.ended(app, "rejected", "shutting_down")
+            observe(self.observer.ended, app, "rejected", "shutting_down")
             raise NotServed("rejected", "shutting_down", "the server is shutting down; retry on another replica")
         arrival = now if arrival_ms is None else min(arrival_ms, now)
         # The scheduler's per-app queues need arrival order, but decoding finishes out of order:
@@ -178,11 +154,11 @@ class Engine:
         req = Request(next(self._ids), app, queued_at, queued_at + slo * (1 - self.margin))
         rej = self.scheduler.submit(req, now)
         if rej is not None:
-            self.observer.ended(app, "rejected", rej.reason.value)
+            observe(self.observer.ended, app, "rejected", rej.reason.value)
             raise NotServed("rejected", rej.reason.value, rej.detail)
         fut: asyncio.Future[Served] = asyncio.get_running_loop().create_future()
         self._pending[req.id] = _Pending(req, image, fut, arrival)
-        self.observer.queue_depth(self.scheduler.queued())
+        observe(self.observer.queue_depth, self.scheduler.queued())
         self._wake.set()
         return fut
 
@@ -213,39 +189,48 @@ class Engine:
             raise
 
     async def _execute(self, plan: BatchPlan) -> None:
-        items = [self._pending.pop(r.id) for r in plan.requests]
-        tasks = [self.apps[r.app].task for r in plan.requests]
-        self.observer.queue_depth(self.scheduler.queued())
+        """Run one batch and answer each of its requests exactly once, whatever fails: the
+        runner, the scheduler's feedback, or stop() giving up on the device (cancellation)."""
+        items = [self._pending[r.id] for r in plan.requests]
+        observe(self.observer.queue_depth, self.scheduler.queued())
+        try:
+            t0 = self.now_ms()
+            out = await self._run(plan, items)
+            t1 = self.now_ms()
+            self.scheduler.complete(plan, t1, t1 - t0)
+            self.batches += 1
+            observe(self.observer.batch, plan, t1 - t0, out.ms, self.scheduler.queued())
+            self._answer_batch(plan, items, out.probs, t0, t1)
+        except asyncio.CancelledError:
+            self._fail(items, "shutting_down", "the server shut down while this request's batch ran; retry")
+            raise
+        except Exception as e:
+            detail = f"batch of {len(items)} at gamma={plan.gamma} failed: {type(e).__name__}: {e}"
+            log.error("batch failed", exc_info=True, extra={"event": "batch_failed", "detail": detail})
+            self._fail(items, "batch_failed", detail)
+
+    async def _run(self, plan: BatchPlan, items: list[_Pending]) -> RunResult:
+        """The batch on the device thread; queued requests that expire meanwhile are answered."""
+        tasks = [self.apps[it.req.app].task for it in items]
         loop = asyncio.get_running_loop()
-        t0 = self.now_ms()
         job = loop.run_in_executor(self._device, self.runner.run, [it.image for it in items], tasks, plan.gamma)
-        while True:  # answer requests that expire while the device is busy, promptly
+        job.add_done_callback(lambda f: f.cancelled() or f.exception())  # read even if nobody waits any more
+        while True:
             done, _ = await asyncio.wait({job}, timeout=self._poll_s)
             if done:
                 break
             self._fail_expired(self.now_ms())
-        t1 = self.now_ms()
-        try:
-            out = job.result()
-            if len(out.probs) != len(items):
-                raise RuntimeError(f"runner returned {len(out.probs)} results for a batch of {len(items)}")
-        except Exception as e:
-            detail = f"batch of {len(items)} at gamma={plan.gamma} failed: {type(e).__name__}: {e}"
-            log.error("batch failed", extra={"event": "batch_failed", "detail": detail})
-            for it in items:
-                self.observer.ended(it.req.app, "error", "batch_failed")
-                if not it.future.done():
-                    it.future.set_exception(NotServed("error", "batch_failed", detail))
-            return
-        measured = t1 - t0
-        self.scheduler.complete(plan, t1, measured)
-        self.batches += 1
-        self.observer.batch(plan, measured, out.ms, self.scheduler.queued())
+        out = job.result()
+        if len(out.probs) != len(items):
+            raise RuntimeError(f"runner returned {len(out.probs)} results for a batch of {len(items)}")
+        return out
+
+    def _answer_batch(self, plan: BatchPlan, items: list[_Pending], probs: np.ndarray, t0: float, t1: float) -> None:
         prof = self.scheduler.profiles[plan.model]
-        for it, p in zip(items, out.probs, strict=True):
+        for it, p in zip(items, probs, strict=True):
             r, app = it.req, self.apps[it.req.app]
             met = t1 <= it.arrival_ms + app.slo_ms
-            classes = self.runner.classes[app.task]
+            classes = self.classes[app.task]
             s = Served(
                 id=r.id,
                 app=r.app,
@@ -253,29 +238,38 @@ class Engine:
                 probs=p[: len(classes)],
                 classes=classes,
                 queue_ms=t0 - it.arrival_ms,
-                exec_ms=measured,
+                exec_ms=t1 - t0,
                 total_ms=t1 - it.arrival_ms,
                 deadline_met=met,
                 batch_size=len(items),
                 utility=app.utility * prof.acc(app.task, plan.gamma) if met else 0.0,
             )
-            self.observer.ended(r.app, "served", "", s)
-            if not it.future.done():  # the caller may have gone away (cancelled)
-                it.future.set_result(s)
+            self._end(it, "served", "", s)
+
+    # -- answers ------------------------------------------------------------------------------
+    def _end(self, it: _Pending, outcome: str, reason: str, answer: Served | NotServed) -> None:
+        """Answer one accepted request: the first answer counts, a later one is dropped."""
+        if self._pending.pop(it.req.id, None) is None:
+            return
+        served = answer if isinstance(answer, Served) else None
+        if not it.future.done():  # the caller may have gone away (cancelled)
+            if served is not None:
+                it.future.set_result(served)
+            else:
+                it.future.set_exception(answer)
+        observe(self.observer.ended, it.req.app, outcome, reason, served)
+
+    def _fail(self, items: list[_Pending], reason: str, detail: str) -> None:
+        for it in items:
+            self._end(it, "error", reason, NotServed("error", reason, detail))
 
     def _fail_expired(self, now: float) -> None:
         for req, why in self.scheduler.expired(now):
-            it = self._pending.pop(req.id)
-            self.observer.ended(req.app, "expired", why)
-            if not it.future.done():
+            it = self._pending.get(req.id)
+            if it is not None:
                 slack = req.deadline_ms - now
-                it.future.set_exception(
-                    NotServed("expired", why, f"dropped from the queue: {slack:.1f} ms to its deadline is too little")
-                )
+                detail = f"dropped from the queue: {slack:.1f} ms to its deadline is too little"
+                self._end(it, "expired", why, NotServed("expired", why, detail))
 
     def _fail_all(self, reason: str, detail: str) -> None:
-        for it in self._pending.values():
-            self.observer.ended(it.req.app, "error", reason)
-            if not it.future.done():
-                it.future.set_exception(NotServed("error", reason, detail))
-        self._pending.clear()
+        self._fail(list(self._pending.values()), reason, detail)

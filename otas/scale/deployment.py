@@ -26,7 +26,8 @@ from otas.profile.table import Profile
 from otas.scale.frontend import FrontendConfig, RoutedEngine, fastest_latency, with_replicas_endpoint
 from otas.scale.replica import ReplicaCore, ReplicaSpec, Reply
 from otas.scale.router import RouterConfig
-from otas.server.app import ServeConfig, create_app, setup_logging
+from otas.server.app import ServeConfig, create_app
+from otas.server.logs import setup_logging
 from otas.server.metrics import Metrics
 
 log = logging.getLogger("otas.scale")

@@ -7,9 +7,10 @@ replica instead of a local scheduler. No ray import: replicas are reached throug
                                                  ^ retry elsewhere while the deadline allows
                                                  └── replica k failed: Router.down(k), probe until it answers
 
-Every accepted image gets exactly one answer: the replica's result or refusal, or
+Every accepted image gets exactly one answer: the replica's result or refusal,
 `NotServed("error", "replica_failed")` when its replica died (or stayed silent past the deadline
-plus `grace_s`) and no retry could still make the deadline. Nothing waits unboundedly.
+plus `grace_s`) and no retry could still make the deadline, or `NotServed("error", "shutting_down")`
+when it is still in flight once `stop()` has drained for `drain_s`. Nothing waits unboundedly.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.responses import JSONResponse
 
-from otas.engine.engine import NotServed, Observer, Served
 from otas.engine.images import Decoder
+from otas.engine.serving import NotServed, Observer, Served, observe
 from otas.scale.replica import Reply
 from otas.scale.router import NoReplica, Router, RouterConfig
 from otas.types import App
@@ -101,15 +102,8 @@ def fastest_latency(profile, max_batch: int) -> list[float]:
     return lat
 
 
-class _Runner:
-    """What create_app reads off `engine.runner`: the model's input size and classes per task."""
-
-    def __init__(self, image_size: int, max_batch: int, classes: dict[str, list[str]]):
-        self.image_size, self.max_batch, self.classes = image_size, max_batch, classes
-
-
 class RoutedEngine:
-    """Engine-shaped facade over replicas (see the module docstring)."""
+    """A `ServingEngine` over replicas (see the module docstring)."""
 
     def __init__(
         self,
@@ -130,7 +124,8 @@ class RoutedEngine:
         self.apps = {a.name: a for a in apps}
         self.config = config or FrontendConfig()
         self.router = Router(apps, len(self.clients), lat_fast, router_config)
-        self.runner = _Runner(describe["image_size"], describe["max_batch"], describe["classes"])
+        self.image_size: int = describe["image_size"]
+        self.classes: dict[str, list[str]] = describe["classes"]
         self.observer = Observer()
         self.rmetrics = RouterMetrics(registry or CollectorRegistry(), self.names)
         self.batches = 0
@@ -145,7 +140,7 @@ class RoutedEngine:
         self._closing = False
         self.fast_ms = lat_fast[1]
 
-    # -- the Engine surface create_app uses -------------------------------------------------------
+    # -- the ServingEngine surface ------------------------------------------------------------------
     def now_ms(self) -> float:
         return (self._clock() - self._t0) * 1000.0
 
@@ -156,13 +151,16 @@ class RoutedEngine:
     async def start(self) -> None:
         self._probe = asyncio.create_task(self._probe_loop(), name="otas-router-probe")
 
-    async def stop(self) -> None:
-        """Stop admitting, let in-flight requests finish (bounded), then fail what is left."""
+    async def stop(self, timeout_s: float | None = None) -> None:
+        """Stop admitting, let in-flight requests finish (for `timeout_s`, default `drain_s`), then
+        answer what is left with `NotServed("error", "shutting_down")` (a 503: retry elsewhere)."""
         self._closing = True
         if self._inflight:
-            await asyncio.wait(set(self._inflight), timeout=self.config.drain_s)
-        for t in list(self._inflight):
-            t.cancel()
+            await asyncio.wait(set(self._inflight), timeout=self.config.drain_s if timeout_s is None else timeout_s)
+        left = list(self._inflight)
+        for t in left:
+            t.cancel()  # its replica call too; `_settle` answers its caller
+        await asyncio.gather(*left, return_exceptions=True)
         if self._probe is not None:
             self._probe.cancel()
             await asyncio.gather(self._probe, return_exceptions=True)
@@ -176,15 +174,40 @@ class RoutedEngine:
         if app not in self.apps:
             raise ValueError(f"unknown application {app!r}; known: {sorted(self.apps)}")
         if self._closing:
-            self.observer.ended(app, "rejected", "shutting_down")
+            observe(self.observer.ended, app, "rejected", "shutting_down")
             raise NotServed("rejected", "shutting_down", "the server is shutting down; retry on another instance")
         now = self.now_ms()
         arrival = now if arrival_ms is None else min(arrival_ms, now)
-        task = asyncio.get_running_loop().create_task(self._serve(app, image, arrival))
+        loop = asyncio.get_running_loop()
+        # The caller holds a future of its own, not the task: a task cancelled by stop() still
+        # answers its caller (see _settle), and a caller that goes away cancels the task.
+        fut: asyncio.Future[Served] = loop.create_future()
+        task = loop.create_task(self._serve(app, image, arrival))
         self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # a sibling's failure may leave it unread
-        return task
+        task.add_done_callback(lambda t: self._settle(t, app, fut))
+        fut.add_done_callback(lambda f: f.cancelled() and task.cancel())
+        return fut
+
+    def _settle(self, task: asyncio.Task, app: str, fut: asyncio.Future[Served]) -> None:
+        """The caller's one answer from the task's end: its result or NotServed, or, for a task
+        cancelled by stop() (even before it ran), `shutting_down`. Never a bare CancelledError."""
+        self._inflight.discard(task)
+        e = None if task.cancelled() else task.exception()  # read even when nobody waits any more
+        if fut.done():  # the caller went away
+            return
+        if task.cancelled():
+            observe(self.observer.ended, app, "error", "shutting_down")
+            e = NotServed(
+                "error", "shutting_down", "the server shut down before a replica answered this request; retry"
+            )
+        elif e is not None and not isinstance(e, NotServed):
+            log.error("request failed", exc_info=e, extra={"event": "internal_error", "app": app})
+            observe(self.observer.ended, app, "error", "internal")
+            e = NotServed("error", "internal", f"the router failed on this request ({type(e).__name__}); retry")
+        if e is None:
+            fut.set_result(task.result())
+        else:
+            fut.set_exception(e)
 
     # -- one request ------------------------------------------------------------------------------
     async def _serve(self, app: str, image: np.ndarray, arrival: float) -> Served:
@@ -197,7 +220,7 @@ class RoutedEngine:
             except NoReplica as e:
                 if tried:
                     raise self._fail(app, tried[-1], last_error, retried=len(tried) - 1) from None
-                self.observer.ended(app, "rejected", "no_replica")
+                observe(self.observer.ended, app, "rejected", "no_replica")
                 raise NotServed(
                     "rejected", "no_replica", f"{e}; Ray is restarting replicas, retry in a few seconds"
                 ) from None
@@ -227,13 +250,13 @@ class RoutedEngine:
             self.router.done(k, *((s.exec_ms, s.batch_size) if s is not None else ()))
             self._absorb(k, reply.queued, reply.batches)
             if s is not None:
-                self.observer.ended(app, "served", "", s)
+                observe(self.observer.ended, app, "served", "", s)
                 return s
-            self.observer.ended(app, reply.outcome, reply.reason)
+            observe(self.observer.ended, app, reply.outcome, reply.reason)
             raise NotServed(reply.outcome, reply.reason, reply.detail)
 
     def _fail(self, app: str, k: int, e: BaseException, retried: int) -> NotServed:
-        self.observer.ended(app, "error", "replica_failed")
+        observe(self.observer.ended, app, "error", "replica_failed")
         again = f" (after {retried} retry)" if retried else ""
         return NotServed(
             "error",
@@ -255,10 +278,12 @@ class RoutedEngine:
 
     def _absorb(self, k: int, queued: int, batches: list) -> None:
         for ev in batches:
-            self.observer.batch(*ev)
+            observe(self.observer.batch, *ev)
             self.batches += 1
         self._queued[k] = queued
-        self.observer.queue_depth(sum(q for q, r in zip(self._queued, self.router.replicas, strict=True) if r.up))
+        observe(
+            self.observer.queue_depth, sum(q for q, r in zip(self._queued, self.router.replicas, strict=True) if r.up)
+        )
 
     # -- health -------------------------------------------------------------------------------------
     async def _probe_loop(self) -> None:

@@ -126,10 +126,11 @@ def shutdown(address: str = "") -> None:
 
 def serve_ray(cfg: ServingConfig) -> None:
     """Deploy and serve until SIGINT/SIGTERM."""
+    from otas.server.logs import setup_logging
+
     spec = make_spec(cfg)
     replicas, address, log_level = cfg.ray.replicas, cfg.ray.address, cfg.http.log_level
     host, port, max_body_bytes = cfg.http.host, cfg.http.port, cfg.http.max_body_bytes
-    from otas.server.app import setup_logging
 
     setup_logging(log_level)
     stop = threading.Event()

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from otas.config import SchedulerConfig
-from otas.engine.engine import NotServed, Observer, Served
+from otas.engine.serving import NotServed, Observer, Served
 from otas.profile.table import Profile
 from otas.server.main import make_engine
 from otas.types import App, BatchPlan

@@ -121,7 +121,7 @@ def serve(cfg: ServingConfig) -> None:
     """Load everything and run uvicorn until SIGINT/SIGTERM (graceful: queued requests are served)."""
     import uvicorn
 
-    from otas.server.app import setup_logging
+    from otas.server.logs import setup_logging
 
     setup_logging(cfg.http.log_level)
     runner, profile = load_runner(cfg)

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from otas.engine.engine import Served
 from otas.engine.images import ImageError, tensor_images
+from otas.engine.serving import Served
 
 SERVER_NAME = "otas"
 TENSOR_TYPES = ("UINT8", "FP32")

@@ -204,3 +204,49 @@ def test_no_healthy_replica_is_rejected_at_once():
 def test_spec_checks():
     with pytest.raises(ValueError, match="noop=True"):
         ReplicaSpec(APPS, paced_profile().to_dict(), "otas", SchedulerConfig(), paced=True)
+
+
+def test_stop_drains_in_flight_requests_first():
+    async def main():
+        eng, cores, _ = await routed()
+        futs = [eng.submit(a.name, IMG) for _ in range(4) for a in APPS]
+        await asyncio.wait_for(eng.stop(), 10)
+        done = all(f.done() for f in futs)
+        for c in cores:
+            await c.stop(5)
+        return futs, done, eng
+
+    futs, done, eng = asyncio.run(main())
+    assert done and all(f.result().deadline_met for f in futs)
+    assert eng.observer.ended_by == {("served", ""): 12}
+
+
+def test_stop_answers_what_outlasts_the_drain_with_shutting_down():
+    """Replicas that never answer: after `drain_s` every caller gets NotServed (a 503), none a
+    CancelledError, a request whose task never ran included."""
+
+    async def main():
+        fe = FrontendConfig(grace_s=30, drain_s=0.1, probe_s=0.05, probe_timeout_s=5)
+        eng, cores, clients = await routed(frontend=fe)
+        for c in clients:
+            c.hung = True
+        futs = [eng.submit(a.name, IMG) for _ in range(2) for a in APPS]
+        await asyncio.sleep(0.02)  # the calls are out, waiting on the replicas
+        sent = set(eng._inflight)
+        unstarted = eng.submit("novel", IMG)
+        (task,) = eng._inflight - sent
+        task.cancel()  # before its first step: its coroutine never runs
+        t0 = time.perf_counter()
+        await asyncio.wait_for(eng.stop(), 5)
+        took = time.perf_counter() - t0
+        res = await asyncio.gather(*futs, unstarted, return_exceptions=True)
+        for c in cores:
+            await c.stop(5)
+        return res, took, eng
+
+    res, took, eng = asyncio.run(main())
+    assert took < 1.0
+    assert all(isinstance(r, NotServed) and (r.outcome, r.reason) == ("error", "shutting_down") for r in res), res
+    assert "shut down before a replica answered" in res[0].detail
+    assert eng.observer.ended_by == {("error", "shutting_down"): 7}
+    assert all(r.inflight == 0 for r in eng.router.replicas)  # the cancelled calls were taken off the books
