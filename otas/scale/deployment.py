@@ -23,7 +23,8 @@ from prometheus_client import CollectorRegistry
 from ray import serve
 
 from otas.profile.table import Profile
-from otas.scale.frontend import FrontendConfig, RoutedEngine, fastest_latency, with_replicas_endpoint
+from otas.scale.frontend import RoutedEngine, with_replicas_endpoint
+from otas.scale.frontend_config import FrontendConfig, fastest_latency
 from otas.scale.replica import ReplicaCore, ReplicaSpec, Reply
 from otas.scale.router import RouterConfig
 from otas.server.app import ServeConfig, create_app

@@ -23,7 +23,6 @@ from starlette.routing import Route
 from otas.engine.serving import ServingEngine
 from otas.server import handlers
 from otas.server.handlers import BodyTooLarge
-from otas.server.logs import setup_logging as setup_logging  # `otas.server.main` imports it from here
 from otas.server.metrics import Metrics
 from otas.server.protocol import error_body
 

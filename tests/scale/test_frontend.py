@@ -9,7 +9,8 @@ import pytest
 
 from otas.config import SchedulerConfig
 from otas.engine.engine import NotServed, Observer
-from otas.scale.frontend import FrontendConfig, RoutedEngine, fastest_latency
+from otas.scale.frontend import RoutedEngine
+from otas.scale.frontend_config import FrontendConfig, fastest_latency
 from otas.scale.replica import ReplicaCore, ReplicaSpec
 from otas.scale.router import RouterConfig
 from tests.server.helpers import APPS, paced_profile

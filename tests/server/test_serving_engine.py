@@ -10,7 +10,8 @@ from starlette.testclient import TestClient
 from otas.config import SchedulerConfig
 from otas.engine.engine import Engine, RunResult
 from otas.engine.serving import NotServed, Observer, Served, ServingEngine
-from otas.scale.frontend import RoutedEngine, fastest_latency
+from otas.scale.frontend import RoutedEngine
+from otas.scale.frontend_config import fastest_latency
 from otas.scale.replica import Reply
 from otas.sched.scheduler import Scheduler
 from otas.server.app import ServeConfig, create_app
