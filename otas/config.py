@@ -42,6 +42,9 @@ class SchedulerConfig:
     """Backpressure: submissions beyond this many queued queries are rejected (queue_full)."""
     latency_ewma: float = 0.1
     """Weight of each measured batch in the online latency correction (0 disables it)."""
+    rate_window: float = 2.0
+    """Time constant of the arrival-rate estimate that prices device time (policy `otas`), in
+    multiples of the loosest SLO: the horizon over which work still to come competes for the device."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.lookahead, int) or self.lookahead < 1:
@@ -60,6 +63,8 @@ class SchedulerConfig:
             raise ValueError(f"memory_limit_mb={self.memory_limit_mb!r}: use a positive size or None")
         if not isinstance(self.max_queue, int) or self.max_queue < 1:
             raise ValueError(f"max_queue={self.max_queue!r}: use an integer >= 1")
+        if not (self.rate_window > 0 and math.isfinite(self.rate_window)):
+            raise ValueError(f"rate_window={self.rate_window!r}: use a positive multiple of the loosest SLO, e.g. 2")
         if not 0.0 <= self.latency_ewma <= 1.0:
             raise ValueError(f"latency_ewma={self.latency_ewma!r}: use a weight in [0, 1] (0 = off)")
 

@@ -70,6 +70,10 @@ class Queues:
     def __len__(self) -> int:
         return self._n
 
+    def count(self, app: str) -> int:
+        """Queued queries of one application."""
+        return len(self._dq[app])
+
     def push(self, req: Request) -> None:
         dq = self._dq[req.app]
         if dq and dq[-1].deadline_ms > req.deadline_ms:

@@ -16,6 +16,10 @@ evaluates the same rounded objective by enumeration; the tests check the two agr
 
 gain_i(γ, k) = Σ_groups w[γ, g] · #{q in group g : d_q ≥ k·δ}: a batch's members are grouped by
 application (same utility and task), so a gain is a few counts from sorted deadlines.
+
+With a `price` μ > 0 (utility per ms of device time, `otas.sched.price`), every batch also pays
+μ · lat_iγ: device time spent now is time the work still to come cannot have. μ = 0 is the
+paper's objective.
 Pure functions of numpy arrays; no clock, no state.
 """
 
@@ -71,7 +75,7 @@ def _counts(deadlines: np.ndarray, taus: np.ndarray) -> np.ndarray:
     return len(deadlines) - np.searchsorted(deadlines, taus, side="left")
 
 
-def plan(specs: list[BatchSpec], delta_ms: float = 0.25, max_grid: int = 512) -> Plan:
+def plan(specs: list[BatchSpec], delta_ms: float = 0.25, max_grid: int = 512, price: float = 0.0) -> Plan:
     """Best gamma per batch for `specs` (executed in the given order). See the module docstring."""
     if not specs:
         return Plan([], 0.0, delta_ms)
@@ -89,27 +93,33 @@ def plan(specs: list[BatchSpec], delta_ms: float = 0.25, max_grid: int = 512) ->
             cnt = _counts(d, taus)
             cnt[G] = 0
             val += spec.weights[:, g, None] * cnt[idx]
+        if price > 0:
+            val -= (price * np.where(valid, spec.latency, 0.0))[:, None]
         if not valid.all():
             val[~valid] = -np.inf
         vals.append(val)
+        pad = V[G]
         V = np.empty(G + 1)
         # OPTIMIZATION: only the max per column here; argmax is taken on the one column the
         # optimal path visits, when the path is read back below.
         val.max(axis=0, out=V[:G])
-        V[G] = 0.0
+        # past the horizon every later batch earns nothing and runs at its fastest setting
+        V[G] = pad - price * float(np.min(spec.latency)) if price > 0 else 0.0
     # Level 0 is evaluated at k = 0 only.
     spec, (s, valid) = specs[0], steps[0]
     val0 = V[s].copy()
     for g, d in enumerate(spec.deadlines):
         cnt = np.where(s < G, _counts(d, taus[s]), 0)
         val0 += spec.weights[:, g] * cnt
+    if price > 0:
+        val0 -= price * np.where(valid, spec.latency, 0.0)
     val0[~valid] = -np.inf
     if not np.isfinite(val0).any():
         raise ValueError("no gamma fits the first batch in memory; lower max_batch or raise the limit")
     g0 = int(val0.argmax())  # ties go to the lowest index: the fastest setting
     choice, at = [g0], int(s[g0])
     for i, val in zip(range(1, len(specs)), reversed(vals), strict=True):
-        if at >= G:  # past the horizon every setting gains nothing: take the fastest valid one
+        if at >= G:  # past the horizon every setting gains nothing: take the fastest valid one (cheapest too)
             g = int(np.argmin(specs[i].latency))
         else:
             g = int(val[:, at].argmax())
@@ -118,13 +128,14 @@ def plan(specs: list[BatchSpec], delta_ms: float = 0.25, max_grid: int = 512) ->
     return Plan(choice, float(val0[g0]), delta)
 
 
-def evaluate(specs: list[BatchSpec], choice: list[int], delta: float) -> float:
+def evaluate(specs: list[BatchSpec], choice: list[int], delta: float, price: float = 0.0) -> float:
     """Objective of one plan with latencies rounded up to whole steps of `delta` (as in `plan`)."""
     K, total = 0, 0.0
     for spec, g in zip(specs, choice, strict=True):
         lat = float(spec.latency[g])
         if not math.isfinite(lat):
             return -math.inf
+        total -= price * lat
         K += math.ceil(lat / delta - 1e-9)
         tau = K * delta
         for j, d in enumerate(spec.deadlines):
@@ -132,13 +143,13 @@ def evaluate(specs: list[BatchSpec], choice: list[int], delta: float) -> float:
     return total
 
 
-def brute_force(specs: list[BatchSpec], delta_ms: float = 0.25, max_grid: int = 512) -> Plan:
+def brute_force(specs: list[BatchSpec], delta_ms: float = 0.25, max_grid: int = 512, price: float = 0.0) -> Plan:
     """Exhaustive search over Γ^n (for tests and tiny instances only)."""
     delta, _ = grid_step(specs, delta_ms, max_grid)
     n_gamma = len(specs[0].latency) if specs else 0
     best: tuple[float, list[int]] = (-math.inf, [])
     for choice in itertools.product(range(n_gamma), repeat=len(specs)):
-        v = evaluate(specs, list(choice), delta)
+        v = evaluate(specs, list(choice), delta, price)
         if v > best[0] + 1e-9:
             best = (v, list(choice))
     return Plan(best[1], best[0], delta)

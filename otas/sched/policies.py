@@ -2,11 +2,13 @@
 to run, and how queues are organised; the `Scheduler` does everything else, so every policy runs
 through the same interface in the simulator and the live server.
 
-    otas            selective batching (queues per SLO class, served in arrival order of their
-                    heads; batch size that lets the most members meet their deadlines) + the DP
-                    over `lookahead` pending batches (method §5)
-    otas-greedy     ablation: the DP with lookahead 1 (best gamma for the next batch alone)
-    otas-fifo       ablation: no selective batching (one queue in arrival order), DP lookahead
+    otas            otas-paper, with device time priced by the work still to come (otas.sched.price):
+                    each batch's latency costs μ utility per ms, μ from the arrival rates
+    otas-paper      the method as published: selective batching (queues per SLO class, served in
+                    arrival order of their heads; batch size that lets the most members meet their
+                    deadlines) + the DP over `lookahead` pending batches (method §5)
+    otas-greedy     ablation of otas-paper: the DP with lookahead 1 (best gamma for the next batch)
+    otas-fifo       ablation of otas-paper: no selective batching (one queue in arrival order)
     fixed:<gamma>   Triton-style dynamic batching at a fixed gamma (fixed:0 is the plain model)
     edf             one queue, earliest deadline first, gamma 0
     clipper         one FIFO queue, gamma 0, AIMD batch size (Clipper: +1 while a batch's
@@ -28,10 +30,12 @@ from otas.config import SchedulerConfig
 from otas.profile.table import Profile
 from otas.sched import optimizer
 from otas.sched.batching import Candidate
+from otas.sched.price import DevicePrice
 from otas.types import App, BatchPlan, Request
 
 POLICY_NAMES = [
     "otas",
+    "otas-paper",
     "otas-greedy",
     "otas-fifo",
     "fixed:<gamma>",
@@ -53,6 +57,8 @@ class View(Protocol):
     def lat_vector(self, model: str, batch: int) -> np.ndarray: ...
     def weights(self, model: str, app: str) -> np.ndarray: ...
     def servable(self, model: str, apps: list[str]) -> np.ndarray: ...
+    def backlog(self) -> list[int]: ...
+    def latency_factor(self, model: str) -> float: ...
 
 
 def batch_apps(c: Candidate) -> list[str]:
@@ -103,9 +109,11 @@ class Policy:
 class Otas(Policy):
     """Selective batching + the token-adaptation DP, receding horizon."""
 
-    def __init__(self, lookahead: int | None = None, selective: bool = True, name: str = "otas"):
+    def __init__(self, lookahead: int | None = None, selective: bool = True, name: str = "otas", priced: bool = True):
         self.name = name
         self.selective = selective
+        self.priced = priced
+        self._price: DevicePrice | None = None
         # Arrival order across SLO classes (within one class it is deadline order too): serving the
         # class with the earliest *deadline* first starves loose-SLO applications under overload
         # (measured: 0.83x -> 1.03x the best baseline on the H100 Azure replay at load 1).
@@ -115,16 +123,27 @@ class Otas(Policy):
 
     def bind(self, view: View) -> None:
         self.lookahead = self._lookahead or view.config.lookahead
+        if self.priced:
+            apps = list(view.apps.values())
+            tau = view.config.rate_window * max(a.slo_ms for a in apps)
+            self._price = DevicePrice(apps, view.profiles[view.model], view.config.max_batch, tau)
 
     def options(self, view: View) -> list[tuple[str, int]]:
         return [(view.model, g) for g in view.profiles[view.model].gammas]
 
+    def on_submit(self, req: Request, now_ms: float) -> None:
+        if self._price is not None:
+            self._price.observe(req.app, now_ms)
+
     def choose(self, cands: list[Candidate], now_ms: float, view: View) -> Choice:
         specs = [self._spec(c, now_ms, view) for c in cands[: self.lookahead]]
         cfg = view.config
-        plan = optimizer.plan(specs, cfg.delta_ms, cfg.max_grid)
+        mu = 0.0
+        if self._price is not None:
+            mu = self._price.price(now_ms, view.backlog(), view.latency_factor(view.model))
+        plan = optimizer.plan(specs, cfg.delta_ms, cfg.max_grid, mu)
         gamma = view.profiles[view.model].gammas[plan.choice[0]]
-        return view.model, gamma, {"planned_value": plan.value, "planned_batches": len(specs)}
+        return view.model, gamma, {"planned_value": plan.value, "planned_batches": len(specs), "price": mu}
 
     @staticmethod
     def _spec(c: Candidate, now_ms: float, view: View) -> optimizer.BatchSpec:
@@ -265,10 +284,12 @@ def make_policy(name: str, **kwargs: object) -> Policy:
     """A fresh policy object by name (see the module docstring); kwargs go to its constructor."""
     if name == "otas":
         return Otas(name="otas", **kwargs)  # type: ignore[arg-type]
+    if name == "otas-paper":
+        return Otas(name="otas-paper", priced=False, **kwargs)  # type: ignore[arg-type]
     if name == "otas-greedy":
-        return Otas(lookahead=1, name="otas-greedy")
+        return Otas(lookahead=1, name="otas-greedy", priced=False)
     if name == "otas-fifo":
-        return Otas(selective=False, name="otas-fifo", **kwargs)  # type: ignore[arg-type]
+        return Otas(selective=False, name="otas-fifo", priced=False, **kwargs)  # type: ignore[arg-type]
     if name.startswith("fixed:"):
         try:
             gamma = int(name.split(":", 1)[1])

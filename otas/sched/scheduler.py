@@ -87,6 +87,14 @@ class Scheduler:
     def weights(self, model: str, app: str) -> np.ndarray:
         return self._tab[model].weights[app]
 
+    def backlog(self) -> list[int]:
+        """Queued queries per application, in `apps` order."""
+        return [self.queues.count(a) for a in self.apps]
+
+    def latency_factor(self, model: str) -> float:
+        """Measured over profiled latency (EWMA), the online correction applied to every prediction."""
+        return self._factor[model]
+
     def servable(self, model: str, apps: Sequence[str]) -> np.ndarray:
         """(|Γ|,) bool: the γ at which every one of `apps` can be served on `model`."""
         tab = self._tab[model]
@@ -118,6 +126,7 @@ class Scheduler:
         """Queue a request, or reject it early with a reason."""
         if req.app not in self.apps:
             raise ValueError(f"request {req.id}: unknown application {req.app!r}; known: {sorted(self.apps)}")
+        self.policy.on_submit(req, now_ms)  # every arrival is demand, whether or not it is queued
         if len(self.queues) >= self.config.max_queue:
             return Rejection(req, Reason.QUEUE_FULL, f"{len(self.queues)} queued (max_queue)")
         if self.config.reject_infeasible and now_ms + self._fast[1] > req.deadline_ms:
@@ -128,7 +137,6 @@ class Scheduler:
                 f"{slack:.1f} ms to deadline < {self._fast[1]:.1f} ms at the fastest setting",
             )
         self.queues.push(req)
-        self.policy.on_submit(req, now_ms)
         return None
 
     def next_batch(self, now_ms: float) -> BatchPlan | None:

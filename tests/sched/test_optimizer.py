@@ -32,17 +32,28 @@ def instances(draw):
         specs.append(BatchSpec(deadlines, weights, np.array(lat)))
     delta = draw(st.sampled_from([0.25, 1.0, 7.0]))
     max_grid = draw(st.sampled_from([16, 512]))
-    return specs, delta, max_grid
+    price = draw(st.sampled_from([0.0, 0.0, 0.01, 0.2]))
+    return specs, delta, max_grid, price
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(instances())
 def test_dp_equals_brute_force(inst):
-    specs, delta, max_grid = inst
-    got = plan(specs, delta, max_grid)
-    want = brute_force(specs, delta, max_grid)
+    specs, delta, max_grid, price = inst
+    got = plan(specs, delta, max_grid, price)
+    want = brute_force(specs, delta, max_grid, price)
     assert math.isclose(got.value, want.value, rel_tol=1e-9, abs_tol=1e-9)
-    assert math.isclose(evaluate(specs, got.choice, got.delta_ms), got.value, rel_tol=1e-9, abs_tol=1e-9)
+    assert math.isclose(evaluate(specs, got.choice, got.delta_ms, price), got.value, rel_tol=1e-9, abs_tol=1e-9)
+
+
+def test_a_price_on_device_time_buys_speed_when_time_is_scarce():
+    """Same slack, same batch: free time buys accuracy; priced time buys the faster setting
+    once the accuracy gain is worth less than the time it costs."""
+    acc, lat = [0.80, 0.90], [20.0, 60.0]
+    spec = [_spec([1000.0] * 4, acc, lat)]
+    assert plan(spec).choice == [1]
+    assert plan(spec, price=4 * 0.10 / 40.0 * 0.9).choice == [1]  # below break-even: accuracy
+    assert plan(spec, price=4 * 0.10 / 40.0 * 1.1).choice == [0]  # above: speed
 
 
 def _spec(deadlines, acc, lat):

@@ -1,0 +1,99 @@
+"""The price of device time: what one millisecond of the device is worth to the work still to come.
+
+The DP (method §5) plans only the batches it can see; on its own it spends any slack on accuracy
+now, while arrivals keep coming. A price μ (utility per ms) charged for each batch's latency makes
+it weigh accuracy now against the queries that the same time would serve later.
+
+μ comes from the fluid relaxation of the serving problem over the near future: applications
+arrive at rates R_a (queries per ms, measured online) on top of a backlog Q_a, each query of `a`
+served at setting γ earns v_a(γ) = u_a · acc(task_a, γ) and costs s(γ) ms of device time (the
+profile's best per-query time at γ under the SLO budget). The LP
+
+    maximise Σ_a R_a · v_a(γ_a)    subject to   Σ_a R_a · s(γ_a) ≤ 1   (γ_a may be 'not served')
+
+is solved by its Lagrangian: every application takes argmax_γ v_a(γ) − μ · s(γ), and μ is the
+smallest price at which the demand Σ_a R_a · s(γ_a(μ)) fits the device. An idle device gives
+μ = 0 (the paper's objective); a saturated one gives the marginal utility per ms of the setting
+that just keeps up. Demand is piecewise constant in μ, with breaks where an application's best
+setting changes, so the breaks are computed once and each query of μ is one small mat-vec.
+Pure numpy; no clock of its own (times are passed in).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from otas.profile.table import Profile
+from otas.types import App
+
+
+def service_ms(profile: Profile, max_batch: int, budget_ms: float) -> np.ndarray:
+    """(|Γ|,) device ms per query at each γ: the best batch within `budget_ms` (Profile.throughput)."""
+    return np.array([1000.0 / profile.throughput(g, max_batch, budget_ms) for g in profile.gammas])
+
+
+class DevicePrice:
+    """Online μ for one model: arrival rates by exponential decay with time constant `tau_ms`."""
+
+    def __init__(self, apps: Sequence[App], profile: Profile, max_batch: int, tau_ms: float):
+        if not tau_ms > 0:
+            raise ValueError(f"tau_ms={tau_ms!r}: use a positive time constant in ms")
+        self.apps = [a.name for a in apps]
+        self.index = {a: i for i, a in enumerate(self.apps)}
+        self.tau = float(tau_ms)
+        slos = sorted(a.slo_ms for a in apps)
+        s = service_ms(profile, max_batch, slos[len(slos) // 2] / 2)  # (|Γ|,)
+        values = []
+        for a in apps:
+            ok = np.isin(profile.gammas, profile.servable(a.task))
+            values.append(np.where(ok, [a.utility * profile.acc(a.task, g) if k else 0.0
+                                        for g, k in zip(profile.gammas, ok, strict=True)], -np.inf))  # fmt: skip
+        self._breaks, self._S = _demand_table(np.array(values), s)
+        self._rate = np.zeros(len(self.apps))  # queries per ms, decayed to `_t`
+        self._t = 0.0
+
+    def observe(self, app: str, now_ms: float) -> None:
+        """One arrival of `app`."""
+        self._decay(now_ms)
+        self._rate[self.index[app]] += 1.0 / self.tau
+
+    def rates(self, now_ms: float) -> np.ndarray:
+        self._decay(now_ms)
+        return self._rate.copy()
+
+    def price(self, now_ms: float, backlog: Sequence[int] | None = None, scale: float = 1.0) -> float:
+        """μ in utility per ms. `backlog`: queued per app (in `apps` order), spread over `tau_ms`;
+        `scale`: measured over profiled latency (the scheduler's online correction)."""
+        self._decay(now_ms)
+        r = self._rate if backlog is None else self._rate + np.asarray(backlog, float) / self.tau
+        demand = scale * (self._S @ r)  # (M + 1,): device ms needed per ms, per price interval
+        m = int(np.argmax(demand <= 1.0))  # the last interval serves nothing: demand 0 there
+        return 0.0 if m == 0 else float(self._breaks[m - 1])
+
+    def _decay(self, now_ms: float) -> None:
+        if now_ms > self._t:
+            self._rate *= math.exp(-(now_ms - self._t) / self.tau)
+            self._t = now_ms
+
+
+def _demand_table(values: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Breaks μ_1 < ... < μ_M where some application's best setting changes, and S (M + 1, apps):
+    the device ms per query each application takes in each price interval (0 = not served)."""
+    v = np.concatenate([values, np.zeros((len(values), 1))], axis=1)  # 'not served': v = 0, s = 0
+    c = np.concatenate([s, [0.0]])
+    breaks = set()
+    for va in v:
+        for i in range(len(c)):
+            for j in range(len(c)):
+                if c[i] > c[j] and np.isfinite(va[i]) and np.isfinite(va[j]) and va[i] > va[j]:
+                    breaks.add(float((va[i] - va[j]) / (c[i] - c[j])))
+    mus = np.array(sorted(breaks))
+    if len(mus) == 0:
+        probe = np.zeros(1)
+    else:  # one price inside each interval [0, μ_1), (μ_1, μ_2), ..., (μ_M, ∞)
+        probe = np.concatenate([[mus[0] / 2], (mus[:-1] + mus[1:]) / 2, [mus[-1] * 2]])
+    best = np.argmax(v[None, :, :] - probe[:, None, None] * c[None, None, :], axis=2)  # (M + 1, apps)
+    return mus, c[best]
