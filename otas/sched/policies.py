@@ -70,7 +70,8 @@ def batch_apps(c: Candidate) -> list[str]:
 
 
 Choice = tuple[str, int, dict[str, float]]
-"""(model, gamma, diagnostics) for the first candidate."""
+"""(model, gamma, diagnostics): the setting for the batch that runs now, which is the first
+candidate unless diagnostics["batch"] names another one's index."""
 
 
 class Policy:
@@ -109,10 +110,18 @@ class Policy:
 class Otas(Policy):
     """Selective batching + the token-adaptation DP, receding horizon."""
 
-    def __init__(self, lookahead: int | None = None, selective: bool = True, name: str = "otas", priced: bool = True):
+    def __init__(
+        self,
+        lookahead: int | None = None,
+        selective: bool = True,
+        name: str = "otas",
+        priced: bool = True,
+        reorder: bool = True,
+    ):
         self.name = name
         self.selective = selective
         self.priced = priced
+        self.reorder = reorder
         self._price: DevicePrice | None = None
         # Arrival order across SLO classes (within one class it is deadline order too): serving the
         # class with the earliest *deadline* first starves loose-SLO applications under overload
@@ -136,14 +145,27 @@ class Otas(Policy):
             self._price.observe(req.app, now_ms)
 
     def choose(self, cands: list[Candidate], now_ms: float, view: View) -> Choice:
-        specs = [self._spec(c, now_ms, view) for c in cands[: self.lookahead]]
+        cands = cands[: self.lookahead]
+        specs = [self._spec(c, now_ms, view) for c in cands]
         cfg = view.config
         mu = 0.0
         if self._price is not None:
             mu = self._price.price(now_ms, view.backlog(), view.latency_factor(view.model))
-        plan = optimizer.plan(specs, cfg.delta_ms, cfg.max_grid, mu)
+        plan, first = optimizer.plan(specs, cfg.delta_ms, cfg.max_grid, mu), 0
+        if self.reorder:
+            # which SLO class runs next: each class's first pending batch moved to the front (the
+            # others keep their order), planned alike; the best plan's first batch runs
+            seen = {cands[0].queue}
+            for j, c in enumerate(cands[1:], 1):
+                if c.queue in seen:
+                    continue
+                seen.add(c.queue)
+                alt = optimizer.plan([specs[j], *specs[:j], *specs[j + 1 :]], cfg.delta_ms, cfg.max_grid, mu)
+                if alt.value > plan.value + 1e-9:
+                    plan, first = alt, j
         gamma = view.profiles[view.model].gammas[plan.choice[0]]
-        return view.model, gamma, {"planned_value": plan.value, "planned_batches": len(specs), "price": mu}
+        meta = {"planned_value": plan.value, "planned_batches": len(specs), "price": mu, "batch": first}
+        return view.model, gamma, meta
 
     @staticmethod
     def _spec(c: Candidate, now_ms: float, view: View) -> optimizer.BatchSpec:
@@ -285,11 +307,11 @@ def make_policy(name: str, **kwargs: object) -> Policy:
     if name == "otas":
         return Otas(name="otas", **kwargs)  # type: ignore[arg-type]
     if name == "otas-paper":
-        return Otas(name="otas-paper", priced=False, **kwargs)  # type: ignore[arg-type]
+        return Otas(name="otas-paper", priced=False, reorder=False, **kwargs)  # type: ignore[arg-type]
     if name == "otas-greedy":
-        return Otas(lookahead=1, name="otas-greedy", priced=False)
+        return Otas(lookahead=1, name="otas-greedy", priced=False, reorder=False)
     if name == "otas-fifo":
-        return Otas(selective=False, name="otas-fifo", priced=False, **kwargs)  # type: ignore[arg-type]
+        return Otas(selective=False, name="otas-fifo", priced=False, reorder=False, **kwargs)  # type: ignore[arg-type]
     if name.startswith("fixed:"):
         try:
             gamma = int(name.split(":", 1)[1])

@@ -156,6 +156,7 @@ class Scheduler:
                 self._hold_until = oldest + delay
                 return None
         model, gamma, meta = self.policy.choose(cands, now_ms, self)
+        first = cands[int(meta.get("batch", 0))]
         if not self.servable(model, list({r.app for r in first.requests}))[self._tab[model].index[gamma]]:
             raise RuntimeError(
                 f"policy {self.policy.name!r} chose gamma={gamma}, which a member's task is not served at"
