@@ -77,36 +77,67 @@ def _counts(deadlines: np.ndarray, taus: np.ndarray) -> np.ndarray:
 
 def plan(specs: list[BatchSpec], delta_ms: float = 0.25, max_grid: int = 512, price: float = 0.0) -> Plan:
     """Best gamma per batch for `specs` (executed in the given order). See the module docstring."""
+    return plan_fronts(specs, [0], delta_ms, max_grid, price)[0]
+
+
+def plan_fronts(
+    specs: list[BatchSpec], fronts: list[int], delta_ms: float = 0.25, max_grid: int = 512, price: float = 0.0
+) -> list[Plan]:
+    """For each j in `fronts`, the best plan with batch j moved to the front (the others keep their
+    order). The value functions of the common suffix are shared, so front j costs j extra levels."""
     if not specs:
-        return Plan([], 0.0, delta_ms)
+        return [Plan([], 0.0, delta_ms) for _ in fronts]
+    n = len(specs)
     delta, G = grid_step(specs, delta_ms, max_grid)
     taus = np.arange(G + 1) * delta  # τ of each grid index; index G stands for 'after the horizon'
     k = np.arange(G)
     steps = [_steps(spec, delta, G) for spec in specs]
-    V = np.zeros(G + 1)  # V(n, ·) = 0; V[G] = 0 is the pad (every deadline has passed there)
-    vals: list[np.ndarray] = []  # vals[i][γ, k]: value of γ at batch i from grid point k
-    for i in range(len(specs) - 1, 0, -1):
-        spec, (s, valid) = specs[i], steps[i]
-        idx = np.minimum(k[None, :] + s[:, None], G)  # (|Γ|, G)
-        val = V[idx]
-        for g, d in enumerate(spec.deadlines):
-            cnt = _counts(d, taus)
-            cnt[G] = 0
-            val += spec.weights[:, g, None] * cnt[idx]
-        if price > 0:
-            val -= (price * np.where(valid, spec.latency, 0.0))[:, None]
-        if not valid.all():
-            val[~valid] = -np.inf
-        vals.append(val)
-        pad = V[G]
-        V = np.empty(G + 1)
-        # OPTIMIZATION: only the max per column here; argmax is taken on the one column the
-        # optimal path visits, when the path is read back below.
-        val.max(axis=0, out=V[:G])
-        # past the horizon every later batch earns nothing and runs at its fastest setting
-        V[G] = pad - price * float(np.min(spec.latency)) if price > 0 else 0.0
-    # Level 0 is evaluated at k = 0 only.
-    spec, (s, valid) = specs[0], steps[0]
+    counts = [[_with_pad(_counts(d, taus), G) for d in spec.deadlines] for spec in specs]
+    idx = [np.minimum(k[None, :] + s[:, None], G) for s, _ in steps]  # (|Γ|, G): grid point after batch i
+    level = lambda i, V: _level(specs[i], steps[i], counts[i], idx[i], V, G, price)
+    # base order: Vs[i] is the value of batches i..n-1 from each grid point (Vs[n] = 0)
+    Vs: list[np.ndarray] = [np.empty(0)] * (n + 1)
+    vals: list[np.ndarray] = [np.empty(0)] * n  # vals[i][γ, k]: value of γ at batch i from grid point k
+    Vs[n] = np.zeros(G + 1)  # V[G] = 0 is the pad (every deadline has passed there)
+    for i in range(n - 1, 0, -1):
+        vals[i], Vs[i] = level(i, Vs[i + 1])
+    out = []
+    for j in fronts:
+        V, alt = Vs[j + 1] if j > 0 else Vs[1], dict(enumerate(vals))
+        for i in range(j - 1, -1, -1):  # batches 0..j-1 run after batch j: fresh levels
+            alt[i], V = level(i, V)
+        order = [j, *range(j), *range(j + 1, n)]
+        out.append(_read_back(specs, steps, order, alt, _first(specs[j], steps[j], taus, V, G, price), G, delta))
+    return out
+
+
+def _with_pad(cnt: np.ndarray, G: int) -> np.ndarray:
+    cnt[G] = 0
+    return cnt
+
+
+def _level(spec: BatchSpec, step, counts, idx: np.ndarray, V: np.ndarray, G: int, price: float):
+    """One backward DP level: (val (|Γ|, G), the value function V for this level on)."""
+    _, valid = step
+    val = V[idx]
+    for g, cnt in enumerate(counts):
+        val += spec.weights[:, g, None] * cnt[idx]
+    if price > 0:
+        val -= (price * np.where(valid, spec.latency, 0.0))[:, None]
+    if not valid.all():
+        val[~valid] = -np.inf
+    out = np.empty(G + 1)
+    # OPTIMIZATION: only the max per column here; argmax is taken on the one column the optimal
+    # path visits, when the path is read back.
+    val.max(axis=0, out=out[:G])
+    # past the horizon every later batch earns nothing and runs at its fastest setting
+    out[G] = V[G] - price * float(np.min(spec.latency)) if price > 0 else 0.0
+    return val, out
+
+
+def _first(spec: BatchSpec, step, taus: np.ndarray, V: np.ndarray, G: int, price: float) -> np.ndarray:
+    """The first batch's value per γ, at grid point 0 only."""
+    s, valid = step
     val0 = V[s].copy()
     for g, d in enumerate(spec.deadlines):
         cnt = np.where(s < G, _counts(d, taus[s]), 0)
@@ -116,13 +147,18 @@ def plan(specs: list[BatchSpec], delta_ms: float = 0.25, max_grid: int = 512, pr
     val0[~valid] = -np.inf
     if not np.isfinite(val0).any():
         raise ValueError("no gamma fits the first batch in memory; lower max_batch or raise the limit")
-    g0 = int(val0.argmax())  # ties go to the lowest index: the fastest setting
-    choice, at = [g0], int(s[g0])
-    for i, val in zip(range(1, len(specs)), reversed(vals), strict=True):
+    return val0
+
+
+def _read_back(specs, steps, order: list[int], vals: dict[int, np.ndarray], val0: np.ndarray, G: int, delta: float):
+    """The optimal path through the levels of `order` (batch indices in execution order)."""
+    g0 = int(val0.argmax())  # ties go to the lowest index
+    choice, at = [g0], int(steps[order[0]][0][g0])
+    for i in order[1:]:
         if at >= G:  # past the horizon every setting gains nothing: take the fastest valid one (cheapest too)
             g = int(np.argmin(specs[i].latency))
         else:
-            g = int(val[:, at].argmax())
+            g = int(vals[i][:, at].argmax())
         choice.append(g)
         at = min(at + int(steps[i][0][g]), G)
     return Plan(choice, float(val0[g0]), delta)

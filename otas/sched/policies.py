@@ -151,18 +151,18 @@ class Otas(Policy):
         mu = 0.0
         if self._price is not None:
             mu = self._price.price(now_ms, view.backlog(), view.latency_factor(view.model))
-        plan, first = optimizer.plan(specs, cfg.delta_ms, cfg.max_grid, mu), 0
+        fronts = [0]
         if self.reorder:
-            # which SLO class runs next: each class's first pending batch moved to the front (the
-            # others keep their order), planned alike; the best plan's first batch runs
+            # which SLO class runs next: each class's first pending batch planned at the front (the
+            # others keep their order); the best plan's first batch runs
             seen = {cands[0].queue}
             for j, c in enumerate(cands[1:], 1):
-                if c.queue in seen:
-                    continue
-                seen.add(c.queue)
-                alt = optimizer.plan([specs[j], *specs[:j], *specs[j + 1 :]], cfg.delta_ms, cfg.max_grid, mu)
-                if alt.value > plan.value + 1e-9:
-                    plan, first = alt, j
+                if c.queue not in seen:
+                    seen.add(c.queue)
+                    fronts.append(j)
+        plans = optimizer.plan_fronts(specs, fronts, cfg.delta_ms, cfg.max_grid, mu)
+        best = max(range(len(plans)), key=lambda m: (plans[m].value, -m))  # ties: the default order
+        plan, first = plans[best], fronts[best]
         gamma = view.profiles[view.model].gammas[plan.choice[0]]
         meta = {"planned_value": plan.value, "planned_batches": len(specs), "price": mu, "batch": first}
         return view.model, gamma, meta
@@ -171,16 +171,17 @@ class Otas(Policy):
     def _spec(c: Candidate, now_ms: float, view: View) -> optimizer.BatchSpec:
         reqs = c.requests
         lat = view.lat_vector(view.model, len(reqs))
-        ok = view.servable(view.model, batch_apps(c))
+        one = c.deadlines is not None or all(r.app == reqs[0].app for r in reqs)
+        apps = [reqs[0].app] if one else list(dict.fromkeys(r.app for r in reqs))
+        ok = view.servable(view.model, apps)
         if not ok.all():  # a γ some member's task is not served at is unavailable
             lat = np.where(ok, lat, np.inf)
         if c.deadlines is not None:  # OPTIMIZATION: one application, deadlines already sorted
-            return optimizer.BatchSpec((c.deadlines - now_ms,), view.weights(view.model, reqs[0].app)[:, None], lat)
-        if reqs[0].app == reqs[-1].app and all(r.app == reqs[0].app for r in reqs):
-            # OPTIMIZATION: one application (the usual case under selective batching): no grouping.
+            return optimizer.BatchSpec((c.deadlines - now_ms,), view.weights(view.model, apps[0])[:, None], lat)
+        if one:  # OPTIMIZATION: one application (the usual case under selective batching): no grouping
             d = np.fromiter((r.deadline_ms for r in reqs), float, len(reqs)) - now_ms
             d.sort()
-            return optimizer.BatchSpec((d,), view.weights(view.model, reqs[0].app)[:, None], lat)
+            return optimizer.BatchSpec((d,), view.weights(view.model, apps[0])[:, None], lat)
         groups: dict[str, list[float]] = {}
         for r in reqs:
             groups.setdefault(r.app, []).append(r.deadline_ms - now_ms)

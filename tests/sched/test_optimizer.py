@@ -4,7 +4,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from otas.sched.optimizer import BatchSpec, brute_force, evaluate, plan
+from otas.sched.optimizer import BatchSpec, brute_force, evaluate, plan, plan_fronts
 
 
 @st.composite
@@ -73,3 +73,14 @@ def test_rounding_is_conservative():
     # 10.2 ms rounds up to 11 steps of 1 ms: a deadline at 10.5 ms is counted as missed.
     p = plan([_spec([10.5], [1.0], [10.2])], delta_ms=1.0)
     assert p.value == 0.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(instances())
+def test_fronts_share_the_suffix_and_equal_planning_each_order(inst):
+    specs, delta, max_grid, price = inst
+    fronts = list(range(len(specs)))
+    for j, got in zip(fronts, plan_fronts(specs, fronts, delta, max_grid, price), strict=True):
+        order = [specs[j], *specs[:j], *specs[j + 1 :]]
+        want = plan(order, delta, max_grid, price)
+        assert got.choice == want.choice and math.isclose(got.value, want.value, rel_tol=1e-12, abs_tol=1e-12)
