@@ -111,6 +111,15 @@ def plan_fronts(
     return out
 
 
+def net_value(spec: BatchSpec, price: float = 0.0) -> float:
+    """The most one batch earns run now and alone, less its device time at `price`."""
+    lat = np.where(np.isfinite(spec.latency), spec.latency, np.nan)  # (|Γ|,)
+    val = -price * lat
+    for g, d in enumerate(spec.deadlines):
+        val = val + spec.weights[:, g] * (len(d) - np.searchsorted(d, lat, side="left"))
+    return float(np.nanmax(val))
+
+
 def _with_pad(cnt: np.ndarray, G: int) -> np.ndarray:
     cnt[G] = 0
     return cnt

@@ -155,11 +155,14 @@ class Otas(Policy):
         if self.reorder:
             # which SLO class runs next: each class's first pending batch planned at the front (the
             # others keep their order); the best plan's first batch runs
+            # (a batch worth less than the device time it takes at price μ is never pulled forward:
+            # under saturation small urgent batches would cost more throughput than they save)
             seen = {cands[0].queue}
             for j, c in enumerate(cands[1:], 1):
                 if c.queue not in seen:
                     seen.add(c.queue)
-                    fronts.append(j)
+                    if mu == 0 or optimizer.net_value(specs[j], mu) > 0:
+                        fronts.append(j)
         plans = optimizer.plan_fronts(specs, fronts, cfg.delta_ms, cfg.max_grid, mu)
         best = max(range(len(plans)), key=lambda m: (plans[m].value, -m))  # ties: the default order
         plan, first = plans[best], fronts[best]
