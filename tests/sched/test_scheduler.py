@@ -125,3 +125,20 @@ def test_profile_accuracy_rows_declare_servable_pairs():
     with pytest.raises(ValueError, match="not served at gamma=4"):
         prof.acc("source", 4)
     assert prof.restrict([-8, 0, 4]).servable("source") == [-8, 0]
+
+
+def test_otas_runs_the_urgent_class_first_when_the_other_can_wait():
+    """A big loose-SLO backlog arrived first; a tight-SLO batch arrives just after. In arrival order
+    (otas-paper) the tight batch waits behind the big one and misses; otas runs it first."""
+    from otas.types import App
+
+    apps = [App("tight", 500.0, 1.0, "novel"), App("loose", 4000.0, 1.0, "blur")]
+    first_app = {}
+    for policy in ("otas-paper", "otas"):
+        s = Scheduler(apps, make_profile(), policy, SchedulerConfig(max_batch=64))
+        for i in range(64):
+            assert s.submit(make_request(i, apps[1], 0.0), 0.0) is None
+        for i in range(64, 72):
+            assert s.submit(make_request(i, apps[0], 10.0), 10.0) is None
+        first_app[policy] = s.next_batch(10.0).requests[0].app
+    assert first_app == {"otas-paper": "loose", "otas": "tight"}

@@ -14,6 +14,7 @@ from tests.factories import make_apps, make_profile, make_small_profile
 APPS = make_apps()
 POLICIES = [
     "otas",
+    "otas-paper",
     "otas-greedy",
     "otas-fifo",
     "fixed:-20",

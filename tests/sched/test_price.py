@@ -1,0 +1,62 @@
+"""The price of device time: zero while the device keeps up, rising with demand, and the price at
+which the fluid relaxation's demand just fits the device."""
+
+import numpy as np
+import pytest
+
+from otas.profile.table import Profile
+from otas.sched.price import DevicePrice, _demand_table
+from otas.types import App
+from tests.factories import make_apps, make_profile
+
+
+def two_setting_profile() -> Profile:
+    """γ=-8: 1 ms per query, accuracy 0.8; γ=8: 2 ms per query, accuracy 0.9 (batch 1 = batch 2 per query)."""
+    return Profile(
+        model="m",
+        device="d",
+        dtype="f",
+        gammas=[-8, 8],
+        batch_sizes=[1, 2],
+        accuracy={"t": {-8: 0.8, 8: 0.9}},
+        latency_ms={-8: {1: 1.0, 2: 2.0}, 8: {1: 2.0, 2: 4.0}},
+    )
+
+
+def test_price_is_the_multiplier_where_demand_fits():
+    app = App("a", 100.0, 1.0, "t")
+    p = DevicePrice([app], two_setting_profile(), max_batch=2, tau_ms=1000.0)
+    p._rate[:] = 0.4  # 0.4 q/ms: γ=8 needs 0.8 ms/ms, fits -> free
+    assert p.price(0.0) == 0.0
+    p._rate[:] = 0.7  # γ=8 needs 1.4 > 1, γ=-8 needs 0.7: the break between them, (0.9-0.8)/(2-1)
+    assert p.price(0.0) == pytest.approx(0.1)
+    p._rate[:] = 1.5  # even γ=-8 needs 1.5: the price where serving stops paying, 0.8 / 1
+    assert p.price(0.0) == pytest.approx(0.8)
+    p._rate[:] = 0.4
+    assert p.price(0.0, backlog=[300]) == pytest.approx(0.1)  # a backlog is demand too (300 / 1000 ms)
+    assert p.price(0.0, scale=1.75) == pytest.approx(0.1)  # measured 1.75x slower: γ=8 needs 1.4
+
+
+def test_rates_decay_and_price_rises_monotonically_with_load():
+    apps = make_apps()
+    p = DevicePrice(apps, make_profile(), max_batch=64, tau_ms=2000.0)
+    prices = []
+    for rate in (0.001, 0.01, 0.03, 0.06, 0.12):
+        p._rate[:] = rate / len(apps)
+        prices.append(p.price(0.0))
+    assert prices[0] == 0.0 and all(b >= a for a, b in zip(prices, prices[1:], strict=False)) and prices[-1] > 0
+    p.observe("novel", 0.0)
+    r0 = p.rates(0.0)
+    assert np.allclose(p.rates(2000.0), r0 * np.exp(-1))
+
+
+def test_demand_table_intervals_are_monotone():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        v = rng.uniform(0, 3, (3, 5))
+        s = np.sort(rng.uniform(0.1, 5, 5))
+        v[rng.random((3, 5)) < 0.2] = -np.inf  # unservable pairs
+        breaks, S = _demand_table(v, s)
+        assert np.all(np.diff(breaks) > 0) and S.shape == (len(breaks) + 1, 3)
+        assert np.all(np.diff(S.sum(1)) <= 1e-12)  # demand never rises with the price
+        assert np.all(S[-1] == 0)  # past the last break nothing is worth serving
