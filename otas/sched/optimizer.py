@@ -159,15 +159,21 @@ def _first(spec: BatchSpec, step, taus: np.ndarray, V: np.ndarray, G: int, price
     return val0
 
 
+def _fastest_best(val: np.ndarray, latency: np.ndarray) -> int:
+    """The best γ; among equally good ones the fastest (on a GPU a merged γ can be slower than 0)."""
+    best = np.flatnonzero(val >= val.max() - 1e-9)
+    return int(best[np.argmin(latency[best])]) if len(best) > 1 else int(best[0])
+
+
 def _read_back(specs, steps, order: list[int], vals: dict[int, np.ndarray], val0: np.ndarray, G: int, delta: float):
     """The optimal path through the levels of `order` (batch indices in execution order)."""
-    g0 = int(val0.argmax())  # ties go to the lowest index
+    g0 = _fastest_best(val0, specs[order[0]].latency)
     choice, at = [g0], int(steps[order[0]][0][g0])
     for i in order[1:]:
         if at >= G:  # past the horizon every setting gains nothing: take the fastest valid one (cheapest too)
             g = int(np.argmin(specs[i].latency))
         else:
-            g = int(vals[i][:, at].argmax())
+            g = _fastest_best(vals[i][:, at], specs[i].latency)
         choice.append(g)
         at = min(at + int(steps[i][0][g]), G)
     return Plan(choice, float(val0[g0]), delta)
