@@ -28,9 +28,10 @@ from otas.types import App
 
 
 def default_policies(profiles: Sequence[Profile]) -> list[str]:
-    """otas and its ablations, fixed:<γ> for every γ, the baselines, and the oracle bound."""
+    """otas, the paper's otas and its ablations, fixed:<γ> for every γ, the baselines, and the oracle bound."""
     names = [
         "otas",
+        "otas-paper",
         "otas-greedy",
         "otas-fifo",
         *[f"fixed:{g}" for g in profiles[0].gammas],
