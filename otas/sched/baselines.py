@@ -1,0 +1,125 @@
+"""The baselines OTAS is compared with: fixed γ (Triton-style dynamic batching), EDF, Clipper's
+AIMD batching, INFaaS-style model switching, and the marker of the offline oracle bound."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+from otas.profile.table import Profile
+from otas.sched.batching import Candidate
+from otas.sched.policy_base import Choice, Policy, View, batch_apps
+from otas.types import BatchPlan, Request
+
+
+class Fixed(Policy):
+    """Triton's dynamic batcher at one gamma: FIFO, up to B_max, optional max queue delay."""
+
+    def __init__(self, gamma: int):
+        self.gamma = gamma
+        self.name = f"fixed:{gamma}"
+
+    def bind(self, view: View) -> None:
+        gammas = view.profiles[view.model].gammas
+        if self.gamma not in gammas:
+            raise ValueError(f"policy {self.name!r}: gamma {self.gamma} is not in the profile's set {gammas}")
+
+    def options(self, view: View) -> list[tuple[str, int]]:
+        return [(view.model, self.gamma)]
+
+    def choose(self, cands: list[Candidate], now_ms: float, view: View) -> Choice:
+        ok = view.servable(view.model, batch_apps(cands[0]))
+        gammas = view.profiles[view.model].gammas
+        if ok[gammas.index(self.gamma)]:
+            return view.model, self.gamma, {}
+        # a member's task is not served at this γ (no prompts for the source task): the servable
+        # γ nearest to it, towards 0
+        near = min((g for g, k in zip(gammas, ok, strict=True) if k), key=lambda g: (abs(g - self.gamma), abs(g)))
+        return view.model, near, {"fallback_from": float(self.gamma)}
+
+
+class Edf(Policy):
+    name = "edf"
+    order = "deadline"
+
+
+class Clipper(Policy):
+    """AIMD batch size: +1 after a batch within its tightest member SLO, ×0.9 after one over it."""
+
+    name = "clipper"
+
+    def __init__(self, step: float = 1.0, backoff: float = 0.9):
+        self.step, self.backoff = step, backoff
+        self.cap = 1.0
+
+    def batch_cap(self, view: View) -> int:
+        return max(1, min(int(self.cap), view.config.max_batch))
+
+    def on_complete(self, plan: BatchPlan, now_ms: float, measured_ms: float, view: View) -> None:
+        slo = min(view.apps[r.app].slo_ms for r in plan.requests)
+        if measured_ms > slo:
+            self.cap = max(1.0, self.cap * self.backoff)
+        else:
+            self.cap = min(float(view.config.max_batch), self.cap + self.step)
+
+
+class ModelSwitch(Policy):
+    """INFaaS-style: gamma 0 on the most accurate model whose throughput covers the arrival rate.
+
+    Rate = arrivals in the last `window` submissions over their time span; a model 'covers' it if
+    its best throughput with batches within half the median SLO is ≥ headroom × rate. A switch
+    costs the target profile's `model_load_ms` (added to the batch) and the policy then stays at
+    least `min_dwell_ms` on the new model, so it does not thrash.
+    """
+
+    name = "model-switch"
+
+    def __init__(self, window: int = 200, headroom: float = 1.1, min_dwell_ms: float | None = None):
+        self.window, self.headroom, self.min_dwell_ms = window, headroom, min_dwell_ms
+        self._arrivals: deque[float] = deque(maxlen=window)
+        self._last_switch = -math.inf
+
+    def bind(self, view: View) -> None:
+        slos = sorted(a.slo_ms for a in view.apps.values())
+        budget = slos[len(slos) // 2] / 2
+        total_u = sum(a.utility for a in view.apps.values()) or 1.0
+
+        def quality(p: Profile) -> float:
+            return sum(a.utility * p.acc(a.task, 0) for a in view.apps.values()) / total_u
+
+        for p in view.profiles.values():
+            if 0 not in p.gammas:
+                raise ValueError(f"model-switch runs gamma 0; profile {p.model!r} has gammas {p.gammas}")
+        ranked = sorted(view.profiles.values(), key=quality, reverse=True)
+        self._ranked = [(p.model, p.throughput(0, view.config.max_batch, budget) / 1000.0) for p in ranked]
+        if self.min_dwell_ms is None:
+            loads = [p.model_load_ms or 0.0 for p in view.profiles.values()]
+            self.min_dwell_ms = max(1000.0, 20.0 * max(loads))
+
+    def options(self, view: View) -> list[tuple[str, int]]:
+        return [(m, 0) for m in view.profiles]
+
+    def on_submit(self, req: Request, now_ms: float) -> None:
+        self._arrivals.append(now_ms)
+
+    def _rate(self, now_ms: float) -> float:
+        """Arrivals per ms over the recent window (0 with too little history)."""
+        if len(self._arrivals) < 2:
+            return 0.0
+        span = max(now_ms - self._arrivals[0], 1e-9)
+        return (len(self._arrivals) - 1) / span
+
+    def choose(self, cands: list[Candidate], now_ms: float, view: View) -> Choice:
+        rate = self._rate(now_ms) * self.headroom
+        target = next((m for m, cap in self._ranked if cap >= rate), self._ranked[-1][0])
+        if target != view.model and now_ms - self._last_switch >= (self.min_dwell_ms or 0.0):
+            self._last_switch = now_ms
+            return target, 0, {"rate_per_s": rate * 1000.0}
+        return view.model, 0, {"rate_per_s": rate * 1000.0}
+
+
+class Oracle(Policy):
+    """Marker for the offline bound; `otas.sim` computes it with `otas.sched.oracle.upper_bound`."""
+
+    name = "oracle"
+    offline = True
