@@ -161,7 +161,8 @@ def _first(spec: BatchSpec, step, taus: np.ndarray, V: np.ndarray, G: int, price
 
 def _fastest_best(val: np.ndarray, latency: np.ndarray) -> int:
     """The best γ; among equally good ones the fastest (on a GPU a merged γ can be slower than 0)."""
-    best = np.flatnonzero(val >= val.max() - 1e-9)
+    top = val.max()
+    best = np.flatnonzero(val >= top - 1e-12 * max(1.0, abs(top)))
     return int(best[np.argmin(latency[best])]) if len(best) > 1 else int(best[0])
 
 
