@@ -202,6 +202,6 @@ def brute_force(specs: list[BatchSpec], delta_ms: float = 0.25, max_grid: int = 
     best: tuple[float, list[int]] = (-math.inf, [])
     for choice in itertools.product(range(n_gamma), repeat=len(specs)):
         v = evaluate(specs, list(choice), delta, price)
-        if v > best[0] + 1e-9:
+        if v > best[0] + 1e-12 * max(1.0, abs(v)):
             best = (v, list(choice))
     return Plan(best[1], best[0], delta)
