@@ -10,9 +10,9 @@ Inputs; a request sends exactly one, and names its application in the request pa
     image_uint8  UINT8 [N, H, W, 3]   RGB pixels 0..255, row-major
     image_fp32   FP32  [N, H, W, 3]   RGB pixels 0..1, row-major
 
-(`image` also takes UINT8 and FP32 tensors, as it did before the typed names.) Outputs: `probs` FP32
-[N, K], `label` BYTES [N], `gamma` INT32 [N], `deadline_met` BOOL [N], `latency_ms` FP32 [N, 3]
-(queue, execution, total). Errors: `ProtocolError` (`otas.server.errors`).
+`image` also takes UINT8 and FP32 tensors, for clients that send every datatype under one name.
+Outputs: `probs` FP32 [N, K], `label` BYTES [N], `gamma` INT32 [N], `deadline_met` BOOL [N],
+`latency_ms` FP32 [N, 3] (queue, execution, total). Errors: `ProtocolError` (`otas.server.errors`).
 """
 
 from __future__ import annotations
@@ -125,13 +125,14 @@ def build_request(
         raise ProtocolError(400, "bad_payload", f"{what}: send its elements either in `data` or as binary data")
     outs = None if outputs is None else list(outputs)
     if dtype == "BYTES":
-        n = _count(shape[0] if len(shape) in (1, 2) and shape[1:] in ([], [1]) else -1, shape, "[N]")
+        n = _count(shape[0] if len(shape) in (1, 2) and shape[1:] in ([], [1]) else -1, shape, "[N] (N files)")
         payloads = split_bytes(t.raw, n, what) if t.raw is not None else _elements(t.data, n, what)
         return InferRequest(rid, app, payloads, None, outs)
     size = image_size
     if len(shape) == 3:
         shape = [1, *shape]
-    _count(shape[0] if len(shape) == 4 and shape[1:] == [size, size, 3] else -1, shape, f"[N, {size}, {size}, 3]")
+    want = f"[N, {size}, {size}, 3] (N RGB images, height × width × channel)"
+    _count(shape[0] if len(shape) == 4 and shape[1:] == [size, size, 3] else -1, shape, want)
     flat = from_raw(dtype, t.raw, shape, what) if t.raw is not None else _numbers(dtype, t.data, shape, what)
     try:
         return InferRequest(rid, app, None, tensor_images(dtype, shape, flat, size), outs)
@@ -149,7 +150,7 @@ def _shape(shape: object, what: str) -> list[int]:
 
 def _count(n: int, shape: list[int], want: str) -> int:
     if n < 0:
-        raise ProtocolError(400, "bad_shape", f"shape {shape} is wrong; send {want} (RGB, height × width × channel)")
+        raise ProtocolError(400, "bad_shape", f"shape {shape} is wrong; send {want}")
     if not 1 <= n <= MAX_IMAGES:
         raise ProtocolError(400, "bad_shape", f"{n} images in one request; send 1..{MAX_IMAGES}")
     return n

@@ -14,11 +14,9 @@ DTYPES = {
     "BOOL": np.dtype("?"),
     "UINT8": np.dtype("u1"),
     "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"),
     "FP32": np.dtype("<f4"),
-    "FP64": np.dtype("<f8"),
 }
-"""Fixed-size datatypes this server reads or writes, by protocol name (BYTES has no fixed size)."""
+"""Fixed-size datatypes this server reads (UINT8, FP32) or writes, by protocol name (BYTES has no fixed size)."""
 
 
 def element_count(shape: Sequence[int]) -> int:
