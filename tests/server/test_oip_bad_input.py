@@ -231,3 +231,49 @@ def test_good_and_bad_together_lose_nothing(srv):
     assert all(results), [jobs[i][:1] + (r,) for i, r in zip(order, results, strict=True) if not r]
     assert served_total(srv.url) - before == 3 * 24  # the good images, each counted once; no bad one reached it
     assert httpx.get(f"{srv.url}/v2/health/ready").status_code == 200
+
+
+# -- refusals --------------------------------------------------------------------------------------
+def test_refusals_map_to_grpc_codes():
+    from otas.engine.serving import NotServed
+    from otas.server.errors import ProtocolError
+    from otas.server.grpc_api.service import status_of
+
+    cases = [
+        (NotServed("rejected", "queue_full", "x"), Code.RESOURCE_EXHAUSTED),
+        (NotServed("rejected", "infeasible", "x"), Code.UNAVAILABLE),
+        (NotServed("expired", "deadline_unreachable", "x"), Code.UNAVAILABLE),
+        (NotServed("error", "shutting_down", "x"), Code.UNAVAILABLE),
+        (NotServed("error", "batch_failed", "x"), Code.INTERNAL),
+        (ProtocolError(404, "unknown_model", "x"), Code.NOT_FOUND),
+        (ProtocolError(413, "too_large", "x"), Code.INVALID_ARGUMENT),
+        (ProtocolError(400, "bad_shape", "x"), Code.INVALID_ARGUMENT),
+        (RuntimeError("boom"), Code.INTERNAL),
+    ]
+    for e, code in cases:
+        assert status_of(e)[0] == code, e
+
+
+def test_grpc_queue_full_is_resource_exhausted_and_the_rest_are_served(paced):
+    """A burst over a queue of 4: the overflow is RESOURCE_EXHAUSTED `queue_full` at once, every
+    accepted call is answered."""
+    req = grpc_request(raw=join_bytes(IMAGES[:1]), shape=[1])
+
+    async def main(target):
+        async with grpc.aio.insecure_channel(target) as ch:
+            astub = pb_grpc.GRPCInferenceServiceStub(ch)
+
+            async def one():
+                try:
+                    return await astub.ModelInfer(req, timeout=30)
+                except grpc.aio.AioRpcError as e:
+                    return e
+
+            return await asyncio.gather(*(one() for _ in range(24)))
+
+    with serving(paced, paced_profile(), max_queue=4, grpc=True) as (s, _):
+        res = asyncio.run(main(s.grpc_target))
+    served = [r for r in res if isinstance(r, pb.ModelInferResponse)]
+    refused = [r for r in res if not isinstance(r, pb.ModelInferResponse)]
+    assert served and refused and len(served) + len(refused) == 24 and sum(paced.sizes) == len(served)
+    assert all(e.code() == Code.RESOURCE_EXHAUSTED and e.details().startswith("queue_full: ") for e in refused)
