@@ -108,17 +108,21 @@ class EngineConfig:
 
 @dataclass
 class HttpConfig:
-    """Where and how the HTTP API listens."""
+    """Where and how the HTTP API (and the gRPC API beside it) listens."""
 
     host: str = "127.0.0.1"
     port: int = 8000
     max_body_mb: float = 8.0
-    """Request bodies above this are refused with 413 before being read whole."""
+    """Request bodies (and gRPC messages) above this are refused before being read whole."""
     log_level: str = "info"
+    grpc_port: int = 8001
+    """The KServe v2 gRPC API's port, on `host` (0 = no gRPC); the local backend only."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
             raise ValueError(f"port={self.port}: use 0..65535")
+        if not 0 <= self.grpc_port < 65536:
+            raise ValueError(f"grpc_port={self.grpc_port}: use 1..65535, or 0 for no gRPC")
         if not self.max_body_mb > 0:
             raise ValueError(f"max_body_mb={self.max_body_mb}: use a positive size in MiB")
 

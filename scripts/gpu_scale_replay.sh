@@ -55,7 +55,7 @@ serve_and_replay ray2 "$L2" --backend ray --replicas 2              # router + 2
 # Overhead with the no-op model: requests/s each backend sustains (HTTP + routing + scheduling).
 for B in "local" "ray --replicas 1" "ray --replicas 2"; do
   TAG=noop_$(echo "$B" | tr -d ' -')
-  $OTAS serve --noop --port 8001 --log-level warning --backend $B > "$OUT/serve_$TAG.log" 2>&1 &
+  $OTAS serve --noop --port 8001 --grpc-port 8002 --log-level warning --backend $B > "$OUT/serve_$TAG.log" 2>&1 &
   PID=$!
   for _ in $(seq 300); do curl -sf localhost:8001/v2/health/ready > /dev/null && break; sleep 1; done
   $OTAS bench overhead --url http://127.0.0.1:8001 --concurrency 128 --clients 4 --duration-s 10 \

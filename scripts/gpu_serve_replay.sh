@@ -41,7 +41,7 @@ for POLICY in $POLICIES; do
   kill -TERM $PID; wait $PID || true
 done
 # Server overhead on this machine: no-op model, HTTP + scheduling + collation only.
-$OTAS serve --noop --port 8001 --log-level warning > "$OUT/serve_noop.log" 2>&1 &
+$OTAS serve --noop --port 8001 --grpc-port 8002 --log-level warning > "$OUT/serve_noop.log" 2>&1 &
 PID=$!
 for _ in $(seq 60); do curl -sf localhost:8001/v2/health/ready > /dev/null && break; sleep 1; done
 $OTAS bench overhead --url http://127.0.0.1:8001 --concurrency 128 --clients 4 --duration-s 10 --profile "$PROFILE" \

@@ -1,1 +1,1 @@
-"""Load generation over HTTP (trace replay, server overhead) and its reports."""
+"""Load generation (trace replay over HTTP; server overhead over HTTP and gRPC) and its reports."""

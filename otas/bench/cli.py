@@ -55,16 +55,32 @@ def bench_overhead_cmd(
     url: Annotated[
         str, typer.Option(help="Server base URL (start it with `otas serve --noop`).")
     ] = "http://127.0.0.1:8000",
-    concurrency: Annotated[int, typer.Option(help="Requests in flight (closed loop).")] = 64,
-    duration_s: float = 10.0,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight per client process (closed loop).")] = 64,
+    duration_s: Annotated[float, typer.Option(help="Seconds measured per protocol and batch.")] = 5.0,
+    warmup_s: Annotated[float, typer.Option(help="Seconds sent, not measured, before each.")] = 1.0,
     clients: Annotated[int, typer.Option(help="Client processes.")] = 1,
+    protocols: Annotated[
+        str, typer.Option(help="Comma-separated: json (base64 BYTES), binary, grpc.")
+    ] = "json,binary,grpc",
+    batches: Annotated[str, typer.Option(help="Comma-separated images per request.")] = "1,64",
+    grpc_target: Annotated[str, typer.Option(help="gRPC host:port (default: the server's, from /v1/config).")] = "",
     profile: Annotated[Path | None, typer.Option(help="A model profile to compare against (its throughput).")] = None,
-    out: Annotated[Path, typer.Option(help="Folder for the JSON result.")] = Path("bench/results"),
+    out: Annotated[Path, typer.Option(help="Folder for the JSON result.")] = Path("bench/results/overhead"),
 ) -> None:
-    """Requests/s the server sustains (best run against `otas serve --noop`), vs a model's throughput."""
+    """Requests/s and latency the server sustains per protocol and batch (best run against
+    `otas serve --noop`), vs a model's throughput."""
+    from otas.bench.overhead import PROTOCOLS
     from otas.bench.overhead import main as overhead_main
 
-    overhead_main(url, concurrency, duration_s, clients, profile, out, console)
+    chosen = tuple(p.strip() for p in protocols.split(",") if p.strip())
+    if not chosen or any(p not in PROTOCOLS for p in chosen):
+        raise typer.BadParameter(f"--protocols {protocols!r}: use a comma-separated subset of {','.join(PROTOCOLS)}")
+    sizes = _ints(batches)
+    if not sizes or min(sizes) < 1:
+        raise typer.BadParameter(f"--batches {batches!r}: use comma-separated integers >= 1")
+    overhead_main(
+        url, concurrency, duration_s, clients, profile, out, console, chosen, tuple(sizes), grpc_target, warmup_s
+    )
 
 
 @bench_app.command("summary")

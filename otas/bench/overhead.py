@@ -1,9 +1,14 @@
-"""`otas bench overhead`: the request rate the server sustains on HTTP + decoding + scheduling +
-collation alone (run it against `otas serve --noop`), next to a model's own throughput.
+"""`otas bench overhead`: the request rate the server sustains on its own work — protocol parsing,
+decoding, scheduling, collation — (run it against `otas serve --noop`), next to a model's throughput.
 
-Closed loop: `concurrency` requests in flight per client process, each a 32×32 PNG sent as KServe
-v2 BYTES, for `duration_s` after a 1 s warm-up. Several client processes keep the client from
-being the bottleneck (the figure is a lower bound on the server's capacity either way).
+For each protocol (KServe v2 JSON with base64 BYTES, HTTP with binary tensors, gRPC with raw
+contents) and each batch (images per request): a closed loop per client process of requests each
+carrying `batch` distinct 32×32 PNGs, for `duration_s` after a 1 s warm-up. `concurrency` requests
+are in flight at batch 1 and max(2, concurrency / batch) above, so that about as many images wait
+at every batch (64 requests of 64 images would queue past every application's SLO). Request
+bodies are built once and responses are read but not parsed, so the client does as little as it
+can; several client processes keep it from being the bottleneck (the figures are lower bounds on
+the server's capacity either way).
 """
 
 from __future__ import annotations
@@ -16,98 +21,194 @@ import multiprocessing as mp
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
-from otas.bench.replay import infer_request
 from otas.provenance import run_meta
 
+PROTOCOLS = ("json", "binary", "grpc")
+GRPC_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
-def _png() -> bytes:
+
+def pngs(n: int) -> list[bytes]:
     from PIL import Image
 
-    rng = np.random.default_rng(0)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue())
+    rng, out = np.random.default_rng(0), []
+    for _ in range(n):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buf, format="PNG")
+        out.append(buf.getvalue())
+    return out
 
 
-async def _client(url: str, model: str, app: str, concurrency: int, duration_s: float) -> tuple[int, int, list[float]]:
-    import aiohttp
+def request(protocol: str, model: str, app: str, images: list[bytes]) -> tuple[bytes, dict[str, str]]:
+    """(body, HTTP headers) of one infer request carrying `images` as the BYTES input `image`."""
+    from otas.server.tensors import join_bytes
 
-    body = infer_request(_png(), app)
-    endpoint = f"{url}/v2/models/{model}/infer"
+    n = len(images)
+    if protocol == "json":
+        data = [base64.b64encode(b).decode() for b in images]
+        head = {
+            "parameters": {"app": app},
+            "inputs": [{"name": "image", "datatype": "BYTES", "shape": [n], "data": data}],
+        }
+        return json.dumps(head).encode(), {"content-type": "application/json"}
+    raw = join_bytes(images)
+    if protocol == "binary":
+        inp = {"name": "image", "datatype": "BYTES", "shape": [n], "parameters": {"binary_data_size": len(raw)}}
+        head = json.dumps({"parameters": {"app": app, "binary_data_output": True}, "inputs": [inp]}).encode()
+        return head + raw, {
+            "content-type": "application/octet-stream",
+            "Inference-Header-Content-Length": str(len(head)),
+        }
+    if protocol == "grpc":
+        from otas.server.grpc_api import grpc_predict_v2_pb2 as pb
+
+        req = pb.ModelInferRequest(model_name=model, raw_input_contents=[raw])
+        req.parameters["app"].string_param = app
+        req.inputs.add(name="image", datatype="BYTES", shape=[n])
+        return req.SerializeToString(), {}
+    raise ValueError(f"protocol {protocol!r}: use one of {PROTOCOLS}")
+
+
+async def _closed_loop(send, concurrency: int, duration_s: float, warmup_s: float) -> tuple[int, int, list[float]]:
+    """`concurrency` workers calling `send()` (True = answered) back to back; counts after the warm-up."""
     ok = bad = 0
     lat: list[float] = []
     start = time.perf_counter()
-    t_measure, t_end = start + 1.0, start + 1.0 + duration_s
-    conn = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=30)) as client:
+    t_measure, t_end = start + warmup_s, start + warmup_s + duration_s
 
-        async def worker() -> None:
-            nonlocal ok, bad
-            while (now := time.perf_counter()) < t_end:
-                async with client.post(endpoint, data=body, headers={"content-type": "application/json"}) as r:
-                    await r.read()
-                done = time.perf_counter()
-                if now >= t_measure:
-                    if r.status == 200:
-                        ok += 1
-                        lat.append((done - now) * 1e3)
-                    else:
-                        bad += 1
+    async def worker() -> None:
+        nonlocal ok, bad
+        while (now := time.perf_counter()) < t_end:
+            good = await send()
+            done = time.perf_counter()
+            if now >= t_measure:
+                if good:
+                    ok += 1
+                    lat.append((done - now) * 1e3)
+                else:
+                    bad += 1
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
     return ok, bad, lat
 
 
+async def _http(endpoint: str, body: bytes, headers: dict, concurrency: int, duration_s: float, warmup_s: float):
+    import aiohttp
+
+    conn = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=30)) as client:
+
+        async def send() -> bool:
+            async with client.post(endpoint, data=body, headers=headers) as r:
+                await r.read()
+                return r.status == 200
+
+        return await _closed_loop(send, concurrency, duration_s, warmup_s)
+
+
+async def _grpc(target: str, body: bytes, concurrency: int, duration_s: float, warmup_s: float):
+    import grpc
+
+    opts = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+    async with grpc.aio.insecure_channel(target, options=opts) as channel:
+        call = channel.unary_unary(GRPC_INFER)  # bytes in, bytes out: no protobuf work in the client
+
+        async def send() -> bool:
+            try:
+                await call(body, timeout=30)
+                return True
+            except grpc.aio.AioRpcError:
+                return False
+
+        return await _closed_loop(send, concurrency, duration_s, warmup_s)
+
+
 def _proc(args: tuple) -> tuple[int, int, list[float]]:
-    return asyncio.run(_client(*args))
+    protocol, where, body, headers, *loop = args
+    if protocol == "grpc":
+        return asyncio.run(_grpc(where, body, *loop))
+    return asyncio.run(_http(where, body, headers, *loop))
 
 
-def main(url: str, concurrency: int, duration_s: float, clients: int, profile: Path | None, out: Path, console) -> dict:
-    from otas.bench.replay import server_info
-    from otas.profile.table import Profile
-
-    url = url.rstrip("/")
-    info = server_info(url)
-    app = info["apps"][0]["name"]
-    args = (url, info["model"], app, concurrency, duration_s)
+def measure(protocol: str, where: str, body: bytes, headers: dict, concurrency: int, duration_s: float, clients: int,
+            warmup_s: float = 1.0):  # fmt: skip
+    """(requests answered, requests failed, latencies in ms) over `clients` processes."""
+    args = (protocol, where, body, headers, concurrency, duration_s, warmup_s)
     if clients == 1:
         parts = [_proc(args)]
     else:
         with mp.get_context("spawn").Pool(clients) as pool:
             parts = pool.map(_proc, [args] * clients)
-    ok = sum(p[0] for p in parts)
-    bad = sum(p[1] for p in parts)
-    lat = [x for p in parts for x in p[2]]
+    return sum(p[0] for p in parts), sum(p[1] for p in parts), [x for p in parts for x in p[2]]
+
+
+def main(
+    url: str,
+    concurrency: int,
+    duration_s: float,
+    clients: int,
+    profile: Path | None,
+    out: Path,
+    console,
+    protocols: tuple[str, ...] = PROTOCOLS,
+    batches: tuple[int, ...] = (1, 64),
+    grpc_target: str = "",
+    warmup_s: float = 1.0,
+) -> dict:
+    from otas.bench.replay import server_info
+
+    url = url.rstrip("/")
+    info = server_info(url)
+    model, app = info["model"], info["apps"][0]["name"]
+    if not grpc_target and info.get("grpc_port"):
+        grpc_target = f"{urlsplit(url).hostname}:{info['grpc_port']}"
+    runs: list[dict[str, Any]] = []
+    for protocol in protocols:
+        if protocol == "grpc" and not grpc_target:
+            console.print("grpc: skipped (the server serves no gRPC; start it with --grpc-port, or pass --grpc-target)")
+            continue
+        where = grpc_target if protocol == "grpc" else f"{url}/v2/models/{model}/infer"
+        for batch in batches:
+            body, headers = request(protocol, model, app, pngs(batch))
+            in_flight = concurrency if batch == 1 else max(2, concurrency // batch)
+            ok, bad, lat = measure(protocol, where, body, headers, in_flight, duration_s, clients, warmup_s)
+            pct = {q: float(np.percentile(lat, int(q[1:]))) if lat else None for q in ("p50", "p90", "p99")}
+            run = {"protocol": protocol, "batch": batch, "in_flight": in_flight * clients, "request_bytes": len(body),
+                   "requests_per_s": ok / duration_s,
+                   "images_per_s": ok * batch / duration_s, "failed": bad, "latency_ms": pct}  # fmt: skip
+            runs.append(run)
+            console.print(
+                f"{protocol:>6} batch {batch:>3}: {run['requests_per_s']:8.0f} requests/s "
+                f"({run['images_per_s']:.0f} images/s), p50 {pct['p50'] or 0:.1f} ms, p99 {pct['p99'] or 0:.1f} ms, "
+                f"{bad} failed"
+            )
     res: dict[str, Any] = {
-        "meta": {"url": url, "model": info["model"], "concurrency": concurrency, "clients": clients,
-                 "duration_s": duration_s, **run_meta()},
-        "requests_per_s": ok / duration_s,
-        "non_200": bad,
-        "latency_ms": {q: float(np.percentile(lat, int(q[1:]))) if lat else None for q in ("p50", "p90", "p99")},
+        "meta": {"url": url, "grpc_target": grpc_target, "model": model, "concurrency": concurrency,
+                 "clients": clients, "duration_s": duration_s, "warmup_s": warmup_s, **run_meta()},
+        "runs": runs,
     }  # fmt: skip
-    console.print(
-        f"server ({info['model']}): {res['requests_per_s']:.0f} requests/s, {bad} non-200, "
-        f"latency p50 {res['latency_ms']['p50']:.1f} ms, p99 {res['latency_ms']['p99']:.1f} ms"
-    )
     if profile is not None:
-        prof = Profile.load(profile)
-        mb = info["scheduler"]["max_batch"]
-        res["model"] = {
-            "profile": str(profile),
-            "images_per_s_gamma0": prof.throughput(0, mb),
-            "images_per_s_fastest": max(prof.throughput(g, mb) for g in prof.gammas),
-        }
-        res["server_over_model"] = res["requests_per_s"] / res["model"]["images_per_s_fastest"]
-        console.print(
-            f"model {prof.model} on {prof.device}: {res['model']['images_per_s_gamma0']:.0f} images/s at γ=0, "
-            f"{res['model']['images_per_s_fastest']:.0f} at the fastest γ; "
-            f"server/model = {res['server_over_model']:.1f}×"
-        )
+        res["model"] = _model_side(profile, info["scheduler"]["max_batch"], runs, console)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"overhead_{info['model']}_c{concurrency}x{clients}.json"
+    path = out / f"overhead_{model}_c{concurrency}x{clients}.json"
     path.write_text(json.dumps(res, indent=1) + "\n")
     console.print(f"wrote {path}")
     return res
+
+
+def _model_side(profile: Path, max_batch: int, runs: list[dict], console) -> dict[str, Any]:
+    """A model's own throughput from its profile, and the server's best images/s over it."""
+    from otas.profile.table import Profile
+
+    prof = Profile.load(profile)
+    fastest = max(prof.throughput(g, max_batch) for g in prof.gammas)
+    best = max((r["images_per_s"] for r in runs), default=0.0)
+    console.print(
+        f"model {prof.model} on {prof.device}: {prof.throughput(0, max_batch):.0f} images/s at γ=0, "
+        f"{fastest:.0f} at the fastest γ; server/model = {best / fastest:.1f}×"
+    )
+    return {"profile": str(profile), "images_per_s_gamma0": prof.throughput(0, max_batch),
+            "images_per_s_fastest": fastest, "server_over_model": best / fastest}  # fmt: skip

@@ -133,6 +133,11 @@ def serve_ray(cfg: ServingConfig) -> None:
     host, port, max_body_bytes = cfg.http.host, cfg.http.port, cfg.http.max_body_bytes
 
     setup_logging(log_level)
+    if cfg.http.grpc_port:
+        log.warning(
+            "no gRPC with the ray backend",
+            extra={"event": "grpc_off", "grpc_port": cfg.http.grpc_port, "why": "the Ray front end serves HTTP only"},
+        )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

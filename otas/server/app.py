@@ -1,10 +1,13 @@
 """The ASGI app (Starlette): KServe v2 endpoints, the friendly `/v1` API, `/metrics`, around any
-`ServingEngine` (the local `Engine`, or the Ray router's `RoutedEngine`).
+`ServingEngine` (the local `Engine`, or the Ray router's `RoutedEngine`); optionally the KServe v2
+gRPC API beside it, on the same event loop and engine (`grpc_api/service.py`).
 
 Every bad input is a 4xx with a `reason` code and a message naming the value and the fix; the
 engine's refusals map to 429 (queue full: back off) or 503 (cannot meet the deadline, or shutting
-down); only a failed batch is a 500. Request bodies are capped (413) before they are read whole.
-The endpoints live in `handlers.py`; this module assembles them and runs the engine's lifecycle.
+down); only a failed batch is a 500. Every error body is JSON, unknown paths and methods included.
+Request bodies are capped (413) before they are read whole. The endpoints live in `handlers.py`
+and `http_infer.py`; this module assembles them and runs the lifecycle: engine, then gRPC, up;
+gRPC (finishing its calls in flight), then the engine (draining its queue), down.
 """
 
 from __future__ import annotations
@@ -17,14 +20,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from otas.engine.serving import ServingEngine
-from otas.server import handlers
+from otas.server import handlers, http_infer
+from otas.server.errors import error_body
 from otas.server.handlers import BodyTooLarge
 from otas.server.metrics import Metrics
-from otas.server.protocol import error_body
 
 log = logging.getLogger("otas.server")
 
@@ -41,12 +45,20 @@ class ServeConfig:
     """Default number of probabilities /v1/apps/{app}/classify returns."""
     info: dict[str, Any] | None = None
     """Served at /v1/config: policy, scheduler config, profile (the load generator's simulator reads it)."""
+    grpc_port: int | None = None
+    """The KServe v2 gRPC API's port: None = no gRPC, 0 = any free port (the bound one is served at
+    /v1/config as `grpc_port`). The same body limit applies to its messages."""
+    grpc_host: str = "127.0.0.1"
+    grpc_grace_s: float = 5.0
+    """At shutdown, gRPC calls in flight get this long to finish before they are cancelled."""
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1024:
             raise ValueError(f"max_body_bytes={self.max_body_bytes}: use at least 1024 (default 8 MiB)")
         if self.top_k < 1:
             raise ValueError(f"top_k={self.top_k}: use an integer >= 1")
+        if self.grpc_port is not None and not 0 <= self.grpc_port < 65536:
+            raise ValueError(f"grpc_port={self.grpc_port}: use 0..65535, or None for no gRPC")
 
 
 def create_app(engine: ServingEngine, config: ServeConfig, metrics: Metrics | None = None) -> Starlette:
@@ -54,23 +66,28 @@ def create_app(engine: ServingEngine, config: ServeConfig, metrics: Metrics | No
     `metrics`, if given, becomes the engine's observer and is served at /metrics."""
     if metrics is not None:
         engine.observer = metrics
-    app = Starlette(routes=_routes(), lifespan=_lifespan)
+    errors = {HTTPException: handlers.http_error, Exception: handlers.internal_error}
+    app = Starlette(routes=_routes(), lifespan=_lifespan, exception_handlers=errors)
     app.state.engine, app.state.config, app.state.metrics = engine, config, metrics
+    app.state.grpc_port = None
     app.add_middleware(limit_body, limit=config.max_body_bytes)
     return app
 
 
 def _routes() -> list[Route]:
     h = handlers
+    model = ["/v2/models/{model}", "/v2/models/{model}/versions/{version}"]
     return [
         Route("/v2/health/live", h.live),
         Route("/v2/health/ready", h.ready),
         Route("/v2", h.server_meta),
-        Route("/v2/models/{model}", h.model_meta),
-        Route("/v2/models/{model}/ready", h.model_ready),
-        Route("/v2/models/{model}/infer", h.infer, methods=["POST"]),
+        *(Route(m, h.model_meta) for m in model),
+        *(Route(f"{m}/ready", h.model_ready) for m in model),
+        *(Route(f"{m}/infer", http_infer.infer, methods=["POST"]) for m in model),
+        *(Route(f"{m}/config", h.model_config) for m in model),
+        *(Route(f"{m}/stats", h.model_stats) for m in model),
         Route("/v1/apps", h.list_apps),
-        Route("/v1/apps/{app}/classify", h.classify, methods=["POST"]),
+        Route("/v1/apps/{app}/classify", http_infer.classify, methods=["POST"]),
         Route("/v1/config", h.server_config),
         Route("/metrics", h.metrics),
     ]
@@ -79,12 +96,23 @@ def _routes() -> list[Route]:
 @contextlib.asynccontextmanager
 async def _lifespan(app: Starlette):
     engine: ServingEngine = app.state.engine
-    model = app.state.config.model_name
+    config: ServeConfig = app.state.config
     await engine.start()
-    log.info("engine started", extra={"event": "start", "model": model, "apps": sorted(engine.apps)})
-    yield
-    await engine.stop()
-    log.info("engine stopped", extra={"event": "stop", "batches": engine.batches})
+    log.info("engine started", extra={"event": "start", "model": config.model_name, "apps": sorted(engine.apps)})
+    grpc_server = None
+    try:
+        if config.grpc_port is not None:
+            from otas.server.grpc_api.service import start_grpc
+
+            grpc_server, app.state.grpc_port = await start_grpc(engine, config)
+            log.info("grpc started", extra={"event": "grpc_start", "port": app.state.grpc_port})
+        yield
+    finally:
+        if grpc_server is not None:
+            await grpc_server.stop(config.grpc_grace_s)
+            log.info("grpc stopped", extra={"event": "grpc_stop"})
+        await engine.stop()
+        log.info("engine stopped", extra={"event": "stop", "batches": engine.batches})
 
 
 def limit_body(app, limit: int):
@@ -116,7 +144,8 @@ def limit_body(app, limit: int):
 
 
 class ServerThread:
-    """Uvicorn on loopback in a background thread (tests, benchmarks): `with ServerThread(app) as s: s.url`."""
+    """Uvicorn on loopback in a background thread (tests, benchmarks): `with ServerThread(app) as s: s.url`
+    (and `s.grpc_target`, host:port, when the app serves gRPC)."""
 
     def __init__(self, app, host: str = "127.0.0.1", port: int = 0, **kwargs: Any):
         import uvicorn
@@ -124,7 +153,7 @@ class ServerThread:
         kwargs.setdefault("log_level", "warning")
         self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, lifespan="on", **kwargs))
         self.thread = threading.Thread(target=self.server.run, name="otas-uvicorn", daemon=True)
-        self.url = ""
+        self.app, self.url, self.grpc_target = app, "", ""
 
     def __enter__(self) -> ServerThread:
         self.thread.start()
@@ -135,6 +164,8 @@ class ServerThread:
             time.sleep(0.01)
         host, port = self.server.servers[0].sockets[0].getsockname()[:2]
         self.url = f"http://{host}:{port}"
+        if (grpc_port := getattr(getattr(self.app, "state", None), "grpc_port", None)) is not None:
+            self.grpc_target = f"{host}:{grpc_port}"
         return self
 
     def stop(self, timeout_s: float = 60.0) -> None:

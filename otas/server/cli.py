@@ -25,7 +25,10 @@ def serve_cmd(
     ] = "",
     dtype: Annotated[str, typer.Option(help="float32 | bfloat16 (default: bfloat16 on cuda, float32 on cpu).")] = "",
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0 for every interface).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    port: Annotated[int, typer.Option(help="TCP port of the HTTP API.")] = 8000,
+    grpc_port: Annotated[
+        int, typer.Option(help="TCP port of the KServe v2 gRPC API, on --host (0 = no gRPC; local backend only).")
+    ] = 8001,
     max_batch: opt.MaxBatch = 64,
     lookahead: opt.Lookahead = 8,
     max_queue_delay_ms: opt.MaxQueueDelay = 0.0,
@@ -50,7 +53,8 @@ def serve_cmd(
         bool, typer.Option(help="ray, with --noop --profile P: batches sleep P's latency (emulates that device).")
     ] = False,
 ) -> None:
-    """Serve the model over HTTP: KServe v2 (/v2/...), /v1/apps, /v1/apps/{app}/classify, /metrics."""
+    """Serve the model over HTTP (KServe v2 /v2/..., /v1/apps, /v1/apps/{app}/classify, /metrics) and
+    KServe v2 gRPC (--grpc-port)."""
     from otas.config import EngineConfig, HttpConfig, RayConfig, ServingConfig, default_apps_path, load_apps
 
     sched = opt.scheduler_config(lookahead, max_batch, max_queue_delay_ms, slo_class_tolerance)
@@ -68,7 +72,7 @@ def serve_cmd(
             backend=backend,
             scheduler=sched,
             engine=EngineConfig(device, dtype, mode, warmup, noop, paced, max_queue=max_queue),
-            http=HttpConfig(host, port, max_body_mb, log_level),
+            http=HttpConfig(host, port, max_body_mb, log_level, grpc_port),
             ray=RayConfig(replicas, address),
         )
         if backend == "ray":

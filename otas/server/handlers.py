@@ -1,36 +1,26 @@
-"""The endpoints: one module-level function each, reading the engine (a `ServingEngine`), the
-`ServeConfig` and the metrics from `request.app.state`, where `create_app` puts them.
+"""The endpoints other than inference (`http_infer.py`): one module-level function each, reading the
+engine (a `ServingEngine`), the `ServeConfig` and the metrics from `request.app.state`, where
+`create_app` puts them; and the plumbing every endpoint shares.
 
 Every endpoint is `guarded`: a bad request (`ProtocolError`) or a refusal (`NotServed`) becomes
-its 4xx/5xx answer with a `reason` code; anything else is logged and answered 500.
+its 4xx/5xx answer with a `reason` code; anything else is logged and answered 500. Unknown paths
+and methods are JSON too (`http_error`), so protocol clients can always parse an error.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from otas.engine.images import ImageError
-from otas.engine.serving import NotServed, Served, ServingEngine
-from otas.server.protocol import (
-    SERVER_NAME,
-    ProtocolError,
-    b64,
-    classify_response,
-    error_body,
-    infer_response,
-    model_metadata,
-    parse_infer,
-)
+from otas.engine.serving import NotServed, ServingEngine
+from otas.server.errors import ProtocolError, error_body
+from otas.server.protocol import EXTENSIONS, SERVER_NAME, VERSIONS, model_metadata, server_version
 
 if TYPE_CHECKING:
     from otas.server.app import ServeConfig
@@ -44,11 +34,11 @@ class BodyTooLarge(Exception):
     """Raised inside a body read once the stream grows past the limit (see `app.limit_body`)."""
 
 
-def _engine(request: Request) -> ServingEngine:
+def engine_of(request: Request) -> ServingEngine:
     return request.app.state.engine
 
 
-def _config(request: Request) -> ServeConfig:
+def config_of(request: Request) -> ServeConfig:
     return request.app.state.config
 
 
@@ -76,6 +66,35 @@ def guarded(fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Request],
     return endpoint
 
 
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors (no route: 404, wrong method: 405) as JSON error bodies."""
+    assert isinstance(exc, HTTPException)
+    path, status = request.url.path, exc.status_code
+    if status == 404:
+        body = error_body(f"no endpoint at {path}; the API is under /v2, /v1 and /metrics", "not_found")
+    elif status == 405:
+        allow = (exc.headers or {}).get("Allow", "")
+        body = error_body(f"{request.method} is not allowed on {path}; use {allow}", "method_not_allowed")
+    else:
+        body = error_body(f"{exc.detail} ({path})", "http_error")
+    return JSONResponse(body, status_code=status, headers=exc.headers)
+
+
+async def internal_error(request: Request, exc: Exception) -> Response:
+    return JSONResponse(error_body("internal server error; see the server log", "internal"), 500)
+
+
+def model_of(request: Request) -> str:
+    """The served model's name, if the path names it (and version 1, if it names one); else 404."""
+    name, served = request.path_params["model"], config_of(request).model_name
+    if name != served:
+        raise ProtocolError(404, "unknown_model", f"model {name!r} is not served here; use {served!r}")
+    version = request.path_params.get("version", "")
+    if version not in VERSIONS:
+        raise ProtocolError(404, "unknown_version", f"model {name!r} has no version {version!r}; use 1")
+    return name
+
+
 # -- health and metadata ---------------------------------------------------------------------------
 @guarded
 async def live(request: Request) -> Response:
@@ -84,31 +103,49 @@ async def live(request: Request) -> Response:
 
 @guarded
 async def ready(request: Request) -> Response:
-    ok = _engine(request).ready
+    ok = engine_of(request).ready
     return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
 
 @guarded
 async def server_meta(request: Request) -> Response:
-    return JSONResponse({"name": SERVER_NAME, "version": _version(), "extensions": ["otas_apps", "otas_metrics"]})
+    return JSONResponse({"name": SERVER_NAME, "version": server_version(), "extensions": EXTENSIONS})
 
 
 @guarded
 async def model_meta(request: Request) -> Response:
-    engine, name = _engine(request), _model(request)
+    engine, name = engine_of(request), model_of(request)
     kmax = max(len(c) for c in engine.classes.values())
     return JSONResponse(model_metadata(name, engine.image_size, kmax))
 
 
 @guarded
 async def model_ready(request: Request) -> Response:
-    name, ok = _model(request), _engine(request).ready
+    name, ok = model_of(request), engine_of(request).ready
     return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 503)
 
 
 @guarded
+async def model_config(request: Request) -> Response:
+    """Triton's model-configuration extension: not offered (a JSON 404 its clients can parse)."""
+    name = model_of(request)
+    raise ProtocolError(
+        404, "not_supported", f"no model configuration for {name!r}; see GET /v2/models/{name} and GET /v1/config"
+    )
+
+
+@guarded
+async def model_stats(request: Request) -> Response:
+    """Triton's statistics extension, from the server's metrics."""
+    name, m = model_of(request), request.app.state.metrics
+    if m is None:
+        raise ProtocolError(404, "not_supported", "this server keeps no metrics; see GET /v1/config")
+    return JSONResponse({"model_stats": [m.model_stats(name)]})
+
+
+@guarded
 async def list_apps(request: Request) -> Response:
-    engine = _engine(request)
+    engine = engine_of(request)
     return JSONResponse(
         [
             {"name": a.name, "slo_ms": a.slo_ms, "utility": a.utility, "task": a.task,
@@ -120,134 +157,12 @@ async def list_apps(request: Request) -> Response:
 
 @guarded
 async def server_config(request: Request) -> Response:
-    config = _config(request)
-    return JSONResponse({"model": config.model_name, **(config.info or {})})
+    config = config_of(request)
+    grpc_port = getattr(request.app.state, "grpc_port", None)
+    return JSONResponse({"model": config.model_name, **(config.info or {}), "grpc_port": grpc_port})
 
 
 @guarded
 async def metrics(request: Request) -> Response:
     m: Metrics | None = request.app.state.metrics
     return Response(generate_latest(m.registry) if m is not None else b"", media_type=CONTENT_TYPE_LATEST)
-
-
-# -- inference -------------------------------------------------------------------------------------
-@guarded
-async def infer(request: Request) -> Response:
-    engine, config = _engine(request), _config(request)
-    arrival = engine.now_ms()
-    name = _model(request)
-    req = parse_infer(await _json(request, config.max_body_bytes), engine.image_size)
-    if req.app not in engine.apps:
-        raise ProtocolError(400, "unknown_app", f"application {req.app!r} is not served; known: {sorted(engine.apps)}")
-    images = req.images if req.images is not None else await _decode_all(engine, req.payloads or [])
-    results = await _serve_all(engine, req.app, images, arrival)
-    return JSONResponse(infer_response(name, req.id, req.app, results))
-
-
-@guarded
-async def classify(request: Request) -> Response:
-    engine, config = _engine(request), _config(request)
-    arrival = engine.now_ms()
-    name = request.path_params["app"]
-    if name not in engine.apps:
-        raise ProtocolError(
-            404, "unknown_app", f"application {name!r} is not served; GET /v1/apps lists {sorted(engine.apps)}"
-        )
-    data, top_k = await _classify_payload(request, config.max_body_bytes, config.top_k)
-    image = (await _decode_all(engine, [data]))[0]
-    served = (await _serve_all(engine, name, [image], arrival))[0]
-    return JSONResponse(classify_response(served, top_k, engine.apps[name].slo_ms))
-
-
-async def _serve_all(engine: ServingEngine, app: str, images: list[np.ndarray], arrival: float) -> list[Served]:
-    futures = []
-    try:
-        for img in images:
-            futures.append(engine.submit(app, img, arrival))
-    except NotServed:
-        for f in futures:  # already queued: they will be answered; nobody waits for them
-            f.add_done_callback(lambda f: f.cancelled() or f.exception())
-        raise
-    return list(await asyncio.gather(*futures))
-
-
-async def _decode_all(engine: ServingEngine, payloads: list[bytes]) -> list[np.ndarray]:
-    try:
-        return list(await asyncio.gather(*(engine.decode(p) for p in payloads)))
-    except ImageError as e:
-        raise ProtocolError(400, "not_an_image", str(e)) from None
-
-
-# -- request parts ---------------------------------------------------------------------------------
-def _model(request: Request) -> str:
-    """The served model's name, if the path names it; else 404."""
-    name, served = request.path_params["model"], _config(request).model_name
-    if name != served:
-        raise ProtocolError(404, "unknown_model", f"model {name!r} is not served here; use {served!r}")
-    return name
-
-
-async def _body(request: Request, limit: int) -> bytes:
-    try:
-        return await request.body()
-    except BodyTooLarge:
-        raise ProtocolError(413, "too_large", f"request body is over the limit of {limit} bytes; send less") from None
-
-
-async def _json(request: Request, limit: int) -> Any:
-    raw = await _body(request, limit)
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ProtocolError(400, "bad_json", f"body is not valid JSON ({e}); check it is complete") from None
-
-
-async def _classify_payload(request: Request, limit: int, default_k: int) -> tuple[bytes, int]:
-    """The image bytes and top_k of a classify request: multipart (field `image` or `file`),
-    JSON {"image": base64, "top_k": k}, or a raw image/* body."""
-    ctype = request.headers.get("content-type", "")
-    k: Any = request.query_params.get("top_k", default_k)
-    if ctype.startswith("multipart/form-data"):
-        try:
-            form = await request.form(max_files=1, max_fields=8, max_part_size=limit)
-        except BodyTooLarge:
-            raise ProtocolError(413, "too_large", f"upload is over the limit of {limit} bytes; send less") from None
-        except Exception as e:  # starlette raises its own errors for malformed multipart
-            raise ProtocolError(
-                400, "bad_multipart", f"malformed multipart body ({e}); send one file field `image`"
-            ) from None
-        up = form.get("image") or form.get("file")
-        if not isinstance(up, UploadFile):
-            raise ProtocolError(400, "missing_image", "send the image as a multipart file field named `image`")
-        data = await up.read()
-        k = form.get("top_k", k)
-    elif ctype.startswith("application/json"):
-        body = await _json(request, limit)
-        if not isinstance(body, dict) or "image" not in body:
-            raise ProtocolError(400, "missing_image", 'send JSON {"image": "<base64 PNG/JPEG>", "top_k": 3}')
-        data = b64(body["image"], "image")
-        k = body.get("top_k", k)
-    elif ctype.startswith(("image/", "application/octet-stream")):
-        data = await _body(request, limit)
-    else:
-        raise ProtocolError(
-            415,
-            "unsupported_media_type",
-            f"content type {ctype!r}: send multipart/form-data, application/json or image/*",
-        )
-    try:
-        k = int(k)
-        if k < 1:
-            raise ValueError
-    except (TypeError, ValueError):
-        raise ProtocolError(400, "bad_top_k", f"top_k={k!r}: use an integer >= 1") from None
-    return data, k
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("otas")
-    except PackageNotFoundError:
-        return "0"

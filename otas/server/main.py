@@ -85,10 +85,17 @@ def build(
     config: SchedulerConfig,
     max_body_bytes: int = 8 << 20,
     decode_workers: int = 2,
+    grpc_port: int | None = None,
+    host: str = "127.0.0.1",
+    grace_s: float = 5.0,
 ):
-    """(Starlette app, engine) for a runner (real or no-op) and its profile."""
+    """(Starlette app, engine) for a runner (real or no-op) and its profile; with `grpc_port` (0:
+    any free port) the app's lifespan also serves the gRPC API on `host`."""
     engine, info = make_engine(runner, profile, apps, policy, config, decode_workers=decode_workers)
-    serve_cfg = ServeConfig(model_name=profile.model, max_body_bytes=max_body_bytes, info=info)
+    serve_cfg = ServeConfig(
+        model_name=profile.model, max_body_bytes=max_body_bytes, info=info, grpc_port=grpc_port, grpc_host=host,
+        grpc_grace_s=grace_s,
+    )  # fmt: skip
     return create_app(engine, serve_cfg, Metrics(profile.gammas)), engine
 
 
@@ -118,7 +125,8 @@ def load_runner(cfg: ServingConfig):
 
 
 def serve(cfg: ServingConfig) -> None:
-    """Load everything and run uvicorn until SIGINT/SIGTERM (graceful: queued requests are served)."""
+    """Load everything and run uvicorn (and gRPC, unless cfg.http.grpc_port is 0) until SIGINT/SIGTERM
+    (graceful: requests in flight on either API and queued requests are served)."""
     import uvicorn
 
     from otas.server.logs import setup_logging
@@ -129,15 +137,16 @@ def serve(cfg: ServingConfig) -> None:
     config = replace(
         cfg.scheduler, max_queue=cfg.engine.max_queue or default_max_queue(profile, apps, cfg.scheduler.max_batch)
     )
-    app, engine = build(runner, profile, apps, cfg.policy, config, cfg.http.max_body_bytes, cfg.engine.decode_workers)
-    host, port = cfg.http.host, cfg.http.port
+    host, port, grpc_port = cfg.http.host, cfg.http.port, cfg.http.grpc_port
+    grace_s = max(5.0, 4 * max(a.slo_ms for a in apps) / 1000.0)
+    app, engine = build(
+        runner, profile, apps, cfg.policy, config, cfg.http.max_body_bytes, cfg.engine.decode_workers,
+        grpc_port=grpc_port or None, host=host, grace_s=grace_s,
+    )  # fmt: skip
     log.info(
         "serving",
-        extra={"event": "serve", "url": f"http://{host}:{port}", "model": profile.model, "policy": cfg.policy,
-               "device": cfg.engine.device, "mode": getattr(runner, "mode", "none"), "max_queue": config.max_queue,
-               "apps": [a.name for a in apps]},
+        extra={"event": "serve", "url": f"http://{host}:{port}", "grpc": f"{host}:{grpc_port}" if grpc_port else None,
+               "model": profile.model, "policy": cfg.policy, "device": cfg.engine.device,
+               "mode": getattr(runner, "mode", "none"), "max_queue": config.max_queue, "apps": [a.name for a in apps]},
     )  # fmt: skip
-    slo = max(a.slo_ms for a in apps) / 1000.0
-    uvicorn.run(
-        app, host=host, port=port, log_config=None, access_log=False, timeout_graceful_shutdown=max(5.0, 4 * slo)
-    )
+    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False, timeout_graceful_shutdown=grace_s)

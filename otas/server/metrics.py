@@ -1,7 +1,11 @@
 """Prometheus metrics: the engine's Observer, recording into a registry of its own (one per app, so
-several servers in one process, as in tests, never collide)."""
+several servers in one process, as in tests, never collide). It also keeps the few totals that
+Triton's statistics extension reports (`model_stats`, served at /v2/models/{model}/stats)."""
 
 from __future__ import annotations
+
+import time
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -58,10 +62,13 @@ class Metrics(Observer):
             self.gamma.labels(str(g))
         self._ended: dict[str, int] = {}
         self._met: dict[str, int] = {}
+        self._totals = {k: [0, 0] for k in ("success", "fail", "queue", "compute_infer")}  # [count, ns]
+        self._batches, self._last_ms = 0, 0
 
     def ended(self, app: str, outcome: str, reason: str = "", served: Served | None = None) -> None:
         self.requests.labels(app, outcome, reason).inc()
         self._ended[app] = self._ended.get(app, 0) + 1
+        self._tally(served)
         if served is not None:
             self.latency.labels(app).observe(served.total_ms / 1e3)
             self.queue.labels(app).observe(max(served.queue_ms, 0.0) / 1e3)
@@ -73,6 +80,7 @@ class Metrics(Observer):
 
     def batch(self, plan: BatchPlan, measured_ms: float, runner_ms: float, queued: int) -> None:
         self.gamma.labels(str(plan.gamma)).inc()
+        self._batches += 1
         self.batch_size.observe(plan.size)
         self.predicted.observe(plan.predicted_ms / 1e3)
         self.measured.observe(measured_ms / 1e3)
@@ -82,3 +90,27 @@ class Metrics(Observer):
 
     def queue_depth(self, n: int) -> None:
         self.queue_depth_g.set(n)
+
+    def _tally(self, served: Served | None) -> None:
+        t = self._totals
+        if served is None:
+            t["fail"][0] += 1
+            return
+        for key, ms in (("success", served.total_ms), ("queue", max(served.queue_ms, 0.0)),
+                        ("compute_infer", served.exec_ms)):  # fmt: skip
+            t[key][0] += 1
+            t[key][1] += int(ms * 1e6)
+        self._last_ms = int(time.time() * 1000)
+
+    def model_stats(self, model: str) -> dict[str, Any]:
+        """Triton's per-model statistics: inferences served (`success`, arrival to answer; `queue`;
+        `compute_infer`, the batch's run), those not served (`fail`: rejected, expired, failed),
+        and batches run (`execution_count`)."""
+        stats = {k: {"count": c, "ns": ns} for k, (c, ns) in self._totals.items()}
+        for k in ("compute_input", "compute_output", "cache_hit", "cache_miss"):
+            stats[k] = {"count": 0, "ns": 0}
+        return {
+            "name": model, "version": "1", "last_inference": self._last_ms,
+            "inference_count": self._totals["success"][0], "execution_count": self._batches,
+            "inference_stats": stats, "batch_stats": [],
+        }  # fmt: skip

@@ -1,21 +1,25 @@
-"""Request and response bodies: the KServe v2 / Open Inference Protocol (JSON) and the friendly
-`/v1` API. Plain functions over parsed JSON; no web framework, no torch.
+"""The Open Inference Protocol (KServe v2) as one internal request, and the friendly `/v1` answer.
 
-Infer request (one input; the application is a request parameter)::
+Every transport (HTTP JSON, HTTP with binary tensors, gRPC) turns its message into `InputTensor`s
+and calls `build_request`, the one validation; every answer is a list of `OutputTensor`s that the
+transport encodes. No web framework, no torch.
 
-    {"id": "42", "parameters": {"app": "novel"},
-     "inputs": [{"name": "image", "datatype": "BYTES", "shape": [N], "data": ["<base64 PNG/JPEG>", ...]}]}
-    # or "datatype": "UINT8" (0..255) / "FP32" (0..1), "shape": [N, H, W, 3], "data": [flat values]
+Inputs; a request sends exactly one, and names its application in the request parameter `app`:
 
-Infer response: outputs `probs` FP32 [N, K], `label` BYTES [N], `gamma` INT32 [N], `deadline_met`
-BOOL [N], `latency_ms` FP32 [N, 3] (queue, execution, total). Errors: ``{"error": "<message>"}``
-(the protocol's body) plus ``"reason"``, a stable code for programs.
+    image        BYTES [N]            encoded PNG/JPEG files (in JSON `data`: base64 strings)
+    image_uint8  UINT8 [N, H, W, 3]   RGB pixels 0..255, row-major
+    image_fp32   FP32  [N, H, W, 3]   RGB pixels 0..1, row-major
+
+`image` also takes UINT8 and FP32 tensors, for clients that send every datatype under one name.
+Outputs: `probs` FP32 [N, K], `label` BYTES [N], `gamma` INT32 [N], `deadline_met` BOOL [N],
+`latency_ms` FP32 [N, 3] (queue, execution, total). Errors: `ProtocolError` (`otas.server.errors`).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,23 +27,31 @@ import numpy as np
 
 from otas.engine.images import ImageError, tensor_images
 from otas.engine.serving import Served
+from otas.server.errors import ProtocolError
+from otas.server.tensors import element_count, from_raw, split_bytes
 
 SERVER_NAME = "otas"
-TENSOR_TYPES = ("UINT8", "FP32")
+EXTENSIONS = ["binary_tensor_data", "statistics", "otas_apps", "otas_metrics"]
+VERSIONS = ("", "1")
+"""Model versions a request may name ("": the server's choice); the model has one, "1"."""
 MAX_IMAGES = 256
 """Images per infer request; larger requests should be split (each image is scheduled alone)."""
+INPUTS = {"image": ("BYTES", "UINT8", "FP32"), "image_uint8": ("UINT8",), "image_fp32": ("FP32",)}
+"""Input name -> the datatypes it takes."""
+OUTPUTS = ("probs", "label", "gamma", "deadline_met", "latency_ms")
+_INPUTS_HELP = "image (BYTES [N]), image_uint8 (UINT8 [N, H, W, 3]) or image_fp32 (FP32 [N, H, W, 3])"
 
 
-class ProtocolError(ValueError):
-    """A bad request: HTTP `status`, a stable `reason` code, and a message with the fix."""
+@dataclass
+class InputTensor:
+    """One input as a transport received it, not yet validated: elements in `data` (JSON values,
+    gRPC typed contents) or the tensor's binary form in `raw` (binary extension, raw contents)."""
 
-    def __init__(self, status: int, reason: str, message: str):
-        super().__init__(message)
-        self.status, self.reason, self.message = status, reason, message
-
-
-def error_body(message: str, reason: str) -> dict[str, str]:
-    return {"error": message, "reason": reason}
+    name: Any
+    datatype: Any
+    shape: Any
+    data: Sequence | None = None
+    raw: bytes | memoryview | None = None
 
 
 @dataclass
@@ -50,6 +62,25 @@ class InferRequest:
     """Encoded images (BYTES input), to be decoded off the event loop."""
     images: list[np.ndarray] | None
     """Already-decoded images (UINT8/FP32 input)."""
+    outputs: list[str] | None = None
+    """The outputs asked for, in order (None: all of `OUTPUTS`)."""
+
+
+@dataclass
+class OutputTensor:
+    name: str
+    datatype: str
+    shape: list[int]
+    data: np.ndarray | list[str]
+
+
+def server_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("otas")
+    except PackageNotFoundError:
+        return "0"
 
 
 def b64(s: object, what: str) -> bytes:
@@ -63,89 +94,129 @@ def b64(s: object, what: str) -> bytes:
         ) from None
 
 
-def parse_infer(body: object, image_size: int) -> InferRequest:
-    """Validate an infer request body; raises ProtocolError naming the bad field and the fix."""
-    if not isinstance(body, dict):
-        raise ProtocolError(400, "bad_request", "the body must be a JSON object with `inputs` and `parameters`")
-    params = body.get("parameters") or {}
-    if not isinstance(params, dict):
-        raise ProtocolError(400, "bad_request", f"`parameters` must be an object, got {params!r}")
+def build_request(
+    rid: str | None,
+    params: Mapping[str, Any],
+    inputs: Sequence[InputTensor],
+    image_size: int,
+    outputs: Sequence[str] | None = None,
+) -> InferRequest:
+    """Validate one infer request, whatever carried it; raises ProtocolError naming the bad field
+    and the fix. Shapes and sizes are checked against each other before any array is built."""
     app = params.get("app", params.get("application"))
     if not isinstance(app, str) or not app:
+        raise ProtocolError(400, "missing_app", 'give the application as the request parameter "app" (a string)')
+    if len(inputs) != 1:
+        raise ProtocolError(400, "bad_request", f"send exactly one input tensor, {_INPUTS_HELP}; got {len(inputs)}")
+    if outputs is not None and (bad := [o for o in outputs if o not in OUTPUTS]):
+        raise ProtocolError(400, "unknown_output", f"outputs {bad} are not outputs of this model; ask for {OUTPUTS}")
+    t = inputs[0]
+    if not isinstance(t.name, str) or t.name not in INPUTS:
         raise ProtocolError(
-            400, "missing_app", 'give the application as a request parameter: "parameters": {"app": NAME}'
+            400, "unknown_input", f"input {t.name!r} is not an input of this model; send {_INPUTS_HELP}"
         )
-    inputs = body.get("inputs")
-    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-        raise ProtocolError(400, "bad_request", "`inputs` must be a list holding exactly one input tensor")
-    inp = inputs[0]
-    dtype, shape, data = inp.get("datatype"), inp.get("shape"), inp.get("data")
-    if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in shape):
-        raise ProtocolError(400, "bad_shape", f"input shape must be a list of integers, got {shape!r}")
-    if not isinstance(data, list):
+    what, dtype = f"input {t.name!r}", t.datatype
+    if dtype not in INPUTS[t.name]:
         raise ProtocolError(
-            400, "bad_payload", "input `data` must be a JSON list (binary tensor data is not supported)"
+            400, "bad_datatype", f"{what} has datatype {dtype!r}; it takes {' or '.join(INPUTS[t.name])}"
         )
-    rid = body.get("id")
-    rid = None if rid is None else str(rid)
+    shape = _shape(t.shape, what)
+    if (t.data is None) == (t.raw is None):
+        raise ProtocolError(400, "bad_payload", f"{what}: send its elements either in `data` or as binary data")
+    outs = None if outputs is None else list(outputs)
     if dtype == "BYTES":
-        if len(shape) not in (1, 2) or shape[0] != len(data) or (len(shape) == 2 and shape[1] != 1):
-            raise ProtocolError(400, "bad_shape", f"BYTES shape {shape} must be [N] with N = len(data) = {len(data)}")
-        _check_count(len(data))
-        return InferRequest(rid, app, [b64(s, f"inputs[0].data[{i}]") for i, s in enumerate(data)], None)
-    if dtype in TENSOR_TYPES:
-        n = shape[0] if len(shape) == 4 else 1
-        _check_count(n)
-        try:
-            flat = np.asarray(data, dtype=np.float64 if dtype == "FP32" else np.int64)
-        except (TypeError, ValueError, OverflowError):
-            raise ProtocolError(400, "bad_payload", f"{dtype} data must be a flat list of numbers") from None
-        if flat.ndim != 1:
-            raise ProtocolError(
-                400, "bad_payload", f"{dtype} data must be flat (row-major), got nesting depth {flat.ndim}"
-            )
-        try:
-            return InferRequest(rid, app, None, tensor_images(dtype, shape, flat, image_size))
-        except ImageError as e:
-            raise ProtocolError(400, "bad_shape" if "shape" in str(e) else "bad_payload", str(e)) from None
-    raise ProtocolError(400, "bad_datatype", f"datatype {dtype!r} is not supported; use BYTES, UINT8 or FP32")
+        n = _count(shape[0] if len(shape) in (1, 2) and shape[1:] in ([], [1]) else -1, shape, "[N] (N files)")
+        payloads = split_bytes(t.raw, n, what) if t.raw is not None else _elements(t.data, n, what)
+        return InferRequest(rid, app, payloads, None, outs)
+    size = image_size
+    if len(shape) == 3:
+        shape = [1, *shape]
+    want = f"[N, {size}, {size}, 3] (N RGB images, height × width × channel)"
+    _count(shape[0] if len(shape) == 4 and shape[1:] == [size, size, 3] else -1, shape, want)
+    flat = from_raw(dtype, t.raw, shape, what) if t.raw is not None else _numbers(dtype, t.data, shape, what)
+    try:
+        return InferRequest(rid, app, None, tensor_images(dtype, shape, flat, size), outs)
+    except ImageError as e:
+        raise ProtocolError(400, "bad_payload", f"{what}: {e}") from None
 
 
-def _check_count(n: int) -> None:
+def _shape(shape: object, what: str) -> list[int]:
+    if not isinstance(shape, Sequence) or not all(
+        isinstance(s, int | np.integer) and not isinstance(s, bool) and s >= 0 for s in shape
+    ):
+        raise ProtocolError(400, "bad_shape", f"{what}: shape must be a list of integers >= 0, got {shape!r}")
+    return [int(s) for s in shape]
+
+
+def _count(n: int, shape: list[int], want: str) -> int:
+    if n < 0:
+        raise ProtocolError(400, "bad_shape", f"shape {shape} is wrong; send {want}")
     if not 1 <= n <= MAX_IMAGES:
         raise ProtocolError(400, "bad_shape", f"{n} images in one request; send 1..{MAX_IMAGES}")
+    return n
 
 
-def infer_response(model: str, rid: str | None, app: str, results: list[Served]) -> dict[str, Any]:
+def _elements(data: Sequence, n: int, what: str) -> list[bytes]:
+    """BYTES elements sent as values: base64 strings (JSON) or bytes (gRPC contents)."""
+    if len(data) != n:
+        raise ProtocolError(400, "bad_shape", f"{what}: BYTES shape [{n}] but {len(data)} elements; make them agree")
+    return [x if isinstance(x, bytes) else b64(x, f"{what} element {i}") for i, x in enumerate(data)]
+
+
+def _numbers(dtype: str, data: Sequence, shape: list[int], what: str) -> np.ndarray:
+    n = element_count(shape)
+    if len(data) != n:
+        raise ProtocolError(400, "bad_shape", f"{what}: {len(data)} values but shape {shape} needs {n}; check both")
+    try:
+        flat = np.asarray(data, dtype=np.float64 if dtype == "FP32" else np.int64)
+    except (TypeError, ValueError, OverflowError):
+        raise ProtocolError(400, "bad_payload", f"{what}: {dtype} data must be a flat list of numbers") from None
+    if flat.ndim != 1:
+        raise ProtocolError(400, "bad_payload", f"{what}: data must be flat (row-major), got nesting depth {flat.ndim}")
+    return flat
+
+
+def infer_outputs(results: list[Served], names: Sequence[str] | None = None) -> list[OutputTensor]:
+    """The answer to one request as output tensors: all of `OUTPUTS`, or `names` in that order."""
     n, k = len(results), max(len(s.classes) for s in results)
     probs = np.zeros((n, k), np.float32)
     for i, s in enumerate(results):
         probs[i, : len(s.probs)] = s.probs
-    out: dict[str, Any] = {
-        "model_name": model,
-        "model_version": "1",
-        "parameters": {"app": app},
+    lat = np.round(np.array([(s.queue_ms, s.exec_ms, s.total_ms) for s in results], np.float64), 3)
+    out = {
+        "probs": OutputTensor("probs", "FP32", [n, k], probs),
+        "label": OutputTensor("label", "BYTES", [n], [s.classes[int(np.argmax(s.probs))] for s in results]),
+        "gamma": OutputTensor("gamma", "INT32", [n], np.array([s.gamma for s in results], np.int32)),
+        "deadline_met": OutputTensor("deadline_met", "BOOL", [n], np.array([s.deadline_met for s in results])),
+        "latency_ms": OutputTensor("latency_ms", "FP32", [n, 3], lat),
+    }
+    return [out[name] for name in (names or OUTPUTS)]
+
+
+def json_data(o: OutputTensor) -> list:
+    """An output's elements as a flat JSON list."""
+    return o.data.ravel().tolist() if isinstance(o.data, np.ndarray) else list(o.data)
+
+
+def model_metadata(name: str, image_size: int, max_classes: int) -> dict[str, Any]:
+    img = [-1, image_size, image_size, 3]
+    return {
+        "name": name,
+        "versions": ["1"],
+        "platform": "otas-pytorch",
+        "inputs": [
+            {"name": "image", "datatype": "BYTES", "shape": [-1]},
+            {"name": "image_uint8", "datatype": "UINT8", "shape": img},
+            {"name": "image_fp32", "datatype": "FP32", "shape": img},
+        ],
         "outputs": [
-            {"name": "probs", "datatype": "FP32", "shape": [n, k], "data": probs.ravel().tolist()},
-            {
-                "name": "label",
-                "datatype": "BYTES",
-                "shape": [n],
-                "data": [s.classes[int(np.argmax(s.probs))] for s in results],
-            },
-            {"name": "gamma", "datatype": "INT32", "shape": [n], "data": [s.gamma for s in results]},
-            {"name": "deadline_met", "datatype": "BOOL", "shape": [n], "data": [s.deadline_met for s in results]},
-            {
-                "name": "latency_ms",
-                "datatype": "FP32",
-                "shape": [n, 3],
-                "data": [round(v, 3) for s in results for v in (s.queue_ms, s.exec_ms, s.total_ms)],
-            },
+            {"name": "probs", "datatype": "FP32", "shape": [-1, max_classes]},
+            {"name": "label", "datatype": "BYTES", "shape": [-1]},
+            {"name": "gamma", "datatype": "INT32", "shape": [-1]},
+            {"name": "deadline_met", "datatype": "BOOL", "shape": [-1]},
+            {"name": "latency_ms", "datatype": "FP32", "shape": [-1, 3]},
         ],
     }
-    if rid is not None:
-        out["id"] = rid
-    return out
 
 
 def classify_response(s: Served, top_k: int, slo_ms: float) -> dict[str, Any]:
@@ -161,24 +232,4 @@ def classify_response(s: Served, top_k: int, slo_ms: float) -> dict[str, Any]:
         "slo_ms": slo_ms,
         "deadline_met": s.deadline_met,
         "batch_size": s.batch_size,
-    }
-
-
-def model_metadata(name: str, image_size: int, max_classes: int) -> dict[str, Any]:
-    return {
-        "name": name,
-        "versions": ["1"],
-        "platform": "otas-pytorch",
-        "inputs": [
-            {"name": "image", "datatype": "BYTES", "shape": [-1]},
-            {"name": "image", "datatype": "UINT8", "shape": [-1, image_size, image_size, 3]},
-            {"name": "image", "datatype": "FP32", "shape": [-1, image_size, image_size, 3]},
-        ],
-        "outputs": [
-            {"name": "probs", "datatype": "FP32", "shape": [-1, max_classes]},
-            {"name": "label", "datatype": "BYTES", "shape": [-1]},
-            {"name": "gamma", "datatype": "INT32", "shape": [-1]},
-            {"name": "deadline_met", "datatype": "BOOL", "shape": [-1]},
-            {"name": "latency_ms", "datatype": "FP32", "shape": [-1, 3]},
-        ],
     }

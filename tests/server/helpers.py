@@ -21,6 +21,7 @@ SPEED = {-4: 0.6, 0: 1.0, 4: 1.1}
 ACC = {-4: 0.80, 0: 0.85, 4: 0.90}
 APPS = [App("novel", 400.0, 1.0, "novel"), App("lowlight", 800.0, 2.0, "lowlight"), App("blur", 1600.0, 1.0, "blur")]
 SIZE = 16
+MAX_BODY = 64 * 1024
 
 
 def tiny_checkpoint(path) -> None:
@@ -82,6 +83,13 @@ def png(seed: int = 0, size: int = SIZE) -> bytes:
     return buf.getvalue()
 
 
+def jpeg(seed: int = 0, size: int = SIZE) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
 def b64png(seed: int = 0, size: int = SIZE) -> str:
     return base64.b64encode(png(seed, size)).decode()
 
@@ -94,13 +102,14 @@ def infer_body(app: str = "novel", n: int = 1) -> dict:
 
 
 @contextlib.contextmanager
-def serving(runner, profile: Profile, policy: str = "otas", apps=APPS, max_queue: int = 0, **cfg):
-    """(ServerThread, engine) on an ephemeral loopback port; stopped (gracefully) on exit."""
+def serving(runner, profile: Profile, policy: str = "otas", apps=APPS, max_queue: int = 0, grpc: bool = False, **cfg):
+    """(ServerThread, engine) on an ephemeral loopback port (and gRPC on another, at
+    `srv.grpc_target`, with `grpc=True`); stopped (gracefully) on exit."""
     from otas.server.app import ServerThread
     from otas.server.main import build, default_max_queue
 
     config = SchedulerConfig(max_batch=runner.max_batch, **cfg)
     config.max_queue = max_queue or default_max_queue(profile, apps, config.max_batch)
-    app, engine = build(runner, profile, apps, policy, config, max_body_bytes=64 * 1024)
+    app, engine = build(runner, profile, apps, policy, config, max_body_bytes=MAX_BODY, grpc_port=0 if grpc else None)
     with ServerThread(app) as srv:
         yield srv, engine

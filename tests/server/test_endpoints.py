@@ -30,6 +30,7 @@ def test_health_and_metadata(srv):
     assert srv.get("/v2").json()["name"] == "otas"
     meta = srv.get("/v2/models/tiny_test").json()
     assert meta["name"] == "tiny_test" and {i["datatype"] for i in meta["inputs"]} == {"BYTES", "UINT8", "FP32"}
+    assert len({i["name"] for i in meta["inputs"]}) == 3  # clients key inputs by name
     assert srv.get("/v2/models/tiny_test/ready").json()["ready"] is True
     apps = srv.get("/v1/apps").json()
     assert [a["name"] for a in apps] == ["novel", "lowlight", "blur"] and apps[0]["slo_ms"] == 400.0
@@ -52,6 +53,16 @@ def test_infer_bytes_uint8_fp32(srv):
         r = srv.post("/v2/models/tiny_test/infer", json={"parameters": {"app": "blur"}, "inputs": [inp]})
         assert r.status_code == 200, r.text
         assert r.json()["outputs"][0]["shape"] == [2, 5]
+
+
+def test_versioned_paths_and_stats(srv):
+    r = srv.post("/v2/models/tiny_test/versions/1/infer", json=infer_body("blur", 2))
+    assert r.status_code == 200 and r.json()["outputs"][1]["shape"] == [2]
+    assert srv.get("/v2/models/tiny_test/versions/1").json()["name"] == "tiny_test"
+    assert srv.get("/v2/models/tiny_test/versions/1/ready").json()["ready"] is True
+    stats = srv.get("/v2/models/tiny_test/stats").json()["model_stats"][0]
+    assert stats["inference_count"] >= 2 and stats["execution_count"] >= 1
+    assert stats["inference_stats"]["success"]["count"] == stats["inference_count"]
 
 
 def test_classify_multipart_json_raw(srv):
@@ -118,7 +129,20 @@ BAD = [
     ("bad top_k", (CLASSIFY + "?top_k=zero", _b64(png())), 400, "bad_top_k"),
     ("no file field", (CLASSIFY, {"files": {"other": ("x.png", png(), "image/png")}}), 400, "missing_image"),
     ("unsupported media", (CLASSIFY, _raw(b"abc", "text/plain")), 415, "unsupported_media_type"),
-]
+    ("unknown input", (INFER, {"json": {**infer_body(), "inputs": [{**infer_body()["inputs"][0], "name": "x"}]}}),
+     400, "unknown_input"),
+    ("json data not a list", (INFER, _tensor("BYTES", [1], b64png())), 400, "bad_payload"),
+    ("no data", (INFER, {"json": {**infer_body(), "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1]}]}}),
+     400, "bad_payload"),
+    ("unknown version", ("/v2/models/tiny_test/versions/2/infer", {"json": infer_body()}), 404, "unknown_version"),
+    # Protocol clients parse every error body as JSON: Starlette's own 404/405 included
+    ("unknown path", ("/v2/nothing/here", None), 404, "not_found"),
+    ("unknown path (POST)", ("/nothing", {"json": {}}), 404, "not_found"),
+    ("wrong method", (INFER, None), 405, "method_not_allowed"),
+    ("wrong method (POST)", ("/v2/health/live", {"json": {}}), 405, "method_not_allowed"),
+    ("model config", ("/v2/models/tiny_test/config", None), 404, "not_supported"),
+    ("model config, unknown model", ("/v2/models/nope/config", None), 404, "unknown_model"),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("what,call,status,reason", BAD, ids=[b[0] for b in BAD])

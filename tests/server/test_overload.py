@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 
 from otas.sim.traces import capacity_per_s
-from tests.server.helpers import APPS, b64png, paced_profile, serving
+from tests.server.helpers import APPS, b64png, paced_profile, png, serving
 
 BODIES = {
     a.name: {
@@ -136,3 +136,28 @@ def test_graceful_shutdown_answers_every_accepted_request(paced):
         assert not srv.thread.is_alive()
     assert all(isinstance(r, httpx.Response) and r.status_code == 200 for r in res), res
     assert sum(paced.sizes) == 40
+
+
+def test_graceful_shutdown_answers_every_grpc_call_in_flight(paced):
+    import grpc
+
+    from otas.server.grpc_api import grpc_predict_v2_pb2 as pb
+    from otas.server.grpc_api import grpc_predict_v2_pb2_grpc as pb_grpc
+
+    req = pb.ModelInferRequest(model_name="tiny_test")
+    req.parameters["app"].string_param = "blur"
+    req.inputs.add(name="image", datatype="BYTES", shape=[1]).contents.bytes_contents.append(png(3))
+
+    async def main(srv):
+        async with grpc.aio.insecure_channel(srv.grpc_target) as ch:
+            stub = pb_grpc.GRPCInferenceServiceStub(ch)
+            calls = [asyncio.ensure_future(stub.ModelInfer(req, timeout=30)) for _ in range(30)]
+            await asyncio.sleep(0.15)  # all sent, most still queued behind the paced device
+            await asyncio.to_thread(srv.stop)
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+    with serving(paced, paced_profile(), grpc=True) as (srv, engine):
+        res = asyncio.run(main(srv))
+        assert not srv.thread.is_alive()
+    assert all(isinstance(r, pb.ModelInferResponse) and r.outputs[1].shape == [1] for r in res), res
+    assert sum(paced.sizes) == 30

@@ -1,0 +1,165 @@
+"""The KServe v2 gRPC API on `grpc.aio`, on the HTTP app's event loop (the app's lifespan starts
+and stops it): the same engine, validation (`protocol.build_request`), limits and metrics as HTTP.
+
+Inputs arrive as `raw_input_contents` (what tritonclient sends) or typed `contents` (BYTES:
+`bytes_contents` holding encoded images; UINT8: `uint_contents`; FP32: `fp32_contents`); outputs
+go back as `raw_output_contents`, as Triton does. Errors carry the HTTP path's reason code, as
+`"<reason>: <message>"` and in the trailing metadata `otas-reason`: bad input INVALID_ARGUMENT,
+unknown model NOT_FOUND, queue full RESOURCE_EXHAUSTED, cannot meet the deadline or shutting down
+UNAVAILABLE, failed batch INTERNAL.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from otas.engine.serving import NotServed, ServingEngine
+from otas.server.errors import ProtocolError
+from otas.server.grpc_api import grpc_predict_v2_pb2 as pb
+from otas.server.grpc_api import grpc_predict_v2_pb2_grpc as pb_grpc
+from otas.server.inference import run
+from otas.server.protocol import (
+    EXTENSIONS,
+    SERVER_NAME,
+    VERSIONS,
+    InputTensor,
+    build_request,
+    infer_outputs,
+    model_metadata,
+    server_version,
+)
+from otas.server.tensors import to_raw
+
+if TYPE_CHECKING:
+    from otas.server.app import ServeConfig
+
+log = logging.getLogger("otas.server")
+Code = grpc.StatusCode
+REFUSED = {"queue_full": Code.RESOURCE_EXHAUSTED, "infeasible": Code.UNAVAILABLE,
+           "deadline_unreachable": Code.UNAVAILABLE, "shutting_down": Code.UNAVAILABLE}  # fmt: skip
+CONTENTS = {"BYTES": "bytes_contents", "UINT8": "uint_contents", "FP32": "fp32_contents"}
+
+
+def status_of(e: Exception) -> tuple[grpc.StatusCode, str, str]:
+    """(code, reason, message) of a failed call, as HTTP would answer it (`handlers.error_response`)."""
+    if isinstance(e, ProtocolError):
+        return (Code.NOT_FOUND if e.status == 404 else Code.INVALID_ARGUMENT), e.reason, e.message
+    if isinstance(e, NotServed):
+        code = Code.INTERNAL if e.outcome == "error" and e.reason != "shutting_down" else Code.UNAVAILABLE
+        return REFUSED.get(e.reason, code), e.reason, f"{e.outcome}: {e.detail}"
+    return Code.INTERNAL, "internal", "internal server error; see the server log"
+
+
+def guarded(fn):
+    @functools.wraps(fn)
+    async def method(self, request, context: grpc.aio.ServicerContext):
+        try:
+            return await fn(self, request, context)
+        except Exception as e:
+            if not isinstance(e, ProtocolError | NotServed):
+                log.exception("unhandled error", extra={"event": "internal_error", "rpc": fn.__name__})
+            code, reason, message = status_of(e)
+        context.set_trailing_metadata((("otas-reason", reason),))
+        await context.abort(code, f"{reason}: {message}")
+
+    return method
+
+
+class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, engine: ServingEngine, config: ServeConfig):
+        self.engine, self.config = engine, config
+
+    @guarded
+    async def ServerLive(self, request, context):
+        return pb.ServerLiveResponse(live=True)
+
+    @guarded
+    async def ServerReady(self, request, context):
+        return pb.ServerReadyResponse(ready=self.engine.ready)
+
+    @guarded
+    async def ModelReady(self, request, context):
+        self._model(request.name, request.version)
+        return pb.ModelReadyResponse(ready=self.engine.ready)
+
+    @guarded
+    async def ServerMetadata(self, request, context):
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=server_version(), extensions=EXTENSIONS)
+
+    @guarded
+    async def ModelMetadata(self, request, context):
+        self._model(request.name, request.version)
+        kmax = max(len(c) for c in self.engine.classes.values())
+        return pb.ModelMetadataResponse(**model_metadata(request.name, self.engine.image_size, kmax))
+
+    @guarded
+    async def ModelInfer(self, request, context):
+        arrival = self.engine.now_ms()
+        self._model(request.model_name, request.model_version)
+        limit = self.config.max_body_bytes
+        if (size := request.ByteSize()) > limit:
+            raise ProtocolError(413, "too_large", f"request of {size} bytes is over the limit of {limit}; send less")
+        params = {
+            k: getattr(v, v.WhichOneof("parameter_choice") or "string_param") for k, v in request.parameters.items()
+        }
+        names = [o.name for o in request.outputs] or None
+        req = build_request(request.id or None, params, _inputs(request), self.engine.image_size, names)
+        results = await run(self.engine, req, arrival)
+        resp = pb.ModelInferResponse(model_name=request.model_name, model_version="1", id=request.id)
+        resp.parameters["app"].string_param = req.app
+        for o in infer_outputs(results, req.outputs):
+            resp.outputs.add(name=o.name, datatype=o.datatype, shape=o.shape)
+            resp.raw_output_contents.append(to_raw(o.datatype, o.data))
+        return resp
+
+    def _model(self, name: str, model_version: str) -> None:
+        served = self.config.model_name
+        if name != served:
+            raise ProtocolError(404, "unknown_model", f"model {name!r} is not served here; use {served!r}")
+        if model_version not in VERSIONS:
+            raise ProtocolError(404, "unknown_version", f"model {name!r} has no version {model_version!r}; use 1")
+
+
+def _inputs(request: Any) -> list[InputTensor]:
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise ProtocolError(
+            400, "bad_payload", f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; "
+            "send one per input, in order",
+        )  # fmt: skip
+    out = []
+    for i, t in enumerate(request.inputs):
+        if raw and t.HasField("contents"):
+            raise ProtocolError(400, "bad_payload", f"input {t.name!r} has both contents and raw_input_contents")
+        field, data = CONTENTS.get(t.datatype), None
+        if t.HasField("contents") and field:
+            data = getattr(t.contents, field)
+            if not data and t.contents.ByteSize():
+                raise ProtocolError(
+                    400, "bad_payload", f"input {t.name!r} is {t.datatype}: send its elements in contents.{field}"
+                )
+        out.append(InputTensor(t.name, t.datatype, list(t.shape), data, raw[i] if raw else None))
+    return out
+
+
+async def start_grpc(engine: ServingEngine, config: ServeConfig) -> tuple[grpc.aio.Server, int]:
+    """A started gRPC server on (config.grpc_host, config.grpc_port); returns it and the bound port."""
+    options = [
+        # Messages up to twice the body limit reach ModelInfer, which refuses those over it with
+        # INVALID_ARGUMENT `too_large`; larger ones are gRPC's own RESOURCE_EXHAUSTED.
+        ("grpc.max_receive_message_length", 2 * config.max_body_bytes),
+        ("grpc.so_reuseport", 0),  # a port in use is an error, not a second server sharing it
+    ]
+    server = grpc.aio.server(options=options)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(engine, config), server)
+    address = f"{config.grpc_host}:{config.grpc_port}"
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as e:
+        raise RuntimeError(f"gRPC cannot listen on {address} ({e}); choose another --grpc-port, or 0 for none") from e
+    await server.start()
+    return server, port

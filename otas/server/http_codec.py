@@ -1,0 +1,130 @@
+"""The HTTP infer body, both ways: JSON, or a JSON header followed by binary tensor data (the
+protocol's binary tensor extension, which tritonclient uses by default). No web framework.
+
+Request: with the header `Inference-Header-Content-Length: L` the first L bytes of the body are
+the JSON header and the rest is the inputs' binary data, back to back in input order; an input sent
+this way has the parameter `binary_data_size` (its byte count) and no `data`. Response: the outputs
+asked for in binary (the request parameter `binary_data_output`, or an output's own parameter
+`binary_data`, which wins) follow the JSON header the same way, each with `binary_data_size`; the
+response then carries `Inference-Header-Content-Length` and is `application/octet-stream`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from otas.server.errors import ProtocolError
+from otas.server.protocol import OUTPUTS, InferRequest, InputTensor, OutputTensor, build_request, json_data
+from otas.server.tensors import to_raw
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
+@dataclass
+class HttpInfer:
+    request: InferRequest
+    binary: dict[str, bool]
+    """Output name -> send its data in binary after the JSON header."""
+
+
+def loads(raw: bytes | memoryview) -> Any:
+    try:
+        return json.loads(bytes(raw))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ProtocolError(400, "bad_json", f"body is not valid JSON ({e}); check it is complete") from None
+
+
+def parse_infer(body: bytes, header_length: str | None, image_size: int) -> HttpInfer:
+    """An infer request body (and its Inference-Header-Content-Length, if any) -> the request.
+    Declared binary sizes are checked against the bytes present before anything is sliced."""
+    view = memoryview(body)
+    if header_length is None:
+        head, tail = loads(view), view[len(view) :]
+    else:
+        h = header_length.strip()
+        if not h.isdigit() or not 0 < int(h) <= len(view):
+            raise ProtocolError(
+                400, "bad_header_length",
+                f"{HEADER_LENGTH} is {header_length!r} but the body has {len(view)} bytes; "
+                "give the byte length of the JSON header that starts the body",
+            )  # fmt: skip
+        head, tail = loads(view[: int(h)]), view[int(h) :]
+    if not isinstance(head, dict):
+        raise ProtocolError(400, "bad_request", "the JSON header must be an object with `inputs` and `parameters`")
+    params = _object(head.get("parameters"), "parameters")
+    inputs = head.get("inputs")
+    if not isinstance(inputs, list) or not all(isinstance(i, dict) for i in inputs):
+        raise ProtocolError(400, "bad_request", "`inputs` must be a list of input tensor objects")
+    tensors, offset = [], 0
+    for i, inp in enumerate(inputs):
+        size, data, raw = _object(inp.get("parameters"), f"inputs[{i}].parameters").get("binary_data_size"), None, None
+        if size is not None:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise ProtocolError(400, "bad_binary_size", f"inputs[{i}] binary_data_size={size!r}: use a byte count")
+            if "data" in inp:
+                raise ProtocolError(400, "bad_payload", f"inputs[{i}] has both `data` and binary_data_size; send one")
+            if offset + size > len(tail):
+                raise ProtocolError(
+                    400, "bad_binary_size",
+                    f"inputs declare at least {offset + size} bytes of binary data but {len(tail)} follow the JSON "
+                    "header; send every input's bytes, or fix binary_data_size",
+                )  # fmt: skip
+            raw, offset = tail[offset : offset + size], offset + size
+        elif "data" in inp:
+            data = inp["data"]
+            if not isinstance(data, list):
+                raise ProtocolError(400, "bad_payload", f"inputs[{i}].data must be a JSON list (flat, row-major)")
+        tensors.append(InputTensor(inp.get("name"), inp.get("datatype"), inp.get("shape"), data, raw))
+    if offset != len(tail):
+        raise ProtocolError(
+            400, "bad_binary_size",
+            f"{len(tail)} bytes of binary data follow the JSON header but the inputs' binary_data_size add up to "
+            f"{offset}; make them agree",
+        )  # fmt: skip
+    outputs = head.get("outputs")
+    if outputs is not None and (not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs)):
+        raise ProtocolError(400, "bad_request", '`outputs` must be a list of objects {"name": ...}')
+    rid = None if head.get("id") is None else str(head["id"])
+    names = None if outputs is None else [o.get("name") for o in outputs]
+    req = build_request(rid, params, tensors, image_size, names)
+    default = _flag(params.get("binary_data_output", False), "binary_data_output")
+    binary = {name: default for name in OUTPUTS}
+    for i, o in enumerate(outputs or []):
+        b = _object(o.get("parameters"), f"outputs[{i}].parameters").get("binary_data")
+        if b is not None:
+            binary[o["name"]] = _flag(b, f"outputs[{i}] binary_data")
+    return HttpInfer(req, binary)
+
+
+def encode_infer(model: str, req: InferRequest, outputs: list[OutputTensor], binary: dict[str, bool]):
+    """(body, JSON header length or None when no output is binary)."""
+    outs, raws = [], []
+    for o in outputs:
+        t: dict[str, Any] = {"name": o.name, "datatype": o.datatype, "shape": o.shape}
+        if binary.get(o.name):
+            raws.append(to_raw(o.datatype, o.data))
+            t["parameters"] = {"binary_data_size": len(raws[-1])}
+        else:
+            t["data"] = json_data(o)
+        outs.append(t)
+    head: dict[str, Any] = {"model_name": model, "model_version": "1", "parameters": {"app": req.app}, "outputs": outs}
+    if req.id is not None:
+        head["id"] = req.id
+    body = json.dumps(head, separators=(",", ":")).encode()
+    return (body + b"".join(raws), len(body)) if raws else (body, None)
+
+
+def _object(v: object, what: str) -> dict:
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise ProtocolError(400, "bad_request", f"`{what}` must be a JSON object, got {v!r}")
+    return v
+
+
+def _flag(v: object, what: str) -> bool:
+    if not isinstance(v, bool):
+        raise ProtocolError(400, "bad_request", f"{what}={v!r}: use true or false")
+    return v

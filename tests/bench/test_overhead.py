@@ -1,0 +1,30 @@
+"""The overhead benchmark against a no-op server: every protocol and batch is measured and answered."""
+
+import json
+
+from rich.console import Console
+
+from otas.bench.overhead import PROTOCOLS, main
+from otas.config import SchedulerConfig
+from otas.engine.noop import NoopRunner, noop_profile
+from otas.server.app import ServerThread
+from otas.server.main import build, default_max_queue
+from tests.server.helpers import APPS
+
+
+def test_overhead_every_protocol_and_batch(tmp_path):
+    runner, prof = NoopRunner(APPS, max_batch=16), noop_profile(APPS, 16)
+    config = SchedulerConfig(max_batch=16)
+    config.max_queue = default_max_queue(prof, APPS, 16)
+    app, _ = build(runner, prof, APPS, "otas", config, grpc_port=0)
+    with ServerThread(app) as srv:
+        res = main(srv.url, 4, 0.3, 1, None, tmp_path, Console(width=200), batches=(1, 8), warmup_s=0.1)
+    runs = {(r["protocol"], r["batch"]): r for r in res["runs"]}
+    assert set(runs) == {(p, b) for p in PROTOCOLS for b in (1, 8)}
+    for r in runs.values():
+        assert r["failed"] == 0 and r["requests_per_s"] > 0 and r["images_per_s"] == r["requests_per_s"] * r["batch"]
+        assert r["latency_ms"]["p99"] >= r["latency_ms"]["p50"] > 0
+    assert runs["grpc", 8]["in_flight"] == 2 and runs["json", 1]["in_flight"] == 4
+    assert runs["json", 8]["request_bytes"] > runs["binary", 8]["request_bytes"]  # base64 costs a third more
+    saved = json.loads((tmp_path / "overhead_noop_c4x1.json").read_text())
+    assert saved["meta"]["grpc_target"] == srv.grpc_target and len(saved["runs"]) == 6
