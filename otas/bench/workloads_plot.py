@@ -55,7 +55,18 @@ def _print_worst(result: dict, lead: str, console) -> None:
 
     for s, rows in result["worst"].get(lead, {}).items():
         t = Table(title=f"{s}: the workload-loads where {lead} loses most to the best other policy")
-        cols = ("seed", "load", "ratio", "best_other", "trace", "n_apps", "spread", "tight_mult", "tight_share")
+        cols = (
+            "seed",
+            "load",
+            "ratio",
+            "best_other",
+            "trace",
+            "n_apps",
+            "spread",
+            "min_gap",
+            "tight_mult",
+            "tight_share",
+        )
         for col in (*cols, "tight SLO (best other)"):
             t.add_column(col, justify="right")
         for r in rows[:8]:

@@ -21,9 +21,16 @@ import numpy as np
 from otas.sim import workloads as wl
 
 SPLITS = ("all", "tuning", "held-out")
-BINS = {"spread": (2, 4, 8, 20), "tight_mult": (2, 3, 5, 8), "tight_share": (0, 0.2, 0.4, 1)}
+BINS = {
+    "spread": (2, 4, 8, 20),
+    "min_gap": (1, 1.1, 1.3, 2, 20),
+    "tight_mult": (2, 3, 5, 8),
+    "tight_share": (0, 0.2, 0.4, 1),
+    "tight_utility_rel": (0, 0.5, 1, 2, 6),
+}
 """Edges of the numeric features the loss analysis groups by (the last bin is closed)."""
-FEATURES = ("load", "trace", "mapping", "n_apps", "spread", "tight_mult", "tight_share", "source_apps")
+FEATURES = ("load", "trace", "mapping", "n_apps", "spread", "min_gap", "tight_mult", "tight_share")
+FEATURES += ("tight_utility_rel", "source_apps")
 
 
 def rnd(x: object) -> float | None:

@@ -104,11 +104,13 @@ class Workload:
     def features(self) -> dict[str, object]:
         """What the report groups results by."""
         u = np.array([a.utility for a in self.apps])
+        m = [a.slo_mult for a in self.apps]
         return {
             "trace": self.trace,
             "mapping": self.mapping,
             "n_apps": len(self.apps),
             "spread": self.spread,
+            "min_gap": min(b / a for a, b in zip(m, m[1:], strict=False)),
             "tight_mult": self.apps[0].slo_mult,
             "tight_share": self.mix[0],
             "tight_utility_rel": float(self.apps[0].utility / u.mean()),

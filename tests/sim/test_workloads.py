@@ -41,6 +41,8 @@ def test_draw_respects_the_ranges():
         assert len(w.mix) == len(w.apps) and abs(sum(w.mix) - 1) < 1e-5 and min(w.mix) > 0
         assert 3000 <= w.n <= 6000 and 0 <= w.window <= 1
         assert w.mapping == "random" or w.trace == "azure"
+        f = w.features()
+        assert 1.0 <= f["min_gap"] <= w.spread and f["n_apps"] == len(w.apps) and f["tight_share"] == w.mix[0]
     assert any(a.task == "source" for w in DRAWN for a in w.apps)
     assert {w.mapping for w in DRAWN if w.trace == "azure"} == {"random", "tokens"}
     assert max(w.spread for w in DRAWN) > 15 and min(w.spread for w in DRAWN) < 2.5
