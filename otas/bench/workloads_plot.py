@@ -38,14 +38,15 @@ def print_summary(result: dict, console) -> None:
                 t.add_row(split, g, *[_f(x) for x in nums], _f(orc), _f(vo), slo)
         console.print(t)
     lead = head[0]
-    for s, feats in result["by_feature"][lead].items():
-        t = Table(title=f"{s}: {lead} / best other by workload feature (n, geomean, median, min)")
-        for col in ("feature", "bin", "n", "geomean", "median", "min"):
+    for s, bands in result["by_feature"][lead].items():
+        t = Table(title=f"{s}: {lead} / best other by workload feature: geomean (n) per load band; min over all")
+        for col in ("feature", "bin", *(f"loads {b}" for b in bands), "min"):
             t.add_column(col, justify="right")
-        for f, bins in feats.items():
+        for f, bins in bands["all"].items():
             for b, r in bins.items():
-                if r.get("n"):
-                    t.add_row(f, b, str(r["n"]), f"{r['geomean']:.3f}", f"{r['median']:.3f}", f"{r['min']:.3f}")
+                per = [bands[band][f].get(b, {}) for band in bands]
+                cells = [f"{x['geomean']:.3f} ({x['n']})" if x.get("n") else "-" for x in per]
+                t.add_row(f, b, *cells, _f(r.get("min")))
         console.print(t)
     _print_worst(result, lead, console)
 

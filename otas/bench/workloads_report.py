@@ -143,18 +143,24 @@ def _bin(feature: str, x: object) -> str:
     return f"[{e[i]:g},{e[i + 1]:g}{']' if i == len(e) - 2 else ')'}"
 
 
+BANDS = {"all": lambda x: True, "<1": lambda x: x < 1.0, "≥1": lambda x: x >= 1.0}
+"""Load bands of the loss analysis (under and over the γ = 0 capacity lose for different reasons)."""
+
+
 def by_feature(views: Sequence[dict], policy: str, features: dict[int, dict]) -> dict:
-    """by_feature[set][feature][bin] = stats of `policy`'s ratio over the cells in that bin."""
+    """by_feature[set][load band][feature][bin] = stats of `policy`'s ratio over the cells in that bin."""
     out: dict = {}
     for s in dict.fromkeys(v["set"] for v in views):
         out[s] = {}
-        for f in FEATURES:
-            groups: dict[str, list[float]] = {}
-            for v in views:
-                if v["set"] == s and policy in v["ratio"]:
+        for band, keep in BANDS.items():
+            vs = [v for v in views if v["set"] == s and keep(v["load"]) and policy in v["ratio"]]
+            out[s][band] = {}
+            for f in FEATURES:
+                groups: dict[str, list[float]] = {}
+                for v in vs:
                     x = v["load"] if f == "load" else features[v["seed"]][f]
                     groups.setdefault(_bin(f, x), []).append(v["ratio"][policy])
-            out[s][f] = {k: stats(groups[k]) for k in sorted(groups, key=_sort_key)}
+                out[s][band][f] = {k: stats(groups[k]) for k in sorted(groups, key=_sort_key)}
     return out
 
 

@@ -72,8 +72,10 @@ def test_summary_by_split_and_load():
     assert summ["all"]["0.5"]["otas"]["vs_oracle_median"] == pytest.approx((10 / 12 + 0.9) / 2, rel=1e-5)
     feats = {s: {"trace": "poisson" if s < 2 else "step"} | dict.fromkeys(rep.FEATURES[2:], 1.0) for s in range(4)}
     by = rep.by_feature(views, "otas", feats)["dev"]
-    assert by["trace"]["poisson"]["n"] == 4 and by["trace"]["step"]["n"] == 1 and by["load"]["2"]["n_inf"] == 1
-    assert list(by["spread"]) == ["[2,4)"] and list(by["tight_share"]) == ["[0.4,1]"]  # last bin closed
+    assert by["all"]["trace"]["poisson"]["n"] == 4 and by["all"]["trace"]["step"]["n"] == 1
+    assert by["all"]["load"]["2"]["n_inf"] == 1 and by["≥1"]["trace"]["poisson"]["median"] == pytest.approx(0.875)
+    assert by["<1"]["trace"]["poisson"]["geomean"] == pytest.approx((1.25 * 0.9) ** 0.5, rel=1e-5)
+    assert list(by["all"]["spread"]) == ["[2,4)"] and list(by["all"]["tight_share"]) == ["[0.4,1]"]  # closed
 
 
 def test_profile_sets_and_policy_lists():
