@@ -87,7 +87,7 @@ def plot_cdf(records: Sequence[dict], compared: Sequence[str], sets: Sequence[st
     views = [cell_view(r, compared) for r in records]
     finite = [x for v in views for c, x in v["ratio"].items() if c != "oracle" and 0 < x < math.inf]
     lo, hi = min(finite, default=0.5) / 1.1, max(max(finite, default=2.0) * 1.1, 1.2)
-    ticks = [t for t in (0.1, 0.2, 0.3, 0.5, 0.7, 0.85, 1, 1.2, 1.5, 2, 3, 5, 10) if lo <= t <= hi]
+    ticks = [t for t in (0.1, 0.2, 0.3, 0.5, 0.7, 1, 1.5, 2, 3, 5, 10) if lo <= t <= hi]
     cols = (("load 0.5", lambda x: x < 1.0), ("loads ≥ 1", lambda x: x >= 1.0))
     fig, axes = plt.subplots(len(sets), 2, figsize=(11, 3.6 * len(sets)), squeeze=False)
     for i, s in enumerate(sets):
