@@ -114,3 +114,57 @@ def bench_gpu_cmd(
         raise typer.BadParameter(str(e)) from None
     plot(result, out / "gpu_bench.png")
     console.print(f"wrote {out / 'gpu_bench.json'} and {out / 'gpu_bench.png'}")
+
+
+@bench_app.command("workloads")
+def bench_workloads_cmd(
+    n: Annotated[
+        int, typer.Option(help="Workloads to draw (seeds FIRST_SEED..; even seeds tune, odd are held out).")
+    ] = 60,
+    quick: Annotated[bool, typer.Option(help="A small subset: 6 workloads, loads 0.5,1,2; writes quick.json.")] = False,
+    first_seed: Annotated[int, typer.Option(help="Seed of the first workload.")] = 0,
+    load: opt.Load = "0.5,1,1.5,2,3",
+    profile_set: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="NAME=PATH,PATH2,...@MAX_BATCH, repeatable; served profile first, others for model-switch and the "
+            "oracle, @MAX_BATCH optional (64). Default: cpu and h100, ViT-Tiny + ViT-Small, B_max 64 and 256."
+        ),
+    ] = None,
+    policies: Annotated[
+        str, typer.Option(help="Comma-separated policies to run (default: all of otas simulate).")
+    ] = "",
+    compare: Annotated[
+        str, typer.Option(help="Policies reported against the best other, where they exist.")
+    ] = "otas,otas-paper",
+    jobs: Annotated[int, typer.Option(help="Worker processes (default: every CPU).")] = 0,
+    azure: Annotated[
+        Path | None, typer.Option(help="Azure-format CSV for azure workloads (default: the conv trace).")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Folder for the JSON and the plot.")] = Path("bench/results/workloads"),
+) -> None:
+    """Every policy on a suite of seeded random workloads (2-6 apps, SLO spread 2-20×, utilities 0.5-5,
+    Azure windows and synthetic traces) at several loads, per profile set: utility over the best other
+    policy, over the oracle bound, and tightest-application SLO attainment, tuning and held-out splits."""
+    import os
+
+    from otas.bench.workloads import COMPARE, DEFAULT_SETS, ProfileSet, main
+
+    loads = opt.loads("0.5,1,2" if quick and load == "0.5,1,1.5,2,3" else load)
+    try:
+        sets = [ProfileSet.parse(s) for s in profile_set] if profile_set else list(DEFAULT_SETS)
+        main(
+            n=6 if quick else n,
+            first_seed=first_seed,
+            loads=loads,
+            sets=sets,
+            policies=[p for p in policies.split(",") if p] or None,
+            compare=[c for c in compare.split(",") if c] or list(COMPARE),
+            jobs=jobs or os.cpu_count() or 1,
+            out=out,
+            tag="quick" if quick else "workloads",
+            azure=str(azure) if azure else None,
+            console=console,
+        )
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None

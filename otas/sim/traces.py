@@ -12,8 +12,9 @@ arrival pattern is kept, only the clock is stretched or compressed). All randomn
 
 Request → application mapping (explicit):
 - `tokens` (default for CSV traces): requests are ranked by ContextTokens and split into
-  len(apps) equal-count bins; bin i (shortest prompts first) goes to apps[i] in YAML order —
-  short interactive prompts map to the first (tightest) application. Deterministic.
+  len(apps) bins, equal-count (or sized by `mix` weights); bin i (shortest prompts first) goes to
+  apps[i] in YAML order — short interactive prompts map to the first (tightest) application.
+  Deterministic.
 - `random`: each request draws an application, uniformly (or by `mix` weights), from a seeded RNG
   (default for synthetic traces, which have no request features).
 """
@@ -21,6 +22,7 @@ Request → application mapping (explicit):
 from __future__ import annotations
 
 import csv
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -72,16 +74,19 @@ def _map_apps(
             raise ValueError("mapping 'tokens' needs a trace with ContextTokens; use mapping='random'")
         rank = np.empty(n, dtype=np.int64)
         rank[np.argsort(tokens, kind="stable")] = np.arange(n)
-        return [names[int(r * len(names) // n)] for r in rank]
+        if mix is None:
+            return [names[int(r * len(names) // n)] for r in rank]
+        edges = np.cumsum(np.asarray(mix, float) / np.sum(mix))[:-1] * n  # weighted quantile bins
+        return [names[i] for i in np.searchsorted(edges, rank, side="right")]
     if mapping == "random":
         p = None if mix is None else np.asarray(mix, float) / np.sum(mix)
         return [names[i] for i in rng.choice(len(names), size=n, p=p)]
     raise ValueError(f"unknown mapping {mapping!r}; use 'tokens' or 'random'")
 
 
-def load_csv(path: str | Path, apps: Sequence[App], mapping: str = "tokens", seed: int = 0) -> Trace:
-    """An Azure-format CSV trace (TIMESTAMP,ContextTokens,GeneratedTokens), arrivals from 0."""
-    p = Path(path)
+@functools.lru_cache(maxsize=4)
+def _read_csv(p: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(arrival ms from 0, ContextTokens) of an Azure-format CSV, sorted by time; read once per process."""
     if not p.is_file():
         raise ValueError(f"trace file {p} does not exist; give a CSV path or one of azure, {', '.join(SYNTHETIC)}")
     times, tokens = [], []
@@ -97,9 +102,43 @@ def load_csv(path: str | Path, apps: Sequence[App], mapping: str = "tokens", see
                 raise ValueError(f"{p}: bad row {row!r} ({e}); expected TIMESTAMP,ContextTokens,...") from None
     order = np.argsort(times, kind="stable")
     t = np.asarray(times)[order]
+    t.flags.writeable = False  # shared by every caller through the cache
     tok = np.asarray(tokens)[order]
+    tok.flags.writeable = False
+    return t - t[0], tok
+
+
+def csv_length(path: str | Path) -> int:
+    """How many requests a CSV trace holds."""
+    return len(_read_csv(Path(path).resolve())[0])
+
+
+def load_csv(path: str | Path, apps: Sequence[App], mapping: str = "tokens", seed: int = 0) -> Trace:
+    """An Azure-format CSV trace (TIMESTAMP,ContextTokens,GeneratedTokens), arrivals from 0."""
+    p = Path(path)
+    t, tok = _read_csv(p.resolve())
     rng = np.random.default_rng(seed)
-    return Trace(p.stem, t - t[0], _map_apps(apps, mapping, len(t), rng, tokens=tok))
+    return Trace(p.stem, t.copy(), _map_apps(apps, mapping, len(t), rng, tokens=tok))
+
+
+def csv_window(
+    path: str | Path,
+    apps: Sequence[App],
+    start: int,
+    n: int,
+    mapping: str = "random",
+    seed: int = 0,
+    mix: Sequence[float] | None = None,
+) -> Trace:
+    """Requests start..start+n-1 (in time order) of a CSV trace, arrivals from 0, mapped to
+    applications by `mapping` (`random` with `mix` weights, or `tokens` with `mix`-sized bins)."""
+    p = Path(path)
+    t, tok = _read_csv(p.resolve())
+    if not (0 <= start and n >= 2 and start + n <= len(t)):
+        raise ValueError(f"window start={start}, n={n} does not fit the {len(t)} requests of {p}")
+    t, tok = t[start : start + n], tok[start : start + n]
+    rng = np.random.default_rng(seed)
+    return Trace(p.stem, t - t[0], _map_apps(apps, mapping, n, rng, tokens=tok, mix=mix))
 
 
 def _rate_shape(kind: str, u: np.ndarray) -> np.ndarray:
