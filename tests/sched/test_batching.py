@@ -30,10 +30,10 @@ def test_batches_never_mix_slo_classes_beyond_tolerance():
     ]
     slo = {a.name: a.slo_ms for a in apps}
     p = make_profile()
-    for tol in (0.0, 0.15):
+    for tol, policy in ((0.0, "otas"), (0.15, "otas"), (0.0, "otas-paper")):
         cfg = SchedulerConfig(slo_class_tolerance=tol)
         tr = make_trace("mmpp", apps, 1.5, capacity_per_s(p, apps, cfg.max_batch), seed=1, n=2000)
-        res = run(tr, apps, p, "otas-paper", cfg)  # otas may mix classes on purpose (docs/scheduler.md)
+        res = run(tr, apps, p, policy, cfg)
         assert res.batches
         reqs = tr.requests(apps)
         # rebuild batch membership from the outcomes: requests finishing at the same time share a batch
