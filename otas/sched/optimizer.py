@@ -42,6 +42,9 @@ class BatchSpec:
     """(|Γ|, groups): u_a · acc(task_a, γ), the value of one on-time member of each group."""
     latency: np.ndarray
     """(|Γ|,): predicted batch latency in ms at each γ; inf where it does not fit in memory."""
+    cost: np.ndarray | None = None
+    """(|Γ|,): what running the batch at each γ costs the work still to come, in utility (e.g.
+    μ · latency plus the arrivals it blocks); None = `price` · latency."""
 
 
 @dataclass(frozen=True)
@@ -107,17 +110,27 @@ def plan_fronts(
         for i in range(j - 1, -1, -1):  # batches 0..j-1 run after batch j: fresh levels
             alt[i], V = level(i, V)
         order = [j, *range(j), *range(j + 1, n)]
-        out.append(_read_back(specs, steps, order, alt, _first(specs[j], steps[j], taus, V, G, price), G, delta))
+        val0 = _first(specs[j], steps[j], taus, V, G, price)
+        out.append(_read_back(specs, steps, order, alt, val0, G, delta, price))
     return out
 
 
 def net_value(spec: BatchSpec, price: float = 0.0) -> float:
-    """The most one batch earns run now and alone, less its device time at `price`."""
+    """The most one batch earns run now and alone, less its cost (device time at `price`)."""
     lat = np.where(np.isfinite(spec.latency), spec.latency, np.nan)  # (|Γ|,)
-    val = -price * lat
+    c = _cost(spec, price)
+    val = np.where(np.isnan(lat), np.nan, -c if c is not None else 0.0)  # NaN where it does not fit
     for g, d in enumerate(spec.deadlines):
         val = val + spec.weights[:, g] * (len(d) - np.searchsorted(d, lat, side="left"))
     return float(np.nanmax(val))
+
+
+def _cost(spec: BatchSpec, price: float) -> np.ndarray | None:
+    """(|Γ|,) cost of each setting (0 where it does not fit), or None when nothing is charged."""
+    valid = np.isfinite(spec.latency)
+    if spec.cost is not None:
+        return np.where(valid, spec.cost, 0.0)
+    return price * np.where(valid, spec.latency, 0.0) if price > 0 else None
 
 
 def _with_pad(cnt: np.ndarray, G: int) -> np.ndarray:
@@ -131,8 +144,9 @@ def _level(spec: BatchSpec, step, counts, idx: np.ndarray, V: np.ndarray, G: int
     val = V[idx]
     for g, cnt in enumerate(counts):
         val += spec.weights[:, g, None] * cnt[idx]
-    if price > 0:
-        val -= (price * np.where(valid, spec.latency, 0.0))[:, None]
+    cost = _cost(spec, price)
+    if cost is not None:
+        val -= cost[:, None]
     if not valid.all():
         val[~valid] = -np.inf
     out = np.empty(G + 1)
@@ -140,7 +154,7 @@ def _level(spec: BatchSpec, step, counts, idx: np.ndarray, V: np.ndarray, G: int
     # path visits, when the path is read back.
     val.max(axis=0, out=out[:G])
     # past the horizon every later batch earns nothing and runs at its fastest setting
-    out[G] = V[G] - price * float(np.min(spec.latency)) if price > 0 else 0.0
+    out[G] = V[G] - float(cost[_cheapest(spec, cost)]) if cost is not None else V[G]
     return val, out
 
 
@@ -151,12 +165,22 @@ def _first(spec: BatchSpec, step, taus: np.ndarray, V: np.ndarray, G: int, price
     for g, d in enumerate(spec.deadlines):
         cnt = np.where(s < G, _counts(d, taus[s]), 0)
         val0 += spec.weights[:, g] * cnt
-    if price > 0:
-        val0 -= price * np.where(valid, spec.latency, 0.0)
+    cost = _cost(spec, price)
+    if cost is not None:
+        val0 -= cost
     val0[~valid] = -np.inf
     if not np.isfinite(val0).any():
         raise ValueError("no gamma fits the first batch in memory; lower max_batch or raise the limit")
     return val0
+
+
+def _cheapest(spec: BatchSpec, cost: np.ndarray | None) -> int:
+    """The valid setting of least cost, the fastest among equals (the fastest when nothing is charged)."""
+    lat = spec.latency
+    if cost is None:
+        return int(np.argmin(lat))
+    c = np.where(np.isfinite(lat), cost, np.inf)
+    return _fastest_best(-c, lat)
 
 
 def _fastest_best(val: np.ndarray, latency: np.ndarray) -> int:
@@ -166,13 +190,15 @@ def _fastest_best(val: np.ndarray, latency: np.ndarray) -> int:
     return int(best[np.argmin(latency[best])]) if len(best) > 1 else int(best[0])
 
 
-def _read_back(specs, steps, order: list[int], vals: dict[int, np.ndarray], val0: np.ndarray, G: int, delta: float):
+def _read_back(
+    specs, steps, order: list[int], vals: dict[int, np.ndarray], val0: np.ndarray, G: int, delta: float, price: float
+):
     """The optimal path through the levels of `order` (batch indices in execution order)."""
     g0 = _fastest_best(val0, specs[order[0]].latency)
     choice, at = [g0], int(steps[order[0]][0][g0])
     for i in order[1:]:
-        if at >= G:  # past the horizon every setting gains nothing: take the fastest valid one (cheapest too)
-            g = int(np.argmin(specs[i].latency))
+        if at >= G:  # past the horizon every setting gains nothing: the cheapest valid one (then fastest)
+            g = _cheapest(specs[i], _cost(specs[i], price))
         else:
             g = _fastest_best(vals[i][:, at], specs[i].latency)
         choice.append(g)
@@ -187,7 +213,8 @@ def evaluate(specs: list[BatchSpec], choice: list[int], delta: float, price: flo
         lat = float(spec.latency[g])
         if not math.isfinite(lat):
             return -math.inf
-        total -= price * lat
+        cost = _cost(spec, price)
+        total -= float(cost[g]) if cost is not None else 0.0
         K += math.ceil(lat / delta - 1e-9)
         tau = K * delta
         for j, d in enumerate(spec.deadlines):

@@ -20,6 +20,8 @@ through the same interface in the simulator and the live server.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from otas.sched import optimizer
@@ -73,6 +75,8 @@ class Otas(Policy):
             apps = list(view.apps.values())
             tau = view.config.rate_window * max(a.slo_ms for a in apps)
             self._price = DevicePrice(apps, view.profiles[view.model], view.config.max_batch, tau)
+            self._slo = np.array([a.slo_ms for a in apps])  # (apps,), in DevicePrice's order
+            self._value = np.array([view.weights(view.model, a.name).max() for a in apps])  # best u·acc
 
     def options(self, view: View) -> list[tuple[str, int]]:
         return [(view.model, g) for g in view.profiles[view.model].gammas]
@@ -100,12 +104,24 @@ class Otas(Policy):
                     seen.add(c.queue)
                     if mu == 0 or optimizer.net_value(specs[j], mu) > 0:
                         fronts.append(j)
+        if self._price is not None:
+            specs = [replace(s, cost=self._cost(s.latency, mu, now_ms, view)) for s in specs]
         plans = optimizer.plan_fronts(specs, fronts, cfg.delta_ms, cfg.max_grid, mu)
         best = max(range(len(plans)), key=lambda m: (plans[m].value, -m))  # ties: the default order
         plan, first = plans[best], fronts[best]
         gamma = view.profiles[view.model].gammas[plan.choice[0]]
         meta = {"planned_value": plan.value, "planned_batches": len(specs), "price": mu, "batch": first}
         return view.model, gamma, meta
+
+    def _cost(self, lat: np.ndarray, mu: float, now_ms: float, view: View) -> np.ndarray:
+        """(|Γ|,) what a batch of latency `lat` costs the work still to come: μ per ms of device
+        time, plus the arrivals it blocks. A query of `a` arriving s ms into the batch still makes
+        its SLO alone at the fastest setting iff lat − s + lat_fast(1) ≤ D_a, so the arrivals of the
+        first max(0, lat − (D_a − lat_fast(1))) ms are lost: R_a · u_a·acc_a each ms."""
+        slack = self._slo - float(np.min(view.lat_vector(view.model, 1)))  # (apps,)
+        rate_value = self._price.rates(now_ms) * self._value  # (apps,): utility arriving per ms
+        late = np.maximum(np.where(np.isfinite(lat), lat, 0.0)[None, :] - slack[:, None], 0.0)  # (apps, |Γ|)
+        return mu * lat + rate_value @ late
 
     @staticmethod
     def _spec(c: Candidate, now_ms: float, view: View) -> optimizer.BatchSpec:

@@ -29,7 +29,10 @@ def instances(draw):
         lat = draw(st.lists(st.one_of(st.floats(0.5, 200), st.just(math.inf)), min_size=n_gamma, max_size=n_gamma))
         if not any(math.isfinite(x) for x in lat):  # the batcher sizes every batch to fit
             lat[0] = 10.0
-        specs.append(BatchSpec(deadlines, weights, np.array(lat)))
+        cost = None
+        if draw(st.booleans()):  # a cost of its own per setting (price and blocked arrivals)
+            cost = np.array(draw(st.lists(st.floats(0, 2), min_size=n_gamma, max_size=n_gamma)))
+        specs.append(BatchSpec(deadlines, weights, np.array(lat), cost))
     delta = draw(st.sampled_from([0.25, 1.0, 7.0]))
     max_grid = draw(st.sampled_from([16, 512]))
     price = draw(st.sampled_from([0.0, 0.0, 0.01, 0.2]))
