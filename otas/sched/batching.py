@@ -111,6 +111,13 @@ class Queues:
             assert got is r, "a batch must be a prefix of its queue"
         self._n -= len(batch)
 
+    def merged(self) -> Queues:
+        """One deadline-ordered queue over every application, sharing these deques: a read-only
+        view for planning (a batch cut from it is a prefix of each deque; pop it through `self`)."""
+        view = Queues([[a for g in self.groups for a in g]], "deadline")
+        view._dq, view._n = self._dq, self._n
+        return view
+
     def nonempty(self) -> list[int]:
         return [i for i, g in enumerate(self.groups) if any(self._dq[a] for a in g)]
 

@@ -56,11 +56,13 @@ class Otas(Policy):
         name: str = "otas",
         priced: bool = True,
         reorder: bool = True,
+        mix: bool = True,
     ):
         self.name = name
         self.selective = selective
         self.priced = priced
         self.reorder = reorder
+        self.mix = mix
         self._price: DevicePrice | None = None
         # Arrival order across SLO classes (within one class it is deadline order too): serving the
         # class with the earliest *deadline* first starves loose-SLO applications under overload
@@ -108,9 +110,17 @@ class Otas(Policy):
             specs = [replace(s, cost=self._cost(s.latency, mu, now_ms, view)) for s in specs]
         plans = optimizer.plan_fronts(specs, fronts, cfg.delta_ms, cfg.max_grid, mu)
         best = max(range(len(plans)), key=lambda m: (plans[m].value, -m))  # ties: the default order
-        plan, first = plans[best], fronts[best]
+        plan, first, mixed = plans[best], fronts[best], 0
+        if self.mix and mu == 0 and len({c.queue for c in cands}) > 1:
+            # while the device keeps up (μ = 0), batches may mix the classes in one deadline order:
+            # on a device whose latency is nearly flat in the batch, per-class batches wait in turn
+            alt = [self._spec(c, now_ms, view) for c in view.mixed_candidates(now_ms)[: self.lookahead]]
+            alt = [replace(s, cost=self._cost(s.latency, mu, now_ms, view)) for s in alt]
+            mplan = optimizer.plan(alt, cfg.delta_ms, cfg.max_grid, mu)
+            if mplan.value > plan.value + 1e-9:
+                plan, first, mixed = mplan, 0, 1
         gamma = view.profiles[view.model].gammas[plan.choice[0]]
-        meta = {"planned_value": plan.value, "planned_batches": len(specs), "price": mu, "batch": first}
+        meta = {"planned_value": plan.value, "planned_batches": len(specs), "price": mu, "batch": first, "mixed": mixed}
         return view.model, gamma, meta
 
     def _cost(self, lat: np.ndarray, mu: float, now_ms: float, view: View) -> np.ndarray:
@@ -151,11 +161,11 @@ def make_policy(name: str, **kwargs: object) -> Policy:
     if name == "otas":
         return Otas(name="otas", **kwargs)  # type: ignore[arg-type]
     if name == "otas-paper":
-        return Otas(name="otas-paper", priced=False, reorder=False, **kwargs)  # type: ignore[arg-type]
+        return Otas(name="otas-paper", priced=False, reorder=False, mix=False, **kwargs)  # type: ignore[arg-type]
     if name == "otas-greedy":
-        return Otas(lookahead=1, name="otas-greedy", priced=False, reorder=False)
+        return Otas(lookahead=1, name="otas-greedy", priced=False, reorder=False, mix=False)
     if name == "otas-fifo":
-        return Otas(selective=False, name="otas-fifo", priced=False, reorder=False, **kwargs)  # type: ignore[arg-type]
+        return Otas(selective=False, name="otas-fifo", priced=False, reorder=False, mix=False, **kwargs)  # type: ignore[arg-type]
     if name.startswith("fixed:"):
         try:
             gamma = int(name.split(":", 1)[1])

@@ -14,7 +14,7 @@ import numpy as np
 
 from otas.config import SchedulerConfig
 from otas.profile.table import Profile
-from otas.sched.batching import Queues, candidates, slo_classes
+from otas.sched.batching import Candidate, Queues, candidates, slo_classes
 from otas.sched.policies import Policy, make_policy
 from otas.types import App, BatchPlan, Reason, Rejection, Request
 
@@ -91,6 +91,13 @@ class Scheduler:
         """Queued queries per application, in `apps` order."""
         return [self.queues.count(a) for a in self.apps]
 
+    def mixed_candidates(self, now_ms: float) -> list[Candidate]:
+        """The pending batches if every class shared one deadline-ordered queue (cut as the
+        current decision cuts), for a policy weighing a batch that mixes SLO classes."""
+        cap, fast = self._cut
+        self._mixed = candidates(self.queues.merged(), now_ms, cap, max(self.policy.lookahead, 1), fast)
+        return self._mixed
+
     def latency_factor(self, model: str) -> float:
         """Measured over profiled latency (EWMA), the online correction applied to every prediction."""
         return self._factor[model]
@@ -148,6 +155,7 @@ class Scheduler:
         cap = min(self.policy.batch_cap(self), self._mem_cap)
         fast = self._fast if self.policy.deadline_aware else None
         cands = candidates(self.queues, now_ms, cap, max(self.policy.lookahead, 1), fast)
+        self._cut = (cap, fast)
         first = cands[0]
         delay = self.config.max_queue_delay_ms
         if delay > 0 and len(first.requests) < cap:
@@ -156,7 +164,7 @@ class Scheduler:
                 self._hold_until = oldest + delay
                 return None
         model, gamma, meta = self.policy.choose(cands, now_ms, self)
-        first = cands[int(meta.get("batch", 0))]
+        first = self._mixed[0] if meta.get("mixed") else cands[int(meta.get("batch", 0))]
         if not self.servable(model, list({r.app for r in first.requests}))[self._tab[model].index[gamma]]:
             raise RuntimeError(
                 f"policy {self.policy.name!r} chose gamma={gamma}, which a member's task is not served at"
