@@ -142,3 +142,21 @@ def test_otas_runs_the_urgent_class_first_when_the_other_can_wait():
             assert s.submit(make_request(i, apps[0], 10.0), 10.0) is None
         first_app[policy] = s.next_batch(10.0).requests[0].app
     assert first_app == {"otas-paper": "loose", "otas": "tight"}
+
+
+def test_otas_mixes_classes_on_a_flat_device_while_it_keeps_up():
+    """On a device whose batch latency is nearly flat (a GPU), two classes each one batch away
+    from their deadlines are better served together than in turn; otas-paper never mixes."""
+    from otas.types import App
+
+    flat = make_profile(base_ms=(10.0, 10.5, 12.0), gammas=[0, 4, 8, 16], device="flat (hand-made)")
+    apps = [App("tight", 15.0, 1.0, "novel"), App("loose", 18.0, 1.0, "blur")]  # one batch of slack each
+    mixed = {}
+    for policy in ("otas-paper", "otas"):
+        # a long rate window: eight arrivals are light load, so the price stays 0
+        s = Scheduler(apps, flat, policy, SchedulerConfig(max_batch=64, rate_window=100.0))
+        for i in range(8):
+            assert s.submit(make_request(i, apps[i % 2], 0.0), 0.0) is None
+        plan = s.next_batch(0.0)
+        mixed[policy] = len({r.app for r in plan.requests}) > 1
+    assert mixed == {"otas-paper": False, "otas": True}
