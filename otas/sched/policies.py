@@ -130,7 +130,8 @@ class Otas(Policy):
         first max(0, lat − (D_a − lat_fast(1))) ms are lost: R_a · u_a·acc_a each ms."""
         slack = self._slo - float(np.min(view.lat_vector(view.model, 1)))  # (apps,)
         rate_value = self._price.rates(now_ms) * self._value  # (apps,): utility arriving per ms
-        late = np.maximum(np.where(np.isfinite(lat), lat, 0.0)[None, :] - slack[:, None], 0.0)  # (apps, |Γ|)
+        lat = np.where(np.isfinite(lat), lat, 0.0)  # settings that do not fit cost nothing: never run
+        late = np.maximum(lat[None, :] - slack[:, None], 0.0)  # (apps, |Γ|)
         return mu * lat + rate_value @ late
 
     @staticmethod
