@@ -17,6 +17,9 @@ class AdaptConfig:
     """VPT-deep (fresh prompts at every block) rather than shallow (prompts at the input only)."""
     proportional_attn: bool = True
     """Add log(size) to the attention logits of merged tokens (ToMe's proportional attention)."""
+    merge_every: int = 1
+    """Merge only in every k-th block, k·|γ| tokens at a time: the same tokens merged over the depth in
+    fewer, larger steps (each step has a fixed cost; merging earlier also saves more FLOPs)."""
     tasks: dict[str, int] = field(default_factory=dict)
     """Downstream task name -> number of classes (the backbone's own task is always served too)."""
 
@@ -26,6 +29,8 @@ class AdaptConfig:
             raise ValueError(f"gammas must include 0 (the stock model), got {self.gammas}")
         if len(set(self.gammas)) != len(self.gammas):
             raise ValueError(f"gammas must be unique, got {self.gammas}")
+        if int(self.merge_every) != self.merge_every or self.merge_every < 1:
+            raise ValueError(f"merge_every={self.merge_every!r}: use an integer >= 1 (1 = merge in every block)")
         for name, n in self.tasks.items():
             if not name or "/" in name or int(n) < 2:
                 raise ValueError(f"task {name!r} with {n} classes: names must be non-empty without '/', n >= 2")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from otas.adapt.ops import check_merge_impl, merge_ops
 from otas.adapt.vit import AdaptiveViT
 from otas.data.transforms import Normalize
 
@@ -27,8 +28,12 @@ class FastConfig:
     buckets: tuple[int, ...] = DEFAULT_BUCKETS
     """Batch sizes graphs are captured for; a batch is padded to the next one."""
     dtype: torch.dtype = torch.bfloat16
+    merge_impl: str = "reference"
+    """How merged blocks attend and merge (`otas.adapt.ops`): "reference", or any of "matmul", "column",
+    "compile" joined by "+" (e.g. "matmul+column"). All compute the same function; "limit" is for benchmarks."""
 
     def __post_init__(self) -> None:
+        check_merge_impl(self.merge_impl)
         if self.mode not in ("eager", "graphs", "compile"):
             raise ValueError(f"mode must be eager, graphs or compile, got {self.mode!r}")
         if not self.buckets or sorted(self.buckets) != list(self.buckets) or self.buckets[0] < 1:
@@ -50,6 +55,7 @@ class FastForward:
         if self.cfg.mode == "graphs" and self.device.type != "cuda":
             raise ValueError("CUDA graphs need a CUDA device; use mode='eager' or 'compile' on a CPU")
         self.model = model.to(self.device, self.cfg.dtype).eval()
+        self.ops = merge_ops(self.cfg.merge_impl, self.model.vit)  # after the move: it may copy weights
         self.tasks = model.tasks  # index order of task ids
         size = model.vit.patch_embed.img_size
         self._shape = (*size, 3)
@@ -68,7 +74,7 @@ class FastForward:
 
     def _forward(self, images: torch.Tensor, gamma: int, task_idx: torch.Tensor) -> torch.Tensor:
         x = self._normalize(images).to(self.cfg.dtype)  # (B, 3, H, W)
-        return self.model.forward_indexed(x, gamma, task_idx).float().softmax(-1)
+        return self.model.forward_indexed(x, gamma, task_idx, self.ops).float().softmax(-1)
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor, gamma: int, tasks: str | Sequence[str]) -> torch.Tensor:
@@ -91,6 +97,14 @@ class FastForward:
         i[:b].copy_(idx, non_blocking=True)
         graph.replay()
         return out[:b]
+
+    def replay(self, gamma: int, batch: int):
+        """The captured forward of (γ, `batch`'s bucket) as a call without arguments, for benchmarks: it
+        replays on whatever the input buffers hold (random images at capture), with no host work."""
+        if self.cfg.mode != "graphs":
+            raise ValueError(f"replay needs mode='graphs', this FastForward runs mode={self.cfg.mode!r}")
+        with torch.inference_mode():  # captured as a served call is
+            return self._graph(int(gamma), self.bucket(batch))[0].replay
 
     def _graph(self, gamma: int, B: int):
         if (gamma, B) not in self._graphs:

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from otas.adapt.attention import attention_with_keys
 from otas.adapt.config import AdaptConfig
-from otas.adapt.merge import bipartite_soft_matching, merge_schedule, merge_wavg
+from otas.adapt.merge import merge_schedule
+from otas.adapt.ops import REFERENCE, MergeOps
 from otas.adapt.timm_compat import check_vit
 
 SOURCE = "source"
@@ -51,7 +51,7 @@ class AdaptiveViT(nn.Module):
                 self.heads[key(task, g)] = nn.Linear(C, n)
         schedules = {g: self.merge_schedule(g) for g in config.gammas if g < 0}  # raises on an impossible merge
         # γ whose r is capped in the last blocks -> tokens merged per block
-        self.merge_caps = {g: s for g, s in schedules.items() if min(s) < -g}
+        self.merge_caps = {g: s for g, s in schedules.items() if sum(s) < -g * len(s)}
         if self.merge_caps:  # one report per model, listing every capped γ
             caps = "; ".join(f"gamma={g}: {s}" for g, s in sorted(self.merge_caps.items()))
             warnings.warn(
@@ -102,7 +102,8 @@ class AdaptiveViT(nn.Module):
 
     def merge_schedule(self, gamma: int, num_tokens: int | None = None) -> list[int]:
         """Tokens merged per block at γ < 0 (capped where too few tokens remain; see `merge_caps`)."""
-        return merge_schedule(num_tokens or self.num_tokens, -gamma, len(self.vit.blocks), self.vit.num_prefix_tokens)
+        n, depth, p = num_tokens or self.num_tokens, len(self.vit.blocks), self.vit.num_prefix_tokens
+        return merge_schedule(n, -gamma, depth, p, self.config.merge_every)
 
     def token_counts(self, gamma: int) -> list[int]:
         """Tokens entering each block, then leaving the last one, at γ."""
@@ -136,26 +137,31 @@ class AdaptiveViT(nn.Module):
         P = self._prompt_table(gamma, x.dtype, self.tasks)[idx] if gamma > 0 else None
         return self._features(x, gamma, P)
 
-    def forward_indexed(self, x: torch.Tensor, gamma: int, task_idx: torch.Tensor) -> torch.Tensor:
+    def forward_indexed(
+        self, x: torch.Tensor, gamma: int, task_idx: torch.Tensor, ops: MergeOps = REFERENCE
+    ) -> torch.Tensor:
         """Images (B, 3, H, W), tasks as indices into `self.tasks` (B,) -> logits (B, K) of every task,
         K the most classes of any task (-inf in a task's missing columns).
 
         Shapes depend only on (γ, B), and nothing reads tensors back to the host, so this is the
         form that CUDA graphs and torch.compile capture once per (γ, batch bucket). The indices
         must be servable at γ (`task_index` checks names; a source row at γ > 0 gets zero prompts).
+        `ops`: how merged blocks attend and merge (`otas.adapt.ops`; all compute the same function).
         """
-        return self._indexed(x, gamma, task_idx, self.tasks)
+        return self._indexed(x, gamma, task_idx, self.tasks, ops)
 
-    def _indexed(self, x: torch.Tensor, gamma: int, task_idx: torch.Tensor, tasks: list[str]) -> torch.Tensor:
+    def _indexed(
+        self, x: torch.Tensor, gamma: int, task_idx: torch.Tensor, tasks: list[str], ops: MergeOps = REFERENCE
+    ) -> torch.Tensor:
         """The one forward with task selection: `task_idx` (B,) indexes `tasks`."""
         P = None
         if gamma > 0:
             P = self._prompt_table(gamma, x.dtype, tasks)[task_idx]  # (B, L, γ, C)
-        feats = self._features(x, gamma, P)  # (B, C)
+        feats = self._features(x, gamma, P, ops)  # (B, C)
         W, b = self._head_table(max(gamma, 0), feats.dtype, tasks)  # (T, K, C), (T, K)
         return torch.einsum("bc,bkc->bk", feats, W[task_idx]) + b[task_idx]  # (B, K)
 
-    def _features(self, x: torch.Tensor, gamma: int, P: torch.Tensor | None) -> torch.Tensor:
+    def _features(self, x: torch.Tensor, gamma: int, P: torch.Tensor | None, ops: MergeOps = REFERENCE) -> torch.Tensor:
         vit = self.vit
         x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))  # (B, N, C)
         p = vit.num_prefix_tokens
@@ -163,7 +169,7 @@ class AdaptiveViT(nn.Module):
         if gamma > 0:
             x = self._blocks_prompted(x, P.to(x.dtype))
         elif gamma < 0:
-            x, size = self._blocks_merged(x, -gamma)
+            x, size = self._blocks_merged(x, -gamma, ops)
         else:
             x = vit.blocks(x)
         x = vit.norm(x)
@@ -207,18 +213,17 @@ class AdaptiveViT(nn.Module):
             x = blk(x)
         return x
 
-    def _blocks_merged(self, x: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _blocks_merged(self, x: torch.Tensor, r: int, ops: MergeOps = REFERENCE) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, N, C) -> tokens after the last block (B, N_L, C) and their sizes (B, N_L, 1)."""
         p = self.vit.num_prefix_tokens
         schedule = self.merge_schedule(-r, x.shape[1])
         size = torch.ones_like(x[..., :1])  # (B, N, 1)
         prop = self.config.proportional_attn
-        for blk, r_l in zip(self.vit.blocks, schedule, strict=True):
-            h, k = attention_with_keys(blk.attn, blk.norm1(x), size if prop else None)
+        for i, (blk, r_l) in enumerate(zip(self.vit.blocks, schedule, strict=True)):
+            h, k = ops.attention(i, blk.attn, blk.norm1(x), size if prop else None)
             x = x + blk.drop_path1(blk.ls1(h))
             if r_l > 0:
-                merge = bipartite_soft_matching(k[:, p:], r_l)
-                rest, rest_size = merge_wavg(merge, x[:, p:], size[:, p:])
-                x, size = torch.cat([x[:, :p], rest], 1), torch.cat([size[:, :p], rest_size], 1)
+                x, size = ops.merge(x, size, k, r_l, p)
             x = x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
         return x, size
 

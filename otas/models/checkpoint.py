@@ -39,6 +39,7 @@ def save_checkpoint(
             "gammas": list(model.config.gammas),
             "deep": model.config.deep,
             "proportional_attn": model.config.proportional_attn,
+            "merge_every": model.config.merge_every,
             "tasks": model.config.tasks,
         },
         "source_classes": model.source_classes,

@@ -27,10 +27,12 @@ GAMMAS = (-14, -8, 0, 4)  # -14 runs out of tokens in the last block (r capped);
 TASK = "t"
 
 
-def _model(variant: str) -> AdaptiveViT:
+def _model(variant: str, merge_every: int = 1) -> AdaptiveViT:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MergeCapWarning)
-        return small_model(gammas=GAMMAS, tasks={TASK: 3}, **VARIANTS[variant]).double()
+        model = small_model(gammas=GAMMAS, tasks={TASK: 3}, **VARIANTS[variant]).double()
+    model.config.merge_every = merge_every
+    return model
 
 
 def _images() -> torch.Tensor:
@@ -38,11 +40,17 @@ def _images() -> torch.Tensor:
 
 
 # -- the reference ------------------------------------------------------------------------------
-def ref_schedule(num_tokens: int, r: int, depth: int, prefix: int) -> list[int]:
-    """r per block, capped at half the mergeable tokens left (each merge needs an A and a B token)."""
+def ref_schedule(num_tokens: int, r: int, depth: int, prefix: int, every: int = 1) -> list[int]:
+    """r per block, capped at half the mergeable tokens left (each merge needs an A and a B token).
+
+    every = k: the blocks are taken in groups of k; the first block of a group merges the group's
+    r per block at once, the others none."""
+    wanted = [0] * depth
+    for start in range(0, depth, every):
+        wanted[start] = r * len(range(start, min(start + every, depth)))
     schedule, n = [], num_tokens
-    for _ in range(depth):
-        schedule.append(min(r, (n - prefix) // 2))
+    for want in wanted:
+        schedule.append(min(want, (n - prefix) // 2))
         n -= schedule[-1]
     return schedule
 
@@ -89,7 +97,7 @@ def ref_merged(model: AdaptiveViT, images: torch.Tensor, gamma: int):
     leaving the last, sizes (B, N_l) likewise)."""
     vit, p = model.vit, model.vit.num_prefix_tokens
     embedded = vit.norm_pre(vit._pos_embed(vit.patch_embed(images)))  # (B, N, C)
-    schedule = ref_schedule(embedded.shape[1], -gamma, len(vit.blocks), p)
+    schedule = ref_schedule(embedded.shape[1], -gamma, len(vit.blocks), p, model.config.merge_every)
     feats, per_image = [], []
     for x in embedded:
         size = torch.ones(len(x), dtype=x.dtype)
@@ -174,8 +182,8 @@ def test_reference_merge_by_hand():
 @torch.no_grad()
 def test_merged_blocks_match_reference(variant, gamma):
     model, x = _model(variant), _images()
-    vit = model.vit
-    assert model.merge_schedule(gamma) == ref_schedule(model.num_tokens, -gamma, len(vit.blocks), vit.num_prefix_tokens)
+    vit, p = model.vit, model.vit.num_prefix_tokens
+    assert model.merge_schedule(gamma) == ref_schedule(model.num_tokens, -gamma, len(vit.blocks), p)
     _, tokens, _ = ref_merged(model, x, gamma)
     _, seen = model_run(model, x, gamma)
     for i in range(1, len(seen)):  # same tokens, same order, after every block
@@ -222,3 +230,20 @@ def test_prompted_matches_reference(variant):
     for i in range(len(seen)):
         torch.testing.assert_close(seen[i], tokens[i], msg=lambda m, i=i: f"tokens entering block {i}: {m}")
     torch.testing.assert_close(logits, model.heads[key(TASK, gamma)](feats))
+
+
+@pytest.mark.parametrize("variant", ["class_token", "avg_registers"])
+@pytest.mark.parametrize("gamma", [-14, -8])
+@torch.no_grad()
+def test_merging_every_other_block_matches_reference(variant, gamma):
+    """merge_every=2: 2|γ| tokens at once in blocks 0 and 2; at -14 block 2 runs out of tokens (capped)."""
+    model, x = _model(variant, merge_every=2), _images()
+    vit, p = model.vit, model.vit.num_prefix_tokens
+    schedule = model.merge_schedule(gamma)
+    assert schedule == ref_schedule(model.num_tokens, -gamma, len(vit.blocks), p, 2)
+    assert schedule[0] == -2 * gamma and schedule[1::2] == [0, 0]
+    feats, tokens, _ = ref_merged(model, x, gamma)
+    _, seen = model_run(model, x, gamma)
+    for i in range(1, len(seen)):
+        torch.testing.assert_close(seen[i], tokens[i], msg=lambda m, i=i: f"output of block {i - 1}: {m}")
+    torch.testing.assert_close(model(x, gamma), model.vit.head(feats))

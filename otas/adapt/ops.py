@@ -1,0 +1,139 @@
+"""How a merged block attends and merges: the reference ops, the fast ones, and the cost floor.
+
+`AdaptiveViT._blocks_merged` runs the same loop for all of them (attention, residual, merge, MLP);
+an ops object only supplies the two steps that merging changes. The implementations compute the
+same function (tests/adapt/test_fast_merge.py checks them against the reference and against an
+independent float64 ToMe), so picking one is a speed choice, named by `FastConfig.merge_impl`:
+
+- "reference": `merge.py` (gathers and a scatter-add) and log(size) as an additive SDPA mask.
+- options joined by "+", any of:
+  "matmul"  - merge by a one-hot assignment matmul (`merge_wavg_matmul`): no atomics, no concatenation;
+  "column"  - log(size) as an extra head-dim column of q·k (`attention_size_column`): no mask, so the
+              mask-free fused kernels (flash) run proportional attention;
+  "compile" - the merge step (matching + merge) through `torch.compile(dynamic=True)`: fewer kernels.
+- "limit": not a merge. Drops the last tokens instead, with timm's own attention: the cost of the
+  merged token counts with no merge work, the floor a benchmark compares against. Wrong answers.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from otas.adapt.attention import attention_size_column, attention_with_keys, column_weights, supports_size_column
+from otas.adapt.merge import bipartite_soft_matching, merge_matrix, merge_wavg, merge_wavg_matmul
+
+OPTIONS = ("matmul", "column", "compile")
+
+
+class MergeOps(Protocol):
+    def attention(
+        self, i: int, attn: nn.Module, x: torch.Tensor, size: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Block i's attention: x (B, N, C), size (B, N, 1) or None (no proportional attention) ->
+        output (B, N, C), matching metric (B, N, d)."""
+        ...
+
+    def merge(
+        self, x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor | None, r: int, prefix: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Merge r of the tokens after the first `prefix`: (B, N, C), (B, N, 1) -> (B, N - r, ...)."""
+        ...
+
+
+def merge_scatter(
+    x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r: int, prefix: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference merge step: protected prefix sliced off, `merge.py`, prefix put back."""
+    merge = bipartite_soft_matching(metric[:, prefix:], r)
+    rest, rest_size = merge_wavg(merge, x[:, prefix:], size[:, prefix:])
+    return torch.cat([x[:, :prefix], rest], 1), torch.cat([size[:, :prefix], rest_size], 1)
+
+
+def merge_matmul(
+    x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r: int, prefix: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same merge step as one assignment matmul over the whole sequence (prefix rows map to themselves)."""
+    return merge_wavg_matmul(x, size, merge_matrix(metric, r, prefix, x.dtype))
+
+
+class ReferenceOps:
+    def attention(self, i, attn, x, size):
+        return attention_with_keys(attn, x, size)
+
+    def merge(self, x, size, metric, r, prefix):
+        return merge_scatter(x, size, metric, r, prefix)
+
+
+REFERENCE = ReferenceOps()
+
+_COMPILED: dict[tuple[str, str], object] = {}  # one compiled merge per (function, backend), shared by all models
+
+
+def _compiled(fn, backend: str):
+    if (fn.__name__, backend) not in _COMPILED:
+        _COMPILED[fn.__name__, backend] = torch.compile(fn, dynamic=True, fullgraph=True, backend=backend)
+    return _COMPILED[fn.__name__, backend]
+
+
+class FastOps:
+    """The reference with the chosen `OPTIONS`; padded attention weights are made once, here.
+
+    Build it after the model has its final device and dtype: the padded weights are copies, made
+    for a frozen backbone (inference only).
+    """
+
+    def __init__(self, vit: nn.Module, options: set[str], compile_backend: str = "inductor"):
+        unknown = set(options) - set(OPTIONS)
+        if unknown:
+            raise ValueError(f"unknown merge options {sorted(unknown)}; choose from {OPTIONS}")
+        self.options = set(options)
+        fn = merge_matmul if "matmul" in options else merge_scatter
+        self._merge = _compiled(fn, compile_backend) if "compile" in options else fn
+        self._columns = None
+        if "column" in options:
+            self._columns = [column_weights(b.attn) if supports_size_column(b.attn) else None for b in vit.blocks]
+
+    def attention(self, i, attn, x, size):
+        if size is None or self._columns is None or self._columns[i] is None:
+            return attention_with_keys(attn, x, size)
+        return attention_size_column(attn, self._columns[i], x, size)
+
+    def merge(self, x, size, metric, r, prefix):
+        return self._merge(x, size, metric, r, prefix)
+
+
+class LimitOps:
+    """The cost floor: timm's attention (no bias, no keys) and the last r tokens dropped, not merged."""
+
+    def attention(self, i, attn, x, size):
+        return attn(x), None
+
+    def merge(self, x, size, metric, r, prefix):
+        n = x.shape[1] - r
+        return x[:, :n], size[:, :n]
+
+
+def check_merge_impl(name: str) -> str:
+    """Validate a `merge_impl` name ("reference", "limit", or OPTIONS joined by "+"); returns it."""
+    if name in ("reference", "limit"):
+        return name
+    parts = name.split("+")
+    if not name or len(set(parts)) != len(parts) or not set(parts) <= set(OPTIONS):
+        raise ValueError(
+            f"merge_impl={name!r}: use 'reference', 'limit' (bench only), or any of {list(OPTIONS)} joined by '+', "
+            f"e.g. 'matmul+column'"
+        )
+    return name
+
+
+def merge_ops(name: str, vit: nn.Module, compile_backend: str = "inductor") -> MergeOps:
+    """The ops for a `merge_impl` name, for `vit` as it is now (device, dtype)."""
+    name = check_merge_impl(name)
+    if name == "reference":
+        return REFERENCE
+    if name == "limit":
+        return LimitOps()
+    return FastOps(vit, set(name.split("+")), compile_backend)

@@ -1,0 +1,112 @@
+"""Side measurements of `bench/gpu_merge.py`: accuracy of every merge implementation against the reference
+(same served path, CIFAR-10 test images), SDPA alone with and without the size bias, and stock timm
+under torch.compile beside our γ = 0 graphs."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from otas.adapt import AdaptiveViT
+from otas.adapt.fast import FastConfig, FastForward
+from otas.data.transforms import Normalize
+from otas.profile.gpumerge import VARIANTS, Recorder, Variant, _cell, _timer, time_interleaved, with_config
+
+
+def accuracy(
+    name: str,
+    model: AdaptiveViT,
+    rec: Recorder,
+    device: torch.device,
+    data=None,
+    limit: int = 1000,
+    variants: tuple[Variant, ...] = VARIANTS,
+    mode: str = "graphs",
+    deadline: float = float("inf"),
+) -> None:
+    """Top-1 accuracy per (variant, task, γ < 0) on the first `limit` test images of each task, through
+    `FastForward` at batch 256 as served, and how far each variant is from the reference with the same
+    proportional attention and merge_every: share of identical predictions, largest probability change."""
+    from otas.data.cifar import load_cifar10
+    from otas.data.tasks import get_task
+    from otas.train.common import corrupt_set, to_device
+
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    test = load_cifar10("test", data, progress=False)
+    sets = {}
+    for t in model.tasks:
+        spec = get_task(t)
+        sets[t] = to_device(corrupt_set(test.subset(list(spec.classes)).head(limit), spec.corruption, seed=1), device)
+    # in the given order, each variant's reference just before it (dict: ordered, no repeats)
+    todo = list(dict.fromkeys(w for v in variants for w in (Variant("reference", v.prop, v.every), v)))
+    gammas = [g for g in model.config.gammas if g <= 0]
+    ref_probs: dict[tuple, torch.Tensor] = {}
+    for v in todo:
+        if time.monotonic() > deadline:
+            rec("skipped", model=name, variant=v.label, reason="time budget (accuracy)")
+            continue
+        m = with_config(model, proportional_attn=v.prop, merge_every=v.every)
+        fast = FastForward(m, device, FastConfig(mode, (256,), dtype, merge_impl=v.impl))
+        for g in gammas if v == Variant("reference") else gammas[:-1]:
+            for t, (x, y) in sets.items():
+                probs = torch.cat(
+                    [fast(x[i : i + 256], g, t).clone() for i in range(0, len(y), 256)]
+                )  # out: a static buffer
+                key = (v.prop, v.every, g, t)
+                ref = ref_probs.setdefault(key, probs)
+                row = {"acc": float((probs.argmax(-1) == y).float().mean())}
+                row["agree"] = float((probs.argmax(-1) == ref.argmax(-1)).float().mean())
+                row["max_dprob"] = float((probs - ref).abs().max())
+                rec("accuracy", model=name, variant=v.label, task=t, gamma=g, images=len(y), **row)
+        del fast
+
+
+def sdpa_rows(rec: Recorder, shapes: list[tuple[int, int, int, int]], rounds: int = 30) -> None:
+    """SDPA alone, q/k/v strided views of one qkv buffer as in the model: no mask, the log(size) mask,
+    and the size column (head dim padded to a multiple of 8, no mask)."""
+    timed = _timer(torch.device("cuda"))
+    for B, H, N, d in shapes:
+        hp = -(-(d + 1) // 8) * 8
+        for case, dim in (("no_mask", d), ("mask", d), ("column", hp)):
+            qkv = torch.randn(B, N, 3, H, dim, device="cuda", dtype=torch.bfloat16)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+            size = torch.randint(1, 5, (B, 1, 1, N), device="cuda").float()
+            mask = size.log().to(torch.bfloat16) if case == "mask" else None
+            scale = d**-0.5
+
+            def fn(q=q, k=k, v=v, mask=mask, scale=scale):
+                return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+            fn()
+            ms = statistics.median(timed(fn, 10) for _ in range(rounds))
+            rec("sdpa", B=B, H=H, N=N, d=d, case=case, head_dim=dim, ms=ms)
+
+
+def timm_compile(name: str, model: AdaptiveViT, rec: Recorder, batches: list[int], deadline: float) -> None:
+    """Stock timm under torch.compile(mode="reduce-overhead": Inductor kernels in CUDA graphs), from the same
+    uint8 input, beside our γ = 0 graphs (`FastForward`), timed interleaved per batch. The batch dim is
+    dynamic (one compile serves every batch > 1; batch 1 gets its own), so the phase fits a short run."""
+    device = torch.device("cuda")
+    stock = FastForward(model, device, FastConfig("graphs", tuple(sorted(batches)), torch.bfloat16))
+    vit, norm = stock.model.vit, Normalize().to(device)
+    compiled = torch.compile(lambda u8: vit(norm(u8).to(torch.bfloat16)).float().softmax(-1), mode="reduce-overhead")
+    size = vit.patch_embed.img_size
+    for b in batches:
+        if time.monotonic() > deadline:
+            rec("skipped", model=name, batch=b, gamma=0, reason="time budget (timm compile)")
+            continue
+        x = torch.randint(0, 256, (b, *size, 3), dtype=torch.uint8, device=device)
+        if b > 1:
+            torch._dynamo.mark_dynamic(x, 0)
+        t0 = time.monotonic()
+        with torch.no_grad():
+            for _ in range(3):
+                compiled(x)
+            torch.cuda.synchronize()
+            build_s = time.monotonic() - t0
+            ours = _cell(stock, 0, b, device)
+            ms = time_interleaved({"timm_compile": lambda x=x: compiled(x), "stock": ours}, device, rounds=15)
+        rec("timm_compile", model=name, batch=b, ms=ms, build_s=round(build_s, 1), compile='mode="reduce-overhead"')
