@@ -50,6 +50,9 @@ def loads(raw: bytes | memoryview) -> Any:
     except RecursionError:
         raise ProtocolError(400, "bad_json", "body is JSON nested too deeply; send a flat request") from None
     except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, and int() over Python's digit limit
+        if "integer string conversion" in str(e):
+            msg = "body holds an integer of thousands of digits; send numbers a 64-bit type holds"
+            raise ProtocolError(400, "bad_json", msg) from None
         raise ProtocolError(400, "bad_json", f"body is not valid JSON ({str(e)[:200]}); check it is complete") from None
 
 
