@@ -1,7 +1,8 @@
 """Request bodies under guard: an ASGI middleware that reads every body itself, within limits, before
 the app sees it; and the state it shares with the connection layer (`connections.py`).
 
-A body is refused before a byte of it is read when its Content-Length is over the body limit (413)
+Headers that came whole but over `max_header_kb` are a 431 (`connections.py` refuses them when they
+come in pieces). A body is refused before a byte of it is read when its Content-Length is over the body limit (413)
 or would take the bytes being received or held by all requests over `max_inflight_bytes` (503
 `in_flight_full`; bodies of `SMALL` bytes or less are not counted, so ordinary requests always get
 in: their number is bounded by the connection cap). It is read into one buffer of its declared size
@@ -87,13 +88,16 @@ def guard_bodies(app, guard: Guard):
     async def middleware(scope, receive, send):
         if scope["type"] != "http":
             return await app(scope, receive, send)
-        if guard.draining:
-            send = _closing(send)
+        send = _closing(send, guard)
+        limit = guard.http.max_header_kb << 10
+        if sum(len(k) + len(v) + 4 for k, v in scope["headers"]) + len(scope.get("raw_path", b"")) > limit:
+            msg = f"request line and headers are over {guard.http.max_header_kb} KiB; send fewer or shorter headers"
+            return await error(431, "headers_too_large", msg)(scope, receive, send)  # (a head that came whole)
         headers = dict(scope["headers"])
         length, chunked = headers.get(b"content-length"), b"chunked" in headers.get(b"transfer-encoding", b"").lower()
         if length is None and not chunked or length == b"0":
             return await app(scope, receive, send)  # no body
-        if length is not None and not length.isdigit():
+        if length is not None and not (length.isdigit() and len(length) <= 18):
             msg = f"Content-Length {length.decode(errors='replace')!r} is not a byte count"
             return await error(400, "bad_request", msg)(scope, receive, send)
         size = int(length) if length is not None else SMALL
@@ -174,9 +178,11 @@ def _replay(body: bytes, receive):
     return replay
 
 
-def _closing(send):
+def _closing(send, guard: Guard):
+    """Responses started while the server drains close their connections."""
+
     async def closing(message):
-        if message["type"] == "http.response.start":
+        if guard.draining and message["type"] == "http.response.start":
             message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
         await send(message)
 

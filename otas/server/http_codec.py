@@ -76,7 +76,7 @@ def parse_infer(body: bytes, header_length: str | None, image_size: int) -> Http
         head, tail = loads(view), view[len(view) :]
     else:
         h = header_length.strip()
-        if not h.isdigit() or not 0 < int(h) <= len(view):
+        if not (h.isascii() and h.isdigit() and len(h) <= 18) or not 0 < int(h) <= len(view):
             raise ProtocolError(
                 400, "bad_header_length",
                 f"{HEADER_LENGTH} is {header_length!r} but the body has {len(view)} bytes; "

@@ -36,7 +36,10 @@ async def infer(request: Request) -> Response:
     name = model_of(request)
     _identity_encoding(request)
     body = await request.body()
-    parsed = await parser_of(request).run(parse_infer, body, request.headers.get(HEADER_LENGTH), engine.image_size)
+    header = request.headers.get(HEADER_LENGTH)
+    h = (header or "").strip()
+    json_bytes = int(h) if h.isascii() and h.isdigit() and len(h) <= 18 else len(body)  # binary: cheap
+    parsed = await parser_of(request).run(parse_infer, body, header, engine.image_size, json_bytes=json_bytes)
     req = parsed.request
     results = await until_disconnect(request.receive, run(engine, req, arrival))
     content, header_length = encode_infer(name, req, infer_outputs(results, req.outputs), parsed.binary)

@@ -48,8 +48,9 @@ class JsonParser:
             for _ in range(self.workers):
                 self._pool.submit(_ready)
 
-    async def run(self, fn: Callable[..., T], body: bytes, *args: Any) -> T:
-        if not self.workers or len(body) <= INLINE:
+    async def run(self, fn: Callable[..., T], body: bytes, *args: Any, json_bytes: int | None = None) -> T:
+        """fn(body, *args), in place when the JSON in it (`json_bytes`, default all of it) is small."""
+        if not self.workers or (len(body) if json_bytes is None else json_bytes) <= INLINE:
             return fn(body, *args)
         if self._pending >= self.max_pending:
             raise ProtocolError(

@@ -135,3 +135,50 @@ def requests_total(url: str, outcome: str | None = None, reason: str | None = No
         if m and outcome in (None, m[1]) and reason in (None, m[2]):
             total += float(m[3])
     return total
+
+
+@contextlib.contextmanager
+def server_process(ckpt, base_ms: float, per_image_ms: float, http: dict | None = None):
+    """The server in its own process (its own GIL, as in production), on a free loopback port;
+    `http`: HttpConfig fields. Yields (url, Popen); SIGTERM and wait on exit."""
+    import json
+    import signal
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "tests.server.paced_server", str(ckpt), str(port), str(base_ms), str(per_image_ms)]
+    if http is not None:
+        cmd.append(json.dumps(http))
+    proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[2])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "the server process did not start"
+            time.sleep(0.1)
+        yield url, proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process (Linux), in MiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")

@@ -84,6 +84,9 @@ CASES = (
     + [(f"id {v[:12]}", INFER, raw_json(infer_text(id=v)), None) for v in NUMBERS]
     + [(f"app {v[:12]}", INFER, raw_json(infer_text(parameters=f'{{"app": {v}}}')), why(v, "missing_app"))
        for v in NUMBERS]
+    + [(f"header length {h[:8]!r}", INFER, {"content": json.dumps(infer_body()).encode(),
+        "headers": {"Inference-Header-Content-Length": h}}, "bad_header_length")
+       for h in (b"9" * 5000, "²".encode("latin-1"), "１２".encode(), b"1e3", b"-0", b"0x10")]
     + [(f"bomb header {w}x{h}", CLASSIFY, {"content": png_header(w, h, 8, 2), "headers": {"content-type": "image/png"}},
         "not_an_image") for w, h in [(100_000, 100_000), (2**31 - 1, 1), (1, 2**31 - 1), (70_000, 70_000)]]
     + [("bomb header in JSON", CLASSIFY, {"json": {"image": base64.b64encode(png_header(100_000, 100_000)).decode()}},
