@@ -14,6 +14,7 @@ flight), then the engine (draining its queue), down.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import threading
@@ -53,6 +54,8 @@ class ServeConfig:
     grpc_host: str = "127.0.0.1"
     grpc_grace_s: float = 5.0
     """At shutdown, gRPC calls in flight get this long to finish before they are cancelled."""
+    start_parser: bool = False
+    """Start the JSON parser process with the server (`otas serve`), not with the first large body."""
     http: HttpConfig = field(default_factory=HttpConfig)
     """Connection and body limits, timeouts, draining, JSON parsing (its `max_body_mb` is not read:
     `max_body_bytes` is the limit)."""
@@ -106,7 +109,9 @@ async def _lifespan(app: Starlette):
     config: ServeConfig = app.state.config
     await engine.start()
     log.info("engine started", extra={"event": "start", "model": config.model_name, "apps": sorted(engine.apps)})
-    app.state.parser = JsonParser(config.http.json_workers)  # its process starts with the first large body
+    app.state.parser = JsonParser(config.http.json_workers)
+    if config.start_parser:
+        app.state.parser.start()
     grpc_server = None
     try:
         if config.grpc_port is not None:
@@ -120,7 +125,7 @@ async def _lifespan(app: Starlette):
             await grpc_server.stop(config.grpc_grace_s)
             log.info("grpc stopped", extra={"event": "grpc_stop"})
         await engine.stop()
-        app.state.parser.shutdown()
+        await asyncio.to_thread(app.state.parser.shutdown)
         log.info("engine stopped", extra={"event": "stop", "batches": engine.batches})
 
 

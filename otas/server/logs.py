@@ -39,3 +39,4 @@ def setup_logging(level: str = "info") -> None:
         lg.setLevel(level.upper())
         lg.propagate = False
     logging.getLogger("uvicorn.access").disabled = True
+    logging.captureWarnings(True)  # warnings.warn (torch, timm, our own) through the same handler

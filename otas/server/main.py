@@ -151,6 +151,7 @@ def serve(cfg: ServingConfig) -> None:
         runner, profile, apps, cfg.policy, config, cfg.http.max_body_bytes, grpc_port=grpc_port or None, host=host,
         grace_s=grace_s, engine_cfg=cfg.engine, http=cfg.http,
     )  # fmt: skip
+    app.state.config.start_parser = True
     log.info(
         "serving",
         extra={"event": "serve", "url": f"http://{host}:{port}", "grpc": f"{host}:{grpc_port}" if grpc_port else None,

@@ -5,8 +5,9 @@ would not free the event loop; a process does. Bodies up to `INLINE` bytes (abou
 parsing) are parsed in place; larger ones go to a small process pool, whose queue is bounded: when
 it is full the request is refused at once (429 `parse_busy`). Only pure functions of the body run
 there (`http_codec`); their results (numpy arrays, bytes) and errors (`ProtocolError`) come back
-pickled. The process starts with the first large body (that one waits ~0.5 s for it); a pool that
-breaks (a child killed) is replaced, and the request answered 500.
+pickled. `otas serve` starts the process with the server; elsewhere (tests) it starts with the
+first large body, which waits ~0.5 s for it. A pool that breaks (a child killed) is replaced, and
+the request answered 500.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
+from otas.server import memory
 from otas.server.errors import ProtocolError
 
 log = logging.getLogger("otas.server")
@@ -29,6 +31,14 @@ T = TypeVar("T")
 
 def _ready() -> bool:
     return True
+
+
+def _parse(fn: Callable[..., T], body: bytes, *args: Any) -> T:
+    """In the child: the parse, then the freed memory of a large body back to the OS."""
+    try:
+        return fn(body, *args)
+    finally:
+        memory.trim()
 
 
 class JsonParser:
@@ -44,7 +54,8 @@ class JsonParser:
     def start(self) -> None:
         """Start the children now (a first large body should not wait for them)."""
         if self.workers and self._pool is None:
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+            ctx = multiprocessing.get_context("spawn")
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=memory.tune)
             for _ in range(self.workers):
                 self._pool.submit(_ready)
 
@@ -61,7 +72,7 @@ class JsonParser:
         self.start()
         self._pending += 1
         try:
-            return await asyncio.wrap_future(self._pool.submit(fn, body, *args))
+            return await asyncio.wrap_future(self._pool.submit(_parse, fn, body, *args))
         except BrokenProcessPool:
             log.error("JSON parser process died; starting another", extra={"event": "parser_died"})
             self._pool, pool = None, self._pool
@@ -71,6 +82,7 @@ class JsonParser:
             self._pending -= 1
 
     def shutdown(self) -> None:
+        """Stop the children (a parse under way finishes first); blocks, so call it off the loop."""
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None

@@ -15,7 +15,7 @@ from tests.server.helpers import APPS, PacedRunner, paced_profile
 if __name__ == "__main__":
     ckpt, port = sys.argv[1], int(sys.argv[2])
     base, per = (float(sys.argv[3]), float(sys.argv[4])) if len(sys.argv) > 4 else (50.0, 10.0)
-    http = HttpConfig(**json.loads(sys.argv[5])) if len(sys.argv) > 5 else HttpConfig()
+    http = HttpConfig(**json.loads(sys.argv[5])) if len(sys.argv) > 5 else HttpConfig(drain_s=0.5)
     memory.tune()
     prof = paced_profile(base, per)
     runner = PacedRunner(Runner.load(ckpt, "cpu", max_batch=16), prof)

@@ -15,7 +15,7 @@ import aiohttp
 from tests.server.helpers import infer_body, server_process
 
 INFER = "/v2/models/tiny_test/infer"
-HTTP = {"drain_s": 1.5, "body_timeout_s": 60.0}
+HTTP = {"drain_s": 1.0, "body_timeout_s": 60.0}
 
 
 def test_keep_alive_clients_lose_nothing(tiny_ckpt):
@@ -51,7 +51,7 @@ def test_keep_alive_clients_lose_nothing(tiny_ckpt):
             aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as probe,
         ):
             workers = [asyncio.create_task(worker(c)) for _ in range(8)]
-            await asyncio.sleep(1.0)  # keep-alive connections in use
+            await asyncio.sleep(0.6)  # keep-alive connections in use
             sigterm_at.append(time.monotonic())
             proc.send_signal(signal.SIGTERM)
             ready = await poller(probe)
