@@ -147,6 +147,7 @@ def main() -> None:
     if bad := [c for c in classes if c not in abuse_attacks.ATTACKS]:
         ap.error(f"unknown classes {bad}; choose from {list(abuse_attacks.ATTACKS)}")
     args.out.mkdir(parents=True, exist_ok=True)
+    meta = run_meta()  # the code that runs, before anything can change the tree
     mode = f"{'noop' if args.noop else 'cpu'}_{args.policy.replace(':', '')}"
     proc, url = start_server(args, args.out / f"server_{mode}.log")
     host, port = "127.0.0.1", int(url.rsplit(":", 1)[1])
@@ -167,7 +168,7 @@ def main() -> None:
         sampler._stop_event.set()
     counted = [ln for ln in metrics.splitlines() if ln.startswith("otas_requests_total{")]
     result = {
-        "meta": run_meta(), "mode": mode, "policy": args.policy, "rate": args.rate, "seconds": args.seconds,
+        "meta": meta, "mode": mode, "policy": args.policy, "rate": args.rate, "seconds": args.seconds,
         "settle_s": args.settle, "target": TARGET, "baseline": base, "classes": rows, "server_requests_total": counted,
         "rss_timeline": [(round(t, 2), round(m, 1)) for t, m in sampler.samples],
     }  # fmt: skip
