@@ -88,8 +88,19 @@ class EngineConfig:
     """With noop and a profile: each batch sleeps the profile's latency (emulates that device)."""
     decode_workers: int = 2
     """Threads decoding images beside the event loop."""
+    decode_queue: int = 256
+    """Images waiting or being decoded at once; a request that would overflow it is refused at once
+    (429 decode_busy)."""
     max_queue: int = 0
     """Backpressure: queued requests before 429; 0 = what the device can finish within the loosest SLO."""
+    image_formats: tuple[str, ...] = ("PNG", "JPEG")
+    """Encoded image formats decoded (Pillow names); anything else is a 400. WEBP may be added."""
+    max_image_side: int = 4096
+    """Longest side, in pixels, an encoded image may declare."""
+    max_image_pixels: int = 1 << 22
+    """Width × height an encoded image may declare (4 MP; decoding costs about 10 ms per MP on a CPU core)."""
+    max_image_aspect: float = 16.0
+    """Longer side / shorter side an encoded image may declare."""
 
     def __post_init__(self) -> None:
         if not (self.device == "cpu" or self.device.startswith("cuda")):
@@ -104,6 +115,16 @@ class EngineConfig:
             raise ValueError(f"decode_workers={self.decode_workers!r}: use an integer >= 1")
         if not isinstance(self.max_queue, int) or self.max_queue < 0:
             raise ValueError(f"max_queue={self.max_queue!r}: use 0 (from the profile) or a positive count")
+        if not isinstance(self.decode_queue, int) or self.decode_queue < 1:
+            raise ValueError(f"decode_queue={self.decode_queue!r}: use a positive number of images, e.g. 256")
+        self.image_formats = tuple(f.strip().upper() for f in self.image_formats)
+        self.decode_limits()  # validates the image limits
+
+    def decode_limits(self):
+        """The image limits as the decoder reads them (`otas.engine.images.DecodeLimits`)."""
+        from otas.engine.images import DecodeLimits
+
+        return DecodeLimits(self.max_image_side, self.max_image_pixels, self.max_image_aspect, self.image_formats)
 
 
 @dataclass
@@ -117,6 +138,24 @@ class HttpConfig:
     log_level: str = "info"
     grpc_port: int = 8001
     """The KServe v2 gRPC API's port, on `host` (0 = no gRPC); the local backend only."""
+    max_connections: int = 2048
+    """Open HTTP connections; a request on a connection beyond this is answered 503 and the connection closed."""
+    max_inflight_mb: float = 64.0
+    """Request bodies being received or held at once, in MiB (bodies of 64 KiB or less are not counted);
+    a body that would go over is answered 503 before it is read."""
+    header_timeout_s: float = 10.0
+    """A connection must deliver a request's headers within this of connecting (or of starting them)."""
+    body_timeout_s: float = 10.0
+    """A request's whole body must arrive within this of its headers (408 otherwise)."""
+    keep_alive_s: float = 5.0
+    """An idle keep-alive connection is closed after this."""
+    max_header_kb: int = 32
+    """Size of a request's line and headers (431 above)."""
+    drain_s: float = 2.0
+    """At SIGTERM: for this long readiness fails and every response says `Connection: close`, while
+    requests are still accepted (a load balancer stops sending); then the listener closes."""
+    json_workers: int = 1
+    """Processes parsing large JSON bodies off the event loop (json holds the GIL); 0 = on the loop."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
@@ -125,10 +164,30 @@ class HttpConfig:
             raise ValueError(f"grpc_port={self.grpc_port}: use 1..65535, or 0 for no gRPC")
         if not self.max_body_mb > 0:
             raise ValueError(f"max_body_mb={self.max_body_mb}: use a positive size in MiB")
+        if not isinstance(self.max_connections, int) or self.max_connections < 1:
+            raise ValueError(f"max_connections={self.max_connections!r}: use a positive count, e.g. 2048")
+        if not self.max_inflight_mb >= self.max_body_mb:
+            raise ValueError(
+                f"max_inflight_mb={self.max_inflight_mb}: use at least max_body_mb ({self.max_body_mb}), "
+                "or no body of the largest size could ever be received"
+            )
+        for name in ("header_timeout_s", "body_timeout_s", "keep_alive_s"):
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f"{name}={getattr(self, name)!r}: use a positive number of seconds")
+        if not isinstance(self.max_header_kb, int) or not 1 <= self.max_header_kb <= 1024:
+            raise ValueError(f"max_header_kb={self.max_header_kb!r}: use 1..1024 KiB, e.g. 32")
+        if not 0 <= self.drain_s < math.inf:
+            raise ValueError(f"drain_s={self.drain_s!r}: use 0 (close at once) or a number of seconds")
+        if not isinstance(self.json_workers, int) or self.json_workers < 0:
+            raise ValueError(f"json_workers={self.json_workers!r}: use 0 (parse on the event loop) or a count")
 
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * (1 << 20))
+
+    @property
+    def max_inflight_bytes(self) -> int:
+        return int(self.max_inflight_mb * (1 << 20))
 
 
 @dataclass

@@ -1,16 +1,17 @@
 """The engine: an asyncio loop that drives the Scheduler and hands batches to the runner.
 
-    submit ──> Scheduler.submit ──(rejected)──> NotServed at once
-                    │ queued: one future per request
+    submit_many ──> admission (whole request) ──(refused)──> NotServed at once
+                    │ Scheduler.submit each image; one future per request
     loop: device free ──> next_batch ──> runner.run (device thread) ──> complete(measured) ──> futures
 
 The Scheduler is the very object the simulator drives; it is touched only from the event loop, so
 it needs no lock. The runner runs in one dedicated thread (it owns the device); decoding runs in a
-small pool. Every accepted request stays in `_pending` until it gets exactly one answer: a result,
-`NotServed("expired")` when the scheduler drops it, or `NotServed("error")` when its batch fails
-(the runner or the bookkeeping after it) or the server stops. `stop()` stops admission, serves what
-is queued, and fails (never forgets) whatever is left after the drain timeout, a batch still on the
-device included. An observer hook (metrics, logs) that raises is logged and changes no answer.
+small pool with a bounded queue. A request of several images is admitted whole or not at all (room
+in the queue for all, and time to run all of them at the fastest setting before its deadline), and
+answered whole (`ledger.py`: a request fails at once when one of its images does, and a request
+whose caller goes away leaves the queue). `stop()` stops admission, serves what is queued, and
+fails (never forgets) whatever is left after the drain timeout, a batch still on the device
+included. An observer hook (metrics, logs) that raises is logged and changes no answer.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from typing import Protocol
 
 import numpy as np
 
-from otas.engine.images import MAX_PIXELS, Decoder
+from otas.engine.images import DecodeBusy, DecodeExpired, DecodeLimits, Decoder
+from otas.engine.ledger import Ledger, Pending
 from otas.engine.serving import NotServed, Observer, Served, observe
 from otas.sched.scheduler import Scheduler
 from otas.types import BatchPlan, Request
@@ -51,15 +53,6 @@ class Runner(Protocol):
     def run(self, images: Sequence[np.ndarray], tasks: Sequence[str], gamma: int) -> RunResult: ...
 
 
-@dataclass
-class _Pending:
-    req: Request
-    image: np.ndarray
-    future: asyncio.Future[Served]
-    arrival_ms: float
-    """The true arrival: the deadline is judged from it (the request's may be a little later; see submit)."""
-
-
 class Engine:
     """The local engine: one Scheduler, one runner on one device thread (a `ServingEngine`)."""
 
@@ -69,7 +62,8 @@ class Engine:
         runner: Runner,
         observer: Observer | None = None,
         decode_workers: int = 2,
-        max_pixels: int = MAX_PIXELS,
+        decode_limits: DecodeLimits | None = None,
+        decode_queue: int = 256,
         deadline_margin: float = 0.02,
         clock=time.monotonic,
     ):
@@ -86,10 +80,10 @@ class Engine:
             raise ValueError(f"the model has no head for tasks {missing}; it serves {sorted(runner.classes)}")
         self._clock, self._t0 = clock, clock()
         self._ids = itertools.count()
-        self._pending: dict[int, _Pending] = {}  # accepted and not yet answered: queued or on the device
+        self._books = Ledger(scheduler, lambda: self.observer)  # accepted and not yet ended
         self._last_arrival: dict[str, float] = {}
         self._device = ThreadPoolExecutor(1, thread_name_prefix="otas-device")
-        self._decode = Decoder(runner.image_size, decode_workers, max_pixels)
+        self._decode = Decoder(runner.image_size, decode_workers, decode_limits, decode_queue, clock=clock)
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._closing = False
@@ -125,42 +119,85 @@ class Engine:
             await asyncio.wait({self._task}, timeout=timeout_s)
             self._task.cancel()  # a no-op once the loop has drained
             await asyncio.gather(self._task, return_exceptions=True)
-        self._fail_all("shutting_down", "the server shut down before this request ran; retry")
+        self._books.fail_all("shutting_down", "the server shut down before this request ran; retry")
         # Off the event loop: a batch still on the device finishes there (its result unread)
         # while the answers above go out.
         await asyncio.to_thread(self._device.shutdown)
         self._decode.shutdown()
 
     # -- requests -----------------------------------------------------------------------------
-    async def decode(self, data: bytes) -> np.ndarray:
-        """Encoded image -> uint8 (H, W, 3) at the model's size, off the event loop."""
-        return await self._decode(data)
+    async def decode(self, app: str, payloads: Sequence[bytes], arrival_ms: float | None = None) -> list[np.ndarray]:
+        """Encoded images -> uint8 (H, W, 3) at the model's size, off the event loop. A request that
+        could not be admitted anyway is refused first, before any decoding; a full decode queue
+        refuses it (`decode_busy`); images still waiting when its deadline passes are not decoded."""
+        now = self.now_ms()
+        arrival = now if arrival_ms is None else min(arrival_ms, now)
+        self._admit(app, len(payloads), now, arrival + self.apps[app].slo_ms)
+        deadline = self._t0 + (arrival + self.apps[app].slo_ms) / 1000.0  # on the clock
+        try:
+            return await self._decode.many(payloads, deadline)
+        except DecodeBusy as e:
+            raise self._refuse(app, len(payloads), "rejected", "decode_busy", str(e)) from None
+        except DecodeExpired as e:
+            raise self._refuse(app, len(payloads), "expired", "deadline_unreachable", str(e)) from None
 
     def submit(self, app: str, image: np.ndarray, arrival_ms: float | None = None) -> asyncio.Future[Served]:
         """Queue one image for `app`; the future resolves to Served or raises NotServed.
         Rejections raise NotServed at once (the caller answers before awaiting anything)."""
+        return self._submit(app, [image], arrival_ms, single=True)
+
+    def submit_many(
+        self, app: str, images: Sequence[np.ndarray], arrival_ms: float | None = None
+    ) -> asyncio.Future[list[Served]]:
+        """Queue a request of several images, admitted and answered whole (see the module docstring)."""
+        return self._submit(app, images, arrival_ms, single=False)
+
+    def _submit(self, app: str, images: Sequence[np.ndarray], arrival_ms: float | None, single: bool):
         if app not in self.apps:
             raise ValueError(f"unknown application {app!r}; known: {sorted(self.apps)}")
-        now = self.now_ms()
-        if not self.ready:
-            observe(self.observer.ended, app, "rejected", "shutting_down")
-            raise NotServed("rejected", "shutting_down", "the server is shutting down; retry on another replica")
+        now, n = self.now_ms(), len(images)
         arrival = now if arrival_ms is None else min(arrival_ms, now)
         # The scheduler's per-app queues need arrival order, but decoding finishes out of order:
         # queue at max(arrival, the app's last), and judge the deadline on the true arrival.
         queued_at = max(arrival, self._last_arrival.get(app, -math.inf))
+        deadline = queued_at + self.apps[app].slo_ms * (1 - self.margin)
+        self._admit(app, n, now, deadline)
         self._last_arrival[app] = queued_at
-        slo = self.apps[app].slo_ms
-        req = Request(next(self._ids), app, queued_at, queued_at + slo * (1 - self.margin))
-        rej = self.scheduler.submit(req, now)
-        if rej is not None:
-            observe(self.observer.ended, app, "rejected", rej.reason.value)
-            raise NotServed("rejected", rej.reason.value, rej.detail)
-        fut: asyncio.Future[Served] = asyncio.get_running_loop().create_future()
-        self._pending[req.id] = _Pending(req, image, fut, arrival)
+        g = self._books.open(app, n, single)
+        for image in images:
+            req = Request(next(self._ids), app, queued_at, deadline)
+            rej = self.scheduler.submit(req, now)
+            if rej is not None:  # not expected after admission; take back what was queued
+                self._books.withdraw(g)
+                raise self._refuse(app, n, "rejected", rej.reason.value, rej.detail)
+            self._books.add(g, req, image, arrival)
         observe(self.observer.queue_depth, self.scheduler.queued())
         self._wake.set()
-        return fut
+        return g.future
+
+    def _admit(self, app: str, n: int, now: float, deadline: float) -> None:
+        """Refuse (NotServed, observed for each image) a request that cannot be accepted whole."""
+        if not self.ready:
+            raise self._refuse(
+                app, n, "rejected", "shutting_down", "the server is shutting down; retry on another replica"
+            )
+        queued, cap = self.scheduler.queued(), self.scheduler.config.max_queue
+        if queued + n > cap:
+            raise self._refuse(app, n, "rejected", "queue_full", f"{queued} queued + {n} > {cap} (max_queue)")
+        if n > 1:  # a lone image is the scheduler's to judge (alone, at the fastest setting)
+            ahead = self.scheduler.queues.count(app)
+            need = self.scheduler.fastest_ms(ahead + n)
+            if now + need > deadline:
+                raise self._refuse(
+                    app, n, "rejected", "infeasible",
+                    f"{n} images (and {ahead} queued ahead) need {need:.0f} ms at the fastest setting but "
+                    f"{deadline - now:.0f} ms are left; send fewer images per request",
+                )  # fmt: skip
+
+    def _refuse(self, app: str, n: int, outcome: str, reason: str, detail: str) -> NotServed:
+        for _ in range(n):
+            observe(self.observer.ended, app, outcome, reason)
+        return NotServed(outcome, reason, detail)
 
     # -- the loop -----------------------------------------------------------------------------
     async def _loop(self) -> None:
@@ -172,7 +209,7 @@ class Engine:
                 if plan is not None:
                     await self._execute(plan)
                     continue
-                if self._closing and not self._pending:
+                if self._closing and not len(self._books):
                     return
                 wake = self.scheduler.next_wakeup(now)
                 self._wake.clear()  # no await since next_batch: no submission can be missed
@@ -185,13 +222,13 @@ class Engine:
             raise
         except Exception:
             log.exception("engine loop crashed; failing every pending request")
-            self._fail_all("engine_failed", "the engine loop crashed; see the server log")
+            self._books.fail_all("engine_failed", "the engine loop crashed; see the server log")
             raise
 
     async def _execute(self, plan: BatchPlan) -> None:
         """Run one batch and answer each of its requests exactly once, whatever fails: the
         runner, the scheduler's feedback, or stop() giving up on the device (cancellation)."""
-        items = [self._pending[r.id] for r in plan.requests]
+        items = [self._books.pending[r.id] for r in plan.requests]
         observe(self.observer.queue_depth, self.scheduler.queued())
         try:
             t0 = self.now_ms()
@@ -202,14 +239,14 @@ class Engine:
             observe(self.observer.batch, plan, t1 - t0, out.ms, self.scheduler.queued())
             self._answer_batch(plan, items, out.probs, t0, t1)
         except asyncio.CancelledError:
-            self._fail(items, "shutting_down", "the server shut down while this request's batch ran; retry")
+            self._books.fail(items, "shutting_down", "the server shut down while this request's batch ran; retry")
             raise
         except Exception as e:
             detail = f"batch of {len(items)} at gamma={plan.gamma} failed: {type(e).__name__}: {e}"
             log.error("batch failed", exc_info=True, extra={"event": "batch_failed", "detail": detail})
-            self._fail(items, "batch_failed", detail)
+            self._books.fail(items, "batch_failed", detail)
 
-    async def _run(self, plan: BatchPlan, items: list[_Pending]) -> RunResult:
+    async def _run(self, plan: BatchPlan, items: list[Pending]) -> RunResult:
         """The batch on the device thread; queued requests that expire meanwhile are answered."""
         tasks = [self.apps[it.req.app].task for it in items]
         loop = asyncio.get_running_loop()
@@ -225,7 +262,7 @@ class Engine:
             raise RuntimeError(f"runner returned {len(out.probs)} results for a batch of {len(items)}")
         return out
 
-    def _answer_batch(self, plan: BatchPlan, items: list[_Pending], probs: np.ndarray, t0: float, t1: float) -> None:
+    def _answer_batch(self, plan: BatchPlan, items: list[Pending], probs: np.ndarray, t0: float, t1: float) -> None:
         prof = self.scheduler.profiles[plan.model]
         for it, p in zip(items, probs, strict=True):
             r, app = it.req, self.apps[it.req.app]
@@ -244,32 +281,12 @@ class Engine:
                 batch_size=len(items),
                 utility=app.utility * prof.acc(app.task, plan.gamma) if met else 0.0,
             )
-            self._end(it, "served", "", s)
-
-    # -- answers ------------------------------------------------------------------------------
-    def _end(self, it: _Pending, outcome: str, reason: str, answer: Served | NotServed) -> None:
-        """Answer one accepted request: the first answer counts, a later one is dropped."""
-        if self._pending.pop(it.req.id, None) is None:
-            return
-        served = answer if isinstance(answer, Served) else None
-        if not it.future.done():  # the caller may have gone away (cancelled)
-            if served is not None:
-                it.future.set_result(served)
-            else:
-                it.future.set_exception(answer)
-        observe(self.observer.ended, it.req.app, outcome, reason, served)
-
-    def _fail(self, items: list[_Pending], reason: str, detail: str) -> None:
-        for it in items:
-            self._end(it, "error", reason, NotServed("error", reason, detail))
+            self._books.end(it, "served", "", s)
 
     def _fail_expired(self, now: float) -> None:
         for req, why in self.scheduler.expired(now):
-            it = self._pending.get(req.id)
+            it = self._books.pending.get(req.id)
             if it is not None:
                 slack = req.deadline_ms - now
                 detail = f"dropped from the queue: {slack:.1f} ms to its deadline is too little"
-                self._end(it, "expired", why, NotServed("expired", why, detail))
-
-    def _fail_all(self, reason: str, detail: str) -> None:
-        self._fail(list(self._pending.values()), reason, detail)
+                self._books.end(it, "expired", why, NotServed("expired", why, detail))

@@ -1,49 +1,128 @@
 """Image payloads -> uint8 (H, W, 3) arrays at the model's size. No torch: runs in decode threads.
 
-Every failure is an `ImageError` (a ValueError) whose message names the offending value and the
-remedy, so the server can answer 400 without guessing.
+An encoded image is a cheap way to ask for a lot of work: a 2 KB PNG can declare 4096 × 4096
+pixels, and Pillow decodes many formats. So a payload is decoded only if it is one of a short list
+of formats (`DecodeLimits.formats`, PNG and JPEG by default) and its header declares a size within
+limits on each side, on the pixel count and on the aspect ratio; and it is decoded as small as the
+format allows (JPEG: DCT scaling; any format: an integer box reduction before the resize). The
+decode pool's queue is bounded: a full queue refuses at once (`DecodeBusy`) instead of growing.
+
+Every failure to decode is an `ImageError` (a ValueError) whose message names the offending value
+and the remedy, so the server can answer 400 without guessing: whatever a decoder raises on
+client bytes is the client's bad payload, never a server error.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
-from concurrent.futures import ThreadPoolExecutor
+import threading
+import time
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-MAX_PIXELS = 4096 * 4096
-"""Largest decoded image (width × height) accepted; guards against decompression bombs."""
+# Our own limits (DecodeLimits) are far below Pillow's bomb threshold and are checked before any
+# pixel is decoded; Pillow's warning would only repeat them, from every decode thread.
+warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+
+FORMATS = ("PNG", "JPEG")
+"""Formats decoded by default: what clients send, with cheap, well-fuzzed decoders. WEBP may be
+added (`--image-formats PNG,JPEG,WEBP`); it decodes 3-10x slower per pixel here and has no reduced
+decode. Everything else Pillow reads (BMP, TIFF, GIF, ICO, TGA, JPEG 2000, ...) is refused."""
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What a payload may declare before a pixel of it is decoded."""
+
+    max_side: int = 4096
+    """Longest side in pixels."""
+    max_pixels: int = 1 << 22
+    """Width × height (4 MP: a 2048 × 2048 image). Decoding costs about 10 ms per MP here (PNG, RGB)."""
+    max_aspect: float = 16.0
+    """Longer side / shorter side."""
+    formats: tuple[str, ...] = FORMATS
+    """Pillow format names accepted."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_side, int) or self.max_side < 1:
+            raise ValueError(f"max_image_side={self.max_side!r}: use a positive number of pixels, e.g. 4096")
+        if not isinstance(self.max_pixels, int) or self.max_pixels < 1:
+            raise ValueError(f"max_image_pixels={self.max_pixels!r}: use a positive pixel count, e.g. 4194304")
+        if not self.max_aspect >= 1:
+            raise ValueError(f"max_image_aspect={self.max_aspect!r}: use a ratio >= 1 (longer / shorter side)")
+        Image.init()
+        bad = [f for f in self.formats if f not in Image.OPEN]
+        if not self.formats or bad:
+            raise ValueError(f"image formats {bad or list(self.formats)}: use names Pillow reads, e.g. PNG,JPEG,WEBP")
+
+    def check(self, w: int, h: int) -> None:
+        """Raise ImageError if a w × h image is over the limits."""
+        if w < 1 or h < 1:
+            raise ImageError(f"image is {w}x{h} pixels; send a non-empty image")
+        if max(w, h) > self.max_side or w * h > self.max_pixels or max(w, h) / min(w, h) > self.max_aspect:
+            raise ImageError(
+                f"image is {w}x{h} pixels; the limits are {self.max_side} pixels a side, {self.max_pixels} pixels "
+                f"in all and an aspect ratio of {self.max_aspect:g}; downscale or crop it first"
+            )
 
 
 class ImageError(ValueError):
     """A payload that is not a usable image."""
 
 
-def decode_image(data: bytes, size: int, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Encoded image bytes (PNG, JPEG, ...) -> (size, size, 3) uint8 RGB, resized if needed."""
+class DecodeBusy(Exception):
+    """The decode queue is full: refuse the request now (a 429), do not queue it."""
+
+
+class DecodeExpired(Exception):
+    """A payload's request ran out of time while waiting to be decoded; it was not decoded."""
+
+
+def decode_image(data: bytes, size: int, limits: DecodeLimits | None = None) -> np.ndarray:
+    """Encoded image bytes -> (size, size, 3) uint8 RGB, resized if needed; raises ImageError."""
+    limits = limits or DecodeLimits()
     if not data:
         raise ImageError("empty image payload; send the encoded bytes of a PNG or JPEG file")
+    accepted = "/".join(limits.formats)
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            w, h = im.size
-            if w * h > max_pixels:
-                raise ImageError(f"image is {w}x{h} pixels, over the limit of {max_pixels}; downscale it first")
-            im = im.convert("RGB")  # forces the full decode: truncated files fail here
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.BILINEAR)
-            return np.asarray(im, dtype=np.uint8)
+        with Image.open(io.BytesIO(data), formats=limits.formats) as im:
+            limits.check(*im.size)
+            return _pixels(im, size)
     except ImageError:
         raise
     except UnidentifiedImageError:
         raise ImageError(
-            f"payload of {len(data)} bytes starting {data[:8]!r} is not a recognised image; send PNG or JPEG bytes"
+            f"payload of {len(data)} bytes starting {data[:8]!r} is not a {accepted} image; send {accepted} bytes"
         ) from None
-    except (OSError, ValueError, SyntaxError) as e:  # PIL: truncated or corrupt data
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"image declares too many pixels ({e}); downscale it first") from None
+    except Exception as e:  # noqa: BLE001 - any decoder failure on client bytes is a bad payload
         raise ImageError(
-            f"image payload of {len(data)} bytes is corrupt or truncated ({e}); resend the whole file"
+            f"{accepted} payload of {len(data)} bytes is corrupt or truncated ({type(e).__name__}: {e}); "
+            "resend the whole file"
         ) from None
+
+
+def _pixels(im: Image.Image, size: int) -> np.ndarray:
+    if im.format == "JPEG":
+        im.draft("RGB", (size, size))  # OPTIMIZATION: DCT scaling decodes at 1/2..1/8, never below `size`
+    im.load()  # the full decode: truncated and corrupt files fail here
+    if im.mode == "1":
+        im = im.convert("L")  # resampling needs 8 bits; grey costs a third of RGB
+    elif im.mode not in ("L", "RGB"):
+        im = im.convert("RGB")  # palette, alpha, CMYK, 16-bit
+    if im.size != (size, size):
+        # OPTIMIZATION: reducing_gap box-reduces by an integer factor first, then resamples the rest
+        im = im.resize((size, size), Image.BILINEAR, reducing_gap=2.0)
+    if im.mode != "RGB":
+        im = im.convert("RGB")
+    return np.asarray(im, dtype=np.uint8)
 
 
 def tensor_images(datatype: str, shape: list[int], data: np.ndarray, size: int) -> list[np.ndarray]:
@@ -70,16 +149,65 @@ def tensor_images(datatype: str, shape: list[int], data: np.ndarray, size: int) 
 
 
 class Decoder:
-    """Decodes payloads on a small thread pool, off the event loop (for the engine and the Ray router)."""
+    """Decodes payloads on a small thread pool, off the event loop (for the engine and the Ray router).
 
-    def __init__(self, size: int, workers: int = 2, max_pixels: int = MAX_PIXELS):
-        self.size, self.max_pixels = size, max_pixels
+    At most `max_queue` payloads wait or decode at once; a request that would overflow it is refused
+    whole (`DecodeBusy`). A payload whose request's deadline passes while it waits is not decoded
+    (`DecodeExpired`), and a request that fails or is abandoned takes its waiting payloads with it."""
+
+    def __init__(
+        self,
+        size: int,
+        workers: int = 2,
+        limits: DecodeLimits | None = None,
+        max_queue: int = 256,
+        clock=time.monotonic,
+    ):
+        if not isinstance(max_queue, int) or max_queue < 1:
+            raise ValueError(f"decode_queue={max_queue!r}: use a positive number of images, e.g. 256")
+        self.size, self.limits, self.max_queue, self._clock = size, limits or DecodeLimits(), max_queue, clock
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="otas-decode")
+        self._lock = threading.Lock()
+        self._pending = 0
+
+    @property
+    def pending(self) -> int:
+        """Payloads waiting or being decoded."""
+        return self._pending
+
+    async def many(self, payloads: Sequence[bytes], deadline: float | None = None) -> list[np.ndarray]:
+        """Encoded images -> uint8 (size, size, 3) each, all or nothing: raises DecodeBusy (queue full),
+        ImageError (the first bad payload) or DecodeExpired (past `deadline`, on `clock`)."""
+        with self._lock:
+            if self._pending + len(payloads) > self.max_queue:
+                raise DecodeBusy(
+                    f"{self._pending} images are waiting to be decoded and this request brings {len(payloads)}; "
+                    f"the decode queue holds {self.max_queue}; retry shortly"
+                )
+            self._pending += len(payloads)
+        futures = [asyncio.wrap_future(self._submit(p, deadline)) for p in payloads]
+        try:
+            return list(await asyncio.gather(*futures))
+        finally:
+            for f in futures:  # on a failure or cancellation: payloads not yet started are never decoded
+                f.cancel()
 
     async def __call__(self, data: bytes) -> np.ndarray:
-        """Encoded image -> uint8 (size, size, 3); raises ImageError."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, decode_image, data, self.size, self.max_pixels)
+        return (await self.many([data]))[0]
+
+    def _submit(self, data: bytes, deadline: float | None) -> Future:
+        f = self._pool.submit(self._job, data, deadline)
+        f.add_done_callback(self._done)
+        return f
+
+    def _job(self, data: bytes, deadline: float | None) -> np.ndarray:
+        if deadline is not None and self._clock() > deadline:
+            raise DecodeExpired("the request's deadline passed while its images waited to be decoded")
+        return decode_image(data, self.size, self.limits)
+
+    def _done(self, _: Future) -> None:
+        with self._lock:
+            self._pending -= 1
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

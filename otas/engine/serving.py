@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -67,6 +67,31 @@ def observe(hook: Callable[..., None], *args: Any) -> None:
         log.exception("observer failed", extra={"event": "observer_failed", "hook": getattr(hook, "__name__", "")})
 
 
+def gather_all(futures: Sequence[asyncio.Future]) -> asyncio.Future[list]:
+    """One future for several: all their results, or the first failure (the others then cancelled);
+    cancelling it cancels them all. (`asyncio.gather` leaves the others running on a failure.)"""
+    out = asyncio.get_running_loop().create_future()
+    left = [len(futures)]
+
+    def done(f: asyncio.Future) -> None:
+        error = None if f.cancelled() else f.exception()  # read even when nobody waits any more
+        if out.done():
+            return
+        if f.cancelled() or error is not None:
+            out.cancel() if error is None else out.set_exception(error)
+            for g in futures:
+                g.cancel()
+            return
+        left[0] -= 1
+        if left[0] == 0:
+            out.set_result([g.result() for g in futures])
+
+    for f in futures:
+        f.add_done_callback(done)
+    out.add_done_callback(lambda o: o.cancelled() and [f.cancel() for f in futures])
+    return out
+
+
 @runtime_checkable
 class ServingEngine(Protocol):
     """Everything the HTTP app uses of an engine."""
@@ -97,13 +122,23 @@ class ServingEngine(Protocol):
         """The engine's clock: `arrival_ms` and every time in `Served` are on it."""
         ...
 
-    async def decode(self, data: bytes) -> np.ndarray:
-        """Encoded image -> uint8 (image_size, image_size, 3); raises `ImageError`."""
+    async def decode(self, app: str, payloads: Sequence[bytes], arrival_ms: float | None = None) -> list[np.ndarray]:
+        """A request's encoded images -> uint8 (image_size, image_size, 3) each, all or none; raises
+        `ImageError` (a bad payload) or NotServed (a refusal: the request could not be admitted, or
+        the decode queue is full)."""
         ...
 
     def submit(self, app: str, image: np.ndarray, arrival_ms: float | None = None) -> asyncio.Future[Served]:
         """Queue one image for `app` (a known name); a refusal raises NotServed at once, otherwise
-        the future resolves to Served or raises NotServed, exactly once, whatever happens later."""
+        the future resolves to Served or raises NotServed, exactly once, whatever happens later.
+        Cancelling the future (the caller went away) takes the image out of the queue."""
+        ...
+
+    def submit_many(
+        self, app: str, images: Sequence[np.ndarray], arrival_ms: float | None = None
+    ) -> asyncio.Future[list[Served]]:
+        """Queue one request of several images, admitted whole or refused at once (NotServed); the
+        future resolves to every answer, or to the first failure (the rest are then dropped)."""
         ...
 
     async def start(self) -> None: ...

@@ -25,8 +25,8 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 from starlette.responses import JSONResponse
 
-from otas.engine.images import Decoder
-from otas.engine.serving import NotServed, Observer, Served, observe
+from otas.engine.images import DecodeBusy, Decoder
+from otas.engine.serving import NotServed, Observer, Served, gather_all, observe
 from otas.scale.frontend_config import FrontendConfig, ReplicaClient, RouterMetrics
 from otas.scale.router import NoReplica, Router, RouterConfig
 from otas.types import App
@@ -98,8 +98,34 @@ class RoutedEngine:
             await asyncio.gather(self._probe, return_exceptions=True)
         self._decode.shutdown()
 
-    async def decode(self, data: bytes) -> np.ndarray:
-        return await self._decode(data)
+    async def decode(self, app: str, payloads: Sequence[bytes], arrival_ms: float | None = None) -> list[np.ndarray]:
+        if self._closing:
+            raise self._refuse(app, len(payloads), "shutting_down", "the server is shutting down; retry elsewhere")
+        try:
+            return await self._decode.many(payloads)
+        except DecodeBusy as e:
+            raise self._refuse(app, len(payloads), "decode_busy", str(e)) from None
+
+    def _refuse(self, app: str, n: int, reason: str, detail: str) -> NotServed:
+        for _ in range(n):
+            observe(self.observer.ended, app, "rejected", reason)
+        return NotServed("rejected", reason, detail)
+
+    def submit_many(
+        self, app: str, images: Sequence[np.ndarray], arrival_ms: float | None = None
+    ) -> asyncio.Future[list[Served]]:
+        """Route each image (as `submit`); one future for all, failing with the first failure (the
+        rest cancelled). Unlike the local engine, each image's outcome is counted as its replica
+        answers, so a failed request's served images count as served."""
+        futures: list[asyncio.Future[Served]] = []
+        try:
+            for image in images:
+                futures.append(self.submit(app, image, arrival_ms))
+        except Exception:
+            for f in futures:
+                f.cancel()
+            raise
+        return gather_all(futures)
 
     def submit(self, app: str, image: np.ndarray, arrival_ms: float | None = None) -> asyncio.Future[Served]:
         """Route one image; the future resolves to Served or raises NotServed (as Engine.submit)."""

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from otas.config import SchedulerConfig
+from otas.config import EngineConfig, SchedulerConfig
 from otas.engine.serving import NotServed, Observer, Served
 from otas.profile.table import Profile
 from otas.server.main import make_engine
@@ -138,7 +138,13 @@ class ReplicaCore:
         self.runner = runner if runner is not None else build_runner(spec)
         self.relay = _Relay()
         self.engine, self.info = make_engine(
-            self.runner, self.profile, spec.apps, spec.policy, spec.scheduler, observer=self.relay, decode_workers=1
+            self.runner,
+            self.profile,
+            spec.apps,
+            spec.policy,
+            spec.scheduler,
+            observer=self.relay,
+            engine_cfg=EngineConfig(decode_workers=1),
         )
         self.started_at = time.time()
 

@@ -8,7 +8,7 @@ an EWMA of measured / profiled).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -211,6 +211,22 @@ class Scheduler:
 
     def queued(self) -> int:
         return len(self.queues)
+
+    def cancel(self, request_ids: Iterable[int]) -> list[Request]:
+        """Take queued requests out (their callers went away): the ones found, never to be planned.
+        Requests already handed out by `next_batch`, or expired, are not found. O(queue); the policy
+        is not told (their arrival was already counted as demand)."""
+        ids = set(request_ids)
+        return self.queues.remove(ids) if ids else []
+
+    def fastest_ms(self, n: int) -> float:
+        """Predicted time to run `n` requests back to back at the fastest setting, in batches of at
+        most the batch cap: whether a request of several images can finish by its deadline at all."""
+        if n < 1:
+            return 0.0
+        cap = min(self.policy.batch_cap(self), self._mem_cap)
+        full, rest = divmod(n, cap)
+        return float(full * self._fast[cap] + (self._fast[rest] if rest else 0.0))
 
     def _drain(self, now_ms: float) -> None:
         if not self.config.reject_infeasible:

@@ -5,30 +5,33 @@ gRPC API beside it, on the same event loop and engine (`grpc_api/service.py`).
 Every bad input is a 4xx with a `reason` code and a message naming the value and the fix; the
 engine's refusals map to 429 (queue full: back off) or 503 (cannot meet the deadline, or shutting
 down); only a failed batch is a 500. Every error body is JSON, unknown paths and methods included.
-Request bodies are capped (413) before they are read whole. The endpoints live in `handlers.py`
-and `http_infer.py`; this module assembles them and runs the lifecycle: engine, then gRPC, up;
-gRPC (finishing its calls in flight), then the engine (draining its queue), down.
+Request bodies are read by a guard (`guard.py`: size, bytes in flight, timeouts) before the app
+sees them, and connections are guarded too (`connections.py`: count, header timeout and size,
+draining at shutdown). The endpoints live in `handlers.py` and `http_infer.py`; this module
+assembles them and runs the lifecycle: engine, then gRPC, up; gRPC (finishing its calls in
+flight), then the engine (draining its queue), down.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from otas.config import HttpConfig
 from otas.engine.serving import ServingEngine
 from otas.server import handlers, http_infer
-from otas.server.errors import error_body
-from otas.server.handlers import BodyTooLarge
+from otas.server.guard import Guard, guard_bodies
 from otas.server.metrics import Metrics
+from otas.server.parsing import JsonParser
 
 log = logging.getLogger("otas.server")
 
@@ -51,6 +54,11 @@ class ServeConfig:
     grpc_host: str = "127.0.0.1"
     grpc_grace_s: float = 5.0
     """At shutdown, gRPC calls in flight get this long to finish before they are cancelled."""
+    start_parser: bool = False
+    """Start the JSON parser process with the server (`otas serve`), not with the first large body."""
+    http: HttpConfig = field(default_factory=HttpConfig)
+    """Connection and body limits, timeouts, draining, JSON parsing (its `max_body_mb` is not read:
+    `max_body_bytes` is the limit)."""
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1024:
@@ -70,7 +78,9 @@ def create_app(engine: ServingEngine, config: ServeConfig, metrics: Metrics | No
     app = Starlette(routes=_routes(), lifespan=_lifespan, exception_handlers=errors)
     app.state.engine, app.state.config, app.state.metrics = engine, config, metrics
     app.state.grpc_port = None
-    app.add_middleware(limit_body, limit=config.max_body_bytes)
+    app.state.guard = Guard(config.http, config.max_body_bytes)
+    app.state.parser = None
+    app.add_middleware(guard_bodies, guard=app.state.guard)
     return app
 
 
@@ -99,6 +109,9 @@ async def _lifespan(app: Starlette):
     config: ServeConfig = app.state.config
     await engine.start()
     log.info("engine started", extra={"event": "start", "model": config.model_name, "apps": sorted(engine.apps)})
+    app.state.parser = JsonParser(config.http.json_workers)
+    if config.start_parser:
+        app.state.parser.start()
     grpc_server = None
     try:
         if config.grpc_port is not None:
@@ -112,35 +125,8 @@ async def _lifespan(app: Starlette):
             await grpc_server.stop(config.grpc_grace_s)
             log.info("grpc stopped", extra={"event": "grpc_stop"})
         await engine.stop()
+        await asyncio.to_thread(app.state.parser.shutdown)
         log.info("engine stopped", extra={"event": "stop", "batches": engine.batches})
-
-
-def limit_body(app, limit: int):
-    """ASGI middleware: 413 on a Content-Length over `limit`; a streamed body that grows past it
-    raises BodyTooLarge inside the handler's read (turned into 413 there)."""
-
-    async def middleware(scope, receive, send):
-        if scope["type"] != "http":
-            return await app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > limit):
-            body = error_body(
-                f"request body of {length.decode()} bytes is over the limit of {limit}; send less", "too_large"
-            )
-            return await JSONResponse(body, status_code=413)(scope, receive, send)
-        seen = 0
-
-        async def capped():
-            nonlocal seen
-            msg = await receive()
-            seen += len(msg.get("body", b""))
-            if seen > limit:
-                raise BodyTooLarge()
-            return msg
-
-        return await app(scope, capped, send)
-
-    return middleware
 
 
 class ServerThread:
@@ -148,10 +134,10 @@ class ServerThread:
     (and `s.grpc_target`, host:port, when the app serves gRPC)."""
 
     def __init__(self, app, host: str = "127.0.0.1", port: int = 0, **kwargs: Any):
-        import uvicorn
+        from otas.server.connections import make_server
 
         kwargs.setdefault("log_level", "warning")
-        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, lifespan="on", **kwargs))
+        self.server = make_server(app, host, port, **kwargs)
         self.thread = threading.Thread(target=self.server.run, name="otas-uvicorn", daemon=True)
         self.app, self.url, self.grpc_target = app, "", ""
 

@@ -37,6 +37,36 @@ def serve_cmd(
         int, typer.Option(help="Backpressure: queued requests before 429 (0 = from the profile).")
     ] = 0,
     max_body_mb: Annotated[float, typer.Option(help="Request body size limit in MiB (413 above).")] = 8.0,
+    max_connections: Annotated[
+        int, typer.Option(help="Open HTTP connections (and gRPC calls) at once; beyond: 503 too_many_connections.")
+    ] = 2048,
+    max_inflight_mb: Annotated[
+        float, typer.Option(help="Request bodies received or held at once, MiB (bodies <= 64 KiB not counted); 503.")
+    ] = 64.0,
+    header_timeout_s: Annotated[
+        float, typer.Option(help="A connection must send a request's headers within this (408, or closed).")
+    ] = 10.0,
+    body_timeout_s: Annotated[float, typer.Option(help="A request's body must arrive within this (408).")] = 10.0,
+    keep_alive_s: Annotated[float, typer.Option(help="Idle keep-alive connections are closed after this.")] = 5.0,
+    max_header_kb: Annotated[int, typer.Option(help="Request line and headers, KiB (431 above).")] = 32,
+    drain_s: Annotated[
+        float, typer.Option(help="At SIGTERM: readiness fails and responses close connections this long first.")
+    ] = 2.0,
+    json_workers: Annotated[
+        int, typer.Option(help="Processes parsing JSON bodies over 64 KiB off the event loop (0 = on the loop).")
+    ] = 1,
+    decode_workers: Annotated[int, typer.Option(help="Threads decoding images.")] = 2,
+    decode_queue: Annotated[
+        int, typer.Option(help="Images waiting or decoding at once; a request that would overflow: 429.")
+    ] = 256,
+    image_formats: Annotated[
+        str, typer.Option(help="Encoded image formats accepted (Pillow names), e.g. PNG,JPEG,WEBP.")
+    ] = "PNG,JPEG",
+    max_image_side: Annotated[int, typer.Option(help="Longest side an encoded image may declare, pixels.")] = 4096,
+    max_image_pixels: Annotated[
+        int, typer.Option(help="Width x height an encoded image may declare (default 4 MP).")
+    ] = 1 << 22,
+    max_image_aspect: Annotated[float, typer.Option(help="Longer / shorter side an encoded image may declare.")] = 16.0,
     noop: Annotated[bool, typer.Option(help="No-op model: measure HTTP + scheduling + collation only.")] = False,
     warmup: Annotated[bool, typer.Option(help="Run every γ (on cuda: capture every graph) before serving.")] = True,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error (JSON lines on stderr).")] = "info",
@@ -71,8 +101,36 @@ def serve_cmd(
             policy=policy,
             backend=backend,
             scheduler=sched,
-            engine=EngineConfig(device, dtype, mode, warmup, noop, paced, max_queue=max_queue),
-            http=HttpConfig(host, port, max_body_mb, log_level, grpc_port),
+            engine=EngineConfig(
+                device,
+                dtype,
+                mode,
+                warmup,
+                noop,
+                paced,
+                decode_workers=decode_workers,
+                decode_queue=decode_queue,
+                max_queue=max_queue,
+                image_formats=tuple(f for f in image_formats.split(",") if f.strip()),
+                max_image_side=max_image_side,
+                max_image_pixels=max_image_pixels,
+                max_image_aspect=max_image_aspect,
+            ),
+            http=HttpConfig(
+                host,
+                port,
+                max_body_mb,
+                log_level,
+                grpc_port,
+                max_connections=max_connections,
+                max_inflight_mb=max_inflight_mb,
+                header_timeout_s=header_timeout_s,
+                body_timeout_s=body_timeout_s,
+                keep_alive_s=keep_alive_s,
+                max_header_kb=max_header_kb,
+                drain_s=drain_s,
+                json_workers=json_workers,
+            ),
             ray=RayConfig(replicas, address),
         )
         if backend == "ray":

@@ -12,6 +12,9 @@ class ProtocolError(ValueError):
         super().__init__(message)
         self.status, self.reason, self.message = status, reason, message
 
+    def __reduce__(self):  # crosses the process boundary from the JSON parser (`parsing.py`)
+        return ProtocolError, (self.status, self.reason, self.message)
+
 
 def error_body(message: str, reason: str) -> dict[str, str]:
     """The protocol's error body (`error`) plus `reason`, a stable code for programs."""

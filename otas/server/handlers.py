@@ -3,8 +3,10 @@ engine (a `ServingEngine`), the `ServeConfig` and the metrics from `request.app.
 `create_app` puts them; and the plumbing every endpoint shares.
 
 Every endpoint is `guarded`: a bad request (`ProtocolError`) or a refusal (`NotServed`) becomes
-its 4xx/5xx answer with a `reason` code; anything else is logged and answered 500. Unknown paths
-and methods are JSON too (`http_error`), so protocol clients can always parse an error.
+its 4xx/5xx answer with a `reason` code; a client that went away is logged at INFO
+(`client_disconnect`) and answered nothing; anything else is logged with its traceback and answered
+500. Unknown paths and methods are JSON too (`http_error`), so protocol clients can always parse
+an error.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from otas.engine.serving import NotServed, ServingEngine
 from otas.server.errors import ProtocolError, error_body
+from otas.server.guard import ClientGone
 from otas.server.protocol import EXTENSIONS, SERVER_NAME, VERSIONS, model_metadata, server_version
 
 if TYPE_CHECKING:
@@ -27,11 +30,7 @@ if TYPE_CHECKING:
     from otas.server.metrics import Metrics
 
 log = logging.getLogger("otas.server")
-STATUS = {"queue_full": 429, "infeasible": 503, "deadline_unreachable": 503, "shutting_down": 503}
-
-
-class BodyTooLarge(Exception):
-    """Raised inside a body read once the stream grows past the limit (see `app.limit_body`)."""
+STATUS = {"queue_full": 429, "decode_busy": 429, "infeasible": 503, "deadline_unreachable": 503, "shutting_down": 503}
 
 
 def engine_of(request: Request) -> ServingEngine:
@@ -58,6 +57,9 @@ def guarded(fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Request],
             return await fn(request)
         except (ProtocolError, NotServed) as e:
             return error_response(e)
+        except (ClientGone, ClientDisconnect):
+            log.info("client disconnected", extra={"event": "client_disconnect", "path": request.url.path})
+            return Response(status_code=499)  # nobody reads it
         except Exception:
             log.exception("unhandled error", extra={"event": "internal_error", "path": request.url.path})
             return JSONResponse(error_body("internal server error; see the server log", "internal"), 500)
@@ -81,6 +83,7 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 
 async def internal_error(request: Request, exc: Exception) -> Response:
+    log.error("unhandled error", exc_info=exc, extra={"event": "internal_error", "path": request.url.path})
     return JSONResponse(error_body("internal server error; see the server log", "internal"), 500)
 
 
@@ -101,9 +104,14 @@ async def live(request: Request) -> Response:
     return JSONResponse({"live": True})
 
 
+def is_ready(request: Request) -> bool:
+    """The engine admits requests and the server is not draining (`guard.py`)."""
+    return engine_of(request).ready and not request.app.state.guard.draining
+
+
 @guarded
 async def ready(request: Request) -> Response:
-    ok = engine_of(request).ready
+    ok = is_ready(request)
     return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
 
@@ -121,7 +129,7 @@ async def model_meta(request: Request) -> Response:
 
 @guarded
 async def model_ready(request: Request) -> Response:
-    name, ok = model_of(request), engine_of(request).ready
+    name, ok = model_of(request), is_ready(request)
     return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 503)
 
 

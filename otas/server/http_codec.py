@@ -7,6 +7,10 @@ this way has the parameter `binary_data_size` (its byte count) and no `data`. Re
 asked for in binary (the request parameter `binary_data_output`, or an output's own parameter
 `binary_data`, which wins) follow the JSON header the same way, each with `binary_data_size`; the
 response then carries `Inference-Header-Content-Length` and is `application/octet-stream`.
+
+Parsing is a pure function of the body, so a large JSON body can be parsed in another process
+(`parsing.py`). Before parsing, a body carrying more JSON values than any valid request could is
+refused (counting commas is ~100x cheaper than parsing).
 """
 
 from __future__ import annotations
@@ -16,7 +20,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from otas.server.errors import ProtocolError
-from otas.server.protocol import OUTPUTS, InferRequest, InputTensor, OutputTensor, build_request, json_data
+from otas.server.protocol import (
+    MAX_IMAGES,
+    OUTPUTS,
+    InferRequest,
+    InputTensor,
+    OutputTensor,
+    b64,
+    build_request,
+    json_data,
+)
 from otas.server.tensors import to_raw
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -30,10 +43,28 @@ class HttpInfer:
 
 
 def loads(raw: bytes | memoryview) -> Any:
+    """JSON -> Python; every way a body can fail to be JSON (syntax, encoding, nesting too deep,
+    an integer of thousands of digits) is a 400 `bad_json`."""
     try:
         return json.loads(bytes(raw))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ProtocolError(400, "bad_json", f"body is not valid JSON ({e}); check it is complete") from None
+    except RecursionError:
+        raise ProtocolError(400, "bad_json", "body is JSON nested too deeply; send a flat request") from None
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, and int() over Python's digit limit
+        if "integer string conversion" in str(e):
+            msg = "body holds an integer of thousands of digits; send numbers a 64-bit type holds"
+            raise ProtocolError(400, "bad_json", msg) from None
+        raise ProtocolError(400, "bad_json", f"body is not valid JSON ({str(e)[:200]}); check it is complete") from None
+
+
+def check_values(raw: bytes | memoryview, image_size: int) -> None:
+    """Refuse, before parsing, JSON with more values than the largest valid request carries."""
+    most = MAX_IMAGES * image_size * image_size * 3 + 4096
+    if len(raw) > most and (n := bytes(raw).count(b",")) > most:
+        raise ProtocolError(
+            413, "too_many_values",
+            f"the JSON holds about {n} values and a request carries at most {most}; send fewer images, as "
+            "binary data (Inference-Header-Content-Length) or as encoded files",
+        )  # fmt: skip
 
 
 def parse_infer(body: bytes, header_length: str | None, image_size: int) -> HttpInfer:
@@ -41,15 +72,17 @@ def parse_infer(body: bytes, header_length: str | None, image_size: int) -> Http
     Declared binary sizes are checked against the bytes present before anything is sliced."""
     view = memoryview(body)
     if header_length is None:
+        check_values(view, image_size)
         head, tail = loads(view), view[len(view) :]
     else:
         h = header_length.strip()
-        if not h.isdigit() or not 0 < int(h) <= len(view):
+        if not (h.isascii() and h.isdigit() and len(h) <= 18) or not 0 < int(h) <= len(view):
             raise ProtocolError(
                 400, "bad_header_length",
                 f"{HEADER_LENGTH} is {header_length!r} but the body has {len(view)} bytes; "
                 "give the byte length of the JSON header that starts the body",
             )  # fmt: skip
+        check_values(view[: int(h)], image_size)
         head, tail = loads(view[: int(h)]), view[int(h) :]
     if not isinstance(head, dict):
         raise ProtocolError(400, "bad_request", "the JSON header must be an object with `inputs` and `parameters`")
@@ -114,6 +147,14 @@ def encode_infer(model: str, req: InferRequest, outputs: list[OutputTensor], bin
         head["id"] = req.id
     body = json.dumps(head, separators=(",", ":")).encode()
     return (body + b"".join(raws), len(body)) if raws else (body, None)
+
+
+def parse_classify(body: bytes) -> tuple[bytes, Any]:
+    """A JSON classify body {"image": base64, "top_k": k} -> (image bytes, top_k or None)."""
+    obj = loads(body)
+    if not isinstance(obj, dict) or "image" not in obj:
+        raise ProtocolError(400, "missing_image", 'send JSON {"image": "<base64 PNG/JPEG>", "top_k": 3}')
+    return b64(obj["image"], "image"), obj.get("top_k")
 
 
 def _object(v: object, what: str) -> dict:

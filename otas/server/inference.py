@@ -1,11 +1,10 @@
 """One validated request on the engine, for every transport (HTTP infer and classify, gRPC): the
-application is checked, encoded images are decoded off the event loop, and every image is
-submitted with the request's arrival time. Each submitted image is answered exactly once by the
-engine; if a later image is refused, the ones already queued are answered to nobody."""
+application is checked, encoded images are decoded off the event loop (a request the engine could
+not admit anyway is refused before decoding), and the images are submitted as one request, admitted
+and answered whole. Cancelling the caller (a client that went away) takes its images out of the
+decode and scheduling queues."""
 
 from __future__ import annotations
-
-import asyncio
 
 import numpy as np
 
@@ -22,24 +21,12 @@ def check_app(engine: ServingEngine, app: str, status: int = 400) -> None:
 
 async def run(engine: ServingEngine, req: InferRequest, arrival_ms: float) -> list[Served]:
     check_app(engine, req.app)
-    images = req.images if req.images is not None else await decode_all(engine, req.payloads or [])
-    return await serve_all(engine, req.app, images, arrival_ms)
+    images = req.images if req.images is not None else await decode_all(engine, req.app, req.payloads, arrival_ms)
+    return await engine.submit_many(req.app, images, arrival_ms)
 
 
-async def decode_all(engine: ServingEngine, payloads: list[bytes]) -> list[np.ndarray]:
+async def decode_all(engine: ServingEngine, app: str, payloads: list[bytes], arrival_ms: float) -> list[np.ndarray]:
     try:
-        return list(await asyncio.gather(*(engine.decode(p) for p in payloads)))
+        return await engine.decode(app, payloads, arrival_ms)
     except ImageError as e:
         raise ProtocolError(400, "not_an_image", str(e)) from None
-
-
-async def serve_all(engine: ServingEngine, app: str, images: list[np.ndarray], arrival_ms: float) -> list[Served]:
-    futures = []
-    try:
-        for img in images:
-            futures.append(engine.submit(app, img, arrival_ms))
-    except Exception:
-        for f in futures:  # already queued: they will be answered; nobody waits for them
-            f.add_done_callback(lambda f: f.cancelled() or f.exception())
-        raise
-    return list(await asyncio.gather(*futures))

@@ -25,10 +25,18 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup_logging(level: str = "info") -> None:
+    """otas and uvicorn at `level`; every other library (python-multipart, asyncio, grpc, ...)
+    through the same JSON handler on the root logger, at WARNING and above, so no line of the log
+    is anything but JSON."""
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
     for name in ("otas", "uvicorn.error"):
         lg = logging.getLogger(name)
         lg.handlers[:] = [handler]
         lg.setLevel(level.upper())
         lg.propagate = False
+    logging.getLogger("uvicorn.access").disabled = True
+    logging.captureWarnings(True)  # warnings.warn (torch, timm, our own) through the same handler

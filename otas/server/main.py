@@ -8,7 +8,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 
-from otas.config import SchedulerConfig, ServingConfig
+from otas.config import EngineConfig, HttpConfig, SchedulerConfig, ServingConfig
 from otas.engine.engine import Engine
 from otas.profile.table import Profile
 from otas.sched.scheduler import Scheduler
@@ -60,12 +60,17 @@ def make_engine(
     policy: str,
     config: SchedulerConfig,
     observer=None,
-    decode_workers: int = 2,
+    engine_cfg: EngineConfig | None = None,
 ) -> tuple[Engine, dict]:
-    """(engine, its `/v1/config` info) for a runner (real, no-op or paced) and its profile."""
+    """(engine, its `/v1/config` info) for a runner (real, no-op or paced) and its profile; of
+    `engine_cfg` only the decoding knobs are read (the runner is already built)."""
     check_servable(runner, profile, apps, policy)
     sched = Scheduler(apps, profile, policy, config)
-    engine = Engine(sched, runner, observer=observer, decode_workers=decode_workers)
+    e = engine_cfg or EngineConfig()
+    engine = Engine(
+        sched, runner, observer=observer, decode_workers=e.decode_workers, decode_limits=e.decode_limits(),
+        decode_queue=e.decode_queue,
+    )  # fmt: skip
     info = {
         "policy": sched.policy.name,
         "scheduler": asdict(config),
@@ -84,17 +89,19 @@ def build(
     policy: str,
     config: SchedulerConfig,
     max_body_bytes: int = 8 << 20,
-    decode_workers: int = 2,
     grpc_port: int | None = None,
     host: str = "127.0.0.1",
     grace_s: float = 5.0,
+    engine_cfg: EngineConfig | None = None,
+    http: HttpConfig | None = None,
 ):
     """(Starlette app, engine) for a runner (real or no-op) and its profile; with `grpc_port` (0:
-    any free port) the app's lifespan also serves the gRPC API on `host`."""
-    engine, info = make_engine(runner, profile, apps, policy, config, decode_workers=decode_workers)
+    any free port) the app's lifespan also serves the gRPC API on `host`. `http`: the connection
+    and body limits (its host, ports and max_body_mb are not read here)."""
+    engine, info = make_engine(runner, profile, apps, policy, config, engine_cfg=engine_cfg)
     serve_cfg = ServeConfig(
         model_name=profile.model, max_body_bytes=max_body_bytes, info=info, grpc_port=grpc_port, grpc_host=host,
-        grpc_grace_s=grace_s,
+        grpc_grace_s=grace_s, http=http or HttpConfig(),
     )  # fmt: skip
     return create_app(engine, serve_cfg, Metrics(profile.gammas)), engine
 
@@ -127,11 +134,12 @@ def load_runner(cfg: ServingConfig):
 def serve(cfg: ServingConfig) -> None:
     """Load everything and run uvicorn (and gRPC, unless cfg.http.grpc_port is 0) until SIGINT/SIGTERM
     (graceful: requests in flight on either API and queued requests are served)."""
-    import uvicorn
-
+    from otas.server import memory
+    from otas.server.connections import make_server
     from otas.server.logs import setup_logging
 
     setup_logging(cfg.http.log_level)
+    memory.tune()
     runner, profile = load_runner(cfg)
     apps = cfg.apps
     config = replace(
@@ -140,13 +148,14 @@ def serve(cfg: ServingConfig) -> None:
     host, port, grpc_port = cfg.http.host, cfg.http.port, cfg.http.grpc_port
     grace_s = max(5.0, 4 * max(a.slo_ms for a in apps) / 1000.0)
     app, engine = build(
-        runner, profile, apps, cfg.policy, config, cfg.http.max_body_bytes, cfg.engine.decode_workers,
-        grpc_port=grpc_port or None, host=host, grace_s=grace_s,
+        runner, profile, apps, cfg.policy, config, cfg.http.max_body_bytes, grpc_port=grpc_port or None, host=host,
+        grace_s=grace_s, engine_cfg=cfg.engine, http=cfg.http,
     )  # fmt: skip
+    app.state.config.start_parser = True
     log.info(
         "serving",
         extra={"event": "serve", "url": f"http://{host}:{port}", "grpc": f"{host}:{grpc_port}" if grpc_port else None,
                "model": profile.model, "policy": cfg.policy, "device": cfg.engine.device,
                "mode": getattr(runner, "mode", "none"), "max_queue": config.max_queue, "apps": [a.name for a in apps]},
     )  # fmt: skip
-    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False, timeout_graceful_shutdown=grace_s)
+    make_server(app, host, port, timeout_graceful_shutdown=grace_s).run()

@@ -125,7 +125,7 @@ def build_request(
         raise ProtocolError(400, "bad_payload", f"{what}: send its elements either in `data` or as binary data")
     outs = None if outputs is None else list(outputs)
     if dtype == "BYTES":
-        n = _count(shape[0] if len(shape) in (1, 2) and shape[1:] in ([], [1]) else -1, shape, "[N] (N files)")
+        n = _count(shape[0] if len(shape) == 1 else -1, shape, "[N] (N files, one dimension)")
         payloads = split_bytes(t.raw, n, what) if t.raw is not None else _elements(t.data, n, what)
         return InferRequest(rid, app, payloads, None, outs)
     size = image_size
@@ -163,17 +163,37 @@ def _elements(data: Sequence, n: int, what: str) -> list[bytes]:
     return [x if isinstance(x, bytes) else b64(x, f"{what} element {i}") for i, x in enumerate(data)]
 
 
+ELEMENT_TYPES = {"UINT8": (int,), "FP32": (int, float)}
+"""Python types a JSON (or typed gRPC) element may have, per datatype, as Triton accepts them:
+integers for UINT8, numbers for FP32; never strings, booleans, nulls or nested lists."""
+_TYPE_NAMES = {int: "integers", float: "numbers"}
+
+
 def _numbers(dtype: str, data: Sequence, shape: list[int], what: str) -> np.ndarray:
     n = element_count(shape)
     if len(data) != n:
         raise ProtocolError(400, "bad_shape", f"{what}: {len(data)} values but shape {shape} needs {n}; check both")
+    # OPTIMIZATION: the element types in one C-level pass; `bool` is its own type here, not an int
+    found = set(map(type, data))
+    if bad := found - set(ELEMENT_TYPES[dtype]):
+        names = sorted(t.__name__ for t in bad)
+        raise ProtocolError(
+            400, "bad_payload",
+            f"{what}: {dtype} data must be a flat list of {_TYPE_NAMES[ELEMENT_TYPES[dtype][-1]]}, got {names}",
+        )  # fmt: skip
     try:
-        flat = np.asarray(data, dtype=np.float64 if dtype == "FP32" else np.int64)
-    except (TypeError, ValueError, OverflowError):
-        raise ProtocolError(400, "bad_payload", f"{what}: {dtype} data must be a flat list of numbers") from None
-    if flat.ndim != 1:
-        raise ProtocolError(400, "bad_payload", f"{what}: data must be flat (row-major), got nesting depth {flat.ndim}")
-    return flat
+        return np.asarray(data, dtype=np.float64 if dtype == "FP32" else np.int64)
+    except (TypeError, ValueError, OverflowError):  # an integer beyond 64 bits, a float beyond float64
+        raise ProtocolError(400, "bad_payload", f"{what}: {dtype} values out of range") from None
+
+
+def top_k(value: object) -> int:
+    """A top_k from JSON, a form field or the query string: an integer >= 1 (as text, in decimal)."""
+    if isinstance(value, str) and (v := value.strip()).isascii() and v.isdigit() and len(v) <= 6:
+        value = int(v)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ProtocolError(400, "bad_top_k", f"top_k={str(value)[:40]!r}: use an integer >= 1")
+    return value
 
 
 def infer_outputs(results: list[Served], names: Sequence[str] | None = None) -> list[OutputTensor]:

@@ -11,7 +11,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from otas.config import SchedulerConfig
+from otas.config import EngineConfig, HttpConfig, SchedulerConfig
 from otas.data.tasks import NOVEL_CLASSES, SOURCE_CLASSES
 from otas.profile.table import Profile
 from otas.types import App
@@ -102,14 +102,83 @@ def infer_body(app: str = "novel", n: int = 1) -> dict:
 
 
 @contextlib.contextmanager
-def serving(runner, profile: Profile, policy: str = "otas", apps=APPS, max_queue: int = 0, grpc: bool = False, **cfg):
+def serving(
+    runner, profile: Profile, policy: str = "otas", apps=APPS, max_queue: int = 0, grpc: bool = False,
+    http: HttpConfig | None = None, engine_cfg: EngineConfig | None = None, max_body: int = MAX_BODY, **cfg,
+):  # fmt: skip
     """(ServerThread, engine) on an ephemeral loopback port (and gRPC on another, at
-    `srv.grpc_target`, with `grpc=True`); stopped (gracefully) on exit."""
+    `srv.grpc_target`, with `grpc=True`); stopped (gracefully, without draining unless `http` says
+    so) on exit."""
     from otas.server.app import ServerThread
     from otas.server.main import build, default_max_queue
 
     config = SchedulerConfig(max_batch=runner.max_batch, **cfg)
     config.max_queue = max_queue or default_max_queue(profile, apps, config.max_batch)
-    app, engine = build(runner, profile, apps, policy, config, max_body_bytes=MAX_BODY, grpc_port=0 if grpc else None)
+    app, engine = build(
+        runner, profile, apps, policy, config, max_body_bytes=max_body, grpc_port=0 if grpc else None,
+        engine_cfg=engine_cfg, http=http or HttpConfig(drain_s=0.0),
+    )  # fmt: skip
     with ServerThread(app) as srv:
         yield srv, engine
+
+
+def requests_total(url: str, outcome: str | None = None, reason: str | None = None) -> float:
+    """`otas_requests_total` from the server's /metrics, over every app, of one outcome and reason
+    (None: any)."""
+    import re
+
+    import httpx
+
+    total = 0.0
+    for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
+        m = re.match(r'otas_requests_total\{app="[^"]*",outcome="([^"]*)",reason="([^"]*)"\} (\S+)', line)
+        if m and outcome in (None, m[1]) and reason in (None, m[2]):
+            total += float(m[3])
+    return total
+
+
+@contextlib.contextmanager
+def server_process(ckpt, base_ms: float, per_image_ms: float, http: dict | None = None):
+    """The server in its own process (its own GIL, as in production), on a free loopback port;
+    `http`: HttpConfig fields. Yields (url, Popen); SIGTERM and wait on exit."""
+    import json
+    import signal
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "tests.server.paced_server", str(ckpt), str(port), str(base_ms), str(per_image_ms)]
+    if http is not None:
+        cmd.append(json.dumps(http))
+    proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[2])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "the server process did not start"
+            time.sleep(0.1)
+        yield url, proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process (Linux), in MiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")

@@ -1,20 +1,15 @@
 """A 10× overload burst and a graceful shutdown, against the real server on loopback."""
 
 import asyncio
-import contextlib
 import signal
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import aiohttp
 import httpx
 import numpy as np
 
 from otas.sim.traces import capacity_per_s
-from tests.server.helpers import APPS, b64png, paced_profile, png, serving
+from tests.server.helpers import APPS, b64png, paced_profile, png, server_process, serving
 
 BODIES = {
     a.name: {
@@ -46,32 +41,6 @@ async def _burst(url: str, rate: float, seconds: float, seed: int = 0) -> list[t
             assert live.status == 200
         await asyncio.gather(*tasks)
     return out
-
-
-@contextlib.contextmanager
-def server_process(ckpt, base_ms: float, per_image_ms: float):
-    """The server in its own process (its own GIL, as in production), on a free loopback port."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "tests.server.paced_server", str(ckpt), str(port), str(base_ms), str(per_image_ms)]
-    proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[2])
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "the server process did not start"
-            time.sleep(0.1)
-        yield url, proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
 
 
 def test_overload_burst_rejects_early_and_keeps_slo(tiny_ckpt):

@@ -66,7 +66,7 @@ def test_both_engines_provide_the_serving_engine_protocol(make):
     assert isinstance(engine, ServingEngine)
     data, props, methods = _protocol_members()
     assert data == {"apps", "observer", "batches"} and props == {"image_size", "classes", "ready"}
-    assert methods == {"now_ms", "decode", "submit", "start", "stop"}
+    assert methods == {"now_ms", "decode", "submit", "submit_many", "start", "stop"}
     assert isinstance(engine.apps, dict) and isinstance(engine.observer, Observer) and engine.batches == 0
     assert engine.image_size == SIZE and engine.classes == CLASSES and engine.ready is False
     for name in methods:

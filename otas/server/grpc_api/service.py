@@ -6,11 +6,13 @@ Inputs arrive as `raw_input_contents` (what tritonclient sends) or typed `conten
 go back as `raw_output_contents`, as Triton does. Errors carry the HTTP path's reason code, as
 `"<reason>: <message>"` and in the trailing metadata `otas-reason`: bad input INVALID_ARGUMENT,
 unknown model NOT_FOUND, queue full RESOURCE_EXHAUSTED, cannot meet the deadline or shutting down
-UNAVAILABLE, failed batch INTERNAL.
+UNAVAILABLE, failed batch INTERNAL. A call the client cancels, or whose deadline passes, takes
+its images out of the engine's queue.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from typing import TYPE_CHECKING, Any
@@ -39,8 +41,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("otas.server")
 Code = grpc.StatusCode
-REFUSED = {"queue_full": Code.RESOURCE_EXHAUSTED, "infeasible": Code.UNAVAILABLE,
-           "deadline_unreachable": Code.UNAVAILABLE, "shutting_down": Code.UNAVAILABLE}  # fmt: skip
+REFUSED = {"queue_full": Code.RESOURCE_EXHAUSTED, "decode_busy": Code.RESOURCE_EXHAUSTED,
+           "infeasible": Code.UNAVAILABLE, "deadline_unreachable": Code.UNAVAILABLE,
+           "shutting_down": Code.UNAVAILABLE}  # fmt: skip
 CONTENTS = {"BYTES": "bytes_contents", "UINT8": "uint_contents", "FP32": "fp32_contents"}
 
 
@@ -99,6 +102,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     @guarded
     async def ModelInfer(self, request, context):
         arrival = self.engine.now_ms()
+        _cancel_with(context)
         self._model(request.model_name, request.model_version)
         limit = self.config.max_body_bytes
         if (size := request.ByteSize()) > limit:
@@ -122,6 +126,13 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             raise ProtocolError(404, "unknown_model", f"model {name!r} is not served here; use {served!r}")
         if model_version not in VERSIONS:
             raise ProtocolError(404, "unknown_version", f"model {name!r} has no version {model_version!r}; use 1")
+
+
+def _cancel_with(context: grpc.aio.ServicerContext) -> None:
+    """A call the client cancels (or whose deadline passes) cancels its handler, whose images then
+    leave the engine's queue; grpc.aio does this itself, and this makes sure of it."""
+    task = asyncio.current_task()
+    context.add_done_callback(lambda c: c.cancelled() and task is not None and not task.done() and task.cancel())
 
 
 def _inputs(request: Any) -> list[InputTensor]:
@@ -154,7 +165,8 @@ async def start_grpc(engine: ServingEngine, config: ServeConfig) -> tuple[grpc.a
         ("grpc.max_receive_message_length", 2 * config.max_body_bytes),
         ("grpc.so_reuseport", 0),  # a port in use is an error, not a second server sharing it
     ]
-    server = grpc.aio.server(options=options)
+    # Calls in progress are capped like HTTP connections (RESOURCE_EXHAUSTED beyond).
+    server = grpc.aio.server(options=options, maximum_concurrent_rpcs=config.http.max_connections)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(engine, config), server)
     address = f"{config.grpc_host}:{config.grpc_port}"
     try:

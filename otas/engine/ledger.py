@@ -1,0 +1,124 @@
+"""The engine's books: every accepted image ends exactly once, and its request is answered whole.
+
+A request (one or several images) is a `Group` with one future. It is answered when all of its
+images are served; when one fails (expired, its batch failed, shutdown) the request fails at once
+with that error, and when its caller goes away (the future cancelled: a client disconnect) it is
+abandoned. A failed or abandoned request's images still queued leave the scheduler's queue
+(`Scheduler.cancel`), never planned; those on the device finish there and their answers are dropped.
+
+The observer hears of each image once, when its fate is known: `served` when its request's caller
+got the answer (so /metrics counts what clients received), `cancelled` (`request_failed`,
+`client_gone`) when its answer, or its place in the queue, went to nobody, else its own outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from otas.engine.serving import NotServed, Observer, Served, observe
+from otas.sched.scheduler import Scheduler
+from otas.types import Request
+
+
+@dataclass(eq=False)
+class Group:
+    """One request: its images' ids, the future its caller awaits, the answers so far."""
+
+    app: str
+    future: asyncio.Future
+    single: bool
+    """The future resolves to one Served (`Engine.submit`), not a list."""
+    ids: list[int] = field(default_factory=list)
+    results: list[Served | None] = field(default_factory=list)
+    left: int = 0
+    closed: str = ""
+    """Why the request ended without its answer (request_failed, client_gone); "" while open or answered."""
+
+
+@dataclass(eq=False)
+class Pending:
+    req: Request
+    image: np.ndarray
+    group: Group
+    index: int
+    arrival_ms: float
+    """The true arrival: the deadline is judged from it (the request's may be a little later; see submit)."""
+
+
+class Ledger:
+    """Accepted images not yet ended (queued or on the device), by request id."""
+
+    def __init__(self, scheduler: Scheduler, observer: Callable[[], Observer]):
+        self.scheduler, self._observer = scheduler, observer
+        self.pending: dict[int, Pending] = {}
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+    def open(self, app: str, n: int, single: bool) -> Group:
+        fut = asyncio.get_running_loop().create_future()
+        g = Group(app, fut, single, results=[None] * n, left=n)
+        fut.add_done_callback(lambda f: f.cancelled() and self._close(g, "client_gone"))
+        return g
+
+    def add(self, g: Group, req: Request, image: np.ndarray, arrival_ms: float) -> None:
+        self.pending[req.id] = Pending(req, image, g, len(g.ids), arrival_ms)
+        g.ids.append(req.id)
+
+    def withdraw(self, g: Group) -> None:
+        """Take back a request whose admission failed midway: its images leave the queue unobserved
+        (the caller observes the refusal for all of them)."""
+        self.scheduler.cancel(g.ids)
+        for rid in g.ids:
+            self.pending.pop(rid, None)
+        g.closed = "withdrawn"
+        g.future.cancel()
+
+    def end(self, it: Pending, outcome: str, reason: str, answer: Served | NotServed) -> None:
+        """One image's end: the first end counts, a later one is dropped."""
+        if self.pending.pop(it.req.id, None) is None:
+            return
+        g, served = it.group, answer if isinstance(answer, Served) else None
+        if g.future.cancelled():  # its caller left; the future's callback may not have run yet
+            self._close(g, "client_gone")
+        if g.closed:  # its request already failed or was abandoned
+            if served is not None:
+                outcome, reason = "cancelled", g.closed
+            self._ended(g.app, outcome, reason)
+            return
+        if served is not None:
+            g.results[it.index], g.left = served, g.left - 1
+            if g.left == 0:
+                g.future.set_result(served if g.single else list(g.results))
+                for s in g.results:
+                    self._ended(g.app, "served", "", s)
+            return
+        self._ended(g.app, outcome, reason)
+        g.future.set_exception(answer)  # before closing: the future is not seen as cancelled
+        self._close(g, "request_failed")
+
+    def fail(self, items: Sequence[Pending], reason: str, detail: str) -> None:
+        for it in items:
+            self.end(it, "error", reason, NotServed("error", reason, detail))
+
+    def fail_all(self, reason: str, detail: str) -> None:
+        self.fail(list(self.pending.values()), reason, detail)
+
+    def _close(self, g: Group, why: str) -> None:
+        """The request ends without its answer: drop the answers it has, and its queued images."""
+        if g.closed or g.left == 0:
+            return
+        g.closed = why
+        for s in g.results:
+            if s is not None:
+                self._ended(g.app, "cancelled", why)
+        for req in self.scheduler.cancel(rid for rid in g.ids if rid in self.pending):
+            del self.pending[req.id]
+            self._ended(g.app, "cancelled", why)
+
+    def _ended(self, app: str, outcome: str, reason: str, served: Served | None = None) -> None:
+        observe(self._observer().ended, app, outcome, reason, served)

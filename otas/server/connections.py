@@ -1,0 +1,158 @@
+"""Connections under guard: uvicorn's HTTP protocol with limits it lacks, and a server that drains.
+
+uvicorn closes an idle keep-alive connection (`keep_alive_s`) but waits forever for the first
+request of a new connection, and, with httptools, for headers of any size. So each connection here
+must deliver a request's headers within `header_timeout_s` of connecting or of starting them
+(else 408 and closed, or closed quietly if nothing came) and in at most `max_header_kb` (431);
+a request on a connection beyond `max_connections` is answered 503 `too_many_connections` and its
+connection closed. At shutdown (`GuardedServer`) the server first drains for `drain_s` (readiness
+fails, responses say `Connection: close`, requests are still accepted), then closes the listener,
+refuses bodies still arriving (`Guard.close`) and lets uvicorn finish what is in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import resource
+from typing import Any
+
+import uvicorn
+
+from otas.server.errors import error_body
+from otas.server.guard import Guard, error
+
+log = logging.getLogger("otas.server")
+
+
+def _base() -> type[asyncio.Protocol]:
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+        return HttpToolsProtocol
+    except ImportError:  # uvicorn without httptools (it is in uvicorn[standard])
+        from uvicorn.protocols.http.h11_impl import H11Protocol
+
+        return H11Protocol
+
+
+def protocol_class(guard: Guard) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol (httptools, else h11) with the limits of the module docstring."""
+    cfg = guard.http
+
+    async def too_many(scope, receive, send):
+        msg = f"this server holds {cfg.max_connections} connections at most and all are open; retry shortly"
+        await error(503, "too_many_connections", msg)(scope, receive, send)
+
+    class GuardedProtocol(_base()):
+        _head_timer: asyncio.TimerHandle | None = None
+        _head_bytes = 0
+        _counted = False
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            guard.connections += 1
+            self._counted = True
+            if guard.connections > cfg.max_connections:
+                self.app = too_many
+            self._arm()
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            if self._counted:
+                guard.connections -= 1
+                self._counted = False
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.transport.is_closing():
+                return self._disarm()
+            if self.cycle is not None and not self.cycle.response_complete:  # headers complete
+                self._head_bytes = 0
+                return self._disarm()
+            self._head_bytes += len(data)
+            if self._head_bytes > cfg.max_header_kb * 1024:
+                return self._refuse(431, "headers_too_large", f"request headers are over {cfg.max_header_kb} KiB")
+            self._arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._head_bytes = 0
+
+        def _arm(self) -> None:
+            if self._head_timer is None:  # from the head's start: a trickle does not extend it
+                self._head_timer = self.loop.call_later(cfg.header_timeout_s, self._head_timeout)
+
+        def _disarm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_timeout(self) -> None:
+            self._head_timer = None
+            if self.transport.is_closing() or (self.cycle is not None and not self.cycle.response_complete):
+                return
+            if self._head_bytes:
+                msg = f"request headers did not arrive whole within {cfg.header_timeout_s:g} s; send them promptly"
+                return self._refuse(408, "header_timeout", msg)
+            self.transport.close()  # nothing was asked: no answer
+
+        def _refuse(self, status: int, reason: str, message: str) -> None:
+            """An answer written straight to the socket (no request was parsed), then close."""
+            body = json.dumps(error_body(message, reason)).encode()
+            phrase = {408: "Request Timeout", 431: "Request Header Fields Too Large"}[status]
+            head = (f"HTTP/1.1 {status} {phrase}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+                    "connection: close\r\n\r\n")  # fmt: skip
+            self._disarm()
+            self.transport.write(head.encode() + body)
+            self.transport.close()
+
+    return GuardedProtocol
+
+
+class GuardedServer(uvicorn.Server):
+    """A uvicorn server that drains before it closes (see the module docstring)."""
+
+    def __init__(self, config: uvicorn.Config, guard: Guard):
+        super().__init__(config)
+        self.guard = guard
+
+    async def shutdown(self, sockets=None) -> None:
+        self.guard.drain()
+        drain_s = self.guard.http.drain_s
+        log.info("draining", extra={"event": "drain", "drain_s": drain_s, "connections": self.guard.connections})
+        loop = asyncio.get_running_loop()
+        end = loop.time() + drain_s
+        while loop.time() < end and not self.force_exit:
+            await asyncio.sleep(min(0.05, end - loop.time()))
+        self.guard.close()
+        await super().shutdown(sockets)
+
+
+def make_server(app, host: str = "127.0.0.1", port: int = 0, **kwargs: Any) -> GuardedServer:
+    """A uvicorn server for an app of `create_app`, with its guard's limits."""
+    guard: Guard = app.state.guard
+    cfg = guard.http
+    raise_fd_limit(cfg.max_connections + 1024)
+    kwargs.setdefault("log_config", None)
+    config = uvicorn.Config(
+        app, host=host, port=port, lifespan="on", access_log=False, http=protocol_class(guard),
+        timeout_keep_alive=cfg.keep_alive_s, h11_max_incomplete_event_size=cfg.max_header_kb * 1024, **kwargs,
+    )  # fmt: skip
+    return GuardedServer(config, guard)
+
+
+def raise_fd_limit(want: int) -> int:
+    """Raise this process's open-file limit towards `want` (within the hard limit): every connection
+    is a file descriptor, and running out of them stops the server accepting anyone."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft

@@ -1,0 +1,54 @@
+"""Give request buffers back to the OS (glibc only; elsewhere these are no-ops).
+
+glibc serves an allocation above its mmap threshold from mmap, and a freed one goes back to the OS
+at once. But the threshold adapts: freeing an mmapped 8 MiB body raises it to 8 MiB, so the next
+bodies come from the heap, which fragments and keeps its size: after a burst of large uploads the
+process stayed 1 GiB larger. `tune()` fixes the threshold (large buffers always mmapped); `trim()`
+returns the free heap pages once a burst is over.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import threading
+
+log = logging.getLogger("otas.server")
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_libc = None
+
+
+def _glibc():
+    global _libc
+    if _libc is None:
+        try:
+            lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _libc = lib if hasattr(lib, "mallopt") and hasattr(lib, "malloc_trim") else False
+        except OSError:
+            _libc = False
+    return _libc or None
+
+
+def tune(mmap_threshold: int = 256 << 10) -> bool:
+    """Allocations of `mmap_threshold` bytes or more come from mmap (and go back when freed); the
+    heap is trimmed above 4× that. True when glibc took the settings."""
+    lib = _glibc()
+    if lib is None:
+        return False
+    ok = lib.mallopt(_M_MMAP_THRESHOLD, mmap_threshold) == 1 and lib.mallopt(_M_TRIM_THRESHOLD, 4 * mmap_threshold)
+    log.debug("malloc tuned", extra={"event": "malloc_tuned", "mmap_threshold": mmap_threshold, "ok": bool(ok)})
+    return bool(ok)
+
+
+def trim() -> None:
+    """Return free heap memory (every arena) to the OS."""
+    lib = _glibc()
+    if lib is not None:
+        lib.malloc_trim(0)
+
+
+def trim_soon() -> None:
+    """`trim()` on a short-lived thread: it locks the allocator's arenas and may take milliseconds."""
+    if _glibc() is not None:
+        threading.Thread(target=trim, name="otas-trim", daemon=True).start()

@@ -1,0 +1,164 @@
+"""Connection and memory exhaustion: idle and half-header connections are closed after the header
+timeout, headers are capped, connections beyond the cap are answered 503 at once, request bodies in
+flight are capped (503 at once beyond; slow bodies 408 after the body timeout), ordinary requests get
+through all the while, and memory goes back once large bodies are gone."""
+
+import json
+import socket
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from otas.config import HttpConfig
+from tests.server.helpers import PacedRunner, infer_body, paced_profile, rss_mb, server_process, serving
+
+INFER = "/v2/models/tiny_test/infer"
+HEAD = f"POST {INFER} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+
+
+def server(runner, **http):
+    prof = paced_profile(5, 1)
+    cfg = HttpConfig(**{"drain_s": 0.0, "max_body_mb": 1.0, "max_inflight_mb": 1.0, **http})
+    return serving(PacedRunner(runner, prof), prof, http=cfg, max_body=1 << 20)
+
+
+def connect(url: str) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+    s.settimeout(20)
+    return s
+
+
+def answer(s: socket.socket) -> tuple[int | None, dict | None]:
+    """Read until the server closes: (status, JSON body), or (None, None) if it closed silently."""
+    data = b""
+    try:
+        while chunk := s.recv(65536):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    s.close()
+    if not data:
+        return None, None
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+def ok(url: str) -> bool:
+    return httpx.post(url + INFER, json=infer_body("blur"), timeout=30).status_code == 200
+
+
+def test_idle_and_half_header_connections_are_closed(runner):
+    rng = np.random.default_rng(0)
+    full = (HEAD + "content-length: 10\r\n\r\n").encode()
+    with server(runner, header_timeout_s=0.5) as (srv, _):
+        idle = [connect(srv.url) for _ in range(30)]
+        half = []
+        for _ in range(30):
+            s = connect(srv.url)
+            s.sendall(full[: int(rng.integers(1, len(full) - 2))])
+            half.append(s)
+        trickle = connect(srv.url)  # a header trickle does not extend the timeout
+        stop = threading.Event()
+
+        def drip():
+            for b in full[:-3]:
+                if stop.wait(0.05):
+                    return
+                try:
+                    trickle.send(bytes([b]))
+                except OSError:
+                    return
+
+        t = threading.Thread(target=drip)
+        t.start()
+        assert ok(srv.url)  # served while they hang
+        assert all(answer(s) == (None, None) for s in idle)  # nothing asked: closed without an answer
+        for s in half:
+            status, body = answer(s)
+            assert status == 408 and body["reason"] == "header_timeout", body
+        assert answer(trickle)[0] == 408
+        stop.set()
+        t.join()
+        assert ok(srv.url) and srv.app.state.guard.connections <= 1
+
+
+@pytest.mark.parametrize("kb", [5, 64, 1024])
+def test_headers_over_the_limit_are_431(runner, kb):
+    with server(runner, max_header_kb=4) as (srv, _):
+        s = connect(srv.url)
+        try:
+            s.sendall(HEAD.encode() + b"x-pad: " + b"a" * (kb << 10) + b"\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # closed while we were still sending: refused either way
+        status, body = answer(s)
+        assert status in (431, None) and (body is None or body["reason"] == "headers_too_large")
+        assert ok(srv.url)
+
+
+def test_connections_over_the_cap_are_503_at_once(runner):
+    with server(runner, max_connections=20, header_timeout_s=30) as (srv, _):
+        held = [connect(srv.url) for _ in range(20)]
+        for _ in range(3):
+            r = httpx.post(srv.url + INFER, json=infer_body("blur"), timeout=30)
+            assert r.status_code == 503 and r.json()["reason"] == "too_many_connections", r.text
+            assert r.headers["connection"] == "close" and r.headers["retry-after"] == "1"
+        for s in held:
+            s.close()
+        deadline = time.monotonic() + 10
+        while srv.app.state.guard.connections > 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert ok(srv.url)
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_bodies_in_flight_are_capped_and_slow_bodies_time_out(runner, chunked):
+    with server(runner, body_timeout_s=1.0) as (srv, _):
+        stalled = connect(srv.url)
+        if chunked:  # no declared size: counted as it arrives
+            stalled.sendall(HEAD.encode() + b"transfer-encoding: chunked\r\n\r\n")
+            for _ in range(12):
+                stalled.sendall(b"10000\r\n" + b"x" * 0x10000 + b"\r\n")
+        else:
+            stalled.sendall((HEAD + "content-length: 900000\r\n\r\n").encode() + b"x" * 800_000)
+        time.sleep(0.2)  # let the server take it in (a liveness margin, not a measurement)
+        second = connect(srv.url)
+        second.sendall((HEAD + "content-length: 900000\r\n\r\n").encode())
+        status, body = answer(second)
+        assert status == 503 and body["reason"] == "in_flight_full", body
+        assert ok(srv.url)  # small bodies are not held back
+        status, body = answer(stalled)
+        assert status == 408 and body["reason"] == "body_timeout", body
+        assert srv.app.state.guard.inflight == 0
+        r = httpx.post(srv.url + INFER, content=b"[" + b" " * 900_000 + b"]", timeout=30,
+                       headers={"content-type": "application/json"})  # fmt: skip
+        assert r.status_code == 400  # room again: read, and answered on its merits
+
+
+def test_memory_returns_after_large_bodies(tiny_ckpt):
+    """Rounds of 40 bodies of 2 MiB held at once, then dropped: the server's memory goes back."""
+    http = {"max_body_mb": 2.0, "max_inflight_mb": 96.0, "body_timeout_s": 60.0, "drain_s": 0.0}
+    with server_process(tiny_ckpt, 5, 1, http) as (url, proc):
+        for _ in range(5):
+            assert ok(url)
+        base = rss_mb(proc.pid)
+        size = 2 << 20
+        for _ in range(3):
+            socks = []
+            for _ in range(40):
+                s = connect(url)
+                s.sendall((HEAD + f"content-length: {size}\r\n\r\n").encode() + b" " * (size - 1))
+                socks.append(s)
+            deadline = time.monotonic() + 30
+            while rss_mb(proc.pid) < base + 40 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert rss_mb(proc.pid) >= base + 40  # the bodies were held
+            for s in socks:
+                s.close()
+            deadline = time.monotonic() + 15
+            while rss_mb(proc.pid) > base + 16 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert rss_mb(proc.pid) <= base + 16, (base, rss_mb(proc.pid))
+        assert ok(url)

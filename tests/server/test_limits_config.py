@@ -1,0 +1,46 @@
+"""The limits are knobs of the one config tree (`HttpConfig`, `EngineConfig`), validated with the bad
+value and the fix, and set from `otas serve`, which refuses a bad one before starting."""
+
+import pytest
+from typer.testing import CliRunner
+
+from otas.cli import app
+from otas.config import EngineConfig, HttpConfig
+
+BAD_HTTP = [
+    ("max_connections", 0), ("max_connections", 1.5), ("max_inflight_mb", 4.0), ("header_timeout_s", 0),
+    ("body_timeout_s", -1), ("keep_alive_s", float("inf")), ("max_header_kb", 0), ("max_header_kb", 4096),
+    ("drain_s", -0.5), ("json_workers", -1),
+]  # fmt: skip
+BAD_ENGINE = [
+    ("decode_queue", 0), ("max_image_side", 0), ("max_image_pixels", -4), ("max_image_aspect", 0.9),
+    ("image_formats", ("PNG", "NOPE")), ("image_formats", ()),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("field,value", BAD_HTTP)
+def test_http_limits_are_validated(field, value):
+    with pytest.raises(ValueError, match=field):
+        HttpConfig(**{field: value})
+
+
+@pytest.mark.parametrize("field,value", BAD_ENGINE)
+def test_decode_limits_are_validated(field, value):
+    with pytest.raises(ValueError, match="image formats" if field == "image_formats" else field):
+        EngineConfig(**{field: value})
+
+
+def test_defaults_hold_together():
+    h, e = HttpConfig(), EngineConfig()
+    assert h.max_inflight_bytes >= h.max_body_bytes and e.decode_limits().formats == ("PNG", "JPEG")
+
+
+@pytest.mark.parametrize(
+    "args,named",
+    [(["--max-inflight-mb", "1"], "max_inflight_mb"), (["--image-formats", "PNG,BMPX"], "image formats"),
+     (["--max-connections", "0"], "max_connections"), (["--decode-queue", "0"], "decode_queue"),
+     (["--header-timeout-s", "0"], "header_timeout_s")],
+)  # fmt: skip
+def test_otas_serve_refuses_bad_limits(args, named):
+    res = CliRunner().invoke(app, ["serve", "--noop", *args], terminal_width=200)
+    assert res.exit_code == 2 and named in res.output.replace("\n", " "), res.output

@@ -1,0 +1,103 @@
+"""Shutdown under keep-alive load: at SIGTERM readiness fails first while requests are still
+accepted and answered with `Connection: close`, so a client that stops when readiness fails loses
+nothing (no connection resets); a trickling upload gets 503 `shutting_down`, not a 500, and does not
+hold the shutdown for the grace period."""
+
+import asyncio
+import json
+import signal
+import socket
+import threading
+import time
+
+import aiohttp
+
+from tests.server.helpers import infer_body, server_process
+
+INFER = "/v2/models/tiny_test/infer"
+HTTP = {"drain_s": 1.0, "body_timeout_s": 60.0}
+
+
+def test_keep_alive_clients_lose_nothing(tiny_ckpt):
+    async def main(url, proc):
+        stop, results, closes = asyncio.Event(), [], []
+        sigterm_at = []
+
+        async def worker(c):
+            while not stop.is_set():
+                try:
+                    async with c.post(url + INFER, json=infer_body("blur")) as r:
+                        await r.read()
+                        results.append(r.status)
+                        if sigterm_at and r.headers.get("Connection", "").lower() == "close":
+                            closes.append(r.status)
+                except aiohttp.ClientError as e:
+                    results.append(repr(e))
+
+        async def poller(c):
+            while True:
+                try:
+                    async with c.get(url + "/v2/health/ready") as r:
+                        if r.status == 503:
+                            stop.set()  # as a load balancer would: no new requests
+                            return r.headers.get("Connection")
+                except aiohttp.ClientError as e:
+                    stop.set()
+                    return repr(e)
+                await asyncio.sleep(0.02)
+
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=8)) as c,
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as probe,
+        ):
+            workers = [asyncio.create_task(worker(c)) for _ in range(8)]
+            await asyncio.sleep(0.6)  # keep-alive connections in use
+            sigterm_at.append(time.monotonic())
+            proc.send_signal(signal.SIGTERM)
+            ready = await poller(probe)
+            await asyncio.gather(*workers)
+        return results, closes, ready
+
+    with server_process(tiny_ckpt, 20, 2, HTTP) as (url, proc):
+        results, closes, ready = asyncio.run(main(url, proc))
+        assert proc.wait(30) in (0, -signal.SIGTERM)
+    assert ready == "close"  # readiness failed (503) while the server still answered
+    assert len(results) > 20 and all(s == 200 for s in results), [s for s in results if s != 200]
+    assert closes  # answers after SIGTERM closed their connections
+
+
+def test_trickling_upload_gets_503_and_does_not_hold_shutdown(tiny_ckpt):
+    with server_process(tiny_ckpt, 20, 2, HTTP) as (url, proc):
+        s = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+        s.settimeout(30)
+        s.sendall(f"POST {INFER} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 10000\r\n\r\n"
+                  .encode() + b'{"inputs": [')  # fmt: skip
+        got, done = [], threading.Event()
+
+        def read():
+            try:
+                while chunk := s.recv(65536):
+                    got.append(chunk)
+            except OSError:
+                pass
+            done.set()
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        for _ in range(5):  # a byte every 0.1 s
+            s.sendall(b" ")
+            time.sleep(0.1)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        while not done.is_set():
+            try:
+                s.sendall(b" ")
+            except OSError:
+                break
+            done.wait(0.1)
+        reader.join(10)
+        assert proc.wait(30) in (0, -signal.SIGTERM)
+        waited = time.monotonic() - t0
+    head, _, body = b"".join(got).partition(b"\r\n\r\n")
+    assert head.split()[1] == b"503" and json.loads(body)["reason"] == "shutting_down", head
+    assert waited < HTTP["drain_s"] + 8  # the drain, not the 10 s grace period (nor the 60 s body timeout)
