@@ -156,9 +156,10 @@ def main() -> None:
     sampler.start()
     try:
         asyncio.run(normal(url, model, args.rate, 5.0))  # warm-up
-        t = time.monotonic() - sampler.t0
+        t, cpu0 = time.monotonic() - sampler.t0, cpu_s(proc.pid)
         base = asyncio.run(normal(url, model, args.rate, args.seconds))
         base["rss_mb"] = float(np.median(sampler.between(t, t + args.seconds)))
+        base["server_cpu_s"] = round(cpu_s(proc.pid) - cpu0, 2)
         print(f"baseline: {base}", flush=True)
         rows = [phase(c, args, url, host, port, model, sampler, base) for c in classes]
         metrics = httpx.get(url + "/metrics").text
@@ -177,14 +178,32 @@ def main() -> None:
     print(table(result))
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of a process and its live children (the JSON parser)."""
+    total = 0.0
+    for p in [pid, *_children(pid)]:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
 def phase(name, args, url, host, port, model, sampler, base) -> dict:
     ctx = multiprocessing.get_context("spawn")
-    q = ctx.Queue()
-    before = rss_mb(sampler.pid)
+    q, ready, go = ctx.Queue(), ctx.Event(), ctx.Event()
+    attacker = ctx.Process(target=abuse_attacks.run, args=(name, host, port, args.seconds, model, ready, go, q))
+    attacker.start()  # builds its payloads first: its start-up is not part of the window
+    if not ready.wait(300):
+        raise RuntimeError(f"attack {name} did not get ready")
+    time.sleep(1.0)
+    before, cpu0 = rss_mb(sampler.pid), cpu_s(sampler.pid)
     t0 = time.monotonic() - sampler.t0
-    attacker = ctx.Process(target=abuse_attacks.run, args=(name, host, port, args.seconds, model, q))
-    attacker.start()
+    go.set()
     res = asyncio.run(normal(url, model, args.rate, args.seconds))
+    server_cpu = cpu_s(sampler.pid) - cpu0
     attack = q.get(timeout=args.seconds + 120)
     attacker.join(30)
     t1 = time.monotonic() - sampler.t0
@@ -192,7 +211,7 @@ def phase(name, args, url, host, port, model, sampler, base) -> dict:
     after = rss_mb(sampler.pid)
     peak = max(sampler.between(t0, t1) or [before])
     row = {"class": name, "window_s": (round(t0, 2), round(t1, 2)), **res, "attack": attack, "rss_before_mb": before,
-           "rss_peak_mb": peak, "rss_after_mb": after}  # fmt: skip
+           "rss_peak_mb": peak, "rss_after_mb": after, "server_cpu_s": round(server_cpu, 2)}  # fmt: skip
     row["p99_ratio"] = res["p99_ms"] / base["p99_ms"] if res["p99_ms"] else None
     row["rss_ratio"] = after / base["rss_mb"]
     fast = row["p99_ratio"] is not None and row["p99_ratio"] <= TARGET["p99_ratio"]
@@ -203,17 +222,18 @@ def phase(name, args, url, host, port, model, sampler, base) -> dict:
 
 def table(r: dict) -> str:
     b = r["baseline"]
-    lines = ["| phase | success | on time | p50 ms | p99 ms | p99 / base | RSS MiB before / peak / after | meets |",
-             "|---|---|---|---|---|---|---|---|",
+    lines = ["| phase | success | on time | p50 ms | p99 ms | p99 / base | RSS MiB before / peak / after "
+             "| CPU s server / attacker | meets |", "|---|---|---|---|---|---|---|---|---|",
              f"| normal alone | {b['success']:.1%} | {b['deadline_met']:.1%} | {b['p50_ms']:.0f} | {b['p99_ms']:.0f} | "
-             f"1.00 | {b['rss_mb']:.0f} | |"]  # fmt: skip
+             f"1.00 | {b['rss_mb']:.0f} | {b['server_cpu_s']:.1f} / - | |"]  # fmt: skip
     for c in r["classes"]:
         p50 = f"{c['p50_ms']:.0f}" if c["p50_ms"] else "-"
         p99 = f"{c['p99_ms']:.0f}" if c["p99_ms"] else "-"
         ratio = f"{c['p99_ratio']:.2f}" if c["p99_ratio"] else "-"
         rss = f"{c['rss_before_mb']:.0f} / {c['rss_peak_mb']:.0f} / {c['rss_after_mb']:.0f}"
+        cpu = f"{c['server_cpu_s']:.1f} / {c['attack']['attacker_cpu_s']:.1f}"
         lines.append(f"| {c['class']} | {c['success']:.1%} | {c['deadline_met']:.1%} | {p50} | {p99} | {ratio} | "
-                     f"{rss} | {'yes' if c['meets'] else 'no'} |")  # fmt: skip
+                     f"{rss} | {cpu} | {'yes' if c['meets'] else 'no'} |")  # fmt: skip
     return "\n".join(lines)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import threading
 import time
 import warnings
@@ -148,6 +149,18 @@ def tensor_images(datatype: str, shape: list[int], data: np.ndarray, size: int) 
     return list(x)
 
 
+NICE = 10
+"""Decode threads run at this niceness (Linux: per thread): a costly image then takes CPU from other
+decoding, hardly from the model's forward or the event loop."""
+
+
+def _lower_priority() -> None:
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE)
+    except (AttributeError, OSError):  # not Linux, or not allowed: same priority as the rest
+        pass
+
+
 class Decoder:
     """Decodes payloads on a small thread pool, off the event loop (for the engine and the Ray router).
 
@@ -166,7 +179,7 @@ class Decoder:
         if not isinstance(max_queue, int) or max_queue < 1:
             raise ValueError(f"decode_queue={max_queue!r}: use a positive number of images, e.g. 256")
         self.size, self.limits, self.max_queue, self._clock = size, limits or DecodeLimits(), max_queue, clock
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="otas-decode")
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="otas-decode", initializer=_lower_priority)
         self._lock = threading.Lock()
         self._pending = 0
 
