@@ -29,6 +29,23 @@ def png_header(w: int, h: int, depth: int = 8, color: int = 2) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
 
 
+def png_pieces(n: int) -> bytes:
+    """A 32×32 PNG with n empty chunks before its data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    raw = zlib.compress(b"".join(b"\0" + b"\x80" * 96 for _ in range(32)))
+    ihdr = struct.pack(">IIBBBBB", 32, 32, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"abCd", b"") * n + chunk(b"IDAT", raw)
+            + chunk(b"IEND", b""))  # fmt: skip
+
+
+def jpeg_pieces(n: int) -> bytes:
+    j = encoded("RGB", (32, 32), "JPEG")
+    return j[:2] + b"\xff\xfe\x00\x02" * n + j[2:]
+
+
 def encoded(mode: str, size: tuple[int, int], fmt: str = "PNG") -> bytes:
     buf = io.BytesIO()
     Image.new(mode, size).save(buf, fmt)
@@ -71,11 +88,13 @@ async def paced(until: float, rate: float, make, host: str, port: int) -> dict:
 
 # -- the classes ------------------------------------------------------------------------------------
 async def decode_bombs(host: str, port: int, model: str, start) -> dict:
-    """4/s: tiny payloads declaring huge images (1 x 16.7 M, 4096², 100,000², at the pixel cap in RGBA)
-    and formats outside the list (BMP, TIFF, GIF)."""
+    """4/s: tiny payloads declaring huge images (1 x 16.7 M, 4096², 100,000², at the pixel cap in RGBA),
+    formats outside the list (BMP, TIFF, GIF), and small images made of 600,000 pieces (PNG chunks,
+    JPEG markers)."""
     payloads = [encoded("1", (1, 16_777_216)), encoded("1", (4096, 4096)), png_header(100_000, 100_000),
                 encoded("RGBA", (2048, 2048)), encoded("RGB", (512, 512), "BMP"), encoded("RGB", (512, 512), "TIFF"),
-                encoded("P", (4096, 4096), "GIF"), encoded("L", (2048, 2048))]  # fmt: skip
+                encoded("P", (4096, 4096), "GIF"), encoded("L", (2048, 2048)), png_pieces(600_000),
+                jpeg_pieces(600_000)]  # fmt: skip
     reqs = [request("POST", "/v1/apps/blur/classify", p, "image/png") for p in payloads]
     until = await start()
     return await paced(until, 4.0, lambda i: reqs[i % len(reqs)], host, port)
