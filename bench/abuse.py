@@ -119,7 +119,7 @@ def start_server(args, log: Path) -> tuple[subprocess.Popen, str]:
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "otas.cli", "serve", "--port", str(port), "--grpc-port", "0", "--log-level", "info"]
     cmd += ["--policy", args.policy] + (["--noop"] if args.noop else [])
-    proc = subprocess.Popen(cmd, cwd=REPO, stderr=log.open("wb"))
+    proc = subprocess.Popen(cmd, cwd=args.server_root, stderr=log.open("wb"))  # -m: its otas comes first
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while True:
@@ -142,13 +142,17 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=10.0)
     ap.add_argument("--classes", default=",".join(abuse_attacks.ATTACKS))
     ap.add_argument("--out", type=Path, default=REPO / "bench/results/abuse")
+    ap.add_argument("--server-root", type=Path, default=REPO, help="run `otas serve` from this checkout")
+    ap.add_argument("--server-label", default="", help="name of that checkout in results (e.g. its commit)")
     args = ap.parse_args()
     classes = [c for c in args.classes.split(",") if c]
     if bad := [c for c in classes if c not in abuse_attacks.ATTACKS]:
         ap.error(f"unknown classes {bad}; choose from {list(abuse_attacks.ATTACKS)}")
     args.out.mkdir(parents=True, exist_ok=True)
     meta = run_meta()  # the code that runs, before anything can change the tree
-    mode = f"{'noop' if args.noop else 'cpu'}_{args.policy.replace(':', '')}"
+    mode = f"{'noop' if args.noop else 'cpu'}_{args.policy.replace(':', '')}" + (
+        f"_{args.server_label}" if args.server_label else ""
+    )
     proc, url = start_server(args, args.out / f"server_{mode}.log")
     host, port = "127.0.0.1", int(url.rsplit(":", 1)[1])
     model = httpx.get(url + "/v1/config").json()["model"]
@@ -164,12 +168,13 @@ def main() -> None:
         rows = [phase(c, args, url, host, port, model, sampler, base) for c in classes]
         metrics = httpx.get(url + "/metrics").text
     finally:
+        sampler._stop_event.set()
         proc.terminate()
         proc.wait(60)
-        sampler._stop_event.set()
     counted = [ln for ln in metrics.splitlines() if ln.startswith("otas_requests_total{")]
     result = {
-        "meta": meta, "mode": mode, "policy": args.policy, "rate": args.rate, "seconds": args.seconds,
+        "meta": meta, "server": {"root": str(args.server_root), "label": args.server_label or meta["commit"]},
+        "mode": mode, "policy": args.policy, "rate": args.rate, "seconds": args.seconds,
         "settle_s": args.settle, "target": TARGET, "baseline": base, "classes": rows, "server_requests_total": counted,
         "rss_timeline": [(round(t, 2), round(m, 1)) for t, m in sampler.samples],
     }  # fmt: skip
@@ -264,7 +269,8 @@ def plot(r: dict, path: Path) -> None:
     ax[2].set(xlabel="time (s)", ylabel="server RSS, with children (MiB)")
     for a in ax[:2]:
         a.tick_params(axis="x", rotation=60)
-    fig.suptitle(f"otas serve ({r['mode']}) under abuse, normal traffic {r['rate']:g}/s; {r['meta']['commit']}")
+    fig.suptitle(f"otas serve {r['server']['label']} ({r['mode']}) under abuse, normal traffic {r['rate']:g}/s; "
+                 f"bench {r['meta']['commit']}")  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
