@@ -119,7 +119,7 @@ def start_server(args, log: Path) -> tuple[subprocess.Popen, str]:
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "otas.cli", "serve", "--port", str(port), "--grpc-port", "0", "--log-level", "info"]
     cmd += ["--policy", args.policy] + (["--noop"] if args.noop else [])
-    proc = subprocess.Popen(cmd, cwd=REPO, stderr=log.open("wb"))
+    proc = subprocess.Popen(cmd, cwd=args.server_root, stderr=log.open("wb"))  # -m: its otas comes first
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while True:
@@ -142,13 +142,17 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=10.0)
     ap.add_argument("--classes", default=",".join(abuse_attacks.ATTACKS))
     ap.add_argument("--out", type=Path, default=REPO / "bench/results/abuse")
+    ap.add_argument("--server-root", type=Path, default=REPO, help="run `otas serve` from this checkout")
+    ap.add_argument("--server-label", default="", help="name of that checkout in results (e.g. its commit)")
     args = ap.parse_args()
     classes = [c for c in args.classes.split(",") if c]
     if bad := [c for c in classes if c not in abuse_attacks.ATTACKS]:
         ap.error(f"unknown classes {bad}; choose from {list(abuse_attacks.ATTACKS)}")
     args.out.mkdir(parents=True, exist_ok=True)
     meta = run_meta()  # the code that runs, before anything can change the tree
-    mode = f"{'noop' if args.noop else 'cpu'}_{args.policy.replace(':', '')}"
+    mode = f"{'noop' if args.noop else 'cpu'}_{args.policy.replace(':', '')}" + (
+        f"_{args.server_label}" if args.server_label else ""
+    )
     proc, url = start_server(args, args.out / f"server_{mode}.log")
     host, port = "127.0.0.1", int(url.rsplit(":", 1)[1])
     model = httpx.get(url + "/v1/config").json()["model"]
@@ -156,19 +160,21 @@ def main() -> None:
     sampler.start()
     try:
         asyncio.run(normal(url, model, args.rate, 5.0))  # warm-up
-        t = time.monotonic() - sampler.t0
+        t, cpu0 = time.monotonic() - sampler.t0, cpu_s(proc.pid)
         base = asyncio.run(normal(url, model, args.rate, args.seconds))
         base["rss_mb"] = float(np.median(sampler.between(t, t + args.seconds)))
+        base["server_cpu_s"] = round(cpu_s(proc.pid) - cpu0, 2)
         print(f"baseline: {base}", flush=True)
         rows = [phase(c, args, url, host, port, model, sampler, base) for c in classes]
         metrics = httpx.get(url + "/metrics").text
     finally:
+        sampler._stop_event.set()
         proc.terminate()
         proc.wait(60)
-        sampler._stop_event.set()
     counted = [ln for ln in metrics.splitlines() if ln.startswith("otas_requests_total{")]
     result = {
-        "meta": meta, "mode": mode, "policy": args.policy, "rate": args.rate, "seconds": args.seconds,
+        "meta": meta, "server": {"root": str(args.server_root), "label": args.server_label or meta["commit"]},
+        "mode": mode, "policy": args.policy, "rate": args.rate, "seconds": args.seconds,
         "settle_s": args.settle, "target": TARGET, "baseline": base, "classes": rows, "server_requests_total": counted,
         "rss_timeline": [(round(t, 2), round(m, 1)) for t, m in sampler.samples],
     }  # fmt: skip
@@ -177,14 +183,32 @@ def main() -> None:
     print(table(result))
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of a process and its live children (the JSON parser)."""
+    total = 0.0
+    for p in [pid, *_children(pid)]:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
 def phase(name, args, url, host, port, model, sampler, base) -> dict:
     ctx = multiprocessing.get_context("spawn")
-    q = ctx.Queue()
-    before = rss_mb(sampler.pid)
+    q, ready, go = ctx.Queue(), ctx.Event(), ctx.Event()
+    attacker = ctx.Process(target=abuse_attacks.run, args=(name, host, port, args.seconds, model, ready, go, q))
+    attacker.start()  # builds its payloads first: its start-up is not part of the window
+    if not ready.wait(300):
+        raise RuntimeError(f"attack {name} did not get ready")
+    time.sleep(1.0)
+    before, cpu0 = rss_mb(sampler.pid), cpu_s(sampler.pid)
     t0 = time.monotonic() - sampler.t0
-    attacker = ctx.Process(target=abuse_attacks.run, args=(name, host, port, args.seconds, model, q))
-    attacker.start()
+    go.set()
     res = asyncio.run(normal(url, model, args.rate, args.seconds))
+    server_cpu = cpu_s(sampler.pid) - cpu0
     attack = q.get(timeout=args.seconds + 120)
     attacker.join(30)
     t1 = time.monotonic() - sampler.t0
@@ -192,7 +216,7 @@ def phase(name, args, url, host, port, model, sampler, base) -> dict:
     after = rss_mb(sampler.pid)
     peak = max(sampler.between(t0, t1) or [before])
     row = {"class": name, "window_s": (round(t0, 2), round(t1, 2)), **res, "attack": attack, "rss_before_mb": before,
-           "rss_peak_mb": peak, "rss_after_mb": after}  # fmt: skip
+           "rss_peak_mb": peak, "rss_after_mb": after, "server_cpu_s": round(server_cpu, 2)}  # fmt: skip
     row["p99_ratio"] = res["p99_ms"] / base["p99_ms"] if res["p99_ms"] else None
     row["rss_ratio"] = after / base["rss_mb"]
     fast = row["p99_ratio"] is not None and row["p99_ratio"] <= TARGET["p99_ratio"]
@@ -203,17 +227,18 @@ def phase(name, args, url, host, port, model, sampler, base) -> dict:
 
 def table(r: dict) -> str:
     b = r["baseline"]
-    lines = ["| phase | success | on time | p50 ms | p99 ms | p99 / base | RSS MiB before / peak / after | meets |",
-             "|---|---|---|---|---|---|---|---|",
+    lines = ["| phase | success | on time | p50 ms | p99 ms | p99 / base | RSS MiB before / peak / after "
+             "| CPU s server / attacker | meets |", "|---|---|---|---|---|---|---|---|---|",
              f"| normal alone | {b['success']:.1%} | {b['deadline_met']:.1%} | {b['p50_ms']:.0f} | {b['p99_ms']:.0f} | "
-             f"1.00 | {b['rss_mb']:.0f} | |"]  # fmt: skip
+             f"1.00 | {b['rss_mb']:.0f} | {b['server_cpu_s']:.1f} / - | |"]  # fmt: skip
     for c in r["classes"]:
         p50 = f"{c['p50_ms']:.0f}" if c["p50_ms"] else "-"
         p99 = f"{c['p99_ms']:.0f}" if c["p99_ms"] else "-"
         ratio = f"{c['p99_ratio']:.2f}" if c["p99_ratio"] else "-"
         rss = f"{c['rss_before_mb']:.0f} / {c['rss_peak_mb']:.0f} / {c['rss_after_mb']:.0f}"
+        cpu = f"{c['server_cpu_s']:.1f} / {c['attack']['attacker_cpu_s']:.1f}"
         lines.append(f"| {c['class']} | {c['success']:.1%} | {c['deadline_met']:.1%} | {p50} | {p99} | {ratio} | "
-                     f"{rss} | {'yes' if c['meets'] else 'no'} |")  # fmt: skip
+                     f"{rss} | {cpu} | {'yes' if c['meets'] else 'no'} |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -244,7 +269,8 @@ def plot(r: dict, path: Path) -> None:
     ax[2].set(xlabel="time (s)", ylabel="server RSS, with children (MiB)")
     for a in ax[:2]:
         a.tick_params(axis="x", rotation=60)
-    fig.suptitle(f"otas serve ({r['mode']}) under abuse, normal traffic {r['rate']:g}/s; {r['meta']['commit']}")
+    fig.suptitle(f"otas serve {r['server']['label']} ({r['mode']}) under abuse, normal traffic {r['rate']:g}/s; "
+                 f"bench {r['meta']['commit']}")  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

@@ -1,6 +1,7 @@
-"""The attack classes of `bench/abuse.py`, each an asyncio function `attack(host, port, until)` that
-hits a server on loopback until the monotonic time `until` and returns what it sent and got back.
-Every class is bounded in rate, concurrency and time; nothing here leaves 127.0.0.1."""
+"""The attack classes of `bench/abuse.py`, each an asyncio function `attack(host, port, model, start)`
+that builds its payloads, awaits `start()` (which says when to stop: `until`, monotonic) and hits a
+server on loopback until then; it returns what it sent and got back. Every class is bounded in
+rate, concurrency and time; nothing here leaves 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -26,6 +27,23 @@ def png_header(w: int, h: int, depth: int = 8, color: int = 2) -> bytes:
 
     ihdr = struct.pack(">IIBBBBB", w, h, depth, color, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def png_pieces(n: int) -> bytes:
+    """A 32×32 PNG with n empty chunks before its data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    raw = zlib.compress(b"".join(b"\0" + b"\x80" * 96 for _ in range(32)))
+    ihdr = struct.pack(">IIBBBBB", 32, 32, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"abCd", b"") * n + chunk(b"IDAT", raw)
+            + chunk(b"IEND", b""))  # fmt: skip
+
+
+def jpeg_pieces(n: int) -> bytes:
+    j = encoded("RGB", (32, 32), "JPEG")
+    return j[:2] + b"\xff\xfe\x00\x02" * n + j[2:]
 
 
 def encoded(mode: str, size: tuple[int, int], fmt: str = "PNG") -> bytes:
@@ -69,25 +87,27 @@ async def paced(until: float, rate: float, make, host: str, port: int) -> dict:
 
 
 # -- the classes ------------------------------------------------------------------------------------
-async def decode_bombs(host: str, port: int, until: float, model: str) -> dict:
-    """4/s: tiny payloads declaring huge images (1 x 16.7 M, 4096², 100,000², at the pixel cap in RGBA)
-    and formats outside the list (BMP, TIFF, GIF)."""
+async def decode_bombs(host: str, port: int, model: str, start) -> dict:
+    """4/s: tiny payloads declaring huge images (1 x 16.7 M, 4096², 100,000², at the pixel cap in RGBA),
+    formats outside the list (BMP, TIFF, GIF), and small images made of 600,000 pieces (PNG chunks,
+    JPEG markers)."""
     payloads = [encoded("1", (1, 16_777_216)), encoded("1", (4096, 4096)), png_header(100_000, 100_000),
                 encoded("RGBA", (2048, 2048)), encoded("RGB", (512, 512), "BMP"), encoded("RGB", (512, 512), "TIFF"),
-                encoded("P", (4096, 4096), "GIF"), encoded("L", (2048, 2048))]  # fmt: skip
-    path = "/v1/apps/blur/classify"
-    return await paced(
-        until, 4.0, lambda i: request("POST", path, payloads[i % len(payloads)], "image/png"), host, port
-    )
+                encoded("P", (4096, 4096), "GIF"), encoded("L", (2048, 2048)), png_pieces(600_000),
+                jpeg_pieces(600_000)]  # fmt: skip
+    reqs = [request("POST", "/v1/apps/blur/classify", p, "image/png") for p in payloads]
+    until = await start()
+    return await paced(until, 4.0, lambda i: reqs[i % len(reqs)], host, port)
 
 
-async def stalled_bodies(host: str, port: int, until: float, model: str) -> dict:
+async def stalled_bodies(host: str, port: int, model: str, start) -> dict:
     """150 connections that each declare 8 MiB, send all but 1 KiB, and stall; one closed by the
     server is reopened a second later."""
     size, got, held = 8 << 20, Counter(), []
     head = (f"POST {INFER.format(model=model)} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
             f"content-length: {size}\r\n\r\n").encode()  # fmt: skip
     block = b" " * (size - 1024)
+    until = await start()
 
     async def one() -> None:
         while time.monotonic() < until:
@@ -112,11 +132,12 @@ async def stalled_bodies(host: str, port: int, until: float, model: str) -> dict
             "median_held_s": float(sorted(held)[len(held) // 2]) if held else None}  # fmt: skip
 
 
-async def idle_connections(host: str, port: int, until: float, model: str) -> dict:
+async def idle_connections(host: str, port: int, model: str, start) -> dict:
     """1,000 connections: half send nothing, half a partial request head; reopened a second after
     the server closes them."""
     closed = Counter()
     partial = f"POST {INFER.format(model=model)} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-le".encode()
+    until = await start()
 
     async def one(k: int) -> None:
         while time.monotonic() < until:
@@ -149,10 +170,11 @@ def _uint8_json(values: int, model: str) -> bytes:
     )
 
 
-async def big_json(host: str, port: int, until: float, model: str) -> dict:
+async def big_json(host: str, port: int, model: str, start) -> dict:
     """4/s: 8 MB JSON bodies of numbers whose count does not match their shape, alternating with
     2.3 MB ones just under the most values a request can carry (parsed, then refused)."""
     big, under = _uint8_json(4_000_000, model), _uint8_json(256 * 32 * 32 * 3, model)
+    until = await start()
     return await paced(until, 4.0, lambda i: big if i % 2 == 0 else under, host, port)
 
 
@@ -182,34 +204,36 @@ def _malformed(model: str) -> list[bytes]:
     return out
 
 
-async def malformed(host: str, port: int, until: float, model: str) -> dict:
+async def malformed(host: str, port: int, model: str, start) -> dict:
     """20/s: the client faults that were 500s or silently accepted (huge numbers, deep nesting,
     bomb headers, strings and floats as UINT8, BYTES of shape [1, 1])."""
     bodies = _malformed(model)
+    until = await start()
     return await paced(until, 20.0, lambda i: bodies[i % len(bodies)], host, port)
 
 
-async def multi_image(host: str, port: int, until: float, model: str) -> dict:
+async def multi_image(host: str, port: int, model: str, start) -> dict:
     """1/s: 256-image requests for applications whose deadline they cannot meet."""
     png = base64.b64encode(SAMPLE.read_bytes()).decode()
     bodies = [request("POST", INFER.format(model=model), json.dumps({"parameters": {"app": app}, "inputs": [
         {"name": "image", "datatype": "BYTES", "shape": [256], "data": [png] * 256}]}).encode())
         for app in ("novel", "lowlight")]  # fmt: skip
+    until = await start()
     return await paced(until, 1.0, lambda i: bodies[i % 2], host, port)
 
 
-async def abandoned(host: str, port: int, until: float, model: str) -> dict:
-    """20/s: requests of 8 images whose clients leave right after sending."""
+async def abandoned(host: str, port: int, model: str, start) -> dict:
+    """20/s: requests of 8 images whose clients leave as soon as they are sent (before they run)."""
     png = base64.b64encode(SAMPLE.read_bytes()).decode()
     body = request("POST", INFER.format(model=model), json.dumps({"parameters": {"app": "blur"}, "inputs": [
         {"name": "image", "datatype": "BYTES", "shape": [8], "data": [png] * 8}]}).encode())  # fmt: skip
+    until = await start()
     sent, t0 = 0, time.monotonic()
     while time.monotonic() < until:
         try:
             _, w = await asyncio.open_connection(host, port)
             w.write(body)
             await w.drain()
-            await asyncio.sleep(0.05)
             w.close()
         except OSError:
             pass
@@ -222,7 +246,20 @@ ATTACKS = {f.__name__: f for f in (decode_bombs, stalled_bodies, idle_connection
                                    abandoned)}  # fmt: skip
 
 
-def run(name: str, host: str, port: int, seconds: float, model: str, out) -> None:
-    """Entry point of the attack process: one class for `seconds`; its summary into the queue `out`."""
-    until = time.monotonic() + seconds
-    out.put(asyncio.run(ATTACKS[name](host, port, until, model)))
+def run(name: str, host: str, port: int, seconds: float, model: str, ready, go, out) -> None:
+    """Entry point of the attack process: build the payloads, say `ready`, wait for `go`, attack for
+    `seconds`; the summary, with this process's CPU time during the attack, into the queue `out`."""
+    import resource
+
+    cpu = [0.0]
+
+    async def start() -> float:
+        ready.set()
+        await asyncio.to_thread(go.wait)
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        cpu[0] = r.ru_utime + r.ru_stime
+        return time.monotonic() + seconds
+
+    summary = asyncio.run(ATTACKS[name](host, port, model, start))
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    out.put({**summary, "attacker_cpu_s": round(r.ru_utime + r.ru_stime - cpu[0], 2)})

@@ -2,7 +2,8 @@
 
 uvicorn closes an idle keep-alive connection (`keep_alive_s`) but waits forever for the first
 request of a new connection, and, with httptools, for headers of any size. So each connection here
-must deliver a request's headers within `header_timeout_s` of connecting or of starting them
+must deliver a request's headers within `header_timeout_s` (up to 20 % more, at random, to spread
+the closing of connections opened together) of connecting or of starting them
 (else 408 and closed, or closed quietly if nothing came) and in at most `max_header_kb` (431);
 a request on a connection beyond `max_connections` is answered 503 `too_many_connections` and its
 connection closed. At shutdown (`GuardedServer`) the server first drains for `drain_s` (readiness
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import resource
 from typing import Any
 
@@ -83,7 +85,9 @@ def protocol_class(guard: Guard) -> type[asyncio.Protocol]:
 
         def _arm(self) -> None:
             if self._head_timer is None:  # from the head's start: a trickle does not extend it
-                self._head_timer = self.loop.call_later(cfg.header_timeout_s, self._head_timeout)
+                # up to 20 % later at random: connections opened together are not all closed in one loop turn
+                delay = cfg.header_timeout_s * (1 + 0.2 * random.random())
+                self._head_timer = self.loop.call_later(delay, self._head_timeout)
 
         def _disarm(self) -> None:
             if self._head_timer is not None:

@@ -59,7 +59,7 @@ def loads(raw: bytes | memoryview) -> Any:
 def check_values(raw: bytes | memoryview, image_size: int) -> None:
     """Refuse, before parsing, JSON with more values than the largest valid request carries."""
     most = MAX_IMAGES * image_size * image_size * 3 + 4096
-    if len(raw) > most and (n := bytes(raw).count(b",")) > most:
+    if len(raw) > most and (n := bytes(raw).count(b",")) > most:  # bytes(b) of bytes is b: no copy
         raise ProtocolError(
             413, "too_many_values",
             f"the JSON holds about {n} values and a request carries at most {most}; send fewer images, as "
@@ -72,8 +72,8 @@ def parse_infer(body: bytes, header_length: str | None, image_size: int) -> Http
     Declared binary sizes are checked against the bytes present before anything is sliced."""
     view = memoryview(body)
     if header_length is None:
-        check_values(view, image_size)
-        head, tail = loads(view), view[len(view) :]
+        check_values(body, image_size)
+        head, tail = loads(body), view[len(view) :]
     else:
         h = header_length.strip()
         if not (h.isascii() and h.isdigit() and len(h) <= 18) or not 0 < int(h) <= len(view):

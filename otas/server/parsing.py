@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -31,6 +32,11 @@ T = TypeVar("T")
 
 def _ready() -> bool:
     return True
+
+
+def _init() -> None:
+    memory.tune()
+    os.nice(10)  # as the decode threads: parsing takes CPU from the model last
 
 
 def _parse(fn: Callable[..., T], body: bytes, *args: Any) -> T:
@@ -55,7 +61,7 @@ class JsonParser:
         """Start the children now (a first large body should not wait for them)."""
         if self.workers and self._pool is None:
             ctx = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=memory.tune)
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init)
             for _ in range(self.workers):
                 self._pool.submit(_ready)
 

@@ -228,3 +228,42 @@ def test_full_decode_queue_is_429_at_once(srv, n):
     assert requests_total(srv.url, "rejected", "decode_busy") - before == 2 * n  # each image counted once
     body, headers = _infer([png(i) for i in range(4)])  # what fits is served
     assert httpx.post(srv.url + "/v2/models/tiny_test/infer", content=body, headers=headers).status_code == 200
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_pieces(before: int, idats: int) -> bytes:
+    """A valid 32×32 PNG with `before` empty ancillary chunks before its data, split into `idats` IDATs."""
+    raw = b"".join(b"\0" + b"\x80" * 96 for _ in range(32))
+    z = zlib.compress(raw)
+    cut = [z[i * len(z) // idats : (i + 1) * len(z) // idats] for i in range(idats)]
+    ihdr = struct.pack(">IIBBBBB", 32, 32, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"abCd", b"") * before
+            + b"".join(_chunk(b"IDAT", c) for c in cut) + _chunk(b"IEND", b""))  # fmt: skip
+
+
+def jpeg_pieces(markers: int, scans: int = 0) -> bytes:
+    j = encoded("JPEG", (SIZE, SIZE))
+    return j[:2] + b"\xff\xfe\x00\x02" * markers + j[2:] + b"\xff\xda" * scans
+
+
+@pytest.mark.parametrize(
+    "data", [png_pieces(5000, 1), png_pieces(600_000, 1), png_pieces(0, 5000), png_pieces(2000, 3000),
+             jpeg_pieces(5000), jpeg_pieces(1_500_000), jpeg_pieces(0, 65), jpeg_pieces(10, 10_000)],
+    ids=["png-5k-ancillary", "png-600k-ancillary", "png-5k-idat", "png-mixed", "jpeg-5k-markers",
+         "jpeg-1.5M-markers", "jpeg-65-scans", "jpeg-10k-scans"],
+)  # fmt: skip
+def test_images_of_too_many_pieces_are_refused_before_decoding(data, loads):
+    with pytest.raises(ImageError, match="chunks or segments|scans"):
+        decode_image(data, SIZE)
+    assert loads[0] == 0
+
+
+@pytest.mark.parametrize(
+    "data", [png_pieces(100, 1), png_pieces(0, 1000), jpeg_pieces(200), encoded("JPEG", (640, 480), progressive=True),
+             encoded("PNG", (640, 480), optimize=True)],
+)  # fmt: skip
+def test_images_of_ordinary_structure_decode(data):
+    assert decode_image(data, SIZE).shape == (SIZE, SIZE, 3)
