@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from otas import cli_options as opt
 from otas.bench.cli import bench_app
 from otas.server.cli import serve_cmd
 from otas.sim.cli import simulate
@@ -21,13 +22,6 @@ app = typer.Typer(
 train_app = typer.Typer(help="Train backbones (source task) and prompts (downstream tasks).", no_args_is_help=True)
 app.add_typer(train_app, name="train")
 console = Console()
-
-
-def _ints(s: str) -> list[int]:
-    try:
-        return [int(v) for v in s.split(",") if v.strip()]
-    except ValueError:
-        raise typer.BadParameter(f"expected comma-separated integers, got {s!r}") from None
 
 
 @train_app.command("backbone")
@@ -75,7 +69,7 @@ def train_prompts_cmd(
     """Train per task the γ = 0 head and a prompt set + head per γ > 0, backbone frozen."""
     from otas.train.prompts import PromptConfig, train_prompts
 
-    given = {"tasks": tuple(t for t in tasks.split(",") if t), "gammas": tuple(_ints(gammas)) if gammas else ()}
+    given = {"tasks": tuple(t for t in tasks.split(",") if t), "gammas": tuple(opt.ints(gammas)) if gammas else ()}
     cfg = PromptConfig(
         deep=not shallow, epochs=epochs, head_epochs=head_epochs, **{k: v for k, v in given.items() if v}
     )
@@ -114,13 +108,13 @@ def profile_cmd(
         checkpoint,
         device,
         getattr(torch, dt),
-        _ints(batch_sizes),
+        opt.ints(batch_sizes),
         data=data,
         accuracy_from=Profile.load(accuracy_from) if accuracy_from else None,
         accuracy_limit=accuracy_limit,
         min_time_s=min_time_s,
         mode=mode,
-        gammas=_ints(gammas) if gammas else None,
+        gammas=opt.ints(gammas) if gammas else None,
     )
     out = out or Path("profiles") / f"{prof.model}__{device_slug(prof.device)}.json"
     prof.save(out)

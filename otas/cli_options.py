@@ -42,6 +42,14 @@ def scheduler_config(
         raise typer.BadParameter(str(e)) from None
 
 
+def ints(value: str) -> list[int]:
+    """'1,8,64' -> [1, 8, 64] (a bad value is a usage error)."""
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+
+
 def loads(value: str) -> list[float]:
     """'0.5,1,2' -> [0.5, 1.0, 2.0], each a positive load."""
     try:

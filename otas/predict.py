@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from otas.adapt import SOURCE, AdaptiveViT
+from otas.adapt import AdaptiveViT
 from otas.config import asset_path
 from otas.data.folder import decode
 from otas.engine.runner import Runner
@@ -41,11 +41,9 @@ class Predictor:
         return cls(load_checkpoint(path or default_model_path(), "cpu", torch.float32), device, dtype)
 
     def labels(self, task: str) -> list[str]:
-        if task == SOURCE:
-            return self.model.source_classes or [str(i) for i in range(self.model.vit.num_classes)]
-        if task not in self.model.task_classes:
+        if task not in self.runner.classes:
             raise ValueError(f"unknown task {task!r}; this model serves {self.model.tasks}")
-        return self.model.task_classes[task]
+        return self.runner.classes[task]
 
     def decode(self, data: bytes) -> np.ndarray:
         """Encoded image -> (H, W, 3) uint8 at the model's size; ValueError if it is not an image."""

@@ -13,13 +13,6 @@ from otas import cli_options as opt
 console = Console()
 
 
-def _ints(s: str) -> list[int]:
-    try:
-        return [int(v) for v in s.split(",") if v.strip()]
-    except ValueError:
-        raise typer.BadParameter(f"expected comma-separated integers, got {s!r}") from None
-
-
 bench_app = typer.Typer(
     help="Benchmarks: trace replay and server overhead against a running server; GPU speed of models.",
     no_args_is_help=True,
@@ -75,7 +68,7 @@ def bench_overhead_cmd(
     chosen = tuple(p.strip() for p in protocols.split(",") if p.strip())
     if not chosen or any(p not in PROTOCOLS for p in chosen):
         raise typer.BadParameter(f"--protocols {protocols!r}: use a comma-separated subset of {','.join(PROTOCOLS)}")
-    sizes = _ints(batches)
+    sizes = opt.ints(batches)
     if not sizes or min(sizes) < 1:
         raise typer.BadParameter(f"--batches {batches!r}: use comma-separated integers >= 1")
     overhead_main(
@@ -109,7 +102,7 @@ def bench_gpu_cmd(
     from otas.profile.gpubench import plot, run_gpu_bench
 
     try:
-        result = run_gpu_bench(models, _ints(batch_sizes), out, data, console)
+        result = run_gpu_bench(models, opt.ints(batch_sizes), out, data, console)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
     plot(result, out / "gpu_bench.png")

@@ -64,9 +64,8 @@ class Otas(Policy):
         self.reorder = reorder
         self.mix = mix
         self._price: DevicePrice | None = None
-        # Arrival order across SLO classes (within one class it is deadline order too): serving the
-        # class with the earliest *deadline* first starves loose-SLO applications under overload
-        # (measured: 0.83x -> 1.03x the best baseline on the H100 Azure replay at load 1).
+        # Arrival order across SLO classes (within one class it is deadline order too); `reorder`
+        # decides, by planning, when another class's batch should go first.
         self.order = "arrival"
         self.deadline_aware = True
         self._lookahead = lookahead
@@ -107,7 +106,7 @@ class Otas(Policy):
                     if mu == 0 or optimizer.net_value(specs[j], mu) > 0:
                         fronts.append(j)
         if self._price is not None:
-            specs = [replace(s, cost=self._cost(s.latency, mu, now_ms, view)) for s in specs]
+            specs = self._with_costs(specs, mu, now_ms, view)
         plans = optimizer.plan_fronts(specs, fronts, cfg.delta_ms, cfg.max_grid, mu)
         best = max(range(len(plans)), key=lambda m: (plans[m].value, -m))  # ties: the default order
         plan, first, mixed = plans[best], fronts[best], 0
@@ -115,7 +114,7 @@ class Otas(Policy):
             # while the device keeps up (μ = 0), batches may mix the classes in one deadline order:
             # on a device whose latency is nearly flat in the batch, per-class batches wait in turn
             alt = [self._spec(c, now_ms, view) for c in view.mixed_candidates(now_ms)[: self.lookahead]]
-            alt = [replace(s, cost=self._cost(s.latency, mu, now_ms, view)) for s in alt]
+            alt = self._with_costs(alt, mu, now_ms, view)
             mplan = optimizer.plan(alt, cfg.delta_ms, cfg.max_grid, mu)
             if mplan.value > plan.value + 1e-9:
                 plan, first, mixed = mplan, 0, 1
@@ -123,23 +122,28 @@ class Otas(Policy):
         meta = {"planned_value": plan.value, "planned_batches": len(specs), "price": mu, "batch": first, "mixed": mixed}
         return view.model, gamma, meta
 
-    def _cost(self, lat: np.ndarray, mu: float, now_ms: float, view: View) -> np.ndarray:
-        """(|Γ|,) what a batch of latency `lat` costs the work still to come: μ per ms of device
-        time, plus the arrivals it blocks. A query of `a` arriving s ms into the batch still makes
-        its SLO alone at the fastest setting iff lat − s + lat_fast(1) ≤ D_a, so the arrivals of the
-        first max(0, lat − (D_a − lat_fast(1))) ms are lost: R_a · u_a·acc_a each ms."""
+    def _with_costs(
+        self, specs: list[optimizer.BatchSpec], mu: float, now_ms: float, view: View
+    ) -> list[optimizer.BatchSpec]:
+        """`specs` with what each setting costs the work still to come: μ per ms of device time, plus
+        the arrivals it blocks. A query of `a` arriving s ms into the batch still makes its SLO alone
+        at the fastest setting iff lat − s + lat_fast(1) ≤ D_a, so the arrivals of the first
+        max(0, lat − (D_a − lat_fast(1))) ms are lost: R_a · u_a·acc_a each ms."""
         slack = self._slo - float(np.min(view.lat_vector(view.model, 1)))  # (apps,)
         rate_value = self._price.rates(now_ms) * self._value  # (apps,): utility arriving per ms
-        lat = np.where(np.isfinite(lat), lat, 0.0)  # settings that do not fit cost nothing: never run
-        late = np.maximum(lat[None, :] - slack[:, None], 0.0)  # (apps, |Γ|)
-        return mu * lat + rate_value @ late
+        out = []
+        for spec in specs:
+            lat = np.where(np.isfinite(spec.latency), spec.latency, 0.0)  # settings that do not fit never run
+            late = np.maximum(lat[None, :] - slack[:, None], 0.0)  # (apps, |Γ|)
+            out.append(replace(spec, cost=mu * lat + rate_value @ late))
+        return out
 
     @staticmethod
     def _spec(c: Candidate, now_ms: float, view: View) -> optimizer.BatchSpec:
         reqs = c.requests
         lat = view.lat_vector(view.model, len(reqs))
-        one = c.deadlines is not None or all(r.app == reqs[0].app for r in reqs)
-        apps = [reqs[0].app] if one else list(dict.fromkeys(r.app for r in reqs))
+        apps = [reqs[0].app] if c.deadlines is not None else batch_apps(c)
+        one = len(apps) == 1
         ok = view.servable(view.model, apps)
         if not ok.all():  # a γ some member's task is not served at is unavailable
             lat = np.where(ok, lat, np.inf)

@@ -15,7 +15,7 @@ import numpy as np
 from otas.config import SchedulerConfig
 from otas.profile.table import Profile
 from otas.sched.batching import Candidate, Queues, candidates, slo_classes
-from otas.sched.policies import Policy, make_policy
+from otas.sched.policies import Policy, batch_apps, make_policy
 from otas.types import App, BatchPlan, Reason, Rejection, Request
 
 _FACTOR_RANGE = (0.25, 4.0)
@@ -165,7 +165,7 @@ class Scheduler:
                 return None
         model, gamma, meta = self.policy.choose(cands, now_ms, self)
         first = self._mixed[0] if meta.get("mixed") else cands[int(meta.get("batch", 0))]
-        if not self.servable(model, list({r.app for r in first.requests}))[self._tab[model].index[gamma]]:
+        if not self.servable(model, batch_apps(first))[self._tab[model].index[gamma]]:
             raise RuntimeError(
                 f"policy {self.policy.name!r} chose gamma={gamma}, which a member's task is not served at"
             )

@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, Response
 from otas.engine.serving import NotServed, ServingEngine
 from otas.server.errors import ProtocolError, error_body
 from otas.server.guard import ClientGone
-from otas.server.protocol import EXTENSIONS, SERVER_NAME, VERSIONS, model_metadata, server_version
+from otas.server.protocol import EXTENSIONS, SERVER_NAME, check_model, model_metadata, server_version
 
 if TYPE_CHECKING:
     from otas.server.app import ServeConfig
@@ -89,12 +89,8 @@ async def internal_error(request: Request, exc: Exception) -> Response:
 
 def model_of(request: Request) -> str:
     """The served model's name, if the path names it (and version 1, if it names one); else 404."""
-    name, served = request.path_params["model"], config_of(request).model_name
-    if name != served:
-        raise ProtocolError(404, "unknown_model", f"model {name!r} is not served here; use {served!r}")
-    version = request.path_params.get("version", "")
-    if version not in VERSIONS:
-        raise ProtocolError(404, "unknown_version", f"model {name!r} has no version {version!r}; use 1")
+    name = request.path_params["model"]
+    check_model(name, request.path_params.get("version", ""), config_of(request).model_name)
     return name
 
 

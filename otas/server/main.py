@@ -11,6 +11,8 @@ from dataclasses import asdict, replace
 from otas.config import EngineConfig, HttpConfig, SchedulerConfig, ServingConfig
 from otas.engine.engine import Engine
 from otas.profile.table import Profile
+from otas.sched.baselines import Fixed
+from otas.sched.policies import make_policy
 from otas.sched.scheduler import Scheduler
 from otas.server.app import ServeConfig, create_app
 from otas.server.metrics import Metrics
@@ -35,6 +37,8 @@ def check_servable(runner, profile: Profile, apps: Sequence[App], policy: str) -
     if missing:
         raise ValueError(f"profile {profile.model!r} has gammas {missing} the model does not serve; profile this model")
     model_pairs = getattr(runner, "servable", None)  # task -> γ the model serves (None: a stand-in runner)
+    fixed = make_policy(policy)
+    fixed_gamma = fixed.gamma if isinstance(fixed, Fixed) else None
     for a in apps:
         if a.task not in runner.classes:
             raise ValueError(f"app {a.name!r}: the model has no task {a.task!r}; it serves {sorted(runner.classes)}")
@@ -46,7 +50,7 @@ def check_servable(runner, profile: Profile, apps: Sequence[App], policy: str) -
                     f"profile {profile.model!r} lists task {a.task!r} at gammas {extra}, which the model cannot "
                     f"serve (it serves {list(model_pairs[a.task])}); re-profile this model"
                 )
-        if policy.startswith("fixed:") and policy[6:].lstrip("-").isdigit() and int(policy[6:]) not in served:
+        if fixed_gamma is not None and fixed_gamma not in served:
             raise ValueError(
                 f"policy {policy!r} cannot serve app {a.name!r}: task {a.task!r} is served at gammas {served}; "
                 f"use a fixed γ in that set, or --policy otas"

@@ -33,6 +33,16 @@ from otas.server.tensors import element_count, from_raw, split_bytes
 SERVER_NAME = "otas"
 EXTENSIONS = ["binary_tensor_data", "statistics", "otas_apps", "otas_metrics"]
 VERSIONS = ("", "1")
+
+
+def check_model(name: str, version: str, served: str) -> None:
+    """404 unless `name` is the served model and `version` is empty or 1 (every transport)."""
+    if name != served:
+        raise ProtocolError(404, "unknown_model", f"model {name!r} is not served here; use {served!r}")
+    if version not in VERSIONS:
+        raise ProtocolError(404, "unknown_version", f"model {name!r} has no version {version!r}; use 1")
+
+
 """Model versions a request may name ("": the server's choice); the model has one, "1"."""
 MAX_IMAGES = 256
 """Images per infer request; larger requests should be split (each image is scheduled alone)."""

@@ -1,5 +1,3 @@
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +8,7 @@ from otas.sim.simulator import run
 from otas.sim.traces import capacity_per_s, make_trace
 from otas.types import Outcome
 from tests.factories import make_apps, make_profile, make_small_profile
+from tests.torchfree import assert_imports_without_torch
 
 APPS = make_apps()
 POLICIES = [
@@ -62,15 +61,4 @@ def test_otas_adapts_gamma_to_load():
 
 
 def test_imports_without_torch():
-    code = (
-        "import sys\n"
-        "class Block:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'torch' or name.startswith('torch.'):\n"
-        "            raise ImportError('torch is blocked in this test')\n"
-        "sys.meta_path.insert(0, Block())\n"
-        "import otas.sched, otas.sim, otas.sim.cli, otas.sched.oracle, otas.sim.report\n"
-        "assert 'torch' not in sys.modules\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
+    assert_imports_without_torch("otas.sched", "otas.sim", "otas.sim.cli", "otas.sched.oracle", "otas.sim.report")

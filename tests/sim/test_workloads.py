@@ -1,5 +1,3 @@
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -12,6 +10,7 @@ from otas.sim.simulator import run
 from otas.sim.traces import at_load, capacity_per_s
 from otas.types import Outcome
 from tests.factories import make_profile
+from tests.torchfree import assert_imports_without_torch
 
 REPO = Path(__file__).resolve().parents[2]
 AZURE = REPO / "../shared/data/traces/AzureLLMInferenceTrace_conv.csv"
@@ -108,16 +107,10 @@ def test_every_policy_ends_every_query_once():
 
 
 def test_imports_without_torch():
-    code = (
-        "import sys\n"
-        "class Block:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'torch' or name.startswith('torch.'):\n"
-        "            raise ImportError('torch is blocked in this test')\n"
-        "sys.meta_path.insert(0, Block())\n"
-        "import otas.sim.workloads, otas.bench.workloads, otas.bench.workloads_report, otas.bench.workloads_plot\n"
-        "import otas.bench.cli\n"
-        "assert 'torch' not in sys.modules\n"
+    assert_imports_without_torch(
+        "otas.sim.workloads",
+        "otas.bench.workloads",
+        "otas.bench.workloads_report",
+        "otas.bench.workloads_plot",
+        "otas.bench.cli",
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr

@@ -27,9 +27,9 @@ from otas.server.inference import run
 from otas.server.protocol import (
     EXTENSIONS,
     SERVER_NAME,
-    VERSIONS,
     InputTensor,
     build_request,
+    check_model,
     infer_outputs,
     model_metadata,
     server_version,
@@ -86,7 +86,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     @guarded
     async def ModelReady(self, request, context):
-        self._model(request.name, request.version)
+        check_model(request.name, request.version, self.config.model_name)
         return pb.ModelReadyResponse(ready=self.engine.ready)
 
     @guarded
@@ -95,7 +95,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     @guarded
     async def ModelMetadata(self, request, context):
-        self._model(request.name, request.version)
+        check_model(request.name, request.version, self.config.model_name)
         kmax = max(len(c) for c in self.engine.classes.values())
         return pb.ModelMetadataResponse(**model_metadata(request.name, self.engine.image_size, kmax))
 
@@ -103,7 +103,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request, context):
         arrival = self.engine.now_ms()
         _cancel_with(context)
-        self._model(request.model_name, request.model_version)
+        check_model(request.model_name, request.model_version, self.config.model_name)
         limit = self.config.max_body_bytes
         if (size := request.ByteSize()) > limit:
             raise ProtocolError(413, "too_large", f"request of {size} bytes is over the limit of {limit}; send less")
@@ -119,13 +119,6 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             resp.outputs.add(name=o.name, datatype=o.datatype, shape=o.shape)
             resp.raw_output_contents.append(to_raw(o.datatype, o.data))
         return resp
-
-    def _model(self, name: str, model_version: str) -> None:
-        served = self.config.model_name
-        if name != served:
-            raise ProtocolError(404, "unknown_model", f"model {name!r} is not served here; use {served!r}")
-        if model_version not in VERSIONS:
-            raise ProtocolError(404, "unknown_version", f"model {name!r} has no version {model_version!r}; use 1")
 
 
 def _cancel_with(context: grpc.aio.ServicerContext) -> None:
