@@ -175,3 +175,15 @@ def test_memory_returns_after_large_bodies(tiny_ckpt):
                 time.sleep(0.1)
             assert rss_mb(proc.pid) <= base + 16, (base, rss_mb(proc.pid))
         assert ok(url)
+
+
+@pytest.mark.parametrize("size", [70_000, 200_000])
+def test_chunked_body_over_the_limit_is_413_even_in_one_piece(runner, impl, size):
+    prof = paced_profile(5, 1)
+    with serving(PacedRunner(runner, prof), prof, http=HttpConfig(drain_s=0.0), max_body=64 << 10) as (srv, _):
+        s = connect(srv.url)
+        s.sendall(HEAD.encode() + b"transfer-encoding: chunked\r\n\r\n" + f"{size:x}\r\n".encode() + b"x" * size
+                  + b"\r\n0\r\n\r\n")  # fmt: skip
+        status, body = answer(s)
+        assert status == 413 and body["reason"] == "too_large", body
+        assert srv.app.state.guard.inflight == 0
