@@ -1,11 +1,13 @@
 """Normal traffic beside each class of abuse, against a local `otas serve` (loopback only).
 
-    python bench/abuse.py [--noop] [--seconds 20] [--rate 10] [--classes decode_bombs,...] [--out DIR]
+    python bench/abuse.py [--noop] [--policy fixed:0] [--seconds 20] [--rate 10] [--repeats 1]
+                          [--classes decode_bombs,...] [--out DIR] [--server-root CHECKOUT --server-label NAME]
 
 Starts `otas serve` (the shipped model on this CPU; `--noop`: no model), sends normal traffic (KServe
 v2 JSON infer, one 32×32 PNG, the three applications in turn, open loop at `--rate` per second)
 alone for `--seconds`, then beside each attack class of `abuse_attacks.py` (run in its own process)
-for `--seconds` each, with `--settle` seconds after each attack before the next. Reports per phase
+for `--seconds` each, with `--settle` seconds after each attack before the next (`--repeats` rounds
+of all that, interleaved, the samples of each phase pooled). Reports per phase
 the normal traffic's success rate (HTTP 200) and latency p50/p99 against the baseline, and the
 server's resident memory (with its children): before, peak during, and `--settle` seconds after the
 attack. Targets: >= 99 % success, p99 <= 1.5× the baseline's, memory back within 10 %.
@@ -31,12 +33,12 @@ import abuse_attacks
 import aiohttp
 import httpx
 import numpy as np
+from abuse_report import TARGET, plot, table
 
 from otas.provenance import run_meta
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = {"novel": "novel/dog/00000.png", "lowlight": "lowlight/cat/03000.png", "blur": "blur/dog/00000.png"}
-TARGET = {"success": 0.99, "p99_ratio": 1.5, "rss_ratio": 1.10}
 
 
 def rss_mb(pid: int) -> float:
@@ -73,7 +75,8 @@ class Sampler(threading.Thread):
         return [m for t, m in self.samples if a <= t <= b]
 
 
-async def normal(url: str, model: str, rate: float, seconds: float) -> dict:
+async def normal(url: str, model: str, rate: float, seconds: float) -> list[tuple]:
+    """(status or error, latency ms, deadline met) of each request, sent open loop at `rate`."""
     bodies = {
         app: {"parameters": {"app": app}, "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
               "data": [base64.b64encode((REPO / "otas/assets/sample" / p).read_bytes()).decode()]}]}
@@ -101,6 +104,11 @@ async def normal(url: str, model: str, rate: float, seconds: float) -> dict:
             await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
             tasks.append(asyncio.create_task(one(apps[i % len(apps)])))
         await asyncio.gather(*tasks)
+    return out
+
+
+def summarize(out: list[tuple]) -> dict:
+    n = len(out)
     ok = [ms for s, ms, _ in out if s == 200]
     fails: dict[str, int] = {}
     for s, _, _ in out:
@@ -140,6 +148,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--settle", type=float, default=10.0)
     ap.add_argument("--rate", type=float, default=10.0)
+    ap.add_argument("--repeats", type=int, default=1, help="rounds of baseline + every class; percentiles pooled")
     ap.add_argument("--classes", default=",".join(abuse_attacks.ATTACKS))
     ap.add_argument("--out", type=Path, default=REPO / "bench/results/abuse")
     ap.add_argument("--server-root", type=Path, default=REPO, help="run `otas serve` from this checkout")
@@ -160,12 +169,17 @@ def main() -> None:
     sampler.start()
     try:
         asyncio.run(normal(url, model, args.rate, 5.0))  # warm-up
-        t, cpu0 = time.monotonic() - sampler.t0, cpu_s(proc.pid)
-        base = asyncio.run(normal(url, model, args.rate, args.seconds))
-        base["rss_mb"] = float(np.median(sampler.between(t, t + args.seconds)))
-        base["server_cpu_s"] = round(cpu_s(proc.pid) - cpu0, 2)
+        samples, rss, cpu, windows = [], [], [], {c: [] for c in classes}
+        for _ in range(args.repeats):  # interleaved: a drift of the machine hits baseline and attacks alike
+            t, cpu0 = time.monotonic() - sampler.t0, cpu_s(proc.pid)
+            samples += asyncio.run(normal(url, model, args.rate, args.seconds))
+            rss += sampler.between(t, t + args.seconds)
+            cpu.append(cpu_s(proc.pid) - cpu0)
+            for c in classes:
+                windows[c].append(phase(c, args, url, host, port, model, sampler))
+        base = {**summarize(samples), "rss_mb": float(np.median(rss)), "server_cpu_s": round(float(np.mean(cpu)), 2)}
         print(f"baseline: {base}", flush=True)
-        rows = [phase(c, args, url, host, port, model, sampler, base) for c in classes]
+        rows = [combine(c, windows[c], base) for c in classes]
         metrics = httpx.get(url + "/metrics").text
     finally:
         sampler._stop_event.set()
@@ -174,7 +188,7 @@ def main() -> None:
     counted = [ln for ln in metrics.splitlines() if ln.startswith("otas_requests_total{")]
     result = {
         "meta": meta, "server": {"root": str(args.server_root), "label": args.server_label or meta["commit"]},
-        "mode": mode, "policy": args.policy, "rate": args.rate, "seconds": args.seconds,
+        "mode": mode, "policy": args.policy, "rate": args.rate, "seconds": args.seconds, "repeats": args.repeats,
         "settle_s": args.settle, "target": TARGET, "baseline": base, "classes": rows, "server_requests_total": counted,
         "rss_timeline": [(round(t, 2), round(m, 1)) for t, m in sampler.samples],
     }  # fmt: skip
@@ -196,7 +210,8 @@ def cpu_s(pid: int) -> float:
     return total
 
 
-def phase(name, args, url, host, port, model, sampler, base) -> dict:
+def phase(name, args, url, host, port, model, sampler) -> dict:
+    """One window of normal traffic beside one attack, then `--settle` seconds; the raw samples."""
     ctx = multiprocessing.get_context("spawn")
     q, ready, go = ctx.Queue(), ctx.Event(), ctx.Event()
     attacker = ctx.Process(target=abuse_attacks.run, args=(name, host, port, args.seconds, model, ready, go, q))
@@ -207,72 +222,32 @@ def phase(name, args, url, host, port, model, sampler, base) -> dict:
     before, cpu0 = rss_mb(sampler.pid), cpu_s(sampler.pid)
     t0 = time.monotonic() - sampler.t0
     go.set()
-    res = asyncio.run(normal(url, model, args.rate, args.seconds))
+    samples = asyncio.run(normal(url, model, args.rate, args.seconds))
     server_cpu = cpu_s(sampler.pid) - cpu0
     attack = q.get(timeout=args.seconds + 120)
     attacker.join(30)
     t1 = time.monotonic() - sampler.t0
     time.sleep(args.settle)
-    after = rss_mb(sampler.pid)
-    peak = max(sampler.between(t0, t1) or [before])
-    row = {"class": name, "window_s": (round(t0, 2), round(t1, 2)), **res, "attack": attack, "rss_before_mb": before,
-           "rss_peak_mb": peak, "rss_after_mb": after, "server_cpu_s": round(server_cpu, 2)}  # fmt: skip
+    w = {"window_s": (round(t0, 2), round(t1, 2)), "samples": samples, "attack": attack, "rss_before_mb": before,
+         "rss_peak_mb": max(sampler.between(t0, t1) or [before]), "rss_after_mb": rss_mb(sampler.pid),
+         "server_cpu_s": round(server_cpu, 2)}  # fmt: skip
+    print(f"{name}: {summarize(samples)} {attack}", flush=True)
+    return w
+
+
+def combine(name: str, ws: list[dict], base: dict) -> dict:
+    """A class's windows pooled: percentiles over every sample, the worst memory."""
+    res = summarize([s for w in ws for s in w["samples"]])
+    row = {"class": name, "windows_s": [w["window_s"] for w in ws], **res, "attacks": [w["attack"] for w in ws],
+           "rss_before_mb": ws[0]["rss_before_mb"], "rss_peak_mb": max(w["rss_peak_mb"] for w in ws),
+           "rss_after_mb": max(w["rss_after_mb"] for w in ws),
+           "server_cpu_s": round(float(np.mean([w["server_cpu_s"] for w in ws])), 2),
+           "attacker_cpu_s": round(float(np.mean([w["attack"]["attacker_cpu_s"] for w in ws])), 2)}  # fmt: skip
     row["p99_ratio"] = res["p99_ms"] / base["p99_ms"] if res["p99_ms"] else None
-    row["rss_ratio"] = after / base["rss_mb"]
+    row["rss_ratio"] = row["rss_after_mb"] / base["rss_mb"]
     fast = row["p99_ratio"] is not None and row["p99_ratio"] <= TARGET["p99_ratio"]
     row["meets"] = bool(res["success"] >= TARGET["success"] and fast and row["rss_ratio"] <= TARGET["rss_ratio"])
-    print(f"{name}: {row}", flush=True)
     return row
-
-
-def table(r: dict) -> str:
-    b = r["baseline"]
-    lines = ["| phase | success | on time | p50 ms | p99 ms | p99 / base | RSS MiB before / peak / after "
-             "| CPU s server / attacker | meets |", "|---|---|---|---|---|---|---|---|---|",
-             f"| normal alone | {b['success']:.1%} | {b['deadline_met']:.1%} | {b['p50_ms']:.0f} | {b['p99_ms']:.0f} | "
-             f"1.00 | {b['rss_mb']:.0f} | {b['server_cpu_s']:.1f} / - | |"]  # fmt: skip
-    for c in r["classes"]:
-        p50 = f"{c['p50_ms']:.0f}" if c["p50_ms"] else "-"
-        p99 = f"{c['p99_ms']:.0f}" if c["p99_ms"] else "-"
-        ratio = f"{c['p99_ratio']:.2f}" if c["p99_ratio"] else "-"
-        rss = f"{c['rss_before_mb']:.0f} / {c['rss_peak_mb']:.0f} / {c['rss_after_mb']:.0f}"
-        cpu = f"{c['server_cpu_s']:.1f} / {c['attack']['attacker_cpu_s']:.1f}"
-        lines.append(f"| {c['class']} | {c['success']:.1%} | {c['deadline_met']:.1%} | {p50} | {p99} | {ratio} | "
-                     f"{rss} | {cpu} | {'yes' if c['meets'] else 'no'} |")  # fmt: skip
-    return "\n".join(lines)
-
-
-def plot(r: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [{"class": "alone", **r["baseline"]}, *r["classes"]]
-    names = [x["class"] for x in rows]
-    fig, ax = plt.subplots(1, 3, figsize=(17, 4.5))
-    ax[0].bar(names, [100 * x["success"] for x in rows], color="tab:blue")
-    ax[0].axhline(100 * TARGET["success"], color="k", ls="--", lw=1)
-    ax[0].set(ylabel="normal traffic answered 200 (%)", ylim=(min(90, *(100 * x["success"] for x in rows)) - 1, 100.5))
-    x = np.arange(len(rows))
-    ax[1].bar(x - 0.2, [x_["p50_ms"] or 0 for x_ in rows], 0.4, label="p50")
-    ax[1].bar(x + 0.2, [x_["p99_ms"] or 0 for x_ in rows], 0.4, label="p99")
-    ax[1].axhline(TARGET["p99_ratio"] * r["baseline"]["p99_ms"], color="k", ls="--", lw=1, label="1.5× baseline p99")
-    ax[1].set(xticks=x, xticklabels=names, ylabel="normal traffic latency (ms)")
-    ax[1].legend()
-    t, m = zip(*r["rss_timeline"], strict=True)
-    ax[2].plot(t, m, color="tab:purple")
-    for c in r["classes"]:
-        ax[2].axvspan(*c["window_s"], alpha=0.15, color="tab:red")
-        ax[2].text(c["window_s"][0], max(m), c["class"], rotation=90, va="top", fontsize=7)
-    ax[2].axhline(TARGET["rss_ratio"] * r["baseline"]["rss_mb"], color="k", ls="--", lw=1)
-    ax[2].set(xlabel="time (s)", ylabel="server RSS, with children (MiB)")
-    for a in ax[:2]:
-        a.tick_params(axis="x", rotation=60)
-    fig.suptitle(f"otas serve {r['server']['label']} ({r['mode']}) under abuse, normal traffic {r['rate']:g}/s; "
-                 f"bench {r['meta']['commit']}")  # fmt: skip
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import ray
 from prometheus_client import CollectorRegistry
 from ray import serve
 
+from otas.config import HttpConfig
 from otas.profile.table import Profile
 from otas.scale.frontend import RoutedEngine, with_replicas_endpoint
 from otas.scale.frontend_config import FrontendConfig, fastest_latency
@@ -115,7 +116,11 @@ class OtasRouter:
             clients, spec.apps, desc, lat_fast, router_config, frontend_config, registry=registry
         )
         info = {**desc["info"], "backend": "ray", "replicas": len(clients)}
-        serve_cfg = ServeConfig(model_name=profile.model, max_body_bytes=max_body_bytes, info=info)
+        # Ray Serve's proxy owns the connections (no connection guards here); bodies are guarded by the app.
+        # JSON is parsed on this actor's loop: a parser process spawned inside a Ray actor is untested.
+        mb = max_body_bytes / (1 << 20)
+        http = HttpConfig(max_body_mb=mb, max_inflight_mb=max(64.0, mb), json_workers=0)
+        serve_cfg = ServeConfig(model_name=profile.model, max_body_bytes=max_body_bytes, info=info, http=http)
         app = create_app(self.engine, serve_cfg, Metrics(profile.gammas, registry))
         self.asgi = with_replicas_endpoint(app, self.engine)
 

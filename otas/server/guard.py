@@ -136,15 +136,15 @@ async def _read(receive, guard: Guard, length: int | None, reserved: list[int]) 
                     if msg["type"] == "http.disconnect":
                         return None
                     chunk, more = msg.get("body", b""), msg.get("more_body", False)
-                    if buf is None and not more:
-                        return chunk  # OPTIMIZATION: a body in one piece needs no buffer
-                    if length is None:
+                    if length is None:  # chunked: counted as it comes
                         if n + len(chunk) > guard.max_body:
                             return error(413, "too_large", f"request body is over the limit of {guard.max_body} bytes")
                         grow = max(n + len(chunk) - reserved[0], 0)
                         if grow and not guard.reserve(grow):
                             return error(503, "in_flight_full", "too many request bodies in flight; retry shortly")
                         reserved[0] += grow
+                    if buf is None and not more:
+                        return chunk  # OPTIMIZATION: a body in one piece needs no buffer
                     if buf is None:
                         buf = bytearray(length or 0)  # one buffer of the declared size
                     buf[n : n + len(chunk)] = chunk  # the parser never passes more than Content-Length

@@ -3,6 +3,7 @@ Used by `otas serve`; tests call `build` directly with their own small model."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 from collections.abc import Sequence
@@ -156,6 +157,11 @@ def serve(cfg: ServingConfig) -> None:
         grace_s=grace_s, engine_cfg=cfg.engine, http=cfg.http,
     )  # fmt: skip
     app.state.config.start_parser = True
+    # OPTIMIZATION: torch, the model and the libraries are ~400,000 objects the cyclic GC would scan
+    # in every full collection (~175 ms of a stopped event loop on a 2-core CPU, triggered by churn
+    # such as thousands of closed connections); frozen, they are never scanned again.
+    gc.collect()
+    gc.freeze()
     log.info(
         "serving",
         extra={"event": "serve", "url": f"http://{host}:{port}", "grpc": f"{host}:{grpc_port}" if grpc_port else None,

@@ -19,6 +19,19 @@ INFER = "/v2/models/tiny_test/infer"
 HEAD = f"POST {INFER} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
 
 
+@pytest.fixture(params=["httptools", "h11"])
+def impl(request, monkeypatch):
+    """A test on both of uvicorn's HTTP implementations (httptools is used when installed)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from otas.server import connections
+
+    base = {"httptools": HttpToolsProtocol, "h11": H11Protocol}[request.param]
+    monkeypatch.setattr(connections, "_base", lambda: base)
+    return request.param
+
+
 def server(runner, **http):
     prof = paced_profile(5, 1)
     cfg = HttpConfig(**{"drain_s": 0.0, "max_body_mb": 1.0, "max_inflight_mb": 1.0, **http})
@@ -50,7 +63,7 @@ def ok(url: str) -> bool:
     return httpx.post(url + INFER, json=infer_body("blur"), timeout=30).status_code == 200
 
 
-def test_idle_and_half_header_connections_are_closed(runner):
+def test_idle_and_half_header_connections_are_closed(runner, impl):
     rng = np.random.default_rng(0)
     full = (HEAD + "content-length: 10\r\n\r\n").encode()
     with server(runner, header_timeout_s=0.5) as (srv, _):
@@ -86,7 +99,7 @@ def test_idle_and_half_header_connections_are_closed(runner):
 
 
 @pytest.mark.parametrize("kb", [5, 64, 1024])
-def test_headers_over_the_limit_are_431(runner, kb):
+def test_headers_over_the_limit_are_431(runner, impl, kb):
     with server(runner, max_header_kb=4) as (srv, _):
         s = connect(srv.url)
         try:
@@ -98,7 +111,7 @@ def test_headers_over_the_limit_are_431(runner, kb):
         assert ok(srv.url)
 
 
-def test_connections_over_the_cap_are_503_at_once(runner):
+def test_connections_over_the_cap_are_503_at_once(runner, impl):
     with server(runner, max_connections=20, header_timeout_s=30) as (srv, _):
         held = [connect(srv.url) for _ in range(20)]
         for _ in range(3):
@@ -114,7 +127,7 @@ def test_connections_over_the_cap_are_503_at_once(runner):
 
 
 @pytest.mark.parametrize("chunked", [False, True])
-def test_bodies_in_flight_are_capped_and_slow_bodies_time_out(runner, chunked):
+def test_bodies_in_flight_are_capped_and_slow_bodies_time_out(runner, impl, chunked):
     with server(runner, body_timeout_s=1.0) as (srv, _):
         stalled = connect(srv.url)
         if chunked:  # no declared size: counted as it arrives
@@ -162,3 +175,15 @@ def test_memory_returns_after_large_bodies(tiny_ckpt):
                 time.sleep(0.1)
             assert rss_mb(proc.pid) <= base + 16, (base, rss_mb(proc.pid))
         assert ok(url)
+
+
+@pytest.mark.parametrize("size", [70_000, 200_000])
+def test_chunked_body_over_the_limit_is_413_even_in_one_piece(runner, impl, size):
+    prof = paced_profile(5, 1)
+    with serving(PacedRunner(runner, prof), prof, http=HttpConfig(drain_s=0.0), max_body=64 << 10) as (srv, _):
+        s = connect(srv.url)
+        s.sendall(HEAD.encode() + b"transfer-encoding: chunked\r\n\r\n" + f"{size:x}\r\n".encode() + b"x" * size
+                  + b"\r\n0\r\n\r\n")  # fmt: skip
+        status, body = answer(s)
+        assert status == 413 and body["reason"] == "too_large", body
+        assert srv.app.state.guard.inflight == 0

@@ -1,0 +1,46 @@
+"""The abuse benchmark's attack classes, briefly, against a paced server on loopback: each runs,
+stays bounded, and gets the refusals it is built to provoke (the run itself: bench/abuse.py)."""
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.server.helpers import PacedRunner, paced_profile, serving
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+import abuse_attacks  # noqa: E402
+
+
+def attack(name: str, url: str, seconds: float = 1.0) -> dict:
+    host, port = "127.0.0.1", int(url.rsplit(":", 1)[1])
+
+    async def start() -> float:
+        return time.monotonic() + seconds
+
+    return asyncio.run(abuse_attacks.ATTACKS[name](host, port, "tiny_test", start))
+
+
+@pytest.mark.parametrize("name,refused", [("malformed", {"400"}), ("decode_bombs", {"400", "200"}),
+                                          ("multi_image", {"503", "429", "400"})])  # fmt: skip
+def test_paced_attacks_are_refused(runner, name, refused):
+    prof = paced_profile(5, 1)
+    with serving(PacedRunner(runner, prof), prof, max_body=8 << 20) as (srv, _):
+        out = attack(name, srv.url)
+    assert out["sent"] >= 1 and set(out["statuses"]) <= refused, out
+
+
+def test_abandoned_requests_are_never_served(runner):
+    from tests.server.helpers import requests_total
+
+    prof = paced_profile(5, 1)
+    paced = PacedRunner(runner, prof)
+    with serving(paced, prof, max_body=8 << 20) as (srv, _):
+        out = attack("abandoned", srv.url, 0.5)
+        time.sleep(0.5)
+        # each left before its answer: never served; the few already queued or on the device are counted
+        # cancelled, the rest never reached the engine
+        assert out["sent"] >= 5 and requests_total(srv.url, "served") == 0
+        assert requests_total(srv.url) == requests_total(srv.url, "cancelled", "client_gone") >= sum(paced.sizes)
