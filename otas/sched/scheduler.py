@@ -171,20 +171,37 @@ class Scheduler:
             )
         self.queues.pop(first.requests)
         switch = self._tab[model].load_ms if model != self.model else 0.0
+        reqs = first.requests
+        if self.policy.deadline_aware and self.config.reject_infeasible:
+            reqs = self._drop_late(reqs, model, gamma, now_ms + switch)
         self.model = model
-        b = len(first.requests)
+        b = len(reqs)
         profiled = float(self._tab[model].lat[b, self._tab[model].index[gamma]])
         meta = {**meta, "profiled_ms": profiled}
         return BatchPlan(
-            requests=first.requests,
+            requests=reqs,
             gamma=gamma,
             predicted_ms=profiled * self._factor[model] + switch,
             start_ms=now_ms,
             model=model,
             switch_ms=switch,
-            deadline_ms=first.deadline_ms,
+            deadline_ms=min(r.deadline_ms for r in reqs),
             meta=meta,
         )
+
+    def _drop_late(self, reqs: list[Request], model: str, gamma: int, start_ms: float) -> list[Request]:
+        """The batch without the members it would finish late (they expire now, with a reason,
+        rather than be served late for nothing while their device time delays the others). A
+        smaller batch finishes sooner, so this repeats until every member is on time; a batch that
+        would lose every member runs whole (its members then end late, as planned)."""
+        i = self._tab[model].index[gamma]
+        while True:
+            finish = start_ms + self._tab[model].lat[len(reqs), i] * self._factor[model]
+            keep = [r for r in reqs if r.deadline_ms >= finish]
+            if not keep or len(keep) == len(reqs):
+                return reqs
+            self._expired.extend((r, Reason.DEADLINE_UNREACHABLE.value) for r in reqs if r.deadline_ms < finish)
+            reqs = keep
 
     def next_wakeup(self, now_ms: float) -> float | None:
         """After next_batch gave None: when to ask again; None = only when new work arrives."""

@@ -160,3 +160,25 @@ def test_otas_mixes_classes_on_a_flat_device_while_it_keeps_up():
         plan = s.next_batch(0.0)
         mixed[policy] = len({r.app for r in plan.requests}) > 1
     assert mixed == {"otas-paper": False, "otas": True}
+
+
+@pytest.mark.parametrize("policy", ["otas", "otas-paper"])
+def test_members_a_batch_would_finish_late_expire_instead(policy):
+    """The oldest query could still make it alone, but not in the batch that serves the seven
+    behind it: it expires now with a reason rather than being served late."""
+    s = Scheduler(APPS, make_profile(), policy, SchedulerConfig(max_batch=64))
+    assert s.submit(make_request(0, NOVEL, 0.0), 0.0) is None
+    for i in range(1, 8):
+        assert s.submit(make_request(i, NOVEL, 100.0), 100.0) is None
+    plan = s.next_batch(400.0)
+    assert [r.id for r in plan.requests] == list(range(1, 8))
+    assert 400.0 + plan.predicted_ms <= plan.deadline_ms
+    assert [(r.id, why) for r, why in s.expired(400.0)] == [(0, Reason.DEADLINE_UNREACHABLE.value)]
+
+
+def test_plain_batching_serves_late_members_as_triton_would():
+    s = Scheduler(APPS, make_profile(), "fixed:-20", SchedulerConfig(max_batch=64))
+    assert s.submit(make_request(0, NOVEL, 0.0), 0.0) is None
+    for i in range(1, 8):
+        assert s.submit(make_request(i, NOVEL, 100.0), 100.0) is None
+    assert s.next_batch(400.0).size == 8 and s.expired(400.0) == []
