@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     rec.meta(device, phase=args.phase, model=args.model)
     variants = gpumerge.VARIANTS
     if args.variants != "all":
-        known = {v.label: v for v in gpumerge.VARIANTS}
+        known = {v.label: v for v in gpumerge.VARIANTS + gpumerge.COMPILED}
         wanted = args.variants.split(",")
         if not set(wanted) <= set(known):
             raise SystemExit(f"unknown variants {sorted(set(wanted) - set(known))}; known: {sorted(known)}")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Merge implementations on one GPU, every phase of bench/gpu_merge.py in one run of about 8.5 minutes (TOTAL_S + ~15 s)
+# Merge implementations on one GPU, every phase of bench/gpu_merge.py in one run of about 9.5 minutes (TOTAL_S + ~15 s)
 # (H100): SDPA alone; per model (shipped Tiny, ViT-B/16 at 224 px with random weights, and SMALL if
 # given), γ < 0 and batch 256/8/64/1, the served forward (CUDA graphs, bf16) with each merge_impl,
 # with and without proportional attention, against stock (γ = 0) and the limit (the token counts with
@@ -18,7 +18,7 @@ set -uo pipefail  # no -e: a failed phase must not cost the others
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results/gpu_merge}
 PY=${PYTHON:-python3}
-TOTAL_S=${TOTAL_S:-500}
+TOTAL_S=${TOTAL_S:-560}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 OTAS_CACHE=${OTAS_CACHE:-/tmp/otas-cache}
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/otas-inductor}  # shared by the phases' processes
@@ -49,20 +49,25 @@ phase() {
   "$PY" -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__, torch.cuda.is_available())"
   git log -1 --format='commit %h %s' 2>/dev/null || true; } >> "$LOG" 2>&1
 
-# phase CAP RESERVE: RESERVE = the caps of the phases after it; 30 + 140 + 135 + 60 + 60 + 65 = 490 s, then the report
-[ "$DEVICE" = cuda ] && phase 30 460 sdpa --batches 256,8
-phase 140 320 time --model tiny "${EXTRA[@]}"
-phase 135 185 time --model "$VITB" "${EXTRA[@]}"
-if [ -n "${SMALL:-}" ]; then phase 120 185 time --model "$SMALL" --batches 256,8 "${EXTRA[@]}"; fi  # if time is left
-if [ -n "${OTAS_CIFAR10:-}" ]; then
-  phase 60 125 accuracy --model tiny "${EXTRA[@]}"
+# phase CAP RESERVE: RESERVE = the caps of the phases after it (within TOTAL_S), then the report.
+# VARIANTS: the uncompiled variants timed (default: all of otas.profile.gpumerge.VARIANTS);
+# COMPILED: variants of the whole forward compiled inside the graphs, at a few γ and batches (each
+# cell compiles its own stock and limit too, ~10-30 s per compile), "" to skip.
+VARIANTS=${VARIANTS:-all}
+COMPILED=${COMPILED:-matmul+column@compiled-graphs}
+V=(--variants "$VARIANTS")
+[ "$DEVICE" = cuda ] && [ -z "${SKIP_SDPA:-}" ] && phase 30 530 sdpa --batches 256,8
+phase 120 410 time --model tiny "${V[@]}" "${EXTRA[@]}"
+[ -n "$COMPILED" ] && [ "$DEVICE" = cuda ] && phase 130 280 time --model tiny --variants "$COMPILED" --gammas=-48,-20,0 --batches 256,8 --profile-batches 0
+phase 100 180 time --model "$VITB" "${V[@]}" "${EXTRA[@]}"
+[ -n "$COMPILED" ] && [ "$DEVICE" = cuda ] && phase 80 100 time --model "$VITB" --variants "$COMPILED" --gammas=-16,0 --batches 256,8 --profile-batches 0
+if [ -n "${SMALL:-}" ]; then phase 120 100 time --model "$SMALL" --batches 256,8 "${V[@]}" "${EXTRA[@]}"; fi  # if time is left
+if [ -n "${OTAS_CIFAR10:-}" ] && [ -z "${SKIP_ACCURACY:-}" ]; then
+  phase 40 60 accuracy --model tiny "${EXTRA[@]}"
 else
-  echo "== skip accuracy: no CIFAR-10 archive" | tee -a "$LOG"
+  echo "== skip accuracy" | tee -a "$LOG"
 fi
-if [ "$DEVICE" = cuda ]; then
-  phase 60 65 timm-compile --model tiny
-  phase 65 0 timm-compile --model "$VITB"
-fi
+[ "$DEVICE" = cuda ] && phase 60 0 timm-compile --model tiny --batches 256,8
 
 echo "== report at $((SECONDS - T0))s" | tee -a "$LOG"
 "$PY" bench/gpu_merge.py report "$PARTS" --out-dir "$OUT" 2>&1 | tee -a "$LOG"

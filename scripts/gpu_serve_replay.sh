@@ -1,52 +1,76 @@
 #!/usr/bin/env bash
-# Live Azure-trace replay on one H100: `otas serve --device cuda` and the load generator on the same
-# machine, over loopback, for OTAS, fixed:0 and the other baselines; results under $OUT.
+# Live Azure-trace replay on one GPU: `otas serve --device cuda` (CUDA graphs) and `otas bench replay` on
+# the same machine over loopback, per policy and load, beside the simulator's prediction; the GPU's
+# busy share (nvidia-smi samples, and the server's measured batch time over the replay's wall time);
+# the server's no-op overhead. Results (≤ 8 files) under $OUT.
 #
-# Prepare here (once), then run it on the GPU machine with .gpu/ uploaded beside the repository:
-#   echo /.gpu/ >> .git/info/exclude; mkdir -p .gpu
-#   cp ../shared/data/cifar10-jpg.tar.gz ../shared/data/traces/AzureLLMInferenceTrace_conv.csv .gpu/
-#   for w in starlette==1.10.0 uvicorn==0.54.0 python-multipart==0.0.34; do   # not in the GPU image
-#     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#       --platform manylinux2014_x86_64 --platform any -d .gpu/whl "$w"; done
-#   cp checkpoints/<larger model>.safetensors .gpu/   # and, if measured, its H100 profile into profiles/
-#   run: bash scripts/gpu_serve_replay.sh   (env: MODEL, PROFILE, POLICIES, SCALE, LIMIT)
-set -euo pipefail
+# Prepare here (once): the wheels the GPU image lacks, the trace, and the CIFAR-10 archive, in the ignored .carry/:
+#   mkdir -p .carry/whl && for w in starlette==1.10.0 uvicorn==0.54.0 python-multipart==0.0.34 anyio h11 \
+#     sniffio idna typing_extensions grpcio==1.85.3 protobuf==6.33.6; do python3 -m pip download --no-deps \
+#     --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux2014_x86_64 \
+#     --platform manylinux_2_17_x86_64 --platform any -d .carry/whl "$w"; done
+#   cp ../shared/data/cifar10-jpg.tar.gz ../shared/data/traces/AzureLLMInferenceTrace_conv.csv .carry/
+# Run (on the GPU machine, from the repository root, .carry/ carried):
+#   bash scripts/gpu_serve_replay.sh     (env: OUT, POLICIES, LOADS, DURATION_S, PROFILE, REPROFILE=1, APPS)
+set -uo pipefail  # no -e: one failed replay must not cost the others
 cd "$(dirname "$0")/.."
-FINAL=${OUT:-bench/results}
-OUT=/tmp/gpu_results   # everything here; $FINAL gets a tarball and the summary (the tool returns <= 8 files)
-mkdir -p "$OUT" "$FINAL"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 OTAS_CIFAR10=$PWD/.gpu/cifar10-jpg.tar.gz OTAS_CACHE=/tmp/otas-cache
+OUT=${OUT:-bench/results/live_h100}
+W=/tmp/live   # everything here; $OUT gets the summary files and one tarball of the rest
+mkdir -p "$OUT" "$W"
+T0=$SECONDS
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .carry/whl/*.whl
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 OTAS_CIFAR10=$PWD/.carry/cifar10-jpg.tar.gz OTAS_CACHE=/tmp/otas-cache
 OTAS="python3 -m otas.cli"
-MODEL=${MODEL:-$(ls .gpu/*.safetensors | head -1)}
-PROFILE=${PROFILE:-}
-POLICIES=${POLICIES:-otas fixed:0 fixed:-16 edf clipper}
-SCALE=${SCALE:-1.0}
-LIMIT=${LIMIT:-20000}
+POLICIES=${POLICIES:-otas fixed:0 fixed:16}
+LOADS=${LOADS:-0.01 0.03 0.1}
+DURATION_S=${DURATION_S:-15}
 APPS=${APPS:-otas/configs/apps-h100.yaml}
-nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv | tee "$OUT/gpu.txt"
-if [ -z "$PROFILE" ]; then  # no H100 profile yet: measure one (latency at every γ, accuracy on 1000 images)
-  PROFILE=$OUT/profile_h100.json
-  $OTAS profile "$MODEL" --device cuda --batch-sizes 1,8,64,256 --accuracy-limit 1000 --min-time-s 0.5 --out "$PROFILE"
+TRACE=${TRACE:-.carry/AzureLLMInferenceTrace_conv.csv}
+PROFILE=${PROFILE:-profiles/vit_tiny_p2_c5__h100-graphs.json}
+{ nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.max.sm --format=csv
+  python3 -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__)"
+  git log -1 --format='commit %h %s' 2>/dev/null; nproc; } > "$W/machine.txt" 2>&1
+if [ -n "${REPROFILE:-}" ]; then  # latency of the served path as it is now; accuracy kept from $PROFILE
+  $OTAS profile otas/assets/vit_tiny_p2_c5.safetensors --device cuda --batch-sizes 1,8,64,256 --mode graphs \
+    --accuracy-from "$PROFILE" --out "$W/vit_tiny_p2_c5__h100-graphs.json" > "$W/profile.log" 2>&1
+  echo "profile rc=$? at $((SECONDS - T0))s"
+  cp "$W/vit_tiny_p2_c5__h100-graphs.json" "$OUT/"
+  PROFILE=$W/vit_tiny_p2_c5__h100-graphs.json
 fi
+CAP=$(python3 -c "
+from otas.config import load_apps; from otas.profile.table import Profile; from otas.sim.traces import capacity_per_s
+print(capacity_per_s(Profile.load('$PROFILE'), load_apps('$APPS'), 256))")
+echo "capacity of γ=0: $CAP/s"
+nvidia-smi --query-gpu=timestamp,utilization.gpu --format=csv,noheader,nounits -lms 250 > "$W/gpu_util.csv" 2>/dev/null &
+SMI=$!
 for POLICY in $POLICIES; do
   TAG=${POLICY/:/}
-  $OTAS serve --model "$MODEL" --profile "$PROFILE" --apps "$APPS" --device cuda --policy "$POLICY" \
-    --max-batch 256 --port 8000 --log-level warning > "$OUT/serve_$TAG.log" 2>&1 &
+  $OTAS serve --profile "$PROFILE" --apps "$APPS" --device cuda --policy "$POLICY" --max-batch 256 \
+    --port 8000 --grpc-port 0 --log-level warning > "$W/serve_$TAG.log" 2>&1 &
   PID=$!
-  for _ in $(seq 120); do curl -sf localhost:8000/v2/health/ready > /dev/null && break; sleep 1; done
-  $OTAS bench replay --url http://127.0.0.1:8000 --trace "${TRACE:-.gpu/AzureLLMInferenceTrace_conv.csv}" \
-    --load "$SCALE" --limit "$LIMIT" --out "$OUT" --tag "$TAG" 2>&1 | tee "$OUT/replay_$TAG.txt"
-  curl -s localhost:8000/metrics > "$OUT/metrics_$TAG.txt"
-  kill -TERM $PID; wait $PID || true
+  for _ in $(seq 180); do curl -sf localhost:8000/v2/health/ready > /dev/null && break; sleep 1; done
+  echo "$POLICY ready at $((SECONDS - T0))s"
+  for LOAD in $LOADS; do
+    N=$(python3 -c "print(int($LOAD * $CAP * $DURATION_S))")
+    curl -s localhost:8000/metrics > "$W/metrics_${TAG}_x${LOAD}_before.txt"
+    date +%s.%N > "$W/t_${TAG}_x${LOAD}.txt"
+    $OTAS bench replay --url http://127.0.0.1:8000 --trace "$TRACE" --load "$LOAD" --limit "$N" --out "$W" \
+      --tag "$TAG" > "$W/replay_${TAG}_x${LOAD}.txt" 2>&1
+    echo "  load $LOAD ($N requests) rc=$? at $((SECONDS - T0))s"
+    date +%s.%N >> "$W/t_${TAG}_x${LOAD}.txt"
+    curl -s localhost:8000/metrics > "$W/metrics_${TAG}_x${LOAD}_after.txt"
+  done
+  kill -TERM $PID; wait $PID
 done
-# Server overhead on this machine: no-op model, HTTP + scheduling + collation only.
-$OTAS serve --noop --port 8001 --grpc-port 8002 --log-level warning > "$OUT/serve_noop.log" 2>&1 &
+kill $SMI 2>/dev/null
+# Server overhead: the no-op model (HTTP + scheduling + collation), images per request 1, 8, 64, 256
+$OTAS serve --noop --port 8001 --grpc-port 8002 --log-level warning > "$W/serve_noop.log" 2>&1 &
 PID=$!
 for _ in $(seq 60); do curl -sf localhost:8001/v2/health/ready > /dev/null && break; sleep 1; done
-$OTAS bench overhead --url http://127.0.0.1:8001 --concurrency 128 --clients 4 --duration-s 10 --profile "$PROFILE" \
-  --out "$OUT" | tee "$OUT/overhead.txt"
-kill -TERM $PID; wait $PID || true
-$OTAS bench summary "$OUT"/replay_*.json --out "$OUT/summary.md"
-tar czf "$FINAL/gpu_serve_replay.tgz" -C /tmp gpu_results
-cp "$OUT/summary.md" "$FINAL/gpu_summary.md"
+$OTAS bench overhead --url http://127.0.0.1:8001 --concurrency 64 --clients 4 --duration-s 4 --batches 1,8,64,256 \
+  --profile "$PROFILE" --out "$W" > "$W/overhead.txt" 2>&1
+echo "overhead rc=$? at $((SECONDS - T0))s"
+kill -TERM $PID; wait $PID
+python3 -m otas.bench.live_summary "$W" --out "$OUT" > "$W/summary.log" 2>&1 || cat "$W/summary.log"
+tar czf "$OUT/live_raw.tgz" -C /tmp live
+ls -la "$OUT"

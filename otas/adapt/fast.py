@@ -19,23 +19,35 @@ from otas.adapt.vit import AdaptiveViT
 from otas.data.transforms import Normalize
 
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+MODES = ("eager", "graphs", "compile", "compiled-graphs")
+GRAPH_MODES = ("graphs", "compiled-graphs")
+
+
+def default_merge_impl(device: torch.device) -> str:
+    """The merge implementation `merge_impl="auto"` picks: on a GPU the one-hot matmul merge and the
+    log(size) column (no scatter atomics, mask-free attention kernels: bench/results/gpu_merge/); on a
+    CPU the reference gathers and scatter-add, which the CPU profile was measured with."""
+    return "matmul+column" if device.type == "cuda" else "reference"
 
 
 @dataclass
 class FastConfig:
     mode: str = "graphs"
-    """"eager", "graphs" (CUDA graphs per (γ, bucket)) or "compile" (torch.compile per shape)."""
+    """"eager", "graphs" (CUDA graphs per (γ, bucket)), "compile" (torch.compile per shape) or
+    "compiled-graphs" (torch.compile per shape, captured in CUDA graphs: fused kernels, no launch cost)."""
     buckets: tuple[int, ...] = DEFAULT_BUCKETS
     """Batch sizes graphs are captured for; a batch is padded to the next one."""
     dtype: torch.dtype = torch.bfloat16
-    merge_impl: str = "reference"
+    merge_impl: str = "auto"
     """How merged blocks attend and merge (`otas.adapt.ops`): "reference", or any of "matmul", "column",
-    "compile" joined by "+" (e.g. "matmul+column"). All compute the same function; "limit" is for benchmarks."""
+    "compile" joined by "+" (e.g. "matmul+column"). All compute the same function; "limit" is for benchmarks.
+    "auto": the fastest measured on the device type (`default_merge_impl`)."""
 
     def __post_init__(self) -> None:
-        check_merge_impl(self.merge_impl)
-        if self.mode not in ("eager", "graphs", "compile"):
-            raise ValueError(f"mode must be eager, graphs or compile, got {self.mode!r}")
+        if self.merge_impl != "auto":
+            check_merge_impl(self.merge_impl)
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}; got {self.mode!r}")
         if not self.buckets or sorted(self.buckets) != list(self.buckets) or self.buckets[0] < 1:
             raise ValueError(f"buckets must be ascending positive batch sizes, got {self.buckets}")
 
@@ -52,10 +64,11 @@ class FastForward:
     ):
         self.cfg = config or FastConfig()
         self.device = torch.device(device)
-        if self.cfg.mode == "graphs" and self.device.type != "cuda":
+        if self.cfg.mode in GRAPH_MODES and self.device.type != "cuda":
             raise ValueError("CUDA graphs need a CUDA device; use mode='eager' or 'compile' on a CPU")
         self.model = model.to(self.device, self.cfg.dtype).eval()
-        self.ops = merge_ops(self.cfg.merge_impl, self.model.vit)  # after the move: it may copy weights
+        self.merge_impl = default_merge_impl(self.device) if self.cfg.merge_impl == "auto" else self.cfg.merge_impl
+        self.ops = merge_ops(self.merge_impl, self.model.vit)  # after the move: it may copy weights
         self.tasks = model.tasks  # index order of task ids
         size = model.vit.patch_embed.img_size
         self._shape = (*size, 3)
@@ -63,7 +76,7 @@ class FastForward:
         self._normalize = (normalize or Normalize()).to(self.device)
         self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self._fn = self._forward
-        if self.cfg.mode == "compile":
+        if self.cfg.mode in ("compile", "compiled-graphs"):
             self._fn = torch.compile(self._forward, dynamic=False)
 
     def bucket(self, batch: int) -> int:
@@ -101,7 +114,7 @@ class FastForward:
     def replay(self, gamma: int, batch: int):
         """The captured forward of (γ, `batch`'s bucket) as a call without arguments, for benchmarks: it
         replays on whatever the input buffers hold (random images at capture), with no host work."""
-        if self.cfg.mode != "graphs":
+        if self.cfg.mode not in GRAPH_MODES:
             raise ValueError(f"replay needs mode='graphs', this FastForward runs mode={self.cfg.mode!r}")
         with torch.inference_mode():  # captured as a served call is
             return self._graph(int(gamma), self.bucket(batch))[0].replay
@@ -113,11 +126,11 @@ class FastForward:
             s = torch.cuda.Stream(self.device)
             s.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(s):
-                for _ in range(2):  # warm-up outside the graph (cuBLAS handles, autotuning)
-                    self._forward(x, gamma, i)
+                for _ in range(2):  # warm-up outside the graph (cuBLAS handles, autotuning, compiling)
+                    self._fn(x, gamma, i)
             torch.cuda.current_stream(self.device).wait_stream(s)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                out = self._forward(x, gamma, i)
+                out = self._fn(x, gamma, i)
             self._graphs[(gamma, B)] = (graph, x, i, out)
         return self._graphs[(gamma, B)]

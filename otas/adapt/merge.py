@@ -113,8 +113,12 @@ def merge_matrix(metric: torch.Tensor, r: int, prefix: int, dtype: torch.dtype) 
         M = torch.zeros(B, N - r, -(-N // 8) * 8, dtype=dtype, device=metric.device)[..., :N]
         M[:, :prefix, :prefix].diagonal(dim1=1, dim2=2).fill_(1)  # prefix tokens stay
         M[:, dst0:, prefix + 1 :: 2].diagonal(dim1=1, dim2=2).fill_(1)  # B token j -> row dst0 + j
-        M[:, prefix:dst0, prefix::2].scatter_(2, order[:, r:, None], 1)  # kept A token of rank k -> row prefix + k
-        merged = torch.zeros(B, 1, Na, dtype=dtype, device=metric.device).scatter_(2, order[:, None, :r], 1)
+        # explicit `one` sources: a scalar value is traced by torch.compile with a dtype other than M's
+        one = torch.ones((), dtype=dtype, device=metric.device)
+        kept = order[:, r:, None]  # (B, Na - r, 1)
+        M[:, prefix:dst0, prefix::2].scatter_(2, kept, one.expand(kept.shape))  # kept A token of rank k -> row prefix + k
+        src = order[:, None, :r]  # (B, 1, r)
+        merged = torch.zeros(B, 1, Na, dtype=dtype, device=metric.device).scatter_(2, src, one.expand(src.shape))
         M[:, dst0:, prefix::2].scatter_(1, partner[:, None, :], merged)  # merged A token -> its partner's row
     return M
 

@@ -42,10 +42,17 @@ class Variant:
     """Proportional attention (`AdaptConfig.proportional_attn`)."""
     every: int = 1
     """`AdaptConfig.merge_every`."""
+    mode: str = ""
+    """`FastConfig.mode` when not the group's (e.g. "compiled-graphs"); its stock and limit run in it too."""
 
     @property
     def label(self) -> str:
-        return self.impl + ("" if self.prop else "/noprop") + ("" if self.every == 1 else f"/every{self.every}")
+        return (
+            self.impl
+            + ("" if self.prop else "/noprop")
+            + ("" if self.every == 1 else f"/every{self.every}")
+            + (f"@{self.mode}" if self.mode else "")
+        )
 
 
 VARIANTS = (  # most telling first: a phase cut short loses the tail
@@ -60,11 +67,21 @@ VARIANTS = (  # most telling first: a phase cut short loses the tail
     Variant("matmul+compile", prop=False),
     Variant("matmul+column", every=2),
 )
+COMPILED = (  # the whole forward compiled per shape, inside the CUDA graphs; stock and limit compiled too
+    Variant("matmul+column", mode="compiled-graphs"),
+    Variant("reference", mode="compiled-graphs"),
+    Variant("matmul+column", every=2, mode="compiled-graphs"),
+)
 
 
 def limit_of(v: Variant) -> Variant:
-    """The cost floor a variant is compared with: its own token counts (merge_every), no merge work."""
-    return Variant("limit", every=v.every)
+    """The cost floor a variant is compared with: its own token counts (merge_every), no merge work, its mode."""
+    return Variant("limit", every=v.every, mode=v.mode)
+
+
+def stock_label(v: Variant) -> str:
+    """The γ = 0 cell a variant is compared with: the group's mode, or the variant's own."""
+    return "stock" + (f"@{v.mode}" if v.mode else "")
 
 
 class Recorder:
@@ -146,7 +163,7 @@ def time_interleaved(cells: dict[str, Callable[[], object]], device: torch.devic
 
 def _cell(fast: FastForward, gamma: int, batch: int, device: torch.device) -> Callable[[], object]:
     """One served forward, warmed up (captured, compiled): a graph replay, or an eager call on a CPU."""
-    if fast.cfg.mode == "graphs":
+    if fast.cfg.mode in ("graphs", "compiled-graphs"):
         run = fast.replay(gamma, batch)
     else:
         size = fast.model.vit.patch_embed.img_size
@@ -182,20 +199,29 @@ def time_group(
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     cells, fasts, errors, flops = {}, {}, {}, {}
     base = gflops(model, 0)
+    stocks = {}  # stock label -> the FastForward whose γ = 0 it times
     for v in dict.fromkeys([Variant("reference"), *variants, *(limit_of(v) for v in variants)]):
         m = with_config(model, proportional_attn=v.prop, merge_every=v.every)
         try:
-            fasts[v.label] = FastForward(m, device, FastConfig(mode, (batch,), dtype, merge_impl=v.impl))
+            fasts[v.label] = FastForward(m, device, FastConfig(v.mode or mode, (batch,), dtype, merge_impl=v.impl))
             cells[v.label] = _cell(fasts[v.label], gamma, batch, device)
             flops[v.label] = gflops(m, gamma) / base
+            if v.impl != "limit" and v.prop and v.every == 1:
+                stocks.setdefault(stock_label(v), fasts[v.label])
         except Exception as e:  # one impl failing (e.g. a compile error) must not lose the others
             fasts.pop(v.label, None)
             errors[v.label] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-    cells["stock"] = _cell(fasts["reference"], 0, batch, device)
+    for label, fast in stocks.items():
+        try:
+            cells[label] = _cell(fast, 0, batch, device)
+        except Exception as e:
+            errors[label] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
     out = {"ms": time_interleaved(cells, device, rounds), "flops_ratio": flops, "errors": errors, "kernels": {}}
     if profile:
         for label, f in [*fasts.items(), ("stock", fasts["reference"])]:
-            eager = FastForward(f.model, device, FastConfig("eager", (batch,), dtype, merge_impl=f.cfg.merge_impl))
+            if "@" in label:  # the eager kernels of a compiled cell are its uncompiled twin's
+                continue
+            eager = FastForward(f.model, device, FastConfig("eager", (batch,), dtype, merge_impl=f.merge_impl))
             out["kernels"][label] = kernel_profile(eager, 0 if label == "stock" else gamma, batch)
     return out
 

@@ -193,6 +193,7 @@ def measure_profile(
         "torch": torch.__version__,
         "checkpoint": Path(checkpoint).name,
         "mode": mode,
+        "merge_impl": fast.merge_impl if fast is not None else "reference",
         "threads": torch.get_num_threads(),
         "accuracy_note": "CIFAR-10 JPEG test images (slightly below PNG CIFAR-10 accuracies)",
     }

@@ -21,7 +21,7 @@ def serve_cmd(
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     mode: Annotated[
         str,
-        typer.Option(help="Fast path: eager, graphs (CUDA graphs) or compile (default: graphs on cuda, else eager)."),
+        typer.Option(help="Fast path: eager, graphs (CUDA graphs), compile or compiled-graphs (default: graphs on cuda, else eager)."),
     ] = "",
     dtype: Annotated[str, typer.Option(help="float32 | bfloat16 (default: bfloat16 on cuda, float32 on cpu).")] = "",
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0 for every interface).")] = "127.0.0.1",

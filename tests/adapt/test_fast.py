@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from otas.adapt.fast import FastConfig, FastForward
+from otas.adapt.fast import FastConfig, FastForward, default_merge_impl
 from otas.data.transforms import normalize, to_float
 
 from .conftest import small_model
@@ -31,12 +31,25 @@ def test_buckets_and_errors():
         fast(torch.zeros(1, 16, 16, 3, dtype=torch.uint8), 4, "source")
     with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
         FastForward(small_model(), "cpu", FastConfig(mode="graphs"))
+    with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
+        FastForward(small_model(), "cpu", FastConfig(mode="compiled-graphs"))
     with pytest.raises(ValueError, match="mode must be"):
         FastConfig(mode="turbo")
 
 
+def test_auto_merge_impl_is_per_device():
+    """"auto" serves the reference merge on a CPU (what the CPU profile measured) and the matmul +
+    column merge on a GPU; an explicit choice is kept."""
+    assert FastForward(small_model(), "cpu", FastConfig(mode="eager", dtype=torch.float32)).merge_impl == "reference"
+    assert default_merge_impl(torch.device("cuda")) == "matmul+column"
+    cfg = FastConfig(mode="eager", dtype=torch.float32, merge_impl="matmul")
+    assert FastForward(small_model(), "cpu", cfg).merge_impl == "matmul"
+    with pytest.raises(ValueError, match="merge_impl"):
+        FastConfig(merge_impl="fastest")
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("mode", ["graphs", "compile"])
+@pytest.mark.parametrize("mode", ["graphs", "compile", "compiled-graphs"])
 def test_gpu_modes_match_eager(mode):
     model = small_model()
     ref = FastForward(small_model(), "cuda", FastConfig(mode="eager"))
@@ -53,7 +66,7 @@ def test_gpu_modes_match_eager(mode):
 def test_gpu_merge_impls_match_eager(impl):
     """Each merge_impl under CUDA graphs equals its own eager run, and stays within bf16 noise of the reference."""
     model = small_model()
-    ref = FastForward(small_model(), "cuda", FastConfig(mode="eager"))
+    ref = FastForward(small_model(), "cuda", FastConfig(mode="eager", merge_impl="reference"))
     own = FastForward(small_model(), "cuda", FastConfig(mode="eager", merge_impl=impl))
     fast = FastForward(model, "cuda", FastConfig(mode="graphs", buckets=(1, 4, 8), merge_impl=impl))
     for g in [g for g in model.config.gammas if g < 0]:
