@@ -6,12 +6,19 @@ Every field has a docstring; `__post_init__` rejects bad values with the value a
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from otas.types import App
+
+
+def default_decode_workers() -> int:
+    """Decode threads for this host: its cores, at least 2 and at most 8 (Pillow decodes outside
+    the GIL, so threads scale with cores; past 8 the event loop is the limit)."""
+    return min(8, max(2, os.cpu_count() or 2))
 
 
 @dataclass
@@ -86,8 +93,8 @@ class EngineConfig:
     """No model: measure HTTP + scheduling + collation only."""
     paced: bool = False
     """With noop and a profile: each batch sleeps the profile's latency (emulates that device)."""
-    decode_workers: int = 2
-    """Threads decoding images beside the event loop."""
+    decode_workers: int = field(default_factory=lambda: default_decode_workers())
+    """Threads decoding images beside the event loop (default: the host's cores, 2 to 8)."""
     decode_queue: int = 256
     """Images waiting or being decoded at once; a request that would overflow it is refused at once
     (429 decode_busy)."""

@@ -116,7 +116,8 @@ def merge_matrix(metric: torch.Tensor, r: int, prefix: int, dtype: torch.dtype) 
         # explicit `one` sources: a scalar value is traced by torch.compile with a dtype other than M's
         one = torch.ones((), dtype=dtype, device=metric.device)
         kept = order[:, r:, None]  # (B, Na - r, 1)
-        M[:, prefix:dst0, prefix::2].scatter_(2, kept, one.expand(kept.shape))  # kept A token of rank k -> row prefix + k
+        # kept A token of rank k -> row prefix + k
+        M[:, prefix:dst0, prefix::2].scatter_(2, kept, one.expand(kept.shape))
         src = order[:, None, :r]  # (B, 1, r)
         merged = torch.zeros(B, 1, Na, dtype=dtype, device=metric.device).scatter_(2, src, one.expand(src.shape))
         M[:, dst0:, prefix::2].scatter_(1, partner[:, None, :], merged)  # merged A token -> its partner's row

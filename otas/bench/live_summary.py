@@ -94,7 +94,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     for x in rows:
         smi = x.get("gpu_util_smi")
         lines.append(
-            f"| {x['policy']} | {x['load']:g} | {x['rate_per_s']:.0f} | {x['utility_live']:.1f} | {x['utility_sim']:.1f} "
+            f"| {x['policy']} | {x['load']:g} | {x['rate_per_s']:.0f} | {x['utility_live']:.1f} "
+            f"| {x['utility_sim']:.1f} "
             f"| {x['live_over_sim']:.3f} | {x['slo_live']:.3f} | {x['slo_sim']:.3f} | {x['rejected']} "
             f"| {x['p99_ms']:.1f} | {x['send_lag_p99_ms']:.1f} | {x.get('busy_share_server', float('nan')):.3f} "
             f"| {'-' if smi is None else f'{smi:.0f}%'} |"

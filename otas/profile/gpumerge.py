@@ -197,14 +197,16 @@ def time_group(
     """One interleaved group at (γ, batch): stock, each variant and each variant's limit. Returns the
     "time" record's fields and, with `profile`, each variant's kernel listing (`kernel_profile`)."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    cells, fasts, errors, flops = {}, {}, {}, {}
+    cells, fasts, errors, flops, build_s = {}, {}, {}, {}, {}
     base = gflops(model, 0)
     stocks = {}  # stock label -> the FastForward whose γ = 0 it times
     for v in dict.fromkeys([Variant("reference"), *variants, *(limit_of(v) for v in variants)]):
         m = with_config(model, proportional_attn=v.prop, merge_every=v.every)
         try:
+            t0 = time.monotonic()
             fasts[v.label] = FastForward(m, device, FastConfig(v.mode or mode, (batch,), dtype, merge_impl=v.impl))
             cells[v.label] = _cell(fasts[v.label], gamma, batch, device)
+            build_s[v.label] = round(time.monotonic() - t0, 2)  # capture (and compile) of this cell
             flops[v.label] = gflops(m, gamma) / base
             if v.impl != "limit" and v.prop and v.every == 1:
                 stocks.setdefault(stock_label(v), fasts[v.label])
@@ -216,7 +218,8 @@ def time_group(
             cells[label] = _cell(fast, 0, batch, device)
         except Exception as e:
             errors[label] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-    out = {"ms": time_interleaved(cells, device, rounds), "flops_ratio": flops, "errors": errors, "kernels": {}}
+    out = {"ms": time_interleaved(cells, device, rounds), "flops_ratio": flops, "errors": errors, "build_s": build_s}
+    out["kernels"] = {}
     if profile:
         for label, f in [*fasts.items(), ("stock", fasts["reference"])]:
             if "@" in label:  # the eager kernels of a compiled cell are its uncompiled twin's

@@ -86,7 +86,9 @@ def build(records: list[dict]) -> dict:
                 **t,
                 "ours_over_timm_compile": t["ms"]["stock"] / t["ms"]["timm_compile"],
                 "ours_compiled_over_timm_compile": (
-                    t["ms"]["stock@compiled-graphs"] / t["ms"]["timm_compile"] if "stock@compiled-graphs" in t["ms"] else None
+                    t["ms"]["stock@compiled-graphs"] / t["ms"]["timm_compile"]
+                    if "stock@compiled-graphs" in t["ms"]
+                    else None
                 ),
             }
             for t in by_kind["timm_compile"]

@@ -102,10 +102,11 @@ def plot_tradeoff(profiles: list[Profile], path: Path, batch: int | None = None)
     for ax, prof in zip(axes.flat, profiles, strict=False):
         b = batch if batch in prof.batch_sizes else prof.batch_sizes[min(1, len(prof.batch_sizes) - 1)]
         for task, acc in prof.accuracy.items():
-            xs = [prof.latency_ms[g][b] for g in prof.gammas]
-            ys = [100 * acc[g] for g in prof.gammas]
+            gammas = [g for g in prof.gammas if g in acc]  # the task's servable γ (source has no prompts)
+            xs = [prof.latency_ms[g][b] for g in gammas]
+            ys = [100 * acc[g] for g in gammas]
             ax.plot(xs, ys, "o-", label=task)
-            for g, x, y in zip(prof.gammas, xs, ys, strict=True):
+            for g, x, y in zip(gammas, xs, ys, strict=True):
                 ax.annotate(f"{g:+d}" if g else "0", (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
         ax.set_xlabel(f"latency of a batch of {b} (ms)")
         ax.set_ylabel("test accuracy (%)")

@@ -21,7 +21,10 @@ def serve_cmd(
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     mode: Annotated[
         str,
-        typer.Option(help="Fast path: eager, graphs (CUDA graphs), compile or compiled-graphs (default: graphs on cuda, else eager)."),
+        typer.Option(
+            help="Fast path: eager, graphs (CUDA graphs), compile or compiled-graphs "
+            "(default: graphs on cuda, else eager)."
+        ),
     ] = "",
     dtype: Annotated[str, typer.Option(help="float32 | bfloat16 (default: bfloat16 on cuda, float32 on cpu).")] = "",
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0 for every interface).")] = "127.0.0.1",
@@ -55,7 +58,7 @@ def serve_cmd(
     json_workers: Annotated[
         int, typer.Option(help="Processes parsing JSON bodies over 64 KiB off the event loop (0 = on the loop).")
     ] = 1,
-    decode_workers: Annotated[int, typer.Option(help="Threads decoding images.")] = 2,
+    decode_workers: Annotated[int, typer.Option(help="Threads decoding images (0 = the host's cores, 2 to 8).")] = 0,
     decode_queue: Annotated[
         int, typer.Option(help="Images waiting or decoding at once; a request that would overflow: 429.")
     ] = 256,
@@ -85,7 +88,15 @@ def serve_cmd(
 ) -> None:
     """Serve the model over HTTP (KServe v2 /v2/..., /v1/apps, /v1/apps/{app}/classify, /metrics) and
     KServe v2 gRPC (--grpc-port)."""
-    from otas.config import EngineConfig, HttpConfig, RayConfig, ServingConfig, default_apps_path, load_apps
+    from otas.config import (
+        EngineConfig,
+        HttpConfig,
+        RayConfig,
+        ServingConfig,
+        default_apps_path,
+        default_decode_workers,
+        load_apps,
+    )
 
     sched = opt.scheduler_config(lookahead, max_batch, max_queue_delay_ms, slo_class_tolerance)
     cuda = device.startswith("cuda")
@@ -108,7 +119,7 @@ def serve_cmd(
                 warmup,
                 noop,
                 paced,
-                decode_workers=decode_workers,
+                decode_workers=decode_workers or default_decode_workers(),
                 decode_queue=decode_queue,
                 max_queue=max_queue,
                 image_formats=tuple(f for f in image_formats.split(",") if f.strip()),
