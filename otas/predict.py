@@ -46,9 +46,10 @@ class Predictor:
         return self.runner.classes[task]
 
     def decode(self, data: bytes) -> np.ndarray:
-        """Encoded image -> (H, W, 3) uint8 at the model's size; ValueError if it is not an image."""
+        """Encoded image -> (H, W, 3) uint8, resized and cropped as the model's preprocessing says;
+        ValueError if it is not an image."""
         try:
-            return decode(data, self.image_size)
+            return decode(data, self.runner.preprocess)
         except Exception as e:  # PIL raises many types for bad data
             raise ValueError(f"not a decodable image ({type(e).__name__}: {e})") from None
 

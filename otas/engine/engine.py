@@ -83,7 +83,8 @@ class Engine:
         self._books = Ledger(scheduler, lambda: self.observer)  # accepted and not yet ended
         self._last_arrival: dict[str, float] = {}
         self._device = ThreadPoolExecutor(1, thread_name_prefix="otas-device")
-        self._decode = Decoder(runner.image_size, decode_workers, decode_limits, decode_queue, clock=clock)
+        pre = getattr(runner, "preprocess", None) or runner.image_size  # a stand-in runner: a plain resize
+        self._decode = Decoder(pre, decode_workers, decode_limits, decode_queue, clock=clock)
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._closing = False

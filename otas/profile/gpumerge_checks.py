@@ -91,7 +91,7 @@ def timm_compile(name: str, model: AdaptiveViT, rec: Recorder, batches: list[int
     dynamic (one compile serves every batch > 1; batch 1 gets its own), so the phase fits a short run."""
     device = torch.device("cuda")
     stock = FastForward(model, device, FastConfig("graphs", tuple(sorted(batches)), torch.bfloat16))
-    vit, norm = stock.model.vit, Normalize().to(device)
+    vit, norm = stock.model.vit, Normalize.of(stock.model.preprocess, device)
     compiled = torch.compile(lambda u8: vit(norm(u8).to(torch.bfloat16)).float().softmax(-1), mode="reduce-overhead")
     size = vit.patch_embed.img_size
     for b in batches:

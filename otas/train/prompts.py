@@ -121,7 +121,7 @@ def _fit(
             for i, idx in enumerate(batches(len(y), cfg.batch_size, dev)):
                 for g in opt.param_groups:
                     g["lr"] = cosine_lr(epoch * steps + i, total, steps, cfg.lr)
-                xb = train_batch(x[idx], kind)
+                xb = train_batch(x[idx], kind, model.preprocess)
                 with autocast(dev):
                     loss = F.cross_entropy(model(xb, gamma, task), y[idx], label_smoothing=0.1)
                 opt.zero_grad(set_to_none=True)

@@ -9,7 +9,7 @@ from .conftest import small_model
 
 def _reference(model, images, gamma, tasks):
     with torch.no_grad():
-        return model(normalize(to_float(images)), gamma, tasks).float().softmax(-1)
+        return model(normalize(to_float(images), model.preprocess), gamma, tasks).float().softmax(-1)
 
 
 def test_eager_matches_the_model():
