@@ -115,8 +115,13 @@ def fail(message: str) -> None:
 
 @app.command("profile")
 def profile_cmd(
-    checkpoint: Annotated[Path, typer.Argument(help="Model checkpoint (.safetensors).")],
-    out: Annotated[Path | None, typer.Option(help="Profile JSON (default: profiles/<model>__<device>.json).")] = None,
+    checkpoint: Annotated[Path, typer.Argument(help="Model package directory, or checkpoint (.safetensors).")],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Profile JSON (default: PACKAGE/profiles/<device>.json, or profiles/<model>__<device>.json)."
+        ),
+    ] = None,
     device: str = "cpu",
     dtype: Annotated[str, typer.Option(help="float32 or bfloat16 (default: bfloat16 on cuda).")] = "",
     batch_sizes: str = "1,8,64",
@@ -139,6 +144,7 @@ def profile_cmd(
     """Measure accuracy per (task, γ) and latency/memory per (γ, batch size); write a JSON profile."""
     import torch
 
+    from otas.models.package import ModelPackage
     from otas.profile.measure import device_slug, measure_profile
     from otas.profile.report import print_profile
     from otas.profile.table import Profile
@@ -149,8 +155,9 @@ def profile_cmd(
     if dt not in ("float32", "bfloat16", "float16"):
         raise typer.BadParameter(f"--dtype must be float32, bfloat16 or float16, got {dt!r}")
     try:
+        pkg = ModelPackage.open(checkpoint)
         prof = measure_profile(
-            checkpoint,
+            pkg.checkpoint,
             device,
             getattr(torch, dt),
             opt.ints(batch_sizes),
@@ -164,7 +171,8 @@ def profile_cmd(
         )
     except ValueError as e:
         fail(str(e))
-    out = out or Path("profiles") / f"{prof.model}__{device_slug(prof.device)}.json"
+    prof.model = pkg.name
+    out = out or pkg.profile_path(device_slug(prof.device))
     prof.save(out)
     print_profile(prof, console)
     console.print(f"wrote {out}")
@@ -206,14 +214,20 @@ def predict_cmd(
     images: Annotated[list[Path], typer.Argument(help="Image files (any size; resized to the model's).")],
     task: str = "novel",
     gamma: int = 0,
-    model: Annotated[Path | None, typer.Option(help="Checkpoint (default: the shipped model).")] = None,
+    model: Annotated[
+        Path | None, typer.Option(help="Model package or checkpoint (default: the shipped model).")
+    ] = None,
     top_k: int = 3,
 ) -> None:
     """Classify images with the model at one γ and print the top-k labels."""
     from otas.predict import Predictor
 
-    pred = Predictor.load(model)
-    for path, res in zip(images, pred.classify_files(images, task, gamma, top_k), strict=True):
+    try:
+        pred = Predictor.load(model)
+        results = pred.classify_files(images, task, gamma, top_k)
+    except (ValueError, OSError) as e:
+        fail(str(e))
+    for path, res in zip(images, results, strict=True):
         top = ", ".join(f"{lab} {p:.2f}" for lab, p in res)
         console.print(f"{path}: {top}")
 

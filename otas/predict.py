@@ -38,7 +38,11 @@ class Predictor:
 
     @classmethod
     def load(cls, path: Path | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Predictor:
-        return cls(load_checkpoint(path or default_model_path(), "cpu", torch.float32), device, dtype)
+        """`path`: a checkpoint or a model package directory (default: the shipped model)."""
+        from otas.models.package import ModelPackage
+
+        ckpt = ModelPackage.open(path).checkpoint if path is not None else default_model_path()
+        return cls(load_checkpoint(ckpt, "cpu", torch.float32), device, dtype)
 
     def labels(self, task: str) -> list[str]:
         if task not in self.runner.classes:
