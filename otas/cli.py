@@ -91,7 +91,7 @@ def train_prompts_cmd(
     from otas.train.prompts import PromptConfig, train_prompts
 
     if (checkpoint is None) == (not backbone):
-        fail("give the backbone once: `otas train prompts CKPT` or --backbone timm:<name>|CKPT")
+        opt.fail("give the backbone once: `otas train prompts CKPT` or --backbone timm:<name>|CKPT")
     chosen = tuple(task or ()) + tuple(t for t in tasks.split(",") if t.strip())
     try:
         cfg = PromptConfig(
@@ -104,13 +104,7 @@ def train_prompts_cmd(
             pretrained_file=pretrained_file,
         )  # fmt: skip
     except ValueError as e:
-        fail(str(e))
-
-
-def fail(message: str) -> None:
-    """A usage or input error: one line on stderr, exit status 2, no traceback."""
-    Console(stderr=True).print(f"error: {message}", soft_wrap=True, highlight=False, markup=False)
-    raise typer.Exit(2)
+        opt.fail(str(e))
 
 
 @app.command("profile")
@@ -170,7 +164,7 @@ def profile_cmd(
             folders=task_folders(task or []),
         )
     except ValueError as e:
-        fail(str(e))
+        opt.fail(str(e))
     prof.model = pkg.name
     out = out or pkg.profile_path(device_slug(prof.device))
     prof.save(out)
@@ -226,7 +220,7 @@ def predict_cmd(
         pred = Predictor.load(model)
         results = pred.classify_files(images, task, gamma, top_k)
     except (ValueError, OSError) as e:
-        fail(str(e))
+        opt.fail(str(e))
     for path, res in zip(images, results, strict=True):
         top = ", ".join(f"{lab} {p:.2f}" for lab, p in res)
         console.print(f"{path}: {top}")

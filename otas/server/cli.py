@@ -165,7 +165,7 @@ def serve_cmd(
 
             serve(cfg)
     except ValueError as e:
-        raise typer.BadParameter(str(e)) from None
+        opt.fail(str(e))
 
 
 def _apps(path: Path, admin: bool):

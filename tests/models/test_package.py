@@ -68,3 +68,14 @@ def test_save_apps_is_atomic_and_round_trips(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         save_apps(path, apps[:1])
     assert path.read_text() == before and [f.name for f in tmp_path.iterdir()] == ["apps.yaml"]  # no debris
+
+
+def test_otas_serve_says_how_to_make_a_missing_profile(pkg):
+    from typer.testing import CliRunner
+
+    from otas.cli import app
+
+    res = CliRunner().invoke(app, ["serve", "--model", str(pkg)], terminal_width=200)
+    out = res.output.strip()
+    assert res.exit_code == 2 and out.startswith("error: no profile of") and len(out.splitlines()) == 1, res.output
+    assert f"otas profile {pkg} --device cpu" in out and "Traceback" not in out
