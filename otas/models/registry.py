@@ -61,12 +61,19 @@ def build_vit(
     return vit
 
 
-def _build_timm(name, num_classes, drop_path_rate, pretrained, pretrained_file, overrides) -> nn.Module:
+def check_timm_name(name: str) -> None:
+    """Raise ValueError, with similar names, if timm has no model `name` (without ``timm:``)."""
     import timm
 
     if not timm.is_model(name):
         near = timm.list_models(f"*{name.split('.')[0][:12]}*")[:8]
         raise ValueError(f"timm has no model {name!r}; similar names: {near or 'none'} (see timm.list_models())")
+
+
+def _build_timm(name, num_classes, drop_path_rate, pretrained, pretrained_file, overrides) -> nn.Module:
+    import timm
+
+    check_timm_name(name)
     # one input size (token adaptation plans per token count); the weights are the same either way
     kwargs: dict[str, Any] = dict(drop_path_rate=drop_path_rate, dynamic_img_size=False, **overrides)
     if pretrained_file:

@@ -25,7 +25,7 @@ from otas.adapt.config import DEFAULT_GAMMAS
 from otas.adapt.vit import key
 from otas.data.tasks import DOWNSTREAM
 from otas.models.checkpoint import load_checkpoint, read_header, save_checkpoint
-from otas.models.registry import build_vit
+from otas.models.registry import build_vit, check_timm_name
 from otas.train.common import autocast, batches, cosine_lr, evaluate, pick_device, to_device, train_batch
 from otas.train.data import VAL_FRACTION, TaskSource, load_task
 
@@ -69,6 +69,11 @@ def backbone_model(
     """(the frozen backbone as an AdaptiveViT, the meta to carry on) from ``timm:<name>`` or a checkpoint."""
     name = str(backbone)
     if name.startswith("timm:"):
+        check_timm_name(name[5:])
+        if not (pretrained or pretrained_file):  # prompts on random features would learn nothing useful
+            raise ValueError(
+                f"{name} needs its weights: add --pretrained (timm's hub) or --pretrained-file W.safetensors"
+            )
         vit = build_vit(name, None, pretrained=pretrained, pretrained_file=pretrained_file)
         return AdaptiveViT(vit, AdaptConfig(gammas=(0,))).to(device), {"backbone": name}
     if pretrained or pretrained_file:

@@ -75,6 +75,7 @@ def test_bad_backbones_are_refused_in_one_line(tmp_path, weights):
         (["--backbone", "timm:vit_no_such_model"], "timm has no model"),
         (["--backbone", "timm:test_vit2", "--pretrained-file", str(weights)], "do not match timm:test_vit2"),
         (["--backbone", str(tmp_path / "missing.safetensors")], "no such checkpoint"),
+        (["--backbone", "timm:test_vit"], "needs its weights: add --pretrained"),
         (["--backbone", "timm:test_vit", "--pretrained-file", str(tmp_path / "w.bin")], "pickled weights are refused"),
     ]
     for backbone, message in cases:
