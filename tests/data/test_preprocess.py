@@ -112,3 +112,32 @@ def test_bad_preprocess_values_are_refused():
         Preprocess(32, interpolation="lanczos9")
     with pytest.raises(ValueError, match="unknown keys"):
         Preprocess.from_dict({"size": 32, "colour": "red"})
+
+
+def test_probabilities_served_over_http_equal_timm(tmp_path):
+    """The whole served path for a model with non-CIFAR statistics: an encoded image over HTTP ->
+    the server's decoder -> the runner's fast path at γ = 0 -> the classify answer."""
+    import httpx
+
+    from otas.config import HttpConfig, SchedulerConfig
+    from otas.profile.table import Profile
+    from otas.server.app import ServerThread
+    from otas.server.main import build
+    from otas.types import App
+
+    torch.manual_seed(0)
+    vit = build_vit("timm:test_vit", 7).eval()
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(AdaptiveViT(vit, AdaptConfig(gammas=(-2, 0), tasks={"t": 3})), path)
+    runner = Runner(load_checkpoint(path), "cpu", max_batch=4)
+    lat = {g: {1: 5.0, 4: 10.0} for g in (-2, 0)}
+    prof = Profile("m", "cpu", "float32", [-2, 0], [1, 4], {"source": {-2: 0.5, 0: 0.6}}, lat)
+    app, _ = build(runner, prof, [App("cam", 2000.0, 1.0, "source")], "fixed:0", SchedulerConfig(max_batch=4),
+                   http=HttpConfig(drain_s=0.0))  # fmt: skip
+    data = png(211, 173, 5)
+    with ServerThread(app) as srv:
+        r = httpx.post(f"{srv.url}/v1/apps/cam/classify?top_k=7", files={"image": ("x.png", data)}, timeout=30)
+    assert r.status_code == 200 and r.json()["gamma"] == 0, r.text
+    got = {d["label"]: d["prob"] for d in r.json()["top_k"]}
+    want = timm_reference(vit, data)[0]
+    np.testing.assert_allclose([got[str(i)] for i in range(7)], want.numpy(), atol=2e-6)
