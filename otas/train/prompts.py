@@ -108,6 +108,8 @@ def train_prompts(
     recorded = read_header(out)["meta"].get("task_sources", {}) if prev is not None else {}
     loaded = {s.name: load_task(s, pre, data, cfg.seed, cfg.val_fraction, recorded.get(s.name)) for s in sources}
     tasks = {t: len(d.val.classes) for t, d in loaded.items()}
+    if prev is not None:
+        _check_resumable(out, prev, base, {t: d.val.classes for t, d in loaded.items()})
     model = AdaptiveViT(base.vit, AdaptConfig(gammas=cfg.gammas, deep=cfg.deep, tasks=tasks), base.source_classes, pre)
     if prev is not None:
         model.load_state_dict(prev.state_dict(), strict=False)
@@ -153,6 +155,17 @@ def train_prompts(
             save()  # after every task/γ, so a stop loses little
     save({"val_accuracy": _every_gamma(model, loaded, results, cfg.limit, dev, log)})
     return results
+
+
+def _check_resumable(out: Path, prev: AdaptiveViT, base: AdaptiveViT, classes: dict[str, list[str]]) -> None:
+    """`out` exists: it is continued only if it holds this backbone and these tasks' classes."""
+    fresh = "give another --out, or delete it to start over"
+    if prev.vit.otas_build["arch"] != base.vit.otas_build["arch"]:
+        raise ValueError(f"{out} was trained on {prev.vit.otas_build['arch']}, not this backbone; {fresh}")
+    for t, names in classes.items():
+        had = prev.task_classes.get(t)
+        if had is not None and list(had) != list(names):
+            raise ValueError(f"{out} has task {t!r} with classes {had}, the data now has {names}; {fresh}")
 
 
 def _every_gamma(model: AdaptiveViT, loaded: dict, results: dict, limit: int | None, dev, log) -> dict:

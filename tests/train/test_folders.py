@@ -82,3 +82,16 @@ def test_bad_backbones_are_refused_in_one_line(tmp_path, weights):
         args = ["train", "prompts", *backbone, "--task", f"t={tmp_path / 't'}", "--out", str(tmp_path / "m.st")]
         res = CliRunner().invoke(app, args, terminal_width=200)
         assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, res.output
+
+
+def test_a_rerun_continues_only_the_same_tasks(tmp_path, weights, monkeypatch):
+    monkeypatch.setenv("OTAS_CACHE", str(tmp_path / "cache"))
+    make_task(tmp_path / "t", ["red", "green"], n=4)
+    assert train(tmp_path, weights, f"t={tmp_path / 't'}").exit_code == 0
+    res = train(tmp_path, weights, f"t={tmp_path / 't'}")  # nothing left to train
+    assert res.exit_code == 0, res.output
+    before = (tmp_path / "m.safetensors").read_bytes()
+    make_task(tmp_path / "t", ["blue"], n=4)  # the task's classes changed since
+    res = train(tmp_path, weights, f"t={tmp_path / 't'}")
+    assert res.exit_code == 2 and "with classes ['green', 'red'], the data now has" in res.output, res.output
+    assert (tmp_path / "m.safetensors").read_bytes() == before  # refused: the file is untouched
