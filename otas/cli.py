@@ -54,32 +54,68 @@ def train_backbone_cmd(
 
 @train_app.command("prompts")
 def train_prompts_cmd(
-    backbone: Annotated[Path, typer.Argument(help="Backbone checkpoint from `otas train backbone`.")],
-    out: Annotated[Path, typer.Option(help="Checkpoint to write, with heads and prompts.")],
-    tasks: Annotated[str, typer.Option(help="Downstream tasks (default: novel,lowlight,blur).")] = "",
+    out: Annotated[Path, typer.Option(help="Checkpoint to write, with heads, prompts and class names.")],
+    checkpoint: Annotated[
+        Path | None, typer.Argument(help="Backbone checkpoint from `otas train backbone` (or use --backbone).")
+    ] = None,
+    backbone: Annotated[
+        str, typer.Option(help="timm:<model name> (any timm ViT) or a backbone checkpoint (.safetensors).")
+    ] = "",
+    pretrained: Annotated[bool, typer.Option(help="timm: download its pretrained weights from the hub.")] = False,
+    pretrained_file: Annotated[
+        Path | None, typer.Option(help="timm: its pretrained weights from a local .safetensors file.")
+    ] = None,
+    task: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="NAME=DIR: your image folder (DIR/CLASS/IMAGE, or DIR/train and DIR/val); or a "
+            "built-in name (novel, lowlight, blur). Repeat for several tasks."
+        ),
+    ] = None,  # fmt: skip
+    tasks: Annotated[str, typer.Option(help="Built-in tasks, comma-separated (default: novel,lowlight,blur).")] = "",
     gammas: Annotated[
         str, typer.Option(help="The set Γ (default: otas.adapt.DEFAULT_GAMMAS); prompts for every γ > 0.")
     ] = "",
     epochs: int = 20,
     head_epochs: int = 10,
+    batch_size: int = 256,
+    seed: Annotated[int, typer.Option(help="Seeds training and a folder's held-out split.")] = 0,
+    val_fraction: Annotated[
+        float, typer.Option(help="Share of each class held out in a folder without train/ and val/.")
+    ] = 0.2,
     shallow: Annotated[bool, typer.Option(help="Shallow prompts (input only) instead of deep.")] = False,
-    data: Path | None = None,
+    data: Annotated[Path | None, typer.Option(help="CIFAR-10 JPEG archive, for built-in tasks.")] = None,
     device: str | None = None,
 ) -> None:
     """Train per task the γ = 0 head and a prompt set + head per γ > 0, backbone frozen."""
     from otas.train.prompts import PromptConfig, train_prompts
 
-    given = {"tasks": tuple(t for t in tasks.split(",") if t), "gammas": tuple(opt.ints(gammas)) if gammas else ()}
-    cfg = PromptConfig(
-        deep=not shallow, epochs=epochs, head_epochs=head_epochs, **{k: v for k, v in given.items() if v}
-    )
-    train_prompts(cfg, backbone, out, data, device, log=console.log)
+    if (checkpoint is None) == (not backbone):
+        opt.fail("give the backbone once: `otas train prompts CKPT` or --backbone timm:<name>|CKPT")
+    chosen = tuple(task or ()) + tuple(t for t in tasks.split(",") if t.strip())
+    try:
+        cfg = PromptConfig(
+            deep=not shallow, epochs=epochs, head_epochs=head_epochs, batch_size=batch_size, seed=seed,
+            val_fraction=val_fraction, **({"tasks": chosen} if chosen else {}),
+            **({"gammas": tuple(opt.ints(gammas))} if gammas else {}),
+        )  # fmt: skip
+        train_prompts(
+            cfg, backbone or checkpoint, out, data, device, log=console.log, pretrained=pretrained,
+            pretrained_file=pretrained_file,
+        )  # fmt: skip
+    except ValueError as e:
+        opt.fail(str(e))
 
 
 @app.command("profile")
 def profile_cmd(
-    checkpoint: Annotated[Path, typer.Argument(help="Model checkpoint (.safetensors).")],
-    out: Annotated[Path | None, typer.Option(help="Profile JSON (default: profiles/<model>__<device>.json).")] = None,
+    checkpoint: Annotated[Path, typer.Argument(help="Model package directory, or checkpoint (.safetensors).")],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Profile JSON (default: PACKAGE/profiles/<device>.json, or profiles/<model>__<device>.json)."
+        ),
+    ] = None,
     device: str = "cpu",
     dtype: Annotated[str, typer.Option(help="float32 or bfloat16 (default: bfloat16 on cuda).")] = "",
     batch_sizes: str = "1,8,64",
@@ -89,14 +125,20 @@ def profile_cmd(
     gammas: Annotated[str, typer.Option(help="Profile only these γ of the model's set, e.g. -20,0,16.")] = "",
     accuracy_limit: Annotated[int | None, typer.Option(help="Test images per task (default: all).")] = None,
     min_time_s: Annotated[float, typer.Option(help="Timing seconds per (γ, batch) cell, cells interleaved.")] = 1.0,
-    mode: Annotated[
-        str, typer.Option(help="Timed path: eager, graphs (CUDA graphs), compile or compiled-graphs.")
-    ] = "eager",
-    data: Path | None = None,
+    mode: Annotated[str, typer.Option(help="Timed path: eager, graphs, compile or compiled-graphs.")] = "eager",
+    task: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="NAME=DIR: measure task NAME's accuracy on this folder (its val/ split, or the split "
+            "held out at training, or all of it). Default: the folders the tasks were trained from."
+        ),
+    ] = None,  # fmt: skip
+    data: Annotated[Path | None, typer.Option(help="CIFAR-10 JPEG archive, for built-in tasks.")] = None,
 ) -> None:
     """Measure accuracy per (task, γ) and latency/memory per (γ, batch size); write a JSON profile."""
     import torch
 
+    from otas.models.package import ModelPackage
     from otas.profile.measure import device_slug, measure_profile
     from otas.profile.report import print_profile
     from otas.profile.table import Profile
@@ -106,22 +148,41 @@ def profile_cmd(
     dt = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
     if dt not in ("float32", "bfloat16", "float16"):
         raise typer.BadParameter(f"--dtype must be float32, bfloat16 or float16, got {dt!r}")
-    prof = measure_profile(
-        checkpoint,
-        device,
-        getattr(torch, dt),
-        opt.ints(batch_sizes),
-        data=data,
-        accuracy_from=Profile.load(accuracy_from) if accuracy_from else None,
-        accuracy_limit=accuracy_limit,
-        min_time_s=min_time_s,
-        mode=mode,
-        gammas=opt.ints(gammas) if gammas else None,
-    )
-    out = out or Path("profiles") / f"{prof.model}__{device_slug(prof.device)}.json"
+    try:
+        pkg = ModelPackage.open(checkpoint)
+        prof = measure_profile(
+            pkg.checkpoint,
+            device,
+            getattr(torch, dt),
+            opt.ints(batch_sizes),
+            data=data,
+            accuracy_from=Profile.load(accuracy_from) if accuracy_from else None,
+            accuracy_limit=accuracy_limit,
+            min_time_s=min_time_s,
+            mode=mode,
+            gammas=opt.ints(gammas) if gammas else None,
+            folders=task_folders(task or []),
+        )
+    except ValueError as e:
+        opt.fail(str(e))
+    prof.model = pkg.name
+    out = out or pkg.profile_path(device_slug(prof.device))
     prof.save(out)
     print_profile(prof, console)
     console.print(f"wrote {out}")
+
+
+def task_folders(args: list[str]) -> dict[str, Path]:
+    """--task NAME=DIR ... -> {NAME: DIR} (a bad argument is a ValueError)."""
+    from otas.train.data import TaskSource
+
+    folders = {}
+    for arg in args:
+        if "=" not in arg:
+            raise ValueError(f"--task {arg!r}: write NAME=DIR, the folder to measure task NAME on")
+        src = TaskSource.parse(arg)
+        folders[src.name] = src.root
+    return folders
 
 
 @app.command("report")
@@ -147,14 +208,20 @@ def predict_cmd(
     images: Annotated[list[Path], typer.Argument(help="Image files (any size; resized to the model's).")],
     task: str = "novel",
     gamma: int = 0,
-    model: Annotated[Path | None, typer.Option(help="Checkpoint (default: the shipped model).")] = None,
+    model: Annotated[
+        Path | None, typer.Option(help="Model package or checkpoint (default: the shipped model).")
+    ] = None,
     top_k: int = 3,
 ) -> None:
     """Classify images with the model at one γ and print the top-k labels."""
     from otas.predict import Predictor
 
-    pred = Predictor.load(model)
-    for path, res in zip(images, pred.classify_files(images, task, gamma, top_k), strict=True):
+    try:
+        pred = Predictor.load(model)
+        results = pred.classify_files(images, task, gamma, top_k)
+    except (ValueError, OSError) as e:
+        opt.fail(str(e))
+    for path, res in zip(images, results, strict=True):
         top = ", ".join(f"{lab} {p:.2f}" for lab, p in res)
         console.print(f"{path}: {top}")
 

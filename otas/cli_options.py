@@ -5,7 +5,7 @@ tree they map to."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -59,3 +59,11 @@ def loads(value: str) -> list[float]:
     if not out or any(not x > 0 for x in out):
         raise typer.BadParameter(f"--load {value!r}: every load must be a positive number")
     return out
+
+
+def fail(message: str) -> NoReturn:
+    """A usage or input error: one line on stderr, exit status 2, no traceback."""
+    from rich.console import Console
+
+    Console(stderr=True).print(f"error: {message}", soft_wrap=True, highlight=False, markup=False)
+    raise typer.Exit(2)

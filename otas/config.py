@@ -227,8 +227,17 @@ class ServingConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    admin_token: str = field(default="", repr=False)
+    """Bearer token that turns on POST/PUT/DELETE /v1/apps; empty = off."""
+    apps_file: Path | None = None
+    """Where application changes made over HTTP are persisted (the package's apps.yaml)."""
 
     def __post_init__(self) -> None:
+        if not self.apps and not self.admin_token:
+            raise ValueError("no applications to serve: list them in apps.yaml, or register them over HTTP "
+                             "(give --admin-token or $OTAS_ADMIN_TOKEN)")  # fmt: skip
+        if self.admin_token and self.backend != "local":
+            raise ValueError("--admin-token (applications at run time) needs --backend local")
         if self.backend not in ("local", "ray"):
             raise ValueError(f"backend={self.backend!r}: use local (one process) or ray (Ray Serve replicas)")
         if self.backend == "local" and (self.ray != RayConfig() or self.engine.paced):
@@ -242,11 +251,13 @@ class ServingConfig:
             )
 
 
-def parse_apps(data: object, source: str = "<apps>") -> list[App]:
+def parse_apps(data: object, source: str = "<apps>", allow_empty: bool = False) -> list[App]:
     """Build applications from parsed YAML: a list of {name, slo_ms, utility, task}, or
-    {"apps": [...]}. Raises ValueError naming the entry and the fix."""
+    {"apps": [...]} (empty only with `allow_empty`). Raises ValueError naming the entry and the fix."""
     if isinstance(data, dict) and "apps" in data:
         data = data["apps"]
+    if allow_empty and data in ([], None):
+        return []
     if not isinstance(data, list) or not data:
         raise ValueError(f"{source}: expected a non-empty list of applications (or a key `apps:`)")
     apps: list[App] = []
@@ -273,7 +284,7 @@ def parse_apps(data: object, source: str = "<apps>") -> list[App]:
     return apps
 
 
-def load_apps(path: str | Path) -> list[App]:
+def load_apps(path: str | Path, allow_empty: bool = False) -> list[App]:
     """Read an applications YAML file (see otas/configs/apps.yaml)."""
     p = Path(path)
     if not p.is_file():
@@ -282,7 +293,7 @@ def load_apps(path: str | Path) -> list[App]:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
         raise ValueError(f"{p}: not valid YAML ({e})") from None
-    return parse_apps(data, source=str(p))
+    return parse_apps(data, source=str(p), allow_empty=allow_empty)
 
 
 def asset_path(name: str) -> Path:

@@ -38,7 +38,11 @@ class Predictor:
 
     @classmethod
     def load(cls, path: Path | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Predictor:
-        return cls(load_checkpoint(path or default_model_path(), "cpu", torch.float32), device, dtype)
+        """`path`: a checkpoint or a model package directory (default: the shipped model)."""
+        from otas.models.package import ModelPackage
+
+        ckpt = ModelPackage.open(path).checkpoint if path is not None else default_model_path()
+        return cls(load_checkpoint(ckpt, "cpu", torch.float32), device, dtype)
 
     def labels(self, task: str) -> list[str]:
         if task not in self.runner.classes:
@@ -46,9 +50,10 @@ class Predictor:
         return self.runner.classes[task]
 
     def decode(self, data: bytes) -> np.ndarray:
-        """Encoded image -> (H, W, 3) uint8 at the model's size; ValueError if it is not an image."""
+        """Encoded image -> (H, W, 3) uint8, resized and cropped as the model's preprocessing says;
+        ValueError if it is not an image."""
         try:
-            return decode(data, self.image_size)
+            return decode(data, self.runner.preprocess)
         except Exception as e:  # PIL raises many types for bad data
             raise ValueError(f"not a decodable image ({type(e).__name__}: {e})") from None
 

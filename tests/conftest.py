@@ -37,3 +37,24 @@ def paced(runner):
     from tests.server.helpers import PacedRunner, paced_profile
 
     return PacedRunner(runner, paced_profile())
+
+
+# Your own model: timm's test ViT (weights written locally) prompted for two generated folder tasks.
+@pytest.fixture(scope="session")
+def byo_model(tmp_path_factory):
+    """(checkpoint, {task: folder}) of timm:test_vit trained briefly on two generated folder tasks."""
+    from otas.train.prompts import PromptConfig, train_prompts
+    from tests.folders import make_task, write_timm_weights
+
+    root = tmp_path_factory.mktemp("byo")
+    folders = {
+        "colours": make_task(root / "colours", ["red", "green", "blue"], n=6),
+        "lights": make_task(root / "lights", ["yellow", "blue"], n=6, seed=1),
+    }
+    weights = write_timm_weights(root / "test_vit.safetensors")
+    cfg = PromptConfig(tasks=tuple(f"{t}={d}" for t, d in folders.items()), gammas=(-4, 0, 4), epochs=1, head_epochs=2)
+    ckpt = root / "model.safetensors"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OTAS_CACHE", str(root / "cache"))
+        train_prompts(cfg, "timm:test_vit", ckpt, device="cpu", log=lambda *a: None, pretrained_file=weights)
+    return ckpt, folders

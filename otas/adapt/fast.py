@@ -73,7 +73,7 @@ class FastForward:
         size = model.vit.patch_embed.img_size
         self._shape = (*size, 3)
         # made once on the device: a host-to-device copy is not allowed inside graph capture
-        self._normalize = (normalize or Normalize()).to(self.device)
+        self._normalize = (normalize or Normalize.of(model.preprocess)).to(self.device)
         self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self._fn = self._forward
         if self.cfg.mode in ("compile", "compiled-graphs"):

@@ -17,6 +17,7 @@ from otas.adapt.config import AdaptConfig
 from otas.adapt.merge import merge_schedule
 from otas.adapt.ops import REFERENCE, MergeOps
 from otas.adapt.timm_compat import check_vit
+from otas.data.preprocess import Preprocess
 
 SOURCE = "source"
 """Name of the backbone's own task; its head is the timm model's `head`."""
@@ -31,13 +32,24 @@ class MergeCapWarning(UserWarning):
 
 
 class AdaptiveViT(nn.Module):
-    def __init__(self, vit: nn.Module, config: AdaptConfig, source_classes: Sequence[str] | None = None):
+    def __init__(
+        self,
+        vit: nn.Module,
+        config: AdaptConfig,
+        source_classes: Sequence[str] | None = None,
+        preprocess: Preprocess | None = None,
+    ):
         super().__init__()
         check_vit(vit)
         self.vit = vit
         self.config = config
         self.source_classes = list(source_classes) if source_classes else None
         self.task_classes: dict[str, list[str]] = {}
+        self.preprocess = preprocess or Preprocess.from_vit(vit)
+        """Input size, resize/crop, mean/std: the one declaration every input path reads."""
+        if self.preprocess.size != vit.patch_embed.img_size[0]:
+            size = vit.patch_embed.img_size
+            raise ValueError(f"preprocess size {self.preprocess.size} differs from the model's input size {size}")
         C = vit.embed_dim
         depth = len(vit.blocks) if config.deep else 1
         self.prompts = nn.ParameterDict()

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from otas.data.folder import ImageSet, load_image_folder
+from otas.data.preprocess import Preprocess
 
 ARCHIVE_NAME = "cifar10-jpg.tar.gz"
 
@@ -28,7 +29,11 @@ def default_archive() -> Path:
     )
 
 
-def load_cifar10(split: str, path: str | Path | None = None, progress: bool = True) -> ImageSet:
+def load_cifar10(
+    split: str, path: str | Path | None = None, progress: bool = True, preprocess: Preprocess | None = None
+) -> ImageSet:
+    """CIFAR-10's `split` at 32x32, or resized and cropped as a model's `preprocess` says."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    return load_image_folder(path or default_archive(), split=split, image_size=32, progress=progress)
+    pre = None if preprocess is None or preprocess == Preprocess(32) else preprocess  # 32x32 as stored
+    return load_image_folder(path or default_archive(), split=split, image_size=32, progress=progress, preprocess=pre)

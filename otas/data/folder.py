@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
+
+from otas.data.preprocess import Preprocess
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -53,13 +55,27 @@ def cache_dir() -> Path:
     return Path(os.environ.get("OTAS_CACHE", Path.home() / ".cache" / "otas"))
 
 
-def decode(data: bytes, image_size: int | None) -> np.ndarray:
-    """Encoded image bytes -> (H, W, 3) uint8, resized to a square `image_size` if given."""
+def decode(data: bytes, pre: Preprocess | int | None) -> np.ndarray:
+    """Encoded image bytes -> (H, W, 3) uint8, resized and cropped as a model's `pre` says (an int:
+    a plain resize to that square side; None: as stored)."""
     with Image.open(io.BytesIO(data)) as im:
         im = im.convert("RGB")
-        if image_size is not None and im.size != (image_size, image_size):
-            im = im.resize((image_size, image_size), Image.BILINEAR)
+        if pre is not None:
+            im = (Preprocess(pre) if isinstance(pre, int) else pre).fit(im)
         return np.asarray(im, dtype=np.uint8)
+
+
+def _fingerprint(root: Path) -> str:
+    """Size and mtime of an archive, or of every file under a folder (a changed image changes it)."""
+    if not root.is_dir():
+        st = root.stat()
+        return f"{st.st_size}|{st.st_mtime_ns}"
+    h = hashlib.sha1()
+    for f in sorted(root.rglob("*")):
+        if f.is_file():
+            st = f.stat()
+            h.update(f"{f.relative_to(root)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
 
 
 def _split_path(parts: list[str], split: str | None) -> tuple[str, str] | None:
@@ -93,14 +109,20 @@ def _iter_files(root: Path, split: str | None):
 
 
 def load_image_folder(
-    path: str | Path, split: str | None = None, image_size: int | None = None, progress: bool = True
+    path: str | Path,
+    split: str | None = None,
+    image_size: int | None = None,
+    progress: bool = True,
+    preprocess: Preprocess | None = None,
 ) -> ImageSet:
-    """Decode (or load from cache) every image of `split` under `path`; classes sorted by name."""
+    """Decode (or load from cache) every image of `split` under `path`; classes sorted by name.
+    Images are resized and cropped as `preprocess` says (a model's), or resized to `image_size`."""
     root = Path(path)
     if not root.exists():
         raise ValueError(f"dataset {root} does not exist")
-    st = root.stat()
-    tag = hashlib.sha1(f"{root.resolve()}|{st.st_size}|{st.st_mtime_ns}|{split}|{image_size}".encode()).hexdigest()[:16]
+    pre = preprocess or image_size
+    how = preprocess.to_dict() if preprocess else image_size
+    tag = hashlib.sha1(f"{root.resolve()}|{_fingerprint(root)}|{split}|{how}".encode()).hexdigest()[:16]
     cached = cache_dir() / f"{root.name}.{split or 'all'}.{tag}.npz"
     if cached.is_file():
         with np.load(cached) as z:
@@ -109,11 +131,22 @@ def load_image_folder(
     from rich.progress import Progress
 
     items: list[tuple[str, str, np.ndarray]] = []
+    bad: list[str] = []
     with Progress(transient=True, disable=not progress) as bar:
         job = bar.add_task(f"decoding {root.name} [{split or 'all'}]", total=None)
         for cls, name, data in _iter_files(root, split):
-            items.append((cls, name, decode(data, image_size)))
+            try:
+                items.append((cls, name, decode(data, pre)))
+            except UnidentifiedImageError:
+                bad.append(f"{cls}/{name} (not an image format Pillow reads)")
+            except Exception as e:  # noqa: BLE001 - PIL raises many types on a truncated or corrupt file
+                bad.append(f"{cls}/{name} ({type(e).__name__}: {str(e)[:80]})")
             bar.advance(job)
+    if bad:  # nothing is skipped silently: a dataset is used whole or not at all
+        raise ValueError(
+            f"{len(bad)} image(s) in {root} (split={split!r}) cannot be decoded: {'; '.join(bad[:5])}"
+            f"{' ...' if len(bad) > 5 else ''}; fix or remove them"
+        )
     if not items:
         raise ValueError(f"no images found in {root} (split={split!r}); expected ROOT/[SPLIT/]CLASS/IMAGE.jpg")
     shapes = {im.shape for _, _, im in items}

@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
+from otas.data.preprocess import Preprocess
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
@@ -17,14 +16,19 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
 class Normalize:
     """The model's input normalisation, the one place it is done (training, evaluation, the runner).
 
-    Mean and std are made once on the device, so a call makes no host-to-device copy and can run
+    Mean and std are the model's (`AdaptiveViT.preprocess`, stored in its checkpoint); they
+    are made once on the device, so a call makes no host-to-device copy and can run
     inside CUDA-graph capture. Takes uint8 (B, H, W, 3) or float (B, 3, H, W) in [0, 1]; returns
     float32 (B, 3, H, W).
     """
 
-    def __init__(self, mean=CIFAR_MEAN, std=CIFAR_STD, device: torch.device | str = "cpu"):
+    def __init__(self, mean, std, device: torch.device | str = "cpu"):
         self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+
+    @classmethod
+    def of(cls, pre: Preprocess, device: torch.device | str = "cpu") -> Normalize:
+        return cls(pre.mean, pre.std, device)
 
     def to(self, device: torch.device | str) -> Normalize:
         return Normalize(self.mean.flatten().tolist(), self.std.flatten().tolist(), device)
@@ -35,9 +39,9 @@ class Normalize:
         return (x.float() - self.mean.to(x.device)) / self.std.to(x.device)
 
 
-def normalize(x: torch.Tensor, mean=CIFAR_MEAN, std=CIFAR_STD) -> torch.Tensor:
-    """Float (B, 3, H, W) in [0, 1] or uint8 (B, H, W, 3) -> normalised float32 (B, 3, H, W)."""
-    return Normalize(mean, std, x.device)(x)
+def normalize(x: torch.Tensor, pre: Preprocess) -> torch.Tensor:
+    """Float (B, 3, H, W) in [0, 1] or uint8 (B, H, W, 3) -> float32 (B, 3, H, W) normalised as `pre` says."""
+    return Normalize.of(pre, x.device)(x)
 
 
 def random_crop_flip(x: torch.Tensor, pad: int = 4) -> torch.Tensor:

@@ -32,7 +32,7 @@ from otas.engine.images import DecodeBusy, DecodeExpired, DecodeLimits, Decoder
 from otas.engine.ledger import Ledger, Pending
 from otas.engine.serving import NotServed, Observer, Served, observe
 from otas.sched.scheduler import Scheduler
-from otas.types import BatchPlan, Request
+from otas.types import App, BatchPlan, Request
 
 log = logging.getLogger("otas.engine")
 
@@ -74,21 +74,68 @@ class Engine:
         self.margin = deadline_margin
         self.scheduler, self.runner = scheduler, runner
         self.observer = observer or Observer()
-        self.apps = scheduler.apps
-        missing = sorted({a.task for a in self.apps.values()} - set(runner.classes))
-        if missing:
-            raise ValueError(f"the model has no head for tasks {missing}; it serves {sorted(runner.classes)}")
+        self._check_tasks(scheduler.apps.values())
         self._clock, self._t0 = clock, clock()
         self._ids = itertools.count()
         self._books = Ledger(scheduler, lambda: self.observer)  # accepted and not yet ended
         self._last_arrival: dict[str, float] = {}
         self._device = ThreadPoolExecutor(1, thread_name_prefix="otas-device")
-        self._decode = Decoder(runner.image_size, decode_workers, decode_limits, decode_queue, clock=clock)
+        pre = getattr(runner, "preprocess", None) or runner.image_size  # a stand-in runner: a plain resize
+        self._decode = Decoder(pre, decode_workers, decode_limits, decode_queue, clock=clock)
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._closing = False
-        self._poll_s = min(a.slo_ms for a in self.apps.values()) / 10 / 1000  # expiry checks during a batch
+        self._draining: set[str] = set()  # applications being removed: no new requests
         self.batches = 0
+
+    @property
+    def apps(self) -> dict[str, App]:
+        """The applications served now (the scheduler's; they change at run time through `set_apps`)."""
+        return self.scheduler.apps
+
+    @property
+    def _poll_s(self) -> float:
+        """Expiry checks while a batch runs: a tenth of the tightest SLO."""
+        return min((a.slo_ms for a in self.apps.values()), default=100.0) / 10 / 1000
+
+    def _check_tasks(self, apps) -> None:
+        missing = sorted({a.task for a in apps} - set(self.runner.classes))
+        if missing:
+            raise ValueError(f"the model has no head for tasks {missing}; it serves {sorted(self.runner.classes)}")
+
+    # -- applications at run time ------------------------------------------------------------------
+    def set_apps(self, apps: Sequence[App]) -> None:
+        """Serve `apps` from the next decision on (added or changed; see `remove_app` to remove one).
+        Raises ValueError, changing nothing, for a task the model or the profile lacks."""
+        self._check_tasks(apps)
+        self.scheduler.set_apps(apps)
+        if self._wake is not None:
+            self._wake.set()
+
+    async def remove_app(self, name: str, timeout_s: float = 30.0) -> int:
+        """Stop admitting requests for `name`, wait until each accepted one is answered (served, or
+        expired at its deadline), then stop serving it. Returns how many were drained."""
+        if name not in self.apps:
+            raise KeyError(name)
+        self._draining.add(name)
+        try:
+            drained = self._open_requests(name)
+            deadline = time.monotonic() + timeout_s
+            while self._open_requests(name) and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)
+            left = self._open_requests(name)
+            if left:  # never forgotten: answered now
+                items = [it for it in self._books.pending.values() if it.req.app == name]
+                self._books.fail(items, "unknown_app", f"application {name!r} was removed before this request ran")
+                self.scheduler.cancel(it.req.id for it in items)
+            self.scheduler.set_apps([a for a in self.apps.values() if a.name != name])
+            self._last_arrival.pop(name, None)
+            return drained
+        finally:
+            self._draining.discard(name)
+
+    def _open_requests(self, name: str) -> int:
+        return sum(1 for it in self._books.pending.values() if it.req.app == name)
 
     @property
     def image_size(self) -> int:
@@ -132,6 +179,7 @@ class Engine:
         refuses it (`decode_busy`); images still waiting when its deadline passes are not decoded."""
         now = self.now_ms()
         arrival = now if arrival_ms is None else min(arrival_ms, now)
+        self._check_app(app, len(payloads))
         self._admit(app, len(payloads), now, arrival + self.apps[app].slo_ms)
         deadline = self._t0 + (arrival + self.apps[app].slo_ms) / 1000.0  # on the clock
         try:
@@ -152,9 +200,13 @@ class Engine:
         """Queue a request of several images, admitted and answered whole (see the module docstring)."""
         return self._submit(app, images, arrival_ms, single=False)
 
+    def _check_app(self, app: str, n: int) -> None:
+        if app not in self.apps or app in self._draining:  # unknown, or removed (being removed) since the caller looked
+            why = "is being removed" if app in self._draining else f"is unknown; known: {sorted(self.apps)}"
+            raise self._refuse(app, n, "rejected", "unknown_app", f"application {app!r} {why}")
+
     def _submit(self, app: str, images: Sequence[np.ndarray], arrival_ms: float | None, single: bool):
-        if app not in self.apps:
-            raise ValueError(f"unknown application {app!r}; known: {sorted(self.apps)}")
+        self._check_app(app, len(images))
         now, n = self.now_ms(), len(images)
         arrival = now if arrival_ms is None else min(arrival_ms, now)
         # The scheduler's per-app queues need arrival order, but decoding finishes out of order:
@@ -229,6 +281,7 @@ class Engine:
         """Run one batch and answer each of its requests exactly once, whatever fails: the
         runner, the scheduler's feedback, or stop() giving up on the device (cancellation)."""
         items = [self._books.pending[r.id] for r in plan.requests]
+        apps = dict(self.apps)  # as planned: an application removed meanwhile is still answered
         observe(self.observer.queue_depth, self.scheduler.queued())
         try:
             t0 = self.now_ms()
@@ -237,7 +290,7 @@ class Engine:
             self.scheduler.complete(plan, t1, t1 - t0)
             self.batches += 1
             observe(self.observer.batch, plan, t1 - t0, out.ms, self.scheduler.queued())
-            self._answer_batch(plan, items, out.probs, t0, t1)
+            self._answer_batch(plan, items, out.probs, t0, t1, apps)
         except asyncio.CancelledError:
             self._books.fail(items, "shutting_down", "the server shut down while this request's batch ran; retry")
             raise
@@ -248,7 +301,7 @@ class Engine:
 
     async def _run(self, plan: BatchPlan, items: list[Pending]) -> RunResult:
         """The batch on the device thread; queued requests that expire meanwhile are answered."""
-        tasks = [self.apps[it.req.app].task for it in items]
+        tasks = [self.apps[it.req.app].task for it in items]  # (only drained applications leave)
         loop = asyncio.get_running_loop()
         job = loop.run_in_executor(self._device, self.runner.run, [it.image for it in items], tasks, plan.gamma)
         job.add_done_callback(lambda f: f.cancelled() or f.exception())  # read even if nobody waits any more
@@ -262,10 +315,12 @@ class Engine:
             raise RuntimeError(f"runner returned {len(out.probs)} results for a batch of {len(items)}")
         return out
 
-    def _answer_batch(self, plan: BatchPlan, items: list[Pending], probs: np.ndarray, t0: float, t1: float) -> None:
+    def _answer_batch(
+        self, plan: BatchPlan, items: list[Pending], probs: np.ndarray, t0: float, t1: float, apps: dict[str, App]
+    ) -> None:
         prof = self.scheduler.profiles[plan.model]
         for it, p in zip(items, probs, strict=True):
-            r, app = it.req, self.apps[it.req.app]
+            r, app = it.req, apps[it.req.app]
             met = t1 <= it.arrival_ms + app.slo_ms
             classes = self.classes[app.task]
             s = Served(

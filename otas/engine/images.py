@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from otas.data.preprocess import Preprocess
+
 # Our own limits (DecodeLimits) are far below Pillow's bomb threshold and are checked before any
 # pixel is decoded; Pillow's warning would only repeat them, from every decode thread.
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -125,9 +127,11 @@ class DecodeExpired(Exception):
     """A payload's request ran out of time while waiting to be decoded; it was not decoded."""
 
 
-def decode_image(data: bytes, size: int, limits: DecodeLimits | None = None) -> np.ndarray:
-    """Encoded image bytes -> (size, size, 3) uint8 RGB, resized if needed; raises ImageError."""
+def decode_image(data: bytes, pre: Preprocess | int, limits: DecodeLimits | None = None) -> np.ndarray:
+    """Encoded image bytes -> (size, size, 3) uint8 RGB, resized and cropped as the model's
+    preprocessing says (an int: a plain resize to that side); raises ImageError."""
     limits = limits or DecodeLimits()
+    pre = Preprocess(pre) if isinstance(pre, int) else pre
     if not data:
         raise ImageError("empty image payload; send the encoded bytes of a PNG or JPEG file")
     accepted = "/".join(limits.formats)
@@ -135,7 +139,7 @@ def decode_image(data: bytes, size: int, limits: DecodeLimits | None = None) -> 
         limits.check_structure(data)
         with Image.open(io.BytesIO(data), formats=limits.formats) as im:
             limits.check(*im.size)
-            return _pixels(im, size)
+            return _pixels(im, pre)
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -151,17 +155,17 @@ def decode_image(data: bytes, size: int, limits: DecodeLimits | None = None) -> 
         ) from None
 
 
-def _pixels(im: Image.Image, size: int) -> np.ndarray:
+def _pixels(im: Image.Image, pre: Preprocess) -> np.ndarray:
     if im.format == "JPEG":
-        im.draft("RGB", (size, size))  # OPTIMIZATION: DCT scaling decodes at 1/2..1/8, never below `size`
+        im.draft("RGB", pre.draft_size())  # OPTIMIZATION: DCT scaling decodes at 1/2..1/8, never below the resize
     im.load()  # the full decode: truncated and corrupt files fail here
     if im.mode == "1":
         im = im.convert("L")  # resampling needs 8 bits; grey costs a third of RGB
     elif im.mode not in ("L", "RGB"):
         im = im.convert("RGB")  # palette, alpha, CMYK, 16-bit
-    if im.size != (size, size):
-        # OPTIMIZATION: reducing_gap box-reduces by an integer factor first, then resamples the rest
-        im = im.resize((size, size), Image.BILINEAR, reducing_gap=2.0)
+    # OPTIMIZATION: reducing_gap box-reduces by an integer factor first (only for an image over 4x
+    # the resize, so one near the model's size is resized exactly as timm's transform does)
+    im = pre.fit(im, reducing_gap=2.0)
     if im.mode != "RGB":
         im = im.convert("RGB")
     return np.asarray(im, dtype=np.uint8)
@@ -203,7 +207,8 @@ def _lower_priority() -> None:
 
 
 class Decoder:
-    """Decodes payloads on a small thread pool, off the event loop (for the engine and the Ray router).
+    """Decodes payloads on a small thread pool, off the event loop (for the engine and the Ray router),
+    to the model's input as its `Preprocess` says (an int: a plain resize to that side).
 
     At most `max_queue` payloads wait or decode at once; a request that would overflow it is refused
     whole (`DecodeBusy`). A payload whose request's deadline passes while it waits is not decoded
@@ -211,7 +216,7 @@ class Decoder:
 
     def __init__(
         self,
-        size: int,
+        size: Preprocess | int,
         workers: int = 2,
         limits: DecodeLimits | None = None,
         max_queue: int = 256,
@@ -219,7 +224,8 @@ class Decoder:
     ):
         if not isinstance(max_queue, int) or max_queue < 1:
             raise ValueError(f"decode_queue={max_queue!r}: use a positive number of images, e.g. 256")
-        self.size, self.limits, self.max_queue, self._clock = size, limits or DecodeLimits(), max_queue, clock
+        self.pre = Preprocess(size) if isinstance(size, int) else size
+        self.size, self.limits, self.max_queue, self._clock = self.pre.size, limits or DecodeLimits(), max_queue, clock
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="otas-decode", initializer=_lower_priority)
         self._lock = threading.Lock()
         self._pending = 0
@@ -257,7 +263,7 @@ class Decoder:
     def _job(self, data: bytes, deadline: float | None) -> np.ndarray:
         if deadline is not None and self._clock() > deadline:
             raise DecodeExpired("the request's deadline passed while its images waited to be decoded")
-        return decode_image(data, self.size, self.limits)
+        return decode_image(data, self.pre, self.limits)
 
     def _done(self, _: Future) -> None:
         with self._lock:

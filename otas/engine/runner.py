@@ -51,7 +51,8 @@ class Runner:
         self.mode = mode or default_mode(self.device)
         self.fast = FastForward(model, self.device, FastConfig(self.mode, buckets_for(max_batch), dtype))
         self.model = self.fast.model
-        self.image_size = int(model.vit.patch_embed.img_size[0])
+        self.preprocess = model.preprocess  # decoding (host) and normalisation (FastForward) read it
+        self.image_size = self.preprocess.size
         self.gammas = list(model.config.gammas)
         self.classes = {t: self._labels(t) for t in model.tasks}
         self.servable = {t: model.servable(t) for t in model.tasks}

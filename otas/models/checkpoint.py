@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from otas.adapt import AdaptConfig, AdaptiveViT
+from otas.data.preprocess import Preprocess
 from otas.models.registry import build_vit
 
 FORMAT = "otas.checkpoint/1"
@@ -42,6 +43,7 @@ def save_checkpoint(
             "merge_every": model.config.merge_every,
             "tasks": model.config.tasks,
         },
+        "preprocess": model.preprocess.to_dict(),
         "source_classes": model.source_classes,
         "task_classes": model.task_classes,
         "meta": meta or {},
@@ -78,7 +80,8 @@ def load_checkpoint(
     if gammas is not None:
         cfg["gammas"] = gammas
     vit = build_vit(header["arch"], header["num_classes"], **header.get("arch_overrides", {}))
-    model = AdaptiveViT(vit, AdaptConfig(**cfg), header.get("source_classes"))
+    pre = Preprocess.from_dict(header["preprocess"]) if "preprocess" in header else None  # older files: the arch's
+    model = AdaptiveViT(vit, AdaptConfig(**cfg), header.get("source_classes"), pre)
     model.task_classes = header.get("task_classes") or {}
     state = load_file(str(p))
     missing, unexpected = model.load_state_dict(state, strict=False)

@@ -111,7 +111,7 @@ def bench_model(path: Path, batch_sizes: list[int], peak_tflops: float, console:
 
             def run_stock(x=x):
                 with torch.inference_mode():
-                    xin = normalize(x.permute(0, 3, 1, 2).float().div(255)).to(torch.bfloat16)
+                    xin = normalize(x.permute(0, 3, 1, 2).float().div(255), model.preprocess).to(torch.bfloat16)
                     return stock(xin).float().softmax(-1)
 
             row["stock_timm_compile_ms"] = _bench(run_stock, warmup=3)

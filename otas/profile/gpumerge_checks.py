@@ -92,7 +92,7 @@ def timm_compile(name: str, model: AdaptiveViT, rec: Recorder, batches: list[int
     device = torch.device("cuda")
     stock = FastForward(model, device, FastConfig("graphs", tuple(sorted(batches)), torch.bfloat16))
     ours_compiled = FastForward(model, device, FastConfig("compiled-graphs", tuple(sorted(batches)), torch.bfloat16))
-    vit, norm = stock.model.vit, Normalize().to(device)
+    vit, norm = stock.model.vit, Normalize.of(stock.model.preprocess, device)
     compiled = torch.compile(lambda u8: vit(norm(u8).to(torch.bfloat16)).float().softmax(-1), mode="reduce-overhead")
     size = vit.patch_embed.img_size
     for b in batches:

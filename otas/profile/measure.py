@@ -17,12 +17,12 @@ import torch
 from rich.progress import Progress
 
 from otas.adapt import SOURCE, AdaptiveViT
-from otas.data.cifar import load_cifar10
-from otas.data.tasks import get_task
+from otas.data.tasks import TASKS
 from otas.models.checkpoint import load_checkpoint, read_header
 from otas.profile.table import Profile
 from otas.provenance import run_meta
-from otas.train.common import corrupt_set, evaluate, to_device
+from otas.train.common import evaluate, to_device
+from otas.train.data import TaskData, TaskSource, load_task
 
 
 def device_name(device: torch.device) -> str:
@@ -154,6 +154,43 @@ def time_cells(
     return out
 
 
+def validation_sets(
+    model: AdaptiveViT, header: dict, tasks: list[str], folders: dict[str, Path], data: Path | None
+) -> dict[str, TaskData]:
+    """The images each task's accuracy is measured on: a folder given for it (`--task NAME=DIR`:
+    its val/ split, the split recorded at training if it is the folder trained from, else all of
+    it); else the folder the task was trained from (its held-out split); else the built-in
+    CIFAR-10 task of that name. The backbone's own task of a timm model has none (left out)."""
+    unknown = sorted(set(folders) - set(tasks))
+    if unknown:
+        raise ValueError(f"--task {unknown}: this model serves tasks {tasks}; measure those")
+    recorded = header["meta"].get("task_sources", {})
+    pre, out = model.preprocess, {}
+    for t in tasks:
+        rec = recorded.get(t)
+        if t in folders:
+            out[t] = load_task(TaskSource(t, folders[t]), pre, recorded=rec or {}, need_train=False)
+        elif rec and rec.get("kind") == "folder":
+            root = Path(rec["path"])
+            if not root.is_dir():
+                raise ValueError(f"task {t!r} was trained from {root}, which is gone; measure it with --task {t}=DIR")
+            out[t] = load_task(TaskSource(t, root), pre, recorded=rec, need_train=False)
+        elif t in TASKS and not (t == SOURCE and header["arch"].startswith("timm:")):
+            out[t] = load_task(TaskSource(t), pre, data, need_train=False) if t != SOURCE else _source(pre, data)
+        elif t != SOURCE:
+            raise ValueError(f"task {t!r} has no validation images; give --task {t}=DIR")
+    return out
+
+
+def _source(pre, data: Path | None) -> TaskData:
+    from otas.data.cifar import load_cifar10
+
+    spec = TASKS[SOURCE]
+    val = load_cifar10("test", data, progress=False, preprocess=pre).subset(list(spec.classes))
+    info = {"kind": "builtin", "description": spec.description, "note": "CIFAR-10 JPEG test images"}
+    return TaskData(None, val, None, info)
+
+
 def measure_profile(
     checkpoint: Path,
     device: str,
@@ -166,16 +203,18 @@ def measure_profile(
     min_time_s: float = 1.0,
     mode: str = "eager",
     gammas: list[int] | None = None,
+    folders: dict[str, Path] | None = None,
 ) -> Profile:
     """Profile `checkpoint` on `device`. `gammas`: a subset of the model's Γ (default: all of it).
 
     `accuracy_from`: reuse the accuracy of another profile of the same model; the γ it lacks are
     measured here (and listed in `meta["accuracy_measured"]`). Latency cells are timed
-    interleaved (`time_cells`).
+    interleaved (`time_cells`). `folders`: task -> validation folder to measure accuracy on
+    (`validation_sets`).
     """
     dev = torch.device(device)
     t0 = time.perf_counter()
-    model = load_checkpoint(checkpoint, dev, dtype)
+    model = load_checkpoint(checkpoint, dev, dtype)  # raises for a missing or foreign file
     _sync(dev)
     load_ms = (time.perf_counter() - t0) * 1e3
     header = read_header(checkpoint)
@@ -195,7 +234,6 @@ def measure_profile(
         "mode": mode,
         "merge_impl": fast.merge_impl if fast is not None else "reference",
         "threads": torch.get_num_threads(),
-        "accuracy_note": "CIFAR-10 JPEG test images (slightly below PNG CIFAR-10 accuracies)",
     }
 
     acc: dict[str, dict[int, float]] = {t: {} for t in tasks}
@@ -212,17 +250,17 @@ def measure_profile(
         meta["accuracy_measured"] = todo  # the γ measured here rather than taken from there
     with Progress() as bar:
         if todo:
-            test_all = load_cifar10("test", data, progress=False)
+            sets = validation_sets(model, header, tasks, folders or {}, data)
+            tasks = [t for t in tasks if t in sets]  # a timm backbone's own head has no data here
+            acc = {t: acc[t] for t in tasks}
             job = bar.add_task("accuracy", total=len(tasks) * len(todo))
             for t in tasks:
-                spec = get_task(t)
-                test = corrupt_set(test_all.subset(list(spec.classes)), spec.corruption, seed=1)
+                test = sets[t].val
                 if accuracy_limit:
                     test = test.head(accuracy_limit)
                 x, y = to_device(test, dev)
-                task_info.setdefault(
-                    t, {"num_classes": len(spec.classes), "test_images": len(y), "description": spec.description}
-                )
+                info = {"num_classes": len(test.classes), "test_images": len(y), **sets[t].info}
+                task_info.setdefault(t, info)
                 for g in todo:
                     if g in model.servable(t):  # only servable pairs have an accuracy
                         acc[t][g] = evaluate(model, x, y, g, t, batch_size=250, dtype=dtype)

@@ -25,6 +25,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 from starlette.responses import JSONResponse
 
+from otas.data.preprocess import Preprocess
 from otas.engine.images import DecodeBusy, Decoder
 from otas.engine.serving import NotServed, Observer, Served, gather_all, observe
 from otas.scale.frontend_config import FrontendConfig, ReplicaClient, RouterMetrics
@@ -66,7 +67,8 @@ class RoutedEngine:
         self._actors: list[Any] = [None] * len(self.clients)
         self._misses = [0] * len(self.clients)
         self._clock, self._t0 = clock, clock()
-        self._decode = Decoder(describe["image_size"], decode_workers)
+        pre = describe.get("preprocess")
+        self._decode = Decoder(Preprocess.from_dict(pre) if pre else describe["image_size"], decode_workers)
         self._inflight: set[asyncio.Task] = set()
         self._probe: asyncio.Task | None = None
         self._closing = False

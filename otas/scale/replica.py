@@ -199,6 +199,7 @@ class ReplicaCore:
         the `/v1/config` document (policy, scheduler config, applications, profile, device)."""
         return {
             "image_size": self.runner.image_size,
+            "preprocess": pre.to_dict() if (pre := getattr(self.runner, "preprocess", None)) else None,
             "max_batch": self.runner.max_batch,
             "classes": self.runner.classes,
             "info": self.info,

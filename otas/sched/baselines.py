@@ -80,7 +80,7 @@ class ModelSwitch(Policy):
         self._last_switch = -math.inf
 
     def bind(self, view: View) -> None:
-        slos = sorted(a.slo_ms for a in view.apps.values())
+        slos = sorted(a.slo_ms for a in view.apps.values()) or [1000.0]  # no applications yet: any budget
         budget = slos[len(slos) // 2] / 2
         total_u = sum(a.utility for a in view.apps.values()) or 1.0
 

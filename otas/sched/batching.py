@@ -106,6 +106,10 @@ class Queues:
         self._n -= len(out)
         return out
 
+    def iter_app(self, app: str) -> Iterator[Request]:
+        """One application's queued requests, in order."""
+        return iter(self._dq[app])
+
     def iter(self, queue: int) -> Iterator[Request]:
         """A queue's requests in queue order (lazily merged across its applications)."""
         dqs = [self._dq[a] for a in self.groups[queue] if self._dq[a]]

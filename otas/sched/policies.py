@@ -72,7 +72,8 @@ class Otas(Policy):
 
     def bind(self, view: View) -> None:
         self.lookahead = self._lookahead or view.config.lookahead
-        if self.priced:
+        self._price = None
+        if self.priced and view.apps:  # no applications yet: nothing to price
             apps = list(view.apps.values())
             tau = view.config.rate_window * max(a.slo_ms for a in apps)
             self._price = DevicePrice(apps, view.profiles[view.model], view.config.max_batch, tau)

@@ -236,6 +236,29 @@ class Scheduler:
         ids = set(request_ids)
         return self.queues.remove(ids) if ids else []
 
+    def set_apps(self, apps: Sequence[App]) -> None:
+        """Serve these applications from the next decision on (added, changed or removed at run time).
+
+        Profile rows, SLO classes and the policy are rebuilt; queued requests keep their place (a
+        changed SLO applies to requests arriving from now on). An application leaving must have
+        nothing queued (the engine drains it first). Raises ValueError, changing nothing, for a
+        task the profile lacks or a duplicate name. The policy's arrival-rate estimate restarts."""
+        new = {a.name: a for a in apps}
+        if len(new) != len(apps):
+            raise ValueError(f"application names must be unique, got {[a.name for a in apps]}")
+        busy = sorted(a for a in self.apps if a not in new and self.queues.count(a))
+        if busy:
+            raise ValueError(f"applications {busy} still have queued requests; drain them before removing")
+        tab = {m: _Table(p, apps, self.config) for m, p in self.profiles.items()}  # raises for an unknown task
+        queued = [r for dq_app in self.apps if dq_app in new for r in self.queues.iter_app(dq_app)]
+        groups = slo_classes(apps, self.config.slo_class_tolerance) if self.policy.selective else [list(new)]
+        queues = Queues(groups, self.policy.order)
+        for r in queued:  # per application, in the order it was queued
+            queues.push(r)
+        self.apps, self._tab, self.queues = new, tab, queues
+        self.policy.bind(self)
+        self._refresh_fast()
+
     def fastest_ms(self, n: int) -> float:
         """Predicted time to run `n` requests back to back at the fastest setting, in batches of at
         most the batch cap: whether a request of several images can finish by its deadline at all."""

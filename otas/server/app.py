@@ -20,6 +20,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -28,7 +29,7 @@ from starlette.routing import Route
 
 from otas.config import HttpConfig
 from otas.engine.serving import ServingEngine
-from otas.server import handlers, http_infer
+from otas.server import admin, handlers, http_infer
 from otas.server.guard import Guard, guard_bodies
 from otas.server.metrics import Metrics
 from otas.server.parsing import JsonParser
@@ -59,6 +60,10 @@ class ServeConfig:
     http: HttpConfig = field(default_factory=HttpConfig)
     """Connection and body limits, timeouts, draining, JSON parsing (its `max_body_mb` is not read:
     `max_body_bytes` is the limit)."""
+    admin_token: str = field(default="", repr=False)
+    """Bearer token of POST/PUT/DELETE /v1/apps (`admin.py`); empty = those endpoints are off (403)."""
+    apps_file: Path | None = None
+    """Where application changes are persisted (the package's apps.yaml); None = not persisted."""
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1024:
@@ -97,6 +102,9 @@ def _routes() -> list[Route]:
         *(Route(f"{m}/config", h.model_config) for m in model),
         *(Route(f"{m}/stats", h.model_stats) for m in model),
         Route("/v1/apps", h.list_apps),
+        Route("/v1/apps", admin.create_app_entry, methods=["POST"]),
+        Route("/v1/apps/{app}", admin.update_app_entry, methods=["PUT"]),
+        Route("/v1/apps/{app}", admin.delete_app_entry, methods=["DELETE"]),
         Route("/v1/apps/{app}/classify", http_infer.classify, methods=["POST"]),
         Route("/v1/config", h.server_config),
         Route("/metrics", h.metrics),

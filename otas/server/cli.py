@@ -11,11 +11,20 @@ from otas import cli_options as opt
 
 
 def serve_cmd(
-    model: Annotated[Path | None, typer.Option(help="Checkpoint (default: the shipped model).")] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            help="Model package directory (model.safetensors, profiles/, apps.yaml) or checkpoint "
+            "(default: the shipped model)."
+        ),
+    ] = None,  # fmt: skip
     profile: Annotated[
         Path | None,
-        typer.Option(help="Profile of this model on this device (default on cpu: the shipped CPU profile)."),
-    ] = None,
+        typer.Option(
+            help="Profile of this model on this device (default: the package's profile for this device; "
+            "the shipped model: its CPU profile)."
+        ),
+    ] = None,  # fmt: skip
     apps: opt.Apps = None,
     policy: opt.Policy = "otas",
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
@@ -82,6 +91,14 @@ def serve_cmd(
     address: Annotated[
         str, typer.Option(help="ray: cluster to join (auto, HOST:6379, ray://HOST:10001); empty = a new local Ray.")
     ] = "",
+    admin_token: Annotated[
+        str,
+        typer.Option(
+            envvar="OTAS_ADMIN_TOKEN",
+            show_default=False,
+            help="Turns on POST/PUT/DELETE /v1/apps (bearer token; or $OTAS_ADMIN_TOKEN). Off if empty.",
+        ),
+    ] = "",  # fmt: skip
     paced: Annotated[
         bool, typer.Option(help="ray, with --noop --profile P: batches sleep P's latency (emulates that device).")
     ] = False,
@@ -95,18 +112,23 @@ def serve_cmd(
         ServingConfig,
         default_apps_path,
         default_decode_workers,
-        load_apps,
     )
 
     sched = opt.scheduler_config(lookahead, max_batch, max_queue_delay_ms, slo_class_tolerance)
     cuda = device.startswith("cuda")
     try:
-        if profile is None and not noop and not cuda:
+        apps_file = apps if admin_token else None  # where changes over HTTP go: never the packaged default
+        if model is not None:
+            model, profile, apps = resolve_package(model, profile, apps, device, noop, bool(admin_token))
+            apps_file = apps if admin_token else None
+        elif profile is None and not noop and not cuda:
             from otas.sim.demo import default_profile_path
 
             profile = default_profile_path()
         cfg = ServingConfig(
-            apps=load_apps(apps or default_apps_path("h100" if cuda else "cpu")),
+            apps=_apps(apps or default_apps_path("h100" if cuda else "cpu"), bool(admin_token)),
+            admin_token=admin_token,
+            apps_file=apps_file,
             model=model,
             profile=profile,
             policy=policy,
@@ -153,4 +175,41 @@ def serve_cmd(
 
             serve(cfg)
     except ValueError as e:
-        raise typer.BadParameter(str(e)) from None
+        opt.fail(str(e))
+
+
+def _apps(path: Path, admin: bool):
+    """The applications of `path`; with the admin API on, a missing or empty file is no application
+    yet (the first one is registered over HTTP)."""
+    from otas.config import load_apps
+
+    if admin and not path.exists():
+        return []
+    return load_apps(path, allow_empty=admin)
+
+
+def resolve_package(
+    model: Path, profile: Path | None, apps: Path | None, device: str, noop: bool, admin: bool = False
+) -> tuple[Path, Path | None, Path | None]:
+    """(checkpoint, profile, applications file) of `--model PATH` (`otas.models.package`): the
+    package's profile for the device this server runs on and its apps.yaml, unless given. With the
+    admin API on (`admin`), apps.yaml may not exist yet: applications are then registered over HTTP."""
+    from otas.models.package import ModelPackage
+
+    pkg = ModelPackage.open(model)
+    if profile is None and not noop:
+        import torch
+
+        from otas.profile.measure import device_name, device_slug
+
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError("--device cuda given but no CUDA device is available")
+        profile = pkg.find_profile(device_slug(device_name(torch.device(device))), device)
+    if apps is None and pkg.apps_path is not None:
+        if not pkg.apps_path.is_file() and not admin:
+            raise ValueError(
+                f"{pkg.apps_path} does not exist: write the applications there (format: otas/configs/apps.yaml), "
+                "or register them over HTTP (--admin-token)"
+            )
+        apps = pkg.apps_path
+    return pkg.checkpoint, profile, apps

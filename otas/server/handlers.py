@@ -30,7 +30,10 @@ if TYPE_CHECKING:
     from otas.server.metrics import Metrics
 
 log = logging.getLogger("otas.server")
-STATUS = {"queue_full": 429, "decode_busy": 429, "infeasible": 503, "deadline_unreachable": 503, "shutting_down": 503}
+STATUS = {
+    "queue_full": 429, "decode_busy": 429, "infeasible": 503, "deadline_unreachable": 503, "shutting_down": 503,
+    "unknown_app": 404,
+}  # fmt: skip
 
 
 def engine_of(request: Request) -> ServingEngine:
@@ -46,7 +49,7 @@ def error_response(e: ProtocolError | NotServed) -> JSONResponse:
     only a failed batch (an `error` other than `shutting_down`) is a 500."""
     if isinstance(e, ProtocolError):
         return JSONResponse(error_body(e.message, e.reason), status_code=e.status)
-    status = 500 if e.outcome == "error" and e.reason != "shutting_down" else STATUS.get(e.reason, 503)
+    status = 500 if e.outcome == "error" and e.reason not in STATUS else STATUS.get(e.reason, 503)
     headers = {"Retry-After": "1"} if status in (429, 503) else None
     return JSONResponse(error_body(f"{e.outcome}: {e.detail}", e.reason), status_code=status, headers=headers)
 

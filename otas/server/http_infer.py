@@ -55,6 +55,7 @@ async def classify(request: Request) -> Response:
     arrival = engine.now_ms()
     name = request.path_params["app"]
     check_app(engine, name, status=404)
+    slo_ms = engine.apps[name].slo_ms  # (the application may be changed or removed while this runs)
     data, k = await _classify_payload(request, config.top_k)
 
     async def work():
@@ -62,7 +63,7 @@ async def classify(request: Request) -> Response:
         return (await engine.submit_many(name, images, arrival))[0]
 
     served = await until_disconnect(request.receive, work())
-    return JSONResponse(classify_response(served, k, engine.apps[name].slo_ms))
+    return JSONResponse(classify_response(served, k, slo_ms))
 
 
 def _identity_encoding(request: Request) -> None:

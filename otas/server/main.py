@@ -8,6 +8,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, replace
+from pathlib import Path
 
 from otas.config import EngineConfig, HttpConfig, SchedulerConfig, ServingConfig
 from otas.engine.engine import Engine
@@ -25,7 +26,7 @@ log = logging.getLogger("otas.server")
 def default_max_queue(profile: Profile, apps: Sequence[App], max_batch: int) -> int:
     """Backpressure default: what the device can finish within the loosest SLO at the fastest γ.
     More queued than that cannot all meet their deadlines, so reject (429) at once instead."""
-    slo = max(a.slo_ms for a in apps)
+    slo = max((a.slo_ms for a in apps), default=1000.0)  # no applications yet: as if one had a 1 s SLO
     rate = max(profile.throughput(g, max_batch, slo / 2) for g in profile.gammas)  # per second
     return max(max_batch, math.ceil(rate * slo / 1000.0))
 
@@ -99,14 +100,17 @@ def build(
     grace_s: float = 5.0,
     engine_cfg: EngineConfig | None = None,
     http: HttpConfig | None = None,
+    admin_token: str = "",
+    apps_file: Path | None = None,
 ):
     """(Starlette app, engine) for a runner (real or no-op) and its profile; with `grpc_port` (0:
     any free port) the app's lifespan also serves the gRPC API on `host`. `http`: the connection
-    and body limits (its host, ports and max_body_mb are not read here)."""
+    and body limits (its host, ports and max_body_mb are not read here). `admin_token`: turns on
+    POST/PUT/DELETE /v1/apps, persisted to `apps_file`."""
     engine, info = make_engine(runner, profile, apps, policy, config, engine_cfg=engine_cfg)
     serve_cfg = ServeConfig(
         model_name=profile.model, max_body_bytes=max_body_bytes, info=info, grpc_port=grpc_port, grpc_host=host,
-        grpc_grace_s=grace_s, http=http or HttpConfig(),
+        grpc_grace_s=grace_s, http=http or HttpConfig(), admin_token=admin_token, apps_file=apps_file,
     )  # fmt: skip
     return create_app(engine, serve_cfg, Metrics(profile.gammas)), engine
 
@@ -151,10 +155,10 @@ def serve(cfg: ServingConfig) -> None:
         cfg.scheduler, max_queue=cfg.engine.max_queue or default_max_queue(profile, apps, cfg.scheduler.max_batch)
     )
     host, port, grpc_port = cfg.http.host, cfg.http.port, cfg.http.grpc_port
-    grace_s = max(5.0, 4 * max(a.slo_ms for a in apps) / 1000.0)
+    grace_s = max(5.0, 4 * max((a.slo_ms for a in apps), default=1000.0) / 1000.0)
     app, engine = build(
         runner, profile, apps, cfg.policy, config, cfg.http.max_body_bytes, grpc_port=grpc_port or None, host=host,
-        grace_s=grace_s, engine_cfg=cfg.engine, http=cfg.http,
+        grace_s=grace_s, engine_cfg=cfg.engine, http=cfg.http, admin_token=cfg.admin_token, apps_file=cfg.apps_file,
     )  # fmt: skip
     app.state.config.start_parser = True
     # OPTIMIZATION: torch, the model and the libraries are ~400,000 objects the cyclic GC would scan

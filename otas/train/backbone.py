@@ -105,7 +105,7 @@ def train_backbone(
                 step = epoch * steps_per_epoch + i
                 for g in opt.param_groups:
                     g["lr"] = cosine_lr(step, total, warmup, lr)
-                x, target = mix(train_batch(xtr[idx], spec.corruption), ytr[idx], n_cls)
+                x, target = mix(train_batch(xtr[idx], spec.corruption, model.preprocess), ytr[idx], n_cls)
                 with autocast(dev):
                     loss = F.cross_entropy(fwd(x), target)
                 opt.zero_grad(set_to_none=True)

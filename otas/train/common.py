@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from otas.data.folder import ImageSet
+from otas.data.preprocess import Preprocess
 from otas.data.tasks import corrupt
 from otas.data.transforms import normalize, random_crop_flip, to_float
 
@@ -44,13 +45,13 @@ def corrupt_set(data: ImageSet, kind: str | None, seed: int = 0) -> ImageSet:
     return ImageSet(np.concatenate(out), data.labels, data.classes)
 
 
-def train_batch(images: torch.Tensor, kind: str | None) -> torch.Tensor:
-    """uint8 (B, H, W, 3) on the device -> augmented, corrupted, normalized (B, 3, H, W)."""
+def train_batch(images: torch.Tensor, kind: str | None, pre: Preprocess) -> torch.Tensor:
+    """uint8 (B, H, W, 3) on the device -> augmented, corrupted, normalized as the model's `pre` (B, 3, H, W)."""
     x = random_crop_flip(to_float(images))
     x = corrupt(x, kind)
     if kind is not None:
         x = (x * 255).round() / 255  # quantized like the stored evaluation images
-    return normalize(x)
+    return normalize(x, pre)
 
 
 def batches(n: int, batch_size: int, device: torch.device, shuffle: bool = True, drop_last: bool = True):
@@ -78,13 +79,14 @@ def evaluate(
     batch_size: int = 500,
     dtype: torch.dtype | None = None,
 ) -> float:
-    """Top-1 accuracy of `model` at γ on uint8 images (N, H, W, 3) already on the model's device.
+    """Top-1 accuracy of `model` at γ on uint8 images (N, H, W, 3) already on the model's device, at
+    its input size and normalised as `model.preprocess` says.
 
     `dtype`: feed the model inputs of this dtype (a model already cast to it) instead of autocast."""
     correct = 0
     with autocast(images.device) if dtype is None else nullcontext():
         for i in range(0, len(labels), batch_size):
-            x = normalize(to_float(images[i : i + batch_size]))
+            x = normalize(to_float(images[i : i + batch_size]), model.preprocess)
             x = x if dtype is None else x.to(dtype)
             logits = model(x, gamma, task) if gamma is not None else model(x)
             correct += int((logits.argmax(-1) == labels[i : i + batch_size]).sum())

@@ -9,7 +9,7 @@ from .conftest import small_model
 
 def _reference(model, images, gamma, tasks):
     with torch.no_grad():
-        return model(normalize(to_float(images)), gamma, tasks).float().softmax(-1)
+        return model(normalize(to_float(images), model.preprocess), gamma, tasks).float().softmax(-1)
 
 
 def test_eager_matches_the_model():
@@ -38,7 +38,7 @@ def test_buckets_and_errors():
 
 
 def test_auto_merge_impl_is_per_device():
-    """"auto" serves the reference merge on a CPU (what the CPU profile measured) and the matmul +
+    """ "auto" serves the reference merge on a CPU (what the CPU profile measured) and the matmul +
     column merge on a GPU; an explicit choice is kept."""
     assert FastForward(small_model(), "cpu", FastConfig(mode="eager", dtype=torch.float32)).merge_impl == "reference"
     assert default_merge_impl(torch.device("cuda")) == "matmul+column"

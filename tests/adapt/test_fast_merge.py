@@ -129,7 +129,7 @@ def test_fast_impls_match_reference_on_the_shipped_model(task="blur"):
         model = load_checkpoint(default_model_path(), dtype=torch.float64)
     files = sorted((sample_dir() / task).glob("*/*.png"))[::4]  # 10 images over the 5 classes
     images = torch.from_numpy(np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files]))
-    x = normalize(to_float(images)).double()
+    x = normalize(to_float(images), model.preprocess).double()
     idx = torch.full((len(x),), model.tasks.index(task))
     for gamma in (-48, -20):
         want = model.forward_indexed(x, gamma, idx)

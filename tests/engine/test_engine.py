@@ -81,7 +81,7 @@ def test_unknown_app_and_missing_task(paced):
     async def main():
         eng, _ = _engine(paced)
         await eng.start()
-        with pytest.raises(ValueError, match="unknown application 'x'"):
+        with pytest.raises(NotServed, match="application 'x' is unknown"):
             eng.submit("x", IMG)
         await eng.stop()
 

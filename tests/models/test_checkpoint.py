@@ -71,3 +71,30 @@ def test_unknown_arch():
         build_vit("vit_huge_p1", 5)
     with pytest.raises(ValueError, match="no pretrained weights"):
         build_vit("vit_tiny_p2", 5, pretrained=True)
+
+
+def test_unknown_timm_name_is_a_clear_error():
+    with pytest.raises(ValueError, match="timm has no model 'vit_tiniest_patch16'.*similar names"):
+        build_vit("timm:vit_tiniest_patch16")
+
+
+def test_weights_that_do_not_match_the_architecture(tmp_path):
+    other = build_vit("timm:test_vit2")  # another width and depth than test_vit
+    f = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(f))
+    with pytest.raises(ValueError, match=r"weights .*w.safetensors do not match timm:test_vit"):
+        build_vit("timm:test_vit", pretrained_file=f)
+    pickled = tmp_path / "w.pth"
+    pickled.write_bytes(b"not read")
+    with pytest.raises(ValueError, match="safetensors"):
+        build_vit("timm:test_vit", pretrained_file=pickled)
+
+
+def test_local_weights_keep_their_head(tmp_path):
+    """A weights file with its own classifier (e.g. fine-tuned to 7 classes) is loaded whole."""
+    src = build_vit("timm:test_vit", 7)
+    f = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(f))
+    vit = build_vit("timm:test_vit", pretrained_file=f)
+    assert vit.num_classes == 7
+    torch.testing.assert_close(vit.head.weight, src.head.weight)

@@ -87,3 +87,28 @@ def test_time_cells_interleaves_and_covers_every_cell(tmp_path):
                      task_of=lambda g: "novel" if g > 0 else "source", on_round=lambda: rounds.append(1))  # fmt: skip
     assert set(out) == set(cells) and len(rounds) >= 3  # every cell is visited once per round
     assert all(0 < med <= p90 and peak is None for med, p90, peak in out.values())
+
+
+def test_profile_your_own_model_on_its_folders(byo_model, tmp_path, monkeypatch):
+    """Accuracy on the split held out at training, or on a folder given with --task; the timm
+    backbone's own (ImageNet) head has no data here and is left out."""
+    from typer.testing import CliRunner
+
+    from otas.cli import app
+    from tests.folders import make_task
+
+    monkeypatch.setenv("OTAS_CACHE", str(tmp_path / "cache"))
+    ckpt, folders = byo_model
+    args = ["profile", str(ckpt), "--device", "cpu", "--batch-sizes", "1,2", "--min-time-s", "0.01"]
+    res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "p.json")], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    prof = Profile.load(tmp_path / "p.json")
+    assert sorted(prof.accuracy) == ["colours", "lights"] and prof.servable("colours") == [-4, 0, 4]
+    assert prof.tasks["colours"]["split"]["kind"] == "seeded" and prof.tasks["colours"]["test_images"] == 3
+    other = make_task(tmp_path / "more", ["red", "green", "blue"], n=4, seed=7)
+    res = CliRunner().invoke(app, [*args, "--task", f"colours={other}", "--out", str(tmp_path / "q.json")])
+    assert res.exit_code == 0, res.output
+    assert Profile.load(tmp_path / "q.json").tasks["colours"]["test_images"] == 12  # all of a folder not trained on
+    for bad, message in [(f"nosuch={other}", "this model serves tasks"), ("colours", "write NAME=DIR")]:
+        res = CliRunner().invoke(app, [*args, "--task", bad], terminal_width=200)
+        assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, res.output

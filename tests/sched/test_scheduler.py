@@ -182,3 +182,35 @@ def test_plain_batching_serves_late_members_as_triton_would():
     for i in range(1, 8):
         assert s.submit(make_request(i, NOVEL, 100.0), 100.0) is None
     assert s.next_batch(400.0).size == 8 and s.expired(400.0) == []
+
+
+@pytest.mark.parametrize("policy", ["otas", "fixed:0", "edf", "otas-fifo"])
+def test_applications_change_at_run_time(policy):
+    """Added, changed and removed between decisions; queued requests keep their place."""
+    from dataclasses import replace
+
+    s = Scheduler(APPS[:1], make_profile(), policy)
+    assert s.submit(make_request(1, NOVEL, 0.0), 0.0) is None
+    s.set_apps(APPS)  # the others join
+    other = APPS[1]
+    assert s.submit(make_request(2, other, 1.0), 1.0) is None and s.queued() == 2
+    s.set_apps([replace(NOVEL, slo_ms=NOVEL.slo_ms * 2), *APPS[1:]])  # a new SLO: new classes, same queue
+    assert s.apps["novel"].slo_ms == NOVEL.slo_ms * 2 and s.queued() == 2
+    with pytest.raises(ValueError, match="still have queued requests"):
+        s.set_apps(APPS[1:])
+    with pytest.raises(ValueError, match="nosuch"):
+        s.set_apps([*APPS, replace(NOVEL, name="x", task="nosuch")])
+    assert sorted(s.apps) == sorted(a.name for a in APPS)  # a refused change changes nothing
+    served = []
+    while (plan := s.next_batch(2.0)) is not None:
+        served += [r.id for r in plan.requests]
+    assert sorted(served) == [1, 2]
+    s.set_apps(APPS[1:])
+    assert "novel" not in s.apps and s.next_batch(3.0) is None
+
+
+def test_no_applications_yet():
+    s = Scheduler([], make_profile(), "otas")
+    assert s.next_batch(0.0) is None and s.queued() == 0
+    s.set_apps(APPS[:1])
+    assert s.submit(make_request(1, NOVEL, 0.0), 0.0) is None and s.next_batch(0.0).size == 1

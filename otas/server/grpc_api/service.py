@@ -43,7 +43,7 @@ log = logging.getLogger("otas.server")
 Code = grpc.StatusCode
 REFUSED = {"queue_full": Code.RESOURCE_EXHAUSTED, "decode_busy": Code.RESOURCE_EXHAUSTED,
            "infeasible": Code.UNAVAILABLE, "deadline_unreachable": Code.UNAVAILABLE,
-           "shutting_down": Code.UNAVAILABLE}  # fmt: skip
+           "shutting_down": Code.UNAVAILABLE, "unknown_app": Code.NOT_FOUND}  # fmt: skip
 CONTENTS = {"BYTES": "bytes_contents", "UINT8": "uint_contents", "FP32": "fp32_contents"}
 
 

@@ -1,0 +1,134 @@
+"""Applications at run time: POST/PUT/DELETE /v1/apps behind a bearer token, persisted atomically,
+picked up by the scheduler without a restart; DELETE drains the application's queue first."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import httpx
+import pytest
+import yaml
+
+from otas.config import HttpConfig, SchedulerConfig
+from tests.server.helpers import APPS, PacedRunner, paced_profile, png
+
+TOKEN = "s3cret"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@contextlib.contextmanager
+def admin_server(runner, tmp_path, apps=APPS[:1], token=TOKEN, base_ms=5.0):
+    from otas.server.app import ServerThread
+    from otas.server.main import build, default_max_queue
+
+    prof = paced_profile(base_ms, 1)
+    cfg = SchedulerConfig(max_batch=runner.max_batch)
+    cfg.max_queue = default_max_queue(prof, apps, cfg.max_batch)
+    app, engine = build(
+        PacedRunner(runner, prof), prof, apps, "otas", cfg, http=HttpConfig(drain_s=0.0), admin_token=token,
+        apps_file=tmp_path / "apps.yaml",
+    )  # fmt: skip
+    with ServerThread(app) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
+        yield c, engine
+
+
+def saved(tmp_path) -> list[str]:
+    return [a["name"] for a in yaml.safe_load((tmp_path / "apps.yaml").read_text())["apps"]]
+
+
+def classify(c: httpx.Client, app: str, seed: int = 0) -> httpx.Response:
+    return c.post(f"/v1/apps/{app}/classify", files={"image": ("x.png", png(seed), "image/png")})
+
+
+def test_off_without_a_token_and_401_with_a_wrong_one(runner, tmp_path):
+    new = {"name": "cam", "slo_ms": 500, "utility": 1, "task": "blur"}
+    with admin_server(runner, tmp_path, token="") as (c, _):
+        r = c.post("/v1/apps", json=new, headers=AUTH)
+        assert r.status_code == 403 and r.json()["reason"] == "admin_disabled"
+    with admin_server(runner, tmp_path) as (c, engine):
+        for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": f"Basic {TOKEN}"}):
+            for call in (lambda h: c.post("/v1/apps", json=new, headers=h),
+                         lambda h: c.put("/v1/apps/novel", json={"slo_ms": 9}, headers=h),
+                         lambda h: c.delete("/v1/apps/novel", headers=h)):  # fmt: skip
+                r = call(headers)
+                assert r.status_code == 401 and r.json()["reason"] == "unauthorized", r.text
+        assert sorted(engine.apps) == ["novel"] and not (tmp_path / "apps.yaml").exists()
+
+
+def test_register_update_and_bad_apps(runner, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="otas.server")  # the admin log lines are built too
+    with admin_server(runner, tmp_path) as (c, engine):
+        r = c.post("/v1/apps", json={"name": "cam", "slo_ms": 500, "utility": 2, "task": "blur"}, headers=AUTH)
+        assert r.status_code == 201 and r.json()["classes"][0] == "dog", r.text
+        assert [a["name"] for a in c.get("/v1/apps").json()] == ["novel", "cam"] and saved(tmp_path) == ["novel", "cam"]
+        r = classify(c, "cam")
+        assert r.status_code == 200 and r.json()["slo_ms"] == 500 and r.json()["label"] in engine.classes["blur"]
+        bad = [
+            ({"name": "x", "slo_ms": 100, "utility": 1, "task": "nosuch"}, 400, "unknown_task"),
+            ({"name": "x", "slo_ms": 0, "utility": 1, "task": "blur"}, 400, "invalid_app"),
+            ({"name": "x", "slo_ms": -5, "utility": 1, "task": "blur"}, 400, "invalid_app"),
+            ({"name": "x", "slo_ms": 100, "task": "blur"}, 400, "invalid_app"),
+            ({"name": "a/b", "slo_ms": 100, "utility": 1, "task": "blur"}, 400, "invalid_app"),
+            ({"name": "cam", "slo_ms": 100, "utility": 1, "task": "blur"}, 409, "app_exists"),
+            ([1, 2], 400, "invalid_app"),
+        ]
+        for body, status, reason in bad:
+            r = c.post("/v1/apps", json=body, headers=AUTH)
+            assert (r.status_code, r.json()["reason"]) == (status, reason), (body, r.text)
+        r = c.post("/v1/apps", content=b"{not json", headers=AUTH)
+        assert r.status_code == 400 and r.json()["reason"] == "bad_json"
+        r = c.put("/v1/apps/cam", json={"slo_ms": 900, "task": "novel"}, headers=AUTH)
+        assert r.status_code == 200 and r.json()["slo_ms"] == 900 and r.json()["task"] == "novel"
+        assert engine.scheduler.apps["cam"].slo_ms == 900  # the scheduler plans with it from now on
+        assert classify(c, "cam").json()["slo_ms"] == 900
+        for path, body, status in [("/v1/apps/nope", {"slo_ms": 1}, 404), ("/v1/apps/cam", {"slo_ms": 0}, 400),
+                                   ("/v1/apps/cam", {"name": "other"}, 400)]:  # fmt: skip
+            assert c.put(path, json=body, headers=AUTH).status_code == status
+        assert (
+            saved(tmp_path) == ["novel", "cam"]
+            and yaml.safe_load((tmp_path / "apps.yaml").read_text())["apps"][1]["slo_ms"] == 900
+        )
+
+
+def test_delete_drains_the_queue_then_removes(runner, tmp_path):
+    """Every request accepted before DELETE is answered; afterwards the app is gone (404)."""
+    with admin_server(runner, tmp_path, apps=APPS[:2], base_ms=40.0) as (c, engine):
+
+        async def burst():
+            async with httpx.AsyncClient(base_url=str(c.base_url), timeout=30) as ac:
+                sent = [
+                    asyncio.create_task(ac.post("/v1/apps/novel/classify", files={"image": ("x.png", png(i))}))
+                    for i in range(12)
+                ]
+                await asyncio.sleep(0.05)  # accepted and queued
+                gone = await ac.delete("/v1/apps/novel", headers=AUTH)
+                return gone, await asyncio.gather(*sent)
+
+        gone, answers = asyncio.run(burst())
+        assert gone.status_code == 200 and gone.json()["removed"] == "novel" and gone.json()["drained"] >= 1
+        codes = [r.status_code for r in answers]
+        assert all(code in (200, 404, 503) for code in codes), codes
+        assert sum(code in (200, 503) for code in codes) >= gone.json()["drained"]  # each one drained was answered
+        assert all(r.json()["reason"] == "unknown_app" for r in answers if r.status_code == 404)
+        assert classify(c, "novel").status_code == 404 and saved(tmp_path) == ["lowlight"]
+        assert classify(c, "lowlight").status_code == 200  # the others are served as before
+        assert c.delete("/v1/apps/novel", headers=AUTH).status_code == 404
+
+
+def test_start_with_no_apps_and_register_the_first(runner, tmp_path):
+    with admin_server(runner, tmp_path, apps=[]) as (c, _):
+        assert c.get("/v1/apps").json() == []
+        assert classify(c, "cam").status_code == 404
+        r = c.post("/v1/apps", json={"name": "cam", "slo_ms": 800, "utility": 1, "task": "novel"}, headers=AUTH)
+        assert r.status_code == 201
+        assert classify(c, "cam").status_code == 200 and saved(tmp_path) == ["cam"]
+
+
+def test_zero_apps_need_the_admin_api():
+    from otas.config import EngineConfig, ServingConfig
+
+    with pytest.raises(ValueError, match="no applications to serve"):
+        ServingConfig(apps=[], engine=EngineConfig(noop=True))
+    assert ServingConfig(apps=[], engine=EngineConfig(noop=True), admin_token="t").apps == []
