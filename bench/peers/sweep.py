@@ -15,7 +15,7 @@ p99 <= --overhead-p99-ms, and `otas bench overhead` against `otas serve --noop`.
 Writes under --out: one replay JSON per run, sweep.json (every run, settings, provenance),
 summary.md and utility_vs_load.png, overhead.json, logs/ (each server's output).
 
-    .venv/bin/python bench/peers/sweep.py                  # the whole sweep (about 20 min here)
+    .venv/bin/python bench/peers/sweep.py                  # the whole sweep (about 25 min on this 2-core CPU)
     .venv/bin/python bench/peers/sweep.py --servers otas,litserve --loads 1 --duration-s 10 --grid 8:5
 """
 
@@ -65,6 +65,7 @@ class Sweep:
             load = a.screen_load if key == "screen" else key
             for n, fmt in self.formats.items():
                 self.work[(n, key)] = Workload(t, *encode(t, self.apps, pools, fmt), load, cap)
+        self.loadavg_start = os.getloadavg()[0]
         self.runs: list[dict] = []
         self.failures: dict[str, str] = {}
         self.out = a.out
@@ -77,6 +78,7 @@ class Sweep:
         from otas.provenance import run_meta
 
         w = self.work[(name, key)]
+        load_before = os.getloadavg()[0]  # other work on the machine shows here (the server idles before a replay)
         live, _, wall = run_live(url, self.formats[name], w, self.apps, self.profile)
         a = live["all"]
         slug = {"γ=0": "gamma0", "best fixed γ": "hindsight"}.get(variant, variant.replace(" ", "_"))
@@ -88,6 +90,7 @@ class Sweep:
                 "format": self.formats[name].name, "trace": w.trace.name, "requests": len(w.trace),
                 "duration_s": w.trace.duration_ms / 1e3, "capacity_per_s": w.capacity_per_s, "wall_s": wall,
                 "server_command": " ".join(server_args), "shared_machine": self.a.shared_machine,
+                "loadavg_1min_before": load_before, "loadavg_1min_after": os.getloadavg()[0],
                 **run_meta()}  # fmt: skip
         path = self.out / "runs" / f"{tag}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -201,6 +204,7 @@ class Sweep:
 
         a = self.a
         doc = {"meta": {**run_meta(), "elapsed_s": elapsed_s, "shared_machine": a.shared_machine,
+                        "loadavg_1min_at_start": self.loadavg_start,
                         "trace": a.trace, "loads": a.loads, "duration_s": a.duration_s, "screen_s": a.screen_s,
                         "screen_load": a.screen_load, "grid": a.grid, "max_queue": a.max_queue,
                         "capacity_per_s": self.work[("otas", a.loads[0])].capacity_per_s},
@@ -219,10 +223,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--servers", default="otas,triton,ray,litserve", help="comma-separated subset")
     p.add_argument("--loads", default="0.5,1,1.5,2", help="× the γ=0 capacity of the profile")
-    p.add_argument("--duration-s", type=float, default=20.0, help="seconds of scaled trace per replay")
-    p.add_argument("--grid", default="4:5,8:10,16:20", help="peer settings MAX_BATCH:DELAY_MS,...")
+    p.add_argument("--duration-s", type=float, default=15.0, help="seconds of scaled trace per replay")
+    p.add_argument("--grid", default="4:5,16:20", help="peer settings MAX_BATCH:DELAY_MS,...")
     p.add_argument("--screen-load", type=float, default=1.0, help="load at which the grid is screened")
-    p.add_argument("--screen-s", type=float, default=10.0, help="seconds of trace per screening replay")
+    p.add_argument("--screen-s", type=float, default=8.0, help="seconds of trace per screening replay")
     p.add_argument("--gamma-candidates", type=int, default=1, help="fixed γ per load run live for hindsight")
     p.add_argument("--max-queue", type=int, default=256, help="peers' queue-size limit (Triton, Ray Serve)")
     p.add_argument("--max-batch", type=int, default=64, help="B_max of the capacity the loads scale (as otas)")
@@ -236,7 +240,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--start-timeout-s", type=float, default=180.0)
     p.add_argument("--overhead", action=argparse.BooleanOptionalAction, default=True, help="no-op runs at the end")
     p.add_argument("--overhead-p99-ms", type=float, default=50.0)
-    p.add_argument("--overhead-s", type=float, default=3.0, help="seconds per rate step")
+    p.add_argument("--overhead-s", type=float, default=2.0, help="seconds per rate step")
     p.add_argument("--shared-machine", default="", help="a note recorded with the results (e.g. what else ran)")
     p.add_argument("--out", type=Path, default=ROOT / "bench/results/peers")
     a = p.parse_args(argv)
