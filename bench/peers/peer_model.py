@@ -15,8 +15,9 @@ from pathlib import Path
 from otas.config import default_apps_path, load_apps
 from otas.engine.images import decode_image
 
-# one thread pool size for every server in a comparison: the machine's cores, as torch would pick
-os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+THREADS = os.cpu_count() or 1
+"""Intra-op threads of every server's forward: the machine's cores, torch's own default, which otas
+runs with. Set explicitly, since Ray sets OMP_NUM_THREADS to an actor's CPU count."""
 
 
 class PeerModel:
@@ -29,9 +30,12 @@ class PeerModel:
 
             self.runner = NoopRunner(self.apps, max_batch=max_batch)
         else:
+            import torch
+
             from otas.engine.runner import Runner
             from otas.predict import default_model_path
 
+            torch.set_num_threads(THREADS)
             self.runner = Runner.load(default_model_path(), "cpu", max_batch=max_batch)
             bad = [t for t in set(self.task.values()) if self.gamma not in self.runner.servable[t]]
             if bad:

@@ -1,6 +1,7 @@
 """Ray Serve's `@serve.batch` serving the shipped model at a fixed γ.
 
-Configured as Ray Serve's batching and backpressure guides recommend: one replica whose handler
+Configured as Ray Serve's batching and backpressure guides recommend: one replica (given every CPU,
+so Ray lets its forward use every core) whose handler
 awaits a `@serve.batch(max_batch_size, batch_wait_timeout_s)` method, `max_ongoing_requests` at
 least the batch size (here 2× it, so a batch can form while one runs) and `max_queued_requests`
 for backpressure (beyond it the proxy answers 503). Serve's lean request path is on
@@ -38,7 +39,7 @@ def build(args):
         num_replicas=1,
         max_ongoing_requests=2 * args.max_batch,
         max_queued_requests=args.max_queue,
-        ray_actor_options={"num_cpus": 1},
+        ray_actor_options={"num_cpus": os.cpu_count()},  # the whole machine, as every server here has
     )
     class Classifier:
         def __init__(self) -> None:
