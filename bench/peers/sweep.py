@@ -155,12 +155,9 @@ class Sweep:
         by_gamma: dict[int, list[float]] = {}
         for load, gs in picks.items():
             for g in gs:
-                by_gamma.setdefault(g, []).append(load)
+                if g != 0:  # γ=0 was just run at every load
+                    by_gamma.setdefault(g, []).append(load)
         for g, loads in sorted(by_gamma.items()):
-            if g == 0:  # γ=0 was just run at every load: the same runs count for the hindsight line
-                self.runs += [dict(r, variant=HINDSIGHT) for r in self.runs if r["server"] == name
-                              and r["variant"] == GAMMA0 and r["load"] in loads]  # fmt: skip
-                continue
             self.serve_and_replay(name, [(x, HINDSIGHT) for x in loads], g, *best)
 
     def main(self) -> None:
@@ -199,7 +196,6 @@ class Sweep:
         (self.out / "overhead.json").write_text(json.dumps(doc, indent=1, default=float) + "\n")
 
     def write(self, picks: dict, elapsed_s: float) -> None:
-        from otas.bench.compare import markdown, plot, ratios
         from otas.provenance import run_meta
 
         a = self.a
@@ -209,14 +205,48 @@ class Sweep:
                         "screen_load": a.screen_load, "grid": a.grid, "max_queue": a.max_queue,
                         "capacity_per_s": self.work[("otas", a.loads[0])].capacity_per_s},
                "hindsight_gammas": {str(k): v for k, v in picks.items()}, "settings": self.settings,
-               "failures": self.failures, "ratios": {str(k): v for k, v in ratios(self.runs).items()},
-               "runs": self.runs}  # fmt: skip
-        (self.out / "sweep.json").write_text(json.dumps(doc, indent=1, default=float) + "\n")
-        if self.runs:
-            table = markdown(self.runs)
-            (self.out / "summary.md").write_text(table)
-            plot(self.runs, self.out / "utility_vs_load.png",
-                 f"Azure conv, {a.duration_s:g} s per point, CPU ({os.cpu_count()} cores)")  # fmt: skip
+               "failures": self.failures, "runs": self.runs}  # fmt: skip
+        report(self.out, doc)
+
+
+def with_hindsight(runs: list[dict]) -> list[dict]:
+    """The runs, with every γ=0 run of a peer also a candidate for its best fixed γ in hindsight."""
+    from otas.bench.compare import GAMMA0, HINDSIGHT
+
+    return [r for r in runs if r["variant"] != HINDSIGHT or r["gamma"] != 0] + [
+        dict(r, variant=HINDSIGHT) for r in runs if r["variant"] == GAMMA0]  # fmt: skip
+
+
+def report(out: Path, doc: dict) -> None:
+    """sweep.json (with the otas / best peer ratios), summary.md and the plot, from `doc["runs"]`."""
+    from otas.bench.compare import markdown, plot, ratios
+
+    runs = with_hindsight(doc["runs"])
+    doc["ratios"] = {str(k): v for k, v in ratios(runs).items()}
+    (out / "sweep.json").write_text(json.dumps(doc, indent=1, default=float) + "\n")
+    if runs:
+        (out / "summary.md").write_text(markdown(runs))
+        title = f"Azure conv, {doc['meta']['duration_s']:g} s per point, CPU ({os.cpu_count()} cores)"
+        plot(runs, out / "utility_vs_load.png", title)
+
+
+def rebuild(out: Path) -> None:
+    """Re-read every replay under out/runs/ (screens aside) into sweep.json, summary.md and the plot,
+    keeping the rest of sweep.json: for a sweep that was cut short or re-run in parts."""
+    from otas.bench.compare import run_record
+    from otas.provenance import run_meta
+
+    doc = json.loads((out / "sweep.json").read_text())
+    runs = []
+    for f in sorted((out / "runs").glob("*.json")):
+        if not f.name.startswith("screen_"):
+            d = json.loads(f.read_text())
+            m = d["meta"]
+            runs.append(run_record(m["server"], m["variant"], m["setting"], m["gamma"], m["load"], d["live"],
+                                   os.path.relpath(f, ROOT)))  # fmt: skip
+    doc["runs"], doc["meta"]["rebuilt"] = runs, run_meta()
+    report(out, doc)
+    print(f"rebuilt {out / 'sweep.json'} from {len(runs)} replays")
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -243,6 +273,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--overhead-s", type=float, default=1.5, help="seconds per rate step")
     p.add_argument("--shared-machine", default="", help="a note recorded with the results (e.g. what else ran)")
     p.add_argument("--out", type=Path, default=ROOT / "bench/results/peers")
+    p.add_argument("--rebuild", action="store_true", help="only re-read --out/runs/ into the report; run nothing")
     a = p.parse_args(argv)
     a.servers = [s for s in a.servers.split(",") if s]
     bad = [s for s in a.servers if s != "otas" and s not in PEERS]
@@ -264,6 +295,8 @@ def _interrupt(*_) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     a = parse(argv)
+    if a.rebuild:
+        return rebuild(a.out)
     signal.signal(signal.SIGTERM, _interrupt)
     t0 = time.monotonic()
     Sweep(a).main()
