@@ -86,9 +86,11 @@ def plot(runs: Sequence[dict[str, Any]], path: Path, title: str = "", ours: str 
 
     best = best_runs(runs)
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    servers = sorted({k[0] for k in best if k[0] != ours})
+    color = {s: f"C{i}" for i, s in enumerate(servers)}  # one color per server; γ=0 dashed
     for s, v in sorted({(k[0], k[1]) for k in best}, key=lambda sv: (sv[0] != ours, sv)):
         pts = sorted((k[2], r["all"]["utility_expected"]) for k, r in best.items() if (k[0], k[1]) == (s, v))
-        style = {"lw": 2.5, "color": "black"} if s == ours else {"ls": "--" if v == GAMMA0 else "-"}
+        style = {"lw": 2.5, "color": "black"} if s == ours else {"ls": "--" if v == GAMMA0 else "-", "color": color[s]}
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{s} ({v})", **style)
     ax.set_xlabel("load (× γ=0 capacity)")
     ax.set_ylabel("utility (expected, per replay)")
