@@ -55,8 +55,7 @@ def ratios(runs: Sequence[dict[str, Any]], ours: str = "otas") -> dict[float, di
 def markdown(runs: Sequence[dict[str, Any]], ours: str = "otas") -> str:
     """Every (server, variant, load) at its best run, then otas over the best peer per load."""
     best = best_runs(runs)
-    apps = sorted({a for r in runs for a in r["slo_per_app"]}, key=lambda a: next(
-        i for i, r in enumerate(runs) if a in r["slo_per_app"]))  # fmt: skip
+    apps = list(dict.fromkeys(a for r in runs for a in r["slo_per_app"]))  # in the apps YAML's order
     head = ["server", "variant", "setting", "γ", "load", "sent", "answered", "rejected", "errors", "lost",
             "utility", "SLO", *[f"SLO {a}" for a in apps], "goodput/s", "p50 ms", "p99 ms"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
