@@ -8,14 +8,15 @@ port is checked free) even on failure. otas runs its own policy; each peer runs
      --screen-s seconds each; the best setting by utility is kept for the rest;
   2. γ = 0 (the stock model) at every load;
   3. the best fixed γ in hindsight at every load: the --gamma-candidates γ that the simulator ranks
-     best for that load's trace window (fixed:γ policies), each run live, the best live kept.
+     best for that load's trace window (fixed:γ policies), each run live; the best live run of these
+     and of γ = 0 is kept.
 Then the no-op model through every server: the highest open-loop Poisson rate answered with
 p99 <= --overhead-p99-ms, and `otas bench overhead` against `otas serve --noop`.
 
 Writes under --out: one replay JSON per run, sweep.json (every run, settings, provenance),
 summary.md and utility_vs_load.png, overhead.json, logs/ (each server's output).
 
-    .venv/bin/python bench/peers/sweep.py                  # the whole sweep (about 25 min on this 2-core CPU)
+    .venv/bin/python bench/peers/sweep.py                  # the whole sweep (about 20 min on this 2-core CPU)
     .venv/bin/python bench/peers/sweep.py --servers otas,litserve --loads 1 --duration-s 10 --grid 8:5
 """
 
@@ -203,6 +204,7 @@ class Sweep:
                         "loadavg_1min_at_start": self.loadavg_start,
                         "trace": a.trace, "loads": a.loads, "duration_s": a.duration_s, "screen_s": a.screen_s,
                         "screen_load": a.screen_load, "grid": a.grid, "max_queue": a.max_queue,
+                        "gamma_candidates": a.gamma_candidates,
                         "capacity_per_s": self.work[("otas", a.loads[0])].capacity_per_s},
                "hindsight_gammas": {str(k): v for k, v in picks.items()}, "settings": self.settings,
                "failures": self.failures, "runs": self.runs}  # fmt: skip
@@ -257,7 +259,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--grid", default="4:5,16:20", help="peer settings MAX_BATCH:DELAY_MS,...")
     p.add_argument("--screen-load", type=float, default=1.0, help="load at which the grid is screened")
     p.add_argument("--screen-s", type=float, default=8.0, help="seconds of trace per screening replay")
-    p.add_argument("--gamma-candidates", type=int, default=2, help="fixed γ per load run live for hindsight")
+    p.add_argument("--gamma-candidates", type=int, default=1, help="fixed γ per load run live (besides 0)")
     p.add_argument("--max-queue", type=int, default=256, help="peers' queue-size limit (Triton, Ray Serve)")
     p.add_argument("--max-batch", type=int, default=64, help="B_max of the capacity the loads scale (as otas)")
     p.add_argument("--trace", default="azure")
@@ -286,6 +288,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--loads {a.loads!r} / --grid {a.grid!r}: use e.g. --loads 0.5,1 --grid 8:5,16:10")
     if not a.loads or min(a.loads) <= 0 or not a.grid or min(b for b, _ in a.grid) < 1:
         p.error("--loads must be positive and --grid batches >= 1")
+    if a.gamma_candidates < 1 or a.duration_s <= 0 or a.screen_s <= 0:
+        p.error("--gamma-candidates must be >= 1, --duration-s and --screen-s > 0")
     return a
 
 
