@@ -32,13 +32,30 @@ def bench_replay_cmd(
     out: Annotated[Path, typer.Option(help="Folder for JSON and plots.")] = Path("bench/results"),
     tag: Annotated[str, typer.Option(help="Name of this run in file names (default: the server's policy).")] = "",
     data: Annotated[Path | None, typer.Option(help="CIFAR-10 archive (default: $OTAS_CIFAR10).")] = None,
+    format: Annotated[
+        str,
+        typer.Option(
+            help="Request format: otas (KServe v2 JSON to otas), triton (KServe v2 JSON with priorities, "
+            "bench/peers/pytriton_peer.py), json (Ray Serve / LitServe handlers, bench/peers/)."
+        ),
+    ] = "otas",
+    model: Annotated[str, typer.Option(help="triton: the model name in /v2/models/{model}/infer.")] = "",
+    profile: Annotated[
+        Path | None, typer.Option(help="Not otas: the profile that sets the load (default: the shipped CPU one).")
+    ] = None,
+    max_batch: Annotated[int, typer.Option(help="Not otas: B_max of the γ=0 capacity (as otas simulate).")] = 64,
+    duration_s: Annotated[
+        float, typer.Option(help="Replay at most the first this many seconds of the scaled trace (0 = no limit).")
+    ] = 0.0,
 ) -> None:
-    """Replay a trace open-loop against a server with labelled CIFAR-10 test images; report utility,
-    SLO attainment, accuracy and latency per app beside the simulator's prediction."""
+    """Replay a trace open-loop against a server (otas, or a peer in bench/peers/) with labelled
+    CIFAR-10 test images; report utility, SLO attainment, goodput, accuracy and latency per app, beside
+    the simulator's prediction against otas."""
     from otas.bench.replay import main as replay_main
 
     try:
-        replay_main(url, trace, apps, load, limit, seed, out, tag, data, console)
+        replay_main(url, trace, apps, load, limit, seed, out, tag, data, console, format, model or "vit_tiny_p2_c5"
+                    if format == "triton" else model, profile, max_batch, duration_s)  # fmt: skip
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
 

@@ -1,12 +1,17 @@
 """`otas bench replay`: open-loop trace replay against a running server, over HTTP only.
 
-Each trace arrival becomes one KServe v2 infer request (a base64 PNG of a labelled CIFAR-10 test
-image of the application's task, corrupted exactly as evaluation does), sent at its timestamp
-whatever happened to earlier ones (open loop, many in flight). Every request is counted once:
-sent = answered (200) + rejected (429/503, with the server's reason) + errors.
+Each trace arrival becomes one infer request (a base64 PNG of a labelled CIFAR-10 test image of
+the application's task, corrupted exactly as evaluation does), sent at its timestamp whatever
+happened to earlier ones (open loop, many in flight). Every request is counted once:
+sent = answered (200) + rejected (429/503/504, with the server's reason) + errors (any other
+status) + lost (no answer at all).
 
-Beside the live figures: the simulator's prediction for the same workload — the same trace
-window, applications, profile, policy and scheduler config, all read from the server's /v1/config.
+The request format is otas's KServe v2 JSON by default, or another server's (`otas.bench.formats`:
+Triton's KServe v2 with priorities, or the plain JSON of a Ray Serve / LitServe handler), so one
+load generator and one scoring serve every server compared. Against otas, the simulator's
+prediction for the same workload (trace window, applications, profile, policy and scheduler config,
+all read from the server's /v1/config) is written beside the live figures; another server has no
+/v1/config, so the applications and profile come from the command line and no prediction is made.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from otas.config import SchedulerConfig, load_apps
+from otas.bench.formats import Format, make_format, rejected
+from otas.config import SchedulerConfig, default_apps_path, load_apps
 from otas.profile.table import Profile
 from otas.provenance import run_meta
 from otas.sim.traces import Trace, capacity_per_s, make_trace
@@ -75,19 +81,11 @@ def image_pools(apps: Sequence[App], needed: dict[str, int], data: Path | None) 
     return pools
 
 
-def infer_request(b64png: bytes, app: str) -> bytes:
-    """A KServe v2 infer request body for one base64 image, for application `app`."""
-    head = (
-        b'{"parameters":{"app":"%s"},"inputs":[{"name":"image","datatype":"BYTES","shape":[1],"data":["' % app.encode()
-    )
-    return head + b64png + b'"]}]}'
-
-
-async def _replay(url: str, model: str, trace: Trace, bodies: list[bytes], timeout_s: float) -> list[dict[str, Any]]:
+async def _replay(url: str, fmt: Format, trace: Trace, bodies: list[bytes], timeout_s: float) -> list[dict[str, Any]]:
     import aiohttp
 
     recs: list[dict[str, Any]] = [{} for _ in range(len(trace))]
-    endpoint = f"{url}/v2/models/{model}/infer"
+    endpoint = f"{url}{fmt.path}"
     headers = {"content-type": "application/json"}
 
     # aiohttp rather than httpx: httpx's connection pool slows down badly with hundreds in flight
@@ -102,15 +100,11 @@ async def _replay(url: str, model: str, trace: Trace, bodies: list[bytes], timeo
                     raw = await r.read()
                 rec["latency_ms"] = (time.perf_counter() - t_sched) * 1e3
                 rec["status"] = r.status
-                body = json.loads(raw)
-                if r.status == 200:
-                    out = {o["name"]: o["data"] for o in body["outputs"]}
-                    rec.update(label=out["label"][0], gamma=out["gamma"][0], server_met=out["deadline_met"][0])
-                    rec["server_ms"] = out["latency_ms"][2]
-                else:
-                    rec["reason"] = body.get("reason", "")
-            except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as e:
+                rec.update(fmt.parse(r.status, raw))
+            except (aiohttp.ClientError, TimeoutError) as e:  # no answer: lost
                 rec.update(status=-1, reason=f"{type(e).__name__}: {e}")
+            except (ValueError, KeyError, IndexError, TypeError) as e:  # an answer we cannot read: an error
+                rec.update(status=-2, reason=f"unreadable answer ({type(e).__name__}: {e})")
 
         t0 = time.perf_counter() + 0.05
         pending = []
@@ -131,13 +125,18 @@ def _pct(x: list[float], q: float) -> float:
 def summarize(
     recs: list[dict[str, Any]], trace: Trace, apps: Sequence[App], labels: list[str], profile: Profile
 ) -> dict[str, Any]:
-    """Per application and in total: counts by outcome, SLO attainment, accuracy, utility, latency."""
+    """Per application and in total: counts by outcome, SLO attainment, goodput (answers within the
+    SLO per second of trace), accuracy, utility (expected: the profile's accuracy at the γ served;
+    realized: correct answers), latency."""
     by = {a.name: a for a in apps}
+    duration_s = max(trace.duration_ms / 1e3, 1e-3)
+    errs = [r["reason"] for r in recs if r.get("status") not in (None, 200) and not rejected(r.get("status", -1))]
     rows: dict[str, dict[str, Any]] = {}
     for name in [a.name for a in apps] + ["all"]:
         idx = [i for i, a in enumerate(trace.apps) if name in ("all", a)]
         ok = [i for i in idx if recs[i].get("status") == 200]
-        rej = [i for i in idx if recs[i].get("status") in (429, 503)]
+        rej = [i for i in idx if rejected(recs[i].get("status", -1))]
+        lost = [i for i in idx if recs[i].get("status", -1) == -1]
         on_time = [i for i in ok if recs[i]["latency_ms"] <= by[trace.apps[i]].slo_ms]
         correct = [i for i in ok if recs[i]["label"] == labels[i]]
         reasons: dict[str, int] = {}
@@ -150,11 +149,13 @@ def summarize(
             "sent": len(idx),
             "answered": len(ok),
             "rejected": len(rej),
-            "errors": len(idx) - len(ok) - len(rej),
+            "errors": len(idx) - len(ok) - len(rej) - len(lost),
+            "lost": len(lost),
             "reject_reasons": reasons,
             "on_time": len(on_time),
             "slo_attainment": len(on_time) / len(idx) if idx else math.nan,
-            "server_deadline_met": sum(bool(recs[i]["server_met"]) for i in ok),
+            "goodput_per_s": len(on_time) / duration_s if duration_s > 0 else math.nan,
+            "server_deadline_met": sum(bool(recs[i].get("server_met")) for i in ok),
             "accuracy_answered": len(correct) / len(ok) if ok else math.nan,
             "utility_expected": u_exp,
             "utility_realized": u_real,
@@ -167,6 +168,7 @@ def summarize(
             },
         }
     lags = [r["lag_ms"] for r in recs if "lag_ms" in r]
+    rows["all"]["error_examples"] = sorted(set(errs))[:5]
     rows["all"]["send_lag_ms"] = {"p50": _pct(lags, 50), "p99": _pct(lags, 99), "max": max(lags, default=math.nan)}
     return rows
 
@@ -184,6 +186,62 @@ def simulate(trace: Trace, apps: Sequence[App], profile: Profile, policy: str, c
     return out
 
 
+@dataclass
+class Workload:
+    """One replay's requests: the trace window, the request bodies and the true labels."""
+
+    trace: Trace
+    bodies: list[bytes]
+    labels: list[str]
+    load: float
+    capacity_per_s: float
+
+
+def window(trace_spec: str, apps: Sequence[App], profile: Profile, max_batch: int, load: float, limit: int,
+           duration_s: float, seed: int) -> tuple[Trace, float]:  # fmt: skip
+    """The first `limit` requests (0 = all) and first `duration_s` seconds (0 = all) of the trace,
+    time-scaled to `load` × the γ=0 capacity of `profile` (as `otas simulate` defines it)."""
+    if load <= 0 or limit < 0 or duration_s < 0:
+        raise ValueError(f"load={load}, limit={limit}, duration_s={duration_s}: use load > 0 and limits >= 0")
+    cap = capacity_per_s(profile, apps, max_batch)
+    full = make_trace(trace_spec, apps, load, cap, seed=seed)
+    t = full.arrival_ms - full.arrival_ms[0]
+    n = len(full) if limit <= 0 else min(limit, len(full))
+    if duration_s > 0:
+        n = min(n, int(np.searchsorted(t, duration_s * 1e3, side="right")))
+    return Trace(full.name, t[:n], list(full.apps[:n])), cap
+
+
+def encode(trace: Trace, apps: Sequence[App], pools: dict[str, Pool], fmt: Format) -> tuple[list[bytes], list[str]]:
+    """Request bodies and true labels, images of each task taken in turn from its pool."""
+    task_of = {a.name: a.task for a in apps}
+    cursor = {t: 0 for t in pools}
+    bodies, labels = [], []
+    for a in trace.apps:
+        pool, k = pools[task_of[a]], cursor[task_of[a]]
+        cursor[task_of[a]] += 1
+        bodies.append(fmt.body(pool.bodies[k % len(pool.bodies)], a))
+        labels.append(pool.labels[k % len(pool.labels)])
+    return bodies, labels
+
+
+def needed_images(trace: Trace, apps: Sequence[App]) -> dict[str, int]:
+    task_of = {a.name: a.task for a in apps}
+    needed: dict[str, int] = {}
+    for a in trace.apps:
+        needed[task_of[a]] = needed.get(task_of[a], 0) + 1
+    return needed
+
+
+def run_live(url: str, fmt: Format, work: Workload, apps: Sequence[App], profile: Profile) -> tuple[dict, list, float]:
+    """Replay a workload against a server: (per-application summary, per-request records, wall s)."""
+    t0 = time.perf_counter()
+    timeout_s = 30 + 10 * max(a.slo_ms for a in apps) / 1e3
+    recs = asyncio.run(_replay(url.rstrip("/"), fmt, work.trace, work.bodies, timeout_s))
+    wall = time.perf_counter() - t0
+    return summarize(recs, work.trace, apps, work.labels, profile), recs, wall
+
+
 def main(
     url: str,
     trace_spec: str,
@@ -195,44 +253,41 @@ def main(
     tag: str,
     data: Path | None,
     console,
+    fmt_name: str = "otas",
+    model: str = "",
+    profile_path: Path | None = None,
+    max_batch: int = 64,
+    duration_s: float = 0.0,
 ) -> dict[str, Any]:
     url = url.rstrip("/")
-    info = server_info(url)
-    apps = load_apps(apps_path) if apps_path else [App(**a) for a in info["apps"]]
-    profile = Profile.from_dict(info["profile"])
-    cfg = SchedulerConfig(**info["scheduler"])
-    policy = info["policy"]
-    cap = capacity_per_s(profile, apps, cfg.max_batch)
-    full = make_trace(trace_spec, apps, load, cap, seed=seed)
-    n = len(full) if limit <= 0 else min(limit, len(full))
-    trace = Trace(full.name, full.arrival_ms[:n] - full.arrival_ms[0], list(full.apps[:n]))
-    task_of = {a.name: a.task for a in apps}
-    needed: dict[str, int] = {}
-    for a in trace.apps:
-        needed[task_of[a]] = needed.get(task_of[a], 0) + 1
+    if fmt_name == "otas":
+        info = server_info(url)
+        apps = load_apps(apps_path) if apps_path else [App(**a) for a in info["apps"]]
+        profile = Profile.from_dict(info["profile"])
+        cfg = SchedulerConfig(**info["scheduler"])
+        policy, model, max_batch, device = info["policy"], info["model"], cfg.max_batch, info.get("device")
+    else:  # another server: no /v1/config; what otas would read from it comes from the command line
+        from otas.sim.demo import default_profile_path
+
+        apps = load_apps(apps_path or default_apps_path("cpu"))
+        profile = Profile.load(profile_path or default_profile_path())
+        cfg, policy, device = None, f"peer:{fmt_name}", profile.device
+    fmt = make_format(fmt_name, apps, model)
+    trace, cap = window(trace_spec, apps, profile, max_batch, load, limit, duration_s, seed)
+    n = len(trace)
     console.print(
         f"{trace.name}: {n} requests over {trace.duration_ms / 1e3:.1f} s ({load:g} × {cap:.1f}/s); loading images"
     )
-    pools = image_pools(apps, needed, data)
-    cursor = {t: 0 for t in pools}
-    bodies, labels = [], []
-    for a in trace.apps:
-        pool, k = pools[task_of[a]], cursor[task_of[a]]
-        cursor[task_of[a]] += 1
-        bodies.append(infer_request(pool.bodies[k % len(pool.bodies)], a))
-        labels.append(pool.labels[k % len(pool.labels)])
-    console.print(f"replaying against {url} (policy {policy})")
-    t0 = time.perf_counter()
-    recs = asyncio.run(
-        _replay(url, info["model"], trace, bodies, timeout_s=30 + 10 * max(a.slo_ms for a in apps) / 1e3)
-    )
-    wall = time.perf_counter() - t0
-    live = summarize(recs, trace, apps, labels, profile)
-    sim = simulate(trace, apps, profile, policy, cfg, seed)
+    pools = image_pools(apps, needed_images(trace, apps), data)
+    work = Workload(trace, *encode(trace, apps, pools, fmt), load, cap)
+    console.print(f"replaying against {url} ({fmt.name} format, {policy})")
+    live, recs, wall = run_live(url, fmt, work, apps, profile)
+    sim = simulate(trace, apps, profile, policy, cfg, seed) if cfg is not None else None
     result = {
-        "meta": {"url": url, "trace": trace.name, "load": load, "capacity_per_s": cap, "requests": n, "seed": seed,
-                 "policy": policy, "model": info["model"], "device": info.get("device"), "wall_s": wall,
-                 "duration_s": trace.duration_ms / 1e3, "scheduler": info["scheduler"], **run_meta()},
+        "meta": {"url": url, "format": fmt.name, "trace": trace.name, "load": load, "capacity_per_s": cap,
+                 "requests": n, "seed": seed, "policy": policy, "model": model, "device": device, "wall_s": wall,
+                 "duration_s": trace.duration_ms / 1e3, "max_batch": max_batch,
+                 "scheduler": cfg.__dict__ if cfg is not None else None, **run_meta()},
         "apps": [a.__dict__ for a in apps],
         "live": live,
         "sim": sim,

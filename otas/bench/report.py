@@ -13,19 +13,23 @@ from rich.table import Table
 from otas.sim.traces import Trace
 from otas.types import App
 
+NO_SIM: dict[str, Any] = {"slo_attainment": float("nan"), "utility": float("nan"), "slo_attainment_per_app": {},
+                          "utility_per_app": {}}  # fmt: skip
+"""Stands in for the simulator's prediction where there is none (a server other than otas)."""
+
 
 def print_replay(result: dict[str, Any], console) -> None:
-    live, sim = result["live"], result["sim"]["noise_free"]
+    live, sim = result["live"], (result["sim"] or {}).get("noise_free", NO_SIM)
     m = result["meta"]
     t = Table(title=f"live replay: {m['trace']} × {m['load']:g}, {m['requests']} requests, policy {m['policy']}")
-    cols = "app sent answered rejected errors SLO_att sim_SLO accuracy utility sim_util p50_ms p99_ms mean_γ"
+    cols = "app sent answered rejected errors lost SLO_att sim_SLO accuracy utility sim_util p50_ms p99_ms mean_γ"
     for c in cols.split():
         t.add_column(c.replace("_", " "), justify="right")
     for name, r in live.items():
         sim_slo = sim["slo_attainment"] if name == "all" else sim["slo_attainment_per_app"].get(name, float("nan"))
         sim_u = sim["utility"] if name == "all" else sim["utility_per_app"].get(name, float("nan"))
         t.add_row(
-            name, str(r["sent"]), str(r["answered"]), str(r["rejected"]), str(r["errors"]),
+            name, str(r["sent"]), str(r["answered"]), str(r["rejected"]), str(r["errors"]), str(r["lost"]),
             f"{100 * r['slo_attainment']:.1f}%", f"{100 * sim_slo:.1f}%", f"{100 * r['accuracy_answered']:.1f}%",
             f"{r['utility_expected']:.1f}", f"{sim_u:.1f}", f"{r['latency_ms']['p50']:.0f}",
             f"{r['latency_ms']['p99']:.0f}", f"{r['mean_gamma']:.1f}",
@@ -39,12 +43,13 @@ def plot_replay(result: dict[str, Any], recs: list[dict], trace: Trace, apps: Se
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    live, sim = result["live"], result["sim"]["noise_free"]
+    live, sim = result["live"], (result["sim"] or {}).get("noise_free")
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     names = [a.name for a in apps]
     x = np.arange(len(names))
     a1.bar(x - 0.2, [live[n]["slo_attainment"] for n in names], 0.4, label="live")
-    a1.bar(x + 0.2, [sim["slo_attainment_per_app"][n] for n in names], 0.4, label="simulator")
+    if sim is not None:
+        a1.bar(x + 0.2, [sim["slo_attainment_per_app"][n] for n in names], 0.4, label="simulator")
     a1.set_xticks(x, names)
     a1.set_ylabel("SLO attainment")
     a1.set_ylim(0, 1.05)
@@ -74,7 +79,7 @@ def summary(files: Sequence[Path]) -> str:
     ]
     for f in files:
         r = json.loads(Path(f).read_text())
-        m, live, sim = r["meta"], r["live"]["all"], r["sim"]["noise_free"]
+        m, live, sim = r["meta"], r["live"]["all"], (r["sim"] or {}).get("noise_free", NO_SIM)
         ratio = live["utility_expected"] / sim["utility"] if sim["utility"] else float("nan")
         lines.append(
             f"| {m['policy']} | {m['trace']} × {m['load']:g} | {live['sent']} | {live['answered']} "

@@ -1,0 +1,92 @@
+"""Request formats of the servers `otas bench replay` drives, and how to read their answers.
+
+- `otas`: KServe v2 JSON to /v2/models/{model}/infer, the application as a request parameter;
+  outputs `label`, `gamma`, `deadline_met`, `latency_ms`.
+- `triton`: KServe v2 JSON as Triton reads it: inputs `image` and `app` with a batch dimension
+  ([1, 1]), the application's priority level as the request parameter `priority`; outputs `label`
+  and `gamma` (bench/peers/pytriton_peer.py).
+- `json`: the plain JSON a Ray Serve or LitServe handler reads, `{"app": ..., "image": base64}`,
+  answered `{"label": ..., "gamma": ...}` (bench/peers/rayserve_peer.py, bench/peers/litserve_peer.py).
+
+Every answer is one of: answered (200), rejected (the server refused with a status: overload,
+queue full or queue timeout), error (any other status), lost (no answer: connection or timeout).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from otas.types import App
+
+FORMATS = ("otas", "triton", "json")
+REJECT_STATUS = (429, 503, 504)
+"""Overload answers: 429/503 (queue full, backpressure), 504 (LitServe's queue timeout)."""
+
+
+def priority_levels(apps: Sequence[App]) -> dict[str, int]:
+    """Application -> Triton priority level, 1 (served first) for the tightest SLO."""
+    order = sorted(apps, key=lambda a: (a.slo_ms, -a.utility, a.name))
+    return {a.name: i + 1 for i, a in enumerate(order)}
+
+
+@dataclass
+class Format:
+    name: str
+    path: str
+    """Endpoint path on the server's base URL."""
+    levels: dict[str, int]
+
+    def body(self, b64png: bytes, app: str) -> bytes:
+        """One request for one base64 PNG of application `app`."""
+        a = app.encode()
+        if self.name == "otas":
+            head = b'{"parameters":{"app":"%s"},"inputs":[{"name":"image","datatype":"BYTES","shape":[1],"data":["' % a
+            return head + b64png + b'"]}]}'
+        if self.name == "triton":
+            head = (
+                b'{"parameters":{"priority":%d},"inputs":[{"name":"app","datatype":"BYTES","shape":[1,1],'
+                % (self.levels[app])
+            )
+            head += b'"data":["%s"]},{"name":"image","datatype":"BYTES","shape":[1,1],"data":["' % a
+            return head + b64png + b'"]}]}'
+        return b'{"app":"%s","image":"' % a + b64png + b'"}'
+
+    def parse(self, status: int, raw: bytes) -> dict[str, Any]:
+        """Fields of one answer: label and gamma when answered, else the server's reason."""
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        if status != 200:
+            text = raw[:120].decode(errors="replace").strip()
+            if isinstance(body, dict):
+                text = body.get("reason") or body.get("error") or body.get("detail") or text
+            reason = text if isinstance(text, str) else json.dumps(text)[:120]
+            return {"reason": f"{status}: {reason}" if self.name != "otas" else reason}
+        if not isinstance(body, dict):
+            raise ValueError(f"answer is not a JSON object: {raw[:80]!r}")
+        if self.name == "json":
+            return {"label": body["label"], "gamma": int(body["gamma"])}
+        out = {o["name"]: o["data"] for o in body["outputs"]}
+        rec = {"label": out["label"][0], "gamma": int(out["gamma"][0])}
+        if self.name == "otas":
+            rec.update(server_met=out["deadline_met"][0], server_ms=out["latency_ms"][2])
+        return rec
+
+
+def make_format(name: str, apps: Sequence[App], model: str = "", path: str = "") -> Format:
+    """The format `name` for these applications; `path` overrides the endpoint (json: default /predict)."""
+    if name not in FORMATS:
+        raise ValueError(f"format {name!r}: use one of {', '.join(FORMATS)}")
+    if name in ("otas", "triton") and not path:
+        if not model:
+            raise ValueError(f"format {name!r} needs the model name for /v2/models/{{model}}/infer; pass --model")
+        path = f"/v2/models/{model}/infer"
+    return Format(name, path or "/predict", priority_levels(apps))
+
+
+def rejected(status: int) -> bool:
+    return status in REJECT_STATUS
