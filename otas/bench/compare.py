@@ -78,10 +78,9 @@ def markdown(runs: Sequence[dict[str, Any]], ours: str = "otas") -> str:
 
 def plot(runs: Sequence[dict[str, Any]], path: Path, title: str = "", ours: str = "otas") -> None:
     """Utility against load, one line per (server, variant) at its best run."""
-    import matplotlib
+    from otas.plotting import pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     best = best_runs(runs)
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -96,7 +95,4 @@ def plot(runs: Sequence[dict[str, Any]], path: Path, title: str = "", ours: str 
     ax.set_title(title or "utility against load")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)

@@ -38,10 +38,9 @@ def print_replay(result: dict[str, Any], console) -> None:
 
 
 def plot_replay(result: dict[str, Any], recs: list[dict], trace: Trace, apps: Sequence[App], path: Path) -> None:
-    import matplotlib
+    from otas.plotting import pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     live, sim = result["live"], (result["sim"] or {}).get("noise_free")
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
@@ -65,9 +64,7 @@ def plot_replay(result: dict[str, Any], recs: list[dict], trace: Trace, apps: Se
     a2.set_xlabel("client latency (ms); dashed: SLO")
     a2.set_ylabel("CDF of answered")
     a2.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
 
 
 def summary(files: Sequence[Path]) -> str:

@@ -78,10 +78,9 @@ def _print_worst(result: dict, lead: str, console) -> None:
 
 def plot_cdf(records: Sequence[dict], compared: Sequence[str], sets: Sequence[str], path: Path) -> None:
     """CDF of utility / best other policy: one panel per (profile set, load 0.5 | loads ≥ 1)."""
-    import matplotlib
+    from otas.plotting import pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.ticker import FixedLocator, NullLocator
 
     views = [cell_view(r, compared) for r in records]
@@ -113,7 +112,4 @@ def plot_cdf(records: Sequence[dict], compared: Sequence[str], sets: Sequence[st
             if i == len(sets) - 1:
                 ax.set_xlabel("utility / best other policy (log)")
     axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)

@@ -215,10 +215,9 @@ def print_tables(result: dict, console: Console) -> None:
 
 def plot(result: dict, path: Path) -> None:
     """Latency per γ at each batch size, eager vs CUDA graphs, one panel per model."""
-    import matplotlib
+    from otas.plotting import pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     models = result["models"]
     fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.2), squeeze=False)
@@ -235,6 +234,4 @@ def plot(result: dict, path: Path) -> None:
         ax.set_title(f"{m['model']} on {result['meta']['device']} (bf16)", fontsize=9)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)

@@ -194,10 +194,9 @@ LOW, HIGH = -1.5, 1.25
 
 def plot(result: dict, path: Path) -> None:
     """Realised share of the limit's speed-up vs γ: a panel per (model, batch), a line per variant."""
-    import matplotlib
+    from otas.plotting import pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     models = sorted({r["model"] for r in result["rows"]})
     batches = sorted({r["batch"] for r in result["rows"]})
@@ -222,6 +221,4 @@ def plot(result: dict, path: Path) -> None:
             ax.grid(alpha=0.3)
     for ax_row in axes:
         ax_row[-1].legend(fontsize=6, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path, dpi=110)

@@ -89,10 +89,9 @@ def markdown(prof: Profile) -> str:
 
 def plot_tradeoff(profiles: list[Profile], path: Path, batch: int | None = None) -> None:
     """Accuracy vs latency per task, one point per γ, one panel per profile."""
-    import matplotlib
+    from otas.plotting import pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     cols = min(len(profiles), 2)
     rows = -(-len(profiles) // cols)
@@ -113,7 +112,4 @@ def plot_tradeoff(profiles: list[Profile], path: Path, batch: int | None = None)
         ax.set_title(f"{prof.model}\n{prof.device} ({prof.dtype})", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)

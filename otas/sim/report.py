@@ -66,10 +66,9 @@ def _bins(res: SimResult, n_bins: int) -> np.ndarray:
 def plot_over_time(results: Sequence[SimResult], capacity_per_s: float, path: Path, n_bins: int = 60) -> None:
     """Utility earned per time bin for each policy; γ chosen over time by the OTAS runs against
     offered load (arrivals per bin / capacity of γ = 0)."""
-    import matplotlib
+    from otas.plotting import pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
     edges = _bins(results[0], n_bins)
@@ -100,18 +99,14 @@ def plot_over_time(results: Sequence[SimResult], capacity_per_s: float, path: Pa
     ax2.set_ylabel("mean γ (per query)")
     ax2.set_xlabel("time (s)")
     ax2.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
 
 
 def plot_sweep(sweep: dict[str, dict[float, float]], path: Path, ylabel: str = "utility / oracle bound") -> None:
     """Utility (relative to the oracle bound) against load, one line per policy."""
-    import matplotlib
+    from otas.plotting import pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for policy, by_load in sweep.items():
@@ -121,7 +116,4 @@ def plot_sweep(sweep: dict[str, dict[float, float]], path: Path, ylabel: str = "
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
