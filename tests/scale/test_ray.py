@@ -172,7 +172,9 @@ def test_killed_replica_fails_fast_or_retries_and_ray_restarts_it(ray_url):
     assert took < 10  # nothing hangs: every request answered (retried on replica 0 or failed)
     after = _replicas(ray_url)
     retried = after[0]["routed"].get("retry:blur", 0) - reps[0]["routed"].get("retry:blur", 0)
-    assert retried + statuses.count(500) >= 1  # the kill hit requests in flight
+    # the kill hit the burst: requests re-sent to replica 0, failed (500), or refused with too little
+    # of their SLO left (503); which of these depends on where the kill lands in replica 1's batches
+    assert retried + statuses.count(500) + statuses.count(503) >= 1, (retried, statuses)
 
     res = asyncio.run(_send(ray_url, ["blur"] * 4))  # meanwhile: served, by replica 0 or the restarted 1
     assert [s for _, s, _ in res] == [200] * 4
