@@ -276,4 +276,11 @@ def test_grpc_queue_full_is_resource_exhausted_and_the_rest_are_served(paced):
     served = [r for r in res if isinstance(r, pb.ModelInferResponse)]
     refused = [r for r in res if not isinstance(r, pb.ModelInferResponse)]
     assert served and refused and len(served) + len(refused) == 24 and sum(paced.sizes) == len(served)
-    assert all(e.code() == Code.RESOURCE_EXHAUSTED and e.details().startswith("queue_full: ") for e in refused)
+    full = [e for e in refused if e.code() == Code.RESOURCE_EXHAUSTED and e.details().startswith("queue_full: ")]
+    # an accepted call whose batch would finish it late is answered UNAVAILABLE with the reason
+    late = [
+        e
+        for e in refused
+        if e.code() == Code.UNAVAILABLE and e.details().startswith(("deadline_unreachable: ", "infeasible: "))
+    ]
+    assert full and len(full) + len(late) == len(refused), [(e.code(), e.details()) for e in refused]
