@@ -93,8 +93,8 @@ class EngineConfig:
     """No model: measure HTTP + scheduling + collation only."""
     paced: bool = False
     """With noop and a profile: each batch sleeps the profile's latency (emulates that device)."""
-    decode_workers: int = field(default_factory=lambda: default_decode_workers())
-    """Threads decoding images beside the event loop (default: the host's cores, 2 to 8)."""
+    decode_workers: int = 0
+    """Threads decoding images beside the event loop; 0 = the host's cores, 2 to 8 (`default_decode_workers`)."""
     decode_queue: int = 256
     """Images waiting or being decoded at once; a request that would overflow it is refused at once
     (429 decode_busy)."""
@@ -114,12 +114,21 @@ class EngineConfig:
             raise ValueError(f"device={self.device!r}: use cpu or cuda (cuda:N)")
         if self.dtype not in ("", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype={self.dtype!r}: use float32 or bfloat16 (empty = the device's default)")
-        if self.mode not in ("", "eager", "graphs", "compile"):
-            raise ValueError(f"mode={self.mode!r}: use eager, graphs or compile (empty = the device's default)")
-        if self.mode == "graphs" and self.device == "cpu":
-            raise ValueError("mode=graphs needs --device cuda; use eager or compile on a CPU")
-        if not isinstance(self.decode_workers, int) or self.decode_workers < 1:
-            raise ValueError(f"decode_workers={self.decode_workers!r}: use an integer >= 1")
+        if self.mode not in (
+            "",
+            "eager",
+            "graphs",
+            "compile",
+            "compiled-graphs",
+        ):  # otas.adapt.fast.MODES (torch-free here)
+            raise ValueError(
+                f"mode={self.mode!r}: use eager, graphs, compile or compiled-graphs (empty = the device's default)"
+            )
+        if self.mode in ("graphs", "compiled-graphs") and self.device == "cpu":
+            raise ValueError(f"mode={self.mode} needs --device cuda; use eager or compile on a CPU")
+        if not isinstance(self.decode_workers, int) or self.decode_workers < 0:
+            raise ValueError(f"decode_workers={self.decode_workers!r}: use an integer >= 1, or 0 for the host's cores")
+        self.decode_workers = self.decode_workers or default_decode_workers()
         if not isinstance(self.max_queue, int) or self.max_queue < 0:
             raise ValueError(f"max_queue={self.max_queue!r}: use 0 (from the profile) or a positive count")
         if not isinstance(self.decode_queue, int) or self.decode_queue < 1:

@@ -5,8 +5,12 @@ Times are milliseconds on the caller's clock (the scheduler never reads a clock 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+"""A name users give (an application, a folder task): 1-64 letters, digits, '_', '.', '-'."""
 
 
 @dataclass(frozen=True)

@@ -86,9 +86,6 @@ class FastOps:
     """
 
     def __init__(self, vit: nn.Module, options: set[str], compile_backend: str = "inductor"):
-        unknown = set(options) - set(OPTIONS)
-        if unknown:
-            raise ValueError(f"unknown merge options {sorted(unknown)}; choose from {OPTIONS}")
         self.options = set(options)
         fn = merge_matmul if "matmul" in options else merge_scatter
         self._merge = _compiled(fn, compile_backend) if "compile" in options else fn

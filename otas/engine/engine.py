@@ -281,7 +281,7 @@ class Engine:
         """Run one batch and answer each of its requests exactly once, whatever fails: the
         runner, the scheduler's feedback, or stop() giving up on the device (cancellation)."""
         items = [self._books.pending[r.id] for r in plan.requests]
-        apps = dict(self.apps)  # as planned: an application removed meanwhile is still answered
+        apps = self.apps  # as planned: set_apps swaps in a new dict, so a removed application is still answered
         observe(self.observer.queue_depth, self.scheduler.queued())
         try:
             t0 = self.now_ms()

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from otas.adapt import SOURCE, AdaptConfig, AdaptiveViT, MergeCapWarning
-from otas.adapt.fast import FastConfig, FastForward
+from otas.adapt.fast import GRAPH_MODES, FastConfig, FastForward
 from otas.profile.measure import device_name, gflops
 from otas.provenance import run_meta
 
@@ -163,7 +163,7 @@ def time_interleaved(cells: dict[str, Callable[[], object]], device: torch.devic
 
 def _cell(fast: FastForward, gamma: int, batch: int, device: torch.device) -> Callable[[], object]:
     """One served forward, warmed up (captured, compiled): a graph replay, or an eager call on a CPU."""
-    if fast.cfg.mode in ("graphs", "compiled-graphs"):
+    if fast.cfg.mode in GRAPH_MODES:
         run = fast.replay(gamma, batch)
     else:
         size = fast.model.vit.patch_embed.img_size

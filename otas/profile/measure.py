@@ -22,7 +22,7 @@ from otas.models.checkpoint import load_checkpoint, read_header
 from otas.profile.table import Profile
 from otas.provenance import run_meta
 from otas.train.common import evaluate, to_device
-from otas.train.data import TaskData, TaskSource, load_task
+from otas.train.data import TaskData, TaskSource, load_task, release_cifar
 
 
 def device_name(device: torch.device) -> str:
@@ -179,6 +179,7 @@ def validation_sets(
             out[t] = load_task(TaskSource(t), pre, data, need_train=False) if t != SOURCE else _source(pre, data)
         elif t != SOURCE:
             raise ValueError(f"task {t!r} has no validation images; give --task {t}=DIR")
+    release_cifar()
     return out
 
 

@@ -111,7 +111,6 @@ def serve_cmd(
         RayConfig,
         ServingConfig,
         default_apps_path,
-        default_decode_workers,
     )
 
     sched = opt.scheduler_config(lookahead, max_batch, max_queue_delay_ms, slo_class_tolerance)
@@ -141,7 +140,7 @@ def serve_cmd(
                 warmup,
                 noop,
                 paced,
-                decode_workers=decode_workers or default_decode_workers(),
+                decode_workers=decode_workers,
                 decode_queue=decode_queue,
                 max_queue=max_queue,
                 image_formats=tuple(f for f in image_formats.split(",") if f.strip()),

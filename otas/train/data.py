@@ -10,7 +10,7 @@ class, a class without images, a corrupt file) is refused with the reason and th
 
 from __future__ import annotations
 
-import re
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,8 +20,8 @@ import numpy as np
 from otas.data.folder import IMAGE_SUFFIXES, ImageSet, load_image_folder
 from otas.data.preprocess import Preprocess
 from otas.data.tasks import TASKS, get_task
+from otas.types import NAME
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 VAL_FRACTION = 0.2
 
 
@@ -115,14 +115,26 @@ def load_task(
     return TaskData(train, val, None, info)
 
 
-def _builtin(name: str, pre: Preprocess, data: Path | None, need_train: bool) -> TaskData:
+@functools.lru_cache(maxsize=2)
+def _cifar(split: str, data: Path | None, pre: Preprocess) -> ImageSet:
+    """A CIFAR-10 split, read once for all the built-in tasks of a run (`release_cifar` frees it)."""
     from otas.data.cifar import load_cifar10
+
+    return load_cifar10(split, data, progress=split == "train", preprocess=pre)
+
+
+def release_cifar() -> None:
+    """Free the CIFAR-10 splits `load_task` kept for the built-in tasks (call once every task is loaded)."""
+    _cifar.cache_clear()
+
+
+def _builtin(name: str, pre: Preprocess, data: Path | None, need_train: bool) -> TaskData:
     from otas.train.common import corrupt_set
 
     spec = get_task(name)
     classes = list(spec.classes)
-    train = load_cifar10("train", data, preprocess=pre).subset(classes) if need_train else None
-    val = corrupt_set(load_cifar10("test", data, progress=False, preprocess=pre).subset(classes), spec.corruption, 1)
+    train = _cifar("train", data, pre).subset(classes) if need_train else None  # subset copies: the cache stays
+    val = corrupt_set(_cifar("test", data, pre).subset(classes), spec.corruption, 1)
     info = {"kind": "builtin", "classes": classes, "description": spec.description, "val_images": len(val)}
     return TaskData(train, val, spec.corruption, info)
 

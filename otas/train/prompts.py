@@ -27,7 +27,7 @@ from otas.data.tasks import DOWNSTREAM
 from otas.models.checkpoint import load_checkpoint, read_header, save_checkpoint
 from otas.models.registry import build_vit, check_timm_name
 from otas.train.common import autocast, batches, cosine_lr, evaluate, pick_device, to_device, train_batch
-from otas.train.data import VAL_FRACTION, TaskSource, load_task
+from otas.train.data import VAL_FRACTION, TaskSource, load_task, release_cifar
 
 
 @dataclass
@@ -107,6 +107,7 @@ def train_prompts(
     prev = load_checkpoint(out, dev) if out.is_file() else None  # continue a partly trained file
     recorded = read_header(out)["meta"].get("task_sources", {}) if prev is not None else {}
     loaded = {s.name: load_task(s, pre, data, cfg.seed, cfg.val_fraction, recorded.get(s.name)) for s in sources}
+    release_cifar()
     tasks = {t: len(d.val.classes) for t, d in loaded.items()}
     if prev is not None:
         _check_resumable(out, prev, base, {t: d.val.classes for t, d in loaded.items()})

@@ -44,3 +44,12 @@ def test_defaults_hold_together():
 def test_otas_serve_refuses_bad_limits(args, named):
     res = CliRunner().invoke(app, ["serve", "--noop", *args], terminal_width=200)
     assert res.exit_code == 2 and named in res.output.replace("\n", " "), res.output
+
+
+def test_every_fast_path_mode_is_accepted_where_it_runs():
+    from otas.adapt.fast import MODES
+
+    for mode in MODES:
+        assert EngineConfig(device="cuda", mode=mode).mode == mode
+    with pytest.raises(ValueError, match="compiled-graphs needs --device cuda"):
+        EngineConfig(device="cpu", mode="compiled-graphs")
