@@ -36,20 +36,49 @@ def train_backbone_cmd(
     device: Annotated[str | None, typer.Option(help="cuda or cpu (default: cuda if present).")] = None,
     time_budget_s: Annotated[float | None, typer.Option(help="Save a resumable state and stop after this.")] = None,
     compile: bool = True,
+    teacher: Annotated[
+        Path | None, typer.Option(help="Distil from this teacher (`otas train teacher`) on the same batches.")
+    ] = None,
+    kd_weight: Annotated[float, typer.Option(help="Share of the distillation loss, with --teacher.")] = 0.5,
 ) -> None:
     """Train a ViT from scratch on the source task (5 CIFAR-10 classes); resumes if a state file exists."""
     from otas.train.backbone import BackboneConfig, train_backbone
 
-    cfg = BackboneConfig(
-        arch=arch,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        drop_path=drop_path,
-        time_budget_s=time_budget_s,
-        compile=compile,
-    )
-    train_backbone(cfg, out, data, device, log=console.log)
+    try:
+        cfg = BackboneConfig(
+            arch=arch,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            drop_path=drop_path,
+            time_budget_s=time_budget_s,
+            compile=compile,
+            teacher=str(teacher) if teacher else None,
+            kd_weight=kd_weight,
+        )
+        train_backbone(cfg, out, data, device, log=console.log)
+    except ValueError as e:
+        opt.fail(str(e))
+
+
+@train_app.command("teacher")
+def train_teacher_cmd(
+    out: Annotated[Path, typer.Option(help="Teacher to write (.safetensors).")],
+    arch: Annotated[str, typer.Option(help="resnet18 or resnet34 (CIFAR form).")] = "resnet18",
+    epochs: int = 60,
+    batch_size: int = 512,
+    data: Annotated[Path | None, typer.Option(help="CIFAR-10 JPEG archive (default: $OTAS_CIFAR10).")] = None,
+    device: Annotated[str | None, typer.Option(help="cuda or cpu (default: cuda if present).")] = None,
+    compile: bool = True,
+) -> None:
+    """Train a CIFAR ResNet on the source task, to distil the ViT backbones from (`train backbone --teacher`)."""
+    from otas.train.teacher import TeacherConfig, train_teacher
+
+    try:
+        cfg = TeacherConfig(arch=arch, epochs=epochs, batch_size=batch_size, compile=compile)
+        train_teacher(cfg, out, data, device, log=console.log)
+    except ValueError as e:
+        opt.fail(str(e))
 
 
 @train_app.command("prompts")

@@ -2,8 +2,9 @@
 
 Recipe: images decoded once and kept on the device as uint8; augmentation on the device (random
 crop + flip, Mixup/CutMix, label smoothing); AdamW with warm-up and cosine decay; bf16 autocast and
-`torch.compile` on CUDA. Training resumes from `<out>.state.safetensors`, so a long run can be split
-across several calls under a time budget.
+`torch.compile` on CUDA. With a `teacher` (`otas.train.teacher`), the loss mixes the labels' cross
+entropy with distillation from the teacher's outputs on the same augmented batch. Training resumes
+from `<out>.state.safetensors`, so a long run can be split across several calls under a time budget.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from otas.models.checkpoint import save_checkpoint
 from otas.models.registry import build_vit
 from otas.train.common import autocast, batches, cosine_lr, evaluate, pick_device, to_device, train_batch
 from otas.train.state import load_state, save_state
+from otas.train.teacher import distill_loss, load_teacher
 
 
 @dataclass
@@ -42,6 +44,11 @@ class BackboneConfig:
     compile: bool = True
     """torch.compile the model on CUDA."""
     eval_every: int = 10
+    teacher: str | None = None
+    """A teacher from `otas train teacher` to distil from (None: labels only)."""
+    kd_weight: float = 0.5
+    """Share of the distillation loss when a teacher is given (the rest is the labels' cross entropy)."""
+    kd_temperature: float = 1.0
     time_budget_s: float | None = None
     """Stop (and save a resumable state) once this much wall time has passed."""
     seed: int = 0
@@ -51,6 +58,14 @@ class BackboneConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
+        if self.teacher and not Path(self.teacher).is_file():
+            raise ValueError(
+                f"teacher {self.teacher}: no such file; make one with `otas train teacher --out {self.teacher}`"
+            )
+        if not 0.0 <= self.kd_weight <= 1.0 or self.kd_temperature <= 0:
+            raise ValueError(
+                f"kd_weight must be in [0, 1] and kd_temperature > 0, got {self.kd_weight}, {self.kd_temperature}"
+            )
 
 
 def train_backbone(
@@ -84,6 +99,12 @@ def train_backbone(
         info = load_state(state_path, vit, opt)
         log(f"resumed from {state_path} at epoch {info['epoch']}")
     fwd = torch.compile(vit) if cfg.compile and dev.type == "cuda" else vit
+    teacher = load_teacher(cfg.teacher, dev) if cfg.teacher else None
+    if teacher is not None:
+        if teacher.num_classes != n_cls:
+            raise ValueError(f"teacher {cfg.teacher} has {teacher.num_classes} classes, the task {cfg.task!r} {n_cls}")
+        log(f"distilling from {cfg.teacher} (source test accuracy {teacher.meta.get('source_test_acc')})")
+        teacher_fwd = torch.compile(teacher) if cfg.compile and dev.type == "cuda" else teacher
 
     steps_per_epoch = len(ytr) // cfg.batch_size
     total, warmup = cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch
@@ -107,7 +128,13 @@ def train_backbone(
                     g["lr"] = cosine_lr(step, total, warmup, lr)
                 x, target = mix(train_batch(xtr[idx], spec.corruption, model.preprocess), ytr[idx], n_cls)
                 with autocast(dev):
-                    loss = F.cross_entropy(fwd(x), target)
+                    logits = fwd(x)
+                    loss = F.cross_entropy(logits, target)
+                    if teacher is not None:
+                        with torch.no_grad():
+                            t_logits = teacher_fwd(x)
+                        kd = distill_loss(logits, t_logits, cfg.kd_temperature)
+                        loss = (1 - cfg.kd_weight) * loss + cfg.kd_weight * kd
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(vit.parameters(), 1.0)
@@ -130,6 +157,7 @@ def train_backbone(
     acc = evaluate(model, xte, yte, 0, "source")
     meta = {
         "config": asdict(cfg),
+        "teacher_test_acc": teacher.meta.get("source_test_acc") if teacher is not None else None,
         "source_test_acc": acc,
         "source_task": cfg.task,
         "history": info["history"],
