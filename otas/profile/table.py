@@ -18,7 +18,7 @@ File format (JSON, ``schema: "otas.profile/1"``)::
       "latency_p90_ms": {... same shape ...},                     # spread, for noisy simulation
       "memory_mb": {"-20": {"1": 210.5, ...}, ...} | null,       # peak device memory, GPU only
       "gflops": {"-20": 0.61, ...},                              # per image, forward pass
-      "model_load_ms": 120.0,                                    # time to load the checkpoint
+      "model_load_ms": 120.0,                # a model swap: weights onto the device, then ready at γ = 0
       "meta": {"commit": "...", "command": "...", "created": "...", "torch": "...", ...}
     }
 

@@ -46,6 +46,10 @@ def test_measure_profile_on_cpu(tmp_path):
     assert prof.accuracy == {"source": {-8: 0.5, 0: 0.6}, "novel": acc.accuracy["novel"]}
     assert prof.servable("source") == [-8, 0] and prof.servable("novel") == [-8, 0, 4]
     assert "accuracy_from" in prof.meta and prof.memory_mb is None
+    # a swap's cost: the weights onto the device, then a first batch (the model is ready at γ = 0)
+    parts = prof.meta["model_load_parts_ms"]
+    assert parts["weights"] > 0 and parts["warmup"] > 0
+    assert prof.model_load_ms >= parts["weights"] + parts["warmup"] - 0.2  # each part rounded to 0.1 ms
     Profile.from_dict(prof.to_dict())  # valid file format
     rows = speedup_rows(prof)
     assert {(r["gamma"], r["batch"]) for r in rows} == {(g, b) for g in (-8, 0, 4) for b in (1, 4)}
