@@ -64,7 +64,8 @@ class Clipper(Policy):
 
 
 class ModelSwitch(Policy):
-    """INFaaS-style: gamma 0 on the most accurate model whose throughput covers the arrival rate.
+    """INFaaS-style: gamma 0 on the most accurate model whose throughput covers the arrival rate
+    (the fastest model when none does).
 
     Rate = arrivals in the last `window` submissions over their time span; a model 'covers' it if
     its best throughput with batches within half the median SLO is ≥ headroom × rate. A switch
@@ -111,7 +112,8 @@ class ModelSwitch(Policy):
 
     def choose(self, cands: list[Candidate], now_ms: float, view: View) -> Choice:
         rate = self._rate(now_ms) * self.headroom
-        target = next((m for m, cap in self._ranked if cap >= rate), self._ranked[-1][0])
+        fastest = max(self._ranked, key=lambda mc: mc[1])[0]  # none keeps up: the one that loses least
+        target = next((m for m, cap in self._ranked if cap >= rate), fastest)
         if target != view.model and now_ms - self._last_switch >= (self.min_dwell_ms or 0.0):
             self._last_switch = now_ms
             return target, 0, {"rate_per_s": rate * 1000.0}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -74,6 +75,8 @@ class SimResult:
             "batches": len(self.batches),
             "mean_batch": float(np.mean([b for _, b, _, _ in self.batches])) if self.batches else 0.0,
             "mean_gamma": float(np.mean(gammas)) if gammas else math.nan,
+            "model_switches": sum(a[3] != b[3] for a, b in zip(self.batches, self.batches[1:], strict=False)),
+            "batches_per_model": dict(Counter(m for *_, m in self.batches)),
         }
 
 

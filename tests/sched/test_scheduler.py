@@ -88,6 +88,15 @@ def test_model_switch_pays_load_delay():
     assert plan.predicted_ms == pytest.approx(80.0 + make_profile().lat(0, plan.size))
 
 
+def test_model_switch_takes_the_fastest_model_when_none_keeps_up():
+    """A slower and less accurate model is never the fallback under overload, whatever the ranking."""
+    worse_slower = make_profile("vit_slow_handmade", (200.0, 1200.0, 8500.0), acc_shift=-0.04, model_load_ms=250.0)
+    s = Scheduler(APPS, [make_profile(), worse_slower], "model-switch")
+    for i in range(600):  # 1,000 queries/s: above both models' throughput
+        s.submit(make_request(i, APPS[2], i * 1.0), i * 1.0)
+    assert s.next_batch(600.0).model == "vit_tiny_handmade"
+
+
 def test_config_errors_show_value_and_fix():
     with pytest.raises(ValueError, match=r"lookahead=0: use an integer >= 1"):
         SchedulerConfig(lookahead=0)

@@ -62,3 +62,17 @@ def test_otas_adapts_gamma_to_load():
 
 def test_imports_without_torch():
     assert_imports_without_torch("otas.sched", "otas.sim", "otas.sim.cli", "otas.sched.oracle", "otas.sim.report")
+
+
+def test_model_switch_switches_with_load_and_counts_it():
+    small, tiny = make_small_profile(), make_profile()  # Small: more accurate, slower
+    cap = capacity_per_s(small, APPS, 64)
+    trace = make_trace("step", APPS, 1.0, cap, seed=2, n=4000)  # ×0.5, ×1.5, ×1.0 of Small's capacity
+    res = run(trace, APPS, [small, tiny], "model-switch", SchedulerConfig())
+    s = res.summary(APPS)
+    models = [m for *_, m in res.batches]
+    assert s["model_switches"] == sum(a != b for a, b in zip(models, models[1:], strict=False)) >= 1
+    assert set(s["batches_per_model"]) == {small.model, tiny.model}
+    assert sum(s["batches_per_model"].values()) == s["batches"]
+    one = run(trace, APPS, [tiny], "fixed:0", SchedulerConfig()).summary(APPS)
+    assert one["model_switches"] == 0 and one["batches_per_model"] == {tiny.model: one["batches"]}
