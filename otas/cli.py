@@ -115,6 +115,9 @@ def train_prompts_cmd(
     shallow: Annotated[bool, typer.Option(help="Shallow prompts (input only) instead of deep.")] = False,
     data: Annotated[Path | None, typer.Option(help="CIFAR-10 JPEG archive, for built-in tasks.")] = None,
     device: str | None = None,
+    time_budget_s: Annotated[
+        float | None, typer.Option(help="Stop after this; a second call with the same --out resumes.")
+    ] = None,
 ) -> None:
     """Train per task the γ = 0 head and a prompt set + head per γ > 0, backbone frozen."""
     from otas.train.prompts import PromptConfig, train_prompts
@@ -125,7 +128,7 @@ def train_prompts_cmd(
     try:
         cfg = PromptConfig(
             deep=not shallow, epochs=epochs, head_epochs=head_epochs, batch_size=batch_size, seed=seed,
-            val_fraction=val_fraction, **({"tasks": chosen} if chosen else {}),
+            val_fraction=val_fraction, time_budget_s=time_budget_s, **({"tasks": chosen} if chosen else {}),
             **({"gammas": tuple(opt.ints(gammas))} if gammas else {}),
         )  # fmt: skip
         train_prompts(

@@ -1,48 +1,70 @@
 #!/usr/bin/env bash
-# The model-size ladder on one GPU machine: a CIFAR ResNet teacher (`otas train teacher`), a ViT backbone
-# distilled from it (`otas train backbone --teacher`), then the γ = 0 heads of the application tasks on the
-# frozen backbone (`otas train prompts --gammas 0`: how well its features carry to tasks it never saw).
-# Stages are skipped once their output is in runs/ (a warm machine keeps it), and the backbone resumes
-# under BUDGET_S, so a long schedule runs over several calls of one machine.
+# The model-size ladder on one GPU machine, resumably over several calls of one warm machine:
+#   1. a CIFAR ResNet teacher (`otas train teacher`);
+#   2. a ViT backbone distilled from it (`otas train backbone --teacher`, resumes under BUDGET_S);
+#   3. its γ = 0 heads and prompts for every γ > 0 on the application tasks (`otas train prompts`, resumes);
+#   4. the fp16 checkpoint (the form models ship in), profiled with CUDA graphs (`otas profile --mode graphs`,
+#      model_load_ms included), and the shipped Tiny model profiled the same way on the same machine.
+# A stage is skipped once its output is in runs/, and a stage starts only with enough of CALL_S left, so one
+# command line can be sent again and again until it says "ladder complete". Results (logs, profiles, the
+# checkpoint in 15 MB parts: `cat NAME.part-* > NAME`) go to $OUT.
 #
 # Prepare here (once): the CIFAR-10 archive in the ignored .carry/, and the wheels of timm, typer, rich, click,
 # shellingham, markdown-it-py, mdurl and pygments in .carry/whl (used only where the image lacks them; see
 # scripts/gpu_serve_replay.sh for the `pip download` line). Run from the repository root, .carry carried:
-#   ARCH=vit_small_p2 EPOCHS=150 BUDGET_S=480 bash scripts/gpu_ladder.sh
+#   ARCH=vit_small_p2 EPOCHS=200 bash scripts/gpu_ladder.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
+T0=$SECONDS
 OUT=${OUT:-runs/ladder}
 ARCH=${ARCH:-vit_small_p2}
-EPOCHS=${EPOCHS:-150}
-TEACHER_EPOCHS=${TEACHER_EPOCHS:-60}
+EPOCHS=${EPOCHS:-200}
+TEACHER_EPOCHS=${TEACHER_EPOCHS:-200}
 KD_WEIGHT=${KD_WEIGHT:-0.5}
-BUDGET_S=${BUDGET_S:-480}
+PROMPT_EPOCHS=${PROMPT_EPOCHS:-6}
+HEAD_EPOCHS=${HEAD_EPOCHS:-5}
+CALL_S=${CALL_S:-560}     # this call's wall-time budget
 NAME=${NAME:-${ARCH}_c5_kd}
-mkdir -p "$OUT" runs
+BB=runs/$NAME.backbone.safetensors
+FULL=runs/$NAME.safetensors
+left() { echo $((CALL_S - (SECONDS - T0))); }
+mkdir -p "$OUT" runs/fp16
 python3 -c "import timm, typer, rich" 2>/dev/null ||
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .carry/whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 COLUMNS=200 OTAS_CIFAR10=$PWD/.carry/cifar10-jpg.tar.gz \
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 COLUMNS=160 OTAS_CIFAR10=$PWD/.carry/cifar10-jpg.tar.gz \
   OTAS_CACHE=/tmp/otas-cache
 OTAS="python3 -m otas.cli"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
-git rev-parse HEAD >> "$OUT/gpu.txt" 2>/dev/null
-if [ ! -f runs/teacher.safetensors ]; then
+if [ ! -f runs/teacher.safetensors ] && [ "$(left)" -gt 120 ]; then
   $OTAS train teacher --epochs "$TEACHER_EPOCHS" --out runs/teacher.safetensors 2>&1 | tee -a "$OUT/teacher.log"
 fi
-BB=runs/$NAME.backbone.safetensors
-if [ ! -f "$BB" ]; then
+if [ ! -f "$BB" ] && [ "$(left)" -gt 90 ]; then
   $OTAS train backbone --arch "$ARCH" --epochs "$EPOCHS" --teacher runs/teacher.safetensors --kd-weight "$KD_WEIGHT" \
-    --time-budget-s "$BUDGET_S" --out "$BB" 2>&1 | tee -a "$OUT/backbone.log"
+    --time-budget-s $(($(left) - 60)) --out "$BB" 2>&1 | tee -a "$OUT/backbone.log"
 fi
-if [ -f "$BB" ] && [ ! -f "runs/$NAME.heads.safetensors" ]; then
-  $OTAS train prompts "$BB" --gammas 0 --head-epochs 10 --out "runs/$NAME.heads.safetensors" 2>&1 | tee -a "$OUT/heads.log"
+prompts_done() { [ -f "$FULL" ] && python3 -c "
+import sys; from otas.models.checkpoint import read_header
+sys.exit(0 if 'val_accuracy' in read_header('$FULL')['meta'] else 1)"; }
+if [ -f "$BB" ] && ! prompts_done && [ "$(left)" -gt 120 ]; then
+  $OTAS train prompts "$BB" --epochs "$PROMPT_EPOCHS" --head-epochs "$HEAD_EPOCHS" --time-budget-s $(($(left) - 90)) \
+    --out "$FULL" 2>&1 | tee -a "$OUT/prompts.log"
 fi
-if [ -f "$BB" ]; then  # the backbone in fp16 parts of 15 MB (`cat NAME.part-* > NAME` rebuilds it)
-  python3 - "$BB" "/tmp/$NAME.backbone.fp16.safetensors" <<'PY'
+if prompts_done && [ ! -f "runs/fp16/$NAME.safetensors" ]; then
+  python3 - "$FULL" "runs/fp16/$NAME.safetensors" <<'PY'
 import sys, torch
 from otas.models.checkpoint import load_checkpoint, read_header, save_checkpoint
 save_checkpoint(load_checkpoint(sys.argv[1]), sys.argv[2], read_header(sys.argv[1])["meta"], dtype=torch.float16)
 PY
-  split -b 15000000 -d "/tmp/$NAME.backbone.fp16.safetensors" "$OUT/$NAME.backbone.fp16.safetensors.part-"
+fi
+for m in "runs/fp16/$NAME.safetensors" otas/assets/vit_tiny_p2_c5.safetensors; do
+  p=runs/$(basename "$m" .safetensors)__h200-graphs.json
+  if [ -f "$m" ] && [ ! -f "$p" ] && [ "$(left)" -gt 150 ]; then
+    $OTAS profile "$m" --device cuda --batch-sizes 1,8,64,256 --mode graphs --out "$p" 2>&1 | tail -5 | tee -a "$OUT/profile.log"
+  fi
+done
+cp runs/*__h200-graphs.json runs/*__h200-graphs.md "$OUT/" 2>/dev/null
+if [ -f "runs/fp16/$NAME.safetensors" ]; then
+  split -b 15000000 -d "runs/fp16/$NAME.safetensors" "$OUT/$NAME.safetensors.part-"
+  [ -f "runs/${NAME}__h200-graphs.json" ] && [ -f runs/vit_tiny_p2_c5__h200-graphs.json ] && echo "ladder complete"
 fi
 ls -la runs "$OUT"
