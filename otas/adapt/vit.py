@@ -230,12 +230,14 @@ class AdaptiveViT(nn.Module):
         p = self.vit.num_prefix_tokens
         schedule = self.merge_schedule(-r, x.shape[1])
         size = torch.ones_like(x[..., :1])  # (B, N, 1)
-        prop = self.config.proportional_attn
+        prop, merged = self.config.proportional_attn, False
         for i, (blk, r_l) in enumerate(zip(self.vit.blocks, schedule, strict=True)):
-            h, k = ops.attention(i, blk.attn, blk.norm1(x), size if prop else None)
+            # until the first merge every size is 1, so log(size) adds nothing: plain attention, no bias
+            h, k = ops.attention(i, blk.attn, blk.norm1(x), size if prop and merged else None)
             x = x + blk.drop_path1(blk.ls1(h))
             if r_l > 0:
                 x, size = ops.merge(x, size, k, r_l, p)
+                merged = True
             x = x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
         return x, size
 
