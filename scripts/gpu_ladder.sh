@@ -22,7 +22,7 @@ EPOCHS=${EPOCHS:-200}
 TEACHER_EPOCHS=${TEACHER_EPOCHS:-200}
 KD_WEIGHT=${KD_WEIGHT:-0.5}
 PROMPT_EPOCHS=${PROMPT_EPOCHS:-6}
-HEAD_EPOCHS=${HEAD_EPOCHS:-5}
+HEAD_EPOCHS=${HEAD_EPOCHS:-10}   # as the Tiny model's γ = 0 heads
 CALL_S=${CALL_S:-560}     # this call's wall-time budget
 NAME=${NAME:-${ARCH}_c5_kd}
 BB=runs/$NAME.backbone.safetensors
