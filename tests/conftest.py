@@ -15,6 +15,13 @@ def cifar_archive() -> Path:
     return p
 
 
+@pytest.fixture(scope="session")
+def cifar_cache(tmp_path_factory) -> Path:
+    """One decoded copy of CIFAR-10 for the whole run, for $OTAS_CACHE (entries are keyed by archive,
+    split and preprocessing, so tests can share it)."""
+    return tmp_path_factory.mktemp("cifar-cache")
+
+
 # Serving fixtures, shared by tests/engine, tests/server, tests/bench and tests/scale.
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory):

@@ -57,8 +57,8 @@ def test_measure_profile_on_cpu(tmp_path):
     assert device_slug("NVIDIA H100 80GB HBM3") == "h100" and device_slug("AMD EPYC 7B13") == "cpu-amd"
 
 
-def test_accuracy_from_fills_missing_gammas_and_subset(tmp_path, cifar_archive, monkeypatch):
-    monkeypatch.setenv("OTAS_CACHE", str(tmp_path / "cache"))
+def test_accuracy_from_fills_missing_gammas_and_subset(tmp_path, cifar_archive, cifar_cache, monkeypatch):
+    monkeypatch.setenv("OTAS_CACHE", str(cifar_cache))
     torch.manual_seed(0)
     vit = build_vit("vit_tiny_p2", 5, img_size=32, depth=1)
     p = tmp_path / "tiny32.safetensors"

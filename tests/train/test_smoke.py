@@ -7,8 +7,8 @@ from otas.train.backbone import BackboneConfig, train_backbone
 from otas.train.prompts import PromptConfig, train_prompts
 
 
-def test_backbone_then_prompts(cifar_archive, tmp_path, monkeypatch):
-    monkeypatch.setenv("OTAS_CACHE", str(tmp_path / "cache"))
+def test_backbone_then_prompts(cifar_archive, cifar_cache, tmp_path, monkeypatch):
+    monkeypatch.setenv("OTAS_CACHE", str(cifar_cache))
     bb = tmp_path / "bb.safetensors"
     r = train_backbone(
         BackboneConfig(epochs=2, batch_size=16, limit=48, eval_every=1, warmup_epochs=1),
@@ -32,8 +32,8 @@ def test_backbone_then_prompts(cifar_archive, tmp_path, monkeypatch):
     assert train_prompts(cfg, bb, full, cifar_archive, "cpu", log=lambda *a: None) == res
 
 
-def test_backbone_resumes_under_a_time_budget(cifar_archive, tmp_path, monkeypatch):
-    monkeypatch.setenv("OTAS_CACHE", str(tmp_path / "cache"))
+def test_backbone_resumes_under_a_time_budget(cifar_archive, cifar_cache, tmp_path, monkeypatch):
+    monkeypatch.setenv("OTAS_CACHE", str(cifar_cache))
     bb = tmp_path / "bb.safetensors"
     cfg = BackboneConfig(epochs=2, batch_size=16, limit=32, warmup_epochs=1, time_budget_s=1e-9)
     r = train_backbone(cfg, bb, cifar_archive, "cpu", log=lambda *a: None)

@@ -26,8 +26,8 @@ def test_distill_loss_is_zero_only_for_the_teachers_distribution():
     assert s.grad is not None and torch.isfinite(s.grad).all()
 
 
-def test_teacher_then_distilled_backbone(cifar_archive, tmp_path, monkeypatch):
-    monkeypatch.setenv("OTAS_CACHE", str(tmp_path / "cache"))
+def test_teacher_then_distilled_backbone(cifar_archive, cifar_cache, tmp_path, monkeypatch):
+    monkeypatch.setenv("OTAS_CACHE", str(cifar_cache))
     tp = tmp_path / "teacher.safetensors"
     r = train_teacher(TeacherConfig(epochs=1, batch_size=16, limit=48, warmup_epochs=1), tp, cifar_archive, "cpu",
                       log=lambda *a: None)  # fmt: skip
