@@ -94,7 +94,11 @@ class EngineConfig:
     paced: bool = False
     """With noop and a profile: each batch sleeps the profile's latency (emulates that device)."""
     decode_workers: int = 0
-    """Threads decoding images beside the event loop; 0 = the host's cores, 2 to 8 (`default_decode_workers`)."""
+    """Threads (or processes) decoding images beside the event loop; 0 = the host's cores, 2 to 8
+    (`default_decode_workers`)."""
+    decode_processes: bool = False
+    """Decode in `decode_workers` processes, payloads handed off in chunks, instead of threads: small
+    images decode mostly under the GIL, so only processes use many cores (`otas.engine.decode_pool`)."""
     decode_queue: int = 256
     """Images waiting or being decoded at once; a request that would overflow it is refused at once
     (429 decode_busy)."""

@@ -28,7 +28,7 @@ from typing import Protocol
 
 import numpy as np
 
-from otas.engine.images import DecodeBusy, DecodeExpired, DecodeLimits, Decoder
+from otas.engine.images import DecodeBusy, DecodeExpired, DecodeLimits, Decoder, DecodeRestarted
 from otas.engine.ledger import Ledger, Pending
 from otas.engine.serving import NotServed, Observer, Served, observe
 from otas.sched.scheduler import Scheduler
@@ -66,6 +66,7 @@ class Engine:
         decode_queue: int = 256,
         deadline_margin: float = 0.02,
         clock=time.monotonic,
+        decode_processes: bool = False,
     ):
         """`deadline_margin`: the scheduler plans against deadlines this fraction of the SLO early,
         leaving time to send the answer (the optimizer packs batches right up to a deadline)."""
@@ -81,7 +82,9 @@ class Engine:
         self._last_arrival: dict[str, float] = {}
         self._device = ThreadPoolExecutor(1, thread_name_prefix="otas-device")
         pre = getattr(runner, "preprocess", None) or runner.image_size  # a stand-in runner: a plain resize
-        self._decode = Decoder(pre, decode_workers, decode_limits, decode_queue, clock=clock)
+        self._decode = Decoder(
+            pre, decode_workers, decode_limits, decode_queue, clock=clock, processes=decode_processes
+        )
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._closing = False
@@ -188,6 +191,8 @@ class Engine:
             raise self._refuse(app, len(payloads), "rejected", "decode_busy", str(e)) from None
         except DecodeExpired as e:
             raise self._refuse(app, len(payloads), "expired", "deadline_unreachable", str(e)) from None
+        except DecodeRestarted as e:
+            raise self._refuse(app, len(payloads), "rejected", "decode_restarted", str(e)) from None
 
     def submit(self, app: str, image: np.ndarray, arrival_ms: float | None = None) -> asyncio.Future[Served]:
         """Queue one image for `app`; the future resolves to Served or raises NotServed.

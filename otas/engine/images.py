@@ -127,6 +127,14 @@ class DecodeExpired(Exception):
     """A payload's request ran out of time while waiting to be decoded; it was not decoded."""
 
 
+class DecodeRestarted(Exception):
+    """A decode process died (killed, or a decoder crash) and was replaced; the request may be retried."""
+
+
+def _expired() -> DecodeExpired:
+    return DecodeExpired("the request's deadline passed while its images waited to be decoded")
+
+
 def decode_image(data: bytes, pre: Preprocess | int, limits: DecodeLimits | None = None) -> np.ndarray:
     """Encoded image bytes -> (size, size, 3) uint8 RGB, resized and cropped as the model's
     preprocessing says (an int: a plain resize to that side); raises ImageError."""
@@ -208,7 +216,9 @@ def _lower_priority() -> None:
 
 class Decoder:
     """Decodes payloads on a small thread pool, off the event loop (for the engine and the Ray router),
-    to the model's input as its `Preprocess` says (an int: a plain resize to that side).
+    to the model's input as its `Preprocess` says (an int: a plain resize to that side). With
+    `processes`, `workers` processes decode instead, payloads handed off in chunks (`decode_pool.py`):
+    Pillow holds the GIL for much of a small image's decode, so threads do not add up on many cores.
 
     At most `max_queue` payloads wait or decode at once; a request that would overflow it is refused
     whole (`DecodeBusy`). A payload whose request's deadline passes while it waits is not decoded
@@ -221,12 +231,20 @@ class Decoder:
         limits: DecodeLimits | None = None,
         max_queue: int = 256,
         clock=time.monotonic,
+        processes: bool = False,
     ):
         if not isinstance(max_queue, int) or max_queue < 1:
             raise ValueError(f"decode_queue={max_queue!r}: use a positive number of images, e.g. 256")
         self.pre = Preprocess(size) if isinstance(size, int) else size
         self.size, self.limits, self.max_queue, self._clock = self.pre.size, limits or DecodeLimits(), max_queue, clock
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="otas-decode", initializer=_lower_priority)
+        self._pool = self._procs = None
+        if processes:  # `workers` processes, payloads handed off in chunks (decode_pool.py)
+            from otas.engine.decode_pool import ProcessDecodePool
+
+            expired = lambda deadline: deadline is not None and self._clock() > deadline  # noqa: E731
+            self._procs = ProcessDecodePool(self.pre, self.limits, workers, expired, _expired, nice=NICE)
+        else:
+            self._pool = ThreadPoolExecutor(workers, thread_name_prefix="otas-decode", initializer=_lower_priority)
         self._lock = threading.Lock()
         self._pending = 0
 
@@ -256,13 +274,13 @@ class Decoder:
         return (await self.many([data]))[0]
 
     def _submit(self, data: bytes, deadline: float | None) -> Future:
-        f = self._pool.submit(self._job, data, deadline)
+        f = self._procs.submit(data, deadline) if self._procs else self._pool.submit(self._job, data, deadline)
         f.add_done_callback(self._done)
         return f
 
     def _job(self, data: bytes, deadline: float | None) -> np.ndarray:
         if deadline is not None and self._clock() > deadline:
-            raise DecodeExpired("the request's deadline passed while its images waited to be decoded")
+            raise _expired()
         return decode_image(data, self.pre, self.limits)
 
     def _done(self, _: Future) -> None:
@@ -270,4 +288,7 @@ class Decoder:
             self._pending -= 1
 
     def shutdown(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._procs is not None:
+            self._procs.shutdown()
+        else:
+            self._pool.shutdown(wait=False, cancel_futures=True)

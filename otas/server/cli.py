@@ -67,7 +67,12 @@ def serve_cmd(
     json_workers: Annotated[
         int, typer.Option(help="Processes parsing JSON bodies over 64 KiB off the event loop (0 = on the loop).")
     ] = 1,
-    decode_workers: Annotated[int, typer.Option(help="Threads decoding images (0 = the host's cores, 2 to 8).")] = 0,
+    decode_workers: Annotated[
+        int, typer.Option(help="Threads (or processes) decoding images (0 = the host's cores, 2 to 8).")
+    ] = 0,
+    decode_processes: Annotated[
+        bool, typer.Option(help="Decode in processes, many images a hand-off (threads share the GIL).")
+    ] = False,
     decode_queue: Annotated[
         int, typer.Option(help="Images waiting or decoding at once; a request that would overflow: 429.")
     ] = 256,
@@ -141,6 +146,7 @@ def serve_cmd(
                 noop,
                 paced,
                 decode_workers=decode_workers,
+                decode_processes=decode_processes,
                 decode_queue=decode_queue,
                 max_queue=max_queue,
                 image_formats=tuple(f for f in image_formats.split(",") if f.strip()),

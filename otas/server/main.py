@@ -75,7 +75,7 @@ def make_engine(
     e = engine_cfg or EngineConfig()
     engine = Engine(
         sched, runner, observer=observer, decode_workers=e.decode_workers, decode_limits=e.decode_limits(),
-        decode_queue=e.decode_queue,
+        decode_queue=e.decode_queue, decode_processes=e.decode_processes,
     )  # fmt: skip
     info = {
         "policy": sched.policy.name,
