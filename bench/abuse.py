@@ -22,7 +22,6 @@ import base64
 import json
 import multiprocessing
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -35,6 +34,7 @@ import httpx
 import numpy as np
 from abuse_report import TARGET, plot, table
 
+from otas.bench.local_server import free_port, wait_ready
 from otas.provenance import run_meta
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,23 +122,16 @@ def summarize(out: list[tuple]) -> dict:
 
 
 def start_server(args, log: Path) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     cmd = [sys.executable, "-m", "otas.cli", "serve", "--port", str(port), "--grpc-port", "0", "--log-level", "info"]
     cmd += ["--policy", args.policy] + (["--noop"] if args.noop else [])
     proc = subprocess.Popen(cmd, cwd=args.server_root, stderr=log.open("wb"))  # -m: its otas comes first
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            if httpx.get(url + "/v2/health/ready", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"otas serve did not start; see {log}")
-        time.sleep(0.2)
+    try:
+        wait_ready(url, proc, timeout_s=180)
+    except RuntimeError as e:
+        raise RuntimeError(f"otas serve did not start ({e}); see {log}") from None
+    return proc, url
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Dataclass configs with validation, and the applications file. No torch.
+"""Dataclass configs with validation. No torch. (The applications file: `otas.apps`.)
 
 Every field has a docstring; `__post_init__` rejects bad values with the value and the fix.
 """
@@ -10,8 +10,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
+from otas.apps import default_apps_path, load_apps, parse_apps  # noqa: F401 (callers import them from here too)
 from otas.types import App
 
 
@@ -264,57 +263,6 @@ class ServingConfig:
             )
 
 
-def parse_apps(data: object, source: str = "<apps>", allow_empty: bool = False) -> list[App]:
-    """Build applications from parsed YAML: a list of {name, slo_ms, utility, task}, or
-    {"apps": [...]} (empty only with `allow_empty`). Raises ValueError naming the entry and the fix."""
-    if isinstance(data, dict) and "apps" in data:
-        data = data["apps"]
-    if allow_empty and data in ([], None):
-        return []
-    if not isinstance(data, list) or not data:
-        raise ValueError(f"{source}: expected a non-empty list of applications (or a key `apps:`)")
-    apps: list[App] = []
-    for i, entry in enumerate(data):
-        where = f"{source}: application #{i}"
-        if not isinstance(entry, dict):
-            raise ValueError(f"{where} is {entry!r}; write a mapping with name, slo_ms, utility, task")
-        missing = [k for k in ("name", "slo_ms", "utility", "task") if k not in entry]
-        extra = sorted(set(entry) - {"name", "slo_ms", "utility", "task"})
-        if missing or extra:
-            raise ValueError(f"{where} {entry!r}: missing keys {missing}, unknown keys {extra}")
-        try:
-            slo, utility = float(entry["slo_ms"]), float(entry["utility"])
-        except (TypeError, ValueError):
-            raise ValueError(f"{where}: slo_ms and utility must be numbers, got {entry!r}") from None
-        if not (slo > 0 and math.isfinite(slo)):
-            raise ValueError(f"{where}: slo_ms={entry['slo_ms']!r}; use a positive latency in ms")
-        if utility < 0 or not math.isfinite(utility):
-            raise ValueError(f"{where}: utility={entry['utility']!r}; use a number >= 0")
-        apps.append(App(name=str(entry["name"]), slo_ms=slo, utility=utility, task=str(entry["task"])))
-    names = [a.name for a in apps]
-    if len(set(names)) != len(names):
-        raise ValueError(f"{source}: application names must be unique, got {names}")
-    return apps
-
-
-def load_apps(path: str | Path, allow_empty: bool = False) -> list[App]:
-    """Read an applications YAML file (see otas/configs/apps.yaml)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"applications file {p} does not exist; see otas/configs/apps.yaml for the format")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ValueError(f"{p}: not valid YAML ({e})") from None
-    return parse_apps(data, source=str(p), allow_empty=allow_empty)
-
-
 def asset_path(name: str) -> Path:
     """A file shipped inside the package, under otas/assets/ (the default model, its profile, the sample)."""
     return Path(__file__).parent / "assets" / name
-
-
-def default_apps_path(device: str = "cpu") -> Path:
-    """The packaged applications file for a device kind: 'cpu' or 'h100'."""
-    name = "apps.yaml" if device == "cpu" else f"apps-{device}.yaml"
-    return Path(__file__).parent / "configs" / name

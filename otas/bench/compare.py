@@ -2,7 +2,7 @@
 
 A run is one live replay: which server, which variant of it (otas's policy, or a peer at γ=0 or at
 its best fixed γ in hindsight), its setting (batch size, delay), the γ it served, the load, and the
-replay's summary (`otas.bench.replay.summarize`). Each (server, variant, load) is reported at its
+replay's summary (`otas.bench.scoring.summarize`). Each (server, variant, load) is reported at its
 best run, by expected utility; otas is compared with the best peer run at every load.
 """
 

@@ -2,9 +2,8 @@
 
 Each trace arrival becomes one infer request (a base64 PNG of a labelled CIFAR-10 test image of
 the application's task, corrupted exactly as evaluation does), sent at its timestamp whatever
-happened to earlier ones (open loop, many in flight). Every request is counted once:
-sent = answered (200) + rejected (429/503/504, with the server's reason) + errors (any other
-status) + lost (no answer at all).
+happened to earlier ones (open loop, many in flight). Every request is counted once
+(`otas.bench.scoring`).
 
 The request format is otas's KServe v2 JSON by default, or another server's (`otas.bench.formats`:
 Triton's KServe v2 with priorities, or the plain JSON of a Ray Serve / LitServe handler), so one
@@ -20,7 +19,6 @@ import asyncio
 import base64
 import io
 import json
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from otas.bench.formats import Format, make_format, rejected
+from otas.bench.formats import Format, make_format
+from otas.bench.scoring import summarize
 from otas.config import SchedulerConfig, default_apps_path, load_apps
 from otas.profile.table import Profile
 from otas.provenance import run_meta
@@ -116,61 +115,6 @@ async def _replay(url: str, fmt: Format, trace: Trace, bodies: list[bytes], time
             pending.append(asyncio.create_task(send(i, at)))
         await asyncio.gather(*pending)
     return recs
-
-
-def _pct(x: list[float], q: float) -> float:
-    return float(np.percentile(x, q)) if x else math.nan
-
-
-def summarize(
-    recs: list[dict[str, Any]], trace: Trace, apps: Sequence[App], labels: list[str], profile: Profile
-) -> dict[str, Any]:
-    """Per application and in total: counts by outcome, SLO attainment, goodput (answers within the
-    SLO per second of trace), accuracy, utility (expected: the profile's accuracy at the γ served;
-    realized: correct answers), latency."""
-    by = {a.name: a for a in apps}
-    duration_s = max(trace.duration_ms / 1e3, 1e-3)
-    errs = [r["reason"] for r in recs if r.get("status") not in (None, 200) and not rejected(r.get("status", -1))]
-    rows: dict[str, dict[str, Any]] = {}
-    for name in [a.name for a in apps] + ["all"]:
-        idx = [i for i, a in enumerate(trace.apps) if name in ("all", a)]
-        ok = [i for i in idx if recs[i].get("status") == 200]
-        rej = [i for i in idx if rejected(recs[i].get("status", -1))]
-        lost = [i for i in idx if recs[i].get("status", -1) == -1]
-        on_time = [i for i in ok if recs[i]["latency_ms"] <= by[trace.apps[i]].slo_ms]
-        correct = [i for i in ok if recs[i]["label"] == labels[i]]
-        reasons: dict[str, int] = {}
-        for i in rej:
-            reasons[recs[i]["reason"]] = reasons.get(recs[i]["reason"], 0) + 1
-        lat = [recs[i]["latency_ms"] for i in ok]
-        u_exp = sum(by[trace.apps[i]].utility * profile.acc(by[trace.apps[i]].task, recs[i]["gamma"]) for i in on_time)
-        u_real = sum(by[trace.apps[i]].utility for i in on_time if recs[i]["label"] == labels[i])
-        rows[name] = {
-            "sent": len(idx),
-            "answered": len(ok),
-            "rejected": len(rej),
-            "errors": len(idx) - len(ok) - len(rej) - len(lost),
-            "lost": len(lost),
-            "reject_reasons": reasons,
-            "on_time": len(on_time),
-            "slo_attainment": len(on_time) / len(idx) if idx else math.nan,
-            "goodput_per_s": len(on_time) / duration_s if duration_s > 0 else math.nan,
-            "server_deadline_met": sum(bool(recs[i].get("server_met")) for i in ok),
-            "accuracy_answered": len(correct) / len(ok) if ok else math.nan,
-            "utility_expected": u_exp,
-            "utility_realized": u_real,
-            "mean_gamma": float(np.mean([recs[i]["gamma"] for i in ok])) if ok else math.nan,
-            "latency_ms": {
-                "p50": _pct(lat, 50),
-                "p90": _pct(lat, 90),
-                "p99": _pct(lat, 99),
-                "max": max(lat, default=math.nan),
-            },
-        }
-    lags = [r["lag_ms"] for r in recs if "lag_ms" in r]
-    rows["all"]["error_examples"] = sorted(set(errs))[:5]
-    rows["all"]["send_lag_ms"] = {"p50": _pct(lags, 50), "p99": _pct(lags, 99), "max": max(lags, default=math.nan)}
-    return rows
 
 
 def simulate(trace: Trace, apps: Sequence[App], profile: Profile, policy: str, cfg: SchedulerConfig, seed: int) -> dict:

@@ -11,7 +11,8 @@ in the queue for all, and time to run all of them at the fastest setting before 
 answered whole (`ledger.py`: a request fails at once when one of its images does, and a request
 whose caller goes away leaves the queue). `stop()` stops admission, serves what is queued, and
 fails (never forgets) whatever is left after the drain timeout, a batch still on the device
-included. An observer hook (metrics, logs) that raises is logged and changes no answer.
+included (`batches.py` runs and answers each batch). An observer hook (metrics, logs) that raises
+is logged and changes no answer.
 """
 
 from __future__ import annotations
@@ -22,35 +23,17 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 
+from otas.engine.batches import Batches, Runner, RunResult  # noqa: F401 (RunResult: imported from here too)
 from otas.engine.images import DecodeBusy, DecodeExpired, DecodeLimits, Decoder, DecodeRestarted
-from otas.engine.ledger import Ledger, Pending
+from otas.engine.ledger import Ledger
 from otas.engine.serving import NotServed, Observer, Served, observe
 from otas.sched.scheduler import Scheduler
-from otas.types import App, BatchPlan, Request
+from otas.types import App, Request
 
 log = logging.getLogger("otas.engine")
-
-
-@dataclass
-class RunResult:
-    probs: np.ndarray
-    """(B, K) float32 class probabilities; columns past a task's class count are 0."""
-    ms: float
-    """Wall time of collation + forward + copy back, as the runner measured it."""
-
-
-class Runner(Protocol):
-    image_size: int
-    max_batch: int
-    classes: dict[str, list[str]]
-
-    def run(self, images: Sequence[np.ndarray], tasks: Sequence[str], gamma: int) -> RunResult: ...
 
 
 class Engine:
@@ -79,8 +62,8 @@ class Engine:
         self._clock, self._t0 = clock, clock()
         self._ids = itertools.count()
         self._books = Ledger(scheduler, lambda: self.observer)  # accepted and not yet ended
+        self._batches = Batches(scheduler, runner, self._books, lambda: self.observer, self.now_ms)
         self._last_arrival: dict[str, float] = {}
-        self._device = ThreadPoolExecutor(1, thread_name_prefix="otas-device")
         pre = getattr(runner, "preprocess", None) or runner.image_size  # a stand-in runner: a plain resize
         self._decode = Decoder(
             pre, decode_workers, decode_limits, decode_queue, clock=clock, processes=decode_processes
@@ -89,7 +72,6 @@ class Engine:
         self._task: asyncio.Task | None = None
         self._closing = False
         self._draining: set[str] = set()  # applications being removed: no new requests
-        self.batches = 0
 
     @property
     def apps(self) -> dict[str, App]:
@@ -97,9 +79,9 @@ class Engine:
         return self.scheduler.apps
 
     @property
-    def _poll_s(self) -> float:
-        """Expiry checks while a batch runs: a tenth of the tightest SLO."""
-        return min((a.slo_ms for a in self.apps.values()), default=100.0) / 10 / 1000
+    def batches(self) -> int:
+        """Batches run to completion."""
+        return self._batches.count
 
     def _check_tasks(self, apps) -> None:
         missing = sorted({a.task for a in apps} - set(self.runner.classes))
@@ -172,7 +154,7 @@ class Engine:
         self._books.fail_all("shutting_down", "the server shut down before this request ran; retry")
         # Off the event loop: a batch still on the device finishes there (its result unread)
         # while the answers above go out.
-        await asyncio.to_thread(self._device.shutdown)
+        await asyncio.to_thread(self._batches.shutdown)
         self._decode.shutdown()
 
     # -- requests -----------------------------------------------------------------------------
@@ -262,9 +244,9 @@ class Engine:
             while True:
                 now = self.now_ms()
                 plan = self.scheduler.next_batch(now)
-                self._fail_expired(now)
+                self._batches.fail_expired(now)
                 if plan is not None:
-                    await self._execute(plan)
+                    await self._batches.execute(plan)
                     continue
                 if self._closing and not len(self._books):
                     return
@@ -281,72 +263,3 @@ class Engine:
             log.exception("engine loop crashed; failing every pending request")
             self._books.fail_all("engine_failed", "the engine loop crashed; see the server log")
             raise
-
-    async def _execute(self, plan: BatchPlan) -> None:
-        """Run one batch and answer each of its requests exactly once, whatever fails: the
-        runner, the scheduler's feedback, or stop() giving up on the device (cancellation)."""
-        items = [self._books.pending[r.id] for r in plan.requests]
-        apps = self.apps  # as planned: set_apps swaps in a new dict, so a removed application is still answered
-        observe(self.observer.queue_depth, self.scheduler.queued())
-        try:
-            t0 = self.now_ms()
-            out = await self._run(plan, items)
-            t1 = self.now_ms()
-            self.scheduler.complete(plan, t1, t1 - t0)
-            self.batches += 1
-            observe(self.observer.batch, plan, t1 - t0, out.ms, self.scheduler.queued())
-            self._answer_batch(plan, items, out.probs, t0, t1, apps)
-        except asyncio.CancelledError:
-            self._books.fail(items, "shutting_down", "the server shut down while this request's batch ran; retry")
-            raise
-        except Exception as e:
-            detail = f"batch of {len(items)} at gamma={plan.gamma} failed: {type(e).__name__}: {e}"
-            log.error("batch failed", exc_info=True, extra={"event": "batch_failed", "detail": detail})
-            self._books.fail(items, "batch_failed", detail)
-
-    async def _run(self, plan: BatchPlan, items: list[Pending]) -> RunResult:
-        """The batch on the device thread; queued requests that expire meanwhile are answered."""
-        tasks = [self.apps[it.req.app].task for it in items]  # (only drained applications leave)
-        loop = asyncio.get_running_loop()
-        job = loop.run_in_executor(self._device, self.runner.run, [it.image for it in items], tasks, plan.gamma)
-        job.add_done_callback(lambda f: f.cancelled() or f.exception())  # read even if nobody waits any more
-        while True:
-            done, _ = await asyncio.wait({job}, timeout=self._poll_s)
-            if done:
-                break
-            self._fail_expired(self.now_ms())
-        out = job.result()
-        if len(out.probs) != len(items):
-            raise RuntimeError(f"runner returned {len(out.probs)} results for a batch of {len(items)}")
-        return out
-
-    def _answer_batch(
-        self, plan: BatchPlan, items: list[Pending], probs: np.ndarray, t0: float, t1: float, apps: dict[str, App]
-    ) -> None:
-        prof = self.scheduler.profiles[plan.model]
-        for it, p in zip(items, probs, strict=True):
-            r, app = it.req, apps[it.req.app]
-            met = t1 <= it.arrival_ms + app.slo_ms
-            classes = self.classes[app.task]
-            s = Served(
-                id=r.id,
-                app=r.app,
-                gamma=plan.gamma,
-                probs=p[: len(classes)],
-                classes=classes,
-                queue_ms=t0 - it.arrival_ms,
-                exec_ms=t1 - t0,
-                total_ms=t1 - it.arrival_ms,
-                deadline_met=met,
-                batch_size=len(items),
-                utility=app.utility * prof.acc(app.task, plan.gamma) if met else 0.0,
-            )
-            self._books.end(it, "served", "", s)
-
-    def _fail_expired(self, now: float) -> None:
-        for req, why in self.scheduler.expired(now):
-            it = self._books.pending.get(req.id)
-            if it is not None:
-                slack = req.deadline_ms - now
-                detail = f"dropped from the queue: {slack:.1f} ms to its deadline is too little"
-                self._books.end(it, "expired", why, NotServed("expired", why, detail))

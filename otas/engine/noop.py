@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from otas.engine.engine import RunResult
+from otas.engine.batches import RunResult
 from otas.profile.table import Profile
 from otas.types import App
 

@@ -18,7 +18,7 @@ import torch
 
 from otas.adapt import SOURCE, AdaptiveViT
 from otas.adapt.fast import DEFAULT_BUCKETS, FastConfig, FastForward
-from otas.engine.engine import RunResult
+from otas.engine.batches import RunResult
 from otas.models.checkpoint import load_checkpoint
 
 

@@ -27,19 +27,19 @@ def accuracy(
     mode: str = "graphs",
     deadline: float = float("inf"),
 ) -> None:
-    """Top-1 accuracy per (variant, task, γ < 0) on the first `limit` test images of each task, through
-    `FastForward` at batch 256 as served, and how far each variant is from the reference with the same
-    proportional attention and merge_every: share of identical predictions, largest probability change."""
-    from otas.data.cifar import load_cifar10
-    from otas.data.tasks import get_task
-    from otas.train.common import corrupt_set, to_device
+    """Top-1 accuracy per (variant, task, γ < 0) on `limit` held-out images of each task (those
+    `otas profile --accuracy-limit` measures), through `FastForward` at batch 256 as served, and how far
+    each variant is from the reference with the same proportional attention and merge_every: share of
+    identical predictions, largest probability change."""
+    from otas.train.common import to_device
+    from otas.train.data import TaskSource, load_task, release_cifar
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    test = load_cifar10("test", data, progress=False)
     sets = {}
     for t in model.tasks:
-        spec = get_task(t)
-        sets[t] = to_device(corrupt_set(test.subset(list(spec.classes)).head(limit), spec.corruption, seed=1), device)
+        val = load_task(TaskSource(t), model.preprocess, data, need_train=False).val
+        sets[t] = to_device(val.head(limit), device)
+    release_cifar()
     # in the given order, each variant's reference just before it (dict: ordered, no repeats)
     todo = list(dict.fromkeys(w for v in variants for w in (Variant("reference", v.prop, v.every), v)))
     gammas = [g for g in model.config.gammas if g <= 0]

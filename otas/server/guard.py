@@ -25,6 +25,7 @@ from starlette.responses import JSONResponse
 from otas.config import HttpConfig
 from otas.server import memory
 from otas.server.errors import error_body
+from otas.server.headers import byte_count
 
 log = logging.getLogger("otas.server")
 SMALL = 64 << 10
@@ -97,10 +98,10 @@ def guard_bodies(app, guard: Guard):
         length, chunked = headers.get(b"content-length"), b"chunked" in headers.get(b"transfer-encoding", b"").lower()
         if length is None and not chunked or length == b"0":
             return await app(scope, receive, send)  # no body
-        if length is not None and not (length.isdigit() and len(length) <= 18):
+        size = byte_count(length) if length is not None else SMALL
+        if size is None:
             msg = f"Content-Length {length.decode(errors='replace')!r} is not a byte count"
             return await error(400, "bad_request", msg)(scope, receive, send)
-        size = int(length) if length is not None else SMALL
         if size > guard.max_body:
             msg = f"request body of {size} bytes is over the limit of {guard.max_body}; send less"
             return await error(413, "too_large", msg)(scope, receive, send)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from otas.server.errors import ProtocolError
+from otas.server.headers import byte_count
 from otas.server.protocol import (
     MAX_IMAGES,
     OUTPUTS,
@@ -75,15 +76,15 @@ def parse_infer(body: bytes, header_length: str | None, image_size: int) -> Http
         check_values(body, image_size)
         head, tail = loads(body), view[len(view) :]
     else:
-        h = header_length.strip()
-        if not (h.isascii() and h.isdigit() and len(h) <= 18) or not 0 < int(h) <= len(view):
+        h = byte_count(header_length.strip())
+        if h is None or not 0 < h <= len(view):
             raise ProtocolError(
                 400, "bad_header_length",
                 f"{HEADER_LENGTH} is {header_length!r} but the body has {len(view)} bytes; "
                 "give the byte length of the JSON header that starts the body",
             )  # fmt: skip
-        check_values(view[: int(h)], image_size)
-        head, tail = loads(view[: int(h)]), view[int(h) :]
+        check_values(view[:h], image_size)
+        head, tail = loads(view[:h]), view[h:]
     if not isinstance(head, dict):
         raise ProtocolError(400, "bad_request", "the JSON header must be an object with `inputs` and `parameters`")
     params = _object(head.get("parameters"), "parameters")

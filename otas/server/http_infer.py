@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, Response
 from otas.server.errors import ProtocolError
 from otas.server.guard import until_disconnect
 from otas.server.handlers import config_of, engine_of, guarded, model_of
+from otas.server.headers import byte_count
 from otas.server.http_codec import HEADER_LENGTH, encode_infer, parse_classify, parse_infer
 from otas.server.inference import check_app, decode_all, run
 from otas.server.parsing import JsonParser
@@ -37,8 +38,8 @@ async def infer(request: Request) -> Response:
     _identity_encoding(request)
     body = await request.body()
     header = request.headers.get(HEADER_LENGTH)
-    h = (header or "").strip()
-    json_bytes = int(h) if h.isascii() and h.isdigit() and len(h) <= 18 else len(body)  # binary: cheap
+    n = byte_count((header or "").strip())
+    json_bytes = len(body) if n is None else n  # binary: cheap
     parsed = await parser_of(request).run(parse_infer, body, header, engine.image_size, json_bytes=json_bytes)
     req = parsed.request
     results = await until_disconnect(request.receive, run(engine, req, arrival))

@@ -143,31 +143,20 @@ def server_process(ckpt, base_ms: float, per_image_ms: float, http: dict | None 
     `http`: HttpConfig fields. Yields (url, Popen); SIGTERM and wait on exit."""
     import json
     import signal
-    import socket
     import subprocess
     import sys
     from pathlib import Path
 
-    import httpx
+    from otas.bench.local_server import free_port, wait_ready
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     cmd = [sys.executable, "-m", "tests.server.paced_server", str(ckpt), str(port), str(base_ms), str(per_image_ms)]
     if http is not None:
         cmd.append(json.dumps(http))
     proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[2])
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "the server process did not start"
-            time.sleep(0.1)
+        wait_ready(url, proc, timeout_s=60, every_s=0.1)
         yield url, proc
     finally:
         if proc.poll() is None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from otas.bench.local_server import free_port, wait_ready
 from tests.server.helpers import PacedRunner, paced_profile, png, serving
 
 REPO = Path(__file__).resolve().parents[2]
@@ -74,9 +75,7 @@ def test_unknown_routes_and_methods_answer_json(srv, method, path, status, reaso
 
 
 def test_every_log_line_of_otas_serve_is_json(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     err = tmp_path / "stderr"
     cmd = [sys.executable, "-m", "otas.cli", "serve", "--noop", "--port", str(port), "--grpc-port", "0"]
     env = {**os.environ, "PYTHONWARNINGS": "default"}
@@ -84,15 +83,10 @@ def test_every_log_line_of_otas_serve_is_json(tmp_path):
         proc = subprocess.Popen(cmd, cwd=REPO, stderr=f, stdout=subprocess.DEVNULL, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(url + "/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, err.read_text()
-            time.sleep(0.1)
+        try:
+            wait_ready(url, proc, timeout_s=60, every_s=0.1)
+        except RuntimeError as e:
+            raise AssertionError(err.read_text()) from e
         bad_multipart = b"--b\rX" + png(0)  # python-multipart warns, through the logging module
         r = httpx.post(url + "/v1/apps/novel/classify", content=bad_multipart,
                        headers={"content-type": "multipart/form-data; boundary=b"})  # fmt: skip

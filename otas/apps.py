@@ -1,0 +1,62 @@
+"""The applications file: a YAML list of {name, slo_ms, utility, task}, parsed with errors that
+name the entry and the fix; and the packaged defaults per device kind. No torch."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import yaml
+
+from otas.types import App
+
+
+def parse_apps(data: object, source: str = "<apps>", allow_empty: bool = False) -> list[App]:
+    """Build applications from parsed YAML: a list of {name, slo_ms, utility, task}, or
+    {"apps": [...]} (empty only with `allow_empty`). Raises ValueError naming the entry and the fix."""
+    if isinstance(data, dict) and "apps" in data:
+        data = data["apps"]
+    if allow_empty and data in ([], None):
+        return []
+    if not isinstance(data, list) or not data:
+        raise ValueError(f"{source}: expected a non-empty list of applications (or a key `apps:`)")
+    apps: list[App] = []
+    for i, entry in enumerate(data):
+        where = f"{source}: application #{i}"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where} is {entry!r}; write a mapping with name, slo_ms, utility, task")
+        missing = [k for k in ("name", "slo_ms", "utility", "task") if k not in entry]
+        extra = sorted(set(entry) - {"name", "slo_ms", "utility", "task"})
+        if missing or extra:
+            raise ValueError(f"{where} {entry!r}: missing keys {missing}, unknown keys {extra}")
+        try:
+            slo, utility = float(entry["slo_ms"]), float(entry["utility"])
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: slo_ms and utility must be numbers, got {entry!r}") from None
+        if not (slo > 0 and math.isfinite(slo)):
+            raise ValueError(f"{where}: slo_ms={entry['slo_ms']!r}; use a positive latency in ms")
+        if utility < 0 or not math.isfinite(utility):
+            raise ValueError(f"{where}: utility={entry['utility']!r}; use a number >= 0")
+        apps.append(App(name=str(entry["name"]), slo_ms=slo, utility=utility, task=str(entry["task"])))
+    names = [a.name for a in apps]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{source}: application names must be unique, got {names}")
+    return apps
+
+
+def load_apps(path: str | Path, allow_empty: bool = False) -> list[App]:
+    """Read an applications YAML file (see otas/configs/apps.yaml)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"applications file {p} does not exist; see otas/configs/apps.yaml for the format")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"{p}: not valid YAML ({e})") from None
+    return parse_apps(data, source=str(p), allow_empty=allow_empty)
+
+
+def default_apps_path(device: str = "cpu") -> Path:
+    """The packaged applications file for a device kind: 'cpu' or 'h100'."""
+    name = "apps.yaml" if device == "cpu" else f"apps-{device}.yaml"
+    return Path(__file__).parent / "configs" / name

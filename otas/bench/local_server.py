@@ -1,0 +1,34 @@
+"""A server process on loopback for a benchmark or a test: a free port to give it, and a wait until
+it answers ready (GET /v2/health/ready is 200) that gives up as soon as the process exits."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+import urllib.request
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float, every_s: float = 0.2) -> None:
+    """Block until `url`/v2/health/ready answers 200; RuntimeError if `proc` exits first or
+    `timeout_s` passes (callers add where its log is)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/v2/health/ready", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:  # not listening yet, or not ready (503: urllib's HTTPError)
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode} before it was ready at {url}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the server was not ready at {url} within {timeout_s:.0f} s")
+        time.sleep(every_s)

@@ -1,0 +1,135 @@
+"""One batch from plan to answers: the runner contract, the one thread that owns the device, and
+the rule that every request of a batch is answered exactly once, whatever fails (the runner, the
+scheduler's feedback, or `Engine.stop` giving up on the device). While a batch runs, queued
+requests that expire are answered; the event loop never waits on the device."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from otas.engine.ledger import Ledger, Pending
+from otas.engine.serving import NotServed, Observer, Served, observe
+from otas.sched.scheduler import Scheduler
+from otas.types import App, BatchPlan
+
+log = logging.getLogger("otas.engine")
+
+
+@dataclass
+class RunResult:
+    probs: np.ndarray
+    """(B, K) float32 class probabilities; columns past a task's class count are 0."""
+    ms: float
+    """Wall time of collation + forward + copy back, as the runner measured it."""
+
+
+class Runner(Protocol):
+    image_size: int
+    max_batch: int
+    classes: dict[str, list[str]]
+
+    def run(self, images: Sequence[np.ndarray], tasks: Sequence[str], gamma: int) -> RunResult: ...
+
+
+class Batches:
+    """Runs the scheduler's batches on the device thread and answers them through the books."""
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        runner: Runner,
+        books: Ledger,
+        observer: Callable[[], Observer],
+        now_ms: Callable[[], float],
+    ):
+        self.scheduler, self.runner, self._books = scheduler, runner, books
+        self._observer, self._now_ms = observer, now_ms
+        self._device = ThreadPoolExecutor(1, thread_name_prefix="otas-device")
+        self.count = 0
+        """Batches run to completion."""
+
+    @property
+    def _poll_s(self) -> float:
+        """Expiry checks while a batch runs: a tenth of the tightest SLO."""
+        return min((a.slo_ms for a in self.scheduler.apps.values()), default=100.0) / 10 / 1000
+
+    def shutdown(self) -> None:
+        """Wait for a batch still on the device (its result unread), then free the thread."""
+        self._device.shutdown()
+
+    async def execute(self, plan: BatchPlan) -> None:
+        """Run one batch and answer each of its requests exactly once, whatever fails: the
+        runner, the scheduler's feedback, or stop() giving up on the device (cancellation)."""
+        items = [self._books.pending[r.id] for r in plan.requests]
+        apps = self.scheduler.apps  # as planned: set_apps swaps in a new dict, so a removed app is still answered
+        observe(self._observer().queue_depth, self.scheduler.queued())
+        try:
+            t0 = self._now_ms()
+            out = await self._run(plan, items)
+            t1 = self._now_ms()
+            self.scheduler.complete(plan, t1, t1 - t0)
+            self.count += 1
+            observe(self._observer().batch, plan, t1 - t0, out.ms, self.scheduler.queued())
+            self._answer(plan, items, out.probs, t0, t1, apps)
+        except asyncio.CancelledError:
+            self._books.fail(items, "shutting_down", "the server shut down while this request's batch ran; retry")
+            raise
+        except Exception as e:
+            detail = f"batch of {len(items)} at gamma={plan.gamma} failed: {type(e).__name__}: {e}"
+            log.error("batch failed", exc_info=True, extra={"event": "batch_failed", "detail": detail})
+            self._books.fail(items, "batch_failed", detail)
+
+    async def _run(self, plan: BatchPlan, items: list[Pending]) -> RunResult:
+        """The batch on the device thread; queued requests that expire meanwhile are answered."""
+        tasks = [self.scheduler.apps[it.req.app].task for it in items]  # (only drained applications leave)
+        loop = asyncio.get_running_loop()
+        job = loop.run_in_executor(self._device, self.runner.run, [it.image for it in items], tasks, plan.gamma)
+        job.add_done_callback(lambda f: f.cancelled() or f.exception())  # read even if nobody waits any more
+        while True:
+            done, _ = await asyncio.wait({job}, timeout=self._poll_s)
+            if done:
+                break
+            self.fail_expired(self._now_ms())
+        out = job.result()
+        if len(out.probs) != len(items):
+            raise RuntimeError(f"runner returned {len(out.probs)} results for a batch of {len(items)}")
+        return out
+
+    def _answer(
+        self, plan: BatchPlan, items: list[Pending], probs: np.ndarray, t0: float, t1: float, apps: dict[str, App]
+    ) -> None:
+        prof = self.scheduler.profiles[plan.model]
+        for it, p in zip(items, probs, strict=True):
+            r, app = it.req, apps[it.req.app]
+            met = t1 <= it.arrival_ms + app.slo_ms
+            classes = self.runner.classes[app.task]
+            s = Served(
+                id=r.id,
+                app=r.app,
+                gamma=plan.gamma,
+                probs=p[: len(classes)],
+                classes=classes,
+                queue_ms=t0 - it.arrival_ms,
+                exec_ms=t1 - t0,
+                total_ms=t1 - it.arrival_ms,
+                deadline_met=met,
+                batch_size=len(items),
+                utility=app.utility * prof.acc(app.task, plan.gamma) if met else 0.0,
+            )
+            self._books.end(it, "served", "", s)
+
+    def fail_expired(self, now: float) -> None:
+        """Answer each request the scheduler dropped from its queue as expired."""
+        for req, why in self.scheduler.expired(now):
+            it = self._books.pending.get(req.id)
+            if it is not None:
+                slack = req.deadline_ms - now
+                detail = f"dropped from the queue: {slack:.1f} ms to its deadline is too little"
+                self._books.end(it, "expired", why, NotServed("expired", why, detail))
