@@ -65,11 +65,12 @@ class ProcessDecodePool:
         on_expired: Callable[[], Exception],
         chunk: int = 64,
         nice: int = 10,
+        chunk_bytes: int = 1 << 18,
     ):
         if workers < 1 or chunk < 1:
             raise ValueError(f"decode processes={workers}, chunk={chunk}: use integers >= 1")
         self._args = (pre.to_dict(), limits, nice)
-        self._workers, self.chunk = workers, chunk
+        self._workers, self.chunk, self.chunk_bytes = workers, chunk, chunk_bytes
         self._expired, self._on_expired = expired, on_expired
         self._lock = threading.Lock()
         self._pool = self._new_pool()
@@ -100,12 +101,13 @@ class ProcessDecodePool:
         return f
 
     def _take(self) -> list | None:
-        """Block for one payload, then take what else waits (up to `chunk`); None: stop."""
+        """Block for one payload, then take what else waits, up to `chunk` payloads and `chunk_bytes`
+        (a large image is slow to decode: the payloads after it in its chunk wait for it); None: stop."""
         first = self._queue.get()
         if first is None:
             return None
-        items = [first]
-        while len(items) < self.chunk:
+        items, size = [first], len(first[1])
+        while len(items) < self.chunk and size < self.chunk_bytes:
             try:
                 nxt = self._queue.get_nowait()
             except queue.Empty:
@@ -114,6 +116,7 @@ class ProcessDecodePool:
                 self._queue.put(None)  # for this thread's next turn
                 break
             items.append(nxt)
+            size += len(nxt[1])
         return items
 
     def _dispatch(self) -> None:

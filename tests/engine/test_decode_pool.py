@@ -102,3 +102,22 @@ def test_served_with_decode_processes(runner):
         bad = httpx.post(srv.url + "/v1/apps/novel/classify", content=b"junk", headers={"content-type": "image/png"})
     assert ok.status_code == 200 and ok.json()["label"] in ok.json()["top_k"][0]["label"]
     assert bad.status_code == 400 and bad.json()["reason"] == "not_an_image"
+
+
+def test_a_chunk_stops_at_its_payload_and_byte_limits():
+    import queue
+
+    from otas.engine.decode_pool import ProcessDecodePool
+
+    pool = object.__new__(ProcessDecodePool)  # the chunking alone, without processes
+    pool._queue, pool.chunk, pool.chunk_bytes = queue.SimpleQueue(), 4, 1000
+    for n in [10] * 6:
+        pool._queue.put((None, b"x" * n, None))
+    assert [len(pool._take()), len(pool._take())] == [4, 2]  # at most `chunk` payloads
+    pool.chunk = 64
+    for n in [10, 600, 600, 10, 2000, 10]:
+        pool._queue.put((None, b"x" * n, None))
+    sizes = [[len(d) for _, d, _ in pool._take()] for _ in range(3)]
+    assert sizes == [[10, 600, 600], [10, 2000], [10]]  # stops once over `chunk_bytes`
+    pool._queue.put(None)
+    assert pool._take() is None  # stop
