@@ -91,8 +91,11 @@ def load_teacher(path: str | Path, device: str | torch.device = "cpu") -> Teache
         header = json.loads((f.metadata() or {}).get("otas", "{}"))
     if header.get("format") != FORMAT:
         raise ValueError(f"{path} is not an otas teacher (format {header.get('format')!r}, expected {FORMAT})")
-    teacher = Teacher(header["arch"], header["num_classes"])
-    teacher.load_state_dict(load_file(str(path)))
+    try:
+        teacher = Teacher(header["arch"], int(header["num_classes"]))
+        teacher.load_state_dict(load_file(str(path)))
+    except (KeyError, TypeError, RuntimeError) as e:
+        raise ValueError(f"teacher {path}: its weights do not match its header ({type(e).__name__}: {e})") from None
     teacher.meta = header.get("meta", {})
     return teacher.to(device).eval()
 

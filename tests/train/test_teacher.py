@@ -1,12 +1,14 @@
 """The distillation teacher: trained, saved, loaded, and distilled from."""
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from otas.models.checkpoint import read_header
 from otas.train.backbone import BackboneConfig, train_backbone
-from otas.train.teacher import Teacher, TeacherConfig, distill_loss, load_teacher, train_teacher
+from otas.train.teacher import FORMAT, Teacher, TeacherConfig, distill_loss, load_teacher, save_teacher, train_teacher
 
 
 def test_teacher_keeps_the_resolution_of_32_pixel_inputs():
@@ -49,6 +51,14 @@ def test_a_file_that_is_not_a_teacher_is_refused(tmp_path):
     f = tmp_path / "other.safetensors"
     save_file({"w": torch.zeros(2)}, str(f))
     with pytest.raises(ValueError, match="not an otas teacher"):
+        load_teacher(f)
+    t = Teacher("resnet18", 5)
+    save_teacher(t, tmp_path / "t.safetensors", {})
+    assert load_teacher(tmp_path / "t.safetensors").num_classes == 5
+    state = {k: v for k, v in t.state_dict().items() if "fc" not in k}  # a tampered file: no classifier
+    header = {"format": FORMAT, "arch": "resnet18", "num_classes": 5}
+    save_file(state, str(f), metadata={"otas": json.dumps(header)})
+    with pytest.raises(ValueError, match="do not match"):
         load_teacher(f)
     with pytest.raises(ValueError, match="kd_weight"):
         BackboneConfig(teacher=str(f), kd_weight=1.5)
