@@ -11,7 +11,8 @@
 #     --platform manylinux_2_17_x86_64 --platform any -d .carry/whl "$w"; done
 #   cp ../shared/data/cifar10-jpg.tar.gz ../shared/data/traces/AzureLLMInferenceTrace_conv.csv .carry/
 # Run (on the GPU machine, from the repository root, .carry/ carried):
-#   bash scripts/gpu_serve_replay.sh     (env: OUT, POLICIES, LOADS, DURATION_S, PROFILE, REPROFILE=1, APPS)
+#   bash scripts/gpu_serve_replay.sh     (env: OUT, POLICIES, LOADS, DURATION_S, PROFILE, REPROFILE=1, APPS,
+#                                         SERVE_ARGS: more `otas serve` options, e.g. --decode-processes)
 set -uo pipefail  # no -e: one failed replay must not cost the others
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results/live_h100}
@@ -47,7 +48,7 @@ BUDGET_S=${BUDGET_S:-480}  # no new policy starts after this (the overhead run a
 for POLICY in $POLICIES; do
   TAG=${POLICY/:/}
   if [ $((SECONDS - T0)) -gt "$BUDGET_S" ]; then echo "skip $POLICY: time budget"; continue; fi
-  $OTAS serve --profile "$PROFILE" --apps "$APPS" --device cuda --policy "$POLICY" --max-batch 256 \
+  $OTAS serve --profile "$PROFILE" --apps "$APPS" --device cuda --policy "$POLICY" --max-batch 256 ${SERVE_ARGS:-} \
     --port 8000 --grpc-port 0 --log-level warning > "$W/serve_$TAG.log" 2>&1 &
   PID=$!
   for _ in $(seq 180); do curl -sf localhost:8000/v2/health/ready > /dev/null && break; sleep 1; done
@@ -66,7 +67,7 @@ for POLICY in $POLICIES; do
 done
 kill $SMI 2>/dev/null
 # Server overhead: the no-op model (HTTP + scheduling + collation), images per request 1, 8, 64, 256
-$OTAS serve --noop --port 8001 --grpc-port 8002 --log-level warning > "$W/serve_noop.log" 2>&1 &
+$OTAS serve --noop --port 8001 --grpc-port 8002 --log-level warning ${SERVE_ARGS:-} > "$W/serve_noop.log" 2>&1 &
 PID=$!
 for _ in $(seq 60); do curl -sf localhost:8001/v2/health/ready > /dev/null && break; sleep 1; done
 $OTAS bench overhead --url http://127.0.0.1:8001 --concurrency 64 --clients 4 --duration-s 3 --warmup-s 0.5 --batches 1,8,64,256 \
