@@ -180,10 +180,11 @@ BAD = [(fmt, data) for fmt, data in refused_formats()[:6]] + [
 ]
 
 
-@pytest.fixture(scope="module")
-def srv(runner):
+@pytest.fixture(scope="module", params=[False, True], ids=["decode-threads", "decode-processes"])
+def srv(runner, request):
     prof = paced_profile(5, 1)
-    with serving(PacedRunner(runner, prof), prof, grpc=True, engine_cfg=EngineConfig(decode_queue=4)) as (s, _):
+    cfg = EngineConfig(decode_queue=4, decode_processes=request.param, decode_workers=2)
+    with serving(PacedRunner(runner, prof), prof, grpc=True, engine_cfg=cfg) as (s, _):
         yield s
 
 
