@@ -169,4 +169,7 @@ class ProcessDecodePool:
         for _ in self._threads:
             self._queue.put(None)
         with self._lock:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            pool = self._pool
+        pool.shutdown(wait=True, cancel_futures=True)  # a chunk under way finishes (an image costs < 0.1 s)
+        for t in self._threads:
+            t.join(timeout=5)
