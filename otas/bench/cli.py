@@ -70,8 +70,8 @@ def bench_overhead_cmd(
     warmup_s: Annotated[float, typer.Option(help="Seconds sent, not measured, before each.")] = 1.0,
     clients: Annotated[int, typer.Option(help="Client processes.")] = 1,
     protocols: Annotated[
-        str, typer.Option(help="Comma-separated: json (base64 BYTES), binary, grpc.")
-    ] = "json,binary,grpc",
+        str, typer.Option(help="Comma-separated: json (base64 BYTES), binary, grpc (encoded PNGs), uint8 (raw pixels).")
+    ] = "json,binary,grpc,uint8",
     batches: Annotated[str, typer.Option(help="Comma-separated images per request.")] = "1,64",
     grpc_target: Annotated[str, typer.Option(help="gRPC host:port (default: the server's, from /v1/config).")] = "",
     profile: Annotated[Path | None, typer.Option(help="A model profile to compare against (its throughput).")] = None,

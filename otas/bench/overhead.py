@@ -27,17 +27,18 @@ import numpy as np
 
 from otas.provenance import run_meta
 
-PROTOCOLS = ("json", "binary", "grpc")
+PROTOCOLS = ("json", "binary", "grpc", "uint8")
+"""uint8: HTTP binary tensors of raw pixels (`image_uint8`, no decoding): the server's cost without images to decode."""
 GRPC_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 
-def pngs(n: int) -> list[bytes]:
+def pngs(n: int, size: int = 32) -> list[bytes]:
     from PIL import Image
 
     rng, out = np.random.default_rng(0), []
     for _ in range(n):
         buf = io.BytesIO()
-        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buf, format="PNG")
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, format="PNG")
         out.append(buf.getvalue())
     return out
 
@@ -54,14 +55,15 @@ def request(protocol: str, model: str, app: str, images: list[bytes]) -> tuple[b
             "inputs": [{"name": "image", "datatype": "BYTES", "shape": [n], "data": data}],
         }
         return json.dumps(head).encode(), {"content-type": "application/json"}
+    if protocol == "uint8":  # the same images, decoded here: raw (n, size, size, 3) pixels
+        from PIL import Image
+
+        raw = b"".join(np.asarray(Image.open(io.BytesIO(b)).convert("RGB"), np.uint8).tobytes() for b in images)
+        size = int(round((len(raw) / n / 3) ** 0.5))
+        return _binary(app, {"name": "image_uint8", "datatype": "UINT8", "shape": [n, size, size, 3]}, raw)
     raw = join_bytes(images)
     if protocol == "binary":
-        inp = {"name": "image", "datatype": "BYTES", "shape": [n], "parameters": {"binary_data_size": len(raw)}}
-        head = json.dumps({"parameters": {"app": app, "binary_data_output": True}, "inputs": [inp]}).encode()
-        return head + raw, {
-            "content-type": "application/octet-stream",
-            "Inference-Header-Content-Length": str(len(head)),
-        }
+        return _binary(app, {"name": "image", "datatype": "BYTES", "shape": [n]}, raw)
     if protocol == "grpc":
         from otas.server.grpc_api import grpc_predict_v2_pb2 as pb
 
@@ -70,6 +72,23 @@ def request(protocol: str, model: str, app: str, images: list[bytes]) -> tuple[b
         req.inputs.add(name="image", datatype="BYTES", shape=[n])
         return req.SerializeToString(), {}
     raise ValueError(f"protocol {protocol!r}: use one of {PROTOCOLS}")
+
+
+def _binary(app: str, inp: dict, raw: bytes) -> tuple[bytes, dict[str, str]]:
+    """A KServe v2 binary-tensor request: a JSON header naming `inp`, then `raw`."""
+    inp = {**inp, "parameters": {"binary_data_size": len(raw)}}
+    head = json.dumps({"parameters": {"app": app, "binary_data_output": True}, "inputs": [inp]}).encode()
+    headers = {"content-type": "application/octet-stream", "Inference-Header-Content-Length": str(len(head))}
+    return head + raw, headers
+
+
+def _input_size(url: str, model: str) -> int:
+    """The side of the model's raw-pixel input, from its KServe v2 metadata."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/v2/models/{model}", timeout=10) as r:
+        meta = json.loads(r.read())
+    return next(int(i["shape"][1]) for i in meta["inputs"] if i["name"] == "image_uint8")
 
 
 async def _closed_loop(send, concurrency: int, duration_s: float, warmup_s: float) -> tuple[int, int, list[float]]:
@@ -166,13 +185,14 @@ def main(
     if not grpc_target and info.get("grpc_port"):
         grpc_target = f"{urlsplit(url).hostname}:{info['grpc_port']}"
     runs: list[dict[str, Any]] = []
+    size = _input_size(url, model)
     for protocol in protocols:
         if protocol == "grpc" and not grpc_target:
             console.print("grpc: skipped (the server serves no gRPC; start it with --grpc-port, or pass --grpc-target)")
             continue
         where = grpc_target if protocol == "grpc" else f"{url}/v2/models/{model}/infer"
         for batch in batches:
-            body, headers = request(protocol, model, app, pngs(batch))
+            body, headers = request(protocol, model, app, pngs(batch, size if protocol == "uint8" else 32))
             in_flight = concurrency if batch == 1 else max(2, concurrency // batch)
             ok, bad, lat = measure(protocol, where, body, headers, in_flight, duration_s, clients, warmup_s)
             pct = {q: float(np.percentile(lat, int(q[1:]))) if lat else None for q in ("p50", "p90", "p99")}

@@ -94,8 +94,7 @@ class Ledger:
             g.results[it.index], g.left = served, g.left - 1
             if g.left == 0:
                 g.future.set_result(served if g.single else list(g.results))
-                for s in g.results:
-                    self._ended(g.app, "served", "", s)
+                observe(self._observer().served_many, g.app, g.results)
             return
         self._ended(g.app, outcome, reason)
         g.future.set_exception(answer)  # before closing: the future is not seen as cancelled

@@ -53,6 +53,12 @@ class Observer:
 
     def ended(self, app: str, outcome: str, reason: str = "", served: Served | None = None) -> None: ...
 
+    def served_many(self, app: str, served: Sequence[Served]) -> None:
+        """The images of one request, all served: `ended(app, "served", "", s)` for each, unless an
+        observer counts them at once (the server's metrics do)."""
+        for s in served:
+            observe(self.ended, app, "served", "", s)
+
     def batch(self, plan: BatchPlan, measured_ms: float, runner_ms: float, queued: int) -> None: ...
 
     def queue_depth(self, n: int) -> None: ...

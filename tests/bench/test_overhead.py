@@ -27,4 +27,5 @@ def test_overhead_every_protocol_and_batch(tmp_path):
     assert runs["grpc", 8]["in_flight"] == 2 and runs["json", 1]["in_flight"] == 4
     assert runs["json", 8]["request_bytes"] > runs["binary", 8]["request_bytes"]  # base64 costs a third more
     saved = json.loads((tmp_path / "overhead_noop_c4x1.json").read_text())
-    assert saved["meta"]["grpc_target"] == srv.grpc_target and len(saved["runs"]) == 6
+    assert saved["meta"]["grpc_target"] == srv.grpc_target and len(saved["runs"]) == 2 * len(PROTOCOLS)
+    assert runs["uint8", 8]["request_bytes"] > 8 * 32 * 32 * 3  # raw pixels, decoded by nobody
