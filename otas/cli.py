@@ -32,8 +32,8 @@ def train_backbone_cmd(
     batch_size: int = 512,
     lr: float = 1e-3,
     drop_path: float = 0.1,
-    data: Annotated[Path | None, typer.Option(help="CIFAR-10 JPEG archive (default: $OTAS_CIFAR10).")] = None,
-    device: Annotated[str | None, typer.Option(help="cuda or cpu (default: cuda if present).")] = None,
+    data: opt.CifarData = None,
+    device: opt.TrainDevice = None,
     time_budget_s: Annotated[float | None, typer.Option(help="Save a resumable state and stop after this.")] = None,
     compile: bool = True,
     teacher: Annotated[
@@ -67,8 +67,8 @@ def train_teacher_cmd(
     arch: Annotated[str, typer.Option(help="resnet18 or resnet34 (CIFAR form).")] = "resnet18",
     epochs: int = 60,
     batch_size: int = 512,
-    data: Annotated[Path | None, typer.Option(help="CIFAR-10 JPEG archive (default: $OTAS_CIFAR10).")] = None,
-    device: Annotated[str | None, typer.Option(help="cuda or cpu (default: cuda if present).")] = None,
+    data: opt.CifarData = None,
+    device: opt.TrainDevice = None,
     compile: bool = True,
 ) -> None:
     """Train a CIFAR ResNet on the source task, to distil the ViT backbones from (`train backbone --teacher`)."""

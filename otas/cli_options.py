@@ -25,6 +25,8 @@ SloClassTolerance = Annotated[
 Load = Annotated[str, typer.Option(help="Load: × the γ=0 capacity of the profile; a sweep like 0.5,1,2 where allowed.")]
 Seed = Annotated[int, typer.Option(help="Seed for synthetic traces and the request-to-application mapping.")]
 Trace = Annotated[str, typer.Option(help="CSV path (Azure format) or azure|poisson|step|diurnal|mmpp.")]
+CifarData = Annotated[Path | None, typer.Option(help="CIFAR-10 JPEG archive (default: $OTAS_CIFAR10).")]
+TrainDevice = Annotated[str | None, typer.Option(help="cuda or cpu (default: cuda if present).")]
 
 
 def scheduler_config(

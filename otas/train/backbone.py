@@ -19,12 +19,10 @@ import torch.nn.functional as F
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from otas.adapt import AdaptConfig, AdaptiveViT
-from otas.data.cifar import load_cifar10
-from otas.data.tasks import get_task
 from otas.data.transforms import mix
 from otas.models.checkpoint import save_checkpoint
 from otas.models.registry import build_vit
-from otas.train.common import autocast, batches, cosine_lr, evaluate, pick_device, to_device, train_batch
+from otas.train.common import autocast, batches, cosine_lr, evaluate, pick_device, source_data, train_batch
 from otas.train.state import load_state, save_state
 from otas.train.teacher import distill_loss, load_teacher
 
@@ -73,14 +71,9 @@ def train_backbone(
 ) -> dict:
     dev = pick_device(device)
     torch.manual_seed(cfg.seed)
-    spec = get_task(cfg.task)
-    train = load_cifar10("train", data).subset(list(spec.classes))
-    test = load_cifar10("test", data).subset(list(spec.classes))
-    if cfg.limit:
-        train, test = train.head(cfg.limit), test.head(cfg.limit)
-    xtr, ytr = to_device(train, dev)
-    xte, yte = to_device(test, dev)
-    n_cls = len(spec.classes)
+    src = source_data(cfg.task, data, dev, cfg.limit)
+    spec, n_cls = src.spec, src.num_classes
+    xtr, ytr, xte, yte = src.x_train, src.y_train, src.x_test, src.y_test
 
     vit = build_vit(cfg.arch, n_cls, drop_path_rate=cfg.drop_path).to(dev)
     model = AdaptiveViT(vit, AdaptConfig(gammas=(0,)), source_classes=list(spec.classes))

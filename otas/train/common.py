@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from otas.data.folder import ImageSet
 from otas.data.preprocess import Preprocess
-from otas.data.tasks import corrupt
+from otas.data.tasks import TaskSpec, corrupt, get_task
 from otas.data.transforms import normalize, random_crop_flip, to_float
 
 
@@ -30,6 +32,34 @@ def autocast(device: torch.device):
 def to_device(data: ImageSet, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Decoded once, kept on the device as uint8: (N, H, W, 3), (N,)."""
     return torch.from_numpy(data.images).to(device), torch.from_numpy(data.labels).to(device)
+
+
+@dataclass
+class SourceData:
+    """A built-in task's CIFAR-10 train and test images on the device (uint8 (N, 32, 32, 3), labels (N,))."""
+
+    spec: TaskSpec
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.spec.classes)
+
+
+def source_data(task: str, data: Path | None, device: torch.device, limit: int | None = None) -> SourceData:
+    """The train and test split of built-in task `task` (the source task for backbones and teachers),
+    decoded once and moved to `device`; `limit`: only the first images of each (smoke tests)."""
+    from otas.data.cifar import load_cifar10
+
+    spec = get_task(task)
+    train = load_cifar10("train", data).subset(list(spec.classes))
+    test = load_cifar10("test", data).subset(list(spec.classes))
+    if limit:
+        train, test = train.head(limit), test.head(limit)
+    return SourceData(spec, *to_device(train, device), *to_device(test, device))
 
 
 def corrupt_set(data: ImageSet, kind: str | None, seed: int = 0) -> ImageSet:

@@ -22,11 +22,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from otas.data.cifar import load_cifar10
 from otas.data.preprocess import Preprocess
-from otas.data.tasks import get_task
 from otas.data.transforms import mix
-from otas.train.common import autocast, batches, cosine_lr, evaluate, pick_device, to_device, train_batch
+from otas.train.common import autocast, batches, cosine_lr, evaluate, pick_device, source_data, train_batch
 
 FORMAT = "otas.teacher/1"
 LAYERS = {"resnet18": [2, 2, 2, 2], "resnet34": [3, 4, 6, 3]}
@@ -103,14 +101,9 @@ def load_teacher(path: str | Path, device: str | torch.device = "cpu") -> Teache
 def train_teacher(cfg: TeacherConfig, out: Path, data: Path | None = None, device: str | None = None, log=print):
     dev = pick_device(device)
     torch.manual_seed(cfg.seed)
-    spec = get_task(cfg.task)
-    train = load_cifar10("train", data).subset(list(spec.classes))
-    test = load_cifar10("test", data).subset(list(spec.classes))
-    if cfg.limit:
-        train, test = train.head(cfg.limit), test.head(cfg.limit)
-    xtr, ytr = to_device(train, dev)
-    xte, yte = to_device(test, dev)
-    n_cls = len(spec.classes)
+    src = source_data(cfg.task, data, dev, cfg.limit)
+    spec, n_cls = src.spec, src.num_classes
+    xtr, ytr, xte, yte = src.x_train, src.y_train, src.x_test, src.y_test
     teacher = Teacher(cfg.arch, n_cls).to(dev)
     if dev.type == "cuda":
         teacher = teacher.to(memory_format=torch.channels_last)
