@@ -108,7 +108,8 @@ class EngineConfig:
     max_image_side: int = 4096
     """Longest side, in pixels, an encoded image may declare."""
     max_image_pixels: int = 1 << 22
-    """Width × height an encoded image may declare (4 MP; decoding costs about 10 ms per MP on a CPU core)."""
+    """Width × height an encoded image may decode to (4 MP; about 10 ms per MP on a CPU core); a JPEG counts
+    at its DCT-scaled size (a 12 MP photo for a 32 px model decodes about 0.2 MP)."""
     max_image_aspect: float = 16.0
     """Longer side / shorter side an encoded image may declare."""
 

@@ -47,7 +47,9 @@ class DecodeLimits:
     max_side: int = 4096
     """Longest side in pixels."""
     max_pixels: int = 1 << 22
-    """Width × height (4 MP: a 2048 × 2048 image). Decoding costs about 10 ms per MP here (PNG, RGB)."""
+    """Width × height decoded (4 MP: a 2048 × 2048 PNG). Decoding costs about 10 ms per MP here (PNG,
+    RGB). A JPEG counts at the size its DCT scaling decodes (up to 1/8 a side): a 12 MP photo to be
+    resized to 32 px decodes about 0.2 MP."""
     max_aspect: float = 16.0
     """Longer side / shorter side."""
     formats: tuple[str, ...] = FORMATS
@@ -71,14 +73,17 @@ class DecodeLimits:
         if not self.formats or bad:
             raise ValueError(f"image formats {bad or list(self.formats)}: use names Pillow reads, e.g. PNG,JPEG,WEBP")
 
-    def check(self, w: int, h: int) -> None:
-        """Raise ImageError if a w × h image is over the limits."""
+    def check(self, w: int, h: int, decoded: tuple[int, int] | None = None) -> None:
+        """Raise ImageError if a w × h image is over the limits; `decoded`: the size it will be
+        decoded at (a JPEG's DCT scaling), which the pixel limit applies to (default: w × h)."""
+        dw, dh = decoded or (w, h)
         if w < 1 or h < 1:
             raise ImageError(f"image is {w}x{h} pixels; send a non-empty image")
-        if max(w, h) > self.max_side or w * h > self.max_pixels or max(w, h) / min(w, h) > self.max_aspect:
+        if max(w, h) > self.max_side or dw * dh > self.max_pixels or max(w, h) / min(w, h) > self.max_aspect:
+            at = f" (decoded at {dw}x{dh})" if (dw, dh) != (w, h) else ""
             raise ImageError(
-                f"image is {w}x{h} pixels; the limits are {self.max_side} pixels a side, {self.max_pixels} pixels "
-                f"in all and an aspect ratio of {self.max_aspect:g}; downscale or crop it first"
+                f"image is {w}x{h} pixels{at}; the limits are {self.max_side} pixels a side, {self.max_pixels} "
+                f"pixels decoded and an aspect ratio of {self.max_aspect:g}; downscale or crop it first"
             )
 
     def check_structure(self, data: bytes) -> None:
@@ -146,7 +151,12 @@ def decode_image(data: bytes, pre: Preprocess | int, limits: DecodeLimits | None
     try:
         limits.check_structure(data)
         with Image.open(io.BytesIO(data), formats=limits.formats) as im:
-            limits.check(*im.size)
+            w, h = im.size
+            if w < 1 or h < 1 or max(w, h) > limits.max_side:  # before draft's arithmetic on the size
+                limits.check(w, h)
+            if im.format == "JPEG":  # OPTIMIZATION: DCT scaling decodes at 1/2..1/8, never below the resize
+                im.draft("RGB", pre.draft_size())
+            limits.check(w, h, im.size)
             return _pixels(im, pre)
     except ImageError:
         raise
@@ -164,8 +174,6 @@ def decode_image(data: bytes, pre: Preprocess | int, limits: DecodeLimits | None
 
 
 def _pixels(im: Image.Image, pre: Preprocess) -> np.ndarray:
-    if im.format == "JPEG":
-        im.draft("RGB", pre.draft_size())  # OPTIMIZATION: DCT scaling decodes at 1/2..1/8, never below the resize
     im.load()  # the full decode: truncated and corrupt files fail here
     if im.mode == "1":
         im = im.convert("L")  # resampling needs 8 bits; grey costs a third of RGB

@@ -81,7 +81,7 @@ def serve_cmd(
     ] = "PNG,JPEG",
     max_image_side: Annotated[int, typer.Option(help="Longest side an encoded image may declare, pixels.")] = 4096,
     max_image_pixels: Annotated[
-        int, typer.Option(help="Width x height an encoded image may declare (default 4 MP).")
+        int, typer.Option(help="Width x height an image may decode to (default 4 MP; a JPEG at its DCT-scaled size).")
     ] = 1 << 22,
     max_image_aspect: Annotated[float, typer.Option(help="Longer / shorter side an encoded image may declare.")] = 16.0,
     noop: Annotated[bool, typer.Option(help="No-op model: measure HTTP + scheduling + collation only.")] = False,

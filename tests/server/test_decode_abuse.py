@@ -119,6 +119,20 @@ def test_jpeg_is_decoded_reduced(monkeypatch):
     assert seen and max(seen[0]) <= 2048 // 8  # DCT scaling: 1/8 of the pixels along each side
 
 
+@pytest.mark.parametrize("size", [(4000, 3000), (3000, 4000), (4096, 2304)])
+def test_a_camera_jpeg_counts_the_pixels_it_decodes(size, loads):
+    """A 12 MP photo is over the pixel limit as declared, not as decoded (1/8 a side): accepted; the
+    same size as a PNG, fully decoded, is refused before decoding."""
+    photo = encoded("JPEG", size)
+    assert decode_image(photo, SIZE).shape == (SIZE, SIZE, 3)
+    loads[0] = 0
+    with pytest.raises(ImageError, match="pixels decoded"):
+        decode_image(png_header(*size, 8, 2), SIZE)
+    assert loads[0] == 0
+    with pytest.raises(ImageError, match=r"decoded at \d+x\d+"):  # and a small limit applies to what is decoded
+        decode_image(photo, SIZE, DecodeLimits(max_pixels=100_000))
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data(), base=st.sampled_from([png(0), png(1, 40), encoded("JPEG", (40, 24)), png_header(64, 64, 8, 2)]))
 def test_mutated_payloads_decode_or_are_image_errors(data, base):
