@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
@@ -66,18 +67,20 @@ class ProcessDecodePool:
         chunk: int = 64,
         nice: int = 10,
         chunk_bytes: int = 1 << 18,
+        job_timeout_s: float = 30.0,
+        job: Callable[[list[bytes]], list] | None = None,
     ):
+        """`job_timeout_s`: a chunk not decoded by then (a decoder stuck on a crafted payload) has its
+        processes killed and replaced, and its payloads fail with `DecodeRestarted`; a thread could not
+        be stopped. `job`: the function a process runs on a chunk (tests)."""
         if workers < 1 or chunk < 1:
             raise ValueError(f"decode processes={workers}, chunk={chunk}: use integers >= 1")
         self._args = (pre.to_dict(), limits, nice)
         self._workers, self.chunk, self.chunk_bytes = workers, chunk, chunk_bytes
+        self.job_timeout_s, self._job = job_timeout_s, job or _decode_chunk
         self._expired, self._on_expired = expired, on_expired
         self._lock = threading.Lock()
         self._pool = self._new_pool()
-        # start every process now (spawning one takes ~0.5 s), not on the first requests
-        pings = [self._pool.submit(_ping, 0.2) for _ in range(workers)]
-        for f in pings:
-            f.result(timeout=120)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._stopped = False
         self._threads = [
@@ -88,16 +91,21 @@ class ProcessDecodePool:
             t.start()
 
     def _new_pool(self) -> ProcessPoolExecutor:
+        """A pool with every process started (spawning one takes ~0.5 s), not on the first payloads."""
         # spawn: the serving process holds threads (event loop, device, decode dispatch), so no fork
         ctx = multiprocessing.get_context("spawn")
-        return ProcessPoolExecutor(self._workers, mp_context=ctx, initializer=_init, initargs=self._args)
+        pool = ProcessPoolExecutor(self._workers, mp_context=ctx, initializer=_init, initargs=self._args)
+        for f in [pool.submit(_ping, 0.2) for _ in range(self._workers)]:
+            f.result(timeout=120)
+        return pool
 
     def submit(self, data: bytes, deadline: float | None) -> Future:
         f: Future = Future()
-        if self._stopped:
-            f.set_exception(RuntimeError("the decoder is shut down"))
-        else:
-            self._queue.put((f, data, deadline))
+        with self._lock:  # after `shutdown` took the queue, nothing more enters it
+            if not self._stopped:
+                self._queue.put((f, data, deadline))
+                return f
+        f.set_exception(RuntimeError("the decoder is shut down"))
         return f
 
     def _take(self) -> list | None:
@@ -134,11 +142,13 @@ class ProcessDecodePool:
             with self._lock:
                 pool = self._pool
             try:
-                results = pool.submit(_decode_chunk, [d for _, d in live]).result()
-            except BrokenProcessPool:
-                self._restart(pool)
+                results = pool.submit(self._job, [d for _, d in live]).result(timeout=self.job_timeout_s)
+            except (BrokenProcessPool, FutureTimeout) as e:
+                stuck = isinstance(e, FutureTimeout)
+                self._restart(pool, kill=stuck)
+                why = f"took over {self.job_timeout_s:g} s" if stuck else "died"
                 for f, _ in live:
-                    f.set_exception(DecodeRestarted("an image decoder process died; retry the request"))
+                    f.set_exception(DecodeRestarted(f"an image decoder process {why} and was replaced; retry"))
                 continue
             except Exception as e:  # noqa: BLE001 - e.g. a payload that could not be sent: its chunk fails
                 for f, _ in live:
@@ -150,15 +160,25 @@ class ProcessDecodePool:
                 else:
                     f.set_result(r)
 
-    def _restart(self, broken: ProcessPoolExecutor) -> None:
+    def _restart(self, broken: ProcessPoolExecutor, kill: bool = False) -> None:
+        if kill:  # a stuck decoder: its process must go, or it holds a core for ever
+            for proc in list((getattr(broken, "_processes", None) or {}).values()):
+                proc.kill()
+        broken.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            if self._pool is not broken or self._stopped:
+                return  # another dispatcher replaced it, or the decoder stops
+        fresh = self._new_pool()  # outside the lock: submit() never waits for a spawn
         with self._lock:
             if self._pool is broken and not self._stopped:
-                self._pool = self._new_pool()
-        broken.shutdown(wait=False, cancel_futures=True)
+                self._pool, fresh = fresh, None
+        if fresh is not None:
+            fresh.shutdown(wait=False, cancel_futures=True)
 
     def shutdown(self) -> None:
         """Stop: payloads still queued are cancelled (nobody will decode them), the processes end."""
-        self._stopped = True
+        with self._lock:
+            self._stopped = True
         while True:
             try:
                 item = self._queue.get_nowait()

@@ -121,3 +121,24 @@ def test_a_chunk_stops_at_its_payload_and_byte_limits():
     assert sizes == [[10, 600, 600], [10, 2000], [10]]  # stops once over `chunk_bytes`
     pool._queue.put(None)
     assert pool._take() is None  # stop
+
+
+def test_a_stuck_decode_process_is_killed_and_replaced():
+    from otas.data.preprocess import Preprocess
+    from otas.engine.decode_pool import ProcessDecodePool
+    from tests.engine.hang_job import hangs_on_request
+
+    pool = ProcessDecodePool(Preprocess(SIZE), None, 1, lambda d: False, DecodeExpired, job=hangs_on_request,
+                             job_timeout_s=2.0)  # fmt: skip
+    try:
+        stuck = pool.submit(b"hang", None)
+        pids = list(pool._pool._processes)
+        assert isinstance(stuck.exception(timeout=60), DecodeRestarted)
+        assert "took over 2 s" in str(stuck.exception())
+        assert pool.submit(b"fine", None).result(timeout=60).shape == (8, 8, 3)
+        time.sleep(0.5)
+        for pid in pids:  # the stuck process is gone
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+    finally:
+        pool.shutdown()
