@@ -124,7 +124,7 @@ class Otas(Policy):
             # planned when the first mixed batch is larger than every class's first batch (else it
             # would save nothing: on a CPU, latency grows with the batch)
             largest = max(len(cands[j].requests) for j in fronts)
-            if len(view.mixed_candidates(now_ms, 1)[0].requests) > largest:
+            if largest < cfg.max_batch and len(view.mixed_candidates(now_ms, 1)[0].requests) > largest:
                 mc = view.mixed_candidates(now_ms)[: self.lookahead]
                 alt = [self._spec(c, now_ms, view) for c in mc]
                 mopts: list[tuple[optimizer.Front, int]] = [(0, 0)]
