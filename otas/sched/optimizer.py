@@ -30,6 +30,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 
 @dataclass(frozen=True)
@@ -101,13 +102,22 @@ def plan_fronts(
     n = len(specs)
     delta, G = grid_step(specs, delta_ms, max_grid)
     taus = np.arange(G + 1) * delta  # τ of each grid index; index G stands for 'after the horizon'
-    k = np.arange(G)
     splits = [f for f in fronts if not isinstance(f, int)]
     all_specs = specs + [x for _, head, rest in splits for x in (head, rest)]  # a split's at n + 2m, n + 2m + 1
     steps = [_steps(spec, delta, G) for spec in all_specs]
-    counts = [[_with_pad(_counts(d, taus), G) for d in spec.deadlines] for spec in all_specs]
-    idx = [np.minimum(k[None, :] + s[:, None], G) for s, _ in steps]  # (|Γ|, G): grid point after batch i
-    level = lambda i, V: _level(all_specs[i], steps[i], counts[i], idx[i], V, G, price)
+    # OPTIMIZATION: rows of min(k + s, G) are windows of one ramp, and a batch's counts and grid
+    # indices are built only when it gets a level (the first batch of a plan needs neither)
+    after = sliding_window_view(np.minimum(np.arange(2 * G + 1), G), G)  # after[s][k] = min(k + s, G)
+
+    built: dict[int, tuple[list[np.ndarray], np.ndarray]] = {}
+
+    def level(i: int, V: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if i not in built:
+            cnt = [_with_pad(_counts(d, taus), G) for d in all_specs[i].deadlines]
+            built[i] = cnt, after[steps[i][0]]  # idx (|Γ|, G): grid point after batch i
+        cnt, idx = built[i]
+        return _level(all_specs[i], steps[i], cnt, idx, V, G, price)
+
     # base order: Vs[i] is the value of batches i..n-1 from each grid point (Vs[n] = 0)
     Vs: list[np.ndarray] = [np.empty(0)] * (n + 1)
     vals: list[np.ndarray] = [np.empty(0)] * n  # vals[i][γ, k]: value of γ at batch i from grid point k
