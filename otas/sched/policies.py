@@ -3,7 +3,9 @@ to run, and how queues are organised; the `Scheduler` does everything else, so e
 through the same interface in the simulator and the live server.
 
     otas            otas-paper, with device time priced by the work still to come (otas.sched.price):
-                    each batch's latency costs μ utility per ms, μ from the arrival rates
+                    each batch's latency costs μ utility per ms, μ from the arrival rates, plus the
+                    arrivals it blocks; it also chooses which class runs next, whether only the
+                    head of a long batch runs, and whether classes share a deadline-ordered batch
     otas-paper      the method as published: selective batching (queues per SLO class, served in
                     arrival order of their heads; batch size that lets the most members meet their
                     deadlines) + the DP over `lookahead` pending batches (method §5)
@@ -177,16 +179,16 @@ class Otas(Policy):
         then runs with the n_a = ⌈R_a · L⌉ others that arrived meanwhile, at best at the fastest
         setting: it makes its SLO iff L − s + lat_fast(n_a) ≤ D_a, so the arrivals of the first
         min(L, max(0, L + lat_fast(n_a) − D_a)) ms are lost: R_a · u_a·acc_a each ms."""
+        if not specs:
+            return []
         rates = self._price.rates(now_ms)  # (apps,)
         rate_value = rates * self._value  # (apps,): utility arriving per ms
         fast = view.fast_latency()
-        out = []
-        for spec in specs:
-            lat = np.where(np.isfinite(spec.latency), spec.latency, 0.0)  # settings that do not fit never run
-            n = np.clip(np.ceil(rates[:, None] * lat[None, :]), 1, len(fast) - 1).astype(np.int64)  # (apps, |Γ|)
-            late = np.minimum(np.maximum(lat[None, :] + fast[n] - self._slo[:, None], 0.0), lat[None, :])
-            out.append(replace(spec, cost=mu * lat + rate_value @ late))
-        return out
+        lat = np.stack([s.latency for s in specs])  # (specs, |Γ|)
+        lat = np.where(np.isfinite(lat), lat, 0.0)  # settings that do not fit never run
+        n = np.clip(np.ceil(rates[None, :, None] * lat[:, None, :]), 1, len(fast) - 1).astype(np.int64)
+        late = np.minimum(np.maximum(lat[:, None, :] + fast[n] - self._slo[None, :, None], 0.0), lat[:, None, :])
+        return [replace(spec, cost=mu * lat[i] + rate_value @ late[i]) for i, spec in enumerate(specs)]
 
     @staticmethod
     def _spec(c: Candidate, now_ms: float, view: View) -> optimizer.BatchSpec:

@@ -6,13 +6,13 @@ it weigh accuracy now against the queries that the same time would serve later.
 
 μ comes from the fluid relaxation of the serving problem over the near future: applications
 arrive at rates R_a (queries per ms, measured online) on top of a backlog Q_a, each query of `a`
-served at setting γ earns v_a(γ) = u_a · acc(task_a, γ) and costs s(γ) ms of device time (the
-profile's best per-query time at γ under the SLO budget). The LP
+served at setting γ earns v_a(γ) = u_a · acc(task_a, γ) and costs s_a(γ) ms of device time (the
+profile's best per-query time at γ with batches within half of a's SLO). The LP
 
-    maximise Σ_a R_a · v_a(γ_a)    subject to   Σ_a R_a · s(γ_a) ≤ 1   (γ_a may be 'not served')
+    maximise Σ_a R_a · v_a(γ_a)    subject to   Σ_a R_a · s_a(γ_a) ≤ 1   (γ_a may be 'not served')
 
-is solved by its Lagrangian: every application takes argmax_γ v_a(γ) − μ · s(γ), and μ is the
-smallest price at which the demand Σ_a R_a · s(γ_a(μ)) fits the device. An idle device gives
+is solved by its Lagrangian: every application takes argmax_γ v_a(γ) − μ · s_a(γ), and μ is the
+smallest price at which the demand Σ_a R_a · s_a(γ_a(μ)) fits the device. An idle device gives
 μ = 0 (the paper's objective); a saturated one gives the marginal utility per ms of the setting
 that just keeps up. Demand is piecewise constant in μ, with breaks where an application's best
 setting changes, so the breaks are computed once and each query of μ is one small mat-vec.
