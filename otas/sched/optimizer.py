@@ -30,6 +30,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 
 @dataclass(frozen=True)
@@ -83,35 +84,60 @@ def plan(specs: list[BatchSpec], delta_ms: float = 0.25, max_grid: int = 512, pr
     return plan_fronts(specs, [0], delta_ms, max_grid, price)[0]
 
 
+Front = int | tuple[int, BatchSpec, BatchSpec]
+"""A front: batch j, or batch j split into a head that runs first and the rest that runs second."""
+
+
 def plan_fronts(
-    specs: list[BatchSpec], fronts: list[int], delta_ms: float = 0.25, max_grid: int = 512, price: float = 0.0
+    specs: list[BatchSpec], fronts: list[Front], delta_ms: float = 0.25, max_grid: int = 512, price: float = 0.0
 ) -> list[Plan]:
     """For each j in `fronts`, the best plan with batch j moved to the front (the others keep their
-    order). The value functions of the common suffix are shared, so front j costs j extra levels."""
+    order). The value functions of the common suffix are shared, so front j costs j extra levels.
+
+    A front (j, head, rest) plans batch j split in two: `head` first, then `rest`, then the others
+    in order (one level more than front j). The split's members must lie within batch j's (the
+    grid's horizon is that of `specs`); its plan lists a setting for head and rest."""
     if not specs:
         return [Plan([], 0.0, delta_ms) for _ in fronts]
     n = len(specs)
     delta, G = grid_step(specs, delta_ms, max_grid)
     taus = np.arange(G + 1) * delta  # τ of each grid index; index G stands for 'after the horizon'
-    k = np.arange(G)
-    steps = [_steps(spec, delta, G) for spec in specs]
-    counts = [[_with_pad(_counts(d, taus), G) for d in spec.deadlines] for spec in specs]
-    idx = [np.minimum(k[None, :] + s[:, None], G) for s, _ in steps]  # (|Γ|, G): grid point after batch i
-    level = lambda i, V: _level(specs[i], steps[i], counts[i], idx[i], V, G, price)
+    splits = [f for f in fronts if not isinstance(f, int)]
+    all_specs = specs + [x for _, head, rest in splits for x in (head, rest)]  # a split's at n + 2m, n + 2m + 1
+    steps = [_steps(spec, delta, G) for spec in all_specs]
+    # OPTIMIZATION: rows of min(k + s, G) are windows of one ramp, and a batch's counts and grid
+    # indices are built only when it gets a level (the first batch of a plan needs neither)
+    after = sliding_window_view(np.minimum(np.arange(2 * G + 1), G), G)  # after[s][k] = min(k + s, G)
+
+    built: dict[int, tuple[list[np.ndarray], np.ndarray]] = {}
+
+    def level(i: int, V: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if i not in built:
+            cnt = [_with_pad(_counts(d, taus), G) for d in all_specs[i].deadlines]
+            built[i] = cnt, after[steps[i][0]]  # idx (|Γ|, G): grid point after batch i
+        cnt, idx = built[i]
+        return _level(all_specs[i], steps[i], cnt, idx, V, G, price)
+
     # base order: Vs[i] is the value of batches i..n-1 from each grid point (Vs[n] = 0)
     Vs: list[np.ndarray] = [np.empty(0)] * (n + 1)
     vals: list[np.ndarray] = [np.empty(0)] * n  # vals[i][γ, k]: value of γ at batch i from grid point k
     Vs[n] = np.zeros(G + 1)  # V[G] = 0 is the pad (every deadline has passed there)
     for i in range(n - 1, 0, -1):
         vals[i], Vs[i] = level(i, Vs[i + 1])
-    out = []
-    for j in fronts:
+    out, m = [], 0
+    for f in fronts:
+        j = f if isinstance(f, int) else f[0]
         V, alt = Vs[j + 1] if j > 0 else Vs[1], dict(enumerate(vals))
         for i in range(j - 1, -1, -1):  # batches 0..j-1 run after batch j: fresh levels
             alt[i], V = level(i, V)
         order = [j, *range(j), *range(j + 1, n)]
-        val0 = _first(specs[j], steps[j], taus, V, G, price)
-        out.append(_read_back(specs, steps, order, alt, val0, G, delta, price))
+        if not isinstance(f, int):  # head (index n + 2m) first, then rest (n + 2m + 1) where batch j was
+            head, rest = n + 2 * m, n + 2 * m + 1
+            m += 1
+            alt[rest], V = level(rest, V)
+            order = [head, rest, *order[1:]]
+        val0 = _first(all_specs[order[0]], steps[order[0]], taus, V, G, price)
+        out.append(_read_back(all_specs, steps, order, alt, val0, G, delta, price))
     return out
 
 

@@ -3,7 +3,9 @@ to run, and how queues are organised; the `Scheduler` does everything else, so e
 through the same interface in the simulator and the live server.
 
     otas            otas-paper, with device time priced by the work still to come (otas.sched.price):
-                    each batch's latency costs μ utility per ms, μ from the arrival rates
+                    each batch's latency costs μ utility per ms, μ from the arrival rates, plus the
+                    arrivals it blocks; it also chooses which class runs next, whether only the
+                    head of a long batch runs, and whether classes share a deadline-ordered batch
     otas-paper      the method as published: selective batching (queues per SLO class, served in
                     arrival order of their heads; batch size that lets the most members meet their
                     deadlines) + the DP over `lookahead` pending batches (method §5)
@@ -106,38 +108,87 @@ class Otas(Policy):
                     seen.add(c.queue)
                     if mu == 0 or optimizer.net_value(specs[j], mu) > 0:
                         fronts.append(j)
+        head = 0  # > 0: a batch longer than this blocks arrivals that could still make their SLO
+        options: list[tuple[optimizer.Front, int]] = [(j, 0) for j in fronts]  # (front, members run)
         if self._price is not None:
             specs = self._with_costs(specs, mu, now_ms, view)
-        plans = optimizer.plan_fronts(specs, fronts, cfg.delta_ms, cfg.max_grid, mu)
+            head = self._head_cap(now_ms, view)
+            if head:  # each front batch may also run only its first `head` members, the rest next
+                options += [((j, *sp), head) for j in fronts if (sp := self._split(cands[j], head, now_ms, mu, view))]
+        fr = [f for f, _ in options]
+        plans = optimizer.plan_fronts(specs, fr, cfg.delta_ms, cfg.max_grid, mu)
         best = max(range(len(plans)), key=lambda m: (plans[m].value, -m))  # ties: the default order
-        plan, first, mixed = plans[best], fronts[best], 0
-        if self.mix and mu == 0 and len({c.queue for c in cands}) > 1:
-            # while the device keeps up (μ = 0), batches may mix the classes in one deadline order:
-            # on a device whose latency is nearly flat in the batch, per-class batches wait in turn
-            alt = [self._spec(c, now_ms, view) for c in view.mixed_candidates(now_ms)[: self.lookahead]]
-            alt = self._with_costs(alt, mu, now_ms, view)
-            mplan = optimizer.plan(alt, cfg.delta_ms, cfg.max_grid, mu)
-            if mplan.value > plan.value + 1e-9:
-                plan, first, mixed = mplan, 0, 1
+        plan, (f, take), mixed = plans[best], options[best], 0
+        first = f if isinstance(f, int) else f[0]
+        if self.mix and len({c.queue for c in cands}) > 1:
+            # batches may mix the classes in one deadline order: where latency is nearly flat in the
+            # batch (a GPU) per-class batches that wait in turn cost time a shared batch saves. Only
+            # planned when the first mixed batch is larger than every class's first batch (else it
+            # would save nothing: on a CPU, latency grows with the batch)
+            largest = max(len(cands[j].requests) for j in fronts)
+            if largest < cfg.max_batch and len(view.mixed_candidates(now_ms, 1)[0].requests) > largest:
+                mc = view.mixed_candidates(now_ms)[: self.lookahead]
+                alt = [self._spec(c, now_ms, view) for c in mc]
+                mopts: list[tuple[optimizer.Front, int]] = [(0, 0)]
+                if self._price is not None:
+                    alt = self._with_costs(alt, mu, now_ms, view)
+                    if head and (sp := self._split(mc[0], head, now_ms, mu, view)):
+                        mopts.append(((0, *sp), head))
+                mplans = optimizer.plan_fronts(alt, [f for f, _ in mopts], cfg.delta_ms, cfg.max_grid, mu)
+                mb = max(range(len(mplans)), key=lambda m: (mplans[m].value, -m))
+                if mplans[mb].value > plan.value + 1e-9:
+                    plan, first, mixed, take = mplans[mb], 0, 1, mopts[mb][1]
         gamma = view.profiles[view.model].gammas[plan.choice[0]]
         meta = {"planned_value": plan.value, "planned_batches": len(specs), "price": mu, "batch": first, "mixed": mixed}
+        if take:
+            meta["head"] = take
         return view.model, gamma, meta
+
+    def _head_cap(self, now_ms: float, view: View) -> int:
+        """The largest batch after which the arrivals it blocks still make their SLO: a query of `a`
+        arriving while a batch of b runs at the fastest setting waits for it, then runs with the
+        others of `a` that arrived meanwhile (R_a · lat_fast(b) of them). b ≤ B_max; 0 if none."""
+        fast = view.fast_latency()  # (B_max + 1,)
+        rates = self._price.rates(now_ms)
+        live = rates > 0
+        if not live.any():
+            return len(fast) - 1
+        r, slo = rates[live], self._slo[live]
+        n = np.clip(np.ceil(r[:, None] * fast[None, :]), 1, len(fast) - 1).astype(np.int64)  # (live, B_max + 1)
+        ok = np.all(fast[None, :] + fast[n] <= slo[:, None], axis=0)  # (B_max + 1,)
+        ok[0] = True
+        return len(fast) - 1 if ok.all() else int(np.argmin(ok)) - 1
+
+    def _split(
+        self, c: Candidate, head: int, now_ms: float, mu: float, view: View
+    ) -> tuple[optimizer.BatchSpec, optimizer.BatchSpec] | None:
+        """(its first `head` members, the others) of candidate `c` as specs, or None if it is no larger."""
+        if len(c.requests) <= head:
+            return None
+        d = c.deadlines
+        h = Candidate(c.requests[:head], c.queue, c.deadline_ms, None if d is None else d[:head])
+        r = Candidate(c.requests[head:], c.queue, c.deadline_ms, None if d is None else d[head:])
+        hs, rs = self._with_costs([self._spec(h, now_ms, view), self._spec(r, now_ms, view)], mu, now_ms, view)
+        return hs, rs
 
     def _with_costs(
         self, specs: list[optimizer.BatchSpec], mu: float, now_ms: float, view: View
     ) -> list[optimizer.BatchSpec]:
         """`specs` with what each setting costs the work still to come: μ per ms of device time, plus
-        the arrivals it blocks. A query of `a` arriving s ms into the batch still makes its SLO alone
-        at the fastest setting iff lat − s + lat_fast(1) ≤ D_a, so the arrivals of the first
-        max(0, lat − (D_a − lat_fast(1))) ms are lost: R_a · u_a·acc_a each ms."""
-        slack = self._slo - float(np.min(view.lat_vector(view.model, 1)))  # (apps,)
-        rate_value = self._price.rates(now_ms) * self._value  # (apps,): utility arriving per ms
-        out = []
-        for spec in specs:
-            lat = np.where(np.isfinite(spec.latency), spec.latency, 0.0)  # settings that do not fit never run
-            late = np.maximum(lat[None, :] - slack[:, None], 0.0)  # (apps, |Γ|)
-            out.append(replace(spec, cost=mu * lat + rate_value @ late))
-        return out
+        the arrivals it blocks. A query of `a` arriving s ms into a batch of latency L waits for it,
+        then runs with the n_a = ⌈R_a · L⌉ others that arrived meanwhile, at best at the fastest
+        setting: it makes its SLO iff L − s + lat_fast(n_a) ≤ D_a, so the arrivals of the first
+        min(L, max(0, L + lat_fast(n_a) − D_a)) ms are lost: R_a · u_a·acc_a each ms."""
+        if not specs:
+            return []
+        rates = self._price.rates(now_ms)  # (apps,)
+        rate_value = rates * self._value  # (apps,): utility arriving per ms
+        fast = view.fast_latency()
+        lat = np.stack([s.latency for s in specs])  # (specs, |Γ|)
+        lat = np.where(np.isfinite(lat), lat, 0.0)  # settings that do not fit never run
+        n = np.clip(np.ceil(rates[None, :, None] * lat[:, None, :]), 1, len(fast) - 1).astype(np.int64)
+        late = np.minimum(np.maximum(lat[:, None, :] + fast[n] - self._slo[None, :, None], 0.0), lat[:, None, :])
+        return [replace(spec, cost=mu * lat[i] + rate_value @ late[i]) for i, spec in enumerate(specs)]
 
     @staticmethod
     def _spec(c: Candidate, now_ms: float, view: View) -> optimizer.BatchSpec:

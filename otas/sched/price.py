@@ -6,13 +6,13 @@ it weigh accuracy now against the queries that the same time would serve later.
 
 μ comes from the fluid relaxation of the serving problem over the near future: applications
 arrive at rates R_a (queries per ms, measured online) on top of a backlog Q_a, each query of `a`
-served at setting γ earns v_a(γ) = u_a · acc(task_a, γ) and costs s(γ) ms of device time (the
-profile's best per-query time at γ under the SLO budget). The LP
+served at setting γ earns v_a(γ) = u_a · acc(task_a, γ) and costs s_a(γ) ms of device time (the
+profile's best per-query time at γ with batches within half of a's SLO). The LP
 
-    maximise Σ_a R_a · v_a(γ_a)    subject to   Σ_a R_a · s(γ_a) ≤ 1   (γ_a may be 'not served')
+    maximise Σ_a R_a · v_a(γ_a)    subject to   Σ_a R_a · s_a(γ_a) ≤ 1   (γ_a may be 'not served')
 
-is solved by its Lagrangian: every application takes argmax_γ v_a(γ) − μ · s(γ), and μ is the
-smallest price at which the demand Σ_a R_a · s(γ_a(μ)) fits the device. An idle device gives
+is solved by its Lagrangian: every application takes argmax_γ v_a(γ) − μ · s_a(γ), and μ is the
+smallest price at which the demand Σ_a R_a · s_a(γ_a(μ)) fits the device. An idle device gives
 μ = 0 (the paper's objective); a saturated one gives the marginal utility per ms of the setting
 that just keeps up. Demand is piecewise constant in μ, with breaks where an application's best
 setting changes, so the breaks are computed once and each query of μ is one small mat-vec.
@@ -44,8 +44,8 @@ class DevicePrice:
         self.apps = [a.name for a in apps]
         self.index = {a: i for i, a in enumerate(self.apps)}
         self.tau = float(tau_ms)
-        slos = sorted(a.slo_ms for a in apps)
-        s = service_ms(profile, max_batch, slos[len(slos) // 2] / 2)  # (|Γ|,)
+        # each application's queries at best ride batches within half its SLO (waiting + running)
+        s = np.array([service_ms(profile, max_batch, a.slo_ms / 2) for a in apps])  # (apps, |Γ|)
         values = []
         for a in apps:
             ok = np.isin(profile.gammas, profile.servable(a.task))
@@ -82,18 +82,19 @@ class DevicePrice:
 def _demand_table(values: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Breaks μ_1 < ... < μ_M where some application's best setting changes, and S (M + 1, apps):
     the device ms per query each application takes in each price interval (0 = not served)."""
+    s = np.broadcast_to(s, values.shape)  # (apps, |Γ|): one row for every application, or its own
     v = np.concatenate([values, np.zeros((len(values), 1))], axis=1)  # 'not served': v = 0, s = 0
-    c = np.concatenate([s, [0.0]])
+    c = np.concatenate([s, np.zeros((len(values), 1))], axis=1)  # (apps, |Γ| + 1)
     breaks = set()
-    for va in v:
-        for i in range(len(c)):
-            for j in range(len(c)):
-                if c[i] > c[j] and np.isfinite(va[i]) and np.isfinite(va[j]) and va[i] > va[j]:
-                    breaks.add(float((va[i] - va[j]) / (c[i] - c[j])))
+    for va, ca in zip(v, c, strict=True):
+        for i in range(len(ca)):
+            for j in range(len(ca)):
+                if ca[i] > ca[j] and np.isfinite(va[i]) and np.isfinite(va[j]) and va[i] > va[j]:
+                    breaks.add(float((va[i] - va[j]) / (ca[i] - ca[j])))
     mus = np.array(sorted(breaks))
     if len(mus) == 0:
         probe = np.zeros(1)
     else:  # one price inside each interval [0, μ_1), (μ_1, μ_2), ..., (μ_M, ∞)
         probe = np.concatenate([[mus[0] / 2], (mus[:-1] + mus[1:]) / 2, [mus[-1] * 2]])
-    best = np.argmax(v[None, :, :] - probe[:, None, None] * c[None, None, :], axis=2)  # (M + 1, apps)
-    return mus, c[best]
+    best = np.argmax(v[None, :, :] - probe[:, None, None] * c[None, :, :], axis=2)  # (M + 1, apps)
+    return mus, np.take_along_axis(c[None, :, :], best[:, :, None], axis=2)[:, :, 0]

@@ -91,12 +91,18 @@ class Scheduler:
         """Queued queries per application, in `apps` order."""
         return [self.queues.count(a) for a in self.apps]
 
-    def mixed_candidates(self, now_ms: float) -> list[Candidate]:
-        """The pending batches if every class shared one deadline-ordered queue (cut as the
-        current decision cuts), for a policy weighing a batch that mixes SLO classes."""
+    def mixed_candidates(self, now_ms: float, n: int | None = None) -> list[Candidate]:
+        """The first `n` (default: the lookahead) pending batches if every class shared one
+        deadline-ordered queue (cut as the current decision cuts), for a policy weighing a batch
+        that mixes SLO classes."""
         cap, fast = self._cut
-        self._mixed = candidates(self.queues.merged(), now_ms, cap, max(self.policy.lookahead, 1), fast)
+        self._mixed = candidates(self.queues.merged(), now_ms, cap, n or max(self.policy.lookahead, 1), fast)
         return self._mixed
+
+    def fast_latency(self) -> np.ndarray:
+        """(B_max + 1,) predicted latency of a batch of each size at the policy's fastest setting,
+        nondecreasing (inf past what fits in memory)."""
+        return self._fast
 
     def latency_factor(self, model: str) -> float:
         """Measured over profiled latency (EWMA), the online correction applied to every prediction."""
@@ -165,6 +171,8 @@ class Scheduler:
                 return None
         model, gamma, meta = self.policy.choose(cands, now_ms, self)
         first = self._mixed[0] if meta.get("mixed") else cands[int(meta.get("batch", 0))]
+        if meta.get("head"):  # the policy runs only the first members of that batch (a prefix still)
+            first = Candidate(first.requests[: int(meta["head"])], first.queue, first.deadline_ms)
         if not self.servable(model, batch_apps(first))[self._tab[model].index[gamma]]:
             raise RuntimeError(
                 f"policy {self.policy.name!r} chose gamma={gamma}, which a member's task is not served at"

@@ -87,3 +87,27 @@ def test_fronts_share_the_suffix_and_equal_planning_each_order(inst):
         order = [specs[j], *specs[:j], *specs[j + 1 :]]
         want = plan(order, delta, max_grid, price)
         assert got.choice == want.choice and math.isclose(got.value, want.value, rel_tol=1e-12, abs_tol=1e-12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(instances(), st.data())
+def test_a_split_front_equals_planning_head_then_rest_first(inst, data):
+    specs, delta, max_grid, price = inst
+    j = data.draw(st.integers(0, len(specs) - 1))
+    whole = specs[j]
+    # the head takes a prefix of each group's members (at least one somewhere), the rest the others
+    cut = [data.draw(st.integers(0, len(d))) for d in whole.deadlines]
+    if not any(cut):
+        cut[0] = 1
+    lat_head = np.array(
+        data.draw(st.lists(st.floats(0.5, 200), min_size=len(whole.latency), max_size=len(whole.latency)))
+    )
+    head = BatchSpec(tuple(d[:c] for d, c in zip(whole.deadlines, cut, strict=True)), whole.weights, lat_head)
+    rest = BatchSpec(tuple(d[c:] for d, c in zip(whole.deadlines, cut, strict=True)), whole.weights, whole.latency)
+    got = plan_fronts(specs, [j, (j, head, rest)], delta, max_grid, price)
+    order = [head, rest, *specs[:j], *specs[j + 1 :]]
+    want = plan(order, delta, max_grid, price)
+    assert math.isclose(got[1].value, want.value, rel_tol=1e-9, abs_tol=1e-9)
+    assert got[1].choice == want.choice
+    alone = plan([specs[j], *specs[:j], *specs[j + 1 :]], delta, max_grid, price)
+    assert got[0].choice == alone.choice

@@ -223,3 +223,23 @@ def test_no_applications_yet():
     assert s.next_batch(0.0) is None and s.queued() == 0
     s.set_apps(APPS[:1])
     assert s.submit(make_request(1, NOVEL, 0.0), 0.0) is None and s.next_batch(0.0).size == 1
+
+
+def test_otas_runs_part_of_a_long_batch_while_tight_queries_keep_arriving():
+    """A loose application's backlog of 64 would take 2.5 s in one batch; a tight application's
+    queries keep arriving, and each one still makes its 600 ms SLO only if it waits less than about
+    half a second. otas runs only the first part of the loose batch (the rest next); otas-paper,
+    which does not price blocked arrivals, runs it whole."""
+    from otas.types import App
+
+    apps = [App("tight", 600.0, 5.0, "novel"), App("loose", 60_000.0, 1.0, "blur")]
+    size = {}
+    for policy in ("otas-paper", "otas"):
+        s = Scheduler(apps, make_profile(), policy, SchedulerConfig(max_batch=64))
+        for i in range(64):
+            assert s.submit(make_request(i, apps[1], 0.0), 0.0) is None
+        for i in range(64, 264):  # 200 tight arrivals over the last 2 s, every one already served
+            t = -2000.0 + 10.0 * (i - 64)
+            s.policy.on_submit(make_request(i, apps[0], t), t)
+        size[policy] = len(s.next_batch(0.0).requests)
+    assert size["otas-paper"] == 64 and 0 < size["otas"] < 64
