@@ -249,8 +249,7 @@ class Decoder:
         if processes:  # `workers` processes, payloads handed off in chunks (decode_pool.py)
             from otas.engine.decode_pool import ProcessDecodePool
 
-            expired = lambda deadline: deadline is not None and self._clock() > deadline  # noqa: E731
-            self._procs = ProcessDecodePool(self.pre, self.limits, workers, expired, _expired, nice=NICE)
+            self._procs = ProcessDecodePool(self.pre, self.limits, workers, self._past, _expired, nice=NICE)
         else:
             self._pool = ThreadPoolExecutor(workers, thread_name_prefix="otas-decode", initializer=_lower_priority)
         self._lock = threading.Lock()
@@ -286,8 +285,12 @@ class Decoder:
         f.add_done_callback(self._done)
         return f
 
+    def _past(self, deadline: float | None) -> bool:
+        """Whether a payload's request is out of time (on `clock`)."""
+        return deadline is not None and self._clock() > deadline
+
     def _job(self, data: bytes, deadline: float | None) -> np.ndarray:
-        if deadline is not None and self._clock() > deadline:
+        if self._past(deadline):
             raise _expired()
         return decode_image(data, self.pre, self.limits)
 

@@ -78,12 +78,8 @@ def _ready(model, fast, batch_sizes: list[int], device: torch.device, dtype, t0:
     Eager: one first batch at the smallest batch size. Graph or compile modes: a first batch at
     every batch size, which captures (or compiles) each γ = 0 graph the server would warm up."""
     t1 = time.perf_counter()
-    size = model.vit.patch_embed.img_size
     for b in batch_sizes if fast is not None else batch_sizes[:1]:
-        if fast is not None:
-            fast(torch.randint(0, 256, (b, *size, 3), dtype=torch.uint8), 0, SOURCE)
-        else:
-            model(torch.randn(b, 3, *size, device=device, dtype=dtype), 0, SOURCE)
+        _runner(model, 0, b, device, dtype, SOURCE, fast)()  # the path a timed cell runs
     _sync(device)
     t2 = time.perf_counter()
     return (t2 - t0) * 1e3, (t2 - t1) * 1e3
