@@ -4,10 +4,11 @@
 #   2. a ViT backbone distilled from it (`otas train backbone --teacher`, resumes under BUDGET_S);
 #   3. its γ = 0 heads and prompts for every γ > 0 on the application tasks (`otas train prompts`, resumes);
 #   4. the fp16 checkpoint (the form models ship in), profiled with CUDA graphs (`otas profile --mode graphs`,
-#      model_load_ms included), and the shipped Tiny model profiled the same way on the same machine.
+#      model_load_ms included), and the shipped Tiny model profiled the same way on the same machine;
+#   5. the new model's accuracy in fp32 (for its CPU profile's `--accuracy-from`).
 # A stage is skipped once its output is in runs/, and a stage starts only with enough of CALL_S left, so one
 # command line can be sent again and again until it says "ladder complete". Results (logs, profiles, the
-# checkpoint in 15 MB parts: `cat NAME.part-* > NAME`) go to $OUT.
+# checkpoint in 15 MB parts: `cat NAME.part-* > NAME`) go to $OUT: at most 4 files.
 #
 # Prepare here (once): the CIFAR-10 archive in the ignored .carry/, and the wheels of timm, typer, rich, click,
 # shellingham, markdown-it-py, mdurl and pygments in .carry/whl (used only where the image lacks them; see
@@ -16,7 +17,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 T0=$SECONDS
-OUT=${OUT:-runs/ladder}
+OUT=${OUT:-runs/ladder-out}
+LOGS=runs/ladder   # logs and profiles, kept on the machine between calls; packed into $OUT/ladder.tgz
 ARCH=${ARCH:-vit_small_p2}
 EPOCHS=${EPOCHS:-200}
 TEACHER_EPOCHS=${TEACHER_EPOCHS:-200}
@@ -28,26 +30,26 @@ NAME=${NAME:-${ARCH}_c5_kd}
 BB=runs/$NAME.backbone.safetensors
 FULL=runs/$NAME.safetensors
 left() { echo $((CALL_S - (SECONDS - T0))); }
-mkdir -p "$OUT" runs/fp16
+mkdir -p "$OUT" "$LOGS" runs/fp16
 python3 -c "import timm, typer, rich" 2>/dev/null ||
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .carry/whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 COLUMNS=160 OTAS_CIFAR10=$PWD/.carry/cifar10-jpg.tar.gz \
   OTAS_CACHE=/tmp/otas-cache
 OTAS="python3 -m otas.cli"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$LOGS/gpu.txt" 2>&1
 if [ ! -f runs/teacher.safetensors ] && [ "$(left)" -gt 120 ]; then
-  $OTAS train teacher --epochs "$TEACHER_EPOCHS" --out runs/teacher.safetensors 2>&1 | tee -a "$OUT/teacher.log"
+  $OTAS train teacher --epochs "$TEACHER_EPOCHS" --out runs/teacher.safetensors 2>&1 | tee -a "$LOGS/teacher.log"
 fi
 if [ ! -f "$BB" ] && [ "$(left)" -gt 90 ]; then
   $OTAS train backbone --arch "$ARCH" --epochs "$EPOCHS" --teacher runs/teacher.safetensors --kd-weight "$KD_WEIGHT" \
-    --time-budget-s $(($(left) - 60)) --out "$BB" 2>&1 | tee -a "$OUT/backbone.log"
+    --time-budget-s $(($(left) - 60)) --out "$BB" 2>&1 | tee -a "$LOGS/backbone.log"
 fi
 prompts_done() { [ -f "$FULL" ] && python3 -c "
 import sys; from otas.models.checkpoint import read_header
 sys.exit(0 if 'val_accuracy' in read_header('$FULL')['meta'] else 1)"; }
 if [ -f "$BB" ] && ! prompts_done && [ "$(left)" -gt 120 ]; then
   $OTAS train prompts "$BB" --epochs "$PROMPT_EPOCHS" --head-epochs "$HEAD_EPOCHS" --time-budget-s $(($(left) - 90)) \
-    --out "$FULL" 2>&1 | tee -a "$OUT/prompts.log"
+    --out "$FULL" 2>&1 | tee -a "$LOGS/prompts.log"
 fi
 if prompts_done && [ ! -f "runs/fp16/$NAME.safetensors" ]; then
   python3 - "$FULL" "runs/fp16/$NAME.safetensors" <<'PY'
@@ -59,10 +61,17 @@ fi
 for m in "runs/fp16/$NAME.safetensors" otas/assets/vit_tiny_p2_c5.safetensors; do
   p=runs/$(basename "$m" .safetensors)__h200-graphs.json
   if [ -f "$m" ] && [ ! -f "$p" ] && [ "$(left)" -gt 150 ]; then
-    $OTAS profile "$m" --device cuda --batch-sizes 1,8,64,256 --mode graphs --out "$p" 2>&1 | tail -5 | tee -a "$OUT/profile.log"
+    $OTAS profile "$m" --device cuda --batch-sizes 1,8,64,256 --mode graphs --out "$p" 2>&1 | tail -5 | tee -a "$LOGS/profile.log"
   fi
 done
-cp runs/*__h200-graphs.json runs/*__h200-graphs.md "$OUT/" 2>/dev/null
+# fp32 accuracy of the new model, for its CPU profile (`otas profile --accuracy-from`): one short timing cell per γ
+F32=runs/${NAME}__h200-fp32.json
+if [ -f "runs/fp16/$NAME.safetensors" ] && [ ! -f "$F32" ] && [ "$(left)" -gt 90 ]; then
+  $OTAS profile "runs/fp16/$NAME.safetensors" --device cuda --dtype float32 --batch-sizes 256 --min-time-s 0.2 \
+    --out "$F32" 2>&1 | tail -5 | tee -a "$LOGS/profile.log"
+fi
+cp runs/*__h200-graphs.json runs/*__h200-graphs.md runs/*__h200-fp32.json "$LOGS/" 2>/dev/null
+tar czf "$OUT/ladder.tgz" -C runs ladder
 if [ -f "runs/fp16/$NAME.safetensors" ]; then
   split -b 15000000 -d "runs/fp16/$NAME.safetensors" "$OUT/$NAME.safetensors.part-"
   [ -f "runs/${NAME}__h200-graphs.json" ] && [ -f runs/vit_tiny_p2_c5__h200-graphs.json ] && echo "ladder complete"
