@@ -166,6 +166,13 @@ def profile_cmd(
         ),
     ] = None,  # fmt: skip
     data: Annotated[Path | None, typer.Option(help="CIFAR-10 JPEG archive, for built-in tasks.")] = None,
+    latency_from: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --accuracy-from: measure nothing, take latency, memory and load time from this profile "
+            "of the same architecture and merge schedule (otas.profile.combine)."
+        ),
+    ] = None,
 ) -> None:
     """Measure accuracy per (task, γ) and latency/memory per (γ, batch size); write a JSON profile."""
     import torch
@@ -182,19 +189,31 @@ def profile_cmd(
         raise typer.BadParameter(f"--dtype must be float32, bfloat16 or float16, got {dt!r}")
     try:
         pkg = ModelPackage.open(checkpoint)
-        prof = measure_profile(
-            pkg.checkpoint,
-            device,
-            getattr(torch, dt),
-            opt.ints(batch_sizes),
-            data=data,
-            accuracy_from=Profile.load(accuracy_from) if accuracy_from else None,
-            accuracy_limit=accuracy_limit,
-            min_time_s=min_time_s,
-            mode=mode,
-            gammas=opt.ints(gammas) if gammas else None,
-            folders=task_folders(task or []),
-        )
+        if latency_from is not None:
+            if accuracy_from is None:
+                raise ValueError("--latency-from needs --accuracy-from: nothing is measured then")
+            from otas.models.checkpoint import read_header
+            from otas.profile.combine import combine
+
+            header = read_header(pkg.checkpoint)
+            prof = combine(
+                pkg.name, header["arch"], Profile.load(accuracy_from), Profile.load(latency_from), header["meta"]
+            )
+            prof.meta["checkpoint"] = pkg.checkpoint.name
+        else:
+            prof = measure_profile(
+                pkg.checkpoint,
+                device,
+                getattr(torch, dt),
+                opt.ints(batch_sizes),
+                data=data,
+                accuracy_from=Profile.load(accuracy_from) if accuracy_from else None,
+                accuracy_limit=accuracy_limit,
+                min_time_s=min_time_s,
+                mode=mode,
+                gammas=opt.ints(gammas) if gammas else None,
+                folders=task_folders(task or []),
+            )
     except ValueError as e:
         opt.fail(str(e))
     prof.model = pkg.name

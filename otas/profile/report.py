@@ -84,6 +84,8 @@ def markdown(prof: Profile) -> str:
         here = meta.get("accuracy_measured")
         measured = f"; γ {', '.join(map(str, here))} measured on this device" if here else ""
         lines += ["", f"Accuracy from {meta['accuracy_from']}{measured}."]
+    if meta.get("latency_from"):
+        lines += ["", f"Latency, memory and load time from {meta['latency_from']}."]
     return "\n".join(lines) + "\n"
 
 
