@@ -176,6 +176,10 @@ class HttpConfig:
     requests are still accepted (a load balancer stops sending); then the listener closes."""
     json_workers: int = 1
     """Processes parsing large JSON bodies off the event loop (json holds the GIL); 0 = on the loop."""
+    front_budget: float = 0.5
+    """Share of the tightest application's SLO an inference request may wait in the host's front end
+    (HTTP, JSON, decoding) before the scheduler: requests beyond what the host, at its measured rate,
+    finishes within it are refused on arrival (503 `overloaded`, `otas.server.admission`); 0 = off."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
@@ -200,6 +204,8 @@ class HttpConfig:
             raise ValueError(f"drain_s={self.drain_s!r}: use 0 (close at once) or a number of seconds")
         if not isinstance(self.json_workers, int) or self.json_workers < 0:
             raise ValueError(f"json_workers={self.json_workers!r}: use 0 (parse on the event loop) or a count")
+        if not 0 <= self.front_budget <= 1:
+            raise ValueError(f"front_budget={self.front_budget!r}: use a share of the tightest SLO in [0, 1], e.g. 0.5")
 
     @property
     def max_body_bytes(self) -> int:

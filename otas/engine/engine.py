@@ -232,6 +232,12 @@ class Engine:
                     f"{n} images (and {ahead} queued ahead) need {need:.0f} ms at the fastest setting but "
                     f"{deadline - now:.0f} ms are left; send fewer images per request",
                 )  # fmt: skip
+        elif self.scheduler.config.reject_infeasible and now + self.scheduler.fastest_ms(1) > deadline:
+            raise self._refuse(
+                app, n, "rejected", "infeasible",
+                f"{deadline - now:.0f} ms are left to its deadline, less than the {self.scheduler.fastest_ms(1):.1f} "
+                "ms it needs at the fastest setting: it waited too long for the host; retry",
+            )  # fmt: skip
 
     def _refuse(self, app: str, n: int, outcome: str, reason: str, detail: str) -> NotServed:
         for _ in range(n):

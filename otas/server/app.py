@@ -30,6 +30,7 @@ from starlette.routing import Route
 from otas.config import HttpConfig
 from otas.engine.serving import ServingEngine
 from otas.server import admin, handlers, http_infer
+from otas.server.admission import FrontDoor
 from otas.server.guard import Guard, guard_bodies
 from otas.server.metrics import Metrics
 from otas.server.parsing import JsonParser
@@ -84,6 +85,11 @@ def create_app(engine: ServingEngine, config: ServeConfig, metrics: Metrics | No
     app.state.engine, app.state.config, app.state.metrics = engine, config, metrics
     app.state.grpc_port = None
     app.state.guard = Guard(config.http, config.max_body_bytes)
+    if config.http.front_budget > 0:
+        share = config.http.front_budget
+        app.state.guard.door = FrontDoor(lambda: share * min((a.slo_ms for a in engine.apps.values()), default=0.0))
+        if metrics is not None:
+            metrics.watch(app.state.guard.door)
     app.state.parser = None
     app.add_middleware(guard_bodies, guard=app.state.guard)
     return app

@@ -67,6 +67,13 @@ def serve_cmd(
     json_workers: Annotated[
         int, typer.Option(help="Processes parsing JSON bodies over 64 KiB off the event loop (0 = on the loop).")
     ] = 1,
+    front_budget: Annotated[
+        float,
+        typer.Option(
+            help="Share of the tightest SLO an inference request may wait in the host's front end; beyond what "
+            "the host finishes within it: 503 overloaded on arrival (0 = off)."
+        ),
+    ] = 0.5,
     decode_workers: Annotated[
         int, typer.Option(help="Threads (or processes) decoding images (0 = the host's cores, 2 to 8).")
     ] = 0,
@@ -168,6 +175,7 @@ def serve_cmd(
                 max_header_kb=max_header_kb,
                 drain_s=drain_s,
                 json_workers=json_workers,
+                front_budget=front_budget,
             ),
             ray=RayConfig(replicas, address),
         )

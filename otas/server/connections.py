@@ -6,7 +6,10 @@ must deliver a request's headers within `header_timeout_s` (up to 20 % more, at 
 the closing of connections opened together) of connecting or of starting them
 (else 408 and closed, or closed quietly if nothing came) and in at most `max_header_kb` (431);
 a request on a connection beyond `max_connections` is answered 503 `too_many_connections` and its
-connection closed. At shutdown (`GuardedServer`) the server first drains for `drain_s` (readiness
+connection closed. An inference request (`POST .../infer`, `.../classify`) is stamped with the time
+its first byte was read, and admitted by the front door (`admission.py`) when its headers are
+complete, or answered 503 `overloaded` there: written without its body being parsed, the
+connection kept open. At shutdown (`GuardedServer`) the server first drains for `drain_s` (readiness
 fails, responses say `Connection: close`, requests are still accepted), then closes the listener,
 refuses bodies still arriving (`Guard.close`) and lets uvicorn finish what is in flight.
 """
@@ -18,12 +21,14 @@ import json
 import logging
 import random
 import resource
+import time
 from typing import Any
 
 import uvicorn
 
+from otas.server.admission import Ticket
 from otas.server.errors import error_body
-from otas.server.guard import Guard, error
+from otas.server.guard import ARRIVAL, TICKET, Guard, error
 
 log = logging.getLogger("otas.server")
 
@@ -47,10 +52,35 @@ def protocol_class(guard: Guard) -> type[asyncio.Protocol]:
         msg = f"this server holds {cfg.max_connections} connections at most and all are open; retry shortly"
         await error(503, "too_many_connections", msg)(scope, receive, send)
 
+    async def overloaded(scope, receive, send):
+        await send({"type": "http.response.start", "status": 503, "headers": OVERLOADED_HEAD})
+        await send({"type": "http.response.body", "body": OVERLOADED_BODY})
+
     class GuardedProtocol(_base()):
         _head_timer: asyncio.TimerHandle | None = None
         _head_bytes = 0
         _counted = False
+        _skipping = _boundary = False
+        """The body of a request answered `overloaded` is arriving (not headers: not counted as such)."""
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self.scope[ARRIVAL] = time.monotonic()
+
+        def on_headers_complete(self) -> None:
+            door = guard.door
+            if door is None or self.parser.get_method() != b"POST" or not _inference(self.url):
+                return super().on_headers_complete()
+            if door.admit():
+                self.scope[TICKET] = Ticket(door)
+                return super().on_headers_complete()
+            if (self.cycle is None or self.cycle.response_complete) and not guard.draining:
+                return self._overloaded()
+            app, self.app = self.app, overloaded  # behind a pipelined request, or draining: in turn
+            try:
+                super().on_headers_complete()
+            finally:
+                self.app = app
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
@@ -68,10 +98,18 @@ def protocol_class(guard: Guard) -> type[asyncio.Protocol]:
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
+            # a skipped body (`_overloaded`) may end in this piece, and the next head begin: not counted
+            skipping, self._boundary = self._skipping, False
             super().data_received(data)
             if self.transport.is_closing():
                 return self._disarm()
-            if self.cycle is not None and not self.cycle.response_complete:  # headers complete
+            if (
+                skipping
+                or self._skipping
+                or self._boundary
+                or self.cycle is not None
+                and not self.cycle.response_complete
+            ):
                 self._head_bytes = 0
                 return self._disarm()
             self._head_bytes += len(data)
@@ -103,6 +141,22 @@ def protocol_class(guard: Guard) -> type[asyncio.Protocol]:
                 return self._refuse(408, "header_timeout", msg)
             self.transport.close()  # nothing was asked: no answer
 
+        def on_message_complete(self) -> None:
+            self._skipping, self._boundary = False, True
+            super().on_message_complete()
+
+        def _overloaded(self) -> None:
+            """503 `overloaded` written at once, no ASGI task: under overload every refusal is CPU
+            the admitted requests do not get (at 4x the capacity, refusing 3 requests must cost well
+            under serving one). The body that follows is skipped, the connection kept."""
+            # OPTIMIZATION: a canned response and an answered stand-in cycle, in place of uvicorn's
+            keep = self.parser.should_keep_alive()
+            self.transport.write(OVERLOADED_RESPONSE if keep else OVERLOADED_CLOSE)
+            self.cycle, self._skipping = _Answered(), True
+            self.on_response_complete()
+            if not keep:
+                self.transport.close()
+
         def _refuse(self, status: int, reason: str, message: str) -> None:
             """An answer written straight to the socket (no request was parsed), then close."""
             body = json.dumps(error_body(message, reason)).encode()
@@ -114,6 +168,43 @@ def protocol_class(guard: Guard) -> type[asyncio.Protocol]:
             self.transport.close()
 
     return GuardedProtocol
+
+
+def _inference(url: bytes) -> bool:
+    path = url.split(b"?", 1)[0].rstrip(b"/")
+    return path.endswith((b"/infer", b"/classify"))
+
+
+OVERLOADED_BODY = json.dumps(
+    error_body(
+        "overloaded: the host is already working on all it can finish within the tightest SLO; retry shortly "
+        "or elsewhere", "overloaded",
+    )
+).encode()  # fmt: skip
+OVERLOADED_HEAD = [
+    (b"content-type", b"application/json"), (b"content-length", str(len(OVERLOADED_BODY)).encode()),
+    (b"retry-after", b"1"),
+]  # fmt: skip
+
+
+def _response(close: bool) -> bytes:
+    head = b"".join(b"%s: %s\r\n" % kv for kv in OVERLOADED_HEAD)
+    return b"HTTP/1.1 503 Service Unavailable\r\n" + head + (b"connection: close\r\n" if close else b"") + b"\r\n"
+
+
+OVERLOADED_RESPONSE = _response(False) + OVERLOADED_BODY
+OVERLOADED_CLOSE = _response(True) + OVERLOADED_BODY
+
+
+class _Answered:
+    """The cycle of a request answered by the protocol itself: its body is skipped."""
+
+    response_complete, disconnected, keep_alive, more_body, body = True, False, True, False, b""
+
+    class message_event:  # noqa: N801 - uvicorn sets it on disconnect
+        @staticmethod
+        def set() -> None:
+            pass
 
 
 class GuardedServer(uvicorn.Server):

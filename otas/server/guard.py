@@ -24,10 +24,14 @@ from starlette.responses import JSONResponse
 
 from otas.config import HttpConfig
 from otas.server import memory
+from otas.server.admission import FrontDoor, Ticket
 from otas.server.errors import error_body
 from otas.server.headers import byte_count
 
 log = logging.getLogger("otas.server")
+TICKET, ARRIVAL = "otas.ticket", "otas.arrival_s"
+"""Scope keys the connection layer sets: an admitted inference request's `Ticket`, and when its
+first byte was read (`time.monotonic()`): its deadline runs from there."""
 SMALL = 64 << 10
 """Bodies up to this size are not counted in flight (their count is bounded by the connection cap)."""
 
@@ -47,6 +51,8 @@ class Guard:
         """Body bytes reserved by requests being received or handled."""
         self.draining = False
         self.closing = False
+        self.door: FrontDoor | None = None
+        """Admission of inference requests on arrival (`admission.py`); set by `create_app`."""
         self._reads: set[asyncio.Timeout] = set()
         self._peak, self._trimmed = 0, 0.0
 
@@ -89,6 +95,14 @@ def guard_bodies(app, guard: Guard):
     async def middleware(scope, receive, send):
         if scope["type"] != "http":
             return await app(scope, receive, send)
+        ticket: Ticket | None = scope.get(TICKET)
+        try:
+            return await guarded(scope, receive, send)
+        finally:  # a request ends the front door's hold on it however it ends (released once)
+            if ticket is not None:
+                ticket.release()
+
+    async def guarded(scope, receive, send):
         send = _closing(send, guard)
         limit = guard.http.max_header_kb << 10
         if sum(len(k) + len(v) + 4 for k, v in scope["headers"]) + len(scope.get("raw_path", b"")) > limit:

@@ -8,6 +8,7 @@ client disconnect cancels it: its images leave the queues, and the server answer
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from starlette.datastructures import UploadFile
@@ -15,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from otas.server.errors import ProtocolError
-from otas.server.guard import until_disconnect
+from otas.server.guard import ARRIVAL, TICKET, until_disconnect
 from otas.server.handlers import config_of, engine_of, guarded, model_of
 from otas.server.headers import byte_count
 from otas.server.http_codec import HEADER_LENGTH, encode_infer, parse_classify, parse_infer
@@ -30,10 +31,24 @@ def parser_of(request: Request) -> JsonParser:
     return request.app.state.parser or JsonParser(0)
 
 
+def arrival_of(request: Request) -> float:
+    """When the request's first byte was read (`connections.py`), on the engine's clock: its deadline
+    runs from there, so time spent waiting for the event loop counts."""
+    now = engine_of(request).now_ms()
+    t = request.scope.get(ARRIVAL)
+    return now if t is None else now - max(time.monotonic() - t, 0.0) * 1e3
+
+
+def hand_off(request: Request):
+    """Called when the request leaves the front end for the scheduler: its front-door place is freed."""
+    ticket = request.scope.get(TICKET)
+    return ticket.release if ticket is not None else None
+
+
 @guarded
 async def infer(request: Request) -> Response:
     engine = engine_of(request)
-    arrival = engine.now_ms()
+    arrival = arrival_of(request)
     name = model_of(request)
     _identity_encoding(request)
     body = await request.body()
@@ -42,7 +57,7 @@ async def infer(request: Request) -> Response:
     json_bytes = len(body) if n is None else n  # binary: cheap
     parsed = await parser_of(request).run(parse_infer, body, header, engine.image_size, json_bytes=json_bytes)
     req = parsed.request
-    results = await until_disconnect(request.receive, run(engine, req, arrival))
+    results = await until_disconnect(request.receive, run(engine, req, arrival, hand_off(request)))
     content, header_length = encode_infer(name, req, infer_outputs(results, req.outputs), parsed.binary)
     if header_length is None:
         return Response(content, media_type="application/json")
@@ -53,7 +68,7 @@ async def infer(request: Request) -> Response:
 @guarded
 async def classify(request: Request) -> Response:
     engine, config = engine_of(request), config_of(request)
-    arrival = engine.now_ms()
+    arrival = arrival_of(request)
     name = request.path_params["app"]
     check_app(engine, name, status=404)
     slo_ms = engine.apps[name].slo_ms  # (the application may be changed or removed while this runs)
@@ -61,6 +76,8 @@ async def classify(request: Request) -> Response:
 
     async def work():
         images = await decode_all(engine, name, [data], arrival)
+        if (done := hand_off(request)) is not None:
+            done()
         return (await engine.submit_many(name, images, arrival))[0]
 
     served = await until_disconnect(request.receive, work())

@@ -6,6 +6,8 @@ decode and scheduling queues."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from otas.engine.images import ImageError
@@ -19,9 +21,15 @@ def check_app(engine: ServingEngine, app: str, status: int = 400) -> None:
         raise ProtocolError(status, "unknown_app", f"application {app!r} is not served; known: {sorted(engine.apps)}")
 
 
-async def run(engine: ServingEngine, req: InferRequest, arrival_ms: float) -> list[Served]:
+async def run(
+    engine: ServingEngine, req: InferRequest, arrival_ms: float, handed_off: Callable[[], None] | None = None
+) -> list[Served]:
+    """`handed_off`: called once the images are decoded, as they go to the scheduler (the front
+    door's place of the request is freed: `admission.py`)."""
     check_app(engine, req.app)
     images = req.images if req.images is not None else await decode_all(engine, req.app, req.payloads, arrival_ms)
+    if handed_off is not None:
+        handed_off()
     return await engine.submit_many(req.app, images, arrival_ms)
 
 

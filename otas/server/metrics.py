@@ -9,8 +9,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
 
 from otas.engine.serving import Observer, Served
+from otas.server.admission import FrontDoor
 from otas.types import BatchPlan
 
 _LAT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -65,6 +67,17 @@ class Metrics(Observer):
         self._met: dict[str, int] = {}
         self._totals = {k: [0, 0] for k in ("success", "fail", "queue", "compute_infer")}  # [count, ns]
         self._batches, self._last_ms = 0, 0
+
+    def watch(self, door: FrontDoor) -> None:
+        """Export the front door's state (`admission.py`), read at each scrape."""
+        r = self.registry
+        Gauge("otas_front_in_flight", "Inference requests in the host's front end (parsing, decoding)",
+              registry=r).set_function(lambda: door.in_flight)  # fmt: skip
+        Gauge("otas_front_limit", "Front-end requests admitted at most now (0: not yet measured)",
+              registry=r).set_function(lambda: door.limit or 0)  # fmt: skip
+        Gauge("otas_front_rate", "Requests per second the front end finishes while busy (measured)",
+              registry=r).set_function(lambda: door.rate or 0.0)  # fmt: skip
+        r.register(_DoorCounts(door))
 
     def ended(self, app: str, outcome: str, reason: str = "", served: Served | None = None) -> None:
         self.requests.labels(app, outcome, reason).inc()
@@ -133,3 +146,18 @@ class Metrics(Observer):
             "inference_count": self._totals["success"][0], "execution_count": self._batches,
             "inference_stats": stats, "batch_stats": [],
         }  # fmt: skip
+
+
+class _DoorCounts:
+    """`otas_front_requests_total{outcome}`: inference requests admitted or refused (503
+    `overloaded`, before parsing: not in `otas_requests_total`, which counts images of parsed
+    requests) by the front door."""
+
+    def __init__(self, door: FrontDoor):
+        self.door = door
+
+    def collect(self):
+        c = CounterMetricFamily("otas_front_requests", "Inference requests at the front door", labels=["outcome"])
+        c.add_metric(["admitted"], self.door.admitted)
+        c.add_metric(["overloaded"], self.door.refused)
+        yield c

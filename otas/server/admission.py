@@ -1,0 +1,106 @@
+"""Admission at the front door: the host's own queue kept within a time budget.
+
+Before a request reaches the scheduler, the host works on it: HTTP parsing, JSON, decoding, a
+future per image. That work runs on one event loop and a few decode threads, in arrival order, and
+nothing bounded it in *time*: when requests arrive faster than the host finishes them, every one
+waits behind all the others, and past a point every one misses its deadline (the host, not the
+model, was the bottleneck: goodput collapsed to ~0 at 2× the host's capacity). A server under
+overload must keep serving about its capacity on time and refuse the excess early and cheaply.
+
+By Little's law a request arriving behind `n` others waits about n / μ, μ being the rate the host
+finishes them. So `FrontDoor` admits a request while fewer than μ × budget are in the front end,
+and refuses it otherwise (503 `overloaded`, written by the connection layer before its body is
+parsed: a refusal costs a small fraction of a request served). The budget is a share of the
+tightest application's SLO, so that what is admitted can still make its deadline.
+
+μ is measured online, not configured: requests finished (handed to the scheduler, or answered)
+per second of *busy* time, the time the front end held at least one request, over windows of
+`window` requests, smoothed. When the front end is saturated this is its service rate; at light
+load it is lower (one request's latency, not the host's throughput), which only matters when load
+rises, and then each window measures more of the true rate (the limit lets through enough work to
+keep the host busy: it never falls below `floor`). Pure: no asyncio, the clock injected.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+
+class FrontDoor:
+    """Requests in the front end (admitted, not yet handed on), the host's measured rate, the limit."""
+
+    def __init__(
+        self,
+        budget_ms: Callable[[], float],
+        floor: int = 8,
+        window: int = 32,
+        smoothing: float = 0.3,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        """`budget_ms`: how long a request may wait in the front end (read at each decision: the
+        applications change at run time)."""
+        if not isinstance(floor, int) or floor < 1:
+            raise ValueError(f"floor={floor!r}: use a positive number of requests, e.g. 8")
+        if not isinstance(window, int) or window < 1:
+            raise ValueError(f"window={window!r}: use a positive number of requests, e.g. 32")
+        if not 0 < smoothing <= 1:
+            raise ValueError(f"smoothing={smoothing!r}: use a weight in (0, 1], e.g. 0.3")
+        self.budget_ms, self.floor, self.window, self.smoothing = budget_ms, floor, window, smoothing
+        self._clock = clock
+        self.in_flight = 0
+        self.rate: float | None = None
+        """Requests per second the front end finishes while busy; None until first measured."""
+        self.admitted = self.refused = 0
+        self._busy_s = 0.0
+        self._done = 0
+        self._last = clock()
+
+    @property
+    def limit(self) -> int | None:
+        """Requests the front end may hold now (None: not yet measured, no limit)."""
+        if self.rate is None:
+            return None
+        return max(self.floor, int(self.rate * self.budget_ms() / 1e3))
+
+    def admit(self) -> bool:
+        """A request arrives: True (it is in the front end until `done`) or False (refuse it)."""
+        self._tick()
+        limit = self.limit
+        if limit is not None and self.in_flight >= limit:
+            self.refused += 1
+            return False
+        self.in_flight += 1
+        self.admitted += 1
+        return True
+
+    def done(self) -> None:
+        """An admitted request leaves the front end (handed to the scheduler, answered, or failed)."""
+        assert self.in_flight > 0, "FrontDoor.done without a matching admit"
+        self._tick()
+        self.in_flight -= 1
+        self._done += 1
+        if self._done >= self.window and self._busy_s > 0:
+            r = self._done / self._busy_s
+            self.rate = r if self.rate is None else (1 - self.smoothing) * self.rate + self.smoothing * r
+            self._done, self._busy_s = 0, 0.0
+
+    def _tick(self) -> None:
+        now = self._clock()
+        if self.in_flight:
+            self._busy_s += now - self._last
+        self._last = now
+
+
+class Ticket:
+    """One admitted request's place in the front door: released once, whichever path ends it."""
+
+    __slots__ = ("_door",)
+
+    def __init__(self, door: FrontDoor):
+        self._door: FrontDoor | None = door
+
+    def release(self) -> None:
+        if self._door is not None:
+            self._door.done()
+            self._door = None
