@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Headline comparison: every policy on the Azure trace and a synthetic step trace, load
-# sweep 0.5-2x the capacity of gamma=0, with the real CPU and H100 profiles. Results JSON + plots
+# sweep 0.5-2x the capacity of gamma=0, with the real CPU and H200 profiles of the model-size ladder. Results JSON + plots
 # under bench/results/headline/. Usage: bash bench/headline.sh  (from the repository root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,5 +15,5 @@ run() {  # device apps.yaml max_batch profiles...
   done
 }
 # the first profile is the served model; the second is the other size, for model-switch
-run cpu otas/configs/apps.yaml 64 profiles/vit_tiny_p2_c5__cpu.json profiles/vit_small_p2_c5__cpu.json
-run h100 otas/configs/apps-h100.yaml 256 profiles/vit_tiny_p2_c5__h100-graphs.json profiles/vit_small_p2_c5__h100-graphs.json
+run cpu otas/configs/apps.yaml 64 profiles/vit_tiny_p2_c5__cpu.json profiles/vit_small_p2_c5_kd__cpu.json
+run h200 otas/configs/apps-h100.yaml 256 profiles/vit_tiny_p2_c5__h200-graphs.json profiles/vit_small_p2_c5_kd__h200-graphs.json

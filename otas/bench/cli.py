@@ -138,7 +138,7 @@ def bench_workloads_cmd(
         list[str] | None,
         typer.Option(
             help="NAME=PATH,PATH2,...@MAX_BATCH, repeatable; served profile first, others for model-switch and the "
-            "oracle, @MAX_BATCH optional (64). Default: cpu and h100, ViT-Tiny + ViT-Small, B_max 64 and 256."
+            "oracle, @MAX_BATCH optional (64). Default: cpu and h200, ViT-Tiny + ViT-Small, B_max 64 and 256."
         ),
     ] = None,
     policies: Annotated[

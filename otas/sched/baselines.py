@@ -67,7 +67,8 @@ class ModelSwitch(Policy):
     """INFaaS-style: gamma 0 on the most accurate model whose throughput covers the arrival rate
     (the fastest model when none does).
 
-    Rate = arrivals in the last `window` submissions over their time span; a model 'covers' it if
+    Rate = arrivals in the last `window` submissions over their time span (until `window` requests
+    have arrived, the policy stays on the model it started with); a model 'covers' it if
     its best throughput with batches within half the median SLO is ≥ headroom × rate. A switch
     costs the target profile's `model_load_ms` (added to the batch) and the policy then stays at
     least `min_dwell_ms` on the new model, so it does not thrash.
@@ -111,6 +112,8 @@ class ModelSwitch(Policy):
         return (len(self._arrivals) - 1) / span
 
     def choose(self, cands: list[Candidate], now_ms: float, view: View) -> Choice:
+        if len(self._arrivals) < self.window:  # too little history to judge the load: stay
+            return view.model, 0, {"rate_per_s": math.nan}
         rate = self._rate(now_ms) * self.headroom
         fastest = max(self._ranked, key=lambda mc: mc[1])[0]  # none keeps up: the one that loses least
         target = next((m for m, cap in self._ranked if cap >= rate), fastest)

@@ -88,6 +88,18 @@ def test_model_switch_pays_load_delay():
     assert plan.predicted_ms == pytest.approx(80.0 + make_profile().lat(0, plan.size))
 
 
+@pytest.mark.parametrize("first", [1, 20, 199])
+def test_model_switch_stays_without_history(first):
+    """With fewer arrivals than its window the load is unknown: no swap (a swap on the first query
+    of a trace cost every query of a sub-second GPU trace its deadline)."""
+    better = make_profile("vit_better_handmade", (9.0, 40.0, 300.0), acc_shift=0.05, model_load_ms=1500.0)
+    s = Scheduler(APPS, [make_profile(), better], "model-switch")
+    for i in range(first):
+        s.submit(make_request(i, APPS[2], i * 1000.0), i * 1000.0)
+    plan = s.next_batch(first * 1000.0)
+    assert plan.model == "vit_tiny_handmade" and plan.switch_ms == 0.0
+
+
 def test_model_switch_takes_the_fastest_model_when_none_keeps_up():
     """A slower and less accurate model is never the fallback under overload, whatever the ranking."""
     worse_slower = make_profile("vit_slow_handmade", (200.0, 1200.0, 8500.0), acc_shift=-0.04, model_load_ms=250.0)
