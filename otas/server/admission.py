@@ -8,7 +8,9 @@ model, was the bottleneck: goodput collapsed to ~0 at 2× the host's capacity). 
 overload must keep serving about its capacity on time and refuse the excess early and cheaply.
 
 By Little's law a request arriving behind `n` others waits about n / μ, μ being the rate the host
-finishes them. So `FrontDoor` admits a request while fewer than μ × budget are in the front end,
+finishes them. So `FrontDoor` admits a request while fewer than μ × budget are in the front end
+(counted from when a request's body is complete, `start`: an upload still arriving costs the host
+nothing, and counting it would let a few dozen stalled sockets shut the door on everyone),
 and refuses it otherwise (503 `overloaded`, written by the connection layer before its body is
 parsed: a refusal costs a small fraction of a request served). The budget is a share of the
 tightest application's SLO, so that what is admitted can still make its deadline.
@@ -64,18 +66,22 @@ class FrontDoor:
         return max(self.floor, int(self.rate * self.budget_ms() / 1e3))
 
     def admit(self) -> bool:
-        """A request arrives: True (it is in the front end until `done`) or False (refuse it)."""
+        """A request's headers are in: True (admitted; it counts from `start`) or False (refuse it)."""
         self._tick()
         limit = self.limit
         if limit is not None and self.in_flight >= limit:
             self.refused += 1
             return False
-        self.in_flight += 1
         self.admitted += 1
         return True
 
+    def start(self) -> None:
+        """An admitted request's body is complete: the host works on it until `done`."""
+        self._tick()
+        self.in_flight += 1
+
     def done(self) -> None:
-        """An admitted request leaves the front end (handed to the scheduler, answered, or failed)."""
+        """A started request leaves the front end (handed to the scheduler, answered, or failed)."""
         assert self.in_flight > 0, "FrontDoor.done without a matching admit"
         self._tick()
         self.in_flight -= 1
@@ -93,14 +99,22 @@ class FrontDoor:
 
 
 class Ticket:
-    """One admitted request's place in the front door: released once, whichever path ends it."""
+    """One admitted request's place in the front door, held from its body's end (`start`) and
+    released once, whichever path ends it (a request that never started holds none)."""
 
-    __slots__ = ("_door",)
+    __slots__ = ("_door", "_started")
 
     def __init__(self, door: FrontDoor):
         self._door: FrontDoor | None = door
+        self._started = False
+
+    def start(self) -> None:
+        if self._door is not None and not self._started:
+            self._started = True
+            self._door.start()
 
     def release(self) -> None:
         if self._door is not None:
-            self._door.done()
+            if self._started:
+                self._door.done()
             self._door = None

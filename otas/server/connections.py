@@ -143,6 +143,9 @@ def protocol_class(guard: Guard) -> type[asyncio.Protocol]:
 
         def on_message_complete(self) -> None:
             self._skipping, self._boundary = False, True
+            ticket = (getattr(self, "scope", None) or {}).get(TICKET)
+            if ticket is not None:  # the body is in: from now on the host works on it
+                ticket.start()
             super().on_message_complete()
 
         def _overloaded(self) -> None:

@@ -59,6 +59,7 @@ def simulate(service_s: float, budget_ms: float, load: float, seed: int, n: int 
         finish_until(a)
         clock.t = a
         if not door or d.admit():
+            d.start() if door else None
             queue.append((a, s))
     finish_until(np.inf)
     return on_time / arrivals[-1], np.array(waits), d
@@ -90,6 +91,7 @@ def test_rate_is_learned_upward_from_light_load():
     d = FrontDoor(lambda: 20.0, clock=clock, floor=2)
     for _ in range(64):  # alone: 1 ms each, gaps between
         assert d.admit()
+        d.start()
         clock.t += 1e-3
         d.done()
         clock.t += 10e-3
@@ -98,6 +100,8 @@ def test_rate_is_learned_upward_from_light_load():
     for _ in range(20):  # now 8 at a time, each window: 8 requests in 2 ms (4,000/s)
         for _ in range(4):
             assert sum(d.admit() for _ in range(8)) == 8
+            for _ in range(8):
+                d.start()
             clock.t += 2e-3
             for _ in range(8):
                 d.done()
@@ -106,10 +110,16 @@ def test_rate_is_learned_upward_from_light_load():
 
 def test_ticket_releases_once_and_checks():
     d = FrontDoor(lambda: 10.0)
-    assert d.admit() and d.in_flight == 1
+    assert d.admit() and d.in_flight == 0  # admitted, its body not yet in
     t = Ticket(d)
+    t.start()
+    t.start()
+    assert d.in_flight == 1
     t.release()
     t.release()
+    assert d.in_flight == 0
+    unstarted = Ticket(d)  # a request that ended before its body was complete held no place
+    unstarted.release()
     assert d.in_flight == 0
     with pytest.raises(ValueError, match="floor"):
         FrontDoor(lambda: 10.0, floor=0)
@@ -247,3 +257,34 @@ def test_host_bound_server_keeps_goodput_past_capacity(noop_server, seed):
     )
     assert _metric(url, "otas_requests_total") - before["otas_requests_total"] == sent - overloaded
     assert served >= len(ok)
+
+
+@pytest.mark.parametrize("stalled", [40, 150])
+def test_stalled_uploads_hold_no_place(noop_server, stalled):
+    """Inference uploads whose headers are in but whose bodies stall cost the host nothing, so they
+    hold no place in the front door: normal requests sent meanwhile are all served, none refused as
+    overloaded (else a few dozen idle sockets would shut the server)."""
+    import socket
+
+    url = noop_server
+    host, port = url.removeprefix("http://").split(":")
+    rng = np.random.default_rng(stalled)
+    bodies = [_body("loose", p) for p in _pngs(16, stalled)]
+    with httpx.Client(timeout=30) as c:
+        for i in range(96):  # the front door measures the host's rate first
+            assert c.post(f"{url}/v2/models/noop/infer", content=bodies[i % 16]).status_code == 200
+    socks = []
+    try:
+        for _ in range(stalled):
+            s = socket.create_connection((host, int(port)))
+            size = int(rng.integers(10_000, 1_000_000))
+            head = f"POST /v2/models/noop/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n"
+            s.sendall(head.encode() + b'{"inputs": [')
+            socks.append(s)
+        time.sleep(0.3)
+        with httpx.Client(timeout=30) as c:
+            codes = [c.post(f"{url}/v2/models/noop/infer", content=bodies[i % 16]).status_code for i in range(48)]
+        assert codes == [200] * 48, codes
+    finally:
+        for s in socks:
+            s.close()
