@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 
 @dataclass(frozen=True)
@@ -66,17 +66,122 @@ def grid_step(specs: list[BatchSpec], delta_ms: float, max_grid: int) -> tuple[f
     return delta, int(horizon // delta) + 2
 
 
-def _steps(spec: BatchSpec, delta: float, G: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rounded-up latency in grid steps (clipped to the pad index G) and the validity mask."""
-    valid = np.isfinite(spec.latency)
-    lat = np.where(valid, spec.latency, 0.0)
-    s = np.ceil(lat / delta - 1e-9).astype(np.int64)
-    return np.minimum(s, G), valid
+class _Batch:
+    """What the DP reads of one spec on one grid, built once per `plan_fronts` call (`_batches`)."""
+
+    __slots__ = ("spec", "steps", "valid", "invalid", "cost", "costs", "cheapest", "weights", "pads")
+
+    def __init__(self, spec: BatchSpec, steps: list[int], valid: list[bool], cost: np.ndarray | None) -> None:
+        self.spec = spec
+        self.steps = steps  # latency in whole grid steps per γ, clipped to the pad index G
+        self.valid = valid  # fits in memory, per γ
+        self.invalid = None if all(valid) else ~np.array(valid)
+        self.cost = cost  # (|Γ|,) or None
+        self.costs = None if cost is None else cost.tolist()
+        lat = spec.latency.tolist()
+        if cost is None:  # the fastest (the first of the fastest)
+            self.cheapest = lat.index(min(lat))
+        else:  # the valid setting of least cost, the fastest among equals
+            neg = [-c if ok else -math.inf for c, ok in zip(self.costs, valid, strict=True)]
+            self.cheapest = _fastest_best(neg, lat)
+        self.weights = spec.weights.T.tolist()  # per group, per γ
+        self.pads: list[np.ndarray] | None = None
+
+    def counts(self, taus: np.ndarray, G: int) -> list[np.ndarray]:
+        """Per group (2G + 1,) floats: #{d ≥ τ_k} at grid point k < G, 0 from the pad index G on."""
+        if self.pads is None:
+            self.pads = []
+            for d in self.spec.deadlines:
+                pad = np.zeros(2 * G + 1)
+                pad[:G] = len(d) - np.searchsorted(d, taus[:G], side="left")
+                self.pads.append(pad)
+        return self.pads
+
+    def level(self, V: np.ndarray, taus: np.ndarray, G: int, val: np.ndarray, ws: _Workspace) -> np.ndarray:
+        """One backward DP level: the value of this batch on, from each grid point (G + 1,), given
+        `V`, the value from the next batch on; `val` (|Γ|, G) receives the value of each γ,
+        val[γ, k] = V[k'] + Σ_g w[γ, g] · count_g[k'] − cost[γ] with k' = min(k + s_γ, G)."""
+        tmp, vpad = ws.tmp, ws.vpad  # (|Γ|, G), (2G + 1,)
+        # OPTIMIZATION: rows of V and of the counts after the batch are slices of arrays padded past
+        # G, written into buffers reused from call to call (fresh arrays of this size cost page
+        # faults); counts are floats (a float × int product is several times slower in numpy)
+        vpad[: G + 1] = V
+        vpad[G + 1 :] = V[G]
+        for r, s in enumerate(self.steps):
+            val[r] = vpad[s : s + G]
+        for g, pad in enumerate(self.counts(taus, G)):
+            for r, s in enumerate(self.steps):
+                tmp[r] = pad[s : s + G]
+            tmp *= self.spec.weights[:, g, None]
+            val += tmp
+        if self.cost is not None:
+            val -= self.cost[:, None]
+        if self.invalid is not None:
+            val[self.invalid] = -np.inf
+        out = np.empty(G + 1)
+        # only the max per column here; the argmax is taken on the one column the optimal path
+        # visits, when the path is read back
+        val.max(axis=0, out=out[:G])
+        # past the horizon every later batch earns nothing and runs at its cheapest setting
+        out[G] = V[G] - self.costs[self.cheapest] if self.cost is not None else V[G]
+        return out
+
+    def first(self, V: np.ndarray, taus: np.ndarray, G: int) -> list[float]:
+        """The value of each γ run first (from grid point 0), `V` the value after it: column 0 of
+        what `level` computes, by the same operations in the same order (so the same floats)."""
+        pads = self.counts(taus, G)
+        out = []
+        for r, k in enumerate(self.steps):
+            if not self.valid[r]:
+                out.append(-math.inf)
+                continue
+            v = V.item(k)
+            for w, pad in zip(self.weights, pads, strict=True):
+                v += w[r] * pad.item(k)
+            if self.costs is not None:
+                v -= self.costs[r]
+            out.append(v)
+        return out
 
 
-def _counts(deadlines: np.ndarray, taus: np.ndarray) -> np.ndarray:
-    """#{d ≥ τ} for each τ (deadlines ascending)."""
-    return len(deadlines) - np.searchsorted(deadlines, taus, side="left")
+def _batches(specs: list[BatchSpec], delta: float, G: int, price: float) -> list[_Batch]:
+    """The `_Batch` of each spec: steps, validity and costs of all specs in one vector pass."""
+    lat = np.stack([s.latency for s in specs])  # (specs, |Γ|)
+    valid = np.isfinite(lat)
+    steps = np.minimum(np.ceil(np.where(valid, lat, 0.0) / delta - 1e-9).astype(np.int64), G)
+    own = [s.cost is not None for s in specs]
+    if all(own):
+        costs = list(np.where(valid, np.stack([s.cost for s in specs]), 0.0))
+    elif not any(own):
+        costs = list(price * np.where(valid, lat, 0.0)) if price > 0 else [None] * len(specs)
+    else:
+        costs = [_cost(s, price) for s in specs]
+    return [_Batch(spec, s, ok, c) for spec, s, ok, c in zip(specs, steps.tolist(), valid.tolist(), costs, strict=True)]
+
+
+class _Workspace:
+    """Buffers reused by every `plan_fronts` call of a thread with the same |Γ| and grid."""
+
+    def __init__(self, n_gamma: int, G: int) -> None:
+        self.key = (n_gamma, G)
+        self.tmp = np.empty((n_gamma, G))
+        self.vpad = np.empty(2 * G + 1)
+        self.vals = np.empty((0, n_gamma, G))  # one (|Γ|, G) slot per DP level of a call
+
+    def levels(self, n: int) -> np.ndarray:
+        if len(self.vals) < n:
+            self.vals = np.empty((n, *self.key))
+        return self.vals
+
+
+_scratch = threading.local()
+
+
+def _workspace(n_gamma: int, G: int) -> _Workspace:
+    ws = getattr(_scratch, "ws", None)
+    if ws is None or ws.key != (n_gamma, G):
+        ws = _scratch.ws = _Workspace(n_gamma, G)
+    return ws
 
 
 def plan(specs: list[BatchSpec], delta_ms: float = 0.25, max_grid: int = 512, price: float = 0.0) -> Plan:
@@ -103,42 +208,50 @@ def plan_fronts(
     delta, G = grid_step(specs, delta_ms, max_grid)
     taus = np.arange(G + 1) * delta  # τ of each grid index; index G stands for 'after the horizon'
     splits = [f for f in fronts if not isinstance(f, int)]
-    all_specs = specs + [x for _, head, rest in splits for x in (head, rest)]  # a split's at n + 2m, n + 2m + 1
-    steps = [_steps(spec, delta, G) for spec in all_specs]
-    # OPTIMIZATION: rows of min(k + s, G) are windows of one ramp, and a batch's counts and grid
-    # indices are built only when it gets a level (the first batch of a plan needs neither)
-    after = sliding_window_view(np.minimum(np.arange(2 * G + 1), G), G)  # after[s][k] = min(k + s, G)
-
-    built: dict[int, tuple[list[np.ndarray], np.ndarray]] = {}
-
-    def level(i: int, V: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if i not in built:
-            cnt = [_with_pad(_counts(d, taus), G) for d in all_specs[i].deadlines]
-            built[i] = cnt, after[steps[i][0]]  # idx (|Γ|, G): grid point after batch i
-        cnt, idx = built[i]
-        return _level(all_specs[i], steps[i], cnt, idx, V, G, price)
-
+    batches = _batches(specs + [x for _, head, rest in splits for x in (head, rest)], delta, G, price)
+    ws = _workspace(len(specs[0].latency), G)
+    n_levels = n - 1 + sum((f if isinstance(f, int) else f[0] + 1) for f in fronts)
+    vals = ws.levels(n_levels)  # vals[l][γ, k]: value of γ at the batch of level l, from grid point k
     # base order: Vs[i] is the value of batches i..n-1 from each grid point (Vs[n] = 0)
     Vs: list[np.ndarray] = [np.empty(0)] * (n + 1)
-    vals: list[np.ndarray] = [np.empty(0)] * n  # vals[i][γ, k]: value of γ at batch i from grid point k
     Vs[n] = np.zeros(G + 1)  # V[G] = 0 is the pad (every deadline has passed there)
     for i in range(n - 1, 0, -1):
-        vals[i], Vs[i] = level(i, Vs[i + 1])
-    out, m = [], 0
+        Vs[i] = batches[i].level(Vs[i + 1], taus, G, vals[i - 1], ws)
+    out, m, free = [], n, n - 1
     for f in fronts:
         j = f if isinstance(f, int) else f[0]
-        V, alt = Vs[j + 1] if j > 0 else Vs[1], dict(enumerate(vals))
+        path = [(batches[i], vals[i - 1]) for i in range(j + 1, n)]  # after the front, in execution order
+        V = Vs[j + 1]
         for i in range(j - 1, -1, -1):  # batches 0..j-1 run after batch j: fresh levels
-            alt[i], V = level(i, V)
-        order = [j, *range(j), *range(j + 1, n)]
-        if not isinstance(f, int):  # head (index n + 2m) first, then rest (n + 2m + 1) where batch j was
-            head, rest = n + 2 * m, n + 2 * m + 1
-            m += 1
-            alt[rest], V = level(rest, V)
-            order = [head, rest, *order[1:]]
-        val0 = _first(all_specs[order[0]], steps[order[0]], taus, V, G, price)
-        out.append(_read_back(all_specs, steps, order, alt, val0, G, delta, price))
+            V = batches[i].level(V, taus, G, vals[free], ws)
+            path.insert(0, (batches[i], vals[free]))
+            free += 1
+        front = batches[j]
+        if not isinstance(f, int):  # the head first, then the rest where batch j was
+            front, rest = batches[m], batches[m + 1]
+            m += 2
+            V = rest.level(V, taus, G, vals[free], ws)
+            path.insert(0, (rest, vals[free]))
+            free += 1
+        out.append(_read_back(front, front.first(V, taus, G), path, G, delta))
     return out
+
+
+def _read_back(front: _Batch, val0: list[float], path: list[tuple[_Batch, np.ndarray]], G: int, delta: float):
+    """The optimal path: `front` from grid point 0 (`val0` its value per γ), then each batch of
+    `path` from the grid point the path reached (with its level's values)."""
+    if not any(math.isfinite(v) for v in val0):
+        raise ValueError("no gamma fits the first batch in memory; lower max_batch or raise the limit")
+    g0 = _fastest_best(val0, front.spec.latency.tolist())
+    choice, at = [g0], front.steps[g0]
+    for b, val in path:
+        if at >= G:  # past the horizon every setting gains nothing: the cheapest valid one (then fastest)
+            g = b.cheapest
+        else:
+            g = _fastest_best(val[:, at].tolist(), b.spec.latency.tolist())
+        choice.append(g)
+        at = min(at + b.steps[g], G)
+    return Plan(choice, val0[g0], delta)
 
 
 def net_value(spec: BatchSpec, price: float = 0.0) -> float:
@@ -159,77 +272,21 @@ def _cost(spec: BatchSpec, price: float) -> np.ndarray | None:
     return price * np.where(valid, spec.latency, 0.0) if price > 0 else None
 
 
-def _with_pad(cnt: np.ndarray, G: int) -> np.ndarray:
-    cnt[G] = 0
-    return cnt
+def _fastest_best(val: list[float], latency: list[float]) -> int:
+    """The best γ; among equally good ones the fastest (on a GPU a merged γ can be slower than 0),
+    the first among equally fast. OPTIMIZATION: plain Python on lists (|Γ| ≤ a few dozen)."""
+    top = max(val)
+    floor = top - 1e-12 * max(1.0, abs(top))
+    best = -1
+    for i, v in enumerate(val):
+        if v >= floor and (best < 0 or latency[i] < latency[best]):
+            best = i
+    return best
 
 
-def _level(spec: BatchSpec, step, counts, idx: np.ndarray, V: np.ndarray, G: int, price: float):
-    """One backward DP level: (val (|Γ|, G), the value function V for this level on)."""
-    _, valid = step
-    val = V[idx]
-    for g, cnt in enumerate(counts):
-        val += spec.weights[:, g, None] * cnt[idx]
-    cost = _cost(spec, price)
-    if cost is not None:
-        val -= cost[:, None]
-    if not valid.all():
-        val[~valid] = -np.inf
-    out = np.empty(G + 1)
-    # OPTIMIZATION: only the max per column here; argmax is taken on the one column the optimal
-    # path visits, when the path is read back.
-    val.max(axis=0, out=out[:G])
-    # past the horizon every later batch earns nothing and runs at its fastest setting
-    out[G] = V[G] - float(cost[_cheapest(spec, cost)]) if cost is not None else V[G]
-    return val, out
-
-
-def _first(spec: BatchSpec, step, taus: np.ndarray, V: np.ndarray, G: int, price: float) -> np.ndarray:
-    """The first batch's value per γ, at grid point 0 only."""
-    s, valid = step
-    val0 = V[s].copy()
-    for g, d in enumerate(spec.deadlines):
-        cnt = np.where(s < G, _counts(d, taus[s]), 0)
-        val0 += spec.weights[:, g] * cnt
-    cost = _cost(spec, price)
-    if cost is not None:
-        val0 -= cost
-    val0[~valid] = -np.inf
-    if not np.isfinite(val0).any():
-        raise ValueError("no gamma fits the first batch in memory; lower max_batch or raise the limit")
-    return val0
-
-
-def _cheapest(spec: BatchSpec, cost: np.ndarray | None) -> int:
-    """The valid setting of least cost, the fastest among equals (the fastest when nothing is charged)."""
-    lat = spec.latency
-    if cost is None:
-        return int(np.argmin(lat))
-    c = np.where(np.isfinite(lat), cost, np.inf)
-    return _fastest_best(-c, lat)
-
-
-def _fastest_best(val: np.ndarray, latency: np.ndarray) -> int:
-    """The best γ; among equally good ones the fastest (on a GPU a merged γ can be slower than 0)."""
-    top = val.max()
-    best = np.flatnonzero(val >= top - 1e-12 * max(1.0, abs(top)))
-    return int(best[np.argmin(latency[best])]) if len(best) > 1 else int(best[0])
-
-
-def _read_back(
-    specs, steps, order: list[int], vals: dict[int, np.ndarray], val0: np.ndarray, G: int, delta: float, price: float
-):
-    """The optimal path through the levels of `order` (batch indices in execution order)."""
-    g0 = _fastest_best(val0, specs[order[0]].latency)
-    choice, at = [g0], int(steps[order[0]][0][g0])
-    for i in order[1:]:
-        if at >= G:  # past the horizon every setting gains nothing: the cheapest valid one (then fastest)
-            g = _cheapest(specs[i], _cost(specs[i], price))
-        else:
-            g = _fastest_best(vals[i][:, at], specs[i].latency)
-        choice.append(g)
-        at = min(at + int(steps[i][0][g]), G)
-    return Plan(choice, float(val0[g0]), delta)
+def _counts(deadlines: np.ndarray, taus: np.ndarray) -> np.ndarray:
+    """#{d ≥ τ} for each τ (deadlines ascending)."""
+    return len(deadlines) - np.searchsorted(deadlines, taus, side="left")
 
 
 def evaluate(specs: list[BatchSpec], choice: list[int], delta: float, price: float = 0.0) -> float:
