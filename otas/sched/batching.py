@@ -153,12 +153,12 @@ def deadline_cut(deadlines: Sequence[float], now_ms: float, cap: int, lat_fast: 
     d = np.asarray(deadlines[:cap], dtype=float)  # (cap,)
     finish = now_ms + np.asarray(lat_fast[1 : cap + 1], dtype=float)  # (cap,): a batch of b = 1..cap
     b = np.arange(1, cap + 1)
-    if cap < 2 or bool(np.all(d[1:] >= d[:-1])):
+    if cap < 2 or (d[1:] >= d[:-1]).all():
         # OPTIMIZATION: a deadline-sorted head (one application, the usual case): O(cap log cap)
-        late = np.minimum(np.searchsorted(d, finish, side="left"), b)
-        return int(np.argmax(b - late)) + 1
+        late = np.minimum(d.searchsorted(finish, side="left"), b)
+        return int((b - late).argmax()) + 1
     on_time = (d[None, :] >= finish[:, None]) & np.tri(cap, dtype=bool)  # (cap, cap): row b-1 = first b
-    return int(np.argmax(on_time.sum(1))) + 1
+    return int(on_time.sum(1).argmax()) + 1
 
 
 def _chunks(queues: Queues, qi: int, now_ms: float, cap: int, n: int, lat_fast) -> Iterator[Candidate]:
@@ -172,11 +172,17 @@ def _chunks(queues: Queues, qi: int, now_ms: float, cap: int, n: int, lat_fast) 
     one_app = len(queues.groups[qi]) == 1  # then deadlines are ascending: arrival order = deadline order
     it = queues.iter(qi)
     buf = list(islice(it, cap))
+    d = _deadlines(buf)  # (≤ cap,): of `buf`, kept along with it (each request's read once)
     while buf:
-        d = np.fromiter((r.deadline_ms for r in buf), float, len(buf))  # (≤ cap,)
         m = deadline_cut(d, now_ms, cap, lat_fast)
         yield Candidate(buf[:m], qi, float(d[:m].min()), d[:m] if one_app else None)
-        buf = buf[m:] + list(islice(it, m))
+        more = list(islice(it, m))
+        buf = buf[m:] + more
+        d = np.concatenate((d[m:], _deadlines(more))) if more else d[m:]
+
+
+def _deadlines(reqs: list[Request]) -> np.ndarray:
+    return np.fromiter((r.deadline_ms for r in reqs), float, len(reqs))
 
 
 def candidates(
