@@ -255,13 +255,21 @@ def _read_back(front: _Batch, val0: list[float], path: list[tuple[_Batch, np.nda
 
 
 def net_value(spec: BatchSpec, price: float = 0.0) -> float:
-    """The most one batch earns run now and alone, less its cost (device time at `price`)."""
-    lat = np.where(np.isfinite(spec.latency), spec.latency, np.nan)  # (|Γ|,)
+    """The most one batch earns run now and alone, less its cost (device time at `price`); NaN
+    if no setting fits. OPTIMIZATION: plain Python over γ (a handful of values)."""
     c = _cost(spec, price)
-    val = np.where(np.isnan(lat), np.nan, -c if c is not None else 0.0)  # NaN where it does not fit
-    for g, d in enumerate(spec.deadlines):
-        val = val + spec.weights[:, g] * (len(d) - np.searchsorted(d, lat, side="left"))
-    return float(np.nanmax(val))
+    cost = None if c is None else c.tolist()
+    counts = [(len(d) - d.searchsorted(spec.latency, side="left")).tolist() for d in spec.deadlines]
+    best = math.nan
+    for r, (lat, w) in enumerate(zip(spec.latency.tolist(), spec.weights.tolist(), strict=True)):
+        if not math.isfinite(lat):  # does not fit
+            continue
+        v = -cost[r] if cost is not None else 0.0
+        for g, cnt in enumerate(counts):
+            v = v + w[g] * cnt[r]
+        if not v <= best:  # the first, or a larger one
+            best = v
+    return best
 
 
 def _cost(spec: BatchSpec, price: float) -> np.ndarray | None:

@@ -22,8 +22,6 @@ through the same interface in the simulator and the live server.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 
 from otas.sched import optimizer
@@ -111,10 +109,13 @@ class Otas(Policy):
         head = 0  # > 0: a batch longer than this blocks arrivals that could still make their SLO
         options: list[tuple[optimizer.Front, int]] = [(j, 0) for j in fronts]  # (front, members run)
         if self._price is not None:
-            specs = self._with_costs(specs, mu, now_ms, view)
             head = self._head_cap(now_ms, view)
-            if head:  # each front batch may also run only its first `head` members, the rest next
-                options += [((j, *sp), head) for j in fronts if (sp := self._split(cands[j], head, now_ms, mu, view))]
+            # each front batch may also run only its first `head` members, the rest next
+            halves = [(j, sp) for j in fronts if head and (sp := self._split(cands[j], head, now_ms, view))]
+            # OPTIMIZATION: the costs of the batches and of their halves in one vector pass
+            costed = self._with_costs(specs + [x for _, sp in halves for x in sp], mu, now_ms, view)
+            specs, rest = costed[: len(specs)], costed[len(specs) :]
+            options += [((j, rest[2 * k], rest[2 * k + 1]), head) for k, (j, _) in enumerate(halves)]
         fr = [f for f, _ in options]
         plans = optimizer.plan_fronts(specs, fr, cfg.delta_ms, cfg.max_grid, mu)
         best = max(range(len(plans)), key=lambda m: (plans[m].value, -m))  # ties: the default order
@@ -131,9 +132,11 @@ class Otas(Policy):
                 alt = [self._spec(c, now_ms, view) for c in mc]
                 mopts: list[tuple[optimizer.Front, int]] = [(0, 0)]
                 if self._price is not None:
-                    alt = self._with_costs(alt, mu, now_ms, view)
-                    if head and (sp := self._split(mc[0], head, now_ms, mu, view)):
-                        mopts.append(((0, *sp), head))
+                    sp = self._split(mc[0], head, now_ms, view) if head else None
+                    alt = self._with_costs(alt + list(sp or ()), mu, now_ms, view)
+                    if sp:
+                        alt, (hs, rs) = alt[:-2], alt[-2:]
+                        mopts.append(((0, hs, rs), head))
                 mplans = optimizer.plan_fronts(alt, [f for f, _ in mopts], cfg.delta_ms, cfg.max_grid, mu)
                 mb = max(range(len(mplans)), key=lambda m: (mplans[m].value, -m))
                 if mplans[mb].value > plan.value + 1e-9:
@@ -160,16 +163,16 @@ class Otas(Policy):
         return len(fast) - 1 if ok.all() else int(np.argmin(ok)) - 1
 
     def _split(
-        self, c: Candidate, head: int, now_ms: float, mu: float, view: View
+        self, c: Candidate, head: int, now_ms: float, view: View
     ) -> tuple[optimizer.BatchSpec, optimizer.BatchSpec] | None:
-        """(its first `head` members, the others) of candidate `c` as specs, or None if it is no larger."""
+        """(its first `head` members, the others) of candidate `c` as specs (without costs), or None
+        if it is no larger."""
         if len(c.requests) <= head:
             return None
         d = c.deadlines
         h = Candidate(c.requests[:head], c.queue, c.deadline_ms, None if d is None else d[:head])
         r = Candidate(c.requests[head:], c.queue, c.deadline_ms, None if d is None else d[head:])
-        hs, rs = self._with_costs([self._spec(h, now_ms, view), self._spec(r, now_ms, view)], mu, now_ms, view)
-        return hs, rs
+        return self._spec(h, now_ms, view), self._spec(r, now_ms, view)
 
     def _with_costs(
         self, specs: list[optimizer.BatchSpec], mu: float, now_ms: float, view: View
@@ -186,9 +189,11 @@ class Otas(Policy):
         fast = view.fast_latency()
         lat = np.stack([s.latency for s in specs])  # (specs, |Γ|)
         lat = np.where(np.isfinite(lat), lat, 0.0)  # settings that do not fit never run
-        n = np.clip(np.ceil(rates[None, :, None] * lat[:, None, :]), 1, len(fast) - 1).astype(np.int64)
+        n = np.minimum(np.maximum(np.ceil(rates[None, :, None] * lat[:, None, :]), 1), len(fast) - 1).astype(np.int64)
         late = np.minimum(np.maximum(lat[:, None, :] + fast[n] - self._slo[None, :, None], 0.0), lat[:, None, :])
-        return [replace(spec, cost=mu * lat[i] + rate_value @ late[i]) for i, spec in enumerate(specs)]
+        cost = mu * lat
+        Spec = optimizer.BatchSpec
+        return [Spec(s.deadlines, s.weights, s.latency, cost[i] + rate_value @ late[i]) for i, s in enumerate(specs)]
 
     @staticmethod
     def _spec(c: Candidate, now_ms: float, view: View) -> optimizer.BatchSpec:

@@ -5,6 +5,8 @@ order, so the optimised planner must return the very same choices and values."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from otas.sched.optimizer import BatchSpec, Plan, grid_step
@@ -94,3 +96,13 @@ def _fastest_best(val: np.ndarray, latency: np.ndarray) -> int:
     top = val.max()
     best = np.flatnonzero(val >= top - 1e-12 * max(1.0, abs(top)))
     return int(best[np.argmin(latency[best])])
+
+
+def reference_net_value(spec: BatchSpec, price: float) -> float:
+    """`otas.sched.optimizer.net_value` as numpy over γ."""
+    lat = np.where(np.isfinite(spec.latency), spec.latency, np.nan)  # (|Γ|,)
+    c = _cost(spec, price)
+    val = np.where(np.isnan(lat), np.nan, -c if c is not None else 0.0)  # NaN where it does not fit
+    for g, d in enumerate(spec.deadlines):
+        val = val + spec.weights[:, g] * (len(d) - np.searchsorted(d, lat, side="left"))
+    return float(np.nanmax(val)) if not np.isnan(val).all() else math.nan

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from otas.sched.optimizer import BatchSpec, plan_fronts
-from tests.sched.reference_optimizer import reference_fronts
+from otas.sched.optimizer import BatchSpec, net_value, plan_fronts
+from tests.sched.reference_optimizer import reference_fronts, reference_net_value
 from tests.sched.test_optimizer import instances
 
 
@@ -70,6 +70,14 @@ def _same(specs, fronts, delta, max_grid, price):
 def test_plan_fronts_equals_the_reference(chunk):
     for seed in range(chunk * 60, (chunk + 1) * 60):
         _same(*_instance(seed))
+
+
+def test_net_value_equals_the_reference():
+    for seed in range(600):
+        specs, _, _, _, price = _instance(seed)
+        for spec in specs:
+            got, want = net_value(spec, price), reference_net_value(spec, price)
+            assert got == want or (math.isnan(got) and math.isnan(want)), (seed, got, want)
 
 
 @settings(max_examples=300, deadline=None)
