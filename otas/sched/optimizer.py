@@ -69,16 +69,18 @@ def grid_step(specs: list[BatchSpec], delta_ms: float, max_grid: int) -> tuple[f
 class _Batch:
     """What the DP reads of one spec on one grid, built once per `plan_fronts` call (`_batches`)."""
 
-    __slots__ = ("spec", "steps", "valid", "invalid", "cost", "costs", "cheapest", "weights", "pads")
+    __slots__ = ("spec", "s", "steps", "lat", "valid", "invalid", "cost", "costs", "cheapest", "weights")
+    __slots__ += ("pads", "wins")
 
-    def __init__(self, spec: BatchSpec, steps: list[int], valid: list[bool], cost: np.ndarray | None) -> None:
+    def __init__(self, spec: BatchSpec, s: np.ndarray, valid: list[bool], cost: np.ndarray | None) -> None:
         self.spec = spec
-        self.steps = steps  # latency in whole grid steps per γ, clipped to the pad index G
+        self.s = s  # (|Γ|,) latency in whole grid steps per γ, clipped to the pad index G
+        self.steps = s.tolist()
         self.valid = valid  # fits in memory, per γ
         self.invalid = None if all(valid) else ~np.array(valid)
         self.cost = cost  # (|Γ|,) or None
         self.costs = None if cost is None else cost.tolist()
-        lat = spec.latency.tolist()
+        self.lat = lat = spec.latency.tolist()
         if cost is None:  # the fastest (the first of the fastest)
             self.cheapest = lat.index(min(lat))
         else:  # the valid setting of least cost, the fastest among equals
@@ -86,44 +88,43 @@ class _Batch:
             self.cheapest = _fastest_best(neg, lat)
         self.weights = spec.weights.T.tolist()  # per group, per γ
         self.pads: list[np.ndarray] | None = None
+        self.wins: list[np.ndarray] = []
 
     def counts(self, taus: np.ndarray, G: int) -> list[np.ndarray]:
-        """Per group (2G + 1,) floats: #{d ≥ τ_k} at grid point k < G, 0 from the pad index G on."""
+        """Per group (2G + 1,) floats: #{d ≥ τ_k} at grid point k < G, 0 from the pad index G on
+        (and their `_windows` in `wins`)."""
         if self.pads is None:
             self.pads = []
             for d in self.spec.deadlines:
-                pad = np.zeros(2 * G + 1)
-                pad[:G] = len(d) - np.searchsorted(d, taus[:G], side="left")
+                pad = np.empty(2 * G + 1)
+                np.subtract(len(d), d.searchsorted(taus[:G], side="left"), out=pad[:G])
+                pad[G:] = 0.0
                 self.pads.append(pad)
+                self.wins.append(_windows(pad, G))
         return self.pads
 
     def level(self, V: np.ndarray, taus: np.ndarray, G: int, val: np.ndarray, ws: _Workspace) -> np.ndarray:
         """One backward DP level: the value of this batch on, from each grid point (G + 1,), given
         `V`, the value from the next batch on; `val` (|Γ|, G) receives the value of each γ,
         val[γ, k] = V[k'] + Σ_g w[γ, g] · count_g[k'] − cost[γ] with k' = min(k + s_γ, G)."""
-        tmp, vpad = ws.tmp, ws.vpad  # (|Γ|, G), (2G + 1,)
-        # OPTIMIZATION: rows of V and of the counts after the batch are slices of arrays padded past
-        # G, written into buffers reused from call to call (fresh arrays of this size cost page
-        # faults); counts are floats (a float × int product is several times slower in numpy)
-        vpad[: G + 1] = V
-        vpad[G + 1 :] = V[G]
-        for r, s in enumerate(self.steps):
-            val[r] = vpad[s : s + G]
-        for g, pad in enumerate(self.counts(taus, G)):
-            for r, s in enumerate(self.steps):
-                tmp[r] = pad[s : s + G]
-            tmp *= self.spec.weights[:, g, None]
-            val += tmp
+        # OPTIMIZATION: V and the counts are padded past G, so the row of γ is the window from s_γ
+        # (rows of `_windows` views); counts are floats (a float × int product is several times
+        # slower in numpy)
+        s, w = self.s, self.spec.weights
+        self.counts(taus, G)
+        np.add(_windows(V, G)[s], self.wins[0][s] * w[:, 0, None], out=val)  # a batch has ≥ 1 group
+        for g in range(1, len(self.wins)):
+            val += self.wins[g][s] * w[:, g, None]
         if self.cost is not None:
             val -= self.cost[:, None]
         if self.invalid is not None:
             val[self.invalid] = -np.inf
-        out = np.empty(G + 1)
+        out = np.empty(2 * G + 1)
         # only the max per column here; the argmax is taken on the one column the optimal path
         # visits, when the path is read back
         val.max(axis=0, out=out[:G])
         # past the horizon every later batch earns nothing and runs at its cheapest setting
-        out[G] = V[G] - self.costs[self.cheapest] if self.cost is not None else V[G]
+        out[G:] = V[G] - self.costs[self.cheapest] if self.cost is not None else V[G]
         return out
 
     def first(self, V: np.ndarray, taus: np.ndarray, G: int) -> list[float]:
@@ -156,7 +157,12 @@ def _batches(specs: list[BatchSpec], delta: float, G: int, price: float) -> list
         costs = list(price * np.where(valid, lat, 0.0)) if price > 0 else [None] * len(specs)
     else:
         costs = [_cost(s, price) for s in specs]
-    return [_Batch(spec, s, ok, c) for spec, s, ok, c in zip(specs, steps.tolist(), valid.tolist(), costs, strict=True)]
+    return [_Batch(spec, s, ok, c) for spec, s, ok, c in zip(specs, steps, valid.tolist(), costs, strict=True)]
+
+
+def _windows(a: np.ndarray, G: int) -> np.ndarray:
+    """(G + 1, G) read-only view of `a` (2G + 1,): row s is a[s : s + G]."""
+    return np.ndarray((G + 1, G), a.dtype, a, 0, (a.itemsize, a.itemsize))
 
 
 class _Workspace:
@@ -214,7 +220,7 @@ def plan_fronts(
     vals = ws.levels(n_levels)  # vals[l][γ, k]: value of γ at the batch of level l, from grid point k
     # base order: Vs[i] is the value of batches i..n-1 from each grid point (Vs[n] = 0)
     Vs: list[np.ndarray] = [np.empty(0)] * (n + 1)
-    Vs[n] = np.zeros(G + 1)  # V[G] = 0 is the pad (every deadline has passed there)
+    Vs[n] = np.zeros(2 * G + 1)  # V[G] = 0 is the pad (every deadline has passed there); V[G:] = V[G]
     for i in range(n - 1, 0, -1):
         Vs[i] = batches[i].level(Vs[i + 1], taus, G, vals[i - 1], ws)
     out, m, free = [], n, n - 1
@@ -242,13 +248,13 @@ def _read_back(front: _Batch, val0: list[float], path: list[tuple[_Batch, np.nda
     `path` from the grid point the path reached (with its level's values)."""
     if not any(math.isfinite(v) for v in val0):
         raise ValueError("no gamma fits the first batch in memory; lower max_batch or raise the limit")
-    g0 = _fastest_best(val0, front.spec.latency.tolist())
+    g0 = _fastest_best(val0, front.lat)
     choice, at = [g0], front.steps[g0]
     for b, val in path:
         if at >= G:  # past the horizon every setting gains nothing: the cheapest valid one (then fastest)
             g = b.cheapest
         else:
-            g = _fastest_best(val[:, at].tolist(), b.spec.latency.tolist())
+            g = _fastest_best(val[:, at].tolist(), b.lat)
         choice.append(g)
         at = min(at + b.steps[g], G)
     return Plan(choice, val0[g0], delta)
