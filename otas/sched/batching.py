@@ -176,9 +176,7 @@ class Queues:
         return [i for i, g in enumerate(self.groups) if any(self._dq[a] for a in g)]
 
 
-def deadline_cut(
-    deadlines: Sequence[float], now_ms: float, cap: int, lat_fast: Sequence[float], ascending: bool = False
-) -> int:
+def deadline_cut(deadlines: Sequence[float], now_ms: float, cap: int, lat_fast: Sequence[float]) -> int:
     """Size of the next batch from a queue's head: the one whose members most often finish by their
     deadlines if it started now at the fastest setting (the smallest such size on ties).
 
@@ -186,18 +184,24 @@ def deadline_cut(
     device whose latency grows about linearly with the batch (a CPU) this is about the largest
     batch that still lets its most urgent member finish; on one with nearly flat latency (a GPU) a
     large batch serves more queries even if a few nearly hopeless members finish late, so
-    throughput does not collapse under overload. `ascending`: the caller knows the deadlines are.
+    throughput does not collapse under overload.
     """
     cap = min(cap, len(deadlines))
     d = np.asarray(deadlines[:cap], dtype=float)  # (cap,)
     finish = now_ms + np.asarray(lat_fast[1 : cap + 1], dtype=float)  # (cap,): a batch of b = 1..cap
     b = np.arange(1, cap + 1)
-    if ascending or cap < 2 or (d[1:] >= d[:-1]).all():
-        # OPTIMIZATION: a deadline-sorted head (one application, the usual case): O(cap log cap)
-        late = np.minimum(d.searchsorted(finish, side="left"), b)
-        return int((b - late).argmax()) + 1
+    if cap < 2 or (d[1:] >= d[:-1]).all():
+        return _cut_sorted(d, finish, b)
     on_time = (d[None, :] >= finish[:, None]) & np.tri(cap, dtype=bool)  # (cap, cap): row b-1 = first b
     return int(on_time.sum(1).argmax()) + 1
+
+
+def _cut_sorted(d: np.ndarray, finish: np.ndarray, b: np.ndarray) -> int:
+    """`deadline_cut` of ascending deadlines `d`, given finish times and sizes 1.. of at least as
+    many batches. OPTIMIZATION: O(cap log cap), and `finish` and `b` computed once per decision."""
+    k = len(d)
+    late = np.minimum(d.searchsorted(finish[:k], side="left"), b[:k])
+    return int((b[:k] - late).argmax()) + 1
 
 
 def _chunks(queues: Queues, qi: int, now_ms: float, cap: int, n: int, lat_fast) -> Iterator[Candidate]:
@@ -212,9 +216,11 @@ def _chunks(queues: Queues, qi: int, now_ms: float, cap: int, n: int, lat_fast) 
     buf = list(islice(it, cap))
     if len(queues.groups[qi]) == 1:  # one application: deadlines ascending, kept by the queue
         app, pos = queues.groups[qi][0], 0
+        finish = now_ms + np.asarray(lat_fast[1 : cap + 1], dtype=float)  # (cap,): as in deadline_cut
+        b = np.arange(1, cap + 1)
         while buf:
             d = queues.deadlines(app, pos, len(buf))  # (≤ cap,)
-            m = deadline_cut(d, now_ms, cap, lat_fast, ascending=True)
+            m = _cut_sorted(d, finish, b)
             yield Candidate(buf[:m], qi, float(d[0]), d[:m])
             pos += m
             buf = buf[m:] + list(islice(it, m))

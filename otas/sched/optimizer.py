@@ -70,51 +70,39 @@ class _Batch:
     """What the DP reads of one spec on one grid, built once per `plan_fronts` call (`_batches`)."""
 
     __slots__ = ("spec", "s", "steps", "lat", "valid", "invalid", "cost", "costs", "cheapest", "weights")
-    __slots__ += ("pads", "wins")
+    __slots__ += ("rows", "counts")
 
-    def __init__(self, spec: BatchSpec, s: np.ndarray, valid: list[bool], cost: np.ndarray | None) -> None:
+    def __init__(self, spec: BatchSpec, s: np.ndarray, steps: list[int], lat: list[float], valid: list[bool]) -> None:
         self.spec = spec
         self.s = s  # (|Γ|,) latency in whole grid steps per γ, clipped to the pad index G
-        self.steps = s.tolist()
+        self.steps = steps  # the same as a list
+        self.lat = lat  # spec.latency as a list
         self.valid = valid  # fits in memory, per γ
         self.invalid = None if all(valid) else ~np.array(valid)
-        self.cost = cost  # (|Γ|,) or None
-        self.costs = None if cost is None else cost.tolist()
-        self.lat = lat = spec.latency.tolist()
-        if cost is None:  # the fastest (the first of the fastest)
+        self.weights = spec.weights.T.tolist()  # per group, per γ
+        self.rows: list[int] = []  # per group: its row of `counts`
+        self.counts = np.empty(0)  # (rows, 2G + 1): #{d ≥ τ_k} for k < G, 0 from G on (all batches')
+
+    def charge(self, cost: np.ndarray | None, costs: list[float] | None) -> None:
+        """Set the cost per γ (array and list), and the cheapest setting past the horizon."""
+        self.cost, self.costs, lat = cost, costs, self.lat
+        if costs is None:  # the fastest (the first of the fastest)
             self.cheapest = lat.index(min(lat))
         else:  # the valid setting of least cost, the fastest among equals
-            neg = [-c if ok else -math.inf for c, ok in zip(self.costs, valid, strict=True)]
+            neg = [-c if ok else -math.inf for c, ok in zip(costs, self.valid, strict=True)]
             self.cheapest = _fastest_best(neg, lat)
-        self.weights = spec.weights.T.tolist()  # per group, per γ
-        self.pads: list[np.ndarray] | None = None
-        self.wins: list[np.ndarray] = []
 
-    def counts(self, taus: np.ndarray, G: int) -> list[np.ndarray]:
-        """Per group (2G + 1,) floats: #{d ≥ τ_k} at grid point k < G, 0 from the pad index G on
-        (and their `_windows` in `wins`)."""
-        if self.pads is None:
-            self.pads = []
-            for d in self.spec.deadlines:
-                pad = np.empty(2 * G + 1)
-                np.subtract(len(d), d.searchsorted(taus[:G], side="left"), out=pad[:G])
-                pad[G:] = 0.0
-                self.pads.append(pad)
-                self.wins.append(_windows(pad, G))
-        return self.pads
-
-    def level(self, V: np.ndarray, taus: np.ndarray, G: int, val: np.ndarray, ws: _Workspace) -> np.ndarray:
-        """One backward DP level: the value of this batch on, from each grid point (G + 1,), given
-        `V`, the value from the next batch on; `val` (|Γ|, G) receives the value of each γ,
-        val[γ, k] = V[k'] + Σ_g w[γ, g] · count_g[k'] − cost[γ] with k' = min(k + s_γ, G)."""
+    def level(self, V: np.ndarray, G: int, val: np.ndarray) -> np.ndarray:
+        """One backward DP level: the value of this batch on, from each grid point (2G + 1,: padded
+        like V), given `V`, the value from the next batch on; `val` (|Γ|, G) receives the value of
+        each γ, val[γ, k] = V[k'] + Σ_g w[γ, g] · count_g[k'] − cost[γ] with k' = min(k + s_γ, G)."""
         # OPTIMIZATION: V and the counts are padded past G, so the row of γ is the window from s_γ
         # (rows of `_windows` views); counts are floats (a float × int product is several times
         # slower in numpy)
-        s, w = self.s, self.spec.weights
-        self.counts(taus, G)
-        np.add(_windows(V, G)[s], self.wins[0][s] * w[:, 0, None], out=val)  # a batch has ≥ 1 group
-        for g in range(1, len(self.wins)):
-            val += self.wins[g][s] * w[:, g, None]
+        s, w, wins = self.s, self.spec.weights, _windows(self.counts, G)
+        np.add(_windows(V, G)[s], wins[self.rows[0], s] * w[:, 0, None], out=val)  # a batch has ≥ 1 group
+        for g in range(1, len(self.rows)):
+            val += wins[self.rows[g], s] * w[:, g, None]
         if self.cost is not None:
             val -= self.cost[:, None]
         if self.invalid is not None:
@@ -127,42 +115,56 @@ class _Batch:
         out[G:] = V[G] - self.costs[self.cheapest] if self.cost is not None else V[G]
         return out
 
-    def first(self, V: np.ndarray, taus: np.ndarray, G: int) -> list[float]:
+    def first(self, V: np.ndarray) -> list[float]:
         """The value of each γ run first (from grid point 0), `V` the value after it: column 0 of
         what `level` computes, by the same operations in the same order (so the same floats)."""
-        pads = self.counts(taus, G)
         out = []
         for r, k in enumerate(self.steps):
             if not self.valid[r]:
                 out.append(-math.inf)
                 continue
             v = V.item(k)
-            for w, pad in zip(self.weights, pads, strict=True):
-                v += w[r] * pad.item(k)
+            for w, row in zip(self.weights, self.rows, strict=True):
+                v += w[r] * self.counts.item(row, k)
             if self.costs is not None:
                 v -= self.costs[r]
             out.append(v)
         return out
 
 
-def _batches(specs: list[BatchSpec], delta: float, G: int, price: float) -> list[_Batch]:
-    """The `_Batch` of each spec: steps, validity and costs of all specs in one vector pass."""
+def _batches(specs: list[BatchSpec], delta: float, G: int, taus: np.ndarray, price: float) -> list[_Batch]:
+    """The `_Batch` of each spec: steps, validity, costs and counts of all specs in one vector pass."""
     lat = np.stack([s.latency for s in specs])  # (specs, |Γ|)
     valid = np.isfinite(lat)
     steps = np.minimum(np.ceil(np.where(valid, lat, 0.0) / delta - 1e-9).astype(np.int64), G)
+    out = [_Batch(*x) for x in zip(specs, steps, steps.tolist(), lat.tolist(), valid.tolist(), strict=True)]
     own = [s.cost is not None for s in specs]
-    if all(own):
-        costs = list(np.where(valid, np.stack([s.cost for s in specs]), 0.0))
-    elif not any(own):
-        costs = list(price * np.where(valid, lat, 0.0)) if price > 0 else [None] * len(specs)
+    if all(own) or (price > 0 and not any(own)):
+        cost = np.where(valid, np.stack([s.cost for s in specs]) if own[0] else price * lat, 0.0)
+        for b, c, cl in zip(out, cost, cost.tolist(), strict=True):
+            b.charge(c, cl)
     else:
-        costs = [_cost(s, price) for s in specs]
-    return [_Batch(spec, s, ok, c) for spec, s, ok, c in zip(specs, steps, valid.tolist(), costs, strict=True)]
+        for b, spec in zip(out, specs, strict=True):
+            c = _cost(spec, price)
+            b.charge(c, None if c is None else c.tolist())
+    # counts of every group: #{d ≥ τ_k} = m − #{d : q_d ≤ k}, q_d = #{k' < G : τ_k' ≤ d}
+    groups = [d for spec in specs for d in spec.deadlines]
+    sizes = np.array([len(d) for d in groups])
+    q = taus[:G].searchsorted(np.concatenate(groups), side="right")  # (Σ sizes,)
+    row = np.repeat(np.arange(len(groups)) * (G + 1), sizes)
+    hist = np.bincount(row + q, minlength=len(groups) * (G + 1)).reshape(len(groups), G + 1)
+    counts = np.zeros((len(groups), 2 * G + 1))  # (groups, 2G + 1)
+    counts[:, :G] = sizes[:, None] - hist[:, :G].cumsum(axis=1)
+    rows = iter(range(len(groups)))
+    for b in out:
+        b.counts = counts
+        b.rows = [next(rows) for _ in b.spec.deadlines]
+    return out
 
 
 def _windows(a: np.ndarray, G: int) -> np.ndarray:
-    """(G + 1, G) read-only view of `a` (2G + 1,): row s is a[s : s + G]."""
-    return np.ndarray((G + 1, G), a.dtype, a, 0, (a.itemsize, a.itemsize))
+    """(..., G + 1, G) view of `a` (..., 2G + 1), C-contiguous: [..., s, :] is a[..., s : s + G]."""
+    return np.ndarray((*a.shape[:-1], G + 1, G), a.dtype, a, 0, (*a.strides[:-1], a.itemsize, a.itemsize))
 
 
 class _Workspace:
@@ -170,8 +172,6 @@ class _Workspace:
 
     def __init__(self, n_gamma: int, G: int) -> None:
         self.key = (n_gamma, G)
-        self.tmp = np.empty((n_gamma, G))
-        self.vpad = np.empty(2 * G + 1)
         self.vals = np.empty((0, n_gamma, G))  # one (|Γ|, G) slot per DP level of a call
 
     def levels(self, n: int) -> np.ndarray:
@@ -214,7 +214,7 @@ def plan_fronts(
     delta, G = grid_step(specs, delta_ms, max_grid)
     taus = np.arange(G + 1) * delta  # τ of each grid index; index G stands for 'after the horizon'
     splits = [f for f in fronts if not isinstance(f, int)]
-    batches = _batches(specs + [x for _, head, rest in splits for x in (head, rest)], delta, G, price)
+    batches = _batches(specs + [x for _, head, rest in splits for x in (head, rest)], delta, G, taus, price)
     ws = _workspace(len(specs[0].latency), G)
     n_levels = n - 1 + sum((f if isinstance(f, int) else f[0] + 1) for f in fronts)
     vals = ws.levels(n_levels)  # vals[l][γ, k]: value of γ at the batch of level l, from grid point k
@@ -222,24 +222,24 @@ def plan_fronts(
     Vs: list[np.ndarray] = [np.empty(0)] * (n + 1)
     Vs[n] = np.zeros(2 * G + 1)  # V[G] = 0 is the pad (every deadline has passed there); V[G:] = V[G]
     for i in range(n - 1, 0, -1):
-        Vs[i] = batches[i].level(Vs[i + 1], taus, G, vals[i - 1], ws)
+        Vs[i] = batches[i].level(Vs[i + 1], G, vals[i - 1])
     out, m, free = [], n, n - 1
     for f in fronts:
         j = f if isinstance(f, int) else f[0]
         path = [(batches[i], vals[i - 1]) for i in range(j + 1, n)]  # after the front, in execution order
         V = Vs[j + 1]
         for i in range(j - 1, -1, -1):  # batches 0..j-1 run after batch j: fresh levels
-            V = batches[i].level(V, taus, G, vals[free], ws)
+            V = batches[i].level(V, G, vals[free])
             path.insert(0, (batches[i], vals[free]))
             free += 1
         front = batches[j]
         if not isinstance(f, int):  # the head first, then the rest where batch j was
             front, rest = batches[m], batches[m + 1]
             m += 2
-            V = rest.level(V, taus, G, vals[free], ws)
+            V = rest.level(V, G, vals[free])
             path.insert(0, (rest, vals[free]))
             free += 1
-        out.append(_read_back(front, front.first(V, taus, G), path, G, delta))
+        out.append(_read_back(front, front.first(V), path, G, delta))
     return out
 
 

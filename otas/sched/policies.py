@@ -157,10 +157,10 @@ class Otas(Policy):
         if not live.any():
             return len(fast) - 1
         r, slo = rates[live], self._slo[live]
-        n = np.clip(np.ceil(r[:, None] * fast[None, :]), 1, len(fast) - 1).astype(np.int64)  # (live, B_max + 1)
-        ok = np.all(fast[None, :] + fast[n] <= slo[:, None], axis=0)  # (B_max + 1,)
+        n = np.minimum(np.maximum(np.ceil(r[:, None] * fast[None, :]), 1), len(fast) - 1).astype(np.int64)
+        ok = (fast[None, :] + fast[n] <= slo[:, None]).all(axis=0)  # (B_max + 1,)
         ok[0] = True
-        return len(fast) - 1 if ok.all() else int(np.argmin(ok)) - 1
+        return len(fast) - 1 if ok.all() else int(ok.argmin()) - 1
 
     def _split(
         self, c: Candidate, head: int, now_ms: float, view: View
