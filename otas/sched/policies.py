@@ -187,13 +187,16 @@ class Otas(Policy):
         rates = self._price.rates(now_ms)  # (apps,)
         rate_value = rates * self._value  # (apps,): utility arriving per ms
         fast = view.fast_latency()
-        lat = np.stack([s.latency for s in specs])  # (specs, |Γ|)
+        # OPTIMIZATION: a cost per distinct latency row (batches of one size share theirs)
+        row = {s.latency.tobytes(): s.latency for s in specs}
+        lat = np.stack(list(row.values()))  # (rows, |Γ|)
         lat = np.where(np.isfinite(lat), lat, 0.0)  # settings that do not fit never run
         n = np.minimum(np.maximum(np.ceil(rates[None, :, None] * lat[:, None, :]), 1), len(fast) - 1).astype(np.int64)
         late = np.minimum(np.maximum(lat[:, None, :] + fast[n] - self._slo[None, :, None], 0.0), lat[:, None, :])
         cost = mu * lat
+        by_row = {key: cost[i] + rate_value @ late[i] for i, key in enumerate(row)}
         Spec = optimizer.BatchSpec
-        return [Spec(s.deadlines, s.weights, s.latency, cost[i] + rate_value @ late[i]) for i, s in enumerate(specs)]
+        return [Spec(s.deadlines, s.weights, s.latency, by_row[s.latency.tobytes()]) for s in specs]
 
     @staticmethod
     def _spec(c: Candidate, now_ms: float, view: View) -> optimizer.BatchSpec:
