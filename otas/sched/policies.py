@@ -189,7 +189,7 @@ class Otas(Policy):
         fast = view.fast_latency()
         # OPTIMIZATION: a cost per distinct latency row (batches of one size share theirs)
         row = {s.latency.tobytes(): s.latency for s in specs}
-        lat = np.stack(list(row.values()))  # (rows, |Γ|)
+        lat = np.array(list(row.values()))  # (rows, |Γ|)
         lat = np.where(np.isfinite(lat), lat, 0.0)  # settings that do not fit never run
         n = np.minimum(np.maximum(np.ceil(rates[None, :, None] * lat[:, None, :]), 1), len(fast) - 1).astype(np.int64)
         late = np.minimum(np.maximum(lat[:, None, :] + fast[n] - self._slo[None, :, None], 0.0), lat[:, None, :])
