@@ -69,7 +69,7 @@ def grid_step(specs: list[BatchSpec], delta_ms: float, max_grid: int) -> tuple[f
 class _Batch:
     """What the DP reads of one spec on one grid, built once per `plan_fronts` call (`_batches`)."""
 
-    __slots__ = ("spec", "s", "steps", "lat", "valid", "invalid", "cost", "costs", "cheapest", "rows", "counts")
+    __slots__ = ("spec", "s", "steps", "lat", "valid", "invalid", "cost", "costs", "cheapest", "rows", "counts", "wins")
 
     def __init__(self, spec: BatchSpec, s: np.ndarray, steps: list[int], lat: list[float], valid: list[bool]) -> None:
         self.spec = spec
@@ -83,29 +83,30 @@ class _Batch:
         self.cheapest = 0  # the valid setting of least cost, the fastest among equals
         self.rows: list[int] = []  # per group: its row of `counts`
         self.counts = np.empty(0)  # (rows, 2G + 1): #{d ≥ τ_k} for k < G, 0 from G on (all batches')
+        self.wins = np.empty(0)  # (rows, G + 1, G): their `_windows`
 
-    def level(self, V: np.ndarray, G: int, val: np.ndarray) -> np.ndarray:
-        """One backward DP level: the value of this batch on, from each grid point (2G + 1,: padded
-        like V), given `V`, the value from the next batch on; `val` (|Γ|, G) receives the value of
-        each γ, val[γ, k] = V[k'] + Σ_g w[γ, g] · count_g[k'] − cost[γ] with k' = min(k + s_γ, G)."""
+    def level(self, ws: _Workspace, v: int, slot: int, G: int) -> None:
+        """One backward DP level, in workspace slots: given V (ws.V[v], (2G + 1,): the value from the
+        next batch on, padded past G with V[G]), ws.vals[slot] (|Γ|, G) receives the value of each
+        γ, val[γ, k] = V[k'] + Σ_g w[γ, g] · count_g[k'] − cost[γ] with k' = min(k + s_γ, G), and
+        ws.V[slot + 1] the value of this batch on."""
         # OPTIMIZATION: V and the counts are padded past G, so the row of γ is the window from s_γ
-        # (rows of `_windows` views); counts are floats (a float × int product is several times
-        # slower in numpy)
-        s, w, wins = self.s, self.spec.weights, _windows(self.counts, G)
-        np.add(_windows(V, G)[s], wins[self.rows[0], s] * w[:, 0, None], out=val)  # a batch has ≥ 1 group
+        # (rows of `_windows` views made once); counts are floats (a float × int product is
+        # several times slower in numpy)
+        s, w, val, V = self.s, self.spec.weights, ws.vals[slot], ws.V[v]
+        np.add(ws.wins[v][s], self.wins[self.rows[0], s] * w[:, 0, None], out=val)  # a batch has ≥ 1 group
         for g in range(1, len(self.rows)):
-            val += wins[self.rows[g], s] * w[:, g, None]
+            val += self.wins[self.rows[g], s] * w[:, g, None]
         if self.cost is not None:
             val -= self.cost[:, None]
         if self.invalid is not None:
             val[self.invalid] = -np.inf
-        out = np.empty(2 * G + 1)
+        out = ws.V[slot + 1]
         # only the max per column here; the argmax is taken on the one column the optimal path
         # visits, when the path is read back
         val.max(axis=0, out=out[:G])
         # past the horizon every later batch earns nothing and runs at its cheapest setting
         out[G:] = V[G] - self.costs[self.cheapest] if self.cost is not None else V[G]
-        return out
 
     def first(self, V: np.ndarray) -> list[float]:
         """The value of each γ run first (from grid point 0), `V` the value after it: column 0 of
@@ -162,9 +163,10 @@ def _batches(specs: list[BatchSpec], delta: float, G: int, taus: np.ndarray, pri
     hist.cumsum(axis=1, out=hist)
     counts = np.zeros((len(groups), 2 * G + 1))  # (groups, 2G + 1)
     counts[:, :G] = (sizes[:, None] - hist)[:, :G]
+    wins = _windows(counts, G)
     rows = iter(range(len(groups)))
     for b in out:
-        b.counts = counts
+        b.counts, b.wins = counts, wins
         b.rows = [next(rows) for _ in b.spec.deadlines]
     return out
 
@@ -179,12 +181,17 @@ class _Workspace:
 
     def __init__(self, n_gamma: int, G: int) -> None:
         self.key = (n_gamma, G)
-        self.vals = np.empty((0, n_gamma, G))  # one (|Γ|, G) slot per DP level of a call
+        self.V = np.zeros((0, 2 * G + 1))
 
-    def levels(self, n: int) -> np.ndarray:
-        if len(self.vals) < n:
-            self.vals = np.empty((n, *self.key))
-        return self.vals
+    def levels(self, n: int) -> None:
+        """Room for n DP levels: vals[l] (|Γ|, G) the value of each γ at level l, V[l + 1] (2G + 1,)
+        the value from its batch on (V[0] = 0: after the last batch), wins[l] V[l]'s `_windows`."""
+        if len(self.V) <= n:
+            n = max(n, 16)
+            n_gamma, G = self.key
+            self.vals = np.empty((n, n_gamma, G))
+            self.V = np.zeros((n + 1, 2 * G + 1))
+            self.wins = _windows(self.V, G)
 
 
 _scratch = threading.local()
@@ -223,30 +230,29 @@ def plan_fronts(
     splits = [f for f in fronts if not isinstance(f, int)]
     batches = _batches(specs + [x for _, head, rest in splits for x in (head, rest)], delta, G, taus, price)
     ws = _workspace(len(specs[0].latency), G)
-    n_levels = n - 1 + sum((f if isinstance(f, int) else f[0] + 1) for f in fronts)
-    vals = ws.levels(n_levels)  # vals[l][γ, k]: value of γ at the batch of level l, from grid point k
-    # base order: Vs[i] is the value of batches i..n-1 from each grid point (Vs[n] = 0)
-    Vs: list[np.ndarray] = [np.empty(0)] * (n + 1)
-    Vs[n] = np.zeros(2 * G + 1)  # V[G] = 0 is the pad (every deadline has passed there); V[G:] = V[G]
+    ws.levels(n - 1 + sum((f if isinstance(f, int) else f[0] + 1) for f in fronts))
+    # base order: batch i (≥ 1) is level i - 1, and V[i] the value of batches i..n-1 (V[0] = 0: the
+    # value after the last batch, as V[n] would be)
+    Vs = [*range(n), 0]
     for i in range(n - 1, 0, -1):
-        Vs[i] = batches[i].level(Vs[i + 1], G, vals[i - 1])
+        batches[i].level(ws, Vs[i + 1], i - 1, G)
     out, m, free = [], n, n - 1
     for f in fronts:
         j = f if isinstance(f, int) else f[0]
-        path = [(batches[i], vals[i - 1]) for i in range(j + 1, n)]  # after the front, in execution order
-        V = Vs[j + 1]
+        path = [(batches[i], ws.vals[i - 1]) for i in range(j + 1, n)]  # after the front, in execution order
+        v = Vs[j + 1]
         for i in range(j - 1, -1, -1):  # batches 0..j-1 run after batch j: fresh levels
-            V = batches[i].level(V, G, vals[free])
-            path.insert(0, (batches[i], vals[free]))
-            free += 1
+            batches[i].level(ws, v, free, G)
+            path.insert(0, (batches[i], ws.vals[free]))
+            v, free = free + 1, free + 1
         front = batches[j]
         if not isinstance(f, int):  # the head first, then the rest where batch j was
             front, rest = batches[m], batches[m + 1]
             m += 2
-            V = rest.level(V, G, vals[free])
-            path.insert(0, (rest, vals[free]))
-            free += 1
-        out.append(_read_back(front, front.first(V), path, G, delta))
+            rest.level(ws, v, free, G)
+            path.insert(0, (rest, ws.vals[free]))
+            v, free = free + 1, free + 1
+        out.append(_read_back(front, front.first(ws.V[v]), path, G, delta))
     return out
 
 
