@@ -66,6 +66,9 @@ def grid_step(specs: list[BatchSpec], delta_ms: float, max_grid: int) -> tuple[f
     return delta, int(horizon // delta) + 2
 
 
+_NONE = np.empty(0)
+
+
 class _Batch:
     """What the DP reads of one spec on one grid, built once per `plan_fronts` call (`_batches`)."""
 
@@ -82,8 +85,8 @@ class _Batch:
         self.costs: list[float] | None = None  # the same as a list
         self.cheapest = 0  # the valid setting of least cost, the fastest among equals
         self.rows: list[int] = []  # per group: its row of `counts`
-        self.counts = np.empty(0)  # (rows, 2G + 1): #{d ≥ τ_k} for k < G, 0 from G on (all batches')
-        self.wins = np.empty(0)  # (rows, G + 1, G): their `_windows`
+        self.counts: np.ndarray = _NONE  # (rows, 2G + 1): #{d ≥ τ_k} for k < G, 0 from G on (all batches')
+        self.wins: np.ndarray = _NONE  # (rows, G + 1, G): their `_windows`
 
     def level(self, ws: _Workspace, v: int, slot: int, G: int) -> None:
         """One backward DP level, in workspace slots: given V (ws.V[v], (2G + 1,): the value from the
