@@ -180,30 +180,32 @@ def _windows(a: np.ndarray, G: int) -> np.ndarray:
 
 
 class _Workspace:
-    """Buffers reused by every `plan_fronts` call of a thread with the same |Γ| and grid."""
+    """One buffer per thread, reused by every `plan_fronts` call (fresh arrays of this size cost
+    page faults), carved into the levels of one call by `levels`."""
 
-    def __init__(self, n_gamma: int, G: int) -> None:
-        self.key = (n_gamma, G)
-        self.V = np.zeros((0, 2 * G + 1))
+    def __init__(self) -> None:
+        self.buf = np.empty(0)
 
-    def levels(self, n: int) -> None:
+    def levels(self, n: int, n_gamma: int, G: int) -> None:
         """Room for n DP levels: vals[l] (|Γ|, G) the value of each γ at level l, V[l + 1] (2G + 1,)
         the value from its batch on (V[0] = 0: after the last batch), wins[l] V[l]'s `_windows`."""
-        if len(self.V) <= n:
-            n = max(n, 16)
-            n_gamma, G = self.key
-            self.vals = np.empty((n, n_gamma, G))
-            self.V = np.zeros((n + 1, 2 * G + 1))
-            self.wins = _windows(self.V, G)
+        size = n * n_gamma * G
+        need = size + (n + 1) * (2 * G + 1)
+        if len(self.buf) < need:
+            self.buf = np.empty(max(need, 2 * len(self.buf)))
+        self.vals = self.buf[:size].reshape(n, n_gamma, G)
+        self.V = self.buf[size:need].reshape(n + 1, 2 * G + 1)
+        self.V[0] = 0.0
+        self.wins = _windows(self.V, G)
 
 
 _scratch = threading.local()
 
 
-def _workspace(n_gamma: int, G: int) -> _Workspace:
+def _workspace() -> _Workspace:
     ws = getattr(_scratch, "ws", None)
-    if ws is None or ws.key != (n_gamma, G):
-        ws = _scratch.ws = _Workspace(n_gamma, G)
+    if ws is None:
+        ws = _scratch.ws = _Workspace()
     return ws
 
 
@@ -232,8 +234,8 @@ def plan_fronts(
     taus = np.arange(G + 1) * delta  # τ of each grid index; index G stands for 'after the horizon'
     splits = [f for f in fronts if not isinstance(f, int)]
     batches = _batches(specs + [x for _, head, rest in splits for x in (head, rest)], delta, G, taus, price)
-    ws = _workspace(len(specs[0].latency), G)
-    ws.levels(n - 1 + sum((f if isinstance(f, int) else f[0] + 1) for f in fronts))
+    ws = _workspace()
+    ws.levels(n - 1 + sum((f if isinstance(f, int) else f[0] + 1) for f in fronts), len(specs[0].latency), G)
     # base order: batch i (≥ 1) is level i - 1, and V[i] the value of batches i..n-1 (V[0] = 0: the
     # value after the last batch, as V[n] would be)
     Vs = [*range(n), 0]
