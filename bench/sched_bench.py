@@ -79,10 +79,9 @@ def decision_times(profile: Profile, n_queued: int = 1024, decisions: int = 3000
             full.append(t1 - t0)
     # the DP alone, on the specs of the same kind of state
     from otas.sched.batching import candidates
-    from otas.sched.policies import Otas
 
     fill()
-    specs = [Otas._spec(c, now, s) for c in candidates(s.queues, now, 64, 8, s._fast)]
+    specs = [s.policy._spec(c, now, s) for c in candidates(s.queues, now, 64, 8, s._fast)]
     for _ in range(2000):
         t0 = time.perf_counter()
         plan(specs, cfg.delta_ms, cfg.max_grid)

@@ -72,6 +72,7 @@ class Otas(Policy):
 
     def bind(self, view: View) -> None:
         self.lookahead = self._lookahead or view.config.lookahead
+        self._one: dict[tuple[str, str], tuple[np.ndarray, np.ndarray | None]] = {}  # see `_one_app`
         self._price = None
         if self.priced and view.apps:  # no applications yet: nothing to price
             apps = list(view.apps.values())
@@ -198,17 +199,26 @@ class Otas(Policy):
         Spec = optimizer.BatchSpec
         return [Spec(s.deadlines, s.weights, s.latency, by_row[s.latency.tobytes()]) for s in specs]
 
-    @staticmethod
-    def _spec(c: Candidate, now_ms: float, view: View) -> optimizer.BatchSpec:
+    def _one_app(self, view: View, app: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """(weights (|Γ|, 1), the servable mask or None if every γ is) of one application on the
+        current model, looked up once per binding (OPTIMIZATION: asked for every batch)."""
+        key = (view.model, app)
+        if key not in self._one:
+            ok = view.servable(view.model, [app])
+            self._one[key] = view.weights(view.model, app)[:, None], None if ok.all() else ok
+        return self._one[key]
+
+    def _spec(self, c: Candidate, now_ms: float, view: View) -> optimizer.BatchSpec:
         reqs = c.requests
         lat = view.lat_vector(view.model, len(reqs))
-        apps = [reqs[0].app] if c.deadlines is not None else batch_apps(c)
+        if c.deadlines is not None:  # OPTIMIZATION: one application, deadlines already sorted
+            w, ok = self._one_app(view, reqs[0].app)
+            return optimizer.BatchSpec((c.deadlines - now_ms,), w, lat if ok is None else np.where(ok, lat, np.inf))
+        apps = batch_apps(c)
         one = len(apps) == 1
         ok = view.servable(view.model, apps)
         if not ok.all():  # a γ some member's task is not served at is unavailable
             lat = np.where(ok, lat, np.inf)
-        if c.deadlines is not None:  # OPTIMIZATION: one application, deadlines already sorted
-            return optimizer.BatchSpec((c.deadlines - now_ms,), view.weights(view.model, apps[0])[:, None], lat)
         if one:  # OPTIMIZATION: one application (the usual case under selective batching): no grouping
             d = np.fromiter((r.deadline_ms for r in reqs), float, len(reqs)) - now_ms
             d.sort()
