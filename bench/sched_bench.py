@@ -154,7 +154,8 @@ def main() -> None:
         f"(lookahead 8, |Γ|=8, 1024 queued); |Γ|={dec_all['gammas']}: p99 {dec_all['decision_p99_ms']:.3f} ms",
         fontsize=9,
     )
-    fig.tight_layout()
+    fig.text(0.01, 0.01, f"{result['command']} @ {result['commit']}; {result['machine']}", fontsize=7, color="0.4")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     fig.savefig(out / "sched_bench.png", dpi=120)
     print(json.dumps(result, indent=1))
 
