@@ -79,10 +79,9 @@ def decision_times(profile: Profile, n_queued: int = 1024, decisions: int = 3000
             full.append(t1 - t0)
     # the DP alone, on the specs of the same kind of state
     from otas.sched.batching import candidates
-    from otas.sched.policies import Otas
 
     fill()
-    specs = [Otas._spec(c, now, s) for c in candidates(s.queues, now, 64, 8, s._fast)]
+    specs = [s.policy._spec(c, now, s) for c in candidates(s.queues, now, 64, 8, s._fast)]
     for _ in range(2000):
         t0 = time.perf_counter()
         plan(specs, cfg.delta_ms, cfg.max_grid)
@@ -155,7 +154,8 @@ def main() -> None:
         f"(lookahead 8, |Γ|=8, 1024 queued); |Γ|={dec_all['gammas']}: p99 {dec_all['decision_p99_ms']:.3f} ms",
         fontsize=9,
     )
-    fig.tight_layout()
+    fig.text(0.01, 0.01, f"{result['command']} @ {result['commit']}; {result['machine']}", fontsize=7, color="0.4")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     fig.savefig(out / "sched_bench.png", dpi=120)
     print(json.dumps(result, indent=1))
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 
@@ -47,6 +47,33 @@ class Candidate:
     """Members' deadlines, ascending, when the batch holds one application (else None)."""
 
 
+class _Deadlines:
+    """One application's queued deadlines in queue order, as one array (kept along with its deque,
+    so cutting batches reads no request). A view handed out never changes: data is only appended
+    past it, and compaction copies to a new array."""
+
+    __slots__ = ("buf", "head", "tail")
+
+    def __init__(self, reqs: Iterable[Request] = ()) -> None:
+        d = [r.deadline_ms for r in reqs]
+        self.buf = np.empty(max(64, 2 * len(d)))
+        self.buf[: len(d)] = d
+        self.head, self.tail = 0, len(d)
+
+    def push(self, deadline_ms: float) -> None:
+        if self.tail == len(self.buf):
+            n = self.tail - self.head
+            buf = np.empty(max(64, 2 * n))
+            buf[:n] = self.buf[self.head : self.tail]
+            self.buf, self.head, self.tail = buf, 0, n
+        self.buf[self.tail] = deadline_ms
+        self.tail += 1
+
+    def view(self, start: int, n: int) -> np.ndarray:
+        """Deadlines of the queued requests start .. start + n - 1 (read-only use)."""
+        return self.buf[self.head + start : self.head + start + n]
+
+
 def _by_deadline(r: Request) -> tuple[float, int]:
     return (r.deadline_ms, r.id)
 
@@ -65,6 +92,7 @@ class Queues:
         self.order = order
         self._key = _by_deadline if order == "deadline" else _by_arrival
         self._dq: dict[str, deque[Request]] = {a: deque() for g in groups for a in g}
+        self._dl = {a: _Deadlines() for a in self._dq}
         self._n = 0
 
     def __len__(self) -> int:
@@ -82,14 +110,17 @@ class Queues:
                 "submit each application's requests in arrival order"
             )
         dq.append(req)
+        self._dl[req.app].push(req.deadline_ms)
         self._n += 1
 
     def expire_front(self, late: Callable[[Request], bool]) -> list[Request]:
         """Pop, from every deque's front, the requests for which `late` holds."""
         out: list[Request] = []
-        for dq in self._dq.values():
+        for app, dq in self._dq.items():
+            k = len(out)
             while dq and late(dq[0]):
                 out.append(dq.popleft())
+            self._dl[app].head += len(out) - k
         self._n -= len(out)
         return out
 
@@ -103,6 +134,7 @@ class Queues:
                 for r in dq:
                     (out if r.id in ids else keep).append(r)
                 self._dq[app] = keep
+                self._dl[app] = _Deadlines(keep)
         self._n -= len(out)
         return out
 
@@ -117,6 +149,10 @@ class Queues:
             return iter(dqs[0])
         return heapq.merge(*dqs, key=self._key)
 
+    def deadlines(self, app: str, start: int, n: int) -> np.ndarray:
+        """Deadlines of one application's queued requests start .. start + n - 1, ascending."""
+        return self._dl[app].view(start, n)
+
     def head(self, queue: int, n: int) -> list[Request]:
         """The first n requests of a queue, in queue order."""
         return list(islice(self.iter(queue), n))
@@ -126,13 +162,14 @@ class Queues:
         for r in batch:
             got = self._dq[r.app].popleft()
             assert got is r, "a batch must be a prefix of its queue"
+            self._dl[r.app].head += 1
         self._n -= len(batch)
 
     def merged(self) -> Queues:
         """One deadline-ordered queue over every application, sharing these deques: a read-only
         view for planning (a batch cut from it is a prefix of each deque; pop it through `self`)."""
         view = Queues([[a for g in self.groups for a in g]], "deadline")
-        view._dq, view._n = self._dq, self._n
+        view._dq, view._dl, view._n = self._dq, self._dl, self._n
         return view
 
     def nonempty(self) -> list[int]:
@@ -153,12 +190,18 @@ def deadline_cut(deadlines: Sequence[float], now_ms: float, cap: int, lat_fast: 
     d = np.asarray(deadlines[:cap], dtype=float)  # (cap,)
     finish = now_ms + np.asarray(lat_fast[1 : cap + 1], dtype=float)  # (cap,): a batch of b = 1..cap
     b = np.arange(1, cap + 1)
-    if cap < 2 or bool(np.all(d[1:] >= d[:-1])):
-        # OPTIMIZATION: a deadline-sorted head (one application, the usual case): O(cap log cap)
-        late = np.minimum(np.searchsorted(d, finish, side="left"), b)
-        return int(np.argmax(b - late)) + 1
+    if cap < 2 or (d[1:] >= d[:-1]).all():
+        return _cut_sorted(d, finish, b)
     on_time = (d[None, :] >= finish[:, None]) & np.tri(cap, dtype=bool)  # (cap, cap): row b-1 = first b
-    return int(np.argmax(on_time.sum(1))) + 1
+    return int(on_time.sum(1).argmax()) + 1
+
+
+def _cut_sorted(d: np.ndarray, finish: np.ndarray, b: np.ndarray) -> int:
+    """`deadline_cut` of ascending deadlines `d`, given finish times and sizes 1.. of at least as
+    many batches. OPTIMIZATION: O(cap log cap), and `finish` and `b` computed once per decision."""
+    k = len(d)
+    late = np.minimum(d.searchsorted(finish[:k], side="left"), b[:k])
+    return int((b[:k] - late).argmax()) + 1
 
 
 def _chunks(queues: Queues, qi: int, now_ms: float, cap: int, n: int, lat_fast) -> Iterator[Candidate]:
@@ -169,14 +212,30 @@ def _chunks(queues: Queues, qi: int, now_ms: float, cap: int, n: int, lat_fast) 
             chunk = items[p : p + cap]
             yield Candidate(chunk, qi, min(r.deadline_ms for r in chunk))
         return
-    one_app = len(queues.groups[qi]) == 1  # then deadlines are ascending: arrival order = deadline order
     it = queues.iter(qi)
     buf = list(islice(it, cap))
+    if len(queues.groups[qi]) == 1:  # one application: deadlines ascending, kept by the queue
+        app, pos = queues.groups[qi][0], 0
+        finish = now_ms + np.asarray(lat_fast[1 : cap + 1], dtype=float)  # (cap,): as in deadline_cut
+        b = np.arange(1, cap + 1)
+        while buf:
+            d = queues.deadlines(app, pos, len(buf))  # (≤ cap,)
+            m = _cut_sorted(d, finish, b)
+            yield Candidate(buf[:m], qi, float(d[0]), d[:m])
+            pos += m
+            buf = buf[m:] + list(islice(it, m))
+        return
+    d = _deadlines(buf)  # (≤ cap,): of `buf`, kept along with it (each request's read once)
     while buf:
-        d = np.fromiter((r.deadline_ms for r in buf), float, len(buf))  # (≤ cap,)
         m = deadline_cut(d, now_ms, cap, lat_fast)
-        yield Candidate(buf[:m], qi, float(d[:m].min()), d[:m] if one_app else None)
-        buf = buf[m:] + list(islice(it, m))
+        yield Candidate(buf[:m], qi, float(d[:m].min()))
+        more = list(islice(it, m))
+        buf = buf[m:] + more
+        d = np.concatenate((d[m:], _deadlines(more))) if more else d[m:]
+
+
+def _deadlines(reqs: list[Request]) -> np.ndarray:
+    return np.fromiter((r.deadline_ms for r in reqs), float, len(reqs))
 
 
 def candidates(

@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 
 @dataclass(frozen=True)
@@ -66,17 +66,147 @@ def grid_step(specs: list[BatchSpec], delta_ms: float, max_grid: int) -> tuple[f
     return delta, int(horizon // delta) + 2
 
 
-def _steps(spec: BatchSpec, delta: float, G: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rounded-up latency in grid steps (clipped to the pad index G) and the validity mask."""
-    valid = np.isfinite(spec.latency)
-    lat = np.where(valid, spec.latency, 0.0)
-    s = np.ceil(lat / delta - 1e-9).astype(np.int64)
-    return np.minimum(s, G), valid
+_NONE = np.empty(0)
 
 
-def _counts(deadlines: np.ndarray, taus: np.ndarray) -> np.ndarray:
-    """#{d ≥ τ} for each τ (deadlines ascending)."""
-    return len(deadlines) - np.searchsorted(deadlines, taus, side="left")
+class _Batch:
+    """What the DP reads of one spec on one grid, built once per `plan_fronts` call (`_batches`)."""
+
+    __slots__ = ("spec", "s", "steps", "lat", "valid", "invalid", "cost", "costs", "cheapest", "rows", "counts", "wins")
+
+    def __init__(self, spec: BatchSpec, s: np.ndarray, steps: list[int], lat: list[float], valid: list[bool]) -> None:
+        self.spec = spec
+        self.s = s  # (|Γ|,) latency in whole grid steps per γ, clipped to the pad index G
+        self.steps = steps  # the same as a list
+        self.lat = lat  # spec.latency as a list
+        self.valid = valid  # fits in memory, per γ
+        self.invalid: np.ndarray | None = None  # ~valid where some setting does not fit
+        self.cost: np.ndarray | None = None  # (|Γ|,) what each setting costs
+        self.costs: list[float] | None = None  # the same as a list
+        self.cheapest = 0  # the valid setting of least cost, the fastest among equals
+        self.rows: list[int] = []  # per group: its row of `counts`
+        self.counts: np.ndarray = _NONE  # (rows, 2G + 1): #{d ≥ τ_k} for k < G, 0 from G on (all batches')
+        self.wins: np.ndarray = _NONE  # (rows, G + 1, G): their `_windows`
+
+    def level(self, ws: _Workspace, v: int, slot: int, G: int) -> None:
+        """One backward DP level, in workspace slots: given V (ws.V[v], (2G + 1,): the value from the
+        next batch on, padded past G with V[G]), ws.vals[slot] (|Γ|, G) receives the value of each
+        γ, val[γ, k] = V[k'] + Σ_g w[γ, g] · count_g[k'] − cost[γ] with k' = min(k + s_γ, G), and
+        ws.V[slot + 1] the value of this batch on."""
+        # OPTIMIZATION: V and the counts are padded past G, so the row of γ is the window from s_γ
+        # (rows of `_windows` views made once); counts are floats (a float × int product is
+        # several times slower in numpy)
+        s, w, val, V = self.s, self.spec.weights, ws.vals[slot], ws.V[v]
+        np.add(ws.wins[v][s], self.wins[self.rows[0], s] * w[:, 0, None], out=val)  # a batch has ≥ 1 group
+        for g in range(1, len(self.rows)):
+            val += self.wins[self.rows[g], s] * w[:, g, None]
+        if self.cost is not None:
+            val -= self.cost[:, None]
+        if self.invalid is not None:
+            val[self.invalid] = -np.inf
+        out = ws.V[slot + 1]
+        # only the max per column here; the argmax is taken on the one column the optimal path
+        # visits, when the path is read back
+        val.max(axis=0, out=out[:G])
+        # past the horizon every later batch earns nothing and runs at its cheapest setting
+        out[G:] = V[G] - self.costs[self.cheapest] if self.cost is not None else V[G]
+
+    def first(self, V: np.ndarray) -> list[float]:
+        """The value of each γ run first (from grid point 0), `V` the value after it: column 0 of
+        what `level` computes, by the same operations in the same order (so the same floats)."""
+        out = []
+        for r, k in enumerate(self.steps):
+            if not self.valid[r]:
+                out.append(-math.inf)
+                continue
+            v = V.item(k)
+            for g, row in enumerate(self.rows):
+                v += self.spec.weights.item(r, g) * self.counts.item(row, k)
+            if self.costs is not None:
+                v -= self.costs[r]
+            out.append(v)
+        return out
+
+
+def _batches(specs: list[BatchSpec], delta: float, G: int, taus: np.ndarray, price: float) -> list[_Batch]:
+    """The `_Batch` of each spec: steps, validity, costs and counts of all specs in one vector pass."""
+    # OPTIMIZATION: np.array of a list of rows (np.stack costs several times more per call)
+    lat = np.array([s.latency for s in specs])  # (specs, |Γ|)
+    valid = np.isfinite(lat)
+    steps = np.minimum(np.ceil(np.where(valid, lat, 0.0) / delta - 1e-9).astype(np.int64), G)
+    out = [_Batch(*x) for x in zip(specs, steps, steps.tolist(), lat.tolist(), valid.tolist(), strict=True)]
+    for b, ok, v in zip(out, valid.all(axis=1).tolist(), valid, strict=True):
+        if not ok:
+            b.invalid = ~v
+    own = [s.cost is not None for s in specs]
+    if all(own) or (price > 0 and not any(own)):
+        cost = np.where(valid, np.array([s.cost for s in specs]) if own[0] else price * lat, 0.0)  # (specs, |Γ|)
+        # the cheapest setting of each (`_fastest_best` of −cost, as one vector pass)
+        neg = -np.where(valid, cost, np.inf)
+        top = neg.max(axis=1)
+        best = neg >= (top - 1e-12 * np.maximum(1.0, np.abs(top)))[:, None]
+        cheapest = np.where(best, lat, np.inf).argmin(axis=1)
+        for b, c, cl, k in zip(out, cost, cost.tolist(), cheapest.tolist(), strict=True):
+            b.cost, b.costs, b.cheapest = c, cl, k
+    else:
+        for b, spec in zip(out, specs, strict=True):
+            c = _cost(spec, price)
+            if c is None:  # the fastest (the first of the fastest)
+                b.cheapest = b.lat.index(min(b.lat))
+            else:
+                b.cost, b.costs = c, c.tolist()
+                neg = [-x if ok else -math.inf for x, ok in zip(b.costs, b.valid, strict=True)]
+                b.cheapest = _fastest_best(neg, b.lat)
+    # counts of every group: #{d ≥ τ_k} = m − #{d : q_d ≤ k}, q_d = #{k' < G : τ_k' ≤ d}
+    groups = [d for spec in specs for d in spec.deadlines]
+    sizes = np.array([len(d) for d in groups])
+    q = taus[:G].searchsorted(np.concatenate(groups), side="right")  # (Σ sizes,)
+    row = np.repeat(np.arange(len(groups)) * (G + 1), sizes)
+    hist = np.bincount(row + q, minlength=len(groups) * (G + 1)).reshape(len(groups), G + 1)
+    hist.cumsum(axis=1, out=hist)
+    counts = np.zeros((len(groups), 2 * G + 1))  # (groups, 2G + 1)
+    counts[:, :G] = (sizes[:, None] - hist)[:, :G]
+    wins = _windows(counts, G)
+    rows = iter(range(len(groups)))
+    for b in out:
+        b.counts, b.wins = counts, wins
+        b.rows = [next(rows) for _ in b.spec.deadlines]
+    return out
+
+
+def _windows(a: np.ndarray, G: int) -> np.ndarray:
+    """(..., G + 1, G) view of `a` (..., 2G + 1), C-contiguous: [..., s, :] is a[..., s : s + G]."""
+    return np.ndarray((*a.shape[:-1], G + 1, G), a.dtype, a, 0, (*a.strides[:-1], a.itemsize, a.itemsize))
+
+
+class _Workspace:
+    """One buffer per thread, reused by every `plan_fronts` call (fresh arrays of this size cost
+    page faults), carved into the levels of one call by `levels`."""
+
+    def __init__(self) -> None:
+        self.buf = np.empty(0)
+
+    def levels(self, n: int, n_gamma: int, G: int) -> None:
+        """Room for n DP levels: vals[l] (|Γ|, G) the value of each γ at level l, V[l + 1] (2G + 1,)
+        the value from its batch on (V[0] = 0: after the last batch), wins[l] V[l]'s `_windows`."""
+        size = n * n_gamma * G
+        need = size + (n + 1) * (2 * G + 1)
+        if len(self.buf) < need:
+            self.buf = np.empty(max(need, 2 * len(self.buf)))
+        self.vals = self.buf[:size].reshape(n, n_gamma, G)
+        self.V = self.buf[size:need].reshape(n + 1, 2 * G + 1)
+        self.V[0] = 0.0
+        self.wins = _windows(self.V, G)
+
+
+_scratch = threading.local()
+
+
+def _workspace() -> _Workspace:
+    ws = getattr(_scratch, "ws", None)
+    if ws is None:
+        ws = _scratch.ws = _Workspace()
+    return ws
 
 
 def plan(specs: list[BatchSpec], delta_ms: float = 0.25, max_grid: int = 512, price: float = 0.0) -> Plan:
@@ -103,52 +233,67 @@ def plan_fronts(
     delta, G = grid_step(specs, delta_ms, max_grid)
     taus = np.arange(G + 1) * delta  # τ of each grid index; index G stands for 'after the horizon'
     splits = [f for f in fronts if not isinstance(f, int)]
-    all_specs = specs + [x for _, head, rest in splits for x in (head, rest)]  # a split's at n + 2m, n + 2m + 1
-    steps = [_steps(spec, delta, G) for spec in all_specs]
-    # OPTIMIZATION: rows of min(k + s, G) are windows of one ramp, and a batch's counts and grid
-    # indices are built only when it gets a level (the first batch of a plan needs neither)
-    after = sliding_window_view(np.minimum(np.arange(2 * G + 1), G), G)  # after[s][k] = min(k + s, G)
-
-    built: dict[int, tuple[list[np.ndarray], np.ndarray]] = {}
-
-    def level(i: int, V: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if i not in built:
-            cnt = [_with_pad(_counts(d, taus), G) for d in all_specs[i].deadlines]
-            built[i] = cnt, after[steps[i][0]]  # idx (|Γ|, G): grid point after batch i
-        cnt, idx = built[i]
-        return _level(all_specs[i], steps[i], cnt, idx, V, G, price)
-
-    # base order: Vs[i] is the value of batches i..n-1 from each grid point (Vs[n] = 0)
-    Vs: list[np.ndarray] = [np.empty(0)] * (n + 1)
-    vals: list[np.ndarray] = [np.empty(0)] * n  # vals[i][γ, k]: value of γ at batch i from grid point k
-    Vs[n] = np.zeros(G + 1)  # V[G] = 0 is the pad (every deadline has passed there)
+    batches = _batches(specs + [x for _, head, rest in splits for x in (head, rest)], delta, G, taus, price)
+    ws = _workspace()
+    ws.levels(n - 1 + sum((f if isinstance(f, int) else f[0] + 1) for f in fronts), len(specs[0].latency), G)
+    # base order: batch i (≥ 1) is level i - 1, and V[i] the value of batches i..n-1 (V[0] = 0: the
+    # value after the last batch, as V[n] would be)
+    Vs = [*range(n), 0]
     for i in range(n - 1, 0, -1):
-        vals[i], Vs[i] = level(i, Vs[i + 1])
-    out, m = [], 0
+        batches[i].level(ws, Vs[i + 1], i - 1, G)
+    out, m, free = [], n, n - 1
     for f in fronts:
         j = f if isinstance(f, int) else f[0]
-        V, alt = Vs[j + 1] if j > 0 else Vs[1], dict(enumerate(vals))
+        path = [(batches[i], ws.vals[i - 1]) for i in range(j + 1, n)]  # after the front, in execution order
+        v = Vs[j + 1]
         for i in range(j - 1, -1, -1):  # batches 0..j-1 run after batch j: fresh levels
-            alt[i], V = level(i, V)
-        order = [j, *range(j), *range(j + 1, n)]
-        if not isinstance(f, int):  # head (index n + 2m) first, then rest (n + 2m + 1) where batch j was
-            head, rest = n + 2 * m, n + 2 * m + 1
-            m += 1
-            alt[rest], V = level(rest, V)
-            order = [head, rest, *order[1:]]
-        val0 = _first(all_specs[order[0]], steps[order[0]], taus, V, G, price)
-        out.append(_read_back(all_specs, steps, order, alt, val0, G, delta, price))
+            batches[i].level(ws, v, free, G)
+            path.insert(0, (batches[i], ws.vals[free]))
+            v, free = free + 1, free + 1
+        front = batches[j]
+        if not isinstance(f, int):  # the head first, then the rest where batch j was
+            front, rest = batches[m], batches[m + 1]
+            m += 2
+            rest.level(ws, v, free, G)
+            path.insert(0, (rest, ws.vals[free]))
+            v, free = free + 1, free + 1
+        out.append(_read_back(front, front.first(ws.V[v]), path, G, delta))
     return out
 
 
+def _read_back(front: _Batch, val0: list[float], path: list[tuple[_Batch, np.ndarray]], G: int, delta: float):
+    """The optimal path: `front` from grid point 0 (`val0` its value per γ), then each batch of
+    `path` from the grid point the path reached (with its level's values)."""
+    if not any(math.isfinite(v) for v in val0):
+        raise ValueError("no gamma fits the first batch in memory; lower max_batch or raise the limit")
+    g0 = _fastest_best(val0, front.lat)
+    choice, at = [g0], front.steps[g0]
+    for b, val in path:
+        if at >= G:  # past the horizon every setting gains nothing: the cheapest valid one (then fastest)
+            g = b.cheapest
+        else:
+            g = _fastest_best(val[:, at].tolist(), b.lat)
+        choice.append(g)
+        at = min(at + b.steps[g], G)
+    return Plan(choice, val0[g0], delta)
+
+
 def net_value(spec: BatchSpec, price: float = 0.0) -> float:
-    """The most one batch earns run now and alone, less its cost (device time at `price`)."""
-    lat = np.where(np.isfinite(spec.latency), spec.latency, np.nan)  # (|Γ|,)
+    """The most one batch earns run now and alone, less its cost (device time at `price`); NaN
+    if no setting fits. OPTIMIZATION: plain Python over γ (a handful of values)."""
     c = _cost(spec, price)
-    val = np.where(np.isnan(lat), np.nan, -c if c is not None else 0.0)  # NaN where it does not fit
-    for g, d in enumerate(spec.deadlines):
-        val = val + spec.weights[:, g] * (len(d) - np.searchsorted(d, lat, side="left"))
-    return float(np.nanmax(val))
+    cost = None if c is None else c.tolist()
+    counts = [(len(d) - d.searchsorted(spec.latency, side="left")).tolist() for d in spec.deadlines]
+    best = math.nan
+    for r, (lat, w) in enumerate(zip(spec.latency.tolist(), spec.weights.tolist(), strict=True)):
+        if not math.isfinite(lat):  # does not fit
+            continue
+        v = -cost[r] if cost is not None else 0.0
+        for g, cnt in enumerate(counts):
+            v = v + w[g] * cnt[r]
+        if not v <= best:  # the first, or a larger one
+            best = v
+    return best
 
 
 def _cost(spec: BatchSpec, price: float) -> np.ndarray | None:
@@ -159,77 +304,21 @@ def _cost(spec: BatchSpec, price: float) -> np.ndarray | None:
     return price * np.where(valid, spec.latency, 0.0) if price > 0 else None
 
 
-def _with_pad(cnt: np.ndarray, G: int) -> np.ndarray:
-    cnt[G] = 0
-    return cnt
+def _fastest_best(val: list[float], latency: list[float]) -> int:
+    """The best γ; among equally good ones the fastest (on a GPU a merged γ can be slower than 0),
+    the first among equally fast. OPTIMIZATION: plain Python on lists (|Γ| ≤ a few dozen)."""
+    top = max(val)
+    floor = top - 1e-12 * max(1.0, abs(top))
+    best = -1
+    for i, v in enumerate(val):
+        if v >= floor and (best < 0 or latency[i] < latency[best]):
+            best = i
+    return best
 
 
-def _level(spec: BatchSpec, step, counts, idx: np.ndarray, V: np.ndarray, G: int, price: float):
-    """One backward DP level: (val (|Γ|, G), the value function V for this level on)."""
-    _, valid = step
-    val = V[idx]
-    for g, cnt in enumerate(counts):
-        val += spec.weights[:, g, None] * cnt[idx]
-    cost = _cost(spec, price)
-    if cost is not None:
-        val -= cost[:, None]
-    if not valid.all():
-        val[~valid] = -np.inf
-    out = np.empty(G + 1)
-    # OPTIMIZATION: only the max per column here; argmax is taken on the one column the optimal
-    # path visits, when the path is read back.
-    val.max(axis=0, out=out[:G])
-    # past the horizon every later batch earns nothing and runs at its fastest setting
-    out[G] = V[G] - float(cost[_cheapest(spec, cost)]) if cost is not None else V[G]
-    return val, out
-
-
-def _first(spec: BatchSpec, step, taus: np.ndarray, V: np.ndarray, G: int, price: float) -> np.ndarray:
-    """The first batch's value per γ, at grid point 0 only."""
-    s, valid = step
-    val0 = V[s].copy()
-    for g, d in enumerate(spec.deadlines):
-        cnt = np.where(s < G, _counts(d, taus[s]), 0)
-        val0 += spec.weights[:, g] * cnt
-    cost = _cost(spec, price)
-    if cost is not None:
-        val0 -= cost
-    val0[~valid] = -np.inf
-    if not np.isfinite(val0).any():
-        raise ValueError("no gamma fits the first batch in memory; lower max_batch or raise the limit")
-    return val0
-
-
-def _cheapest(spec: BatchSpec, cost: np.ndarray | None) -> int:
-    """The valid setting of least cost, the fastest among equals (the fastest when nothing is charged)."""
-    lat = spec.latency
-    if cost is None:
-        return int(np.argmin(lat))
-    c = np.where(np.isfinite(lat), cost, np.inf)
-    return _fastest_best(-c, lat)
-
-
-def _fastest_best(val: np.ndarray, latency: np.ndarray) -> int:
-    """The best γ; among equally good ones the fastest (on a GPU a merged γ can be slower than 0)."""
-    top = val.max()
-    best = np.flatnonzero(val >= top - 1e-12 * max(1.0, abs(top)))
-    return int(best[np.argmin(latency[best])]) if len(best) > 1 else int(best[0])
-
-
-def _read_back(
-    specs, steps, order: list[int], vals: dict[int, np.ndarray], val0: np.ndarray, G: int, delta: float, price: float
-):
-    """The optimal path through the levels of `order` (batch indices in execution order)."""
-    g0 = _fastest_best(val0, specs[order[0]].latency)
-    choice, at = [g0], int(steps[order[0]][0][g0])
-    for i in order[1:]:
-        if at >= G:  # past the horizon every setting gains nothing: the cheapest valid one (then fastest)
-            g = _cheapest(specs[i], _cost(specs[i], price))
-        else:
-            g = _fastest_best(vals[i][:, at], specs[i].latency)
-        choice.append(g)
-        at = min(at + int(steps[i][0][g]), G)
-    return Plan(choice, float(val0[g0]), delta)
+def _counts(deadlines: np.ndarray, taus: np.ndarray) -> np.ndarray:
+    """#{d ≥ τ} for each τ (deadlines ascending)."""
+    return len(deadlines) - np.searchsorted(deadlines, taus, side="left")
 
 
 def evaluate(specs: list[BatchSpec], choice: list[int], delta: float, price: float = 0.0) -> float:

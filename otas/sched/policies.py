@@ -22,8 +22,6 @@ through the same interface in the simulator and the live server.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 
 from otas.sched import optimizer
@@ -74,6 +72,7 @@ class Otas(Policy):
 
     def bind(self, view: View) -> None:
         self.lookahead = self._lookahead or view.config.lookahead
+        self._one: dict[tuple[str, str], tuple[np.ndarray, np.ndarray | None]] = {}  # see `_one_app`
         self._price = None
         if self.priced and view.apps:  # no applications yet: nothing to price
             apps = list(view.apps.values())
@@ -111,10 +110,13 @@ class Otas(Policy):
         head = 0  # > 0: a batch longer than this blocks arrivals that could still make their SLO
         options: list[tuple[optimizer.Front, int]] = [(j, 0) for j in fronts]  # (front, members run)
         if self._price is not None:
-            specs = self._with_costs(specs, mu, now_ms, view)
             head = self._head_cap(now_ms, view)
-            if head:  # each front batch may also run only its first `head` members, the rest next
-                options += [((j, *sp), head) for j in fronts if (sp := self._split(cands[j], head, now_ms, mu, view))]
+            # each front batch may also run only its first `head` members, the rest next
+            halves = [(j, sp) for j in fronts if head and (sp := self._split(cands[j], head, now_ms, view))]
+            # OPTIMIZATION: the costs of the batches and of their halves in one vector pass
+            costed = self._with_costs(specs + [x for _, sp in halves for x in sp], mu, now_ms, view)
+            specs, rest = costed[: len(specs)], costed[len(specs) :]
+            options += [((j, rest[2 * k], rest[2 * k + 1]), head) for k, (j, _) in enumerate(halves)]
         fr = [f for f, _ in options]
         plans = optimizer.plan_fronts(specs, fr, cfg.delta_ms, cfg.max_grid, mu)
         best = max(range(len(plans)), key=lambda m: (plans[m].value, -m))  # ties: the default order
@@ -131,9 +133,11 @@ class Otas(Policy):
                 alt = [self._spec(c, now_ms, view) for c in mc]
                 mopts: list[tuple[optimizer.Front, int]] = [(0, 0)]
                 if self._price is not None:
-                    alt = self._with_costs(alt, mu, now_ms, view)
-                    if head and (sp := self._split(mc[0], head, now_ms, mu, view)):
-                        mopts.append(((0, *sp), head))
+                    sp = self._split(mc[0], head, now_ms, view) if head else None
+                    alt = self._with_costs(alt + list(sp or ()), mu, now_ms, view)
+                    if sp:
+                        alt, (hs, rs) = alt[:-2], alt[-2:]
+                        mopts.append(((0, hs, rs), head))
                 mplans = optimizer.plan_fronts(alt, [f for f, _ in mopts], cfg.delta_ms, cfg.max_grid, mu)
                 mb = max(range(len(mplans)), key=lambda m: (mplans[m].value, -m))
                 if mplans[mb].value > plan.value + 1e-9:
@@ -154,22 +158,22 @@ class Otas(Policy):
         if not live.any():
             return len(fast) - 1
         r, slo = rates[live], self._slo[live]
-        n = np.clip(np.ceil(r[:, None] * fast[None, :]), 1, len(fast) - 1).astype(np.int64)  # (live, B_max + 1)
-        ok = np.all(fast[None, :] + fast[n] <= slo[:, None], axis=0)  # (B_max + 1,)
+        n = np.minimum(np.maximum(np.ceil(r[:, None] * fast[None, :]), 1), len(fast) - 1).astype(np.int64)
+        ok = (fast[None, :] + fast[n] <= slo[:, None]).all(axis=0)  # (B_max + 1,)
         ok[0] = True
-        return len(fast) - 1 if ok.all() else int(np.argmin(ok)) - 1
+        return len(fast) - 1 if ok.all() else int(ok.argmin()) - 1
 
     def _split(
-        self, c: Candidate, head: int, now_ms: float, mu: float, view: View
+        self, c: Candidate, head: int, now_ms: float, view: View
     ) -> tuple[optimizer.BatchSpec, optimizer.BatchSpec] | None:
-        """(its first `head` members, the others) of candidate `c` as specs, or None if it is no larger."""
+        """(its first `head` members, the others) of candidate `c` as specs (without costs), or None
+        if it is no larger."""
         if len(c.requests) <= head:
             return None
         d = c.deadlines
         h = Candidate(c.requests[:head], c.queue, c.deadline_ms, None if d is None else d[:head])
         r = Candidate(c.requests[head:], c.queue, c.deadline_ms, None if d is None else d[head:])
-        hs, rs = self._with_costs([self._spec(h, now_ms, view), self._spec(r, now_ms, view)], mu, now_ms, view)
-        return hs, rs
+        return self._spec(h, now_ms, view), self._spec(r, now_ms, view)
 
     def _with_costs(
         self, specs: list[optimizer.BatchSpec], mu: float, now_ms: float, view: View
@@ -184,23 +188,37 @@ class Otas(Policy):
         rates = self._price.rates(now_ms)  # (apps,)
         rate_value = rates * self._value  # (apps,): utility arriving per ms
         fast = view.fast_latency()
-        lat = np.stack([s.latency for s in specs])  # (specs, |Γ|)
+        # OPTIMIZATION: a cost per distinct latency row (batches of one size share theirs)
+        row = {s.latency.tobytes(): s.latency for s in specs}
+        lat = np.array(list(row.values()))  # (rows, |Γ|)
         lat = np.where(np.isfinite(lat), lat, 0.0)  # settings that do not fit never run
-        n = np.clip(np.ceil(rates[None, :, None] * lat[:, None, :]), 1, len(fast) - 1).astype(np.int64)
+        n = np.minimum(np.maximum(np.ceil(rates[None, :, None] * lat[:, None, :]), 1), len(fast) - 1).astype(np.int64)
         late = np.minimum(np.maximum(lat[:, None, :] + fast[n] - self._slo[None, :, None], 0.0), lat[:, None, :])
-        return [replace(spec, cost=mu * lat[i] + rate_value @ late[i]) for i, spec in enumerate(specs)]
+        cost = mu * lat
+        by_row = {key: cost[i] + rate_value @ late[i] for i, key in enumerate(row)}
+        Spec = optimizer.BatchSpec
+        return [Spec(s.deadlines, s.weights, s.latency, by_row[s.latency.tobytes()]) for s in specs]
 
-    @staticmethod
-    def _spec(c: Candidate, now_ms: float, view: View) -> optimizer.BatchSpec:
+    def _one_app(self, view: View, app: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """(weights (|Γ|, 1), the servable mask or None if every γ is) of one application on the
+        current model, looked up once per binding (OPTIMIZATION: asked for every batch)."""
+        key = (view.model, app)
+        if key not in self._one:
+            ok = view.servable(view.model, [app])
+            self._one[key] = view.weights(view.model, app)[:, None], None if ok.all() else ok
+        return self._one[key]
+
+    def _spec(self, c: Candidate, now_ms: float, view: View) -> optimizer.BatchSpec:
         reqs = c.requests
         lat = view.lat_vector(view.model, len(reqs))
-        apps = [reqs[0].app] if c.deadlines is not None else batch_apps(c)
+        if c.deadlines is not None:  # OPTIMIZATION: one application, deadlines already sorted
+            w, ok = self._one_app(view, reqs[0].app)
+            return optimizer.BatchSpec((c.deadlines - now_ms,), w, lat if ok is None else np.where(ok, lat, np.inf))
+        apps = batch_apps(c)
         one = len(apps) == 1
         ok = view.servable(view.model, apps)
         if not ok.all():  # a γ some member's task is not served at is unavailable
             lat = np.where(ok, lat, np.inf)
-        if c.deadlines is not None:  # OPTIMIZATION: one application, deadlines already sorted
-            return optimizer.BatchSpec((c.deadlines - now_ms,), view.weights(view.model, apps[0])[:, None], lat)
         if one:  # OPTIMIZATION: one application (the usual case under selective batching): no grouping
             d = np.fromiter((r.deadline_ms for r in reqs), float, len(reqs)) - now_ms
             d.sort()

@@ -82,7 +82,7 @@ class Scheduler:
     # -- profile queries, corrected online ----------------------------------------------------
     def lat_vector(self, model: str, batch: int) -> np.ndarray:
         """(|Γ|,) predicted latency of a batch of `batch` at each gamma; inf where it won't fit."""
-        return self._tab[model].lat[batch] * self._factor[model]
+        return self._lat[model][batch]
 
     def weights(self, model: str, app: str) -> np.ndarray:
         return self._tab[model].weights[app]
@@ -123,6 +123,10 @@ class Scheduler:
     def _refresh_fast(self) -> None:
         """Latency per batch size at the policy's fastest setting, made nondecreasing, and the
         largest batch that fits in memory."""
+        # OPTIMIZATION: the corrected latency table, once per correction (rows are read-only)
+        self._lat = {m: t.lat * self._factor[m] for m, t in self._tab.items()}
+        for lat in self._lat.values():
+            lat.flags.writeable = False
         opts = self.policy.options(self)
         rows = [self._tab[m].lat[:, self._tab[m].index[g]] * self._factor[m] for m, g in opts]
         fast = np.min(rows, axis=0)
