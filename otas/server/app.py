@@ -131,7 +131,7 @@ async def _lifespan(app: Starlette):
         if config.grpc_port is not None:
             from otas.server.grpc_api.service import start_grpc
 
-            grpc_server, app.state.grpc_port = await start_grpc(engine, config)
+            grpc_server, app.state.grpc_port = await start_grpc(engine, config, app.state.guard.door)
             log.info("grpc started", extra={"event": "grpc_start", "port": app.state.grpc_port})
         yield
     finally:

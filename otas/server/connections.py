@@ -178,12 +178,10 @@ def _inference(url: bytes) -> bool:
     return path.endswith((b"/infer", b"/classify"))
 
 
-OVERLOADED_BODY = json.dumps(
-    error_body(
-        "overloaded: the host is already working on all it can finish within the tightest SLO; retry shortly "
-        "or elsewhere", "overloaded",
-    )
-).encode()  # fmt: skip
+OVERLOADED_MESSAGE = (
+    "overloaded: the host is already working on all it can finish within the tightest SLO; retry shortly or elsewhere"
+)
+OVERLOADED_BODY = json.dumps(error_body(OVERLOADED_MESSAGE, "overloaded")).encode()
 OVERLOADED_HEAD = [
     (b"content-type", b"application/json"), (b"content-length", str(len(OVERLOADED_BODY)).encode()),
     (b"retry-after", b"1"),

@@ -292,3 +292,27 @@ def test_grpc_queue_full_is_resource_exhausted_and_the_rest_are_served(paced):
         if e.code() == Code.UNAVAILABLE and e.details().startswith(("deadline_unreachable: ", "infeasible: "))
     ]
     assert full and len(full) + len(late) == len(refused), [(e.code(), e.details()) for e in refused]
+
+
+def test_grpc_shares_the_front_door(srv):
+    """gRPC ModelInfer goes through the same front door as HTTP: when the host holds all it may,
+    the call fails UNAVAILABLE `overloaded` before any work, and the door counts it; once there is
+    room again, calls are admitted, and each leaves the door as it ends."""
+    door = srv.app.state.guard.door
+    assert door is not None
+    refused, rate, floor = door.refused, door.rate, door.floor
+
+    async def call():
+        async with grpc.aio.insecure_channel(srv.grpc_target) as ch:
+            return await pb_grpc.GRPCInferenceServiceStub(ch).ModelInfer(grpc_request(), timeout=30)
+
+    door.rate, door.floor = 1e-9, 0  # limit 0: the host holds all it may
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            asyncio.run(call())
+        assert e.value.code() == Code.UNAVAILABLE and "overloaded" in e.value.details()
+        assert door.refused == refused + 1
+    finally:
+        door.rate, door.floor = rate, floor
+    assert list(asyncio.run(call()).outputs[1].shape) == [3]
+    assert door.in_flight == 0

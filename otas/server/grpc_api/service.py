@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from otas.engine.serving import NotServed, ServingEngine
+from otas.server.admission import FrontDoor, Ticket
+from otas.server.connections import OVERLOADED_MESSAGE as OVERLOADED
 from otas.server.errors import ProtocolError
 from otas.server.grpc_api import grpc_predict_v2_pb2 as pb
 from otas.server.grpc_api import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -43,7 +45,8 @@ log = logging.getLogger("otas.server")
 Code = grpc.StatusCode
 REFUSED = {"queue_full": Code.RESOURCE_EXHAUSTED, "decode_busy": Code.RESOURCE_EXHAUSTED,
            "infeasible": Code.UNAVAILABLE, "deadline_unreachable": Code.UNAVAILABLE,
-           "shutting_down": Code.UNAVAILABLE, "unknown_app": Code.NOT_FOUND}  # fmt: skip
+           "shutting_down": Code.UNAVAILABLE, "unknown_app": Code.NOT_FOUND,
+           "overloaded": Code.UNAVAILABLE}  # fmt: skip
 CONTENTS = {"BYTES": "bytes_contents", "UINT8": "uint_contents", "FP32": "fp32_contents"}
 
 
@@ -73,8 +76,9 @@ def guarded(fn):
 
 
 class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, engine: ServingEngine, config: ServeConfig):
-        self.engine, self.config = engine, config
+    def __init__(self, engine: ServingEngine, config: ServeConfig, door: FrontDoor | None = None):
+        """`door`: the HTTP server's front door (`admission.py`), shared: one host, one budget."""
+        self.engine, self.config, self.door = engine, config, door
 
     @guarded
     async def ServerLive(self, request, context):
@@ -102,6 +106,19 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     @guarded
     async def ModelInfer(self, request, context):
         arrival = self.engine.now_ms()
+        ticket = None
+        if self.door is not None:  # the message is whole when the handler runs: admitted and started at once
+            if not self.door.admit():
+                raise NotServed("rejected", "overloaded", OVERLOADED)
+            ticket = Ticket(self.door)
+            ticket.start()
+        try:
+            return await self._infer(request, context, arrival, ticket)
+        finally:
+            if ticket is not None:
+                ticket.release()
+
+    async def _infer(self, request, context, arrival: float, ticket: Ticket | None):
         _cancel_with(context)
         check_model(request.model_name, request.model_version, self.config.model_name)
         limit = self.config.max_body_bytes
@@ -112,7 +129,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         }
         names = [o.name for o in request.outputs] or None
         req = build_request(request.id or None, params, _inputs(request), self.engine.image_size, names)
-        results = await run(self.engine, req, arrival)
+        results = await run(self.engine, req, arrival, ticket.release if ticket is not None else None)
         resp = pb.ModelInferResponse(model_name=request.model_name, model_version="1", id=request.id)
         resp.parameters["app"].string_param = req.app
         for o in infer_outputs(results, req.outputs):
@@ -150,8 +167,11 @@ def _inputs(request: Any) -> list[InputTensor]:
     return out
 
 
-async def start_grpc(engine: ServingEngine, config: ServeConfig) -> tuple[grpc.aio.Server, int]:
-    """A started gRPC server on (config.grpc_host, config.grpc_port); returns it and the bound port."""
+async def start_grpc(
+    engine: ServingEngine, config: ServeConfig, door: FrontDoor | None = None
+) -> tuple[grpc.aio.Server, int]:
+    """A started gRPC server on (config.grpc_host, config.grpc_port); returns it and the bound port.
+    `door`: the front door ModelInfer shares with HTTP (None: none)."""
     options = [
         # Messages up to twice the body limit reach ModelInfer, which refuses those over it with
         # INVALID_ARGUMENT `too_large`; larger ones are gRPC's own RESOURCE_EXHAUSTED.
@@ -160,7 +180,7 @@ async def start_grpc(engine: ServingEngine, config: ServeConfig) -> tuple[grpc.a
     ]
     # Calls in progress are capped like HTTP connections (RESOURCE_EXHAUSTED beyond).
     server = grpc.aio.server(options=options, maximum_concurrent_rpcs=config.http.max_connections)
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(engine, config), server)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(engine, config, door), server)
     address = f"{config.grpc_host}:{config.grpc_port}"
     try:
         port = server.add_insecure_port(address)
