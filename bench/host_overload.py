@@ -35,6 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from otas.bench.replay import open_loop  # noqa: E402
 from otas.provenance import run_meta  # noqa: E402
 
 MODEL = "noop"
@@ -130,34 +131,8 @@ async def closed_loop(url: str, body: bytes, concurrency: int, duration_s: float
         return done[0] / (time.perf_counter() - t0)
 
 
-async def open_loop(url: str, reqs: list[bytes], times: np.ndarray, timeout_s: float) -> list[dict]:
-    import aiohttp
-
-    recs: list[dict] = [{} for _ in reqs]
-    conn = aiohttp.TCPConnector(limit=8000)
-    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=timeout_s)) as s:
-
-        async def send(i: int, at: float) -> None:
-            rec = recs[i]
-            rec["lag_ms"] = (time.perf_counter() - at) * 1e3
-            try:
-                async with s.post(f"{url}/v2/models/{MODEL}/infer", data=reqs[i],
-                                  headers={"content-type": "application/json"}) as r:  # fmt: skip
-                    raw = await r.read()
-                rec["latency_ms"], rec["status"] = (time.perf_counter() - at) * 1e3, r.status
-                if r.status != 200:
-                    rec["reason"] = json.loads(raw).get("reason", "?")
-            except (aiohttp.ClientError, TimeoutError) as e:
-                rec.update(status=-1, reason=type(e).__name__)
-
-        t0, tasks = time.perf_counter() + 0.05, []
-        for i, t in enumerate(times):
-            at = t0 + t
-            if (delay := at - time.perf_counter()) > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(send(i, at)))
-        await asyncio.gather(*tasks)
-    return recs
+def _reason(status: int, raw: bytes) -> dict:
+    return {} if status == 200 else {"reason": json.loads(raw).get("reason", "?")}
 
 
 def score(recs: list[dict], apps_of: list[str], slo: dict[str, float], duration_s: float) -> dict:
@@ -225,7 +200,9 @@ def main() -> None:
                 reqs, apps_of = bodies(apps, pngs, len(times), a.seed + rnd)
                 for name, s in servers.items():
                     before = s.metrics()
-                    recs = asyncio.run(open_loop(s.url, reqs, times, 30.0))
+                    recs = asyncio.run(
+                        open_loop(f"{s.url}/v2/models/{MODEL}/infer", reqs, times * 1e3, 30.0, _reason, 8000)
+                    )
                     time.sleep(0.5)
                     after = s.metrics()
                     delta = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}

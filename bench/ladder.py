@@ -36,10 +36,9 @@ LOADS = (0.1, 0.2, 0.3, 0.5, 1.0, 1.5, 2.0)
 MARGIN = 3.0  # points Small must gain over Tiny on every task at γ = 0
 
 
-def accuracy_rows(paths: list[str]) -> list[dict]:
+def accuracy_rows(profiles: list[Profile]) -> list[dict]:
     rows = []
-    for path in paths:
-        p = Profile.load(path)
+    for p in profiles:
         for task, acc in p.accuracy.items():
             best = max(acc, key=lambda g: acc[g])
             rows.append(
@@ -87,7 +86,7 @@ def main() -> None:
         entry: dict = {"apps": apps_path, "max_batch": bmax}
         for when, paths in whens.items():
             profs = [Profile.load(p) for p in paths]
-            rows = accuracy_rows(paths)
+            rows = accuracy_rows(profs)
             out, _ = sweep("azure", apps, profs, ["otas", "model-switch"], loads, SchedulerConfig(max_batch=bmax))
             entry[when] = {"profiles": paths, "accuracy": rows, "ladder": ladder_holds(rows, [p.model for p in profs]),
                            "runs": switch_rows(out["runs"])}  # fmt: skip

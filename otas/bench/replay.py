@@ -20,7 +20,7 @@ import base64
 import io
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,14 +81,28 @@ def image_pools(apps: Sequence[App], needed: dict[str, int], data: Path | None) 
 
 
 async def _replay(url: str, fmt: Format, trace: Trace, bodies: list[bytes], timeout_s: float) -> list[dict[str, Any]]:
+    return await open_loop(f"{url}{fmt.path}", bodies, trace.arrival_ms, timeout_s, fmt.parse)
+
+
+async def open_loop(
+    endpoint: str,
+    bodies: list[bytes],
+    arrival_ms: Sequence[float],
+    timeout_s: float,
+    parse: Callable[[int, bytes], dict[str, Any]],
+    limit: int = 4000,
+) -> list[dict[str, Any]]:
+    """POST `bodies[i]` to `endpoint` at `arrival_ms[i]` after the start, open loop (a late answer
+    delays no later send). One record per request: `lag_ms` (how late it was sent), `latency_ms`
+    (from its scheduled time), `status` (-1: no answer, -2: an answer `parse` cannot read) and
+    `parse(status, body)`'s fields. `limit`: connections open at once."""
     import aiohttp
 
-    recs: list[dict[str, Any]] = [{} for _ in range(len(trace))]
-    endpoint = f"{url}{fmt.path}"
+    recs: list[dict[str, Any]] = [{} for _ in range(len(bodies))]
     headers = {"content-type": "application/json"}
 
     # aiohttp rather than httpx: httpx's connection pool slows down badly with hundreds in flight
-    conn = aiohttp.TCPConnector(limit=4000)
+    conn = aiohttp.TCPConnector(limit=limit)
     async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=timeout_s)) as client:
 
         async def send(i: int, t_sched: float) -> None:
@@ -99,7 +113,7 @@ async def _replay(url: str, fmt: Format, trace: Trace, bodies: list[bytes], time
                     raw = await r.read()
                 rec["latency_ms"] = (time.perf_counter() - t_sched) * 1e3
                 rec["status"] = r.status
-                rec.update(fmt.parse(r.status, raw))
+                rec.update(parse(r.status, raw))
             except (aiohttp.ClientError, TimeoutError) as e:  # no answer: lost
                 rec.update(status=-1, reason=f"{type(e).__name__}: {e}")
             except (ValueError, KeyError, IndexError, TypeError) as e:  # an answer we cannot read: an error
@@ -107,7 +121,7 @@ async def _replay(url: str, fmt: Format, trace: Trace, bodies: list[bytes], time
 
         t0 = time.perf_counter() + 0.05
         pending = []
-        for i, t in enumerate(trace.arrival_ms):
+        for i, t in enumerate(arrival_ms):
             at = t0 + t / 1000.0
             delay = at - time.perf_counter()
             if delay > 0:

@@ -28,6 +28,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+OVERLOADED_MESSAGE = (
+    "overloaded: the host is already working on all it can finish within the tightest SLO; retry shortly or elsewhere"
+)
+"""What a refused request is told, over HTTP (`connections.py`) and gRPC alike."""
+
 
 class FrontDoor:
     """Requests in the front end (admitted, not yet handed on), the host's measured rate, the limit."""

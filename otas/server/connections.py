@@ -26,7 +26,7 @@ from typing import Any
 
 import uvicorn
 
-from otas.server.admission import Ticket
+from otas.server.admission import OVERLOADED_MESSAGE, Ticket
 from otas.server.errors import error_body
 from otas.server.guard import ARRIVAL, TICKET, Guard, error
 
@@ -178,9 +178,6 @@ def _inference(url: bytes) -> bool:
     return path.endswith((b"/infer", b"/classify"))
 
 
-OVERLOADED_MESSAGE = (
-    "overloaded: the host is already working on all it can finish within the tightest SLO; retry shortly or elsewhere"
-)
 OVERLOADED_BODY = json.dumps(error_body(OVERLOADED_MESSAGE, "overloaded")).encode()
 OVERLOADED_HEAD = [
     (b"content-type", b"application/json"), (b"content-length", str(len(OVERLOADED_BODY)).encode()),

@@ -20,8 +20,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from otas.engine.serving import NotServed, ServingEngine
-from otas.server.admission import FrontDoor, Ticket
-from otas.server.connections import OVERLOADED_MESSAGE as OVERLOADED
+from otas.server.admission import OVERLOADED_MESSAGE, FrontDoor, Ticket
 from otas.server.errors import ProtocolError
 from otas.server.grpc_api import grpc_predict_v2_pb2 as pb
 from otas.server.grpc_api import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -109,7 +108,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         ticket = None
         if self.door is not None:  # the message is whole when the handler runs: admitted and started at once
             if not self.door.admit():
-                raise NotServed("rejected", "overloaded", OVERLOADED)
+                raise NotServed("rejected", "overloaded", OVERLOADED_MESSAGE)
             ticket = Ticket(self.door)
             ticket.start()
         try:
