@@ -17,10 +17,12 @@ tightest application's SLO, so that what is admitted can still make its deadline
 
 μ is measured online, not configured: requests finished (handed to the scheduler, or answered)
 per second of *busy* time, the time the front end held at least one request, over windows of
-`window` requests, smoothed. When the front end is saturated this is its service rate; at light
-load it is lower (one request's latency, not the host's throughput), which only matters when load
-rises, and then each window measures more of the true rate (the limit lets through enough work to
-keep the host busy: it never falls below `floor`). Pure: no asyncio, the clock injected.
+`window` requests, smoothed. Only a window in which the front end was saturated (it held, on
+average over its busy time, at least `floor` requests) measures the host's throughput; at light
+load a window measures one request's latency instead, which says only that the host can do *at
+least* that much. So such a window can raise μ, never lower it, and until a saturated window has
+been seen there is no limit at all: a light, bursty load is never refused. Pure: no asyncio, the
+clock injected.
 """
 
 from __future__ import annotations
@@ -57,9 +59,10 @@ class FrontDoor:
         self._clock = clock
         self.in_flight = 0
         self.rate: float | None = None
-        """Requests per second the front end finishes while busy; None until first measured."""
+        """Requests per second the front end finishes while saturated; None until first measured."""
         self.admitted = self.refused = 0
         self._busy_s = 0.0
+        self._held_s = 0.0  # ∫ in_flight dt over the window: held / busy = mean requests held while busy
         self._done = 0
         self._last = clock()
 
@@ -93,13 +96,17 @@ class FrontDoor:
         self._done += 1
         if self._done >= self.window and self._busy_s > 0:
             r = self._done / self._busy_s
-            self.rate = r if self.rate is None else (1 - self.smoothing) * self.rate + self.smoothing * r
-            self._done, self._busy_s = 0, 0.0
+            if self._held_s / self._busy_s >= self.floor:  # saturated: r is the host's throughput
+                self.rate = r if self.rate is None else (1 - self.smoothing) * self.rate + self.smoothing * r
+            elif self.rate is not None:  # light: r is a lower bound on it
+                self.rate = max(self.rate, r)
+            self._done, self._busy_s, self._held_s = 0, 0.0, 0.0
 
     def _tick(self) -> None:
         now = self._clock()
         if self.in_flight:
             self._busy_s += now - self._last
+            self._held_s += self.in_flight * (now - self._last)
         self._last = now
 
 

@@ -84,20 +84,22 @@ def test_goodput_holds_past_capacity(service_ms, seed):
     assert collapsed < 0.2 * at1
 
 
-def test_rate_is_learned_upward_from_light_load():
-    """At light load the measured rate is one request's latency, not the host's; as load rises each
-    window measures more of the true rate and the limit follows."""
+def test_light_load_sets_no_limit_and_saturation_measures_the_rate():
+    """At light load a window measures one request's latency, not the host's throughput: it sets no
+    limit (so a burst is never refused) and never lowers a measured rate. Windows in which the front
+    end held at least `floor` requests measure the throughput, and the limit follows it."""
     clock = Clock()
-    d = FrontDoor(lambda: 20.0, clock=clock, floor=2)
+    d = FrontDoor(lambda: 20.0, clock=clock, floor=4)
     for _ in range(64):  # alone: 1 ms each, gaps between
         assert d.admit()
         d.start()
         clock.t += 1e-3
         d.done()
         clock.t += 10e-3
-    low = d.rate
-    assert low == pytest.approx(1000, rel=0.01)
-    for _ in range(20):  # now 8 at a time, each window: 8 requests in 2 ms (4,000/s)
+    assert d.rate is None and d.limit is None
+    assert all(d.admit() for _ in range(500))  # a burst far past any floor is admitted
+    d.admitted = 0
+    for _ in range(20):  # saturated: 8 held at a time, each batch of 8 done in 2 ms (4,000/s)
         for _ in range(4):
             assert sum(d.admit() for _ in range(8)) == 8
             for _ in range(8):
@@ -105,7 +107,23 @@ def test_rate_is_learned_upward_from_light_load():
             clock.t += 2e-3
             for _ in range(8):
                 d.done()
-    assert d.rate > 3 * low and d.limit >= 60
+    assert d.rate == pytest.approx(4000, rel=0.01) and d.limit in (79, 80)  # 4,000/s × 20 ms
+    for _ in range(64):  # light again: 1,000/s alone is a lower bound, the saturated rate stands
+        assert d.admit()
+        d.start()
+        clock.t += 1e-3
+        d.done()
+        clock.t += 10e-3
+    assert d.rate == pytest.approx(4000, rel=0.01)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("service_ms", [0.3, 4.0])
+def test_nothing_refused_below_capacity(service_ms, seed):
+    """Poisson arrivals at half the host's rate (bursts included) are all admitted."""
+    budget = 10 * service_ms
+    _, _, door = simulate(service_ms / 1e3, budget, 0.5, seed)
+    assert door.refused == 0 and door.admitted == 6000
 
 
 def test_ticket_releases_once_and_checks():
