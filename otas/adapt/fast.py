@@ -40,7 +40,8 @@ class FastConfig:
     dtype: torch.dtype = torch.bfloat16
     merge_impl: str = "auto"
     """How merged blocks attend and merge (`otas.adapt.ops`): "reference", or any of "matmul", "column",
-    "compile" joined by "+" (e.g. "matmul+column"). All compute the same function; "limit" is for benchmarks.
+    "compile", "triton" joined by "+" (e.g. "matmul+column", "triton+column"; "triton" excludes "matmul" and
+    "compile" and needs CUDA). All compute the same function; "limit" is for benchmarks.
     "auto": the fastest measured on the device type (`default_merge_impl`)."""
 
     def __post_init__(self) -> None:

@@ -2,15 +2,18 @@
 
 `AdaptiveViT._blocks_merged` runs the same loop for all of them (attention, residual, merge, MLP);
 an ops object only supplies the two steps that merging changes. The implementations compute the
-same function (tests/adapt/test_fast_merge.py checks them against the reference and against an
-independent float64 ToMe), so picking one is a speed choice, named by `FastConfig.merge_impl`:
+same function, up to how exact ties break (tests/adapt/test_fast_merge.py and test_triton_merge.py check
+them against the reference and an independent float64 ToMe), so picking one is a speed choice, named by
+`FastConfig.merge_impl`:
 
 - "reference": `merge.py` (gathers and a scatter-add) and log(size) as an additive SDPA mask.
 - options joined by "+", any of:
   "matmul"  - merge by a one-hot assignment matmul (`merge_wavg_matmul`): no atomics, no concatenation;
   "column"  - log(size) as an extra head-dim column of q·k (`attention_size_column`): no mask, so the
               mask-free fused kernels (flash) run proportional attention;
-  "compile" - the merge step (matching + merge) through `torch.compile(dynamic=True)`: fewer kernels.
+  "compile" - the merge step (matching + merge) through `torch.compile(dynamic=True)`: fewer kernels;
+  "triton"  - the merge step as two fused Triton kernels (`triton_merge.py`, CUDA only); a merge of its
+              own, so it combines with "column" only.
 - "limit": not a merge. Drops the last tokens instead, with timm's own attention: the cost of the
   merged token counts with no merge work, the floor a benchmark compares against. Wrong answers.
 """
@@ -25,7 +28,9 @@ from torch import nn
 from otas.adapt.attention import attention_size_column, attention_with_keys, column_weights, supports_size_column
 from otas.adapt.merge import bipartite_soft_matching, merge_matrix, merge_wavg, merge_wavg_matmul
 
-OPTIONS = ("matmul", "column", "compile")
+OPTIONS = ("matmul", "column", "compile", "triton")
+EXCLUSIVE = {"triton": ("matmul", "compile")}
+"""Options that replace the merge function, with the options that act on the merge function they replace."""
 
 
 class MergeOps(Protocol):
@@ -87,8 +92,11 @@ class FastOps:
 
     def __init__(self, vit: nn.Module, options: set[str], compile_backend: str = "inductor"):
         self.options = set(options)
-        fn = merge_matmul if "matmul" in options else merge_scatter
-        self._merge = _compiled(fn, compile_backend) if "compile" in options else fn
+        if "triton" in options:
+            self._merge = _triton_merge(next(vit.parameters()).device)
+        else:
+            fn = merge_matmul if "matmul" in options else merge_scatter
+            self._merge = _compiled(fn, compile_backend) if "compile" in options else fn
         self._columns = None
         if "column" in options:
             self._columns = [column_weights(b.attn) if supports_size_column(b.attn) else None for b in vit.blocks]
@@ -100,6 +108,16 @@ class FastOps:
 
     def merge(self, x, size, metric, r, prefix):
         return self._merge(x, size, metric, r, prefix)
+
+
+def _triton_merge(device: torch.device):
+    """`merge_triton`, imported only when asked for (triton is a GPU dependency), checked for `device`."""
+    try:
+        from otas.adapt import triton_merge
+    except ImportError as e:
+        raise ValueError(f"merge_impl 'triton' needs the triton package ({e}); use 'matmul' instead") from e
+    triton_merge.check_device(device)
+    return triton_merge.merge_triton
 
 
 class LimitOps:
@@ -114,7 +132,8 @@ class LimitOps:
 
 
 def check_merge_impl(name: str) -> str:
-    """Validate a `merge_impl` name ("reference", "limit", or OPTIONS joined by "+"); returns it."""
+    """Validate a `merge_impl` name ("reference", "limit", or OPTIONS joined by "+", respecting
+    `EXCLUSIVE`); returns it."""
     if name in ("reference", "limit"):
         return name
     parts = name.split("+")
@@ -123,6 +142,12 @@ def check_merge_impl(name: str) -> str:
             f"merge_impl={name!r}: use 'reference', 'limit' (bench only), or any of {list(OPTIONS)} joined by '+', "
             f"e.g. 'matmul+column'"
         )
+    for option, others in EXCLUSIVE.items():
+        if option in parts and set(others) & set(parts):
+            raise ValueError(
+                f"merge_impl={name!r}: {option!r} is a merge of its own and cannot be combined with "
+                f"{sorted(set(others) & set(parts))}; combine it with 'column' only, e.g. '{option}+column'"
+            )
     return name
 
 

@@ -62,7 +62,7 @@ def test_gpu_modes_match_eager(mode):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("impl", ["matmul", "column", "matmul+column", "matmul+column+compile"])
+@pytest.mark.parametrize("impl", ["matmul", "column", "matmul+column", "matmul+column+compile", "triton+column"])
 def test_gpu_merge_impls_match_eager(impl):
     """Each merge_impl under CUDA graphs equals its own eager run, and stays within bf16 noise of the reference."""
     model = small_model()

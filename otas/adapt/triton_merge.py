@@ -1,0 +1,220 @@
+"""One ToMe merge step in two Triton kernels: `merge_impl="triton"` (`otas.adapt.ops`).
+
+The reference step (`merge.py`) and the matmul one are ~15-20 small kernels per block on a GPU
+(norms, a batched matmul, max, argsort, gathers, scatters, concatenations). Here:
+
+- `_match_kernel`, one program per image: cosine scores of A (even) against B (odd) tokens in tiles
+  of `tl.dot`, each A token's best partner (first index on ties, as `torch.max`), and its rank by
+  descending score (the number of A tokens with a higher score, or an equal one and a lower index:
+  deterministic, where the reference's `argsort` may order equal scores either way). It writes where
+  every A token goes: its partner's output row if it merges, and, per kept row, which A token fills it.
+- `_merge_kernel`, one program per (image, block of output rows, block of channels): every output row
+  takes its own token (prefix, kept A or B token); blocks holding B rows add the A tokens merged into
+  them as one `tl.dot` of a size-weighted one-hot tile. Sums and the division are in fp32, one
+  rounding to x's dtype at the end; no atomics, so the result is deterministic.
+
+Output layout as the reference: prefix tokens, kept A tokens by descending score, then the B tokens.
+No host synchronisation and shapes depend only on (B, N, C, r), so a CUDA graph captures it. Runs on
+CUDA tensors; with TRITON_INTERPRET=1 in the environment before triton is imported (torch imports
+it), Triton's interpreter runs it on CPU tensors (slowly: for tests). Inference only (no autograd).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+BLOCK_J = 32  # B tokens per score tile in `_match_kernel`
+BLOCK_O = 32  # output rows per `_merge_kernel` program
+BLOCK_T = 32  # A tokens per one-hot tile in `_merge_kernel`
+BLOCK_C = 64  # channels per `_merge_kernel` program
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # sums are fp32: float64 would lose its precision
+
+
+@triton.jit
+def _unit_rows(base, rows, valid, d, s_n, s_d, BLOCK_D: tl.constexpr):
+    """Rows `rows` (R,) of a (N, d) matrix at `base`, divided by their norm (fp32, zeros where not `valid`)."""
+    k = tl.arange(0, BLOCK_D)
+    m = tl.load(base + rows[:, None] * s_n + k[None, :] * s_d, mask=valid[:, None] & (k < d)[None, :], other=0.0)
+    m = m.to(tl.float32)
+    norm = tl.sqrt(tl.sum(m * m, axis=1))
+    return m / tl.where(valid, norm, 1.0)[:, None]
+
+
+@triton.jit(do_not_specialize=["N", "prefix", "r"])  # one compiled kernel for every r and prefix
+def _match_kernel(
+    metric_ptr,
+    a_row_ptr,  # (B, na) int32 out: the output row a merged A token adds to, -1 if it is kept
+    kept_ptr,  # (B, na - r) int32 out: the A token that fills kept row k
+    N,
+    prefix,
+    r,
+    d,
+    s_mb,
+    s_mn,
+    s_md,
+    BLOCK_A: tl.constexpr,
+    BLOCK_J: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    na, nb = (N - prefix + 1) // 2, (N - prefix) // 2
+    base = metric_ptr + b * s_mb
+    i = tl.arange(0, BLOCK_A)
+    a = _unit_rows(base, prefix + 2 * i, i < na, d, s_mn, s_md, BLOCK_D).to(metric_ptr.dtype.element_ty)
+    best = tl.full([BLOCK_A], float("-inf"), tl.float32)
+    partner = tl.zeros([BLOCK_A], tl.int32)
+    for j0 in range(0, nb, BLOCK_J):
+        j = j0 + tl.arange(0, BLOCK_J)
+        bt = _unit_rows(base, prefix + 2 * j + 1, j < nb, d, s_mn, s_md, BLOCK_D).to(metric_ptr.dtype.element_ty)
+        s = tl.dot(a, tl.trans(bt), input_precision=PRECISION)  # (BLOCK_A, BLOCK_J) fp32
+        s = tl.where((j < nb)[None, :], s, float("-inf"))
+        tile_best, tile_arg = tl.max(s, axis=1, return_indices=True, return_indices_tie_break_left=True)
+        better = tile_best > best  # strictly: an equal score in a later tile keeps the first index
+        partner = tl.where(better, tile_arg + j0, partner)
+        best = tl.where(better, tile_best, best)
+    # OPTIMIZATION: rank by counting (BLOCK_A^2 comparisons in registers) instead of sorting
+    ahead = (best[None, :] > best[:, None]) | ((best[None, :] == best[:, None]) & (i[None, :] < i[:, None]))
+    rank = tl.sum((ahead & (i < na)[None, :]).to(tl.int32), axis=1)  # (BLOCK_A,)
+    valid, merged = i < na, rank < r
+    tl.store(a_row_ptr + b * na + i, tl.where(merged, prefix + na - r + partner, -1), mask=valid)
+    tl.store(kept_ptr + b * (na - r) + rank - r, i, mask=valid & ~merged)
+
+
+@triton.jit(do_not_specialize=["N", "prefix", "r"])
+def _merge_kernel(
+    x_ptr,
+    size_ptr,
+    a_row_ptr,
+    kept_ptr,
+    out_ptr,
+    out_size_ptr,
+    N,
+    C,
+    prefix,
+    r,
+    s_xb,
+    s_xn,
+    s_xc,
+    s_sb,
+    s_sn,
+    s_ob,
+    s_on,
+    s_oc,
+    s_qb,
+    s_qn,
+    BLOCK_O: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    b, pid_o, pid_c = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
+    na = (N - prefix + 1) // 2
+    dst0 = prefix + na - r  # the first B row
+    o = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)  # output rows
+    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    row_ok, c_ok = o < N - r, c < C
+    # every output row's own token: prefix token, kept A token (from the match), or B token
+    kept = tl.load(kept_ptr + b * (na - r) + o - prefix, mask=row_ok & (o >= prefix) & (o < dst0), other=0)
+    src = tl.where(o < prefix, o, tl.where(o < dst0, prefix + 2 * kept, prefix + 2 * (o - dst0) + 1))
+    total = tl.load(size_ptr + b * s_sb + src * s_sn, mask=row_ok, other=0.0).to(tl.float32)  # (BLOCK_O,)
+    xs = tl.load(x_ptr + b * s_xb + src[:, None] * s_xn + c[None, :] * s_xc, mask=row_ok[:, None] & c_ok[None, :])
+    acc = xs.to(tl.float32) * total[:, None]  # (BLOCK_O, BLOCK_C)
+    if pid_o * BLOCK_O + BLOCK_O > dst0:  # B rows here: add the A tokens merged into them
+        for t0 in range(0, na, BLOCK_T):
+            t = t0 + tl.arange(0, BLOCK_T)  # A tokens
+            dest = tl.load(a_row_ptr + b * na + t, mask=t < na, other=-1)
+            w = tl.load(size_ptr + b * s_sb + (prefix + 2 * t) * s_sn, mask=t < na, other=0.0)
+            xa = tl.load(
+                x_ptr + b * s_xb + (prefix + 2 * t)[:, None] * s_xn + c[None, :] * s_xc,
+                mask=(t < na)[:, None] & c_ok[None, :],
+                other=0.0,
+            )
+            hit = dest[None, :] == o[:, None]  # (BLOCK_O, BLOCK_T): A token t merges into row o
+            onehot = tl.where(hit, w[None, :], 0.0).to(x_ptr.dtype.element_ty)  # the model keeps size in x's dtype
+            acc = tl.dot(onehot, xa, acc, input_precision=PRECISION)
+            total += tl.sum(tl.where(hit, w[None, :].to(tl.float32), 0.0), axis=1)
+    out = acc / tl.where(row_ok, total, 1.0)[:, None]
+    tl.store(
+        out_ptr + b * s_ob + o[:, None] * s_on + c[None, :] * s_oc,
+        out.to(out_ptr.dtype.element_ty),
+        mask=row_ok[:, None] & c_ok[None, :],
+    )
+    tl.store(out_size_ptr + b * s_qb + o * s_qn, total.to(out_size_ptr.dtype.element_ty), mask=row_ok & (pid_c == 0))
+
+
+INTERPRETED = not isinstance(_match_kernel, triton.runtime.JITFunction)
+"""Whether Triton's interpreter runs the kernels (TRITON_INTERPRET=1 when triton was imported)."""
+
+
+def check_device(device: torch.device | str) -> None:
+    """Raise ValueError unless the kernels can run on `device` (CUDA, or any with the interpreter)."""
+    if torch.device(device).type != "cuda" and not INTERPRETED:
+        raise ValueError(
+            f"merge_impl 'triton' needs a CUDA device, got {device}; use 'matmul' (or 'reference') on a CPU, "
+            "or start Python with TRITON_INTERPRET=1 to run the kernels in Triton's interpreter (slow)"
+        )
+
+
+def _pow2(n: int) -> int:
+    return max(16, triton.next_power_of_2(n))  # tl.dot wants every dimension >= 16
+
+
+def merge_triton(
+    x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r: int, prefix: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`merge_scatter`'s step: x (B, N, C), size (B, N, 1), metric (B, N, d) -> (B, N - r, C), (B, N - r, 1)."""
+    B, N, C = x.shape
+    na, nb = (N - prefix + 1) // 2, (N - prefix) // 2
+    if not 0 <= r <= nb:
+        raise ValueError(f"r={r}: merge at most {nb} of the {N - prefix} tokens after a prefix of {prefix}")
+    check_device(x.device)
+    if {x.dtype, size.dtype, metric.dtype} - set(DTYPES):
+        got = f"{x.dtype}, {size.dtype}, {metric.dtype}"
+        raise ValueError(f"merge_triton sums in fp32: use tensors of {DTYPES}, got {got}; use 'matmul' for float64")
+    a_row = torch.empty(B, max(na, 1), dtype=torch.int32, device=x.device)
+    kept = torch.empty(B, max(na - r, 1), dtype=torch.int32, device=x.device)
+    out = torch.empty(B, N - r, C, dtype=x.dtype, device=x.device)
+    out_size = torch.empty(B, N - r, 1, dtype=size.dtype, device=x.device)
+    block_a = _pow2(na)
+    _match_kernel[(B,)](
+        metric,
+        a_row,
+        kept,
+        N,
+        prefix,
+        r,
+        metric.shape[2],
+        *metric.stride(),
+        BLOCK_A=block_a,
+        BLOCK_J=BLOCK_J,
+        BLOCK_D=_pow2(metric.shape[2]),
+        PRECISION="ieee" if metric.dtype == torch.float32 else "tf32",  # fp32: exact products, as the reference
+        num_warps=8 if block_a >= 128 else 4,
+    )
+    grid = (B, triton.cdiv(N - r, BLOCK_O), triton.cdiv(C, BLOCK_C))
+    _merge_kernel[grid](
+        x,
+        size,
+        a_row,
+        kept,
+        out,
+        out_size,
+        N,
+        C,
+        prefix,
+        r,
+        *x.stride(),
+        size.stride(0),
+        size.stride(1),
+        *out.stride(),
+        out_size.stride(0),
+        out_size.stride(1),
+        BLOCK_O=BLOCK_O,
+        BLOCK_T=BLOCK_T,
+        BLOCK_C=BLOCK_C,
+        PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+    )
+    return out, out_size

@@ -1,0 +1,239 @@
+"""The fused Triton merge step (otas.adapt.triton_merge) against the reference merge step and the matmul
+merge in whole models, run on the CPU by Triton's interpreter; and how `merge_impl="triton"` is chosen.
+
+The interpreter runs the kernels only when TRITON_INTERPRET=1 is set before triton is imported (torch
+imports it), so `test_kernels_in_the_interpreter` runs this file again in a process started with it;
+there the kernel tests run, here they are skipped. The interpreter cannot run a bfloat16 `tl.dot` (it
+multiplies the raw bits; triton-lang/triton#11584), so half precision is checked here in float16, and
+bfloat16 only on a GPU (the `gpu` tests).
+"""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import otas.adapt
+from otas.adapt.fast import FastConfig, FastForward
+from otas.adapt.ops import check_merge_impl, merge_matmul, merge_ops, merge_scatter
+
+from .conftest import small_model
+from .test_reference import VARIANTS, _images, _model
+
+MODULE = "otas.adapt.triton_merge"
+INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@pytest.fixture
+def interpreted():
+    """`otas.adapt.triton_merge`, in a process where Triton's interpreter runs its kernels on CPU tensors."""
+    tm = pytest.importorskip(MODULE)
+    if not tm.INTERPRETED:
+        pytest.skip("runs in Triton's interpreter, in test_kernels_in_the_interpreter's process")
+    return tm
+
+
+@pytest.mark.skipif(INTERPRETING, reason="this is the interpreter's process")
+def test_kernels_in_the_interpreter():
+    """Every test of this file that needs the kernels, in a process with TRITON_INTERPRET=1."""
+    pytest.importorskip("triton")
+    root = Path(__file__).resolve().parents[2]
+    path = os.pathsep.join([str(root), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}
+    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not gpu", __file__]
+    run = subprocess.run(args, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+
+
+def _min_gap(metric: torch.Tensor) -> float:
+    """The smallest score difference the matching of `metric` (B, n, d) decides on, in float64: each A
+    token's best partner against its second best, and A tokens' best scores against each other."""
+    m = metric.double() / metric.double().norm(dim=-1, keepdim=True)
+    scores = m[:, ::2] @ m[:, 1::2].transpose(-1, -2)  # (B, Na, Nb)
+    top = scores.topk(min(2, scores.shape[-1]), dim=-1).values
+    gaps = [top[..., 0].sort(dim=-1).values.diff(dim=-1)]
+    if top.shape[-1] == 2:
+        gaps.append(top[..., 0] - top[..., 1])
+    return min((g.min().item() for g in gaps if g.numel()), default=float("inf"))
+
+
+def _inputs(B, N, C, d, prefix, seed, gap=1e-6, sizes=True):
+    """Random tokens, sizes (1..4, as after earlier merges) and keys whose matching has no near-ties."""
+    for s in range(seed, seed + 100):
+        g = torch.Generator().manual_seed(s)
+        x = torch.randn(B, N, C, generator=g)
+        size = torch.randint(1, 5, (B, N, 1), generator=g).float() if sizes else torch.ones(B, N, 1)
+        metric = torch.randn(B, N, d, generator=g)
+        if _min_gap(metric[:, prefix:]) > gap:
+            return x, size, metric
+    raise AssertionError("no input without near-ties found")
+
+
+CASES = [  # B, N, C, d, r, prefix
+    (1, 2, 4, 3, 1, 0),  # one A and one B token
+    (2, 11, 8, 6, 0, 1),  # r = 0 still orders the kept A tokens by score
+    (2, 11, 8, 6, 5, 1),  # r = max
+    (2, 12, 8, 6, 5, 1),  # odd number after the prefix: one A token more than B
+    (3, 16, 5, 4, 8, 0),  # no prefix, r = max
+    (2, 15, 9, 17, 3, 5),  # five prefix tokens (class + 4 registers)
+    (2, 20, 70, 24, 7, 5),  # channels over two blocks, r = max
+    (2, 81, 40, 24, 20, 1),  # 40 A and B tokens: several score and one-hot tiles, output rows over 3 blocks
+    (1, 150, 16, 64, 74, 1),  # 75 A tokens (a 128-row block), r = max
+    (1, 150, 16, 64, 30, 0),
+    (4, 65, 33, 8, 16, 1),  # the small model's shape
+]
+
+
+@pytest.mark.parametrize("B,N,C,d,r,prefix", CASES)
+def test_triton_merge_equals_scatter_merge(interpreted, B, N, C, d, r, prefix):
+    """The same tokens land on the same rows with the same values (fp32 sums, so to float rounding)."""
+    x, size, metric = _inputs(B, N, C, d, prefix, seed=N * 31 + r)
+    want_x, want_size = merge_scatter(x, size, metric, r, prefix)
+    got_x, got_size = interpreted.merge_triton(x, size, metric, r, prefix)
+    assert got_x.shape == (B, N - r, C) and got_size.shape == (B, N - r, 1)
+    torch.testing.assert_close(got_size, want_size, rtol=0, atol=0)  # integer counts: exact
+    torch.testing.assert_close(got_x, want_x, rtol=1e-5, atol=1e-5)
+
+
+def test_triton_merge_with_unit_sizes_and_strided_inputs(interpreted):
+    """The first merge (every size 1) and inputs read through strides (a key slice, a transposed x)."""
+    x, size, metric = _inputs(2, 33, 12, 20, 1, seed=5, sizes=False)
+    x_t = x.transpose(1, 2).contiguous().transpose(1, 2)  # (B, N, C) with strides (N*C, 1, N)
+    keys = torch.cat([metric, torch.randn_like(metric)], dim=-1)[..., :20]  # (B, N, d) with row stride 2d
+    want = merge_scatter(x, size, metric, 12, 1)
+    got = interpreted.merge_triton(x_t, size, keys, 12, 1)
+    torch.testing.assert_close(got[1], want[1], rtol=0, atol=0)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5)
+
+
+def test_triton_merge_in_float16(interpreted):
+    """Half precision (the kernel's tensor-core path; bfloat16 only runs on a GPU): within rounding."""
+    x, size, metric = _inputs(2, 25, 24, 16, 1, seed=3, gap=2e-3)  # fp16 keys move scores by < 1e-3
+    x, size, metric = x.half(), size.half(), metric.half()
+    want_x, want_size = merge_scatter(x.float(), size.float(), metric.float(), 9, 1)
+    got_x, got_size = interpreted.merge_triton(x, size, metric, 9, 1)
+    assert got_x.dtype == got_size.dtype == torch.float16
+    torch.testing.assert_close(got_size.float(), want_size, rtol=0, atol=0)
+    torch.testing.assert_close(got_x.float(), want_x, rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("N,r", [(13, 4), (81, 30)])  # 81: B tokens over two score tiles
+def test_triton_merge_breaks_ties_by_index(interpreted, N, r):
+    """All scores equal: every A token picks the first B token, and A tokens rank in index order, so the
+    first r merge into B token 0 and the rest stay in their order (the reference's argsort may differ)."""
+    B, C, prefix = 2, 6, 1
+    g = torch.Generator().manual_seed(0)
+    x, size = torch.randn(B, N, C, generator=g), torch.randint(1, 5, (B, N, 1), generator=g).float()
+    got_x, got_size = interpreted.merge_triton(x, size, torch.ones(B, N, 8), r, prefix)
+    a, b = slice(prefix, None, 2), slice(prefix + 1, None, 2)
+    xa, sa, xb, sb = x[:, a], size[:, a], x[:, b].clone(), size[:, b].clone()
+    xb[:, 0] = (xb[:, 0] * sb[:, 0] + (xa[:, :r] * sa[:, :r]).sum(1)) / (sb[:, 0] + sa[:, :r].sum(1))
+    sb[:, 0] += sa[:, :r].sum(1)
+    torch.testing.assert_close(got_x, torch.cat([x[:, :prefix], xa[:, r:], xb], 1))
+    torch.testing.assert_close(got_size, torch.cat([size[:, :prefix], sa[:, r:], sb], 1))
+
+
+def test_triton_merge_checks_its_arguments(interpreted):
+    x, size, metric = torch.randn(1, 9, 4), torch.ones(1, 9, 1), torch.randn(1, 9, 3)
+    with pytest.raises(ValueError, match="r=5: merge at most 4"):
+        interpreted.merge_triton(x, size, metric, 5, 0)
+    with pytest.raises(ValueError, match="sums in fp32"):
+        interpreted.merge_triton(x.double(), size.double(), metric.double(), 2, 0)
+
+
+# -- whole models ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("variant", VARIANTS)
+@torch.no_grad()
+def test_triton_column_equals_matmul_column_in_the_model(interpreted, variant):
+    """Every prefix and pooling, r capped in the last block (-14): the logits of "triton+column" equal
+    those of "matmul+column" in float32."""
+    model, x = _model(variant).float(), _images().float()
+    idx = torch.zeros(len(x), dtype=torch.long)
+    want_ops, got_ops = merge_ops("matmul+column", model.vit), merge_ops("triton+column", model.vit)
+    for gamma in (-14, -8):
+        want = model.forward_indexed(x, gamma, idx, want_ops)
+        torch.testing.assert_close(model.forward_indexed(x, gamma, idx, got_ops), want, rtol=1e-4, atol=1e-5)
+
+
+@torch.no_grad()
+def test_fast_forward_serves_triton(interpreted):
+    """The served path (FastForward, eager, fp32) at every γ and a task mix, against "matmul+column"."""
+    images = torch.randint(0, 256, (3, 16, 16, 3), dtype=torch.uint8)
+    ref = FastForward(small_model(), "cpu", FastConfig(mode="eager", dtype=torch.float32, merge_impl="matmul+column"))
+    fast = FastForward(small_model(), "cpu", FastConfig(mode="eager", dtype=torch.float32, merge_impl="triton+column"))
+    for g in ref.model.config.gammas:
+        torch.testing.assert_close(fast(images, g, ["a", "b", "a"]), ref(images, g, ["a", "b", "a"]))
+
+
+# -- choosing it -----------------------------------------------------------------------------------------
+def test_triton_merge_impl_names():
+    for ok in ("triton", "triton+column", "column+triton"):
+        assert check_merge_impl(ok) == ok
+    for bad in ("triton+matmul", "triton+compile", "column+triton+compile", "matmul+column+triton"):
+        with pytest.raises(ValueError, match=re.escape(f"merge_impl='{bad}'") + ".*cannot be combined"):
+            check_merge_impl(bad)
+    with pytest.raises(ValueError, match="cannot be combined"):
+        FastConfig(merge_impl="triton+matmul")
+
+
+@pytest.mark.skipif(INTERPRETING, reason="the interpreter runs CPU tensors")
+def test_triton_needs_cuda_on_a_cpu():
+    """A clear error when the model is built, not a crash inside Triton at the first merge."""
+    tm = pytest.importorskip(MODULE)
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        merge_ops("triton+column", small_model().vit)
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        FastForward(small_model(), "cpu", FastConfig(mode="eager", merge_impl="triton"))
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        tm.merge_triton(torch.randn(1, 9, 4), torch.ones(1, 9, 1), torch.randn(1, 9, 3), 2, 0)
+
+
+def test_triton_needs_the_triton_package(monkeypatch):
+    monkeypatch.setitem(sys.modules, "triton", None)  # `import triton` raises ImportError
+    monkeypatch.delitem(sys.modules, MODULE, raising=False)
+    monkeypatch.delattr(otas.adapt, "triton_merge", raising=False)
+    with pytest.raises(ValueError, match="needs the triton package"):
+        merge_ops("triton", small_model().vit)
+
+
+# -- on a GPU ------------------------------------------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "B,N,C,d,r,prefix",
+    [(8, 257, 192, 64, 48, 1), (4, 197, 768, 64, 16, 1), (2, 30, 70, 17, 12, 5)],
+)
+def test_gpu_triton_merge(B, N, C, d, r, prefix):
+    """The compiled kernels in fp32 equal the reference, and a CUDA graph replays them."""
+    from otas.adapt.triton_merge import merge_triton
+
+    x, size, metric = (t.cuda() for t in _inputs(B, N, C, d, prefix, seed=N))
+    want_x, want_size = merge_scatter(x, size, metric, r, prefix)
+    got_x, got_size = merge_triton(x, size, metric, r, prefix)
+    torch.testing.assert_close(got_size, want_size, rtol=0, atol=0)
+    torch.testing.assert_close(got_x, want_x, rtol=1e-5, atol=1e-5)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = merge_triton(x, size, metric, r, prefix)
+    x.mul_(2)
+    graph.replay()
+    torch.testing.assert_close(captured[0], merge_scatter(x, size, metric, r, prefix)[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("N,r,prefix", [(12, 3, 1), (13, 6, 1), (15, 2, 5)])
+def test_gpu_triton_merge_in_bfloat16(N, r, prefix):
+    """bf16 (the served dtype) within rounding of the fp32 reference and of the matmul merge, on keys far
+    enough from ties that bf16 scores (~4e-3 apart) choose the same tokens."""
+    from otas.adapt.triton_merge import merge_triton
+
+    x, size, metric = (t.cuda() for t in _inputs(2, N, 70, 32, prefix, seed=N, gap=1e-2))
+    want_x, want_size = merge_scatter(x, size, metric, r, prefix)
+    half = x.bfloat16(), size.bfloat16(), metric.bfloat16()
+    got_x, got_size = merge_triton(*half, r, prefix)
+    torch.testing.assert_close(got_size.float(), want_size, rtol=0, atol=0)
+    torch.testing.assert_close(got_x.float(), want_x, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(got_x, merge_matmul(*half, r, prefix)[0], rtol=2e-2, atol=2e-2)
