@@ -24,6 +24,26 @@ def _ints(s: str) -> list[int]:
     return [int(x) for x in s.split(",") if x.strip()]
 
 
+def _variant(label: str):
+    """A variant by its label: any `merge_impl` (e.g. "triton+column"), optionally with the suffixes of
+    `Variant.label` ("/noprop", "/every<k>", "@<mode>"), such as "matmul+column/every2@compiled-graphs"."""
+    from otas.adapt.ops import check_merge_impl
+    from otas.profile.gpumerge import COMPILED, VARIANTS, Variant
+
+    head, _, mode = label.partition("@")
+    impl, *flags = head.split("/")
+    every = [f.removeprefix("every") for f in flags if f.startswith("every")]
+    try:
+        check_merge_impl(impl)
+        v = Variant(impl, prop="noprop" not in flags, every=int(every[0]) if every else 1, mode=mode)
+    except ValueError as e:
+        raise SystemExit(f"variant {label!r}: {e}") from e
+    if v.label != label:  # an unknown or misplaced suffix
+        known = sorted(k.label for k in VARIANTS + COMPILED)
+        raise SystemExit(f"variant {label!r}: write it as {v.label!r}; e.g. {known}")
+    return v
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("phase", choices=["time", "accuracy", "sdpa", "timm-compile", "report"])
@@ -31,7 +51,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", default="tiny", help='"tiny" (shipped), a checkpoint path, or timm:<name>')
     ap.add_argument("--gammas", type=_ints, default=None, help="γ to run, with 0 (default: the model's, timm: -16..0)")
     ap.add_argument("--batches", type=_ints, default=[256, 8, 64, 1], help="in order of importance")
-    ap.add_argument("--variants", default="all", help="comma-separated labels (see otas.profile.gpumerge.VARIANTS)")
+    ap.add_argument(
+        "--variants", default="all", help="comma-separated merge_impl[/noprop][/every<k>][@mode] (gpumerge.VARIANTS)"
+    )
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--mode", default="graphs", help="FastForward mode: graphs on a GPU, eager on a CPU")
     ap.add_argument("--rounds", type=int, default=10)
@@ -71,11 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     rec.meta(device, phase=args.phase, model=args.model)
     variants = gpumerge.VARIANTS
     if args.variants != "all":
-        known = {v.label: v for v in gpumerge.VARIANTS + gpumerge.COMPILED}
-        wanted = args.variants.split(",")
-        if not set(wanted) <= set(known):
-            raise SystemExit(f"unknown variants {sorted(set(wanted) - set(known))}; known: {sorted(known)}")
-        variants = tuple(known[w] for w in wanted)
+        variants = tuple(_variant(label) for label in args.variants.split(","))
     if args.phase == "sdpa":
         shapes = [(b, 3, 257, 64) for b in args.batches] + [(b, 12, 197, 64) for b in args.batches]
         gpumerge_checks.sdpa_rows(rec, shapes)
