@@ -119,7 +119,7 @@ class Otas(Policy):
             options += [((j, rest[2 * k], rest[2 * k + 1]), head) for k, (j, _) in enumerate(halves)]
         fr = [f for f, _ in options]
         plans = optimizer.plan_fronts(specs, fr, cfg.delta_ms, cfg.max_grid, mu)
-        best = max(range(len(plans)), key=lambda m: (plans[m].value, -m))  # ties: the default order
+        best = _first_best([p.value for p in plans])  # ties: the default order
         plan, (f, take), mixed = plans[best], options[best], 0
         first = f if isinstance(f, int) else f[0]
         if self.mix and len({c.queue for c in cands}) > 1:
@@ -139,8 +139,8 @@ class Otas(Policy):
                         alt, (hs, rs) = alt[:-2], alt[-2:]
                         mopts.append(((0, hs, rs), head))
                 mplans = optimizer.plan_fronts(alt, [f for f, _ in mopts], cfg.delta_ms, cfg.max_grid, mu)
-                mb = max(range(len(mplans)), key=lambda m: (mplans[m].value, -m))
-                if mplans[mb].value > plan.value + 1e-9:
+                mb = _first_best([p.value for p in mplans])
+                if mplans[mb].value > plan.value + 1e-9 * max(1.0, abs(plan.value)):  # as `_first_best`
                     plan, first, mixed, take = mplans[mb], 0, 1, mopts[mb][1]
         gamma = view.profiles[view.model].gammas[plan.choice[0]]
         meta = {"planned_value": plan.value, "planned_batches": len(specs), "price": mu, "batch": first, "mixed": mixed}
@@ -229,6 +229,14 @@ class Otas(Policy):
         deadlines = tuple(np.sort(np.asarray(v)) for v in groups.values())
         weights = np.stack([view.weights(view.model, a) for a in groups], axis=1)
         return optimizer.BatchSpec(deadlines, weights, lat)
+
+
+def _first_best(values: list[float]) -> int:
+    """Index of the first value within a relative 1e-9 of the largest: plans equal up to rounding are
+    ties, broken by order, so a decision does not hang on the last bits of a sum (which differ
+    between CPUs: numpy's SIMD reductions add in another order with AVX-512 than without)."""
+    top = max(values)
+    return next(m for m, v in enumerate(values) if v >= top - 1e-9 * max(1.0, abs(top)))
 
 
 def make_policy(name: str, **kwargs: object) -> Policy:

@@ -1,5 +1,9 @@
-"""The scheduler decides exactly as recorded in decisions.json (before the decision path was
-optimised): same batches, same γ, same planned values, same outcome for every query."""
+"""The scheduler decides exactly as recorded in decisions.json: same batches, same γ, same planned
+values, same outcome for every query. Recorded before the decision path was optimised, and again
+when plans equal to within 1e-9 became ties broken by order (`policies._first_best`): before that,
+such ties went to whichever sum came out larger in its last bits, which differs between CPUs
+(numpy's SIMD reductions with and without AVX-512). `test_decisions_do_not_hang_on_simd` runs the
+cases again with AVX-512 off."""
 
 import json
 
@@ -16,3 +20,22 @@ def test_decides_as_recorded(seed):
     want = WANT[str(seed)]
     _, _, policy, cfg, trace = case(seed)
     assert (batches, digest) == (want["batches"], want["digest"]), f"case {seed}: {policy}, {cfg}, {trace}"
+
+
+def test_decisions_do_not_hang_on_simd():
+    """The same decisions with numpy's AVX-512 kernels disabled (another summation order): a few
+    cases, in a subprocess (numpy reads the setting when it is imported)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR", "PYTHONPATH": str(root)}
+    code = (
+        "import json; from tests.sched.decisions import decisions; "
+        "print(json.dumps([decisions(s) for s in (20, 56, 7)]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, cwd=root)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert [tuple(x) for x in got] == [(WANT[str(s)]["batches"], WANT[str(s)]["digest"]) for s in (20, 56, 7)]
