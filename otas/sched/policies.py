@@ -6,6 +6,7 @@ through the same interface in the simulator and the live server.
                     each batch's latency costs μ utility per ms, μ from the arrival rates, plus the
                     arrivals it blocks; it also chooses which class runs next, whether only the
                     head of a long batch runs, and whether classes share a deadline-ordered batch
+                    (per-class and shared batching compared at the utility rate each sustains)
     otas-paper      the method as published: selective batching (queues per SLO class, served in
                     arrival order of their heads; batch size that lets the most members meet their
                     deadlines) + the DP over `lookahead` pending batches (method §5)
@@ -140,7 +141,16 @@ class Otas(Policy):
                         mopts.append(((0, hs, rs), head))
                 mplans = optimizer.plan_fronts(alt, [f for f, _ in mopts], cfg.delta_ms, cfg.max_grid, mu)
                 mb = _first_best([p.value for p in mplans])
-                if mplans[mb].value > plan.value + 1e-9 * max(1.0, abs(plan.value)):  # as `_first_best`
+                v_mixed, v_split = mplans[mb].value, plan.value
+                if self._price is not None:
+                    # each way of batching at the utility rate it sustains: a plan of n queries
+                    # taking t ms keeps up with arrivals at rate R only if n / t ≥ R, else it serves
+                    # the share n / (R·t) of them (shared batches take less device time per query)
+                    rate = float(self._price.rates(now_ms).sum())  # queries per ms
+                    if rate > 0:
+                        v_mixed *= _sustained(alt, _plan_ms(mplans[mb], alt, mopts[mb][0]), rate)
+                        v_split *= _sustained(specs, _plan_ms(plan, specs, f), rate)
+                if v_mixed > v_split + 1e-9 * max(1.0, abs(v_split)):  # as `_first_best`
                     plan, first, mixed, take = mplans[mb], 0, 1, mopts[mb][1]
         gamma = view.profiles[view.model].gammas[plan.choice[0]]
         meta = {"planned_value": plan.value, "planned_batches": len(specs), "price": mu, "batch": first, "mixed": mixed}
@@ -229,6 +239,22 @@ class Otas(Policy):
         deadlines = tuple(np.sort(np.asarray(v)) for v in groups.values())
         weights = np.stack([view.weights(view.model, a) for a in groups], axis=1)
         return optimizer.BatchSpec(deadlines, weights, lat)
+
+
+def _plan_ms(plan: optimizer.Plan, specs: list[optimizer.BatchSpec], front: optimizer.Front) -> float:
+    """Device ms of a plan from `plan_fronts`: its batches in execution order at their settings."""
+    if isinstance(front, int):
+        order = [specs[front], *specs[:front], *specs[front + 1 :]]
+    else:
+        j, head, rest = front
+        order = [head, rest, *specs[:j], *specs[j + 1 :]]
+    return float(sum(sp.latency[c] for sp, c in zip(order, plan.choice, strict=False)))
+
+
+def _sustained(specs: list[optimizer.BatchSpec], t_ms: float, rate: float) -> float:
+    """Share of arrivals at `rate` (per ms) that batching as `specs` does, taking `t_ms`, keeps up with."""
+    n = sum(len(d) for s in specs for d in s.deadlines)
+    return min(1.0, n / (rate * t_ms)) if t_ms > 0 else 1.0
 
 
 def _first_best(values: list[float]) -> int:

@@ -183,6 +183,27 @@ def test_otas_mixes_classes_on_a_flat_device_while_it_keeps_up():
     assert mixed == {"otas-paper": False, "otas": True}
 
 
+def test_otas_shares_batches_when_classes_in_turn_cannot_keep_up():
+    """Four classes with slack for a batch each: in turn, with γ = 16 for every class, the plan
+    earns the most, but four batches take four times the device time of one shared batch, and
+    queries arrive faster than the turns serve them. Valued at the rate each way sustains, otas
+    shares the batch; at light load (the same queue, arrivals long ago) it runs them in turn."""
+    from otas.types import App
+
+    flat = make_profile(base_ms=(10.0, 10.5, 12.0), gammas=[0, 4, 8, 16], device="flat (hand-made)")
+    apps = [App(f"a{k}", 60.0 + 10 * k, 1.0, "novel") for k in range(4)]
+    mixed = {}
+    for busy in (True, False):
+        s = Scheduler(apps, flat, "otas", SchedulerConfig(max_batch=64, rate_window=0.2))
+        t0 = 0.0 if busy else -1000.0  # the rate estimate decays over 0.2 × 90 ms
+        for i in range(40):  # 2 a ms, round-robin over the classes
+            t = t0 + i / 2
+            assert s.submit(Request(i, apps[i % 4].name, t, 20.0 + apps[i % 4].slo_ms), t) is None
+        plan = s.next_batch(20.0)
+        mixed[busy] = len({r.app for r in plan.requests}) > 1
+    assert mixed == {True: True, False: False}
+
+
 @pytest.mark.parametrize("policy", ["otas", "otas-paper"])
 def test_members_a_batch_would_finish_late_expire_instead(policy):
     """The oldest query could still make it alone, but not in the batch that serves the seven
