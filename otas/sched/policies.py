@@ -164,7 +164,7 @@ class Otas(Policy):
         others of `a` that arrived meanwhile (R_a · lat_fast(b) of them). b ≤ B_max; 0 if none."""
         fast = view.fast_latency()  # (B_max + 1,)
         rates = self._price.rates(now_ms)
-        live = rates > 0
+        live = (rates > 0) & self._price.served  # applications worth their device time at the price
         if not live.any():
             return len(fast) - 1
         r, slo = rates[live], self._slo[live]
@@ -197,6 +197,8 @@ class Otas(Policy):
             return []
         rates = self._price.rates(now_ms)  # (apps,)
         rate_value = rates * self._value  # (apps,): utility arriving per ms
+        # arrivals of applications not worth their device time at price μ are no loss when blocked
+        rate_value = np.where(self._price.served, rate_value, 0.0)
         fast = view.fast_latency()
         # OPTIMIZATION: a cost per distinct latency row (batches of one size share theirs)
         row = {s.latency.tobytes(): s.latency for s in specs}

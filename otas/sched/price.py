@@ -14,7 +14,9 @@ profile's best per-query time at γ with batches within half of a's SLO). The LP
 is solved by its Lagrangian: every application takes argmax_γ v_a(γ) − μ · s_a(γ), and μ is the
 smallest price at which the demand Σ_a R_a · s_a(γ_a(μ)) fits the device. An idle device gives
 μ = 0 (the paper's objective); a saturated one gives the marginal utility per ms of the setting
-that just keeps up. Demand is piecewise constant in μ, with breaks where an application's best
+that just keeps up. An application whose best choice at μ is 'not served' is not worth its device
+time (`served`): the policy then stops protecting its arrivals (head cap, blocked-arrival cost).
+Demand is piecewise constant in μ, with breaks where an application's best
 setting changes, so the breaks are computed once and each query of μ is one small mat-vec.
 Pure numpy; no clock of its own (times are passed in).
 """
@@ -54,6 +56,8 @@ class DevicePrice:
         self._breaks, self._S = _demand_table(np.array(values), s)
         self._rate = np.zeros(len(self.apps))  # queries per ms, decayed to `_t`
         self._t = 0.0
+        self.served = np.ones(len(self.apps), dtype=bool)
+        """(apps,) at the last price asked: whether the fluid solution serves the application at all."""
 
     def observe(self, app: str, now_ms: float) -> None:
         """One arrival of `app`."""
@@ -71,6 +75,7 @@ class DevicePrice:
         r = self._rate if backlog is None else self._rate + np.asarray(backlog, float) / self.tau
         demand = scale * (self._S @ r)  # (M + 1,): device ms needed per ms, per price interval
         m = int(np.argmax(demand <= 1.0))  # the last interval serves nothing: demand 0 there
+        self.served = self._S[m] > 0  # (apps,): worth their device time at this price
         return 0.0 if m == 0 else float(self._breaks[m - 1])
 
     def _decay(self, now_ms: float) -> None:

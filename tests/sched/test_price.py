@@ -60,3 +60,16 @@ def test_demand_table_intervals_are_monotone():
         assert np.all(np.diff(breaks) > 0) and S.shape == (len(breaks) + 1, 3)
         assert np.all(np.diff(S.sum(1)) <= 1e-12)  # demand never rises with the price
         assert np.all(S[-1] == 0)  # past the last break nothing is worth serving
+
+
+def test_served_marks_the_applications_worth_their_device_time():
+    """Two applications with the same task and SLO, utilities 3 and 0.4. Light load serves both; when
+    even the fastest setting for both exceeds the device, the price rises to the value per ms of
+    the lesser one (0.4 × 0.8 / 1 ms at γ=-8), where serving it stops paying: only `cheap` is served."""
+    apps = [App("cheap", 100.0, 3.0, "t"), App("dear", 100.0, 0.4, "t")]
+    p = DevicePrice(apps, two_setting_profile(), max_batch=2, tau_ms=1000.0)
+    p._rate[:] = [0.2, 0.2]  # 0.8 ms/ms at γ=8 for both: fits
+    assert p.price(0.0) == 0.0 and p.served.tolist() == [True, True]
+    p._rate[:] = [0.5, 0.6]  # both at γ=-8 need 1.1 > 1; cheap alone at γ=8 needs 1.0
+    mu = p.price(0.0)
+    assert mu == pytest.approx(0.4 * 0.8) and p.served.tolist() == [True, False]
