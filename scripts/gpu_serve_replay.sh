@@ -53,7 +53,16 @@ for POLICY in $POLICIES; do
   $OTAS serve --profile "$PROFILE" --apps "$APPS" --device cuda --policy "$POLICY" --max-batch 256 ${SERVE_ARGS:-} \
     --port 8000 --grpc-port 0 --log-level warning > "$W/serve_$TAG.log" 2>&1 &
   PID=$!
-  for _ in $(seq 180); do curl -sf localhost:8000/v2/health/ready > /dev/null && break; kill -0 $PID 2>/dev/null || { echo "$POLICY: server exited; see serve_$TAG.log"; tail -3 "$W/serve_$TAG.log"; break; }; sleep 1; done
+  UP=
+  for _ in $(seq 180); do
+    curl -sf localhost:8000/v2/health/ready > /dev/null && { UP=1; break; }
+    kill -0 $PID 2>/dev/null || break
+    sleep 1
+  done
+  if [ -z "$UP" ]; then  # exited or never ready: no replay against a dead port
+    echo "$POLICY: server not ready at $((SECONDS - T0))s; see serve_$TAG.log"; tail -3 "$W/serve_$TAG.log"
+    kill -TERM $PID 2>/dev/null; wait $PID 2>/dev/null; continue
+  fi
   echo "$POLICY ready at $((SECONDS - T0))s"
   for LOAD in $LOADS; do
     N=$(python3 -c "print(int($LOAD * $CAP * $DURATION_S))")

@@ -59,7 +59,8 @@ class FrontDoor:
         self._clock = clock
         self.in_flight = 0
         self.rate: float | None = None
-        """Requests per second the front end finishes while saturated; None until first measured."""
+        """Requests per second the front end finishes, measured while saturated (light windows can only
+        raise it: the host does at least that much); None until a saturated window."""
         self.admitted = self.refused = 0
         self._busy_s = 0.0
         self._held_s = 0.0  # ∫ in_flight dt over the window: held / busy = mean requests held while busy

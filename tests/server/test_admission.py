@@ -117,13 +117,42 @@ def test_light_load_sets_no_limit_and_saturation_measures_the_rate():
     assert d.rate == pytest.approx(4000, rel=0.01)
 
 
-@pytest.mark.parametrize("seed", range(4))
+def simulate_parallel(service_s: float, budget_ms: float, load: float, seed: int, servers: int, burst: int):
+    """A host that works on `servers` requests at once (decode threads, processes); requests arrive
+    alone, and one arrival in ten is a burst of `burst` at once (a bursty trace); `load` × its
+    capacity. Returns the door."""
+    import heapq
+
+    rng = np.random.default_rng(seed)
+    clock = Clock()
+    d = FrontDoor(lambda: budget_ms, clock=clock)
+    sizes = np.where(rng.random(2000) < 0.1, burst, 1)
+    gaps = rng.exponential(sizes.mean() * service_s / (servers * load), len(sizes))
+    free = [0.0] * servers  # when each server is next free
+    ends: list[float] = []  # finish times of admitted requests, a heap
+    for t, size in zip(np.cumsum(gaps), sizes, strict=True):
+        for _ in range(size):
+            while ends and ends[0] <= t:
+                clock.t = heapq.heappop(ends)
+                d.done()
+            clock.t = t
+            if d.admit():
+                d.start()
+                start = max(t, heapq.heappop(free))
+                heapq.heappush(free, start + service_s)
+                heapq.heappush(ends, start + service_s)
+    return d
+
+
+@pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("service_ms", [0.3, 4.0])
 def test_nothing_refused_below_capacity(service_ms, seed):
-    """Poisson arrivals at half the host's rate (bursts included) are all admitted."""
-    budget = 10 * service_ms
-    _, _, door = simulate(service_ms / 1e3, budget, 0.5, seed)
-    assert door.refused == 0 and door.admitted == 6000
+    """A host of 4 parallel workers at a quarter of its capacity, with bursts larger than the floor:
+    (almost) every request is admitted. A window of lone requests measures one request's latency, a
+    quarter of this host's throughput; taken as the rate, it shut the door on parts of bursts."""
+    door = simulate_parallel(service_ms / 1e3, 10 * service_ms, 1 / 4, seed, servers=4, burst=12)
+    # the few refused wait behind more than the budget's worth (with 2ec5d7f's door: 0.3-1.5 %)
+    assert door.refused <= 0.002 * door.admitted and door.admitted > 3000
 
 
 def test_ticket_releases_once_and_checks():
