@@ -66,6 +66,7 @@ def _match_kernel(
     a = _unit_rows(base, prefix + 2 * i, i < na, d, s_mn, s_md, BLOCK_D).to(metric_ptr.dtype.element_ty)
     best = tl.full([BLOCK_A], float("-inf"), tl.float32)
     partner = tl.zeros([BLOCK_A], tl.int32)
+    # a NaN score (a zero key) is never `better`, so `best` stays a number and the ranks a permutation
     for j0 in range(0, nb, BLOCK_J):
         j = j0 + tl.arange(0, BLOCK_J)
         bt = _unit_rows(base, prefix + 2 * j + 1, j < nb, d, s_mn, s_md, BLOCK_D).to(metric_ptr.dtype.element_ty)
@@ -167,6 +168,9 @@ def merge_triton(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`merge_scatter`'s step: x (B, N, C), size (B, N, 1), metric (B, N, d) -> (B, N - r, C), (B, N - r, 1)."""
     B, N, C = x.shape
+    if size.shape != (B, N, 1) or metric.dim() != 3 or metric.shape[:2] != (B, N):
+        raise ValueError(f"x {tuple(x.shape)}: size must be {(B, N, 1)} and metric ({B}, {N}, d), got "
+                         f"{tuple(size.shape)} and {tuple(metric.shape)}")  # fmt: skip
     na, nb = (N - prefix + 1) // 2, (N - prefix) // 2
     if not 0 <= r <= nb:
         raise ValueError(f"r={r}: merge at most {nb} of the {N - prefix} tokens after a prefix of {prefix}")

@@ -137,10 +137,24 @@ def test_triton_merge_breaks_ties_by_index(interpreted, N, r):
     torch.testing.assert_close(got_size, torch.cat([size[:, :prefix], sa[:, r:], sb], 1))
 
 
+def test_triton_merge_with_a_zero_key_keeps_every_token(interpreted):
+    """Zero keys (cosine scores NaN) on either side: every token still lands in exactly one output row,
+    so the sizes add up to the input's and every kept row is filled."""
+    x, size, metric = _inputs(2, 33, 8, 12, 1, seed=9)
+    metric[:, 1] = 0.0  # the first A token's key
+    metric[1, 5] = 0.0  # another A token's
+    metric[0, 2] = 0.0  # a B token's
+    got_x, got_size = interpreted.merge_triton(x, size, metric, 10, 1)
+    torch.testing.assert_close(got_size.sum(1), size.sum(1))
+    assert torch.isfinite(got_x).all() and (got_size >= 1).all()
+
+
 def test_triton_merge_checks_its_arguments(interpreted):
     x, size, metric = torch.randn(1, 9, 4), torch.ones(1, 9, 1), torch.randn(1, 9, 3)
     with pytest.raises(ValueError, match="r=5: merge at most 4"):
         interpreted.merge_triton(x, size, metric, 5, 0)
+    with pytest.raises(ValueError, match="size must be"):
+        interpreted.merge_triton(x, torch.ones(1, 8, 1), metric, 2, 0)
     with pytest.raises(ValueError, match="sums in fp32"):
         interpreted.merge_triton(x.double(), size.double(), metric.double(), 2, 0)
 
