@@ -1,7 +1,7 @@
 """One cell of the workload suite (`otas bench workloads`): each policy's utility, SLO attainment per
 application, mean batch and γ, and why queries were lost, for one seeded workload at one load.
 
-    python bench/workload_cell.py --seed 22 --load 1 --set h200 --policies otas,otas-paper,fixed:-48,edf
+    python bench/workload_cell.py --seed 22 --load 1 --profile-set h200 --policies otas,otas-paper,fixed:-48,edf
 
 The suite reports ratios; this shows where a ratio comes from (which application starves, under which
 policy), with the same workload draw, profiles, B_max and simulator as the suite.
@@ -12,37 +12,29 @@ from __future__ import annotations
 import argparse
 
 from otas.bench import workloads as suite
-from otas.config import SchedulerConfig
-from otas.sim import workloads as wl
 from otas.sim.simulator import run
-from otas.sim.traces import at_load, capacity_per_s
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seed", type=int, required=True, help="workload seed (even: tuning split, odd: held out)")
     ap.add_argument("--load", type=float, default=1.0, help="× the γ = 0 capacity of the set's first profile")
-    ap.add_argument("--set", default="h200", help=f"profile set: {', '.join(s.name for s in suite.DEFAULT_SETS)}")
+    names = ", ".join(s.name for s in suite.DEFAULT_SETS)
+    ap.add_argument("--profile-set", default="h200", help=f"one of the suite's default profile sets: {names}")
     ap.add_argument("--policies", default="otas,otas-paper,fixed:0,edf", help="comma-separated policy names")
     args = ap.parse_args()
     sets = {s.name: s for s in suite.DEFAULT_SETS}
-    if args.set not in sets:
-        ap.error(f"--set {args.set!r}: use one of {', '.join(sets)}")
-    pset = sets[args.set]
-    profiles = pset.profiles()
-    w = wl.draw(args.seed, wl.served_tasks(profiles))
-    apps = w.apps_for(profiles[0])
-    cfg = SchedulerConfig(max_batch=pset.max_batch)
-    trace = at_load(
-        w.base_trace(apps, str(suite.AZURE_DEFAULT.resolve())),
-        args.load,
-        capacity_per_s(profiles[0], apps, cfg.max_batch),
-    )
-    print(f"workload {args.seed} ({w.split}), {trace.name}, {len(trace)} requests, load {args.load}, set {args.set}")
+    if args.profile_set not in sets:
+        ap.error(f"--profile-set {args.profile_set!r}: use one of {', '.join(sets)}")
+    (w,) = suite.draw_suite(1, suite.DEFAULT_SETS, first_seed=args.seed)  # the suite's draw of this seed
+    cell = suite.cell_inputs(w, sets[args.profile_set], str(suite.AZURE_DEFAULT.resolve()))
+    apps, trace = cell.apps, cell.trace(args.load)
+    head = f"workload {args.seed} ({w.split}), {trace.name}, {len(trace)} requests"
+    print(f"{head}, load {args.load}, set {args.profile_set}")
     for a in apps:
         print(f"  {a.name}: SLO {a.slo_ms:.2f} ms, utility {a.utility:.2f}, task {a.task}")
     for name in args.policies.split(","):
-        s = run(trace, apps, suite.online_profiles(name, profiles), name, cfg, seed=w.seed).summary(apps)
+        s = run(trace, apps, suite.online_profiles(name, cell.profiles), name, cell.config, seed=w.seed).summary(apps)
         per = " ".join(f"{k} {v:.3f}" for k, v in s["slo_attainment_per_app"].items())  # type: ignore[union-attr]
         print(
             f"{name:>14}  utility {s['utility']:9.1f}  SLO {s['slo_attainment']:.3f} [{per}]  mean batch "

@@ -99,19 +99,42 @@ def policy_list(profiles: Sequence[Profile], policies: Sequence[str] | None, com
     return [p for p in names if not p.startswith("fixed:") or int(p.split(":")[1]) in profiles[0].gammas]
 
 
+def draw_suite(n: int, sets: Sequence[ProfileSet], first_seed: int = 0, n_requests=wl.N_REQUESTS) -> list[wl.Workload]:
+    """The suite's workloads: tasks drawn from those every set's profiles serve."""
+    return wl.suite(n, wl.served_tasks([p for s in sets for p in s.profiles()]), first_seed, n_requests)
+
+
+@dataclass
+class CellInputs:
+    """What every policy of one (workload, profile set) cell runs on; `trace(load)` scales its trace."""
+
+    profiles: list[Profile]
+    apps: list
+    config: SchedulerConfig
+    capacity_per_s: float
+    base: object
+
+    def trace(self, load: float):
+        return at_load(self.base, load, self.capacity_per_s)
+
+
+def cell_inputs(workload: wl.Workload, pset: ProfileSet, azure: str) -> CellInputs:
+    profs = pset.profiles()
+    apps = workload.apps_for(profs[0])
+    cfg = SchedulerConfig(max_batch=pset.max_batch)
+    return CellInputs(profs, apps, cfg, capacity_per_s(profs[0], apps, cfg.max_batch), workload.base_trace(apps, azure))
+
+
 def run_cell(
     workload: wl.Workload, pset: ProfileSet, loads: Sequence[float], policies: Sequence[str], azure: str
 ) -> list[dict[str, object]]:
     """Every policy at every load on one workload and one profile set: one record per load."""
-    profs = pset.profiles()
-    apps = workload.apps_for(profs[0])
-    cfg = SchedulerConfig(max_batch=pset.max_batch)
-    cap = capacity_per_s(profs[0], apps, cfg.max_batch)
-    base = workload.base_trace(apps, azure)
+    cell = cell_inputs(workload, pset, azure)
+    profs, apps, cfg, cap = cell.profiles, cell.apps, cell.config, cell.capacity_per_s
     out = []
     for load in loads:
         t0 = time.perf_counter()
-        tr = at_load(base, load, cap)
+        tr = cell.trace(load)
         bound = upper_bound(tr.requests(apps), apps, profs, cfg)
         per: dict[str, dict[str, object]] = {}
         for name in policies:
@@ -186,8 +209,7 @@ def main(
     """Draw, run, summarise; write {out}/{tag}.json and {tag}.png; print the summary tables."""
     t0 = time.perf_counter()
     azure = str(Path(azure).resolve() if azure else AZURE_DEFAULT.resolve())
-    all_profiles = [p for s in sets for p in s.profiles()]
-    workloads = wl.suite(n, wl.served_tasks(all_profiles), first_seed, n_requests)
+    workloads = draw_suite(n, sets, first_seed, n_requests)
     per_set = {s.name: policy_list(s.profiles(), policies, compare) for s in sets}
     compared = [p for p in dict.fromkeys(p for ps in per_set.values() for p in ps) if not rep.is_baseline(p)]
     if not compared or not any(rep.is_baseline(p) for ps in per_set.values() for p in ps):

@@ -150,7 +150,7 @@ class Otas(Policy):
                     if rate > 0:
                         v_mixed *= _sustained(alt, _plan_ms(mplans[mb], alt, mopts[mb][0]), rate)
                         v_split *= _sustained(specs, _plan_ms(plan, specs, f), rate)
-                if v_mixed > v_split + 1e-9 * max(1.0, abs(v_split)):  # as `_first_best`
+                if v_mixed > v_split + _TIE * max(1.0, abs(v_split)):  # strictly better, as `_first_best`
                     plan, first, mixed, take = mplans[mb], 0, 1, mopts[mb][1]
         gamma = view.profiles[view.model].gammas[plan.choice[0]]
         meta = {"planned_value": plan.value, "planned_batches": len(specs), "price": mu, "batch": first, "mixed": mixed}
@@ -243,6 +243,10 @@ class Otas(Policy):
         return optimizer.BatchSpec(deadlines, weights, lat)
 
 
+_TIE = 1e-9
+"""Plan values this close (relative; absolute below 1) are equal: rounding, not a better plan."""
+
+
 def _plan_ms(plan: optimizer.Plan, specs: list[optimizer.BatchSpec], front: optimizer.Front) -> float:
     """Device ms of a plan from `plan_fronts`: its batches in execution order at their settings."""
     if isinstance(front, int):
@@ -270,7 +274,7 @@ def _first_best(values: list[float]) -> int:
     ties, broken by order, so a decision does not hang on the last bits of a sum (which differ
     between CPUs: numpy's SIMD reductions add in another order with AVX-512 than without)."""
     top = max(values)
-    return next(m for m, v in enumerate(values) if v >= top - 1e-9 * max(1.0, abs(top)))
+    return next(m for m, v in enumerate(values) if v >= top - _TIE * max(1.0, abs(top)))
 
 
 def make_policy(name: str, **kwargs: object) -> Policy:

@@ -8,6 +8,10 @@ such ties went to whichever sum came out larger in its last bits, which differs 
 cases again with AVX-512 off."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -26,14 +30,11 @@ def test_decides_as_recorded(seed):
 
 def test_decisions_do_not_hang_on_simd():
     """The same decisions with numpy's AVX-512 kernels disabled (another summation order): a few
-    cases, in a subprocess (numpy reads the setting when it is imported)."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
+    cases, in a subprocess (numpy reads the setting when it is imported). On a host without AVX-512
+    the setting changes nothing and this only repeats the recorded cases."""
     root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR", "PYTHONPATH": str(root)}
+    path = os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR", "PYTHONPATH": path}
     code = (
         "import json; from tests.sched.decisions import decisions; "
         "print(json.dumps([decisions(s) for s in (20, 56, 7)]))"
