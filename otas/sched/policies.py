@@ -124,39 +124,60 @@ class Otas(Policy):
         plan, (f, take), mixed = plans[best], options[best], 0
         first = f if isinstance(f, int) else f[0]
         if self.mix and len({c.queue for c in cands}) > 1:
-            # batches may mix the classes in one deadline order: where latency is nearly flat in the
-            # batch (a GPU) per-class batches that wait in turn cost time a shared batch saves. Only
-            # planned when the first mixed batch is larger than every class's first batch (else it
-            # would save nothing: on a CPU, latency grows with the batch)
             largest = max(len(cands[j].requests) for j in fronts)
-            if largest < cfg.max_batch and len(view.mixed_candidates(now_ms, 1)[0].requests) > largest:
-                mc = view.mixed_candidates(now_ms)[: self.lookahead]
-                alt = [self._spec(c, now_ms, view) for c in mc]
-                mopts: list[tuple[optimizer.Front, int]] = [(0, 0)]
-                if self._price is not None:
-                    sp = self._split(mc[0], head, now_ms, view) if head else None
-                    alt = self._with_costs(alt + list(sp or ()), mu, now_ms, view)
-                    if sp:
-                        alt, (hs, rs) = alt[:-2], alt[-2:]
-                        mopts.append(((0, hs, rs), head))
-                mplans = optimizer.plan_fronts(alt, [f for f, _ in mopts], cfg.delta_ms, cfg.max_grid, mu)
-                mb = _first_best([p.value for p in mplans])
-                v_mixed, v_split = mplans[mb].value, plan.value
-                if self._price is not None:
-                    # each way of batching at the utility rate it sustains: a plan of n queries
-                    # taking t ms keeps up with arrivals at rate R only if n / t ≥ R, else it serves
-                    # the share n / (R·t) of them (shared batches take less device time per query)
-                    rate = float(self._price.rates(now_ms).sum())  # queries per ms
-                    if rate > 0:
-                        v_mixed *= _sustained(alt, _plan_ms(mplans[mb], alt, mopts[mb][0]), rate)
-                        v_split *= _sustained(specs, _plan_ms(plan, specs, f), rate)
-                if v_mixed > v_split + _TIE * max(1.0, abs(v_split)):  # strictly better, as `_first_best`
-                    plan, first, mixed, take = mplans[mb], 0, 1, mopts[mb][1]
+            shared = self._mixed_plan(largest, head, mu, plan, specs, f, now_ms, view)
+            if shared is not None:
+                (plan, take), first, mixed = shared, 0, 1
         gamma = view.profiles[view.model].gammas[plan.choice[0]]
         meta = {"planned_value": plan.value, "planned_batches": len(specs), "price": mu, "batch": first, "mixed": mixed}
         if take:
             meta["head"] = take
         return view.model, gamma, meta
+
+    def _mixed_plan(
+        self,
+        largest: int,
+        head: int,
+        mu: float,
+        plan: optimizer.Plan,
+        specs: list[optimizer.BatchSpec],
+        front: optimizer.Front,
+        now_ms: float,
+        view: View,
+    ) -> tuple[optimizer.Plan, int] | None:
+        """The plan with the classes sharing deadline-ordered batches, with how many members of its first
+        batch run (0: all), if it beats `plan` (the best per-class plan: `specs` run from `front`).
+
+        Where latency is nearly flat in the batch (a GPU), per-class batches that wait in turn cost
+        time a shared batch saves. Only planned when the first mixed batch is larger than every
+        class's first batch (`largest`; else it would save nothing: on a CPU, latency grows with the
+        batch)."""
+        cfg = view.config
+        if largest >= cfg.max_batch or len(view.mixed_candidates(now_ms, 1)[0].requests) <= largest:
+            return None
+        mc = view.mixed_candidates(now_ms)[: self.lookahead]
+        alt = [self._spec(c, now_ms, view) for c in mc]
+        mopts: list[tuple[optimizer.Front, int]] = [(0, 0)]
+        if self._price is not None:
+            sp = self._split(mc[0], head, now_ms, view) if head else None
+            alt = self._with_costs(alt + list(sp or ()), mu, now_ms, view)
+            if sp:
+                alt, (hs, rs) = alt[:-2], alt[-2:]
+                mopts.append(((0, hs, rs), head))
+        mplans = optimizer.plan_fronts(alt, [f for f, _ in mopts], cfg.delta_ms, cfg.max_grid, mu)
+        mb = _first_best([p.value for p in mplans])
+        v_mixed, v_split = mplans[mb].value, plan.value
+        if self._price is not None:
+            # each way of batching at the utility rate it sustains: a plan of n queries taking t ms
+            # keeps up with arrivals at rate R only if n / t ≥ R, else it serves the share n / (R·t)
+            # of them (shared batches take less device time per query)
+            rate = float(self._price.rates(now_ms).sum())  # queries per ms
+            if rate > 0:
+                v_mixed *= _sustained(alt, _plan_ms(mplans[mb], alt, mopts[mb][0]), rate)
+                v_split *= _sustained(specs, _plan_ms(plan, specs, front), rate)
+        if v_mixed > v_split + _TIE * max(1.0, abs(v_split)):  # strictly better, as `_first_best`
+            return mplans[mb], mopts[mb][1]
+        return None
 
     def _head_cap(self, now_ms: float, view: View) -> int:
         """The largest batch after which the arrivals it blocks still make their SLO: a query of `a`
