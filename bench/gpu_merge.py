@@ -24,9 +24,10 @@ def _ints(s: str) -> list[int]:
     return [int(x) for x in s.split(",") if x.strip()]
 
 
-def _variant(label: str):
+def _variant(label: str):  # -> otas.profile.gpumerge.Variant
     """A variant by its label: any `merge_impl` (e.g. "triton+column"), optionally with the suffixes of
     `Variant.label` ("/noprop", "/every<k>", "@<mode>"), such as "matmul+column/every2@compiled-graphs"."""
+    from otas.adapt.fast import MODES
     from otas.adapt.ops import check_merge_impl
     from otas.profile.gpumerge import COMPILED, VARIANTS, Variant
 
@@ -35,6 +36,10 @@ def _variant(label: str):
     every = [f.removeprefix("every") for f in flags if f.startswith("every")]
     try:
         check_merge_impl(impl)
+        if mode and mode not in MODES:
+            raise ValueError(f"mode {mode!r}: use one of {', '.join(MODES)}")
+        if every and (not every[0].isdigit() or int(every[0]) < 1):
+            raise ValueError(f"every{every[0]}: merge in every k-th block, k >= 1")
         v = Variant(impl, prop="noprop" not in flags, every=int(every[0]) if every else 1, mode=mode)
     except ValueError as e:
         raise SystemExit(f"variant {label!r}: {e}") from e
