@@ -204,6 +204,27 @@ def test_otas_shares_batches_when_classes_in_turn_cannot_keep_up():
     assert mixed == {True: True, False: False}
 
 
+def test_head_cap_protects_only_applications_worth_their_device_time():
+    """A tight application worth almost nothing beside a loose valuable one. While the device is idle
+    (price 0) its arrivals cap the length of a batch; once the price rises above what it earns per
+    ms of device time, it is not served in the fluid solution and no longer caps anyone's batch."""
+    from otas.types import App
+
+    apps = [App("tight", 400.0, 0.001, "novel"), App("loose", 8000.0, 1.0, "blur")]
+    caps = {}
+    for loose_gap, tight_gap in ((400, 100), (40, 10)):  # ms between arrivals: light, then busy
+        s = Scheduler(apps, make_profile(), "otas", SchedulerConfig(max_batch=64, rate_window=0.5))
+        for i, t in enumerate(range(2000)):
+            for app, gap in (("loose", loose_gap), ("tight", tight_gap)):
+                if t % gap == 0:
+                    s.submit(Request(2 * i + (app == "tight"), app, t, t + s.apps[app].slo_ms), t)
+        p = s.policy
+        mu = p._price.price(2000.0, s.backlog(), s.latency_factor(s.model))
+        caps[loose_gap] = (mu > 0, p._price.served.tolist(), p._head_cap(2000.0, s))
+    assert caps[400][:2] == (False, [True, True]) and caps[400][2] < 64
+    assert caps[40] == (True, [False, True], 64)
+
+
 @pytest.mark.parametrize("policy", ["otas", "otas-paper"])
 def test_members_a_batch_would_finish_late_expire_instead(policy):
     """The oldest query could still make it alone, but not in the batch that serves the seven
