@@ -80,10 +80,6 @@ def image_pools(apps: Sequence[App], needed: dict[str, int], data: Path | None) 
     return pools
 
 
-async def _replay(url: str, fmt: Format, trace: Trace, bodies: list[bytes], timeout_s: float) -> list[dict[str, Any]]:
-    return await open_loop(f"{url}{fmt.path}", bodies, trace.arrival_ms, timeout_s, fmt.parse)
-
-
 async def open_loop(
     endpoint: str,
     bodies: list[bytes],
@@ -195,7 +191,8 @@ def run_live(url: str, fmt: Format, work: Workload, apps: Sequence[App], profile
     """Replay a workload against a server: (per-application summary, per-request records, wall s)."""
     t0 = time.perf_counter()
     timeout_s = 30 + 10 * max(a.slo_ms for a in apps) / 1e3
-    recs = asyncio.run(_replay(url.rstrip("/"), fmt, work.trace, work.bodies, timeout_s))
+    endpoint = f"{url.rstrip('/')}{fmt.path}"
+    recs = asyncio.run(open_loop(endpoint, work.bodies, work.trace.arrival_ms, timeout_s, fmt.parse))
     wall = time.perf_counter() - t0
     return summarize(recs, work.trace, apps, work.labels, profile), recs, wall
 

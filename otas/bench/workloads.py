@@ -27,7 +27,8 @@ from otas.sched.policies import POLICY_NAMES, make_policy
 from otas.sim import workloads as wl
 from otas.sim.cli import default_policies, online_profiles
 from otas.sim.simulator import run
-from otas.sim.traces import AZURE_DEFAULT, at_load, capacity_per_s
+from otas.sim.traces import AZURE_DEFAULT, Trace, at_load, capacity_per_s
+from otas.types import App
 
 LOADS = (0.5, 1.0, 1.5, 2.0, 3.0)
 COMPARE = ("otas", "otas-paper")
@@ -109,12 +110,13 @@ class CellInputs:
     """What every policy of one (workload, profile set) cell runs on; `trace(load)` scales its trace."""
 
     profiles: list[Profile]
-    apps: list
+    apps: list[App]
     config: SchedulerConfig
     capacity_per_s: float
-    base: object
+    """of the served profile at γ = 0 (the first of `profiles`): what load 1 means"""
+    base: Trace
 
-    def trace(self, load: float):
+    def trace(self, load: float) -> Trace:
         return at_load(self.base, load, self.capacity_per_s)
 
 

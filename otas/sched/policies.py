@@ -175,9 +175,7 @@ class Otas(Policy):
             if rate > 0:
                 v_mixed *= _sustained(alt, _plan_ms(mplans[mb], alt, mopts[mb][0]), rate)
                 v_split *= _sustained(specs, _plan_ms(plan, specs, front), rate)
-        if v_mixed > v_split + _TIE * max(1.0, abs(v_split)):  # strictly better, as `_first_best`
-            return mplans[mb], mopts[mb][1]
-        return None
+        return (mplans[mb], mopts[mb][1]) if _first_best([v_split, v_mixed]) == 1 else None  # ties: per class
 
     def _head_cap(self, now_ms: float, view: View) -> int:
         """The largest batch after which the arrivals it blocks still make their SLO: a query of `a`
