@@ -53,7 +53,11 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("phase", choices=["time", "accuracy", "sdpa", "timm-compile", "report"])
     ap.add_argument("parts", nargs="*", type=Path, help="report: the JSON-lines files to combine")
-    ap.add_argument("--model", default="tiny", help='"tiny" (shipped), a checkpoint path, or timm:<name>')
+    ap.add_argument(
+        "--model",
+        default="tiny",
+        help='"tiny" (shipped), a checkpoint path, timm:<name> or arch:<name> (random weights)',
+    )
     ap.add_argument("--gammas", type=_ints, default=None, help="γ to run, with 0 (default: the model's, timm: -16..0)")
     ap.add_argument("--batches", type=_ints, default=[256, 8, 64, 1], help="in order of importance")
     ap.add_argument(

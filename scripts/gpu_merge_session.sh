@@ -7,7 +7,8 @@
 # images per task (Tiny, when the archive is there); our γ = 0 against stock timm + torch.compile.
 #
 # Run from the repository root, with .carry/cifar10-jpg.tar.gz beside it (or OTAS_CIFAR10 set):
-#   bash scripts/gpu_merge_session.sh        (env: OUT, SMALL=<checkpoint>, TOTAL_S (default 500), PYTHON)
+#   bash scripts/gpu_merge_session.sh        (env: OUT, SMALL=<checkpoint or arch:vit_small_p2>, TOTAL_S (default 560),
+#                                             PYTHON, and the per-phase knobs below)
 # A dry run of the plumbing on a CPU (eager, no CUDA-only phases), e.g.:
 #   DEVICE=cpu EXTRA="--batches 2 --gammas=-20,0 --variants reference,matmul+column --limit 40" \
 #     OUT=/tmp/gm bash scripts/gpu_merge_session.sh
@@ -33,41 +34,54 @@ DEVICE=${DEVICE:-cuda}
 read -r -a EXTRA <<< "${EXTRA:-}"
 [ "$DEVICE" = cuda ] || EXTRA+=(--device "$DEVICE" --mode eager)
 
-# phase CAP RESERVE ARGS...: run bench/gpu_merge.py ARGS with a hard limit of min(CAP, time left - RESERVE)
-# seconds (RESERVE: what the later phases need); its soft budget (stop starting new groups) is 25 s less.
-phase() {
-  local cap=$1 reserve=$2; shift 2
-  local left=$((TOTAL_S - (SECONDS - T0) - reserve))
-  local limit=$((cap < left ? cap : left))
-  if [ "$limit" -lt 20 ]; then echo "== skip: $* (no time left)" | tee -a "$LOG"; return; fi
-  echo "== $* (limit ${limit}s, at $((SECONDS - T0))s)" | tee -a "$LOG"
-  timeout -k 5 "$limit" "$PY" bench/gpu_merge.py "$@" --budget-s $((limit - 25)) --out "$PARTS" >> "$LOG" 2>&1
-  echo "   rc=$? at $((SECONDS - T0))s" | tee -a "$LOG"
-}
+# The phases are planned first (add CAP ARGS...), then run in order, each with a hard limit of
+# min(CAP, time left - the caps of the phases after it) seconds; its soft budget (stop starting new
+# groups) is 25 s less. A phase with under 20 s left is skipped.
+CAPS=() PLANS=()
+add() { CAPS+=("$1"); shift; PLANS+=("$(printf '%q ' "$@")"); }
+
+# VARIANTS: the uncompiled variants timed (default: all of otas.profile.gpumerge.VARIANTS);
+# COMPILED: variants of the whole forward compiled inside the graphs, at a few γ and batches (each
+# cell compiles its own stock and limit too, ~10-40 s per compile); set but empty to skip.
+# Per-phase narrowing (each a full argument list, default: none): TINY_ARGS (e.g. "--gammas=-48,-20,-8"),
+# VITB_ARGS, SMALL_ARGS; ACC_VARIANTS: the variants whose accuracy is measured (default: VARIANTS).
+# Caps in seconds: TINY_S, ACC_S, COMPILED_S, VITB_S, VITB_COMPILED_S, SMALL_S, TIMM_S (0 skips a phase).
+VARIANTS=${VARIANTS:-all}
+COMPILED=${COMPILED-matmul+column@compiled-graphs}
+V=(--variants "$VARIANTS")
+read -r -a TINY_ARGS <<< "${TINY_ARGS:-}"
+read -r -a VITB_ARGS <<< "${VITB_ARGS:-}"
+read -r -a SMALL_ARGS <<< "${SMALL_ARGS:-}"
+CUDA=$([ "$DEVICE" = cuda ] && echo 1)
+[ -n "$CUDA" ] && [ -z "${SKIP_SDPA:-}" ] && add 30 sdpa --batches 256,8
+add "${TINY_S:-120}" time --model tiny "${V[@]}" "${TINY_ARGS[@]}" "${EXTRA[@]}"
+if [ -n "${OTAS_CIFAR10:-}" ] && [ -z "${SKIP_ACCURACY:-}" ]; then
+  add "${ACC_S:-40}" accuracy --model tiny --variants "${ACC_VARIANTS:-$VARIANTS}" "${EXTRA[@]}"
+else
+  echo "== skip accuracy (no CIFAR-10 archive, or SKIP_ACCURACY)" | tee -a "$LOG"
+fi
+[ -n "$COMPILED" ] && [ -n "$CUDA" ] && add "${COMPILED_S:-130}" time --model tiny --variants "$COMPILED" \
+  --gammas=-48,-20 --batches 256,8 --profile-batches 0
+add "${VITB_S:-100}" time --model "$VITB" "${V[@]}" "${VITB_ARGS[@]}" "${EXTRA[@]}"
+[ -n "$COMPILED" ] && [ -n "$CUDA" ] && add "${VITB_COMPILED_S:-80}" time --model "$VITB" --variants "$COMPILED" \
+  --gammas=-16 --batches 256,8 --profile-batches 0
+[ -n "${SMALL:-}" ] && add "${SMALL_S:-120}" time --model "$SMALL" --batches 256,8 "${V[@]}" "${SMALL_ARGS[@]}" "${EXTRA[@]}"
+[ -n "$CUDA" ] && add "${TIMM_S:-60}" timm-compile --model tiny --batches 256,8
 
 { nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.max.sm --format=csv || true
   "$PY" -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__, torch.cuda.is_available())"
   git log -1 --format='commit %h %s' 2>/dev/null || true; } >> "$LOG" 2>&1
 
-# phase CAP RESERVE: RESERVE = the caps of the phases after it (within TOTAL_S), then the report.
-# VARIANTS: the uncompiled variants timed (default: all of otas.profile.gpumerge.VARIANTS);
-# COMPILED: variants of the whole forward compiled inside the graphs, at a few γ and batches (each
-# cell compiles its own stock and limit too, ~10-30 s per compile), "" to skip.
-VARIANTS=${VARIANTS:-all}
-COMPILED=${COMPILED:-matmul+column@compiled-graphs}
-V=(--variants "$VARIANTS")
-[ "$DEVICE" = cuda ] && [ -z "${SKIP_SDPA:-}" ] && phase 30 530 sdpa --batches 256,8
-phase 120 410 time --model tiny "${V[@]}" "${EXTRA[@]}"
-[ -n "$COMPILED" ] && [ "$DEVICE" = cuda ] && phase 130 280 time --model tiny --variants "$COMPILED" --gammas=-48,-20,0 --batches 256,8 --profile-batches 0
-phase 100 180 time --model "$VITB" "${V[@]}" "${EXTRA[@]}"
-[ -n "$COMPILED" ] && [ "$DEVICE" = cuda ] && phase 80 100 time --model "$VITB" --variants "$COMPILED" --gammas=-16,0 --batches 256,8 --profile-batches 0
-if [ -n "${SMALL:-}" ]; then phase 120 100 time --model "$SMALL" --batches 256,8 "${V[@]}" "${EXTRA[@]}"; fi  # if time is left
-if [ -n "${OTAS_CIFAR10:-}" ] && [ -z "${SKIP_ACCURACY:-}" ]; then
-  phase 40 60 accuracy --model tiny "${EXTRA[@]}"
-else
-  echo "== skip accuracy" | tee -a "$LOG"
-fi
-[ "$DEVICE" = cuda ] && phase 60 0 timm-compile --model tiny --batches 256,8
+for i in "${!PLANS[@]}"; do
+  reserve=0
+  for c in "${CAPS[@]:i+1}"; do reserve=$((reserve + c)); done
+  cap=${CAPS[i]} left=$((TOTAL_S - (SECONDS - T0) - reserve))
+  limit=$((cap < left ? cap : left))
+  if [ "$cap" -le 0 ] || [ "$limit" -lt 20 ]; then echo "== skip: ${PLANS[i]}(limit ${limit}s)" | tee -a "$LOG"; continue; fi
+  echo "== ${PLANS[i]}(limit ${limit}s, at $((SECONDS - T0))s)" | tee -a "$LOG"
+  eval "timeout -k 5 $limit $PY bench/gpu_merge.py ${PLANS[i]} --budget-s $((limit - 25)) --out $PARTS" >> "$LOG" 2>&1
+  echo "   rc=$? at $((SECONDS - T0))s" | tee -a "$LOG"
+done
 
 echo "== report at $((SECONDS - T0))s" | tee -a "$LOG"
 "$PY" bench/gpu_merge.py report "$PARTS" --out-dir "$OUT" 2>&1 | tee -a "$LOG"

@@ -17,9 +17,10 @@ from torch import nn
 
 
 def attention_with_keys(
-    attn: nn.Module, x: torch.Tensor, size: torch.Tensor | None
+    attn: nn.Module, x: torch.Tensor, size: torch.Tensor | None, mean_keys: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """x (B, N, C), size (B, N, 1) or None -> output (B, N, C), keys averaged over heads (B, N, hd)."""
+    """x (B, N, C), size (B, N, 1) or None -> output (B, N, C), keys averaged over heads (B, N, hd), or
+    with `mean_keys=False` the keys per head (B, H, N, hd) (a view: for a merge that reduces them itself)."""
     B, N, _ = x.shape
     qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)  # (B, H, N, hd) each
@@ -35,7 +36,7 @@ def attention_with_keys(
     if gate is not None:
         out = out * gate(x).sigmoid()
     out = attn.proj_drop(attn.proj(out))
-    return out, k.mean(dim=1)
+    return out, k.mean(dim=1) if mean_keys else k
 
 
 def attention_reference(attn: nn.Module, x: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
@@ -91,11 +92,12 @@ def column_weights(attn: nn.Module) -> ColumnWeights:
 
 
 def attention_size_column(
-    attn: nn.Module, cw: ColumnWeights, x: torch.Tensor, size: torch.Tensor
+    attn: nn.Module, cw: ColumnWeights, x: torch.Tensor, size: torch.Tensor, mean_keys: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`attention_with_keys` with the log(size) bias as an extra q·k term instead of a mask.
 
-    x (B, N, C), size (B, N, 1) -> output (B, N, C), keys averaged over heads (B, N, hd). The bias
+    x (B, N, C), size (B, N, 1) -> output (B, N, C), keys averaged over heads (B, N, hd) (or per head,
+    (B, H, N, hd), with `mean_keys=False`). The bias
     column is written into the qkv projection's own output, so no tensor is concatenated.
     """
     B, N, _ = x.shape
@@ -106,4 +108,4 @@ def attention_size_column(
     drop = attn.attn_drop.p if attn.training else 0.0
     out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, scale=attn.scale)  # (B, H, N, hp)
     out = F.linear(out.transpose(1, 2).reshape(B, N, H * hp), cw.proj_w, attn.proj.bias)
-    return attn.proj_drop(out), k[..., :hd].mean(dim=1)
+    return attn.proj_drop(out), k[..., :hd].mean(dim=1) if mean_keys else k[..., :hd]

@@ -9,6 +9,7 @@ one graph per (γ, bucket) serves any mix of applications.
 from __future__ import annotations
 
 import bisect
+import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,10 +25,13 @@ GRAPH_MODES = ("graphs", "compiled-graphs")
 
 
 def default_merge_impl(device: torch.device) -> str:
-    """The merge implementation `merge_impl="auto"` picks: on a GPU the one-hot matmul merge and the
-    log(size) column (no scatter atomics, mask-free attention kernels: bench/results/gpu_merge/); on a
-    CPU the reference gathers and scatter-add, which the CPU profile was measured with."""
-    return "matmul+column" if device.type == "cuda" else "reference"
+    """The merge implementation `merge_impl="auto"` picks: on a GPU the fused Triton merge and the
+    log(size) column (two kernels per merge step, mask-free attention kernels: docs/gpu.md), or the
+    one-hot matmul merge where triton is not installed; on a CPU the reference gathers and scatter-add,
+    which the CPU profile was measured with."""
+    if device.type != "cuda":
+        return "reference"
+    return "triton+column" if importlib.util.find_spec("triton") is not None else "matmul+column"
 
 
 @dataclass

@@ -38,7 +38,8 @@ class MergeOps(Protocol):
         self, i: int, attn: nn.Module, x: torch.Tensor, size: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Block i's attention: x (B, N, C), size (B, N, 1) or None (no proportional attention) ->
-        output (B, N, C), matching metric (B, N, d)."""
+        output (B, N, C), matching metric (B, N, d) (or, for a merge that averages them itself, the
+        keys per head (B, H, N, d))."""
         ...
 
     def merge(
@@ -92,6 +93,7 @@ class FastOps:
 
     def __init__(self, vit: nn.Module, options: set[str], compile_backend: str = "inductor"):
         self.options = set(options)
+        self._mean_keys = "triton" not in options
         if "triton" in options:
             self._merge = _triton_merge(next(vit.parameters()).device)
         else:
@@ -102,9 +104,10 @@ class FastOps:
             self._columns = [column_weights(b.attn) if supports_size_column(b.attn) else None for b in vit.blocks]
 
     def attention(self, i, attn, x, size):
+        mean = self._mean_keys  # the triton merge sums the keys over heads itself: no reduction kernel here
         if size is None or self._columns is None or self._columns[i] is None:
-            return attention_with_keys(attn, x, size)
-        return attention_size_column(attn, self._columns[i], x, size)
+            return attention_with_keys(attn, x, size, mean)
+        return attention_size_column(attn, self._columns[i], x, size, mean)
 
     def merge(self, x, size, metric, r, prefix):
         return self._merge(x, size, metric, r, prefix)

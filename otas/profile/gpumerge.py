@@ -25,12 +25,13 @@ from pathlib import Path
 
 import torch
 
-from otas.adapt import SOURCE, AdaptConfig, AdaptiveViT, MergeCapWarning
+from otas.adapt import DEFAULT_GAMMAS, SOURCE, AdaptConfig, AdaptiveViT, MergeCapWarning
 from otas.adapt.fast import GRAPH_MODES, FastConfig, FastForward
 from otas.profile.measure import device_name, gflops
 from otas.provenance import run_meta
 
 TIMM_GAMMAS = (-16, -12, -8, -4, 0)  # ViT-B/16 at 224 px: 197 tokens; r <= 98 in the first block
+TOP_KERNELS = 25  # kernels listed by device time in a "kernels" record
 ATTENTION_KERNEL = re.compile(r"flash|fmha|cudnn|sdpa|attention|attn|efficient|softmax", re.I)
 
 
@@ -101,18 +102,25 @@ class Recorder:
 
 
 def load_model(spec: str, gammas: tuple[int, ...] | None = None) -> tuple[str, AdaptiveViT]:
-    """ "tiny" (the shipped model), a checkpoint path, or "timm:<name>" (random weights at its own size);
+    """ "tiny" (the shipped model), a checkpoint path, "timm:<name>" (random weights at its own size) or
+    "arch:<name>" (an `otas.models.registry.ARCHS` architecture with random weights, e.g. arch:vit_small_p2);
     `gammas` (with 0): the γ to run, a subset of a checkpoint's."""
     from otas.models.checkpoint import load_checkpoint
     from otas.models.registry import build_vit
     from otas.predict import default_model_path
 
+    if gammas is not None:
+        gammas = tuple(sorted({*gammas, 0}))  # γ = 0 is the stock every γ is compared with
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MergeCapWarning)
         if spec.startswith("timm:"):
             torch.manual_seed(0)
             model = AdaptiveViT(build_vit(spec, 1000), AdaptConfig(gammas=gammas or TIMM_GAMMAS)).eval()
             return spec[5:], model
+        if spec.startswith("arch:"):  # one of the project's own architectures, random weights (speed only)
+            torch.manual_seed(0)
+            merging = tuple(g for g in DEFAULT_GAMMAS if g <= 0)
+            return spec[5:], AdaptiveViT(build_vit(spec[5:], 5), AdaptConfig(gammas=gammas or merging)).eval()
         path = default_model_path() if spec == "tiny" else Path(spec)
         model = load_checkpoint(path)
         return path.name.split(".")[0], with_config(model, gammas=gammas) if gammas else model
@@ -175,7 +183,8 @@ def _cell(fast: FastForward, gamma: int, batch: int, device: torch.device) -> Ca
 
 
 def kernel_profile(fast: FastForward, gamma: int, batch: int) -> dict:
-    """Kernels of one eager forward on CUDA (`torch.profiler`): count, and the attention kernels by name."""
+    """Kernels of one eager forward on CUDA (`torch.profiler`): count, the attention kernels by name, the
+    total device time and the `TOP_KERNELS` kernels by device time (where a variant's time goes)."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
@@ -188,7 +197,22 @@ def kernel_profile(fast: FastForward, gamma: int, batch: int) -> dict:
         torch.cuda.synchronize()
     events = [e for e in prof.key_averages() if e.device_type == DeviceType.CUDA]
     attention = sorted({e.key[:120] for e in events if ATTENTION_KERNEL.search(e.key)})
-    return {"kernels": sum(e.count for e in events), "attention": attention}
+    us = {e.key: _device_us(e) for e in events}
+    top = sorted(events, key=lambda e: -us[e.key])[:TOP_KERNELS]
+    return {
+        "kernels": sum(e.count for e in events),
+        "attention": attention,
+        "device_us": round(sum(us.values()), 1),
+        "top": [{"name": e.key[:100], "count": e.count, "us": round(us[e.key], 1)} for e in top],
+    }
+
+
+def _device_us(event) -> float:
+    """Total device time of a profiler kernel entry, µs (the attribute's name moved across torch releases)."""
+    for name in ("self_device_time_total", "device_time_total", "self_cuda_time_total", "cuda_time_total"):
+        if hasattr(event, name):
+            return float(getattr(event, name))
+    return 0.0
 
 
 def time_group(
@@ -225,7 +249,10 @@ def time_group(
             if "@" in label:  # the eager kernels of a compiled cell are its uncompiled twin's
                 continue
             eager = FastForward(f.model, device, FastConfig("eager", (batch,), dtype, merge_impl=f.merge_impl))
-            out["kernels"][label] = kernel_profile(eager, 0 if label == "stock" else gamma, batch)
+            try:
+                out["kernels"][label] = kernel_profile(eager, 0 if label == "stock" else gamma, batch)
+            except Exception as e:  # a listing that fails must not lose the group's timings
+                out["errors"][f"kernels {label}"] = f"{type(e).__name__}: {str(e)[:200]}"
     return out
 
 
@@ -253,6 +280,10 @@ def time_model(
             group = time_group(model, g, b, device, variants, mode, rounds, profile)
             kernels = group.pop("kernels")
             rec("time", model=name, batch=b, gamma=g, mode=mode, **group)
+            if any("capture" in e for e in group["errors"].values()):
+                # a failed CUDA-graph capture leaves the process's CUDA state unusable for later captures
+                rec("skipped", model=name, batch=b, gamma=g, reason="a graph capture failed: phase stopped")
+                return
             for label, k in kernels.items():
                 rec("kernels", model=name, batch=b, gamma=0 if label == "stock" else g, variant=label, **k)
             if device.type == "cuda":

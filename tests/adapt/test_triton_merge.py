@@ -110,6 +110,23 @@ def test_triton_merge_with_unit_sizes_and_strided_inputs(interpreted):
     torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("H,pad", [(1, 3), (3, 3), (3, 8)])  # pad 8: strides in whole vectors (VEC > 1)
+def test_triton_merge_reads_keys_per_head(interpreted, H, pad):
+    """Keys per head (B, H, N, d), read through the strides of a qkv output view, merge as their mean over
+    heads does (the served path passes them so, with no reduction kernel before the merge)."""
+    B, N, C, d, r, prefix = 2, 41, 12, 8, 15, 1
+    x, size, _ = _inputs(B, N, C, d, prefix, seed=11)
+    for s in range(100):
+        qkv = torch.randn(B, N, 3, H, d + pad, generator=torch.Generator().manual_seed(s))  # padded heads
+        keys = qkv.permute(2, 0, 3, 1, 4)[1][..., :d]  # (B, H, N, d), strided
+        if _min_gap(keys.mean(1)[:, prefix:]) > 1e-6:
+            break
+    want_x, want_size = merge_scatter(x, size, keys.mean(1), r, prefix)
+    got_x, got_size = interpreted.merge_triton(x, size, keys, r, prefix)
+    torch.testing.assert_close(got_size, want_size, rtol=0, atol=0)
+    torch.testing.assert_close(got_x, want_x, rtol=1e-5, atol=1e-5)
+
+
 def test_triton_merge_in_float16(interpreted):
     """Half precision (the kernel's tensor-core path; bfloat16 only runs on a GPU): within rounding."""
     x, size, metric = _inputs(2, 25, 24, 16, 1, seed=3, gap=2e-3)  # fp16 keys move scores by < 1e-3
@@ -121,7 +138,8 @@ def test_triton_merge_in_float16(interpreted):
     torch.testing.assert_close(got_x.float(), want_x, rtol=2e-3, atol=2e-3)
 
 
-@pytest.mark.parametrize("N,r", [(13, 4), (81, 30)])  # 81: B tokens over two score tiles
+# 81: B tokens over two score tiles; 150: 74 A tokens into one B row, over three one-hot tiles
+@pytest.mark.parametrize("N,r", [(13, 4), (81, 30), (150, 74)])
 def test_triton_merge_breaks_ties_by_index(interpreted, N, r):
     """All scores equal: every A token picks the first B token, and A tokens rank in index order, so the
     first r merge into B token 0 and the rest stay in their order (the reference's argsort may differ)."""
@@ -155,6 +173,8 @@ def test_triton_merge_checks_its_arguments(interpreted):
         interpreted.merge_triton(x, size, metric, 5, 0)
     with pytest.raises(ValueError, match="size must be"):
         interpreted.merge_triton(x, torch.ones(1, 8, 1), metric, 2, 0)
+    with pytest.raises(ValueError, match="keys"):
+        interpreted.merge_triton(x, size, torch.randn(1, 2, 8, 3), 2, 0)  # keys of 8 tokens, not 9
     with pytest.raises(ValueError, match="sums in fp32"):
         interpreted.merge_triton(x.double(), size.double(), metric.double(), 2, 0)
 
