@@ -26,7 +26,8 @@ def _ints(s: str) -> list[int]:
 
 def _variant(label: str):  # -> otas.profile.gpumerge.Variant
     """A variant by its label: any `merge_impl` (e.g. "triton+column"), optionally with the suffixes of
-    `Variant.label` ("/noprop", "/every<k>", "@<mode>"), such as "matmul+column/every2@compiled-graphs"."""
+    `Variant.label` ("/noprop", "/every<k>", "/fusednorm", "@<mode>"), such as
+    "matmul+column/every2@compiled-graphs" or "triton+column/fusednorm"."""
     from otas.adapt.fast import MODES
     from otas.adapt.ops import check_merge_impl
     from otas.profile.gpumerge import COMPILED, VARIANTS, Variant
@@ -40,7 +41,7 @@ def _variant(label: str):  # -> otas.profile.gpumerge.Variant
             raise ValueError(f"mode {mode!r}: use one of {', '.join(MODES)}")
         if every and (not every[0].isdigit() or int(every[0]) < 1):
             raise ValueError(f"every{every[0]}: merge in every k-th block, k >= 1")
-        v = Variant(impl, prop="noprop" not in flags, every=int(every[0]) if every else 1, mode=mode)
+        v = Variant(impl, "noprop" not in flags, int(every[0]) if every else 1, mode, fused_norm="fusednorm" in flags)
     except ValueError as e:
         raise SystemExit(f"variant {label!r}: {e}") from e
     if v.label != label:  # an unknown or misplaced suffix
@@ -61,7 +62,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--gammas", type=_ints, default=None, help="γ to run, with 0 (default: the model's, timm: -16..0)")
     ap.add_argument("--batches", type=_ints, default=[256, 8, 64, 1], help="in order of importance")
     ap.add_argument(
-        "--variants", default="all", help="comma-separated merge_impl[/noprop][/every<k>][@mode] (gpumerge.VARIANTS)"
+        "--variants",
+        default="all",
+        help="comma-separated merge_impl[/noprop][/every<k>][/fusednorm][@mode] (gpumerge.VARIANTS)",
     )
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--mode", default="graphs", help="FastForward mode: graphs on a GPU, eager on a CPU")

@@ -42,6 +42,9 @@ class FastConfig:
     buckets: tuple[int, ...] = DEFAULT_BUCKETS
     """Batch sizes graphs are captured for; a batch is padded to the next one."""
     dtype: torch.dtype = torch.bfloat16
+    fused_norm: bool = False
+    """Run every LayerNorm as one Triton kernel over blocks of rows (`otas.adapt.triton_norm`; CUDA,
+    needs triton). The same function up to rounding; off until its speed is measured on the GPU."""
     merge_impl: str = "auto"
     """How merged blocks attend and merge (`otas.adapt.ops`): "reference", or any of "matmul", "column",
     "compile", "triton" joined by "+" (e.g. "matmul+column", "triton+column"; "triton" excludes "matmul" and
@@ -72,6 +75,8 @@ class FastForward:
         if self.cfg.mode in GRAPH_MODES and self.device.type != "cuda":
             raise ValueError("CUDA graphs need a CUDA device; use mode='eager' or 'compile' on a CPU")
         self.model = model.to(self.device, self.cfg.dtype).eval()
+        if self.cfg.fused_norm:
+            self.model = _fused_norms(self.model, self.device)
         self.merge_impl = default_merge_impl(self.device) if self.cfg.merge_impl == "auto" else self.cfg.merge_impl
         self.ops = merge_ops(self.merge_impl, self.model.vit)  # after the move: it may copy weights
         self.tasks = model.tasks  # index order of task ids
@@ -139,3 +144,15 @@ class FastForward:
                 out = self._fn(x, gamma, i)
             self._graphs[(gamma, B)] = (graph, x, i, out)
         return self._graphs[(gamma, B)]
+
+
+def _fused_norms(model: AdaptiveViT, device: torch.device) -> AdaptiveViT:
+    """`model` with its LayerNorms as Triton kernels (a copy sharing the parameters)."""
+    try:
+        from otas.adapt import triton_norm
+    except ImportError as e:
+        raise ValueError(f"fused_norm needs the triton package ({e}); leave it off") from e
+    from otas.adapt.triton_merge import check_device
+
+    check_device(device, "fused_norm", "leave it off")
+    return triton_norm.with_fused_norms(model)

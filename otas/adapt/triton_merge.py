@@ -180,11 +180,13 @@ INTERPRETED = not isinstance(_match_kernel, triton.runtime.JITFunction)
 """Whether Triton's interpreter runs the kernels (TRITON_INTERPRET=1 when triton was imported)."""
 
 
-def check_device(device: torch.device | str) -> None:
-    """Raise ValueError unless the kernels can run on `device` (CUDA, or any with the interpreter)."""
+def check_device(
+    device: torch.device | str, what: str = "merge_impl 'triton'", instead: str = "use 'matmul' (or 'reference')"
+) -> None:
+    """Raise ValueError unless Triton kernels can run on `device` (CUDA, or any with the interpreter)."""
     if torch.device(device).type != "cuda" and not INTERPRETED:
         raise ValueError(
-            f"merge_impl 'triton' needs a CUDA device, got {device}; use 'matmul' (or 'reference') on a CPU, "
+            f"{what} needs a CUDA device, got {device}; {instead} on a CPU, "
             "or start Python with TRITON_INTERPRET=1 to run the kernels in Triton's interpreter (slow)"
         )
 

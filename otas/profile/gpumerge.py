@@ -45,6 +45,8 @@ class Variant:
     """`AdaptConfig.merge_every`."""
     mode: str = ""
     """`FastConfig.mode` when not the group's (e.g. "compiled-graphs"); its stock and limit run in it too."""
+    fused_norm: bool = False
+    """`FastConfig.fused_norm` (Triton LayerNorms); its stock and limit use them too."""
 
     @property
     def label(self) -> str:
@@ -52,6 +54,7 @@ class Variant:
             self.impl
             + ("" if self.prop else "/noprop")
             + ("" if self.every == 1 else f"/every{self.every}")
+            + ("/fusednorm" if self.fused_norm else "")
             + (f"@{self.mode}" if self.mode else "")
         )
 
@@ -77,12 +80,12 @@ COMPILED = (  # the whole forward compiled per shape, inside the CUDA graphs; st
 
 def limit_of(v: Variant) -> Variant:
     """The cost floor a variant is compared with: its own token counts (merge_every), no merge work, its mode."""
-    return Variant("limit", every=v.every, mode=v.mode)
+    return Variant("limit", every=v.every, mode=v.mode, fused_norm=v.fused_norm)
 
 
 def stock_label(v: Variant) -> str:
-    """The γ = 0 cell a variant is compared with: the group's mode, or the variant's own."""
-    return "stock" + (f"@{v.mode}" if v.mode else "")
+    """The γ = 0 cell a variant is compared with: the group's mode, or the variant's own (and its norms)."""
+    return "stock" + ("/fusednorm" if v.fused_norm else "") + (f"@{v.mode}" if v.mode else "")
 
 
 class Recorder:
@@ -228,7 +231,8 @@ def time_group(
         m = with_config(model, proportional_attn=v.prop, merge_every=v.every)
         try:
             t0 = time.monotonic()
-            fasts[v.label] = FastForward(m, device, FastConfig(v.mode or mode, (batch,), dtype, merge_impl=v.impl))
+            cfg = FastConfig(v.mode or mode, (batch,), dtype, fused_norm=v.fused_norm, merge_impl=v.impl)
+            fasts[v.label] = FastForward(m, device, cfg)
             cells[v.label] = _cell(fasts[v.label], gamma, batch, device)
             build_s[v.label] = round(time.monotonic() - t0, 2)  # capture (and compile) of this cell
             flops[v.label] = gflops(m, gamma) / base

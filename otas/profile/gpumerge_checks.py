@@ -49,7 +49,7 @@ def accuracy(
             rec("skipped", model=name, variant=v.label, reason="time budget (accuracy)")
             continue
         m = with_config(model, proportional_attn=v.prop, merge_every=v.every)
-        fast = FastForward(m, device, FastConfig(mode, (256,), dtype, merge_impl=v.impl))
+        fast = FastForward(m, device, FastConfig(mode, (256,), dtype, fused_norm=v.fused_norm, merge_impl=v.impl))
         for g in gammas if v == Variant("reference") else gammas[:-1]:
             try:
                 m.merge_schedule(g) if g < 0 else None
@@ -92,11 +92,13 @@ def sdpa_rows(rec: Recorder, shapes: list[tuple[int, int, int, int]], rounds: in
 
 def timm_compile(name: str, model: AdaptiveViT, rec: Recorder, batches: list[int], deadline: float) -> None:
     """Stock timm under torch.compile(mode="reduce-overhead": Inductor kernels in CUDA graphs), from the same
-    uint8 input, beside our γ = 0 graphs (`FastForward`), timed interleaved per batch. The batch dim is
+    uint8 input, beside our γ = 0 graphs (`FastForward`: plain, with Triton LayerNorms, compiled), timed
+    interleaved per batch. The batch dim is
     dynamic (one compile serves every batch > 1; batch 1 gets its own), so the phase fits a short run."""
     device = torch.device("cuda")
     stock = FastForward(model, device, FastConfig("graphs", tuple(sorted(batches)), torch.bfloat16))
     ours_compiled = FastForward(model, device, FastConfig("compiled-graphs", tuple(sorted(batches)), torch.bfloat16))
+    fused = FastForward(model, device, FastConfig("graphs", tuple(sorted(batches)), torch.bfloat16, fused_norm=True))
     vit, norm = stock.model.vit, Normalize.of(stock.model.preprocess, device)
     compiled = torch.compile(lambda u8: vit(norm(u8).to(torch.bfloat16)).float().softmax(-1), mode="reduce-overhead")
     size = vit.patch_embed.img_size
@@ -114,9 +116,10 @@ def timm_compile(name: str, model: AdaptiveViT, rec: Recorder, batches: list[int
             torch.cuda.synchronize()
             build_s = time.monotonic() - t0
             cells = {"timm_compile": lambda x=x: compiled(x), "stock": _cell(stock, 0, b, device)}
-            try:
-                cells["stock@compiled-graphs"] = _cell(ours_compiled, 0, b, device)
-            except Exception as e:  # the comparison with timm stands without it
-                rec("error", model=name, batch=b, cell="stock@compiled-graphs", error=f"{type(e).__name__}: {e}"[:300])
+            for label, make in (("stock@compiled-graphs", lambda: ours_compiled), ("stock/fusednorm", lambda: fused)):
+                try:
+                    cells[label] = _cell(make(), 0, b, device)
+                except Exception as e:  # the comparison with timm stands without it
+                    rec("error", model=name, batch=b, cell=label, error=f"{type(e).__name__}: {e}"[:300])
             ms = time_interleaved(cells, device, rounds=15)
         rec("timm_compile", model=name, batch=b, ms=ms, build_s=round(build_s, 1), compile='mode="reduce-overhead"')

@@ -30,12 +30,14 @@ def realised(stock: float, merged: float, limit: float) -> float | None:
 def _limit_label(label: str) -> str:
     label, _, mode = label.partition("@")
     every = next((p for p in label.split("/") if p.startswith("every")), None)
-    return "limit" + (f"/{every}" if every else "") + (f"@{mode}" if mode else "")
+    norm = "/fusednorm" if "fusednorm" in label.split("/") else ""
+    return "limit" + (f"/{every}" if every else "") + norm + (f"@{mode}" if mode else "")
 
 
 def _stock_label(label: str) -> str:
-    mode = label.partition("@")[2]
-    return "stock" + (f"@{mode}" if mode else "")
+    head, _, mode = label.partition("@")
+    norm = "/fusednorm" if "fusednorm" in head.split("/") else ""
+    return "stock" + norm + (f"@{mode}" if mode else "")
 
 
 def _nearest_kernels(kernels: dict, model: str, batch: int, label: str) -> dict:
@@ -85,11 +87,12 @@ def build(records: list[dict]) -> dict:
             {
                 **t,
                 "ours_over_timm_compile": t["ms"]["stock"] / t["ms"]["timm_compile"],
-                "ours_compiled_over_timm_compile": (
-                    t["ms"]["stock@compiled-graphs"] / t["ms"]["timm_compile"]
-                    if "stock@compiled-graphs" in t["ms"]
-                    else None
-                ),
+                **{
+                    f"ours_{key}_over_timm_compile": (
+                        t["ms"][cell] / t["ms"]["timm_compile"] if cell in t["ms"] else None
+                    )
+                    for key, cell in (("compiled", "stock@compiled-graphs"), ("fused_norm", "stock/fusednorm"))
+                },
             }
             for t in by_kind["timm_compile"]
         ],
@@ -139,7 +142,12 @@ def summary(result: dict) -> str:
             ]
     for t in result["timm_compile"]:
         ours, timm = t["ms"]["stock"], t["ms"]["timm_compile"]
-        lines.append(f"γ=0 {t['model']} b={t['batch']}: ours {ours:.3f} ms, timm+compile {timm:.3f} ms")
+        more = "".join(
+            f", {cell} {t['ms'][cell]:.3f} ms"
+            for cell in ("stock/fusednorm", "stock@compiled-graphs")
+            if cell in t["ms"]
+        )
+        lines.append(f"γ=0 {t['model']} b={t['batch']}: ours {ours:.3f} ms{more}, timm+compile {timm:.3f} ms")
     errors, skipped = len(result["errors"]), len(result["skipped"])
     lines.append(f"errors: {errors} groups with a failed variant; skipped: {skipped} (details in gpu_merge.md)")
     return "\n".join(lines)

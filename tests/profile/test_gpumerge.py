@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from otas.models.checkpoint import load_checkpoint, save_checkpoint
-from otas.profile.gpumerge import Recorder, Variant, limit_of, load_model, time_model, with_config
+from otas.profile import gpumerge_report
+from otas.profile.gpumerge import Recorder, Variant, limit_of, load_model, stock_label, time_model, with_config
 from otas.profile.gpumerge_report import build, load_records, markdown, plot, realised, summary
 from tests.adapt.conftest import small_model
 
@@ -21,10 +22,28 @@ def test_realised_share():
 def test_variants_and_their_limits():
     assert Variant("matmul", prop=False).label == "matmul/noprop"
     assert limit_of(Variant("matmul+column", every=2)) == Variant("limit", every=2)
+    fused = Variant("triton+column", fused_norm=True)
+    assert fused.label == "triton+column/fusednorm" and stock_label(fused) == "stock/fusednorm"
+    assert limit_of(fused).label == "limit/fusednorm"
     m = small_model()
     v = with_config(m, proportional_attn=False, merge_every=2)
     assert v.vit is m.vit and not v.config.proportional_attn and m.config.proportional_attn
     assert v.merge_schedule(-8)[1] == 0 and m.merge_schedule(-8)[1] == 8
+
+
+@pytest.mark.parametrize(
+    "v",
+    [
+        Variant("matmul+column"),
+        Variant("matmul", prop=False, every=2),
+        Variant("triton+column", fused_norm=True),
+        Variant("matmul+column", every=3, mode="compiled-graphs", fused_norm=True),
+    ],
+)
+def test_report_finds_the_stock_and_limit_each_variant_was_timed_with(v):
+    """The report reads a variant's stock and limit cells back from its label alone."""
+    assert gpumerge_report._stock_label(v.label) == stock_label(v)
+    assert gpumerge_report._limit_label(v.label) == limit_of(v).label
 
 
 def test_checkpoint_keeps_merge_every(tmp_path):
