@@ -103,7 +103,11 @@ def attention_size_column(
     B, N, _ = x.shape
     H, hd, hp = attn.num_heads, attn.head_dim, cw.hp
     qkv = F.linear(x, cw.qkv_w, cw.qkv_b).view(B, N, 3, H, hp)
-    qkv[:, :, 1, :, hd] = size.log()  # (B, N, 1) -> every head's k column
+    column = qkv[:, :, 1, :, hd]  # (B, N, H): every head's k column gets log(size) (B, N, 1)
+    if qkv.requires_grad:
+        column.copy_(size.log().expand(B, N, H))  # autograd does not take out= arguments
+    else:
+        torch.log(size.expand(B, N, H), out=column)  # written in place by the log itself: one kernel, not two
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, N, hp) each
     drop = attn.attn_drop.p if attn.training else 0.0
     out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, scale=attn.scale)  # (B, H, N, hp)
