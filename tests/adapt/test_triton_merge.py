@@ -8,11 +8,8 @@ multiplies the raw bits; triton-lang/triton#11584), so half precision is checked
 bfloat16 only on a GPU (the `gpu` tests).
 """
 
-import os
 import re
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,31 +19,21 @@ from otas.adapt.fast import FastConfig, FastForward
 from otas.adapt.ops import check_merge_impl, merge_matmul, merge_ops, merge_scatter
 
 from .conftest import small_model
+from .interpreter import INTERPRETING, interpreted_module, run_in_interpreter
 from .test_reference import VARIANTS, _images, _model
 
 MODULE = "otas.adapt.triton_merge"
-INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @pytest.fixture
 def interpreted():
-    """`otas.adapt.triton_merge`, in a process where Triton's interpreter runs its kernels on CPU tensors."""
-    tm = pytest.importorskip(MODULE)
-    if not tm.INTERPRETED:
-        pytest.skip("runs in Triton's interpreter, in test_kernels_in_the_interpreter's process")
-    return tm
+    return interpreted_module(MODULE)
 
 
 @pytest.mark.skipif(INTERPRETING, reason="this is the interpreter's process")
 def test_kernels_in_the_interpreter():
     """Every test of this file that needs the kernels, in a process with TRITON_INTERPRET=1."""
-    pytest.importorskip("triton")
-    root = Path(__file__).resolve().parents[2]
-    path = os.pathsep.join([str(root), *filter(None, [os.environ.get("PYTHONPATH")])])
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}
-    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not gpu", __file__]
-    run = subprocess.run(args, cwd=root, env=env, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    run_in_interpreter(__file__)
 
 
 def _min_gap(metric: torch.Tensor) -> float:

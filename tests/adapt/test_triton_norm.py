@@ -2,11 +2,6 @@
 (this file reruns itself with TRITON_INTERPRET=1, as test_triton_merge.py does), and `fused_norm` in
 the served path."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,30 +10,20 @@ from torch import nn
 from otas.adapt.fast import FastConfig, FastForward
 
 from .conftest import small_model
+from .interpreter import INTERPRETING, interpreted_module, run_in_interpreter
 
 MODULE = "otas.adapt.triton_norm"
-INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @pytest.fixture
 def interpreted():
-    tn = pytest.importorskip(MODULE)
-    from otas.adapt import triton_merge
-
-    if not triton_merge.INTERPRETED:
-        pytest.skip("runs in Triton's interpreter, in test_kernels_in_the_interpreter's process")
-    return tn
+    return interpreted_module(MODULE)
 
 
 @pytest.mark.skipif(INTERPRETING, reason="this is the interpreter's process")
 def test_kernels_in_the_interpreter():
-    pytest.importorskip("triton")
-    root = Path(__file__).resolve().parents[2]
-    path = os.pathsep.join([str(root), *filter(None, [os.environ.get("PYTHONPATH")])])
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}
-    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not gpu", __file__]
-    run = subprocess.run(args, cwd=root, env=env, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    """Every test of this file that needs the kernels, in a process with TRITON_INTERPRET=1."""
+    run_in_interpreter(__file__)
 
 
 @pytest.mark.parametrize("shape", [(2, 5, 192), (3, 7, 33), (1, 1, 768), (130, 24), (4, 2, 3, 1000)])
