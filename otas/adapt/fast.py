@@ -148,11 +148,6 @@ class FastForward:
 
 def _fused_norms(model: AdaptiveViT, device: torch.device) -> AdaptiveViT:
     """`model` with its LayerNorms as Triton kernels (a copy sharing the parameters)."""
-    try:
-        from otas.adapt import triton_norm
-    except ImportError as e:
-        raise ValueError(f"fused_norm needs the triton package ({e}); leave it off") from e
-    from otas.adapt.triton_merge import check_device
+    from otas.adapt.ops import triton_kernels
 
-    check_device(device, "fused_norm", "leave it off")
-    return triton_norm.with_fused_norms(model)
+    return triton_kernels("triton_norm", device, "fused_norm", "leave it off").with_fused_norms(model)

@@ -113,14 +113,22 @@ class FastOps:
         return self._merge(x, size, metric, r, prefix)
 
 
-def _triton_merge(device: torch.device):
-    """`merge_triton`, imported only when asked for (triton is a GPU dependency), checked for `device`."""
+def triton_kernels(module: str, device: torch.device | str, what: str, instead: str):
+    """`otas.adapt.<module>`, a module of Triton kernels, imported only when asked for (triton is a GPU
+    dependency) and checked for `device`; a clear ValueError naming `what` and what to do `instead`."""
+    import importlib
+
     try:
-        from otas.adapt import triton_merge
+        kernels = importlib.import_module(f"otas.adapt.{module}")
     except ImportError as e:
-        raise ValueError(f"merge_impl 'triton' needs the triton package ({e}); use 'matmul' instead") from e
-    triton_merge.check_device(device)
-    return triton_merge.merge_triton
+        raise ValueError(f"{what} needs the triton package ({e}); {instead}") from e
+    kernels.check_device(device, what, instead)
+    return kernels
+
+
+def _triton_merge(device: torch.device):
+    """`merge_triton`, checked for `device`."""
+    return triton_kernels("triton_merge", device, "merge_impl 'triton'", "use 'matmul' (or 'reference')").merge_triton
 
 
 class LimitOps:

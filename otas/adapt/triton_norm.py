@@ -18,6 +18,8 @@ import triton
 import triton.language as tl
 from torch import nn
 
+from otas.adapt.triton_merge import check_device  # noqa: F401  (checked by `ops.triton_kernels`)
+
 TILE = 4096  # elements per program: BLOCK_M rows of BLOCK_C channels
 
 
