@@ -13,7 +13,8 @@
 #   would also need pydantic. The tree plus .carry must stay under 64 MiB.)
 #   cp ../shared/data/cifar10-jpg.tar.gz ../shared/data/traces/AzureLLMInferenceTrace_conv.csv .carry/
 # Run (on the GPU machine, from the repository root, .carry/ carried):
-#   bash scripts/gpu_serve_replay.sh     (env: OUT, POLICIES, LOADS, DURATION_S, PROFILE, REPROFILE=1, APPS,
+#   bash scripts/gpu_serve_replay.sh     (env: OUT, POLICIES, LOADS, DURATION_S, PROFILE, REPROFILE=1 [PROFILE_OUT: its
+#                                         file name], APPS,
 #                                         SERVE_ARGS: more `otas serve` options, e.g. --decode-processes)
 set -uo pipefail  # no -e: one failed replay must not cost the others
 cd "$(dirname "$0")/.."
@@ -34,11 +35,12 @@ PROFILE=${PROFILE:-profiles/vit_tiny_p2_c5__h100-graphs.json}
   python3 -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__)"
   git log -1 --format='commit %h %s' 2>/dev/null; nproc; } > "$W/machine.txt" 2>&1
 if [ -n "${REPROFILE:-}" ]; then  # latency of the served path as it is now; accuracy kept from $PROFILE
+  NAME=${PROFILE_OUT:-vit_tiny_p2_c5__h100-graphs.json}
   $OTAS profile otas/assets/vit_tiny_p2_c5.safetensors --device cuda --batch-sizes 1,8,64,256 --mode graphs \
-    --accuracy-from "$PROFILE" --out "$W/vit_tiny_p2_c5__h100-graphs.json" > "$W/profile.log" 2>&1
+    --min-time-s 0.5 --accuracy-from "$PROFILE" --out "$W/$NAME" > "$W/profile.log" 2>&1
   echo "profile rc=$? at $((SECONDS - T0))s"
-  cp "$W/vit_tiny_p2_c5__h100-graphs.json" "$OUT/"
-  PROFILE=$W/vit_tiny_p2_c5__h100-graphs.json
+  cp "$W/$NAME" "$OUT/"
+  PROFILE=$W/$NAME
 fi
 CAP=$(python3 -c "
 from otas.config import load_apps; from otas.profile.table import Profile; from otas.sim.traces import capacity_per_s

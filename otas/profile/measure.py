@@ -249,6 +249,7 @@ def measure_profile(
         "checkpoint": Path(checkpoint).name,
         "mode": mode,
         "merge_impl": fast.merge_impl if fast is not None else "reference",
+        "fused_norm": fast.fused_norm if fast is not None else False,
         "threads": torch.get_num_threads(),
         # model_load_ms = weights from disk onto the device + ready to serve γ = 0 (below)
         "model_load_parts_ms": {"weights": round(weights_ms, 1), "warmup": round(warm_ms, 1)},

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from otas.adapt.fast import FastConfig, FastForward, default_merge_impl
+from otas.adapt.fast import FastConfig, FastForward, default_fused_norm, default_merge_impl
 from otas.data.transforms import normalize, to_float
 
 from .conftest import small_model
@@ -53,6 +53,24 @@ def test_auto_merge_impl_is_per_device(monkeypatch):
     assert FastForward(small_model(), "cpu", cfg).merge_impl == "matmul"
     with pytest.raises(ValueError, match="merge_impl"):
         FastConfig(merge_impl="fastest")
+
+
+def test_fused_norm_by_default_only_on_a_gpu_with_triton(monkeypatch):
+    """`fused_norm=None` keeps PyTorch's LayerNorm on a CPU (no Triton kernel runs there) and picks the
+    Triton one on a GPU only where triton is installed; an explicit choice is kept."""
+    import importlib.util
+
+    from torch import nn
+
+    fast = FastForward(small_model(), "cpu", FastConfig(mode="eager", dtype=torch.float32))
+    assert fast.fused_norm is False
+    assert any(isinstance(m, nn.LayerNorm) for m in fast.model.modules())
+    find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: find(name, *a) if name != "triton" else object())
+    assert default_fused_norm(torch.device("cuda")) is True
+    assert default_fused_norm(torch.device("cpu")) is False
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "triton" else find(name, *a))
+    assert default_fused_norm(torch.device("cuda")) is False
 
 
 @pytest.mark.gpu
