@@ -7,7 +7,9 @@ through the same interface in the simulator and the live server.
                     arrivals it blocks; it also chooses which class runs next (a class more urgent
                     than the head's may go first), whether only the
                     head of a long batch runs, and whether classes share a deadline-ordered batch
-                    (per-class and shared batching compared at the utility rate each sustains)
+                    (per-class and shared batching compared at the utility rate each sustains);
+                    and a floor (otas.sched.floor): while a fixed γ would have earned more on the
+                    same recent arrivals, no batch runs slower than that γ
     otas-paper      the method as published: selective batching (queues per SLO class, served in
                     arrival order of their heads; batch size that lets the most members meet their
                     deadlines) + the DP over `lookahead` pending batches (method §5)
@@ -29,9 +31,10 @@ import numpy as np
 from otas.sched import optimizer
 from otas.sched.baselines import Clipper, Edf, Fixed, ModelSwitch, Oracle
 from otas.sched.batching import Candidate
+from otas.sched.floor import FixedShadows
 from otas.sched.policy_base import Choice, Policy, View, batch_apps
 from otas.sched.price import DevicePrice
-from otas.types import Request
+from otas.types import BatchPlan, Request
 
 __all__ = ["POLICY_NAMES", "Choice", "Otas", "Policy", "View", "batch_apps", "make_policy"]
 
@@ -59,13 +62,17 @@ class Otas(Policy):
         priced: bool = True,
         reorder: bool = True,
         mix: bool = True,
+        floor: bool = True,
     ):
         self.name = name
+        self.floor = floor
         self.selective = selective
         self.priced = priced
         self.reorder = reorder
         self.mix = mix
         self._price: DevicePrice | None = None
+        self._floor: FixedShadows | None = None
+        self._cap: int | None = None  # index into Γ: no batch runs slower than this γ would (the floor)
         # Arrival order across SLO classes (within one class it is deadline order too); `reorder`
         # decides, by planning, when another class's batch should go first.
         self.order = "arrival"
@@ -82,6 +89,15 @@ class Otas(Policy):
             self._price = DevicePrice(apps, view.profiles[view.model], view.config.max_batch, tau)
             self._slo = np.array([a.slo_ms for a in apps])  # (apps,), in DevicePrice's order
             self._value = np.array([view.weights(view.model, a.name).max() for a in apps])  # best u·acc
+        self._floor, self._cap = None, None
+        if self.floor and view.apps:
+            apps = list(view.apps.values())
+            m, cfg = view.model, view.config
+            lat = np.array([view.lat_vector(m, b) for b in range(cfg.max_batch + 1)])  # (B_max + 1, |Γ|)
+            weights = {a.name: view.weights(m, a.name) for a in apps}
+            servable = {a.name: view.servable(m, [a.name]) for a in apps}
+            tau = cfg.floor_window * max(a.slo_ms for a in apps)
+            self._floor = FixedShadows(apps, view.profiles[m].gammas, lat, weights, servable, cfg.max_batch, tau)
 
     def options(self, view: View) -> list[tuple[str, int]]:
         return [(view.model, g) for g in view.profiles[view.model].gammas]
@@ -89,9 +105,18 @@ class Otas(Policy):
     def on_submit(self, req: Request, now_ms: float) -> None:
         if self._price is not None:
             self._price.observe(req.app, now_ms)
+        if self._floor is not None:
+            self._floor.submit(req.app, now_ms, req.deadline_ms)
+
+    def on_complete(self, plan: BatchPlan, now_ms: float, measured_ms: float, view: View) -> None:
+        if self._floor is not None:
+            i = view.profiles[plan.model].gammas.index(plan.gamma)
+            on_time = sum(view.weights(plan.model, r.app)[i] for r in plan.requests if r.deadline_ms >= now_ms)
+            self._floor.credit(float(on_time), plan.start_ms)
 
     def choose(self, cands: list[Candidate], now_ms: float, view: View) -> Choice:
         cands = cands[: self.lookahead]
+        self._cap = self._floor.cap(now_ms) if self._floor is not None else None
         specs = [self._spec(c, now_ms, view) for c in cands]
         cfg = view.config
         mu = 0.0
@@ -247,6 +272,8 @@ class Otas(Policy):
     def _spec(self, c: Candidate, now_ms: float, view: View) -> optimizer.BatchSpec:
         reqs = c.requests
         lat = view.lat_vector(view.model, len(reqs))
+        if self._cap is not None and np.isfinite(lat[self._cap]):
+            lat = np.where(lat <= lat[self._cap], lat, np.inf)  # the floor: nothing slower than that fixed γ
         if c.deadlines is not None:  # OPTIMIZATION: one application, deadlines already sorted
             w, ok = self._one_app(view, reqs[0].app)
             return optimizer.BatchSpec((c.deadlines - now_ms,), w, lat if ok is None else np.where(ok, lat, np.inf))
@@ -306,11 +333,11 @@ def make_policy(name: str, **kwargs: object) -> Policy:
     if name == "otas":
         return Otas(name="otas", **kwargs)  # type: ignore[arg-type]
     if name == "otas-paper":
-        return Otas(name="otas-paper", priced=False, reorder=False, mix=False, **kwargs)  # type: ignore[arg-type]
+        return Otas(name="otas-paper", priced=False, reorder=False, mix=False, floor=False, **kwargs)  # type: ignore[arg-type]
     if name == "otas-greedy":
-        return Otas(lookahead=1, name="otas-greedy", priced=False, reorder=False, mix=False)
+        return Otas(lookahead=1, name="otas-greedy", priced=False, reorder=False, mix=False, floor=False)
     if name == "otas-fifo":
-        return Otas(selective=False, name="otas-fifo", priced=False, reorder=False, mix=False, **kwargs)  # type: ignore[arg-type]
+        return Otas(selective=False, name="otas-fifo", priced=False, reorder=False, mix=False, floor=False, **kwargs)  # type: ignore[arg-type]
     if name.startswith("fixed:"):
         try:
             gamma = int(name.split(":", 1)[1])

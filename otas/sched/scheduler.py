@@ -69,12 +69,13 @@ class Scheduler:
         self.policy = make_policy(policy) if isinstance(policy, str) else policy
         if self.policy.offline:
             raise ValueError(f"policy {self.policy.name!r} is an offline bound; compute it with otas.sim")
+        self._factor = {m: 1.0 for m in self.profiles}
+        self._refresh_lat()  # a policy may read the latencies when it binds
         self.policy.bind(self)
         groups = (
             slo_classes(apps, self.config.slo_class_tolerance) if self.policy.selective else [[a.name for a in apps]]
         )
         self.queues = Queues(groups, self.policy.order)
-        self._factor = {m: 1.0 for m in self.profiles}
         self._expired: list[tuple[Request, str]] = []
         self._hold_until: float | None = None
         self._refresh_fast()
@@ -120,13 +121,16 @@ class Scheduler:
         t = self._tab[model]
         return float(t.lat[batch, t.index[gamma]] * self._factor[model])
 
-    def _refresh_fast(self) -> None:
-        """Latency per batch size at the policy's fastest setting, made nondecreasing, and the
-        largest batch that fits in memory."""
+    def _refresh_lat(self) -> None:
         # OPTIMIZATION: the corrected latency table, once per correction (rows are read-only)
         self._lat = {m: t.lat * self._factor[m] for m, t in self._tab.items()}
         for lat in self._lat.values():
             lat.flags.writeable = False
+
+    def _refresh_fast(self) -> None:
+        """The corrected latencies; latency per batch size at the policy's fastest setting, made
+        nondecreasing, and the largest batch that fits in memory."""
+        self._refresh_lat()
         opts = self.policy.options(self)
         rows = [self._tab[m].lat[:, self._tab[m].index[g]] * self._factor[m] for m, g in opts]
         fast = np.min(rows, axis=0)

@@ -1,0 +1,132 @@
+"""The floor: what each fixed γ would have earned on the same arrivals, online.
+
+A policy that adapts γ per batch should never do worse than the best fixed γ would at the current
+load. `FixedShadows` replays every arrival, as it comes, through one virtual server per γ that
+batches exactly as the `fixed:<γ>` baseline does (one FIFO queue, every waiting query up to B_max,
+hopeless queries dropped, a query rejected on arrival when even a batch of one would
+finish late) on the profile's latencies, and keeps each one's utility (u_a · acc(task_a, γ) per
+on-time query) as an exponentially decayed sum with the time constant the price uses. The policy
+keeps its own earned utility the same way (`earned`); where a fixed γ's shadow earns more, the
+policy runs no setting slower than that γ (`cap`). Nothing here is tuned: the shadows are the
+baselines themselves.
+
+Cost: each arrival enters |Γ| queues, and every query leaves each of them once, so the work is
+O(|Γ|) per query, amortised, on top of one small step per decision.
+Pure python and numpy; no clock of its own (times are passed in).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+
+import numpy as np
+
+from otas.types import App
+
+
+class Decayed:
+    """Σ value · exp(−(t − t_k)/τ) over events at times t_k: utility earned recently."""
+
+    def __init__(self, tau_ms: float):
+        self.tau = float(tau_ms)
+        self.value = 0.0
+        self.t = -math.inf
+
+    def add(self, x: float, t_ms: float) -> None:
+        if t_ms >= self.t:
+            self.value = self.value * self._decay(t_ms - self.t) + x
+            self.t = t_ms
+        else:  # an event dated before the last one (a batch credited at its start, reported later)
+            self.value += x * self._decay(self.t - t_ms)
+
+    def at(self, t_ms: float) -> float:
+        return self.value * self._decay(t_ms - self.t) if t_ms > self.t else self.value
+
+    def _decay(self, dt: float) -> float:
+        return math.exp(-dt / self.tau) if dt < math.inf else 0.0
+
+
+class _Shadow:
+    """One virtual `fixed:<γ>` server: FIFO queue of (arrival, deadline, value), device free at `free`."""
+
+    def __init__(self, lat: np.ndarray, max_batch: int, tau_ms: float):
+        self.lat = lat  # (B_max + 1,) ms of a batch of each size at this γ
+        self.max_batch = max_batch
+        self.queue: deque[tuple[float, float, float]] = deque()
+        self.free = -math.inf
+        self.earned = Decayed(tau_ms)
+
+    def advance(self, t_ms: float) -> None:
+        """Run every batch that starts by `t_ms`."""
+        q, one = self.queue, self.lat[1]
+        while q and self.free <= t_ms:
+            start = max(self.free, q[0][0])
+            if start > t_ms:
+                return
+            members = []
+            while q and len(members) < self.max_batch and q[0][0] <= start:
+                x = q.popleft()
+                if start + one <= x[1]:  # else hopeless: dropped, as the scheduler drops it
+                    members.append(x)
+            if not members:
+                continue
+            finish = start + self.lat[len(members)]
+            self.earned.add(sum(v for _, d, v in members if d >= finish), start)
+            self.free = finish
+
+    def submit(self, arrival_ms: float, deadline_ms: float, value: float) -> None:
+        self.advance(arrival_ms)
+        if arrival_ms + self.lat[1] <= deadline_ms:  # else rejected on arrival, as reject_infeasible does
+            self.queue.append((arrival_ms, deadline_ms, value))
+
+
+class FixedShadows:
+    """Every fixed γ of one model, shadowing the live arrivals; `cap` names the one to stay within."""
+
+    def __init__(
+        self,
+        apps: Sequence[App],
+        gammas: Sequence[int],
+        lat: np.ndarray,
+        weights: dict[str, np.ndarray],
+        servable: dict[str, np.ndarray],
+        max_batch: int,
+        tau_ms: float,
+    ):
+        """lat (B_max + 1, |Γ|) ms; weights / servable per application (|Γ|,): u_a · acc and whether
+        the γ serves a's task (where not, a shadow serves it as `fixed:<γ>` does: at the servable γ
+        nearest to it, towards 0)."""
+        self.gammas = list(gammas)
+        lat = np.maximum.accumulate(np.where(np.isfinite(lat), lat, np.inf), axis=0)
+        self.shadows = [_Shadow(lat[:, i], max_batch, tau_ms) for i in range(len(self.gammas))]
+        self.value: dict[str, list[float]] = {}
+        for a in apps:
+            ok, w = servable[a.name], weights[a.name]
+            near = [
+                min((j for j in range(len(gammas)) if ok[j]), key=lambda j: (abs(gammas[j] - g), abs(gammas[j])))
+                for g in gammas
+            ]
+            self.value[a.name] = [float(w[j]) for j in near]
+        self.earned = Decayed(tau_ms)
+        """What the policy itself earned, fed by `credit`."""
+
+    def submit(self, app: str, arrival_ms: float, deadline_ms: float) -> None:
+        for s, v in zip(self.shadows, self.value[app], strict=True):
+            s.submit(arrival_ms, deadline_ms, v)
+
+    def credit(self, value: float, t_ms: float) -> None:
+        self.earned.add(value, t_ms)
+
+    def cap(self, now_ms: float) -> int | None:
+        """Index into Γ of the fixed γ that earned the most recently, if it earned more than the policy;
+        else None (no cap). Ties go to the slowest of them: the cap that restricts least."""
+        for s in self.shadows:
+            s.advance(now_ms)
+        earned = [s.earned.at(now_ms) for s in self.shadows]
+        best = max(earned)
+        if not best > self.earned.at(now_ms):
+            return None
+        tied = [i for i, e in enumerate(earned) if e >= best]
+        return max(tied, key=lambda i: self.shadows[i].lat[1])

@@ -1,0 +1,97 @@
+import math
+
+import numpy as np
+import pytest
+
+from otas.config import SchedulerConfig
+from otas.sched import Scheduler
+from otas.sched.floor import Decayed, FixedShadows
+from otas.sched.policies import Otas
+from otas.sim.simulator import run
+from otas.sim.traces import at_load, capacity_per_s, synthetic
+from tests.factories import make_apps, make_profile
+
+APPS = make_apps()
+
+
+def _shadows(profile, cfg: SchedulerConfig, tau_ms: float) -> FixedShadows:
+    s = Scheduler(APPS, profile, "fixed:0", cfg)  # its tables: the latencies the baselines run on
+    m = profile.model
+    lat = np.array([s.lat_vector(m, b) for b in range(cfg.max_batch + 1)])
+    w = {a.name: s.weights(m, a.name) for a in APPS}
+    ok = {a.name: s.servable(m, [a.name]) for a in APPS}
+    return FixedShadows(APPS, profile.gammas, lat, w, ok, cfg.max_batch, tau_ms)
+
+
+@pytest.mark.parametrize("kind", ["poisson", "mmpp", "step"])
+@pytest.mark.parametrize("load", [0.5, 1.5, 4.0])
+def test_each_shadow_earns_what_its_fixed_baseline_earns(kind, load):
+    """A shadow is the `fixed:<γ>` baseline itself: with no decay its utility equals the simulator's
+    run of that policy on the same arrivals, for every γ (prompted ones included, whose source-task
+    queries fall back as the baseline's do), on light, heavy and bursty traces."""
+    profile = make_profile(gammas=[-20, -8, 0, 8])
+    cfg = SchedulerConfig(max_batch=64)
+    trace = at_load(synthetic(kind, APPS, n=1500, seed=3), load, capacity_per_s(profile, APPS, 64))
+    shadows = _shadows(profile, cfg, math.inf)
+    for r in trace.requests(APPS):
+        shadows.submit(r.app, r.arrival_ms, r.deadline_ms)
+    shadows.cap(math.inf)  # runs every shadow to the end
+    for g, shadow in zip(profile.gammas, shadows.shadows, strict=True):
+        if g > 0:
+            continue  # fixed:8 serves a source query's whole batch at γ 0: the shadow only the query
+        sim = run(trace, APPS, profile, f"fixed:{g}", cfg).summary(APPS)["utility"]
+        assert shadow.earned.value == pytest.approx(sim, rel=1e-9), g
+
+
+def test_decayed_sum_weights_recent_utility():
+    d = Decayed(10.0)
+    d.add(1.0, 0.0)
+    d.add(1.0, 10.0)
+    assert d.at(10.0) == pytest.approx(1.0 + math.exp(-1))
+    d.add(2.0, 0.0)  # dated before the last event: decayed to it
+    assert d.at(20.0) == pytest.approx((1.0 + 3 * math.exp(-1)) * math.exp(-1))
+
+
+def test_cap_only_when_a_fixed_gamma_earned_more():
+    """No cap while the policy earns at least as much as every shadow; else the best shadow's γ."""
+    profile = make_profile(gammas=[-20, 0])
+    cfg = SchedulerConfig(max_batch=8)
+    shadows = _shadows(profile, cfg, 1e6)
+    assert shadows.cap(0.0) is None  # nothing earned by anyone
+    for i in range(40):  # a burst only γ = -20 keeps up with
+        shadows.submit("novel", float(i), float(i) + 500.0)
+    assert shadows.cap(2_000.0) == 0
+    earned = [s.earned.at(2_000.0) for s in shadows.shadows]
+    assert earned[0] > earned[1] > 0
+    shadows.credit(earned[0], 2_000.0)  # the policy earned as much as the best shadow
+    assert shadows.cap(2_000.0) is None
+
+
+def test_floor_keeps_the_policy_within_the_best_fixed_speed():
+    """Under a cap no batch runs at a γ slower than the capped one (at that batch size)."""
+    profile = make_profile()
+    s = Scheduler(APPS, profile, Otas(), SchedulerConfig(max_batch=64))
+    pol = s.policy
+    assert pol._floor is not None
+    trace = at_load(synthetic("poisson", APPS, n=600, seed=1), 3.0, capacity_per_s(profile, APPS, 64))
+    reqs, i, now, capped = trace.requests(APPS), 0, 0.0, 0
+    while i < len(reqs) or len(s.queues):
+        while i < len(reqs) and reqs[i].arrival_ms <= now:
+            s.submit(reqs[i], reqs[i].arrival_ms)
+            i += 1
+        plan = s.next_batch(now)
+        if plan is None:
+            now = reqs[i].arrival_ms if i < len(reqs) else now + 1.0
+            continue
+        if pol._cap is not None:
+            capped += 1
+            lat = s.lat_vector(s.model, plan.size)
+            assert lat[profile.gammas.index(plan.gamma)] <= lat[pol._cap] or not np.isfinite(lat[pol._cap])
+        s.complete(plan, now + plan.predicted_ms, plan.predicted_ms)
+        now += plan.predicted_ms
+    assert capped > 0
+
+
+def test_paper_policy_has_no_floor():
+    s = Scheduler(APPS, make_profile(), "otas-paper")
+    assert s.policy._floor is None
