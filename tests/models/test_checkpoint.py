@@ -98,3 +98,26 @@ def test_local_weights_keep_their_head(tmp_path):
     vit = build_vit("timm:test_vit", pretrained_file=f)
     assert vit.num_classes == 7
     torch.testing.assert_close(vit.head.weight, src.head.weight)
+
+
+def test_latency_twin_copies_everything_but_the_weights(tmp_path):
+    """scripts/latency_twin.py: a random-weight model of another architecture that serves the same Γ,
+    tasks and classes as the shipped one, and loads back as a checkpoint (profiling latency needs
+    nothing more)."""
+    import importlib.util
+    from pathlib import Path
+
+    from otas.predict import default_model_path
+
+    spec = importlib.util.spec_from_file_location("latency_twin", Path(__file__).parents[2] / "scripts/latency_twin.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    like = default_model_path()
+    real = load_checkpoint(like)
+    twin = mod.twin(like, "vit_small_p2")
+    save_checkpoint(twin, tmp_path / "twin.safetensors")
+    back = load_checkpoint(tmp_path / "twin.safetensors")
+    assert back.vit.embed_dim == 384 and real.vit.embed_dim == 192
+    assert back.config == real.config and back.task_classes == real.task_classes
+    assert back.source_classes == real.source_classes and back.preprocess == real.preprocess
+    assert back.untrained == []
