@@ -52,8 +52,9 @@ class _Shadow:
     """One virtual `fixed:<γ>` server: FIFO queue of (arrival, deadline, value), device free at `free`."""
 
     def __init__(self, lat: np.ndarray, max_batch: int, tau_ms: float):
-        self.lat = lat  # (B_max + 1,) ms of a batch of each size at this γ
-        self.max_batch = max_batch
+        self.lat = lat  # (B_max + 1,) ms of a batch of each size at this γ, nondecreasing; inf: does not fit
+        fits = np.flatnonzero(np.isfinite(lat[1 : max_batch + 1]))
+        self.max_batch = int(fits[-1]) + 1 if len(fits) else 0  # as the scheduler caps a batch by memory
         self.queue: deque[tuple[float, float, float]] = deque()
         self.free = -math.inf
         self.earned = Decayed(tau_ms)
@@ -78,7 +79,8 @@ class _Shadow:
 
     def submit(self, arrival_ms: float, deadline_ms: float, value: float) -> None:
         self.advance(arrival_ms)
-        if arrival_ms + self.lat[1] <= deadline_ms:  # else rejected on arrival, as reject_infeasible does
+        # else rejected on arrival, as reject_infeasible does
+        if self.max_batch and arrival_ms + self.lat[1] <= deadline_ms:
             self.queue.append((arrival_ms, deadline_ms, value))
 
 

@@ -95,3 +95,21 @@ def test_floor_keeps_the_policy_within_the_best_fixed_speed():
 def test_paper_policy_has_no_floor():
     s = Scheduler(APPS, make_profile(), "otas-paper")
     assert s.policy._floor is None
+
+
+def test_shadow_batches_within_memory_like_the_scheduler():
+    """With a memory limit a shadow's batches stop where the profile's memory does, as the
+    scheduler's do, and it still earns what its baseline earns."""
+    profile = make_profile(gammas=[-20, 0], memory_mb=(100.0, 400.0, 3000.0))
+    cfg = SchedulerConfig(max_batch=64, memory_limit_mb=500.0)
+    trace = at_load(synthetic("mmpp", APPS, n=800, seed=5), 3.0, capacity_per_s(profile, APPS, 64))
+    shadows = _shadows(profile, cfg, math.inf)
+    assert [s.max_batch for s in shadows.shadows] == [
+        max(b for b in range(1, 65) if profile.mem(g, b) <= 500.0) for g in profile.gammas
+    ]
+    for r in trace.requests(APPS):
+        shadows.submit(r.app, r.arrival_ms, r.deadline_ms)
+    shadows.cap(math.inf)
+    for g, shadow in zip(profile.gammas, shadows.shadows, strict=True):
+        sim = run(trace, APPS, profile, f"fixed:{g}", cfg).summary(APPS)["utility"]
+        assert shadow.earned.value == pytest.approx(sim, rel=1e-9), g
