@@ -5,10 +5,10 @@ load. `FixedShadows` replays every arrival, as it comes, through one virtual ser
 batches exactly as the `fixed:<γ>` baseline does (one FIFO queue, every waiting query up to B_max,
 hopeless queries dropped, a query rejected on arrival when even a batch of one would
 finish late) on the profile's latencies, and keeps each one's utility (u_a · acc(task_a, γ) per
-on-time query) as an exponentially decayed sum with the time constant the price uses. The policy
-keeps its own earned utility the same way (`earned`); where a fixed γ's shadow earns more, the
-policy runs no setting slower than that γ (`cap`). Nothing here is tuned: the shadows are the
-baselines themselves.
+on-time query) as an exponentially decayed sum with time constant `floor_window` × the loosest SLO.
+The policy keeps its own earned utility the same way (`earned`); both credit a batch when it
+completes. Where a fixed γ's shadow earned more, the policy runs no setting slower than that γ
+(`cap`). Nothing here is tuned but the window: the shadows are the baselines themselves.
 
 Cost: each arrival enters |Γ| queues, and every query leaves each of them once, so the work is
 O(|Γ|) per query, amortised, on top of one small step per decision.
@@ -58,11 +58,17 @@ class _Shadow:
         self.queue: deque[tuple[float, float, float]] = deque()
         self.free = -math.inf
         self.earned = Decayed(tau_ms)
+        self.running: tuple[float, float] | None = None  # (finish, value) of the batch in flight
 
     def advance(self, t_ms: float) -> None:
-        """Run every batch that starts by `t_ms`."""
+        """Run every batch that starts by `t_ms`; credit those that finished by then."""
         q, one = self.queue, self.lat[1]
-        while q and self.free <= t_ms:
+        while True:
+            if self.running is not None and self.running[0] <= t_ms:  # credited when done, as the policy's are
+                self.earned.add(self.running[1], self.running[0])
+                self.running = None
+            if not q or self.free > t_ms:
+                return
             start = max(self.free, q[0][0])
             if start > t_ms:
                 return
@@ -74,7 +80,7 @@ class _Shadow:
             if not members:
                 continue
             finish = start + self.lat[len(members)]
-            self.earned.add(sum(v for _, d, v in members if d >= finish), start)
+            self.running = (finish, sum(v for _, d, v in members if d >= finish))
             self.free = finish
 
     def submit(self, arrival_ms: float, deadline_ms: float, value: float) -> None:

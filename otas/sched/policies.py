@@ -112,7 +112,7 @@ class Otas(Policy):
         if self._floor is not None:
             i = view.profiles[plan.model].gammas.index(plan.gamma)
             on_time = sum(view.weights(plan.model, r.app)[i] for r in plan.requests if r.deadline_ms >= now_ms)
-            self._floor.credit(float(on_time), plan.start_ms)
+            self._floor.credit(float(on_time), now_ms)
 
     def choose(self, cands: list[Candidate], now_ms: float, view: View) -> Choice:
         cands = cands[: self.lookahead]
