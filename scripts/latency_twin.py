@@ -15,23 +15,13 @@ from pathlib import Path
 
 import torch
 
-from otas.adapt.config import AdaptConfig
 from otas.adapt.vit import AdaptiveViT
-from otas.data.preprocess import Preprocess
-from otas.models.checkpoint import read_header, save_checkpoint
-from otas.models.registry import build_vit
+from otas.models.checkpoint import model_from_header, read_header, save_checkpoint
 
 
 def twin(like: Path, arch: str, seed: int = 0) -> AdaptiveViT:
-    header = read_header(like)
     torch.manual_seed(seed)
-    vit = build_vit(arch, header["num_classes"])
-    pre = Preprocess.from_dict(header["preprocess"]) if "preprocess" in header else None
-    if pre is not None and pre.size != vit.patch_embed.img_size[0]:
-        raise ValueError(f"{like} takes {pre.size} px images, {arch} {vit.patch_embed.img_size[0]} px")
-    model = AdaptiveViT(vit, AdaptConfig(**header["adapt"]), header.get("source_classes"), pre)
-    model.task_classes = header.get("task_classes") or {}
-    return model
+    return model_from_header(read_header(like), arch=arch)
 
 
 def main() -> None:

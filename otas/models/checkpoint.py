@@ -65,6 +65,22 @@ def read_header(path: str | Path) -> dict[str, Any]:
     return header
 
 
+def model_from_header(
+    header: dict[str, Any], gammas: tuple[int, ...] | None = None, arch: str | None = None
+) -> AdaptiveViT:
+    """The untrained model a checkpoint header describes (Γ, tasks, classes, preprocessing); `arch`
+    builds another architecture with all of that instead (its own defaults, no overrides)."""
+    cfg = dict(header["adapt"])
+    if gammas is not None:
+        cfg["gammas"] = gammas
+    overrides = header.get("arch_overrides", {}) if arch is None else {}
+    vit = build_vit(arch or header["arch"], header["num_classes"], **overrides)
+    pre = Preprocess.from_dict(header["preprocess"]) if "preprocess" in header else None  # older files: the arch's
+    model = AdaptiveViT(vit, AdaptConfig(**cfg), header.get("source_classes"), pre)
+    model.task_classes = header.get("task_classes") or {}
+    return model
+
+
 def load_checkpoint(
     path: str | Path,
     device: str | torch.device = "cpu",
@@ -76,13 +92,7 @@ def load_checkpoint(
     if not p.is_file():
         raise ValueError(f"checkpoint {p} does not exist")
     header = read_header(p)
-    cfg = dict(header["adapt"])
-    if gammas is not None:
-        cfg["gammas"] = gammas
-    vit = build_vit(header["arch"], header["num_classes"], **header.get("arch_overrides", {}))
-    pre = Preprocess.from_dict(header["preprocess"]) if "preprocess" in header else None  # older files: the arch's
-    model = AdaptiveViT(vit, AdaptConfig(**cfg), header.get("source_classes"), pre)
-    model.task_classes = header.get("task_classes") or {}
+    model = model_from_header(header, gammas)
     state = load_file(str(p))
     missing, unexpected = model.load_state_dict(state, strict=False)
     allowed_missing = [k for k in missing if k.startswith(("prompts.", "heads."))]

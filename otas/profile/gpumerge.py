@@ -253,7 +253,9 @@ def time_group(
             if "@" in label:  # the eager kernels of a compiled cell are its uncompiled twin's
                 continue
             # f.model already has the variant's norms: the eager twin must not change them
-            eager = FastForward(f.model, device, FastConfig("eager", (batch,), dtype, False, f.merge_impl))
+            eager = FastForward(
+                f.model, device, FastConfig("eager", (batch,), dtype, fused_norm=False, merge_impl=f.merge_impl)
+            )
             try:
                 out["kernels"][label] = kernel_profile(eager, 0 if label == "stock" else gamma, batch)
             except Exception as e:  # a listing that fails must not lose the group's timings

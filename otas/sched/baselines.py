@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Sequence
 
 from otas.profile.table import Profile
 from otas.sched.batching import Candidate
@@ -32,10 +33,14 @@ class Fixed(Policy):
         gammas = view.profiles[view.model].gammas
         if ok[gammas.index(self.gamma)]:
             return view.model, self.gamma, {}
-        # a member's task is not served at this γ (no prompts for the source task): the servable
-        # γ nearest to it, towards 0
-        near = min((g for g, k in zip(gammas, ok, strict=True) if k), key=lambda g: (abs(g - self.gamma), abs(g)))
-        return view.model, near, {"fallback_from": float(self.gamma)}
+        # a member's task is not served at this γ (no prompts for the source task)
+        return view.model, fallback_gamma(gammas, ok, self.gamma), {"fallback_from": float(self.gamma)}
+
+
+def fallback_gamma(gammas: Sequence[int], servable: Sequence[bool], gamma: int) -> int:
+    """The γ `fixed:<gamma>` runs a batch at when `gamma` does not serve it: the servable γ nearest to
+    it, towards 0 on ties."""
+    return min((g for g, k in zip(gammas, servable, strict=True) if k), key=lambda g: (abs(g - gamma), abs(g)))
 
 
 class Edf(Policy):

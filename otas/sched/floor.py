@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from otas.sched.baselines import fallback_gamma
 from otas.types import App
 
 
@@ -38,7 +39,7 @@ class Decayed:
         if t_ms >= self.t:
             self.value = self.value * self._decay(t_ms - self.t) + x
             self.t = t_ms
-        else:  # an event dated before the last one (a batch credited at its start, reported later)
+        else:  # an event dated before the last one: decayed to it
             self.value += x * self._decay(self.t - t_ms)
 
     def at(self, t_ms: float) -> float:
@@ -106,17 +107,13 @@ class FixedShadows:
         """lat (B_max + 1, |Γ|) ms; weights / servable per application (|Γ|,): u_a · acc and whether
         the γ serves a's task (where not, a shadow serves it as `fixed:<γ>` does: at the servable γ
         nearest to it, towards 0)."""
-        self.gammas = list(gammas)
-        lat = np.maximum.accumulate(np.where(np.isfinite(lat), lat, np.inf), axis=0)
-        self.shadows = [_Shadow(lat[:, i], max_batch, tau_ms) for i in range(len(self.gammas))]
-        self.value: dict[str, list[float]] = {}
-        for a in apps:
-            ok, w = servable[a.name], weights[a.name]
-            near = [
-                min((j for j in range(len(gammas)) if ok[j]), key=lambda j: (abs(gammas[j] - g), abs(gammas[j])))
-                for g in gammas
-            ]
-            self.value[a.name] = [float(w[j]) for j in near]
+        gammas = list(gammas)
+        lat = np.maximum.accumulate(lat, axis=0)
+        self.shadows = [_Shadow(lat[:, i], max_batch, tau_ms) for i in range(len(gammas))]
+        self.value = {
+            a.name: [float(weights[a.name][gammas.index(fallback_gamma(gammas, servable[a.name], g))]) for g in gammas]
+            for a in apps
+        }
         self.earned = Decayed(tau_ms)
         """What the policy itself earned, fed by `credit`."""
 
