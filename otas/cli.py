@@ -40,6 +40,10 @@ def train_backbone_cmd(
         Path | None, typer.Option(help="Distil from this teacher (`otas train teacher`) on the same batches.")
     ] = None,
     kd_weight: Annotated[float, typer.Option(help="Share of the distillation loss, with --teacher.")] = 0.5,
+    kd_mode: Annotated[
+        str, typer.Option(help="soft: KL to the teacher's distribution; hard: its top class (DeiT).")
+    ] = "soft",
+    augment: Annotated[str | None, typer.Option(help="Augmentation policy before crop and flip: trivial.")] = None,
 ) -> None:
     """Train a ViT from scratch on the source task (5 CIFAR-10 classes); resumes if a state file exists."""
     from otas.train.backbone import BackboneConfig, train_backbone
@@ -55,6 +59,8 @@ def train_backbone_cmd(
             compile=compile,
             teacher=str(teacher) if teacher else None,
             kd_weight=kd_weight,
+            kd_mode=kd_mode,
+            augment=augment,
         )
         train_backbone(cfg, out, data, device, log=console.log)
     except ValueError as e:
@@ -70,12 +76,13 @@ def train_teacher_cmd(
     data: opt.CifarData = None,
     device: opt.TrainDevice = None,
     compile: bool = True,
+    augment: Annotated[str | None, typer.Option(help="Augmentation policy before crop and flip: trivial.")] = None,
 ) -> None:
     """Train a CIFAR ResNet on the source task, to distil the ViT backbones from (`train backbone --teacher`)."""
     from otas.train.teacher import TeacherConfig, train_teacher
 
     try:
-        cfg = TeacherConfig(arch=arch, epochs=epochs, batch_size=batch_size, compile=compile)
+        cfg = TeacherConfig(arch=arch, epochs=epochs, batch_size=batch_size, compile=compile, augment=augment)
         train_teacher(cfg, out, data, device, log=console.log)
     except ValueError as e:
         opt.fail(str(e))

@@ -23,6 +23,9 @@ ARCH=${ARCH:-vit_small_p2}
 EPOCHS=${EPOCHS:-200}
 TEACHER_EPOCHS=${TEACHER_EPOCHS:-200}
 KD_WEIGHT=${KD_WEIGHT:-0.5}
+KD_MODE=${KD_MODE:-soft}      # soft or hard (DeiT)
+AUGMENT=${AUGMENT:-}          # "trivial": TrivialAugment for the teacher and the student; empty: crop, flip, mixing only
+SKIP_TINY=${SKIP_TINY:-}      # 1: do not re-profile the shipped Tiny model (its profile of this machine is committed)
 PROMPT_EPOCHS=${PROMPT_EPOCHS:-6}
 HEAD_EPOCHS=${HEAD_EPOCHS:-10}   # as the Tiny model's γ = 0 heads
 CALL_S=${CALL_S:-560}     # this call's wall-time budget
@@ -38,11 +41,11 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 COLUMNS=160 OTAS_CIFAR10=$PW
 OTAS="python3 -m otas.cli"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$LOGS/gpu.txt" 2>&1
 if [ ! -f runs/teacher.safetensors ] && [ "$(left)" -gt 120 ]; then
-  $OTAS train teacher --epochs "$TEACHER_EPOCHS" --out runs/teacher.safetensors 2>&1 | tee -a "$LOGS/teacher.log"
+  $OTAS train teacher --epochs "$TEACHER_EPOCHS" ${AUGMENT:+--augment "$AUGMENT"} --out runs/teacher.safetensors 2>&1 | tee -a "$LOGS/teacher.log"
 fi
 if [ ! -f "$BB" ] && [ "$(left)" -gt 90 ]; then
   $OTAS train backbone --arch "$ARCH" --epochs "$EPOCHS" --teacher runs/teacher.safetensors --kd-weight "$KD_WEIGHT" \
-    --time-budget-s $(($(left) - 60)) --out "$BB" 2>&1 | tee -a "$LOGS/backbone.log"
+    --kd-mode "$KD_MODE" ${AUGMENT:+--augment "$AUGMENT"} --time-budget-s $(($(left) - 60)) --out "$BB" 2>&1 | tee -a "$LOGS/backbone.log"
 fi
 prompts_done() { [ -f "$FULL" ] && python3 -c "
 import sys; from otas.models.checkpoint import read_header
@@ -58,7 +61,9 @@ from otas.models.checkpoint import load_checkpoint, read_header, save_checkpoint
 save_checkpoint(load_checkpoint(sys.argv[1]), sys.argv[2], read_header(sys.argv[1])["meta"], dtype=torch.float16)
 PY
 fi
-for m in "runs/fp16/$NAME.safetensors" otas/assets/vit_tiny_p2_c5.safetensors; do
+TARGETS=("runs/fp16/$NAME.safetensors")
+[ -n "$SKIP_TINY" ] || TARGETS+=(otas/assets/vit_tiny_p2_c5.safetensors)
+for m in "${TARGETS[@]}"; do
   p=runs/$(basename "$m" .safetensors)__h200-graphs.json
   if [ -f "$m" ] && [ ! -f "$p" ] && [ "$(left)" -gt 150 ]; then
     $OTAS profile "$m" --device cuda --batch-sizes 1,8,64,256 --mode graphs --out "$p" 2>&1 | tail -5 | tee -a "$LOGS/profile.log"
@@ -74,6 +79,7 @@ cp runs/*__h200-graphs.json runs/*__h200-graphs.md runs/*__h200-fp32.json "$LOGS
 tar czf "$OUT/ladder.tgz" -C runs ladder
 if [ -f "runs/fp16/$NAME.safetensors" ]; then
   split -b 15000000 -d "runs/fp16/$NAME.safetensors" "$OUT/$NAME.safetensors.part-"
-  [ -f "runs/${NAME}__h200-graphs.json" ] && [ -f runs/vit_tiny_p2_c5__h200-graphs.json ] && echo "ladder complete"
+  [ -f "runs/${NAME}__h200-graphs.json" ] && { [ -n "$SKIP_TINY" ] || [ -f runs/vit_tiny_p2_c5__h200-graphs.json ]; } &&
+    echo "ladder complete"
 fi
 ls -la runs "$OUT"

@@ -44,6 +44,26 @@ def normalize(x: torch.Tensor, pre: Preprocess) -> torch.Tensor:
     return Normalize.of(pre, x.device)(x)
 
 
+AUGMENTS = ("trivial",)
+"""Policies `augment` knows: "trivial" is TrivialAugment (Müller & Hutter, 2021), torchvision's `TrivialAugmentWide`."""
+
+
+def augment(images: torch.Tensor, policy: str, chunk: int = 32) -> torch.Tensor:
+    """A per-image-group augmentation policy on uint8 (B, H, W, 3) -> uint8 (B, H, W, 3), on the device.
+
+    torchvision's batched policies draw one operation and magnitude per call, so the batch is cut into
+    groups of `chunk` images that each get their own draw (16 draws in a batch of 512).
+    """
+    if policy not in AUGMENTS:
+        raise ValueError(f"unknown augmentation {policy!r}; known: {', '.join(AUGMENTS)}")
+    from torchvision.transforms import v2
+
+    op = v2.TrivialAugmentWide()
+    x = images.permute(0, 3, 1, 2)  # (B, 3, H, W) uint8
+    out = torch.cat([op(part.contiguous()) for part in x.split(chunk)])
+    return out.permute(0, 2, 3, 1).contiguous()
+
+
 def random_crop_flip(x: torch.Tensor, pad: int = 4) -> torch.Tensor:
     """Random crop after reflect padding, and a random horizontal flip, per image. x (B, C, H, W)."""
     B, C, H, W = x.shape

@@ -1,9 +1,9 @@
 """Train a ViT from scratch on the source task (5 CIFAR-10 classes), the fast way on a GPU.
 
-Recipe: images decoded once and kept on the device as uint8; augmentation on the device (random
-crop + flip, Mixup/CutMix, label smoothing); AdamW with warm-up and cosine decay; bf16 autocast and
+Recipe: images decoded once and kept on the device as uint8; augmentation on the device (optionally
+TrivialAugment, random crop + flip, Mixup/CutMix, label smoothing); AdamW with warm-up and cosine decay; bf16 autocast and
 `torch.compile` on CUDA. With a `teacher` (`otas.train.teacher`), the loss mixes the labels' cross
-entropy with distillation from the teacher's outputs on the same augmented batch. Training resumes
+entropy with distillation from the teacher's outputs on the same augmented batch (soft, or hard as DeiT). Training resumes
 from `<out>.state.safetensors`, so a long run can be split across several calls under a time budget.
 """
 
@@ -19,12 +19,12 @@ import torch.nn.functional as F
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from otas.adapt import AdaptConfig, AdaptiveViT
-from otas.data.transforms import mix
+from otas.data.transforms import AUGMENTS, mix
 from otas.models.checkpoint import save_checkpoint
 from otas.models.registry import build_vit
 from otas.train.common import autocast, batches, cosine_lr, evaluate, pick_device, source_data, train_batch
 from otas.train.state import load_state, save_state
-from otas.train.teacher import distill_loss, load_teacher
+from otas.train.teacher import KD_MODES, distill_loss, load_teacher
 
 
 @dataclass
@@ -47,6 +47,10 @@ class BackboneConfig:
     kd_weight: float = 0.5
     """Share of the distillation loss when a teacher is given (the rest is the labels' cross entropy)."""
     kd_temperature: float = 1.0
+    kd_mode: str = "soft"
+    """"soft": KL to the teacher's distribution; "hard": cross entropy to its top class (DeiT's hard distillation)."""
+    augment: str | None = None
+    """An `otas.data.transforms.AUGMENTS` policy before crop and flip ("trivial"), or None."""
     time_budget_s: float | None = None
     """Stop (and save a resumable state) once this much wall time has passed."""
     seed: int = 0
@@ -60,6 +64,10 @@ class BackboneConfig:
             raise ValueError(
                 f"teacher {self.teacher}: no such file; make one with `otas train teacher --out {self.teacher}`"
             )
+        if self.kd_mode not in KD_MODES:
+            raise ValueError(f"kd_mode must be one of {', '.join(KD_MODES)}, got {self.kd_mode!r}")
+        if self.augment is not None and self.augment not in AUGMENTS:
+            raise ValueError(f"augment must be one of {', '.join(AUGMENTS)} or None, got {self.augment!r}")
         if not 0.0 <= self.kd_weight <= 1.0 or self.kd_temperature <= 0:
             raise ValueError(
                 f"kd_weight must be in [0, 1] and kd_temperature > 0, got {self.kd_weight}, {self.kd_temperature}"
@@ -119,14 +127,14 @@ def train_backbone(
                 step = epoch * steps_per_epoch + i
                 for g in opt.param_groups:
                     g["lr"] = cosine_lr(step, total, warmup, lr)
-                x, target = mix(train_batch(xtr[idx], spec.corruption, model.preprocess), ytr[idx], n_cls)
+                x, target = mix(train_batch(xtr[idx], spec.corruption, model.preprocess, cfg.augment), ytr[idx], n_cls)
                 with autocast(dev):
                     logits = fwd(x)
                     loss = F.cross_entropy(logits, target)
                     if teacher is not None:
                         with torch.no_grad():
                             t_logits = teacher_fwd(x)
-                        kd = distill_loss(logits, t_logits, cfg.kd_temperature)
+                        kd = distill_loss(logits, t_logits, cfg.kd_temperature, cfg.kd_mode)
                         loss = (1 - cfg.kd_weight) * loss + cfg.kd_weight * kd
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

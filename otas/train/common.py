@@ -13,7 +13,7 @@ import torch
 from otas.data.folder import ImageSet
 from otas.data.preprocess import Preprocess
 from otas.data.tasks import TaskSpec, corrupt, get_task
-from otas.data.transforms import normalize, random_crop_flip, to_float
+from otas.data.transforms import augment, normalize, random_crop_flip, to_float
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -75,8 +75,12 @@ def corrupt_set(data: ImageSet, kind: str | None, seed: int = 0) -> ImageSet:
     return ImageSet(np.concatenate(out), data.labels, data.classes)
 
 
-def train_batch(images: torch.Tensor, kind: str | None, pre: Preprocess) -> torch.Tensor:
-    """uint8 (B, H, W, 3) on the device -> augmented, corrupted, normalized as the model's `pre` (B, 3, H, W)."""
+def train_batch(images: torch.Tensor, kind: str | None, pre: Preprocess, policy: str | None = None) -> torch.Tensor:
+    """uint8 (B, H, W, 3) on the device -> augmented, corrupted, normalized as the model's `pre` (B, 3, H, W).
+
+    `policy`: an `otas.data.transforms.AUGMENTS` policy applied first (None: crop and flip only)."""
+    if policy is not None:
+        images = augment(images, policy)
     x = random_crop_flip(to_float(images))
     x = corrupt(x, kind)
     if kind is not None:

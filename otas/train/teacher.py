@@ -23,10 +23,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from otas.data.preprocess import Preprocess
-from otas.data.transforms import mix
+from otas.data.transforms import AUGMENTS, mix
 from otas.train.common import autocast, batches, cosine_lr, evaluate, pick_device, source_data, train_batch
 
 FORMAT = "otas.teacher/1"
+KD_MODES = ("soft", "hard")
 LAYERS = {"resnet18": [2, 2, 2, 2], "resnet34": [3, 4, 6, 3]}
 
 
@@ -42,6 +43,8 @@ class TeacherConfig:
     weight_decay: float = 5e-4
     warmup_epochs: int = 2
     compile: bool = True
+    augment: str | None = None
+    """An `otas.data.transforms.AUGMENTS` policy before crop and flip ("trivial"), or None."""
     seed: int = 0
     limit: int | None = None
     """Use only the first `limit` training and test images (smoke tests)."""
@@ -51,6 +54,8 @@ class TeacherConfig:
             raise ValueError(f"unknown teacher {self.arch!r}; known: {sorted(LAYERS)}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
+        if self.augment is not None and self.augment not in AUGMENTS:
+            raise ValueError(f"augment must be one of {', '.join(AUGMENTS)} or None, got {self.augment!r}")
 
 
 class Teacher(nn.Module):
@@ -131,7 +136,7 @@ def train_teacher(cfg: TeacherConfig, out: Path, data: Path | None = None, devic
             for i, idx in enumerate(batches(len(ytr), cfg.batch_size, dev)):
                 for g in opt.param_groups:
                     g["lr"] = cosine_lr((epoch - 1) * steps + i, total, warmup, lr)
-                x, target = mix(train_batch(xtr[idx], spec.corruption, teacher.preprocess), ytr[idx], n_cls)
+                x, target = mix(train_batch(xtr[idx], spec.corruption, teacher.preprocess, cfg.augment), ytr[idx], n_cls)
                 with autocast(dev):
                     loss = F.cross_entropy(fwd(x), target)
                 opt.zero_grad(set_to_none=True)
@@ -149,8 +154,17 @@ def train_teacher(cfg: TeacherConfig, out: Path, data: Path | None = None, devic
     return {"test_acc": acc, "history": history}
 
 
-def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """KL(teacher ‖ student) of the softened distributions, × T² (so its gradients keep their scale)."""
+def distill_loss(
+    student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0, mode: str = "soft"
+) -> torch.Tensor:
+    """Distillation from teacher logits (B, classes) into student logits (B, classes).
+
+    "soft": KL(teacher ‖ student) of the softened distributions, × T² (so its gradients keep their scale);
+    "hard": cross entropy to the teacher's top class (DeiT's hard distillation; `temperature` unused)."""
+    if mode == "hard":
+        return F.cross_entropy(student.float(), teacher.argmax(-1))
+    if mode != "soft":
+        raise ValueError(f"kd mode must be one of {', '.join(KD_MODES)}, got {mode!r}")
     t = temperature
     return (
         F.kl_div(

@@ -28,21 +28,45 @@ def test_distill_loss_is_zero_only_for_the_teachers_distribution():
     assert s.grad is not None and torch.isfinite(s.grad).all()
 
 
+def test_hard_distillation_is_cross_entropy_to_the_teachers_top_class():
+    t = torch.tensor([[0.1, 3.0, -1.0], [2.0, 0.0, 1.9]])
+    s = torch.randn(2, 3, requires_grad=True)
+    expected = torch.nn.functional.cross_entropy(s, torch.tensor([1, 0]))
+    assert distill_loss(s, t, mode="hard").item() == pytest.approx(float(expected), rel=1e-6)
+    assert distill_loss(s, t * 10, temperature=4.0, mode="hard").item() == pytest.approx(float(expected), rel=1e-6)
+    distill_loss(s, t, mode="hard").backward()
+    assert s.grad is not None and torch.isfinite(s.grad).all()
+    with pytest.raises(ValueError, match="kd mode"):
+        distill_loss(s, t, mode="medium")
+
+
+@pytest.mark.parametrize("bad", [{"kd_mode": "medium"}, {"augment": "randaugment"}])
+def test_unknown_distillation_or_augmentation_is_refused(bad):
+    with pytest.raises(ValueError, match="must be one of"):
+        BackboneConfig(**bad)
+    if "augment" in bad:
+        with pytest.raises(ValueError, match="must be one of"):
+            TeacherConfig(**bad)
+
+
 def test_teacher_then_distilled_backbone(cifar_archive, cifar_cache, tmp_path, monkeypatch):
     monkeypatch.setenv("OTAS_CACHE", str(cifar_cache))
     tp = tmp_path / "teacher.safetensors"
-    r = train_teacher(TeacherConfig(epochs=1, batch_size=16, limit=48, warmup_epochs=1), tp, cifar_archive, "cpu",
-                      log=lambda *a: None)  # fmt: skip
+    r = train_teacher(TeacherConfig(epochs=1, batch_size=16, limit=48, warmup_epochs=1, augment="trivial"), tp,
+                      cifar_archive, "cpu", log=lambda *a: None)  # fmt: skip
     assert 0.0 <= r["test_acc"] <= 1.0
     t = load_teacher(tp)
     assert not t.training and t.num_classes == 5 and t.meta["source_test_acc"] == r["test_acc"]
 
     bb = tmp_path / "bb.safetensors"
-    cfg = BackboneConfig(epochs=1, batch_size=16, limit=48, warmup_epochs=1, teacher=str(tp), kd_weight=0.7)
-    res = train_backbone(cfg, bb, cifar_archive, "cpu", log=lambda *a: None)
-    assert res["done"] and res["history"][0]["loss"] > 0
-    meta = read_header(bb)["meta"]
-    assert meta["config"]["teacher"] == str(tp) and meta["teacher_test_acc"] == r["test_acc"]
+    for mode in ("soft", "hard"):
+        cfg = BackboneConfig(epochs=1, batch_size=16, limit=48, warmup_epochs=1, teacher=str(tp), kd_weight=0.7,
+                             kd_mode=mode, augment="trivial")  # fmt: skip
+        res = train_backbone(cfg, bb, cifar_archive, "cpu", log=lambda *a: None)
+        assert res["done"] and res["history"][0]["loss"] > 0
+        meta = read_header(bb)["meta"]
+        assert meta["config"]["teacher"] == str(tp) and meta["teacher_test_acc"] == r["test_acc"]
+        assert meta["config"]["kd_mode"] == mode and meta["config"]["augment"] == "trivial"
 
 
 def test_a_file_that_is_not_a_teacher_is_refused(tmp_path):
