@@ -1,10 +1,11 @@
 """Train a ViT from scratch on the source task (5 CIFAR-10 classes), the fast way on a GPU.
 
-Recipe: images decoded once and kept on the device as uint8; augmentation on the device (optionally
-TrivialAugment, random crop + flip, Mixup/CutMix, label smoothing); AdamW with warm-up and cosine decay; bf16 autocast and
-`torch.compile` on CUDA. With a `teacher` (`otas.train.teacher`), the loss mixes the labels' cross
-entropy with distillation from the teacher's outputs on the same augmented batch (soft, or hard as DeiT). Training resumes
-from `<out>.state.safetensors`, so a long run can be split across several calls under a time budget.
+Recipe: images decoded once and kept on the device as uint8; augmentation on the device
+(optionally TrivialAugment, random crop + flip, Mixup/CutMix, label smoothing); AdamW with warm-up
+and cosine decay; bf16 autocast and `torch.compile` on CUDA. With a `teacher` (`otas.train.teacher`),
+the loss mixes the labels' cross entropy with distillation from the teacher's outputs on the same
+augmented batch (soft, or hard as DeiT). Training resumes from `<out>.state.safetensors`, so a
+long run can be split across several calls under a time budget.
 """
 
 from __future__ import annotations

@@ -136,7 +136,8 @@ def train_teacher(cfg: TeacherConfig, out: Path, data: Path | None = None, devic
             for i, idx in enumerate(batches(len(ytr), cfg.batch_size, dev)):
                 for g in opt.param_groups:
                     g["lr"] = cosine_lr((epoch - 1) * steps + i, total, warmup, lr)
-                x, target = mix(train_batch(xtr[idx], spec.corruption, teacher.preprocess, cfg.augment), ytr[idx], n_cls)
+                xb = train_batch(xtr[idx], spec.corruption, teacher.preprocess, cfg.augment)
+                x, target = mix(xb, ytr[idx], n_cls)
                 with autocast(dev):
                     loss = F.cross_entropy(fwd(x), target)
                 opt.zero_grad(set_to_none=True)
