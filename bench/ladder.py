@@ -5,7 +5,8 @@ Writes bench/results/ladder/ladder.{json,png}:
     task's gain from Tiny to Small (the ladder holds when every gain is > 0; the target margin is 3);
   - per profile set and load, simulated side by side on the Azure trace (loads down to 0.1, where a
     slower model can keep up): model-switch's utility, its switches and batches per model, and OTAS's
-    utility over model-switch's, with the ladder before (the first Small, below Tiny) and after.
+    utility over model-switch's, with the ladder before (the first Small, below Tiny) and after;
+    model-switch both paying each swap's `model_load_ms` and with both models resident (free swaps).
 
     python bench/ladder.py
 """
@@ -33,6 +34,7 @@ SETS = {  # set -> (apps, B_max, {when: profiles, the served Tiny model first})
     }),
 }  # fmt: skip
 LOADS = (0.1, 0.2, 0.3, 0.5, 1.0, 1.5, 2.0)
+SWITCH = ("model-switch", "model-switch:resident")  # paying each swap's model_load_ms, or both models resident
 MARGIN = 3.0  # points Small must gain over Tiny on every task at γ = 0
 
 
@@ -64,11 +66,14 @@ def switch_rows(runs: list[dict]) -> list[dict]:
     rows = []
     for load in sorted({r["load"] for r in runs}):
         at = {r["policy"]: r for r in runs if r["load"] == load}
-        ms, ot = at["model-switch"], at["otas"]
+        ms, rs, ot = at["model-switch"], at["model-switch:resident"], at["otas"]
         rows.append(
             {"load": load, "otas": ot["utility"], "model_switch": ms["utility"],
              "otas_over_model_switch": ot["utility"] / ms["utility"] if ms["utility"] > 0 else None,
-             "model_switches": ms["model_switches"], "batches_per_model": ms["batches_per_model"]}
+             "model_switches": ms["model_switches"], "batches_per_model": ms["batches_per_model"],
+             "resident": rs["utility"],
+             "otas_over_resident": ot["utility"] / rs["utility"] if rs["utility"] > 0 else None,
+             "resident_switches": rs["model_switches"], "resident_batches_per_model": rs["batches_per_model"]}
         )  # fmt: skip
     return rows
 
@@ -87,7 +92,7 @@ def main() -> None:
         for when, paths in whens.items():
             profs = [Profile.load(p) for p in paths]
             rows = accuracy_rows(profs)
-            out, _ = sweep("azure", apps, profs, ["otas", "model-switch"], loads, SchedulerConfig(max_batch=bmax))
+            out, _ = sweep("azure", apps, profs, ["otas", *SWITCH], loads, SchedulerConfig(max_batch=bmax))
             entry[when] = {"profiles": paths, "accuracy": rows, "ladder": ladder_holds(rows, [p.model for p in profs]),
                            "runs": switch_rows(out["runs"])}  # fmt: skip
         result["sets"][name] = entry
@@ -102,8 +107,11 @@ def main() -> None:
             for r in s[when]["runs"]:
                 ratio = r["otas_over_model_switch"]
                 ratio = ratio if ratio is None else round(ratio, 3)
+                res = r["otas_over_resident"]
+                res = res if res is None else round(res, 3)
                 print(f"  load {r['load']:<4} switches {r['model_switches']:<4} otas/model-switch {ratio}  "
-                      f"{r['batches_per_model']}")  # fmt: skip
+                      f"{r['batches_per_model']} | resident: switches {r['resident_switches']:<4} otas/resident {res}  "
+                      f"{r['resident_batches_per_model']}")  # fmt: skip
     print(f"wrote {args.out / 'ladder.json'} and ladder.png")
 
 
@@ -135,6 +143,9 @@ def plot(result: dict, path: Path) -> None:
             rows = [r for r in s[when]["runs"] if r["otas_over_model_switch"]]
             ax.plot([r["load"] for r in rows], [r["otas_over_model_switch"] for r in rows], style, marker="o",
                     label=f"{when} the ladder")  # fmt: skip
+        rows = [r for r in s["after"]["runs"] if r["otas_over_resident"]]
+        ax.plot([r["load"] for r in rows], [r["otas_over_resident"] for r in rows], ":", marker="s",
+                label="after, both models resident (free swaps)")  # fmt: skip
         ax.axhline(1.0, color="grey", lw=0.8)
         ax.set_yscale("log")
         ax.set_xlabel("load (× capacity of γ = 0)")

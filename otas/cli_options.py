@@ -13,7 +13,10 @@ from otas.config import SchedulerConfig
 
 Policy = Annotated[
     str,
-    typer.Option(help="otas, otas-greedy, otas-fifo, fixed:<γ>, edf, clipper (model-switch needs several profiles)."),
+    typer.Option(
+        help="otas, otas-greedy, otas-fifo, fixed:<γ>, edf, clipper "
+        "(model-switch, model-switch:resident need several profiles)."
+    ),
 ]
 Apps = Annotated[Path | None, typer.Option(help="Applications YAML (default: otas/configs/apps.yaml).")]
 Lookahead = Annotated[int, typer.Option(help="Optimizer lookahead n (batches planned; only the first runs).")]

@@ -25,7 +25,7 @@ from otas.provenance import run_meta
 from otas.sched.oracle import upper_bound
 from otas.sched.policies import POLICY_NAMES, make_policy
 from otas.sim import workloads as wl
-from otas.sim.cli import default_policies, online_profiles
+from otas.sim.cli import default_policies, is_model_switch, online_profiles
 from otas.sim.simulator import run
 from otas.sim.traces import AZURE_DEFAULT, Trace, at_load, capacity_per_s
 from otas.types import App
@@ -96,7 +96,7 @@ def policy_list(profiles: Sequence[Profile], policies: Sequence[str] | None, com
         names = list(policies)
     else:
         names = [c for c in compare if available(c)] + default_policies(profiles)
-    names = [p for p in dict.fromkeys(names) if p != "oracle" and (p != "model-switch" or len(profiles) > 1)]
+    names = [p for p in dict.fromkeys(names) if p != "oracle" and (not is_model_switch(p) or len(profiles) > 1)]
     return [p for p in names if not p.startswith("fixed:") or int(p.split(":")[1]) in profiles[0].gammas]
 
 

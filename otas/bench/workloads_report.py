@@ -40,7 +40,7 @@ def rnd(x: object) -> float | None:
 
 
 def is_baseline(name: str) -> bool:
-    return name.startswith("fixed:") or name in ("edf", "clipper", "model-switch")
+    return name.startswith("fixed:") or name in ("edf", "clipper", "model-switch", "model-switch:resident")
 
 
 def generator_constants() -> dict[str, object]:

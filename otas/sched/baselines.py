@@ -77,12 +77,20 @@ class ModelSwitch(Policy):
     its best throughput with batches within half the median SLO is ≥ headroom × rate. A switch
     costs the target profile's `model_load_ms` (added to the batch) and the policy then stays at
     least `min_dwell_ms` on the new model, so it does not thrash.
+
+    `resident`: every model stays loaded (they fit in device memory together), so a switch is free
+    ("model-switch:resident"); the dwell time still applies.
     """
 
     name = "model-switch"
 
-    def __init__(self, window: int = 200, headroom: float = 1.1, min_dwell_ms: float | None = None):
+    def __init__(
+        self, window: int = 200, headroom: float = 1.1, min_dwell_ms: float | None = None, resident: bool = False
+    ):
         self.window, self.headroom, self.min_dwell_ms = window, headroom, min_dwell_ms
+        self.resident_models = resident
+        if resident:
+            self.name = "model-switch:resident"
         self._arrivals: deque[float] = deque(maxlen=window)
         self._last_switch = -math.inf
 

@@ -21,6 +21,8 @@ through the same interface in the simulator and the live server.
                     latency is within its tightest SLO, -10% when not)
     model-switch    INFaaS-style model adaptation: gamma 0 on the most accurate profiled model whose
                     throughput covers the recent arrival rate, paying its model-load delay
+    model-switch:resident
+                    the same with every model kept in device memory: a switch costs nothing
     oracle          offline upper bound (otas.sched.oracle); not an online policy
 """
 
@@ -47,6 +49,7 @@ POLICY_NAMES = [
     "edf",
     "clipper",
     "model-switch",
+    "model-switch:resident",
     "oracle",
 ]
 
@@ -338,6 +341,8 @@ def make_policy(name: str, **kwargs: object) -> Policy:
         return Otas(lookahead=1, name="otas-greedy", priced=False, reorder=False, mix=False, floor=False)
     if name == "otas-fifo":
         return Otas(selective=False, name="otas-fifo", priced=False, reorder=False, mix=False, floor=False, **kwargs)  # type: ignore[arg-type]
+    if name == "model-switch:resident":
+        return ModelSwitch(resident=True, **kwargs)  # type: ignore[arg-type]
     if name.startswith("fixed:"):
         try:
             gamma = int(name.split(":", 1)[1])

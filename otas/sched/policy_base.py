@@ -55,6 +55,8 @@ class Policy:
     """Cut batches so the earliest member can still make its deadline at the fastest setting."""
     lookahead = 1
     offline = False
+    resident_models = False
+    """Every profiled model stays in device memory, so changing model costs no `model_load_ms`."""
 
     def bind(self, view: View) -> None:
         """Check the policy fits the scheduler's profiles; called once by the Scheduler."""

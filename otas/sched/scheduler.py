@@ -186,7 +186,7 @@ class Scheduler:
                 f"policy {self.policy.name!r} chose gamma={gamma}, which a member's task is not served at"
             )
         self.queues.pop(first.requests)
-        switch = self._tab[model].load_ms if model != self.model else 0.0
+        switch = self._tab[model].load_ms if model != self.model and not self.policy.resident_models else 0.0
         reqs = first.requests
         if self.policy.deadline_aware and self.config.reject_infeasible:
             reqs = self._drop_late(reqs, model, gamma, now_ms + switch)

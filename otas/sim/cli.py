@@ -39,13 +39,18 @@ def default_policies(profiles: Sequence[Profile]) -> list[str]:
         "clipper",
     ]
     if len(profiles) > 1:
-        names.append("model-switch")
+        names += ["model-switch", "model-switch:resident"]
     return [*names, "oracle"]
 
 
 def online_profiles(policy: str, profiles: Sequence[Profile]) -> list[Profile]:
     """The profiles a policy serves from: every model for model-switch, else the first (served) one."""
-    return list(profiles) if policy == "model-switch" else [profiles[0]]
+    return list(profiles) if is_model_switch(policy) else [profiles[0]]
+
+
+def is_model_switch(policy: str) -> bool:
+    """model-switch in either form (paying its swaps, or with every model resident)."""
+    return policy in ("model-switch", "model-switch:resident")
 
 
 def sweep(

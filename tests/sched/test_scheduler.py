@@ -88,6 +88,17 @@ def test_model_switch_pays_load_delay():
     assert plan.predicted_ms == pytest.approx(80.0 + make_profile().lat(0, plan.size))
 
 
+def test_resident_model_switch_swaps_for_free():
+    """With every model in device memory, the same swap as above costs nothing; the choice is the same."""
+    s = Scheduler(APPS, [make_small_profile(), make_profile()], "model-switch:resident")
+    assert s.policy.name == "model-switch:resident"
+    for i in range(300):
+        s.submit(make_request(i, APPS[2], i * 10.0), i * 10.0)
+    plan = s.next_batch(3000.0)
+    assert plan.model == "vit_tiny_handmade" and plan.switch_ms == 0.0
+    assert plan.predicted_ms == pytest.approx(make_profile().lat(0, plan.size))
+
+
 @pytest.mark.parametrize("first", [1, 20, 199])
 def test_model_switch_stays_without_history(first):
     """With fewer arrivals than its window the load is unknown: no swap (a swap on the first query
