@@ -1,6 +1,7 @@
 """Normal traffic beside each class of abuse, against a local `otas serve` (loopback only).
 
-    python bench/abuse.py [--noop] [--policy fixed:0] [--seconds 20] [--rate 10] [--repeats 1]
+    python bench/abuse.py [--noop] [--policy fixed:0] [--seconds 20] [--rate 10] [--repeats 1] [--isolate]
+                          [--serve-args '--decode-processes']
                           [--classes decode_bombs,...] [--out DIR] [--server-root CHECKOUT --server-label NAME]
 
 Starts `otas serve` (the shipped model on this CPU; `--noop`: no model), sends normal traffic (KServe
@@ -11,6 +12,8 @@ of all that, interleaved, the samples of each phase pooled). Reports per phase
 the normal traffic's success rate (HTTP 200) and latency p50/p99 against the baseline, and the
 server's resident memory (with its children): before, peak during, and `--settle` seconds after the
 attack. Targets: >= 99 % success, p99 <= 1.5× the baseline's, memory back within 10 %.
+`--isolate` pins the server to core 0 and both clients to core 1 (the attacker niced), so that the
+attacker's own CPU, which on a real network is another machine's, does not count against the server.
 Writes `abuse_<mode>.json` (with `otas.provenance.run_meta`) and `abuse_<mode>.png` to `--out`.
 """
 
@@ -22,6 +25,8 @@ import base64
 import json
 import multiprocessing
 import os
+import re
+import shlex
 import subprocess
 import sys
 import threading
@@ -38,6 +43,8 @@ from otas.bench.local_server import free_port, wait_ready
 from otas.provenance import run_meta
 
 REPO = Path(__file__).resolve().parents[1]
+SERVER_CPUS, CLIENT_CPUS = {0}, {1}  # --isolate: the server on core 0, both clients on core 1
+ATTACKER_NICE = 10  # --isolate: the attacker yields core 1 to the normal client
 SAMPLES = {"novel": "novel/dog/00000.png", "lowlight": "lowlight/cat/03000.png", "blur": "blur/dog/00000.png"}
 
 
@@ -124,8 +131,9 @@ def summarize(out: list[tuple]) -> dict:
 def start_server(args, log: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     cmd = [sys.executable, "-m", "otas.cli", "serve", "--port", str(port), "--grpc-port", "0", "--log-level", "info"]
-    cmd += ["--policy", args.policy] + (["--noop"] if args.noop else [])
-    proc = subprocess.Popen(cmd, cwd=args.server_root, stderr=log.open("wb"))  # -m: its otas comes first
+    cmd += ["--policy", args.policy] + (["--noop"] if args.noop else []) + shlex.split(args.serve_args)
+    pin = (lambda: os.sched_setaffinity(0, SERVER_CPUS)) if args.isolate else None  # its children inherit it
+    proc = subprocess.Popen(cmd, cwd=args.server_root, stderr=log.open("wb"), preexec_fn=pin)  # -m: its otas first
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, proc, timeout_s=180)
@@ -146,16 +154,27 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "bench/results/abuse")
     ap.add_argument("--server-root", type=Path, default=REPO, help="run `otas serve` from this checkout")
     ap.add_argument("--server-label", default="", help="name of that checkout in results (e.g. its commit)")
+    ap.add_argument("--serve-args", default="", help="more `otas serve` options, e.g. '--decode-processes'")
+    ap.add_argument("--isolate", action="store_true",
+                    help="server on core 0, normal client and attacker (niced) on core 1, as if the attacker were "
+                         "another machine: measures the server, not the host shared with the attacker")  # fmt: skip
     args = ap.parse_args()
+    if args.isolate and len(os.sched_getaffinity(0)) < 2:
+        ap.error("--isolate needs 2 cores (the server on one, the clients on the other)")
     classes = [c for c in args.classes.split(",") if c]
     if bad := [c for c in classes if c not in abuse_attacks.ATTACKS]:
         ap.error(f"unknown classes {bad}; choose from {list(abuse_attacks.ATTACKS)}")
     args.out.mkdir(parents=True, exist_ok=True)
     meta = run_meta()  # the code that runs, before anything can change the tree
-    mode = f"{'noop' if args.noop else 'cpu'}_{args.policy.replace(':', '')}" + (
-        f"_{args.server_label}" if args.server_label else ""
+    mode = (
+        f"{'noop' if args.noop else 'cpu'}_{args.policy.replace(':', '')}"
+        + (f"_{args.server_label}" if args.server_label else "")
+        + (f"_{re.sub(r'[^A-Za-z0-9]+', '', args.serve_args)}" if args.serve_args else "")
+        + ("_isolated" if args.isolate else "")
     )
     proc, url = start_server(args, args.out / f"server_{mode}.log")
+    if args.isolate:
+        os.sched_setaffinity(0, CLIENT_CPUS)
     host, port = "127.0.0.1", int(url.rsplit(":", 1)[1])
     model = httpx.get(url + "/v1/config").json()["model"]
     sampler = Sampler(proc.pid)
@@ -181,7 +200,9 @@ def main() -> None:
     counted = [ln for ln in metrics.splitlines() if ln.startswith("otas_requests_total{")]
     result = {
         "meta": meta, "server": {"root": str(args.server_root), "label": args.server_label or meta["commit"]},
-        "mode": mode, "policy": args.policy, "rate": args.rate, "seconds": args.seconds, "repeats": args.repeats,
+        "mode": mode, "isolated": args.isolate, "serve_args": args.serve_args, "policy": args.policy,
+        "rate": args.rate, "seconds": args.seconds,
+        "repeats": args.repeats,
         "settle_s": args.settle, "target": TARGET, "baseline": base, "classes": rows, "server_requests_total": counted,
         "rss_timeline": [(round(t, 2), round(m, 1)) for t, m in sampler.samples],
     }  # fmt: skip
@@ -207,7 +228,10 @@ def phase(name, args, url, host, port, model, sampler) -> dict:
     """One window of normal traffic beside one attack, then `--settle` seconds; the raw samples."""
     ctx = multiprocessing.get_context("spawn")
     q, ready, go = ctx.Queue(), ctx.Event(), ctx.Event()
-    attacker = ctx.Process(target=abuse_attacks.run, args=(name, host, port, args.seconds, model, ready, go, q))
+    isolate = (CLIENT_CPUS, ATTACKER_NICE) if args.isolate else None
+    attacker = ctx.Process(
+        target=abuse_attacks.run, args=(name, host, port, args.seconds, model, ready, go, q, isolate)
+    )
     attacker.start()  # builds its payloads first: its start-up is not part of the window
     if not ready.wait(300):
         raise RuntimeError(f"attack {name} did not get ready")

@@ -9,6 +9,7 @@ import asyncio
 import base64
 import io
 import json
+import os
 import struct
 import time
 import zlib
@@ -246,10 +247,16 @@ ATTACKS = {f.__name__: f for f in (decode_bombs, stalled_bodies, idle_connection
                                    abandoned)}  # fmt: skip
 
 
-def run(name: str, host: str, port: int, seconds: float, model: str, ready, go, out) -> None:
+def run(name: str, host: str, port: int, seconds: float, model: str, ready, go, out, isolate=None) -> None:
     """Entry point of the attack process: build the payloads, say `ready`, wait for `go`, attack for
-    `seconds`; the summary, with this process's CPU time during the attack, into the queue `out`."""
+    `seconds`; the summary, with this process's CPU time during the attack, into the queue `out`.
+    `isolate`: (cpus, niceness) this process runs on and at, away from the server's cores."""
     import resource
+
+    if isolate is not None:
+        cpus, nice = isolate
+        os.sched_setaffinity(0, cpus)
+        os.nice(nice)
 
     cpu = [0.0]
 
