@@ -79,7 +79,7 @@ class ModelSwitch(Policy):
     least `min_dwell_ms` on the new model, so it does not thrash.
 
     `resident`: every model stays loaded (they fit in device memory together), so a switch is free
-    ("model-switch:resident"); the dwell time still applies.
+    ("model-switch:resident") and the dwell is the 1 s floor.
     """
 
     name = "model-switch"
@@ -108,7 +108,7 @@ class ModelSwitch(Policy):
         ranked = sorted(view.profiles.values(), key=quality, reverse=True)
         self._ranked = [(p.model, p.throughput(0, view.config.max_batch, budget) / 1000.0) for p in ranked]
         if self.min_dwell_ms is None:
-            loads = [p.model_load_ms or 0.0 for p in view.profiles.values()]
+            loads = [0.0 if self.resident_models else p.model_load_ms or 0.0 for p in view.profiles.values()]
             self.min_dwell_ms = max(1000.0, 20.0 * max(loads))
 
     def options(self, view: View) -> list[tuple[str, int]]:
