@@ -1,7 +1,7 @@
 """Normal traffic beside each class of abuse, against a local `otas serve` (loopback only).
 
     python bench/abuse.py [--noop] [--policy fixed:0] [--seconds 20] [--rate 10] [--repeats 1] [--isolate]
-                          [--serve-args '--decode-processes']
+                          [--serve-args=--decode-processes]
                           [--classes decode_bombs,...] [--out DIR] [--server-root CHECKOUT --server-label NAME]
 
 Starts `otas serve` (the shipped model on this CPU; `--noop`: no model), sends normal traffic (KServe
@@ -154,7 +154,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "bench/results/abuse")
     ap.add_argument("--server-root", type=Path, default=REPO, help="run `otas serve` from this checkout")
     ap.add_argument("--server-label", default="", help="name of that checkout in results (e.g. its commit)")
-    ap.add_argument("--serve-args", default="", help="more `otas serve` options, e.g. '--decode-processes'")
+    ap.add_argument(
+        "--serve-args", default="", help="more `otas serve` options, with '=': --serve-args=--decode-processes"
+    )
     ap.add_argument("--isolate", action="store_true",
                     help="server on core 0, normal client and attacker (niced) on core 1, as if the attacker were "
                          "another machine: measures the server, not the host shared with the attacker")  # fmt: skip
