@@ -37,7 +37,7 @@ import abuse_attacks
 import aiohttp
 import httpx
 import numpy as np
-from abuse_report import TARGET, plot, table
+from abuse_report import TARGET, p99_ratio_interval, plot, table
 
 from otas.bench.local_server import free_port, wait_ready
 from otas.provenance import run_meta
@@ -193,7 +193,8 @@ def main() -> None:
                 windows[c].append(phase(c, args, url, host, port, model, sampler))
         base = {**summarize(samples), "rss_mb": float(np.median(rss)), "server_cpu_s": round(float(np.mean(cpu)), 2)}
         print(f"baseline: {base}", flush=True)
-        rows = [combine(c, windows[c], base) for c in classes]
+        alone_ms = [ms for s, ms, _ in samples if s == 200]
+        rows = [combine(c, windows[c], base, alone_ms) for c in classes]
         metrics = httpx.get(url + "/metrics").text
     finally:
         sampler._stop_event.set()
@@ -254,15 +255,18 @@ def phase(name, args, url, host, port, model, sampler) -> dict:
     return w
 
 
-def combine(name: str, ws: list[dict], base: dict) -> dict:
-    """A class's windows pooled: percentiles over every sample, the worst memory."""
-    res = summarize([s for w in ws for s in w["samples"]])
+def combine(name: str, ws: list[dict], base: dict, alone_ms: list[float]) -> dict:
+    """A class's windows pooled: percentiles over every sample (the p99 ratio with a bootstrap interval
+    against the normal-alone latencies `alone_ms`), the worst memory."""
+    pooled = [s for w in ws for s in w["samples"]]
+    res = summarize(pooled)
     row = {"class": name, "windows_s": [w["window_s"] for w in ws], **res, "attacks": [w["attack"] for w in ws],
            "rss_before_mb": ws[0]["rss_before_mb"], "rss_peak_mb": max(w["rss_peak_mb"] for w in ws),
            "rss_after_mb": max(w["rss_after_mb"] for w in ws),
            "server_cpu_s": round(float(np.mean([w["server_cpu_s"] for w in ws])), 2),
            "attacker_cpu_s": round(float(np.mean([w["attack"]["attacker_cpu_s"] for w in ws])), 2)}  # fmt: skip
     row["p99_ratio"] = res["p99_ms"] / base["p99_ms"] if res["p99_ms"] else None
+    row["p99_ratio_ci90"] = p99_ratio_interval([ms for s, ms, _ in pooled if s == 200], alone_ms)
     row["rss_ratio"] = row["rss_after_mb"] / base["rss_mb"]
     fast = row["p99_ratio"] is not None and row["p99_ratio"] <= TARGET["p99_ratio"]
     row["meets"] = bool(res["success"] >= TARGET["success"] and fast and row["rss_ratio"] <= TARGET["rss_ratio"])

@@ -45,3 +45,17 @@ def test_abandoned_requests_are_never_served(runner):
         # cancelled, the rest never reached the engine
         assert out["sent"] >= 5 and requests_total(srv.url, "served") == 0
         assert requests_total(srv.url) == requests_total(srv.url, "cancelled", "client_gone") >= sum(paced.sizes)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_p99_ratio_interval_brackets_the_truth(seed):
+    import numpy as np
+    from abuse_report import p99_ratio_interval
+
+    rng = np.random.default_rng(seed)
+    alone = rng.lognormal(4.0, 0.2, 600)
+    same = p99_ratio_interval(rng.lognormal(4.0, 0.2, 600), alone)
+    slower = p99_ratio_interval(2.0 * rng.lognormal(4.0, 0.2, 600), alone)
+    assert same[0] < 1.0 < same[1] and same[1] - same[0] < 0.5  # same distribution: 1 inside, and not vacuous
+    assert 1.5 < slower[0] < 2.0 < slower[1] < 2.5  # twice as slow: 2 inside, 1.5 outside
+    assert p99_ratio_interval([50.0], alone) is None  # nothing to resample
