@@ -183,15 +183,17 @@ def main() -> None:
     sampler.start()
     try:
         asyncio.run(normal(url, model, args.rate, 5.0))  # warm-up
-        samples, rss, cpu, windows = [], [], [], {c: [] for c in classes}
+        samples, rss, cpu, windows, rounds = [], [], [], {c: [] for c in classes}, []
         for _ in range(args.repeats):  # interleaved: a drift of the machine hits baseline and attacks alike
             t, cpu0 = time.monotonic() - sampler.t0, cpu_s(proc.pid)
-            samples += asyncio.run(normal(url, model, args.rate, args.seconds))
+            rounds.append(asyncio.run(normal(url, model, args.rate, args.seconds)))
+            samples += rounds[-1]
             rss += sampler.between(t, t + args.seconds)
             cpu.append(cpu_s(proc.pid) - cpu0)
             for c in classes:
                 windows[c].append(phase(c, args, url, host, port, model, sampler))
-        base = {**summarize(samples), "rss_mb": float(np.median(rss)), "server_cpu_s": round(float(np.mean(cpu)), 2)}
+        base = {**summarize(samples), "rss_mb": float(np.median(rss)), "server_cpu_s": round(float(np.mean(cpu)), 2),
+                "p99_ms_rounds": [summarize(r)["p99_ms"] for r in rounds]}  # fmt: skip
         print(f"baseline: {base}", flush=True)
         alone_ms = [ms for s, ms, _ in samples if s == 200]
         rows = [combine(c, windows[c], base, alone_ms) for c in classes]
@@ -267,6 +269,10 @@ def combine(name: str, ws: list[dict], base: dict, alone_ms: list[float]) -> dic
            "attacker_cpu_s": round(float(np.mean([w["attack"]["attacker_cpu_s"] for w in ws])), 2)}  # fmt: skip
     row["p99_ratio"] = res["p99_ms"] / base["p99_ms"] if res["p99_ms"] else None
     row["p99_ratio_ci90"] = p99_ratio_interval([ms for s, ms, _ in pooled if s == 200], alone_ms)
+    row["p99_ratio_rounds"] = [  # each round's window against the same round's normal-alone phase
+        round(p / b, 3) if p and b else None
+        for p, b in zip([summarize(w["samples"])["p99_ms"] for w in ws], base["p99_ms_rounds"], strict=False)
+    ]
     row["rss_ratio"] = row["rss_after_mb"] / base["rss_mb"]
     fast = row["p99_ratio"] is not None and row["p99_ratio"] <= TARGET["p99_ratio"]
     row["meets"] = bool(res["success"] >= TARGET["success"] and fast and row["rss_ratio"] <= TARGET["rss_ratio"])

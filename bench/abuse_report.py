@@ -13,9 +13,9 @@ memory within 10 % of its baseline `--settle` seconds after the attack."""
 
 def p99_ratio_interval(attacked_ms, alone_ms, level: float = 0.9, draws: int = 2000, seed: int = 0):
     """(low, high): a percentile-bootstrap interval of p99(attacked) / p99(alone), each sample resampled
-    with replacement. With a few hundred requests a phase, a p99 rests on its few slowest: rounds of the
-    same attack differ by ±0.3 in the ratio here, so one ratio alone cannot say which side of 1.5 a
-    class is on."""
+    with replacement. With a few hundred requests a phase, a p99 rests on its few slowest. The interval
+    treats requests as independent, so it does not cover the machine's drift between rounds (the
+    result's `p99_ratio_rounds` show that: ±0.3 here)."""
     a, b = np.asarray(attacked_ms, float), np.asarray(alone_ms, float)
     if len(a) < 2 or len(b) < 2:
         return None
