@@ -29,15 +29,21 @@ def parse_apps(data: object, source: str = "<apps>", allow_empty: bool = False) 
         extra = sorted(set(entry) - {"name", "slo_ms", "utility", "task"})
         if missing or extra:
             raise ValueError(f"{where} {entry!r}: missing keys {missing}, unknown keys {extra}")
+        for key in ("name", "task"):
+            if not isinstance(entry[key], str) or not entry[key]:
+                raise ValueError(f"{where}: {key}={entry[key]!r}; use a non-empty string (quote it in YAML)")
+        numbers = [entry["slo_ms"], entry["utility"]]
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in numbers):
+            raise ValueError(f"{where}: slo_ms and utility must be numbers, got {entry!r}")
         try:
             slo, utility = float(entry["slo_ms"]), float(entry["utility"])
-        except (TypeError, ValueError):
-            raise ValueError(f"{where}: slo_ms and utility must be numbers, got {entry!r}") from None
+        except OverflowError:  # an integer of hundreds of digits
+            raise ValueError(f"{where}: slo_ms or utility is too large to be a number of ms or of utility") from None
         if not (slo > 0 and math.isfinite(slo)):
             raise ValueError(f"{where}: slo_ms={entry['slo_ms']!r}; use a positive latency in ms")
         if utility < 0 or not math.isfinite(utility):
             raise ValueError(f"{where}: utility={entry['utility']!r}; use a number >= 0")
-        apps.append(App(name=str(entry["name"]), slo_ms=slo, utility=utility, task=str(entry["task"])))
+        apps.append(App(name=entry["name"], slo_ms=slo, utility=utility, task=entry["task"]))
     names = [a.name for a in apps]
     if len(set(names)) != len(names):
         raise ValueError(f"{source}: application names must be unique, got {names}")

@@ -51,7 +51,7 @@ def _lock(request: Request) -> asyncio.Lock:
 async def _body(request: Request) -> dict[str, Any]:
     try:
         body = json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: thousands of nested brackets
         raise ProtocolError(400, "bad_json", "the body is not JSON; send {name, slo_ms, utility, task}") from None
     if not isinstance(body, dict):
         raise ProtocolError(400, "invalid_app", "send a JSON object {name, slo_ms, utility, task}")

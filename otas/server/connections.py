@@ -62,12 +62,19 @@ def protocol_class(guard: Guard) -> type[asyncio.Protocol]:
         _counted = False
         _skipping = _boundary = False
         """The body of a request answered `overloaded` is arriving (not headers: not counted as such)."""
+        _running = None
+        """The cycle whose ASGI task runs (uvicorn's `cycle` is the newest request's: a pipelined one
+        may be parsed while an earlier one runs)."""
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
             self.scope[ARRIVAL] = time.monotonic()
 
         def on_headers_complete(self) -> None:
+            if self._upgrade_with_body():
+                msg = ("this server speaks HTTP/1.1 only, and the body of a request asking to upgrade is not read; "
+                       "send it without the Upgrade and Connection: upgrade headers")  # fmt: skip
+                return self._refuse(400, "upgrade_unsupported", msg)
             door = guard.door
             if door is None or self.parser.get_method() != b"POST" or not _inference(self.url):
                 return super().on_headers_complete()
@@ -82,6 +89,16 @@ def protocol_class(guard: Guard) -> type[asyncio.Protocol]:
             finally:
                 self.app = app
 
+        def _upgrade_with_body(self) -> bool:
+            """An Upgrade request (h2c, websocket, ...) with a body: httptools stops parsing at its
+            headers, so the body would be lost and the request answered as if it had none."""
+            if not hasattr(self, "_get_upgrade") or self._get_upgrade() is None:
+                return False
+            return any(
+                k == b"transfer-encoding" or k == b"content-length" and v.strip() not in (b"", b"0")
+                for k, v in self.headers
+            )
+
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
             guard.connections += 1
@@ -95,7 +112,26 @@ def protocol_class(guard: Guard) -> type[asyncio.Protocol]:
             if self._counted:
                 guard.connections -= 1
                 self._counted = False
+            running = self._running
+            if running is not None and running is not self.cycle and not running.response_complete:
+                running.disconnected = True  # its client is gone: it must not write, and may stop (client_gone)
+                running.message_event.set()
+            for cycle, _ in getattr(self, "pipeline", ()):  # queued behind it: they will never start
+                ticket = cycle.scope.get(TICKET)
+                if ticket is not None:
+                    ticket.release()
+                cycle.disconnected = True
+            getattr(self, "pipeline", []).clear()
             super().connection_lost(exc)
+
+        def _start_asgi_task(self, cycle, app) -> None:
+            self._running = cycle
+            super()._start_asgi_task(cycle, app)
+
+        def send_400_response(self, msg: str) -> None:
+            """A request httptools cannot parse (bad framing, a bad method or header byte): the JSON
+            error body every other error has, not uvicorn's plain text."""
+            self._refuse(400, "bad_http", f"{msg.rstrip('.')}: the request is not valid HTTP/1.1 framing; fix it")
 
         def data_received(self, data: bytes) -> None:
             # a skipped body (`_overloaded`) may end in this piece, and the next head begin: not counted
@@ -163,7 +199,7 @@ def protocol_class(guard: Guard) -> type[asyncio.Protocol]:
         def _refuse(self, status: int, reason: str, message: str) -> None:
             """An answer written straight to the socket (no request was parsed), then close."""
             body = json.dumps(error_body(message, reason)).encode()
-            phrase = {408: "Request Timeout", 431: "Request Header Fields Too Large"}[status]
+            phrase = {400: "Bad Request", 408: "Request Timeout", 431: "Request Header Fields Too Large"}[status]
             head = (f"HTTP/1.1 {status} {phrase}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
                     "connection: close\r\n\r\n")  # fmt: skip
             self._disarm()
@@ -230,8 +266,8 @@ def make_server(app, host: str = "127.0.0.1", port: int = 0, **kwargs: Any) -> G
     cfg = guard.http
     raise_fd_limit(cfg.max_connections + 1024)
     kwargs.setdefault("log_config", None)
-    config = uvicorn.Config(
-        app, host=host, port=port, lifespan="on", access_log=False, http=protocol_class(guard),
+    config = uvicorn.Config(  # ws="none": no WebSocket endpoint, so an Upgrade is never handed off
+        app, host=host, port=port, lifespan="on", access_log=False, http=protocol_class(guard), ws="none",
         timeout_keep_alive=cfg.keep_alive_s, **kwargs,
         # h11's own limit (a plain-text 400) above ours (a JSON 431), even for a whole read of 256 KiB
         h11_max_incomplete_event_size=2 * cfg.max_header_kb * 1024 + (256 << 10),

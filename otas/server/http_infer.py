@@ -72,6 +72,7 @@ async def classify(request: Request) -> Response:
     name = request.path_params["app"]
     check_app(engine, name, status=404)
     slo_ms = engine.apps[name].slo_ms  # (the application may be changed or removed while this runs)
+    _identity_encoding(request)
     data, k = await _classify_payload(request, config.top_k)
 
     async def work():
@@ -93,7 +94,7 @@ def _identity_encoding(request: Request) -> None:
 async def _classify_payload(request: Request, default_k: int) -> tuple[bytes, int]:
     """The image bytes and top_k of a classify request: multipart (field `image` or `file`),
     JSON {"image": base64, "top_k": k}, or a raw image/* body."""
-    ctype = request.headers.get("content-type", "")
+    ctype = request.headers.get("content-type", "").strip().lower()  # media types are case-insensitive
     k: Any = request.query_params.get("top_k", default_k)
     if ctype.startswith("multipart/form-data"):
         limit = config_of(request).max_body_bytes

@@ -73,18 +73,37 @@ def test_register_update_and_bad_apps(runner, tmp_path, caplog):
             ({"name": "a/b", "slo_ms": 100, "utility": 1, "task": "blur"}, 400, "invalid_app"),
             ({"name": "cam", "slo_ms": 100, "utility": 1, "task": "blur"}, 409, "app_exists"),
             ([1, 2], 400, "invalid_app"),
+            *[  # every field of the wrong type, or a number too large to be one
+                ({"name": "x", "slo_ms": 100, "utility": 1, "task": "blur", key: value}, 400, "invalid_app")
+                for key, value in [
+                    ("name", None),
+                    ("name", 5),
+                    ("name", ""),
+                    ("name", ["x"]),
+                    ("task", None),
+                    ("task", 3),
+                    ("slo_ms", True),
+                    ("utility", False),
+                    ("slo_ms", "100"),
+                    ("utility", None),
+                    ("slo_ms", 10**400),
+                    ("utility", {"a": 1}),
+                ]
+            ],  # fmt: skip
         ]
         for body, status, reason in bad:
             r = c.post("/v1/apps", json=body, headers=AUTH)
             assert (r.status_code, r.json()["reason"]) == (status, reason), (body, r.text)
-        r = c.post("/v1/apps", content=b"{not json", headers=AUTH)
-        assert r.status_code == 400 and r.json()["reason"] == "bad_json"
+        for raw in [b"{not json", b"[" * 100_000, b'{"a":' * 50_000]:
+            r = c.post("/v1/apps", content=raw, headers=AUTH)
+            assert r.status_code == 400 and r.json()["reason"] == "bad_json"
         r = c.put("/v1/apps/cam", json={"slo_ms": 900, "task": "novel"}, headers=AUTH)
         assert r.status_code == 200 and r.json()["slo_ms"] == 900 and r.json()["task"] == "novel"
         assert engine.scheduler.apps["cam"].slo_ms == 900  # the scheduler plans with it from now on
         assert classify(c, "cam").json()["slo_ms"] == 900
         for path, body, status in [("/v1/apps/nope", {"slo_ms": 1}, 404), ("/v1/apps/cam", {"slo_ms": 0}, 400),
-                                   ("/v1/apps/cam", {"name": "other"}, 400)]:  # fmt: skip
+                                   ("/v1/apps/cam", {"name": "other"}, 400), ("/v1/apps/cam", {"slo_ms": 10**400}, 400),
+                                   ("/v1/apps/cam", {"utility": True}, 400)]:  # fmt: skip
             assert c.put(path, json=body, headers=AUTH).status_code == status
         assert (
             saved(tmp_path) == ["novel", "cam"]

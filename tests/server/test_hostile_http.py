@@ -1,0 +1,169 @@
+"""HTTP-level hostility: pipelined requests left behind by a client that hangs up release their
+front-door places (else a few dozen cheap connections shut inference for good), WebSocket upgrades
+neither leak the connection count nor get handed off, a running request whose client left never
+writes (no ERROR), malformed framing gets the JSON error body, and the application API refuses bad
+types and sizes with 400."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import struct
+import time
+
+import httpx
+import pytest
+
+from otas.server.guard import Guard
+from tests.server.helpers import PacedRunner, infer_body, paced_profile, png, serving
+
+INFER = "/v2/models/tiny_test/infer"
+
+
+@pytest.fixture(scope="module")
+def srv(runner):
+    prof = paced_profile(5, 1)
+    with serving(PacedRunner(runner, prof), prof) as (s, _):
+        yield s
+
+
+def guard_of(srv) -> Guard:
+    return srv.app.state.guard
+
+
+def settle(pred, timeout_s: float = 10.0) -> bool:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.02)
+    return pred()
+
+
+def sock(url: str) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+    s.settimeout(10)
+    return s
+
+
+def post(path: str, ctype: str, body: bytes, extra: str = "") -> bytes:
+    head = f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: {ctype}\r\ncontent-length: {len(body)}\r\n{extra}\r\n"
+    return head.encode() + body
+
+
+def infer_request(seed: int = 0) -> bytes:
+    return post(INFER, "application/json", json.dumps(infer_body("novel")).encode())
+
+
+def classify_request(seed: int = 0) -> bytes:
+    return post("/v1/apps/novel/classify", "image/png", png(seed))
+
+
+def hang_up(s: socket.socket, reset: bool) -> None:
+    if reset:  # RST instead of FIN
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+
+
+@pytest.mark.parametrize("make", [infer_request, classify_request], ids=["infer", "classify"])
+@pytest.mark.parametrize("pipelined,reset", [(2, False), (2, True), (3, False), (5, True)])
+def test_pipelined_requests_of_a_client_that_hung_up_release_their_places(srv, make, pipelined, reset, caplog):
+    door = guard_of(srv).door
+    assert door is not None
+    for i in range(12):
+        s = sock(srv.url)
+        s.sendall(b"".join(make(i * 10 + j) for j in range(pipelined)))
+        time.sleep(0.002 * (i % 3))  # hang up before, during or after the first answer
+        hang_up(s, reset)
+    assert settle(lambda: door.in_flight == 0), door.in_flight  # every place back
+    with httpx.Client(base_url=srv.url, timeout=30) as c:
+        codes = [c.post(INFER, json=infer_body("novel")).status_code for _ in range(8)]
+    assert codes == [200] * 8
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors]  # a client that left is not a server error
+
+
+@pytest.mark.parametrize("n", [5, 40])
+def test_websocket_upgrades_are_served_as_http_and_free_their_connection(srv, n):
+    g = guard_of(srv)
+    base = g.connections
+    head = (b"GET /v2/health/ready HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: Upgrade\r\n"
+            b"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n")  # fmt: skip
+    statuses = []
+    for _ in range(n):
+        s = sock(srv.url)
+        s.sendall(head)
+        statuses.append(int(s.recv(4096).split()[1]))
+        s.close()
+    assert set(statuses) == {200}  # no WebSocket endpoint: an ordinary answer, never a 101
+    assert settle(lambda: g.connections == base), (g.connections, base)
+
+
+BAD_FRAMING = [
+    b"POST /v2/health/ready HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello!",
+    b"POST /v2/health/ready HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"POST /v2/health/ready HTTP/1.1\r\nhost: x\r\ncontent-length: -5\r\n\r\n",
+    b"POST /v2/health/ready HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+    b"get /v2/health/ready HTTP/1.1\r\nhost: x\r\n\r\n",
+    b"GET /v2/health/ready HTTP/1.1\r\nhost: x\r\nx-a: b\x00c\r\n\r\n",
+    b"GET /v2/he alth HTTP/1.1\r\nhost: x\r\n\r\n",
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  # a TLS ClientHello on the plain port
+]
+
+
+@pytest.mark.parametrize("raw", BAD_FRAMING, ids=range(len(BAD_FRAMING)))
+def test_malformed_framing_gets_the_json_error_body(srv, raw):
+    s = sock(srv.url)
+    s.sendall(raw)
+    data = b""
+    try:
+        while chunk := s.recv(65536):
+            data += chunk
+    except (ConnectionResetError, TimeoutError):
+        pass
+    s.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.split()[1] == b"400", data[:200]
+    assert b"application/json" in head.lower()
+    assert json.loads(body)["reason"] == "bad_http"
+
+
+@pytest.mark.parametrize("ctype", ["IMAGE/PNG", "Image/Png", "Application/Octet-Stream"])
+def test_media_types_are_case_insensitive(srv, ctype):
+    r = httpx.post(srv.url + "/v1/apps/novel/classify", content=png(1), headers={"content-type": ctype}, timeout=30)
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("enc", ["gzip", "deflate", "br", "GZIP"])
+def test_compressed_classify_bodies_are_415(srv, enc):
+    r = httpx.post(srv.url + "/v1/apps/novel/classify", content=png(1),
+                   headers={"content-type": "image/png", "content-encoding": enc}, timeout=30)  # fmt: skip
+    assert r.status_code == 415 and r.json()["reason"] == "unsupported_encoding"
+
+
+UPGRADES = [
+    "upgrade: h2c\r\nconnection: Upgrade, HTTP2-Settings\r\nhttp2-settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n",
+    "upgrade: websocket\r\nconnection: upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+    "upgrade: anything/1\r\nconnection: keep-alive, UPGRADE\r\n",
+]
+
+
+@pytest.mark.parametrize("extra", UPGRADES, ids=["h2c", "websocket", "other"])
+@pytest.mark.parametrize("make", ["infer", "classify"])
+def test_an_upgrade_with_a_body_is_refused_not_answered_without_it(srv, extra, make):
+    body, (path, ctype) = (
+        (json.dumps(infer_body("novel")).encode(), (INFER, "application/json"))
+        if make == "infer"
+        else (png(3), ("/v1/apps/novel/classify", "image/png"))
+    )
+    s = sock(srv.url)
+    s.sendall(post(path, ctype, body, extra))
+    head, _, rest = s.recv(65536).partition(b"\r\n\r\n")
+    s.close()
+    assert head.split()[1] == b"400" and json.loads(rest)["reason"] == "upgrade_unsupported"
+    # an Upgrade header alone (no Connection: upgrade) is no upgrade: served as usual
+    s = sock(srv.url)
+    s.sendall(post(path, ctype, body, "upgrade: h2c\r\n"))
+    assert s.recv(65536).split()[1] == b"200"
+    s.close()
