@@ -1,11 +1,15 @@
 """Checkpoints of AdaptiveViT as safetensors: weights plus a JSON header that rebuilds the model.
 
 Never pickle: safetensors files hold only tensors and strings, so loading an untrusted file
-cannot run code.
+cannot run code. Nor may it crash or exhaust memory: the header is checked field by field
+(`check_header`), the model it describes is first built on the meta device and its tensors compared
+with the file's (names and shapes), so no memory is allocated for a model the file does not hold,
+and every defect is a ValueError naming the file and the field.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -52,17 +56,90 @@ def save_checkpoint(
     save_file(state, str(path), metadata={"otas": json.dumps(header)})
 
 
+MAX_CLASSES = 100_000
+"""Classes of a head (a header asking for more is refused before anything is built)."""
+MAX_GAMMA = 4096
+"""|γ| of any configured setting (prompts of γ tokens are allocated from the header alone)."""
+
+
 def read_header(path: str | Path) -> dict[str, Any]:
+    """The checked otas header of a checkpoint file; ValueError naming the file and the defect."""
     from safetensors import safe_open
 
-    with safe_open(str(path), "pt") as f:
-        md = f.metadata() or {}
+    try:
+        with safe_open(str(path), "pt") as f:
+            md = f.metadata() or {}
+    except Exception as e:  # noqa: BLE001 - safetensors' own error type for any malformed file
+        raise ValueError(f"{path} is not a readable safetensors file ({str(e)[:300]}); re-export it") from None
     if "otas" not in md:
         raise ValueError(f"{path} is not an otas checkpoint (no 'otas' metadata)")
-    header = json.loads(md["otas"])
+    try:
+        header = json.loads(md["otas"])
+    except (ValueError, RecursionError) as e:
+        raise ValueError(f"{path}: its 'otas' metadata is not a JSON object ({str(e)[:200]})") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: its 'otas' metadata is {type(header).__name__}, not a JSON object")
     if header.get("format") != FORMAT:
         raise ValueError(f"{path}: unsupported checkpoint format {header.get('format')!r}, expected {FORMAT}")
+    check_header(header, path)
     return header
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _scalar(v: Any) -> bool:
+    return (
+        v is None
+        or isinstance(v, (bool, int, float, str))
+        or (isinstance(v, list) and all(isinstance(x, (bool, int, float, str)) for x in v))
+    )
+
+
+def check_header(h: dict[str, Any], where: str | Path = "checkpoint") -> None:
+    """Raise ValueError unless every field of a header has the type and range `save_checkpoint` writes."""
+
+    def bad(field: str, want: str) -> ValueError:
+        return ValueError(f"{where}: header field {field}={str(h.get(field))[:100]!r}; expected {want}")
+
+    if not isinstance(h.get("arch"), str) or not h["arch"]:
+        raise bad("arch", "an architecture name")
+    ov = h.get("arch_overrides", {})
+    if not isinstance(ov, dict) or not all(isinstance(k, str) and _scalar(v) for k, v in ov.items()):
+        raise bad("arch_overrides", "an object of numbers, strings or lists of them")
+    if not _is_int(h.get("num_classes")) or not 1 <= h["num_classes"] <= MAX_CLASSES:
+        raise bad("num_classes", f"an integer in [1, {MAX_CLASSES}]")
+    adapt = h.get("adapt")
+    known = {f.name for f in dataclasses.fields(AdaptConfig)}
+    if not isinstance(adapt, dict) or not set(adapt) <= known:
+        raise bad("adapt", f"an object with keys among {sorted(known)}")
+    gammas = adapt.get("gammas", [0])
+    if not isinstance(gammas, list) or not all(_is_int(g) and abs(g) <= MAX_GAMMA for g in gammas):
+        raise bad("adapt", f"gammas as a list of integers within ±{MAX_GAMMA}")
+    tasks = adapt.get("tasks", {})
+    if not isinstance(tasks, dict) or not all(
+        isinstance(k, str) and _is_int(n) and 2 <= n <= MAX_CLASSES for k, n in tasks.items()
+    ):
+        raise bad("adapt", f"tasks as an object of task name -> classes in [2, {MAX_CLASSES}]")
+    if not all(_is_int(adapt[k]) or isinstance(adapt[k], bool) for k in known - {"gammas", "tasks"} if k in adapt):
+        raise bad("adapt", "deep, proportional_attn and merge_every as booleans or integers")
+    if "preprocess" in h and not isinstance(h["preprocess"], dict):
+        raise bad("preprocess", "an object (Preprocess.to_dict)")
+    src = h.get("source_classes")
+    if src is not None and not (isinstance(src, list) and all(isinstance(c, str) for c in src)):
+        raise bad("source_classes", "a list of class names")
+    tc = h.get("task_classes") or {}
+    if not isinstance(tc, dict) or not all(
+        isinstance(k, str) and isinstance(v, list) and all(isinstance(c, str) for c in v) for k, v in tc.items()
+    ):
+        raise bad("task_classes", "an object of task name -> list of class names")
+    if not isinstance(h.get("meta", {}), dict):
+        raise bad("meta", "an object")
+    if src is not None and len(src) != h["num_classes"]:
+        raise bad("source_classes", f"{h['num_classes']} names, one per class of num_classes")
+    if any(k in tasks and len(v) != tasks[k] for k, v in tc.items()):
+        raise bad("task_classes", "as many names per task as adapt.tasks gives it classes")
 
 
 def model_from_header(
@@ -74,9 +151,14 @@ def model_from_header(
     if gammas is not None:
         cfg["gammas"] = gammas
     overrides = header.get("arch_overrides", {}) if arch is None else {}
-    vit = build_vit(arch or header["arch"], header["num_classes"], **overrides)
-    pre = Preprocess.from_dict(header["preprocess"]) if "preprocess" in header else None  # older files: the arch's
-    model = AdaptiveViT(vit, AdaptConfig(**cfg), header.get("source_classes"), pre)
+    try:
+        vit = build_vit(arch or header["arch"], header["num_classes"], **overrides)
+        pre = Preprocess.from_dict(header["preprocess"]) if "preprocess" in header else None  # older files: the arch's
+        model = AdaptiveViT(vit, AdaptConfig(**cfg), header.get("source_classes"), pre)
+    except (TypeError, KeyError, AssertionError, AttributeError, RuntimeError) as e:  # timm's own checks
+        raise ValueError(
+            f"the checkpoint header describes a model that cannot be built ({type(e).__name__}: {str(e)[:200]})"
+        ) from None
     model.task_classes = header.get("task_classes") or {}
     return model
 
@@ -92,13 +174,39 @@ def load_checkpoint(
     if not p.is_file():
         raise ValueError(f"checkpoint {p} does not exist")
     header = read_header(p)
+    try:
+        _check_tensors(p, header, gammas)  # before a byte of the model is allocated
+    except ValueError as e:
+        raise ValueError(str(e) if str(p) in str(e) else f"{p}: {e}") from None
     model = model_from_header(header, gammas)
     state = load_file(str(p))
+    if bad := [k for k, v in state.items() if not torch.isfinite(v).all()]:
+        raise ValueError(f"{p}: tensors holding NaN or infinity: {bad[:3]}; the weights are corrupt")
     missing, unexpected = model.load_state_dict(state, strict=False)
-    allowed_missing = [k for k in missing if k.startswith(("prompts.", "heads."))]
-    if unexpected or len(allowed_missing) != len(missing):
-        raise ValueError(
-            f"{p}: checkpoint does not match its architecture (missing {missing[:5]}, unexpected {unexpected[:5]})"
-        )
     model.untrained = sorted({k.split(".")[1] for k in missing})  # type: ignore[attr-defined]
     return model.to(device=device, dtype=dtype).eval()
+
+
+def _check_tensors(path: Path, header: dict[str, Any], gammas: tuple[int, ...] | None) -> None:
+    """The model the header describes, built on the meta device (no memory), against the file's
+    tensors: same names (prompts and heads may be absent: untrained) and shapes, floating point."""
+    from safetensors import safe_open
+
+    with torch.device("meta"):
+        skeleton = model_from_header(header, gammas)
+    want = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    with safe_open(str(path), "pt") as f:
+        have = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}
+    missing = [k for k in want if k not in have and not k.startswith(("prompts.", "heads."))]
+    unexpected = [k for k in have if k not in want]
+    if missing or unexpected:
+        raise ValueError(
+            f"{path}: checkpoint does not match its architecture (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
+    shapes = [f"{k} {have[k]} (expected {want[k]})" for k in have if have[k] != want[k]]
+    if shapes:
+        raise ValueError(f"{path}: tensors of the wrong shape: {', '.join(shapes[:3])}")
+    ints = [k for k, d in dtypes.items() if d not in ("F16", "BF16", "F32", "F64")]
+    if ints:
+        raise ValueError(f"{path}: tensors that are not floating point: {ints[:3]}; weights are F16/BF16/F32")
