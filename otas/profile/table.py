@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,37 @@ from typing import Any
 SCHEMA = "otas.profile/1"
 
 
-def _int_keys(d: dict[str, Any]) -> dict[int, Any]:
-    return {int(k): v for k, v in d.items()}
+def _key(field: str, k: Any, lo: int | None = None) -> int:
+    """A γ or batch size of a profile: an integer (or its decimal string, as JSON keys are), >= `lo`."""
+    if isinstance(k, bool) or not isinstance(k, (int, str)):
+        raise ValueError(f"profile field {field}: key {str(k)[:40]!r} is not an integer")
+    try:
+        v = int(k)
+    except ValueError:
+        raise ValueError(f"profile field {field}: key {str(k)[:40]!r} is not an integer") from None
+    if abs(v) > 1 << 20 or (lo is not None and v < lo):
+        raise ValueError(f"profile field {field}: {v} is out of range")
+    return v
+
+
+def _number(field: str, v: Any, lo: float, positive: bool, hi: float = math.inf) -> float:
+    """A finite number in [lo, hi] (> lo with `positive`), or ValueError naming the field."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(f"profile field {field}={str(v)[:40]!r}: expected a number")
+    try:
+        x = float(v)
+    except OverflowError:
+        raise ValueError(f"profile field {field}: the number is too large") from None
+    if not math.isfinite(x) or x < lo or x > hi or (positive and x <= lo):
+        raise ValueError(f"profile field {field}={x!r}: expected a finite number {'>' if positive else '>='} {lo:g}"
+                         + (f" and <= {hi:g}" if math.isfinite(hi) else ""))  # fmt: skip
+    return x
+
+
+def _object(field: str, v: Any) -> dict[str, Any]:
+    if not isinstance(v, dict):
+        raise ValueError(f"profile field {field}: expected an object")
+    return v
 
 
 def _str_keys(d: dict[int, Any]) -> dict[str, Any]:
@@ -186,26 +216,64 @@ class Profile:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Profile:
-        if d.get("schema") != SCHEMA:
-            raise ValueError(f"not an otas profile: schema={d.get('schema')!r}, expected {SCHEMA!r}")
+        """A profile from its JSON form, every field checked (a profile is a file from anywhere): a
+        ValueError names the field and what it must be."""
+        if not isinstance(d, dict) or d.get("schema") != SCHEMA:
+            got = d.get("schema") if isinstance(d, dict) else type(d).__name__
+            raise ValueError(f"not an otas profile: schema={got!r}, expected {SCHEMA!r}")
+        required = ("model", "device", "dtype", "gammas", "batch_sizes", "accuracy", "latency_ms")
+        missing = [k for k in required if k not in d]
+        if missing:
+            raise ValueError(f"profile lacks the fields {missing}; make it with `otas profile`")
+        for k in ("model", "device", "dtype"):
+            if not isinstance(d[k], str):
+                raise ValueError(f"profile field {k}={str(d[k])[:60]!r}: expected a string")
 
-        def table(t: dict[str, Any] | None) -> dict[int, dict[int, float]] | None:
-            return None if t is None else {int(g): _int_keys(row) for g, row in t.items()}
+        def table(name: str, lo: float, positive: bool) -> dict[int, dict[int, float]] | None:
+            t = d.get(name)
+            if t is None:
+                return None
+            if not isinstance(t, dict):
+                raise ValueError(f"profile field {name}: expected an object gamma -> batch size -> number")
+            out = {}
+            for g, row in t.items():
+                if not isinstance(row, dict) or not row:
+                    raise ValueError(f"profile field {name}[{g!r}]: expected a non-empty object batch size -> number")
+                out[_key(name, g)] = {
+                    _key(name, b, 1): _number(f"{name}[{g}][{b}]", v, lo, positive) for b, v in row.items()
+                }
+            return out
 
+        def numbers(name: str, lo: float, hi: float = math.inf) -> dict[int, float]:
+            row = d[name]
+            if not isinstance(row, dict):
+                raise ValueError(f"profile field {name}: expected an object gamma -> number")
+            return {_key(name, g): _number(f"{name}[{g}]", v, lo, False, hi) for g, v in row.items()}
+
+        acc = d["accuracy"]
+        if not isinstance(acc, dict) or not all(isinstance(t, str) and isinstance(a, dict) for t, a in acc.items()):
+            raise ValueError("profile field accuracy: expected an object task -> gamma -> accuracy in [0, 1]")
+        for k in ("gammas", "batch_sizes"):
+            if not isinstance(d[k], list) or len(d[k]) > 4096:
+                raise ValueError(f"profile field {k}: expected a list of integers")
+        load_ms = d.get("model_load_ms")
         return cls(
             model=d["model"],
             device=d["device"],
             dtype=d["dtype"],
-            gammas=[int(g) for g in d["gammas"]],
-            batch_sizes=[int(b) for b in d["batch_sizes"]],
-            accuracy={t: _int_keys(a) for t, a in d["accuracy"].items()},
-            latency_ms=table(d["latency_ms"]),  # type: ignore[arg-type]
-            latency_p90_ms=table(d.get("latency_p90_ms")),
-            memory_mb=table(d.get("memory_mb")),
-            gflops=None if d.get("gflops") is None else _int_keys(d["gflops"]),
-            tasks=d.get("tasks", {}),
-            model_load_ms=d.get("model_load_ms"),
-            meta=d.get("meta", {}),
+            gammas=[_key("gammas", g) for g in d["gammas"]],
+            batch_sizes=[_key("batch_sizes", b, 1) for b in d["batch_sizes"]],
+            accuracy={
+                t: {_key(f"accuracy[{t}]", g): _number(f"accuracy[{t}][{g}]", v, 0.0, False, 1.0) for g, v in a.items()}
+                for t, a in acc.items()
+            },
+            latency_ms=table("latency_ms", 0.0, True),  # type: ignore[arg-type]
+            latency_p90_ms=table("latency_p90_ms", 0.0, True),
+            memory_mb=table("memory_mb", 0.0, False),
+            gflops=None if d.get("gflops") is None else numbers("gflops", 0.0),
+            tasks=_object("tasks", d.get("tasks", {})),
+            model_load_ms=None if load_ms is None else _number("model_load_ms", load_ms, 0.0, False),
+            meta=_object("meta", d.get("meta", {})),
         )
 
     def save(self, path: str | Path) -> None:
@@ -217,4 +285,11 @@ class Profile:
         p = Path(path)
         if not p.is_file():
             raise ValueError(f"profile file {p} does not exist; run `otas profile` to make one")
-        return cls.from_dict(json.loads(p.read_text()))
+        try:
+            d = json.loads(p.read_text())
+        except (ValueError, RecursionError) as e:
+            raise ValueError(f"profile file {p} is not JSON ({str(e)[:200]}); make it with `otas profile`") from None
+        try:
+            return cls.from_dict(d)
+        except ValueError as e:
+            raise ValueError(f"profile file {p}: {e}") from None
