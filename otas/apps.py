@@ -4,11 +4,17 @@ name the entry and the fix; and the packaged defaults per device kind. No torch.
 from __future__ import annotations
 
 import math
+import reprlib
 from pathlib import Path
 
 import yaml
 
-from otas.types import App
+from otas.types import NAME, App
+
+_short = reprlib.Repr()
+_short.maxlevel, _short.maxstring, _short.maxother = 3, 60, 60
+"""Entries quoted in errors are cut short: a YAML file of nested aliases (a "billion laughs") is
+small on disk but its full repr is not."""
 
 
 def parse_apps(data: object, source: str = "<apps>", allow_empty: bool = False) -> list[App]:
@@ -24,17 +30,17 @@ def parse_apps(data: object, source: str = "<apps>", allow_empty: bool = False) 
     for i, entry in enumerate(data):
         where = f"{source}: application #{i}"
         if not isinstance(entry, dict):
-            raise ValueError(f"{where} is {entry!r}; write a mapping with name, slo_ms, utility, task")
+            raise ValueError(f"{where} is {_short.repr(entry)}; write a mapping with name, slo_ms, utility, task")
         missing = [k for k in ("name", "slo_ms", "utility", "task") if k not in entry]
         extra = sorted(set(entry) - {"name", "slo_ms", "utility", "task"})
         if missing or extra:
-            raise ValueError(f"{where} {entry!r}: missing keys {missing}, unknown keys {extra}")
+            raise ValueError(f"{where} {_short.repr(entry)}: missing keys {missing}, unknown keys {extra}")
         for key in ("name", "task"):
             if not isinstance(entry[key], str) or not entry[key]:
-                raise ValueError(f"{where}: {key}={entry[key]!r}; use a non-empty string (quote it in YAML)")
+                raise ValueError(f"{where}: {key}={_short.repr(entry[key])}; use a non-empty string (quote it in YAML)")
         numbers = [entry["slo_ms"], entry["utility"]]
         if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in numbers):
-            raise ValueError(f"{where}: slo_ms and utility must be numbers, got {entry!r}")
+            raise ValueError(f"{where}: slo_ms and utility must be numbers, got {_short.repr(entry)}")
         try:
             slo, utility = float(entry["slo_ms"]), float(entry["utility"])
         except OverflowError:  # an integer of hundreds of digits
@@ -43,6 +49,8 @@ def parse_apps(data: object, source: str = "<apps>", allow_empty: bool = False) 
             raise ValueError(f"{where}: slo_ms={entry['slo_ms']!r}; use a positive latency in ms")
         if utility < 0 or not math.isfinite(utility):
             raise ValueError(f"{where}: utility={entry['utility']!r}; use a number >= 0")
+        if not NAME.match(entry["name"]):
+            raise ValueError(f"{where}: name {_short.repr(entry['name'])}; use 1-64 letters, digits, '_', '.' or '-'")
         apps.append(App(name=entry["name"], slo_ms=slo, utility=utility, task=entry["task"]))
     names = [a.name for a in apps]
     if len(set(names)) != len(names):
@@ -56,9 +64,9 @@ def load_apps(path: str | Path, allow_empty: bool = False) -> list[App]:
     if not p.is_file():
         raise ValueError(f"applications file {p} does not exist; see otas/configs/apps.yaml for the format")
     try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ValueError(f"{p}: not valid YAML ({e})") from None
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:
+        raise ValueError(f"{p}: not valid UTF-8 YAML ({str(e)[:300]})") from None
     return parse_apps(data, source=str(p), allow_empty=allow_empty)
 
 

@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, Response
 from otas.config import parse_apps
 from otas.server.errors import ProtocolError
 from otas.server.handlers import config_of, engine_of, guarded
-from otas.types import NAME, App
+from otas.types import App
 
 log = logging.getLogger("otas.server")
 
@@ -63,8 +63,6 @@ def _parse(entry: dict[str, Any]) -> App:
         app = parse_apps([entry], source="request")[0]
     except ValueError as e:
         raise ProtocolError(400, "invalid_app", str(e)) from None
-    if not NAME.match(app.name):
-        raise ProtocolError(400, "invalid_app", f"name {app.name!r}: use 1-64 letters, digits, '_', '.' or '-'")
     return app
 
 

@@ -1,0 +1,56 @@
+"""The applications file is a file from anywhere: every bad one is a ValueError naming the file and
+the entry, quickly, whatever YAML can express (aliases that expand exponentially, deep nesting,
+tags, binary bytes)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from otas.apps import load_apps, parse_apps
+
+GOOD = "apps:\n  - {name: novel, slo_ms: 500, utility: 1.0, task: novel}\n"
+BAD = {
+    "laughs": "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
+        for p, c in zip("abcdefgh", "bcdefghi", strict=True)
+    ) + "apps: [*i]\n",
+    "laughs_in_name": "x: &x [[y, y, y, y, y, y, y, y], [y, y, y, y, y, y, y, y]]\n"
+    "apps:\n  - {name: *x, slo_ms: 500, utility: 1, task: novel}\n",
+    "deep": "apps: " + "[" * 5000 + "]" * 5000 + "\n",
+    "deep_map": "apps: " + "{a: " * 3000 + "1" + "}" * 3000 + "\n",
+    "python_tag": "apps:\n  - !!python/object/apply:os.system ['true']\n",
+    "two_docs": GOOD + "---\n" + GOOD,
+    "binary": "\udcff\udcfe",
+    "name_slash": "apps:\n  - {name: a/b, slo_ms: 500, utility: 1, task: novel}\n",
+    "name_control": 'apps:\n  - {name: "\\0\\u202e", slo_ms: 500, utility: 1, task: novel}\n',
+    "name_long": "apps:\n  - {name: " + "x" * 65 + ", slo_ms: 500, utility: 1, task: novel}\n",
+    "name_number": "apps:\n  - {name: 5, slo_ms: 500, utility: 1, task: novel}\n",
+    "slo_text": "apps:\n  - {name: a, slo_ms: fast, utility: 1, task: novel}\n",
+    "slo_date": "apps:\n  - {name: a, slo_ms: 2024-01-01, utility: 1, task: novel}\n",
+    "slo_nan": "apps:\n  - {name: a, slo_ms: .nan, utility: 1, task: novel}\n",
+    "utility_bool": "apps:\n  - {name: a, slo_ms: 5, utility: yes, task: novel}\n",
+    "task_list": "apps:\n  - {name: a, slo_ms: 5, utility: 1, task: [novel]}\n",
+    "duplicate": GOOD + "  - {name: novel, slo_ms: 900, utility: 1.0, task: novel}\n",
+    "empty": "",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(BAD))
+def test_a_bad_applications_file_is_a_quick_value_error(tmp_path, name):
+    p = tmp_path / "apps.yaml"
+    text = BAD[name]
+    p.write_bytes(text.encode("utf-8", "surrogateescape"))
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="apps.yaml") as e:
+        load_apps(p)
+    assert time.perf_counter() - t0 < 5 and len(str(e.value)) < 2000  # no exponential repr
+
+
+def test_a_good_file_and_names_users_give(tmp_path):
+    p = tmp_path / "apps.yaml"
+    p.write_text(GOOD)
+    assert [a.name for a in load_apps(p)] == ["novel"]
+    ok = parse_apps([{"name": "cam-2.v1_x", "slo_ms": 5, "utility": 0, "task": "blur"}])
+    assert ok[0].name == "cam-2.v1_x" and ok[0].utility == 0.0
