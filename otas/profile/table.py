@@ -113,9 +113,11 @@ class Profile:
             raise ValueError(f"profile gammas must be ascending and unique, got {self.gammas}")
         if sorted(self.batch_sizes) != list(self.batch_sizes) or not self.batch_sizes:
             raise ValueError(f"profile batch_sizes must be ascending, got {self.batch_sizes}")
-        for g in self.gammas:
-            if g not in self.latency_ms:
-                raise ValueError(f"profile has no latency for gamma={g}")
+        for name, table in (("latency", self.latency_ms), ("latency_p90", self.latency_p90_ms),
+                            ("memory", self.memory_mb)):  # fmt: skip
+            for g in self.gammas if table is not None else ():
+                if g not in table:
+                    raise ValueError(f"profile has no {name} for gamma={g}")
         for task, acc in self.accuracy.items():
             if not acc:
                 raise ValueError(f"profile task {task!r} has no accuracy at any gamma; it cannot be served")

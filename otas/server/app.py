@@ -131,7 +131,8 @@ async def _lifespan(app: Starlette):
         if config.grpc_port is not None:
             from otas.server.grpc_api.service import start_grpc
 
-            grpc_server, app.state.grpc_port = await start_grpc(engine, config, app.state.guard.door)
+            guard = app.state.guard
+            grpc_server, app.state.grpc_port = await start_grpc(engine, config, guard.door, lambda: guard.draining)
             log.info("grpc started", extra={"event": "grpc_start", "port": app.state.grpc_port})
         yield
     finally:

@@ -56,7 +56,7 @@ def setter(path: str, value):
 HEADER_EDITS = [
     ("arch", 5), ("arch", None), ("arch", KeyError), ("arch", "vit_gigantic"), ("arch", "__import__"),
     ("arch_overrides", [1]), ("arch_overrides", {"nonsense": 1}), ("arch_overrides", {"embed_dim": 100_001}),
-    ("arch_overrides", {"depth": {"x": 1}}), ("arch_overrides", {"img_size": "%s%s"}),
+    ("arch_overrides", {"depth": {"x": 1}}), ("arch_overrides", {5: 1}), ("arch_overrides", {"img_size": "%s%s"}),
     ("num_classes", 10**12), ("num_classes", -5), ("num_classes", "five"), ("num_classes", True),
     ("num_classes", KeyError), ("adapt", [1]), ("adapt", KeyError), ("adapt.evil", 1), ("adapt.gammas", "abc"),
     ("adapt.gammas", [0, 10**6]), ("adapt.gammas", []), ("adapt.gammas", [0, 0]), ("adapt.tasks", [1]),

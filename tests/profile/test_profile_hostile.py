@@ -47,7 +47,8 @@ EDITS = [
     (("latency_ms", "0", "1"), 10**400), (("latency_ms", "0", "abc"), 1.0), (("latency_ms", "0", "0"), 1.0),
     (("latency_ms", "0", "-8"), 1.0), (("latency_ms", "abc"), {"1": 1.0}), (("memory_mb", "0", "1"), float("nan")),
     (("memory_mb",), "x"), (("latency_p90_ms", "0", "1"), -1.0), (("gflops",), [1]), (("tasks",), [1]),
-    (("meta",), [1]), (("model_load_ms",), "x"), (("model_load_ms",), -5), (("schema",), "x"),
+    (("meta",), [1]), (("latency_p90_ms", "16"), KeyError), (("model_load_ms",), "x"), (("model_load_ms",), -5),
+    (("schema",), "x"),
 ]  # fmt: skip
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -59,6 +60,10 @@ def status_of(e: Exception) -> tuple[grpc.StatusCode, str, str]:
     return Code.INTERNAL, "internal", "internal server error; see the server log"
 
 
+MAX_MESSAGE = 1024
+"""Characters of an error message sent back (gRPC clients refuse status details over 16 KiB)."""
+
+
 def guarded(fn):
     @functools.wraps(fn)
     async def method(self, request, context: grpc.aio.ServicerContext):
@@ -69,15 +74,27 @@ def guarded(fn):
                 log.exception("unhandled error", extra={"event": "internal_error", "rpc": fn.__name__})
             code, reason, message = status_of(e)
         context.set_trailing_metadata((("otas-reason", reason),))
+        if len(message) > MAX_MESSAGE:  # it may quote the client's own strings: over 16 KiB, a client drops it
+            message = message[:MAX_MESSAGE] + " ..."
         await context.abort(code, f"{reason}: {message}")
 
     return method
 
 
 class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, engine: ServingEngine, config: ServeConfig, door: FrontDoor | None = None):
-        """`door`: the HTTP server's front door (`admission.py`), shared: one host, one budget."""
-        self.engine, self.config, self.door = engine, config, door
+    def __init__(
+        self,
+        engine: ServingEngine,
+        config: ServeConfig,
+        door: FrontDoor | None = None,
+        draining: Callable[[], bool] = lambda: False,
+    ):
+        """`door`: the HTTP server's front door (`admission.py`), shared: one host, one budget.
+        `draining`: whether the server is shutting down (readiness then fails, as over HTTP)."""
+        self.engine, self.config, self.door, self.draining = engine, config, door, draining
+
+    def _ready(self) -> bool:
+        return self.engine.ready and not self.draining()
 
     @guarded
     async def ServerLive(self, request, context):
@@ -85,12 +102,12 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     @guarded
     async def ServerReady(self, request, context):
-        return pb.ServerReadyResponse(ready=self.engine.ready)
+        return pb.ServerReadyResponse(ready=self._ready())
 
     @guarded
     async def ModelReady(self, request, context):
         check_model(request.name, request.version, self.config.model_name)
-        return pb.ModelReadyResponse(ready=self.engine.ready)
+        return pb.ModelReadyResponse(ready=self._ready())
 
     @guarded
     async def ServerMetadata(self, request, context):
@@ -167,7 +184,10 @@ def _inputs(request: Any) -> list[InputTensor]:
 
 
 async def start_grpc(
-    engine: ServingEngine, config: ServeConfig, door: FrontDoor | None = None
+    engine: ServingEngine,
+    config: ServeConfig,
+    door: FrontDoor | None = None,
+    draining: Callable[[], bool] = lambda: False,
 ) -> tuple[grpc.aio.Server, int]:
     """A started gRPC server on (config.grpc_host, config.grpc_port); returns it and the bound port.
     `door`: the front door ModelInfer shares with HTTP (None: none)."""
@@ -179,7 +199,7 @@ async def start_grpc(
     ]
     # Calls in progress are capped like HTTP connections (RESOURCE_EXHAUSTED beyond).
     server = grpc.aio.server(options=options, maximum_concurrent_rpcs=config.http.max_connections)
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(engine, config, door), server)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(engine, config, door, draining), server)
     address = f"{config.grpc_host}:{config.grpc_port}"
     try:
         port = server.add_insecure_port(address)
