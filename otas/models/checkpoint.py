@@ -114,7 +114,7 @@ def check_header(h: dict[str, Any], where: str | Path = "checkpoint") -> None:
         isinstance(k, str) and _is_int(n) and 2 <= n <= MAX_CLASSES for k, n in tasks.items()
     ):
         raise bad("adapt", f"tasks as an object of task name -> classes in [2, {MAX_CLASSES}]")
-    if not all(_is_int(adapt[k]) or isinstance(adapt[k], bool) for k in known - {"gammas", "tasks"} if k in adapt):
+    if not all(isinstance(adapt[k], int) for k in known - {"gammas", "tasks"} if k in adapt):  # bool is an int
         raise bad("adapt", "deep, proportional_attn and merge_every as booleans or integers")
     if "preprocess" in h and not isinstance(h["preprocess"], dict):
         raise bad("preprocess", "an object (Preprocess.to_dict)")
@@ -188,8 +188,9 @@ def _check_tensors(path: Path, header: dict[str, Any], gammas: tuple[int, ...] |
         skeleton = model_from_header(header, gammas)
     want = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
     with safe_open(str(path), "pt") as f:
-        have = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-        dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}
+        slices = {k: f.get_slice(k) for k in f.keys()}
+        have = {k: tuple(s.get_shape()) for k, s in slices.items()}
+        dtypes = {k: s.get_dtype() for k, s in slices.items()}
     missing = [k for k in want if k not in have and not k.startswith(("prompts.", "heads."))]
     unexpected = [k for k in have if k not in want]
     if missing or unexpected:
