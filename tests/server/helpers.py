@@ -164,6 +164,24 @@ def server_process(ckpt, base_ms: float, per_image_ms: float, http: dict | None 
             proc.wait(30)
 
 
+def _run_coroutine(fn, args):
+    import asyncio
+
+    return asyncio.run(fn(*args))
+
+
+def in_client_process(fn, *args, timeout_s: float = 120.0):
+    """`asyncio.run(fn(*args))` in a fresh interpreter, as a real client is: timing-sensitive load
+    must not share this process's GIL and heap (after a few hundred tests a garbage collection of
+    the pytest process alone can hold an event loop for a good part of a second). `fn` must be a
+    module-level coroutine function; its arguments and result are pickled."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_run_coroutine, fn, args).result(timeout_s)
+
+
 def rss_mb(pid: int) -> float:
     """Resident memory of a process (Linux), in MiB."""
     with open(f"/proc/{pid}/status") as f:

@@ -1,6 +1,7 @@
 """A 10× overload burst and a graceful shutdown, against the real server on loopback."""
 
 import asyncio
+import os
 import signal
 import time
 
@@ -9,7 +10,7 @@ import httpx
 import numpy as np
 
 from otas.sim.traces import capacity_per_s
-from tests.server.helpers import APPS, b64png, paced_profile, png, server_process, serving
+from tests.server.helpers import APPS, b64png, in_client_process, paced_profile, png, server_process, serving
 
 BODIES = {
     a.name: {
@@ -47,7 +48,7 @@ def test_overload_burst_rejects_early_and_keeps_slo(tiny_ckpt):
     prof = paced_profile(base_ms=100, per_image_ms=20)
     rate = 10 * capacity_per_s(prof, APPS, 16)  # 10× the γ=0 capacity
     with server_process(tiny_ckpt, 100, 20) as (url, proc):
-        res = asyncio.run(_burst(url, rate, 1.0))
+        res = in_client_process(_burst, url, rate, 1.0)
         metrics = httpx.get(f"{url}/metrics").text
         assert httpx.get(f"{url}/v2/health/ready").status_code == 200
     sent = int(rate)
@@ -71,23 +72,23 @@ def test_overload_burst_rejects_early_and_keeps_slo(tiny_ckpt):
     assert counted == sent  # the server's own books agree
 
 
+async def _forty_then_sigterm(url: str, pid: int) -> list:
+    async with aiohttp.ClientSession() as c:
+
+        async def one():
+            async with c.post(f"{url}/v2/models/tiny_test/infer", json=BODIES["blur"]) as r:
+                return r.status
+
+        tasks = [asyncio.create_task(one()) for _ in range(40)]
+        await asyncio.sleep(0.3)
+        os.kill(pid, signal.SIGTERM)
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def test_sigterm_answers_every_accepted_request(tiny_ckpt):
     """SIGTERM (what `otas serve` gets from an orchestrator) while 40 requests are in flight."""
-
-    async def main(url, proc):
-        async with aiohttp.ClientSession() as c:
-
-            async def one():
-                async with c.post(f"{url}/v2/models/tiny_test/infer", json=BODIES["blur"]) as r:
-                    return r.status
-
-            tasks = [asyncio.create_task(one()) for _ in range(40)]
-            await asyncio.sleep(0.3)
-            proc.send_signal(signal.SIGTERM)
-            return await asyncio.gather(*tasks, return_exceptions=True)
-
     with server_process(tiny_ckpt, 50, 10) as (url, proc):
-        res = asyncio.run(main(url, proc))
+        res = in_client_process(_forty_then_sigterm, url, proc.pid)
         assert proc.wait(30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once drained
     assert res == [200] * 40
 

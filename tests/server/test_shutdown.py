@@ -5,6 +5,7 @@ hold the shutdown for the grace period."""
 
 import asyncio
 import json
+import os
 import signal
 import socket
 import threading
@@ -12,57 +13,61 @@ import time
 
 import aiohttp
 
-from tests.server.helpers import infer_body, server_process
+from tests.server.helpers import in_client_process, infer_body, server_process
 
 INFER = "/v2/models/tiny_test/infer"
 HTTP = {"drain_s": 1.0, "body_timeout_s": 60.0}
 
 
+async def _keep_alive_load_then_sigterm(url: str, pid: int) -> tuple[list, list, str]:
+    """8 keep-alive clients; SIGTERM once 24 answers are in (the connections are in use); each
+    client stops when readiness fails, as behind a load balancer."""
+    stop, started, results, closes = asyncio.Event(), asyncio.Event(), [], []
+
+    async def worker(c):
+        while not stop.is_set():
+            try:
+                async with c.post(url + INFER, json=infer_body("blur")) as r:
+                    await r.read()
+                    results.append(r.status)
+                    if started.is_set() and r.headers.get("Connection", "").lower() == "close":
+                        closes.append(r.status)
+            except aiohttp.ClientError as e:
+                results.append(repr(e))
+
+    async def poller(c):
+        while True:
+            try:
+                async with c.get(url + "/v2/health/ready") as r:
+                    if r.status == 503:
+                        stop.set()  # as a load balancer would: no new requests
+                        return r.headers.get("Connection")
+            except aiohttp.ClientError as e:
+                stop.set()
+                return repr(e)
+            await asyncio.sleep(0.02)
+
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=8)) as c,
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as probe,
+    ):
+        workers = [asyncio.create_task(worker(c)) for _ in range(8)]
+        deadline = time.monotonic() + 30
+        while len(results) < 24 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        started.set()
+        os.kill(pid, signal.SIGTERM)
+        ready = await poller(probe)
+        await asyncio.gather(*workers)
+    return results, closes, ready
+
+
 def test_keep_alive_clients_lose_nothing(tiny_ckpt):
-    async def main(url, proc):
-        stop, results, closes = asyncio.Event(), [], []
-        sigterm_at = []
-
-        async def worker(c):
-            while not stop.is_set():
-                try:
-                    async with c.post(url + INFER, json=infer_body("blur")) as r:
-                        await r.read()
-                        results.append(r.status)
-                        if sigterm_at and r.headers.get("Connection", "").lower() == "close":
-                            closes.append(r.status)
-                except aiohttp.ClientError as e:
-                    results.append(repr(e))
-
-        async def poller(c):
-            while True:
-                try:
-                    async with c.get(url + "/v2/health/ready") as r:
-                        if r.status == 503:
-                            stop.set()  # as a load balancer would: no new requests
-                            return r.headers.get("Connection")
-                except aiohttp.ClientError as e:
-                    stop.set()
-                    return repr(e)
-                await asyncio.sleep(0.02)
-
-        async with (
-            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=8)) as c,
-            aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as probe,
-        ):
-            workers = [asyncio.create_task(worker(c)) for _ in range(8)]
-            await asyncio.sleep(0.6)  # keep-alive connections in use
-            sigterm_at.append(time.monotonic())
-            proc.send_signal(signal.SIGTERM)
-            ready = await poller(probe)
-            await asyncio.gather(*workers)
-        return results, closes, ready
-
     with server_process(tiny_ckpt, 20, 2, HTTP) as (url, proc):
-        results, closes, ready = asyncio.run(main(url, proc))
+        results, closes, ready = in_client_process(_keep_alive_load_then_sigterm, url, proc.pid)
         assert proc.wait(30) in (0, -signal.SIGTERM)
     assert ready == "close"  # readiness failed (503) while the server still answered
-    assert len(results) > 20 and all(s == 200 for s in results), [s for s in results if s != 200]
+    assert len(results) > 24 and all(s == 200 for s in results), [s for s in results if s != 200]
     assert closes  # answers after SIGTERM closed their connections
 
 
