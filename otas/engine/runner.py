@@ -18,6 +18,7 @@ import torch
 
 from otas.adapt import SOURCE, AdaptiveViT
 from otas.adapt.fast import DEFAULT_BUCKETS, FastConfig, FastForward
+from otas.adapt.vit import key
 from otas.engine.batches import RunResult
 from otas.models.checkpoint import load_checkpoint
 
@@ -30,6 +31,22 @@ def default_mode(device: str | torch.device) -> str:
 def buckets_for(max_batch: int) -> tuple[int, ...]:
     """The padding buckets up to `max_batch` (the largest is max_batch itself)."""
     return tuple(b for b in DEFAULT_BUCKETS if b < max_batch) + (max_batch,)
+
+
+def trained_gaps(model: AdaptiveViT) -> dict[str, tuple[int, ...]]:
+    """task -> the servable γ whose prompts or head the checkpoint did not hold (`load_checkpoint`
+    leaves them at their random initialisation and lists them in `model.untrained`); serving them
+    would answer with random heads. A γ ≤ 0 needs the task's γ = 0 head, a γ > 0 its own prompts
+    and head."""
+    missing = set(getattr(model, "untrained", ()))
+    if not missing:
+        return {}
+    gaps = {}
+    for t in model.config.tasks:
+        need = {g: key(t, 0 if g <= 0 else g) for g in model.servable(t)}
+        if bad := tuple(g for g, k in need.items() if k in missing):
+            gaps[t] = bad
+    return gaps
 
 
 class Runner:
@@ -55,7 +72,11 @@ class Runner:
         self.image_size = self.preprocess.size
         self.gammas = list(model.config.gammas)
         self.classes = {t: self._labels(t) for t in model.tasks}
-        self.servable = {t: model.servable(t) for t in model.tasks}
+        self.untrained = trained_gaps(model)
+        # task -> the γ it is served at: the model's pairs less those the checkpoint holds no weights for
+        self.servable = {
+            t: tuple(g for g in model.servable(t) if g not in self.untrained.get(t, ())) for t in model.tasks
+        }
         # OPTIMIZATION: one buffer for the largest batch, pinned on CUDA, so collation is a copy
         # into fixed memory and the upload overlaps nothing else on the stream.
         cuda = self.device.type == "cuda"
@@ -91,7 +112,15 @@ class Runner:
         return RunResult(probs, (time.perf_counter() - t0) * 1e3)
 
     def forward(self, images: torch.Tensor, tasks: str | Sequence[str], gamma: int) -> np.ndarray:
-        """uint8 (B, H, W, 3) host tensor, B ≤ max_batch -> probabilities (B, K) as float32 numpy."""
+        """uint8 (B, H, W, 3) host tensor, B ≤ max_batch -> probabilities (B, K) as float32 numpy;
+        ValueError for a (task, γ) the checkpoint holds no trained weights for."""
+        if self.untrained:
+            for t in {tasks} if isinstance(tasks, str) else set(tasks):
+                if gamma in self.untrained.get(t, ()):
+                    raise ValueError(
+                        f"task {t!r} is not trained at gamma={gamma} in this checkpoint (no prompts or head); "
+                        f"it is served at {list(self.servable[t])}"
+                    )
         return self.fast(images, gamma, tasks).float().cpu().numpy()  # .cpu() waits for the device
 
     def warmup(self, batch_sizes: Sequence[int] | None = None) -> None:
@@ -99,9 +128,11 @@ class Runner:
         captured before the first request; elsewhere batch 1 and 8 (allocation, kernel choice)."""
         sizes = batch_sizes or (self.fast.cfg.buckets if self.mode != "eager" else (1, 8))
         img = np.zeros((self.image_size, self.image_size, 3), np.uint8)
-        task = next((t for t in self.classes if t != SOURCE), SOURCE)
         for g in self.gammas:
-            t = task if g in self.servable[task] else SOURCE
+            t = next((t for t in self.classes if t != SOURCE and g in self.servable[t]), None)
+            t = t or (SOURCE if g in self.servable[SOURCE] else None)
+            if t is None:  # no task is served at g: it never runs
+                continue
             for b in sizes:
                 b = min(b, self.max_batch)
                 self.run([img] * b, [t] * b, g)

@@ -47,6 +47,12 @@ def check_servable(runner, profile: Profile, apps: Sequence[App], policy: str) -
         served = profile.servable(a.task)  # raises for a task the profile lacks
         if model_pairs is not None:
             extra = sorted(set(served) - set(model_pairs[a.task]))
+            if untrained := sorted(set(extra) & set(getattr(runner, "untrained", {}).get(a.task, ()))):
+                raise ValueError(
+                    f"app {a.name!r}: the checkpoint holds no trained prompts or head for task {a.task!r} at "
+                    f"gammas {untrained} (it would answer with random weights); train them (otas train prompts) "
+                    f"or serve it with a profile that leaves them out"
+                )
             if extra:
                 raise ValueError(
                     f"profile {profile.model!r} lists task {a.task!r} at gammas {extra}, which the model cannot "

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -57,3 +59,43 @@ def test_runner_refuses_unservable_pairs(runner):
     g = max(runner.gammas)
     with pytest.raises(ValueError, match="not served at gamma"):
         runner.run(_imgs(2), ["novel", "source"], g)
+
+
+@pytest.mark.parametrize(
+    "drop, gaps",
+    [
+        (["prompts.blur/4"], {"blur": (4,)}),  # prompts without their head
+        (["heads.novel/4.weight", "heads.novel/4.bias"], {"novel": (4,)}),
+        (["heads.lowlight/0.weight"], {"lowlight": (-4, 0)}),  # merging reuses the γ = 0 head
+        (["prompts.novel/4", "heads.blur/0.bias", "heads.blur/4.weight"], {"novel": (4,), "blur": (-4, 0, 4)}),
+    ],
+)
+def test_weights_missing_from_the_checkpoint_are_never_served(tiny_ckpt, tmp_path, drop, gaps):
+    """A checkpoint without some prompts or heads loads (training resumes from such files), but the
+    runner never serves those pairs with their random initial weights, and the server refuses an
+    application that would need them, naming them."""
+    from safetensors.torch import load_file, save_file
+
+    from otas.engine.runner import Runner
+    from otas.models.checkpoint import read_header
+    from otas.server.main import check_servable
+    from tests.server.helpers import paced_profile
+
+    state = load_file(str(tiny_ckpt))
+    header = read_header(tiny_ckpt)
+    for k in drop:
+        del state[k]
+    path = tmp_path / "partial.safetensors"
+    save_file(state, str(path), metadata={"otas": json.dumps(header)})
+    r = Runner.load(path, "cpu", max_batch=4)
+    assert r.untrained == gaps
+    for task, gammas in gaps.items():
+        assert not set(gammas) & set(r.servable[task])
+        for g in gammas:
+            with pytest.raises(ValueError, match="not trained at gamma"):
+                r.run(_imgs(2), ["source", task] if g <= 0 else [task, task], g)
+        with pytest.raises(ValueError, match=f"no trained prompts or head for task '{task}'"):
+            check_servable(r, paced_profile(), [a for a in APPS if a.task == task], "otas")
+    for task in set(r.servable) - set(gaps) - {"source"}:  # the rest is served as before
+        assert r.run(_imgs(1), [task], max(r.gammas)).probs.shape[0] == 1
+    r.warmup()  # skips what it cannot serve
