@@ -175,6 +175,9 @@ class Engine:
             raise self._refuse(app, len(payloads), "expired", "deadline_unreachable", str(e)) from None
         except DecodeRestarted as e:
             raise self._refuse(app, len(payloads), "rejected", "decode_restarted", str(e)) from None
+        except asyncio.CancelledError:  # the client left while its images were decoding: counted, as in the queue
+            self._refuse(app, len(payloads), "cancelled", "client_gone", "")
+            raise
 
     def submit(self, app: str, image: np.ndarray, arrival_ms: float | None = None) -> asyncio.Future[Served]:
         """Queue one image for `app`; the future resolves to Served or raises NotServed.

@@ -175,3 +175,30 @@ def test_request_too_large_for_its_deadline_is_refused_before_anything_runs(n):
     e, d, gate, obs = asyncio.run(main())
     assert e.reason == d.reason == "infeasible" and "send fewer images" in e.detail and gate.ran == []
     assert obs.ends == Counter({("rejected", "infeasible"): 2 * n})
+
+
+def test_client_gone_while_decoding_is_counted_cancelled():
+    """Admitted, then abandoned before its images are decoded: counted once as `cancelled`
+    (`client_gone`), like an abandoned request in the queue, and never queued."""
+
+    async def main():
+        eng, gate, obs = engine(max_batch=2)
+        await eng.start()
+        started = asyncio.Event()
+
+        async def slow_decode(payloads, deadline=None):
+            started.set()
+            await asyncio.Event().wait()  # a decode that has not finished when the client leaves
+
+        eng._decode.many = slow_decode
+        task = asyncio.create_task(eng.decode("blur", [b"x"] * 3))
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        queued = eng.scheduler.queued()
+        await eng.stop()
+        return obs, queued
+
+    obs, queued = asyncio.run(main())
+    assert queued == 0 and obs.ends == Counter({("cancelled", "client_gone"): 3})
