@@ -132,7 +132,9 @@ async def _lifespan(app: Starlette):
             from otas.server.grpc_api.service import start_grpc
 
             guard = app.state.guard
-            grpc_server, app.state.grpc_port = await start_grpc(engine, config, guard.door, lambda: guard.draining)
+            grpc_server, app.state.grpc_port = await start_grpc(
+                engine, config, guard.door, lambda: guard.draining, guard
+            )
             log.info("grpc started", extra={"event": "grpc_start", "port": app.state.grpc_port})
         yield
     finally:

@@ -1,15 +1,17 @@
 """gRPC under hostile strings and at shutdown: an error quoting a client's long string stays a
-readable status (clients drop details over 16 KiB), and readiness fails while the server drains,
-as over HTTP."""
+readable status (clients drop details over 16 KiB), readiness fails while the server drains, as
+over HTTP, bytes that are not protobuf are INVALID_ARGUMENT (not UNKNOWN with a logged traceback),
+and infer messages count in the bytes in flight."""
 
 from __future__ import annotations
 
 import grpc
+import numpy as np
 import pytest
 
 from otas.server.grpc_api import grpc_predict_v2_pb2 as pb
 from otas.server.grpc_api import grpc_predict_v2_pb2_grpc as pb_grpc
-from tests.server.helpers import PacedRunner, paced_profile, serving
+from tests.server.helpers import PacedRunner, paced_profile, png, serving
 
 
 @pytest.fixture(scope="module")
@@ -52,3 +54,60 @@ def test_readiness_fails_while_draining(srv, stub):
     finally:
         guard.draining = False
     assert stub.ServerReady(pb.ServerReadyRequest()).ready
+
+
+def _garbage(seed: int) -> bytes:
+    """Bytes that are not a protobuf message: random, truncated varints, lengths past the end,
+    reserved wire types, a string field holding invalid UTF-8."""
+    rng = np.random.default_rng(seed)
+    kinds = [
+        lambda: rng.integers(0, 256, int(rng.integers(1, 4000)), dtype=np.uint8).tobytes(),
+        lambda: b"\x0a" + b"\xff" * int(rng.integers(1, 12)),  # a length varint that never ends
+        lambda: b"\x0a" + bytes([int(rng.integers(5, 127))]) + b"ab",  # a length past the end
+        lambda: bytes([(int(rng.integers(1, 15)) << 3) | int(rng.choice([6, 7]))]) + b"\x00" * 4,  # wire type 6/7
+        lambda: b"\x0a\x04\xff\xfe\xfd\xfc",  # field 1 (a string in every request) of invalid UTF-8
+    ]
+    return kinds[seed % len(kinds)]()
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_messages_that_are_not_protobuf_are_invalid_argument(srv, stub, seed, caplog):
+    methods = ["ModelInfer", "ModelReady", "ModelMetadata", "ServerLive", "ServerReady", "ServerMetadata"]
+    payload = _garbage(seed)
+    with grpc.insecure_channel(srv.grpc_target) as ch, caplog.at_level("ERROR"):
+        for m in methods:
+            call = ch.unary_unary(f"/inference.GRPCInferenceService/{m}")  # raw bytes, no serializer
+            try:
+                call(payload, timeout=10)
+            except grpc.RpcError as e:
+                assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, (m, e.code(), e.details())
+                assert e.details().startswith("bad_message: ") and len(e.details()) < 2000
+                assert dict(e.trailing_metadata())["otas-reason"] == "bad_message"
+            # (a few random byte strings happen to parse as an empty message of some kind: then answered)
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    assert stub.ServerLive(pb.ServerLiveRequest()).live  # the server is unharmed
+
+
+def test_infer_messages_count_in_the_bytes_in_flight(runner):
+    """A large gRPC infer message holds its bytes in the same budget as HTTP bodies: over
+    `max_inflight_mb` it is refused UNAVAILABLE `in_flight_full` at once, and the budget returns."""
+    prof = paced_profile(5, 1)
+    with (
+        serving(PacedRunner(runner, prof), prof, policy="fixed:0", grpc=True, max_body=1 << 20) as (srv, _),
+        grpc.insecure_channel(srv.grpc_target) as ch,
+    ):
+        stub, guard = pb_grpc.GRPCInferenceServiceStub(ch), srv.app.state.guard
+        big = pb.ModelInferRequest(model_name="tiny_test")
+        big.parameters["app"].string_param = "blur"
+        t = big.inputs.add(name="image", datatype="BYTES", shape=[1])
+        t.contents.bytes_contents.append(
+            png(1) + b"\0" * 200_000
+        )  # over SMALL: counted (a PNG's trailing bytes are ignored)
+        guard.inflight = guard.http.max_inflight_bytes - 100_000  # as if other requests held the rest
+        with pytest.raises(grpc.RpcError) as e:
+            stub.ModelInfer(big, timeout=10)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert e.value.details().startswith("in_flight_full: ")
+        guard.inflight = 0
+        assert stub.ModelInfer(big, timeout=30).outputs  # room again: served
+        assert guard.inflight == 0

@@ -4,10 +4,11 @@ and stops it): the same engine, validation (`protocol.build_request`), limits an
 Inputs arrive as `raw_input_contents` (what tritonclient sends) or typed `contents` (BYTES:
 `bytes_contents` holding encoded images; UINT8: `uint_contents`; FP32: `fp32_contents`); outputs
 go back as `raw_output_contents`, as Triton does. Errors carry the HTTP path's reason code, as
-`"<reason>: <message>"` and in the trailing metadata `otas-reason`: bad input INVALID_ARGUMENT,
-unknown model NOT_FOUND, queue full RESOURCE_EXHAUSTED, cannot meet the deadline or shutting down
-UNAVAILABLE, failed batch INTERNAL. A call the client cancels, or whose deadline passes, takes
-its images out of the engine's queue.
+`"<reason>: <message>"` and in the trailing metadata `otas-reason`: bad input INVALID_ARGUMENT
+(a message that is not valid protobuf too: `bad_message`), unknown model NOT_FOUND, queue full
+RESOURCE_EXHAUSTED, cannot meet the deadline, shutting down or request bytes in flight over
+`max_inflight_mb` (`in_flight_full`, counted with HTTP's) UNAVAILABLE, failed batch INTERNAL. A
+call the client cancels, or whose deadline passes, takes its images out of the engine's queue.
 """
 
 from __future__ import annotations
@@ -40,13 +41,14 @@ from otas.server.tensors import to_raw
 
 if TYPE_CHECKING:
     from otas.server.app import ServeConfig
+    from otas.server.guard import Guard
 
 log = logging.getLogger("otas.server")
 Code = grpc.StatusCode
 REFUSED = {"queue_full": Code.RESOURCE_EXHAUSTED, "decode_busy": Code.RESOURCE_EXHAUSTED,
            "infeasible": Code.UNAVAILABLE, "deadline_unreachable": Code.UNAVAILABLE,
            "shutting_down": Code.UNAVAILABLE, "unknown_app": Code.NOT_FOUND,
-           "overloaded": Code.UNAVAILABLE}  # fmt: skip
+           "overloaded": Code.UNAVAILABLE, "in_flight_full": Code.UNAVAILABLE}  # fmt: skip
 CONTENTS = {"BYTES": "bytes_contents", "UINT8": "uint_contents", "FP32": "fp32_contents"}
 
 
@@ -64,10 +66,36 @@ MAX_MESSAGE = 1024
 """Characters of an error message sent back (gRPC clients refuse status details over 16 KiB)."""
 
 
+class BadMessage:
+    """A request message that is not the protobuf it should be: the handler answers it
+    INVALID_ARGUMENT `bad_message` (gRPC itself would answer UNKNOWN and log a traceback)."""
+
+    def __init__(self, kind: str, size: int, error: Exception):
+        self.kind, self.size, self.error = kind, size, error
+
+    def refusal(self) -> ProtocolError:
+        why = f"{type(self.error).__name__}: {self.error}"
+        return ProtocolError(400, "bad_message", f"the {self.size}-byte message is not a valid {self.kind} ({why})")
+
+
+def lenient(cls):
+    """The request deserializer of `cls`: a message that does not parse becomes a `BadMessage`."""
+
+    def parse(data: bytes):
+        try:
+            return cls.FromString(data)
+        except Exception as e:  # noqa: BLE001 - DecodeError, RecursionError (deep nesting), and kin
+            return BadMessage(cls.DESCRIPTOR.full_name, len(data), e)
+
+    return parse
+
+
 def guarded(fn):
     @functools.wraps(fn)
     async def method(self, request, context: grpc.aio.ServicerContext):
         try:
+            if isinstance(request, BadMessage):
+                raise request.refusal()
             return await fn(self, request, context)
         except Exception as e:
             if not isinstance(e, ProtocolError | NotServed):
@@ -88,10 +116,13 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         config: ServeConfig,
         door: FrontDoor | None = None,
         draining: Callable[[], bool] = lambda: False,
+        guard: Guard | None = None,
     ):
         """`door`: the HTTP server's front door (`admission.py`), shared: one host, one budget.
-        `draining`: whether the server is shutting down (readiness then fails, as over HTTP)."""
-        self.engine, self.config, self.door, self.draining = engine, config, door, draining
+        `draining`: whether the server is shutting down (readiness then fails, as over HTTP).
+        `guard`: the HTTP server's count of request bytes held (`guard.py`): an infer message holds
+        its bytes there until answered, and one that would pass `max_inflight_mb` is refused."""
+        self.engine, self.config, self.door, self.draining, self.guard = engine, config, door, draining, guard
 
     def _ready(self) -> bool:
         return self.engine.ready and not self.draining()
@@ -122,23 +153,33 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     @guarded
     async def ModelInfer(self, request, context):
         arrival = self.engine.now_ms()
+        size = request.ByteSize()
+        if self.guard is not None and not self.guard.reserve(size):
+            limit = self.guard.http.max_inflight_bytes
+            raise NotServed(
+                "rejected", "in_flight_full",
+                f"requests being handled hold {self.guard.inflight} bytes and this one brings {size}; the limit "
+                f"is {limit}; retry shortly",
+            )  # fmt: skip
         ticket = None
-        if self.door is not None:  # the message is whole when the handler runs: admitted and started at once
-            if not self.door.admit():
-                raise NotServed("rejected", "overloaded", OVERLOADED_MESSAGE)
-            ticket = Ticket(self.door)
-            ticket.start()
         try:
-            return await self._infer(request, context, arrival, ticket)
+            if self.door is not None:  # the message is whole when the handler runs: admitted and started at once
+                if not self.door.admit():
+                    raise NotServed("rejected", "overloaded", OVERLOADED_MESSAGE)
+                ticket = Ticket(self.door)
+                ticket.start()
+            return await self._infer(request, context, arrival, ticket, size)
         finally:
             if ticket is not None:
                 ticket.release()
+            if self.guard is not None:
+                self.guard.release(size)
 
-    async def _infer(self, request, context, arrival: float, ticket: Ticket | None):
+    async def _infer(self, request, context, arrival: float, ticket: Ticket | None, size: int):
         _cancel_with(context)
         check_model(request.model_name, request.model_version, self.config.model_name)
         limit = self.config.max_body_bytes
-        if (size := request.ByteSize()) > limit:
+        if size > limit:
             raise ProtocolError(413, "too_large", f"request of {size} bytes is over the limit of {limit}; send less")
         params = {
             k: getattr(v, v.WhichOneof("parameter_choice") or "string_param") for k, v in request.parameters.items()
@@ -152,6 +193,21 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             resp.outputs.add(name=o.name, datatype=o.datatype, shape=o.shape)
             resp.raw_output_contents.append(to_raw(o.datatype, o.data))
         return resp
+
+
+def add_service(servicer: InferenceService, server: grpc.aio.Server) -> None:
+    """Register every method of the KServe v2 service (all unary), as the generated
+    `add_GRPCInferenceServiceServicer_to_server` does, but with `lenient` request parsing."""
+    service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    handlers = {
+        m.name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, m.name),
+            request_deserializer=lenient(getattr(pb, m.input_type.name)),
+            response_serializer=getattr(pb, m.output_type.name).SerializeToString,
+        )
+        for m in service.methods
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
 
 
 def _cancel_with(context: grpc.aio.ServicerContext) -> None:
@@ -188,9 +244,10 @@ async def start_grpc(
     config: ServeConfig,
     door: FrontDoor | None = None,
     draining: Callable[[], bool] = lambda: False,
+    guard: Guard | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """A started gRPC server on (config.grpc_host, config.grpc_port); returns it and the bound port.
-    `door`: the front door ModelInfer shares with HTTP (None: none)."""
+    `door`, `draining`, `guard`: shared with HTTP, as `InferenceService` says (None: none)."""
     options = [
         # Messages up to twice the body limit reach ModelInfer, which refuses those over it with
         # INVALID_ARGUMENT `too_large`; larger ones are gRPC's own RESOURCE_EXHAUSTED.
@@ -199,7 +256,7 @@ async def start_grpc(
     ]
     # Calls in progress are capped like HTTP connections (RESOURCE_EXHAUSTED beyond).
     server = grpc.aio.server(options=options, maximum_concurrent_rpcs=config.http.max_connections)
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(engine, config, door, draining), server)
+    add_service(InferenceService(engine, config, door, draining, guard), server)
     address = f"{config.grpc_host}:{config.grpc_port}"
     try:
         port = server.add_insecure_port(address)
