@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,12 +11,39 @@ import torch
 
 from otas.adapt import AdaptiveViT
 from otas.config import asset_path
-from otas.data.folder import decode
+from otas.engine.images import DecodeLimits, ImageError, decode_image
 from otas.engine.runner import Runner
 from otas.models.checkpoint import load_checkpoint
 
 DEFAULT_MODEL = "vit_tiny_p2_c5.safetensors"
 MAX_BATCH = 64
+MAX_FILE_BYTES = 64 << 20
+"""Largest image file read (a 24 MP JPEG is about 10 MB)."""
+FILE_LIMITS = DecodeLimits(max_side=16384, max_pixels=1 << 26, formats=("PNG", "JPEG", "WEBP"))
+"""What a local file may declare: the server's checks (`DecodeLimits`) with room for camera
+photos (64 MP, 16,384 px a side; a JPEG counts at its reduced decode size)."""
+
+
+def read_image_file(path: str | Path, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of a regular file of at most `max_bytes`; ValueError naming the path otherwise
+    (a directory, a device such as /dev/zero, a FIFO, a missing or unreadable file)."""
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError as e:
+        raise ValueError(f"{p}: cannot read it ({e.strerror or e})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{p}: not a regular file; give image files (PNG, JPEG or WEBP)")
+    if st.st_size > max_bytes:
+        raise ValueError(f"{p}: {st.st_size} bytes is over the limit of {max_bytes}; downscale it first")
+    try:
+        with open(p, "rb") as f:
+            data = f.read(max_bytes + 1)  # the file may have grown since stat
+    except OSError as e:
+        raise ValueError(f"{p}: cannot read it ({e.strerror or e})") from None
+    if len(data) > max_bytes:
+        raise ValueError(f"{p}: over the limit of {max_bytes} bytes; downscale it first")
+    return data
 
 
 def default_model_path() -> Path:
@@ -49,13 +77,13 @@ class Predictor:
             raise ValueError(f"unknown task {task!r}; this model serves {self.model.tasks}")
         return self.runner.classes[task]
 
-    def decode(self, data: bytes) -> np.ndarray:
-        """Encoded image -> (H, W, 3) uint8, resized and cropped as the model's preprocessing says;
-        ValueError if it is not an image."""
+    def decode(self, data: bytes, limits: DecodeLimits = FILE_LIMITS) -> np.ndarray:
+        """Encoded image -> (H, W, 3) uint8, decoded, resized and cropped as the server does
+        (`decode_image`, within `limits`); ValueError if it is not an acceptable image."""
         try:
-            return decode(data, self.runner.preprocess)
-        except Exception as e:  # PIL raises many types for bad data
-            raise ValueError(f"not a decodable image ({type(e).__name__}: {e})") from None
+            return decode_image(data, self.runner.preprocess, limits)
+        except ImageError as e:
+            raise ValueError(str(e)) from None
 
     def probs(self, images: np.ndarray | torch.Tensor, task: str | Sequence[str], gamma: int) -> torch.Tensor:
         """uint8 (B, H, W, 3) -> class probabilities (B, K) at γ, in chunks of the runner's batch."""
@@ -77,5 +105,13 @@ class Predictor:
         ]
 
     def classify_files(self, paths: Sequence[Path], task: str, gamma: int, k: int = 3):
-        images = np.stack([self.decode(Path(p).read_bytes()) for p in paths])
+        if not paths:
+            raise ValueError("no image files given")
+        images = []
+        for p in paths:
+            try:
+                images.append(self.decode(read_image_file(p)))
+            except ValueError as e:
+                raise ValueError(str(e) if str(p) in str(e) else f"{p}: {e}") from None
+        images = np.stack(images)
         return self.topk(self.probs(images, task, gamma), task, k)

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -32,3 +34,53 @@ def test_predict_your_own_model_with_its_class_names(byo_model, tmp_path):
     assert res.exit_code == 0 and {"red", "green", "blue"} <= set(res.output.replace(",", " ").split()), res.output
     res = CliRunner().invoke(app, ["predict", str(img), "--model", str(pkg), "--task", "nosuch"])
     assert res.exit_code == 2 and "unknown task 'nosuch'" in res.output and "Traceback" not in res.output
+
+
+def _png_header(w: int, h: int) -> bytes:
+    """A PNG whose header declares w × h (no pixel data: a decoder that trusted it would try)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda d: "/dev/zero", "not a regular file"),
+        (lambda d: str(d), "not a regular file"),  # a directory
+        (lambda d: (os.mkfifo(d / "fifo"), str(d / "fifo"))[1], "not a regular file"),  # never blocks on open
+        (lambda d: str(d / "missing.png"), "cannot read it"),
+        (lambda d: _write(d / "empty.png", b""), "empty"),
+        (lambda d: _write(d / "huge.png", _png_header(12_000, 12_000)), "the limits are"),
+        (lambda d: _write(d / "thin.png", _png_header(20_000, 1)), "the limits are"),
+        (lambda d: _write(d / "fake.png", b"GIF89a" + b"\0" * 100), "not a PNG/JPEG/WEBP image"),
+        (lambda d: _write(d / "text.png", b"hello"), "not a PNG/JPEG/WEBP image"),
+    ],
+)
+def test_predict_refuses_what_is_not_an_image_file_clearly(tmp_path, make, message):
+    """`otas predict` reads only regular files within a size limit and decodes them with the
+    server's checks: devices, FIFOs, directories and decode bombs are clear errors, at once."""
+    path = make(tmp_path)
+    res = CliRunner().invoke(app, ["predict", path, "--task", "novel"], terminal_width=400)
+    assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, res.output
+    assert path in res.output.replace("\n", "")
+
+
+def _write(path, data: bytes) -> str:
+    path.write_bytes(data)
+    return str(path)
+
+
+def test_predict_file_size_limit(tmp_path):
+    from otas.predict import read_image_file
+
+    p = tmp_path / "big.png"
+    p.write_bytes(b"\0" * 1001)
+    with pytest.raises(ValueError, match="1001 bytes is over the limit of 1000"):
+        read_image_file(p, max_bytes=1000)
+    assert read_image_file(p, max_bytes=1001) == b"\0" * 1001
