@@ -17,6 +17,27 @@ _short.maxlevel, _short.maxstring, _short.maxother = 3, 60, 60
 small on disk but its full repr is not."""
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping that gives a key twice (YAML forbids it; PyYAML keeps
+    the last value, so a typo'd second `slo_ms:` would silently win)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                dup = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: the base class raises its own clear error
+                break
+            if dup:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark, f"found duplicate key {_short.repr(key)}",
+                    key_node.start_mark,
+                )  # fmt: skip
+        return super().construct_mapping(node, deep)
+
+
 def parse_apps(data: object, source: str = "<apps>", allow_empty: bool = False) -> list[App]:
     """Build applications from parsed YAML: a list of {name, slo_ms, utility, task}, or
     {"apps": [...]} (empty only with `allow_empty`). Raises ValueError naming the entry and the fix."""
@@ -64,7 +85,7 @@ def load_apps(path: str | Path, allow_empty: bool = False) -> list[App]:
     if not p.is_file():
         raise ValueError(f"applications file {p} does not exist; see otas/configs/apps.yaml for the format")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_StrictLoader)  # noqa: S506 - a SafeLoader
     except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:
         raise ValueError(f"{p}: not valid UTF-8 YAML ({str(e)[:300]})") from None
     return parse_apps(data, source=str(p), allow_empty=allow_empty)

@@ -34,6 +34,9 @@ BAD = {
     "task_list": "apps:\n  - {name: a, slo_ms: 5, utility: 1, task: [novel]}\n",
     "duplicate": GOOD + "  - {name: novel, slo_ms: 900, utility: 1.0, task: novel}\n",
     "empty": "",
+    "duplicate_key": "apps:\n  - {name: a, slo_ms: 5, utility: 1, task: novel, slo_ms: 50000}\n",
+    "duplicate_key_block": "apps:\n  - name: a\n    slo_ms: 5\n    utility: 1\n    task: novel\n    task: blur\n",
+    "duplicate_apps": GOOD + "apps: []\n",
 }  # fmt: skip
 
 
