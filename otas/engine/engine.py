@@ -236,10 +236,12 @@ class Engine:
                     f"{deadline - now:.0f} ms are left; send fewer images per request",
                 )  # fmt: skip
         elif self.scheduler.config.reject_infeasible and now + self.scheduler.fastest_ms(1) > deadline:
+            spent = now - (deadline - self.apps[app].slo_ms)  # since its first byte
             raise self._refuse(
                 app, n, "rejected", "infeasible",
                 f"{deadline - now:.0f} ms are left to its deadline, less than the {self.scheduler.fastest_ms(1):.1f} "
-                "ms it needs at the fastest setting: it waited too long for the host; retry",
+                f"ms it needs at the fastest setting: {spent:.0f} ms passed from its first byte (the "
+                "upload, then parsing and decoding here); send it whole at once, or retry",
             )  # fmt: skip
 
     def _refuse(self, app: str, n: int, outcome: str, reason: str, detail: str) -> NotServed:

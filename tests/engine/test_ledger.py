@@ -202,3 +202,21 @@ def test_client_gone_while_decoding_is_counted_cancelled():
 
     obs, queued = asyncio.run(main())
     assert queued == 0 and obs.ends == Counter({("cancelled", "client_gone"): 3})
+
+
+def test_too_late_on_arrival_says_where_the_time_went():
+    """A request whose upload took most of its SLO (a slow client, an `Expect: 100-continue` that
+    waited) is refused `infeasible`, naming the time since its first byte, not blaming the host."""
+
+    async def main():
+        eng, gate, obs = engine(max_batch=2)
+        await eng.start()
+        slo = eng.apps["novel"].slo_ms
+        with pytest.raises(NotServed) as e:
+            await eng.decode("novel", [b"x"], arrival_ms=eng.now_ms() - slo + 1)
+        await eng.stop()
+        return e.value, slo
+
+    err, slo = asyncio.run(main())
+    assert err.reason == "infeasible" and "passed from its first byte" in err.detail
+    assert f"{slo - 1:.0f} ms passed" in err.detail or f"{slo:.0f} ms passed" in err.detail
