@@ -138,10 +138,13 @@ async def _lifespan(app: Starlette):
             log.info("grpc started", extra={"event": "grpc_start", "port": app.state.grpc_port})
         yield
     finally:
+        # The engine first: it refuses new requests (gRPC calls too: UNAVAILABLE shutting_down), serves
+        # what is queued and answers the rest shutting_down, so no gRPC call is left for grpc.aio to
+        # cancel (CANCELLED) when its grace ends; the grace is then for the answers' writes.
+        await engine.stop()
         if grpc_server is not None:
             await grpc_server.stop(config.grpc_grace_s)
             log.info("grpc stopped", extra={"event": "grpc_stop"})
-        await engine.stop()
         await asyncio.to_thread(app.state.parser.shutdown)
         log.info("engine stopped", extra={"event": "stop", "batches": engine.batches})
 

@@ -104,7 +104,8 @@ def infer_body(app: str = "novel", n: int = 1) -> dict:
 @contextlib.contextmanager
 def serving(
     runner, profile: Profile, policy: str = "otas", apps=APPS, max_queue: int = 0, grpc: bool = False,
-    http: HttpConfig | None = None, engine_cfg: EngineConfig | None = None, max_body: int = MAX_BODY, **cfg,
+    http: HttpConfig | None = None, engine_cfg: EngineConfig | None = None, max_body: int = MAX_BODY,
+    grace_s: float = 5.0, **cfg,
 ):  # fmt: skip
     """(ServerThread, engine) on an ephemeral loopback port (and gRPC on another, at
     `srv.grpc_target`, with `grpc=True`); stopped (gracefully, without draining unless `http` says
@@ -116,7 +117,7 @@ def serving(
     config.max_queue = max_queue or default_max_queue(profile, apps, config.max_batch)
     app, engine = build(
         runner, profile, apps, policy, config, max_body_bytes=max_body, grpc_port=0 if grpc else None,
-        engine_cfg=engine_cfg, http=http or HttpConfig(drain_s=0.0),
+        engine_cfg=engine_cfg, http=http or HttpConfig(drain_s=0.0), grace_s=grace_s,
     )  # fmt: skip
     with ServerThread(app) as srv:
         yield srv, engine

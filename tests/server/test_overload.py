@@ -131,3 +131,37 @@ def test_graceful_shutdown_answers_every_grpc_call_in_flight(paced):
         assert not srv.thread.is_alive()
     assert all(isinstance(r, pb.ModelInferResponse) and r.outputs[1].shape == [1] for r in res), res
     assert sum(paced.sizes) == 30
+
+
+def test_grpc_calls_queued_past_the_grace_are_answered_not_cancelled(paced):
+    """The engine drains before gRPC stops: calls still queued when gRPC's grace would end are
+    served (or answered UNAVAILABLE `shutting_down`), never CANCELLED by grpc.aio; calls that come
+    while it drains are refused UNAVAILABLE."""
+    import grpc
+
+    from otas.server.grpc_api import grpc_predict_v2_pb2 as pb
+    from otas.server.grpc_api import grpc_predict_v2_pb2_grpc as pb_grpc
+
+    req = pb.ModelInferRequest(model_name="tiny_test")
+    req.parameters["app"].string_param = "blur"
+    req.inputs.add(name="image", datatype="BYTES", shape=[1]).contents.bytes_contents.append(png(3))
+
+    async def main(srv):
+        async with grpc.aio.insecure_channel(srv.grpc_target) as ch:
+            stub = pb_grpc.GRPCInferenceServiceStub(ch)
+            calls = [asyncio.ensure_future(stub.ModelInfer(req, timeout=30)) for _ in range(60)]
+            await asyncio.sleep(0.15)  # sent; most queued behind the paced device (~1.4 s of work)
+            stop = asyncio.ensure_future(asyncio.to_thread(srv.stop))
+            await asyncio.sleep(0.2)  # draining now
+            late = [asyncio.ensure_future(stub.ModelInfer(req, timeout=30)) for _ in range(5)]
+            await stop
+            return await asyncio.gather(*calls, return_exceptions=True), await asyncio.gather(
+                *late, return_exceptions=True
+            )
+
+    with serving(paced, paced_profile(), grpc=True, grace_s=0.05) as (srv, engine):
+        res, late = asyncio.run(main(srv))
+    codes = [r.code() for r in res + late if isinstance(r, grpc.RpcError)]
+    assert grpc.StatusCode.CANCELLED not in codes, codes
+    assert all(isinstance(r, pb.ModelInferResponse) for r in res), codes  # accepted before the stop: served
+    assert all(isinstance(r, grpc.RpcError) and r.code() == grpc.StatusCode.UNAVAILABLE for r in late), late
