@@ -20,6 +20,10 @@ def default_decode_workers() -> int:
     return min(8, max(2, os.cpu_count() or 2))
 
 
+MAX_BATCH = 65_536
+"""The largest B_max accepted: every policy keeps per-size tables of B_max + 1 rows."""
+
+
 @dataclass
 class SchedulerConfig:
     """Knobs of `otas.sched.Scheduler`, shared by every policy."""
@@ -64,13 +68,13 @@ class SchedulerConfig:
             raise ValueError(f"delta_ms={self.delta_ms!r}: use a positive time step in ms, e.g. 0.25")
         if not isinstance(self.max_grid, int) or self.max_grid < 2:
             raise ValueError(f"max_grid={self.max_grid!r}: use an integer >= 2, e.g. 512")
-        if not isinstance(self.max_batch, int) or self.max_batch < 1:
-            raise ValueError(f"max_batch={self.max_batch!r}: use an integer >= 1, e.g. 64")
-        if self.max_queue_delay_ms < 0:
-            raise ValueError(f"max_queue_delay_ms={self.max_queue_delay_ms!r}: use 0 or a positive delay")
-        if self.slo_class_tolerance < 0:
+        if not isinstance(self.max_batch, int) or not 1 <= self.max_batch <= MAX_BATCH:
+            raise ValueError(f"max_batch={self.max_batch!r}: use an integer in 1..{MAX_BATCH}, e.g. 64")
+        if not (self.max_queue_delay_ms >= 0 and math.isfinite(self.max_queue_delay_ms)):
+            raise ValueError(f"max_queue_delay_ms={self.max_queue_delay_ms!r}: use 0 or a finite positive delay in ms")
+        if not self.slo_class_tolerance >= 0:
             raise ValueError(f"slo_class_tolerance={self.slo_class_tolerance!r}: use >= 0 (0.25 = SLOs within 25%)")
-        if self.memory_limit_mb is not None and self.memory_limit_mb <= 0:
+        if self.memory_limit_mb is not None and not (self.memory_limit_mb > 0 and math.isfinite(self.memory_limit_mb)):
             raise ValueError(f"memory_limit_mb={self.memory_limit_mb!r}: use a positive size or None")
         if not isinstance(self.max_queue, int) or self.max_queue < 1:
             raise ValueError(f"max_queue={self.max_queue!r}: use an integer >= 1")

@@ -174,8 +174,11 @@ class Scheduler:
         delay = self.config.max_queue_delay_ms
         if delay > 0 and len(first.requests) < cap:
             oldest = min(r.arrival_ms for r in first.requests)
-            if now_ms < oldest + delay:
-                self._hold_until = oldest + delay
+            # never held past the moment its most urgent member could still finish at the fastest setting
+            latest = min(r.deadline_ms for r in first.requests) - self._fast[len(first.requests)]
+            until = min(oldest + delay, latest)
+            if now_ms < until:
+                self._hold_until = until
                 return None
         model, gamma, meta = self.policy.choose(cands, now_ms, self)
         first = self._mixed[0] if meta.get("mixed") else cands[int(meta.get("batch", 0))]

@@ -2,8 +2,9 @@
 values, same outcome for every query. Recorded before the decision path was optimised, and again
 at each deliberate change of a decision rule: when shared and per-class batching came to be
 compared at the utility rate each sustains, when plans equal to within 1e-9 became ties broken
-by order (`policies._first_best`), and when reordering came to pull forward only classes more
-urgent than the head's: before the tie rule,
+by order (`policies._first_best`), when reordering came to pull forward only classes more
+urgent than the head's, and when `max_queue_delay_ms` stopped holding a batch past the moment its
+most urgent member can still make its deadline: before the tie rule,
 such ties went to whichever sum came out larger in its last bits, which differs between CPUs
 (numpy's SIMD reductions with and without AVX-512). `test_decisions_do_not_hang_on_simd` runs the
 cases again with AVX-512 off."""

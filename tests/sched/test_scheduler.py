@@ -1,3 +1,5 @@
+import math
+
 import pytest
 
 from otas.config import SchedulerConfig
@@ -54,6 +56,29 @@ def test_max_queue_delay_holds_then_releases():
     assert s.next_batch(1.0) is None and s.next_wakeup(1.0) == 5.0
     plan = s.next_batch(5.0)
     assert plan is not None and plan.size == 1 and plan.start_ms == 5.0
+
+
+@pytest.mark.parametrize("policy", ["fixed:0", "otas"])
+def test_max_queue_delay_never_holds_a_batch_past_its_deadline(policy):
+    """A hold longer than the SLO ends when the most urgent member could only just make it at the
+    fastest setting: the batch then runs and is on time, instead of expiring while held."""
+    s = Scheduler(APPS, make_profile(), policy, SchedulerConfig(max_queue_delay_ms=1e9))
+    req = make_request(1, NOVEL, 0.0)
+    s.submit(req, 0.0)
+    latest = req.deadline_ms - s.fastest_ms(1)
+    assert s.next_batch(1.0) is None and s.next_wakeup(1.0) == pytest.approx(latest)
+    plan = s.next_batch(latest)
+    assert plan is not None and [r.id for r in plan.requests] == [1]
+    assert plan.start_ms + plan.predicted_ms <= req.deadline_ms + 1e-9
+    assert not s.expired(latest)
+
+
+@pytest.mark.parametrize("bad", [-1.0, math.inf, math.nan])
+def test_max_queue_delay_must_be_finite(bad):
+    with pytest.raises(ValueError, match="max_queue_delay_ms"):
+        SchedulerConfig(max_queue_delay_ms=bad)
+    with pytest.raises(ValueError, match="max_batch"):
+        SchedulerConfig(max_batch=10**8)
 
 
 def test_online_latency_correction():
