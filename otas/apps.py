@@ -3,7 +3,6 @@ name the entry and the fix; and the packaged defaults per device kind. No torch.
 
 from __future__ import annotations
 
-import math
 import reprlib
 from pathlib import Path
 
@@ -38,6 +37,13 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+MAX_UTILITY = 1e9
+"""Utility per correct answer, at most (utilities are relative; far larger values overflow the price
+of device time, which multiplies them by rates and latencies)."""
+MAX_SLO_MS = 1e9
+"""About 11.6 days."""
+
+
 def parse_apps(data: object, source: str = "<apps>", allow_empty: bool = False) -> list[App]:
     """Build applications from parsed YAML: a list of {name, slo_ms, utility, task}, or
     {"apps": [...]} (empty only with `allow_empty`). Raises ValueError naming the entry and the fix."""
@@ -66,10 +72,12 @@ def parse_apps(data: object, source: str = "<apps>", allow_empty: bool = False) 
             slo, utility = float(entry["slo_ms"]), float(entry["utility"])
         except OverflowError:  # an integer of hundreds of digits
             raise ValueError(f"{where}: slo_ms or utility is too large to be a number of ms or of utility") from None
-        if not (slo > 0 and math.isfinite(slo)):
-            raise ValueError(f"{where}: slo_ms={entry['slo_ms']!r}; use a positive latency in ms")
-        if utility < 0 or not math.isfinite(utility):
-            raise ValueError(f"{where}: utility={entry['utility']!r}; use a number >= 0")
+        if not 0 < slo <= MAX_SLO_MS:
+            raise ValueError(
+                f"{where}: slo_ms={entry['slo_ms']!r}; use a latency in ms, above 0 and at most {MAX_SLO_MS:g}"
+            )
+        if not 0 <= utility <= MAX_UTILITY:
+            raise ValueError(f"{where}: utility={entry['utility']!r}; use a number in [0, {MAX_UTILITY:g}]")
         if not NAME.match(entry["name"]):
             raise ValueError(f"{where}: name {_short.repr(entry['name'])}; use 1-64 letters, digits, '_', '.' or '-'")
         apps.append(App(name=entry["name"], slo_ms=slo, utility=utility, task=entry["task"]))
