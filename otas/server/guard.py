@@ -105,7 +105,8 @@ def guard_bodies(app, guard: Guard):
     async def guarded(scope, receive, send):
         send = _closing(send, guard)
         limit = guard.http.max_header_kb << 10
-        if sum(len(k) + len(v) + 4 for k, v in scope["headers"]) + len(scope.get("raw_path", b"")) > limit:
+        line = len(scope.get("raw_path", b"")) + len(scope.get("query_string", b""))
+        if sum(len(k) + len(v) + 4 for k, v in scope["headers"]) + line > limit:
             msg = f"request line and headers are over {guard.http.max_header_kb} KiB; send fewer or shorter headers"
             return await error(431, "headers_too_large", msg)(scope, receive, send)  # (a head that came whole)
         headers = dict(scope["headers"])

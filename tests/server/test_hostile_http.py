@@ -167,3 +167,26 @@ def test_an_upgrade_with_a_body_is_refused_not_answered_without_it(srv, extra, m
     s.sendall(post(path, ctype, body, "upgrade: h2c\r\n"))
     assert s.recv(65536).split()[1] == b"200"
     s.close()
+
+
+@pytest.mark.parametrize("kb", [33, 60, 100, 200])
+def test_a_long_query_string_counts_in_the_header_limit(srv, kb):
+    """The request line's query string counts in `max_header_kb` (32 KiB here) like the headers,
+    sent in one piece or in several: a JSON 431, never a 200 or a reset."""
+    for pieces in (1, 4):
+        s = sock(srv.url)
+        head = f"GET /v2/health/live?{'a' * (kb << 10)} HTTP/1.1\r\nhost: x\r\n\r\n".encode()
+        step = -(-len(head) // pieces)
+        try:
+            for i in range(0, len(head), step):
+                s.sendall(head[i : i + step])
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused before the rest was read: the answer is still there to read
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+            if b"\r\n\r\n" in data and b"}" in data:
+                break
+        s.close()
+        assert data.startswith(b"HTTP/1.1 431 "), data[:200]
+        assert b'"reason":"headers_too_large"' in data.replace(b" ", b"")
