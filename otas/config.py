@@ -158,6 +158,10 @@ class EngineConfig:
         return DecodeLimits(self.max_image_side, self.max_image_pixels, self.max_image_aspect, self.image_formats)
 
 
+MAX_BODY_MB = 1023
+"""The largest body limit: gRPC takes messages up to twice it, in a signed 32-bit length."""
+
+
 @dataclass
 class HttpConfig:
     """Where and how the HTTP API (and the gRPC API beside it) listens."""
@@ -197,10 +201,12 @@ class HttpConfig:
             raise ValueError(f"port={self.port}: use 0..65535")
         if not 0 <= self.grpc_port < 65536:
             raise ValueError(f"grpc_port={self.grpc_port}: use 1..65535, or 0 for no gRPC")
-        if not self.max_body_mb > 0:
-            raise ValueError(f"max_body_mb={self.max_body_mb}: use a positive size in MiB")
+        if not 0 < self.max_body_mb <= MAX_BODY_MB:
+            raise ValueError(f"max_body_mb={self.max_body_mb}: use a size in MiB in (0, {MAX_BODY_MB}]")
         if not isinstance(self.max_connections, int) or self.max_connections < 1:
             raise ValueError(f"max_connections={self.max_connections!r}: use a positive count, e.g. 2048")
+        if not math.isfinite(self.max_inflight_mb):
+            raise ValueError(f"max_inflight_mb={self.max_inflight_mb}: use a finite size in MiB, e.g. 64")
         if not self.max_inflight_mb >= self.max_body_mb:
             raise ValueError(
                 f"max_inflight_mb={self.max_inflight_mb}: use at least max_body_mb ({self.max_body_mb}), "

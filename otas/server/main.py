@@ -94,6 +94,25 @@ def make_engine(
     return engine, info
 
 
+def check_host(host: str) -> None:
+    """ValueError, with the fix, unless this machine can listen on `host` (an address or a name)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as e:
+        raise ValueError(f"--host {host[:100]!r} is not an address or a name this machine resolves ({e})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        try:
+            s.bind(address)
+        except OSError as e:
+            raise ValueError(
+                f"--host {host[:100]!r}: cannot listen there ({e.strerror or e}); use an address of this machine, "
+                "e.g. 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)"
+            ) from None
+
+
 def build(
     runner,
     profile: Profile,
@@ -154,6 +173,7 @@ def serve(cfg: ServingConfig) -> None:
     from otas.server.logs import setup_logging
 
     setup_logging(cfg.http.log_level)
+    check_host(cfg.http.host)  # before the model loads: a typo'd address is the first thing to hear of
     memory.tune()
     runner, profile = load_runner(cfg)
     apps = cfg.apps

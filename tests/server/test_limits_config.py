@@ -10,11 +10,13 @@ from otas.config import EngineConfig, HttpConfig
 BAD_HTTP = [
     ("max_connections", 0), ("max_connections", 1.5), ("max_inflight_mb", 4.0), ("header_timeout_s", 0),
     ("body_timeout_s", -1), ("keep_alive_s", float("inf")), ("max_header_kb", 0), ("max_header_kb", 4096),
-    ("drain_s", -0.5), ("json_workers", -1),
+    ("drain_s", -0.5), ("json_workers", -1), ("max_body_mb", 1024), ("max_body_mb", float("inf")),
+    ("max_body_mb", float("nan")),
 ]  # fmt: skip
 BAD_ENGINE = [
     ("decode_queue", 0), ("max_image_side", 0), ("max_image_pixels", -4), ("max_image_aspect", 0.9),
-    ("image_formats", ("PNG", "NOPE")), ("image_formats", ()),
+    ("image_formats", ("PNG", "NOPE")), ("image_formats", ()), ("image_formats", ("GIF",)),
+    ("image_formats", ("PNG", "BMP")), ("image_formats", ("TIFF",)),
 ]  # fmt: skip
 
 
@@ -28,6 +30,20 @@ def test_http_limits_are_validated(field, value):
 def test_decode_limits_are_validated(field, value):
     with pytest.raises(ValueError, match="image formats" if field == "image_formats" else field):
         EngineConfig(**{field: value})
+
+
+def test_inflight_must_be_finite():
+    with pytest.raises(ValueError, match="max_inflight_mb"):
+        HttpConfig(max_inflight_mb=float("inf"))
+
+
+@pytest.mark.parametrize("host", ["999.1.1.1", "no.such.host.invalid", "8.8.8.8", "x" * 300])
+def test_a_host_this_machine_cannot_listen_on_is_a_clear_error(host):
+    from otas.server.main import check_host
+
+    with pytest.raises(ValueError, match="--host"):
+        check_host(host)
+    check_host("127.0.0.1")
 
 
 def test_defaults_hold_together():

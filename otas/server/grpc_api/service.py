@@ -251,7 +251,7 @@ async def start_grpc(
     options = [
         # Messages up to twice the body limit reach ModelInfer, which refuses those over it with
         # INVALID_ARGUMENT `too_large`; larger ones are gRPC's own RESOURCE_EXHAUSTED.
-        ("grpc.max_receive_message_length", 2 * config.max_body_bytes),
+        ("grpc.max_receive_message_length", min(2 * config.max_body_bytes, 2**31 - 1)),
         ("grpc.so_reuseport", 0),  # a port in use is an error, not a second server sharing it
     ]
     # Calls in progress are capped like HTTP connections (RESOURCE_EXHAUSTED beyond).
