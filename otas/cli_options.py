@@ -26,7 +26,7 @@ SloClassTolerance = Annotated[
     float, typer.Option(help="Apps whose SLOs are within this factor share a batch queue (0 = equal SLOs only).")
 ]
 Load = Annotated[str, typer.Option(help="Load: × the γ=0 capacity of the profile; a sweep like 0.5,1,2 where allowed.")]
-Seed = Annotated[int, typer.Option(help="Seed for synthetic traces and the request-to-application mapping.")]
+Seed = Annotated[int, typer.Option(min=0, help="Seed for synthetic traces and the request-to-application mapping.")]
 Trace = Annotated[str, typer.Option(help="CSV path (Azure format) or azure|poisson|step|diurnal|mmpp.")]
 CifarData = Annotated[Path | None, typer.Option(help="CIFAR-10 JPEG archive (default: $OTAS_CIFAR10).")]
 TrainDevice = Annotated[str | None, typer.Option(help="cuda or cpu (default: cuda if present).")]
@@ -55,14 +55,18 @@ def ints(value: str) -> list[int]:
         raise typer.BadParameter(f"expected comma-separated integers, got {value!r}") from None
 
 
+MAX_LOAD = 1000.0
+"""× the γ = 0 capacity: far past any overload worth simulating (and a finite time scale)."""
+
+
 def loads(value: str) -> list[float]:
     """'0.5,1,2' -> [0.5, 1.0, 2.0], each a positive load."""
     try:
         out = [float(x) for x in value.split(",") if x.strip()]
     except ValueError:
         raise typer.BadParameter(f"--load {value!r}: write a number or comma-separated numbers, e.g. 0.5,1,2") from None
-    if not out or any(not x > 0 for x in out):
-        raise typer.BadParameter(f"--load {value!r}: every load must be a positive number")
+    if not out or any(not 0 < x <= MAX_LOAD for x in out):
+        raise typer.BadParameter(f"--load {value!r}: every load must be a number in (0, {MAX_LOAD:g}]")
     return out
 
 

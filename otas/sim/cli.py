@@ -132,8 +132,15 @@ def simulate(
         app_list = load_apps(apps or default_apps_path("cpu"))
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
+    if json_out is not None and json_out.is_dir():
+        raise typer.BadParameter(f"--json {json_out}: a directory; give a file path")
+    if plots is not None and plots.exists() and not plots.is_dir():
+        raise typer.BadParameter(f"--plots {plots}: an existing file; give a directory")
     names = [p for p in policies.split(",") if p] or default_policies(profs)
-    out, kept = sweep(trace, app_list, profs, names, loads, config, seed=seed, noise=noise)
+    try:
+        out, kept = sweep(trace, app_list, profs, names, loads, config, seed=seed, noise=noise)
+    except (ValueError, OSError) as e:  # an unknown policy or trace, an unreadable file: a usage error
+        opt.fail(str(e))
     runs = out["runs"]
     for x in loads:
         rows = [r for r in runs if r["load"] == x]  # type: ignore[index]

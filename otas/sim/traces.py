@@ -88,10 +88,16 @@ def _map_apps(
 def _read_csv(p: Path) -> tuple[np.ndarray, np.ndarray]:
     """(arrival ms from 0, ContextTokens) of an Azure-format CSV, sorted by time; read once per process."""
     if not p.is_file():
-        raise ValueError(f"trace file {p} does not exist; give a CSV path or one of azure, {', '.join(SYNTHETIC)}")
+        what = "is not a file" if p.exists() else "does not exist"
+        raise ValueError(f"trace file {p} {what}; give a CSV path or one of azure, {', '.join(SYNTHETIC)}")
     times, tokens = [], []
-    with p.open() as f:
-        for row in csv.DictReader(f):
+    with p.open(encoding="utf-8", errors="strict") as f:
+        rows = csv.DictReader(f)
+        try:
+            rows = list(rows)
+        except (UnicodeDecodeError, csv.Error) as e:
+            raise ValueError(f"{p}: not a UTF-8 CSV trace ({e})") from None
+        for row in rows:
             try:
                 ts = row["TIMESTAMP"].strip()
                 head, _, frac = ts.partition(".")
@@ -100,6 +106,8 @@ def _read_csv(p: Path) -> tuple[np.ndarray, np.ndarray]:
                 tokens.append(int(row["ContextTokens"]))
             except (KeyError, ValueError) as e:
                 raise ValueError(f"{p}: bad row {row!r} ({e}); expected TIMESTAMP,ContextTokens,...") from None
+    if not times:
+        raise ValueError(f"{p}: no requests; expected a header TIMESTAMP,ContextTokens,... and one row per request")
     order = np.argsort(times, kind="stable")
     t = np.asarray(times)[order]
     t.flags.writeable = False  # shared by every caller through the cache

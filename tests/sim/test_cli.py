@@ -49,3 +49,44 @@ def test_load_apps_errors(tmp_path):
     bad.write_text("apps:\n  - {name: x, slo: 5}\n")
     with pytest.raises(ValueError, match="missing keys"):
         load_apps(bad)
+
+
+def _simulate_cli(tmp_path, *args: str):
+    from typer.testing import CliRunner
+
+    from otas.cli import app
+
+    prof = str(DATA / "handmade_tiny__cpu.json")
+    return CliRunner().invoke(app, ["simulate", "--profile", prof, "--policies", "fixed:0", *args], terminal_width=300)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda d: ["--policies", "bogus"], "bogus"),
+        (lambda d: ["--policies", "fixed:abc"], "fixed:"),
+        (lambda d: ["--trace", str(d / "missing.csv")], "does not exist"),
+        (lambda d: ["--trace", str(d)], "is not a file"),
+        (lambda d: ["--trace", _write(d / "empty.csv", b"")], "no requests"),
+        (lambda d: ["--trace", _write(d / "head.csv", b"TIMESTAMP,ContextTokens,GeneratedTokens\n")], "no requests"),
+        (lambda d: ["--trace", _write(d / "latin.csv", b"TIMESTAMP,ContextTokens\n\xff\xfe,1\n")], "UTF-8"),
+        (lambda d: ["--json", str(d)], "a directory"),
+        (lambda d: ["--plots", _write(d / "file.png", b"x")], "an existing file"),
+        (lambda d: ["--load", "inf"], "--load"),
+        (lambda d: ["--load", "nan"], "--load"),
+        (lambda d: ["--load", "1e300"], "--load"),
+        (lambda d: ["--seed", "-1"], "seed"),
+        (lambda d: ["--max-queue-delay-ms", "inf"], "max_queue_delay_ms"),
+        (lambda d: ["--max-batch", "100000000"], "max_batch"),
+    ],
+)
+def test_simulate_refuses_bad_input_without_a_traceback(tmp_path, make, message):
+    res = _simulate_cli(tmp_path, "--trace", "step", *make(tmp_path))
+    flat = " ".join(res.output.replace("│", " ").split())  # a usage error comes in a box, wrapped
+    assert res.exit_code == 2, res.output
+    assert message in flat and "Traceback" not in res.output, res.output
+
+
+def _write(path: Path, data: bytes) -> str:
+    path.write_bytes(data)
+    return str(path)
