@@ -10,6 +10,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from otas.config import SchedulerConfig
+from otas.sim.traces import MAX_LOAD
 
 Policy = Annotated[
     str,
@@ -53,10 +54,6 @@ def ints(value: str) -> list[int]:
         return [int(v) for v in value.split(",") if v.strip()]
     except ValueError:
         raise typer.BadParameter(f"expected comma-separated integers, got {value!r}") from None
-
-
-MAX_LOAD = 1000.0
-"""× the γ = 0 capacity: far past any overload worth simulating (and a finite time scale)."""
 
 
 def loads(value: str) -> list[float]:

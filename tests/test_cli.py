@@ -84,3 +84,28 @@ def test_predict_file_size_limit(tmp_path):
     with pytest.raises(ValueError, match="1001 bytes is over the limit of 1000"):
         read_image_file(p, max_bytes=1000)
     assert read_image_file(p, max_bytes=1001) == b"\0" * 1001
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["bench", "replay", "--load", "nan"], "--load"),
+        (["bench", "replay", "--load", "inf"], "--load"),
+        (["bench", "replay", "--duration-s", "nan"], "--duration-s"),
+        (["bench", "overhead", "--concurrency", "0"], "--concurrency"),
+        (["bench", "overhead", "--clients", "0"], "--clients"),
+        (["bench", "overhead", "--duration-s", "-1"], "--duration-s"),
+        (["bench", "overhead", "--batches", "100000"], "--batches"),
+        (["bench", "overhead", "--url", "http://127.0.0.1:9", "--duration-s", "1", "--out", "{tmp}"], "cannot reach"),
+        (["bench", "summary", "{tmp}/empty.json"], "otas bench replay"),
+        (["bench", "summary", "{tmp}"], "otas bench replay"),
+    ],
+)
+def test_bench_commands_refuse_bad_input_without_a_traceback(tmp_path, args, message):
+    """Checked before any traffic is sent or any result written."""
+    (tmp_path / "empty.json").write_text("")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    res = CliRunner().invoke(app, args, terminal_width=300)
+    flat = " ".join(res.output.replace("│", " ").split())
+    assert res.exit_code == 2 and message in flat and "Traceback" not in res.output, res.output
+    assert not list((tmp_path).glob("*/*.json"))  # nothing written

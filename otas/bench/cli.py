@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -52,7 +53,13 @@ def bench_replay_cmd(
     CIFAR-10 test images; report utility, SLO attainment, goodput, accuracy and latency per app, beside
     the simulator's prediction against otas."""
     from otas.bench.replay import main as replay_main
+    from otas.sim.traces import MAX_LOAD
 
+    if not (0 < load <= MAX_LOAD and 0 <= duration_s < math.inf and limit >= 0):
+        raise typer.BadParameter(
+            f"--load {load}, --duration-s {duration_s}, --limit {limit}: use a load in (0, {MAX_LOAD:g}], "
+            "finite seconds >= 0 and a count >= 0"
+        )
     try:
         replay_main(url, trace, apps, load, limit, seed, out, tag, data, console, format, model or "vit_tiny_p2_c5"
                     if format == "triton" else model, profile, max_batch, duration_s)  # fmt: skip
@@ -81,16 +88,24 @@ def bench_overhead_cmd(
     `otas serve --noop`), vs a model's throughput."""
     from otas.bench.overhead import PROTOCOLS
     from otas.bench.overhead import main as overhead_main
+    from otas.server.protocol import MAX_IMAGES
 
     chosen = tuple(p.strip() for p in protocols.split(",") if p.strip())
     if not chosen or any(p not in PROTOCOLS for p in chosen):
         raise typer.BadParameter(f"--protocols {protocols!r}: use a comma-separated subset of {','.join(PROTOCOLS)}")
     sizes = opt.ints(batches)
-    if not sizes or min(sizes) < 1:
-        raise typer.BadParameter(f"--batches {batches!r}: use comma-separated integers >= 1")
-    overhead_main(
-        url, concurrency, duration_s, clients, profile, out, console, chosen, tuple(sizes), grpc_target, warmup_s
-    )
+    if not sizes or min(sizes) < 1 or max(sizes) > MAX_IMAGES:
+        raise typer.BadParameter(f"--batches {batches!r}: use comma-separated integers in 1..{MAX_IMAGES}")
+    if not 1 <= concurrency <= 10_000 or not 1 <= clients <= 256:
+        raise typer.BadParameter(f"--concurrency {concurrency}, --clients {clients}: use 1..10000 and 1..256")
+    if not (0 < duration_s < math.inf and 0 <= warmup_s < math.inf):
+        raise typer.BadParameter(f"--duration-s {duration_s}, --warmup-s {warmup_s}: use finite seconds, > 0 and >= 0")
+    try:
+        overhead_main(
+            url, concurrency, duration_s, clients, profile, out, console, chosen, tuple(sizes), grpc_target, warmup_s
+        )
+    except (ValueError, OSError) as e:  # no server there, a bad profile, an unwritable folder
+        opt.fail(str(e))
 
 
 @bench_app.command("summary")
@@ -101,7 +116,10 @@ def bench_summary_cmd(
     """One markdown table over several replays: utility and SLO attainment, live beside simulated."""
     from otas.bench.report import summary
 
-    table = summary(files)
+    try:
+        table = summary(files)
+    except (ValueError, OSError, KeyError, TypeError) as e:  # not replay results
+        opt.fail(f"{type(e).__name__}: {e}; give JSON files written by `otas bench replay`")
     console.print(table, markup=False)
     if out is not None:
         out.write_text(table)

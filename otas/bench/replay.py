@@ -19,6 +19,7 @@ import asyncio
 import base64
 import io
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from otas.bench.scoring import summarize
 from otas.config import SchedulerConfig, default_apps_path, load_apps
 from otas.profile.table import Profile
 from otas.provenance import run_meta
-from otas.sim.traces import Trace, capacity_per_s, make_trace
+from otas.sim.traces import MAX_LOAD, Trace, capacity_per_s, make_trace
 from otas.types import App
 
 
@@ -155,8 +156,11 @@ def window(trace_spec: str, apps: Sequence[App], profile: Profile, max_batch: in
            duration_s: float, seed: int) -> tuple[Trace, float]:  # fmt: skip
     """The first `limit` requests (0 = all) and first `duration_s` seconds (0 = all) of the trace,
     time-scaled to `load` × the γ=0 capacity of `profile` (as `otas simulate` defines it)."""
-    if load <= 0 or limit < 0 or duration_s < 0:
-        raise ValueError(f"load={load}, limit={limit}, duration_s={duration_s}: use load > 0 and limits >= 0")
+    if not (0 < load <= MAX_LOAD) or limit < 0 or not (0 <= duration_s < math.inf):
+        raise ValueError(
+            f"load={load}, limit={limit}, duration_s={duration_s}: use a load in (0, {MAX_LOAD:g}] and finite "
+            "limits >= 0"
+        )
     cap = capacity_per_s(profile, apps, max_batch)
     full = make_trace(trace_spec, apps, load, cap, seed=seed)
     t = full.arrival_ms - full.arrival_ms[0]

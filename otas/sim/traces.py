@@ -35,6 +35,9 @@ from otas.types import App, Request
 
 AZURE_DEFAULT = Path(__file__).resolve().parents[2] / ".." / "shared/data/traces/AzureLLMInferenceTrace_conv.csv"
 SYNTHETIC = ("poisson", "step", "diurnal", "mmpp")
+MAX_LOAD = 1000.0
+"""Loads accepted, at most: × the γ = 0 capacity, far past any overload worth replaying or
+simulating (and a finite time scale)."""
 
 
 @dataclass
