@@ -13,6 +13,7 @@ from rich.console import Console
 
 from otas import cli_options as opt
 from otas.bench.cli import bench_app
+from otas.config import MAX_BATCH
 from otas.server.cli import serve_cmd
 from otas.sim.cli import simulate
 
@@ -189,11 +190,22 @@ def profile_cmd(
     from otas.profile.report import print_profile
     from otas.profile.table import Profile
 
+    if not (device == "cpu" or device == "cuda" or device.startswith("cuda:") and device[5:].isdigit()):
+        raise typer.BadParameter(f"--device {device!r}: use cpu, cuda or cuda:N")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise typer.BadParameter("--device cuda given but no CUDA device is available")
     dt = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
     if dt not in ("float32", "bfloat16", "float16"):
         raise typer.BadParameter(f"--dtype must be float32, bfloat16 or float16, got {dt!r}")
+    sizes = opt.ints(batch_sizes)
+    if not sizes or not all(1 <= b <= MAX_BATCH for b in sizes):
+        raise typer.BadParameter(f"--batch-sizes {batch_sizes!r}: use comma-separated integers in 1..{MAX_BATCH}")
+    if not 0 < min_time_s <= 3600:
+        raise typer.BadParameter(f"--min-time-s {min_time_s}: use seconds in (0, 3600]")
+    if accuracy_limit is not None and accuracy_limit < 1:
+        raise typer.BadParameter(f"--accuracy-limit {accuracy_limit}: use a number of images >= 1 (or leave it out)")
+    if out is not None and out.is_dir():
+        raise typer.BadParameter(f"--out {out}: a directory; give the profile's file path")
     try:
         pkg = ModelPackage.open(checkpoint)
         if latency_from is not None:
@@ -212,7 +224,7 @@ def profile_cmd(
                 pkg.checkpoint,
                 device,
                 getattr(torch, dt),
-                opt.ints(batch_sizes),
+                sizes,
                 data=data,
                 accuracy_from=Profile.load(accuracy_from) if accuracy_from else None,
                 accuracy_limit=accuracy_limit,
@@ -225,7 +237,10 @@ def profile_cmd(
         opt.fail(str(e))
     prof.model = pkg.name
     out = out or pkg.profile_path(device_slug(prof.device))
-    prof.save(out)
+    try:
+        prof.save(out)
+    except OSError as e:
+        opt.fail(f"cannot write the profile to {out} ({e.strerror or e})")
     print_profile(prof, console)
     console.print(f"wrote {out}")
 
@@ -253,11 +268,18 @@ def report_cmd(
     from otas.profile.report import markdown, plot_tradeoff
     from otas.profile.table import Profile
 
-    profs = [Profile.load(p) for p in profiles]
-    out.mkdir(parents=True, exist_ok=True)
-    for p, prof in zip(profiles, profs, strict=True):
-        (out / (p.stem + ".md")).write_text(markdown(prof))
-    plot_tradeoff(profs, out / "tradeoff.png", batch)
+    try:
+        profs = [Profile.load(p) for p in profiles]
+        if missing := [str(p) for p, prof in zip(profiles, profs, strict=True) if batch not in prof.batch_sizes]:
+            raise ValueError(f"--batch {batch}: not a batch size of {', '.join(missing)}; use one the profiles hold")
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out}: an existing file; give a folder")
+        out.mkdir(parents=True, exist_ok=True)
+        for p, prof in zip(profiles, profs, strict=True):
+            (out / (p.stem + ".md")).write_text(markdown(prof))
+        plot_tradeoff(profs, out / "tradeoff.png", batch)
+    except (ValueError, OSError) as e:
+        opt.fail(str(e))
     console.print(f"wrote {out}/*.md and {out / 'tradeoff.png'}")
 
 
@@ -273,6 +295,9 @@ def predict_cmd(
 ) -> None:
     """Classify images with the model at one γ and print the top-k labels."""
     from otas.predict import Predictor
+
+    if top_k < 1:
+        opt.fail(f"--top-k {top_k}: use a number of labels >= 1")
 
     try:
         pred = Predictor.load(model)
@@ -291,7 +316,10 @@ def demo_cmd(
     """The main job on the shipped default: classify the bundled sample at every γ, then schedule a trace."""
     from otas.demo import run_demo
 
-    run_demo(model, console)
+    try:
+        run_demo(model, console)
+    except ValueError as e:  # a --model that is not a model
+        opt.fail(str(e))
 
 
 app.command("serve")(serve_cmd)

@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -109,3 +110,35 @@ def test_bench_commands_refuse_bad_input_without_a_traceback(tmp_path, args, mes
     flat = " ".join(res.output.replace("│", " ").split())
     assert res.exit_code == 2 and message in flat and "Traceback" not in res.output, res.output
     assert not list((tmp_path).glob("*/*.json"))  # nothing written
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["profile", "{ckpt}", "--batch-sizes", "0"], "--batch-sizes"),
+        (["profile", "{ckpt}", "--batch-sizes", "-1"], "--batch-sizes"),
+        (["profile", "{ckpt}", "--batch-sizes", ","], "--batch-sizes"),
+        (["profile", "{ckpt}", "--min-time-s", "nan"], "--min-time-s"),
+        (["profile", "{ckpt}", "--min-time-s", "-1"], "--min-time-s"),
+        (["profile", "{ckpt}", "--accuracy-limit", "-1"], "--accuracy-limit"),
+        (["profile", "{ckpt}", "--device", "tpu"], "--device"),
+        (["profile", "{ckpt}", "--out", "{tmp}"], "--out"),
+        (["report", "{tmp}/missing.json"], "does not exist"),
+        (["report", "{profile}", "--batch", "7"], "--batch 7"),
+        (["report", "{profile}", "--out", "{tmp}/file"], "--out"),
+        (["demo", "--model", "{tmp}"], "error"),
+        (["demo", "--model", "{tmp}/missing.safetensors"], "error"),
+        (["predict", "{tmp}/file", "--top-k", "0"], "--top-k"),
+        (["predict", "{tmp}/file", "--top-k", "-1"], "--top-k"),
+    ],
+)
+def test_commands_refuse_bad_options_without_a_traceback(tmp_path, tiny_ckpt, args, message):
+    """Checked before anything is measured or written."""
+    (tmp_path / "file").write_text("x")
+    profile = Path(__file__).parent / "data" / "handmade_tiny__cpu.json"
+    subs = {"{tmp}": str(tmp_path), "{ckpt}": str(tiny_ckpt), "{profile}": str(profile)}
+    for k, v in subs.items():
+        args = [a.replace(k, v) for a in args]
+    res = CliRunner().invoke(app, args, terminal_width=300)
+    flat = " ".join(res.output.replace("│", " ").split())
+    assert res.exit_code == 2 and message in flat and "Traceback" not in res.output, res.output
