@@ -86,9 +86,14 @@ async def classify(request: Request) -> Response:
 
 
 def _identity_encoding(request: Request) -> None:
-    enc = request.headers.get("content-encoding", "identity").strip().lower()
-    if enc not in ("", "identity"):
+    """415 unless the body is plain: every Content-Encoding header, and every coding listed in one
+    (`identity, gzip` is gzip), must be identity."""
+    codings = [c.strip().lower() for v in request.headers.getlist("content-encoding") for c in v.split(",")]
+    if bad := [c for c in codings if c not in ("", "identity")]:
+        enc = ", ".join(bad)[:100]
         raise ProtocolError(415, "unsupported_encoding", f"Content-Encoding {enc!r} is not accepted; send it plain")
+    if len(request.headers.getlist(HEADER_LENGTH)) > 1:
+        raise ProtocolError(400, "bad_header_length", f"{HEADER_LENGTH} given more than once; send it once")
 
 
 async def _classify_payload(request: Request, default_k: int) -> tuple[bytes, int]:

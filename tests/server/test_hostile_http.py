@@ -142,6 +142,23 @@ def test_compressed_classify_bodies_are_415(srv, enc):
     assert r.status_code == 415 and r.json()["reason"] == "unsupported_encoding"
 
 
+@pytest.mark.parametrize("encodings", [["identity", "gzip"], ["gzip", "identity"], ["identity, br"], ["identity", ""]])
+def test_every_content_encoding_header_counts(srv, encodings):
+    """Two Content-Encoding headers (or a list in one): a body compressed by any of them is 415, not
+    read as plain because the first said identity."""
+    raw = "".join(f"content-encoding: {e}\r\n" for e in encodings)
+    s = sock(srv.url)
+    s.sendall(post("/v1/apps/novel/classify", "image/png", png(1), raw))
+    data = b""
+    while b"\r\n\r\n" not in data or not data.rstrip().endswith(b"}"):
+        if not (chunk := s.recv(65536)):
+            break
+        data += chunk
+    s.close()
+    plain = all(e in ("identity", "") for e in encodings)
+    assert data.split()[1] == (b"200" if plain else b"415"), data[:300]
+
+
 UPGRADES = [
     "upgrade: h2c\r\nconnection: Upgrade, HTTP2-Settings\r\nhttp2-settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n",
     "upgrade: websocket\r\nconnection: upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
