@@ -24,12 +24,39 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+CLIENT_FAULTS = ("Invalid HTTP request received.", "Unsupported upgrade request.", "No supported WebSocket library")
+"""uvicorn's warnings about what a client sent (each is also answered: 400 `bad_http`, or the
+request served as plain HTTP/1.1)."""
+
+
+class ClientFaults(logging.Filter):
+    """A client's fault is not the operator's: uvicorn's warnings about malformed or upgrade
+    requests and python-multipart's about malformed bodies become INFO `client_fault` lines (dropped
+    below INFO), so a client cannot fill the log with warnings."""
+
+    def __init__(self, level: int):
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and (
+            record.name.startswith(("python_multipart", "multipart"))
+            or record.name == "uvicorn.error"
+            and str(record.msg).startswith(CLIENT_FAULTS)
+        ):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.event = "client_fault"
+            return self.level <= logging.INFO
+        return True
+
+
 def setup_logging(level: str = "info") -> None:
     """otas and uvicorn at `level`; every other library (python-multipart, asyncio, grpc, ...)
     through the same JSON handler on the root logger, at WARNING and above, so no line of the log
     is anything but JSON."""
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(ClientFaults(logging.getLevelName(level.upper())))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)

@@ -92,6 +92,14 @@ def test_every_log_line_of_otas_serve_is_json(tmp_path):
                        headers={"content-type": "multipart/form-data; boundary=b"})  # fmt: skip
         assert r.status_code == 400 and r.json()["reason"] in ("bad_multipart", "missing_image")
         _mid_body(url, "/v1/apps/novel/classify", "image/png", 5000, 10)
+        host, p = url.removeprefix("http://").split(":")
+        for raw in (
+            b"GET / HTTP/1.1\r\nhost x\r\n\r\n",  # bad framing
+            b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n",
+        ):
+            with socket.create_connection((host, int(p)), timeout=10) as s:
+                s.sendall(raw)
+                s.recv(65536)
         time.sleep(0.3)
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -101,3 +109,7 @@ def test_every_log_line_of_otas_serve_is_json(tmp_path):
     events = {r.get("event") for r in records}
     assert {"serve", "client_disconnect"} <= events and "internal_error" not in events, events
     assert any(r["logger"].startswith("python_multipart") for r in records), [r["logger"] for r in records]
+    # what clients sent is INFO `client_fault`, never a WARNING an operator would chase
+    faults = [r for r in records if r.get("event") == "client_fault"]
+    assert len(faults) >= 3 and all(r["level"] == "INFO" for r in faults), faults
+    assert not [r for r in records if r["level"] == "WARNING" and r["logger"] != "py.warnings"], records
