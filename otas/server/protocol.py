@@ -198,11 +198,13 @@ def _numbers(dtype: str, data: Sequence, shape: list[int], what: str) -> np.ndar
 
 
 def top_k(value: object) -> int:
-    """A top_k from JSON, a form field or the query string: an integer >= 1 (as text, in decimal)."""
+    """A top_k from JSON, a form field or the query string: an integer in 1..999999 (as text, in
+    decimal)."""
     if isinstance(value, str) and (v := value.strip()).isascii() and v.isdigit() and len(v) <= 6:
         value = int(v)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ProtocolError(400, "bad_top_k", f"top_k={str(value)[:40]!r}: use an integer >= 1")
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 999_999:
+        # (a larger k is no different: answers hold at most the task's classes)
+        raise ProtocolError(400, "bad_top_k", f"top_k={str(value)[:40]!r}: use an integer in 1..999999")
     return value
 
 

@@ -57,7 +57,7 @@ def infer_text(**fields: str) -> str:
 
 
 TOP_K = ["1e999", "-1e999", "1e308", "-5", "0", "2.5", "true", '"x"', f'"{HUGE_INT}"', HUGE_INT, "[]", "{}",
-         '"1e3"', '"²"', "NaN", "Infinity"]  # fmt: skip
+         '"1e3"', '"²"', "NaN", "Infinity", "1000000", "99999999999"]  # fmt: skip
 NUMBERS = [HUGE_INT, f"-{HUGE_INT}", "1e999", "-1e999", "NaN", "Infinity", "1" + "0" * 400]
 
 
