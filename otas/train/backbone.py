@@ -23,6 +23,7 @@ from otas.adapt import AdaptConfig, AdaptiveViT
 from otas.data.transforms import AUGMENTS, mix
 from otas.models.checkpoint import save_checkpoint
 from otas.models.registry import build_vit
+from otas.train.checks import check_optim
 from otas.train.common import autocast, batches, cosine_lr, evaluate, pick_device, source_data, train_batch
 from otas.train.state import load_state, save_state
 from otas.train.teacher import KD_MODES, distill_loss, load_teacher
@@ -59,6 +60,7 @@ class BackboneConfig:
     """Use only the first `limit` training and test images (smoke tests)."""
 
     def __post_init__(self) -> None:
+        check_optim(self.lr, self.weight_decay, self.time_budget_s, self.drop_path)
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
         if self.teacher and not Path(self.teacher).is_file():

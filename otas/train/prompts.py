@@ -26,6 +26,7 @@ from otas.adapt.vit import key
 from otas.data.tasks import DOWNSTREAM
 from otas.models.checkpoint import load_checkpoint, read_header, save_checkpoint
 from otas.models.registry import build_vit, check_timm_name
+from otas.train.checks import check_optim
 from otas.train.common import autocast, batches, cosine_lr, evaluate, pick_device, to_device, train_batch
 from otas.train.data import VAL_FRACTION, TaskSource, load_task, release_cifar
 
@@ -54,6 +55,7 @@ class PromptConfig:
     """Save and stop before starting a new task/γ once this much wall time has passed; rerun to resume."""
 
     def __post_init__(self) -> None:
+        check_optim(self.lr, self.weight_decay, self.time_budget_s)
         if not self.tasks:
             raise ValueError("give at least one task: --task NAME=DIR (your image folder) or a built-in name")
         if not 0 < self.val_fraction < 1:

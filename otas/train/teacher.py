@@ -24,6 +24,7 @@ from torch import nn
 
 from otas.data.preprocess import Preprocess
 from otas.data.transforms import AUGMENTS, mix
+from otas.train.checks import check_optim
 from otas.train.common import autocast, batches, cosine_lr, evaluate, pick_device, source_data, train_batch
 
 FORMAT = "otas.teacher/1"
@@ -50,6 +51,7 @@ class TeacherConfig:
     """Use only the first `limit` training and test images (smoke tests)."""
 
     def __post_init__(self) -> None:
+        check_optim(self.lr, self.weight_decay, None)
         if self.arch not in LAYERS:
             raise ValueError(f"unknown teacher {self.arch!r}; known: {sorted(LAYERS)}")
         if self.epochs < 1 or self.batch_size < 1:
