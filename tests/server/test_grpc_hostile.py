@@ -9,6 +9,7 @@ import grpc
 import numpy as np
 import pytest
 
+from otas.config import HttpConfig
 from otas.server.grpc_api import grpc_predict_v2_pb2 as pb
 from otas.server.grpc_api import grpc_predict_v2_pb2_grpc as pb_grpc
 from tests.server.helpers import PacedRunner, paced_profile, png, serving
@@ -111,3 +112,27 @@ def test_infer_messages_count_in_the_bytes_in_flight(runner):
         guard.inflight = 0
         assert stub.ModelInfer(big, timeout=30).outputs  # room again: served
         assert guard.inflight == 0
+
+
+def test_connections_that_never_speak_or_go_idle_are_closed(runner):
+    """As over HTTP: a gRPC connection that sends nothing is closed after the header timeout, and a
+    channel with no call in progress after the keep-alive time (the client reconnects by itself)."""
+    import socket
+    import time
+
+    prof = paced_profile(5, 1)
+    http = HttpConfig(drain_s=0.0, header_timeout_s=1.0, keep_alive_s=1.0)
+    with serving(PacedRunner(runner, prof), prof, policy="fixed:0", grpc=True, http=http) as (srv, _):
+        host, port = srv.grpc_target.rsplit(":", 1)
+        silent = [socket.create_connection((host, int(port)), timeout=10) for _ in range(20)]
+        with grpc.insecure_channel(srv.grpc_target) as ch:
+            stub = pb_grpc.GRPCInferenceServiceStub(ch)
+            assert stub.ServerLive(pb.ServerLiveRequest(), timeout=10).live
+            t0 = time.monotonic()
+            for s in silent:  # the server's SETTINGS frame, then end of stream
+                while s.recv(65536):
+                    pass
+                s.close()
+            assert time.monotonic() - t0 < 8
+            time.sleep(2.5)  # the channel idles past keep_alive_s: closed by the server ...
+            assert stub.ServerLive(pb.ServerLiveRequest(), timeout=10).live  # ... and reopened

@@ -253,6 +253,10 @@ async def start_grpc(
         # INVALID_ARGUMENT `too_large`; larger ones are gRPC's own RESOURCE_EXHAUSTED.
         ("grpc.max_receive_message_length", min(2 * config.max_body_bytes, 2**31 - 1)),
         ("grpc.so_reuseport", 0),  # a port in use is an error, not a second server sharing it
+        # as over HTTP: a connection that has not said hello within the header timeout is closed,
+        # and so is one with no call in progress for the keep-alive time (clients reconnect)
+        ("grpc.server_handshake_timeout_ms", int(config.http.header_timeout_s * 1000)),
+        ("grpc.max_connection_idle_ms", int(config.http.keep_alive_s * 1000)),
     ]
     # Calls in progress are capped like HTTP connections (RESOURCE_EXHAUSTED beyond).
     server = grpc.aio.server(options=options, maximum_concurrent_rpcs=config.http.max_connections)
