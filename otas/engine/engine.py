@@ -64,6 +64,7 @@ class Engine:
         self._books = Ledger(scheduler, lambda: self.observer)  # accepted and not yet ended
         self._batches = Batches(scheduler, runner, self._books, lambda: self.observer, self.now_ms)
         self._last_arrival: dict[str, float] = {}
+        self._last_deadline: dict[str, float] = {}
         pre = getattr(runner, "preprocess", None) or runner.image_size  # a stand-in runner: a plain resize
         self._decode = Decoder(
             pre, decode_workers, decode_limits, decode_queue, clock=clock, processes=decode_processes
@@ -115,6 +116,7 @@ class Engine:
                 self.scheduler.cancel(it.req.id for it in items)
             self.scheduler.set_apps([a for a in self.apps.values() if a.name != name])
             self._last_arrival.pop(name, None)
+            self._last_deadline.pop(name, None)
             return drained
         finally:
             self._draining.discard(name)
@@ -202,9 +204,11 @@ class Engine:
         # The scheduler's per-app queues need arrival order, but decoding finishes out of order:
         # queue at max(arrival, the app's last), and judge the deadline on the true arrival.
         queued_at = max(arrival, self._last_arrival.get(app, -math.inf))
-        deadline = queued_at + self.apps[app].slo_ms * (1 - self.margin)
+        # ... and after an SLO was lowered at run time, plan no earlier than the app's requests
+        # queued under the old one (the answer's deadline_met is judged on the true arrival and SLO)
+        deadline = max(queued_at + self.apps[app].slo_ms * (1 - self.margin), self._last_deadline.get(app, -math.inf))
         self._admit(app, n, now, deadline)
-        self._last_arrival[app] = queued_at
+        self._last_arrival[app], self._last_deadline[app] = queued_at, deadline
         g = self._books.open(app, n, single)
         for image in images:
             req = Request(next(self._ids), app, queued_at, deadline)

@@ -220,3 +220,29 @@ def test_too_late_on_arrival_says_where_the_time_went():
     err, slo = asyncio.run(main())
     assert err.reason == "infeasible" and "passed from its first byte" in err.detail
     assert f"{slo - 1:.0f} ms passed" in err.detail or f"{slo:.0f} ms passed" in err.detail
+
+
+def test_slo_lowered_while_requests_are_queued():
+    """An application's SLO lowered at run time while its requests wait (as PUT /v1/apps does): new
+    requests are accepted and answered (planned no earlier than those queued before), not refused
+    with an internal error because their deadlines come before the queued ones'."""
+    from dataclasses import replace
+
+    async def main():
+        eng, gate, obs = engine(max_batch=2)
+        await eng.start()
+        first = eng.submit("lowlight", img(1))  # on the device
+        assert await asyncio.to_thread(gate.started.acquire, True, 10)
+        queued = [eng.submit("blur", img(2 + i)) for i in range(3)]  # blur's SLO: 1600 ms
+        await settle()
+        eng.set_apps([replace(a, slo_ms=a.slo_ms / 4) if a.name == "blur" else a for a in eng.apps.values()])
+        late = [eng.submit("blur", img(10 + i)) for i in range(3)]  # deadlines before the queued ones'
+        gate._go.release()
+        for _ in range(3):  # six blur requests, two per batch
+            await gate.step()
+        res = await asyncio.gather(first, *queued, *late)
+        await eng.stop()
+        return res, obs
+
+    res, obs = asyncio.run(main())
+    assert len(res) == 7 and obs.ends[("served", "")] == 7
