@@ -113,7 +113,7 @@ class OtasRouter:
         lat_fast = fastest_latency(profile, spec.scheduler.max_batch)
         registry = CollectorRegistry()
         self.engine = RoutedEngine(
-            clients, spec.apps, desc, lat_fast, router_config, frontend_config, registry=registry
+            clients, spec.apps, desc, lat_fast, router_config, frontend_config, registry=registry, decode=spec.decode
         )
         info = {**desc["info"], "backend": "ray", "replicas": len(clients)}
         # Ray Serve's proxy owns the connections (no connection guards here); bodies are guarded by the app.

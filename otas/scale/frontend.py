@@ -25,8 +25,9 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 from starlette.responses import JSONResponse
 
+from otas.config import EngineConfig
 from otas.data.preprocess import Preprocess
-from otas.engine.images import DecodeBusy, Decoder
+from otas.engine.images import DecodeBusy, Decoder, DecodeRestarted
 from otas.engine.serving import NotServed, Observer, Served, gather_all, observe
 from otas.scale.frontend_config import FrontendConfig, ReplicaClient, RouterMetrics
 from otas.scale.router import NoReplica, Router, RouterConfig
@@ -47,11 +48,12 @@ class RoutedEngine:
         router_config: RouterConfig | None = None,
         config: FrontendConfig | None = None,
         registry: CollectorRegistry | None = None,
-        decode_workers: int = 2,
+        decode: EngineConfig | None = None,
         clock=time.monotonic,
     ):
         """`describe`: a replica's `ReplicaCore.describe()`; `lat_fast`: `fastest_latency(profile, B_max)`
-        (a retry also needs at least `lat_fast[1]` left before its deadline)."""
+        (a retry also needs at least `lat_fast[1]` left before its deadline); `decode`: the decoding
+        options (workers, processes, queue, image limits and formats; None: the defaults)."""
         self.clients = list(clients)
         self.names = [c.name for c in self.clients]
         self.apps = {a.name: a for a in apps}
@@ -68,7 +70,11 @@ class RoutedEngine:
         self._misses = [0] * len(self.clients)
         self._clock, self._t0 = clock, clock()
         pre = describe.get("preprocess")
-        self._decode = Decoder(Preprocess.from_dict(pre) if pre else describe["image_size"], decode_workers)
+        d = decode or EngineConfig()
+        self._decode = Decoder(
+            Preprocess.from_dict(pre) if pre else describe["image_size"], d.decode_workers, d.decode_limits(),
+            d.decode_queue, clock=clock, processes=d.decode_processes,
+        )  # fmt: skip
         self._inflight: set[asyncio.Task] = set()
         self._probe: asyncio.Task | None = None
         self._closing = False
@@ -107,6 +113,8 @@ class RoutedEngine:
             return await self._decode.many(payloads)
         except DecodeBusy as e:
             raise self._refuse(app, len(payloads), "decode_busy", str(e)) from None
+        except DecodeRestarted as e:  # --decode-processes: a decode process died under it
+            raise self._refuse(app, len(payloads), "decode_restarted", str(e)) from None
 
     def _refuse(self, app: str, n: int, reason: str, detail: str) -> NotServed:
         for _ in range(n):

@@ -47,7 +47,7 @@ def make_spec(cfg: ServingConfig) -> ReplicaSpec:
     return ReplicaSpec(
         apps=list(apps), profile=profile.to_dict(), policy=cfg.policy, scheduler=config,
         model=None if cfg.model is None else str(cfg.model), device=eng.device, dtype=eng.dtype, noop=eng.noop,
-        paced=eng.paced, warmup=eng.warmup,
+        paced=eng.paced, warmup=eng.warmup, decode=eng,
     )  # fmt: skip
 
 

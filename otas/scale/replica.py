@@ -48,6 +48,9 @@ class ReplicaSpec:
     paced: bool = False
     """With noop: each batch sleeps the profile's latency, emulating the profiled device."""
     warmup: bool = True
+    decode: EngineConfig | None = None
+    """The decoding options (`decode_workers`, `decode_processes`, `decode_queue`, the image limits
+    and formats): the router decodes with them, as the local engine does (None: the defaults)."""
 
     def __post_init__(self) -> None:
         if self.paced and not self.noop:

@@ -76,7 +76,7 @@ def spec(base_ms=50.0, per_image_ms=10.0) -> ReplicaSpec:
     return ReplicaSpec(APPS, prof.to_dict(), "otas", SchedulerConfig(max_batch=16), noop=True, paced=True)
 
 
-async def routed(n=2, frontend=None, base_ms=50.0, per_image_ms=10.0):
+async def routed(n=2, frontend=None, base_ms=50.0, per_image_ms=10.0, decode=None):
     sp = spec(base_ms, per_image_ms)
     cores = [ReplicaCore(sp, i) for i in range(n)]
     for c in cores:
@@ -84,7 +84,7 @@ async def routed(n=2, frontend=None, base_ms=50.0, per_image_ms=10.0):
     clients = [LocalReplica(c, f"otas-replica-{i}") for i, c in enumerate(cores)]
     fe = frontend or FrontendConfig(probe_s=0.05, probe_timeout_s=0.5)
     lat = fastest_latency(paced_profile(base_ms, per_image_ms), 16)
-    eng = RoutedEngine(clients, APPS, cores[0].describe(), lat, RouterConfig(), fe)
+    eng = RoutedEngine(clients, APPS, cores[0].describe(), lat, RouterConfig(), fe, decode=decode)
     eng.observer = Counts()
     await eng.start()
     return eng, cores, clients
@@ -251,3 +251,26 @@ def test_stop_answers_what_outlasts_the_drain_with_shutting_down():
     assert "shut down before a replica answered" in res[0].detail
     assert eng.observer.ended_by == {("error", "shutting_down"): 7}
     assert all(r.inflight == 0 for r in eng.router.replicas)  # the cancelled calls were taken off the books
+
+
+def test_the_router_decodes_with_the_configured_limits_and_formats():
+    """`--image-formats`, the image limits and the decode queue apply behind the router as on the
+    local engine (the router used to decode with the defaults whatever was configured)."""
+    import pytest
+
+    from otas.config import EngineConfig
+    from otas.engine.images import ImageError
+    from tests.server.helpers import jpeg, png
+
+    async def main():
+        eng, cores, _ = await routed(decode=EngineConfig(image_formats=("JPEG",), max_image_side=16))
+        try:
+            with pytest.raises(ImageError, match="not a JPEG image"):
+                await eng.decode("novel", [png(0)])
+            with pytest.raises(ImageError, match="pixels"):
+                await eng.decode("novel", [jpeg(0, size=32)])  # over 16 px a side
+            assert (await eng.decode("novel", [jpeg(0, size=16)]))[0].shape[-1] == 3
+        finally:
+            await close(eng, cores)
+
+    asyncio.run(main())
