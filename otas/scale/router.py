@@ -88,9 +88,11 @@ def wraparound(loads: Sequence[float], n: int, min_share: float = 0.0) -> list[d
         raise ValueError(f"n={n}: need at least one bin")
     if any(x < 0 or not math.isfinite(x) for x in loads):
         raise ValueError(f"loads {list(loads)} must be finite and >= 0")
-    total = float(sum(loads))
-    if total <= 0:
+    peak = max(loads, default=0.0)
+    if peak <= 0:
         return [{i % n: 1.0} for i in range(len(loads))]  # no information: spread items round-robin
+    loads = [x / peak for x in loads]  # the rule is scale-free: subnormal loads would divide by 0
+    total = float(sum(loads))
     width, eps = total / n, 1e-9 * total
     out, pos = [], 0.0
     for load in loads:
