@@ -17,12 +17,19 @@ from otas.profile.table import Profile
 from otas.types import App
 
 NOOP_MS = 0.05
+TASKS = ("source", "novel", "lowlight", "blur")
+"""What the no-op model serves besides its applications' tasks: the shipped model's, so a server
+started with no application (the admin API on) can register some."""
+
+
+def noop_tasks(apps: Sequence[App]) -> list[str]:
+    return sorted(set(TASKS) | {a.task for a in apps})
 
 
 class NoopRunner:
     def __init__(self, apps: Sequence[App], image_size: int = 32, max_batch: int = 64, num_classes: int = 5):
         self.image_size, self.max_batch, self.gammas = image_size, max_batch, [0]
-        self.classes = {a.task: [f"class{i}" for i in range(num_classes)] for a in apps}
+        self.classes = {t: [f"class{i}" for i in range(num_classes)] for t in noop_tasks(apps)}
         self._np = np.empty((max_batch, image_size, image_size, 3), np.uint8)
         self._probs = np.full((max_batch, num_classes), 1.0 / num_classes, np.float32)
 
@@ -37,7 +44,7 @@ class NoopRunner:
 
 
 def noop_profile(apps: Sequence[App], max_batch: int = 64) -> Profile:
-    tasks = sorted({a.task for a in apps})
+    tasks = noop_tasks(apps)
     return Profile(
         model="noop",
         device="none (no-op model)",

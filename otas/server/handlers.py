@@ -122,7 +122,7 @@ async def server_meta(request: Request) -> Response:
 @guarded
 async def model_meta(request: Request) -> Response:
     engine, name = engine_of(request), model_of(request)
-    kmax = max(len(c) for c in engine.classes.values())
+    kmax = max((len(c) for c in engine.classes.values()), default=0)
     return JSONResponse(model_metadata(name, engine.image_size, kmax))
 
 

@@ -151,3 +151,22 @@ def test_zero_apps_need_the_admin_api():
     with pytest.raises(ValueError, match="no applications to serve"):
         ServingConfig(apps=[], engine=EngineConfig(noop=True))
     assert ServingConfig(apps=[], engine=EngineConfig(noop=True), admin_token="t").apps == []
+
+
+def test_the_noop_model_starts_with_no_apps_and_registers_the_first(tmp_path):
+    """`otas serve --noop --admin-token T` with no applications: the model's metadata answers, and
+    an application of any of the shipped model's tasks can be registered and served."""
+    from otas.engine.noop import NoopRunner, noop_profile
+    from otas.server.app import ServerThread
+    from otas.server.main import build
+
+    runner, prof = NoopRunner([], max_batch=8), noop_profile([], 8)
+    cfg = SchedulerConfig(max_batch=8, max_queue=64)
+    app, _ = build(runner, prof, [], "otas", cfg, http=HttpConfig(drain_s=0.0), admin_token=TOKEN,
+                   apps_file=tmp_path / "apps.yaml")  # fmt: skip
+    with ServerThread(app) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
+        meta = c.get("/v2/models/noop")
+        assert meta.status_code == 200, meta.text
+        r = c.post("/v1/apps", json={"name": "cam", "slo_ms": 800, "utility": 1, "task": "lowlight"}, headers=AUTH)
+        assert r.status_code == 201, r.text
+        assert classify(c, "cam").status_code == 200

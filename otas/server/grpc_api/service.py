@@ -147,7 +147,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     @guarded
     async def ModelMetadata(self, request, context):
         check_model(request.name, request.version, self.config.model_name)
-        kmax = max(len(c) for c in self.engine.classes.values())
+        kmax = max((len(c) for c in self.engine.classes.values()), default=0)
         return pb.ModelMetadataResponse(**model_metadata(request.name, self.engine.image_size, kmax))
 
     @guarded
