@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -166,7 +167,8 @@ async def list_apps(request: Request) -> Response:
 async def server_config(request: Request) -> Response:
     config = config_of(request)
     grpc_port = getattr(request.app.state, "grpc_port", None)
-    return JSONResponse({"model": config.model_name, **(config.info or {}), "grpc_port": grpc_port})
+    info = {**(config.info or {}), "apps": [asdict(a) for a in engine_of(request).apps.values()]}  # as now served
+    return JSONResponse({"model": config.model_name, **info, "grpc_port": grpc_port})
 
 
 @guarded

@@ -170,3 +170,4 @@ def test_the_noop_model_starts_with_no_apps_and_registers_the_first(tmp_path):
         r = c.post("/v1/apps", json={"name": "cam", "slo_ms": 800, "utility": 1, "task": "lowlight"}, headers=AUTH)
         assert r.status_code == 201, r.text
         assert classify(c, "cam").status_code == 200
+        assert [a["name"] for a in c.get("/v1/config").json()["apps"]] == ["cam"]  # as served now
