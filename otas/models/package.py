@@ -86,11 +86,16 @@ class ModelPackage:
 
 def save_apps(path: Path, apps: list[App]) -> None:
     """Write applications as YAML atomically: a temporary file in the same folder, fsynced, then
-    renamed over `path`, so a crash leaves the old file or the new one, never half of one."""
+    renamed over `path`, so a crash leaves the old file or the new one, never half of one. A
+    symlink is followed (its target is rewritten, the link kept, as with a mounted ConfigMap), and
+    the file keeps its permissions (new files: 0644)."""
     data = {"apps": [{"name": a.name, "slo_ms": a.slo_ms, "utility": a.utility, "task": a.task} for a in apps]}
+    path = path.resolve() if path.is_symlink() else path
     path.parent.mkdir(parents=True, exist_ok=True)
+    mode = path.stat().st_mode & 0o777 if path.is_file() else 0o644
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "w") as f:
             yaml.safe_dump(data, f, sort_keys=False)
             f.flush()

@@ -79,3 +79,24 @@ def test_otas_serve_says_how_to_make_a_missing_profile(pkg):
     out = res.output.strip()
     assert res.exit_code == 2 and out.startswith("error: no profile of") and len(out.splitlines()) == 1, res.output
     assert f"otas profile {pkg} --device cpu" in out and "Traceback" not in out
+
+
+def test_save_apps_follows_a_symlink_and_keeps_permissions(tmp_path):
+    """A mounted apps file is often a symlink (a Kubernetes ConfigMap): the target is rewritten and
+    the link kept; the file's mode is kept, and a new file is 0644 (not mkstemp's 0600)."""
+    import os
+
+    from otas.config import load_apps
+
+    real = tmp_path / "data" / "real.yaml"
+    real.parent.mkdir()
+    real.write_text("apps: []\n")
+    os.chmod(real, 0o640)
+    link = tmp_path / "apps.yaml"
+    link.symlink_to(real)
+    save_apps(link, [App("a", 100.0, 1.0, "novel")])
+    assert link.is_symlink() and [a.name for a in load_apps(real)] == ["a"]
+    assert real.stat().st_mode & 0o777 == 0o640
+    fresh = tmp_path / "new.yaml"
+    save_apps(fresh, [App("b", 100.0, 1.0, "novel")])
+    assert fresh.stat().st_mode & 0o777 == 0o644
