@@ -140,6 +140,19 @@ def build(
     return create_app(engine, serve_cfg, Metrics(profile.gammas)), engine
 
 
+def check_profile_arch(profile: Profile, checkpoint) -> None:
+    """ValueError, with the fix, if the profile was measured on another architecture than the
+    checkpoint's (the scheduler would plan with another model's latencies and accuracies)."""
+    from otas.models.checkpoint import read_header
+
+    measured, arch = profile.meta.get("arch"), read_header(checkpoint).get("arch")
+    if measured is not None and arch is not None and measured != arch:
+        raise ValueError(
+            f"profile {profile.model!r} was measured on a {measured} model, but the checkpoint {checkpoint} is a "
+            f"{arch}; profile this model (otas profile {checkpoint}) or give its own profile"
+        )
+
+
 def load_runner(cfg: ServingConfig):
     """(runner, profile) of a serving config: the model through its fast path, or the no-op model."""
     apps, sched, eng = cfg.apps, cfg.scheduler, cfg.engine
@@ -154,7 +167,9 @@ def load_runner(cfg: ServingConfig):
 
     profile = Profile.load(cfg.profile)
     dt = getattr(torch, eng.dtype) if eng.dtype else None
-    runner = Runner.load(cfg.model or default_model_path(), eng.device, dt, sched.max_batch, eng.mode)
+    ckpt = cfg.model or default_model_path()
+    check_profile_arch(profile, ckpt)
+    runner = Runner.load(ckpt, eng.device, dt, sched.max_batch, eng.mode)
     if profile.meta.get("mode", runner.mode) != runner.mode:
         log.warning(
             "profile timed another path",

@@ -60,3 +60,19 @@ def test_source_and_novel_share_batches_and_all_are_served(runner, policy):
     assert [code for _, code, _ in out] == [200] * 24, out
     assert all(body["gamma"] <= 0 for app, _, body in out if app == "src")
     assert max(paced.sizes) > 1  # requests did share batches
+
+
+def test_a_profile_of_another_architecture_is_refused(tiny_ckpt):
+    """A package or --profile measured on another model (say the Small one's profile beside the
+    Tiny checkpoint) is a clear error at start, not a server that plans with another model's times."""
+    from otas.server.main import check_profile_arch
+    from tests.server.helpers import paced_profile
+
+    prof = paced_profile()
+    prof.meta["arch"] = "vit_small_p2"
+    with pytest.raises(ValueError, match="measured on a vit_small_p2 model"):
+        check_profile_arch(prof, tiny_ckpt)
+    prof.meta["arch"] = "vit_tiny_p2"
+    check_profile_arch(prof, tiny_ckpt)
+    del prof.meta["arch"]  # older profiles say nothing: accepted
+    check_profile_arch(prof, tiny_ckpt)
