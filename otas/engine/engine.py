@@ -121,6 +121,10 @@ class Engine:
         finally:
             self._draining.discard(name)
 
+    def open_requests(self, name: str) -> int:
+        """Requests of application `name` accepted and not yet answered (queued or on the device)."""
+        return self._open_requests(name)
+
     def _open_requests(self, name: str) -> int:
         return sum(1 for it in self._books.pending.values() if it.req.app == name)
 

@@ -131,6 +131,13 @@ async def update_app_entry(request: Request) -> Response:
             raise ProtocolError(404, "unknown_app", f"application {name!r} is not served; POST /v1/apps registers it")
         old = list(engine.apps.values())
         app = _parse({**asdict(engine.apps[name]), **body, "name": name})
+        open_requests = getattr(engine, "open_requests", lambda _: 0)(name)
+        if app.task != engine.apps[name].task and open_requests:
+            raise ProtocolError(
+                409, "app_busy",
+                f"application {name!r} has {open_requests} requests accepted for task {engine.apps[name].task!r}; "
+                "its task can change once they are answered (retry), or DELETE it (it drains) and POST it anew",
+            )  # fmt: skip
         apps = [app if a.name == name else a for a in old]
         _check(request, apps, app)
         await _apply(request, apps, old)

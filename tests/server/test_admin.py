@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 import httpx
 import pytest
@@ -171,3 +172,26 @@ def test_the_noop_model_starts_with_no_apps_and_registers_the_first(tmp_path):
         assert r.status_code == 201, r.text
         assert classify(c, "cam").status_code == 200
         assert [a["name"] for a in c.get("/v1/config").json()["apps"]] == ["cam"]  # as served now
+
+
+def test_a_task_change_waits_for_the_requests_accepted_under_the_old_one(runner, tmp_path):
+    """PUT with a new task while the application has requests in flight is a 409 `app_busy` (they
+    would be answered with the new task's classes); an SLO change is applied at once; once they are
+    answered the task change goes through."""
+    import threading
+
+    with admin_server(runner, tmp_path, base_ms=400.0) as (c, engine):
+        codes = []
+        t = threading.Thread(target=lambda: codes.append(classify(c, "novel").status_code))
+        t.start()
+        deadline = time.monotonic() + 10
+        while not engine.open_requests("novel") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert engine.open_requests("novel") == 1
+        r = c.put("/v1/apps/novel", json={"task": "blur"}, headers=AUTH)
+        assert r.status_code == 409 and r.json()["reason"] == "app_busy", r.text
+        assert c.put("/v1/apps/novel", json={"slo_ms": 5000}, headers=AUTH).status_code == 200
+        t.join(30)
+        assert codes == [200] and engine.apps["novel"].task == "novel"
+        r = c.put("/v1/apps/novel", json={"task": "blur"}, headers=AUTH)
+        assert r.status_code == 200 and r.json()["task"] == "blur"
