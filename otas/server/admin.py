@@ -162,5 +162,7 @@ async def delete_app_entry(request: Request) -> Response:
             except OSError as e:
                 raise ProtocolError(500, "persist_failed", f"could not write {path} ({e}); nothing changed") from None
         drained = await engine.remove_app(name)
+        if (metrics := getattr(request.app.state, "metrics", None)) is not None:
+            metrics.forget(name)  # its series leave /metrics (many tenants come and go)
     log.info("app removed", extra={"event": "app_removed", "app": name, "drained": drained})
     return JSONResponse({"removed": name, "drained": drained})

@@ -4,6 +4,7 @@ Triton's statistics extension reports (`model_stats`, served at /v2/models/{mode
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -65,6 +66,7 @@ class Metrics(Observer):
             self.gamma.labels(str(g))
         self._ended: dict[str, int] = {}
         self._met: dict[str, int] = {}
+        self._request_keys: set[tuple[str, str, str]] = set()  # (app, outcome, reason) series made
         self._totals = {k: [0, 0] for k in ("success", "fail", "queue", "compute_infer")}  # [count, ns]
         self._batches, self._last_ms = 0, 0
 
@@ -79,7 +81,19 @@ class Metrics(Observer):
               registry=r).set_function(lambda: door.rate or 0.0)  # fmt: skip
         r.register(_DoorCounts(door))
 
+    def forget(self, app: str) -> None:
+        """Drop every series of an application that was removed (its counts leave /metrics)."""
+        for m in (self.latency, self.queue, self.slo_met, self.slo_attainment, self.utility):
+            with contextlib.suppress(KeyError):
+                m.remove(app)
+        for key in [k for k in self._request_keys if k[0] == app]:
+            self.requests.remove(*key)
+            self._request_keys.discard(key)
+        self._ended.pop(app, None)
+        self._met.pop(app, None)
+
     def ended(self, app: str, outcome: str, reason: str = "", served: Served | None = None) -> None:
+        self._request_keys.add((app, outcome, reason))
         self.requests.labels(app, outcome, reason).inc()
         self._ended[app] = self._ended.get(app, 0) + 1
         self._tally(served)
@@ -94,6 +108,7 @@ class Metrics(Observer):
 
     def served_many(self, app: str, served: Sequence[Served]) -> None:
         """`ended(app, "served", "", s)` for each of `served`, with one update per counter."""
+        self._request_keys.add((app, "served", ""))
         self.requests.labels(app, "served", "").inc(len(served))
         self._ended[app] = self._ended.get(app, 0) + len(served)
         latency, queue = self.latency.labels(app), self.queue.labels(app)

@@ -135,6 +135,9 @@ def test_delete_drains_the_queue_then_removes(runner, tmp_path):
         assert classify(c, "novel").status_code == 404 and saved(tmp_path) == ["lowlight"]
         assert classify(c, "lowlight").status_code == 200  # the others are served as before
         assert c.delete("/v1/apps/novel", headers=AUTH).status_code == 404
+        series = [ln for ln in c.get("/metrics").text.splitlines() if not ln.startswith("#")]
+        assert not [ln for ln in series if 'app="novel"' in ln]  # its series left with it
+        assert [ln for ln in series if 'app="lowlight"' in ln]
 
 
 def test_start_with_no_apps_and_register_the_first(runner, tmp_path):
