@@ -37,6 +37,9 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+MAX_APPS = 256
+"""Applications one server takes (each is a queue the scheduler weighs at every decision: at 1,000,
+a decision took ~23 ms here, and every admin change re-prices them all on the event loop)."""
 MAX_UTILITY = 1e9
 """Utility per correct answer, at most (utilities are relative; far larger values overflow the price
 of device time, which multiplies them by rates and latencies)."""
@@ -53,6 +56,8 @@ def parse_apps(data: object, source: str = "<apps>", allow_empty: bool = False) 
         return []
     if not isinstance(data, list) or not data:
         raise ValueError(f"{source}: expected a non-empty list of applications (or a key `apps:`)")
+    if len(data) > MAX_APPS:
+        raise ValueError(f"{source}: {len(data)} applications; one server takes at most {MAX_APPS}")
     apps: list[App] = []
     for i, entry in enumerate(data):
         where = f"{source}: application #{i}"

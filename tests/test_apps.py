@@ -37,6 +37,7 @@ BAD = {
     "name_newline": 'apps:\n  - {name: "a\\n", slo_ms: 500, utility: 1, task: novel}\n',
     "utility_huge": "apps:\n  - {name: a, slo_ms: 5, utility: 1.0e+308, task: novel}\n",
     "slo_huge": "apps:\n  - {name: a, slo_ms: 1.0e+300, utility: 1, task: novel}\n",
+    "too_many": "apps:\n" + "".join(f"  - {{name: a{i}, slo_ms: 500, utility: 1, task: novel}}\n" for i in range(257)),
     "duplicate_key": "apps:\n  - {name: a, slo_ms: 5, utility: 1, task: novel, slo_ms: 50000}\n",
     "duplicate_key_block": "apps:\n  - name: a\n    slo_ms: 5\n    utility: 1\n    task: novel\n    task: blur\n",
     "duplicate_apps": GOOD + "apps: []\n",

@@ -20,6 +20,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from otas.apps import MAX_APPS
 from otas.config import parse_apps
 from otas.server.errors import ProtocolError
 from otas.server.handlers import config_of, engine_of, guarded
@@ -111,6 +112,9 @@ async def create_app_entry(request: Request) -> Response:
         if app.name in engine.apps:
             msg = f"application {app.name!r} exists; PUT /v1/apps/{app.name} to change it"
             raise ProtocolError(409, "app_exists", msg)
+        if len(old) >= MAX_APPS:
+            msg = f"{len(old)} applications are served, the most one server takes; DELETE one first"
+            raise ProtocolError(409, "too_many_apps", msg)
         _check(request, [*old, app], app)
         await _apply(request, [*old, app], old)
     log.info("app registered", extra={"event": "app_added", "app": app.name, "slo_ms": app.slo_ms, "task": app.task})

@@ -198,3 +198,15 @@ def test_a_task_change_waits_for_the_requests_accepted_under_the_old_one(runner,
         assert codes == [200] and engine.apps["novel"].task == "novel"
         r = c.put("/v1/apps/novel", json={"task": "blur"}, headers=AUTH)
         assert r.status_code == 200 and r.json()["task"] == "blur"
+
+
+def test_applications_are_capped(runner, tmp_path, monkeypatch):
+    """One server takes at most `MAX_APPS` applications: a POST beyond is a 409 `too_many_apps`."""
+    from otas.server import admin
+
+    monkeypatch.setattr(admin, "MAX_APPS", 2)
+    with admin_server(runner, tmp_path) as (c, _):
+        r = c.post("/v1/apps", json={"name": "b", "slo_ms": 500, "utility": 1, "task": "blur"}, headers=AUTH)
+        assert r.status_code == 201
+        r = c.post("/v1/apps", json={"name": "c", "slo_ms": 500, "utility": 1, "task": "blur"}, headers=AUTH)
+        assert r.status_code == 409 and r.json()["reason"] == "too_many_apps", r.text
