@@ -133,6 +133,9 @@ def serve_ray(cfg: ServingConfig) -> None:
     host, port, max_body_bytes = cfg.http.host, cfg.http.port, cfg.http.max_body_bytes
 
     setup_logging(log_level)
+    from otas.server.main import check_host
+
+    check_host(host)  # before Ray starts: a typo'd address is the first thing to hear of
     if cfg.http.grpc_port:
         log.warning(
             "no gRPC with the ray backend",
