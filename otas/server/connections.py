@@ -136,6 +136,8 @@ def protocol_class(guard: Guard) -> type[asyncio.Protocol]:
         def data_received(self, data: bytes) -> None:
             # a skipped body (`_overloaded`) may end in this piece, and the next head begin: not counted
             skipping, self._boundary = self._skipping, False
+            if self.transport.is_closing():  # answered and closing: nothing more is read
+                return
             if not skipping and (self.cycle is None or self.cycle.response_complete):  # a head is due
                 end = data.find(b"\r\n\r\n")  # a head whole in one piece is parsed at once: count it first
                 if self._head_bytes + (len(data) if end < 0 else end + 4) > cfg.max_header_kb * 1024:
