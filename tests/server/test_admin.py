@@ -122,7 +122,9 @@ def test_delete_drains_the_queue_then_removes(runner, tmp_path):
                     asyncio.create_task(ac.post("/v1/apps/novel/classify", files={"image": ("x.png", png(i))}))
                     for i in range(12)
                 ]
-                await asyncio.sleep(0.05)  # accepted and queued
+                deadline = time.monotonic() + 10
+                while not engine.open_requests("novel") and time.monotonic() < deadline:
+                    await asyncio.sleep(0.005)  # until some are accepted and queued (not a fixed sleep)
                 gone = await ac.delete("/v1/apps/novel", headers=AUTH)
                 return gone, await asyncio.gather(*sent)
 
