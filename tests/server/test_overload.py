@@ -146,11 +146,13 @@ def test_grpc_calls_queued_past_the_grace_are_answered_not_cancelled(paced):
     req.parameters["app"].string_param = "blur"
     req.inputs.add(name="image", datatype="BYTES", shape=[1]).contents.bytes_contents.append(png(3))
 
-    async def main(srv):
+    async def main(srv, engine):
         async with grpc.aio.insecure_channel(srv.grpc_target) as ch:
             stub = pb_grpc.GRPCInferenceServiceStub(ch)
             calls = [asyncio.ensure_future(stub.ModelInfer(req, timeout=30)) for _ in range(60)]
-            await asyncio.sleep(0.15)  # sent; most queued behind the paced device (~1.4 s of work)
+            deadline = time.monotonic() + 10
+            while sum(paced.sizes) + engine.open_requests("blur") < 60 and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)  # until all are accepted: most queued behind the paced device (~1.4 s)
             stop = asyncio.ensure_future(asyncio.to_thread(srv.stop))
             await asyncio.sleep(0.2)  # draining now
             late = [asyncio.ensure_future(stub.ModelInfer(req, timeout=30)) for _ in range(5)]
@@ -160,7 +162,7 @@ def test_grpc_calls_queued_past_the_grace_are_answered_not_cancelled(paced):
             )
 
     with serving(paced, paced_profile(), grpc=True, grace_s=0.05) as (srv, engine):
-        res, late = asyncio.run(main(srv))
+        res, late = asyncio.run(main(srv, engine))
     codes = [r.code() for r in res + late if isinstance(r, grpc.RpcError)]
     assert grpc.StatusCode.CANCELLED not in codes, codes
     assert all(isinstance(r, pb.ModelInferResponse) for r in res), codes  # accepted before the stop: served
