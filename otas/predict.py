@@ -11,7 +11,7 @@ import torch
 
 from otas.adapt import AdaptiveViT
 from otas.config import asset_path
-from otas.engine.images import DecodeLimits, ImageError, decode_image
+from otas.engine.images import ACCEPTABLE, DecodeLimits, ImageError, decode_image
 from otas.engine.runner import Runner
 from otas.models.checkpoint import load_checkpoint
 
@@ -19,7 +19,7 @@ DEFAULT_MODEL = "vit_tiny_p2_c5.safetensors"
 MAX_BATCH = 64
 MAX_FILE_BYTES = 64 << 20
 """Largest image file read (a 24 MP JPEG is about 10 MB)."""
-FILE_LIMITS = DecodeLimits(max_side=16384, max_pixels=1 << 26, formats=("PNG", "JPEG", "WEBP"))
+FILE_LIMITS = DecodeLimits(max_side=16384, max_pixels=1 << 26, formats=ACCEPTABLE)
 """What a local file may declare: the server's checks (`DecodeLimits`) with room for camera
 photos (64 MP, 16,384 px a side; a JPEG counts at its reduced decode size)."""
 

@@ -6,6 +6,7 @@ import torch
 from typer.testing import CliRunner
 
 from otas.cli import app
+from tests.cli_runs import assert_refused, invoke, write
 
 
 def test_help_lists_every_command():
@@ -56,11 +57,11 @@ def _png_header(w: int, h: int) -> bytes:
         (lambda d: str(d), "not a regular file"),  # a directory
         (lambda d: (os.mkfifo(d / "fifo"), str(d / "fifo"))[1], "not a regular file"),  # never blocks on open
         (lambda d: str(d / "missing.png"), "cannot read it"),
-        (lambda d: _write(d / "empty.png", b""), "empty"),
-        (lambda d: _write(d / "huge.png", _png_header(12_000, 12_000)), "the limits are"),
-        (lambda d: _write(d / "thin.png", _png_header(20_000, 1)), "the limits are"),
-        (lambda d: _write(d / "fake.png", b"GIF89a" + b"\0" * 100), "not a PNG/JPEG/WEBP image"),
-        (lambda d: _write(d / "text.png", b"hello"), "not a PNG/JPEG/WEBP image"),
+        (lambda d: write(d / "empty.png", b""), "empty"),
+        (lambda d: write(d / "huge.png", _png_header(12_000, 12_000)), "the limits are"),
+        (lambda d: write(d / "thin.png", _png_header(20_000, 1)), "the limits are"),
+        (lambda d: write(d / "fake.png", b"GIF89a" + b"\0" * 100), "not a PNG/JPEG/WEBP image"),
+        (lambda d: write(d / "text.png", b"hello"), "not a PNG/JPEG/WEBP image"),
     ],
 )
 def test_predict_refuses_what_is_not_an_image_file_clearly(tmp_path, make, message):
@@ -70,11 +71,6 @@ def test_predict_refuses_what_is_not_an_image_file_clearly(tmp_path, make, messa
     res = CliRunner().invoke(app, ["predict", path, "--task", "novel"], terminal_width=400)
     assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, res.output
     assert path in res.output.replace("\n", "")
-
-
-def _write(path, data: bytes) -> str:
-    path.write_bytes(data)
-    return str(path)
 
 
 def test_predict_file_size_limit(tmp_path):
@@ -105,10 +101,7 @@ def test_predict_file_size_limit(tmp_path):
 def test_bench_commands_refuse_bad_input_without_a_traceback(tmp_path, args, message):
     """Checked before any traffic is sent or any result written."""
     (tmp_path / "empty.json").write_text("")
-    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
-    res = CliRunner().invoke(app, args, terminal_width=300)
-    flat = " ".join(res.output.replace("│", " ").split())
-    assert res.exit_code == 2 and message in flat and "Traceback" not in res.output, res.output
+    assert_refused(invoke([a.replace("{tmp}", str(tmp_path)) for a in args]), message)
     assert not list((tmp_path).glob("*/*.json"))  # nothing written
 
 
@@ -139,6 +132,4 @@ def test_commands_refuse_bad_options_without_a_traceback(tmp_path, tiny_ckpt, ar
     subs = {"{tmp}": str(tmp_path), "{ckpt}": str(tiny_ckpt), "{profile}": str(profile)}
     for k, v in subs.items():
         args = [a.replace(k, v) for a in args]
-    res = CliRunner().invoke(app, args, terminal_width=300)
-    flat = " ".join(res.output.replace("│", " ").split())
-    assert res.exit_code == 2 and message in flat and "Traceback" not in res.output, res.output
+    assert_refused(invoke(args), message)

@@ -52,15 +52,11 @@ def bench_replay_cmd(
     """Replay a trace open-loop against a server (otas, or a peer in bench/peers/) with labelled
     CIFAR-10 test images; report utility, SLO attainment, goodput, accuracy and latency per app, beside
     the simulator's prediction against otas."""
+    from otas.bench.replay import check_window
     from otas.bench.replay import main as replay_main
-    from otas.sim.traces import MAX_LOAD
 
-    if not (0 < load <= MAX_LOAD and 0 <= duration_s < math.inf and limit >= 0):
-        raise typer.BadParameter(
-            f"--load {load}, --duration-s {duration_s}, --limit {limit}: use a load in (0, {MAX_LOAD:g}], "
-            "finite seconds >= 0 and a count >= 0"
-        )
     try:
+        check_window(load, limit, duration_s)  # before the server is asked anything
         replay_main(url, trace, apps, load, limit, seed, out, tag, data, console, format, model or "vit_tiny_p2_c5"
                     if format == "triton" else model, profile, max_batch, duration_s)  # fmt: skip
     except ValueError as e:

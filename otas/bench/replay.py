@@ -152,15 +152,20 @@ class Workload:
     capacity_per_s: float
 
 
+def check_window(load: float, limit: int, duration_s: float) -> None:
+    """ValueError unless the load is in (0, MAX_LOAD] and the limits are finite and >= 0 (NaN included)."""
+    if not (0 < load <= MAX_LOAD and 0 <= duration_s < math.inf and limit >= 0):
+        raise ValueError(
+            f"--load {load}, --duration-s {duration_s}, --limit {limit}: use a load in (0, {MAX_LOAD:g}], "
+            "finite seconds >= 0 and a count >= 0"
+        )
+
+
 def window(trace_spec: str, apps: Sequence[App], profile: Profile, max_batch: int, load: float, limit: int,
            duration_s: float, seed: int) -> tuple[Trace, float]:  # fmt: skip
     """The first `limit` requests (0 = all) and first `duration_s` seconds (0 = all) of the trace,
     time-scaled to `load` × the γ=0 capacity of `profile` (as `otas simulate` defines it)."""
-    if not (0 < load <= MAX_LOAD) or limit < 0 or not (0 <= duration_s < math.inf):
-        raise ValueError(
-            f"load={load}, limit={limit}, duration_s={duration_s}: use a load in (0, {MAX_LOAD:g}] and finite "
-            "limits >= 0"
-        )
+    check_window(load, limit, duration_s)
     cap = capacity_per_s(profile, apps, max_batch)
     full = make_trace(trace_spec, apps, load, cap, seed=seed)
     t = full.arrival_ms - full.arrival_ms[0]

@@ -105,11 +105,11 @@ class Engine:
             raise KeyError(name)
         self._draining.add(name)
         try:
-            drained = self._open_requests(name)
+            drained = self.open_requests(name)
             deadline = time.monotonic() + timeout_s
-            while self._open_requests(name) and time.monotonic() < deadline:
+            while self.open_requests(name) and time.monotonic() < deadline:
                 await asyncio.sleep(0.005)
-            left = self._open_requests(name)
+            left = self.open_requests(name)
             if left:  # never forgotten: answered now
                 items = [it for it in self._books.pending.values() if it.req.app == name]
                 self._books.fail(items, "unknown_app", f"application {name!r} was removed before this request ran")
@@ -123,9 +123,6 @@ class Engine:
 
     def open_requests(self, name: str) -> int:
         """Requests of application `name` accepted and not yet answered (queued or on the device)."""
-        return self._open_requests(name)
-
-    def _open_requests(self, name: str) -> int:
         return sum(1 for it in self._books.pending.values() if it.req.app == name)
 
     @property
@@ -171,7 +168,7 @@ class Engine:
         now = self.now_ms()
         arrival = now if arrival_ms is None else min(arrival_ms, now)
         self._check_app(app, len(payloads))
-        self._admit(app, len(payloads), now, arrival + self.apps[app].slo_ms)
+        self._admit(app, len(payloads), now, arrival + self.apps[app].slo_ms, arrival)
         deadline = self._t0 + (arrival + self.apps[app].slo_ms) / 1000.0  # on the clock
         try:
             return await self._decode.many(payloads, deadline)
@@ -211,7 +208,7 @@ class Engine:
         # ... and after an SLO was lowered at run time, plan no earlier than the app's requests
         # queued under the old one (the answer's deadline_met is judged on the true arrival and SLO)
         deadline = max(queued_at + self.apps[app].slo_ms * (1 - self.margin), self._last_deadline.get(app, -math.inf))
-        self._admit(app, n, now, deadline)
+        self._admit(app, n, now, deadline, arrival)
         self._last_arrival[app], self._last_deadline[app] = queued_at, deadline
         g = self._books.open(app, n, single)
         for image in images:
@@ -225,8 +222,9 @@ class Engine:
         self._wake.set()
         return g.future
 
-    def _admit(self, app: str, n: int, now: float, deadline: float) -> None:
-        """Refuse (NotServed, observed for each image) a request that cannot be accepted whole."""
+    def _admit(self, app: str, n: int, now: float, deadline: float, arrival: float) -> None:
+        """Refuse (NotServed, observed for each image) a request that cannot be accepted whole;
+        `arrival`: its first byte, on this engine's clock."""
         if not self.ready:
             raise self._refuse(
                 app, n, "rejected", "shutting_down", "the server is shutting down; retry on another replica"
@@ -244,11 +242,10 @@ class Engine:
                     f"{deadline - now:.0f} ms are left; send fewer images per request",
                 )  # fmt: skip
         elif self.scheduler.config.reject_infeasible and now + self.scheduler.fastest_ms(1) > deadline:
-            spent = now - (deadline - self.apps[app].slo_ms)  # since its first byte
             raise self._refuse(
                 app, n, "rejected", "infeasible",
                 f"{deadline - now:.0f} ms are left to its deadline, less than the {self.scheduler.fastest_ms(1):.1f} "
-                f"ms it needs at the fastest setting: {spent:.0f} ms passed from its first byte (the "
+                f"ms it needs at the fastest setting: {now - arrival:.0f} ms passed from its first byte (the "
                 "upload, then parsing and decoding here); send it whole at once, or retry",
             )  # fmt: skip
 

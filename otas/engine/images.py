@@ -35,12 +35,12 @@ from otas.data.preprocess import Preprocess
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
 FORMATS = ("PNG", "JPEG")
-ACCEPTABLE = ("PNG", "JPEG", "WEBP")
-"""The formats that may be turned on: PNG and JPEG have their structure checked before Pillow
-opens them (`DecodeLimits.check_structure`); WEBP's decoder bounds its own work."""
 """Formats decoded by default: what clients send, with cheap, well-fuzzed decoders. WEBP may be
 added (`--image-formats PNG,JPEG,WEBP`); it decodes 3-10x slower per pixel here and has no reduced
 decode. Everything else Pillow reads (BMP, TIFF, GIF, ICO, TGA, JPEG 2000, ...) is refused."""
+ACCEPTABLE = ("PNG", "JPEG", "WEBP")
+"""The formats that may be turned on: PNG and JPEG have their structure checked before Pillow
+opens them (`DecodeLimits.check_structure`); WEBP's decoder bounds its own work."""
 
 
 @dataclass(frozen=True)

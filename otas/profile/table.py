@@ -39,9 +39,9 @@ SCHEMA = "otas.profile/1"
 
 def _key(field: str, k: Any, lo: int | None = None) -> int:
     """A γ or batch size of a profile: an integer (or its decimal string, as JSON keys are), >= `lo`."""
-    if isinstance(k, bool) or not isinstance(k, (int, str)):
-        raise ValueError(f"profile field {field}: key {str(k)[:40]!r} is not an integer")
     try:
+        if isinstance(k, bool) or not isinstance(k, (int, str)):
+            raise ValueError
         v = int(k)
     except ValueError:
         raise ValueError(f"profile field {field}: key {str(k)[:40]!r} is not an integer") from None

@@ -155,9 +155,7 @@ def protocol_class(guard: Guard) -> type[asyncio.Protocol]:
             ):
                 self._head_bytes = 0
                 return self._disarm()
-            self._head_bytes += len(data)
-            if self._head_bytes > cfg.max_header_kb * 1024:
-                return self._refuse(431, "headers_too_large", f"request headers are over {cfg.max_header_kb} KiB")
+            self._head_bytes += len(data)  # a head still arriving (its size was checked above)
             self._arm()
 
         def on_response_complete(self) -> None:

@@ -94,21 +94,19 @@ def _read_csv(p: Path) -> tuple[np.ndarray, np.ndarray]:
         what = "is not a file" if p.exists() else "does not exist"
         raise ValueError(f"trace file {p} {what}; give a CSV path or one of azure, {', '.join(SYNTHETIC)}")
     times, tokens = [], []
-    with p.open(encoding="utf-8", errors="strict") as f:
-        rows = csv.DictReader(f)
-        try:
-            rows = list(rows)
-        except (UnicodeDecodeError, csv.Error) as e:
-            raise ValueError(f"{p}: not a UTF-8 CSV trace ({e})") from None
-        for row in rows:
-            try:
-                ts = row["TIMESTAMP"].strip()
-                head, _, frac = ts.partition(".")
-                t = datetime.fromisoformat(head).timestamp() + (float("0." + frac) if frac else 0.0)
-                times.append(t * 1000.0)
-                tokens.append(int(row["ContextTokens"]))
-            except (KeyError, ValueError) as e:
-                raise ValueError(f"{p}: bad row {row!r} ({e}); expected TIMESTAMP,ContextTokens,...") from None
+    try:
+        with p.open(encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                try:
+                    ts = row["TIMESTAMP"].strip()
+                    head, _, frac = ts.partition(".")
+                    t = datetime.fromisoformat(head).timestamp() + (float("0." + frac) if frac else 0.0)
+                    times.append(t * 1000.0)
+                    tokens.append(int(row["ContextTokens"]))
+                except (KeyError, ValueError) as e:
+                    raise ValueError(f"{p}: bad row {row!r} ({e}); expected TIMESTAMP,ContextTokens,...") from None
+    except (UnicodeDecodeError, csv.Error) as e:  # raised while reading rows, not in parsing one
+        raise ValueError(f"{p}: not a UTF-8 CSV trace ({e})") from None
     if not times:
         raise ValueError(f"{p}: no requests; expected a header TIMESTAMP,ContextTokens,... and one row per request")
     order = np.argsort(times, kind="stable")
