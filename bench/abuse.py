@@ -83,7 +83,9 @@ class Sampler(threading.Thread):
 
 
 async def normal(url: str, model: str, rate: float, seconds: float) -> list[tuple]:
-    """(status or error, latency ms, deadline met) of each request, sent open loop at `rate`."""
+    """(status or error, latency ms, deadline met, server ms) of each request, sent open loop at `rate`;
+    server ms: the server's own total (`latency_ms`, from its first byte to its answer), which leaves
+    out the client's side of the host (its CPU, loopback TCP on its core), None if not answered."""
     bodies = {
         app: {"parameters": {"app": app}, "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
               "data": [base64.b64encode((REPO / "otas/assets/sample" / p).read_bytes()).decode()]}]}
@@ -100,11 +102,12 @@ async def normal(url: str, model: str, rate: float, seconds: float) -> list[tupl
                     body = await r.json(content_type=None)
                     ms = (time.perf_counter() - t0) * 1e3
                     if r.status == 200:
-                        out.append((200, ms, body["outputs"][3]["data"][0]))
+                        lat = next(o["data"] for o in body["outputs"] if o["name"] == "latency_ms")
+                        out.append((200, ms, body["outputs"][3]["data"][0], lat[2]))  # the server's total
                     else:
-                        out.append((f"{r.status} {body.get('reason')}", ms, False))
+                        out.append((f"{r.status} {body.get('reason')}", ms, False, None))
             except (aiohttp.ClientError, TimeoutError, ValueError) as e:
-                out.append((type(e).__name__, (time.perf_counter() - t0) * 1e3, False))
+                out.append((type(e).__name__, (time.perf_counter() - t0) * 1e3, False, None))
 
         n, start, tasks = int(rate * seconds), time.perf_counter(), []
         for i in range(n):
@@ -116,15 +119,17 @@ async def normal(url: str, model: str, rate: float, seconds: float) -> list[tupl
 
 def summarize(out: list[tuple]) -> dict:
     n = len(out)
-    ok = [ms for s, ms, _ in out if s == 200]
+    ok = [ms for s, ms, *_ in out if s == 200]
+    server = [sms for s, _, _, sms in out if s == 200]
     fails: dict[str, int] = {}
-    for s, _, _ in out:
+    for s, *_ in out:
         if s != 200:
             fails[str(s)] = fails.get(str(s), 0) + 1
     return {
         "sent": n, "ok": len(ok), "success": len(ok) / n, "failures": fails,
-        "deadline_met": sum(met for s, _, met in out if s == 200) / n,
+        "deadline_met": sum(met for s, _, met, _ in out if s == 200) / n,
         "p50_ms": float(np.percentile(ok, 50)) if ok else None, "p99_ms": float(np.percentile(ok, 99)) if ok else None,
+        "server_p99_ms": float(np.percentile(server, 99)) if server else None,
     }  # fmt: skip
 
 
@@ -195,7 +200,7 @@ def main() -> None:
         base = {**summarize(samples), "rss_mb": float(np.median(rss)), "server_cpu_s": round(float(np.mean(cpu)), 2),
                 "p99_ms_rounds": [summarize(r)["p99_ms"] for r in rounds]}  # fmt: skip
         print(f"baseline: {base}", flush=True)
-        alone_ms = [ms for s, ms, _ in samples if s == 200]
+        alone_ms = [ms for s, ms, *_ in samples if s == 200]
         rows = [combine(c, windows[c], base, alone_ms) for c in classes]
         metrics = httpx.get(url + "/metrics").text
     finally:
@@ -268,7 +273,9 @@ def combine(name: str, ws: list[dict], base: dict, alone_ms: list[float]) -> dic
            "server_cpu_s": round(float(np.mean([w["server_cpu_s"] for w in ws])), 2),
            "attacker_cpu_s": round(float(np.mean([w["attack"]["attacker_cpu_s"] for w in ws])), 2)}  # fmt: skip
     row["p99_ratio"] = res["p99_ms"] / base["p99_ms"] if res["p99_ms"] else None
-    row["p99_ratio_ci90"] = p99_ratio_interval([ms for s, ms, _ in pooled if s == 200], alone_ms)
+    row["p99_ratio_ci90"] = p99_ratio_interval([ms for s, ms, *_ in pooled if s == 200], alone_ms)
+    sp99 = res["server_p99_ms"]
+    row["server_p99_ratio"] = sp99 / base["server_p99_ms"] if sp99 and base.get("server_p99_ms") else None
     row["p99_ratio_rounds"] = [  # each round's window against the same round's normal-alone phase
         round(p / b, 3) if p and b else None
         for p, b in zip([summarize(w["samples"])["p99_ms"] for w in ws], base["p99_ms_rounds"], strict=False)
@@ -276,6 +283,7 @@ def combine(name: str, ws: list[dict], base: dict, alone_ms: list[float]) -> dic
     row["rss_ratio"] = row["rss_after_mb"] / base["rss_mb"]
     fast = row["p99_ratio"] is not None and row["p99_ratio"] <= TARGET["p99_ratio"]
     row["meets"] = bool(res["success"] >= TARGET["success"] and fast and row["rss_ratio"] <= TARGET["rss_ratio"])
+    row["control"] = name in abuse_attacks.CONTROLS  # load, not abuse: held to no target
     return row
 
 

@@ -243,8 +243,19 @@ async def abandoned(host: str, port: int, model: str, start) -> dict:
     return {"sent": sent, "images": 8 * sent}
 
 
+async def valid_load(host: str, port: int, model: str, start) -> dict:
+    """A control, not an attack: 0.8/s plain 32×32 PNG classify requests for `blur`, the rate of the
+    valid images among decode_bombs' payloads (2 in 10 of its 4/s). Each is served by the model like
+    any request, so this shows what that much extra legitimate load alone does to the normal traffic."""
+    req = request("POST", "/v1/apps/blur/classify", encoded("RGB", (32, 32)), "image/png")
+    until = await start()
+    return await paced(until, 0.8, lambda i: req, host, port)
+
+
 ATTACKS = {f.__name__: f for f in (decode_bombs, stalled_bodies, idle_connections, big_json, malformed, multi_image,
-                                   abandoned)}  # fmt: skip
+                                   abandoned, valid_load)}  # fmt: skip
+CONTROLS = ("valid_load",)
+"""Phases that are load, not abuse: reported beside the attacks, held to no target."""
 
 
 def run(name: str, host: str, port: int, seconds: float, model: str, ready, go, out, isolate=None) -> None:

@@ -22,7 +22,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -161,7 +161,13 @@ class Engine:
         self._decode.shutdown()
 
     # -- requests -----------------------------------------------------------------------------
-    async def decode(self, app: str, payloads: Sequence[bytes], arrival_ms: float | None = None) -> list[np.ndarray]:
+    async def decode(
+        self,
+        app: str,
+        payloads: Sequence[bytes],
+        arrival_ms: float | None = None,
+        on_large: Callable[[], None] | None = None,
+    ) -> list[np.ndarray]:
         """Encoded images -> uint8 (H, W, 3) at the model's size, off the event loop. A request that
         could not be admitted anyway is refused first, before any decoding; a full decode queue
         refuses it (`decode_busy`); images still waiting when its deadline passes are not decoded."""
@@ -171,7 +177,7 @@ class Engine:
         self._admit(app, len(payloads), now, arrival + self.apps[app].slo_ms, arrival)
         deadline = self._t0 + (arrival + self.apps[app].slo_ms) / 1000.0  # on the clock
         try:
-            return await self._decode.many(payloads, deadline)
+            return await self._decode.many(payloads, deadline, on_large)
         except DecodeBusy as e:
             raise self._refuse(app, len(payloads), "rejected", "decode_busy", str(e)) from None
         except DecodeExpired as e:

@@ -15,13 +15,14 @@ client bytes is the client's bad payload, never a server error.
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import os
 import struct
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -218,22 +219,88 @@ def tensor_images(datatype: str, shape: list[int], data: np.ndarray, size: int) 
 NICE = 10
 """Decode threads run at this niceness (Linux: per thread): a costly image then takes CPU from other
 decoding, hardly from the model's forward or the event loop."""
+NICE_LARGE = 19
+"""Threads (or processes) of the large-image lane run at this niceness: below the small images' lane,
+so a stream of large images never slows the decoding of small ones."""
+LARGE_PIXELS = 1 << 18
+"""A payload whose header declares more pixels to decode than this (512 × 512; a JPEG counted at the
+size its DCT scaling decodes) is decoded in the large-image lane, as is one whose header tells no size:
+at about 10 ms per MP, a small image's decode then never waits behind a large one's."""
 
 
-def _lower_priority() -> None:
+def declared_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR, a JPEG's frame header or a WEBP's header, read from the
+    bytes without decoding anything; None where the header does not tell (or is not one of those)."""
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE)
+        if data.startswith(b"\x89PNG\r\n\x1a\n") and data[12:16] == b"IHDR":
+            return struct.unpack_from(">II", data, 16)
+        if data.startswith(b"\xff\xd8"):
+            pos = 2
+            for _ in range(4096):  # segments before the frame header (check_structure bounds them too)
+                if data[pos] != 0xFF:
+                    return None
+                marker = data[pos + 1]
+                if marker == 0xFF:  # fill byte
+                    pos += 1
+                    continue
+                if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start of frame
+                    h, w = struct.unpack_from(">HH", data, pos + 5)
+                    return w, h
+                if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
+                    pos += 2
+                else:
+                    pos += 2 + struct.unpack_from(">H", data, pos + 2)[0]
+            return None
+        if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+            kind = data[12:16]
+            if kind == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":
+                w, h = struct.unpack_from("<HH", data, 26)
+                return w & 0x3FFF, h & 0x3FFF
+            if kind == b"VP8L" and data[20] == 0x2F:
+                bits = struct.unpack_from("<I", data, 21)[0]
+                return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+            if kind == b"VP8X" and len(data) >= 30:
+                return 1 + int.from_bytes(data[24:27], "little"), 1 + int.from_bytes(data[27:30], "little")
+    except (IndexError, struct.error):
+        pass
+    return None
+
+
+def is_large(data: bytes, pre: Preprocess) -> bool:
+    """Whether a payload goes to the large-image lane (`LARGE_PIXELS`): decided from its header alone,
+    in microseconds, so the event loop can route every payload of a request."""
+    size = declared_size(data)
+    if size is None:
+        return True
+    w, h = size
+    if data.startswith(b"\xff\xd8"):  # decoded at 1/2..1/8 a side where that keeps the resize's pixels
+        want = pre.draft_size()[0]
+        k = next((k for k in (8, 4, 2) if w // k >= want and h // k >= want), 1)
+        w, h = -(-w // k), -(-h // k)
+    return w * h > LARGE_PIXELS
+
+
+def _lower_priority(nice: int = NICE) -> None:
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
     except (AttributeError, OSError):  # not Linux, or not allowed: same priority as the rest
         pass
 
 
 class Decoder:
-    """Decodes payloads on a small thread pool, off the event loop (for the engine and the Ray router),
+    """Decodes payloads on small thread pools, off the event loop (for the engine and the Ray router),
     to the model's input as its `Preprocess` says (an int: a plain resize to that side). With
-    `processes`, `workers` processes decode instead, payloads handed off in chunks (`decode_pool.py`):
-    Pillow holds the GIL for much of a small image's decode, so threads do not add up on many cores.
+    `processes`, processes decode instead, payloads handed off in chunks (`decode_pool.py`): Pillow
+    holds the GIL for much of a small image's decode, so threads do not add up on many cores.
 
-    At most `max_queue` payloads wait or decode at once; a request that would overflow it is refused
+    Two lanes, chosen per payload from its header (`is_large`): small images on `workers` threads (or
+    processes) at niceness `NICE`, large ones (or of unknown size) on `large_workers` (default half,
+    at least one) at `NICE_LARGE`. A large image costs up to ~60 ms; in one queue, small ones would
+    wait behind a stream of them, and requests would miss their deadlines while the CPU decodes
+    images the clients could have sent smaller.
+
+    At most `max_queue` payloads wait or decode at once, and at most `max_large` (default
+    `max_queue` // 16, at least one) of them large; a request that would overflow either is refused
     whole (`DecodeBusy`). A payload whose request's deadline passes while it waits is not decoded
     (`DecodeExpired`), and a request that fails or is abandoned takes its waiting payloads with it."""
 
@@ -245,37 +312,68 @@ class Decoder:
         max_queue: int = 256,
         clock=time.monotonic,
         processes: bool = False,
+        large_workers: int | None = None,
+        max_large: int | None = None,
     ):
         if not isinstance(max_queue, int) or max_queue < 1:
             raise ValueError(f"decode_queue={max_queue!r}: use a positive number of images, e.g. 256")
+        large_workers = max(1, workers // 2) if large_workers is None else large_workers
+        self.max_large = max(1, max_queue // 16) if max_large is None else max_large
+        if large_workers < 1 or self.max_large < 1:
+            raise ValueError(f"large_workers={large_workers}, max_large={self.max_large}: use integers >= 1")
         self.pre = Preprocess(size) if isinstance(size, int) else size
         self.size, self.limits, self.max_queue, self._clock = self.pre.size, limits or DecodeLimits(), max_queue, clock
-        self._pool = self._procs = None
-        if processes:  # `workers` processes, payloads handed off in chunks (decode_pool.py)
+        self._processes = processes
+        self._lanes = (
+            self._lane(workers, NICE, "otas-decode"),
+            self._lane(large_workers, NICE_LARGE, "otas-decode-large"),
+        )
+        self._lock = threading.Lock()
+        self._pending = [0, 0]  # small, large
+
+    def _lane(self, workers: int, nice: int, name: str):
+        if self._processes:  # payloads handed off in chunks (decode_pool.py)
             from otas.engine.decode_pool import ProcessDecodePool
 
-            self._procs = ProcessDecodePool(self.pre, self.limits, workers, self._past, _expired, nice=NICE)
-        else:
-            self._pool = ThreadPoolExecutor(workers, thread_name_prefix="otas-decode", initializer=_lower_priority)
-        self._lock = threading.Lock()
-        self._pending = 0
+            return ProcessDecodePool(self.pre, self.limits, workers, self._past, _expired, nice=nice)
+        return ThreadPoolExecutor(
+            workers, thread_name_prefix=name, initializer=functools.partial(_lower_priority, nice)
+        )
 
     @property
     def pending(self) -> int:
         """Payloads waiting or being decoded."""
-        return self._pending
+        return sum(self._pending)
 
-    async def many(self, payloads: Sequence[bytes], deadline: float | None = None) -> list[np.ndarray]:
+    async def many(
+        self, payloads: Sequence[bytes], deadline: float | None = None, on_large: Callable[[], None] | None = None
+    ) -> list[np.ndarray]:
         """Encoded images -> uint8 (size, size, 3) each, all or nothing: raises DecodeBusy (queue full),
-        ImageError (the first bad payload) or DecodeExpired (past `deadline`, on `clock`)."""
+        ImageError (the first bad payload) or DecodeExpired (past `deadline`, on `clock`). `on_large`:
+        called once, as they are queued, if any of them go to the large-image lane (the server frees
+        the request's place at its front door then: that lane is bounded on its own, and small
+        requests must not wait for a place held by large ones)."""
+        lanes = [int(is_large(p, self.pre)) for p in payloads]
+        large = sum(lanes)
         with self._lock:
-            if self._pending + len(payloads) > self.max_queue:
+            if self.pending + len(payloads) > self.max_queue:
                 raise DecodeBusy(
-                    f"{self._pending} images are waiting to be decoded and this request brings {len(payloads)}; "
+                    f"{self.pending} images are waiting to be decoded and this request brings {len(payloads)}; "
                     f"the decode queue holds {self.max_queue}; retry shortly"
                 )
-            self._pending += len(payloads)
-        futures = [asyncio.wrap_future(self._submit(p, deadline)) for p in payloads]
+            if large and self._pending[1] + large > self.max_large:
+                raise DecodeBusy(
+                    f"{self._pending[1]} large images (over {LARGE_PIXELS} pixels to decode) are waiting to be "
+                    f"decoded and this request brings {large}; at most {self.max_large} may wait; retry shortly, "
+                    f"or send images nearer the model's input of {self.size}x{self.size}"
+                )
+            self._pending[0] += len(payloads) - large
+            self._pending[1] += large
+        if large and on_large is not None:
+            on_large()
+        futures = [
+            asyncio.wrap_future(self._submit(p, deadline, lane)) for p, lane in zip(payloads, lanes, strict=True)
+        ]
         try:
             return list(await asyncio.gather(*futures))
         finally:
@@ -285,9 +383,10 @@ class Decoder:
     async def __call__(self, data: bytes) -> np.ndarray:
         return (await self.many([data]))[0]
 
-    def _submit(self, data: bytes, deadline: float | None) -> Future:
-        f = self._procs.submit(data, deadline) if self._procs else self._pool.submit(self._job, data, deadline)
-        f.add_done_callback(self._done)
+    def _submit(self, data: bytes, deadline: float | None, lane: int) -> Future:
+        pool = self._lanes[lane]
+        f = pool.submit(data, deadline) if self._processes else pool.submit(self._job, data, deadline)
+        f.add_done_callback(functools.partial(self._done, lane))
         return f
 
     def _past(self, deadline: float | None) -> bool:
@@ -299,12 +398,13 @@ class Decoder:
             raise _expired()
         return decode_image(data, self.pre, self.limits)
 
-    def _done(self, _: Future) -> None:
+    def _done(self, lane: int, _: Future) -> None:
         with self._lock:
-            self._pending -= 1
+            self._pending[lane] -= 1
 
     def shutdown(self) -> None:
-        if self._procs is not None:
-            self._procs.shutdown()
-        else:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        for pool in self._lanes:
+            if self._processes:
+                pool.shutdown()
+            else:
+                pool.shutdown(wait=False, cancel_futures=True)

@@ -128,10 +128,17 @@ class ServingEngine(Protocol):
         """The engine's clock: `arrival_ms` and every time in `Served` are on it."""
         ...
 
-    async def decode(self, app: str, payloads: Sequence[bytes], arrival_ms: float | None = None) -> list[np.ndarray]:
+    async def decode(
+        self,
+        app: str,
+        payloads: Sequence[bytes],
+        arrival_ms: float | None = None,
+        on_large: Callable[[], None] | None = None,
+    ) -> list[np.ndarray]:
         """A request's encoded images -> uint8 (image_size, image_size, 3) each, all or none; raises
         `ImageError` (a bad payload) or NotServed (a refusal: the request could not be admitted, or
-        the decode queue is full)."""
+        the decode queue is full). `on_large`: called once if the request has large images, as they
+        enter the large-image decode lane (`otas.engine.images.Decoder`)."""
         ...
 
     def submit(self, app: str, image: np.ndarray, arrival_ms: float | None = None) -> asyncio.Future[Served]:

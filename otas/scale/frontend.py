@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -106,11 +106,17 @@ class RoutedEngine:
             await asyncio.gather(self._probe, return_exceptions=True)
         self._decode.shutdown()
 
-    async def decode(self, app: str, payloads: Sequence[bytes], arrival_ms: float | None = None) -> list[np.ndarray]:
+    async def decode(
+        self,
+        app: str,
+        payloads: Sequence[bytes],
+        arrival_ms: float | None = None,
+        on_large: Callable[[], None] | None = None,
+    ) -> list[np.ndarray]:
         if self._closing:
             raise self._refuse(app, len(payloads), "shutting_down", "the server is shutting down; retry elsewhere")
         try:
-            return await self._decode.many(payloads)
+            return await self._decode.many(payloads, on_large=on_large)
         except DecodeBusy as e:
             raise self._refuse(app, len(payloads), "decode_busy", str(e)) from None
         except DecodeRestarted as e:  # --decode-processes: a decode process died under it

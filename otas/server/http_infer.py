@@ -76,8 +76,9 @@ async def classify(request: Request) -> Response:
     data, k = await _classify_payload(request, config.top_k)
 
     async def work():
-        images = await decode_all(engine, name, [data], arrival)
-        if (done := hand_off(request)) is not None:
+        done = hand_off(request)
+        images = await decode_all(engine, name, [data], arrival, done)
+        if done is not None:
             done()
         return (await engine.submit_many(name, images, arrival))[0]
 

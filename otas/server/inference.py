@@ -24,17 +24,27 @@ def check_app(engine: ServingEngine, app: str, status: int = 400) -> None:
 async def run(
     engine: ServingEngine, req: InferRequest, arrival_ms: float, handed_off: Callable[[], None] | None = None
 ) -> list[Served]:
-    """`handed_off`: called once the images are decoded, as they go to the scheduler (the front
-    door's place of the request is freed: `admission.py`)."""
+    """`handed_off`: called when the request leaves the front end (its front door place is freed:
+    `admission.py`): once its images are decoded, as they go to the scheduler, or earlier, as large
+    images enter their own bounded decode lane. It may be called twice (it must be idempotent)."""
     check_app(engine, req.app)
-    images = req.images if req.images is not None else await decode_all(engine, req.app, req.payloads, arrival_ms)
+    images = req.images
+    if images is None:
+        images = await decode_all(engine, req.app, req.payloads, arrival_ms, handed_off)
     if handed_off is not None:
         handed_off()
     return await engine.submit_many(req.app, images, arrival_ms)
 
 
-async def decode_all(engine: ServingEngine, app: str, payloads: list[bytes], arrival_ms: float) -> list[np.ndarray]:
+async def decode_all(
+    engine: ServingEngine,
+    app: str,
+    payloads: list[bytes],
+    arrival_ms: float,
+    on_large: Callable[[], None] | None = None,
+) -> list[np.ndarray]:
+    """`on_large`: see `ServingEngine.decode` (the server passes the front door's release)."""
     try:
-        return await engine.decode(app, payloads, arrival_ms)
+        return await engine.decode(app, payloads, arrival_ms, on_large)
     except ImageError as e:
         raise ProtocolError(400, "not_an_image", str(e)) from None

@@ -75,7 +75,7 @@ def test_a_dead_decode_process_is_replaced():
         dec = Decoder(SIZE, workers=1, processes=True)
         try:
             await dec.many([png(0)])
-            for pid in list(dec._procs._pool._processes):
+            for pid in list(dec._lanes[0]._pool._processes):
                 os.kill(pid, signal.SIGKILL)
             outcomes = []
             for i in range(50):  # the first calls may meet the dead pool; then it is replaced
