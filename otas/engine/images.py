@@ -228,6 +228,11 @@ size its DCT scaling decodes) is decoded in the large-image lane, as is one whos
 at about 10 ms per MP, a small image's decode then never waits behind a large one's."""
 
 
+SIZE_SEGMENTS = 32
+"""JPEG segments `declared_size` walks to find the frame header (a camera's APP and table segments come
+to about 10-20): it runs on the event loop, so a crafted file costs it at most this many steps."""
+
+
 def declared_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) from a PNG's IHDR, a JPEG's frame header or a WEBP's header, read from the
     bytes without decoding anything; None where the header does not tell (or is not one of those)."""
@@ -236,7 +241,7 @@ def declared_size(data: bytes) -> tuple[int, int] | None:
             return struct.unpack_from(">II", data, 16)
         if data.startswith(b"\xff\xd8"):
             pos = 2
-            for _ in range(4096):  # segments before the frame header (check_structure bounds them too)
+            for _ in range(SIZE_SEGMENTS):
                 if data[pos] != 0xFF:
                     return None
                 marker = data[pos + 1]

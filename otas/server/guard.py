@@ -89,6 +89,11 @@ def error(status: int, reason: str, message: str, close: bool = True) -> JSONRes
     return JSONResponse(error_body(message, reason), status_code=status, headers=headers)
 
 
+def in_flight_message(guard: Guard) -> str:
+    return (f"{guard.inflight} bytes of request bodies are in flight and this server holds at most "
+            f"{guard.http.max_inflight_bytes}; retry shortly")  # fmt: skip
+
+
 def guard_bodies(app, guard: Guard):
     """The ASGI middleware (see the module docstring)."""
 
@@ -121,9 +126,7 @@ def guard_bodies(app, guard: Guard):
             msg = f"request body of {size} bytes is over the limit of {guard.max_body}; send less"
             return await error(413, "too_large", msg)(scope, receive, send)
         if not guard.reserve(size):
-            msg = (f"{guard.inflight} bytes of request bodies are in flight and this server holds at most "
-                   f"{guard.http.max_inflight_bytes}; retry shortly")  # fmt: skip
-            return await error(503, "in_flight_full", msg)(scope, receive, send)
+            return await error(503, "in_flight_full", in_flight_message(guard))(scope, receive, send)
         reserved = [size]
         try:
             body = await _read(receive, guard, size if length is not None else None, reserved)

@@ -150,6 +150,25 @@ def test_bodies_in_flight_are_capped_and_slow_bodies_time_out(runner, impl, chun
         assert r.status_code == 400  # room again: read, and answered on its merits
 
 
+@pytest.mark.parametrize("size", [900_000, 5_000_000])
+def test_a_refused_body_is_answered_as_its_headers_end(runner, impl, size, caplog):
+    """Over the in-flight budget (503) or the body limit (413), with the body's first bytes in the same
+    piece as the headers: answered at once, and the bytes that follow are not parsed as a request."""
+    with server(runner, body_timeout_s=2.0) as (srv, _):
+        stalled = connect(srv.url)
+        stalled.sendall((HEAD + "content-length: 900000\r\n\r\n").encode() + b"x" * 800_000)
+        time.sleep(0.2)  # let the server take it in (a liveness margin, not a measurement)
+        for _ in range(3):
+            refused = connect(srv.url)
+            refused.sendall((HEAD + f"content-length: {size}\r\n\r\n").encode() + b"x" * 200_000)
+            status, body = answer(refused)
+            want = ("in_flight_full", 503) if size <= 1 << 20 else ("too_large", 413)
+            assert (body["reason"], status) == want, body
+        assert ok(srv.url)
+        stalled.close()
+    assert not [r for r in caplog.records if "Invalid HTTP request" in r.getMessage()]
+
+
 def test_memory_returns_after_large_bodies(tiny_ckpt):
     """Rounds of 40 bodies of 2 MiB held at once, then dropped: the server's memory goes back."""
     # front door off: 40 requests held at once are more than it would admit (they would not be held)
