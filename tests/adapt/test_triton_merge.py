@@ -75,12 +75,13 @@ CASES = [  # B, N, C, d, r, prefix
 ]
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["one-program-match", "split-match"])
 @pytest.mark.parametrize("B,N,C,d,r,prefix", CASES)
-def test_triton_merge_equals_scatter_merge(interpreted, B, N, C, d, r, prefix):
+def test_triton_merge_equals_scatter_merge(interpreted, B, N, C, d, r, prefix, split):
     """The same tokens land on the same rows with the same values (fp32 sums, so to float rounding)."""
     x, size, metric = _inputs(B, N, C, d, prefix, seed=N * 31 + r)
     want_x, want_size = merge_scatter(x, size, metric, r, prefix)
-    got_x, got_size = interpreted.merge_triton(x, size, metric, r, prefix)
+    got_x, got_size = interpreted.merge_triton(x, size, metric, r, prefix, split=split)
     assert got_x.shape == (B, N - r, C) and got_size.shape == (B, N - r, 1)
     torch.testing.assert_close(got_size, want_size, rtol=0, atol=0)  # integer counts: exact
     torch.testing.assert_close(got_x, want_x, rtol=1e-5, atol=1e-5)
@@ -125,15 +126,17 @@ def test_triton_merge_in_float16(interpreted):
     torch.testing.assert_close(got_x.float(), want_x, rtol=2e-3, atol=2e-3)
 
 
-# 81: B tokens over two score tiles; 150: 74 A tokens into one B row, over three one-hot tiles
-@pytest.mark.parametrize("N,r", [(13, 4), (81, 30), (150, 74)])
-def test_triton_merge_breaks_ties_by_index(interpreted, N, r):
+# 81: B tokens over two score tiles; 150: 74 A tokens into one B row, over three one-hot tiles;
+# 300: 149 B tokens, over three tiles of the split match too, and 150 A tokens, a 256-row block
+@pytest.mark.parametrize("split", [False, True], ids=["one-program-match", "split-match"])
+@pytest.mark.parametrize("N,r", [(13, 4), (81, 30), (150, 74), (300, 100)])
+def test_triton_merge_breaks_ties_by_index(interpreted, N, r, split):
     """All scores equal: every A token picks the first B token, and A tokens rank in index order, so the
     first r merge into B token 0 and the rest stay in their order (the reference's argsort may differ)."""
     B, C, prefix = 2, 6, 1
     g = torch.Generator().manual_seed(0)
     x, size = torch.randn(B, N, C, generator=g), torch.randint(1, 5, (B, N, 1), generator=g).float()
-    got_x, got_size = interpreted.merge_triton(x, size, torch.ones(B, N, 8), r, prefix)
+    got_x, got_size = interpreted.merge_triton(x, size, torch.ones(B, N, 8), r, prefix, split=split)
     a, b = slice(prefix, None, 2), slice(prefix + 1, None, 2)
     xa, sa, xb, sb = x[:, a], size[:, a], x[:, b].clone(), size[:, b].clone()
     xb[:, 0] = (xb[:, 0] * sb[:, 0] + (xa[:, :r] * sa[:, :r]).sum(1)) / (sb[:, 0] + sa[:, :r].sum(1))
@@ -142,16 +145,65 @@ def test_triton_merge_breaks_ties_by_index(interpreted, N, r):
     torch.testing.assert_close(got_size, torch.cat([size[:, :prefix], sa[:, r:], sb], 1))
 
 
-def test_triton_merge_with_a_zero_key_keeps_every_token(interpreted):
-    """Zero keys (cosine scores NaN) on either side: every token still lands in exactly one output row,
-    so the sizes add up to the input's and every kept row is filled."""
+@pytest.mark.parametrize("split", [False, True], ids=["one-program-match", "split-match"])
+def test_triton_merge_with_a_zero_key_keeps_every_token(interpreted, split):
+    """Zero keys (cosine scores NaN, counted as -inf) on either side: every token still lands in exactly
+    one output row, so the sizes add up to the input's and every kept row is filled; both matches agree."""
     x, size, metric = _inputs(2, 33, 8, 12, 1, seed=9)
     metric[:, 1] = 0.0  # the first A token's key
     metric[1, 5] = 0.0  # another A token's
     metric[0, 2] = 0.0  # a B token's
-    got_x, got_size = interpreted.merge_triton(x, size, metric, 10, 1)
+    got_x, got_size = interpreted.merge_triton(x, size, metric, 10, 1, split=split)
     torch.testing.assert_close(got_size.sum(1), size.sum(1))
     assert torch.isfinite(got_x).all() and (got_size >= 1).all()
+    other = interpreted.merge_triton(x, size, metric, 10, 1, split=not split)
+    torch.testing.assert_close(got_x, other[0], rtol=0, atol=0)
+
+
+MATCH_CASES = [  # B, H, N, d, r, prefix
+    (1, 1, 2, 16, 1, 0),  # one A and one B token
+    (3, 3, 40, 16, 0, 1),  # r = 0: the ranks alone
+    (2, 3, 41, 64, 20, 1),  # r = max, 20 A tokens: two programs of the split match
+    (2, 4, 38, 16, 9, 5),  # five prefix tokens
+    (2, 1, 150, 64, 60, 1),  # 74 B tokens: two score tiles of the split match
+    (5, 2, 65, 16, 16, 1),  # the small model's shape
+]
+
+
+@pytest.mark.parametrize("ties", [False, True], ids=["random", "ties"])
+@pytest.mark.parametrize("B,H,N,d,r,prefix", MATCH_CASES)
+def test_split_match_equals_one_program_match(interpreted, B, H, N, d, r, prefix, ties):
+    """`_score_kernel` + `_merge_kernel` planning for itself merge exactly as `_match_kernel` + `_merge_kernel`
+    reading its plan, bit for bit: also where scores tie, between the partners of one A token and between the
+    best scores of A tokens. With `ties`, the keys have ±1 entries in 16 or 64 dimensions (every head alike:
+    their sum has entries ±H and the norm H·sqrt(d), both exact), so every cosine score is a multiple of 2/d,
+    exact in any order of summation, and many are equal."""
+    g = torch.Generator().manual_seed(B * N + r)
+    x, size = torch.randn(B, N, 6, generator=g), torch.randint(1, 5, (B, N, 1), generator=g).float()
+    if ties:
+        keys = (torch.randint(0, 2, (B, 1, N, d), generator=g) * 2 - 1).float().expand(B, H, N, d)
+    else:
+        keys = torch.randn(B, N, H, d + 3, generator=g).transpose(1, 2)[..., :d]  # strided, as a qkv view
+    one = interpreted.merge_triton(x, size, keys, r, prefix, split=False)
+    split = interpreted.merge_triton(x, size, keys, r, prefix, split=True)
+    assert torch.equal(split[0], one[0]) and torch.equal(split[1], one[1])
+    torch.testing.assert_close(one[1].sum(1), size.sum(1), rtol=0, atol=0)  # every token in one row
+    if not ties:
+        want = merge_scatter(x, size, keys.mean(1), r, prefix)
+        torch.testing.assert_close(one[0], want[0], rtol=1e-5, atol=1e-5)
+
+
+def test_triton_merge_splits_the_match_at_small_batches(interpreted, monkeypatch):
+    """split=None: the split match at batches up to SPLIT_MAX_BATCH, the one-program match above."""
+    calls = []
+    scores, match = interpreted._scores, interpreted._match
+    monkeypatch.setattr(interpreted, "_scores", lambda *a: calls.append("split") or scores(*a))
+    monkeypatch.setattr(interpreted, "_match", lambda *a: calls.append("one") or match(*a))
+    monkeypatch.setattr(interpreted, "SPLIT_MAX_BATCH", 2)
+    for B in (1, 2, 3):
+        x, size, metric = _inputs(B, 9, 4, 3, 1, seed=B)
+        interpreted.merge_triton(x, size, metric, 2, 1)
+    assert calls == ["split", "split", "one"]
 
 
 def test_triton_merge_checks_its_arguments(interpreted):
@@ -169,13 +221,15 @@ def test_triton_merge_checks_its_arguments(interpreted):
 # -- whole models ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("variant", VARIANTS)
 @torch.no_grad()
-def test_triton_column_equals_matmul_column_in_the_model(interpreted, variant):
+def test_triton_column_equals_matmul_column_in_the_model(interpreted, variant, monkeypatch):
     """Every prefix and pooling, r capped in the last block (-14): the logits of "triton+column" equal
-    those of "matmul+column" in float32."""
+    those of "matmul+column" in float32. The split match at γ = -14, the one-program match at -8 (both
+    at every γ would only repeat `test_split_match_equals_one_program_match`, slowly)."""
     model, x = _model(variant).float(), _images().float()
     idx = torch.zeros(len(x), dtype=torch.long)
     want_ops, got_ops = merge_ops("matmul+column", model.vit), merge_ops("triton+column", model.vit)
-    for gamma in (-14, -8):
+    for gamma, split_max in ((-14, len(x)), (-8, 0)):
+        monkeypatch.setattr(interpreted, "SPLIT_MAX_BATCH", split_max)
         want = model.forward_indexed(x, gamma, idx, want_ops)
         torch.testing.assert_close(model.forward_indexed(x, gamma, idx, got_ops), want, rtol=1e-4, atol=1e-5)
 
@@ -223,22 +277,23 @@ def test_triton_needs_the_triton_package(monkeypatch):
 
 # -- on a GPU ------------------------------------------------------------------------------------------------
 @pytest.mark.gpu
+@pytest.mark.parametrize("split", [False, True], ids=["one-program-match", "split-match"])
 @pytest.mark.parametrize(
     "B,N,C,d,r,prefix",
-    [(8, 257, 192, 64, 48, 1), (4, 197, 768, 64, 16, 1), (2, 30, 70, 17, 12, 5)],
+    [(8, 257, 192, 64, 48, 1), (4, 197, 768, 64, 16, 1), (2, 30, 70, 17, 12, 5), (1, 300, 64, 64, 100, 1)],
 )
-def test_gpu_triton_merge(B, N, C, d, r, prefix):
+def test_gpu_triton_merge(B, N, C, d, r, prefix, split):
     """The compiled kernels in fp32 equal the reference, and a CUDA graph replays them."""
     from otas.adapt.triton_merge import merge_triton
 
     x, size, metric = (t.cuda() for t in _inputs(B, N, C, d, prefix, seed=N))
     want_x, want_size = merge_scatter(x, size, metric, r, prefix)
-    got_x, got_size = merge_triton(x, size, metric, r, prefix)
+    got_x, got_size = merge_triton(x, size, metric, r, prefix, split=split)
     torch.testing.assert_close(got_size, want_size, rtol=0, atol=0)
     torch.testing.assert_close(got_x, want_x, rtol=1e-5, atol=1e-5)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        captured = merge_triton(x, size, metric, r, prefix)
+        captured = merge_triton(x, size, metric, r, prefix, split=split)
     x.mul_(2)
     graph.replay()
     torch.testing.assert_close(captured[0], merge_scatter(x, size, metric, r, prefix)[0], rtol=1e-5, atol=1e-5)
@@ -258,3 +313,21 @@ def test_gpu_triton_merge_in_bfloat16(N, r, prefix):
     torch.testing.assert_close(got_size.float(), want_size, rtol=0, atol=0)
     torch.testing.assert_close(got_x.float(), want_x, rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(got_x, merge_matmul(*half, r, prefix)[0], rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("B,N,H,hd,r", [(8, 257, 3, 64, 48), (1, 257, 3, 64, 16), (8, 197, 12, 64, 16)])
+def test_gpu_split_match_in_bfloat16(B, N, H, hd, r):
+    """The served case (bf16 keys as a view of the padded qkv output, many heads): the split match merges
+    as the one-program match does, on keys far enough from ties that the two score tilings agree."""
+    from otas.adapt.triton_merge import merge_triton
+
+    for s in range(100):
+        qkv = torch.randn(B, N, 3, H, hd + 8, generator=torch.Generator().manual_seed(s)).bfloat16()
+        keys = qkv.permute(2, 0, 3, 1, 4)[1][..., :hd]  # (B, H, N, hd), strided
+        if _min_gap(keys.float().mean(1)[:, 1:]) > 1e-3:
+            break
+    x, size = torch.randn(B, N, 192).bfloat16().cuda(), torch.randint(1, 5, (B, N, 1)).bfloat16().cuda()
+    one = merge_triton(x, size, keys.cuda(), r, 1, split=False)
+    split = merge_triton(x, size, keys.cuda(), r, 1, split=True)
+    assert torch.equal(split[0], one[0]) and torch.equal(split[1], one[1])
