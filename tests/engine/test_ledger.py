@@ -186,7 +186,7 @@ def test_client_gone_while_decoding_is_counted_cancelled():
         await eng.start()
         started = asyncio.Event()
 
-        async def slow_decode(payloads, deadline=None):
+        async def slow_decode(payloads, deadline=None, on_large=None):
             started.set()
             await asyncio.Event().wait()  # a decode that has not finished when the client leaves
 
