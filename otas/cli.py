@@ -45,8 +45,13 @@ def train_backbone_cmd(
         str, typer.Option(help="soft: KL to the teacher's distribution; hard: its top class (DeiT).")
     ] = "soft",
     augment: Annotated[str | None, typer.Option(help="Augmentation policy before crop and flip: trivial.")] = None,
+    grow_from: Annotated[
+        Path | None,
+        typer.Option(help="Start as this narrower trained model, widened to --arch with the same function."),
+    ] = None,
 ) -> None:
-    """Train a ViT from scratch on the source task (5 CIFAR-10 classes); resumes if a state file exists."""
+    """Train a ViT on the source task (5 CIFAR-10 classes), from scratch or grown from a smaller one; resumes if a
+    state file exists."""
     from otas.train.backbone import BackboneConfig, train_backbone
 
     try:
@@ -62,6 +67,7 @@ def train_backbone_cmd(
             kd_weight=kd_weight,
             kd_mode=kd_mode,
             augment=augment,
+            grow_from=str(grow_from) if grow_from else None,
         )
         train_backbone(cfg, out, data, device, log=console.log)
     except ValueError as e:

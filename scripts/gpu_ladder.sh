@@ -14,6 +14,7 @@
 # shellingham, markdown-it-py, mdurl and pygments in .carry/whl (used only where the image lacks them; see
 # scripts/gpu_serve_replay.sh for the `pip download` line). Run from the repository root, .carry carried:
 #   ARCH=vit_small_p2 EPOCHS=200 bash scripts/gpu_ladder.sh
+# (GROW_FROM=otas/assets/vit_tiny_p2_c5.safetensors starts the student as the shipped Tiny, widened.)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 T0=$SECONDS
@@ -25,6 +26,7 @@ TEACHER_EPOCHS=${TEACHER_EPOCHS:-200}
 KD_WEIGHT=${KD_WEIGHT:-0.5}
 KD_MODE=${KD_MODE:-soft}      # soft or hard (DeiT)
 AUGMENT=${AUGMENT:-}          # "trivial": TrivialAugment for the teacher and the student; empty: crop, flip, mixing only
+GROW_FROM=${GROW_FROM:-}      # a narrower trained checkpoint to grow the student from (`--grow-from`); empty: random init
 SKIP_TINY=${SKIP_TINY:-}      # 1: do not re-profile the shipped Tiny model (its profile of this machine is committed)
 PROMPT_EPOCHS=${PROMPT_EPOCHS:-6}
 HEAD_EPOCHS=${HEAD_EPOCHS:-10}   # as the Tiny model's γ = 0 heads
@@ -45,7 +47,7 @@ if [ ! -f runs/teacher.safetensors ] && [ "$(left)" -gt 120 ]; then
 fi
 if [ ! -f "$BB" ] && [ "$(left)" -gt 90 ]; then
   $OTAS train backbone --arch "$ARCH" --epochs "$EPOCHS" --teacher runs/teacher.safetensors --kd-weight "$KD_WEIGHT" \
-    --kd-mode "$KD_MODE" ${AUGMENT:+--augment "$AUGMENT"} --time-budget-s $(($(left) - 60)) --out "$BB" 2>&1 | tee -a "$LOGS/backbone.log"
+    --kd-mode "$KD_MODE" ${AUGMENT:+--augment "$AUGMENT"} ${GROW_FROM:+--grow-from "$GROW_FROM"} --time-budget-s $(($(left) - 60)) --out "$BB" 2>&1 | tee -a "$LOGS/backbone.log"
 fi
 prompts_done() { [ -f "$FULL" ] && python3 -c "
 import sys; from otas.models.checkpoint import read_header

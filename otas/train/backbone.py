@@ -53,6 +53,11 @@ class BackboneConfig:
     """"soft": KL to the teacher's distribution; "hard": cross entropy to its top class (DeiT's hard distillation)."""
     augment: str | None = None
     """An `otas.data.transforms.AUGMENTS` policy before crop and flip ("trivial"), or None."""
+    grow_from: str | None = None
+    """A trained checkpoint of a narrower ViT (same depth, patch and head size, e.g. the shipped Tiny) to start
+    from, widened to `arch` so that it computes the same function (`otas.train.grow`); None: random weights."""
+    grow_spread: float = 0.5
+    """How unevenly a grown weight is split among its copies (`otas.train.grow.widen_vit`)."""
     time_budget_s: float | None = None
     """Stop (and save a resumable state) once this much wall time has passed."""
     seed: int = 0
@@ -67,6 +72,10 @@ class BackboneConfig:
             raise ValueError(
                 f"teacher {self.teacher}: no such file; make one with `otas train teacher --out {self.teacher}`"
             )
+        if self.grow_from and not Path(self.grow_from).is_file():
+            raise ValueError(f"grow_from {self.grow_from}: no such checkpoint")
+        if not 0.0 <= self.grow_spread < 1.0:
+            raise ValueError(f"grow_spread must be in [0, 1), got {self.grow_spread}")
         if self.kd_mode not in KD_MODES:
             raise ValueError(f"kd_mode must be one of {', '.join(KD_MODES)}, got {self.kd_mode!r}")
         if self.augment is not None and self.augment not in AUGMENTS:
@@ -88,6 +97,7 @@ def train_backbone(
 
     vit = build_vit(cfg.arch, n_cls, drop_path_rate=cfg.drop_path).to(dev)
     model = AdaptiveViT(vit, AdaptConfig(gammas=(0,)), source_classes=list(spec.classes))
+    grown_acc = _grow(cfg, vit, spec, dev, model, xte, yte, log) if cfg.grow_from else None
     decay = [p for n, p in vit.named_parameters() if p.ndim >= 2 and "pos_embed" not in n]
     no_decay = [p for n, p in vit.named_parameters() if not (p.ndim >= 2 and "pos_embed" not in n)]
     lr = cfg.lr * cfg.batch_size / 512
@@ -162,6 +172,7 @@ def train_backbone(
     meta = {
         "config": asdict(cfg),
         "teacher_test_acc": teacher.meta.get("source_test_acc") if teacher is not None else None,
+        "grown_from": {"checkpoint": Path(cfg.grow_from).name, "test_acc": grown_acc} if cfg.grow_from else None,
         "source_test_acc": acc,
         "source_task": cfg.task,
         "history": info["history"],
@@ -171,3 +182,22 @@ def train_backbone(
     state_path.unlink(missing_ok=True)
     log(f"{cfg.arch}: source test accuracy {acc:.4f} on {len(yte)} images -> {out}")
     return {"done": True, "test_acc": acc, **info}
+
+
+def _grow(cfg: BackboneConfig, vit, spec, dev, model, xte, yte, log) -> float:
+    """Start `vit` as the widened `cfg.grow_from`; its source test accuracy, which must be the narrow model's."""
+    from otas.models.checkpoint import load_checkpoint, read_header
+    from otas.train.grow import widen_vit
+
+    small = load_checkpoint(cfg.grow_from)
+    if list(small.source_classes) != list(spec.classes):
+        raise ValueError(
+            f"grow_from {cfg.grow_from} was trained on classes {small.source_classes}, "
+            f"the task {cfg.task!r} has {spec.classes}"
+        )
+    k = widen_vit(small.vit, vit, cfg.grow_spread, cfg.seed)
+    vit.eval()
+    acc = evaluate(model, xte, yte, 0, "source")
+    before = read_header(cfg.grow_from)["meta"].get("source_test_acc")
+    log(f"grown {k}x wider from {cfg.grow_from} (its source test accuracy {before}): {acc:.4f} before training")
+    return acc
