@@ -15,5 +15,5 @@ run() {  # device apps.yaml max_batch profiles...
   done
 }
 # the first profile is the served model; the second is the other size, for model-switch
-run cpu otas/configs/apps.yaml 64 profiles/vit_tiny_p2_c5__cpu.json profiles/vit_small_p2_c5_kd__cpu.json
-run h200 otas/configs/apps-h100.yaml 256 profiles/vit_tiny_p2_c5__h200-graphs.json profiles/vit_small_p2_c5_kd__h200-graphs.json
+run cpu otas/configs/apps.yaml 64 profiles/vit_tiny_p2_c5__cpu.json profiles/vit_small_p2_c5_grown__cpu.json
+run h200 otas/configs/apps-h100.yaml 256 profiles/vit_tiny_p2_c5__h200-graphs.json profiles/vit_small_p2_c5_grown__h200-graphs.json

@@ -26,11 +26,11 @@ from otas.sim.cli import sweep
 SETS = {  # set -> (apps, B_max, {when: profiles, the served Tiny model first})
     "cpu": ("otas/configs/apps.yaml", 64, {
         "before": ["profiles/vit_tiny_p2_c5__cpu.json", "profiles/vit_small_p2_c5__cpu.json"],
-        "after": ["profiles/vit_tiny_p2_c5__cpu.json", "profiles/vit_small_p2_c5_kd__cpu.json"],
+        "after": ["profiles/vit_tiny_p2_c5__cpu.json", "profiles/vit_small_p2_c5_grown__cpu.json"],
     }),
     "gpu": ("otas/configs/apps-h100.yaml", 256, {
         "before": ["profiles/vit_tiny_p2_c5__h100-graphs.json", "profiles/vit_small_p2_c5__h100-graphs.json"],
-        "after": ["profiles/vit_tiny_p2_c5__h200-graphs.json", "profiles/vit_small_p2_c5_kd__h200-graphs.json"],
+        "after": ["profiles/vit_tiny_p2_c5__h200-graphs.json", "profiles/vit_small_p2_c5_grown__h200-graphs.json"],
     }),
 }  # fmt: skip
 LOADS = (0.1, 0.2, 0.3, 0.5, 1.0, 1.5, 2.0)

@@ -63,9 +63,9 @@ class ProfileSet:
 # the model-size ladder (docs/models.md): the served Tiny model first, then the larger one, for model-switch;
 # each set's profiles measured on one machine (the GPU's in one session, CUDA graphs)
 DEFAULT_SETS = (
-    ProfileSet("cpu", ("profiles/vit_tiny_p2_c5__cpu.json", "profiles/vit_small_p2_c5_kd__cpu.json"), 64),
+    ProfileSet("cpu", ("profiles/vit_tiny_p2_c5__cpu.json", "profiles/vit_small_p2_c5_grown__cpu.json"), 64),
     ProfileSet(
-        "h200", ("profiles/vit_tiny_p2_c5__h200-graphs.json", "profiles/vit_small_p2_c5_kd__h200-graphs.json"), 256
+        "h200", ("profiles/vit_tiny_p2_c5__h200-graphs.json", "profiles/vit_small_p2_c5_grown__h200-graphs.json"), 256
     ),
 )
 
