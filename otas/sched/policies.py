@@ -88,8 +88,10 @@ class Otas(Policy):
         self._price = None
         if self.priced and view.apps:  # no applications yet: nothing to price
             apps = list(view.apps.values())
-            tau = view.config.rate_window * max(a.slo_ms for a in apps)
-            self._price = DevicePrice(apps, view.profiles[view.model], view.config.max_batch, tau)
+            # rates over τ = rate_window × the loosest SLO, read from at least the tightest SLO of arrivals:
+            # arrivals within one tightest SLO are a batch, not yet a rate
+            tau, tightest = view.config.rate_window * max(a.slo_ms for a in apps), min(a.slo_ms for a in apps)
+            self._price = DevicePrice(apps, view.profiles[view.model], view.config.max_batch, tau, tightest)
             self._slo = np.array([a.slo_ms for a in apps])  # (apps,), in DevicePrice's order
             self._value = np.array([view.weights(view.model, a.name).max() for a in apps])  # best u·acc
         self._floor, self._cap = None, None

@@ -43,9 +43,15 @@ def service_ms(profile: Profile, max_batch: int, budget_ms: float) -> np.ndarray
 class DevicePrice:
     """Online μ for one model: arrival rates by exponential decay with time constant `tau_ms`."""
 
-    def __init__(self, apps: Sequence[App], profile: Profile, max_batch: int, tau_ms: float):
+    def __init__(
+        self, apps: Sequence[App], profile: Profile, max_batch: int, tau_ms: float, min_window_ms: float | None = None
+    ):
+        """`min_window_ms`: the shortest history a rate is read from (`rates`; default τ)."""
         if not tau_ms > 0:
             raise ValueError(f"tau_ms={tau_ms!r}: use a positive time constant in ms")
+        self.min_window = float(tau_ms if min_window_ms is None else min_window_ms)
+        if not self.min_window > 0:
+            raise ValueError(f"min_window_ms={min_window_ms!r}: use a positive time in ms")
         self.apps = [a.name for a in apps]
         self.index = {a: i for i, a in enumerate(self.apps)}
         self.tau = float(tau_ms)
@@ -59,23 +65,35 @@ class DevicePrice:
         self._breaks, self._S = _demand_table(np.array(values), s)
         self._rate = np.zeros(len(self.apps))  # queries per ms, decayed to `_t`
         self._t = 0.0
+        self._t0: float | None = None  # the first arrival: the estimate's clock starts there
         self.served = np.ones(len(self.apps), dtype=bool)
         """(apps,) at the last price asked: whether the fluid solution serves the application at all."""
 
     def observe(self, app: str, now_ms: float) -> None:
         """One arrival of `app`."""
         self._decay(now_ms)
+        if self._t0 is None or now_ms < self._t0:  # the earliest arrival seen (a replay may start in the past)
+            self._t0 = now_ms
         self._rate[self.index[app]] += 1.0 / self.tau
 
     def rates(self, now_ms: float) -> np.ndarray:
+        """(apps,) queries per ms: the decayed counts over the weight the decay has given the time observed,
+        τ·(1 − e^(−t/τ)), t from the first arrival but at least `min_window_ms`. A bare decayed count
+        starts at 0 and reaches the rate only after a few τ: early in a run (a few multiples of the
+        loosest SLO) it saw a fraction of the load, sized batches for that, and let them block tight
+        classes. The floor on t keeps a burst at the start from reading as a sustained rate (the
+        policy `otas` sets it to the tightest SLO)."""
         self._decay(now_ms)
-        return self._rate.copy()
+        if self._t0 is None:
+            return self._rate.copy()
+        t = max(now_ms - self._t0, self.min_window)
+        return self._rate / -math.expm1(-t / self.tau)
 
     def price(self, now_ms: float, backlog: Sequence[int] | None = None, scale: float = 1.0) -> float:
         """μ in utility per ms. `backlog`: queued per app (in `apps` order), spread over `tau_ms`;
         `scale`: measured over profiled latency (the scheduler's online correction)."""
-        self._decay(now_ms)
-        r = self._rate if backlog is None else self._rate + np.asarray(backlog, float) / self.tau
+        r = self.rates(now_ms)
+        r = r if backlog is None else r + np.asarray(backlog, float) / self.tau
         demand = scale * (self._S @ r)  # (M + 1,): device ms needed per ms, per price interval
         m = int(np.argmax(demand <= 1.0))  # the last interval serves nothing: demand 0 there
         self.served = self._S[m] > 0  # (apps,): worth their device time at this price

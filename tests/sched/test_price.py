@@ -26,6 +26,7 @@ def two_setting_profile() -> Profile:
 def test_price_is_the_multiplier_where_demand_fits():
     app = App("a", 100.0, 1.0, "t")
     p = DevicePrice([app], two_setting_profile(), max_batch=2, tau_ms=1000.0)
+    p._t0 = -np.inf  # observing for ever: the decayed counts are the rates
     p._rate[:] = 0.4  # 0.4 q/ms: γ=8 needs 0.8 ms/ms, fits -> free
     assert p.price(0.0) == 0.0
     p._rate[:] = 0.7  # γ=8 needs 1.4 > 1, γ=-8 needs 0.7: the break between them, (0.9-0.8)/(2-1)
@@ -37,17 +38,36 @@ def test_price_is_the_multiplier_where_demand_fits():
     assert p.price(0.0, scale=1.75) == pytest.approx(0.1)  # measured 1.75x slower: γ=8 needs 1.4
 
 
-def test_rates_decay_and_price_rises_monotonically_with_load():
+def test_price_rises_monotonically_with_load():
     apps = make_apps()
     p = DevicePrice(apps, make_profile(), max_batch=64, tau_ms=2000.0)
+    p._t0 = -np.inf
     prices = []
     for rate in (0.001, 0.01, 0.03, 0.06, 0.12):
         p._rate[:] = rate / len(apps)
         prices.append(p.price(0.0))
     assert prices[0] == 0.0 and all(b >= a for a, b in zip(prices, prices[1:], strict=False)) and prices[-1] > 0
-    p.observe("novel", 0.0)
-    r0 = p.rates(0.0)
-    assert np.allclose(p.rates(2000.0), r0 * np.exp(-1))
+
+
+@pytest.mark.parametrize("rate", [0.05, 1.0, 20.0])
+def test_rates_are_unbiased_from_the_first_arrival_and_decay_after_the_last(rate):
+    """A steady stream at `rate` queries/ms reads as `rate` early in a run (a bare decayed count reads
+    a fraction of it for the first few τ) and decays with time constant τ once it stops."""
+    apps = make_apps()
+    tau = 50.0
+    p = DevicePrice(apps, make_profile(), max_batch=64, tau_ms=tau, min_window_ms=1e-9)
+    assert p.rates(0.0).sum() == 0.0
+    t, gap, n = 0.0, 1.0 / rate, 0
+    for check in (0.1 * tau, 0.5 * tau, 3 * tau):
+        while t <= check:
+            p.observe(apps[n % 2].name, t)
+            t, n = t + gap, n + 1
+        est = p.rates(check).sum()
+        assert est == pytest.approx(rate, rel=max(0.05, 2 * gap / check)), f"at {check} ms"
+    stop = 3 * tau  # no arrival after the last check: from here the decayed count only decays
+    at_stop, late = p.rates(stop).sum(), p.rates(stop + 10 * tau).sum()
+    weight = -np.expm1(-stop / tau) / -np.expm1(-(stop + 10 * tau) / tau)  # the clock's weight grows too
+    assert late == pytest.approx(at_stop * np.exp(-10) * weight, rel=1e-9)
 
 
 def test_demand_table_intervals_are_monotone():
@@ -73,3 +93,12 @@ def test_served_marks_the_applications_worth_their_device_time():
     p._rate[:] = [0.5, 0.6]  # both at γ=-8 need 1.1 > 1; cheap alone at γ=8 needs 1.0
     mu = p.price(0.0)
     assert mu == pytest.approx(0.4 * 0.8) and p.served.tolist() == [True, False]
+
+
+def test_a_burst_at_the_start_reads_over_the_minimum_window():
+    apps = make_apps()
+    p = DevicePrice(apps, make_profile(), max_batch=64, tau_ms=1000.0, min_window_ms=100.0)
+    for i in range(50):  # 50 queries at once, the first thing the scheduler sees
+        p.observe(apps[i % 2].name, 5.0)
+    assert p.rates(5.0).sum() == pytest.approx(50 / 1000.0 / -np.expm1(-100.0 / 1000.0))  # ~0.5 q/ms, not 50/0
+    assert p.rates(305.0).sum() == pytest.approx(50 * np.exp(-0.3) / 1000.0 / -np.expm1(-300.0 / 1000.0))
