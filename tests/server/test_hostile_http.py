@@ -97,7 +97,8 @@ def test_websocket_upgrades_are_served_as_http_and_free_their_connection(srv, n)
         statuses.append(int(s.recv(4096).split()[1]))
         s.close()
     assert set(statuses) == {200}  # no WebSocket endpoint: an ordinary answer, never a 101
-    assert settle(lambda: g.connections == base), (g.connections, base)
+    # at most as many as before: a connection of an earlier test may still have been closing then
+    assert settle(lambda: g.connections <= base), (g.connections, base)
 
 
 BAD_FRAMING = [
