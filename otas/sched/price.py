@@ -64,7 +64,7 @@ class DevicePrice:
                                         for g, k in zip(profile.gammas, ok, strict=True)], -np.inf))  # fmt: skip
         self._breaks, self._S = _demand_table(np.array(values), s)
         self._rate = np.zeros(len(self.apps))  # queries per ms, decayed to `_t`
-        self._t = 0.0
+        self._t = -math.inf  # the counts are decayed to this time (the latest seen)
         self._t0: float | None = None  # the first arrival: the estimate's clock starts there
         self.served = np.ones(len(self.apps), dtype=bool)
         """(apps,) at the last price asked: whether the fluid solution serves the application at all."""
@@ -86,7 +86,7 @@ class DevicePrice:
         self._decay(now_ms)
         if self._t0 is None:
             return self._rate.copy()
-        t = max(now_ms - self._t0, self.min_window)
+        t = max(max(now_ms, self._t) - self._t0, self.min_window)  # the counts are as of the latest time seen
         return self._rate / -math.expm1(-t / self.tau)
 
     def price(self, now_ms: float, backlog: Sequence[int] | None = None, scale: float = 1.0) -> float:

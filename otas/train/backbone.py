@@ -97,7 +97,9 @@ def train_backbone(
 
     vit = build_vit(cfg.arch, n_cls, drop_path_rate=cfg.drop_path).to(dev)
     model = AdaptiveViT(vit, AdaptConfig(gammas=(0,)), source_classes=list(spec.classes))
-    grown_acc = _grow(cfg, vit, spec, dev, model, xte, yte, log) if cfg.grow_from else None
+    state_path = out.with_suffix(".state.safetensors")
+    # grown once: a resumed run's weights come from its state
+    grown_acc = _grow(cfg, vit, spec, model, xte, yte, log) if cfg.grow_from and not state_path.is_file() else None
     decay = [p for n, p in vit.named_parameters() if p.ndim >= 2 and "pos_embed" not in n]
     no_decay = [p for n, p in vit.named_parameters() if not (p.ndim >= 2 and "pos_embed" not in n)]
     lr = cfg.lr * cfg.batch_size / 512
@@ -107,11 +109,12 @@ def train_backbone(
         betas=(0.9, 0.999),
         fused=dev.type == "cuda",
     )
-    state_path = out.with_suffix(".state.safetensors")
     info = {"epoch": 0, "history": []}
     if state_path.is_file():
         info = load_state(state_path, vit, opt)
         log(f"resumed from {state_path} at epoch {info['epoch']}")
+    if grown_acc is not None:
+        info["grown_acc"] = grown_acc  # kept in the state, for the checkpoint's header after a resume
     fwd = torch.compile(vit) if cfg.compile and dev.type == "cuda" else vit
     teacher = load_teacher(cfg.teacher, dev) if cfg.teacher else None
     if teacher is not None:
@@ -172,7 +175,9 @@ def train_backbone(
     meta = {
         "config": asdict(cfg),
         "teacher_test_acc": teacher.meta.get("source_test_acc") if teacher is not None else None,
-        "grown_from": {"checkpoint": Path(cfg.grow_from).name, "test_acc": grown_acc} if cfg.grow_from else None,
+        "grown_from": {"checkpoint": Path(cfg.grow_from).name, "test_acc": info.get("grown_acc")}
+        if cfg.grow_from
+        else None,
         "source_test_acc": acc,
         "source_task": cfg.task,
         "history": info["history"],
@@ -184,8 +189,9 @@ def train_backbone(
     return {"done": True, "test_acc": acc, **info}
 
 
-def _grow(cfg: BackboneConfig, vit, spec, dev, model, xte, yte, log) -> float:
-    """Start `vit` as the widened `cfg.grow_from`; its source test accuracy, which must be the narrow model's."""
+def _grow(cfg: BackboneConfig, vit, spec, model, xte, yte, log) -> float:
+    """Start `vit` as the widened `cfg.grow_from`; its source test accuracy before training (the narrow
+    model's in fp32; within rounding under bf16 autocast)."""
     from otas.models.checkpoint import load_checkpoint, read_header
     from otas.train.grow import widen_vit
 
@@ -194,6 +200,11 @@ def _grow(cfg: BackboneConfig, vit, spec, dev, model, xte, yte, log) -> float:
         raise ValueError(
             f"grow_from {cfg.grow_from} was trained on classes {small.source_classes}, "
             f"the task {cfg.task!r} has {spec.classes}"
+        )
+    if small.preprocess != model.preprocess:
+        raise ValueError(
+            f"grow_from {cfg.grow_from} reads its images as {small.preprocess}, {cfg.arch} as {model.preprocess}: "
+            "the grown model would not compute the same function"
         )
     k = widen_vit(small.vit, vit, cfg.grow_spread, cfg.seed)
     vit.eval()

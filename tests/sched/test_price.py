@@ -102,3 +102,18 @@ def test_a_burst_at_the_start_reads_over_the_minimum_window():
         p.observe(apps[i % 2].name, 5.0)
     assert p.rates(5.0).sum() == pytest.approx(50 / 1000.0 / -np.expm1(-100.0 / 1000.0))  # ~0.5 q/ms, not 50/0
     assert p.rates(305.0).sum() == pytest.approx(50 * np.exp(-0.3) / 1000.0 / -np.expm1(-300.0 / 1000.0))
+
+
+def test_arrivals_in_the_past_decay_like_any_other():
+    """A replay may start before time 0: the same stream, shifted, reads the same rate."""
+    apps = make_apps()
+    reads = []
+    for shift in (0.0, -5000.0):
+        p = DevicePrice(apps, make_profile(), max_batch=64, tau_ms=50.0, min_window_ms=10.0)
+        for i in range(100):
+            p.observe(apps[0].name, shift + 2.0 * i)
+        reads.append([p.rates(shift + at).sum() for at in (198.0, 400.0)])
+        # asked for an earlier time than the latest seen: the rate as of the latest
+        assert p.rates(shift + 100.0).sum() == pytest.approx(reads[-1][1])
+    np.testing.assert_allclose(reads[0], reads[1], rtol=1e-9)
+    assert reads[0][0] == pytest.approx(0.5, rel=0.05)
