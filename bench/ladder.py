@@ -18,19 +18,21 @@ import json
 from pathlib import Path
 
 from otas.apps import load_apps
+from otas.bench.workloads import DEFAULT_SETS
 from otas.profile.table import Profile
 from otas.provenance import run_meta
 from otas.sched.scheduler import SchedulerConfig
 from otas.sim.cli import sweep
 
+LADDER = {p.name: list(p.paths) for p in DEFAULT_SETS}  # the ladder as it stands: the workload suite's sets
 SETS = {  # set -> (apps, B_max, {when: profiles, the served Tiny model first})
     "cpu": ("otas/configs/apps.yaml", 64, {
         "before": ["profiles/vit_tiny_p2_c5__cpu.json", "profiles/vit_small_p2_c5__cpu.json"],
-        "after": ["profiles/vit_tiny_p2_c5__cpu.json", "profiles/vit_small_p2_c5_grown__cpu.json"],
+        "after": LADDER["cpu"],
     }),
     "gpu": ("otas/configs/apps-h100.yaml", 256, {
         "before": ["profiles/vit_tiny_p2_c5__h100-graphs.json", "profiles/vit_small_p2_c5__h100-graphs.json"],
-        "after": ["profiles/vit_tiny_p2_c5__h200-graphs.json", "profiles/vit_small_p2_c5_grown__h200-graphs.json"],
+        "after": LADDER["h200"],
     }),
 }  # fmt: skip
 LOADS = (0.1, 0.2, 0.3, 0.5, 1.0, 1.5, 2.0)
