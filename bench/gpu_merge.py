@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import json
 import time
 from pathlib import Path
@@ -139,7 +140,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.variants != "all":
         variants = tuple(_variant(label) for label in args.variants.split(","))
     if args.phase == "sdpa":
-        shapes = [(b, 3, 257, 64) for b in args.batches] + [(b, 12, 197, 64) for b in args.batches]
+        # Tiny before and after merging, Small (6 heads), ViT-B/16 before and after merging
+        kinds = [(3, 257), (3, 161), (6, 193), (12, 197), (12, 101)]
+        shapes = [(b, h, n, 64) for b in args.batches for h, n in kinds]
         gpumerge_checks.sdpa_rows(rec, shapes)
         return
     name, model = gpumerge.load_model(args.model, tuple(args.gammas) if args.gammas else None)
@@ -173,9 +176,12 @@ def _kernel_variant(label: str, old: Path | None):
     from otas.adapt import triton_merge
 
     head, *opts = label.split("/")
-    sizes = {o[0]: int(o[1:]) for o in opts if o[:1] in "sjw" and o[1:].isdigit()}
+    sizes = {o[0]: int(o[1:]) for o in opts if o[:1] in "sjwoctm" and o[1:].isdigit()}
     if head not in ("old", "image", "split") or len(sizes) != len(opts) or (head == "old" and opts):
-        raise SystemExit(f"kernel variant {label!r}: use old, image[/j<n>][/w<n>] or split[/s<n>][/j<n>][/w<n>]")
+        raise SystemExit(
+            f"kernel variant {label!r}: use old, image[/j<n>][/w<n>] or split[/s<n>][/j<n>][/w<n>], each also with "
+            "the merge kernel's /o<rows>/c<channels>/t<A tokens>/m<warps>"
+        )
     if head == "old":
         if old is None:
             raise SystemExit("kernel variant 'old' needs --old PATH (a triton_merge.py)")
@@ -185,6 +191,9 @@ def _kernel_variant(label: str, old: Path | None):
         consts["MATCH_WARPS"] = (sizes["w"], sizes["w"])
     if "j" in sizes:
         consts["SPLIT_BLOCK_J" if head == "split" else "BLOCK_J"] = sizes["j"]
+    for opt, const in (("o", "BLOCK_O"), ("c", "BLOCK_C"), ("t", "BLOCK_T"), ("m", "MERGE_WARPS")):
+        if opt in sizes:
+            consts[const] = sizes[opt]
     return triton_merge, head == "split", consts
 
 
@@ -329,6 +338,7 @@ def _serve_old_kernels(path: Path) -> None:
         made = ops.merge_ops(name, vit, *args, **kwargs)
         if name == "column+triton":
             made._merge = old.merge_triton
+            made._fuses_add = "add" in inspect.signature(old.merge_triton).parameters
         return made
 
     fast.merge_ops = merge_ops

@@ -45,7 +45,7 @@ add() { CAPS+=("$1"); shift; PLANS+=("$(printf '%q ' "$@")"); }
 # cell compiles its own stock and limit too, ~10-40 s per compile); set but empty to skip.
 # Per-phase narrowing (each a full argument list, default: none): TINY_ARGS (e.g. "--gammas=-48,-20,-8"),
 # VITB_ARGS, SMALL_ARGS; ACC_VARIANTS: the variants whose accuracy is measured (default: VARIANTS).
-# Caps in seconds: TINY_S, ACC_S, COMPILED_S, VITB_S, VITB_COMPILED_S, SMALL_S, TIMM_S (0 skips a phase).
+# Caps in seconds: SDPA_S, STEP_S, TINY_S, ACC_S, COMPILED_S, VITB_S, VITB_COMPILED_S, SMALL_S, TIMM_S (0 skips a phase).
 VARIANTS=${VARIANTS:-all}
 COMPILED=${COMPILED-matmul+column@compiled-graphs}
 V=(--variants "$VARIANTS")
@@ -53,7 +53,10 @@ read -r -a TINY_ARGS <<< "${TINY_ARGS:-}"
 read -r -a VITB_ARGS <<< "${VITB_ARGS:-}"
 read -r -a SMALL_ARGS <<< "${SMALL_ARGS:-}"
 CUDA=$([ "$DEVICE" = cuda ] && echo 1)
-[ -n "$CUDA" ] && [ -z "${SKIP_SDPA:-}" ] && add 30 sdpa --batches 256,8
+[ -n "$CUDA" ] && [ -z "${SKIP_SDPA:-}" ] && add "${SDPA_S:-30}" sdpa --batches "${SDPA_BATCHES:-256,8}"
+# STEP_ARGS: the merge steps alone through kernel variants (`step` phase, e.g. "--model tiny --kernels image,image/c128")
+read -r -a STEP_ARGS <<< "${STEP_ARGS:-}"
+[ -n "$CUDA" ] && [ ${#STEP_ARGS[@]} -gt 0 ] && add "${STEP_S:-60}" step "${STEP_ARGS[@]}"
 add "${TINY_S:-120}" time --model tiny "${V[@]}" "${TINY_ARGS[@]}" "${EXTRA[@]}"
 if [ -n "${OTAS_CIFAR10:-}" ] && [ -z "${SKIP_ACCURACY:-}" ]; then
   add "${ACC_S:-40}" accuracy --model tiny --variants "${ACC_VARIANTS:-$VARIANTS}" "${EXTRA[@]}"

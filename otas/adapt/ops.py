@@ -13,7 +13,10 @@ them against the reference and an independent float64 ToMe), so picking one is a
               mask-free fused kernels (flash) run proportional attention;
   "compile" - the merge step (matching + merge) through `torch.compile(dynamic=True)`: fewer kernels;
   "triton"  - the merge step as two fused Triton kernels (`triton_merge.py`, CUDA only); a merge of its
-              own, so it combines with "column" only.
+              own, so it combines with "column" or "bias" only;
+  "bias"    - proportional attention as one Triton flash kernel with log(size) as a per-key bias
+              (`triton_attention.py`, CUDA only): the model's own head dim, no padded weights; an
+              attention of its own, so not with "column".
 - "limit": not a merge. Drops the last tokens instead, with timm's own attention: the cost of the
   merged token counts with no merge work, the floor a benchmark compares against. Wrong answers.
 """
@@ -28,9 +31,9 @@ from torch import nn
 from otas.adapt.attention import attention_size_column, attention_with_keys, column_weights, supports_size_column
 from otas.adapt.merge import bipartite_soft_matching, merge_matrix, merge_wavg, merge_wavg_matmul
 
-OPTIONS = ("matmul", "column", "compile", "triton")
-EXCLUSIVE = {"triton": ("matmul", "compile")}
-"""Options that replace the merge function, with the options that act on the merge function they replace."""
+OPTIONS = ("matmul", "column", "compile", "triton", "bias")
+EXCLUSIVE = {"triton": ("matmul", "compile"), "bias": ("column",)}
+"""Options that replace the merge function or the attention, with the options that act on what they replace."""
 
 
 class MergeOps(Protocol):
@@ -43,9 +46,16 @@ class MergeOps(Protocol):
         ...
 
     def merge(
-        self, x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor | None, r: int, prefix: int
+        self,
+        x: torch.Tensor,
+        size: torch.Tensor,
+        metric: torch.Tensor | None,
+        r: int,
+        prefix: int,
+        add: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Merge r of the tokens after the first `prefix`: (B, N, C), (B, N, 1) -> (B, N - r, ...)."""
+        """Merge r of the tokens of x + add (the residual stream and the attention's output, added in x's
+        dtype; `add` None: x alone) after the first `prefix`: (B, N, C), (B, N, 1) -> (B, N - r, ...)."""
         ...
 
 
@@ -69,8 +79,8 @@ class ReferenceOps:
     def attention(self, i, attn, x, size):
         return attention_with_keys(attn, x, size)
 
-    def merge(self, x, size, metric, r, prefix):
-        return merge_scatter(x, size, metric, r, prefix)
+    def merge(self, x, size, metric, r, prefix, add=None):
+        return merge_scatter(x if add is None else x + add, size, metric, r, prefix)
 
 
 REFERENCE = ReferenceOps()
@@ -94,23 +104,35 @@ class FastOps:
     def __init__(self, vit: nn.Module, options: set[str], compile_backend: str = "inductor"):
         self.options = set(options)
         self._mean_keys = "triton" not in options
+        self._fuses_add = "triton" in options
         if "triton" in options:
             self._merge = _triton_merge(next(vit.parameters()).device)
         else:
             fn = merge_matmul if "matmul" in options else merge_scatter
             self._merge = _compiled(fn, compile_backend) if "compile" in options else fn
         self._columns = None
+        self._bias = None
+        if "bias" in options:
+            kernels = triton_kernels(
+                "triton_attention", next(vit.parameters()).device, "merge_impl option 'bias'", "use 'column'"
+            )
+            self._bias = [kernels.attention_bias if supports_size_column(b.attn) else None for b in vit.blocks]
         if "column" in options:
             self._columns = [column_weights(b.attn) if supports_size_column(b.attn) else None for b in vit.blocks]
 
     def attention(self, i, attn, x, size):
         mean = self._mean_keys  # the triton merge sums the keys over heads itself: no reduction kernel here
+        if size is not None and self._bias is not None and self._bias[i] is not None:
+            out, keys = self._bias[i](attn, x, size)  # keys per head (B, H, N, hd)
+            return out, keys if not mean else keys.mean(dim=1)
         if size is None or self._columns is None or self._columns[i] is None:
             return attention_with_keys(attn, x, size, mean)
         return attention_size_column(attn, self._columns[i], x, size, mean)
 
-    def merge(self, x, size, metric, r, prefix):
-        return self._merge(x, size, metric, r, prefix)
+    def merge(self, x, size, metric, r, prefix, add=None):
+        if self._fuses_add:  # the kernel adds as it reads: x + add is never written out
+            return self._merge(x, size, metric, r, prefix, add=add)
+        return self._merge(x if add is None else x + add, size, metric, r, prefix)
 
 
 def triton_kernels(module: str, device: torch.device | str, what: str, instead: str):
@@ -137,8 +159,9 @@ class LimitOps:
     def attention(self, i, attn, x, size):
         return attn(x), None
 
-    def merge(self, x, size, metric, r, prefix):
+    def merge(self, x, size, metric, r, prefix, add=None):
         n = x.shape[1] - r
+        x = x if add is None else x + add
         return x[:, :n], size[:, :n]
 
 
@@ -156,8 +179,8 @@ def check_merge_impl(name: str) -> str:
     for option, others in EXCLUSIVE.items():
         if option in parts and set(others) & set(parts):
             raise ValueError(
-                f"merge_impl={name!r}: {option!r} is a merge of its own and cannot be combined with "
-                f"{sorted(set(others) & set(parts))}; combine it with 'column' only, e.g. '{option}+column'"
+                f"merge_impl={name!r}: {option!r} replaces what {sorted(set(others) & set(parts))} act on, so it "
+                f"cannot be combined with them, e.g. use 'triton+column' or 'triton+bias'"
             )
     return name
 

@@ -49,6 +49,7 @@ STAGE_BYTES = 96 * 1024
 BLOCK_O = 32  # output rows per `_merge_kernel` program
 BLOCK_T = 32  # A tokens per one-hot tile in `_merge_kernel`
 BLOCK_C = 64  # channels per `_merge_kernel` program
+MERGE_WARPS = 4  # warps of a `_merge_kernel` program
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # sums are fp32: float64 would lose its precision
 
 
@@ -202,6 +203,7 @@ def _score_kernel(
 @triton.jit(do_not_specialize=["N", "prefix", "r"])
 def _merge_kernel(
     x_ptr,
+    h_ptr,  # with ADD: merged are the tokens of x + h, added in x's dtype as they are read
     size_ptr,
     a_row_ptr,  # `_match_kernel`'s plan (not read with PLAN)
     kept_ptr,
@@ -217,6 +219,9 @@ def _merge_kernel(
     s_xb,
     s_xn,
     s_xc,
+    s_hb,
+    s_hn,
+    s_hc,
     s_sb,
     s_sn,
     s_ob,
@@ -230,6 +235,7 @@ def _merge_kernel(
     BLOCK_C: tl.constexpr,
     PRECISION: tl.constexpr,
     PLAN: tl.constexpr,
+    ADD: tl.constexpr,
 ):
     b, pid_o, pid_c = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     na = (N - prefix + 1) // 2
@@ -251,6 +257,9 @@ def _merge_kernel(
     src = tl.where(o < prefix, o, tl.where(o < dst0, prefix + 2 * kept, prefix + 2 * (o - dst0) + 1))
     total = tl.load(size_ptr + b * s_sb + src * s_sn, mask=row_ok, other=0.0).to(tl.float32)  # (BLOCK_O,)
     xs = tl.load(x_ptr + b * s_xb + src[:, None] * s_xn + c[None, :] * s_xc, mask=row_ok[:, None] & c_ok[None, :])
+    if ADD:  # rounded to x's dtype, as x + h would be
+        hs = tl.load(h_ptr + b * s_hb + src[:, None] * s_hn + c[None, :] * s_hc, mask=row_ok[:, None] & c_ok[None, :])
+        xs = (xs.to(tl.float32) + hs.to(tl.float32)).to(x_ptr.dtype.element_ty)
     acc = xs.to(tl.float32) * total[:, None]  # (BLOCK_O, BLOCK_C)
     if pid_o * BLOCK_O + BLOCK_O > dst0:  # B rows here: add the A tokens merged into them
         # they are src[start:end] (`src` is sorted by destination): count the merged A tokens before
@@ -272,6 +281,13 @@ def _merge_kernel(
                 mask=k_ok[:, None] & c_ok[None, :],
                 other=0.0,
             )
+            if ADD:
+                ha = tl.load(
+                    h_ptr + b * s_hb + (prefix + 2 * t)[:, None] * s_hn + c[None, :] * s_hc,
+                    mask=k_ok[:, None] & c_ok[None, :],
+                    other=0.0,
+                )
+                xa = (xa.to(tl.float32) + ha.to(tl.float32)).to(x_ptr.dtype.element_ty)
             hit = dest[None, :] == o[:, None]  # (BLOCK_O, BLOCK_T): A token t merges into row o
             onehot = tl.where(hit, w[None, :], 0.0).to(x_ptr.dtype.element_ty)  # the model keeps size in x's dtype
             acc = tl.dot(onehot, xa, acc, input_precision=PRECISION)
@@ -351,9 +367,18 @@ def _scores(keys: torch.Tensor, N: int, prefix: int) -> tuple[torch.Tensor, torc
 
 
 def merge_triton(
-    x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r: int, prefix: int, split: bool | None = None
+    x: torch.Tensor,
+    size: torch.Tensor,
+    metric: torch.Tensor,
+    r: int,
+    prefix: int,
+    split: bool | None = None,
+    add: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`merge_scatter`'s step: x (B, N, C), size (B, N, 1), metric (B, N, d) -> (B, N - r, C), (B, N - r, 1).
+
+    `add` (B, N, C) of x's dtype: merge the tokens of x + add (added in x's dtype, as `x + add` would be)
+    without writing the sum out: the residual add before a merge, fused into it.
 
     `metric` may also be the keys per head, (B, H, N, d) (any strides, e.g. a view into the qkv output):
     the kernel sums them over heads itself, which is the mean's direction, so no reduction runs before it.
@@ -368,6 +393,8 @@ def merge_triton(
     na, nb = (N - prefix + 1) // 2, (N - prefix) // 2
     if not 0 <= r <= nb:
         raise ValueError(f"r={r}: merge at most {nb} of the {N - prefix} tokens after a prefix of {prefix}")
+    if add is not None and (add.shape != x.shape or add.dtype != x.dtype):
+        raise ValueError(f"add must match x {tuple(x.shape)} {x.dtype}, got {tuple(add.shape)} {add.dtype}")
     check_device(x.device)
     if {x.dtype, size.dtype, metric.dtype} - set(DTYPES):
         got = f"{x.dtype}, {size.dtype}, {metric.dtype}"
@@ -382,8 +409,10 @@ def merge_triton(
     out = torch.empty(B, N - r, C, dtype=x.dtype, device=x.device)
     out_size = torch.empty(B, N - r, 1, dtype=size.dtype, device=x.device)
     grid = (B, triton.cdiv(N - r, BLOCK_O), triton.cdiv(C, BLOCK_C))
+    h = x if add is None else add  # not read without ADD
     _merge_kernel[grid](
         x,
+        h,
         size,
         a_row,
         kept,
@@ -397,6 +426,7 @@ def merge_triton(
         prefix,
         r,
         *x.stride(),
+        *h.stride(),
         size.stride(0),
         size.stride(1),
         *out.stride(),
@@ -408,5 +438,7 @@ def merge_triton(
         BLOCK_C=BLOCK_C,
         PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
         PLAN=split,
+        ADD=add is not None,
+        num_warps=MERGE_WARPS,
     )
     return out, out_size

@@ -234,10 +234,12 @@ class AdaptiveViT(nn.Module):
         for i, (blk, r_l) in enumerate(zip(self.vit.blocks, schedule, strict=True)):
             # until the first merge every size is 1, so log(size) adds nothing: plain attention, no bias
             h, k = ops.attention(i, blk.attn, blk.norm1(x), size if prop and merged else None)
-            x = x + blk.drop_path1(blk.ls1(h))
-            if r_l > 0:
-                x, size = ops.merge(x, size, k, r_l, p)
+            h = blk.drop_path1(blk.ls1(h))
+            if r_l > 0:  # merge the tokens of x + h (a fast merge adds as it reads)
+                x, size = ops.merge(x, size, k, r_l, p, add=h)
                 merged = True
+            else:
+                x = x + h
             x = x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
         return x, size
 

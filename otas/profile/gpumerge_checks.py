@@ -69,25 +69,79 @@ def accuracy(
         del fast
 
 
+SDPA_BACKENDS = ("default", "cudnn", "flash", "efficient")
+TRITON_CONFIGS = (
+    (64, 32, 4, 2),
+    (64, 32, 4, 3),
+    (64, 64, 4, 3),
+    (32, 64, 2, 2),
+    (32, 32, 2, 3),
+    (64, 32, 2, 2),
+    (128, 32, 4, 3),
+    (128, 64, 8, 3),
+    (64, 16, 4, 2),
+    (32, 32, 4, 2),
+)
+"""(BLOCK_M, BLOCK_N, warps, stages) of `triton_attention` timed by `sdpa_rows`."""
+
+
 def sdpa_rows(rec: Recorder, shapes: list[tuple[int, int, int, int]], rounds: int = 30) -> None:
-    """SDPA alone, q/k/v strided views of one qkv buffer as in the model: no mask, the log(size) mask,
-    and the size column (head dim padded to a multiple of 8, no mask)."""
+    """Attention alone, q/k/v strided views of one qkv buffer as in the model: SDPA with no mask, with the
+    log(size) mask, and with the size column (head dim padded to a multiple of 8, no mask), each through
+    every SDPA backend that takes it; and `triton_attention` with log(size) as a per-key bias at the
+    model's head dim (case "bias"), at each of `TRITON_CONFIGS`."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from otas.adapt import triton_attention as ta
+
+    backends = {
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    }
     timed = _timer(torch.device("cuda"))
     for B, H, N, d in shapes:
         hp = -(-(d + 1) // 8) * 8
+        size = torch.randint(1, 5, (B, N, 1), device="cuda").to(torch.bfloat16)
         for case, dim in (("no_mask", d), ("mask", d), ("column", hp)):
             qkv = torch.randn(B, N, 3, H, dim, device="cuda", dtype=torch.bfloat16)
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-            size = torch.randint(1, 5, (B, 1, 1, N), device="cuda").float()
-            mask = size.log().to(torch.bfloat16) if case == "mask" else None
-            scale = d**-0.5
+            mask = size.float().log().to(torch.bfloat16).transpose(1, 2)[:, None] if case == "mask" else None
+            for backend in SDPA_BACKENDS:
 
-            def fn(q=q, k=k, v=v, mask=mask, scale=scale):
-                return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+                def fn(q=q, k=k, v=v, mask=mask, backend=backend):
+                    if backend == "default":
+                        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=d**-0.5)
+                    with sdpa_kernel(backends[backend]):
+                        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=d**-0.5)
 
-            fn()
-            ms = statistics.median(timed(fn, 10) for _ in range(rounds))
-            rec("sdpa", B=B, H=H, N=N, d=d, case=case, head_dim=dim, ms=ms)
+                try:
+                    fn()
+                except RuntimeError as e:  # this backend does not take this case
+                    rec("sdpa", B=B, H=H, N=N, d=d, case=case, head_dim=dim, backend=backend, error=str(e)[:120])
+                    continue
+                ms = statistics.median(timed(fn, 10) for _ in range(rounds))
+                rec("sdpa", B=B, H=H, N=N, d=d, case=case, head_dim=dim, backend=backend, ms=ms)
+        qkv = torch.randn(B, N, 3, H, d, device="cuda", dtype=torch.bfloat16)
+        for bm, bn, warps, stages in TRITON_CONFIGS:
+            consts = {"BLOCK_M": bm, "BLOCK_N": bn, "WARPS": warps, "STAGES": stages}
+            before = {k: getattr(ta, k) for k in consts}
+            for k, v in consts.items():
+                setattr(ta, k, v)
+            try:
+
+                def fn(qkv=qkv):
+                    return ta.attention_qkv(qkv, size, d**-0.5)
+
+                fn()
+                ms = statistics.median(timed(fn, 10) for _ in range(rounds))
+                rec("sdpa", B=B, H=H, N=N, d=d, case="bias", head_dim=d, backend=f"triton/{bm}x{bn}w{warps}s{stages}", ms=ms)
+            except Exception as e:  # noqa: BLE001 (a config that does not compile here: the others stand)
+                rec("sdpa", B=B, H=H, N=N, d=d, case="bias", head_dim=d, backend=f"triton/{bm}x{bn}w{warps}s{stages}",
+                    error=f"{type(e).__name__}: {e}"[:200])
+            finally:
+                for k, v in before.items():
+                    setattr(ta, k, v)
 
 
 def timm_compile(name: str, model: AdaptiveViT, rec: Recorder, batches: list[int], deadline: float) -> None:

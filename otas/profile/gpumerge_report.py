@@ -178,9 +178,10 @@ def markdown(result: dict) -> str:
             f"| {t['model']} | {t['batch']} | {t['ms']['stock']:.3f} | {ours_c} | {t['ms']['timm_compile']:.3f} "
             f"| {t['build_s']} |"
         )
-    out += ["", "## SDPA alone", "", "| B | H | N | case | head dim | ms |", "|---|---|---|---|---|---|"]
+    out += ["", "## Attention alone", "", "| B | H | N | case | head dim | backend | ms |", "|---|---|---|---|---|---|---|"]
     for s in result["sdpa"]:
-        out.append(f"| {s['B']} | {s['H']} | {s['N']} | {s['case']} | {s['head_dim']} | {s['ms']:.4f} |")
+        ms = f"{s['ms']:.4f}" if "ms" in s else f"error: {s.get('error', '?')}"
+        out.append(f"| {s['B']} | {s['H']} | {s['N']} | {s['case']} | {s['head_dim']} | {s.get('backend', 'default')} | {ms} |")
     out += ["", "## Accuracy (served path, bf16) vs the reference of the same attention and schedule", ""]
     out += ["| variant | γ | mean acc | min agree | max Δprob |", "|---|---|---|---|---|"]
     acc = defaultdict(list)

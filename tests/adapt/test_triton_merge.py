@@ -87,6 +87,30 @@ def test_triton_merge_equals_scatter_merge(interpreted, B, N, C, d, r, prefix, s
     torch.testing.assert_close(got_x, want_x, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["one-program-match", "split-match"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("B,N,C,d,r,prefix", [CASES[2], CASES[5], CASES[7], CASES[8]])
+def test_fused_residual_add_equals_adding_first(interpreted, B, N, C, d, r, prefix, split, dtype):
+    """merge(x, add=h) is merge(x + h) to the bit: the sum is rounded to x's dtype as `x + h` is, then
+    merged the same way; `add` read through strides (a transposed copy)."""
+    x, size, metric = _inputs(B, N, C, d, prefix, seed=N * 7 + r)
+    h = torch.randn(B, N, C, generator=torch.Generator().manual_seed(r)).to(dtype)
+    h_t = h.transpose(1, 2).contiguous().transpose(1, 2)
+    x, size, metric = x.to(dtype), size.to(dtype), metric.to(dtype)
+    want = interpreted.merge_triton(x + h, size, metric, r, prefix, split=split)
+    got = interpreted.merge_triton(x, size, metric, r, prefix, split=split, add=h_t)
+    torch.testing.assert_close(got[0], want[0], rtol=0, atol=0)
+    torch.testing.assert_close(got[1], want[1], rtol=0, atol=0)
+
+
+def test_fused_residual_add_must_match_x(interpreted):
+    x, size, metric = _inputs(1, 9, 4, 3, 1, seed=0)
+    with pytest.raises(ValueError, match="add must match"):
+        interpreted.merge_triton(x, size, metric, 2, 1, add=x[:, :-1])
+    with pytest.raises(ValueError, match="add must match"):
+        interpreted.merge_triton(x, size, metric, 2, 1, add=x.half())
+
+
 def test_triton_merge_with_unit_sizes_and_strided_inputs(interpreted):
     """The first merge (every size 1) and inputs read through strides (a key slice, a transposed x)."""
     x, size, metric = _inputs(2, 33, 12, 20, 1, seed=5, sizes=False)
