@@ -25,13 +25,14 @@ GRAPH_MODES = ("graphs", "compiled-graphs")
 
 
 def default_merge_impl(device: torch.device) -> str:
-    """The merge implementation `merge_impl="auto"` picks: on a GPU the fused Triton merge and the
-    log(size) column (two kernels per merge step, mask-free attention kernels: docs/gpu.md), or the
-    one-hot matmul merge where triton is not installed; on a CPU the reference gathers and scatter-add,
-    which the CPU profile was measured with."""
+    """The merge implementation `merge_impl="auto"` picks: on a GPU the fused Triton merge and proportional
+    attention as one Triton kernel with a per-key log(size) bias (two kernels per merge step, attention at
+    the model's own head dim; faster than the log(size) column in every cell measured on an H200,
+    docs/gpu.md), or the one-hot matmul merge and the column where triton is not installed; on a CPU the
+    reference gathers and scatter-add, which the CPU profile was measured with."""
     if device.type != "cuda":
         return "reference"
-    return "triton+column" if importlib.util.find_spec("triton") is not None else "matmul+column"
+    return "triton+bias" if importlib.util.find_spec("triton") is not None else "matmul+column"
 
 
 def default_fused_norm(device: torch.device) -> bool:
@@ -54,8 +55,8 @@ class FastConfig:
     needs triton). The same function up to rounding. None: on where it runs (`default_fused_norm`)."""
     merge_impl: str = "auto"
     """How merged blocks attend and merge (`otas.adapt.ops`): "reference", or any of "matmul", "column",
-    "compile", "triton" joined by "+" (e.g. "matmul+column", "triton+column"; "triton" excludes "matmul" and
-    "compile" and needs CUDA). All compute the same function; "limit" is for benchmarks.
+    "compile", "triton", "bias" joined by "+" (e.g. "matmul+column", "triton+bias"; "triton" excludes "matmul"
+    and "compile", "bias" excludes "column", and both need CUDA). All compute the same function; "limit" is for benchmarks.
     "auto": the fastest measured on the device type (`default_merge_impl`)."""
 
     def __post_init__(self) -> None:

@@ -39,13 +39,13 @@ def test_buckets_and_errors():
 
 def test_auto_merge_impl_is_per_device(monkeypatch):
     """ "auto" serves the reference merge on a CPU (what the CPU profile measured) and the Triton merge +
-    column on a GPU, or the matmul merge + column where triton is missing; an explicit choice is kept."""
+    per-key bias attention on a GPU, or the matmul merge + column where triton is missing; an explicit choice is kept."""
     import importlib.util
 
     assert FastForward(small_model(), "cpu", FastConfig(mode="eager", dtype=torch.float32)).merge_impl == "reference"
     find = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: find(name, *a) if name != "triton" else object())
-    assert default_merge_impl(torch.device("cuda")) == "triton+column"
+    assert default_merge_impl(torch.device("cuda")) == "triton+bias"
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "triton" else find(name, *a))
     assert default_merge_impl(torch.device("cuda")) == "matmul+column"
     monkeypatch.undo()
