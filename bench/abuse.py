@@ -196,7 +196,7 @@ def main() -> None:
             rss += sampler.between(t, t + args.seconds)
             cpu.append(cpu_s(proc.pid) - cpu0)
             for c in classes:
-                windows[c].append(phase(c, args, url, host, port, model, sampler))
+                windows[c].append(phase(c, args, url, host, port, model, sampler, _copy_duty(windows, args.seconds)))
         base = {**summarize(samples), "rss_mb": float(np.median(rss)), "server_cpu_s": round(float(np.mean(cpu)), 2),
                 "p99_ms_rounds": [summarize(r)["p99_ms"] for r in rounds]}  # fmt: skip
         print(f"baseline: {base}", flush=True)
@@ -234,13 +234,20 @@ def cpu_s(pid: int) -> float:
     return total
 
 
-def phase(name, args, url, host, port, model, sampler) -> dict:
-    """One window of normal traffic beside one attack, then `--settle` seconds; the raw samples."""
+def _copy_duty(windows: dict, seconds: float) -> float | None:
+    """copy_load's CPU share: the mean of stalled_bodies' attacker CPU share so far (None: its default)."""
+    cpu = [w["attack"]["attacker_cpu_s"] for w in windows.get("stalled_bodies", [])]
+    return min(1.0, float(np.mean(cpu)) / seconds) if cpu else None
+
+
+def phase(name, args, url, host, port, model, sampler, duty=None) -> dict:
+    """One window of normal traffic beside one attack, then `--settle` seconds; the raw samples.
+    `duty`: copy_load's CPU share (`abuse_attacks.copy_load`)."""
     ctx = multiprocessing.get_context("spawn")
     q, ready, go = ctx.Queue(), ctx.Event(), ctx.Event()
     isolate = (CLIENT_CPUS, ATTACKER_NICE) if args.isolate else None
     attacker = ctx.Process(
-        target=abuse_attacks.run, args=(name, host, port, args.seconds, model, ready, go, q, isolate)
+        target=abuse_attacks.run, args=(name, host, port, args.seconds, model, ready, go, q, isolate, duty)
     )
     attacker.start()  # builds its payloads first: its start-up is not part of the window
     if not ready.wait(300):

@@ -252,13 +252,36 @@ async def valid_load(host: str, port: int, model: str, start) -> dict:
     return await paced(until, 0.8, lambda i: req, host, port)
 
 
+COPY_DUTY = [0.25]
+"""copy_load's share of its core (set by `run`: abuse.py passes stalled_bodies' measured attacker CPU share)."""
+
+
+async def copy_load(host: str, port: int, model: str, start) -> dict:
+    """A control, not an attack: no request to the server at all. The attacker's core copies 8 MiB
+    buffers for `COPY_DUTY` of every 10 ms, the CPU share stalled_bodies' attacker used (mostly the
+    kernel copying its uploads). The two share a host with the server (on a real network the attacker
+    is another machine), so this shows what that much memory traffic beside the server does to the
+    normal traffic by itself, without any connection."""
+    import numpy as np
+
+    src, dst = np.ones(8 << 20, np.uint8), np.empty(8 << 20, np.uint8)
+    duty, copies = COPY_DUTY[0], 0
+    until = await start()
+    while (now := time.monotonic()) < until:
+        while time.monotonic() < now + 0.01 * duty:
+            np.copyto(dst, src)
+            copies += 1
+        await asyncio.sleep(max(0.0, now + 0.01 - time.monotonic()))
+    return {"duty": duty, "copied_gib": round(copies * 8 / 1024, 1)}
+
+
 ATTACKS = {f.__name__: f for f in (decode_bombs, stalled_bodies, idle_connections, big_json, malformed, multi_image,
-                                   abandoned, valid_load)}  # fmt: skip
-CONTROLS = ("valid_load",)
+                                   abandoned, valid_load, copy_load)}  # fmt: skip
+CONTROLS = ("valid_load", "copy_load")
 """Phases that are load, not abuse: reported beside the attacks, held to no target."""
 
 
-def run(name: str, host: str, port: int, seconds: float, model: str, ready, go, out, isolate=None) -> None:
+def run(name: str, host: str, port: int, seconds: float, model: str, ready, go, out, isolate=None, duty=None) -> None:
     """Entry point of the attack process: build the payloads, say `ready`, wait for `go`, attack for
     `seconds`; the summary, with this process's CPU time during the attack, into the queue `out`.
     `isolate`: (cpus, niceness) this process runs on and at, away from the server's cores."""
@@ -269,6 +292,8 @@ def run(name: str, host: str, port: int, seconds: float, model: str, ready, go, 
         os.sched_setaffinity(0, cpus)
         os.nice(nice)
 
+    if duty is not None:
+        COPY_DUTY[0] = duty
     cpu = [0.0]
 
     async def start() -> float:

@@ -59,3 +59,18 @@ def test_p99_ratio_interval_brackets_the_truth(seed):
     assert same[0] < 1.0 < same[1] and same[1] - same[0] < 0.5  # same distribution: 1 inside, and not vacuous
     assert 1.5 < slower[0] < 2.0 < slower[1] < 2.5  # twice as slow: 2 inside, 1.5 outside
     assert p99_ratio_interval([50.0], alone) is None  # nothing to resample
+
+
+def test_copy_load_copies_for_its_share_and_sends_nothing():
+    """The CPU control: memory copies for about its duty share of the time, no connection to anyone
+    (the port is closed: a request would fail)."""
+    import resource
+
+    abuse_attacks.COPY_DUTY[0] = 0.5
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    t0 = time.monotonic()
+    out = attack("copy_load", "http://127.0.0.1:9", seconds=0.6)
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
+    assert out["duty"] == 0.5 and out["copied_gib"] > 0
+    assert 0.15 < cpu / (time.monotonic() - t0) < 0.95  # busy for part of each slice, idle for the rest
