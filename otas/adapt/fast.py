@@ -56,7 +56,8 @@ class FastConfig:
     merge_impl: str = "auto"
     """How merged blocks attend and merge (`otas.adapt.ops`): "reference", or any of "matmul", "column",
     "compile", "triton", "bias" joined by "+" (e.g. "matmul+column", "triton+bias"; "triton" excludes "matmul"
-    and "compile", "bias" excludes "column", and both need CUDA). All compute the same function; "limit" is for benchmarks.
+    and "compile", "bias" excludes "column", and both need CUDA). All compute the same function; "limit" is
+    for benchmarks.
     "auto": the fastest measured on the device type (`default_merge_impl`)."""
 
     def __post_init__(self) -> None:

@@ -4,6 +4,7 @@ under torch.compile beside our γ = 0 graphs."""
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 
@@ -100,6 +101,21 @@ def sdpa_rows(rec: Recorder, shapes: list[tuple[int, int, int, int]], rounds: in
         "efficient": SDPBackend.EFFICIENT_ATTENTION,
     }
     timed = _timer(torch.device("cuda"))
+
+    def row(fn, **where) -> None:
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 (this backend or config does not take this case: the others stand)
+            rec("sdpa", **where, error=f"{type(e).__name__}: {e}"[:200])
+            return
+        rec("sdpa", **where, ms=statistics.median(timed(fn, 10) for _ in range(rounds)))
+
+    def sdpa(q, k, v, mask, scale, backend):
+        if backend == "default":
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        with sdpa_kernel(backends[backend]):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
     for B, H, N, d in shapes:
         hp = -(-(d + 1) // 8) * 8
         size = torch.randint(1, 5, (B, N, 1), device="cuda").to(torch.bfloat16)
@@ -108,20 +124,8 @@ def sdpa_rows(rec: Recorder, shapes: list[tuple[int, int, int, int]], rounds: in
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
             mask = size.float().log().to(torch.bfloat16).transpose(1, 2)[:, None] if case == "mask" else None
             for backend in SDPA_BACKENDS:
-
-                def fn(q=q, k=k, v=v, mask=mask, backend=backend):
-                    if backend == "default":
-                        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=d**-0.5)
-                    with sdpa_kernel(backends[backend]):
-                        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=d**-0.5)
-
-                try:
-                    fn()
-                except RuntimeError as e:  # this backend does not take this case
-                    rec("sdpa", B=B, H=H, N=N, d=d, case=case, head_dim=dim, backend=backend, error=str(e)[:120])
-                    continue
-                ms = statistics.median(timed(fn, 10) for _ in range(rounds))
-                rec("sdpa", B=B, H=H, N=N, d=d, case=case, head_dim=dim, backend=backend, ms=ms)
+                fn = functools.partial(sdpa, q, k, v, mask, d**-0.5, backend)
+                row(fn, B=B, H=H, N=N, d=d, case=case, head_dim=dim, backend=backend)
         qkv = torch.randn(B, N, 3, H, d, device="cuda", dtype=torch.bfloat16)
         for bm, bn, warps, stages in TRITON_CONFIGS:
             consts = {"BLOCK_M": bm, "BLOCK_N": bn, "WARPS": warps, "STAGES": stages}
@@ -129,16 +133,8 @@ def sdpa_rows(rec: Recorder, shapes: list[tuple[int, int, int, int]], rounds: in
             for k, v in consts.items():
                 setattr(ta, k, v)
             try:
-
-                def fn(qkv=qkv):
-                    return ta.attention_qkv(qkv, size, d**-0.5)
-
-                fn()
-                ms = statistics.median(timed(fn, 10) for _ in range(rounds))
-                rec("sdpa", B=B, H=H, N=N, d=d, case="bias", head_dim=d, backend=f"triton/{bm}x{bn}w{warps}s{stages}", ms=ms)
-            except Exception as e:  # noqa: BLE001 (a config that does not compile here: the others stand)
-                rec("sdpa", B=B, H=H, N=N, d=d, case="bias", head_dim=d, backend=f"triton/{bm}x{bn}w{warps}s{stages}",
-                    error=f"{type(e).__name__}: {e}"[:200])
+                fn = functools.partial(ta.attention_qkv, qkv, size, d**-0.5)
+                row(fn, B=B, H=H, N=N, d=d, case="bias", head_dim=d, backend=f"triton/{bm}x{bn}w{warps}s{stages}")
             finally:
                 for k, v in before.items():
                     setattr(ta, k, v)

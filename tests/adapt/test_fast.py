@@ -39,7 +39,8 @@ def test_buckets_and_errors():
 
 def test_auto_merge_impl_is_per_device(monkeypatch):
     """ "auto" serves the reference merge on a CPU (what the CPU profile measured) and the Triton merge +
-    per-key bias attention on a GPU, or the matmul merge + column where triton is missing; an explicit choice is kept."""
+    per-key bias attention on a GPU, or the matmul merge + column where triton is missing; an explicit
+    choice is kept."""
     import importlib.util
 
     assert FastForward(small_model(), "cpu", FastConfig(mode="eager", dtype=torch.float32)).merge_impl == "reference"

@@ -119,3 +119,23 @@ def test_bias_needs_cuda_on_a_cpu():
     model = small_model()
     with pytest.raises(ValueError, match="CUDA"):
         FastForward(model, "cpu", FastConfig("eager", (4,), torch.float32, merge_impl="matmul+bias"))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("B,N,H", [(256, 257, 3), (8, 161, 6), (2, 197, 12), (1, 7, 3)])
+def test_gpu_attention_in_bfloat16_and_in_a_graph(B, N, H):
+    """The compiled kernel in bf16 (the served dtype) within bf16 rounding of the float64 softmax, and
+    a CUDA graph replays it."""
+    from otas.adapt.triton_attention import attention_qkv
+
+    g = torch.Generator().manual_seed(N)
+    qkv = torch.randn(B, N, 3, H, 64, generator=g).cuda().bfloat16()
+    size = torch.randint(1, 9, (B, N, 1), generator=g).cuda().bfloat16()
+    want = _explicit(qkv, size, 0.125)
+    torch.testing.assert_close(attention_qkv(qkv, size, 0.125).double(), want, rtol=2e-2, atol=2e-2)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = attention_qkv(qkv, size, 0.125)
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(out.double(), want, rtol=2e-2, atol=2e-2)
