@@ -136,5 +136,5 @@ def attention_bias(attn: nn.Module, x: torch.Tensor, size: torch.Tensor | None) 
     the qkv output, for a merge that sums them itself)."""
     B, N, _ = x.shape
     qkv = attn.qkv(x).view(B, N, 3, attn.num_heads, attn.head_dim)
-    out = attn.proj(attention_qkv(qkv, size, attn.scale))
+    out = attn.proj_drop(attn.proj(attention_qkv(qkv, size, attn.scale)))  # no attention dropout: inference only
     return out, qkv.permute(2, 0, 3, 1, 4)[1]
