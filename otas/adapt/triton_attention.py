@@ -59,14 +59,13 @@ def _attention_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    # fp32 whatever the launcher passed: Inductor, compiling this kernel inside a torch.compile'd forward,
-    # passes a Python float as fp64, which would turn the loop's statistics to fp64
-    scale = qk_scale.to(tl.float32)
     for start in range(0, N, BLOCK_N):
         n = start + tl.arange(0, BLOCK_N)
         n_ok = n < N
         k = tl.load(base + s_t + n[:, None] * s_n + d[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale  # (BLOCK_M, BLOCK_N), base-2 logits
+        # (BLOCK_M, BLOCK_N), base-2 logits; cast back to fp32: Inductor, compiling this kernel inside a
+        # torch.compile'd forward, passes the Python float as fp64, which would make the statistics fp64
+        s = (tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale).to(tl.float32)
         if HAS_SIZE:
             sz = tl.load(size_ptr + b * s_sb + n * s_sn, mask=n_ok, other=1.0).to(tl.float32)
             s += tl.log2(sz)[None, :]  # log(size) in base 2
