@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import statistics
 import time
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -128,16 +129,9 @@ def sdpa_rows(rec: Recorder, shapes: list[tuple[int, int, int, int]], rounds: in
                 row(fn, B=B, H=H, N=N, d=d, case=case, head_dim=dim, backend=backend)
         qkv = torch.randn(B, N, 3, H, d, device="cuda", dtype=torch.bfloat16)
         for bm, bn, warps, stages in TRITON_CONFIGS:
-            consts = {"BLOCK_M": bm, "BLOCK_N": bn, "WARPS": warps, "STAGES": stages}
-            before = {k: getattr(ta, k) for k in consts}
-            for k, v in consts.items():
-                setattr(ta, k, v)
-            try:
+            with mock.patch.multiple(ta, BLOCK_M=bm, BLOCK_N=bn, WARPS=warps, STAGES=stages):  # read per call
                 fn = functools.partial(ta.attention_qkv, qkv, size, d**-0.5)
                 row(fn, B=B, H=H, N=N, d=d, case="bias", head_dim=d, backend=f"triton/{bm}x{bn}w{warps}s{stages}")
-            finally:
-                for k, v in before.items():
-                    setattr(ta, k, v)
 
 
 def timm_compile(name: str, model: AdaptiveViT, rec: Recorder, batches: list[int], deadline: float) -> None:

@@ -32,3 +32,20 @@ def interpreted_module(name: str):
     if not triton_merge.INTERPRETED:
         pytest.skip("runs in Triton's interpreter, in test_kernels_in_the_interpreter's process")
     return module
+
+
+def kernel_tests(module: str, test_file: str):
+    """The two pieces every kernel test file needs, as (fixture `interpreted`, test
+    `test_kernels_in_the_interpreter`), to bind under those names at module level: the fixture gives
+    `module` where the interpreter runs its kernels, the test reruns `test_file` in such a process."""
+
+    @pytest.fixture
+    def interpreted():
+        return interpreted_module(module)
+
+    @pytest.mark.skipif(INTERPRETING, reason="this is the interpreter's process")
+    def test_kernels_in_the_interpreter():
+        """Every test of this file that needs the kernels, in a process with TRITON_INTERPRET=1."""
+        run_in_interpreter(test_file)
+
+    return interpreted, test_kernels_in_the_interpreter

@@ -13,20 +13,12 @@ from otas.adapt.fast import FastConfig, FastForward
 from otas.adapt.ops import check_merge_impl
 
 from .conftest import small_model
-from .interpreter import INTERPRETING, interpreted_module, run_in_interpreter
+from .interpreter import INTERPRETING, kernel_tests
 
 MODULE = "otas.adapt.triton_attention"
 
 
-@pytest.fixture
-def interpreted():
-    return interpreted_module(MODULE)
-
-
-@pytest.mark.skipif(INTERPRETING, reason="this is the interpreter's process")
-def test_kernels_in_the_interpreter():
-    """Every test of this file that needs the kernels, in a process with TRITON_INTERPRET=1."""
-    run_in_interpreter(__file__)
+interpreted, test_kernels_in_the_interpreter = kernel_tests(MODULE, __file__)
 
 
 def _explicit(qkv: torch.Tensor, size: torch.Tensor | None, scale: float) -> torch.Tensor:

@@ -10,20 +10,12 @@ from torch import nn
 from otas.adapt.fast import FastConfig, FastForward
 
 from .conftest import small_model
-from .interpreter import INTERPRETING, interpreted_module, run_in_interpreter
+from .interpreter import INTERPRETING, kernel_tests
 
 MODULE = "otas.adapt.triton_norm"
 
 
-@pytest.fixture
-def interpreted():
-    return interpreted_module(MODULE)
-
-
-@pytest.mark.skipif(INTERPRETING, reason="this is the interpreter's process")
-def test_kernels_in_the_interpreter():
-    """Every test of this file that needs the kernels, in a process with TRITON_INTERPRET=1."""
-    run_in_interpreter(__file__)
+interpreted, test_kernels_in_the_interpreter = kernel_tests(MODULE, __file__)
 
 
 @pytest.mark.parametrize("shape", [(2, 5, 192), (3, 7, 33), (1, 1, 768), (130, 24), (4, 2, 3, 1000)])
