@@ -1,0 +1,53 @@
+"""Ablations of the default policy on cells of the workload suite: `Otas` without its floor and without
+reordering, beside itself and fixed γ, on the same workload draw, profiles, B_max and simulator.
+
+    python bench/workload_ablation.py --cells 28:1,47:3,51:3,7:3 --profile-set h200 [--fixed -48,-32]
+
+Prints, per cell and variant, utility, SLO attainment per application, mean batch and γ, and the
+queries lost (the suite reports ratios; this shows which part of the policy a ratio comes from).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from otas.bench import workloads as suite
+from otas.sched.policies import Otas, make_policy
+from otas.sim.simulator import run
+
+VARIANTS = {
+    "otas": lambda: make_policy("otas"),
+    "no-floor": lambda: Otas(name="otas", floor=False),
+    "no-reorder": lambda: Otas(name="otas", reorder=False),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cells", required=True, help="SEED:LOAD pairs, comma-separated, e.g. 28:1,47:3")
+    names = ", ".join(s.name for s in suite.DEFAULT_SETS)
+    ap.add_argument("--profile-set", default="h200", help=f"one of the suite's default profile sets: {names}")
+    ap.add_argument("--fixed", default="-48,-32", help="fixed γ to show beside them")
+    args = ap.parse_args()
+    sets = {s.name: s for s in suite.DEFAULT_SETS}
+    if args.profile_set not in sets:
+        ap.error(f"--profile-set {args.profile_set!r}: use one of {', '.join(sets)}")
+    variants = {**VARIANTS, **{f"fixed:{g}": (lambda g=g: make_policy(f"fixed:{g}")) for g in args.fixed.split(",")}}
+    for cell_arg in args.cells.split(","):
+        seed, load = cell_arg.split(":")
+        (w,) = suite.draw_suite(1, suite.DEFAULT_SETS, first_seed=int(seed))  # the suite's draw of this seed
+        cell = suite.cell_inputs(w, sets[args.profile_set], str(suite.AZURE_DEFAULT.resolve()))
+        trace = cell.trace(float(load))
+        print(f"== workload {seed} ({w.split}), {trace.name}, load {load}, set {args.profile_set}")
+        for name, make in variants.items():
+            profiles = suite.online_profiles("otas", cell.profiles)
+            s = run(trace, cell.apps, profiles, make(), cell.config, seed=w.seed).summary(cell.apps)
+            per = " ".join(f"{k} {v:.3f}" for k, v in s["slo_attainment_per_app"].items())  # type: ignore[union-attr]
+            print(
+                f"{name:>12}  utility {s['utility']:9.1f}  SLO [{per}]  mean batch {s['mean_batch']:.1f}  "
+                f"mean γ {s['mean_gamma']:.1f}  expired {s['expired']}  late {s['late']}"
+            )
+
+
+if __name__ == "__main__":
+    main()
