@@ -15,9 +15,10 @@ refused (counting commas is ~100x cheaper than parsing).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from otas.server.errors import ProtocolError
 from otas.server.headers import byte_count
@@ -44,17 +45,21 @@ class HttpInfer:
 
 
 def loads(raw: bytes | memoryview) -> Any:
-    """JSON -> Python; every way a body can fail to be JSON (syntax, encoding, nesting too deep,
-    an integer of thousands of digits) is a 400 `bad_json`."""
+    """JSON -> Python, by orjson (about 7x faster than `json` on arrays of numbers, and it reads a
+    memoryview without a copy). Every way a body can fail to be JSON we serve is a 400 `bad_json`:
+    syntax, encoding (UTF-8 only, no BOM), nesting over 1,024 deep, and numbers no 64-bit type holds
+    (NaN, Infinity, 1e999, an integer of thousands of digits; RFC 8259 has no non-finite numbers)."""
     try:
-        return json.loads(bytes(raw))
-    except RecursionError:
-        raise ProtocolError(400, "bad_json", "body is JSON nested too deeply; send a flat request") from None
-    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, and int() over Python's digit limit
-        if "integer string conversion" in str(e):
-            msg = "body holds an integer of thousands of digits; send numbers a 64-bit type holds"
-            raise ProtocolError(400, "bad_json", msg) from None
-        raise ProtocolError(400, "bad_json", f"body is not valid JSON ({str(e)[:200]}); check it is complete") from None
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        text = str(e)
+        if text.startswith("depth limit"):
+            msg = "body is JSON nested too deeply; send a flat request"
+        elif text.startswith("number is infinity"):
+            msg = "body holds a number no 64-bit type holds (over 1.8e308, or thousands of digits); send finite numbers"
+        else:
+            msg = f"body is not valid JSON ({text[:200]}); check it is complete and UTF-8"
+        raise ProtocolError(400, "bad_json", msg) from None
 
 
 def check_values(raw: bytes | memoryview, image_size: int) -> None:
@@ -146,7 +151,7 @@ def encode_infer(model: str, req: InferRequest, outputs: list[OutputTensor], bin
     head: dict[str, Any] = {"model_name": model, "model_version": "1", "parameters": {"app": req.app}, "outputs": outs}
     if req.id is not None:
         head["id"] = req.id
-    body = json.dumps(head, separators=(",", ":")).encode()
+    body = orjson.dumps(head)
     return (body + b"".join(raws), len(body)) if raws else (body, None)
 
 

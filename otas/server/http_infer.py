@@ -19,7 +19,7 @@ from otas.server.errors import ProtocolError
 from otas.server.guard import ARRIVAL, TICKET, until_disconnect
 from otas.server.handlers import config_of, engine_of, guarded, model_of
 from otas.server.headers import byte_count
-from otas.server.http_codec import HEADER_LENGTH, encode_infer, parse_classify, parse_infer
+from otas.server.http_codec import HEADER_LENGTH, check_values, encode_infer, parse_classify, parse_infer
 from otas.server.inference import check_app, decode_all, run
 from otas.server.parsing import JsonParser
 from otas.server.protocol import classify_response, infer_outputs, top_k
@@ -55,6 +55,10 @@ async def infer(request: Request) -> Response:
     header = request.headers.get(HEADER_LENGTH)
     n = byte_count((header or "").strip())
     json_bytes = len(body) if n is None else n  # binary: cheap
+    if n is not None and 0 < n <= len(body):
+        check_values(memoryview(body)[:n], engine.image_size)
+    elif n is None:
+        check_values(body, engine.image_size)  # here, not in the parser: a refused body never travels there
     parsed = await parser_of(request).run(parse_infer, body, header, engine.image_size, json_bytes=json_bytes)
     req = parsed.request
     results = await until_disconnect(request.receive, run(engine, req, arrival, hand_off(request)))

@@ -61,9 +61,13 @@ TOP_K = ["1e999", "-1e999", "1e308", "-5", "0", "2.5", "true", '"x"', f'"{HUGE_I
 NUMBERS = [HUGE_INT, f"-{HUGE_INT}", "1e999", "-1e999", "NaN", "Infinity", "1" + "0" * 400]
 
 
+NOT_JSON = (HUGE_INT, "1e999", "NaN", "Infinity", "1" + "0" * 400)
+"""Numbers no 64-bit type holds, and RFC 8259's missing non-finite ones: not JSON the server parses."""
+
+
 def why(v: str, reason: str) -> str:
-    """The reason for a number in some field: any integer of thousands of digits is not JSON we parse."""
-    return "bad_json" if HUGE_INT in v and not v.startswith('"') else reason
+    """The reason for a number in some field: bad_json for one of NOT_JSON, else the field's own."""
+    return "bad_json" if not v.startswith('"') and any(x in v for x in NOT_JSON) else reason
 
 
 CASES = (

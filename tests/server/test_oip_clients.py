@@ -8,13 +8,14 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-import tritonclient.grpc as tgrpc
-import tritonclient.http as thttp
 
 from otas.engine.images import decode_image
 from otas.server.grpc_api import grpc_predict_v2_pb2 as pb
 from otas.server.grpc_api import grpc_predict_v2_pb2_grpc as pb_grpc
 from tests.server.helpers import SIZE, PacedRunner, jpeg, paced_profile, png, serving
+
+tgrpc = pytest.importorskip("tritonclient.grpc", reason="tritonclient is a dev extra (pip install -e '.[dev]')")
+thttp = pytest.importorskip("tritonclient.http", reason="tritonclient is a dev extra (pip install -e '.[dev]')")
 
 MODEL, APP = "tiny_test", "lowlight"
 # Variants: PNGs at the model's size (also sent as pixels), larger PNGs and JPEGs (resized by the server).
