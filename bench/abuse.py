@@ -84,8 +84,9 @@ class Sampler(threading.Thread):
 
 async def normal(url: str, model: str, rate: float, seconds: float) -> list[tuple]:
     """(status or error, latency ms, deadline met, server ms) of each request, sent open loop at `rate`;
-    server ms: the server's own total (`latency_ms`, from its first byte to its answer), which leaves
-    out the client's side of the host (its CPU, loopback TCP on its core), None if not answered."""
+    server ms: the server's own (queue, execution, total) (`latency_ms`; total from its first byte to
+    its answer), which leaves out the client's side of the host (its CPU, loopback TCP on its core),
+    None if not answered."""
     bodies = {
         app: {"parameters": {"app": app}, "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
               "data": [base64.b64encode((REPO / "otas/assets/sample" / p).read_bytes()).decode()]}]}
@@ -103,7 +104,7 @@ async def normal(url: str, model: str, rate: float, seconds: float) -> list[tupl
                     ms = (time.perf_counter() - t0) * 1e3
                     if r.status == 200:
                         lat = next(o["data"] for o in body["outputs"] if o["name"] == "latency_ms")
-                        out.append((200, ms, body["outputs"][3]["data"][0], lat[2]))  # the server's total
+                        out.append((200, ms, body["outputs"][3]["data"][0], lat))
                     else:
                         out.append((f"{r.status} {body.get('reason')}", ms, False, None))
             except (aiohttp.ClientError, TimeoutError, ValueError) as e:
@@ -129,7 +130,14 @@ def summarize(out: list[tuple]) -> dict:
         "sent": n, "ok": len(ok), "success": len(ok) / n, "failures": fails,
         "deadline_met": sum(met for s, _, met, _ in out if s == 200) / n,
         "p50_ms": float(np.percentile(ok, 50)) if ok else None, "p99_ms": float(np.percentile(ok, 99)) if ok else None,
-        "server_p99_ms": float(np.percentile(server, 99)) if server else None,
+        "server_p99_ms": float(np.percentile([t for *_, t in server], 99)) if server else None,
+        # where the server's time went, at its p99: queued for the device, executing, and the rest
+        # (reading, parsing, decoding, answering: the front end)
+        "server_parts_p99_ms": {
+            part: float(np.percentile([f(*x) for x in server], 99))
+            for part, f in (("queue", lambda q, e, t: q), ("execution", lambda q, e, t: e),
+                            ("front", lambda q, e, t: t - q - e))
+        } if server else None,  # fmt: skip
     }  # fmt: skip
 
 

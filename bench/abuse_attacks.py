@@ -101,14 +101,13 @@ async def decode_bombs(host: str, port: int, model: str, start) -> dict:
     return await paced(until, 4.0, lambda i: reqs[i % len(reqs)], host, port)
 
 
-async def stalled_bodies(host: str, port: int, model: str, start) -> dict:
+async def _stall(host: str, port: int, model: str, until: float) -> dict:
     """150 connections that each declare 8 MiB, send all but 1 KiB, and stall; one closed by the
-    server is reopened a second later."""
+    other end is reopened a second later."""
     size, got, held = 8 << 20, Counter(), []
     head = (f"POST {INFER.format(model=model)} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
             f"content-length: {size}\r\n\r\n").encode()  # fmt: skip
     block = b" " * (size - 1024)
-    until = await start()
 
     async def one() -> None:
         while time.monotonic() < until:
@@ -131,6 +130,31 @@ async def stalled_bodies(host: str, port: int, model: str, start) -> dict:
     await asyncio.gather(*(one() for _ in range(150)))
     return {"connections": 150, "opened": len(held), "ends": {str(k): v for k, v in got.items()},
             "median_held_s": float(sorted(held)[len(held) // 2]) if held else None}  # fmt: skip
+
+
+async def stalled_bodies(host: str, port: int, model: str, start) -> dict:
+    """150 connections that each declare 8 MiB, send all but 1 KiB, and stall; one closed by the
+    server is reopened a second later."""
+    return await _stall(host, port, model, await start())
+
+
+async def tcp_load(host: str, port: int, model: str, start) -> dict:
+    """A control, not an attack: stalled_bodies' very client, against a sink in the attacker's own
+    process that does what the server does to it (reads the head, answers 503, closes with the body
+    unread). The host's loopback TCP work is the same; the server takes no part in it, so this shows
+    what that work beside the server does to the normal traffic by itself."""
+
+    async def sink(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            await r.readuntil(b"\r\n\r\n")
+            w.write(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        w.close()
+
+    server = await asyncio.start_server(sink, "127.0.0.1", 0)
+    async with server:
+        return await _stall("127.0.0.1", server.sockets[0].getsockname()[1], model, await start())
 
 
 async def idle_connections(host: str, port: int, model: str, start) -> dict:
@@ -276,8 +300,8 @@ async def copy_load(host: str, port: int, model: str, start) -> dict:
 
 
 ATTACKS = {f.__name__: f for f in (decode_bombs, stalled_bodies, idle_connections, big_json, malformed, multi_image,
-                                   abandoned, valid_load, copy_load)}  # fmt: skip
-CONTROLS = ("valid_load", "copy_load")
+                                   abandoned, valid_load, copy_load, tcp_load)}  # fmt: skip
+CONTROLS = ("valid_load", "copy_load", "tcp_load")
 """Phases that are load, not abuse: reported beside the attacks, held to no target."""
 
 
