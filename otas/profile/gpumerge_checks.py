@@ -128,10 +128,47 @@ def sdpa_rows(rec: Recorder, shapes: list[tuple[int, int, int, int]], rounds: in
                 fn = functools.partial(sdpa, q, k, v, mask, d**-0.5, backend)
                 row(fn, B=B, H=H, N=N, d=d, case=case, head_dim=dim, backend=backend)
         qkv = torch.randn(B, N, 3, H, d, device="cuda", dtype=torch.bfloat16)
+        _value_column_rows(row, sdpa, qkv, size, B, H, N, d)
         for bm, bn, warps, stages in TRITON_CONFIGS:
             with mock.patch.multiple(ta, BLOCK_M=bm, BLOCK_N=bn, WARPS=warps, STAGES=stages):  # read per call
                 fn = functools.partial(ta.attention_qkv, qkv, size, d**-0.5)
                 row(fn, B=B, H=H, N=N, d=d, case="bias", head_dim=d, backend=f"triton/{bm}x{bn}w{warps}s{stages}")
+
+
+def _value_column_rows(row, sdpa, qkv: torch.Tensor, size: torch.Tensor, B: int, H: int, N: int, d: int) -> None:
+    """Proportional attention with the sizes carried by the values instead of a bias on the logits:
+    softmax(qk + log s) v = (sum_j e^(qk_j) s_j v_j) / (sum_j e^(qk_j) s_j), i.e. plain attention over
+    values [s_j v_j, s_j] (one more value column, padded to a multiple of 8; q and k keep the head dim),
+    then the first d columns divided by the last. Case "value_column": the attention alone;
+    "value_column_full": with building the values and the division; the error against the mask form
+    (float32) is recorded once per shape."""
+    ev = -(-(d + 1) // 8) * 8
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, N, d) each
+    s = size.transpose(1, 2)[:, :, :, None]  # (B, 1, N, 1)
+
+    def values() -> torch.Tensor:
+        vs = torch.zeros(B, H, N, ev, device=qkv.device, dtype=qkv.dtype)
+        vs[..., :d] = v * s
+        vs[..., d : d + 1] = s
+        return vs
+
+    vs = values()
+
+    def full(backend):
+        o = sdpa(q, k, values(), None, d**-0.5, backend)
+        return o[..., :d] / o[..., d : d + 1]
+
+    mask = size.float().log().transpose(1, 2)[:, None]
+    ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, scale=d**-0.5)
+    for backend in SDPA_BACKENDS:
+        try:
+            err = float((full(backend).float() - ref).abs().max())
+        except Exception:  # noqa: BLE001 (the backend refuses; row() records why)
+            err = None
+        row(functools.partial(sdpa, q, k, vs, None, d**-0.5, backend), B=B, H=H, N=N, d=d, case="value_column",
+            head_dim=ev, backend=backend, max_err=err)  # fmt: skip
+        row(functools.partial(full, backend), B=B, H=H, N=N, d=d, case="value_column_full", head_dim=ev,
+            backend=backend)  # fmt: skip
 
 
 def timm_compile(name: str, model: AdaptiveViT, rec: Recorder, batches: list[int], deadline: float) -> None:

@@ -76,11 +76,15 @@ def numbers(n: int, fmt: str) -> bytes:
 
 @pytest.mark.parametrize("n,fmt", [(MOST + 1, "0"), (MOST + 1, "255"), (2 * MOST, "1.5"), (3 * MOST, "[]")])
 def test_more_values_than_any_request_is_refused_unparsed(srv, monkeypatch, n, fmt):
-    seen = []
+    seen, sent = [], []
     monkeypatch.setattr(http_codec, "loads", lambda raw: seen.append(len(raw)) or json.loads(bytes(raw)))
+    run = JsonParser.run
+    monkeypatch.setattr(
+        JsonParser, "run", lambda self, fn, body, *a, **k: sent.append(len(body)) or run(self, fn, body, *a, **k)
+    )
     r = httpx.post(srv.url + INFER, content=numbers(n, fmt), headers={"content-type": "application/json"})
     assert r.status_code == 413 and r.json()["reason"] == "too_many_values" and "binary" in r.json()["error"]
-    assert seen == []
+    assert seen == [] and sent == []  # refused before the body could travel to the parser process
 
 
 @pytest.mark.parametrize("n", [INLINE // 2, MOST - 10])
