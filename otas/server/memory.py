@@ -10,8 +10,7 @@ The threshold is 2 MiB, not glibc's starting 128 KiB: below it sit the event loo
 reads and the model's CPU activations (a ViT-Tiny MLP's hidden state is 0.8 MB per image), which as
 mmaps were zero-filled page by page on every read and every forward. On the shipped model on one CPU
 core that was 15 % of the server's CPU time (bench/abuse.py: 12-13 s against 10.5 s of CPU for the
-same 20 s of normal traffic), and an attacker's 100 connections a second, each read once, doubled
-the normal traffic's p99.
+same 20 s of normal traffic).
 """
 
 from __future__ import annotations
