@@ -125,7 +125,7 @@ def parse_infer(body: bytes, header_length: str | None, image_size: int) -> Http
     outputs = head.get("outputs")
     if outputs is not None and (not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs)):
         raise ProtocolError(400, "bad_request", '`outputs` must be a list of objects {"name": ...}')
-    rid = None if head.get("id") is None else str(head["id"])
+    rid = _request_id(head.get("id"))
     names = None if outputs is None else [o.get("name") for o in outputs]
     req = build_request(rid, params, tensors, image_size, names)
     default = _flag(params.get("binary_data_output", False), "binary_data_output")
@@ -161,6 +161,15 @@ def parse_classify(body: bytes) -> tuple[bytes, Any]:
     if not isinstance(obj, dict) or "image" not in obj:
         raise ProtocolError(400, "missing_image", 'send JSON {"image": "<base64 PNG/JPEG>", "top_k": 3}')
     return b64(obj["image"], "image"), obj.get("top_k")
+
+
+def _request_id(v: object) -> str | None:
+    """The request's `id`, echoed in the answer: a string (a number is taken as its text)."""
+    if v is None or isinstance(v, str):
+        return v
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return str(v)
+    raise ProtocolError(400, "bad_request", f"`id` must be a string; got a JSON {type(v).__name__}")
 
 
 def _object(v: object, what: str) -> dict:

@@ -104,6 +104,10 @@ def b64(s: object, what: str) -> bytes:
         ) from None
 
 
+MAX_ID = 1024
+"""Characters of a request `id` (it is echoed in the answer)."""
+
+
 def build_request(
     rid: str | None,
     params: Mapping[str, Any],
@@ -113,6 +117,8 @@ def build_request(
 ) -> InferRequest:
     """Validate one infer request, whatever carried it; raises ProtocolError naming the bad field
     and the fix. Shapes and sizes are checked against each other before any array is built."""
+    if rid is not None and len(rid) > MAX_ID:
+        raise ProtocolError(400, "bad_request", f"`id` has {len(rid)} characters; send at most {MAX_ID}")
     app = params.get("app", params.get("application"))
     if not isinstance(app, str) or not app:
         raise ProtocolError(400, "missing_app", 'give the application as the request parameter "app" (a string)')

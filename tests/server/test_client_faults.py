@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from otas.server.errors import ProtocolError
 from otas.server.http_codec import parse_infer
 from otas.server.parsing import INLINE
-from otas.server.protocol import InputTensor, build_request
+from otas.server.protocol import MAX_ID, InputTensor, build_request
 from otas.server.tensors import join_bytes
 from tests.server.helpers import SIZE, PacedRunner, b64png, infer_body, paced_profile, png, serving
 from tests.server.test_decode_abuse import png_header
@@ -118,6 +118,20 @@ def test_large_bodies_take_the_parser_process(srv):
     assert r.status_code == 200 and r.json()["outputs"][0]["shape"] == [n, 5], r.text
     body["inputs"][0]["data"][7] = "7"
     assert srv.post(INFER, json=body).json()["reason"] == "bad_payload"  # errors cross the process boundary
+
+
+@pytest.mark.parametrize(
+    "rid,status",
+    [('"x"', 200), ("17", 200), ("2.5", 200), ('"' + "i" * MAX_ID + '"', 200), ('"' + "i" * (MAX_ID + 1) + '"', 400),
+     ("[1, 2]", 400), ('{"a": 1}', 400), ("true", 400), ("[" + ",".join(["7"] * 5000) + "]", 400)],
+)  # fmt: skip
+def test_request_id_is_a_bounded_string_echoed_back(srv, rid, status):
+    r = srv.post(INFER, **raw_json(infer_text(id=rid)))
+    assert r.status_code == status, r.text
+    if status == 200:
+        assert r.json()["id"] == str(json.loads(rid))
+    else:
+        assert r.json()["reason"] == "bad_request" and "`id`" in r.json()["error"]
 
 
 # -- fuzzing the parser and the validation directly --------------------------------------------------
