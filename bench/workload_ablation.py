@@ -19,6 +19,7 @@ VARIANTS = {
     "otas": lambda: make_policy("otas"),
     "no-floor": lambda: Otas(name="otas", floor=False),
     "no-reorder": lambda: Otas(name="otas", reorder=False),
+    "class-floor": lambda: Otas(name="otas", floor_classes=True),
 }
 
 

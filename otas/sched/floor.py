@@ -50,26 +50,32 @@ class Decayed:
 
 
 class _Shadow:
-    """One virtual `fixed:<γ>` server: FIFO queue of (arrival, deadline, value), device free at `free`."""
+    """One virtual `fixed:<γ>` server: FIFO queues of (arrival, deadline, value), one per class (one
+    class: the `fixed:<γ>` baseline; several: a batch never mixes classes, and the class whose head
+    arrived first runs next, as the OTAS policies batch), device free at `free`."""
 
-    def __init__(self, lat: np.ndarray, max_batch: int, tau_ms: float):
+    def __init__(self, lat: np.ndarray, max_batch: int, tau_ms: float, classes: int = 1):
         self.lat = lat  # (B_max + 1,) ms of a batch of each size at this γ, nondecreasing; inf: does not fit
         fits = np.flatnonzero(np.isfinite(lat[1 : max_batch + 1]))
         self.max_batch = int(fits[-1]) + 1 if len(fits) else 0  # as the scheduler caps a batch by memory
-        self.queue: deque[tuple[float, float, float]] = deque()
+        self.queues: list[deque[tuple[float, float, float]]] = [deque() for _ in range(classes)]
         self.free = -math.inf
         self.earned = Decayed(tau_ms)
         self.running: tuple[float, float] | None = None  # (finish, value) of the batch in flight
 
     def advance(self, t_ms: float) -> None:
         """Run every batch that starts by `t_ms`; credit those that finished by then."""
-        q, one = self.queue, self.lat[1]
+        one = self.lat[1]
         while True:
             if self.running is not None and self.running[0] <= t_ms:  # credited when done, as the policy's are
                 self.earned.add(self.running[1], self.running[0])
                 self.running = None
-            if not q or self.free > t_ms:
+            if self.free > t_ms:
                 return
+            waiting = [q for q in self.queues if q]
+            if not waiting:
+                return
+            q = min(waiting, key=lambda q: q[0][0])  # (one class: its only queue)
             start = max(self.free, q[0][0])
             if start > t_ms:
                 return
@@ -84,11 +90,11 @@ class _Shadow:
             self.running = (finish, sum(v for _, d, v in members if d >= finish))
             self.free = finish
 
-    def submit(self, arrival_ms: float, deadline_ms: float, value: float) -> None:
+    def submit(self, arrival_ms: float, deadline_ms: float, value: float, cls: int = 0) -> None:
         self.advance(arrival_ms)
         # else rejected on arrival, as reject_infeasible does
         if self.max_batch and arrival_ms + self.lat[1] <= deadline_ms:
-            self.queue.append((arrival_ms, deadline_ms, value))
+            self.queues[cls].append((arrival_ms, deadline_ms, value))
 
 
 class FixedShadows:
@@ -103,13 +109,17 @@ class FixedShadows:
         servable: dict[str, np.ndarray],
         max_batch: int,
         tau_ms: float,
+        classes: Sequence[Sequence[str]] | None = None,
     ):
         """lat (B_max + 1, |Γ|) ms; weights / servable per application (|Γ|,): u_a · acc and whether
         the γ serves a's task (where not, a shadow serves it as `fixed:<γ>` does: at the servable γ
-        nearest to it, towards 0)."""
+        nearest to it, towards 0). `classes`: groups of application names batched apart (the policy's
+        SLO classes); None: one FIFO queue, as `fixed:<γ>`."""
         gammas = list(gammas)
         lat = np.maximum.accumulate(lat, axis=0)
-        self.shadows = [_Shadow(lat[:, i], max_batch, tau_ms) for i in range(len(gammas))]
+        groups = classes or [[a.name for a in apps]]
+        self.cls = {name: i for i, g in enumerate(groups) for name in g}
+        self.shadows = [_Shadow(lat[:, i], max_batch, tau_ms, len(groups)) for i in range(len(gammas))]
         self.value = {
             a.name: [float(weights[a.name][gammas.index(fallback_gamma(gammas, servable[a.name], g))]) for g in gammas]
             for a in apps
@@ -118,8 +128,9 @@ class FixedShadows:
         """What the policy itself earned, fed by `credit`."""
 
     def submit(self, app: str, arrival_ms: float, deadline_ms: float) -> None:
+        cls = self.cls.get(app, 0)
         for s, v in zip(self.shadows, self.value[app], strict=True):
-            s.submit(arrival_ms, deadline_ms, v)
+            s.submit(arrival_ms, deadline_ms, v, cls)
 
     def credit(self, value: float, t_ms: float) -> None:
         self.earned.add(value, t_ms)

@@ -9,7 +9,9 @@ through the same interface in the simulator and the live server.
                     head of a long batch runs, and whether classes share a deadline-ordered batch
                     (per-class and shared batching compared at the utility rate each sustains);
                     and a floor (otas.sched.floor): while a fixed γ would have earned more on the
-                    same recent arrivals, no batch runs slower than that γ
+                    same recent arrivals, no batch runs slower than that γ (the fixed γ batches
+                    as `fixed:<γ>` does, one FIFO queue; `Otas(floor_classes=True)`, an ablation,
+                    batches them per SLO class as the policy does: bench/workload_ablation.py)
     otas-paper      the method as published: selective batching (queues per SLO class, served in
                     arrival order of their heads; batch size that lets the most members meet their
                     deadlines) + the DP over `lookahead` pending batches (method §5)
@@ -32,7 +34,7 @@ import numpy as np
 
 from otas.sched import optimizer
 from otas.sched.baselines import Clipper, Edf, Fixed, ModelSwitch, Oracle
-from otas.sched.batching import Candidate
+from otas.sched.batching import Candidate, slo_classes
 from otas.sched.floor import FixedShadows
 from otas.sched.policy_base import Choice, Policy, View, batch_apps
 from otas.sched.price import DevicePrice
@@ -66,8 +68,10 @@ class Otas(Policy):
         reorder: bool = True,
         mix: bool = True,
         floor: bool = True,
+        floor_classes: bool = False,
     ):
         self.name = name
+        self.floor_classes = floor_classes
         self.floor = floor
         self.selective = selective
         self.priced = priced
@@ -102,7 +106,10 @@ class Otas(Policy):
             weights = {a.name: view.weights(m, a.name) for a in apps}
             servable = {a.name: view.servable(m, [a.name]) for a in apps}
             tau = cfg.floor_window * max(a.slo_ms for a in apps)
-            self._floor = FixedShadows(apps, view.profiles[m].gammas, lat, weights, servable, cfg.max_batch, tau)
+            classes = slo_classes(apps, cfg.slo_class_tolerance) if self.floor_classes and self.selective else None
+            self._floor = FixedShadows(
+                apps, view.profiles[m].gammas, lat, weights, servable, cfg.max_batch, tau, classes
+            )
 
     def options(self, view: View) -> list[tuple[str, int]]:
         return [(view.model, g) for g in view.profiles[view.model].gammas]

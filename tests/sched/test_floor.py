@@ -113,3 +113,24 @@ def test_shadow_batches_within_memory_like_the_scheduler():
     for g, shadow in zip(profile.gammas, shadows.shadows, strict=True):
         sim = run(trace, APPS, profile, f"fixed:{g}", cfg).summary(APPS)["utility"]
         assert shadow.earned.value == pytest.approx(sim, rel=1e-9), g
+
+
+@pytest.mark.parametrize("slo_b,fifo,per_class", [(200.0, 4.0, 2.0), (300.0, 4.0, 4.0)])
+def test_class_shadows_batch_each_class_apart(slo_b, fifo, per_class):
+    """With the policy's classes, a shadow never mixes them. Batches take 100 ms whatever their size;
+    a query of `a` holds the device from 0 to 100 ms, while one of `a` (at 10 ms) and one of `b` (at
+    20 ms) wait. The FIFO shadow then runs them as one batch (done at 200 ms); the class shadow runs
+    `a`'s first (its head arrived first), then `b`'s (done at 300 ms), which makes b's deadline only
+    with an SLO of 280 ms or more."""
+    from otas.types import App
+
+    apps = [App("a", 250.0, 1.0, "t"), App("b", slo_b, 2.0, "t")]
+    lat = np.array([[0.0]] + [[100.0]] * 4)  # (B_max + 1, |Γ|): flat in the batch
+    w = {"a": np.array([1.0]), "b": np.array([2.0])}
+    ok = {"a": np.array([True]), "b": np.array([True])}
+    for classes, want in ((None, fifo), ([["a"], ["b"]], per_class)):
+        shadows = FixedShadows(apps, [0], lat, w, ok, 4, math.inf, classes)
+        for app, t in (("a", 0.0), ("a", 10.0), ("b", 20.0)):
+            shadows.submit(app, t, t + (250.0 if app == "a" else slo_b))
+        shadows.cap(math.inf)
+        assert shadows.shadows[0].earned.value == want, classes
