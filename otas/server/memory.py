@@ -38,11 +38,13 @@ def _glibc():
 
 def tune(mmap_threshold: int = 2 << 20) -> bool:
     """Allocations of `mmap_threshold` bytes or more come from mmap (and go back when freed); the
-    heap is trimmed above 4× that. True when glibc took the settings."""
+    heap's top is given back once 1 MiB of it is free (at 4 × the 2 MiB threshold, rounds of 40
+    uploads of 2 MiB left the process up to 17 MB larger; at 1 MiB, 4 MB). True when glibc took the
+    settings."""
     lib = _glibc()
     if lib is None:
         return False
-    ok = lib.mallopt(_M_MMAP_THRESHOLD, mmap_threshold) == 1 and lib.mallopt(_M_TRIM_THRESHOLD, 4 * mmap_threshold)
+    ok = lib.mallopt(_M_MMAP_THRESHOLD, mmap_threshold) == 1 and lib.mallopt(_M_TRIM_THRESHOLD, 1 << 20)
     log.debug("malloc tuned", extra={"event": "malloc_tuned", "mmap_threshold": mmap_threshold, "ok": bool(ok)})
     return bool(ok)
 
