@@ -6,7 +6,7 @@
 #
 # Prepare here (once): the wheels the GPU image lacks, the trace, and the CIFAR-10 archive, in the ignored .carry/:
 #   mkdir -p .carry/whl && for w in starlette==1.10.0 uvicorn==0.54.0 python-multipart==0.0.34 anyio h11 \
-#     sniffio idna typing_extensions grpcio==1.85.3 protobuf==6.33.6 httptools uvloop; do python3 -m pip download \
+#     sniffio idna typing_extensions grpcio==1.85.3 protobuf==6.33.6 httptools uvloop orjson; do python3 -m pip download \
 #     --no-deps --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux2014_x86_64 \
 #     --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 --platform any -d .carry/whl "$w"; done
 #   (not typer, rich or timm: the image has them, and every wheel here overrides the image's; typer ≥ 0.29
