@@ -30,24 +30,19 @@ def main() -> None:
     ap.add_argument("--profile-set", default="h200", help=f"one of the suite's default profile sets: {names}")
     ap.add_argument("--fixed", default="-48,-32", help="fixed γ to show beside them")
     args = ap.parse_args()
-    sets = {s.name: s for s in suite.DEFAULT_SETS}
-    if args.profile_set not in sets:
-        ap.error(f"--profile-set {args.profile_set!r}: use one of {', '.join(sets)}")
     variants = {**VARIANTS, **{f"fixed:{g}": (lambda g=g: make_policy(f"fixed:{g}")) for g in args.fixed.split(",")}}
     for cell_arg in args.cells.split(","):
         seed, load = cell_arg.split(":")
-        (w,) = suite.draw_suite(1, suite.DEFAULT_SETS, first_seed=int(seed))  # the suite's draw of this seed
-        cell = suite.cell_inputs(w, sets[args.profile_set], str(suite.AZURE_DEFAULT.resolve()))
+        try:
+            w, cell = suite.seeded_cell(int(seed), args.profile_set)
+        except ValueError as e:
+            ap.error(str(e))
         trace = cell.trace(float(load))
         print(f"== workload {seed} ({w.split}), {trace.name}, load {load}, set {args.profile_set}")
         for name, make in variants.items():
             profiles = suite.online_profiles("otas", cell.profiles)
             s = run(trace, cell.apps, profiles, make(), cell.config, seed=w.seed).summary(cell.apps)
-            per = " ".join(f"{k} {v:.3f}" for k, v in s["slo_attainment_per_app"].items())  # type: ignore[union-attr]
-            print(
-                f"{name:>12}  utility {s['utility']:9.1f}  SLO [{per}]  mean batch {s['mean_batch']:.1f}  "
-                f"mean γ {s['mean_gamma']:.1f}  expired {s['expired']}  late {s['late']}"
-            )
+            print(suite.summary_line(name, s))
 
 
 if __name__ == "__main__":

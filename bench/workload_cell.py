@@ -23,11 +23,10 @@ def main() -> None:
     ap.add_argument("--profile-set", default="h200", help=f"one of the suite's default profile sets: {names}")
     ap.add_argument("--policies", default="otas,otas-paper,fixed:0,edf", help="comma-separated policy names")
     args = ap.parse_args()
-    sets = {s.name: s for s in suite.DEFAULT_SETS}
-    if args.profile_set not in sets:
-        ap.error(f"--profile-set {args.profile_set!r}: use one of {', '.join(sets)}")
-    (w,) = suite.draw_suite(1, suite.DEFAULT_SETS, first_seed=args.seed)  # the suite's draw of this seed
-    cell = suite.cell_inputs(w, sets[args.profile_set], str(suite.AZURE_DEFAULT.resolve()))
+    try:
+        w, cell = suite.seeded_cell(args.seed, args.profile_set)
+    except ValueError as e:
+        ap.error(str(e))
     apps, trace = cell.apps, cell.trace(args.load)
     head = f"workload {args.seed} ({w.split}), {trace.name}, {len(trace)} requests"
     print(f"{head}, load {args.load}, set {args.profile_set}")
@@ -35,11 +34,7 @@ def main() -> None:
         print(f"  {a.name}: SLO {a.slo_ms:.2f} ms, utility {a.utility:.2f}, task {a.task}")
     for name in args.policies.split(","):
         s = run(trace, apps, suite.online_profiles(name, cell.profiles), name, cell.config, seed=w.seed).summary(apps)
-        per = " ".join(f"{k} {v:.3f}" for k, v in s["slo_attainment_per_app"].items())  # type: ignore[union-attr]
-        print(
-            f"{name:>14}  utility {s['utility']:9.1f}  SLO {s['slo_attainment']:.3f} [{per}]  mean batch "
-            f"{s['mean_batch']:.1f}  mean γ {s['mean_gamma']:.1f}  expired {s['expired']}  late {s['late']}"
-        )
+        print(suite.summary_line(name, s))
 
 
 if __name__ == "__main__":

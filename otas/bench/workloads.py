@@ -127,6 +127,25 @@ def cell_inputs(workload: wl.Workload, pset: ProfileSet, azure: str) -> CellInpu
     return CellInputs(profs, apps, cfg, capacity_per_s(profs[0], apps, cfg.max_batch), workload.base_trace(apps, azure))
 
 
+def seeded_cell(seed: int, set_name: str, azure: str | None = None) -> tuple[wl.Workload, CellInputs]:
+    """The suite's workload of one seed and its inputs on one of the default profile sets (by name)."""
+    sets = {s.name: s for s in DEFAULT_SETS}
+    if set_name not in sets:
+        raise ValueError(f"profile set {set_name!r}: use one of {', '.join(sets)}")
+    (w,) = draw_suite(1, DEFAULT_SETS, first_seed=seed)  # the suite's draw of this seed
+    return w, cell_inputs(w, sets[set_name], azure or str(AZURE_DEFAULT.resolve()))
+
+
+def summary_line(name: str, s: dict) -> str:
+    """One policy's run on a cell, as the bench scripts print it: utility, SLO attainment per
+    application, mean batch and γ, and the queries lost (`SimResult.summary`)."""
+    per = " ".join(f"{k} {v:.3f}" for k, v in s["slo_attainment_per_app"].items())
+    return (
+        f"{name:>14}  utility {s['utility']:9.1f}  SLO {s['slo_attainment']:.3f} [{per}]  mean batch "
+        f"{s['mean_batch']:.1f}  mean γ {s['mean_gamma']:.1f}  expired {s['expired']}  late {s['late']}"
+    )
+
+
 def run_cell(
     workload: wl.Workload, pset: ProfileSet, loads: Sequence[float], policies: Sequence[str], azure: str
 ) -> list[dict[str, object]]:
