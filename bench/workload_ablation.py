@@ -2,16 +2,24 @@
 reordering, beside itself and fixed γ, on the same workload draw, profiles, B_max and simulator.
 
     python bench/workload_ablation.py --cells 28:1,47:3,51:3,7:3 --profile-set h200 [--fixed -48,-32]
+    python bench/workload_ablation.py --suite bench/results/workloads/workloads.json --variants otas,no-floor
 
-Prints, per cell and variant, utility, SLO attainment per application, mean batch and γ, and the
-queries lost (the suite reports ratios; this shows which part of the policy a ratio comes from).
+With --cells: prints, per cell and variant, utility, SLO attainment per application, mean batch and γ,
+and the queries lost (the suite reports ratios; this shows which part of the policy a ratio comes
+from). With --suite: runs the variants on every cell of a stored suite run (its seeds, loads and
+sets) and reports their ratios to that run's best other policy and to its oracle bound, per set,
+load band and split, as the suite does; the baselines are not run again, so a variant is compared
+with baselines of the code that wrote the file (its commit is printed).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+from multiprocessing import Pool
 
 from otas.bench import workloads as suite
+from otas.bench import workloads_report as rep
 from otas.sched.policies import Otas, make_policy
 from otas.sim.simulator import run
 
@@ -23,13 +31,70 @@ VARIANTS = {
 }
 
 
+STORED = ("otas",)
+"""Policies of the stored run reported beside the variants (as it ran them)."""
+
+
+def _suite_cell(job: tuple[dict, list[str]]) -> list[tuple[str, float]]:
+    rec, names = job
+    w, cell = suite.seeded_cell(rec["seed"], rec["set"])
+    trace, profiles = cell.trace(rec["load"]), suite.online_profiles("otas", cell.profiles)
+    return [(n, run(trace, cell.apps, profiles, VARIANTS[n](), cell.config, seed=w.seed).total_utility) for n in names]
+
+
+def run_suite(path: str, names: list[str], jobs: int, out: str | None = None) -> None:
+    """Every variant on every cell of the stored suite run at `path`; prints the ratio statistics and
+    writes the per-cell ratios to `out` (JSON) if given."""
+    data = json.load(open(path))
+    cells = data["cells"]
+    with Pool(jobs) as pool:
+        got = pool.map(_suite_cell, [(c, names) for c in cells], chunksize=1)
+    print(f"baselines of commit {data['meta']['commit']} ({path}); {len(cells)} cells")
+    rows = []
+    for c, res in zip(cells, got, strict=True):
+        best = max(v["utility"] for k, v in c["policies"].items() if rep.is_baseline(k))
+        row = {"set": c["set"], "split": c["split"], "load": c["load"], "seed": c["seed"]}
+        for n, u in [(f"stored:{k}", v["utility"]) for k, v in c["policies"].items() if k in STORED] + res:
+            row[n] = rep.ratio(u, best)
+            row[n + "/oracle"] = u / c["oracle"] if c["oracle"] else 1.0
+        rows.append(row)
+    if out:
+        with open(out, "w") as f:
+            json.dump({"suite": path, "baselines_commit": data["meta"]["commit"], "cells": rows}, f, indent=1)
+    for pset in sorted({r["set"] for r in rows}):
+        for band, keep in (("0.5", lambda x: x < 1), ("≥1", lambda x: x >= 1)):
+            for split in ("all", "tuning", "held-out"):
+                sel = [r for r in rows if r["set"] == pset and keep(r["load"]) and split in ("all", r["split"])]
+                for n in [f"stored:{k}" for k in STORED] + names:
+                    st = rep.stats(r[n] for r in sel)
+                    worst = min(sel, key=lambda r: r[n])
+                    orc = sorted(r[n + "/oracle"] for r in sel)[len(sel) // 2]
+                    print(
+                        f"{pset:5} load {band:3} {split:8} {n:>12}: min {st['min']:.3f}"
+                        f" (w{worst['seed']}@{worst['load']:g})  p10 {st['p10']:.3f}  median {st['median']:.3f}"
+                        f"  geomean {st['geomean']:.3f}"
+                        f"  vs oracle median {orc:.3f}"
+                    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--cells", required=True, help="SEED:LOAD pairs, comma-separated, e.g. 28:1,47:3")
+    ap.add_argument("--cells", help="SEED:LOAD pairs, comma-separated, e.g. 28:1,47:3")
+    ap.add_argument("--suite", help="a suite run's workloads.json: run the variants on all its cells")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="with --suite: comma-separated variant names")
+    ap.add_argument("--jobs", type=int, default=2, help="with --suite: worker processes")
+    ap.add_argument("--out", help="with --suite: write the per-cell ratios here (JSON)")
     names = ", ".join(s.name for s in suite.DEFAULT_SETS)
     ap.add_argument("--profile-set", default="h200", help=f"one of the suite's default profile sets: {names}")
     ap.add_argument("--fixed", default="-48,-32", help="fixed γ to show beside them")
     args = ap.parse_args()
+    if args.suite:
+        names = args.variants.split(",")
+        if unknown := [n for n in names if n not in VARIANTS]:
+            ap.error(f"--variants {','.join(unknown)}: use some of {', '.join(VARIANTS)}")
+        return run_suite(args.suite, names, args.jobs, args.out)
+    if not args.cells:
+        ap.error("give --cells or --suite")
     variants = {**VARIANTS, **{f"fixed:{g}": (lambda g=g: make_policy(f"fixed:{g}")) for g in args.fixed.split(",")}}
     for cell_arg in args.cells.split(","):
         seed, load = cell_arg.split(":")

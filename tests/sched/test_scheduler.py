@@ -220,6 +220,25 @@ def test_otas_mixes_classes_on_a_flat_device_while_it_keeps_up():
     assert mixed == {"otas-paper": False, "otas": True}
 
 
+def test_otas_mixes_classes_when_one_class_alone_fills_a_batch():
+    """A loose class with more than B_max queued, its first 12 due within one batch, and a tight,
+    more valuable class due as soon: one shared batch in deadline order serves both, where in turn one
+    of them misses. The shared batch is planned although the loose class's own batch is already B_max
+    (it once was not: a saturated class then blocked the tight one for good, docs/scheduler.md)."""
+    from otas.types import App
+
+    flat = make_profile(base_ms=(10.0, 10.5, 12.0), gammas=[0, 4, 8, 16], device="flat (hand-made)")
+    tight, loose = App("tight", 15.0, 5.0, "novel"), App("loose", 200.0, 1.0, "blur")
+    s = Scheduler([tight, loose], flat, "otas", SchedulerConfig(max_batch=16, rate_window=100.0))
+    for i in range(40):  # the first 12 are due at 14 ms, the others at 100 ms
+        t = -186.0 if i < 12 else -100.0
+        assert s.submit(make_request(i, loose, t), t) is None
+    for i in range(40, 44):
+        assert s.submit(make_request(i, tight, 0.0), 0.0) is None
+    plan = s.next_batch(0.0)
+    assert sorted(r.id for r in plan.requests) == [*range(12), *range(40, 44)]
+
+
 def test_otas_shares_batches_when_classes_in_turn_cannot_keep_up():
     """Four classes with slack for a batch each: in turn, with γ = 16 for every class, the plan
     earns the most, but four batches take four times the device time of one shared batch, and
