@@ -73,12 +73,15 @@ def check_values(raw: bytes | memoryview, image_size: int) -> None:
         )  # fmt: skip
 
 
-def parse_infer(body: bytes, header_length: str | None, image_size: int) -> HttpInfer:
+def parse_infer(body: bytes, header_length: str | None, image_size: int, counted: bool = False) -> HttpInfer:
     """An infer request body (and its Inference-Header-Content-Length, if any) -> the request.
-    Declared binary sizes are checked against the bytes present before anything is sliced."""
+    Declared binary sizes are checked against the bytes present before anything is sliced.
+    `counted`: the caller already ran `check_values` on the JSON part (the HTTP handler does, on the
+    event loop, so that a refused body never travels to a parser process)."""
     view = memoryview(body)
     if header_length is None:
-        check_values(body, image_size)
+        if not counted:
+            check_values(body, image_size)
         head, tail = loads(body), view[len(view) :]
     else:
         h = byte_count(header_length.strip())
@@ -88,7 +91,8 @@ def parse_infer(body: bytes, header_length: str | None, image_size: int) -> Http
                 f"{HEADER_LENGTH} is {header_length!r} but the body has {len(view)} bytes; "
                 "give the byte length of the JSON header that starts the body",
             )  # fmt: skip
-        check_values(view[:h], image_size)
+        if not counted:
+            check_values(view[:h], image_size)
         head, tail = loads(view[:h]), view[h:]
     if not isinstance(head, dict):
         raise ProtocolError(400, "bad_request", "the JSON header must be an object with `inputs` and `parameters`")
