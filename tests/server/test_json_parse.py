@@ -97,6 +97,29 @@ def test_large_json_is_parsed_off_the_event_loop(srv, monkeypatch, n):
     assert seen == ([len(body)] if len(body) <= INLINE else [])  # large: parsed in the child, not here
 
 
+@pytest.mark.parametrize("binary", [False, True])
+def test_values_are_counted_once(srv, monkeypatch, binary):
+    """The handler counts a body's JSON values before the parser hand-off; the parser does not count
+    them again (in place here: a small body)."""
+    from otas.server import http_infer
+
+    counted = []
+    check = http_codec.check_values
+
+    def counting(raw, size):
+        counted.append(len(raw))
+        return check(raw, size)
+
+    monkeypatch.setattr(http_codec, "check_values", counting)
+    monkeypatch.setattr(http_infer, "check_values", counting)
+    body, headers = numbers(SIZE * SIZE * 3, "7"), {"content-type": "application/json"}
+    if binary:  # the same JSON as the header of a binary body, with no binary inputs: only it is counted
+        headers = {"Inference-Header-Content-Length": str(len(body))}
+    r = httpx.post(srv.url + INFER, content=body, headers=headers, timeout=60)
+    assert r.status_code == 200, r.text
+    assert counted == [len(body)]
+
+
 def test_binary_tensors_need_no_json_parse(srv, monkeypatch):
     seen = []
     monkeypatch.setattr(http_codec, "loads", lambda raw: seen.append(len(raw)) or json.loads(bytes(raw)))
