@@ -72,6 +72,10 @@ def protocol_class(guard: Guard) -> type[asyncio.Protocol]:
             self.scope[ARRIVAL] = time.monotonic()
 
         def on_headers_complete(self) -> None:
+            if coding := self._transfer_coding():
+                msg = (f"Transfer-Encoding {coding!r} is not implemented here: the body would be read still encoded; "
+                       "send it chunked or with a Content-Length, compressed content as the file itself")  # fmt: skip
+                return self._refuse(501, "unsupported_transfer_coding", msg)
             if self._upgrade_with_body():
                 msg = ("this server speaks HTTP/1.1 only, and the body of a request asking to upgrade is not read; "
                        "send it without the Upgrade and Connection: upgrade headers")  # fmt: skip
@@ -110,6 +114,17 @@ def protocol_class(guard: Guard) -> type[asyncio.Protocol]:
             else:
                 return False
             return True
+
+        def _transfer_coding(self) -> str:
+            """The first transfer coding other than chunked (and identity) the request declares, or "": the
+            parser decodes chunked framing only, so a body in gzip, deflate, ... would reach the handlers as
+            its compressed bytes (RFC 9112 §6.1: a server answers 501 to a coding it does not understand)."""
+            for k, v in self.headers:
+                if k == b"transfer-encoding":
+                    for c in v.decode("latin-1").split(","):
+                        if (c := c.strip().lower()) not in ("", "chunked", "identity"):
+                            return c[:40]
+            return ""
 
         def _upgrade_with_body(self) -> bool:
             """An Upgrade request (h2c, websocket, ...) with a body: httptools stops parsing at its
@@ -227,7 +242,8 @@ def protocol_class(guard: Guard) -> type[asyncio.Protocol]:
             """An answer written straight to the socket (no request was parsed), then close."""
             body = json.dumps(error_body(message, reason)).encode()
             phrase = {400: "Bad Request", 408: "Request Timeout", 413: "Content Too Large",
-                      431: "Request Header Fields Too Large", 503: "Service Unavailable"}[status]  # fmt: skip
+                      431: "Request Header Fields Too Large", 501: "Not Implemented",
+                      503: "Service Unavailable"}[status]  # fmt: skip
             head = (f"HTTP/1.1 {status} {phrase}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
                     "connection: close\r\n\r\n")  # fmt: skip
             self._disarm()

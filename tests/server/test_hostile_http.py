@@ -187,6 +187,36 @@ def test_an_upgrade_with_a_body_is_refused_not_answered_without_it(srv, extra, m
     s.close()
 
 
+def chunked(body: bytes) -> bytes:
+    return b"".join(b"%x\r\n%b\r\n" % (len(body[i : i + 1000]), body[i : i + 1000]) for i in range(0, len(body), 1000))
+
+
+@pytest.mark.parametrize("coding", ["gzip, chunked", "deflate, chunked", "x-custom ,chunked", "br,CHUNKED"])
+@pytest.mark.parametrize("make", ["infer", "classify"])
+def test_a_transfer_coding_other_than_chunked_is_501(srv, coding, make):
+    """The parser decodes chunked framing only: a body in another transfer coding would reach the
+    handlers still encoded (and be a bad_json or not_an_image at best). Chunked alone is served."""
+    body, (path, ctype) = (
+        (json.dumps(infer_body("novel")).encode(), (INFER, "application/json"))
+        if make == "infer"
+        else (png(3), ("/v1/apps/novel/classify", "image/png"))
+    )
+    for te, status in ((coding, b"501"), ("chunked", b"200"), ("identity, chunked", b"200")):
+        s = sock(srv.url)
+        s.sendall(
+            f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: {ctype}\r\ntransfer-encoding: {te}\r\n\r\n".encode()
+            + chunked(body) + b"0\r\n\r\n"
+        )  # fmt: skip
+        head, _, rest = s.recv(65536).partition(b"\r\n\r\n")
+        s.close()
+        assert head.split()[1] == status, (te, head, rest[:200])
+        if status == b"501":
+            assert (
+                json.loads(rest)["reason"] == "unsupported_transfer_coding"
+                and coding.split(",")[0].strip().lower() in json.loads(rest)["error"]
+            )
+
+
 @pytest.mark.parametrize("kb", [33, 60, 100, 200])
 def test_a_long_query_string_counts_in_the_header_limit(srv, kb):
     """The request line's query string counts in `max_header_kb` (32 KiB here) like the headers,
