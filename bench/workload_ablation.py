@@ -28,6 +28,9 @@ VARIANTS = {
     "no-floor": lambda: Otas(name="otas", floor=False),
     "no-reorder": lambda: Otas(name="otas", reorder=False),
     "class-floor": lambda: Otas(name="otas", floor_classes=True),
+    "unpriced": lambda: Otas(name="otas", priced=False),
+    "no-mix": lambda: Otas(name="otas", mix=False),
+    "cap-only": lambda: Otas(name="otas", floor_follow=False),
 }
 
 
@@ -35,9 +38,9 @@ STORED = ("otas",)
 """Policies of the stored run reported beside the variants (as it ran them)."""
 
 
-def _suite_cell(job: tuple[dict, list[str]]) -> list[tuple[str, float]]:
-    rec, names = job
-    w, cell = suite.seeded_cell(rec["seed"], rec["set"])
+def _suite_cell(job: tuple[dict, list[str], tuple[int, int]]) -> list[tuple[str, float]]:
+    rec, names, n_requests = job
+    w, cell = suite.seeded_cell(rec["seed"], rec["set"], n_requests=n_requests)
     trace, profiles = cell.trace(rec["load"]), suite.online_profiles("otas", cell.profiles)
     return [(n, run(trace, cell.apps, profiles, VARIANTS[n](), cell.config, seed=w.seed).total_utility) for n in names]
 
@@ -47,8 +50,9 @@ def run_suite(path: str, names: list[str], jobs: int, out: str | None = None) ->
     writes the per-cell ratios to `out` (JSON) if given."""
     data = json.load(open(path))
     cells = data["cells"]
+    n_requests = tuple(data["meta"]["generator"]["n_requests"])  # the range the stored run drew from
     with Pool(jobs) as pool:
-        got = pool.map(_suite_cell, [(c, names) for c in cells], chunksize=1)
+        got = pool.map(_suite_cell, [(c, names, n_requests) for c in cells], chunksize=1)
     print(f"baselines of commit {data['meta']['commit']} ({path}); {len(cells)} cells")
     rows = []
     for c, res in zip(cells, got, strict=True):
@@ -77,6 +81,11 @@ def run_suite(path: str, names: list[str], jobs: int, out: str | None = None) ->
                     )
 
 
+def _range(text: str) -> tuple[int, int]:
+    lo, hi = (int(x) for x in text.split(","))
+    return lo, hi
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cells", help="SEED:LOAD pairs, comma-separated, e.g. 28:1,47:3")
@@ -85,6 +94,7 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2, help="with --suite: worker processes")
     ap.add_argument("--out", help="with --suite: write the per-cell ratios here (JSON)")
     names = ", ".join(s.name for s in suite.DEFAULT_SETS)
+    ap.add_argument("--requests", default="3000,6000", help="MIN,MAX requests per trace, as the suite run drew")
     ap.add_argument("--profile-set", default="h200", help=f"one of the suite's default profile sets: {names}")
     ap.add_argument("--fixed", default="-48,-32", help="fixed γ to show beside them")
     args = ap.parse_args()
@@ -99,7 +109,7 @@ def main() -> None:
     for cell_arg in args.cells.split(","):
         seed, load = cell_arg.split(":")
         try:
-            w, cell = suite.seeded_cell(int(seed), args.profile_set)
+            w, cell = suite.seeded_cell(int(seed), args.profile_set, n_requests=_range(args.requests))
         except ValueError as e:
             ap.error(str(e))
         trace = cell.trace(float(load))

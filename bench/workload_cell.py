@@ -15,16 +15,22 @@ from otas.bench import workloads as suite
 from otas.sim.simulator import run
 
 
+def _range(text: str) -> tuple[int, int]:
+    lo, hi = (int(x) for x in text.split(","))
+    return lo, hi
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seed", type=int, required=True, help="workload seed (even: tuning split, odd: held out)")
     ap.add_argument("--load", type=float, default=1.0, help="× the γ = 0 capacity of the set's first profile")
     names = ", ".join(s.name for s in suite.DEFAULT_SETS)
+    ap.add_argument("--requests", default="3000,6000", help="MIN,MAX requests per trace, as the suite run drew")
     ap.add_argument("--profile-set", default="h200", help=f"one of the suite's default profile sets: {names}")
     ap.add_argument("--policies", default="otas,otas-paper,fixed:0,edf", help="comma-separated policy names")
     args = ap.parse_args()
     try:
-        w, cell = suite.seeded_cell(args.seed, args.profile_set)
+        w, cell = suite.seeded_cell(args.seed, args.profile_set, n_requests=_range(args.requests))
     except ValueError as e:
         ap.error(str(e))
     apps, trace = cell.apps, cell.trace(args.load)

@@ -166,6 +166,9 @@ def bench_workloads_cmd(
         Path | None, typer.Option(help="Azure-format CSV for azure workloads (default: the conv trace).")
     ] = None,
     out: Annotated[Path, typer.Option(help="Folder for the JSON and the plot.")] = Path("bench/results/workloads"),
+    requests: Annotated[
+        str, typer.Option(help="MIN,MAX requests per workload's trace (drawn uniformly); longer cells, more batches.")
+    ] = "3000,6000",
 ) -> None:
     """Every policy on a suite of seeded random workloads (2-6 apps, SLO spread 2-20×, utilities 0.5-5,
     Azure windows and synthetic traces) at several loads, per profile set: utility over the best other
@@ -175,6 +178,12 @@ def bench_workloads_cmd(
     from otas.bench.workloads import COMPARE, DEFAULT_SETS, ProfileSet, main
 
     loads = opt.loads("0.5,1,2" if quick and load == "0.5,1,1.5,2,3" else load)
+    try:
+        lo, hi = (int(x) for x in requests.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"--requests {requests!r}: write MIN,MAX, e.g. 3000,6000") from None
+    if not 1 <= lo <= hi:
+        raise typer.BadParameter(f"--requests {requests!r}: need 1 <= MIN <= MAX")
     try:
         sets = [ProfileSet.parse(s) for s in profile_set] if profile_set else list(DEFAULT_SETS)
         main(
@@ -189,6 +198,7 @@ def bench_workloads_cmd(
             tag="quick" if quick else "workloads",
             azure=str(azure) if azure else None,
             console=console,
+            n_requests=(lo, hi),
         )
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None

@@ -127,12 +127,14 @@ def cell_inputs(workload: wl.Workload, pset: ProfileSet, azure: str) -> CellInpu
     return CellInputs(profs, apps, cfg, capacity_per_s(profs[0], apps, cfg.max_batch), workload.base_trace(apps, azure))
 
 
-def seeded_cell(seed: int, set_name: str, azure: str | None = None) -> tuple[wl.Workload, CellInputs]:
+def seeded_cell(
+    seed: int, set_name: str, azure: str | None = None, n_requests: tuple[int, int] = wl.N_REQUESTS
+) -> tuple[wl.Workload, CellInputs]:
     """The suite's workload of one seed and its inputs on one of the default profile sets (by name)."""
     sets = {s.name: s for s in DEFAULT_SETS}
     if set_name not in sets:
         raise ValueError(f"profile set {set_name!r}: use one of {', '.join(sets)}")
-    (w,) = draw_suite(1, DEFAULT_SETS, first_seed=seed)  # the suite's draw of this seed
+    (w,) = draw_suite(1, DEFAULT_SETS, first_seed=seed, n_requests=n_requests)  # the suite's draw of this seed
     return w, cell_inputs(w, sets[set_name], azure or str(AZURE_DEFAULT.resolve()))
 
 
@@ -261,7 +263,7 @@ def main(
             "baselines": "the hindsight best, per workload and load, of every fixed:<γ>, edf, clipper, model-switch",
             "split": "seed % 2 == 0: tuning; odd: held-out",
             "azure": azure,
-            "generator": rep.generator_constants(),
+            "generator": {**rep.generator_constants(), "n_requests": list(n_requests)},
         },
         "workloads": [{**w.to_dict(), "features": features[w.seed]} for w in workloads],
         "cells": records,

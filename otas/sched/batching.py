@@ -165,10 +165,11 @@ class Queues:
             self._dl[r.app].head += 1
         self._n -= len(batch)
 
-    def merged(self) -> Queues:
-        """One deadline-ordered queue over every application, sharing these deques: a read-only
-        view for planning (a batch cut from it is a prefix of each deque; pop it through `self`)."""
-        view = Queues([[a for g in self.groups for a in g]], "deadline")
+    def merged(self, order: str = "deadline") -> Queues:
+        """One queue over every application (deadline or arrival `order`), sharing these deques: a
+        read-only view for planning (a batch cut from it is a prefix of each deque; pop it through
+        `self`)."""
+        view = Queues([[a for g in self.groups for a in g]], order)
         view._dq, view._dl, view._n = self._dq, self._dl, self._n
         return view
 

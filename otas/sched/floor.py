@@ -34,8 +34,11 @@ class Decayed:
         self.tau = float(tau_ms)
         self.value = 0.0
         self.t = -math.inf
+        self.total = 0.0
+        """Σ value, undecayed."""
 
     def add(self, x: float, t_ms: float) -> None:
+        self.total += x
         if t_ms >= self.t:
             self.value = self.value * self._decay(t_ms - self.t) + x
             self.t = t_ms
@@ -110,6 +113,8 @@ class FixedShadows:
         max_batch: int,
         tau_ms: float,
         classes: Sequence[Sequence[str]] | None = None,
+        follow: bool = False,
+        settle_ms: float = 0.0,
     ):
         """lat (B_max + 1, |Γ|) ms; weights / servable per application (|Γ|,): u_a · acc and whether
         the γ serves a's task (where not, a shadow serves it as `fixed:<γ>` does: at the servable γ
@@ -126,8 +131,19 @@ class FixedShadows:
         }
         self.earned = Decayed(tau_ms)
         """What the policy itself earned, fed by `credit`."""
+        self.follow = follow
+        self.following = False
+        """Whether the policy should now run as the capping shadow does (`follow`): see `cap`."""
+        # per mode (False: free under the cap, True: following), what the policy and the best shadow
+        # earned while in it: their ratio judges the mode against the same yardstick
+        self._gain = {m: (Decayed(tau_ms), Decayed(tau_ms)) for m in (False, True)}
+        self._last: tuple[float, list[float], int] | None = None  # totals and best shadow at the last decision
+        self._t0 = math.inf  # the first arrival
+        self.settle = float(settle_ms)
+        """No following before this long after the first arrival."""
 
     def submit(self, app: str, arrival_ms: float, deadline_ms: float) -> None:
+        self._t0 = min(self._t0, arrival_ms)
         cls = self.cls.get(app, 0)
         for s, v in zip(self.shadows, self.value[app], strict=True):
             s.submit(arrival_ms, deadline_ms, v, cls)
@@ -142,7 +158,44 @@ class FixedShadows:
             s.advance(now_ms)
         earned = [s.earned.at(now_ms) for s in self.shadows]
         best = max(earned)
-        if not best > self.earned.at(now_ms):
-            return None
         tied = [i for i, e in enumerate(earned) if e >= best]
-        return max(tied, key=lambda i: self.shadows[i].lat[1])
+        lead = max(tied, key=lambda i: self.shadows[i].lat[1])
+        if self.follow:
+            self._judge(now_ms, lead)
+        if not best > self.earned.at(now_ms):
+            self.following = False
+            return None
+        if self.follow:
+            self.following = self._follow_pays(now_ms)
+        return lead
+
+    def _judge(self, now_ms: float, lead: int) -> None:
+        """Credit what the policy and the shadow that led earned since the last decision to the mode
+        the policy was in."""
+        totals = [s.earned.total for s in self.shadows]
+        if self._last is not None:
+            p0, s0, i = self._last
+            mine, theirs = self._gain[self.following]
+            mine.add(self.earned.total - p0, now_ms)
+            theirs.add(totals[i] - s0[i], now_ms)
+        self._last = (self.earned.total, totals, lead)
+
+    def _follow_pays(self, now_ms: float) -> bool:
+        """Behind the best shadow: follow it unless following earned less, against the leading shadow,
+        than running free did; never in the first `settle_ms` of the run (the policy `otas`: the price's
+        rate window, 2 × the loosest SLO; a comparison that finds the policy behind then has seen
+        little of its decisions). The mode not in use is tried again once its evidence is about two
+        windows old (decayed below 1/e² of the other's), and a mode on trial runs until its evidence
+        is 1/e of the other's before it is judged: about a quarter window every two."""
+        if now_ms - self._t0 < self.settle:  # the run has only begun: the cap alone
+            return False
+        (pf, sf), (pt, st) = (tuple(d.at(now_ms) for d in self._gain[m]) for m in (False, True))
+        if st <= 0 or sf <= 0:  # a mode never measured yet: try following, then free
+            return st <= 0
+        cur = self.following
+        mine, other = (st, sf) if cur else (sf, st)
+        if other < mine / math.e**2:
+            return not cur
+        if mine < other / math.e:
+            return cur
+        return pt / st >= pf / sf

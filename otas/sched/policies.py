@@ -11,7 +11,10 @@ through the same interface in the simulator and the live server.
                     and a floor (otas.sched.floor): while a fixed γ would have earned more on the
                     same recent arrivals, no batch runs slower than that γ (the fixed γ batches
                     as `fixed:<γ>` does, one FIFO queue; `Otas(floor_classes=True)`, an ablation,
-                    batches them per SLO class as the policy does: bench/workload_ablation.py)
+                    batches them per SLO class as the policy does: bench/workload_ablation.py),
+                    and the policy runs as that fixed γ does (one FIFO batch of every class) while
+                    that earned more, against the same shadow, than running free under the cap
+                    (`Otas(floor_follow=False)`: the cap alone)
     otas-paper      the method as published: selective batching (queues per SLO class, served in
                     arrival order of their heads; batch size that lets the most members meet their
                     deadlines) + the DP over `lookahead` pending batches (method §5)
@@ -33,7 +36,7 @@ from __future__ import annotations
 import numpy as np
 
 from otas.sched import optimizer
-from otas.sched.baselines import Clipper, Edf, Fixed, ModelSwitch, Oracle
+from otas.sched.baselines import Clipper, Edf, Fixed, ModelSwitch, Oracle, fallback_gamma
 from otas.sched.batching import Candidate, slo_classes
 from otas.sched.floor import FixedShadows
 from otas.sched.policy_base import Choice, Policy, View, batch_apps
@@ -69,8 +72,10 @@ class Otas(Policy):
         mix: bool = True,
         floor: bool = True,
         floor_classes: bool = False,
+        floor_follow: bool = True,
     ):
         self.name = name
+        self.floor_follow = floor_follow
         self.floor_classes = floor_classes
         self.floor = floor
         self.selective = selective
@@ -107,9 +112,11 @@ class Otas(Policy):
             servable = {a.name: view.servable(m, [a.name]) for a in apps}
             tau = cfg.floor_window * max(a.slo_ms for a in apps)
             classes = slo_classes(apps, cfg.slo_class_tolerance) if self.floor_classes and self.selective else None
+            settle = cfg.rate_window * max(a.slo_ms for a in apps)
             self._floor = FixedShadows(
-                apps, view.profiles[m].gammas, lat, weights, servable, cfg.max_batch, tau, classes
-            )
+                apps, view.profiles[m].gammas, lat, weights, servable, cfg.max_batch, tau, classes, self.floor_follow,
+                settle,
+            )  # fmt: skip
 
     def options(self, view: View) -> list[tuple[str, int]]:
         return [(view.model, g) for g in view.profiles[view.model].gammas]
@@ -129,11 +136,13 @@ class Otas(Policy):
     def choose(self, cands: list[Candidate], now_ms: float, view: View) -> Choice:
         cands = cands[: self.lookahead]
         self._cap = self._floor.cap(now_ms) if self._floor is not None else None
-        specs = [self._spec(c, now_ms, view) for c in cands]
         cfg = view.config
         mu = 0.0
         if self._price is not None:
             mu = self._price.price(now_ms, view.backlog(), view.latency_factor(view.model))
+        if self._cap is not None and self._floor.following:
+            return self._follow(mu, now_ms, view)
+        specs = [self._spec(c, now_ms, view) for c in cands]
         fronts = [0]
         if self.reorder:
             # which SLO class runs next: each class's first pending batch planned at the front (the
@@ -175,6 +184,24 @@ class Otas(Policy):
         if take:
             meta["head"] = take
         return view.model, gamma, meta
+
+    def _follow(self, mu: float, now_ms: float, view: View) -> Choice:
+        """Run as the capping shadow's `fixed:<γ>` does: the oldest waiting queries of every class, up to
+        B_max, at its γ (or the servable γ nearest to it); but where that would finish the batch's
+        most urgent member late, at the γ the DP picks for the batch under the cap."""
+        cfg, m = view.config, view.model
+        gammas = view.profiles[m].gammas
+        c = view.fifo_candidate(now_ms)
+        ok = view.servable(m, batch_apps(c))
+        g = gammas[self._cap] if ok[self._cap] else fallback_gamma(gammas, ok, gammas[self._cap])
+        finish = now_ms + view.lat_vector(m, len(c.requests))[gammas.index(g)] * view.latency_factor(m)
+        if finish <= c.deadline_ms:
+            return m, g, {"price": mu, "mixed": 1, "follow": 1}
+        spec = self._spec(c, now_ms, view)
+        if self._price is not None:
+            (spec,) = self._with_costs([spec], mu, now_ms, view)
+        (plan,) = optimizer.plan_fronts([spec], [0], cfg.delta_ms, cfg.max_grid, mu)
+        return m, gammas[plan.choice[0]], {"planned_value": plan.value, "price": mu, "mixed": 1, "follow": 2}
 
     def _mixed_plan(
         self,

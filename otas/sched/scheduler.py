@@ -100,6 +100,13 @@ class Scheduler:
         self._mixed = candidates(self.queues.merged(), now_ms, cap, n or max(self.policy.lookahead, 1), fast)
         return self._mixed
 
+    def fifo_candidate(self, now_ms: float) -> Candidate:
+        """The next batch if every class shared one FIFO queue, as `fixed:<γ>` batches: the oldest
+        waiting queries, up to the batch cap (for a policy that runs as a fixed γ would)."""
+        cap, _ = self._cut
+        (self._mixed,) = [candidates(self.queues.merged("arrival"), now_ms, cap, 1, None)]
+        return self._mixed[0]
+
     def fast_latency(self) -> np.ndarray:
         """(B_max + 1,) predicted latency of a batch of each size at the policy's fastest setting,
         nondecreasing (inf past what fits in memory)."""

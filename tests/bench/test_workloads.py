@@ -114,6 +114,8 @@ def test_suite_end_to_end(tmp_path):
     assert data["meta"]["split"].startswith("seed % 2") and data["meta"]["headline"] == ["otas"]
     assert [w["split"] for w in data["workloads"]] == ["tuning", "held-out"]
     assert len(data["cells"]) == len(data["per_cell"]) == 4
+    assert data["meta"]["generator"]["n_requests"] == [200, 300]  # the range this run drew from
+    assert all(200 <= w["n"] <= 300 for w in data["workloads"])
     for cell, view in zip(data["cells"], data["per_cell"], strict=True):
         u = {p: v["utility"] for p, v in cell["policies"].items()}
         best = max(u[p] for p in ("fixed:0", "fixed:-20", "edf", "model-switch"))
@@ -121,3 +123,13 @@ def test_suite_end_to_end(tmp_path):
         assert all(u[p] <= cell["oracle"] * (1 + 1e-6) for p in u)  # the bound holds
     assert set(data["summary"]["dev"]) == {"all", "tuning", "held-out"}
     assert result["worst"]["otas"]["dev"][0]["ratio"] == min(v["ratio"]["otas"] for v in data["per_cell"])
+
+
+@pytest.mark.parametrize("bad", ["6000", "a,b", "0,10", "20,10", "1,2,3"])
+def test_cli_refuses_a_bad_request_range(bad):
+    from typer.testing import CliRunner
+
+    from otas.bench.cli import bench_app
+
+    out = CliRunner().invoke(bench_app, ["workloads", "--requests", bad, "--out", "/nonexistent/never"])
+    assert out.exit_code == 2 and "--requests" in out.output

@@ -134,3 +134,34 @@ def test_class_shadows_batch_each_class_apart(slo_b, fifo, per_class):
             shadows.submit(app, t, t + (250.0 if app == "a" else slo_b))
         shadows.cap(math.inf)
         assert shadows.shadows[0].earned.value == want, classes
+
+
+@pytest.mark.parametrize("free_share,follow_share,mostly_following", [(0.8, 0.2, False), (0.3, 0.9, True)])
+def test_following_the_shadow_is_tried_and_kept_only_while_it_pays(free_share, follow_share, mostly_following):
+    """Behind the best shadow, the policy may run as that shadow does (`follow`). Each mode is judged by
+    what the policy earned in it against the leading shadow; the better one is kept, and the other
+    is tried again once its evidence is about a window old. Here the policy earns a fixed share of
+    the leader's utility in each mode, always less than it (so the floor stays on)."""
+    profile = make_profile(gammas=[-20, 0])
+    cfg = SchedulerConfig(max_batch=8)
+    s = Scheduler(APPS, profile, "fixed:0", cfg)
+    m = profile.model
+    lat = np.array([s.lat_vector(m, b) for b in range(cfg.max_batch + 1)])
+    w = {a.name: s.weights(m, a.name) for a in APPS}
+    ok = {a.name: s.servable(m, [a.name]) for a in APPS}
+    shadows = FixedShadows(APPS, profile.gammas, lat, w, ok, cfg.max_batch, 2_000.0, follow=True)
+    rng = np.random.default_rng(0)
+    arrivals = np.cumsum(rng.exponential(30.0, 2_000))  # ms
+    modes, i, lead_total = [], 0, 0.0
+    for now in np.arange(0.0, arrivals[-1], 20.0):
+        while i < len(arrivals) and arrivals[i] <= now:
+            shadows.submit("novel", arrivals[i], arrivals[i] + 500.0)
+            i += 1
+        if shadows.cap(now) is not None:  # (None until a shadow's first batch completes)
+            modes.append(shadows.following)
+        best = max(sh.earned.total for sh in shadows.shadows)
+        shadows.credit((follow_share if shadows.following else free_share) * (best - lead_total), now)
+        lead_total = best
+    share = np.mean(modes[len(modes) // 4 :])  # after the first comparisons
+    assert 0.0 < share < 1.0  # both modes are tried again, now and then
+    assert (share > 0.7) if mostly_following else (share < 0.3)

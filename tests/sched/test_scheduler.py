@@ -184,6 +184,14 @@ def test_profile_accuracy_rows_declare_servable_pairs():
     assert prof.restrict([-8, 0, 4]).servable("source") == [-8, 0]
 
 
+def NO_FLOOR():  # noqa: N802
+    """otas without its floor, for cases set up with arrivals the policy never ran (the floor's
+    shadows would have served them, and the policy, behind them, would run as a fixed γ)."""
+    from otas.sched.policies import Otas
+
+    return Otas(name="otas", floor=False)
+
+
 def test_otas_runs_the_urgent_class_first_when_the_other_can_wait():
     """A big loose-SLO backlog arrived first; a tight-SLO batch arrives just after. In arrival order
     (otas-paper) the tight batch waits behind the big one and misses; otas runs it first."""
@@ -191,14 +199,14 @@ def test_otas_runs_the_urgent_class_first_when_the_other_can_wait():
 
     apps = [App("tight", 500.0, 1.0, "novel"), App("loose", 4000.0, 1.0, "blur")]
     first_app = {}
-    for policy in ("otas-paper", "otas"):
-        s = Scheduler(apps, make_profile(), policy, SchedulerConfig(max_batch=64))
+    for policy in (lambda: make_policy("otas-paper"), NO_FLOOR):
+        s = Scheduler(apps, make_profile(), policy(), SchedulerConfig(max_batch=64))
         s.policy.on_submit(make_request(99, apps[1], -60_000.0), -60_000.0)  # up for a minute, all served
         for i in range(64):
             assert s.submit(make_request(i, apps[1], 0.0), 0.0) is None
         for i in range(64, 72):
             assert s.submit(make_request(i, apps[0], 10.0), 10.0) is None
-        first_app[policy] = s.next_batch(10.0).requests[0].app
+        first_app[s.policy.name] = s.next_batch(10.0).requests[0].app
     assert first_app == {"otas-paper": "loose", "otas": "tight"}
 
 
@@ -250,7 +258,7 @@ def test_otas_shares_batches_when_classes_in_turn_cannot_keep_up():
     apps = [App(f"a{k}", 60.0 + 10 * k, 1.0, "novel") for k in range(4)]
     mixed = {}
     for busy in (True, False):
-        s = Scheduler(apps, flat, "otas", SchedulerConfig(max_batch=64, rate_window=0.2))
+        s = Scheduler(apps, flat, NO_FLOOR(), SchedulerConfig(max_batch=64, rate_window=0.2))
         t0 = 0.0 if busy else -1000.0  # the rate estimate decays over 0.2 × 90 ms
         for i in range(40):  # 2 a ms, round-robin over the classes
             t = t0 + i / 2
