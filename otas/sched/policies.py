@@ -220,14 +220,17 @@ class Otas(Policy):
         Where latency is nearly flat in the batch (a GPU), per-class batches that wait in turn cost
         time a shared batch saves. Only planned when the first mixed batch is larger than every
         class's first batch (`largest`; else it would save nothing: on a CPU, latency grows with the
-        batch), or when both are B_max: a class that alone fills a batch must not shut the others out
-        of shared batches (the suite's H200 set at loads ≥ 1: minimum ratio to the best other policy
-        0.924 → 0.954, workload 28 at load 1 0.924 → 1.004; 45 of its 300 cells changed, by 0.92× to
-        1.10×, geomean 1.081 → 1.084; 7 CPU cells, by under 3 %)."""
+        batch), or when both are B_max and the shared one holds more than one application: a class
+        that alone fills a batch must not shut the others out of shared batches (the suite's H200 set
+        at loads ≥ 1: minimum ratio to the best other policy 0.924 → 0.954; 45 of its 300 cells
+        changed, by 0.92× to 1.10×, geomean 1.081 → 1.084; 7 CPU cells, by under 3 %). A shared batch
+        of one application at B_max is that class's batch again; planning it too doubled the decision
+        time of a saturated queue (bench/sched_bench.py: p50 0.4 → 1.0 ms) and changed no cell."""
         cfg = view.config
-        m1 = len(view.mixed_candidates(now_ms, 1)[0].requests)
-        if m1 < largest or (m1 == largest and largest < cfg.max_batch):
-            return None
+        first = view.mixed_candidates(now_ms, 1)[0]
+        m1 = len(first.requests)
+        if m1 < largest or m1 == largest and (largest < cfg.max_batch or len(batch_apps(first)) == 1):
+            return None  # (at B_max, a shared batch of one application is that class's own batch)
         mc = view.mixed_candidates(now_ms)[: self.lookahead]
         alt = [self._spec(c, now_ms, view) for c in mc]
         mopts: list[tuple[optimizer.Front, int]] = [(0, 0)]
