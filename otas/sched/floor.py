@@ -65,10 +65,11 @@ class _Shadow:
         self.free = -math.inf
         self.earned = Decayed(tau_ms)
         self.running: tuple[float, float] | None = None  # (finish, value) of the batch in flight
+        self.scale = 1.0  # measured over profiled latency, as the scheduler corrects its own predictions
 
     def advance(self, t_ms: float) -> None:
         """Run every batch that starts by `t_ms`; credit those that finished by then."""
-        one = self.lat[1]
+        one = self.lat[1] * self.scale
         while True:
             if self.running is not None and self.running[0] <= t_ms:  # credited when done, as the policy's are
                 self.earned.add(self.running[1], self.running[0])
@@ -89,14 +90,14 @@ class _Shadow:
                     members.append(x)
             if not members:
                 continue
-            finish = start + self.lat[len(members)]
+            finish = start + self.lat[len(members)] * self.scale
             self.running = (finish, sum(v for _, d, v in members if d >= finish))
             self.free = finish
 
     def submit(self, arrival_ms: float, deadline_ms: float, value: float, cls: int = 0) -> None:
         self.advance(arrival_ms)
         # else rejected on arrival, as reject_infeasible does
-        if self.max_batch and arrival_ms + self.lat[1] <= deadline_ms:
+        if self.max_batch and arrival_ms + self.lat[1] * self.scale <= deadline_ms:
             self.queues[cls].append((arrival_ms, deadline_ms, value))
 
 
@@ -151,10 +152,14 @@ class FixedShadows:
     def credit(self, value: float, t_ms: float) -> None:
         self.earned.add(value, t_ms)
 
-    def cap(self, now_ms: float) -> int | None:
+    def cap(self, now_ms: float, scale: float = 1.0) -> int | None:
         """Index into Γ of the fixed γ that earned the most recently, if it earned more than the policy;
-        else None (no cap). Ties go to the slowest of them: the cap that restricts least."""
+        else None (no cap). Ties go to the slowest of them: the cap that restricts least. `scale`:
+        measured over profiled latency (the scheduler's online correction), which the shadows' batches
+        from now on take too: on a host slower than its profile, shadows on the profile's latencies
+        would out-earn any policy that runs there."""
         for s in self.shadows:
+            s.scale = scale
             s.advance(now_ms)
         earned = [s.earned.at(now_ms) for s in self.shadows]
         best = max(earned)

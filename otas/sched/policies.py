@@ -135,7 +135,7 @@ class Otas(Policy):
 
     def choose(self, cands: list[Candidate], now_ms: float, view: View) -> Choice:
         cands = cands[: self.lookahead]
-        self._cap = self._floor.cap(now_ms) if self._floor is not None else None
+        self._cap = self._floor.cap(now_ms, view.latency_factor(view.model)) if self._floor is not None else None
         cfg = view.config
         mu = 0.0
         if self._price is not None:
