@@ -165,3 +165,21 @@ def test_following_the_shadow_is_tried_and_kept_only_while_it_pays(free_share, f
     share = np.mean(modes[len(modes) // 4 :])  # after the first comparisons
     assert 0.0 < share < 1.0  # both modes are tried again, now and then
     assert (share > 0.7) if mostly_following else (share < 0.3)
+
+
+def test_shadows_run_at_the_measured_speed():
+    """Shadows take the scheduler's latency correction: on a host twice as slow as the profile, a
+    fixed γ finishes its batches twice as late, and earns what it would there, not on the profile."""
+    profile = make_profile(gammas=[-20, 0])
+    cfg = SchedulerConfig(max_batch=8)
+    earned = {}
+    for scale in (1.0, 2.0):
+        shadows = _shadows(profile, cfg, math.inf)
+        shadows.cap(0.0, scale)
+        for i in range(200):  # one every 20 ms, 200 ms to spare: slack for γ = -20 at 1×, not at 2×
+            shadows.submit("novel", 20.0 * i, 20.0 * i + 200.0)
+        shadows.cap(math.inf, scale)
+        earned[scale] = [s.earned.value for s in shadows.shadows]
+        assert all(s.scale == scale for s in shadows.shadows)
+    assert all(slow <= fast for slow, fast in zip(earned[2.0], earned[1.0], strict=True))
+    assert sum(earned[2.0]) < sum(earned[1.0])
