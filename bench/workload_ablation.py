@@ -81,11 +81,6 @@ def run_suite(path: str, names: list[str], jobs: int, out: str | None = None) ->
                     )
 
 
-def _range(text: str) -> tuple[int, int]:
-    lo, hi = (int(x) for x in text.split(","))
-    return lo, hi
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cells", help="SEED:LOAD pairs, comma-separated, e.g. 28:1,47:3")
@@ -109,7 +104,7 @@ def main() -> None:
     for cell_arg in args.cells.split(","):
         seed, load = cell_arg.split(":")
         try:
-            w, cell = suite.seeded_cell(int(seed), args.profile_set, n_requests=_range(args.requests))
+            w, cell = suite.seeded_cell(int(seed), args.profile_set, n_requests=suite.parse_requests(args.requests))
         except ValueError as e:
             ap.error(str(e))
         trace = cell.trace(float(load))

@@ -15,11 +15,6 @@ from otas.bench import workloads as suite
 from otas.sim.simulator import run
 
 
-def _range(text: str) -> tuple[int, int]:
-    lo, hi = (int(x) for x in text.split(","))
-    return lo, hi
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seed", type=int, required=True, help="workload seed (even: tuning split, odd: held out)")
@@ -30,7 +25,7 @@ def main() -> None:
     ap.add_argument("--policies", default="otas,otas-paper,fixed:0,edf", help="comma-separated policy names")
     args = ap.parse_args()
     try:
-        w, cell = suite.seeded_cell(args.seed, args.profile_set, n_requests=_range(args.requests))
+        w, cell = suite.seeded_cell(args.seed, args.profile_set, n_requests=suite.parse_requests(args.requests))
     except ValueError as e:
         ap.error(str(e))
     apps, trace = cell.apps, cell.trace(args.load)

@@ -175,16 +175,11 @@ def bench_workloads_cmd(
     policy, over the oracle bound, and tightest-application SLO attainment, tuning and held-out splits."""
     import os
 
-    from otas.bench.workloads import COMPARE, DEFAULT_SETS, ProfileSet, main
+    from otas.bench.workloads import COMPARE, DEFAULT_SETS, ProfileSet, main, parse_requests
 
     loads = opt.loads("0.5,1,2" if quick and load == "0.5,1,1.5,2,3" else load)
     try:
-        lo, hi = (int(x) for x in requests.split(","))
-    except ValueError:
-        raise typer.BadParameter(f"--requests {requests!r}: write MIN,MAX, e.g. 3000,6000") from None
-    if not 1 <= lo <= hi:
-        raise typer.BadParameter(f"--requests {requests!r}: need 1 <= MIN <= MAX")
-    try:
+        n_requests = parse_requests(requests)
         sets = [ProfileSet.parse(s) for s in profile_set] if profile_set else list(DEFAULT_SETS)
         main(
             n=6 if quick else n,
@@ -198,7 +193,7 @@ def bench_workloads_cmd(
             tag="quick" if quick else "workloads",
             azure=str(azure) if azure else None,
             console=console,
-            n_requests=(lo, hi),
+            n_requests=n_requests,
         )
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None

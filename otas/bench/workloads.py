@@ -127,6 +127,17 @@ def cell_inputs(workload: wl.Workload, pset: ProfileSet, azure: str) -> CellInpu
     return CellInputs(profs, apps, cfg, capacity_per_s(profs[0], apps, cfg.max_batch), workload.base_trace(apps, azure))
 
 
+def parse_requests(text: str) -> tuple[int, int]:
+    """'3000,6000' -> (3000, 6000): the range of requests a workload's trace draws from."""
+    try:
+        lo, hi = (int(x) for x in text.split(","))
+    except ValueError:
+        raise ValueError(f"--requests {text!r}: write MIN,MAX, e.g. 3000,6000") from None
+    if not 1 <= lo <= hi:
+        raise ValueError(f"--requests {text!r}: need 1 <= MIN <= MAX")
+    return lo, hi
+
+
 def seeded_cell(
     seed: int, set_name: str, azure: str | None = None, n_requests: tuple[int, int] = wl.N_REQUESTS
 ) -> tuple[wl.Workload, CellInputs]:

@@ -192,8 +192,7 @@ class Otas(Policy):
         cfg, m = view.config, view.model
         gammas = view.profiles[m].gammas
         c = view.fifo_candidate(now_ms)
-        ok = view.servable(m, batch_apps(c))
-        g = gammas[self._cap] if ok[self._cap] else fallback_gamma(gammas, ok, gammas[self._cap])
+        g = fallback_gamma(gammas, view.servable(m, batch_apps(c)), gammas[self._cap])  # the cap's γ if it serves
         finish = now_ms + view.lat_vector(m, len(c.requests))[gammas.index(g)] * view.latency_factor(m)
         if finish <= c.deadline_ms:
             return m, g, {"price": mu, "mixed": 1, "follow": 1}

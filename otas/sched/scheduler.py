@@ -104,7 +104,7 @@ class Scheduler:
         """The next batch if every class shared one FIFO queue, as `fixed:<γ>` batches: the oldest
         waiting queries, up to the batch cap (for a policy that runs as a fixed γ would)."""
         cap, _ = self._cut
-        (self._mixed,) = [candidates(self.queues.merged("arrival"), now_ms, cap, 1, None)]
+        self._mixed = candidates(self.queues.merged("arrival"), now_ms, cap, 1, None)
         return self._mixed[0]
 
     def fast_latency(self) -> np.ndarray:

@@ -59,8 +59,8 @@ async def infer(request: Request) -> Response:
         check_values(memoryview(body)[:n], engine.image_size)
     elif n is None:
         check_values(body, engine.image_size)  # here, not in the parser: a refused body never travels there
-    counted = True  # by check_values above, wherever parse_infer would count
-    parsed = await parser_of(request).run(parse_infer, body, header, engine.image_size, counted, json_bytes=json_bytes)
+    # counted=True: check_values ran above wherever parse_infer would run it
+    parsed = await parser_of(request).run(parse_infer, body, header, engine.image_size, True, json_bytes=json_bytes)
     req = parsed.request
     results = await until_disconnect(request.receive, run(engine, req, arrival, hand_off(request)))
     content, header_length = encode_infer(name, req, infer_outputs(results, req.outputs), parsed.binary)

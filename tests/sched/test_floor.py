@@ -14,13 +14,13 @@ from tests.factories import make_apps, make_profile
 APPS = make_apps()
 
 
-def _shadows(profile, cfg: SchedulerConfig, tau_ms: float) -> FixedShadows:
+def _shadows(profile, cfg: SchedulerConfig, tau_ms: float, **kw) -> FixedShadows:
     s = Scheduler(APPS, profile, "fixed:0", cfg)  # its tables: the latencies the baselines run on
     m = profile.model
     lat = np.array([s.lat_vector(m, b) for b in range(cfg.max_batch + 1)])
     w = {a.name: s.weights(m, a.name) for a in APPS}
     ok = {a.name: s.servable(m, [a.name]) for a in APPS}
-    return FixedShadows(APPS, profile.gammas, lat, w, ok, cfg.max_batch, tau_ms)
+    return FixedShadows(APPS, profile.gammas, lat, w, ok, cfg.max_batch, tau_ms, **kw)
 
 
 @pytest.mark.parametrize("kind", ["poisson", "mmpp", "step"])
@@ -144,12 +144,7 @@ def test_following_the_shadow_is_tried_and_kept_only_while_it_pays(free_share, f
     the leader's utility in each mode, always less than it (so the floor stays on)."""
     profile = make_profile(gammas=[-20, 0])
     cfg = SchedulerConfig(max_batch=8)
-    s = Scheduler(APPS, profile, "fixed:0", cfg)
-    m = profile.model
-    lat = np.array([s.lat_vector(m, b) for b in range(cfg.max_batch + 1)])
-    w = {a.name: s.weights(m, a.name) for a in APPS}
-    ok = {a.name: s.servable(m, [a.name]) for a in APPS}
-    shadows = FixedShadows(APPS, profile.gammas, lat, w, ok, cfg.max_batch, 2_000.0, follow=True)
+    shadows = _shadows(profile, cfg, 2_000.0, follow=True)
     rng = np.random.default_rng(0)
     arrivals = np.cumsum(rng.exponential(30.0, 2_000))  # ms
     modes, i, lead_total = [], 0, 0.0
