@@ -224,7 +224,8 @@ class Otas(Policy):
         at loads ≥ 1: minimum ratio to the best other policy 0.924 → 0.954; 45 of its 300 cells
         changed, by 0.92× to 1.10×, geomean 1.081 → 1.084; 7 CPU cells, by under 3 %). A shared batch
         of one application at B_max is that class's batch again; planning it too doubled the decision
-        time of a saturated queue (bench/sched_bench.py: p50 0.4 → 1.0 ms) and changed no cell."""
+        time of a saturated queue (bench/results/sched_bench_side_by_side: p50 0.45 → 1.65 ms) and changed
+        no cell."""
         cfg = view.config
         first = view.mixed_candidates(now_ms, 1)[0]
         m1 = len(first.requests)
