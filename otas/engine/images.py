@@ -183,6 +183,10 @@ def _pixels(im: Image.Image, pre: Preprocess) -> np.ndarray:
     im.load()  # the full decode: truncated and corrupt files fail here
     if im.mode == "1":
         im = im.convert("L")  # resampling needs 8 bits; grey costs a third of RGB
+    elif im.mode == "I" or im.mode.startswith("I;16"):
+        # 16-bit grey (PNG): Pillow's convert clips at 255, which turns the image white; scale it instead
+        a = np.asarray(im, dtype=np.float64)  # (H, W), 0..65535
+        im = Image.fromarray(np.clip(np.rint(a / 257.0), 0, 255).astype(np.uint8), "L")
     elif im.mode not in ("L", "RGB"):
         im = im.convert("RGB")  # palette, alpha, CMYK, 16-bit
     # OPTIMIZATION: reducing_gap box-reduces by an integer factor first (only for an image over 4x

@@ -57,7 +57,8 @@ def test_overload_burst_rejects_early_and_keeps_slo(tiny_ckpt):
     rejected = [r for r in res if r[1] in (429, 503)]
     assert len(res) == sent and len(ok) + len(rejected) == sent  # nothing lost, no other status
     assert codes.count(429) > 0 and len(ok) > 50
-    assert {r[2]["reason"] for r in rejected} <= {"queue_full", "infeasible", "deadline_unreachable"}
+    # (`overloaded`: the host's front door, where this host cannot parse the burst as fast as it comes)
+    assert {r[2]["reason"] for r in rejected} <= {"queue_full", "infeasible", "deadline_unreachable", "overloaded"}
     assert all(len(r[2]["error"]) > 20 for r in rejected)
     slo = {a.name: a.slo_ms for a in APPS}
     met = [r[2]["outputs"][3]["data"][0] for r in ok]
