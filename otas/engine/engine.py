@@ -211,9 +211,11 @@ class Engine:
         # The scheduler's per-app queues need arrival order, but decoding finishes out of order:
         # queue at max(arrival, the app's last), and judge the deadline on the true arrival.
         queued_at = max(arrival, self._last_arrival.get(app, -math.inf))
-        # ... and after an SLO was lowered at run time, plan no earlier than the app's requests
-        # queued under the old one (the answer's deadline_met is judged on the true arrival and SLO)
-        deadline = max(queued_at + self.apps[app].slo_ms * (1 - self.margin), self._last_deadline.get(app, -math.inf))
+        # ... and after an SLO was lowered at run time, plan no earlier than the app's requests still
+        # queued under the old one (the answer's deadline_met is judged on the true arrival and SLO);
+        # once none is queued, the new SLO is the only one
+        before = self._last_deadline.get(app, -math.inf) if self.scheduler.queued(app) else -math.inf
+        deadline = max(queued_at + self.apps[app].slo_ms * (1 - self.margin), before)
         self._admit(app, n, now, deadline, arrival)
         self._last_arrival[app], self._last_deadline[app] = queued_at, deadline
         g = self._books.open(app, n, single)

@@ -252,8 +252,9 @@ class Scheduler:
         out, self._expired = self._expired, []
         return out
 
-    def queued(self) -> int:
-        return len(self.queues)
+    def queued(self, app: str | None = None) -> int:
+        """Queued queries, of `app` only if given."""
+        return len(self.queues) if app is None else self.queues.count(app)
 
     def cancel(self, request_ids: Iterable[int]) -> list[Request]:
         """Take queued requests out (their callers went away): the ones found, never to be planned.

@@ -246,3 +246,29 @@ def test_slo_lowered_while_requests_are_queued():
 
     res, obs = asyncio.run(main())
     assert len(res) == 7 and obs.ends[("served", "")] == 7
+
+
+def test_slo_lowered_applies_once_the_queue_under_the_old_one_is_gone():
+    """After the old-SLO requests are answered, a new request is planned on the new SLO alone (its
+    deadline was held at the last old one's, up to the old SLO later, and a lowered SLO was ignored)."""
+    from dataclasses import replace
+
+    async def main():
+        eng, gate, obs = engine(max_batch=2)
+        await eng.start()
+        gate._go.release()
+        old = eng.submit("blur", img(1))
+        await gate.step()
+        await old
+        slo = eng.apps["blur"].slo_ms / 4
+        eng.set_apps([replace(a, slo_ms=slo) if a.name == "blur" else a for a in eng.apps.values()])
+        t0 = eng.now_ms()
+        new = eng.submit("blur", img(2))
+        (queued,) = [it.req for it in eng._books.pending.values()]
+        await gate.step()
+        await new
+        await eng.stop()
+        return queued.deadline_ms - t0, slo
+
+    planned, slo = asyncio.run(main())
+    assert planned <= slo + 1  # the new SLO (less the engine's margin), not the old one
