@@ -16,6 +16,19 @@ class ProtocolError(ValueError):
         return ProtocolError, (self.status, self.reason, self.message)
 
 
+MAX_MESSAGE = 1024
+"""Characters of an error message sent at most: a message may quote the client's own values, and a
+7 MB field must not come back as a 7 MB error (nor a gRPC status over 16 KiB, which clients drop)."""
+
+
+def clip(message: str, limit: int = MAX_MESSAGE) -> str:
+    """`message` cut to about `limit` characters in its middle: its start names the value, its end the fix."""
+    if len(message) <= limit:
+        return message
+    tail = limit // 4
+    return f"{message[: limit - tail]} ...({len(message) - limit} characters cut)... {message[-tail:]}"
+
+
 def error_body(message: str, reason: str) -> dict[str, str]:
-    """The protocol's error body (`error`) plus `reason`, a stable code for programs."""
-    return {"error": message, "reason": reason}
+    """The protocol's error body (`error`, `clip`ped) plus `reason`, a stable code for programs."""
+    return {"error": clip(message), "reason": reason}

@@ -238,3 +238,25 @@ def test_a_long_query_string_counts_in_the_header_limit(srv, kb):
         s.close()
         assert data.startswith(b"HTTP/1.1 431 "), data[:200]
         assert b'"reason":"headers_too_large"' in data.replace(b" ", b"")
+
+
+@pytest.mark.parametrize("field", ["parameters", "datatype", "name", "shape", "app_path"])
+def test_an_error_quoting_a_huge_client_value_is_cut_short(srv, field):
+    """An error message that quotes the client's value does not send it back whole: a 40 KB field is
+    not a 40 KB error body (an amplifier for anyone who sends junk). The start, naming the value, and
+    the end, naming the fix, stay."""
+    huge = "x" * 40_000  # (this server's body limit is 64 KiB)
+    body = infer_body("novel")
+    path = INFER
+    if field == "parameters":
+        body["parameters"] = huge
+    elif field == "shape":
+        body["inputs"][0]["shape"] = [1] * 8192
+    elif field == "app_path":
+        path = f"/v1/apps/{'a' * 20000}/classify"
+    else:
+        body["inputs"][0][field] = huge
+    r = httpx.post(srv.url + path, content=json.dumps(body), headers={"content-type": "application/json"}, timeout=30)
+    assert 400 <= r.status_code < 500
+    err = r.json()
+    assert len(r.content) < 2048 and err["reason"] and "characters cut" in err["error"]

@@ -23,7 +23,7 @@ import grpc
 
 from otas.engine.serving import NotServed, ServingEngine
 from otas.server.admission import OVERLOADED_MESSAGE, FrontDoor, Ticket
-from otas.server.errors import ProtocolError
+from otas.server.errors import ProtocolError, clip
 from otas.server.grpc_api import grpc_predict_v2_pb2 as pb
 from otas.server.grpc_api import grpc_predict_v2_pb2_grpc as pb_grpc
 from otas.server.inference import run
@@ -62,10 +62,6 @@ def status_of(e: Exception) -> tuple[grpc.StatusCode, str, str]:
     return Code.INTERNAL, "internal", "internal server error; see the server log"
 
 
-MAX_MESSAGE = 1024
-"""Characters of an error message sent back (gRPC clients refuse status details over 16 KiB)."""
-
-
 class BadMessage:
     """A request message that is not the protobuf it should be: the handler answers it
     INVALID_ARGUMENT `bad_message` (gRPC itself would answer UNKNOWN and log a traceback)."""
@@ -102,9 +98,7 @@ def guarded(fn):
                 log.exception("unhandled error", extra={"event": "internal_error", "rpc": fn.__name__})
             code, reason, message = status_of(e)
         context.set_trailing_metadata((("otas-reason", reason),))
-        if len(message) > MAX_MESSAGE:  # it may quote the client's own strings: over 16 KiB, a client drops it
-            message = message[:MAX_MESSAGE] + " ..."
-        await context.abort(code, f"{reason}: {message}")
+        await context.abort(code, f"{reason}: {clip(message)}")
 
     return method
 
