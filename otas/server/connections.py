@@ -9,7 +9,9 @@ a request on a connection beyond `max_connections` is answered 503 `too_many_con
 connection closed. An inference request (`POST .../infer`, `.../classify`) is stamped with the time
 its first byte was read, and admitted by the front door (`admission.py`) when its headers are
 complete, or answered 503 `overloaded` there: written without its body being parsed, the
-connection kept open. At shutdown (`GuardedServer`) the server first drains for `drain_s` (readiness
+connection kept open. A refusal written by the connection itself (bad framing, 501, 408, ...) closes it,
+but only after the answers of the requests pipelined before it; a client that half-closes after whole
+requests gets their answers, then the close. At shutdown (`GuardedServer`) the server first drains for `drain_s` (readiness
 fails, responses say `Connection: close`, requests are still accepted), then closes the listener,
 refuses bodies still arriving (`Guard.close`) and lets uvicorn finish what is in flight.
 """
@@ -66,12 +68,18 @@ def protocol_class(guard: Guard) -> type[asyncio.Protocol]:
         _running = None
         """The cycle whose ASGI task runs (uvicorn's `cycle` is the newest request's: a pipelined one
         may be parsed while an earlier one runs)."""
+        _pending: bytes | None = None
+        """A refusal (`_refuse`) written once the requests before it on the connection are answered."""
+        _eof = False
+        """The client half-closed after whole requests: they are answered, then the connection closes."""
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
             self.scope[ARRIVAL] = time.monotonic()
 
         def on_headers_complete(self) -> None:
+            if self._pending is not None or self.transport.is_closing():  # after a refusal in this piece
+                return
             if coding := self._transfer_coding():
                 msg = (f"Transfer-Encoding {coding!r} is not implemented here: the body would be read still encoded; "
                        "send it chunked or with a Content-Length, compressed content as the file itself")  # fmt: skip
@@ -173,7 +181,7 @@ def protocol_class(guard: Guard) -> type[asyncio.Protocol]:
         def data_received(self, data: bytes) -> None:
             # a skipped body (`_overloaded`) may end in this piece, and the next head begin: not counted
             skipping, self._boundary = self._skipping, False
-            if self.transport.is_closing():  # answered and closing: nothing more is read
+            if self.transport.is_closing() or self._pending is not None:  # refused: nothing more is read
                 return
             if not skipping and (self.cycle is None or self.cycle.response_complete):  # a head is due
                 end = data.find(b"\r\n\r\n")  # a head whole in one piece is parsed at once: count it first
@@ -198,6 +206,26 @@ def protocol_class(guard: Guard) -> type[asyncio.Protocol]:
         def on_response_complete(self) -> None:
             super().on_response_complete()
             self._head_bytes = 0
+            if (self._pending is not None or self._eof) and not self._busy():  # every earlier answer is out
+                if self._pending is not None:
+                    self.transport.write(self._pending)
+                self.transport.close()
+            elif self._pending is not None:
+                self.transport.pause_reading()  # (uvicorn resumed reading for the next pipelined request)
+
+        def eof_received(self) -> bool | None:
+            """The client half-closed (shutdown(SHUT_WR)): requests it sent whole are still answered,
+            then the connection closes; a request cut short by it cannot finish, so it closes at once."""
+            cycle = self.cycle
+            if self._busy() and cycle is not None and not cycle.more_body and not self._head_bytes:
+                self._eof = True
+                return True  # keep the transport open for the answers
+            return None
+
+        def _busy(self) -> bool:
+            """Whether a request on this connection is still to be answered (running or pipelined)."""
+            running = self._running
+            return running is not None and not running.response_complete or bool(getattr(self, "pipeline", ()))
 
         def _arm(self) -> None:
             if self._head_timer is None:  # from the head's start: a trickle does not extend it
@@ -239,7 +267,8 @@ def protocol_class(guard: Guard) -> type[asyncio.Protocol]:
                 self.transport.close()
 
         def _refuse(self, status: int, reason: str, message: str) -> None:
-            """An answer written straight to the socket (no request was parsed), then close."""
+            """An answer written straight to the socket (no request was parsed), then close; behind
+            pipelined requests still running, once they are answered (`_pending`)."""
             body = json.dumps(error_body(message, reason)).encode()
             phrase = {400: "Bad Request", 408: "Request Timeout", 413: "Content Too Large",
                       431: "Request Header Fields Too Large", 501: "Not Implemented",
@@ -247,9 +276,13 @@ def protocol_class(guard: Guard) -> type[asyncio.Protocol]:
             head = (f"HTTP/1.1 {status} {phrase}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
                     "connection: close\r\n\r\n")  # fmt: skip
             self._disarm()
+            self.cycle = _Answered()  # what the parser still reads of this piece (a body) is skipped
+            if self._busy():  # answers go in request order: this one after those of the requests before it
+                self._pending = head.encode() + body
+                self.transport.pause_reading()
+                return
             self.transport.write(head.encode() + body)
             self.transport.close()
-            self.cycle = _Answered()  # what the parser still reads of this piece (a body) is skipped
 
     return GuardedProtocol
 

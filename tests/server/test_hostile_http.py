@@ -260,3 +260,63 @@ def test_an_error_quoting_a_huge_client_value_is_cut_short(srv, field):
     assert 400 <= r.status_code < 500
     err = r.json()
     assert len(r.content) < 2048 and err["reason"] and "characters cut" in err["error"]
+
+
+def read_all(s: socket.socket) -> bytes:
+    """Everything the server sends until it closes (a reset ends it too)."""
+    out = b""
+    while True:
+        try:
+            got = s.recv(65536)
+        except ConnectionResetError:
+            return out
+        if not got:
+            return out
+        out += got
+
+
+def statuses(data: bytes) -> list[int]:
+    """The status of each HTTP response in `data`, in order (bodies skipped by content-length)."""
+    out = []
+    while data:
+        head, _, rest = data.partition(b"\r\n\r\n")
+        out.append(int(head.split()[1]))
+        n = next(int(v) for k, _, v in (ln.partition(b":") for ln in head.split(b"\r\n")[1:])
+                 if k.strip().lower() == b"content-length")  # fmt: skip
+        data = rest[n:]
+    return out
+
+
+REFUSED_NEXT = {
+    "garbage": (b"GARBAGE\r\n\r\n", 400),
+    "gzip": (b"POST /v2/health/ready HTTP/1.1\r\nhost: x\r\ntransfer-encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501),
+    "upgrade": (post("/v2/health/ready", "text/plain", b"abc", "upgrade: h2c\r\nconnection: upgrade\r\n"), 400),
+}
+
+
+@pytest.mark.parametrize("bad", list(REFUSED_NEXT))
+@pytest.mark.parametrize("before", [1, 3])
+@pytest.mark.parametrize("make", [infer_request, classify_request], ids=["infer", "classify"])
+def test_a_refused_pipelined_request_is_answered_after_the_valid_ones_before_it(srv, bad, before, make):
+    """Valid requests, then one the connection refuses (unparseable, a transfer coding it cannot read,
+    an upgrade with a body), in one write: each valid one gets its answer, in order, and the refusal
+    comes last before the close (it was written at once, and the answers before it were lost while a
+    pipelining client read the refusal as the answer to its first request)."""
+    payload, status = REFUSED_NEXT[bad]
+    s = sock(srv.url)
+    s.sendall(b"".join(make(i) for i in range(before)) + payload)
+    got = statuses(read_all(s))
+    s.close()
+    assert got == [200] * before + [status]
+
+
+@pytest.mark.parametrize("n", [1, 3])
+@pytest.mark.parametrize("make", [infer_request, classify_request], ids=["infer", "classify"])
+def test_a_client_that_half_closes_after_its_requests_gets_their_answers(srv, make, n):
+    """shutdown(SHUT_WR) after whole requests (as `nc -N` and some clients do) is not a disconnect: the
+    answers come, then the server closes."""
+    s = sock(srv.url)
+    s.sendall(b"".join(make(i) for i in range(n)))
+    s.shutdown(socket.SHUT_WR)
+    assert statuses(read_all(s)) == [200] * n
+    s.close()
