@@ -136,3 +136,38 @@ def test_connections_that_never_speak_or_go_idle_are_closed(runner):
             assert time.monotonic() - t0 < 8
             time.sleep(2.5)  # the channel idles past keep_alive_s: closed by the server ...
             assert stub.ServerLive(pb.ServerLiveRequest(), timeout=10).live  # ... and reopened
+
+
+_FLOOD = """
+import otas.server.grpc_api  # first, as `otas serve` imports it: before grpc itself
+import grpc
+from concurrent import futures
+
+server = grpc.server(futures.ThreadPoolExecutor(2))
+echo = grpc.unary_unary_rpc_method_handler(lambda req, ctx: req)
+server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("t.T", {"Echo": echo})])
+port = server.add_insecure_port("127.0.0.1:0")
+server.start()
+with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+    call = ch.unary_unary("/t.T/Echo", request_serializer=lambda x: x, response_deserializer=lambda x: x)
+    for n in (%s):
+        try:
+            call(b"", metadata=[(f"x-{i}", "a") for i in range(n)], timeout=10)
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, e
+server.stop(0)
+"""
+
+
+@pytest.mark.parametrize("counts", ["500, 2000", "300, 300, 300"])
+def test_a_client_flooding_metadata_writes_nothing_outside_the_json_log(counts):
+    """gRPC's C core writes a plain-text line to stderr for each call with oversized metadata: any
+    client could fill the log with lines that are not JSON. Quiet unless GRPC_VERBOSITY is set."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "GRPC_VERBOSITY"}
+    done = subprocess.run([sys.executable, "-c", _FLOOD % counts], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr.strip() == "", done.stderr[-2000:]
