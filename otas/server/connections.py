@@ -11,8 +11,8 @@ its first byte was read, and admitted by the front door (`admission.py`) when it
 complete, or answered 503 `overloaded` there: written without its body being parsed, the
 connection kept open. A refusal written by the connection itself (bad framing, 501, 408, ...) closes it,
 but only after the answers of the requests pipelined before it; a client that half-closes after whole
-requests gets their answers, then the close. At shutdown (`GuardedServer`) the server first drains for `drain_s` (readiness
-fails, responses say `Connection: close`, requests are still accepted), then closes the listener,
+requests gets their answers, then the close. At shutdown (`GuardedServer`) the server first drains for
+`drain_s` (readiness fails, responses say `Connection: close`, requests are still accepted), then closes the listener,
 refuses bodies still arriving (`Guard.close`) and lets uvicorn finish what is in flight.
 """
 

@@ -131,12 +131,15 @@ def parse_infer(body: bytes, header_length: str | None, image_size: int, counted
         raise ProtocolError(400, "bad_request", '`outputs` must be a list of objects {"name": ...}')
     rid = _request_id(head.get("id"))
     names = None if outputs is None else [o.get("name") for o in outputs]
-    req = build_request(rid, params, tensors, image_size, names)
+    oparams = [_object(o.get("parameters"), f"outputs[{i}].parameters") for i, o in enumerate(outputs or [])]
+    # (a name that is no string is refused as an unknown output by build_request)
+    classes = {n: p["classification"] for n, p in zip(names or [], oparams, strict=True)
+               if isinstance(n, str) and "classification" in p}  # fmt: skip
+    req = build_request(rid, params, tensors, image_size, names, classes)
     default = _flag(params.get("binary_data_output", False), "binary_data_output")
     binary = {name: default for name in OUTPUTS}
-    for i, o in enumerate(outputs or []):
-        b = _object(o.get("parameters"), f"outputs[{i}].parameters").get("binary_data")
-        if b is not None:
+    for i, (o, p) in enumerate(zip(outputs or [], oparams, strict=True)):
+        if (b := p.get("binary_data")) is not None:
             binary[o["name"]] = _flag(b, f"outputs[{i}] binary_data")
     return HttpInfer(req, binary)
 

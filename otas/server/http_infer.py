@@ -63,7 +63,8 @@ async def infer(request: Request) -> Response:
     parsed = await parser_of(request).run(parse_infer, body, header, engine.image_size, True, json_bytes=json_bytes)
     req = parsed.request
     results = await until_disconnect(request.receive, run(engine, req, arrival, hand_off(request)))
-    content, header_length = encode_infer(name, req, infer_outputs(results, req.outputs), parsed.binary)
+    outputs = infer_outputs(results, req.outputs, req.classification)
+    content, header_length = encode_infer(name, req, outputs, parsed.binary)
     if header_length is None:
         return Response(content, media_type="application/json")
     headers = {HEADER_LENGTH: str(header_length)}

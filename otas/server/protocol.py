@@ -20,7 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -31,7 +31,7 @@ from otas.server.errors import ProtocolError
 from otas.server.tensors import element_count, from_raw, split_bytes
 
 SERVER_NAME = "otas"
-EXTENSIONS = ["binary_tensor_data", "statistics", "otas_apps", "otas_metrics"]
+EXTENSIONS = ["binary_tensor_data", "classification", "statistics", "otas_apps", "otas_metrics"]
 VERSIONS = ("", "1")
 
 
@@ -74,6 +74,8 @@ class InferRequest:
     """Already-decoded images (UINT8/FP32 input)."""
     outputs: list[str] | None = None
     """The outputs asked for, in order (None: all of `OUTPUTS`)."""
+    classification: dict[str, int] = field(default_factory=dict)
+    """Outputs asked for as the classification extension: name -> k (`classify_output`)."""
 
 
 @dataclass
@@ -114,9 +116,12 @@ def build_request(
     inputs: Sequence[InputTensor],
     image_size: int,
     outputs: Sequence[str] | None = None,
+    classification: Mapping[str, object] | None = None,
 ) -> InferRequest:
     """Validate one infer request, whatever carried it; raises ProtocolError naming the bad field
-    and the fix. Shapes and sizes are checked against each other before any array is built."""
+    and the fix. Shapes and sizes are checked against each other before any array is built.
+    `classification`: output name -> the `classification` parameter asked for it (Triton's
+    classification extension: the top k classes as "score:index:label" strings)."""
     if rid is not None and len(rid) > MAX_ID:
         raise ProtocolError(400, "bad_request", f"`id` has {len(rid)} characters; send at most {MAX_ID}")
     app = params.get("app", params.get("application"))
@@ -126,6 +131,10 @@ def build_request(
         raise ProtocolError(400, "bad_request", f"send exactly one input tensor, {_INPUTS_HELP}; got {len(inputs)}")
     if outputs is not None and (bad := [o for o in outputs if o not in OUTPUTS]):
         raise ProtocolError(400, "unknown_output", f"outputs {bad} are not outputs of this model; ask for {OUTPUTS}")
+    if outputs is not None and len(set(outputs)) < len(outputs):
+        twice = sorted({o for o in outputs if outputs.count(o) > 1})
+        raise ProtocolError(400, "duplicate_output", f"outputs {twice} are asked for more than once; ask once")
+    classes = _classification(classification or {})
     t = inputs[0]
     if not isinstance(t.name, str) or t.name not in INPUTS:
         raise ProtocolError(
@@ -143,7 +152,7 @@ def build_request(
     if dtype == "BYTES":
         n = _count(shape[0] if len(shape) == 1 else -1, shape, "[N] (N files, one dimension)")
         payloads = split_bytes(t.raw, n, what) if t.raw is not None else _elements(t.data, n, what)
-        return InferRequest(rid, app, payloads, None, outs)
+        return InferRequest(rid, app, payloads, None, outs, classes)
     size = image_size
     if len(shape) == 3:
         shape = [1, *shape]
@@ -151,9 +160,24 @@ def build_request(
     _count(shape[0] if len(shape) == 4 and shape[1:] == [size, size, 3] else -1, shape, want)
     flat = from_raw(dtype, t.raw, shape, what) if t.raw is not None else _numbers(dtype, t.data, shape, what)
     try:
-        return InferRequest(rid, app, None, tensor_images(dtype, shape, flat, size), outs)
+        return InferRequest(rid, app, None, tensor_images(dtype, shape, flat, size), outs, classes)
     except ImageError as e:
         raise ProtocolError(400, "bad_payload", f"{what}: {e}") from None
+
+
+def _classification(asked: Mapping[str, object]) -> dict[str, int]:
+    """Output name -> k, checked: only `probs` holds class scores, and k is a count (1..999999)."""
+    out = {}
+    for name, k in asked.items():
+        if name != "probs":
+            raise ProtocolError(
+                400, "bad_classification", f"output {name!r} holds no class scores; ask classification of `probs`"
+            )
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 999_999:
+            msg = f"classification={str(k)[:40]!r} for {name!r}: use a class count in 1..999999"
+            raise ProtocolError(400, "bad_classification", msg)
+        out[name] = k
+    return out
 
 
 def _shape(shape: object, what: str) -> list[int]:
@@ -214,8 +238,12 @@ def top_k(value: object) -> int:
     return value
 
 
-def infer_outputs(results: list[Served], names: Sequence[str] | None = None) -> list[OutputTensor]:
-    """The answer to one request as output tensors: all of `OUTPUTS`, or `names` in that order."""
+def infer_outputs(
+    results: list[Served], names: Sequence[str] | None = None, classification: Mapping[str, int] | None = None
+) -> list[OutputTensor]:
+    """The answer to one request as output tensors: all of `OUTPUTS`, or `names` in that order; an
+    output in `classification` (`probs`: k) as Triton's classification extension gives it, BYTES
+    [n, min(k, classes)] of "score:index:label", best first."""
     n, k = len(results), max(len(s.classes) for s in results)
     probs = np.zeros((n, k), np.float32)
     for i, s in enumerate(results):
@@ -228,6 +256,13 @@ def infer_outputs(results: list[Served], names: Sequence[str] | None = None) -> 
         "deadline_met": OutputTensor("deadline_met", "BOOL", [n], np.array([s.deadline_met for s in results])),
         "latency_ms": OutputTensor("latency_ms", "FP32", [n, 3], lat),
     }
+    if k_asked := (classification or {}).get("probs"):
+        top = min(k_asked, k)
+        rows = []
+        for s in results:
+            order = np.argsort(-s.probs, kind="stable")[:top]
+            rows += [f"{float(s.probs[i]):f}:{int(i)}:{s.classes[int(i)]}" for i in order]
+        out["probs"] = OutputTensor("probs", "BYTES", [n, top], rows)
     return [out[name] for name in (names or OUTPUTS)]
 
 

@@ -147,3 +147,61 @@ def test_grpc_typed_contents(srv, reference):
             resp = stub.ModelInfer(req, timeout=30)
             assert resp.id == "t" and resp.parameters["app"].string_param == APP
             check(tgrpc.InferResult(resp), [ENCODED[i] for i in idx], reference)
+
+
+def check_classes(got: np.ndarray, sent: list[bytes], k: int, reference) -> None:
+    """Triton's classification extension: per image the top k as "score:index:label", best first."""
+    classes = len(next(iter(reference["probs"].values())))
+    assert got.shape == (len(sent), min(k, classes))
+    for row, data in zip(got, sent, strict=True):
+        want = reference["probs"][data]
+        texts = [x.decode() if isinstance(x, bytes) else x for x in row]  # (JSON gives str, binary bytes)
+        parsed = [(float(p), int(i), label) for p, i, label in (t.split(":", 2) for t in texts)]
+        assert [i for _, i, _ in parsed] == list(np.argsort(-want, kind="stable")[: len(row)])
+        assert np.allclose([p for p, _, _ in parsed], want[[i for _, i, _ in parsed]], atol=2e-6)
+        assert parsed[0][2] == reference["labels"][data]
+
+
+@pytest.mark.parametrize("k", [1, 3, 50])
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_http_classification_extension(srv, reference, k, binary):
+    with thttp.InferenceServerClient(srv.url[len("http://") :]) as c:
+        for sent in (ENCODED[:3], ENCODED[6:7]):
+            x = thttp.InferInput("image", [len(sent)], "BYTES")
+            x.set_data_from_numpy(as_bytes_tensor(sent), binary_data=True)
+            outputs = [
+                thttp.InferRequestedOutput("probs", binary_data=binary, class_count=k),
+                thttp.InferRequestedOutput("label", binary_data=binary),
+            ]
+            res = c.infer(MODEL, [x], outputs=outputs, parameters={"app": APP})
+            check_classes(res.as_numpy("probs"), sent, k, reference)
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_grpc_classification_extension(srv, reference, k):
+    with tgrpc.InferenceServerClient(srv.grpc_target) as c:
+        sent = ENCODED[2:5]
+        x = tgrpc.InferInput("image", [len(sent)], "BYTES")
+        x.set_data_from_numpy(as_bytes_tensor(sent))
+        outputs = [tgrpc.InferRequestedOutput("probs", class_count=k), tgrpc.InferRequestedOutput("gamma")]
+        res = c.infer(MODEL, [x], outputs=outputs, parameters={"app": APP})
+        check_classes(res.as_numpy("probs"), sent, k, reference)
+
+
+BAD_OUTPUTS = [
+    ([{"name": "label", "parameters": {"classification": 2}}], "bad_classification"),
+    ([{"name": "probs", "parameters": {"classification": 0}}], "bad_classification"),
+    ([{"name": "probs", "parameters": {"classification": True}}], "bad_classification"),
+    ([{"name": "probs", "parameters": {"classification": "3"}}], "bad_classification"),
+    ([{"name": "probs", "parameters": {"classification": 2.5}}], "bad_classification"),
+    ([{"name": "gamma"}, {"name": "gamma"}], "duplicate_output"),
+    ([{"name": ["probs"], "parameters": {"classification": 2}}], "unknown_output"),
+]
+
+
+@pytest.mark.parametrize("outputs,reason", BAD_OUTPUTS)
+def test_bad_output_requests_are_400(srv, outputs, reason):
+    image = {"name": "image", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(ENCODED[0]).decode()]}
+    body = {"parameters": {"app": APP}, "inputs": [image], "outputs": outputs}
+    r = httpx.post(f"{srv.url}/v2/models/{MODEL}/infer", json=body, timeout=30)
+    assert r.status_code == 400 and r.json()["reason"] == reason, r.text

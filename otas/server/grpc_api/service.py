@@ -175,18 +175,23 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         limit = self.config.max_body_bytes
         if size > limit:
             raise ProtocolError(413, "too_large", f"request of {size} bytes is over the limit of {limit}; send less")
-        params = {
-            k: getattr(v, v.WhichOneof("parameter_choice") or "string_param") for k, v in request.parameters.items()
-        }
+        params = {k: _param(v) for k, v in request.parameters.items()}
         names = [o.name for o in request.outputs] or None
-        req = build_request(request.id or None, params, _inputs(request), self.engine.image_size, names)
+        asked = [o for o in request.outputs if "classification" in o.parameters]
+        classes = {o.name: _param(o.parameters["classification"]) for o in asked}
+        req = build_request(request.id or None, params, _inputs(request), self.engine.image_size, names, classes)
         results = await run(self.engine, req, arrival, ticket.release if ticket is not None else None)
         resp = pb.ModelInferResponse(model_name=request.model_name, model_version="1", id=request.id)
         resp.parameters["app"].string_param = req.app
-        for o in infer_outputs(results, req.outputs):
+        for o in infer_outputs(results, req.outputs, req.classification):
             resp.outputs.add(name=o.name, datatype=o.datatype, shape=o.shape)
             resp.raw_output_contents.append(to_raw(o.datatype, o.data))
         return resp
+
+
+def _param(p: pb.InferParameter) -> object:
+    """A parameter's value, whichever field holds it."""
+    return getattr(p, p.WhichOneof("parameter_choice") or "string_param")
 
 
 def add_service(servicer: InferenceService, server: grpc.aio.Server) -> None:
