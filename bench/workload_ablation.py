@@ -31,6 +31,7 @@ VARIANTS = {
     "unpriced": lambda: Otas(name="otas", priced=False),
     "no-mix": lambda: Otas(name="otas", mix=False),
     "cap-only": lambda: Otas(name="otas", floor_follow=False),
+    "served-price": lambda: Otas(name="otas", served_price=True),
 }
 
 

@@ -73,8 +73,10 @@ class Otas(Policy):
         floor: bool = True,
         floor_classes: bool = False,
         floor_follow: bool = True,
+        served_price: bool = False,
     ):
         self.name = name
+        self.served_price = served_price
         self.floor_follow = floor_follow
         self.floor_classes = floor_classes
         self.floor = floor
@@ -100,7 +102,9 @@ class Otas(Policy):
             # rates over τ = rate_window × the loosest SLO, read from at least the tightest SLO of arrivals:
             # arrivals within one tightest SLO are a batch, not yet a rate
             tau, tightest = view.config.rate_window * max(a.slo_ms for a in apps), min(a.slo_ms for a in apps)
-            self._price = DevicePrice(apps, view.profiles[view.model], view.config.max_batch, tau, tightest)
+            self._price = DevicePrice(
+                apps, view.profiles[view.model], view.config.max_batch, tau, tightest, self.served_price
+            )
             self._slo = np.array([a.slo_ms for a in apps])  # (apps,), in DevicePrice's order
             self._value = np.array([view.weights(view.model, a.name).max() for a in apps])  # best u·acc
         self._floor, self._cap = None, None

@@ -44,9 +44,17 @@ class DevicePrice:
     """Online μ for one model: arrival rates by exponential decay with time constant `tau_ms`."""
 
     def __init__(
-        self, apps: Sequence[App], profile: Profile, max_batch: int, tau_ms: float, min_window_ms: float | None = None
+        self,
+        apps: Sequence[App],
+        profile: Profile,
+        max_batch: int,
+        tau_ms: float,
+        min_window_ms: float | None = None,
+        served_only: bool = False,
     ):
-        """`min_window_ms`: the shortest history a rate is read from (`rates`; default τ)."""
+        """`min_window_ms`: the shortest history a rate is read from (`rates`; default τ). `served_only`:
+        the price is that of the applications served (`price`)."""
+        self.served_only = served_only
         if not tau_ms > 0:
             raise ValueError(f"tau_ms={tau_ms!r}: use a positive time constant in ms")
         self.min_window = float(tau_ms if min_window_ms is None else min_window_ms)
@@ -97,6 +105,11 @@ class DevicePrice:
         demand = scale * (self._S @ r)  # (M + 1,): device ms needed per ms, per price interval
         m = int(np.argmax(demand <= 1.0))  # the last interval serves nothing: demand 0 there
         self.served = self._S[m] > 0  # (apps,): worth their device time at this price
+        if self.served_only and m > 0:
+            # the marginal application is not served, so no device time goes to it: the time is worth
+            # what the served applications' own next upgrade earns, the lowest price at which they fit
+            demand = scale * (self._S[:, self.served] @ r[self.served])
+            m = int(np.argmax(demand <= 1.0))
         return 0.0 if m == 0 else float(self._breaks[m - 1])
 
     def _decay(self, now_ms: float) -> None:

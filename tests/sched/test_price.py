@@ -117,3 +117,17 @@ def test_arrivals_in_the_past_decay_like_any_other():
         assert p.rates(shift + 100.0).sum() == pytest.approx(reads[-1][1])
     np.testing.assert_allclose(reads[0], reads[1], rtol=1e-9)
     assert reads[0][0] == pytest.approx(0.5, rel=0.05)
+
+
+def test_served_only_prices_the_served_applications_upgrade():
+    """`served_only`: where the marginal application is not served, device time is worth what the
+    served ones' next upgrade earns. At 0.6 q/ms each, a (utility 1) and b (0.5) do not both fit
+    even at γ=-8; b is priced out at 0.4 (what its γ=-8 earns per ms). a alone fits at γ=-8 from
+    its own break between the settings, (0.9 - 0.8) / (2 - 1) = 0.1: the served-only price."""
+    apps = [App("a", 100.0, 1.0, "t"), App("b", 100.0, 0.5, "t")]
+    for served_only, want in ((False, 0.4), (True, 0.1)):
+        p = DevicePrice(apps, two_setting_profile(), max_batch=2, tau_ms=1000.0, served_only=served_only)
+        p._t0, p._t = -np.inf, 0.0  # observing for ever, the counts decayed to now: they are the rates
+        p._rate[:] = [0.6, 0.6]
+        assert p.price(0.0) == pytest.approx(want)
+        assert p.served.tolist() == [True, False]
