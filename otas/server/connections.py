@@ -80,6 +80,9 @@ def protocol_class(guard: Guard) -> type[asyncio.Protocol]:
         def on_headers_complete(self) -> None:
             if self._pending is not None or self.transport.is_closing():  # after a refusal in this piece
                 return
+            if (hosts := sum(k == b"host" for k, _ in self.headers)) != 1 and self.parser.get_http_version() == "1.1":
+                msg = f"an HTTP/1.1 request carries exactly one Host header (RFC 9112 §3.2); this one has {hosts}"
+                return self._refuse(400, "bad_host", msg)
             if coding := self._transfer_coding():
                 msg = (f"Transfer-Encoding {coding!r} is not implemented here: the body would be read still encoded; "
                        "send it chunked or with a Content-Length, compressed content as the file itself")  # fmt: skip

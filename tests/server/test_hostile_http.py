@@ -320,3 +320,26 @@ def test_a_client_that_half_closes_after_its_requests_gets_their_answers(srv, ma
     s.shutdown(socket.SHUT_WR)
     assert statuses(read_all(s)) == [200] * n
     s.close()
+
+
+@pytest.mark.parametrize("hosts", [0, 2, 3])
+@pytest.mark.parametrize("path", ["/v2/health/ready", INFER])
+def test_an_http11_request_without_exactly_one_host_is_400(srv, hosts, path):
+    """RFC 9112 §3.2: a server answers 400 to an HTTP/1.1 request with no Host header or several. One
+    Host, or HTTP/1.0 without one, is served."""
+    body = json.dumps(infer_body("novel")).encode() if path == INFER else b""
+    method = "POST" if body else "GET"
+
+    def ask(version: str, n: int) -> bytes:
+        head = f"{method} {path} HTTP/{version}\r\n" + "host: x\r\n" * n
+        s = sock(srv.url)
+        s.sendall(f"{head}content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n".encode() + body)
+        got = read_all(s)
+        s.close()
+        return got
+
+    bad = ask("1.1", hosts)
+    assert statuses(bad) == [400] and json.loads(bad.partition(b"\r\n\r\n")[2])["reason"] == "bad_host"
+    assert statuses(ask("1.1", 1))[0] == 200
+    if hosts == 0:
+        assert statuses(ask("1.0", 0))[0] == 200
