@@ -212,3 +212,22 @@ def test_applications_are_capped(runner, tmp_path, monkeypatch):
         assert r.status_code == 201
         r = c.post("/v1/apps", json={"name": "c", "slo_ms": 500, "utility": 1, "task": "blur"}, headers=AUTH)
         assert r.status_code == 409 and r.json()["reason"] == "too_many_apps", r.text
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"name": "x", "slo_ms": 5, "slo_ms": 500, "utility": 1, "task": "blur"}',
+        b'{"name": "x", "name": "y", "slo_ms": 500, "utility": 1, "task": "blur"}',
+        b'{"name": "x", "slo_ms": 500, "utility": 1, "task": "blur", "task": "novel", "utility": 2}',
+    ],
+)
+def test_a_key_given_twice_is_400_not_the_last_one_taken(runner, tmp_path, raw):
+    """As the apps YAML loader refuses a duplicate key, so does the admin API: which of two SLOs the
+    client meant is not the server's guess."""
+    with admin_server(runner, tmp_path) as (c, engine):
+        r = c.post("/v1/apps", content=raw, headers={**AUTH, "content-type": "application/json"})
+        assert r.status_code == 400 and r.json()["reason"] == "invalid_app" and "more than once" in r.json()["error"]
+        r = c.put("/v1/apps/novel", content=b'{"slo_ms": 5, "slo_ms": 900}', headers=AUTH)
+        assert r.status_code == 400 and r.json()["reason"] == "invalid_app"
+        assert set(engine.scheduler.apps) == {"novel"} and engine.scheduler.apps["novel"].slo_ms != 5
