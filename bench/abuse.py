@@ -13,7 +13,8 @@ the normal traffic's success rate (HTTP 200) and latency p50/p99 against the bas
 server's resident memory (with its children): before, peak during, and `--settle` seconds after the
 attack. Targets: >= 99 % success, p99 <= 1.5× the baseline's, memory back within 10 %.
 `--isolate` pins the server to core 0 and both clients to core 1 (the attacker niced), so that the
-attacker's own CPU, which on a real network is another machine's, does not count against the server.
+attacker's own CPU, which on a real network is another machine's, does not count against the server;
+`--cpus S:C` picks the two cores (on a host with SMT, two of different physical cores).
 Writes `abuse_<mode>.json` (with `otas.provenance.run_meta`) and `abuse_<mode>.png` to `--out`.
 """
 
@@ -43,7 +44,6 @@ from otas.bench.local_server import free_port, wait_ready
 from otas.provenance import run_meta
 
 REPO = Path(__file__).resolve().parents[1]
-SERVER_CPUS, CLIENT_CPUS = {0}, {1}  # --isolate: the server on core 0, both clients on core 1
 ATTACKER_NICE = 10  # --isolate: the attacker yields core 1 to the normal client
 SAMPLES = {"novel": "novel/dog/00000.png", "lowlight": "lowlight/cat/03000.png", "blur": "blur/dog/00000.png"}
 
@@ -144,7 +144,7 @@ def start_server(args, log: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     cmd = [sys.executable, "-m", "otas.cli", "serve", "--port", str(port), "--grpc-port", "0", "--log-level", "info"]
     cmd += ["--policy", args.policy] + (["--noop"] if args.noop else []) + shlex.split(args.serve_args)
-    pin = (lambda: os.sched_setaffinity(0, SERVER_CPUS)) if args.isolate else None  # its children inherit it
+    pin = (lambda: os.sched_setaffinity(0, args.server_cpus)) if args.isolate else None  # its children inherit it
     proc = subprocess.Popen(cmd, cwd=args.server_root, stderr=log.open("wb"), preexec_fn=pin)  # -m: its otas first
     url = f"http://127.0.0.1:{port}"
     try:
@@ -172,9 +172,17 @@ def main() -> None:
     ap.add_argument("--isolate", action="store_true",
                     help="server on core 0, normal client and attacker (niced) on core 1, as if the attacker were "
                          "another machine: measures the server, not the host shared with the attacker")  # fmt: skip
+    ap.add_argument("--cpus", default="0:1", help="--isolate's cores, SERVER:CLIENT (default 0:1)")
     args = ap.parse_args()
     if args.isolate and len(os.sched_getaffinity(0)) < 2:
         ap.error("--isolate needs 2 cores (the server on one, the clients on the other)")
+    try:
+        server, client = (int(c) for c in args.cpus.split(":"))
+    except ValueError:
+        ap.error(f"--cpus {args.cpus!r}: give two core numbers, SERVER:CLIENT, e.g. 0:1")
+    if server == client or not {server, client} <= os.sched_getaffinity(0):
+        ap.error(f"--cpus {args.cpus!r}: two different cores of {sorted(os.sched_getaffinity(0))}")
+    args.server_cpus, args.client_cpus = {server}, {client}
     classes = [c for c in args.classes.split(",") if c]
     if bad := [c for c in classes if c not in abuse_attacks.ATTACKS]:
         ap.error(f"unknown classes {bad}; choose from {list(abuse_attacks.ATTACKS)}")
@@ -188,7 +196,7 @@ def main() -> None:
     )
     proc, url = start_server(args, args.out / f"server_{mode}.log")
     if args.isolate:
-        os.sched_setaffinity(0, CLIENT_CPUS)
+        os.sched_setaffinity(0, args.client_cpus)
     host, port = "127.0.0.1", int(url.rsplit(":", 1)[1])
     model = httpx.get(url + "/v1/config").json()["model"]
     sampler = Sampler(proc.pid)
@@ -217,7 +225,8 @@ def main() -> None:
     counted = [ln for ln in metrics.splitlines() if ln.startswith("otas_requests_total{")]
     result = {
         "meta": meta, "server": {"root": str(args.server_root), "label": args.server_label or meta["commit"]},
-        "mode": mode, "isolated": args.isolate, "serve_args": args.serve_args, "policy": args.policy,
+        "mode": mode, "isolated": args.isolate, "cpus": args.cpus if args.isolate else None,
+        "serve_args": args.serve_args, "policy": args.policy,
         "rate": args.rate, "seconds": args.seconds,
         "repeats": args.repeats,
         "settle_s": args.settle, "target": TARGET, "baseline": base, "classes": rows, "server_requests_total": counted,
@@ -252,7 +261,7 @@ def phase(name, args, url, host, port, model, sampler, duty=None) -> dict:
     `duty`: copy_load's CPU share (`abuse_attacks.copy_load`)."""
     ctx = multiprocessing.get_context("spawn")
     q, ready, go = ctx.Queue(), ctx.Event(), ctx.Event()
-    isolate = (CLIENT_CPUS, ATTACKER_NICE) if args.isolate else None
+    isolate = (args.client_cpus, ATTACKER_NICE) if args.isolate else None
     attacker = ctx.Process(
         target=abuse_attacks.run, args=(name, host, port, args.seconds, model, ready, go, q, isolate, duty)
     )
