@@ -103,6 +103,9 @@ class EngineConfig:
     """No model: measure HTTP + scheduling + collation only."""
     paced: bool = False
     """With noop and a profile: each batch sleeps the profile's latency (emulates that device)."""
+    torch_threads: int = 0
+    """Threads of the model's forward on a CPU (torch's intra-op pool); 0 = torch's default, one per core
+    this process may run on. Fewer than the cores leaves the rest to the front end and decoding."""
     decode_workers: int = 0
     """Threads (or processes) decoding images beside the event loop; 0 = the host's cores, 2 to 8
     (`default_decode_workers`)."""
@@ -141,6 +144,8 @@ class EngineConfig:
             )
         if self.mode in ("graphs", "compiled-graphs") and self.device == "cpu":
             raise ValueError(f"mode={self.mode} needs --device cuda; use eager or compile on a CPU")
+        if not isinstance(self.torch_threads, int) or isinstance(self.torch_threads, bool) or self.torch_threads < 0:
+            raise ValueError(f"torch_threads={self.torch_threads!r}: use a thread count, or 0 for torch's default")
         if not isinstance(self.decode_workers, int) or self.decode_workers < 0:
             raise ValueError(f"decode_workers={self.decode_workers!r}: use an integer >= 1, or 0 for the host's cores")
         self.decode_workers = self.decode_workers or default_decode_workers()

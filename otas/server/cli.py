@@ -74,6 +74,9 @@ def serve_cmd(
             "the host finishes within it: 503 overloaded on arrival (0 = off)."
         ),
     ] = 0.5,
+    torch_threads: Annotated[
+        int, typer.Option(help="CPU threads of the forward (0: one per core; fewer leave cores to the front end).")
+    ] = 0,
     decode_workers: Annotated[
         int, typer.Option(help="Threads (or processes) decoding images (0 = the host's cores, 2 to 8).")
     ] = 0,
@@ -152,6 +155,7 @@ def serve_cmd(
                 warmup,
                 noop,
                 paced,
+                torch_threads=torch_threads,
                 decode_workers=decode_workers,
                 decode_processes=decode_processes,
                 decode_queue=decode_queue,

@@ -165,6 +165,8 @@ def load_runner(cfg: ServingConfig):
     from otas.engine.runner import Runner
     from otas.predict import default_model_path
 
+    if eng.torch_threads:
+        torch.set_num_threads(eng.torch_threads)
     profile = Profile.load(cfg.profile)
     dt = getattr(torch, eng.dtype) if eng.dtype else None
     ckpt = cfg.model or default_model_path()

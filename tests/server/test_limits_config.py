@@ -16,7 +16,8 @@ BAD_HTTP = [
 BAD_ENGINE = [
     ("decode_queue", 0), ("max_image_side", 0), ("max_image_pixels", -4), ("max_image_aspect", 0.9),
     ("image_formats", ("PNG", "NOPE")), ("image_formats", ()), ("image_formats", ("GIF",)),
-    ("image_formats", ("PNG", "BMP")), ("image_formats", ("TIFF",)),
+    ("image_formats", ("PNG", "BMP")), ("image_formats", ("TIFF",)), ("torch_threads", -1),
+    ("torch_threads", True), ("torch_threads", 1.5),
 ]  # fmt: skip
 
 
@@ -55,7 +56,7 @@ def test_defaults_hold_together():
     "args,named",
     [(["--max-inflight-mb", "1"], "max_inflight_mb"), (["--image-formats", "PNG,BMPX"], "image formats"),
      (["--max-connections", "0"], "max_connections"), (["--decode-queue", "0"], "decode_queue"),
-     (["--header-timeout-s", "0"], "header_timeout_s")],
+     (["--header-timeout-s", "0"], "header_timeout_s"), (["--torch-threads", "-2"], "torch_threads")],
 )  # fmt: skip
 def test_otas_serve_refuses_bad_limits(args, named):
     res = CliRunner().invoke(app, ["serve", "--noop", *args], terminal_width=200)
@@ -69,3 +70,24 @@ def test_every_fast_path_mode_is_accepted_where_it_runs():
         assert EngineConfig(device="cuda", mode=mode).mode == mode
     with pytest.raises(ValueError, match="compiled-graphs needs --device cuda"):
         EngineConfig(device="cpu", mode="compiled-graphs")
+
+
+def test_torch_threads_bound_the_forward(tiny_ckpt, monkeypatch):
+    """--torch-threads N: the model's forward on the CPU uses N threads (the rest of the cores are left
+    to the front end and decoding); 0 keeps torch's default."""
+    import torch
+
+    from otas.config import ServingConfig
+    from otas.server.main import load_runner
+    from tests.server.helpers import APPS
+
+    before = torch.get_num_threads()
+    profile = "tests/data/handmade_tiny__cpu.json"
+    try:
+        for n in (1, 2):
+            cfg = ServingConfig(apps=APPS, model=str(tiny_ckpt), profile=profile, engine=EngineConfig(torch_threads=n,
+                                warmup=False))  # fmt: skip
+            load_runner(cfg)
+            assert torch.get_num_threads() == n
+    finally:
+        torch.set_num_threads(before)
