@@ -14,7 +14,7 @@ server's resident memory (with its children): before, peak during, and `--settle
 attack. Targets: >= 99 % success, p99 <= 1.5× the baseline's, memory back within 10 %.
 `--isolate` pins the server to core 0 and both clients to core 1 (the attacker niced), so that the
 attacker's own CPU, which on a real network is another machine's, does not count against the server;
-`--cpus S:C` picks the two cores (on a host with SMT, two of different physical cores).
+`--cpus S:C` picks the cores (on a host with SMT, of different physical cores; S may list several).
 Writes `abuse_<mode>.json` (with `otas.provenance.run_meta`) and `abuse_<mode>.png` to `--out`.
 """
 
@@ -172,17 +172,19 @@ def main() -> None:
     ap.add_argument("--isolate", action="store_true",
                     help="server on core 0, normal client and attacker (niced) on core 1, as if the attacker were "
                          "another machine: measures the server, not the host shared with the attacker")  # fmt: skip
-    ap.add_argument("--cpus", default="0:1", help="--isolate's cores, SERVER:CLIENT (default 0:1)")
+    ap.add_argument("--cpus", default="0:1", help="--isolate's cores, SERVER:CLIENT (0:1; SERVER may list several)")
     args = ap.parse_args()
     if args.isolate and len(os.sched_getaffinity(0)) < 2:
         ap.error("--isolate needs 2 cores (the server on one, the clients on the other)")
     try:
-        server, client = (int(c) for c in args.cpus.split(":"))
+        left, right = args.cpus.split(":")
+        server, client = {int(c) for c in left.split(",")}, int(right)
     except ValueError:
-        ap.error(f"--cpus {args.cpus!r}: give two core numbers, SERVER:CLIENT, e.g. 0:1")
-    if server == client or not {server, client} <= os.sched_getaffinity(0):
-        ap.error(f"--cpus {args.cpus!r}: two different cores of {sorted(os.sched_getaffinity(0))}")
-    args.server_cpus, args.client_cpus = {server}, {client}
+        ap.error(f"--cpus {args.cpus!r}: give core numbers, SERVER:CLIENT, e.g. 0:1 or 0,2:1")
+    if client in server or not server | {client} <= os.sched_getaffinity(0):
+        cores = sorted(os.sched_getaffinity(0))
+        ap.error(f"--cpus {args.cpus!r}: the client's core apart from the server's, all of {cores}")
+    args.server_cpus, args.client_cpus = server, {client}
     classes = [c for c in args.classes.split(",") if c]
     if bad := [c for c in classes if c not in abuse_attacks.ATTACKS]:
         ap.error(f"unknown classes {bad}; choose from {list(abuse_attacks.ATTACKS)}")
