@@ -10,8 +10,9 @@ connection closed. An inference request (`POST .../infer`, `.../classify`) is st
 its first byte was read, and admitted by the front door (`admission.py`) when its headers are
 complete, or answered 503 `overloaded` there: written without its body being parsed, the
 connection kept open. A refusal written by the connection itself (bad framing, 501, 408, ...) closes it,
-but only after the answers of the requests pipelined before it; a client that half-closes after whole
-requests gets their answers, then the close. At shutdown (`GuardedServer`) the server first drains for
+but only after the answers of the requests pipelined before it. A client's FIN is taken as the client gone
+(its requests still queued are cancelled, `client_gone`): a server cannot tell a half-close from a close,
+and an abandoned request must not cost device time. At shutdown (`GuardedServer`) the server first drains for
 `drain_s` (readiness fails, responses say `Connection: close`, requests are still accepted), then closes the listener,
 refuses bodies still arriving (`Guard.close`) and lets uvicorn finish what is in flight.
 """
@@ -70,8 +71,6 @@ def protocol_class(guard: Guard) -> type[asyncio.Protocol]:
         may be parsed while an earlier one runs)."""
         _pending: bytes | None = None
         """A refusal (`_refuse`) written once the requests before it on the connection are answered."""
-        _eof = False
-        """The client half-closed after whole requests: they are answered, then the connection closes."""
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
@@ -209,21 +208,12 @@ def protocol_class(guard: Guard) -> type[asyncio.Protocol]:
         def on_response_complete(self) -> None:
             super().on_response_complete()
             self._head_bytes = 0
-            if (self._pending is not None or self._eof) and not self._busy():  # every earlier answer is out
-                if self._pending is not None:
+            if self._pending is not None:
+                if not self._busy():  # every earlier answer is out
                     self.transport.write(self._pending)
-                self.transport.close()
-            elif self._pending is not None:
-                self.transport.pause_reading()  # (uvicorn resumed reading for the next pipelined request)
-
-        def eof_received(self) -> bool | None:
-            """The client half-closed (shutdown(SHUT_WR)): requests it sent whole are still answered,
-            then the connection closes; a request cut short by it cannot finish, so it closes at once."""
-            cycle = self.cycle
-            if self._busy() and cycle is not None and not cycle.more_body and not self._head_bytes:
-                self._eof = True
-                return True  # keep the transport open for the answers
-            return None
+                    self.transport.close()
+                else:
+                    self.transport.pause_reading()  # (uvicorn resumed reading for the next pipelined request)
 
         def _busy(self) -> bool:
             """Whether a request on this connection is still to be answered (running or pipelined)."""

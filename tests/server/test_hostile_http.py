@@ -310,18 +310,6 @@ def test_a_refused_pipelined_request_is_answered_after_the_valid_ones_before_it(
     assert got == [200] * before + [status]
 
 
-@pytest.mark.parametrize("n", [1, 3])
-@pytest.mark.parametrize("make", [infer_request, classify_request], ids=["infer", "classify"])
-def test_a_client_that_half_closes_after_its_requests_gets_their_answers(srv, make, n):
-    """shutdown(SHUT_WR) after whole requests (as `nc -N` and some clients do) is not a disconnect: the
-    answers come, then the server closes."""
-    s = sock(srv.url)
-    s.sendall(b"".join(make(i) for i in range(n)))
-    s.shutdown(socket.SHUT_WR)
-    assert statuses(read_all(s)) == [200] * n
-    s.close()
-
-
 @pytest.mark.parametrize("hosts", [0, 2, 3])
 @pytest.mark.parametrize("path", ["/v2/health/ready", INFER])
 def test_an_http11_request_without_exactly_one_host_is_400(srv, hosts, path):
