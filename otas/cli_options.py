@@ -10,7 +10,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from otas.config import SchedulerConfig
-from otas.sim.traces import MAX_LOAD
+from otas.sim.traces import MAX_LOAD, MIN_LOAD
 
 Policy = Annotated[
     str,
@@ -57,13 +57,13 @@ def ints(value: str) -> list[int]:
 
 
 def loads(value: str) -> list[float]:
-    """'0.5,1,2' -> [0.5, 1.0, 2.0], each a positive load."""
+    """'0.5,1,2' -> [0.5, 1.0, 2.0], each a positive load (at least MIN_LOAD)."""
     try:
-        out = [float(x) for x in value.split(",") if x.strip()]
+        out = [float(x) for x in value.split(",")]  # an empty element ("1,,2") is a typo, not a skip
     except ValueError:
         raise typer.BadParameter(f"--load {value!r}: write a number or comma-separated numbers, e.g. 0.5,1,2") from None
-    if not out or any(not 0 < x <= MAX_LOAD for x in out):
-        raise typer.BadParameter(f"--load {value!r}: every load must be a number in (0, {MAX_LOAD:g}]")
+    if any(not MIN_LOAD <= x <= MAX_LOAD for x in out):
+        raise typer.BadParameter(f"--load {value!r}: every load must be a number in [{MIN_LOAD:g}, {MAX_LOAD:g}]")
     return out
 
 

@@ -33,7 +33,7 @@ from otas.bench.scoring import summarize
 from otas.config import SchedulerConfig, default_apps_path, load_apps
 from otas.profile.table import Profile
 from otas.provenance import run_meta
-from otas.sim.traces import MAX_LOAD, Trace, capacity_per_s, make_trace
+from otas.sim.traces import MAX_LOAD, MIN_LOAD, Trace, capacity_per_s, make_trace
 from otas.types import App
 
 
@@ -153,10 +153,10 @@ class Workload:
 
 
 def check_window(load: float, limit: int, duration_s: float) -> None:
-    """ValueError unless the load is in (0, MAX_LOAD] and the limits are finite and >= 0 (NaN included)."""
-    if not (0 < load <= MAX_LOAD and 0 <= duration_s < math.inf and limit >= 0):
+    """ValueError unless the load is in [MIN_LOAD, MAX_LOAD] and the limits are finite and >= 0 (NaN included)."""
+    if not (MIN_LOAD <= load <= MAX_LOAD and 0 <= duration_s < math.inf and limit >= 0):
         raise ValueError(
-            f"--load {load}, --duration-s {duration_s}, --limit {limit}: use a load in (0, {MAX_LOAD:g}], "
+            f"--load {load}, --duration-s {duration_s}, --limit {limit}: use a load in [{MIN_LOAD:g}, {MAX_LOAD:g}], "
             "finite seconds >= 0 and a count >= 0"
         )
 

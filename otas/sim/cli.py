@@ -5,8 +5,10 @@ Registered in `otas/cli.py` as the `otas simulate` command.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
 import platform
 import time
 from collections.abc import Sequence
@@ -25,6 +27,17 @@ from otas.sim import report
 from otas.sim.simulator import SimResult, run
 from otas.sim.traces import at_load, base_trace, capacity_per_s
 from otas.types import App
+
+
+def _finite(x: object) -> object:
+    """`x` with every non-finite float (NaN, ±inf) as None, in nested dicts and lists."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_finite(v) for v in x]
+    return x
 
 
 def default_policies(profiles: Sequence[Profile]) -> list[str]:
@@ -128,7 +141,9 @@ def simulate(
     config = opt.scheduler_config(lookahead, max_batch, max_queue_delay_ms, slo_class_tolerance)
     loads = opt.loads(load)
     try:
-        profs = [Profile.load(p) for p in profile.split(",") if p]
+        profs = [Profile.load(p) for p in profile.split(",") if p.strip()]
+        if not profs:
+            raise ValueError(f"--profile {profile!r}: give at least one profile JSON path")
         app_list = load_apps(apps or default_apps_path("cpu"))
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
@@ -136,6 +151,16 @@ def simulate(
         raise typer.BadParameter(f"--json {json_out}: a directory; give a file path")
     if plots is not None and plots.exists() and not plots.is_dir():
         raise typer.BadParameter(f"--plots {plots}: an existing file; give a directory")
+    try:  # where the results go must be writable before anything runs: not a traceback after the run
+        for folder in [json_out.parent] if json_out is not None else []:
+            folder.mkdir(parents=True, exist_ok=True)
+            if not os.access(folder, os.W_OK):
+                raise PermissionError(errno.EACCES, "not writable", str(folder))
+        if plots is not None:
+            plots.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        msg = f"cannot write the results there ({e.strerror or e}: {e.filename}); give another path"
+        raise typer.BadParameter(msg) from None
     names = [p for p in policies.split(",") if p] or default_policies(profs)
     try:
         out, kept = sweep(trace, app_list, profs, names, loads, config, seed=seed, noise=noise)
@@ -146,8 +171,10 @@ def simulate(
         rows = [r for r in runs if r["load"] == x]  # type: ignore[index]
         report.table(rows, title=f"{trace} at load {x:g} × capacity of γ=0 ({rows[0]['requests']} requests)")
     if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(out, indent=1, default=str) + "\n")
+        try:  # NaN (no query served, nothing to compare) is null: strict JSON has no NaN
+            json_out.write_text(json.dumps(_finite(out), indent=1, default=str, allow_nan=False) + "\n")
+        except OSError as e:
+            opt.fail(f"--json {json_out}: {e.strerror or e}")
     if plots is not None:
         cap = float(out["capacity_per_s"])  # type: ignore[arg-type]
         for x, results in kept.items():

@@ -25,7 +25,7 @@ import csv
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,9 @@ SYNTHETIC = ("poisson", "step", "diurnal", "mmpp")
 MAX_LOAD = 1000.0
 """Loads accepted, at most: × the γ = 0 capacity, far past any overload worth replaying or
 simulating (and a finite time scale)."""
+MIN_LOAD = 1e-6
+"""Loads accepted, at least: a millionth of the capacity stretches a trace a million-fold already (and a
+tinier one overflows the time scale)."""
 
 
 @dataclass
@@ -100,7 +103,12 @@ def _read_csv(p: Path) -> tuple[np.ndarray, np.ndarray]:
                 try:
                     ts = row["TIMESTAMP"].strip()
                     head, _, frac = ts.partition(".")
-                    t = datetime.fromisoformat(head).timestamp() + (float("0." + frac) if frac else 0.0)
+                    if frac and not frac.isdigit():  # float() would take "5e3" or "inf" after the point
+                        raise ValueError(f"fraction of a second {frac!r} is not digits")
+                    when = datetime.fromisoformat(head)
+                    if when.tzinfo is None:  # a naive time is UTC: the same trace on every host's time zone
+                        when = when.replace(tzinfo=UTC)
+                    t = when.timestamp() + (float("0." + frac) if frac else 0.0)
                     times.append(t * 1000.0)
                     tokens.append(int(row["ContextTokens"]))
                 except (KeyError, ValueError) as e:
@@ -197,6 +205,11 @@ def scale_to_rate(trace: Trace, rate_per_s: float) -> Trace:
         raise ValueError(f"rate {rate_per_s!r}: use a positive arrival rate")
     if len(trace) < 2:
         return trace
+    if not trace.duration_ms > 0:
+        raise ValueError(
+            f"trace {trace.name!r}: all {len(trace)} arrivals are at one instant, so it has no rate to scale; "
+            "give arrivals at two or more distinct times"
+        )
     current = (len(trace) - 1) / trace.duration_ms * 1000.0
     return Trace(trace.name, trace.arrival_ms * (current / rate_per_s), list(trace.apps))
 

@@ -67,6 +67,23 @@ def test_load_apps_errors(tmp_path):
         (lambda d: ["--load", "inf"], "--load"),
         (lambda d: ["--load", "nan"], "--load"),
         (lambda d: ["--load", "1e300"], "--load"),
+        (lambda d: ["--load", "1e-320"], "--load"),
+        (lambda d: ["--load", "1,,2"], "--load"),
+        (lambda d: ["--load", "1,2,"], "--load"),
+        (lambda d: ["--profile", ","], "at least one profile"),
+        (lambda d: ["--json", str(Path(write(d / "f", b"x")) / "x.json")], "cannot write"),
+        (lambda d: ["--plots", str(Path(write(d / "g", b"x")) / "plots")], "cannot write"),
+        (
+            lambda d: [
+                "--trace",
+                write(d / "one.csv", b"TIMESTAMP,ContextTokens\n" + b"2023-11-16 18:15:46.68,3\n" * 2),
+            ],
+            "one instant",
+        ),
+        (
+            lambda d: ["--trace", write(d / "exp.csv", b"TIMESTAMP,ContextTokens\n2023-11-16 18:15:46.5e3,3\n")],
+            "not digits",
+        ),
         (lambda d: ["--seed", "-1"], "seed"),
         (lambda d: ["--max-queue-delay-ms", "inf"], "max_queue_delay_ms"),
         (lambda d: ["--max-batch", "100000000"], "max_batch"),

@@ -42,3 +42,30 @@ def test_bad_trace_names():
         make_trace("nope.csv", APPS, 1.0, 10.0)
     with pytest.raises(ValueError, match="load="):
         make_trace("poisson", APPS, 0.0, 10.0)
+
+
+@pytest.mark.parametrize("tz", ["UTC", "America/New_York", "Asia/Kolkata"])
+def test_csv_times_are_utc_whatever_the_hosts_time_zone(tmp_path, tz, monkeypatch):
+    """Naive TIMESTAMPs are UTC: a trace crossing a daylight-saving change has the same arrivals on
+    every host (read in local time, New York lost the hour between 02:00 and 03:00)."""
+    import time
+
+    rows = ["2023-03-12 01:58:00.0", "2023-03-12 01:59:00.0", "2023-03-12 01:59:30.0", "2023-03-12 03:00:00.0",
+            "2023-03-12 03:00:30.25"]  # fmt: skip
+    path = tmp_path / f"dst_{tz.replace('/', '_')}.csv"
+    path.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n" + "".join(f"{r},10,1\n" for r in rows))
+    monkeypatch.setenv("TZ", tz)
+    time.tzset()
+    try:
+        got = load_csv(path, APPS).arrival_ms
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert got.tolist() == [0.0, 60_000.0, 90_000.0, 3_720_000.0, 3_750_250.0]
+
+
+def test_a_trace_at_one_instant_has_no_rate_to_scale():
+    tr = synthetic("poisson", APPS, n=5, seed=0)
+    tr.arrival_ms[:] = 0.0
+    with pytest.raises(ValueError, match="one instant"):
+        scale_to_rate(tr, 10.0)
