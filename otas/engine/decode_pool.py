@@ -14,6 +14,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import queue
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +31,7 @@ _worker: dict = {}
 
 
 def _init(pre: dict, limits, nice: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the server stops this process itself, quietly
     _worker["pre"], _worker["limits"] = Preprocess.from_dict(pre), limits or DecodeLimits()
     try:
         os.nice(nice)  # a costly image takes CPU from other decoding, hardly from the model or the event loop

@@ -16,6 +16,7 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -35,6 +36,9 @@ def _ready() -> bool:
 
 
 def _init() -> None:
+    # Ctrl-C reaches the terminal's whole process group: the server drains and stops this child
+    # itself, and a KeyboardInterrupt traceback from it would only litter the log
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     memory.tune()
     os.nice(10)  # as the decode threads: parsing takes CPU from the model last
 

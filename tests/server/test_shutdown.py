@@ -106,3 +106,30 @@ def test_trickling_upload_gets_503_and_does_not_hold_shutdown(tiny_ckpt):
     head, _, body = b"".join(got).partition(b"\r\n\r\n")
     assert head.split()[1] == b"503" and json.loads(body)["reason"] == "shutting_down", head
     assert waited < HTTP["drain_s"] + 8  # the drain, not the 10 s grace period (nor the 60 s body timeout)
+
+
+def test_ctrl_c_to_the_process_group_stops_quietly(tmp_path):
+    """Ctrl-C in a terminal sends SIGINT to the whole process group, the server's JSON-parser and decode
+    processes included: the server drains and exits, and no child prints a KeyboardInterrupt traceback."""
+    import subprocess
+    import sys
+
+    from otas.bench.local_server import free_port, wait_ready
+
+    port = free_port()
+    err = tmp_path / "stderr.log"
+    cmd = [sys.executable, "-m", "otas.cli", "serve", "--noop", "--port", str(port), "--grpc-port", "0",
+           "--decode-processes", "--decode-workers", "1", "--drain-s", "0"]  # fmt: skip
+    with err.open("wb") as f:
+        proc = subprocess.Popen(cmd, stderr=f, start_new_session=True)  # its own group, as a shell job
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", proc, timeout_s=90)
+        time.sleep(0.5)  # the parser and decode processes up
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(60) in (0, 130, -signal.SIGINT)  # (130: the shell convention for an interrupt)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    time.sleep(0.5)  # a child's last words
+    text = err.read_text()
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text[-3000:]
