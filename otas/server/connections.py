@@ -269,8 +269,10 @@ def protocol_class(guard: Guard) -> type[asyncio.Protocol]:
             head = (f"HTTP/1.1 {status} {phrase}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
                     "connection: close\r\n\r\n")  # fmt: skip
             self._disarm()
+            # a request whose own body is what is refused (bad chunk framing) cannot be answered first
+            whole = self.cycle is None or not self.cycle.more_body
             self.cycle = _Answered()  # what the parser still reads of this piece (a body) is skipped
-            if self._busy():  # answers go in request order: this one after those of the requests before it
+            if whole and self._busy():  # answers go in request order: this one after those of the requests before
                 self._pending = head.encode() + body
                 self.transport.pause_reading()
                 return

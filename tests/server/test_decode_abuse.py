@@ -101,6 +101,8 @@ def test_accepted_images_match_a_plain_resize(fmt, size, mode):
     data = encoded(fmt, size, mode)
     got = decode_image(data, SIZE)
     with Image.open(io.BytesIO(data)) as im:
+        if im.mode.startswith("I;16"):  # 16-bit grey: the picture is the values / 257 (convert clips at 255)
+            im = Image.fromarray((np.asarray(im, dtype=np.float64) / 257).round().astype(np.uint8), "L")
         want = np.asarray(im.convert("RGB").resize((SIZE, SIZE), Image.BILINEAR))
     assert got.shape == (SIZE, SIZE, 3) and got.dtype == np.uint8
     assert np.abs(got.astype(int) - want).mean() < 4  # reduced first, then resampled: the same picture
