@@ -75,7 +75,9 @@ def _str_keys(d: dict[int, Any]) -> dict[str, Any]:
 
 
 def _interp(xs: list[int], ys: list[float], x: float) -> float:
-    """Piecewise-linear in x, linear extrapolation past the last point (batches scale ~linearly)."""
+    """Piecewise-linear in x, linear extrapolation past the last point (batches scale ~linearly). Past
+    the last point never below its value, before the first never below its share x / x_0 of it: a noisy
+    profile whose last two points fall (a larger batch timed faster) must not extrapolate to 0 ms."""
     if len(xs) == 1:
         return ys[0] * x / xs[0]
     i = bisect.bisect_left(xs, x)
@@ -84,7 +86,11 @@ def _interp(xs: list[int], ys: list[float], x: float) -> float:
     i = min(max(i, 1), len(xs) - 1)
     x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
     y = y0 + (y1 - y0) * (x - x0) / (x1 - x0)
-    return max(y, 0.0)
+    if x > xs[-1]:
+        return max(y, ys[-1])
+    if x < xs[0]:
+        return max(y, ys[0] * x / xs[0])
+    return y
 
 
 @dataclass

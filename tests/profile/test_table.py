@@ -36,6 +36,17 @@ def test_interpolation_and_extrapolation():
     assert p.acc("t", 4) == 0.9 and p.mem(0, 8) == 0.0
 
 
+@pytest.mark.parametrize("b1,b8", [(30.0, 6.0), (30.0, 29.0), (50.0, 1.0)])
+def test_a_noisy_falling_profile_never_extrapolates_to_zero(b1, b8):
+    """A profile timed on a busy host can have a larger batch timed faster; extrapolating that line
+    past the last point reached 0 ms (and `otas serve` then divided by it). Past the last point it
+    now stays at least at its value, before the first at least its share of the first's."""
+    p = _profile(batch_sizes=[2, 8], latency_ms={g: {2: b1, 8: b8} for g in (-4, 0, 4)})
+    for b in (9, 16, 64, 256, 10_000):
+        assert p.lat(0, b) >= b8 > 0
+    assert 0 < p.lat(0, 1) <= max(b1, b1 + (b1 - b8) / 6) and p.throughput(0, 256) < float("inf")
+
+
 def test_errors_name_the_problem(tmp_path):
     p = _profile()
     with pytest.raises(ValueError, match="gamma=2 is not in the profile"):
