@@ -43,12 +43,18 @@ class Preprocess:
     """center: resize the shorter side (aspect kept); squash: resize both sides (aspect lost)."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
-        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
-        if not isinstance(self.size, int) or self.size < 1:
+        try:
+            object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+            object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        except (TypeError, ValueError):
+            raise ValueError(f"preprocess mean={self.mean!r}, std={self.std!r}: use 3 numbers each (RGB)") from None
+        if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 1:
             raise ValueError(f"preprocess size={self.size!r}: use a positive number of pixels")
-        if len(self.mean) != 3 or len(self.std) != 3 or not all(s > 0 for s in self.std):
-            raise ValueError(f"preprocess mean={self.mean}, std={self.std}: use 3 values each (RGB), std > 0")
+        finite = all(math.isfinite(v) for v in self.mean + self.std)  # NaN or inf: every input the same, or NaN
+        if len(self.mean) != 3 or len(self.std) != 3 or not finite or not all(s > 0 for s in self.std):
+            raise ValueError(f"preprocess mean={self.mean}, std={self.std}: use 3 finite values each (RGB), std > 0")
+        if isinstance(self.crop_pct, bool) or not isinstance(self.crop_pct, int | float):
+            raise ValueError(f"preprocess crop_pct={self.crop_pct!r}: use a fraction in (0, 1]")
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(f"preprocess interpolation={self.interpolation!r}: use one of {sorted(INTERPOLATIONS)}")
         if not 0 < self.crop_pct <= 1:
@@ -69,6 +75,8 @@ class Preprocess:
         extra = sorted(set(d) - known)
         if extra:
             raise ValueError(f"preprocess has unknown keys {extra}; known: {sorted(known)}")
+        if "size" not in d:
+            raise ValueError("preprocess has no size; give the model's input side in pixels")
         return cls(**d)
 
     @classmethod

@@ -132,6 +132,11 @@ def check_header(h: dict[str, Any], where: str | Path = "checkpoint") -> None:
         raise bad("source_classes", f"{h['num_classes']} names, one per class of num_classes")
     if any(k in tasks and len(v) != tasks[k] for k, v in tc.items()):
         raise bad("task_classes", "as many names per task as adapt.tasks gives it classes")
+    for field, where_, names in [("source_classes", "", src or [])] + [("task_classes", f" of task {k!r}", v)
+                                                                         for k, v in tc.items()]:  # fmt: skip
+        if len(set(names)) < len(names):  # an answer's label must say which class it is
+            twice = sorted({c for c in names if names.count(c) > 1})[:5]
+            raise bad(field, f"distinct class names{where_} (given more than once: {twice})")
 
 
 def model_from_header(

@@ -64,6 +64,11 @@ HEADER_EDITS = [
     ("preprocess", "abc"), ("preprocess", {"size": -3}), ("source_classes", 5), ("source_classes", ["a"]),
     ("task_classes", "abc"), ("task_classes", {"novel": ["a"]}), ("task_classes", {"novel": [1, 2, 3, 4, 5]}),
     ("meta", []), ("format", "x"),
+    ("preprocess", {"size": 16, "mean": [float("nan"), 0.5, 0.5]}),
+    ("preprocess", {"size": 16, "std": [float("inf")] * 3}),
+    ("preprocess", {"size": 16, "mean": "abc"}), ("preprocess", {"size": 16, "crop_pct": "1"}),
+    ("preprocess", {"mean": [0.5] * 3}), ("preprocess", {"size": True}),
+    ("task_classes", {"novel": ["v", "v", "x", "y", "z"]}), ("source_classes", ["a", "b", "a", "d", "e"]),
 ]  # fmt: skip
 
 
