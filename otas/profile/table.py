@@ -124,6 +124,13 @@ class Profile:
             for g in self.gammas if table is not None else ():
                 if g not in table:
                     raise ValueError(f"profile has no {name} for gamma={g}")
+                if set(table[g]) != set(self.batch_sizes):  # a missing or extra cell changed results silently
+                    raise ValueError(
+                        f"profile {name} for gamma={g} has batch sizes {sorted(table[g])}; it needs exactly "
+                        f"batch_sizes {self.batch_sizes}"
+                    )
+            if table is not None and (extra := sorted(set(table) - set(self.gammas))):
+                raise ValueError(f"profile {name} has gammas {extra} that are not in gammas {self.gammas}")
         for task, acc in self.accuracy.items():
             if not acc:
                 raise ValueError(f"profile task {task!r} has no accuracy at any gamma; it cannot be served")

@@ -54,7 +54,13 @@ def test_errors_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match="no task 'x'"):
         p.acc("x", 0)
     with pytest.raises(ValueError, match="no latency for gamma=4"):
-        _profile(latency_ms={-4: {1: 1.0}, 0: {1: 1.0}})
+        _profile(latency_ms={-4: {1: 1.0, 8: 2.0}, 0: {1: 1.0, 8: 2.0}})
+    full = {g: {1: 1.0, 8: 2.0} for g in (-4, 0, 4)}
+    for bad in ({**full, 0: {1: 1.0}}, {**full, 0: {1: 1.0, 7: 1.5, 8: 2.0}}):  # a cell missing, one extra
+        with pytest.raises(ValueError, match="needs exactly batch_sizes"):
+            _profile(latency_ms=bad)
+    with pytest.raises(ValueError, match=r"gammas \[99\] that are not in gammas"):
+        _profile(latency_ms={**full, 99: {1: 1.0, 8: 2.0}})
     with pytest.raises(ValueError, match="ascending"):
         _profile(gammas=[0, -4, 4])
     (tmp_path / "bad.json").write_text("{}")
