@@ -51,6 +51,8 @@ def parse_apps(data: object, source: str = "<apps>", allow_empty: bool = False) 
     """Build applications from parsed YAML: a list of {name, slo_ms, utility, task}, or
     {"apps": [...]} (empty only with `allow_empty`). Raises ValueError naming the entry and the fix."""
     if isinstance(data, dict) and "apps" in data:
+        if extra := sorted(str(k) for k in data if k != "apps"):  # a setting put here would be ignored
+            raise ValueError(f"{source}: unknown top-level keys {extra[:10]}; the file holds `apps:` only")
         data = data["apps"]
     if allow_empty and data in ([], None):
         return []
@@ -72,7 +74,10 @@ def parse_apps(data: object, source: str = "<apps>", allow_empty: bool = False) 
                 raise ValueError(f"{where}: {key}={_short.repr(entry[key])}; use a non-empty string (quote it in YAML)")
         numbers = [entry["slo_ms"], entry["utility"]]
         if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in numbers):
-            raise ValueError(f"{where}: slo_ms and utility must be numbers, got {_short.repr(entry)}")
+            hint = ""
+            if any(isinstance(v, str) and _is_number(v) for v in numbers):  # YAML 1.1 reads 1e9 as text
+                hint = " (YAML reads a number like 1e9 as text: write 1.0e+9, or 1000000000)"
+            raise ValueError(f"{where}: slo_ms and utility must be numbers, got {_short.repr(entry)}{hint}")
         try:
             slo, utility = float(entry["slo_ms"]), float(entry["utility"])
         except OverflowError:  # an integer of hundreds of digits
@@ -92,11 +97,28 @@ def parse_apps(data: object, source: str = "<apps>", allow_empty: bool = False) 
     return apps
 
 
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return True
+
+
+MAX_FILE_BYTES = 1 << 20
+"""An applications file larger than this is refused before parsing (256 applications take ~20 KB;
+a 6 MB list took a minute and 700 MB to parse before its length was refused)."""
+
+
 def load_apps(path: str | Path, allow_empty: bool = False) -> list[App]:
     """Read an applications YAML file (see otas/configs/apps.yaml)."""
     p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"applications file {p} is a directory; give the YAML file")
     if not p.is_file():
         raise ValueError(f"applications file {p} does not exist; see otas/configs/apps.yaml for the format")
+    if (size := p.stat().st_size) > MAX_FILE_BYTES:
+        raise ValueError(f"applications file {p} has {size} bytes; at most {MAX_FILE_BYTES} (256 applications fit)")
     try:
         data = yaml.load(p.read_text(encoding="utf-8"), Loader=_StrictLoader)  # noqa: S506 - a SafeLoader
     except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:

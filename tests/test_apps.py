@@ -41,6 +41,9 @@ BAD = {
     "duplicate_key": "apps:\n  - {name: a, slo_ms: 5, utility: 1, task: novel, slo_ms: 50000}\n",
     "duplicate_key_block": "apps:\n  - name: a\n    slo_ms: 5\n    utility: 1\n    task: novel\n    task: blur\n",
     "duplicate_apps": GOOD + "apps: []\n",
+    "top_level_extra": GOOD + "policy: fixed:0\nmax_batch: 1\n",
+    "huge_file": "# " + "x" * (1 << 20) + "\n" + GOOD,
+    "e_notation": "apps:\n  - {name: a, slo_ms: 1e9, utility: 1, task: novel}\n",
 }  # fmt: skip
 
 
@@ -61,3 +64,14 @@ def test_a_good_file_and_names_users_give(tmp_path):
     assert [a.name for a in load_apps(p)] == ["novel"]
     ok = parse_apps([{"name": "cam-2.v1_x", "slo_ms": 5, "utility": 0, "task": "blur"}])
     assert ok[0].name == "cam-2.v1_x" and ok[0].utility == 0.0
+
+
+def test_messages_that_point_at_the_fix(tmp_path):
+    """A number YAML 1.1 reads as text (1e9) is named as such, with a spelling it reads; a directory is
+    called a directory, not a missing file."""
+    p = tmp_path / "apps.yaml"
+    p.write_text("apps:\n  - {name: a, slo_ms: 1e9, utility: 1, task: novel}\n")
+    with pytest.raises(ValueError, match="write 1.0e"):
+        load_apps(p)
+    with pytest.raises(ValueError, match="is a directory"):
+        load_apps(tmp_path)
