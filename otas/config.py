@@ -13,6 +13,10 @@ from pathlib import Path
 from otas.apps import default_apps_path, load_apps, parse_apps  # noqa: F401 (callers import them from here too)
 from otas.types import App
 
+MAX_WORKERS = 256
+"""Processes (or threads) a server starts for one job at most: a typo of 10,000 would start 10,000
+processes of ~17 MB each."""
+
 
 def default_decode_workers() -> int:
     """Decode threads for this host: its cores, at least 2 and at most 8 (Pillow decodes outside
@@ -146,8 +150,8 @@ class EngineConfig:
             raise ValueError(f"mode={self.mode} needs --device cuda; use eager or compile on a CPU")
         if not isinstance(self.torch_threads, int) or isinstance(self.torch_threads, bool) or self.torch_threads < 0:
             raise ValueError(f"torch_threads={self.torch_threads!r}: use a thread count, or 0 for torch's default")
-        if not isinstance(self.decode_workers, int) or self.decode_workers < 0:
-            raise ValueError(f"decode_workers={self.decode_workers!r}: use an integer >= 1, or 0 for the host's cores")
+        if not isinstance(self.decode_workers, int) or not 0 <= self.decode_workers <= MAX_WORKERS:
+            raise ValueError(f"decode_workers={self.decode_workers!r}: use 1..{MAX_WORKERS}, or 0 for the host's cores")
         self.decode_workers = self.decode_workers or default_decode_workers()
         if not isinstance(self.max_queue, int) or self.max_queue < 0:
             raise ValueError(f"max_queue={self.max_queue!r}: use 0 (from the profile) or a positive count")
@@ -224,8 +228,10 @@ class HttpConfig:
             raise ValueError(f"max_header_kb={self.max_header_kb!r}: use 1..1024 KiB, e.g. 32")
         if not 0 <= self.drain_s < math.inf:
             raise ValueError(f"drain_s={self.drain_s!r}: use 0 (close at once) or a number of seconds")
-        if not isinstance(self.json_workers, int) or self.json_workers < 0:
-            raise ValueError(f"json_workers={self.json_workers!r}: use 0 (parse on the event loop) or a count")
+        if not isinstance(self.json_workers, int) or not 0 <= self.json_workers <= MAX_WORKERS:
+            raise ValueError(
+                f"json_workers={self.json_workers!r}: use 0 (parse on the event loop) or a count up to {MAX_WORKERS}"
+            )
         if not 0 <= self.front_budget <= 1:
             raise ValueError(f"front_budget={self.front_budget!r}: use a share of the tightest SLO in [0, 1], e.g. 0.5")
 

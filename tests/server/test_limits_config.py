@@ -10,14 +10,14 @@ from otas.config import EngineConfig, HttpConfig
 BAD_HTTP = [
     ("max_connections", 0), ("max_connections", 1.5), ("max_inflight_mb", 4.0), ("header_timeout_s", 0),
     ("body_timeout_s", -1), ("keep_alive_s", float("inf")), ("max_header_kb", 0), ("max_header_kb", 4096),
-    ("drain_s", -0.5), ("json_workers", -1), ("max_body_mb", 1024), ("max_body_mb", float("inf")),
-    ("max_body_mb", float("nan")),
+    ("drain_s", -0.5), ("json_workers", -1), ("json_workers", 10_000), ("max_body_mb", 1024),
+    ("max_body_mb", float("inf")), ("max_body_mb", float("nan")),
 ]  # fmt: skip
 BAD_ENGINE = [
     ("decode_queue", 0), ("max_image_side", 0), ("max_image_pixels", -4), ("max_image_aspect", 0.9),
     ("image_formats", ("PNG", "NOPE")), ("image_formats", ()), ("image_formats", ("GIF",)),
     ("image_formats", ("PNG", "BMP")), ("image_formats", ("TIFF",)), ("torch_threads", -1),
-    ("torch_threads", True), ("torch_threads", 1.5),
+    ("torch_threads", True), ("torch_threads", 1.5), ("decode_workers", 10_000),
 ]  # fmt: skip
 
 
