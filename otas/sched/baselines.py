@@ -102,6 +102,11 @@ class ModelSwitch(Policy):
         def quality(p: Profile) -> float:
             return sum(a.utility * p.acc(a.task, 0) for a in view.apps.values()) / total_u
 
+        if len(view.profiles) < 2:  # with one model there is nothing to switch to: it would be fixed:0
+            raise ValueError(
+                f"{self.name} switches between models and has {len(view.profiles)}; give profiles of two or more "
+                "models (otas simulate --profile A.json,B.json), or use fixed:0"
+            )
         for p in view.profiles.values():
             if 0 not in p.gammas:
                 raise ValueError(f"model-switch runs gamma 0; profile {p.model!r} has gammas {p.gammas}")

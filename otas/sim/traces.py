@@ -98,7 +98,7 @@ def _read_csv(p: Path) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"trace file {p} {what}; give a CSV path or one of azure, {', '.join(SYNTHETIC)}")
     times, tokens = [], []
     try:
-        with p.open(encoding="utf-8") as f:
+        with p.open(encoding="utf-8-sig") as f:  # (a byte-order mark, as some editors write, is not a column name)
             for row in csv.DictReader(f):
                 try:
                     ts = row["TIMESTAMP"].strip()

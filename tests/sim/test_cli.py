@@ -93,3 +93,25 @@ def test_simulate_refuses_bad_input_without_a_traceback(tmp_path, make, message)
     prof = str(DATA / "handmade_tiny__cpu.json")
     args = ["simulate", "--profile", prof, "--policies", "fixed:0", "--trace", "step", *make(tmp_path)]
     assert_refused(invoke(args), message)
+
+
+def test_model_switch_with_one_model_is_refused(tmp_path):
+    """With one profile there is no model to switch to: it ran as fixed:0, silently."""
+    prof = str(DATA / "handmade_tiny__cpu.json")
+    args = ["simulate", "--profile", prof, "--policies", "model-switch", "--trace", "step"]
+    assert_refused(invoke(args), "two or more models")
+
+
+def test_profile_json_with_a_key_twice_and_a_trace_with_a_bom(tmp_path):
+    """A profile naming a key twice is refused (json kept the last); a trace whose header starts with a
+    byte-order mark (as some editors write) reads as any other."""
+    prof = json.loads((DATA / "handmade_tiny__cpu.json").read_text())
+    text = json.dumps(prof)
+    twice = tmp_path / "twice.json"
+    twice.write_text(text[:-1] + ', "model": "other"}')
+    assert_refused(invoke(["simulate", "--profile", str(twice), "--trace", "step"]), "appear twice")
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes(b"\xef\xbb\xbfTIMESTAMP,ContextTokens\n2023-11-16 18:15:46.68,3\n2023-11-16 18:15:47.68,3\n")
+    res = invoke(["simulate", "--profile", str(DATA / "handmade_tiny__cpu.json"), "--policies", "fixed:0",
+                  "--trace", str(bom)])  # fmt: skip
+    assert res.exit_code == 0, res.output
