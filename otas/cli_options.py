@@ -67,6 +67,13 @@ def loads(value: str) -> list[float]:
     return out
 
 
+def warn(message: str) -> None:
+    """A warning about the input: one line on stderr; the command goes on."""
+    from rich.console import Console
+
+    Console(stderr=True).print(f"warning: {message}", soft_wrap=True, highlight=False, markup=False)
+
+
 def fail(message: str) -> NoReturn:
     """A usage or input error: one line on stderr, exit status 2, no traceback."""
     from rich.console import Console

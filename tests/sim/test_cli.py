@@ -115,3 +115,11 @@ def test_profile_json_with_a_key_twice_and_a_trace_with_a_bom(tmp_path):
     res = invoke(["simulate", "--profile", str(DATA / "handmade_tiny__cpu.json"), "--policies", "fixed:0",
                   "--trace", str(bom)])  # fmt: skip
     assert res.exit_code == 0, res.output
+
+
+def test_an_slo_nothing_can_meet_is_warned_of(tmp_path):
+    prof = DATA / "handmade_tiny__cpu.json"
+    apps = tmp_path / "apps.yaml"
+    apps.write_text("apps:\n  - {name: quick, slo_ms: 0.001, utility: 1, task: novel}\n")
+    res = invoke(["simulate", "--profile", str(prof), "--policies", "fixed:0", "--trace", "step", "--apps", str(apps)])
+    assert "SLO 0.001 ms is below the fastest batch of one" in res.output.replace("\n", " ")
