@@ -50,6 +50,11 @@ def _key(field: str, k: Any, lo: int | None = None) -> int:
     return v
 
 
+LATENCY_MS = (1e-6, False, 1e9)
+"""A batch's latency in ms lies in [1 ns, 11.6 days]: beyond, the number is a mistake, and a huge one
+overflowed the optimizer's time grid (1e20 ms: an IndexError), a tiny one scaled "load 1" without bound."""
+
+
 def _number(field: str, v: Any, lo: float, positive: bool, hi: float = math.inf) -> float:
     """A finite number in [lo, hi] (> lo with `positive`), or ValueError naming the field."""
     if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -255,7 +260,7 @@ class Profile:
             if not isinstance(d[k], str):
                 raise ValueError(f"profile field {k}={str(d[k])[:60]!r}: expected a string")
 
-        def table(name: str, lo: float, positive: bool) -> dict[int, dict[int, float]] | None:
+        def table(name: str, lo: float, positive: bool, hi: float = math.inf) -> dict[int, dict[int, float]] | None:
             t = d.get(name)
             if t is None:
                 return None
@@ -266,7 +271,7 @@ class Profile:
                 if not isinstance(row, dict) or not row:
                     raise ValueError(f"profile field {name}[{g!r}]: expected a non-empty object batch size -> number")
                 out[_key(name, g)] = {
-                    _key(name, b, 1): _number(f"{name}[{g}][{b}]", v, lo, positive) for b, v in row.items()
+                    _key(name, b, 1): _number(f"{name}[{g}][{b}]", v, lo, positive, hi) for b, v in row.items()
                 }
             return out
 
@@ -293,8 +298,8 @@ class Profile:
                 t: {_key(f"accuracy[{t}]", g): _number(f"accuracy[{t}][{g}]", v, 0.0, False, 1.0) for g, v in a.items()}
                 for t, a in acc.items()
             },
-            latency_ms=table("latency_ms", 0.0, True),  # type: ignore[arg-type]
-            latency_p90_ms=table("latency_p90_ms", 0.0, True),
+            latency_ms=table("latency_ms", *LATENCY_MS),  # type: ignore[arg-type]
+            latency_p90_ms=table("latency_p90_ms", *LATENCY_MS),
             memory_mb=table("memory_mb", 0.0, False),
             gflops=None if d.get("gflops") is None else numbers("gflops", 0.0),
             tasks=_object("tasks", d.get("tasks", {})),

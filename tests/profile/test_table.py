@@ -81,3 +81,15 @@ def test_restrict_keeps_only_the_given_gammas():
         p.restrict([-8, 0])
     with pytest.raises(ValueError, match="must include 0"):
         p.restrict([4])
+
+
+@pytest.mark.parametrize("ms", [1e20, 1e300, 1e-300, 1e-7])
+def test_an_implausible_latency_is_refused_at_load(tmp_path, ms):
+    """1e20 ms overflowed the optimizer's time grid (an IndexError in otas simulate); 1e-300 ms made
+    "load 1" an absurd rate. Both are mistakes in the file, named as such."""
+    p = _profile()
+    d = p.to_dict()
+    d["latency_ms"]["0"]["8"] = ms
+    (tmp_path / "p.json").write_text(json.dumps(d))
+    with pytest.raises(ValueError, match=r"latency_ms\[0\]\[8\]"):
+        Profile.load(tmp_path / "p.json")
