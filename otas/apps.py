@@ -3,6 +3,7 @@ name the entry and the fix; and the packaged defaults per device kind. No torch.
 
 from __future__ import annotations
 
+import re
 import reprlib
 from pathlib import Path
 
@@ -35,6 +36,20 @@ class _StrictLoader(yaml.SafeLoader):
                     key_node.start_mark,
                 )  # fmt: skip
         return super().construct_mapping(node, deep)
+
+
+# YAML 1.1's base-60 numbers: `slo_ms: 1:30` would silently be 90. These are PyYAML's own int and float
+# patterns without their base-60 forms, so such a value is text, which the parser refuses as no number.
+_INT = re.compile(r"""^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$""", re.X)
+_FLOAT = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, _INT if tag.endswith(":int") else _FLOAT if tag.endswith(":float") else rx) for tag, rx in resolvers]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
 
 
 MAX_APPS = 256

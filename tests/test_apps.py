@@ -44,6 +44,8 @@ BAD = {
     "top_level_extra": GOOD + "policy: fixed:0\nmax_batch: 1\n",
     "huge_file": "# " + "x" * (1 << 20) + "\n" + GOOD,
     "e_notation": "apps:\n  - {name: a, slo_ms: 1e9, utility: 1, task: novel}\n",
+    "slo_base60": "apps:\n  - {name: a, slo_ms: 1:30, utility: 1, task: novel}\n",  # YAML 1.1 read 90
+    "utility_base60": "apps:\n  - {name: a, slo_ms: 500, utility: 1:30.5, task: novel}\n",
 }  # fmt: skip
 
 
