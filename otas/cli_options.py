@@ -67,16 +67,19 @@ def loads(value: str) -> list[float]:
     return out
 
 
-def warn(message: str) -> None:
-    """A warning about the input: one line on stderr; the command goes on."""
+def _say(kind: str, message: str) -> None:
+    """One line on stderr, as typed (no rich markup or highlighting of the user's own values)."""
     from rich.console import Console
 
-    Console(stderr=True).print(f"warning: {message}", soft_wrap=True, highlight=False, markup=False)
+    Console(stderr=True).print(f"{kind}: {message}", soft_wrap=True, highlight=False, markup=False)
+
+
+def warn(message: str) -> None:
+    """A warning about the input: one line on stderr; the command goes on."""
+    _say("warning", message)
 
 
 def fail(message: str) -> NoReturn:
     """A usage or input error: one line on stderr, exit status 2, no traceback."""
-    from rich.console import Console
-
-    Console(stderr=True).print(f"error: {message}", soft_wrap=True, highlight=False, markup=False)
+    _say("error", message)
     raise typer.Exit(2)

@@ -11,13 +11,13 @@ Tables and the plot: `otas.bench.workloads_plot`.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from otas import jsonio
 from otas.sim import workloads as wl
 
 SPLITS = ("all", "tuning", "held-out")
@@ -201,16 +201,5 @@ def analyse(records: Sequence[dict], compared: Sequence[str], loads: Sequence[fl
     }
 
 
-def _clean(x: object) -> object:
-    """JSON-safe: nan → null, ±inf → "inf" / "-inf"."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None if math.isnan(x) else ("inf" if x > 0 else "-inf")
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_clean(v) for v in x]
-    return x
-
-
 def write_json(result: dict, path: Path) -> None:
-    path.write_text(json.dumps(_clean(result), indent=1, default=str, allow_nan=False) + "\n")
+    path.write_text(jsonio.dumps(result))

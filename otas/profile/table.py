@@ -34,6 +34,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from otas import jsonio
+
 SCHEMA = "otas.profile/1"
 
 
@@ -77,17 +79,6 @@ def _object(field: str, v: Any) -> dict[str, Any]:
 
 def _str_keys(d: dict[int, Any]) -> dict[str, Any]:
     return {str(k): v for k, v in sorted(d.items())}
-
-
-class _DuplicateKey(Exception):
-    """A JSON object that names a key twice (json keeps the last; which one was meant is a guess)."""
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [k for k, _ in pairs]
-    if len(set(keys)) < len(keys):
-        raise _DuplicateKey(f"keys {sorted({k for k in keys if keys.count(k) > 1})[:5]} appear twice in one object")
-    return dict(pairs)
 
 
 def _interp(xs: list[int], ys: list[float], x: float) -> float:
@@ -317,9 +308,9 @@ class Profile:
         if not p.is_file():
             raise ValueError(f"profile file {p} does not exist; run `otas profile` to make one")
         try:
-            d = json.loads(p.read_text(), object_pairs_hook=_unique_keys)
-        except _DuplicateKey as e:
-            raise ValueError(f"profile file {p}: {e}; give each key once") from None
+            d = jsonio.loads_unique(p.read_text())
+        except jsonio.DuplicateKeyError as e:
+            raise ValueError(f"profile file {p}: {e}") from None
         except (ValueError, RecursionError) as e:
             raise ValueError(f"profile file {p} is not JSON ({str(e)[:200]}); make it with `otas profile`") from None
         try:

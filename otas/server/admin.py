@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 from dataclasses import asdict
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from otas import jsonio
 from otas.apps import MAX_APPS
 from otas.config import parse_apps
 from otas.server.errors import ProtocolError
@@ -49,21 +49,12 @@ def _lock(request: Request) -> asyncio.Lock:
     return state.admin_lock
 
 
-def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object whose keys are all different (as the apps YAML loader requires): `{"slo_ms": 5,
-    "slo_ms": 500}` is a mistake to name, not a value to pick."""
-    keys = [k for k, _ in pairs]
-    if twice := sorted({k for k in keys if keys.count(k) > 1}):
-        raise ProtocolError(400, "invalid_app", f"keys {twice} appear more than once in one object; give each once")
-    return dict(pairs)
-
-
 async def _body(request: Request) -> dict[str, Any]:
     try:
-        body = json.loads(await request.body(), object_pairs_hook=_unique)
-    except (ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: thousands of nested brackets
-        if isinstance(e, ProtocolError):
-            raise
+        body = jsonio.loads_unique(await request.body())
+    except jsonio.DuplicateKeyError as e:  # as the apps YAML loader: which of two SLOs was meant is no guess
+        raise ProtocolError(400, "invalid_app", str(e)) from None
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: thousands of nested brackets
         raise ProtocolError(400, "bad_json", "the body is not JSON; send {name, slo_ms, utility, task}") from None
     if not isinstance(body, dict):
         raise ProtocolError(400, "invalid_app", "send a JSON object {name, slo_ms, utility, task}")

@@ -6,7 +6,6 @@ Registered in `otas/cli.py` as the `otas simulate` command.
 from __future__ import annotations
 
 import errno
-import json
 import math
 import os
 import platform
@@ -18,6 +17,7 @@ from typing import Annotated
 import typer
 
 from otas import cli_options as opt
+from otas import jsonio
 from otas.config import SchedulerConfig, default_apps_path, load_apps
 from otas.profile.table import Profile
 from otas.provenance import run_meta
@@ -27,17 +27,6 @@ from otas.sim import report
 from otas.sim.simulator import SimResult, run
 from otas.sim.traces import at_load, base_trace, capacity_per_s
 from otas.types import App
-
-
-def _finite(x: object) -> object:
-    """`x` with every non-finite float (NaN, ±inf) as None, in nested dicts and lists."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_finite(v) for v in x]
-    return x
 
 
 def default_policies(profiles: Sequence[Profile]) -> list[str]:
@@ -152,10 +141,10 @@ def simulate(
     if plots is not None and plots.exists() and not plots.is_dir():
         raise typer.BadParameter(f"--plots {plots}: an existing file; give a directory")
     try:  # where the results go must be writable before anything runs: not a traceback after the run
-        for folder in [json_out.parent] if json_out is not None else []:
-            folder.mkdir(parents=True, exist_ok=True)
-            if not os.access(folder, os.W_OK):
-                raise PermissionError(errno.EACCES, "not writable", str(folder))
+        if json_out is not None:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            if not os.access(json_out.parent, os.W_OK):
+                raise PermissionError(errno.EACCES, "not writable", str(json_out.parent))
         if plots is not None:
             plots.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -182,7 +171,7 @@ def simulate(
         report.table(rows, title=f"{trace} at load {x:g} × capacity of γ=0 ({rows[0]['requests']} requests)")
     if json_out is not None:
         try:  # NaN (no query served, nothing to compare) is null: strict JSON has no NaN
-            json_out.write_text(json.dumps(_finite(out), indent=1, default=str, allow_nan=False) + "\n")
+            json_out.write_text(jsonio.dumps(out))
         except OSError as e:
             opt.fail(f"--json {json_out}: {e.strerror or e}")
     if plots is not None:
