@@ -171,7 +171,7 @@ def profile_cmd(
     gammas: Annotated[str, typer.Option(help="Profile only these γ of the model's set, e.g. -20,0,16.")] = "",
     accuracy_limit: Annotated[int | None, typer.Option(help="Test images per task (default: all).")] = None,
     min_time_s: Annotated[float, typer.Option(help="Timing seconds per (γ, batch) cell, cells interleaved.")] = 1.0,
-    mode: Annotated[str, typer.Option(help="Timed path: eager, graphs, compile or compiled-graphs.")] = "eager",
+    mode: Annotated[str, typer.Option(help="Timed path: eager, traced, graphs, compile or compiled-graphs.")] = "eager",
     task: Annotated[
         list[str] | None,
         typer.Option(

@@ -99,8 +99,9 @@ class EngineConfig:
     dtype: str = ""
     """float32 or bfloat16; "" = bfloat16 on cuda, float32 on cpu."""
     mode: str = ""
-    """The fast path the runner takes: eager, graphs (CUDA graphs) or compile; "" = graphs on cuda,
-    eager on cpu. Profile the device with the same --mode, so the scheduler plans what runs."""
+    """The fast path the runner takes: eager, traced (TorchScript, the GIL released), graphs (CUDA graphs)
+    or compile; "" = graphs on cuda, traced on cpu. Profile the device with the same --mode (traced and
+    eager run the same kernels), so the scheduler plans what runs."""
     warmup: bool = True
     """Run every γ (on cuda: every batch bucket, capturing its graph) before serving."""
     noop: bool = False
@@ -110,6 +111,10 @@ class EngineConfig:
     torch_threads: int = 0
     """Threads of the model's forward on a CPU (torch's intra-op pool); 0 = torch's default, one per core
     this process may run on. Fewer than the cores leaves the rest to the front end and decoding."""
+    switch_interval_ms: float = 1.0
+    """The interpreter's GIL switch interval while the engine runs (Python's default: 5 ms); 0 leaves it.
+    The device thread waits up to this long for the GIL after each call into torch whenever another
+    thread runs Python (`otas.engine.engine.SWITCH_INTERVAL_S`, bench/gil.py)."""
     decode_workers: int = 0
     """Threads (or processes) decoding images beside the event loop; 0 = the host's cores, 2 to 8
     (`default_decode_workers`)."""
@@ -139,17 +144,23 @@ class EngineConfig:
         if self.mode not in (
             "",
             "eager",
+            "traced",
             "graphs",
             "compile",
             "compiled-graphs",
         ):  # otas.adapt.fast.MODES (torch-free here)
             raise ValueError(
-                f"mode={self.mode!r}: use eager, graphs, compile or compiled-graphs (empty = the device's default)"
+                f"mode={self.mode!r}: use eager, traced, graphs, compile or compiled-graphs "
+                "(empty = the device's default)"
             )
         if self.mode in ("graphs", "compiled-graphs") and self.device == "cpu":
-            raise ValueError(f"mode={self.mode} needs --device cuda; use eager or compile on a CPU")
+            raise ValueError(f"mode={self.mode} needs --device cuda; use traced, eager or compile on a CPU")
         if not isinstance(self.torch_threads, int) or isinstance(self.torch_threads, bool) or self.torch_threads < 0:
             raise ValueError(f"torch_threads={self.torch_threads!r}: use a thread count, or 0 for torch's default")
+        if not (isinstance(self.switch_interval_ms, int | float) and 0 <= self.switch_interval_ms <= 100):
+            raise ValueError(
+                f"switch_interval_ms={self.switch_interval_ms!r}: use milliseconds in [0, 100] (0 = Python's)"
+            )
         if not isinstance(self.decode_workers, int) or not 0 <= self.decode_workers <= MAX_WORKERS:
             raise ValueError(f"decode_workers={self.decode_workers!r}: use 1..{MAX_WORKERS}, or 0 for the host's cores")
         self.decode_workers = self.decode_workers or default_decode_workers()

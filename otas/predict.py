@@ -60,6 +60,9 @@ class Predictor:
     """Offline classification through the serving `Runner` (the one forward the server runs)."""
 
     def __init__(self, model: AdaptiveViT, device: str = "cpu", dtype: torch.dtype = torch.float32, mode: str = ""):
+        # On a CPU eager, not the server's traced path (the same function, bit for bit): a one-shot
+        # command has no other Python thread to share the GIL with, and a trace per γ costs ~1 s.
+        mode = mode or ("eager" if torch.device(device).type == "cpu" else "")
         self.runner = Runner(model, device, dtype, max_batch=MAX_BATCH, mode=mode)
         self.model = self.runner.model
         self.image_size = self.runner.image_size

@@ -1,15 +1,23 @@
-"""The GPU fast path: bf16, static shapes per (γ, batch bucket), CUDA graphs or torch.compile.
+"""The fast path: on a GPU bf16, static shapes per (γ, batch bucket), CUDA graphs or torch.compile; on
+a CPU the forward at each γ traced once (TorchScript), so it runs in C++ with the GIL released.
 
 A batch of b images is padded to the smallest bucket >= b and copied (as uint8: 4x fewer bytes than
 float) into a static input buffer; normalisation, the forward at γ and every task head run inside
 one captured graph, and the first b rows of the output are returned. Tasks are an index tensor, so
 one graph per (γ, bucket) serves any mix of applications.
+
+Why "traced" on a CPU: an eager forward is ~300 Python-dispatched ops, each giving the GIL back and
+taking it again. In a server the event loop, the scheduler and decoding are Python threads of the
+same process; while any of them runs Python, every op of the forward waits up to the interpreter's
+switch interval for the GIL. One busy Python thread made ViT-Tiny's batch-of-one forward 16× slower
+(`bench/gil.py`); the traced forward runs the same ATen kernels from C++ and is not held up.
 """
 
 from __future__ import annotations
 
 import bisect
 import importlib.util
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,7 +28,7 @@ from otas.adapt.vit import AdaptiveViT
 from otas.data.transforms import Normalize
 
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-MODES = ("eager", "graphs", "compile", "compiled-graphs")
+MODES = ("eager", "traced", "graphs", "compile", "compiled-graphs")
 GRAPH_MODES = ("graphs", "compiled-graphs")
 
 
@@ -45,8 +53,10 @@ def default_fused_norm(device: torch.device) -> bool:
 @dataclass
 class FastConfig:
     mode: str = "graphs"
-    """"eager", "graphs" (CUDA graphs per (γ, bucket)), "compile" (torch.compile per shape) or
-    "compiled-graphs" (torch.compile per shape, captured in CUDA graphs: fused kernels, no launch cost)."""
+    """"eager", "traced" (the forward at each γ traced once with TorchScript, any batch size: the same
+    kernels as eager, run from C++ with the GIL released), "graphs" (CUDA graphs per (γ, bucket)),
+    "compile" (torch.compile per shape) or "compiled-graphs" (torch.compile per shape, captured in CUDA
+    graphs: fused kernels, no launch cost)."""
     buckets: tuple[int, ...] = DEFAULT_BUCKETS
     """Batch sizes graphs are captured for; a batch is padded to the next one."""
     dtype: torch.dtype = torch.bfloat16
@@ -95,6 +105,7 @@ class FastForward:
         # made once on the device: a host-to-device copy is not allowed inside graph capture
         self._normalize = (normalize or Normalize.of(model.preprocess)).to(self.device)
         self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._traced: dict[int, torch.jit.ScriptModule] = {}
         self._fn = self._forward
         if self.cfg.mode in ("compile", "compiled-graphs"):
             self._fn = torch.compile(self._forward, dynamic=False)
@@ -116,6 +127,11 @@ class FastForward:
         gamma = int(gamma)
         if self.cfg.mode == "eager":
             return self._forward(images.to(self.device, non_blocking=True), gamma, idx.to(self.device))
+        if self.cfg.mode == "traced":
+            fn = self._trace(gamma)  # traced outside the context below: freezing needs the optimiser on
+            # unoptimised: the plain interpreter, no profiling runs that re-specialise on a new batch size
+            with torch.jit.optimized_execution(False):
+                return fn(images.to(self.device, non_blocking=True), idx.to(self.device))
         B = self.bucket(b)
         if self.cfg.mode == "compile":
             x = torch.zeros((B, *self._shape), dtype=torch.uint8, device=self.device)
@@ -139,6 +155,21 @@ class FastForward:
         with torch.inference_mode():  # captured as a served call is
             return self._graph(int(gamma), self.bucket(batch))[0].replay
 
+    def _trace(self, gamma: int) -> torch.jit.ScriptModule:
+        """The forward at γ, traced on one image and frozen (weights as constants). Nothing in it depends
+        on the batch size (`forward_indexed`), so the trace serves every batch."""
+        if gamma not in self._traced:
+            x = torch.randint(0, 256, (1, *self._shape), dtype=torch.uint8, device=self.device)
+            i = torch.full((1,), 1 if gamma > 0 else 0, dtype=torch.long, device=self.device)
+            # TorchScript is deprecated in favour of torch.compile/export, but it is still the one way to run a
+            # whole forward from C++, GIL released, with no compiler toolchain on the host: keep its warnings quiet
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                warnings.simplefilter("ignore", FutureWarning)
+                traced = torch.jit.trace(_AtGamma(self, gamma).eval(), (x, i), check_trace=False)
+                self._traced[gamma] = torch.jit.freeze(traced)
+        return self._traced[gamma]
+
     def _graph(self, gamma: int, B: int):
         if (gamma, B) not in self._graphs:
             x = torch.randint(0, 256, (B, *self._shape), dtype=torch.uint8, device=self.device)
@@ -154,6 +185,19 @@ class FastForward:
                 out = self._fn(x, gamma, i)
             self._graphs[(gamma, B)] = (graph, x, i, out)
         return self._graphs[(gamma, B)]
+
+
+class _AtGamma(torch.nn.Module):
+    """`FastForward._forward` at one γ, as a module for `torch.jit.trace` (the model its submodule)."""
+
+    def __init__(self, fast: FastForward, gamma: int):
+        super().__init__()
+        self.model = fast.model
+        self._fast = [fast]  # in a list: not a submodule
+        self.gamma = gamma
+
+    def forward(self, images: torch.Tensor, task_idx: torch.Tensor) -> torch.Tensor:
+        return self._fast[0]._forward(images, self.gamma, task_idx)
 
 
 def _fused_norms(model: AdaptiveViT, device: torch.device) -> AdaptiveViT:

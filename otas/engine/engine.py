@@ -21,6 +21,7 @@ import asyncio
 import itertools
 import logging
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 
@@ -34,6 +35,12 @@ from otas.sched.scheduler import Scheduler
 from otas.types import App, Request
 
 log = logging.getLogger("otas.engine")
+
+SWITCH_INTERVAL_S = 0.001
+"""The interpreter's GIL switch interval while an engine runs, unless configured (Python's default is
+5 ms). The device thread gives the GIL back at each call into torch (collation, the forward's launch,
+the copy of the result); while the event loop, decoding or the scheduler run Python, it waits up to
+the interval to take it back, several times a batch. 1 ms keeps those waits short (bench/gil.py)."""
 
 
 class Engine:
@@ -50,12 +57,15 @@ class Engine:
         deadline_margin: float = 0.02,
         clock=time.monotonic,
         decode_processes: bool = False,
+        switch_interval_s: float = SWITCH_INTERVAL_S,
     ):
         """`deadline_margin`: the scheduler plans against deadlines this fraction of the SLO early,
-        leaving time to send the answer (the optimizer packs batches right up to a deadline)."""
+        leaving time to send the answer (the optimizer packs batches right up to a deadline).
+        `switch_interval_s`: the GIL switch interval set at `start` (0: Python's own is left)."""
         if not 0 <= deadline_margin < 0.5:
             raise ValueError(f"deadline_margin={deadline_margin}: use a fraction of the SLO in [0, 0.5), e.g. 0.02")
         self.margin = deadline_margin
+        self.switch_interval_s = switch_interval_s
         self.scheduler, self.runner = scheduler, runner
         self.observer = observer or Observer()
         self._check_tasks(scheduler.apps.values())
@@ -142,6 +152,8 @@ class Engine:
         return self._task is not None and not self._task.done() and not self._closing
 
     async def start(self) -> None:
+        if self.switch_interval_s > 0:  # process-wide: the device thread shares one GIL with every other
+            sys.setswitchinterval(self.switch_interval_s)
         self._wake = asyncio.Event()
         self._task = asyncio.create_task(self._loop(), name="otas-engine")
 

@@ -1,5 +1,5 @@
 """The runner: owns the device and the model, and runs batches through `FastForward`, the very
-forward the profiler times (CUDA graphs per (γ, batch bucket) on a GPU, eager or compiled on a CPU).
+forward the profiler times (CUDA graphs per (γ, batch bucket) on a GPU, traced per γ on a CPU).
 
 Called from one thread only (the engine's device thread), so the model, the buffers and the CUDA
 stream are never shared. A batch is collated into a preallocated uint8 buffer (pinned on CUDA so
@@ -24,8 +24,9 @@ from otas.models.checkpoint import load_checkpoint
 
 
 def default_mode(device: str | torch.device) -> str:
-    """The fast path for a device: CUDA graphs on a GPU, eager on a CPU (compile is opt-in there)."""
-    return "graphs" if torch.device(device).type == "cuda" else "eager"
+    """The fast path for a device: CUDA graphs on a GPU; on a CPU the traced forward, the eager kernels
+    run with the GIL released, so the server's Python threads do not slow it (compile is opt-in)."""
+    return "graphs" if torch.device(device).type == "cuda" else "traced"
 
 
 def buckets_for(max_batch: int) -> tuple[int, ...]:

@@ -31,8 +31,8 @@ def serve_cmd(
     mode: Annotated[
         str,
         typer.Option(
-            help="Fast path: eager, graphs (CUDA graphs), compile or compiled-graphs "
-            "(default: graphs on cuda, else eager)."
+            help="Fast path: eager, traced (TorchScript, the GIL released), graphs (CUDA graphs), compile or "
+            "compiled-graphs (default: graphs on cuda, else traced)."
         ),
     ] = "",
     dtype: Annotated[str, typer.Option(help="float32 | bfloat16 (default: bfloat16 on cuda, float32 on cpu).")] = "",
@@ -77,6 +77,12 @@ def serve_cmd(
     torch_threads: Annotated[
         int, typer.Option(help="CPU threads of the forward (0: one per core; fewer leave cores to the front end).")
     ] = 0,
+    switch_interval_ms: Annotated[
+        float,
+        typer.Option(
+            help="GIL switch interval, ms: how long the forward's thread may wait for Python's lock (0 = Python's 5)."
+        ),
+    ] = 1.0,
     decode_workers: Annotated[
         int, typer.Option(help="Threads (or processes) decoding images (0 = the host's cores, 2 to 8).")
     ] = 0,
@@ -156,6 +162,7 @@ def serve_cmd(
                 noop,
                 paced,
                 torch_threads=torch_threads,
+                switch_interval_ms=switch_interval_ms,
                 decode_workers=decode_workers,
                 decode_processes=decode_processes,
                 decode_queue=decode_queue,

@@ -20,6 +20,36 @@ def test_eager_matches_the_model():
         torch.testing.assert_close(fast(images, g, ["a", "b", "a"]), _reference(model, images, g, ["a", "b", "a"]))
 
 
+@pytest.mark.parametrize("merge_impl", ["reference", "matmul", "matmul+column"])
+def test_traced_matches_eager_at_every_gamma_batch_and_task_mix(merge_impl):
+    """The traced forward (one TorchScript trace per γ, made on one image) answers every batch size and
+    mix of tasks as the eager forward does: nothing in it is fixed to the traced example."""
+    cfg = dict(dtype=torch.float32, merge_impl=merge_impl)
+    eager = FastForward(small_model(), "cpu", FastConfig(mode="eager", **cfg))
+    traced = FastForward(small_model(), "cpu", FastConfig(mode="traced", **cfg))
+    rng = torch.Generator().manual_seed(1)
+    for g in eager.model.config.gammas:
+        for b in (1, 2, 5, 16):
+            images = torch.randint(0, 256, (b, 16, 16, 3), dtype=torch.uint8, generator=rng)
+            tasks = [("a", "b", "source")[int(k)] for k in torch.randint(0, 3 if g <= 0 else 2, (b,), generator=rng)]
+            torch.testing.assert_close(traced(images, g, tasks), eager(images, g, tasks), rtol=1e-5, atol=1e-6)
+    assert sorted(traced._traced) == sorted(eager.model.config.gammas)  # one trace per γ, every batch size
+
+
+def test_traced_forward_runs_no_python_per_call(monkeypatch):
+    """After its trace, a γ's forward runs as one TorchScript call: the Python forward, whose every op
+    would wait for the GIL behind the server's other threads, is not entered again."""
+    fast = FastForward(small_model(), "cpu", FastConfig(mode="traced", dtype=torch.float32))
+    calls = []
+    inner = FastForward._forward
+    monkeypatch.setattr(FastForward, "_forward", lambda self, *a: calls.append(a[1]) or inner(self, *a))
+    images = torch.randint(0, 256, (3, 16, 16, 3), dtype=torch.uint8)
+    for _ in range(3):
+        for g in (-8, 0, 4):
+            fast(images, g, ["a", "b", "a"])
+    assert calls == [-8, 0, 4]  # each traced once, on first use
+
+
 def test_buckets_and_errors():
     fast = FastForward(small_model(), "cpu", FastConfig(mode="eager", dtype=torch.float32, buckets=(1, 4, 8)))
     assert [fast.bucket(b) for b in (1, 2, 4, 5, 8)] == [1, 4, 4, 8, 8]

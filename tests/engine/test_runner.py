@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from otas.engine.noop import NoopRunner, noop_profile
 from tests.server.helpers import APPS, SIZE
@@ -41,17 +42,19 @@ def test_noop_runner_collates_and_returns_uniform():
     assert p.gammas == [0] and p.lat(0, 8) < 1
 
 
-def test_runner_serves_through_the_fast_path(runner, monkeypatch):
-    """The server's runner runs `FastForward`, the forward the profiler times: one path."""
-    from otas.adapt.fast import FastForward
+def test_runner_serves_through_the_fast_path(runner):
+    """The server's runner runs `FastForward`, the forward the profiler times: one path. On a CPU that is
+    the traced forward, one trace per γ; it answers as the eager forward does."""
+    from otas.adapt.fast import FastConfig, FastForward
 
-    calls = []
-    inner = FastForward._forward
-    monkeypatch.setattr(FastForward, "_forward", lambda self, *a: calls.append(a[1]) or inner(self, *a))
-    assert isinstance(runner.fast, FastForward) and runner.mode == "eager"
+    assert isinstance(runner.fast, FastForward) and runner.mode == "traced"
+    eager = FastForward(runner.fast.model, "cpu", FastConfig("eager", dtype=runner.dtype))
+    imgs = _imgs(3)
     for g in runner.gammas:
-        runner.run(_imgs(2), ["novel", "blur"], g)
-    assert calls == runner.gammas
+        tasks = ["novel", "blur", "source" if g <= 0 else "lowlight"]
+        want = eager(torch.from_numpy(np.stack(imgs)), g, tasks).numpy()
+        np.testing.assert_allclose(runner.run(imgs, tasks, g).probs, want, atol=1e-6)
+    assert sorted(runner.fast._traced) == sorted(runner.gammas)
 
 
 def test_runner_refuses_unservable_pairs(runner):

@@ -17,7 +17,8 @@ BAD_ENGINE = [
     ("decode_queue", 0), ("max_image_side", 0), ("max_image_pixels", -4), ("max_image_aspect", 0.9),
     ("image_formats", ("PNG", "NOPE")), ("image_formats", ()), ("image_formats", ("GIF",)),
     ("image_formats", ("PNG", "BMP")), ("image_formats", ("TIFF",)), ("torch_threads", -1),
-    ("torch_threads", True), ("torch_threads", 1.5), ("decode_workers", 10_000),
+    ("torch_threads", True), ("torch_threads", 1.5), ("decode_workers", 10_000), ("switch_interval_ms", -1),
+    ("switch_interval_ms", float("nan")), ("switch_interval_ms", 1e9), ("switch_interval_ms", "1"),
 ]  # fmt: skip
 
 
@@ -91,3 +92,32 @@ def test_torch_threads_bound_the_forward(tiny_ckpt, monkeypatch):
             assert torch.get_num_threads() == n
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("ms, want_s", [(1.0, 0.001), (0.25, 0.00025), (0, None)])
+def test_the_engine_sets_the_gil_switch_interval_it_is_given(ms, want_s):
+    """The device thread waits up to the GIL switch interval after each call into torch while another
+    thread runs Python; the engine shortens it (1 ms by default), or leaves Python's with 0."""
+    import asyncio
+    import sys
+
+    from otas.config import SchedulerConfig
+    from otas.engine.noop import NoopRunner, noop_profile
+    from otas.server.main import make_engine
+    from tests.server.helpers import APPS
+
+    before = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)
+        runner, profile = NoopRunner(APPS, max_batch=8), noop_profile(APPS, 8)
+        cfg = EngineConfig(switch_interval_ms=ms)
+        engine, _ = make_engine(runner, profile, APPS, "fixed:0", SchedulerConfig(max_batch=8), engine_cfg=cfg)
+
+        async def run():
+            await engine.start()
+            await engine.stop(1)
+
+        asyncio.run(run())
+        assert sys.getswitchinterval() == pytest.approx(want_s or 0.005)
+    finally:
+        sys.setswitchinterval(before)
