@@ -18,7 +18,7 @@ from __future__ import annotations
 import bisect
 import importlib.util
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +30,10 @@ from otas.data.transforms import Normalize
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 MODES = ("eager", "traced", "graphs", "compile", "compiled-graphs")
 GRAPH_MODES = ("graphs", "compiled-graphs")
+
+
+class TraceFallbackWarning(UserWarning):
+    """A γ whose traced forward could not be made or did not match the eager one: it runs eager."""
 
 
 def default_merge_impl(device: torch.device) -> str:
@@ -105,7 +109,7 @@ class FastForward:
         # made once on the device: a host-to-device copy is not allowed inside graph capture
         self._normalize = (normalize or Normalize.of(model.preprocess)).to(self.device)
         self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-        self._traced: dict[int, torch.jit.ScriptModule] = {}
+        self._traced: dict[int, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {}
         self._fn = self._forward
         if self.cfg.mode in ("compile", "compiled-graphs"):
             self._fn = torch.compile(self._forward, dynamic=False)
@@ -128,7 +132,7 @@ class FastForward:
         if self.cfg.mode == "eager":
             return self._forward(images.to(self.device, non_blocking=True), gamma, idx.to(self.device))
         if self.cfg.mode == "traced":
-            fn = self._trace(gamma)  # traced outside the context below: freezing needs the optimiser on
+            fn = self._trace(gamma)  # made outside the context below: freezing needs the optimiser on
             # unoptimised: the plain interpreter, no profiling runs that re-specialise on a new batch size
             with torch.jit.optimized_execution(False):
                 return fn(images.to(self.device, non_blocking=True), idx.to(self.device))
@@ -155,20 +159,41 @@ class FastForward:
         with torch.inference_mode():  # captured as a served call is
             return self._graph(int(gamma), self.bucket(batch))[0].replay
 
-    def _trace(self, gamma: int) -> torch.jit.ScriptModule:
+    def _trace(self, gamma: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """The forward at γ, traced on one image and frozen (weights as constants). Nothing in it depends
-        on the batch size (`forward_indexed`), so the trace serves every batch."""
+        on the batch size (`forward_indexed`), so the trace serves every batch. The trace is checked
+        once against the eager forward on a batch of another size; a model whose trace fails or
+        differs (a forward that branches on its input in Python) keeps the eager forward at that γ,
+        with a warning."""
         if gamma not in self._traced:
-            x = torch.randint(0, 256, (1, *self._shape), dtype=torch.uint8, device=self.device)
-            i = torch.full((1,), 1 if gamma > 0 else 0, dtype=torch.long, device=self.device)
+            self._traced[gamma] = self._checked_trace(gamma)
+        return self._traced[gamma]
+
+    def _checked_trace(self, gamma: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randint(0, 256, (3, *self._shape), dtype=torch.uint8, generator=g).to(self.device)
+        i = torch.full((3,), 1 if gamma > 0 else 0, dtype=torch.long, device=self.device)
+        eager = _AtGamma(self, gamma).eval()
+        try:
             # TorchScript is deprecated in favour of torch.compile/export, but it is still the one way to run a
             # whole forward from C++, GIL released, with no compiler toolchain on the host: keep its warnings quiet
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)
                 warnings.simplefilter("ignore", FutureWarning)
-                traced = torch.jit.trace(_AtGamma(self, gamma).eval(), (x, i), check_trace=False)
-                self._traced[gamma] = torch.jit.freeze(traced)
-        return self._traced[gamma]
+                traced = torch.jit.freeze(
+                    torch.jit.trace(_AtGamma(self, gamma).eval(), (x[:1], i[:1]), check_trace=False)
+                )
+            with torch.jit.optimized_execution(False):
+                same = torch.allclose(traced(x, i), eager(x, i), rtol=1e-4, atol=1e-5)
+            why = "" if same else "its answers differ from the eager forward's"
+        except Exception as e:  # noqa: BLE001 (any failure to trace leaves the eager forward, with the reason)
+            why = f"tracing failed ({str(e).splitlines()[0][:200]})"
+        if why:
+            warnings.warn(
+                f"gamma={gamma}: {why}; this gamma runs the eager forward", TraceFallbackWarning, stacklevel=3
+            )
+            return eager
+        return traced
 
     def _graph(self, gamma: int, B: int):
         if (gamma, B) not in self._graphs:

@@ -36,6 +36,54 @@ def test_traced_matches_eager_at_every_gamma_batch_and_task_mix(merge_impl):
     assert sorted(traced._traced) == sorted(eager.model.config.gammas)  # one trace per γ, every batch size
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    [{"reg_tokens": 4, "no_embed_class": True}, {"global_pool": "avg", "class_token": False},
+     {"global_pool": "avg", "reg_tokens": 2}],
+)  # fmt: skip
+def test_traced_matches_eager_on_other_vit_layouts(overrides):
+    """Registers, average pooling, no class token: the traces of other timm layouts answer as eager does."""
+    eager = FastForward(small_model(**overrides), "cpu", FastConfig(mode="eager", dtype=torch.float32))
+    traced = FastForward(small_model(**overrides), "cpu", FastConfig(mode="traced", dtype=torch.float32))
+    images = torch.randint(0, 256, (6, 16, 16, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    for g in eager.model.config.gammas:
+        tasks = ["a", "b", "a", "b", "b", "a"]
+        torch.testing.assert_close(traced(images, g, tasks), eager(images, g, tasks), rtol=1e-5, atol=1e-6)
+
+
+def test_a_forward_that_does_not_trace_runs_eager_with_a_warning(monkeypatch):
+    """A model whose forward branches in Python on its input traces wrong (or not at all): the trace is
+    checked against the eager forward, and a γ whose trace differs or fails keeps the eager forward."""
+    from otas.adapt.fast import TraceFallbackWarning
+
+    model = small_model()
+    inner = model._features
+
+    def batch_dependent(x, gamma, P, ops):  # Python control flow on the batch: a trace bakes one branch in
+        f = inner(x, gamma, P, ops)
+        return f * 2 if x.shape[0] > 1 else f
+
+    monkeypatch.setattr(model, "_features", batch_dependent)
+    fast = FastForward(model, "cpu", FastConfig(mode="traced", dtype=torch.float32))
+    images = torch.randint(0, 256, (4, 16, 16, 3), dtype=torch.uint8)
+    with pytest.warns(TraceFallbackWarning, match="gamma=0: its answers differ"):
+        out = fast(images, 0, "a")
+    eager = FastForward(model, "cpu", FastConfig(mode="eager", dtype=torch.float32))
+    torch.testing.assert_close(out, eager(images, 0, "a"))
+    torch.testing.assert_close(fast(images[:1], 0, "a"), eager(images[:1], 0, "a"))
+
+    def untraceable(x, gamma, P, ops):
+        raise RuntimeError("cannot trace this")
+
+    monkeypatch.setattr(model, "_features", untraceable)
+    fast = FastForward(model, "cpu", FastConfig(mode="traced", dtype=torch.float32))
+    with (
+        pytest.warns(TraceFallbackWarning, match="gamma=-4: tracing failed .cannot trace this"),
+        pytest.raises(RuntimeError, match="cannot trace this"),
+    ):
+        fast(images, -4, "a")
+
+
 def test_traced_forward_runs_no_python_per_call(monkeypatch):
     """After its trace, a γ's forward runs as one TorchScript call: the Python forward, whose every op
     would wait for the GIL behind the server's other threads, is not entered again."""
@@ -44,10 +92,14 @@ def test_traced_forward_runs_no_python_per_call(monkeypatch):
     inner = FastForward._forward
     monkeypatch.setattr(FastForward, "_forward", lambda self, *a: calls.append(a[1]) or inner(self, *a))
     images = torch.randint(0, 256, (3, 16, 16, 3), dtype=torch.uint8)
+    for g in (-8, 0, 4):  # first use: traced, and the trace checked against the eager forward
+        fast(images, g, ["a", "b", "a"])
+    assert sorted(set(calls)) == [-8, 0, 4]
+    calls.clear()
     for _ in range(3):
         for g in (-8, 0, 4):
             fast(images, g, ["a", "b", "a"])
-    assert calls == [-8, 0, 4]  # each traced once, on first use
+    assert calls == []
 
 
 def test_buckets_and_errors():
