@@ -125,9 +125,10 @@ class Runner:
         return self.fast(images, gamma, tasks).float().cpu().numpy()  # .cpu() waits for the device
 
     def warmup(self, batch_sizes: Sequence[int] | None = None) -> None:
-        """One forward per (γ, batch size) before serving: on CUDA every bucket, so each graph is
-        captured before the first request; elsewhere batch 1 and 8 (allocation, kernel choice)."""
-        sizes = batch_sizes or (self.fast.cfg.buckets if self.mode != "eager" else (1, 8))
+        """One forward per (γ, batch size) before serving: in the per-shape modes (graphs, compile) every
+        bucket, so each graph is captured before the first request; eager and traced (one trace per γ,
+        made here, serves every batch size) batch 1 and 8 (allocation, kernel choice)."""
+        sizes = batch_sizes or (self.fast.cfg.buckets if self.mode not in ("eager", "traced") else (1, 8))
         img = np.zeros((self.image_size, self.image_size, 3), np.uint8)
         for g in self.gammas:
             t = next((t for t in self.classes if t != SOURCE and g in self.servable[t]), None)

@@ -102,3 +102,16 @@ def test_weights_missing_from_the_checkpoint_are_never_served(tiny_ckpt, tmp_pat
     for task in set(r.servable) - set(gaps) - {"source"}:  # the rest is served as before
         assert r.run(_imgs(1), [task], max(r.gammas)).probs.shape[0] == 1
     r.warmup()  # skips what it cannot serve
+
+
+def test_warmup_traces_every_gamma_at_two_batch_sizes_on_a_cpu(runner, monkeypatch):
+    """On a CPU warm-up makes every γ's trace and runs batches of 1 and 8, not every bucket: one trace
+    serves every batch size (a batch of 64 at each γ took minutes on a slow CPU)."""
+    sizes = []
+    inner = runner.run
+    monkeypatch.setattr(
+        runner, "run", lambda images, tasks, g: sizes.append((g, len(images))) or inner(images, tasks, g)
+    )
+    runner.warmup()
+    assert sorted(sizes) == sorted((g, b) for g in runner.gammas for b in (1, 8))
+    assert sorted(runner.fast._traced) == sorted(runner.gammas)
