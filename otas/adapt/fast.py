@@ -9,7 +9,7 @@ one graph per (γ, bucket) serves any mix of applications.
 Why "traced" on a CPU: an eager forward is ~300 Python-dispatched ops, each giving the GIL back and
 taking it again. In a server the event loop, the scheduler and decoding are Python threads of the
 same process; while any of them runs Python, every op of the forward waits up to the interpreter's
-switch interval for the GIL. One busy Python thread made ViT-Tiny's batch-of-one forward 16× slower
+switch interval for the GIL. One busy Python thread made ViT-Tiny's forward 3-76× slower
 (`bench/gil.py`); the traced forward runs the same ATen kernels from C++ and is not held up.
 """
 
