@@ -24,6 +24,8 @@ class _StrictLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen: set = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: the base class merges; keys given
+                continue  # here override merged ones, as YAML says, so only these are checked for repeats
             key = self.construct_object(key_node, deep=True)
             try:
                 dup = key in seen
@@ -136,8 +138,10 @@ def load_apps(path: str | Path, allow_empty: bool = False) -> list[App]:
         raise ValueError(f"applications file {p} has {size} bytes; at most {MAX_FILE_BYTES} (256 applications fit)")
     try:
         data = yaml.load(p.read_text(encoding="utf-8"), Loader=_StrictLoader)  # noqa: S506 - a SafeLoader
-    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:
-        raise ValueError(f"{p}: not valid UTF-8 YAML ({str(e)[:300]})") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{p}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    except (yaml.YAMLError, RecursionError) as e:
+        raise ValueError(f"{p}: not valid YAML ({str(e)[:300]})") from None
     return parse_apps(data, source=str(p), allow_empty=allow_empty)
 
 

@@ -77,3 +77,27 @@ def test_messages_that_point_at_the_fix(tmp_path):
         load_apps(p)
     with pytest.raises(ValueError, match="is a directory"):
         load_apps(tmp_path)
+    p.write_bytes(b"apps: []\n\xff\xfe")
+    with pytest.raises(ValueError, match="not UTF-8 text .byte 9.; save it as UTF-8"):
+        load_apps(p)
+    p.write_text("apps: [\n")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        load_apps(p)
+
+
+def test_yaml_merge_keys_share_settings_and_keys_given_override_them(tmp_path):
+    """`<<: *base` (YAML merge keys) shares settings between applications; a key given beside the merge
+    overrides the merged one, as YAML says; a key given twice beside it is still refused."""
+    p = tmp_path / "apps.yaml"
+    base = "base: &base {slo_ms: 500, utility: 1.0, task: novel}\n"
+    p.write_text(base + "apps:\n  - {<<: *base, name: a}\n  - {<<: *base, name: b, slo_ms: 900}\n")
+    with pytest.raises(ValueError, match="unknown top-level key"):  # `base:` itself is not a setting
+        load_apps(p)
+    p.write_text(
+        "apps:\n  - &a {name: a, slo_ms: 500, utility: 1.0, task: novel}\n  - {<<: *a, name: b, slo_ms: 900}\n"
+    )
+    apps = load_apps(p)
+    assert [(x.name, x.slo_ms, x.task) for x in apps] == [("a", 500.0, "novel"), ("b", 900.0, "novel")]
+    p.write_text("apps:\n  - &a {name: a, slo_ms: 500, utility: 1.0, task: novel}\n  - {<<: *a, name: b, name: c}\n")
+    with pytest.raises(ValueError, match="duplicate key"):
+        load_apps(p)
