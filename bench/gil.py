@@ -14,9 +14,10 @@ stay short. This times both paths, at Python's default 5 ms switch interval and 
 - `json`: `json.loads` of a 256 KB body over and over (a large infer request being parsed).
 
 Cells run in interleaved rounds, so machine drift hits every setting alike. Writes
-bench/results/gil/gil.{json,png}.
+bench/results/gil/gil.{json,png}. `--device cuda` times the GPU's paths instead (eager and CUDA
+graphs; the graphs' host calls wait for the GIL too) and writes gil_cuda.{json,png}.
 
-    python bench/gil.py [--rounds 5] [--threads 1] [--out bench/results/gil]
+    python bench/gil.py [--rounds 5] [--threads 1] [--device cpu] [--out bench/results/gil]
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from otas.predict import default_model_path
 from otas.profile.measure import device_name
 from otas.provenance import run_meta
 
-PATHS = ("eager", "traced")
+PATHS = {"cpu": ("eager", "traced"), "cuda": ("eager", "graphs")}
 SWITCH_MS = (5.0, 1.0)
 LOADS = ("alone", "spin", "json")
 
@@ -75,19 +76,21 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (otas serve --torch-threads)")
     ap.add_argument("--gammas", default="0,-20")
     ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--device", default="cpu", choices=list(PATHS))
     ap.add_argument("--out", type=Path, default=Path("bench/results/gil"))
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     gammas = [int(g) for g in args.gammas.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
-    runners = {p: Runner.load(default_model_path(), "cpu", max_batch=max(batches), mode=p) for p in PATHS}
+    paths = PATHS[args.device]
+    runners = {p: Runner.load(default_model_path(), args.device, max_batch=max(batches), mode=p) for p in paths}
     task = next(t for t in runners["eager"].classes if t != "source")
     img = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     for r in runners.values():  # traces made, allocations done
         for g, b in itertools.product(gammas, batches):
             r.run([img] * b, [task] * b, g)
-    cells = list(itertools.product(PATHS, SWITCH_MS, gammas, batches, LOADS))
+    cells = list(itertools.product(paths, SWITCH_MS, gammas, batches, LOADS))
     times: dict[tuple, list[float]] = {c: [] for c in cells}
     for k in range(args.rounds):
         for path, sw, g, b, load in cells:
@@ -110,18 +113,21 @@ def main() -> None:
             }
         )  # fmt: skip
         print(json.dumps(rows[-1]))
-    meta = {**run_meta(), "device": device_name(torch.device("cpu")), "torch_threads": args.threads}
+    meta = {**run_meta(), "device": device_name(torch.device(args.device)), "torch_threads": args.threads}
     meta |= {"rounds": args.rounds, "torch": torch.__version__}
-    (args.out / "gil.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-    plot(rows, gammas, batches, args.out / "gil.png", meta)
+    stem = "gil" if args.device == "cpu" else f"gil_{args.device}"
+    (args.out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    plot(rows, paths, gammas, batches, args.out / f"{stem}.png", meta)
 
 
-def plot(rows: list[dict], gammas: list[int], batches: list[int], path: Path, meta: dict) -> None:
+def plot(
+    rows: list[dict], paths: tuple[str, ...], gammas: list[int], batches: list[int], path: Path, meta: dict
+) -> None:
     plt = pyplot()
     fig, axes = plt.subplots(1, len(LOADS) - 1, figsize=(5 * (len(LOADS) - 1), 3.6), sharey=True)
     groups = list(itertools.product(gammas, batches))
     for ax, load in zip(axes, LOADS[1:], strict=True):
-        series = list(itertools.product(PATHS, SWITCH_MS))
+        series = list(itertools.product(paths, SWITCH_MS))
         w = 0.8 / len(series)
         for j, (p, sw) in enumerate(series):
             ys = [next(r["slowdown"] for r in rows if (r["path"], r["switch_ms"], r["gamma"], r["batch"], r["load"])
@@ -133,7 +139,10 @@ def plot(rows: list[dict], gammas: list[int], batches: list[int], path: Path, me
         ax.set_title(f"beside a busy thread: {load}")
     axes[0].set_ylabel("forward time / alone (median)")
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"CPU forward beside Python threads ({meta['torch_threads']} torch thread, {meta['commit']})", size=9)
+    where = "GPU" if "graphs" in paths else "CPU"
+    fig.suptitle(
+        f"{where} forward beside Python threads ({meta['torch_threads']} torch thread, {meta['commit']})", size=9
+    )
     fig.tight_layout()
     save(fig, path)
 
