@@ -36,7 +36,9 @@ def tiny_ckpt(tmp_path_factory):
 def runner(tiny_ckpt):
     from otas.engine.runner import Runner
 
-    return Runner.load(tiny_ckpt, "cpu", max_batch=16)
+    runner = Runner.load(tiny_ckpt, "cpu", max_batch=16)
+    runner.warmup()  # as `otas serve` does: every γ traced before a test times a batch
+    return runner
 
 
 @pytest.fixture

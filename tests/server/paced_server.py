@@ -18,7 +18,9 @@ if __name__ == "__main__":
     http = HttpConfig(**json.loads(sys.argv[5])) if len(sys.argv) > 5 else HttpConfig(drain_s=0.5)
     memory.tune()
     prof = paced_profile(base, per)
-    runner = PacedRunner(Runner.load(ckpt, "cpu", max_batch=16), prof)
+    inner = Runner.load(ckpt, "cpu", max_batch=16)
+    inner.warmup()  # as `otas serve` does: every γ traced before the first request
+    runner = PacedRunner(inner, prof)
     cfg = SchedulerConfig(max_batch=16)
     cfg.max_queue = default_max_queue(prof, APPS, 16)
     body = http.max_body_bytes if len(sys.argv) > 5 else 64 * 1024
