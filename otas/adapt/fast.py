@@ -30,6 +30,8 @@ from otas.data.transforms import Normalize
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 MODES = ("eager", "traced", "graphs", "compile", "compiled-graphs")
 GRAPH_MODES = ("graphs", "compiled-graphs")
+PER_SHAPE_MODES = ("compile", *GRAPH_MODES)
+"""Modes that build one graph or compiled function per (γ, batch bucket); eager and traced serve any size."""
 
 
 class TraceFallbackWarning(UserWarning):
@@ -173,16 +175,14 @@ class FastForward:
         g = torch.Generator().manual_seed(0)
         x = torch.randint(0, 256, (3, *self._shape), dtype=torch.uint8, generator=g).to(self.device)
         i = torch.full((3,), 1 if gamma > 0 else 0, dtype=torch.long, device=self.device)
-        eager = _AtGamma(self, gamma).eval()
+        eager = _AtGamma(self, gamma).eval()  # traced below, and kept where the trace fails or differs
         try:
             # TorchScript is deprecated in favour of torch.compile/export, but it is still the one way to run a
             # whole forward from C++, GIL released, with no compiler toolchain on the host: keep its warnings quiet
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)
                 warnings.simplefilter("ignore", FutureWarning)
-                traced = torch.jit.freeze(
-                    torch.jit.trace(_AtGamma(self, gamma).eval(), (x[:1], i[:1]), check_trace=False)
-                )
+                traced = torch.jit.freeze(torch.jit.trace(eager, (x[:1], i[:1]), check_trace=False))
             with torch.jit.optimized_execution(False):
                 same = torch.allclose(traced(x, i), eager(x, i), rtol=1e-4, atol=1e-5)
             why = "" if same else "its answers differ from the eager forward's"

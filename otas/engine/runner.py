@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from otas.adapt import SOURCE, AdaptiveViT
-from otas.adapt.fast import DEFAULT_BUCKETS, FastConfig, FastForward
+from otas.adapt.fast import DEFAULT_BUCKETS, PER_SHAPE_MODES, FastConfig, FastForward
 from otas.adapt.vit import key
 from otas.engine.batches import RunResult
 from otas.models.checkpoint import load_checkpoint
@@ -128,7 +128,7 @@ class Runner:
         """One forward per (γ, batch size) before serving: in the per-shape modes (graphs, compile) every
         bucket, so each graph is captured before the first request; eager and traced (one trace per γ,
         made here, serves every batch size) batch 1 and 8 (allocation, kernel choice)."""
-        sizes = batch_sizes or (self.fast.cfg.buckets if self.mode not in ("eager", "traced") else (1, 8))
+        sizes = batch_sizes or (self.fast.cfg.buckets if self.mode in PER_SHAPE_MODES else (1, 8))
         img = np.zeros((self.image_size, self.image_size, 3), np.uint8)
         for g in self.gammas:
             t = next((t for t in self.classes if t != SOURCE and g in self.servable[t]), None)
