@@ -14,8 +14,11 @@ stay short. This times both paths, at Python's default 5 ms switch interval and 
 - `json`: `json.loads` of a 256 KB body over and over (a large infer request being parsed).
 
 Cells run in interleaved rounds, so machine drift hits every setting alike. Writes
-bench/results/gil/gil.{json,png}. `--device cuda` times the GPU's paths instead (eager and CUDA
-graphs; the graphs' host calls wait for the GIL too) and writes gil_cuda.{json,png}.
+bench/results/gil/gil.{json,png}. `--device cuda` times the GPU's paths instead and writes
+gil_cuda.{json,png}: eager; CUDA graphs with the copies in and out made by torch calls around the
+replay (`graphs-io-outside`, ~8 calls into torch per batch, each waiting for the GIL); and CUDA graphs
+that capture those copies from and to pinned host buffers (`graphs`, the served path: a replay and a
+wait).
 
     python bench/gil.py [--rounds 5] [--threads 1] [--device cpu] [--out bench/results/gil]
 """
@@ -40,7 +43,9 @@ from otas.predict import default_model_path
 from otas.profile.measure import device_name
 from otas.provenance import run_meta
 
-PATHS = {"cpu": ("eager", "traced"), "cuda": ("eager", "graphs")}
+PATHS = {"cpu": ("eager", "traced"), "cuda": ("eager", "graphs-io-outside", "graphs")}
+RUNNER_ARGS = {"graphs-io-outside": {"mode": "graphs", "host_io": False}}
+"""Paths that are not a plain `mode`: the Runner's arguments."""
 SWITCH_MS = (5.0, 1.0)
 LOADS = ("alone", "spin", "json")
 
@@ -84,7 +89,10 @@ def main() -> None:
     gammas = [int(g) for g in args.gammas.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
     paths = PATHS[args.device]
-    runners = {p: Runner.load(default_model_path(), args.device, max_batch=max(batches), mode=p) for p in paths}
+    runners = {
+        p: Runner.load(default_model_path(), args.device, max_batch=max(batches), **RUNNER_ARGS.get(p, {"mode": p}))
+        for p in paths
+    }
     task = next(t for t in runners["eager"].classes if t != "source")
     img = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     for r in runners.values():  # traces made, allocations done

@@ -6,6 +6,13 @@ float) into a static input buffer; normalisation, the forward at γ and every ta
 one captured graph, and the first b rows of the output are returned. Tasks are an index tensor, so
 one graph per (γ, bucket) serves any mix of applications.
 
+With `host_io` (what `otas serve` and `otas profile` run), each graph also holds the copies in from
+pinned host buffers and the copy out to one, and `predict_host` writes the images and task indices
+into those buffers with NumPy: a batch then calls into torch twice (replay, wait) instead of eight
+times. Each call into torch gives the GIL back and must take it again, waiting up to the switch
+interval while the server's event loop runs Python; on one H200 the eight waits made a 1-2 ms batch
+take 7-19 ms beside one busy thread (`bench/gil.py --device cuda`).
+
 Why "traced" on a CPU: an eager forward is ~300 Python-dispatched ops, each giving the GIL back and
 taking it again. In a server the event loop, the scheduler and decoding are Python threads of the
 same process; while any of them runs Python, every op of the forward waits up to the interpreter's
@@ -21,6 +28,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from otas.adapt.ops import check_merge_impl, merge_ops
@@ -36,6 +44,11 @@ PER_SHAPE_MODES = ("compile", *GRAPH_MODES)
 
 class TraceFallbackWarning(UserWarning):
     """A γ whose traced forward could not be made or did not match the eager one: it runs eager."""
+
+
+class HostIOFallbackWarning(UserWarning):
+    """CUDA graphs that capture their host copies could not be made, or answered other than the forward:
+    each batch copies in and out with torch calls around the replay instead."""
 
 
 def default_merge_impl(device: torch.device) -> str:
@@ -75,6 +88,10 @@ class FastConfig:
     and "compile", "bias" excludes "column", and both need CUDA). All compute the same function; "limit" is
     for benchmarks.
     "auto": the fastest measured on the device type (`default_merge_impl`)."""
+    host_io: bool = False
+    """Graph modes: each captured graph copies its input from pinned host buffers and its output to one,
+    so a batch through `predict_host` is one replay and one wait, with no other call into torch (the
+    served path). Off, a graph holds the device work only (kernel benchmarks)."""
 
     def __post_init__(self) -> None:
         if self.merge_impl != "auto":
@@ -112,6 +129,12 @@ class FastForward:
         self._normalize = (normalize or Normalize.of(model.preprocess)).to(self.device)
         self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self._traced: dict[int, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {}
+        self._host_graphs = self.cfg.host_io and self.cfg.mode in GRAPH_MODES
+        self._host_io_checked = False  # the first graph's copies are checked once (`_host_io_differs`)
+        # the host side of a batch, made at first use (pinned on CUDA: the copies are asynchronous, and
+        # graphs capture them): images (B_max, H, W, 3) uint8, task indices (B_max,), output (B_max, K)
+        self._in = self._idx = self._out = None
+        self._in_np = self._idx_np = self._out_np = None
         self._fn = self._forward
         if self.cfg.mode in ("compile", "compiled-graphs"):
             self._fn = torch.compile(self._forward, dynamic=False)
@@ -148,10 +171,60 @@ class FastForward:
                 i[b:] = 1  # padding rows use a task that has prompts
             return self._fn(x, gamma, i)[:b]
         graph, x, i, out = self._graph(gamma, B)
+        if self._host_graphs:  # the graph copies its inputs in from the pinned host buffers
+            x, i = self._in, self._idx
         x[:b].copy_(images, non_blocking=True)
         i[:b].copy_(idx, non_blocking=True)
         graph.replay()
+        if self._host_graphs:  # no replay is left pending that could still read the host buffers
+            torch.cuda.current_stream(self.device).synchronize()
         return out[:b]
+
+    def predict_host(
+        self, images: Sequence[np.ndarray] | np.ndarray | torch.Tensor, gamma: int, tasks: str | Sequence[str]
+    ) -> np.ndarray:
+        """Host images (a sequence of (H, W, 3) uint8 arrays, or one (B, H, W, 3) uint8 array or tensor), γ and
+        the tasks -> probabilities (B, K) float32, a new NumPy array: the served path, waiting for the device.
+
+        With `host_io` in a graph mode, the images and task indices are written into the graph's pinned
+        buffers with NumPy, and the batch is one replay and one wait: two calls into torch, so two waits
+        for the GIL at most, whatever else the process runs."""
+        b = len(images)
+        if not self._host_graphs:
+            x = self._stage(images, b)
+            with torch.inference_mode():
+                return self(x, gamma, tasks).float().cpu().numpy()  # .cpu(): a copy, and the wait
+        B = self.bucket(b)  # raises for a batch past the largest bucket
+        idx = self.model.task_indices(tasks, b, gamma)  # raises on an unknown or unservable (task, γ)
+        gamma = int(gamma)
+        graph = (self._graphs.get((gamma, B)) or self._graph(gamma, B))[0]
+        if not self._host_graphs:  # the first capture's check fell back
+            return self.predict_host(images, gamma, tasks)
+        self._stage(images, b)
+        self._idx_np[:b] = idx
+        graph.replay()
+        torch.cuda.current_stream(self.device).synchronize()
+        return self._out_np[:b].copy()
+
+    def _host_buffers(self) -> None:
+        if self._in is None:
+            pin = self.device.type == "cuda"
+            self._in = torch.zeros((self.cfg.buckets[-1], *self._shape), dtype=torch.uint8, pin_memory=pin)
+            self._idx = torch.zeros(self.cfg.buckets[-1], dtype=torch.long, pin_memory=pin)
+            self._in_np, self._idx_np = self._in.numpy(), self._idx.numpy()
+
+    def _stage(self, images: Sequence[np.ndarray] | np.ndarray | torch.Tensor, b: int) -> torch.Tensor:
+        """`images` as a uint8 (b, H, W, 3) host tensor, in the staging buffer where it fits."""
+        self._host_buffers()
+        if isinstance(images, torch.Tensor):
+            images = images.cpu().numpy()
+        if b > len(self._in_np):  # eager and traced serve any size
+            return torch.from_numpy(np.stack(images).astype(np.uint8, casting="same_kind", copy=False))
+        if isinstance(images, np.ndarray):
+            np.copyto(self._in_np[:b], images, casting="same_kind")
+        else:
+            np.stack(images, out=self._in_np[:b])  # (b, H, W, 3) collation, no allocation
+        return self._in[:b]
 
     def replay(self, gamma: int, batch: int):
         """The captured forward of (γ, `batch`'s bucket) as a call without arguments, for benchmarks: it
@@ -195,21 +268,72 @@ class FastForward:
             return eager
         return traced
 
+    @torch.inference_mode()
     def _graph(self, gamma: int, B: int):
         if (gamma, B) not in self._graphs:
-            x = torch.randint(0, 256, (B, *self._shape), dtype=torch.uint8, device=self.device)
-            i = torch.full((B,), 1 if gamma > 0 else 0, dtype=torch.long, device=self.device)
-            s = torch.cuda.Stream(self.device)
-            s.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(s):
-                for _ in range(2):  # warm-up outside the graph (cuBLAS handles, autotuning, compiling)
-                    self._fn(x, gamma, i)
-            torch.cuda.current_stream(self.device).wait_stream(s)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                out = self._fn(x, gamma, i)
-            self._graphs[(gamma, B)] = (graph, x, i, out)
+            if self._host_graphs and not self._host_io_checked:
+                self._host_io_checked = True
+                try:
+                    entry = self._capture(gamma, B)
+                    why = self._host_io_differs(entry[0], gamma, B)
+                except RuntimeError as e:  # a capture CUDA refuses leaves the copies to torch calls
+                    why = f"capturing the copies failed ({str(e).splitlines()[0][:200]})"
+                if why:
+                    warnings.warn(
+                        f"{why}; each batch copies in and out with torch calls around the replay",
+                        HostIOFallbackWarning,
+                        stacklevel=3,
+                    )
+                    self._host_graphs = False
+                    self._graphs.clear()
+                else:
+                    self._graphs[(gamma, B)] = entry
+            if (gamma, B) not in self._graphs:
+                self._graphs[(gamma, B)] = self._capture(gamma, B)
         return self._graphs[(gamma, B)]
+
+    def _capture(self, gamma: int, B: int):
+        """(graph, device input, device task indices, device output) at (γ, bucket B); with host I/O the
+        graph also copies the pinned host buffers in first and its output out last."""
+        x = torch.randint(0, 256, (B, *self._shape), dtype=torch.uint8, device=self.device)
+        i = torch.full((B,), 1 if gamma > 0 else 0, dtype=torch.long, device=self.device)
+        s = torch.cuda.Stream(self.device)
+        s.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(s):
+            for _ in range(2):  # warm-up outside the graph (cuBLAS handles, autotuning, compiling)
+                y = self._fn(x, gamma, i)
+        torch.cuda.current_stream(self.device).wait_stream(s)
+        io = self._host_graphs
+        if io and self._out is None:  # (B_max, K): K the most classes of any task
+            self._host_buffers()
+            self._out = torch.zeros((self.cfg.buckets[-1], y.shape[1]), dtype=y.dtype, pin_memory=True)
+            self._out_np = self._out.numpy()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            if io:  # pinned host -> device, captured: each replay reads what the host wrote before it
+                x.copy_(self._in[:B], non_blocking=True)
+                i.copy_(self._idx[:B], non_blocking=True)
+            out = self._fn(x, gamma, i)
+            if io:
+                self._out[:B].copy_(out, non_blocking=True)
+        return graph, x, i, out
+
+    def _host_io_differs(self, graph: torch.cuda.CUDAGraph, gamma: int, B: int) -> str:
+        """Why the graph's captured copies do not carry what the host wrote ("" if they do): two batches of
+        other images and task mixes, replayed, against the forward run directly on the same inputs (a
+        copy captured as a no-op would answer with the capture's inputs)."""
+        g = torch.Generator().manual_seed(0)
+        for shift in (0, 1):
+            x = torch.randint(0, 256, (B, *self._shape), dtype=torch.uint8, generator=g)
+            i = (torch.arange(B) + shift) % len(self.tasks)  # every task index is valid at every γ
+            self._in_np[:B], self._idx_np[:B] = x.numpy(), i.numpy()
+            graph.replay()
+            torch.cuda.current_stream(self.device).synchronize()
+            want = self._fn(x.to(self.device), gamma, i.to(self.device)).float().cpu().numpy()
+            err = float(np.abs(self._out_np[:B] - want).max())
+            if not err <= 2e-2:
+                return f"the graph at gamma={gamma}, batch {B} answered {err:.3g} away from the direct forward"
+        return ""
 
 
 class _AtGamma(torch.nn.Module):

@@ -104,13 +104,18 @@ class AdaptiveViT(nn.Module):
 
         Raises ValueError for an unknown task or a (task, γ) pair that is not servable, so an index
         tensor reaching `forward_indexed` is always valid."""
+        return torch.tensor(self.task_indices(task, batch, gamma), dtype=torch.long)
+
+    def task_indices(self, task: str | Sequence[str], batch: int, gamma: int) -> list[int]:
+        """`task_index` as a list, with no call into torch (the served GPU path writes it into a
+        pinned buffer itself)."""
         gamma = self.config.check_gamma(gamma)
         tasks = self._tasks(task, batch)
         for t in set(tasks):
             if gamma not in self.servable(t):
                 raise ValueError(f"task {t!r} is not served at gamma={gamma}; it is served at {list(self.servable(t))}")
         order = {t: i for i, t in enumerate(self.tasks)}
-        return torch.tensor([order[t] for t in tasks], dtype=torch.long)
+        return [order[t] for t in tasks]
 
     def merge_schedule(self, gamma: int, num_tokens: int | None = None) -> list[int]:
         """Tokens merged per block at γ < 0 (capped where too few tokens remain; see `merge_caps`)."""

@@ -2,9 +2,9 @@
 forward the profiler times (CUDA graphs per (γ, batch bucket) on a GPU, traced per γ on a CPU).
 
 Called from one thread only (the engine's device thread), so the model, the buffers and the CUDA
-stream are never shared. A batch is collated into a preallocated uint8 buffer (pinned on CUDA so
-the host-to-device copy is asynchronous); normalisation, the forward at γ and every task head run
-on the device.
+stream are never shared. A batch is collated into `FastForward`'s preallocated uint8 buffer (pinned
+on CUDA, where each graph copies it in and its answer out itself: `FastConfig.host_io`);
+normalisation, the forward at γ and every task head run on the device.
 """
 
 from __future__ import annotations
@@ -60,14 +60,18 @@ class Runner:
         dtype: torch.dtype = torch.float32,
         max_batch: int = 64,
         mode: str = "",
+        host_io: bool = True,
     ):
+        """`host_io`: graphs copy in and out of pinned host buffers themselves (`FastConfig.host_io`; off
+        only to measure what it saves)."""
         if max_batch < 1:
             raise ValueError(f"max_batch={max_batch}: use an integer >= 1")
         self.device = torch.device(device)
         self.dtype = dtype
         self.max_batch = max_batch
         self.mode = mode or default_mode(self.device)
-        self.fast = FastForward(model, self.device, FastConfig(self.mode, buckets_for(max_batch), dtype))
+        cfg = FastConfig(self.mode, buckets_for(max_batch), dtype, host_io=host_io)
+        self.fast = FastForward(model, self.device, cfg)
         self.model = self.fast.model
         self.preprocess = model.preprocess  # decoding (host) and normalisation (FastForward) read it
         self.image_size = self.preprocess.size
@@ -78,11 +82,6 @@ class Runner:
         self.servable = {
             t: tuple(g for g in model.servable(t) if g not in self.untrained.get(t, ())) for t in model.tasks
         }
-        # OPTIMIZATION: one buffer for the largest batch, pinned on CUDA, so collation is a copy
-        # into fixed memory and the upload overlaps nothing else on the stream.
-        cuda = self.device.type == "cuda"
-        self._buf = torch.empty((max_batch, self.image_size, self.image_size, 3), dtype=torch.uint8, pin_memory=cuda)
-        self._np = self._buf.numpy()
 
     @classmethod
     def load(
@@ -92,9 +91,10 @@ class Runner:
         dtype: torch.dtype | None = None,
         max_batch: int = 64,
         mode: str = "",
+        host_io: bool = True,
     ) -> Runner:
         dt = dtype or (torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
-        return cls(load_checkpoint(path, "cpu", torch.float32), device, dt, max_batch, mode)
+        return cls(load_checkpoint(path, "cpu", torch.float32), device, dt, max_batch, mode, host_io)
 
     def _labels(self, task: str) -> list[str]:
         model = self.fast.model
@@ -108,13 +108,15 @@ class Runner:
         if not 1 <= b <= self.max_batch or len(tasks) != b:
             raise ValueError(f"batch of {b} images and {len(tasks)} tasks; need 1..{self.max_batch} of each")
         t0 = time.perf_counter()
-        np.stack(images, out=self._np[:b])  # (B, H, W, 3) collation into the preallocated buffer
-        probs = self.forward(self._buf[:b], tasks, gamma)
+        probs = self.forward(images, tasks, gamma)
         return RunResult(probs, (time.perf_counter() - t0) * 1e3)
 
-    def forward(self, images: torch.Tensor, tasks: str | Sequence[str], gamma: int) -> np.ndarray:
-        """uint8 (B, H, W, 3) host tensor, B ≤ max_batch -> probabilities (B, K) as float32 numpy;
-        ValueError for a (task, γ) the checkpoint holds no trained weights for."""
+    def forward(
+        self, images: Sequence[np.ndarray] | np.ndarray | torch.Tensor, tasks: str | Sequence[str], gamma: int
+    ) -> np.ndarray:
+        """uint8 images ((H, W, 3) arrays, or (B, H, W, 3) host array or tensor), B ≤ max_batch ->
+        probabilities (B, K) as float32 numpy; ValueError for a (task, γ) the checkpoint holds no trained
+        weights for."""
         if self.untrained:
             for t in {tasks} if isinstance(tasks, str) else set(tasks):
                 if gamma in self.untrained.get(t, ()):
@@ -122,7 +124,7 @@ class Runner:
                         f"task {t!r} is not trained at gamma={gamma} in this checkpoint (no prompts or head); "
                         f"it is served at {list(self.servable[t])}"
                     )
-        return self.fast(images, gamma, tasks).float().cpu().numpy()  # .cpu() waits for the device
+        return self.fast.predict_host(images, gamma, tasks)  # waits for the device
 
     def warmup(self, batch_sizes: Sequence[int] | None = None) -> None:
         """One forward per (γ, batch size) before serving: in the per-shape modes (graphs, compile) every

@@ -89,14 +89,14 @@ def _runner(model: AdaptiveViT, gamma: int, batch: int, device: torch.device, dt
     """A closure running one forward of a random batch at γ (alternating between 2 inputs).
 
     With `fast` (an `otas.adapt.fast.FastForward`), it runs that path from uint8 host images
-    instead, including the copy to the device: what a served batch costs.
+    instead, including the copies to the device and back: what a served batch costs.
     """
     size = model.vit.patch_embed.img_size
     if fast is not None:
         pin = device.type == "cuda"
         xs = [torch.randint(0, 256, (batch, *size, 3), dtype=torch.uint8) for _ in range(2)]
         xs = [x.pin_memory() for x in xs] if pin else xs
-        step = lambda x: fast(x, gamma, task)
+        step = lambda x: fast.predict_host(x, gamma, task)
     else:
         xs = [torch.randn(batch, 3, *size, device=device, dtype=dtype) for _ in range(2)]
         step = lambda x: model(x, gamma, task)
@@ -237,7 +237,7 @@ def measure_profile(
     if mode != "eager":
         from otas.adapt.fast import FastConfig, FastForward
 
-        fast = FastForward(model, dev, FastConfig(mode=mode, dtype=dtype, buckets=tuple(batch_sizes)))
+        fast = FastForward(model, dev, FastConfig(mode=mode, dtype=dtype, buckets=tuple(batch_sizes), host_io=True))
     load_ms, warm_ms = _ready(model, fast, batch_sizes, dev, dtype, t0)
     gammas = sorted({model.config.check_gamma(g) for g in gammas}) if gammas else list(model.config.gammas)
     if 0 not in gammas:

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -102,6 +103,44 @@ def test_traced_forward_runs_no_python_per_call(monkeypatch):
     assert calls == []
 
 
+@pytest.mark.parametrize("mode", ["eager", "traced"])
+def test_predict_host_answers_as_the_forward_from_every_host_input_form(mode):
+    """`predict_host` (the served path) takes a list of (H, W, 3) arrays, one (B, H, W, 3) array or a
+    tensor, and answers as the forward does, in a new array: the next batch does not overwrite it.
+    Past the largest bucket (eager and traced serve any size) it stacks outside the staging buffer."""
+    fast = FastForward(small_model(), "cpu", FastConfig(mode=mode, dtype=torch.float32, buckets=(1, 4)))
+    rng = np.random.default_rng(3)
+    kept = []
+    for g in fast.model.config.gammas:
+        for b in (1, 3, 4, 7):
+            images = rng.integers(0, 256, (b, 16, 16, 3), dtype=np.uint8)
+            tasks = [("a", "b")[int(k)] for k in rng.integers(0, 2, b)]
+            want = fast(torch.from_numpy(images), g, tasks).numpy()
+            for form in (list(images), images, torch.from_numpy(images)):
+                got = fast.predict_host(form, g, tasks)
+                assert got.dtype == np.float32 and got.shape == want.shape
+                np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+            kept.append((got, got.copy()))
+    assert all((a == b).all() for a, b in kept)  # no answer was overwritten by a later batch
+
+
+def test_predict_host_refuses_what_the_forward_refuses():
+    fast = FastForward(small_model(), "cpu", FastConfig(mode="eager", dtype=torch.float32, buckets=(1, 4)))
+    img = np.zeros((16, 16, 3), np.uint8)
+    with pytest.raises(ValueError, match="unknown task"):
+        fast.predict_host([img], 0, "nope")
+    with pytest.raises(ValueError, match="task names for a batch"):
+        fast.predict_host([img, img], 0, ["a"])
+    with pytest.raises(ValueError, match="not in the configured set"):
+        fast.predict_host([img], 3, "a")
+    with pytest.raises(TypeError):  # float pixels are not silently cast to uint8
+        fast.predict_host([img.astype(np.float32)], 0, "a")
+    with pytest.raises(ValueError):  # a wrong image size
+        fast.predict_host([np.zeros((8, 8, 3), np.uint8)], 0, "a")
+    tasks = ["a", "source", "b"]
+    assert fast.model.task_indices(tasks, 3, 0) == fast.model.task_index(tasks, 3, 0).tolist()
+
+
 def test_buckets_and_errors():
     fast = FastForward(small_model(), "cpu", FastConfig(mode="eager", dtype=torch.float32, buckets=(1, 4, 8)))
     assert [fast.bucket(b) for b in (1, 2, 4, 5, 8)] == [1, 4, 4, 8, 8]
@@ -184,3 +223,47 @@ def test_gpu_merge_impls_match_eager(impl):
             got = fast(images, g, tasks)
             torch.testing.assert_close(got, own(images, g, tasks), atol=2e-2, rtol=0)
             assert (got - ref(images, g, tasks)).abs().mean() < 1e-2
+
+
+@pytest.mark.gpu
+def test_gpu_host_io_graphs_answer_as_eager_with_no_torch_call_but_replay_and_wait():
+    """With `host_io`, each graph copies its input from pinned host buffers and its answer back: a batch
+    through `predict_host` equals the eager forward (any size up to a bucket, padding rows holding another
+    batch's stale images and tasks), and runs no ATen op on the host: only the replay and the wait."""
+    model = small_model()
+    ref = FastForward(small_model(), "cuda", FastConfig(mode="eager"))
+    fast = FastForward(model, "cuda", FastConfig(mode="graphs", buckets=(1, 4, 8), host_io=True))
+    rng = np.random.default_rng(4)
+    for _ in range(2):
+        for g in model.config.gammas:
+            for b in (8, 1, 3, 5, 4):
+                images = rng.integers(0, 256, (b, 16, 16, 3), dtype=np.uint8)
+                tasks = [("a", "b")[int(k)] for k in rng.integers(0, 2, b)]
+                got = fast.predict_host(list(images), g, tasks)
+                want = ref(torch.from_numpy(images), g, tasks).float().cpu().numpy()
+                np.testing.assert_allclose(got, want, atol=2e-2, rtol=0)
+                called = fast(torch.from_numpy(images), g, tasks)  # the tensor form through the same graphs
+                np.testing.assert_allclose(called.float().cpu().numpy(), want, atol=2e-2, rtol=0)
+    images = list(rng.integers(0, 256, (5, 16, 16, 3), dtype=np.uint8))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fast.predict_host(images, -4, "a")
+    ops = {e.name for e in prof.events() if e.name.startswith("aten::")}
+    assert not ops, ops
+
+
+@pytest.mark.gpu
+def test_gpu_host_io_graphs_that_fail_their_check_fall_back_with_a_warning(monkeypatch):
+    """The first graph's captured copies are checked against the direct forward; where they differ (or the
+    capture fails), every graph is made without them, with a warning, and answers stay right."""
+    from otas.adapt.fast import HostIOFallbackWarning
+
+    monkeypatch.setattr(FastForward, "_host_io_differs", lambda self, graph, gamma, B: "forced for the test")
+    ref = FastForward(small_model(), "cuda", FastConfig(mode="eager"))
+    fast = FastForward(small_model(), "cuda", FastConfig(mode="graphs", buckets=(1, 4), host_io=True))
+    images = np.random.default_rng(5).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    with pytest.warns(HostIOFallbackWarning, match="forced for the test"):
+        got = fast.predict_host(list(images), 0, ["a", "b", "a"])
+    want = ref(torch.from_numpy(images), 0, ["a", "b", "a"]).float().cpu().numpy()
+    np.testing.assert_allclose(got, want, atol=2e-2, rtol=0)
+    want = ref(torch.from_numpy(images), -4, "b").float().cpu().numpy()
+    np.testing.assert_allclose(fast.predict_host(images, -4, "b"), want, atol=2e-2, rtol=0)
