@@ -28,6 +28,7 @@ from otas.scale.frontend import RoutedEngine, with_replicas_endpoint
 from otas.scale.frontend_config import FrontendConfig, fastest_latency
 from otas.scale.replica import ReplicaCore, ReplicaSpec, Reply
 from otas.scale.router import RouterConfig
+from otas.server import memory
 from otas.server.app import ServeConfig, create_app
 from otas.server.logs import setup_logging
 from otas.server.metrics import Metrics
@@ -45,6 +46,7 @@ class EngineReplica:
         setup_logging(log_level)
         self.core = ReplicaCore(spec, index)
         await self.core.start()
+        memory.freeze_heap()  # loaded and warmed up: full collections never scan the model again
         ctx = ray.get_runtime_context()
         # Serve's actors are named in its own namespace, whatever the job's is
         self.actor = {"name": ctx.get_actor_name(), "namespace": "serve", "node": ctx.get_node_id()}
@@ -123,6 +125,7 @@ class OtasRouter:
         serve_cfg = ServeConfig(model_name=profile.model, max_body_bytes=max_body_bytes, info=info, http=http)
         app = create_app(self.engine, serve_cfg, Metrics(profile.gammas, registry))
         self.asgi = with_replicas_endpoint(app, self.engine)
+        memory.freeze_heap()
 
     def __serve_build_asgi_app__(self):
         return self.asgi

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import logging
 import threading
 
@@ -60,3 +61,16 @@ def trim_soon() -> None:
     """`trim()` on a short-lived thread: it locks the allocator's arenas and may take milliseconds."""
     if _glibc() is not None:
         threading.Thread(target=trim, name="otas-trim", daemon=True).start()
+
+
+def freeze_heap() -> None:
+    """Collect, then move every object alive now to the cyclic GC's permanent generation: call once
+    loaded and warmed up, just before serving.
+
+    Torch, the model and the libraries are ~400,000 objects that every full collection would scan
+    again. Serving churns objects (connections, futures, bodies), so full collections come during
+    bursts, and each stops the event loop: 220-310 ms on a 2-core CPU, while the sockets of new
+    requests went unread (their deadlines run from the first byte read). Frozen, they are never
+    scanned again."""
+    gc.collect()
+    gc.freeze()
