@@ -208,6 +208,26 @@ class Profile:
             gflops=sub(self.gflops),
         )
 
+    def timing_warnings(self, tolerance: float = 0.10) -> list[str]:
+        """One line per γ whose latency row falls with the batch size by more than `tolerance` (a larger
+        batch timed faster than a smaller one): the host was busy while the smaller batch was timed, and
+        the scheduler would take batching to cost less than it does. Empty for a sound profile."""
+        out = []
+        for g in self.gammas:
+            row = self.latency_ms[g]
+            slowest = self.batch_sizes[0]
+            for b in self.batch_sizes[1:]:
+                if row[b] < (1 - tolerance) * row[slowest]:
+                    out.append(
+                        f"profile {self.model!r} ({self.device}): at gamma={g} a batch of {b} is timed at "
+                        f"{row[b]:.3g} ms, faster than a batch of {slowest} ({row[slowest]:.3g} ms); the host was "
+                        "likely busy while the smaller batch was timed: re-profile on an idle host"
+                    )
+                    break
+                if row[b] > row[slowest]:
+                    slowest = b
+        return out
+
     def _row(self, table: dict[int, Any], gamma: int) -> Any:
         try:
             return table[gamma]
@@ -317,3 +337,21 @@ class Profile:
             return cls.from_dict(d)
         except ValueError as e:
             raise ValueError(f"profile file {p}: {e}") from None
+
+
+def unmeetable_slos(apps: Any, profiles: list[Profile]) -> list[str]:
+    """One line per application whose SLO is below the fastest batch of one of its task in any of
+    `profiles` (whose task none of them serves is skipped: the caller refuses it with its own message):
+    every request of it would be refused."""
+    out = []
+    for a in apps:
+        try:
+            fastest = min(pr.lat(g, 1) for pr in profiles for g in pr.servable(a.task))
+        except ValueError:
+            continue
+        if a.slo_ms < fastest:
+            out.append(
+                f"application {a.name!r}: SLO {a.slo_ms:g} ms is below the fastest batch of one ({fastest:.3g} ms in "
+                "the profile); none of its requests can be served"
+            )
+    return out

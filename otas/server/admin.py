@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 from otas import jsonio
 from otas.apps import MAX_APPS
 from otas.config import parse_apps
+from otas.profile.table import unmeetable_slos
 from otas.server.errors import ProtocolError
 from otas.server.handlers import config_of, engine_of, guarded
 from otas.types import App
@@ -82,7 +83,14 @@ def _check(request: Request, apps: list[App], app: App) -> None:
 
 
 def _describe(request: Request, app: App) -> dict[str, Any]:
-    return {**asdict(app), "classes": engine_of(request).classes[app.task]}
+    """The application as served, with `warnings` where its SLO is below the fastest batch of one in the
+    profile (accepted: the device may run faster than profiled; but as profiled, each request is refused)."""
+    out = {**asdict(app), "classes": engine_of(request).classes[app.task]}
+    sched = engine_of(request).scheduler
+    if warnings := unmeetable_slos([app], [sched.profiles[sched.model]]):
+        log.warning(warnings[0], extra={"event": "config_warning", "app": app.name})
+        out["warnings"] = warnings
+    return out
 
 
 async def _apply(request: Request, apps: list[App], old: list[App]) -> None:

@@ -25,6 +25,7 @@ import logging
 import random
 import resource
 import time
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
@@ -317,9 +318,15 @@ class _Answered:
 class GuardedServer(uvicorn.Server):
     """A uvicorn server that drains before it closes (see the module docstring)."""
 
-    def __init__(self, config: uvicorn.Config, guard: Guard):
+    def __init__(self, config: uvicorn.Config, guard: Guard, on_started: Callable[[int], None] | None = None):
         super().__init__(config)
         self.guard = guard
+        self.on_started = on_started
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets)
+        if self.on_started is not None and self.servers and not self.should_exit:
+            self.on_started(self.servers[0].sockets[0].getsockname()[1])
 
     async def shutdown(self, sockets=None) -> None:
         self.guard.drain()
@@ -333,8 +340,11 @@ class GuardedServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def make_server(app, host: str = "127.0.0.1", port: int = 0, **kwargs: Any) -> GuardedServer:
-    """A uvicorn server for an app of `create_app`, with its guard's limits."""
+def make_server(
+    app, host: str = "127.0.0.1", port: int = 0, on_started: Callable[[int], None] | None = None, **kwargs: Any
+) -> GuardedServer:
+    """A uvicorn server for an app of `create_app`, with its guard's limits; `on_started(port)` once it
+    listens, with the port bound."""
     guard: Guard = app.state.guard
     cfg = guard.http
     raise_fd_limit(cfg.max_connections + 1024)
@@ -345,7 +355,7 @@ def make_server(app, host: str = "127.0.0.1", port: int = 0, **kwargs: Any) -> G
         # h11's own limit (a plain-text 400) above ours (a JSON 431), even for a whole read of 256 KiB
         h11_max_incomplete_event_size=2 * cfg.max_header_kb * 1024 + (256 << 10),
     )  # fmt: skip
-    return GuardedServer(config, guard)
+    return GuardedServer(config, guard, on_started)
 
 
 def raise_fd_limit(want: int) -> int:

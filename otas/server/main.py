@@ -11,7 +11,7 @@ from pathlib import Path
 
 from otas.config import EngineConfig, HttpConfig, SchedulerConfig, ServingConfig
 from otas.engine.engine import Engine
-from otas.profile.table import Profile
+from otas.profile.table import Profile, unmeetable_slos
 from otas.sched.baselines import Fixed
 from otas.sched.policies import make_policy
 from otas.sched.scheduler import Scheduler
@@ -208,11 +208,17 @@ def serve(cfg: ServingConfig) -> None:
         grace_s=grace_s, engine_cfg=cfg.engine, http=cfg.http, admin_token=cfg.admin_token, apps_file=cfg.apps_file,
     )  # fmt: skip
     app.state.config.start_parser = True
+    for line in unmeetable_slos(apps, [profile]) + profile.timing_warnings():
+        log.warning(line, extra={"event": "config_warning"})
     memory.freeze_heap()  # OPTIMIZATION: full collections never scan the model and the libraries again
-    log.info(
-        "serving",
-        extra={"event": "serve", "url": f"http://{host}:{port}", "grpc": f"{host}:{grpc_port}" if grpc_port else None,
-               "model": profile.model, "policy": cfg.policy, "device": cfg.engine.device,
-               "mode": getattr(runner, "mode", "none"), "max_queue": config.max_queue, "apps": [a.name for a in apps]},
-    )  # fmt: skip
-    make_server(app, host, port, timeout_graceful_shutdown=grace_s).run()
+
+    def started(bound_port: int) -> None:  # the port bound (`--port 0` picks a free one)
+        log.info(
+            "serving",
+            extra={"event": "serve", "url": f"http://{host}:{bound_port}",
+                   "grpc": f"{host}:{grpc_port}" if grpc_port else None, "model": profile.model, "policy": cfg.policy,
+                   "device": cfg.engine.device, "mode": getattr(runner, "mode", "none"), "max_queue": config.max_queue,
+                   "apps": [a.name for a in apps]},
+        )  # fmt: skip
+
+    make_server(app, host, port, timeout_graceful_shutdown=grace_s, on_started=started).run()

@@ -19,7 +19,7 @@ import typer
 from otas import cli_options as opt
 from otas import jsonio
 from otas.config import SchedulerConfig, default_apps_path, load_apps
-from otas.profile.table import Profile
+from otas.profile.table import Profile, unmeetable_slos
 from otas.provenance import run_meta
 from otas.sched.oracle import upper_bound
 from otas.sched.policies import make_policy
@@ -150,16 +150,10 @@ def simulate(
     except OSError as e:
         msg = f"cannot write the results there ({e.strerror or e}: {e.filename}); give another path"
         raise typer.BadParameter(msg) from None
-    for a in app_list:  # an SLO nothing can meet: every request of it is refused (say so, not only NaN later)
-        try:
-            fastest = min(pr.lat(g, 1) for pr in profs for g in pr.servable(a.task))
-        except ValueError:  # a task the profile lacks: the sweep names it
-            continue
-        if a.slo_ms < fastest:
-            opt.warn(
-                f"application {a.name!r}: SLO {a.slo_ms:g} ms is below the fastest batch of one ({fastest:.3g} ms); "
-                "none of its requests can be served"
-            )
+    # an SLO nothing can meet (every request of it refused) and a profile timed on a busy host: say so,
+    # not only NaN or odd numbers later
+    for line in unmeetable_slos(app_list, profs) + [w for pr in profs for w in pr.timing_warnings()]:
+        opt.warn(line)
     names = [p for p in policies.split(",") if p] or default_policies(profs)
     try:
         out, kept = sweep(trace, app_list, profs, names, loads, config, seed=seed, noise=noise)

@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from otas.profile.table import Profile
+from otas.profile.table import Profile, unmeetable_slos
+from otas.types import App
 
 
 def _profile(**kw) -> Profile:
@@ -45,6 +46,24 @@ def test_a_noisy_falling_profile_never_extrapolates_to_zero(b1, b8):
     for b in (9, 16, 64, 256, 10_000):
         assert p.lat(0, b) >= b8 > 0
     assert 0 < p.lat(0, 1) <= max(b1, b1 + (b1 - b8) / 6) and p.throughput(0, 256) < float("inf")
+
+
+def test_a_profile_whose_latency_falls_with_the_batch_size_is_named():
+    """A larger batch timed faster than a smaller one (beyond 10 %) is a profile timed on a busy host:
+    one line per γ, naming both cells; a sound or merely noisy (≤ 10 %) row says nothing."""
+    assert _profile().timing_warnings() == []
+    rows = {-4: {1: 5.0, 8: 20.0, 64: 19.0}, 0: {1: 30.0, 8: 6.0, 64: 40.0}, 4: {1: 6.0, 8: 50.0, 64: 20.0}}
+    lines = _profile(batch_sizes=[1, 8, 64], latency_ms=rows).timing_warnings()
+    assert len(lines) == 2  # -4 falls 5 %: noise
+    assert "gamma=0 a batch of 8 is timed at 6 ms, faster than a batch of 1 (30 ms)" in lines[0]
+    assert "gamma=4 a batch of 64 is timed at 20 ms, faster than a batch of 8 (50 ms)" in lines[1]
+
+
+def test_an_slo_below_the_fastest_batch_of_one_is_named():
+    apps = [App("quick", 4.0, 1.0, "t"), App("fine", 5.0, 1.0, "t"), App("other", 1.0, 1.0, "nosuch")]
+    lines = unmeetable_slos(apps, [_profile()])
+    assert len(lines) == 1 and "'quick'" in lines[0] and "fastest batch of one (5 ms" in lines[0]
+    assert unmeetable_slos(apps[:1], [_profile(), _profile(latency_ms={g: {1: 3.0, 8: 9.0} for g in (-4, 0, 4)})]) == []
 
 
 def test_errors_name_the_problem(tmp_path):

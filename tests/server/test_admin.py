@@ -63,6 +63,7 @@ def test_register_update_and_bad_apps(runner, tmp_path, caplog):
     with admin_server(runner, tmp_path) as (c, engine):
         r = c.post("/v1/apps", json={"name": "cam", "slo_ms": 500, "utility": 2, "task": "blur"}, headers=AUTH)
         assert r.status_code == 201 and r.json()["classes"][0] == "dog", r.text
+        assert "warnings" not in r.json()
         assert [a["name"] for a in c.get("/v1/apps").json()] == ["novel", "cam"] and saved(tmp_path) == ["novel", "cam"]
         r = classify(c, "cam")
         assert r.status_code == 200 and r.json()["slo_ms"] == 500 and r.json()["label"] in engine.classes["blur"]
@@ -231,3 +232,15 @@ def test_a_key_given_twice_is_400_not_the_last_one_taken(runner, tmp_path, raw):
         r = c.put("/v1/apps/novel", content=b'{"slo_ms": 5, "slo_ms": 900}', headers=AUTH)
         assert r.status_code == 400 and r.json()["reason"] == "invalid_app"
         assert set(engine.scheduler.apps) == {"novel"} and engine.scheduler.apps["novel"].slo_ms != 5
+
+
+def test_an_slo_no_setting_meets_is_registered_with_a_warning(runner, tmp_path, caplog):
+    """An SLO below the profile's fastest batch of one is accepted (the device may run faster than profiled)
+    but the answer says that, as profiled, every request of it is refused."""
+    with admin_server(runner, tmp_path) as (c, engine):
+        r = c.post("/v1/apps", json={"name": "rush", "slo_ms": 1, "utility": 1, "task": "blur"}, headers=AUTH)
+        assert r.status_code == 201, r.text
+        assert "below the fastest batch of one" in r.json()["warnings"][0]
+        r = c.put("/v1/apps/rush", json={"slo_ms": 5000}, headers=AUTH)
+        assert r.status_code == 200 and "warnings" not in r.json()
+    assert any("below the fastest batch" in rec.getMessage() for rec in caplog.records if rec.levelname == "WARNING")

@@ -113,3 +113,23 @@ def test_every_log_line_of_otas_serve_is_json(tmp_path):
     faults = [r for r in records if r.get("event") == "client_fault"]
     assert len(faults) >= 3 and all(r["level"] == "INFO" for r in faults), faults
     assert not [r for r in records if r["level"] == "WARNING" and r["logger"] != "py.warnings"], records
+
+
+def test_serve_on_port_0_logs_the_port_it_bound(tmp_path):
+    """`--port 0` picks a free port; the "serving" line names that port, not 0, and it answers there."""
+    err = tmp_path / "stderr"
+    cmd = [sys.executable, "-m", "otas.cli", "serve", "--noop", "--port", "0", "--grpc-port", "0"]
+    with open(err, "wb") as f:
+        proc = subprocess.Popen(cmd, cwd=REPO, stderr=f, stdout=subprocess.DEVNULL)
+    try:
+        deadline, url = time.monotonic() + 60, None
+        while url is None and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+            for ln in err.read_text().splitlines():
+                rec = json.loads(ln) if ln.startswith("{") else {}
+                url = rec.get("url") if rec.get("event") == "serve" else url
+        assert url is not None, err.read_text()
+        assert not url.endswith(":0") and httpx.get(url + "/v2/health/live", timeout=10).status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
