@@ -15,7 +15,8 @@
 # Run (on the GPU machine, from the repository root, .carry/ carried):
 #   bash scripts/gpu_serve_replay.sh     (env: OUT, POLICIES, LOADS, DURATION_S, PROFILE, REPROFILE=1 [PROFILE_OUT: its
 #                                         file name], APPS,
-#                                         SERVE_ARGS: more `otas serve` options, e.g. --decode-processes)
+#                                         SERVE_ARGS: more `otas serve` options, e.g. --decode-processes,
+#                                         COALESCE_MS: the replay's gateway window, e.g. 1 for loads near the GPU's)
 set -uo pipefail  # no -e: one failed replay must not cost the others
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results/live_h100}
@@ -71,6 +72,7 @@ for POLICY in $POLICIES; do
     curl -s localhost:8000/metrics > "$W/metrics_${TAG}_x${LOAD}_before.txt"
     date +%s.%N > "$W/t_${TAG}_x${LOAD}.txt"
     $OTAS bench replay --url http://127.0.0.1:8000 --trace "$TRACE" --load "$LOAD" --limit "$N" --out "$W" \
+      --coalesce-ms "${COALESCE_MS:-0}" \
       --tag "$TAG" > "$W/replay_${TAG}_x${LOAD}.txt" 2>&1
     echo "  load $LOAD ($N requests) rc=$? at $((SECONDS - T0))s"
     date +%s.%N >> "$W/t_${TAG}_x${LOAD}.txt"

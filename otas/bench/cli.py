@@ -48,6 +48,13 @@ def bench_replay_cmd(
     duration_s: Annotated[
         float, typer.Option(help="Replay at most the first this many seconds of the scaled trace (0 = no limit).")
     ] = 0.0,
+    coalesce_ms: Annotated[
+        float,
+        typer.Option(
+            help="otas format: send one application's arrivals within this many ms as one multi-image request, "
+            "as a batching gateway would (each image still scored from its own arrival; 0 = one per arrival)."
+        ),
+    ] = 0.0,
 ) -> None:
     """Replay a trace open-loop against a server (otas, or a peer in bench/peers/) with labelled
     CIFAR-10 test images; report utility, SLO attainment, goodput, accuracy and latency per app, beside
@@ -57,8 +64,10 @@ def bench_replay_cmd(
 
     try:
         check_window(load, limit, duration_s)  # before the server is asked anything
+        if not 0 <= coalesce_ms < math.inf:
+            raise ValueError(f"--coalesce-ms {coalesce_ms}: use a finite window >= 0 (0: one request per arrival)")
         replay_main(url, trace, apps, load, limit, seed, out, tag, data, console, format, model or "vit_tiny_p2_c5"
-                    if format == "triton" else model, profile, max_batch, duration_s)  # fmt: skip
+                    if format == "triton" else model, profile, max_batch, duration_s, coalesce_ms)  # fmt: skip
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
 

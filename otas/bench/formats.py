@@ -54,6 +54,36 @@ class Format:
             return head + b64png + b'"]}]}'
         return b'{"app":"%s","image":"' % a + b64png + b'"}'
 
+    def body_many(self, b64pngs: Sequence[bytes], app: str) -> bytes:
+        """One request for several base64 PNGs of application `app` (`otas` only: one KServe v2 BYTES
+        input of shape [n]; the other servers' handlers read one image per request)."""
+        if len(b64pngs) == 1:
+            return self.body(b64pngs[0], app)
+        if self.name != "otas":
+            raise ValueError(f"the {self.name!r} format sends one image per request; coalescing needs 'otas'")
+        head = b'{"parameters":{"app":"%s"},"inputs":[{"name":"image","datatype":"BYTES","shape":[%d],"data":["' % (
+            app.encode(),
+            len(b64pngs),
+        )
+        return head + b'","'.join(b64pngs) + b'"]}]}'
+
+    def parse_many(self, status: int, raw: bytes, n: int) -> list[dict[str, Any]]:
+        """The fields of each of the `n` images of one answer (`parse`'s, per image); a refusal is every
+        image's."""
+        if n == 1 or status != 200:
+            one = self.parse(status, raw)
+            return [dict(one) for _ in range(n)]
+        if self.name != "otas":
+            raise ValueError(f"the {self.name!r} format answers one image per request, not {n}")
+        out = {o["name"]: o["data"] for o in json.loads(raw)["outputs"]}
+        if not len(out["label"]) == len(out["gamma"]) == len(out["deadline_met"]) == n:
+            raise ValueError(f"answer holds {len(out['label'])} images, the request {n}")
+        return [
+            {"label": out["label"][i], "gamma": int(out["gamma"][i]), "server_met": out["deadline_met"][i],
+             "server_ms": out["latency_ms"][3 * i + 2]}
+            for i in range(n)
+        ]  # fmt: skip
+
     def parse(self, status: int, raw: bytes) -> dict[str, Any]:
         """Fields of one answer: label and gamma when answered, else the server's reason."""
         try:

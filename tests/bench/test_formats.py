@@ -109,3 +109,25 @@ def test_window_is_a_prefix_of_the_scaled_trace():
     assert len(faster) > 1.5 * len(short)  # twice the load: about twice the requests in the same seconds
     with pytest.raises(ValueError, match="load"):
         window("poisson", APPS, prof, 64, 0.0, 0, 5.0, seed=3)
+
+
+def test_several_images_in_one_otas_request_and_their_answers():
+    fmt = make_format("otas", APPS, "m")
+    pngs = [PNG, base64.b64encode(b"other")]
+    body = json.loads(fmt.body_many(pngs, "blur"))
+    assert body["parameters"] == {"app": "blur"}
+    assert body["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [2], "data": [p.decode() for p in pngs]}]
+    assert fmt.body_many(pngs[:1], "blur") == fmt.body(PNG, "blur")
+    outs = {"label": ["cat", "dog"], "gamma": [-20, -20], "deadline_met": [True, False]}
+    outs["latency_ms"] = [1, 2, 3, 4, 5, 6]  # (2, 3) flattened: queue, exec, total per image
+    raw = json.dumps({"outputs": [{"name": k, "data": v} for k, v in outs.items()]}).encode()
+    assert fmt.parse_many(200, raw, 2) == [
+        {"label": "cat", "gamma": -20, "server_met": True, "server_ms": 3},
+        {"label": "dog", "gamma": -20, "server_met": False, "server_ms": 6},
+    ]
+    assert fmt.parse_many(429, b'{"reason": "queue_full"}', 3) == [{"reason": "queue_full"}] * 3
+    with pytest.raises(ValueError, match="holds 2 images, the request 3"):
+        fmt.parse_many(200, raw, 3)
+    for other in ("triton", "json"):
+        with pytest.raises(ValueError, match="one image per request"):
+            make_format(other, APPS, "m").body_many(pngs, "blur")

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from rich.console import Console
 
 from otas.bench.replay import main as replay
@@ -21,3 +22,36 @@ def test_replay_counts_and_prediction(paced, cifar_archive, tmp_path):
     assert [f.suffix for f in files] == [".json", ".png"]
     assert json.loads(files[0].read_text())["meta"]["policy"] == "otas"
     assert "| otas | poisson × 0.5 | 80 |" in summary([files[0]])
+
+
+def test_coalescing_puts_each_arrival_in_one_request_of_its_application_within_the_window():
+    import numpy as np
+
+    from otas.bench.replay import coalesce
+    from otas.sim.traces import Trace
+
+    rng = np.random.default_rng(0)
+    for window_ms, most in ((0.5, 256), (2.0, 4), (50.0, 3), (1e-3, 256)):
+        t = np.sort(rng.exponential(0.3, 2000).cumsum())
+        apps = [("a", "b", "c")[k] for k in rng.integers(0, 3, len(t))]
+        g = coalesce(Trace("x", t, apps), window_ms, most)
+        assert sorted(i for m in g.members for i in m) == list(range(len(t)))  # each arrival once
+        assert g.send_ms == sorted(g.send_ms)
+        for send, m in zip(g.send_ms, g.members, strict=True):
+            assert len({apps[i] for i in m}) == 1 and 1 <= len(m) <= most and m == sorted(m)
+            assert t[m[-1]] <= send <= t[m[0]] + window_ms + 1e-9  # sent after its last, within the first's window
+        if window_ms >= 2:
+            assert len(g.members) < len(t) / 2  # it does coalesce
+    with pytest.raises(ValueError, match="finite window"):
+        coalesce(Trace("x", np.zeros(1), ["a"]), 0.0)
+
+
+def test_replay_coalesced_scores_every_arrival_from_its_own_arrival(paced, cifar_archive, tmp_path):
+    with serving(paced, paced_profile()) as (srv, _):
+        res = replay(srv.url, "poisson", None, 1.0, 120, 0, tmp_path, "t", cifar_archive, Console(width=200),
+                     coalesce_ms=30.0)  # fmt: skip
+    live, meta = res["live"]["all"], res["meta"]
+    assert live["sent"] == 120 == live["answered"] + live["rejected"] + live["errors"] and live["errors"] == 0
+    assert meta["coalesce_ms"] == 30.0 and meta["http_requests"] < 120
+    assert live["send_lag_ms"]["max"] > 5  # an arrival waits for its request's window: that counts against it
+    assert live["slo_attainment"] > 0.8
