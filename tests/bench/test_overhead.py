@@ -37,3 +37,25 @@ def test_overhead_every_protocol_and_batch(tmp_path):
     saved = json.loads((tmp_path / "overhead_noop_c4x1.json").read_text())
     assert saved["meta"]["grpc_target"] == srv.grpc_target and len(saved["runs"]) == 2 * len(PROTOCOLS)
     assert runs["uint8", 8]["request_bytes"] > 8 * 32 * 32 * 3  # raw pixels, decoded by nobody
+
+
+def test_closed_loop_counts_the_calls_that_end_in_the_window():
+    """A first call held up through the warm-up (lazy set-up in the server) still counts when it ends in the
+    measured window; calls ending before the window (warm-up) or after it do not."""
+    import asyncio
+    import time
+
+    from otas.bench.overhead import _closed_loop
+
+    ends: list[float] = []
+
+    async def send() -> bool:
+        await asyncio.sleep(0.25 if not ends else 0.02)
+        ends.append(time.perf_counter())
+        return True
+
+    t0 = time.perf_counter()
+    ok, bad, lat = asyncio.run(_closed_loop(send, 1, duration_s=0.3, warmup_s=0.1))
+    inside = [t for t in ends if 0.1 <= t - t0 <= 0.4]
+    assert bad == 0 and ok == len(lat) >= 1 and abs(ok - len(inside)) <= 1
+    assert max(lat) >= 240  # the held-up first call is among them
