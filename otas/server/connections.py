@@ -94,7 +94,9 @@ def protocol_class(guard: Guard) -> type[asyncio.Protocol]:
             if (self.cycle is None or self.cycle.response_complete) and self._body_refused():
                 return
             door = guard.door
-            if door is None or self.parser.get_method() != b"POST" or not _inference(self.url):
+            refused = self.app is too_many  # answered 503 whatever its place: it takes none (one never freed
+            # by the app that refuses it would shut the door on every later request)
+            if door is None or refused or self.parser.get_method() != b"POST" or not _inference(self.url):
                 return super().on_headers_complete()
             if door.admit():
                 self.scope[TICKET] = Ticket(door)

@@ -118,12 +118,16 @@ def test_connections_over_the_cap_are_503_at_once(runner, impl):
             r = httpx.post(srv.url + INFER, json=infer_body("blur"), timeout=30)
             assert r.status_code == 503 and r.json()["reason"] == "too_many_connections", r.text
             assert r.headers["connection"] == "close" and r.headers["retry-after"] == "1"
+        # a refused request holds no place in the front door: leaked places once shut it on everyone
+        door = srv.app.state.guard.door
+        assert door is not None and door.in_flight == 0 and door.admitted == 0
         for s in held:
             s.close()
         deadline = time.monotonic() + 10
         while srv.app.state.guard.connections > 0 and time.monotonic() < deadline:
             time.sleep(0.02)
         assert ok(srv.url)
+        assert door.in_flight == 0
 
 
 @pytest.mark.parametrize("chunked", [False, True])
