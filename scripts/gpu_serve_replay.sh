@@ -11,7 +11,10 @@
 #     --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 --platform any -d .carry/whl "$w"; done
 #   (not typer, rich or timm: the image has them, and every wheel here overrides the image's; typer ≥ 0.29
 #   would also need pydantic. The tree plus .carry must stay under 64 MiB.)
-#   cp ../shared/data/cifar10-jpg.tar.gz ../shared/data/traces/AzureLLMInferenceTrace_conv.csv .carry/
+#   cp ../shared/data/traces/AzureLLMInferenceTrace_conv.csv .carry/
+#   (mkdir -p /tmp/c && tar xzf ../shared/data/cifar10-jpg.tar.gz -C /tmp/c test && tar czf .carry/cifar10-test.tar.gz -C /tmp/c test)
+#   (the replay reads the test split only: 3.5 MB against the whole archive's 20, which with the tree
+#   would pass the 64 MiB a device call carries)
 # Run (on the GPU machine, from the repository root, .carry/ carried):
 #   bash scripts/gpu_serve_replay.sh     (env: OUT, POLICIES, LOADS, DURATION_S, PROFILE, REPROFILE=1 [PROFILE_OUT: its
 #                                         file name], APPS,
@@ -24,7 +27,7 @@ W=/tmp/live   # everything here; $OUT gets the summary files and one tarball of 
 mkdir -p "$OUT" "$W"
 T0=$SECONDS
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .carry/whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 OTAS_CIFAR10=$PWD/.carry/cifar10-jpg.tar.gz OTAS_CACHE=/tmp/otas-cache
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 OTAS_CIFAR10=${CIFAR:-$PWD/.carry/cifar10-test.tar.gz} OTAS_CACHE=/tmp/otas-cache
 OTAS="python3 -m otas.cli"
 POLICIES=${POLICIES:-otas fixed:0 fixed:16}
 LOADS=${LOADS:-0.01 0.03 0.1}
