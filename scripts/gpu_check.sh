@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # GPU checks the CPU CI cannot run, on one GPU machine: the `gpu`-marked tests, the shipped model served
 # on CUDA against the CPU (labels per γ), and the own-model tutorial trained and profiled with --device cuda.
-# Prepare (once): the wheels of scripts/gpu_serve_replay.sh in .carry/whl, and pytest, pluggy, iniconfig,
-# hypothesis, sortedcontainers, attrs and packaging (pip download --python-version 3.12 ...) in .carry/testwhl.
+# Prepare (once): `bash scripts/gpu_carry.sh` (the server's wheels in .carry/whl, pytest and hypothesis in
+# .carry/testwhl).
 # Run from the repository root: bash scripts/gpu_check.sh
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .carry/whl/*.whl .carry/testwhl/*.whl 2>&1 | tail -2

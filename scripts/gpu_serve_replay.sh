@@ -4,17 +4,8 @@
 # busy share (nvidia-smi samples, and the server's measured batch time over the replay's wall time);
 # the server's no-op overhead. Results (≤ 8 files) under $OUT.
 #
-# Prepare here (once): the wheels the GPU image lacks, the trace, and the CIFAR-10 archive, in the ignored .carry/:
-#   mkdir -p .carry/whl && for w in starlette==1.10.0 uvicorn==0.54.0 python-multipart==0.0.34 anyio h11 \
-#     sniffio idna typing_extensions grpcio==1.85.3 protobuf==6.33.6 httptools uvloop orjson; do python3 -m pip download \
-#     --no-deps --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux2014_x86_64 \
-#     --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 --platform any -d .carry/whl "$w"; done
-#   (not typer, rich or timm: the image has them, and every wheel here overrides the image's; typer ≥ 0.29
-#   would also need pydantic. The tree plus .carry must stay under 64 MiB.)
-#   cp ../shared/data/traces/AzureLLMInferenceTrace_conv.csv .carry/
-#   (mkdir -p /tmp/c && tar xzf ../shared/data/cifar10-jpg.tar.gz -C /tmp/c test && tar czf .carry/cifar10-test.tar.gz -C /tmp/c test)
-#   (the replay reads the test split only: 3.5 MB against the whole archive's 20, which with the tree
-#   would pass the 64 MiB a device call carries)
+# Prepare here (once): `bash scripts/gpu_carry.sh` builds the ignored .carry/ (the wheels the GPU image
+# lacks, the trace, the CIFAR-10 test split; the tree plus .carry stay under a device call's 64 MiB).
 # Run (on the GPU machine, from the repository root, .carry/ carried):
 #   bash scripts/gpu_serve_replay.sh     (env: OUT, POLICIES, LOADS, DURATION_S, PROFILE, REPROFILE=1 [PROFILE_OUT: its
 #                                         file name], APPS,
