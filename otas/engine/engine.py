@@ -284,6 +284,8 @@ class Engine:
                 if plan is not None:
                     await self._batches.execute(plan)
                     continue
+                # nothing to run: requests may have left the queue without a batch (expired, cancelled)
+                observe(self.observer.queue_depth, self.scheduler.queued())
                 if self._closing and not len(self._books):
                     return
                 wake = self.scheduler.next_wakeup(now)

@@ -115,9 +115,12 @@ class Ledger:
         for s in g.results:
             if s is not None:
                 self._ended(g.app, "cancelled", why)
-        for req in self.scheduler.cancel(rid for rid in g.ids if rid in self.pending):
+        gone = self.scheduler.cancel(rid for rid in g.ids if rid in self.pending)
+        for req in gone:
             del self.pending[req.id]
             self._ended(g.app, "cancelled", why)
+        if gone:  # the queue shrank with no batch run: the gauge must say so now, not at the next batch
+            observe(self._observer().queue_depth, self.scheduler.queued())
 
     def _ended(self, app: str, outcome: str, reason: str, served: Served | None = None) -> None:
         observe(self._observer().ended, app, outcome, reason, served)

@@ -176,6 +176,9 @@ def protocol_class(guard: Guard) -> type[asyncio.Protocol]:
 
         def _start_asgi_task(self, cycle, app) -> None:
             self._running = cycle
+            ticket = cycle.scope.get(TICKET)
+            if ticket is not None and not cycle.more_body:  # a pipelined request, whole, starts its turn now
+                ticket.start()
             super()._start_asgi_task(cycle, app)
 
         def send_400_response(self, msg: str) -> None:
@@ -246,7 +249,10 @@ def protocol_class(guard: Guard) -> type[asyncio.Protocol]:
         def on_message_complete(self) -> None:
             self._skipping, self._boundary = False, True
             ticket = (getattr(self, "scope", None) or {}).get(TICKET)
-            if ticket is not None:  # the body is in: from now on the host works on it
+            # the body is in: from now on the host works on it, unless it waits behind the answers of the requests
+            # before it on its connection (pipelined: it starts with its turn, `_start_asgi_task`; a client that
+            # reads none of those answers would otherwise hold its place for as long as it keeps the connection)
+            if ticket is not None and not any(c is self.cycle for c, _ in getattr(self, "pipeline", ())):
                 ticket.start()
             super().on_message_complete()
 

@@ -144,3 +144,43 @@ def test_a_raising_observer_costs_no_request_its_answer():
     assert all(isinstance(f.result(), Served) for f in futs)
     assert refusal.reason == "shutting_down"  # still a refusal, not the observer's error
     assert obs.ends == [("served", "")] * 6 + [("rejected", "shutting_down")]
+
+
+class Depth(Ends):
+    def __init__(self):
+        super().__init__()
+        self.depths: list[int] = []
+
+    def queue_depth(self, n):
+        self.depths.append(n)
+
+
+def test_the_queue_depth_gauge_returns_to_zero_when_queued_requests_leave_without_a_batch():
+    """Requests that expire in the queue, or whose callers leave, leave it with no batch run: the gauge
+    said they were still queued until the next request came (37 after a burst, on a live server)."""
+    runner, obs = GatedRunner(), Depth()
+
+    async def main():
+        eng = _engine(runner, obs)
+        await eng.start()
+        first = [eng.submit("novel", IMG) for _ in range(2)]
+        assert await asyncio.to_thread(runner.started.wait, 5)  # the device is held
+        expiring = [eng.submit("novel", IMG) for _ in range(3)]  # 400 ms SLO: gone while the device is held
+        leaving = [eng.submit("blur", IMG) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        for f in leaving:
+            f.cancel()  # their callers go away while they are queued
+        await asyncio.sleep(0.05)
+        after_leaving = obs.depths[-1]
+        await asyncio.sleep(0.5)
+        runner.release.set()
+        await asyncio.wait(first + expiring, timeout=5)
+        await asyncio.sleep(0.2)
+        await eng.stop()
+        return first, expiring, after_leaving
+
+    first, expiring, after_leaving = asyncio.run(main())
+    assert after_leaving == 3  # the two that left are no longer counted
+    assert all(f.exception() is None for f in first)
+    assert _outcomes(expiring) == ["deadline_unreachable"] * 3
+    assert obs.depths[-1] == 0

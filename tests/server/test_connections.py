@@ -211,3 +211,26 @@ def test_chunked_body_over_the_limit_is_413_even_in_one_piece(runner, impl, size
         status, body = answer(s)
         assert status == 413 and body["reason"] == "too_large", body
         assert srv.app.state.guard.inflight == 0
+
+
+def test_pipelined_requests_behind_unread_answers_hold_no_place(runner, impl):
+    """A client that pipelines inference requests behind answers it never reads: they wait for their
+    turn, which is not host work, so they take no place in the front door until it comes (they once
+    held theirs for as long as the connection stayed open, and with the door's measured limit that
+    refused every other client 503 `overloaded`)."""
+    with server(runner, header_timeout_s=30) as (srv, _):
+        body = json.dumps(infer_body("blur")).encode()
+        infer = HEAD.encode() + b"content-length: %d\r\n\r\n" % len(body) + body
+        s = connect(srv.url)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        # ~1,000 answers of /metrics fill the socket's buffers, then the inference requests wait behind them
+        s.sendall(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n" * 1000 + infer * 20)
+        door = srv.app.state.guard.door
+        time.sleep(2)
+        assert door is not None and door.in_flight == 0
+        assert ok(srv.url) and door.in_flight == 0
+        s.close()
+        deadline = time.monotonic() + 10
+        while srv.app.state.guard.connections > 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert ok(srv.url) and door.in_flight == 0
