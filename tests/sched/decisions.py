@@ -29,7 +29,7 @@ from otas.types import App
 
 REPO = Path(__file__).resolve().parents[2]
 RECORD = Path(__file__).with_name("decisions.json")
-PROFILES = ["profiles/vit_tiny_p2_c5__cpu.json", "profiles/vit_tiny_p2_c5__h100-graphs.json"]
+PROFILES = ["profiles/vit_tiny_p2_c5__cpu-eager.json", "profiles/vit_tiny_p2_c5__h100-graphs.json"]
 POLICIES = ["otas", "otas", "otas", "otas-paper", "otas-fifo", "otas-greedy"]
 KINDS = ["poisson", "mmpp", "diurnal", "step"]
 N_CASES = 64
