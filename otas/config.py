@@ -101,7 +101,8 @@ class EngineConfig:
     mode: str = ""
     """The fast path the runner takes: eager, traced (TorchScript, the GIL released), graphs (CUDA graphs)
     or compile; "" = graphs on cuda, traced on cpu. Profile the device with the same --mode (traced and
-    eager run the same kernels), so the scheduler plans what runs."""
+    eager run the same kernels, but traced takes about half eager's time at a batch of 1 on a CPU), so the
+    scheduler plans what runs."""
     warmup: bool = True
     """Run every γ (on cuda: every batch bucket, capturing its graph) before serving."""
     noop: bool = False

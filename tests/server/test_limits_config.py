@@ -121,3 +121,26 @@ def test_the_engine_sets_the_gil_switch_interval_it_is_given(ms, want_s):
         assert sys.getswitchinterval() == pytest.approx(want_s or 0.005)
     finally:
         sys.setswitchinterval(before)
+
+
+@pytest.mark.parametrize("profile_mode, warned", [("eager", True), ("traced", False), (None, False)])
+def test_a_profile_of_another_path_than_the_served_one_is_named(tiny_ckpt, tmp_path, caplog, profile_mode, warned):
+    """Traced and eager run the same kernels but not in the same time (a batch of 1 in about half the time
+    on a CPU), so a profile timed on one predicts the other badly: the server says so at start. A
+    profile that records no mode is taken as timing the served path."""
+    import json
+    import logging
+
+    from otas.config import ServingConfig
+    from otas.server.main import load_runner
+    from tests.server.helpers import APPS
+
+    doc = json.load(open("tests/data/handmade_tiny__cpu.json"))
+    if profile_mode:
+        doc["meta"] = {**doc.get("meta", {}), "mode": profile_mode}
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(doc))
+    cfg = ServingConfig(apps=APPS, model=str(tiny_ckpt), profile=path, engine=EngineConfig(mode="traced", warmup=False))
+    with caplog.at_level(logging.WARNING):
+        load_runner(cfg)
+    assert any("profile timed another path" in r.getMessage() for r in caplog.records) == warned
