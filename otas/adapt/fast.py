@@ -197,6 +197,7 @@ class FastForward:
         B = self.bucket(b)  # raises for a batch past the largest bucket
         idx = self.model.task_indices(tasks, b, gamma)  # raises on an unknown or unservable (task, γ)
         gamma = int(gamma)
+        # OPTIMIZATION: a captured graph straight from the dict, without `_graph`'s inference-mode wrapper
         graph = (self._graphs.get((gamma, B)) or self._graph(gamma, B))[0]
         if not self._host_graphs:  # the first capture's check fell back
             return self.predict_host(images, gamma, tasks)

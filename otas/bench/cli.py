@@ -63,9 +63,7 @@ def bench_replay_cmd(
     from otas.bench.replay import main as replay_main
 
     try:
-        check_window(load, limit, duration_s)  # before the server is asked anything
-        if not 0 <= coalesce_ms < math.inf:
-            raise ValueError(f"--coalesce-ms {coalesce_ms}: use a finite window >= 0 (0: one request per arrival)")
+        check_window(load, limit, duration_s)  # before the server is asked anything (replay_main checks the rest first)
         replay_main(url, trace, apps, load, limit, seed, out, tag, data, console, format, model or "vit_tiny_p2_c5"
                     if format == "triton" else model, profile, max_batch, duration_s, coalesce_ms)  # fmt: skip
     except ValueError as e:

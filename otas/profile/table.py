@@ -339,6 +339,12 @@ class Profile:
             raise ValueError(f"profile file {p}: {e}") from None
 
 
+def config_warnings(apps: Any, profiles: list[Profile]) -> list[str]:
+    """What a run on `profiles` should say before it starts: `unmeetable_slos`, and each profile's
+    `timing_warnings`."""
+    return unmeetable_slos(apps, profiles) + [w for pr in profiles for w in pr.timing_warnings()]
+
+
 def unmeetable_slos(apps: Any, profiles: list[Profile]) -> list[str]:
     """One line per application whose SLO is below the fastest batch of one of its task in any of
     `profiles` (whose task none of them serves is skipped: the caller refuses it with its own message):

@@ -251,8 +251,10 @@ def protocol_class(guard: Guard) -> type[asyncio.Protocol]:
             ticket = (getattr(self, "scope", None) or {}).get(TICKET)
             # the body is in: from now on the host works on it, unless it waits behind the answers of the requests
             # before it on its connection (pipelined: it starts with its turn, `_start_asgi_task`; a client that
-            # reads none of those answers would otherwise hold its place for as long as it keeps the connection)
-            if ticket is not None and not any(c is self.cycle for c, _ in getattr(self, "pipeline", ())):
+            # reads none of those answers would otherwise hold its place for as long as it keeps the connection).
+            # uvicorn queues a pipelined request at the left of `pipeline`, so this one, if queued, is first there
+            pipeline = getattr(self, "pipeline", None)
+            if ticket is not None and not (pipeline and pipeline[0][0] is self.cycle):
                 ticket.start()
             super().on_message_complete()
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from otas.config import EngineConfig, HttpConfig, SchedulerConfig, ServingConfig
 from otas.engine.engine import Engine
-from otas.profile.table import Profile, unmeetable_slos
+from otas.profile.table import Profile, config_warnings
 from otas.sched.baselines import Fixed
 from otas.sched.policies import make_policy
 from otas.sched.scheduler import Scheduler
@@ -205,7 +205,7 @@ def serve(cfg: ServingConfig) -> None:
         grace_s=grace_s, engine_cfg=cfg.engine, http=cfg.http, admin_token=cfg.admin_token, apps_file=cfg.apps_file,
     )  # fmt: skip
     app.state.config.start_parser = True
-    for line in unmeetable_slos(apps, [profile]) + profile.timing_warnings():
+    for line in config_warnings(apps, [profile]):
         log.warning(line, extra={"event": "config_warning"})
     memory.freeze_heap()  # OPTIMIZATION: full collections never scan the model and the libraries again
 

@@ -19,7 +19,7 @@ import typer
 from otas import cli_options as opt
 from otas import jsonio
 from otas.config import SchedulerConfig, default_apps_path, load_apps
-from otas.profile.table import Profile, unmeetable_slos
+from otas.profile.table import Profile, config_warnings
 from otas.provenance import run_meta
 from otas.sched.oracle import upper_bound
 from otas.sched.policies import make_policy
@@ -152,7 +152,7 @@ def simulate(
         raise typer.BadParameter(msg) from None
     # an SLO nothing can meet (every request of it refused) and a profile timed on a busy host: say so,
     # not only NaN or odd numbers later
-    for line in unmeetable_slos(app_list, profs) + [w for pr in profs for w in pr.timing_warnings()]:
+    for line in config_warnings(app_list, profs):
         opt.warn(line)
     names = [p for p in policies.split(",") if p] or default_policies(profs)
     try:
