@@ -1,5 +1,7 @@
-"""Ablations of the default policy on cells of the workload suite: `Otas` without its floor and without
-reordering, beside itself and fixed γ, on the same workload draw, profiles, B_max and simulator.
+"""Ablations of the default policy on cells of the workload suite: `Otas` without its floor, without
+reordering, without the head cap or the blocked-arrival cost, with the floor judged on completions
+rather than settled queries, beside itself and fixed γ, on the same workload draw, profiles, B_max
+and simulator.
 
     python bench/workload_ablation.py --cells 28:1,47:3,51:3,7:3 --profile-set h200 [--fixed -48,-32]
     python bench/workload_ablation.py --suite bench/results/workloads/workloads.json --variants otas,no-floor
@@ -32,6 +34,10 @@ VARIANTS = {
     "no-mix": lambda: Otas(name="otas", mix=False),
     "cap-only": lambda: Otas(name="otas", floor_follow=False),
     "served-price": lambda: Otas(name="otas", served_price=True),
+    "completion-floor": lambda: Otas(name="otas", floor_settled=False),
+    "no-head-cap": lambda: Otas(name="otas", head_cap=False),
+    "no-blocked": lambda: Otas(name="otas", blocked_cost=False),
+    "no-protect": lambda: Otas(name="otas", head_cap=False, blocked_cost=False),
 }
 
 
@@ -39,21 +45,23 @@ STORED = ("otas",)
 """Policies of the stored run reported beside the variants (as it ran them)."""
 
 
-def _suite_cell(job: tuple[dict, list[str], tuple[int, int]]) -> list[tuple[str, float]]:
-    rec, names, n_requests = job
-    w, cell = suite.seeded_cell(rec["seed"], rec["set"], n_requests=n_requests)
+def _suite_cell(job: tuple[dict, list[str], tuple[int, int], list[suite.ProfileSet]]) -> list[tuple[str, float]]:
+    rec, names, n_requests, sets = job
+    w, cell = suite.seeded_cell(rec["seed"], rec["set"], n_requests=n_requests, sets=sets)
     trace, profiles = cell.trace(rec["load"]), suite.online_profiles("otas", cell.profiles)
     return [(n, run(trace, cell.apps, profiles, VARIANTS[n](), cell.config, seed=w.seed).total_utility) for n in names]
 
 
-def run_suite(path: str, names: list[str], jobs: int, out: str | None = None) -> None:
-    """Every variant on every cell of the stored suite run at `path`; prints the ratio statistics and
-    writes the per-cell ratios to `out` (JSON) if given."""
+def run_suite(path: str, names: list[str], jobs: int, out: str | None = None, sets: list[str] | None = None) -> None:
+    """Every variant on every cell of the stored suite run at `path` (of the profile `sets` named, or
+    all); prints the ratio statistics and writes the per-cell ratios to `out` (JSON) if given."""
     data = json.load(open(path))
-    cells = data["cells"]
+    cells = [c for c in data["cells"] if sets is None or c["set"] in sets]
     n_requests = tuple(data["meta"]["generator"]["n_requests"])  # the range the stored run drew from
+    # the profile sets the stored run drew its workloads for (their served tasks) and ran on
+    run_sets = [suite.ProfileSet(k, tuple(v["profiles"]), v["max_batch"]) for k, v in data["meta"]["sets"].items()]
     with Pool(jobs) as pool:
-        got = pool.map(_suite_cell, [(c, names, n_requests) for c in cells], chunksize=1)
+        got = pool.map(_suite_cell, [(c, names, n_requests, run_sets) for c in cells], chunksize=1)
     print(f"baselines of commit {data['meta']['commit']} ({path}); {len(cells)} cells")
     rows = []
     for c, res in zip(cells, got, strict=True):
@@ -89,6 +97,7 @@ def main() -> None:
     ap.add_argument("--variants", default=",".join(VARIANTS), help="with --suite: comma-separated variant names")
     ap.add_argument("--jobs", type=int, default=2, help="with --suite: worker processes")
     ap.add_argument("--out", help="with --suite: write the per-cell ratios here (JSON)")
+    ap.add_argument("--sets", help="with --suite: only the cells of these profile sets, comma-separated (default: all)")
     names = ", ".join(s.name for s in suite.DEFAULT_SETS)
     ap.add_argument("--requests", default="3000,6000", help="MIN,MAX requests per trace, as the suite run drew")
     ap.add_argument("--profile-set", default="h200", help=f"one of the suite's default profile sets: {names}")
@@ -98,7 +107,7 @@ def main() -> None:
         names = args.variants.split(",")
         if unknown := [n for n in names if n not in VARIANTS]:
             ap.error(f"--variants {','.join(unknown)}: use some of {', '.join(VARIANTS)}")
-        return run_suite(args.suite, names, args.jobs, args.out)
+        return run_suite(args.suite, names, args.jobs, args.out, args.sets.split(",") if args.sets else None)
     if not args.cells:
         ap.error("give --cells or --suite")
     variants = {**VARIANTS, **{f"fixed:{g}": (lambda g=g: make_policy(f"fixed:{g}")) for g in args.fixed.split(",")}}

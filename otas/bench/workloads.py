@@ -139,14 +139,19 @@ def parse_requests(text: str) -> tuple[int, int]:
 
 
 def seeded_cell(
-    seed: int, set_name: str, azure: str | None = None, n_requests: tuple[int, int] = wl.N_REQUESTS
+    seed: int,
+    set_name: str,
+    azure: str | None = None,
+    n_requests: tuple[int, int] = wl.N_REQUESTS,
+    sets: Sequence[ProfileSet] = DEFAULT_SETS,
 ) -> tuple[wl.Workload, CellInputs]:
-    """The suite's workload of one seed and its inputs on one of the default profile sets (by name)."""
-    sets = {s.name: s for s in DEFAULT_SETS}
-    if set_name not in sets:
-        raise ValueError(f"profile set {set_name!r}: use one of {', '.join(sets)}")
-    (w,) = draw_suite(1, DEFAULT_SETS, first_seed=seed, n_requests=n_requests)  # the suite's draw of this seed
-    return w, cell_inputs(w, sets[set_name], azure or str(AZURE_DEFAULT.resolve()))
+    """The suite's workload of one seed and its inputs on one of the profile sets `sets` (by name; the
+    default sets unless a run was given others, whose draw then serves their tasks)."""
+    by_name = {s.name: s for s in sets}
+    if set_name not in by_name:
+        raise ValueError(f"profile set {set_name!r}: use one of {', '.join(by_name)}")
+    (w,) = draw_suite(1, sets, first_seed=seed, n_requests=n_requests)  # the suite's draw of this seed
+    return w, cell_inputs(w, by_name[set_name], azure or str(AZURE_DEFAULT.resolve()))
 
 
 def summary_line(name: str, s: dict) -> str:

@@ -60,7 +60,14 @@ POLICY_NAMES = [
 
 
 class Otas(Policy):
-    """Selective batching + the token-adaptation DP, receding horizon."""
+    """Selective batching + the token-adaptation DP, receding horizon.
+
+    The knobs beyond the policy names' (`make_policy`) are ablations, measured with
+    bench/workload_ablation.py (docs/scheduler.md): `floor_classes` (shadows batch per SLO class),
+    `floor_follow=False` (the floor's cap alone), `served_price` (μ of the served applications only),
+    `floor_settled=False` (the floor compares utility as batches complete instead of settled
+    queries), `head_cap=False` / `blocked_cost=False` (no protection of arrivals a long batch blocks).
+    """
 
     def __init__(
         self,
@@ -74,9 +81,15 @@ class Otas(Policy):
         floor_classes: bool = False,
         floor_follow: bool = True,
         served_price: bool = False,
+        floor_settled: bool = True,
+        head_cap: bool = True,
+        blocked_cost: bool = True,
     ):
         self.name = name
         self.served_price = served_price
+        self.floor_settled = floor_settled
+        self.head_cap = head_cap
+        self.blocked_cost = blocked_cost
         self.floor_follow = floor_follow
         self.floor_classes = floor_classes
         self.floor = floor
@@ -117,9 +130,10 @@ class Otas(Policy):
             tau = cfg.floor_window * max(a.slo_ms for a in apps)
             classes = slo_classes(apps, cfg.slo_class_tolerance) if self.floor_classes and self.selective else None
             settle = cfg.rate_window * max(a.slo_ms for a in apps)
+            lag = max(a.slo_ms for a in apps) if self.floor_settled else 0.0
             self._floor = FixedShadows(
                 apps, view.profiles[m].gammas, lat, weights, servable, cfg.max_batch, tau, classes, self.floor_follow,
-                settle,
+                settle, lag,
             )  # fmt: skip
 
     def options(self, view: View) -> list[tuple[str, int]]:
@@ -134,8 +148,9 @@ class Otas(Policy):
     def on_complete(self, plan: BatchPlan, now_ms: float, measured_ms: float, view: View) -> None:
         if self._floor is not None:
             i = view.profiles[plan.model].gammas.index(plan.gamma)
-            on_time = sum(view.weights(plan.model, r.app)[i] for r in plan.requests if r.deadline_ms >= now_ms)
-            self._floor.credit(float(on_time), now_ms)
+            w = view.weights
+            done = [(r.arrival_ms, float(w(plan.model, r.app)[i])) for r in plan.requests if r.deadline_ms >= now_ms]
+            self._floor.credit(now_ms, done)
 
     def choose(self, cands: list[Candidate], now_ms: float, view: View) -> Choice:
         cands = cands[: self.lookahead]
@@ -166,7 +181,7 @@ class Otas(Policy):
         head = 0  # > 0: a batch longer than this blocks arrivals that could still make their SLO
         options: list[tuple[optimizer.Front, int]] = [(j, 0) for j in fronts]  # (front, members run)
         if self._price is not None:
-            head = self._head_cap(now_ms, view)
+            head = self._head_cap(now_ms, view) if self.head_cap else 0
             # each front batch may also run only its first `head` members, the rest next
             halves = [(j, sp) for j in fronts if head and (sp := self._split(cands[j], head, now_ms, view))]
             # OPTIMIZATION: the costs of the batches and of their halves in one vector pass
@@ -297,7 +312,8 @@ class Otas(Policy):
         rates = self._price.rates(now_ms)  # (apps,)
         rate_value = rates * self._value  # (apps,): utility arriving per ms
         # arrivals of applications not worth their device time at price μ are no loss when blocked
-        rate_value = np.where(self._price.served, rate_value, 0.0)
+        charged = self._price.served if self.blocked_cost else np.zeros_like(self._price.served)
+        rate_value = np.where(charged, rate_value, 0.0)
         fast = view.fast_latency()
         # OPTIMIZATION: a cost per distinct latency row (batches of one size share theirs)
         row = {s.latency.tobytes(): s.latency for s in specs}

@@ -52,6 +52,44 @@ def test_decayed_sum_weights_recent_utility():
     assert d.at(20.0) == pytest.approx((1.0 + 3 * math.exp(-1)) * math.exp(-1))
 
 
+def test_lagged_sum_counts_an_event_only_once_settled():
+    """With a lag, an event dated t counts from t + lag on, and `at(t)` is the sum as of t − lag,
+    whatever order the events came in."""
+    d = Decayed(10.0, lag_ms=5.0)
+    d.add(1.0, 3.0)  # dated at 3 ms, reported late
+    d.add(1.0, 0.0)
+    assert d.at(4.9) == 0.0 and d.total == 0.0
+    assert d.at(5.0) == pytest.approx(1.0)  # the event at 0 ms is settled; the one at 3 ms is not yet
+    assert d.at(15.0) == pytest.approx(math.exp(-1) + math.exp(-0.7))
+    assert d.total == 2.0
+
+
+def test_a_longer_queue_is_not_behind_for_answering_later():
+    """Two fixed γ serve a burst fully on time, the accurate one with batches that take 5× longer. Judged
+    as batches complete, the fast one leads while the accurate one's answers are still queued; judged
+    on settled queries (each dated at its arrival and counted one loosest SLO later), the accurate one
+    leads as soon as any query is settled, as it does over the whole run."""
+    from otas.types import App
+
+    apps = [App("a", 400.0, 1.0, "t")]
+    lat = np.array([[0.0, 0.0]] + [[5.0 * b, 25.0 * b] for b in range(1, 5)])  # (B_max + 1, |Γ|): γ fast, slow
+    w = {"a": np.array([0.8, 1.0])}  # the slow γ is the accurate one
+    ok = {"a": np.array([True, True])}
+    by_completion = FixedShadows(apps, [-20, 0], lat, w, ok, 4, 1e6)
+    settled = FixedShadows(apps, [-20, 0], lat, w, ok, 4, 1e6, lag_ms=400.0)
+    for shadows in (by_completion, settled):
+        for i in range(12):
+            shadows.submit("a", 10.0 * i, 10.0 * i + 400.0)
+    now = 150.0  # the fast shadow has answered all 12; the accurate one 3 of them
+    assert by_completion.cap(now) == 0
+    assert [s.earned.total for s in by_completion.shadows] == pytest.approx([12 * 0.8, 3 * 1.0])
+    settled.cap(now + 400.0)
+    assert settled.cap(now + 400.0) == 1  # every query that arrived by `now` has its answer
+    assert [s.settled.at(now + 400.0) > 0 for s in settled.shadows] == [True, True]
+    settled.cap(math.inf)  # over the whole burst the accurate one earned more
+    assert [s.earned.total for s in settled.shadows] == pytest.approx([12 * 0.8, 12 * 1.0])
+
+
 def test_cap_only_when_a_fixed_gamma_earned_more():
     """No cap while the policy earns at least as much as every shadow; else the best shadow's γ."""
     profile = make_profile(gammas=[-20, 0])
@@ -63,7 +101,7 @@ def test_cap_only_when_a_fixed_gamma_earned_more():
     assert shadows.cap(2_000.0) == 0
     earned = [s.earned.at(2_000.0) for s in shadows.shadows]
     assert earned[0] > earned[1] > 0
-    shadows.credit(earned[0], 2_000.0)  # the policy earned as much as the best shadow
+    shadows.credit(2_000.0, [(0.0, earned[0])])  # the policy earned as much as the best shadow
     assert shadows.cap(2_000.0) is None
 
 
@@ -155,7 +193,7 @@ def test_following_the_shadow_is_tried_and_kept_only_while_it_pays(free_share, f
         if shadows.cap(now) is not None:  # (None until a shadow's first batch completes)
             modes.append(shadows.following)
         best = max(sh.earned.total for sh in shadows.shadows)
-        shadows.credit((follow_share if shadows.following else free_share) * (best - lead_total), now)
+        shadows.credit(now, [(now, (follow_share if shadows.following else free_share) * (best - lead_total))])
         lead_total = best
     share = np.mean(modes[len(modes) // 4 :])  # after the first comparisons
     assert 0.0 < share < 1.0  # both modes are tried again, now and then
