@@ -21,7 +21,11 @@ def main() -> None:
     ap.add_argument("--load", type=float, default=1.0, help="× the γ = 0 capacity of the set's first profile")
     names = ", ".join(s.name for s in suite.DEFAULT_SETS)
     ap.add_argument("--requests", default="3000,6000", help="MIN,MAX requests per trace, as the suite run drew")
-    ap.add_argument("--profile-set", default="h200", help=f"one of the suite's default profile sets: {names}")
+    ap.add_argument(
+        "--profile-set",
+        default="h200",
+        help=f"one of the suite's default profile sets ({names}), or NAME=PATH[,PATH2...][@MAX_BATCH] as given a run",
+    )
     ap.add_argument("--policies", default="otas,otas-paper,fixed:0,edf", help="comma-separated policy names")
     args = ap.parse_args()
     try:

@@ -146,7 +146,11 @@ def seeded_cell(
     sets: Sequence[ProfileSet] = DEFAULT_SETS,
 ) -> tuple[wl.Workload, CellInputs]:
     """The suite's workload of one seed and its inputs on one of the profile sets `sets` (by name; the
-    default sets unless a run was given others, whose draw then serves their tasks)."""
+    default sets unless a run was given others, whose draw then serves their tasks), or on a set given
+    as `NAME=PATH[,PATH2...][@MAX_BATCH]` (`ProfileSet.parse`), drawn for that set alone."""
+    if "=" in set_name:  # a set of its own, NAME=PATH[,PATH2...][@MAX_BATCH]
+        sets = [ProfileSet.parse(set_name)]
+        set_name = sets[0].name
     by_name = {s.name: s for s in sets}
     if set_name not in by_name:
         raise ValueError(f"profile set {set_name!r}: use one of {', '.join(by_name)}")
