@@ -98,13 +98,8 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2, help="with --suite: worker processes")
     ap.add_argument("--out", help="with --suite: write the per-cell ratios here (JSON)")
     ap.add_argument("--sets", help="with --suite: only the cells of these profile sets, comma-separated (default: all)")
-    names = ", ".join(s.name for s in suite.DEFAULT_SETS)
     ap.add_argument("--requests", default="3000,6000", help="MIN,MAX requests per trace, as the suite run drew")
-    ap.add_argument(
-        "--profile-set",
-        default="h200",
-        help=f"one of the suite's default profile sets ({names}), or NAME=PATH[,PATH2...][@MAX_BATCH] as given a run",
-    )
+    ap.add_argument("--profile-set", default="h200", help=suite.PROFILE_SET_HELP)
     ap.add_argument("--fixed", default="-48,-32", help="fixed γ to show beside them")
     args = ap.parse_args()
     if args.suite:

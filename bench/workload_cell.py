@@ -19,13 +19,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seed", type=int, required=True, help="workload seed (even: tuning split, odd: held out)")
     ap.add_argument("--load", type=float, default=1.0, help="× the γ = 0 capacity of the set's first profile")
-    names = ", ".join(s.name for s in suite.DEFAULT_SETS)
     ap.add_argument("--requests", default="3000,6000", help="MIN,MAX requests per trace, as the suite run drew")
-    ap.add_argument(
-        "--profile-set",
-        default="h200",
-        help=f"one of the suite's default profile sets ({names}), or NAME=PATH[,PATH2...][@MAX_BATCH] as given a run",
-    )
+    ap.add_argument("--profile-set", default="h200", help=suite.PROFILE_SET_HELP)
     ap.add_argument("--policies", default="otas,otas-paper,fixed:0,edf", help="comma-separated policy names")
     args = ap.parse_args()
     try:
@@ -33,7 +28,7 @@ def main() -> None:
     except ValueError as e:
         ap.error(str(e))
     apps, trace = cell.apps, cell.trace(args.load)
-    head = f"workload {args.seed} ({w.split}), {trace.name}, {len(trace)} requests"
+    head = f"workload {args.seed} ({w.split}), {trace.name}, {len(trace)} requests over {trace.duration_ms:.1f} ms"
     print(f"{head}, load {args.load}, set {args.profile_set}")
     for a in apps:
         print(f"  {a.name}: SLO {a.slo_ms:.2f} ms, utility {a.utility:.2f}, task {a.task}")

@@ -138,6 +138,13 @@ def parse_requests(text: str) -> tuple[int, int]:
     return lo, hi
 
 
+PROFILE_SET_HELP = (
+    f"one of the suite's default profile sets ({', '.join(s.name for s in DEFAULT_SETS)}), or "
+    "NAME=PATH[,PATH2...][@MAX_BATCH] as given a run"
+)
+"""The help of the bench scripts' --profile-set, which `seeded_cell` reads."""
+
+
 def seeded_cell(
     seed: int,
     set_name: str,

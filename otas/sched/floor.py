@@ -76,6 +76,15 @@ class Decayed:
         return math.exp(-dt / self.tau) if dt < math.inf else 0.0
 
 
+def _credit(earned: Decayed, settled: Decayed, t_ms: float, done: Sequence[tuple[float, float]]) -> None:
+    """A batch completed at `t_ms` with `done` on time, (arrival, value) each: to `earned` at `t_ms`, and
+    to `settled`, where it is another sum, at each query's arrival."""
+    earned.add(sum(v for _, v in done), t_ms)
+    if settled is not earned:
+        for arrival, v in done:
+            settled.add(v, arrival)
+
+
 class _Shadow:
     """One virtual `fixed:<γ>` server: FIFO queues of (arrival, deadline, value), one per class (one
     class: the `fixed:<γ>` baseline; several: a batch never mixes classes, and the class whose head
@@ -99,11 +108,7 @@ class _Shadow:
         one = self.lat[1] * self.scale
         while True:
             if self.running is not None and self.running[0] <= t_ms:  # credited when done, as the policy's are
-                finish, done = self.running
-                self.earned.add(sum(v for _, v in done), finish)
-                if self.settled is not self.earned:
-                    for arrival, v in done:
-                        self.settled.add(v, arrival)
+                _credit(self.earned, self.settled, *self.running)
                 self.running = None
             if self.free > t_ms:
                 return
@@ -187,10 +192,7 @@ class FixedShadows:
 
     def credit(self, t_ms: float, done: Sequence[tuple[float, float]]) -> None:
         """The policy's batch completed at `t_ms`: (arrival, value) of each query it served on time."""
-        self.earned.add(sum(v for _, v in done), t_ms)
-        if self.settled is not self.earned:
-            for arrival, v in done:
-                self.settled.add(v, arrival)
+        _credit(self.earned, self.settled, t_ms, done)
 
     def cap(self, now_ms: float, scale: float = 1.0) -> int | None:
         """Index into Γ of the fixed γ that earned the most recently, if it earned more than the policy;

@@ -127,13 +127,11 @@ class Otas(Policy):
             lat = np.array([view.lat_vector(m, b) for b in range(cfg.max_batch + 1)])  # (B_max + 1, |Γ|)
             weights = {a.name: view.weights(m, a.name) for a in apps}
             servable = {a.name: view.servable(m, [a.name]) for a in apps}
-            tau = cfg.floor_window * max(a.slo_ms for a in apps)
+            loosest = max(a.slo_ms for a in apps)
             classes = slo_classes(apps, cfg.slo_class_tolerance) if self.floor_classes and self.selective else None
-            settle = cfg.rate_window * max(a.slo_ms for a in apps)
-            lag = max(a.slo_ms for a in apps) if self.floor_settled else 0.0
             self._floor = FixedShadows(
-                apps, view.profiles[m].gammas, lat, weights, servable, cfg.max_batch, tau, classes, self.floor_follow,
-                settle, lag,
+                apps, view.profiles[m].gammas, lat, weights, servable, cfg.max_batch, cfg.floor_window * loosest,
+                classes, self.floor_follow, cfg.rate_window * loosest, loosest if self.floor_settled else 0.0,
             )  # fmt: skip
 
     def options(self, view: View) -> list[tuple[str, int]]:
