@@ -201,7 +201,7 @@ def main() -> None:
                 for name, s in servers.items():
                     before = s.metrics()
                     recs = asyncio.run(
-                        open_loop(f"{s.url}/v2/models/{MODEL}/infer", reqs, times * 1e3, 30.0, _reason, 8000)
+                        open_loop(f"{s.url}/v2/models/{MODEL}/infer", reqs, times * 1e3, 30.0, _reason, limit=8000)
                     )
                     time.sleep(0.5)
                     after = s.metrics()

@@ -10,7 +10,10 @@
 #   bash scripts/gpu_serve_replay.sh     (env: OUT, POLICIES, LOADS, DURATION_S, PROFILE, REPROFILE=1 [PROFILE_OUT: its
 #                                         file name], APPS,
 #                                         SERVE_ARGS: more `otas serve` options, e.g. --decode-processes,
-#                                         COALESCE_MS: the replay's gateway window, e.g. 1 for loads near the GPU's)
+#                                         COALESCE_MS: the replay's gateway window, e.g. 1 for loads near the GPU's,
+#                                         FORMAT: the replay's request format (otas: base64 PNGs; otas-uint8:
+#                                         raw pixels in binary, nothing to decode), OVERHEAD=0: skip the no-op
+#                                         overhead run)
 set -uo pipefail  # no -e: one failed replay must not cost the others
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results/live_h100}
@@ -66,7 +69,7 @@ for POLICY in $POLICIES; do
     curl -s localhost:8000/metrics > "$W/metrics_${TAG}_x${LOAD}_before.txt"
     date +%s.%N > "$W/t_${TAG}_x${LOAD}.txt"
     $OTAS bench replay --url http://127.0.0.1:8000 --trace "$TRACE" --load "$LOAD" --limit "$N" --out "$W" \
-      --coalesce-ms "${COALESCE_MS:-0}" \
+      --coalesce-ms "${COALESCE_MS:-0}" --format "${FORMAT:-otas}" \
       --tag "$TAG" > "$W/replay_${TAG}_x${LOAD}.txt" 2>&1
     echo "  load $LOAD ($N requests) rc=$? at $((SECONDS - T0))s"
     date +%s.%N >> "$W/t_${TAG}_x${LOAD}.txt"
@@ -76,6 +79,7 @@ for POLICY in $POLICIES; do
 done
 kill $SMI 2>/dev/null
 # Server overhead: the no-op model (HTTP + scheduling + collation), images per request 1, 8, 64, 256
+if [ "${OVERHEAD:-1}" != 0 ]; then
 $OTAS serve --noop --port 8001 --grpc-port 8002 --log-level warning ${SERVE_ARGS:-} > "$W/serve_noop.log" 2>&1 &
 PID=$!
 for _ in $(seq 60); do curl -sf localhost:8001/v2/health/ready > /dev/null && break; sleep 1; done
@@ -83,6 +87,7 @@ $OTAS bench overhead --url http://127.0.0.1:8001 --concurrency 64 --clients 4 --
   --profile "$PROFILE" --out "$W" > "$W/overhead.txt" 2>&1
 echo "overhead rc=$? at $((SECONDS - T0))s"
 kill -TERM $PID; wait $PID
+fi
 python3 -m otas.bench.live_summary "$W" --out "$OUT" > "$W/summary.log" 2>&1 || cat "$W/summary.log"
 tar czf "$OUT/live_raw.tgz" -C /tmp live
 ls -la "$OUT"

@@ -36,7 +36,8 @@ def bench_replay_cmd(
     format: Annotated[
         str,
         typer.Option(
-            help="Request format: otas (KServe v2 JSON to otas), triton (KServe v2 JSON with priorities, "
+            help="Request format: otas (KServe v2 JSON to otas, base64 PNGs), otas-uint8 (otas, raw pixels as "
+            "KServe v2 binary tensors: nothing to decode), triton (KServe v2 JSON with priorities, "
             "bench/peers/pytriton_peer.py), json (Ray Serve / LitServe handlers, bench/peers/)."
         ),
     ] = "otas",
@@ -51,7 +52,7 @@ def bench_replay_cmd(
     coalesce_ms: Annotated[
         float,
         typer.Option(
-            help="otas format: send one application's arrivals within this many ms as one multi-image request, "
+            help="otas formats: send one application's arrivals within this many ms as one multi-image request, "
             "as a batching gateway would (each image still scored from its own arrival; 0 = one per arrival)."
         ),
     ] = 0.0,

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from otas.bench.formats import input_size
 from otas.provenance import run_meta
 
 PROTOCOLS = ("json", "binary", "grpc", "uint8")
@@ -80,15 +81,6 @@ def _binary(app: str, inp: dict, raw: bytes) -> tuple[bytes, dict[str, str]]:
     head = json.dumps({"parameters": {"app": app, "binary_data_output": True}, "inputs": [inp]}).encode()
     headers = {"content-type": "application/octet-stream", "Inference-Header-Content-Length": str(len(head))}
     return head + raw, headers
-
-
-def _input_size(url: str, model: str) -> int:
-    """The side of the model's raw-pixel input, from its KServe v2 metadata."""
-    import urllib.request
-
-    with urllib.request.urlopen(f"{url}/v2/models/{model}", timeout=10) as r:
-        meta = json.loads(r.read())
-    return next(int(i["shape"][1]) for i in meta["inputs"] if i["name"] == "image_uint8")
 
 
 async def _closed_loop(send, concurrency: int, duration_s: float, warmup_s: float) -> tuple[int, int, list[float]]:
@@ -187,7 +179,7 @@ def main(
     if not grpc_target and info.get("grpc_port"):
         grpc_target = f"{urlsplit(url).hostname}:{info['grpc_port']}"
     runs: list[dict[str, Any]] = []
-    size = _input_size(url, model)
+    size = input_size(url, model)
     for protocol in protocols:
         if protocol == "grpc" and not grpc_target:
             console.print("grpc: skipped (the server serves no gRPC; start it with --grpc-port, or pass --grpc-target)")

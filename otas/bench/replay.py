@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from otas.bench.formats import Format, make_format
+from otas.bench.formats import Format, input_size, make_format
 from otas.bench.scoring import summarize
 from otas.config import SchedulerConfig, default_apps_path, load_apps
 from otas.profile.table import Profile
@@ -45,10 +45,12 @@ from otas.types import App
 
 @dataclass
 class Pool:
-    """Encoded test images of one task and their true labels."""
+    """Test images of one task, as base64 PNGs (`bodies`) and as raw RGB pixels at the model's input
+    size (`pixels`), and their true labels."""
 
     bodies: list[bytes]
     labels: list[str]
+    pixels: list[bytes]
 
 
 def server_info(url: str) -> dict[str, Any]:
@@ -63,12 +65,14 @@ def server_info(url: str) -> dict[str, Any]:
         raise ValueError(f"cannot reach the server at {url} ({e}); start it with `otas serve`") from None
 
 
-def image_pools(apps: Sequence[App], needed: dict[str, int], data: Path | None) -> dict[str, Pool]:
-    """Per task, `needed[task]` PNG images (cycling) of the CIFAR-10 test split, as evaluation sees them."""
+def image_pools(apps: Sequence[App], needed: dict[str, int], data: Path | None, size: int = 32) -> dict[str, Pool]:
+    """Per task, `needed[task]` images (cycling) of the CIFAR-10 test split, as evaluation sees them:
+    PNGs at their own size, and the raw pixels the server decodes from each PNG for a `size` input."""
     from PIL import Image
 
     from otas.data.cifar import load_cifar10
     from otas.data.tasks import get_task
+    from otas.engine.images import decode_image
     from otas.train.common import corrupt_set
 
     test_all = load_cifar10("test", data, progress=False)
@@ -78,12 +82,13 @@ def image_pools(apps: Sequence[App], needed: dict[str, int], data: Path | None) 
         ds = corrupt_set(test_all.subset(list(spec.classes)), spec.corruption, seed=1)  # as in evaluation
         n = min(len(ds), max(needed.get(task, 0), 1))
         idx = np.linspace(0, len(ds) - 1, n).astype(int)  # a spread over every class
-        bodies = []
+        bodies, pixels = [], []
         for i in idx:
             buf = io.BytesIO()
             Image.fromarray(ds.images[i]).save(buf, format="PNG")
-            bodies.append(base64.b64encode(buf.getvalue()))
-        pools[task] = Pool([bytes(b) for b in bodies], [spec.classes[int(ds.labels[i])] for i in idx])
+            bodies.append(bytes(base64.b64encode(buf.getvalue())))
+            pixels.append(decode_image(buf.getvalue(), size).tobytes())
+        pools[task] = Pool(bodies, [spec.classes[int(ds.labels[i])] for i in idx], pixels)
     return pools
 
 
@@ -130,8 +135,9 @@ async def open_loop(
     arrival_ms: Sequence[float],
     timeout_s: float,
     parse: Callable[..., Any],
-    limit: int = 4000,
     groups: Groups | None = None,
+    headers: Callable[[bytes], dict[str, str]] | None = None,
+    limit: int = 4000,
 ) -> list[dict[str, Any]]:
     """POST `bodies[i]` to `endpoint` at `arrival_ms[i]` after the start, open loop (a late answer
     delays no later send). One record per request: `lag_ms` (how late it was sent), `latency_ms`
@@ -140,11 +146,13 @@ async def open_loop(
 
     With `groups`, `bodies[k]` is sent at `groups.send_ms[k]` and carries the arrivals
     `groups.members[k]`; there is still one record per arrival, its lag and latency from its own
-    arrival, and `parse(status, body, n)` gives a list of the n images' fields."""
+    arrival, and `parse(status, body, n)` gives a list of the n images' fields. `headers(body)`: the
+    HTTP headers of a body (default: JSON), worked out for every body before the first is sent."""
     import aiohttp
 
     recs: list[dict[str, Any]] = [{} for _ in range(len(arrival_ms))]
-    headers = {"content-type": "application/json"}
+    json_headers = {"content-type": "application/json"}
+    heads = [headers(b) for b in bodies] if headers else [json_headers] * len(bodies)
     if groups is None:
         send_ms, members = list(arrival_ms), [[i] for i in range(len(arrival_ms))]
         one = parse
@@ -162,7 +170,7 @@ async def open_loop(
             for i in mine:
                 recs[i]["lag_ms"] = (now - t0 - arrival_ms[i] / 1e3) * 1e3
             try:
-                async with client.post(endpoint, data=bodies[k], headers=headers) as r:
+                async with client.post(endpoint, data=bodies[k], headers=heads[k]) as r:
                     raw = await r.read()
                 done = time.perf_counter()
                 fields = parse(r.status, raw, len(mine))
@@ -248,7 +256,8 @@ def encode(
     for a in trace.apps:
         pool, k = pools[task_of[a]], cursor[task_of[a]]
         cursor[task_of[a]] += 1
-        images.append(pool.bodies[k % len(pool.bodies)])
+        source = pool.pixels if fmt.raw else pool.bodies
+        images.append(source[k % len(source)])
         labels.append(pool.labels[k % len(pool.labels)])
     if groups is None:
         return [fmt.body(im, a) for im, a in zip(images, trace.apps, strict=True)], labels
@@ -269,7 +278,8 @@ def run_live(url: str, fmt: Format, work: Workload, apps: Sequence[App], profile
     timeout_s = 30 + 10 * max(a.slo_ms for a in apps) / 1e3
     endpoint = f"{url.rstrip('/')}{fmt.path}"
     parse = fmt.parse if work.groups is None else fmt.parse_many
-    recs = asyncio.run(open_loop(endpoint, work.bodies, work.trace.arrival_ms, timeout_s, parse, groups=work.groups))
+    sends = open_loop(endpoint, work.bodies, work.trace.arrival_ms, timeout_s, parse, work.groups, fmt.headers)
+    recs = asyncio.run(sends)
     wall = time.perf_counter() - t0
     return summarize(recs, work.trace, apps, work.labels, profile), recs, wall
 
@@ -295,28 +305,33 @@ def main(
     url = url.rstrip("/")
     if not 0 <= coalesce_ms < math.inf:
         raise ValueError(f"--coalesce-ms {coalesce_ms}: use a finite window >= 0 (0: one request per arrival)")
-    if fmt_name == "otas":
+    size = 32
+    if fmt_name in ("otas", "otas-uint8"):
         info = server_info(url)
         apps = load_apps(apps_path) if apps_path else [App(**a) for a in info["apps"]]
         profile = Profile.from_dict(info["profile"])
         cfg = SchedulerConfig(**info["scheduler"])
         policy, model, max_batch, device = info["policy"], info["model"], cfg.max_batch, info.get("device")
+        if fmt_name == "otas-uint8":
+            size = input_size(url, model)
     else:  # another server: no /v1/config; what otas would read from it comes from the command line
         from otas.sim.demo import default_profile_path
 
         apps = load_apps(apps_path or default_apps_path("cpu"))
         profile = Profile.load(profile_path or default_profile_path())
         cfg, policy, device = None, f"peer:{fmt_name}", profile.device
-    fmt = make_format(fmt_name, apps, model)
-    if coalesce_ms > 0 and fmt.name != "otas":
-        raise ValueError(f"--coalesce-ms needs the otas format (the {fmt.name!r} format sends one image per request)")
+    fmt = make_format(fmt_name, apps, model, size=size)
+    if coalesce_ms > 0 and not fmt.speaks_otas:
+        raise ValueError(
+            f"--coalesce-ms needs the otas or otas-uint8 format (the {fmt.name!r} format sends one image per request)"
+        )
     trace, cap = window(trace_spec, apps, profile, max_batch, load, limit, duration_s, seed)
     n = len(trace)
     groups = coalesce(trace, coalesce_ms) if coalesce_ms > 0 else None
     sent = f", coalesced into {len(groups.members)} requests" if groups else ""
     span = f"{trace.duration_ms / 1e3:.1f} s ({load:g} × {cap:.1f}/s)"
     console.print(f"{trace.name}: {n} arrivals over {span}{sent}; loading images")
-    pools = image_pools(apps, needed_images(trace, apps), data)
+    pools = image_pools(apps, needed_images(trace, apps), data, size)
     work = Workload(trace, *encode(trace, apps, pools, fmt, groups), load, cap, groups)
     console.print(f"replaying against {url} ({fmt.name} format, {policy})")
     live, recs, wall = run_live(url, fmt, work, apps, profile)

@@ -55,3 +55,31 @@ def test_replay_coalesced_scores_every_arrival_from_its_own_arrival(paced, cifar
     assert meta["coalesce_ms"] == 30.0 and meta["http_requests"] < 120
     assert live["send_lag_ms"]["max"] > 5  # an arrival waits for its request's window: that counts against it
     assert live["slo_attainment"] > 0.8
+
+
+def test_replay_raw_pixels_coalesced_answers_every_arrival_as_png_does(paced, cifar_archive, tmp_path):
+    """otas-uint8 sends the pixels the server would decode from each PNG: the same workload, answered
+    and scored alike (a random model: the labels need not be right, but every arrival is answered)."""
+    with serving(paced, paced_profile()) as (srv, _):
+        res = {
+            fmt: replay(
+                srv.url,
+                "poisson",
+                None,
+                1.0,
+                120,
+                0,
+                tmp_path / fmt,
+                "t",
+                cifar_archive,
+                Console(width=200),
+                fmt_name=fmt,
+                coalesce_ms=30.0,
+            )  # fmt: skip
+            for fmt in ("otas", "otas-uint8")
+        }
+    for r in res.values():
+        live = r["live"]["all"]
+        assert live["sent"] == 120 == live["answered"] + live["rejected"] + live["errors"] and live["errors"] == 0
+        assert r["meta"]["http_requests"] < 120 and live["slo_attainment"] > 0.8
+    assert res["otas-uint8"]["meta"]["format"] == "otas-uint8"
