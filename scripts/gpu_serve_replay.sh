@@ -13,7 +13,7 @@
 #                                         COALESCE_MS: the replay's gateway window, e.g. 1 for loads near the GPU's,
 #                                         FORMAT: the replay's request format (otas: base64 PNGs; otas-uint8:
 #                                         raw pixels in binary, nothing to decode), OVERHEAD=0: skip the no-op
-#                                         overhead run)
+#                                         overhead run, REPEAT: play the scaled trace this many times)
 set -uo pipefail  # no -e: one failed replay must not cost the others
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results/live_h100}
@@ -69,7 +69,7 @@ for POLICY in $POLICIES; do
     curl -s localhost:8000/metrics > "$W/metrics_${TAG}_x${LOAD}_before.txt"
     date +%s.%N > "$W/t_${TAG}_x${LOAD}.txt"
     $OTAS bench replay --url http://127.0.0.1:8000 --trace "$TRACE" --load "$LOAD" --limit "$N" --out "$W" \
-      --coalesce-ms "${COALESCE_MS:-0}" --format "${FORMAT:-otas}" \
+      --coalesce-ms "${COALESCE_MS:-0}" --format "${FORMAT:-otas}" --repeat "${REPEAT:-1}" \
       --tag "$TAG" > "$W/replay_${TAG}_x${LOAD}.txt" 2>&1
     echo "  load $LOAD ($N requests) rc=$? at $((SECONDS - T0))s"
     date +%s.%N >> "$W/t_${TAG}_x${LOAD}.txt"

@@ -56,6 +56,13 @@ def bench_replay_cmd(
             "as a batching gateway would (each image still scored from its own arrival; 0 = one per arrival)."
         ),
     ] = 0.0,
+    repeat: Annotated[
+        int,
+        typer.Option(
+            help="Play the scaled trace this many times back to back (the hour-long Azure trace lasts under a "
+            "second at a GPU's rate); --limit and --duration-s then cut the result."
+        ),
+    ] = 1,
 ) -> None:
     """Replay a trace open-loop against a server (otas, or a peer in bench/peers/) with labelled
     CIFAR-10 test images; report utility, SLO attainment, goodput, accuracy and latency per app, beside
@@ -66,7 +73,7 @@ def bench_replay_cmd(
     try:
         check_window(load, limit, duration_s)  # before the server is asked anything (replay_main checks the rest first)
         replay_main(url, trace, apps, load, limit, seed, out, tag, data, console, format, model or "vit_tiny_p2_c5"
-                    if format == "triton" else model, profile, max_batch, duration_s, coalesce_ms)  # fmt: skip
+                    if format == "triton" else model, profile, max_batch, duration_s, coalesce_ms, repeat)  # fmt: skip
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
 

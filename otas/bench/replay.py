@@ -101,6 +101,9 @@ class Groups:
     members: list[list[int]]
 
 
+MAX_REPEAT = 1000
+"""Copies of the trace one replay plays at most."""
+
 MAX_COALESCED = 256
 """Images in one coalesced request at most (the server takes 1..256)."""
 
@@ -232,13 +235,21 @@ def check_window(load: float, limit: int, duration_s: float) -> None:
 
 
 def window(trace_spec: str, apps: Sequence[App], profile: Profile, max_batch: int, load: float, limit: int,
-           duration_s: float, seed: int) -> tuple[Trace, float]:  # fmt: skip
+           duration_s: float, seed: int, repeat: int = 1) -> tuple[Trace, float]:  # fmt: skip
     """The first `limit` requests (0 = all) and first `duration_s` seconds (0 = all) of the trace,
-    time-scaled to `load` × the γ=0 capacity of `profile` (as `otas simulate` defines it)."""
+    time-scaled to `load` × the γ=0 capacity of `profile` (as `otas simulate` defines it), after
+    playing the scaled trace `repeat` times back to back (each copy one mean gap after the last
+    arrival of the one before: a fast device serves the hour-long Azure trace in under a second)."""
     check_window(load, limit, duration_s)
+    if not 1 <= repeat <= MAX_REPEAT:
+        raise ValueError(f"--repeat {repeat}: play the trace 1..{MAX_REPEAT} times")
     cap = capacity_per_s(profile, apps, max_batch)
     full = make_trace(trace_spec, apps, load, cap, seed=seed)
     t = full.arrival_ms - full.arrival_ms[0]
+    if repeat > 1:
+        period = t[-1] + (t[-1] / (len(t) - 1) if len(t) > 1 else 1.0)
+        t = np.concatenate([t + k * period for k in range(repeat)])
+        full = Trace(full.name, t, list(full.apps) * repeat)
     n = len(full) if limit <= 0 else min(limit, len(full))
     if duration_s > 0:
         n = min(n, int(np.searchsorted(t, duration_s * 1e3, side="right")))
@@ -301,6 +312,7 @@ def main(
     max_batch: int = 64,
     duration_s: float = 0.0,
     coalesce_ms: float = 0.0,
+    repeat: int = 1,
 ) -> dict[str, Any]:
     url = url.rstrip("/")
     if not 0 <= coalesce_ms < math.inf:
@@ -325,7 +337,7 @@ def main(
         raise ValueError(
             f"--coalesce-ms needs the otas or otas-uint8 format (the {fmt.name!r} format sends one image per request)"
         )
-    trace, cap = window(trace_spec, apps, profile, max_batch, load, limit, duration_s, seed)
+    trace, cap = window(trace_spec, apps, profile, max_batch, load, limit, duration_s, seed, repeat)
     n = len(trace)
     groups = coalesce(trace, coalesce_ms) if coalesce_ms > 0 else None
     sent = f", coalesced into {len(groups.members)} requests" if groups else ""
@@ -340,7 +352,7 @@ def main(
         "meta": {"url": url, "format": fmt.name, "trace": trace.name, "load": load, "capacity_per_s": cap,
                  "requests": n, "seed": seed, "policy": policy, "model": model, "device": device, "wall_s": wall,
                  "duration_s": trace.duration_ms / 1e3, "max_batch": max_batch, "coalesce_ms": coalesce_ms,
-                 "http_requests": len(groups.members) if groups else n,
+                 "repeat": repeat, "http_requests": len(groups.members) if groups else n,
                  "scheduler": cfg.__dict__ if cfg is not None else None, **run_meta()},
         "apps": [a.__dict__ for a in apps],
         "live": live,

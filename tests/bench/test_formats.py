@@ -159,3 +159,19 @@ def test_several_images_in_one_otas_request_and_their_answers():
     for other in ("triton", "json"):
         with pytest.raises(ValueError, match="one image per request"):
             make_format(other, APPS, "m").body_many(pngs, "blur")
+
+
+def test_a_repeated_window_plays_the_scaled_trace_back_to_back():
+    prof = Profile.load(default_profile_path())
+    one, cap = window("poisson", APPS, prof, 64, 1.0, 0, 0.0, seed=3)
+    three, _ = window("poisson", APPS, prof, 64, 1.0, 0, 0.0, seed=3, repeat=3)
+    n = len(one)
+    assert len(three) == 3 * n and three.apps == one.apps * 3
+    assert np.all(np.diff(three.arrival_ms) > 0)  # strictly later: each copy after the last of the one before
+    gap = three.arrival_ms[n] - one.arrival_ms[-1]
+    assert np.allclose(three.arrival_ms[n : 2 * n] - gap - one.arrival_ms[-1], one.arrival_ms)
+    assert abs(len(three) / (three.duration_ms / 1e3) / (len(one) / (one.duration_ms / 1e3)) - 1) < 0.01  # same rate
+    assert len(window("poisson", APPS, prof, 64, 1.0, 0, 0.5 * three.duration_ms / 1e3, 3, repeat=3)[0]) < 2 * n
+    for bad in (0, 1001):
+        with pytest.raises(ValueError, match="--repeat"):
+            window("poisson", APPS, prof, 64, 1.0, 0, 0.0, seed=3, repeat=bad)
