@@ -1,7 +1,8 @@
 """One summary over a live GPU session (`scripts/gpu_serve_replay.sh`): per policy and load, live
 utility beside the simulator's, SLO attainment, the send lag of the load generator, and the device's
 busy share over the replay, two ways: the server's measured batch time (`otas_batch_measured_seconds`
-from /metrics, before and after) over the replay's wall time, and nvidia-smi's utilisation samples.
+from /metrics, before and after) over the replay's wall time (from its first send to its last answer,
+not the loading of images or the simulation around it), and nvidia-smi's utilisation samples then.
 
     python -m otas.bench.live_summary WORKDIR --out bench/results/live_h100
 
@@ -76,7 +77,9 @@ def row(work: Path, replay: Path) -> dict[str, Any]:
     after = work / f"metrics_{tag}_x{load}_after.txt"
     times = work / f"t_{tag}_x{load}.txt"
     if before.exists() and after.exists() and times.exists():
-        t0, t1 = (float(x) for x in times.read_text().split()[:2])
+        t0, t1 = (float(x) for x in times.read_text().split()[:2])  # the whole command: images, replay, sim
+        if "started_unix" in r["meta"]:  # the replay alone (the server is idle before and after it)
+            t0, t1 = r["meta"]["started_unix"], r["meta"]["started_unix"] + r["meta"]["wall_s"]
         busy = metric_sum(after.read_text(), "otas_batch_measured_seconds_sum") - metric_sum(
             before.read_text(), "otas_batch_measured_seconds_sum"
         )

@@ -346,11 +346,13 @@ def main(
     pools = image_pools(apps, needed_images(trace, apps), data, size)
     work = Workload(trace, *encode(trace, apps, pools, fmt, groups), load, cap, groups)
     console.print(f"replaying against {url} ({fmt.name} format, {policy})")
+    started = time.time()  # unix time: matched against the server's and the device's own samples
     live, recs, wall = run_live(url, fmt, work, apps, profile)
     sim = simulate(trace, apps, profile, policy, cfg, seed) if cfg is not None else None
     result = {
         "meta": {"url": url, "format": fmt.name, "trace": trace.name, "load": load, "capacity_per_s": cap,
                  "requests": n, "seed": seed, "policy": policy, "model": model, "device": device, "wall_s": wall,
+                 "started_unix": started,
                  "duration_s": trace.duration_ms / 1e3, "max_batch": max_batch, "coalesce_ms": coalesce_ms,
                  "repeat": repeat, "http_requests": len(groups.members) if groups else n,
                  "scheduler": cfg.__dict__ if cfg is not None else None, **run_meta()},

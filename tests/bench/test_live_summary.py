@@ -43,3 +43,21 @@ def test_gpu_util_is_none_without_samples(tmp_path):
     assert live_summary.gpu_util(tmp_path / "missing.csv", 0, 1) is None
     (tmp_path / "u.csv").write_text("2025/11/24 16:00:01.000, 40\n")
     assert live_summary.gpu_util(tmp_path / "u.csv", 0, 1) is None  # no sample inside the window
+
+
+def test_busy_share_is_over_the_replay_alone_when_it_records_its_start(tmp_path):
+    """The command around a replay also loads images and simulates: with the replay's own start and
+    wall time, the busy share and the device's samples are taken over the replay alone."""
+    work, out = tmp_path / "work", tmp_path / "out"
+    work.mkdir()
+    t0 = datetime.strptime("2025/11/24 16:00:00.000", "%Y/%m/%d %H:%M:%S.%f").timestamp()
+    rep = _replay("otas", 2.0, 90.0, 100.0)
+    rep["meta"].update(started_unix=t0 + 3, wall_s=2.0)  # the replay: 3 s into a 10 s command
+    (work / "replay_trace_otas_x2.json").write_text(json.dumps(rep))
+    (work / "t_otas_x2.txt").write_text(f"{t0}\n{t0 + 10}\n")
+    (work / "metrics_otas_x2_before.txt").write_text("otas_batch_measured_seconds_sum 0\n")
+    (work / "metrics_otas_x2_after.txt").write_text("otas_batch_measured_seconds_sum 1.8\n")
+    (work / "gpu_util.csv").write_text("2025/11/24 16:00:01.000, 0\n2025/11/24 16:00:04.000, 95\n")
+    live_summary.main([str(work), "--out", str(out)])
+    (row,) = json.loads((out / "live.json").read_text())["rows"]
+    assert row["busy_share_server"] == pytest.approx(0.9) and row["gpu_util_smi"] == pytest.approx(95)
