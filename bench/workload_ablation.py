@@ -20,10 +20,13 @@ import argparse
 import json
 from multiprocessing import Pool
 
+import numpy as np
+
 from otas.bench import workloads as suite
 from otas.bench import workloads_report as rep
 from otas.sched.policies import Otas, make_policy
 from otas.sim.simulator import run
+from otas.sim.traces import Trace
 
 VARIANTS = {
     "otas": lambda: make_policy("otas"),
@@ -38,6 +41,7 @@ VARIANTS = {
     "no-head-cap": lambda: Otas(name="otas", head_cap=False),
     "no-blocked": lambda: Otas(name="otas", blocked_cost=False),
     "no-protect": lambda: Otas(name="otas", head_cap=False, blocked_cost=False),
+    "price-judge": lambda: Otas(name="otas", price_judge=True),
 }
 
 
@@ -101,6 +105,12 @@ def main() -> None:
     ap.add_argument("--requests", default="3000,6000", help="MIN,MAX requests per trace, as the suite run drew")
     ap.add_argument("--profile-set", default="h200", help=suite.PROFILE_SET_HELP)
     ap.add_argument("--fixed", default="-48,-32", help="fixed γ to show beside them")
+    ap.add_argument(
+        "--without-tightest",
+        action="store_true",
+        help="with --cells: also run every variant on the trace without the tightest application's queries (each "
+        "of them then earns nothing): what giving that application up entirely would earn",
+    )
     args = ap.parse_args()
     if args.suite:
         names = args.variants.split(",")
@@ -118,10 +128,17 @@ def main() -> None:
             ap.error(str(e))
         trace = cell.trace(float(load))
         print(f"== workload {seed} ({w.split}), {trace.name}, load {load}, set {args.profile_set}")
-        for name, make in variants.items():
-            profiles = suite.online_profiles("otas", cell.profiles)
-            s = run(trace, cell.apps, profiles, make(), cell.config, seed=w.seed).summary(cell.apps)
-            print(suite.summary_line(name, s))
+        traces = {"": trace}
+        if args.without_tightest:
+            tight = min(cell.apps, key=lambda a: (a.slo_ms, a.name)).name
+            keep = np.array([a != tight for a in trace.apps], dtype=bool)
+            rest = [a for a in trace.apps if a != tight]
+            traces[f" without {tight}"] = Trace(trace.name, trace.arrival_ms[keep], rest)
+        for label, tr in traces.items():
+            for name, make in variants.items():
+                profiles = suite.online_profiles("otas", cell.profiles)
+                s = run(tr, cell.apps, profiles, make(), cell.config, seed=w.seed).summary(cell.apps)
+                print(suite.summary_line(name + label, s))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ Pure python and numpy; no clock of its own (times are passed in).
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections import deque
 from collections.abc import Sequence
@@ -31,49 +30,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from otas.sched.baselines import fallback_gamma
+from otas.sched.decayed import Decayed
+from otas.sched.modes import ModeJudge
 from otas.types import App
-
-
-class Decayed:
-    """Σ value · exp(−(t − t_k)/τ) over events at times t_k: utility earned recently.
-
-    With `lag_ms` > 0 an event counts only once `lag_ms` has passed since its time, and `at(t)` is the
-    sum as of t − lag: events dated at a query's arrival, with the lag the loosest SLO, then sum only
-    queries whose fate is settled (every query that arrived by then has been served or lost), whoever
-    served them, so a server with a longer queue is not behind merely for having its answers later."""
-
-    def __init__(self, tau_ms: float, lag_ms: float = 0.0):
-        self.tau = float(tau_ms)
-        self.lag = float(lag_ms)
-        self.value = 0.0
-        self.t = -math.inf
-        self.total = 0.0
-        """Σ value, undecayed (of the events that count so far)."""
-        self._pending: list[tuple[float, float]] = []  # (t, value) not yet `lag` old, a heap
-
-    def add(self, x: float, t_ms: float) -> None:
-        if self.lag > 0:
-            heapq.heappush(self._pending, (t_ms, x))
-            return
-        self._fold(x, t_ms)
-
-    def _fold(self, x: float, t_ms: float) -> None:
-        self.total += x
-        if t_ms >= self.t:
-            self.value = self.value * self._decay(t_ms - self.t) + x
-            self.t = t_ms
-        else:  # an event dated before the last one: decayed to it
-            self.value += x * self._decay(self.t - t_ms)
-
-    def at(self, t_ms: float) -> float:
-        t_ms -= self.lag
-        while self._pending and self._pending[0][0] <= t_ms:
-            t, x = heapq.heappop(self._pending)
-            self._fold(x, t)
-        return self.value * self._decay(t_ms - self.t) if t_ms > self.t else self.value
-
-    def _decay(self, dt: float) -> float:
-        return math.exp(-dt / self.tau) if dt < math.inf else 0.0
 
 
 def _credit(earned: Decayed, settled: Decayed, t_ms: float, done: Sequence[tuple[float, float]]) -> None:
@@ -178,7 +137,10 @@ class FixedShadows:
         """Whether the policy should now run as the capping shadow does (`follow`): see `cap`."""
         # per mode (False: free under the cap, True: following), what the policy and the best shadow
         # earned while in it: their ratio judges the mode against the same yardstick
-        self._gain = {m: (Decayed(tau_ms), Decayed(tau_ms)) for m in (False, True)}
+        self.modes = ModeJudge(tau_ms)
+        self.delta: tuple[float, float] | None = None
+        """What the policy and the shadow that led earned between the last two decisions (`_judge`):
+        a yardstick for other choices of the policy's (its price, `Otas`)."""
         self._last: tuple[float, list[float], int] | None = None  # totals and best shadow at the last decision
         self._t0 = math.inf  # the first arrival
         self.settle = float(settle_ms)
@@ -222,27 +184,19 @@ class FixedShadows:
         totals = [s.earned.total for s in self.shadows]
         if self._last is not None:
             p0, s0, i = self._last
-            mine, theirs = self._gain[self.following]
-            mine.add(self.earned.total - p0, now_ms)
-            theirs.add(totals[i] - s0[i], now_ms)
+            self.delta = (self.earned.total - p0, totals[i] - s0[i])
+            self.modes.credit(self.following, *self.delta, now_ms)
         self._last = (self.earned.total, totals, lead)
 
     def _follow_pays(self, now_ms: float) -> bool:
         """Behind the best shadow: follow it unless following earned less, against the leading shadow,
-        than running free did; never in the first `settle_ms` of the run (the policy `otas`: the price's
-        rate window, 2 × the loosest SLO; a comparison that finds the policy behind then has seen
-        little of its decisions). The mode not in use is tried again once its evidence is about two
-        windows old (decayed below 1/e² of the other's), and a mode on trial runs until its evidence
-        is 1/e of the other's before it is judged: about a quarter window every two."""
-        if now_ms - self._t0 < self.settle:  # the run has only begun: the cap alone
+        than running free did (`ModeJudge`); never in the first `settle_ms` of the run (the policy
+        `otas`: the price's rate window, 2 × the loosest SLO; a comparison that finds the policy
+        behind then has seen little of its decisions)."""
+        if self.settling(now_ms):  # the run has only begun: the cap alone
             return False
-        (pf, sf), (pt, st) = (tuple(d.at(now_ms) for d in self._gain[m]) for m in (False, True))
-        if st <= 0 or sf <= 0:  # a mode never measured yet: try following, then free
-            return st <= 0
-        cur = self.following
-        mine, other = (st, sf) if cur else (sf, st)
-        if other < mine / math.e**2:
-            return not cur
-        if mine < other / math.e:
-            return cur
-        return pt / st >= pf / sf
+        return self.modes.choose(self.following, now_ms)
+
+    def settling(self, now_ms: float) -> bool:
+        """Within `settle_ms` of the first arrival: too early to judge a mode by what it earned."""
+        return now_ms - self._t0 < self.settle

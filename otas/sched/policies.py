@@ -39,6 +39,7 @@ from otas.sched import optimizer
 from otas.sched.baselines import Clipper, Edf, Fixed, ModelSwitch, Oracle, fallback_gamma
 from otas.sched.batching import Candidate, slo_classes
 from otas.sched.floor import FixedShadows
+from otas.sched.modes import ModeJudge
 from otas.sched.policy_base import Choice, Policy, View, batch_apps
 from otas.sched.price import DevicePrice
 from otas.types import BatchPlan, Request
@@ -66,7 +67,11 @@ class Otas(Policy):
     bench/workload_ablation.py (docs/scheduler.md): `floor_classes` (shadows batch per SLO class),
     `floor_follow=False` (the floor's cap alone), `served_price` (μ of the served applications only),
     `floor_settled=False` (the floor compares utility as batches complete instead of settled
-    queries), `head_cap=False` / `blocked_cost=False` (no protection of arrivals a long batch blocks).
+    queries), `head_cap=False` / `blocked_cost=False` (no protection of arrivals a long batch blocks),
+    `price_judge=True` (whether to plan with the price is judged online: run free of the floor's
+    cap, the policy plans priced or unpriced, whichever earned the larger share of the leading fixed
+    γ's shadow while in use, `ModeJudge`, priced for the floor's first settling time; measured worse
+    on the suite's CPU set, minimum at loads ≥ 1 1.010 → 0.985, bench/results/workloads/price_judge).
     """
 
     def __init__(
@@ -84,8 +89,10 @@ class Otas(Policy):
         floor_settled: bool = True,
         head_cap: bool = True,
         blocked_cost: bool = True,
+        price_judge: bool = False,
     ):
         self.name = name
+        self.price_judge = price_judge
         self.served_price = served_price
         self.floor_settled = floor_settled
         self.head_cap = head_cap
@@ -98,6 +105,10 @@ class Otas(Policy):
         self.reorder = reorder
         self.mix = mix
         self._price: DevicePrice | None = None
+        self._priced: DevicePrice | None = None  # `_price` while this decision plans with it, else None
+        self._judge: ModeJudge | None = None  # priced (True) or not, judged online (`price_judge`)
+        self._free: bool | None = None  # the last decision ran free (not following): priced or not; else None
+        self._mode = True  # planning with the price (`_judge`'s current mode)
         self._floor: FixedShadows | None = None
         self._cap: int | None = None  # index into Γ: no batch runs slower than this γ would (the floor)
         # Arrival order across SLO classes (within one class it is deadline order too); `reorder`
@@ -120,7 +131,7 @@ class Otas(Policy):
             )
             self._slo = np.array([a.slo_ms for a in apps])  # (apps,), in DevicePrice's order
             self._value = np.array([view.weights(view.model, a.name).max() for a in apps])  # best u·acc
-        self._floor, self._cap = None, None
+        self._floor, self._cap, self._judge, self._free, self._mode = None, None, None, None, True
         if self.floor and view.apps:
             apps = list(view.apps.values())
             m, cfg = view.model, view.config
@@ -133,6 +144,8 @@ class Otas(Policy):
                 apps, view.profiles[m].gammas, lat, weights, servable, cfg.max_batch, cfg.floor_window * loosest,
                 classes, self.floor_follow, cfg.rate_window * loosest, loosest if self.floor_settled else 0.0,
             )  # fmt: skip
+            if self._price is not None and self.price_judge and self.floor_follow:
+                self._judge = ModeJudge(cfg.floor_window * loosest)
 
     def options(self, view: View) -> list[tuple[str, int]]:
         return [(view.model, g) for g in view.profiles[view.model].gammas]
@@ -153,11 +166,15 @@ class Otas(Policy):
     def choose(self, cands: list[Candidate], now_ms: float, view: View) -> Choice:
         cands = cands[: self.lookahead]
         self._cap = self._floor.cap(now_ms, view.latency_factor(view.model)) if self._floor is not None else None
+        following = self._cap is not None and self._floor.following
+        self._priced = self._price if self._price_now(following, now_ms) else None
         cfg = view.config
         mu = 0.0
-        if self._price is not None:
+        if self._price is not None:  # kept current either way (it also marks the applications served)
             mu = self._price.price(now_ms, view.backlog(), view.latency_factor(view.model))
-        if self._cap is not None and self._floor.following:
+        if self._priced is None:
+            mu = 0.0
+        if following:
             return self._follow(mu, now_ms, view)
         specs = [self._spec(c, now_ms, view) for c in cands]
         fronts = [0]
@@ -178,7 +195,7 @@ class Otas(Policy):
                         fronts.append(j)
         head = 0  # > 0: a batch longer than this blocks arrivals that could still make their SLO
         options: list[tuple[optimizer.Front, int]] = [(j, 0) for j in fronts]  # (front, members run)
-        if self._price is not None:
+        if self._priced is not None:
             head = self._head_cap(now_ms, view) if self.head_cap else 0
             # each front batch may also run only its first `head` members, the rest next
             halves = [(j, sp) for j in fronts if head and (sp := self._split(cands[j], head, now_ms, view))]
@@ -202,6 +219,21 @@ class Otas(Policy):
             meta["head"] = take
         return view.model, gamma, meta
 
+    def _price_now(self, following: bool, now_ms: float) -> bool:
+        """Whether this decision plans with the price: always, without a judge; else the judged mode
+        (`ModeJudge`), after crediting the mode the last decision ran in, if it ran free, with what
+        the policy and the leading shadow earned since (the floor's `delta`). Following, the price
+        mode is kept and nothing is credited: the capping shadow's γ decides then."""
+        if self._judge is None:
+            return self._price is not None
+        fl = self._floor
+        if self._free is not None and fl.delta is not None:
+            self._judge.credit(self._free, *fl.delta, now_ms)
+        if not following:
+            self._mode = True if fl.settling(now_ms) else self._judge.choose(self._mode, now_ms)
+        self._free = None if following else self._mode
+        return self._mode
+
     def _follow(self, mu: float, now_ms: float, view: View) -> Choice:
         """Run as the capping shadow's `fixed:<γ>` does: the oldest waiting queries of every class, up to
         B_max, at its γ (or the servable γ nearest to it); but where that would finish the batch's
@@ -214,7 +246,7 @@ class Otas(Policy):
         if finish <= c.deadline_ms:
             return m, g, {"price": mu, "mixed": 1, "follow": 1}
         spec = self._spec(c, now_ms, view)
-        if self._price is not None:
+        if self._priced is not None:
             (spec,) = self._with_costs([spec], mu, now_ms, view)
         (plan,) = optimizer.plan_fronts([spec], [0], cfg.delta_ms, cfg.max_grid, mu)
         return m, gammas[plan.choice[0]], {"planned_value": plan.value, "price": mu, "mixed": 1, "follow": 2}
@@ -251,7 +283,7 @@ class Otas(Policy):
         mc = view.mixed_candidates(now_ms)[: self.lookahead]
         alt = [self._spec(c, now_ms, view) for c in mc]
         mopts: list[tuple[optimizer.Front, int]] = [(0, 0)]
-        if self._price is not None:
+        if self._priced is not None:
             sp = self._split(mc[0], head, now_ms, view) if head else None
             alt = self._with_costs(alt + list(sp or ()), mu, now_ms, view)
             if sp:
@@ -260,11 +292,11 @@ class Otas(Policy):
         mplans = optimizer.plan_fronts(alt, [f for f, _ in mopts], cfg.delta_ms, cfg.max_grid, mu)
         mb = _first_best([p.value for p in mplans])
         v_mixed, v_split = mplans[mb].value, plan.value
-        if self._price is not None:
+        if self._priced is not None:
             # each way of batching at the utility rate it sustains: a plan of n queries taking t ms
             # keeps up with arrivals at rate R only if n / t ≥ R, else it serves the share n / (R·t)
             # of them (shared batches take less device time per query)
-            rate = float(self._price.rates(now_ms).sum())  # queries per ms
+            rate = float(self._priced.rates(now_ms).sum())  # queries per ms
             if rate > 0:
                 v_mixed *= _sustained(alt, _plan_ms(mplans[mb], alt, mopts[mb][0]), rate)
                 v_split *= _sustained(specs, _plan_ms(plan, specs, front), rate)
@@ -275,8 +307,8 @@ class Otas(Policy):
         arriving while a batch of b runs at the fastest setting waits for it, then runs with the
         others of `a` that arrived meanwhile (R_a · lat_fast(b) of them). b ≤ B_max; 0 if none."""
         fast = view.fast_latency()  # (B_max + 1,)
-        rates = self._price.rates(now_ms)
-        live = (rates > 0) & self._price.served  # applications worth their device time at the price
+        rates = self._priced.rates(now_ms)
+        live = (rates > 0) & self._priced.served  # applications worth their device time at the price
         if not live.any():
             return len(fast) - 1
         r, slo = rates[live], self._slo[live]
@@ -307,10 +339,10 @@ class Otas(Policy):
         min(L, max(0, L + lat_fast(n_a) − D_a)) ms are lost: R_a · u_a·acc_a each ms."""
         if not specs:
             return []
-        rates = self._price.rates(now_ms)  # (apps,)
+        rates = self._priced.rates(now_ms)  # (apps,)
         rate_value = rates * self._value  # (apps,): utility arriving per ms
         # arrivals of applications not worth their device time at price μ are no loss when blocked
-        charged = self._price.served if self.blocked_cost else np.zeros_like(self._price.served)
+        charged = self._priced.served if self.blocked_cost else np.zeros_like(self._priced.served)
         rate_value = np.where(charged, rate_value, 0.0)
         fast = view.fast_latency()
         # OPTIMIZATION: a cost per distinct latency row (batches of one size share theirs)

@@ -5,7 +5,8 @@ import pytest
 
 from otas.config import SchedulerConfig
 from otas.sched import Scheduler
-from otas.sched.floor import Decayed, FixedShadows
+from otas.sched.decayed import Decayed
+from otas.sched.floor import FixedShadows
 from otas.sched.policies import Otas
 from otas.sim.simulator import run
 from otas.sim.traces import at_load, capacity_per_s, synthetic
