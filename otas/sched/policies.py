@@ -131,6 +131,7 @@ class Otas(Policy):
             )
             self._slo = np.array([a.slo_ms for a in apps])  # (apps,), in DevicePrice's order
             self._value = np.array([view.weights(view.model, a.name).max() for a in apps])  # best u·acc
+        self._priced = self._price  # until a decision judges otherwise (`_price_now`)
         self._floor, self._cap, self._judge, self._free, self._mode = None, None, None, None, True
         if self.floor and view.apps:
             apps = list(view.apps.values())
