@@ -299,8 +299,8 @@ class ServingConfig:
             raise ValueError("--admin-token (applications at run time) needs --backend local")
         if self.backend not in ("local", "ray"):
             raise ValueError(f"backend={self.backend!r}: use local (one process) or ray (Ray Serve replicas)")
-        if self.backend == "local" and (self.ray != RayConfig() or self.engine.paced):
-            raise ValueError("--replicas, --address and --paced need --backend ray")
+        if self.backend == "local" and self.ray != RayConfig():
+            raise ValueError("--replicas and --address need --backend ray")
         if self.engine.paced and not (self.engine.noop and self.profile is not None):
             raise ValueError("--paced emulates a profiled device with the no-op model: give --noop and --profile P")
         if self.profile is None and not (self.engine.noop and not self.engine.paced):

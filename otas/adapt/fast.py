@@ -33,6 +33,7 @@ import torch
 
 from otas.adapt.ops import check_merge_impl, merge_ops
 from otas.adapt.vit import AdaptiveViT
+from otas.collate import collate
 from otas.data.transforms import Normalize
 
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -201,7 +202,7 @@ class FastForward:
         graph = (self._graphs.get((gamma, B)) or self._graph(gamma, B))[0]
         if not self._host_graphs:  # the first capture's check fell back
             return self.predict_host(images, gamma, tasks)
-        self._stage(images, b)
+        self._stage_np(images, b)
         self._idx_np[:b] = idx
         graph.replay()
         torch.cuda.current_stream(self.device).synchronize()
@@ -214,6 +215,13 @@ class FastForward:
             self._idx = torch.zeros(self.cfg.buckets[-1], dtype=torch.long, pin_memory=pin)
             self._in_np, self._idx_np = self._in.numpy(), self._idx.numpy()
 
+    def _stage_np(self, images: Sequence[np.ndarray] | np.ndarray | torch.Tensor, b: int) -> None:
+        """`images` into the pinned staging buffer with NumPy alone (no torch call: the served graph path)."""
+        self._host_buffers()
+        if isinstance(images, torch.Tensor):
+            images = images.cpu().numpy()
+        collate(images, self._in_np)
+
     def _stage(self, images: Sequence[np.ndarray] | np.ndarray | torch.Tensor, b: int) -> torch.Tensor:
         """`images` as a uint8 (b, H, W, 3) host tensor, in the staging buffer where it fits."""
         self._host_buffers()
@@ -221,10 +229,7 @@ class FastForward:
             images = images.cpu().numpy()
         if b > len(self._in_np):  # eager and traced serve any size
             return torch.from_numpy(np.stack(images).astype(np.uint8, casting="same_kind", copy=False))
-        if isinstance(images, np.ndarray):
-            np.copyto(self._in_np[:b], images, casting="same_kind")
-        else:
-            np.stack(images, out=self._in_np[:b])  # (b, H, W, 3) collation, no allocation
+        collate(images, self._in_np)  # (b, H, W, 3), no allocation, the GIL held (`otas.collate`)
         return self._in[:b]
 
     def replay(self, gamma: int, batch: int):

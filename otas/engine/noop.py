@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from otas.collate import collate
 from otas.engine.batches import RunResult
 from otas.profile.table import Profile
 from otas.types import App
@@ -36,8 +37,32 @@ class NoopRunner:
     def run(self, images: Sequence[np.ndarray], tasks: Sequence[str], gamma: int):
         t0 = time.perf_counter()
         b = len(images)
-        np.stack(images, out=self._np[:b])
+        collate(images, self._np)
         return RunResult(self._probs[:b].copy(), (time.perf_counter() - t0) * 1e3)
+
+    def warmup(self, batch_sizes: Sequence[int] = ()) -> None:
+        pass
+
+
+class PacedRunner:
+    """The no-op runner, slowed to the profile's latency per batch: a stand-in for the profiled
+    device that needs no accelerator (the sleep leaves the CPU and the GIL free, as a device's wait
+    does), so the server's host side can be measured at that device's speed on any machine."""
+
+    def __init__(self, inner: NoopRunner, profile: Profile):
+        self.inner, self.profile = inner, profile
+        self.image_size, self.max_batch, self.classes = inner.image_size, inner.max_batch, inner.classes
+        self.gammas = list(profile.gammas)
+        self.device = f"paced no-op ({profile.device})"
+
+    def run(self, images: Sequence[np.ndarray], tasks: Sequence[str], gamma: int):
+        t0 = time.perf_counter()
+        out = self.inner.run(images, tasks, gamma)
+        rest = self.profile.lat(gamma, len(images)) / 1e3 - (time.perf_counter() - t0)
+        if rest > 0:
+            time.sleep(rest)
+        out.ms = (time.perf_counter() - t0) * 1e3
+        return out
 
     def warmup(self, batch_sizes: Sequence[int] = ()) -> None:
         pass

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -58,32 +57,12 @@ class ReplicaSpec:
         Profile.from_dict(self.profile)  # fail in the driver, not in every replica
 
 
-class PacedRunner:
-    """The no-op runner, slowed to the profile's latency per batch: a stand-in for the profiled
-    device that needs no accelerator (the sleep leaves the CPU free)."""
-
-    def __init__(self, inner, profile: Profile):
-        self.inner, self.profile = inner, profile
-        self.image_size, self.max_batch, self.classes = inner.image_size, inner.max_batch, inner.classes
-        self.gammas = list(profile.gammas)
-        self.device = f"paced no-op ({profile.device})"
-
-    def run(self, images: Sequence[np.ndarray], tasks: Sequence[str], gamma: int):
-        t0 = time.perf_counter()
-        out = self.inner.run(images, tasks, gamma)
-        rest = self.profile.lat(gamma, len(images)) / 1e3 - (time.perf_counter() - t0)
-        if rest > 0:
-            time.sleep(rest)
-        out.ms = (time.perf_counter() - t0) * 1e3
-        return out
-
-
 def build_runner(spec: ReplicaSpec):
     """The runner this replica drives: the model on the device, the no-op model, or the paced one."""
     profile = Profile.from_dict(spec.profile)
     mb = spec.scheduler.max_batch
     if spec.noop:
-        from otas.engine.noop import NoopRunner
+        from otas.engine.noop import NoopRunner, PacedRunner
 
         runner = NoopRunner(spec.apps, max_batch=mb)
         return PacedRunner(runner, profile) if spec.paced else runner

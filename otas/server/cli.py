@@ -121,7 +121,7 @@ def serve_cmd(
         ),
     ] = "",  # fmt: skip
     paced: Annotated[
-        bool, typer.Option(help="ray, with --noop --profile P: batches sleep P's latency (emulates that device).")
+        bool, typer.Option(help="With --noop --profile P: each batch sleeps P's latency (emulates that device).")
     ] = False,
 ) -> None:
     """Serve the model over HTTP (KServe v2 /v2/..., /v1/apps, /v1/apps/{app}/classify, /metrics) and

@@ -156,9 +156,13 @@ def load_runner(cfg: ServingConfig):
     """(runner, profile) of a serving config: the model through its fast path, or the no-op model."""
     apps, sched, eng = cfg.apps, cfg.scheduler, cfg.engine
     if eng.noop:
-        from otas.engine.noop import NoopRunner, noop_profile
+        from otas.engine.noop import NoopRunner, PacedRunner, noop_profile
 
-        return NoopRunner(apps, max_batch=sched.max_batch), noop_profile(apps, sched.max_batch)
+        noop = NoopRunner(apps, max_batch=sched.max_batch)
+        if eng.paced:  # the profiled device's latency per batch, slept: the host side at that device's speed
+            profile = Profile.load(cfg.profile)
+            return PacedRunner(noop, profile), profile
+        return noop, noop_profile(apps, sched.max_batch)
     import torch
 
     from otas.engine.runner import Runner

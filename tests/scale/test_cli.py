@@ -11,7 +11,7 @@ from otas.cli import app
     [
         (["--backend", "nope"], "use local (one process) or ray"),
         (["--replicas", "2"], "need --backend ray"),
-        (["--paced"], "need --backend ray"),
+        (["--paced"], "give --noop and --profile"),
         (["--backend", "ray", "--paced"], "give --noop and --profile"),
     ],
 )

@@ -14,10 +14,10 @@ import aiohttp  # noqa: E402
 import ray  # noqa: E402
 
 from otas.config import SchedulerConfig  # noqa: E402
-from otas.engine.noop import NoopRunner  # noqa: E402
+from otas.engine.noop import NoopRunner, PacedRunner  # noqa: E402
 from otas.scale.frontend_config import FrontendConfig  # noqa: E402
 from otas.scale.launch import deploy, shutdown  # noqa: E402
-from otas.scale.replica import PacedRunner, ReplicaSpec  # noqa: E402
+from otas.scale.replica import ReplicaSpec  # noqa: E402
 from tests.server.helpers import APPS, b64png, infer_body, paced_profile, png, serving  # noqa: E402
 
 pytestmark = pytest.mark.ray

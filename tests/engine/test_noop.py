@@ -1,0 +1,48 @@
+"""The no-op and paced runners: the server's host side measured without, or at the speed of, a device."""
+
+import time
+
+import numpy as np
+
+from otas.config import EngineConfig, ServingConfig
+from otas.engine.noop import NoopRunner, PacedRunner
+from otas.profile.table import Profile
+from otas.server.main import load_runner
+from otas.types import App
+
+APPS = [App("a", 20.0, 1.0, "novel")]
+
+
+def profile(ms_at_1: float = 30.0, ms_at_8: float = 60.0) -> Profile:
+    return Profile(
+        model="m",
+        device="emulated device",
+        dtype="bfloat16",
+        gammas=[-8, 0],
+        batch_sizes=[1, 8],
+        accuracy={"novel": {-8: 0.7, 0: 0.8}},
+        latency_ms={g: {1: ms_at_1 * s, 8: ms_at_8 * s} for g, s in ((-8, 0.5), (0, 1.0))},
+    )
+
+
+def test_a_paced_batch_takes_the_profiled_latency_of_its_gamma_and_size():
+    prof = profile()
+    runner = PacedRunner(NoopRunner(APPS, max_batch=8), prof)
+    img = np.zeros((32, 32, 3), np.uint8)
+    for gamma, b in ((0, 8), (-8, 1), (0, 4)):
+        t0 = time.perf_counter()
+        out = runner.run([img] * b, ["novel"] * b, gamma)
+        wall = (time.perf_counter() - t0) * 1e3
+        want = prof.lat(gamma, b)
+        assert want <= wall < want + 25 and abs(out.ms - wall) < 5
+        assert out.probs.shape == (b, 5) and np.allclose(out.probs.sum(1), 1)
+
+
+def test_serve_noop_paced_runs_the_paced_runner_planned_with_the_given_profile(tmp_path):
+    path = tmp_path / "p.json"
+    profile().save(path)
+    eng = EngineConfig(noop=True, paced=True, warmup=False)
+    runner, prof = load_runner(ServingConfig(APPS, profile=path, engine=eng))
+    assert isinstance(runner, PacedRunner) and prof.device == "emulated device" and prof.gammas == [-8, 0]
+    runner, prof = load_runner(ServingConfig(APPS, engine=EngineConfig(noop=True)))
+    assert isinstance(runner, NoopRunner) and prof.model == "noop"
