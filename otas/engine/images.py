@@ -208,9 +208,10 @@ def tensor_images(datatype: str, shape: list[int], data: np.ndarray, size: int) 
     if data.size != n:
         raise ImageError(f"tensor data has {data.size} values but shape {shape} needs {n}; check shape and data")
     if datatype == "UINT8":
-        if data.min(initial=0) < 0 or data.max(initial=0) > 255:
+        # raw bytes (binary data) are uint8 already: no range to check, nothing to copy
+        if data.dtype != np.uint8 and (data.min(initial=0) < 0 or data.max(initial=0) > 255):
             raise ImageError("UINT8 tensor values must lie in 0..255")
-        x = data.astype(np.uint8).reshape(shape)
+        x = data.astype(np.uint8, copy=False).reshape(shape)
     elif datatype == "FP32":
         if not np.isfinite(data).all() or data.min(initial=0) < 0 or data.max(initial=0) > 1:
             raise ImageError("FP32 tensor values must be finite pixel intensities in [0, 1]")

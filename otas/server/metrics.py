@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
 
@@ -18,6 +19,21 @@ from otas.types import BatchPlan
 
 _LAT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+def observe_many(child, values: np.ndarray) -> None:
+    """`child.observe(v)` for each of `values` (one labelled histogram), with one increment per bucket hit
+    and one of the sum: prometheus_client has no bulk observe, and a batch ends hundreds of requests.
+    A client without the internals this reads (`_upper_bounds`, `_buckets`, `_sum`) gets the loop."""
+    bounds, buckets, total = (getattr(child, a, None) for a in ("_upper_bounds", "_buckets", "_sum"))
+    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
+        for v in values:
+            child.observe(float(v))
+        return
+    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))  # v <= bound
+    total.inc(float(values.sum()))
+    for i in np.flatnonzero(counts):
+        buckets[i].inc(int(counts[i]))
 
 
 class Metrics(Observer):
@@ -111,14 +127,17 @@ class Metrics(Observer):
         self._request_keys.add((app, "served", ""))
         self.requests.labels(app, "served", "").inc(len(served))
         self._ended[app] = self._ended.get(app, 0) + len(served)
-        latency, queue = self.latency.labels(app), self.queue.labels(app)
-        utility, met = 0.0, 0
-        for s in served:
-            self._tally(s)
-            latency.observe(s.total_ms / 1e3)
-            queue.observe(max(s.queue_ms, 0.0) / 1e3)
-            utility += s.utility
-            met += bool(s.deadline_met)
+        total = np.fromiter((s.total_ms for s in served), float, len(served))
+        queue = np.maximum(np.fromiter((s.queue_ms for s in served), float, len(served)), 0.0)
+        exec_ms = np.fromiter((s.exec_ms for s in served), float, len(served))
+        for key, ms in (("success", total), ("queue", queue), ("compute_infer", exec_ms)):
+            self._totals[key][0] += len(served)
+            self._totals[key][1] += int((ms * 1e6).astype(np.int64).sum())
+        self._last_ms = int(time.time() * 1000)
+        observe_many(self.latency.labels(app), total / 1e3)
+        observe_many(self.queue.labels(app), queue / 1e3)
+        utility = sum(s.utility for s in served)
+        met = sum(1 for s in served if s.deadline_met)
         self.utility.labels(app).inc(utility)
         if met:
             self.slo_met.labels(app).inc(met)
