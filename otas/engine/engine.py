@@ -231,12 +231,12 @@ class Engine:
         self._admit(app, n, now, deadline, arrival)
         self._last_arrival[app], self._last_deadline[app] = queued_at, deadline
         g = self._books.open(app, n, single)
-        for image in images:
-            req = Request(next(self._ids), app, queued_at, deadline)
-            rej = self.scheduler.submit(req, now)
-            if rej is not None:  # not expected after admission; take back what was queued
-                self._books.withdraw(g)
-                raise self._refuse(app, n, "rejected", rej.reason.value, rej.detail)
+        reqs = [Request(next(self._ids), app, queued_at, deadline) for _ in range(n)]
+        rej = self.scheduler.submit_many(reqs, now)  # all or none
+        if rej is not None:  # not expected after admission
+            self._books.withdraw(g)
+            raise self._refuse(app, n, "rejected", rej.reason.value, rej.detail)
+        for req, image in zip(reqs, images, strict=True):
             self._books.add(g, req, image, arrival)
         observe(self.observer.queue_depth, self.scheduler.queued())
         self._wake.set()

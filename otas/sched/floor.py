@@ -16,8 +16,10 @@ Judged as batches complete, a shadow with a short queue (a fast γ) led a slower
 same queries later and better, while its answers were still queued, so a burst capped the policy at
 the fast γ (the H200 Azure trace at load 2: 0.983 of `fixed:-32` with completions, 1.003 settled).
 
-Cost: each arrival enters |Γ| queues, and every query leaves each of them once, so the work is
-O(|Γ|) per query, amortised, on top of one small step per decision.
+Cost: each arrival (a request: its queries share an arrival and a deadline) enters |Γ| queues as one
+entry, and leaves each of them once (split where a batch ends inside it), so the work is O(|Γ|) per
+request, amortised, on top of one small step per decision: a server taking requests of dozens of
+images does not pay it per image.
 Pure python and numpy; no clock of its own (times are passed in).
 """
 
@@ -45,7 +47,7 @@ def _credit(earned: Decayed, settled: Decayed, t_ms: float, done: Sequence[tuple
 
 
 class _Shadow:
-    """One virtual `fixed:<γ>` server: FIFO queues of (arrival, deadline, value), one per class (one
+    """One virtual `fixed:<γ>` server: FIFO queues of requests [arrival, deadline, value, queries], one per class (one
     class: the `fixed:<γ>` baseline; several: a batch never mixes classes, and the class whose head
     arrived first runs next, as the OTAS policies batch), device free at `free`."""
 
@@ -53,7 +55,8 @@ class _Shadow:
         self.lat = lat  # (B_max + 1,) ms of a batch of each size at this γ, nondecreasing; inf: does not fit
         fits = np.flatnonzero(np.isfinite(lat[1 : max_batch + 1]))
         self.max_batch = int(fits[-1]) + 1 if len(fits) else 0  # as the scheduler caps a batch by memory
-        self.queues: list[deque[tuple[float, float, float]]] = [deque() for _ in range(classes)]
+        # per class, FIFO of [arrival, deadline, value, n]: n queries of one request not yet run
+        self.queues: list[deque[list]] = [deque() for _ in range(classes)]
         self.free = -math.inf
         self.earned = Decayed(tau_ms)
         self.settled = Decayed(tau_ms, lag_ms) if lag_ms > 0 else self.earned
@@ -78,22 +81,31 @@ class _Shadow:
             start = max(self.free, q[0][0])
             if start > t_ms:
                 return
-            members = []
-            while q and len(members) < self.max_batch and q[0][0] <= start:
-                x = q.popleft()
-                if start + one <= x[1]:  # else hopeless: dropped, as the scheduler drops it
-                    members.append(x)
+            members, size = [], 0  # (arrival, deadline, value, k): k of a request's queries
+            while q and size < self.max_batch and q[0][0] <= start:
+                x = q[0]
+                if start + one > x[1]:  # hopeless (its queries share a deadline): dropped, as the scheduler drops it
+                    q.popleft()
+                    continue
+                k = min(x[3], self.max_batch - size)
+                members.append((x[0], x[1], x[2], k))
+                size += k
+                if k == x[3]:
+                    q.popleft()
+                else:  # the rest of the request waits for the next batch
+                    x[3] -= k
             if not members:
                 continue
-            finish = start + self.lat[len(members)] * self.scale
-            self.running = (finish, [(a, v) for a, d, v in members if d >= finish])
+            finish = start + self.lat[size] * self.scale
+            self.running = (finish, [(a, v * k if k > 1 else v) for a, d, v, k in members if d >= finish])
             self.free = finish
 
-    def submit(self, arrival_ms: float, deadline_ms: float, value: float, cls: int = 0) -> None:
+    def submit(self, arrival_ms: float, deadline_ms: float, value: float, cls: int = 0, n: int = 1) -> None:
+        """`n` queries of one request (one arrival and deadline), each worth `value` on time."""
         self.advance(arrival_ms)
         # else rejected on arrival, as reject_infeasible does
         if self.max_batch and arrival_ms + self.lat[1] * self.scale <= deadline_ms:
-            self.queues[cls].append((arrival_ms, deadline_ms, value))
+            self.queues[cls].append([arrival_ms, deadline_ms, value, n])
 
 
 class FixedShadows:
@@ -146,11 +158,12 @@ class FixedShadows:
         self.settle = float(settle_ms)
         """No following before this long after the first arrival."""
 
-    def submit(self, app: str, arrival_ms: float, deadline_ms: float) -> None:
+    def submit(self, app: str, arrival_ms: float, deadline_ms: float, n: int = 1) -> None:
+        """`n` queries of `app` arrived at once (one request: one deadline)."""
         self._t0 = min(self._t0, arrival_ms)
         cls = self.cls.get(app, 0)
         for s, v in zip(self.shadows, self.value[app], strict=True):
-            s.submit(arrival_ms, deadline_ms, v, cls)
+            s.submit(arrival_ms, deadline_ms, v, cls, n)
 
     def credit(self, t_ms: float, done: Sequence[tuple[float, float]]) -> None:
         """The policy's batch completed at `t_ms`: (arrival, value) of each query it served on time."""

@@ -33,6 +33,8 @@ through the same interface in the simulator and the live server.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from otas.sched import optimizer
@@ -152,10 +154,14 @@ class Otas(Policy):
         return [(view.model, g) for g in view.profiles[view.model].gammas]
 
     def on_submit(self, req: Request, now_ms: float) -> None:
+        self.on_submit_many((req,), now_ms)
+
+    def on_submit_many(self, reqs: Sequence[Request], now_ms: float) -> None:
+        app, deadline, n = reqs[0].app, reqs[0].deadline_ms, len(reqs)
         if self._price is not None:
-            self._price.observe(req.app, now_ms)
+            self._price.observe(app, now_ms, n)
         if self._floor is not None:
-            self._floor.submit(req.app, now_ms, req.deadline_ms)
+            self._floor.submit(app, now_ms, deadline, n)
 
     def on_complete(self, plan: BatchPlan, now_ms: float, measured_ms: float, view: View) -> None:
         if self._floor is not None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
@@ -74,6 +75,11 @@ class Policy:
 
     def on_submit(self, req: Request, now_ms: float) -> None:
         pass
+
+    def on_submit_many(self, reqs: Sequence[Request], now_ms: float) -> None:
+        """The queries of one request (one application, arrival and deadline) arrived together."""
+        for r in reqs:
+            self.on_submit(r, now_ms)
 
     def on_complete(self, plan: BatchPlan, now_ms: float, measured_ms: float, view: View) -> None:
         pass

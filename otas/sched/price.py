@@ -77,12 +77,12 @@ class DevicePrice:
         self.served = np.ones(len(self.apps), dtype=bool)
         """(apps,) at the last price asked: whether the fluid solution serves the application at all."""
 
-    def observe(self, app: str, now_ms: float) -> None:
-        """One arrival of `app`."""
+    def observe(self, app: str, now_ms: float, n: int = 1) -> None:
+        """`n` arrivals of `app` at once (one request's queries)."""
         self._decay(now_ms)
         if self._t0 is None or now_ms < self._t0:  # the earliest arrival seen (a replay may start in the past)
             self._t0 = now_ms
-        self._rate[self.index[app]] += 1.0 / self.tau
+        self._rate[self.index[app]] += n / self.tau
 
     def rates(self, now_ms: float) -> np.ndarray:
         """(apps,) queries per ms: the decayed counts over the weight the decay has given the time observed,

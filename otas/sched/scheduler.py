@@ -167,6 +167,32 @@ class Scheduler:
         self.queues.push(req)
         return None
 
+    def submit_many(self, reqs: Sequence[Request], now_ms: float) -> Rejection | None:
+        """Queue the queries of one request (one application, arrival and deadline: the images of one
+        call) all or none, or reject them early with a reason (for the first). The policy hears of
+        them as one arrival (`on_submit_many`), so per-arrival bookkeeping runs once a request."""
+        if not reqs:
+            return None
+        first = reqs[0]
+        if first.app not in self.apps:
+            raise ValueError(f"request {first.id}: unknown application {first.app!r}; known: {sorted(self.apps)}")
+        if any(r.app != first.app or r.arrival_ms != first.arrival_ms or r.deadline_ms != first.deadline_ms
+               for r in reqs):  # fmt: skip
+            raise ValueError("submit_many takes the queries of one request: one application, arrival and deadline")
+        self.policy.on_submit_many(reqs, now_ms)
+        if len(self.queues) + len(reqs) > self.config.max_queue:
+            return Rejection(first, Reason.QUEUE_FULL, f"{len(self.queues)} queued + {len(reqs)} > max_queue")
+        if self.config.reject_infeasible and now_ms + self._fast[1] > first.deadline_ms:
+            slack = first.deadline_ms - now_ms
+            return Rejection(
+                first,
+                Reason.INFEASIBLE,
+                f"{slack:.1f} ms to deadline < {self._fast[1]:.1f} ms at the fastest setting",
+            )
+        for r in reqs:
+            self.queues.push(r)
+        return None
+
     def next_batch(self, now_ms: float) -> BatchPlan | None:
         """The device is free: the batch to run now (removed from the queues), or None."""
         self._drain(now_ms)

@@ -217,3 +217,20 @@ def test_shadows_run_at_the_measured_speed():
         assert all(s.scale == scale for s in shadows.shadows)
     assert all(slow <= fast for slow, fast in zip(earned[2.0], earned[1.0], strict=True))
     assert sum(earned[2.0]) < sum(earned[1.0])
+
+
+def test_a_request_of_many_queries_is_batched_as_queries_that_arrived_together():
+    """A shadow takes a request's n queries as one entry and splits it where a batch is full: batches of
+    4, 4 and 2 back to back (16, 16 and 12 ms); with a deadline at 20 ms, the rest of the request is
+    hopeless after the first batch and dropped whole, as the scheduler drops it."""
+    from otas.sched.floor import _Shadow
+
+    lat = np.array([0.0, 10.0, 12.0, 14.0, 16.0])  # ms at batch sizes 0..4
+    shadow = _Shadow(lat, max_batch=4, tau_ms=math.inf)
+    shadow.submit(0.0, 1000.0, 0.5, n=10)
+    shadow.advance(math.inf)
+    assert shadow.free == 44.0 and shadow.earned.total == pytest.approx(5.0)
+    shadow = _Shadow(lat, max_batch=4, tau_ms=math.inf)
+    shadow.submit(0.0, 20.0, 0.5, n=10)
+    shadow.advance(math.inf)
+    assert shadow.free == 16.0 and shadow.earned.total == pytest.approx(2.0) and not shadow.queues[0]

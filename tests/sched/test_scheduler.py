@@ -401,3 +401,23 @@ def test_otas_pulls_forward_only_a_more_urgent_class():
             reordered += 1
             assert cands[j].deadline_ms < cands[0].deadline_ms, (trial, j)
     assert reordered > 50  # the rule was exercised
+
+
+def test_submit_many_queues_a_request_whole_or_not_at_all_and_the_policy_hears_one_arrival():
+    s = Scheduler(APPS, make_profile(), "otas", SchedulerConfig(max_queue=6))
+    heard = []
+    s.policy.on_submit_many = lambda reqs, now: heard.append((len(reqs), now))
+    group = [Request(i, "novel", 0.0, 500.0) for i in range(4)]
+    assert s.submit_many(group, 0.0) is None and s.queued() == 4 and heard == [(4, 0.0)]
+    full = s.submit_many([Request(10 + i, "novel", 1.0, 501.0) for i in range(3)], 1.0)  # 4 + 3 > 6: none queued
+    assert full is not None and full.reason is Reason.QUEUE_FULL and s.queued() == 4
+    late = s.submit_many([Request(20, "novel", 2.0, 10.0), Request(21, "novel", 2.0, 10.0)], 2.0)
+    assert late is not None and late.reason is Reason.INFEASIBLE and s.queued() == 4
+    plan = s.next_batch(2.0)
+    assert plan is not None and [r.id for r in plan.requests] == [0, 1, 2, 3]
+    for bad in ([Request(30, "novel", 0.0, 500.0), Request(31, "blur", 0.0, 500.0)],
+                [Request(32, "novel", 0.0, 500.0), Request(33, "novel", 0.0, 501.0)]):  # fmt: skip
+        with pytest.raises(ValueError, match="one request"):
+            s.submit_many(bad, 3.0)
+    with pytest.raises(ValueError, match="unknown application"):
+        s.submit_many([Request(40, "nope", 0.0, 500.0)], 3.0)
