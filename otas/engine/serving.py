@@ -59,6 +59,12 @@ class Observer:
         for s in served:
             observe(self.ended, app, "served", "", s)
 
+    def ended_many(self, app: str, outcome: str, reason: str, n: int) -> None:
+        """The `n` images of one request, none served: `ended(app, outcome, reason)` for each, unless an
+        observer counts them at once (the server's metrics do)."""
+        for _ in range(n):
+            observe(self.ended, app, outcome, reason)
+
     def batch(self, plan: BatchPlan, measured_ms: float, runner_ms: float, queued: int) -> None: ...
 
     def queue_depth(self, n: int) -> None: ...

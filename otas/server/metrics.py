@@ -85,6 +85,7 @@ class Metrics(Observer):
         self._request_keys: set[tuple[str, str, str]] = set()  # (app, outcome, reason) series made
         self._totals = {k: [0, 0] for k in ("success", "fail", "queue", "compute_infer")}  # [count, ns]
         self._batches, self._last_ms = 0, 0
+        self._children: dict[tuple[str, tuple[str, ...]], Any] = {}  # (metric, labels) -> its child, made once
 
     def watch(self, door: FrontDoor) -> None:
         """Export the front door's state (`admission.py`), read at each scrape."""
@@ -107,25 +108,44 @@ class Metrics(Observer):
             self._request_keys.discard(key)
         self._ended.pop(app, None)
         self._met.pop(app, None)
+        for key in [k for k in self._children if k[1][:1] == (app,)]:
+            del self._children[key]
+
+    def _of(self, metric, *labels: str):
+        """`metric.labels(*labels)`, looked up once (prometheus_client's lookup takes a lock and rebuilds
+        the key on every call, and the server makes several a request)."""
+        key = (metric._name, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def ended_many(self, app: str, outcome: str, reason: str, n: int) -> None:
+        """`ended(app, outcome, reason)` for the `n` images of one request that was not served."""
+        self._request_keys.add((app, outcome, reason))
+        self._of(self.requests, app, outcome, reason).inc(n)
+        self._ended[app] = self._ended.get(app, 0) + n
+        self._totals["fail"][0] += n
+        self._of(self.slo_attainment, app).set(self._met.get(app, 0) / self._ended[app])
 
     def ended(self, app: str, outcome: str, reason: str = "", served: Served | None = None) -> None:
         self._request_keys.add((app, outcome, reason))
-        self.requests.labels(app, outcome, reason).inc()
+        self._of(self.requests, app, outcome, reason).inc()
         self._ended[app] = self._ended.get(app, 0) + 1
         self._tally(served)
         if served is not None:
-            self.latency.labels(app).observe(served.total_ms / 1e3)
-            self.queue.labels(app).observe(max(served.queue_ms, 0.0) / 1e3)
-            self.utility.labels(app).inc(served.utility)
+            self._of(self.latency, app).observe(served.total_ms / 1e3)
+            self._of(self.queue, app).observe(max(served.queue_ms, 0.0) / 1e3)
+            self._of(self.utility, app).inc(served.utility)
             if served.deadline_met:
-                self.slo_met.labels(app).inc()
+                self._of(self.slo_met, app).inc()
                 self._met[app] = self._met.get(app, 0) + 1
-        self.slo_attainment.labels(app).set(self._met.get(app, 0) / self._ended[app])
+        self._of(self.slo_attainment, app).set(self._met.get(app, 0) / self._ended[app])
 
     def served_many(self, app: str, served: Sequence[Served]) -> None:
         """`ended(app, "served", "", s)` for each of `served`, with one update per counter."""
         self._request_keys.add((app, "served", ""))
-        self.requests.labels(app, "served", "").inc(len(served))
+        self._of(self.requests, app, "served", "").inc(len(served))
         self._ended[app] = self._ended.get(app, 0) + len(served)
         total = np.fromiter((s.total_ms for s in served), float, len(served))
         queue = np.maximum(np.fromiter((s.queue_ms for s in served), float, len(served)), 0.0)
@@ -134,18 +154,18 @@ class Metrics(Observer):
             self._totals[key][0] += len(served)
             self._totals[key][1] += int((ms * 1e6).astype(np.int64).sum())
         self._last_ms = int(time.time() * 1000)
-        observe_many(self.latency.labels(app), total / 1e3)
-        observe_many(self.queue.labels(app), queue / 1e3)
+        observe_many(self._of(self.latency, app), total / 1e3)
+        observe_many(self._of(self.queue, app), queue / 1e3)
         utility = sum(s.utility for s in served)
         met = sum(1 for s in served if s.deadline_met)
-        self.utility.labels(app).inc(utility)
+        self._of(self.utility, app).inc(utility)
         if met:
-            self.slo_met.labels(app).inc(met)
+            self._of(self.slo_met, app).inc(met)
             self._met[app] = self._met.get(app, 0) + met
-        self.slo_attainment.labels(app).set(self._met.get(app, 0) / self._ended[app])
+        self._of(self.slo_attainment, app).set(self._met.get(app, 0) / self._ended[app])
 
     def batch(self, plan: BatchPlan, measured_ms: float, runner_ms: float, queued: int) -> None:
-        self.gamma.labels(str(plan.gamma)).inc()
+        self._of(self.gamma, str(plan.gamma)).inc()
         self._batches += 1
         self.batch_size.observe(plan.size)
         self.predicted.observe(plan.predicted_ms / 1e3)

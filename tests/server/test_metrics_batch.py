@@ -64,3 +64,18 @@ def test_observe_many_fills_the_buckets_observe_would_values_on_a_bound_included
 
     assert counts(a) == counts(b) and len(counts(a)) == len(bounds) + 2
     assert np.isclose(*(next(s.value for s in x if s.name.endswith("_sum")) for x in (a, b)))
+
+
+def test_ended_many_counts_as_ended_one_by_one_and_forget_drops_the_cached_series():
+    one, many = Metrics([-4, 0]), Metrics([-4, 0])
+    for m in (one, many):
+        m.served_many("blur", [_served(1, met=True)])
+    for _ in range(5):
+        one.ended("blur", "rejected", "infeasible")
+    many.ended_many("blur", "rejected", "infeasible", 5)
+    assert _samples(one) == _samples(many)
+    assert one.model_stats("m")["inference_stats"] == many.model_stats("m")["inference_stats"]
+    many.forget("blur")
+    assert not any('app="blur"' in k for k, _ in _samples(many))
+    many.ended_many("blur", "rejected", "queue_full", 2)  # series made again after forget
+    assert any('app="blur",outcome="rejected",reason="queue_full"} 2.0' in f"{k} {v}" for k, v in _samples(many))
