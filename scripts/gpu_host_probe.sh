@@ -5,7 +5,7 @@
 # the server's batch metrics before and after; also the served path's host-I/O tests and bench/gil.py
 # (a batch alone and beside a busy Python thread). Results (≤ 8 files) under $OUT.
 #
-# Prepare here (once): `bash scripts/gpu_carry.sh`, and the py-spy wheel in .carry/tools/.
+# Prepare here (once): `GRPC=0 bash scripts/gpu_carry.sh` (the wheels, the data, py-spy in .carry/tools/).
 # Run (on the GPU machine, from the repository root, .carry/ carried):
 #   bash scripts/gpu_host_probe.sh   (env: OUT, PROFILE, APPS, LOAD, POLICIES, FORMAT, REPEAT, COALESCE_MS, SERVE_ARGS)
 set -uo pipefail
