@@ -106,10 +106,14 @@ class Batches:
         self, plan: BatchPlan, items: list[Pending], probs: np.ndarray, t0: float, t1: float, apps: dict[str, App]
     ) -> None:
         prof = self.scheduler.profiles[plan.model]
+        per_app: dict[str, tuple[App, list[str], float]] = {}  # (app, its classes, u · acc at the plan's γ)
         for it, p in zip(items, probs, strict=True):
-            r, app = it.req, apps[it.req.app]
+            r = it.req
+            if (known := per_app.get(r.app)) is None:
+                a = apps[r.app]
+                known = per_app[r.app] = (a, self.runner.classes[a.task], a.utility * prof.acc(a.task, plan.gamma))
+            app, classes, value = known
             met = t1 <= it.arrival_ms + app.slo_ms
-            classes = self.runner.classes[app.task]
             s = Served(
                 id=r.id,
                 app=r.app,
@@ -121,7 +125,7 @@ class Batches:
                 total_ms=t1 - it.arrival_ms,
                 deadline_met=met,
                 batch_size=len(items),
-                utility=app.utility * prof.acc(app.task, plan.gamma) if met else 0.0,
+                utility=value if met else 0.0,
             )
             self._books.end(it, "served", "", s)
 

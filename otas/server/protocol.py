@@ -248,10 +248,12 @@ def infer_outputs(
     probs = np.zeros((n, k), np.float32)
     for i, s in enumerate(results):
         probs[i, : len(s.probs)] = s.probs
+    # the best class of each row (the zero padding past a task's classes never beats a probability)
+    labels = [s.classes[i] for s, i in zip(results, probs.argmax(1).tolist(), strict=True)]
     lat = np.round(np.array([(s.queue_ms, s.exec_ms, s.total_ms) for s in results], np.float64), 3)
     out = {
         "probs": OutputTensor("probs", "FP32", [n, k], probs),
-        "label": OutputTensor("label", "BYTES", [n], [s.classes[int(np.argmax(s.probs))] for s in results]),
+        "label": OutputTensor("label", "BYTES", [n], labels),
         "gamma": OutputTensor("gamma", "INT32", [n], np.array([s.gamma for s in results], np.int32)),
         "deadline_met": OutputTensor("deadline_met", "BOOL", [n], np.array([s.deadline_met for s in results])),
         "latency_ms": OutputTensor("latency_ms", "FP32", [n, 3], lat),
