@@ -13,7 +13,9 @@
 #                                         COALESCE_MS: the replay's gateway window, e.g. 1 for loads near the GPU's,
 #                                         FORMAT: the replay's request format (otas: base64 PNGs; otas-uint8:
 #                                         raw pixels in binary, nothing to decode), OVERHEAD=0: skip the no-op
-#                                         overhead run, REPEAT: play the scaled trace this many times)
+#                                         overhead run, REPEAT: play the scaled trace this many times,
+#                                         TWIN_ARCH: serve a latency twin of this architecture instead, e.g.
+#                                         vit_base_p2, profiled first: a model the GPU limits, not the host)
 set -uo pipefail  # no -e: one failed replay must not cost the others
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results/live_h100}
@@ -32,9 +34,22 @@ PROFILE=${PROFILE:-profiles/vit_tiny_p2_c5__h100-graphs.json}
 { nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.max.sm --format=csv
   python3 -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__)"
   git log -1 --format='commit %h %s' 2>/dev/null; nproc; } > "$W/machine.txt" 2>&1
+MODEL=otas/assets/vit_tiny_p2_c5.safetensors
+if [ -n "${TWIN_ARCH:-}" ]; then
+  # a latency twin: random weights of this architecture (e.g. vit_base_p2) with the shipped model's Γ, tasks
+  # and classes, profiled here and planned with $PROFILE's accuracies. Its answers are random; the live run
+  # and the simulator compare expected utility (u · profiled accuracy of the γ served, on time), which is
+  # what a larger model that the GPU, not the host, limits would earn at those accuracies.
+  MODEL=$W/${TWIN_ARCH}_twin.safetensors
+  python3 scripts/latency_twin.py --like otas/assets/vit_tiny_p2_c5.safetensors --arch "$TWIN_ARCH" --out "$MODEL" \
+    > "$W/twin.log" 2>&1
+  echo "twin rc=$? at $((SECONDS - T0))s"
+  REPROFILE=1
+  PROFILE_OUT=${PROFILE_OUT:-${TWIN_ARCH}_twin__graphs.json}
+fi
 if [ -n "${REPROFILE:-}" ]; then  # latency of the served path as it is now; accuracy kept from $PROFILE
   NAME=${PROFILE_OUT:-vit_tiny_p2_c5__h100-graphs.json}
-  $OTAS profile otas/assets/vit_tiny_p2_c5.safetensors --device cuda --batch-sizes 1,8,64,256 --mode graphs \
+  $OTAS profile "$MODEL" --device cuda --batch-sizes 1,8,64,256 --mode graphs \
     --min-time-s 0.5 --accuracy-from "$PROFILE" --out "$W/$NAME" > "$W/profile.log" 2>&1
   echo "profile rc=$? at $((SECONDS - T0))s"
   cp "$W/$NAME" "$OUT/"
@@ -50,7 +65,7 @@ BUDGET_S=${BUDGET_S:-480}  # no new policy starts after this (the overhead run a
 for POLICY in $POLICIES; do
   TAG=${POLICY/:/}
   if [ $((SECONDS - T0)) -gt "$BUDGET_S" ]; then echo "skip $POLICY: time budget"; continue; fi
-  $OTAS serve --profile "$PROFILE" --apps "$APPS" --device cuda --policy "$POLICY" --max-batch 256 ${SERVE_ARGS:-} \
+  $OTAS serve --model "$MODEL" --profile "$PROFILE" --apps "$APPS" --device cuda --policy "$POLICY" --max-batch 256 ${SERVE_ARGS:-} \
     --port 8000 --grpc-port 0 --log-level warning > "$W/serve_$TAG.log" 2>&1 &
   PID=$!
   UP=
