@@ -152,20 +152,7 @@ class Scheduler:
     # -- the interface ------------------------------------------------------------------------
     def submit(self, req: Request, now_ms: float) -> Rejection | None:
         """Queue a request, or reject it early with a reason."""
-        if req.app not in self.apps:
-            raise ValueError(f"request {req.id}: unknown application {req.app!r}; known: {sorted(self.apps)}")
-        self.policy.on_submit(req, now_ms)  # every arrival is demand, whether or not it is queued
-        if len(self.queues) >= self.config.max_queue:
-            return Rejection(req, Reason.QUEUE_FULL, f"{len(self.queues)} queued (max_queue)")
-        if self.config.reject_infeasible and now_ms + self._fast[1] > req.deadline_ms:
-            slack = req.deadline_ms - now_ms
-            return Rejection(
-                req,
-                Reason.INFEASIBLE,
-                f"{slack:.1f} ms to deadline < {self._fast[1]:.1f} ms at the fastest setting",
-            )
-        self.queues.push(req)
-        return None
+        return self.submit_many((req,), now_ms)
 
     def submit_many(self, reqs: Sequence[Request], now_ms: float) -> Rejection | None:
         """Queue the queries of one request (one application, arrival and deadline: the images of one
@@ -176,12 +163,14 @@ class Scheduler:
         first = reqs[0]
         if first.app not in self.apps:
             raise ValueError(f"request {first.id}: unknown application {first.app!r}; known: {sorted(self.apps)}")
-        if any(r.app != first.app or r.arrival_ms != first.arrival_ms or r.deadline_ms != first.deadline_ms
-               for r in reqs):  # fmt: skip
+        if len(reqs) > 1 and any(
+            r.app != first.app or r.arrival_ms != first.arrival_ms or r.deadline_ms != first.deadline_ms for r in reqs
+        ):
             raise ValueError("submit_many takes the queries of one request: one application, arrival and deadline")
         self.policy.on_submit_many(reqs, now_ms)
         if len(self.queues) + len(reqs) > self.config.max_queue:
-            return Rejection(first, Reason.QUEUE_FULL, f"{len(self.queues)} queued + {len(reqs)} > max_queue")
+            more = f" + {len(reqs)}" if len(reqs) > 1 else ""
+            return Rejection(first, Reason.QUEUE_FULL, f"{len(self.queues)} queued{more} (max_queue)")
         if self.config.reject_infeasible and now_ms + self._fast[1] > first.deadline_ms:
             slack = first.deadline_ms - now_ms
             return Rejection(
