@@ -220,16 +220,15 @@ class FastForward:
         self._host_buffers()
         if isinstance(images, torch.Tensor):
             images = images.cpu().numpy()
-        collate(images, self._in_np)
+        collate(images, self._in_np)  # (b, H, W, 3), no allocation, the GIL held (`otas.collate`)
 
     def _stage(self, images: Sequence[np.ndarray] | np.ndarray | torch.Tensor, b: int) -> torch.Tensor:
         """`images` as a uint8 (b, H, W, 3) host tensor, in the staging buffer where it fits."""
-        self._host_buffers()
-        if isinstance(images, torch.Tensor):
-            images = images.cpu().numpy()
-        if b > len(self._in_np):  # eager and traced serve any size
+        if b > self.cfg.buckets[-1]:  # eager and traced serve any size
+            if isinstance(images, torch.Tensor):
+                images = images.cpu().numpy()
             return torch.from_numpy(np.stack(images).astype(np.uint8, casting="same_kind", copy=False))
-        collate(images, self._in_np)  # (b, H, W, 3), no allocation, the GIL held (`otas.collate`)
+        self._stage_np(images, b)
         return self._in[:b]
 
     def replay(self, gamma: int, batch: int):

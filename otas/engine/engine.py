@@ -270,12 +270,7 @@ class Engine:
             )  # fmt: skip
 
     def _refuse(self, app: str, n: int, outcome: str, reason: str, detail: str) -> NotServed:
-        ended_many = getattr(self.observer, "ended_many", None)
-        if ended_many is not None:
-            observe(ended_many, app, outcome, reason, n)
-        else:  # an observer that is not an `Observer` subclass
-            for _ in range(n):
-                observe(self.observer.ended, app, outcome, reason)
+        observe(self.observer.ended_many, app, outcome, reason, n)
         return NotServed(outcome, reason, detail)
 
     # -- the loop -----------------------------------------------------------------------------

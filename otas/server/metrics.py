@@ -82,7 +82,6 @@ class Metrics(Observer):
             self.gamma.labels(str(g))
         self._ended: dict[str, int] = {}
         self._met: dict[str, int] = {}
-        self._request_keys: set[tuple[str, str, str]] = set()  # (app, outcome, reason) series made
         self._totals = {k: [0, 0] for k in ("success", "fail", "queue", "compute_infer")}  # [count, ns]
         self._batches, self._last_ms = 0, 0
         self._children: dict[tuple[str, tuple[str, ...]], Any] = {}  # (metric, labels) -> its child, made once
@@ -103,13 +102,12 @@ class Metrics(Observer):
         for m in (self.latency, self.queue, self.slo_met, self.slo_attainment, self.utility):
             with contextlib.suppress(KeyError):
                 m.remove(app)
-        for key in [k for k in self._request_keys if k[0] == app]:
-            self.requests.remove(*key)
-            self._request_keys.discard(key)
+        for name, labels in [k for k in self._children if k[1][:1] == (app,)]:
+            if name == self.requests._name:  # (app, outcome, reason): the series made for it
+                self.requests.remove(*labels)
+            del self._children[name, labels]
         self._ended.pop(app, None)
         self._met.pop(app, None)
-        for key in [k for k in self._children if k[1][:1] == (app,)]:
-            del self._children[key]
 
     def _of(self, metric, *labels: str):
         """`metric.labels(*labels)`, looked up once (prometheus_client's lookup takes a lock and rebuilds
@@ -122,29 +120,19 @@ class Metrics(Observer):
 
     def ended_many(self, app: str, outcome: str, reason: str, n: int) -> None:
         """`ended(app, outcome, reason)` for the `n` images of one request that was not served."""
-        self._request_keys.add((app, outcome, reason))
         self._of(self.requests, app, outcome, reason).inc(n)
         self._ended[app] = self._ended.get(app, 0) + n
         self._totals["fail"][0] += n
         self._of(self.slo_attainment, app).set(self._met.get(app, 0) / self._ended[app])
 
     def ended(self, app: str, outcome: str, reason: str = "", served: Served | None = None) -> None:
-        self._request_keys.add((app, outcome, reason))
-        self._of(self.requests, app, outcome, reason).inc()
-        self._ended[app] = self._ended.get(app, 0) + 1
-        self._tally(served)
         if served is not None:
-            self._of(self.latency, app).observe(served.total_ms / 1e3)
-            self._of(self.queue, app).observe(max(served.queue_ms, 0.0) / 1e3)
-            self._of(self.utility, app).inc(served.utility)
-            if served.deadline_met:
-                self._of(self.slo_met, app).inc()
-                self._met[app] = self._met.get(app, 0) + 1
-        self._of(self.slo_attainment, app).set(self._met.get(app, 0) / self._ended[app])
+            self.served_many(app, [served])
+        else:
+            self.ended_many(app, outcome, reason, 1)
 
     def served_many(self, app: str, served: Sequence[Served]) -> None:
         """`ended(app, "served", "", s)` for each of `served`, with one update per counter."""
-        self._request_keys.add((app, "served", ""))
         self._of(self.requests, app, "served", "").inc(len(served))
         self._ended[app] = self._ended.get(app, 0) + len(served)
         total = np.fromiter((s.total_ms for s in served), float, len(served))
@@ -176,17 +164,6 @@ class Metrics(Observer):
 
     def queue_depth(self, n: int) -> None:
         self.queue_depth_g.set(n)
-
-    def _tally(self, served: Served | None) -> None:
-        t = self._totals
-        if served is None:
-            t["fail"][0] += 1
-            return
-        for key, ms in (("success", served.total_ms), ("queue", max(served.queue_ms, 0.0)),
-                        ("compute_infer", served.exec_ms)):  # fmt: skip
-            t[key][0] += 1
-            t[key][1] += int(ms * 1e6)
-        self._last_ms = int(time.time() * 1000)
 
     def model_stats(self, model: str) -> dict[str, Any]:
         """Triton's per-model statistics: inferences served (`success`, arrival to answer; `queue`;

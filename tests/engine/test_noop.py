@@ -9,20 +9,13 @@ from otas.engine.noop import NoopRunner, PacedRunner
 from otas.profile.table import Profile
 from otas.server.main import load_runner
 from otas.types import App
+from tests.factories import make_profile
 
 APPS = [App("a", 20.0, 1.0, "novel")]
 
 
-def profile(ms_at_1: float = 30.0, ms_at_8: float = 60.0) -> Profile:
-    return Profile(
-        model="m",
-        device="emulated device",
-        dtype="bfloat16",
-        gammas=[-8, 0],
-        batch_sizes=[1, 8],
-        accuracy={"novel": {-8: 0.7, 0: 0.8}},
-        latency_ms={g: {1: ms_at_1 * s, 8: ms_at_8 * s} for g, s in ((-8, 0.5), (0, 1.0))},
-    )
+def profile() -> Profile:
+    return make_profile(base_ms=(30.0, 60.0), batch_sizes=(1, 8), gammas=[-8, 0], device="emulated device")
 
 
 def test_a_paced_batch_takes_the_profiled_latency_of_its_gamma_and_size():
