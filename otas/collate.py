@@ -3,11 +3,11 @@
 `np.stack(images, out=...)` copies image by image, and NumPy releases the GIL around each copy of more
 than a few hundred elements (a 32 × 32 RGB image is 3,072). On the device thread of `otas serve`, each
 release is followed by a wait for the GIL while the event loop runs Python: up to the switch interval
-per image. Beside a thread that runs Python, `np.stack` of 256 such images took 66 ms on a 2-core CPU
-against 0.3 ms alone (bench/gil.py: the served CUDA path, b = 256, 5.6 ms alone and 59 ms beside a
-spinning thread on an H100 host). `collate` joins the images' bytes (one C loop, which gives the GIL
-up at most once, past 1 MiB) and copies them in with one memoryview assignment (no release): the same
-0.1 ms alone or beside a busy thread. No torch.
+per image. Beside a thread that runs Python, `np.stack` of 256 such images took 67 ms on a 2-core CPU
+against 0.24 ms alone (bench/collate_gil.py; on an H100 host, bench/gil.py's served CUDA path at
+b = 256 took 5.6 ms alone and 59 ms beside a spinning thread). `collate` joins the images' bytes (one
+C loop, which gives the GIL up at most once, past 1 MiB) and copies them in with one memoryview
+assignment (no release): 0.15 ms alone, 0.17 ms beside the busy thread. No torch.
 """
 
 from __future__ import annotations
