@@ -15,7 +15,8 @@
 #                                         raw pixels in binary, nothing to decode), OVERHEAD=0: skip the no-op
 #                                         overhead run, REPEAT: play the scaled trace this many times,
 #                                         TWIN_ARCH: serve a latency twin of this architecture instead, e.g.
-#                                         vit_base_p2, profiled first: a model the GPU limits, not the host)
+#                                         vit_base_p2, profiled first: a model the GPU limits, not the host,
+#                                         SPY: a py-spy binary to sample the server with during the replay at SPY_LOAD)
 set -uo pipefail  # no -e: one failed replay must not cost the others
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results/live_h100}
@@ -85,7 +86,13 @@ for POLICY in $POLICIES; do
     date +%s.%N > "$W/t_${TAG}_x${LOAD}.txt"
     $OTAS bench replay --url http://127.0.0.1:8000 --trace "$TRACE" --load "$LOAD" --limit "$N" --out "$W" \
       --coalesce-ms "${COALESCE_MS:-0}" --format "${FORMAT:-otas}" --repeat "${REPEAT:-1}" \
-      --tag "$TAG" > "$W/replay_${TAG}_x${LOAD}.txt" 2>&1
+      --tag "$TAG" > "$W/replay_${TAG}_x${LOAD}.txt" 2>&1 &
+    REP=$!
+    if [ -n "${SPY:-}" ] && [ "$LOAD" = "${SPY_LOAD:-1}" ]; then  # py-spy over the server's threads, 2 s of this replay
+      for _ in $(seq 300); do grep -q "replaying against" "$W/replay_${TAG}_x${LOAD}.txt" && break; sleep 0.2; done
+      $SPY record --pid $PID --duration 2 --rate 250 --threads --format raw -o "$W/spy_${TAG}_x${LOAD}.txt" > /dev/null 2>&1
+    fi
+    wait $REP
     echo "  load $LOAD ($N requests) rc=$? at $((SECONDS - T0))s"
     date +%s.%N >> "$W/t_${TAG}_x${LOAD}.txt"
     curl -s localhost:8000/metrics > "$W/metrics_${TAG}_x${LOAD}_after.txt"
