@@ -106,28 +106,26 @@ class Batches:
         self, plan: BatchPlan, items: list[Pending], probs: np.ndarray, t0: float, t1: float, apps: dict[str, App]
     ) -> None:
         prof = self.scheduler.profiles[plan.model]
-        per_app: dict[str, tuple[App, list[str], float]] = {}  # (app, its classes, u · acc at the plan's γ)
+        # per application: (its SLO, its classes, their count where a row has more columns, u · acc at the plan's γ)
+        per_app: dict[str, tuple[float, list[str], int | None, float]] = {}
+        gamma, b, exec_ms, end = plan.gamma, len(items), t1 - t0, self._books.end
         for it, p in zip(items, probs, strict=True):
             r = it.req
             if (known := per_app.get(r.app)) is None:
                 a = apps[r.app]
-                known = per_app[r.app] = (a, self.runner.classes[a.task], a.utility * prof.acc(a.task, plan.gamma))
-            app, classes, value = known
-            met = t1 <= it.arrival_ms + app.slo_ms
+                classes = self.runner.classes[a.task]
+                cut = len(classes) if len(classes) < probs.shape[1] else None
+                known = per_app[r.app] = (a.slo_ms, classes, cut, a.utility * prof.acc(a.task, gamma))
+            slo, classes, cut, value = known
+            arrival = it.arrival_ms
+            met = t1 <= arrival + slo
+            # (positional: one record per image, on the event loop) id, app, gamma, probs, classes,
+            # queue_ms, exec_ms, total_ms, deadline_met, batch_size, utility
             s = Served(
-                id=r.id,
-                app=r.app,
-                gamma=plan.gamma,
-                probs=p[: len(classes)],
-                classes=classes,
-                queue_ms=t0 - it.arrival_ms,
-                exec_ms=t1 - t0,
-                total_ms=t1 - it.arrival_ms,
-                deadline_met=met,
-                batch_size=len(items),
-                utility=value if met else 0.0,
-            )
-            self._books.end(it, "served", "", s)
+                r.id, r.app, gamma, p if cut is None else p[:cut], classes,
+                t0 - arrival, exec_ms, t1 - arrival, met, b, value if met else 0.0,
+            )  # fmt: skip
+            end(it, "served", "", s)
 
     def fail_expired(self, now: float) -> None:
         """Answer each request the scheduler dropped from its queue as expired."""

@@ -236,8 +236,7 @@ class Engine:
         if rej is not None:  # not expected after admission
             self._books.withdraw(g)
             raise self._refuse(app, n, "rejected", rej.reason.value, rej.detail)
-        for req, image in zip(reqs, images, strict=True):
-            self._books.add(g, req, image, arrival)
+        self._books.add_many(g, reqs, images, arrival)
         observe(self.observer.queue_depth, self.scheduler.queued())
         self._wake.set()
         return g.future

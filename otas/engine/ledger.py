@@ -39,7 +39,7 @@ class Group:
     """Why the request ended without its answer (request_failed, client_gone); "" while open or answered."""
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Pending:
     req: Request
     image: np.ndarray
@@ -65,9 +65,11 @@ class Ledger:
         fut.add_done_callback(lambda f: f.cancelled() and self._close(g, "client_gone"))
         return g
 
-    def add(self, g: Group, req: Request, image: np.ndarray, arrival_ms: float) -> None:
-        self.pending[req.id] = Pending(req, image, g, len(g.ids), arrival_ms)
-        g.ids.append(req.id)
+    def add_many(self, g: Group, reqs: Sequence[Request], images: Sequence[np.ndarray], arrival_ms: float) -> None:
+        """The images of request `g`, queued as `reqs` (one each, in order)."""
+        pairs = enumerate(zip(reqs, images, strict=True), len(g.ids))
+        self.pending.update((r.id, Pending(r, image, g, i, arrival_ms)) for i, (r, image) in pairs)
+        g.ids.extend(r.id for r in reqs)
 
     def withdraw(self, g: Group) -> None:
         """Take back a request whose admission failed midway: its images leave the queue unobserved

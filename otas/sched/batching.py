@@ -47,31 +47,38 @@ class Candidate:
     """Members' deadlines, ascending, when the batch holds one application (else None)."""
 
 
-class _Deadlines:
-    """One application's queued deadlines in queue order, as one array (kept along with its deque,
-    so cutting batches reads no request). A view handed out never changes: data is only appended
-    past it, and compaction copies to a new array."""
+_DEADLINE, _ARRIVAL, _ID = 0, 1, 2  # the columns of `_Keys`
+
+
+class _Keys:
+    """One application's queued requests' deadline, arrival and id in queue order, as one array (kept
+    along with its deque, so cutting and merging batches reads no request). A view handed out never
+    changes: data is only appended past it, and compaction copies to a new array."""
 
     __slots__ = ("buf", "head", "tail")
 
     def __init__(self, reqs: Iterable[Request] = ()) -> None:
-        d = [r.deadline_ms for r in reqs]
-        self.buf = np.empty(max(64, 2 * len(d)))
-        self.buf[: len(d)] = d
-        self.head, self.tail = 0, len(d)
+        k = [(r.deadline_ms, r.arrival_ms, r.id) for r in reqs]
+        self.buf = np.empty((max(64, 2 * len(k)), 3))  # (capacity, 3): deadline, arrival, id
+        self.buf[: len(k)] = np.reshape(k, (-1, 3))
+        self.head, self.tail = 0, len(k)
 
-    def push(self, deadline_ms: float) -> None:
-        if self.tail == len(self.buf):
-            n = self.tail - self.head
-            buf = np.empty(max(64, 2 * n))
-            buf[:n] = self.buf[self.head : self.tail]
-            self.buf, self.head, self.tail = buf, 0, n
-        self.buf[self.tail] = deadline_ms
-        self.tail += 1
+    def push(self, reqs: Sequence[Request]) -> None:
+        """The queries of one request (one deadline and arrival; ids as they come)."""
+        n, r = len(reqs), reqs[0]
+        if self.tail + n > len(self.buf):
+            k = self.tail - self.head
+            buf = np.empty((max(64, 2 * (k + n)), 3))
+            buf[:k] = self.buf[self.head : self.tail]
+            self.buf, self.head, self.tail = buf, 0, k
+        rows = self.buf[self.tail : self.tail + n]
+        rows[:, _DEADLINE], rows[:, _ARRIVAL] = r.deadline_ms, r.arrival_ms
+        rows[:, _ID] = [q.id for q in reqs] if n > 1 else r.id
+        self.tail += n
 
-    def view(self, start: int, n: int) -> np.ndarray:
-        """Deadlines of the queued requests start .. start + n - 1 (read-only use)."""
-        return self.buf[self.head + start : self.head + start + n]
+    def view(self, start: int, n: int, col: int = _DEADLINE) -> np.ndarray:
+        """One column of the queued requests start .. start + n - 1 (read-only use)."""
+        return self.buf[self.head + start : self.head + start + n, col]
 
 
 def _by_deadline(r: Request) -> tuple[float, int]:
@@ -92,7 +99,7 @@ class Queues:
         self.order = order
         self._key = _by_deadline if order == "deadline" else _by_arrival
         self._dq: dict[str, deque[Request]] = {a: deque() for g in groups for a in g}
-        self._dl = {a: _Deadlines() for a in self._dq}
+        self._dl = {a: _Keys() for a in self._dq}
         self._n = 0
 
     def __len__(self) -> int:
@@ -103,15 +110,20 @@ class Queues:
         return len(self._dq[app])
 
     def push(self, req: Request) -> None:
+        self.push_many((req,))
+
+    def push_many(self, reqs: Sequence[Request]) -> None:
+        """Queue the queries of one request (one application and deadline), in order."""
+        req = reqs[0]
         dq = self._dq[req.app]
         if dq and dq[-1].deadline_ms > req.deadline_ms:
             raise ValueError(
                 f"request {req.id} of {req.app!r} has an earlier deadline than one already queued; "
                 "submit each application's requests in arrival order"
             )
-        dq.append(req)
-        self._dl[req.app].push(req.deadline_ms)
-        self._n += 1
+        dq.extend(reqs)
+        self._dl[req.app].push(reqs)
+        self._n += len(reqs)
 
     def expire_front(self, late: Callable[[Request], bool]) -> list[Request]:
         """Pop, from every deque's front, the requests for which `late` holds."""
@@ -134,7 +146,7 @@ class Queues:
                 for r in dq:
                     (out if r.id in ids else keep).append(r)
                 self._dq[app] = keep
-                self._dl[app] = _Deadlines(keep)
+                self._dl[app] = _Keys(keep)
         self._n -= len(out)
         return out
 
@@ -155,7 +167,30 @@ class Queues:
 
     def head(self, queue: int, n: int) -> list[Request]:
         """The first n requests of a queue, in queue order."""
-        return list(islice(self.iter(queue), n))
+        return self.head_deadlines(queue, n)[0]
+
+    def head_deadlines(self, queue: int, n: int) -> tuple[list[Request], np.ndarray]:
+        """The first n requests of a queue, in queue order, and their deadlines (n,).
+
+        OPTIMIZATION: merged across applications from the key columns (one stable sort by key, then
+        by id: `iter`'s order), not request by request; only the first n of each application can
+        be among them."""
+        apps = [a for a in self.groups[queue] if self._dq[a]]
+        if len(apps) == 1:
+            dq = self._dq[apps[0]]
+            k = min(n, len(dq))
+            return list(islice(dq, k)), self._dl[apps[0]].view(0, k)
+        col = _DEADLINE if self.order == "deadline" else _ARRIVAL
+        pool: list[Request] = []
+        keys, ids, dls = [], [], []
+        for a in apps:
+            k = min(n, len(self._dq[a]))
+            pool.extend(islice(self._dq[a], k))
+            keys.append(self._dl[a].view(0, k, col))
+            ids.append(self._dl[a].view(0, k, _ID))
+            dls.append(self._dl[a].view(0, k))
+        order = np.lexsort((np.concatenate(ids), np.concatenate(keys)))[:n]  # (≤ n,): by key, then id
+        return [pool[i] for i in order.tolist()], np.concatenate(dls)[order]
 
     def pop(self, batch: list[Request]) -> None:
         """Remove a batch that is a prefix of its queue (so a prefix of each deque)."""
@@ -208,35 +243,30 @@ def _cut_sorted(d: np.ndarray, finish: np.ndarray, b: np.ndarray) -> int:
 def _chunks(queues: Queues, qi: int, now_ms: float, cap: int, n: int, lat_fast) -> Iterator[Candidate]:
     """A queue's pending batches in order, cut lazily (only as many as the caller takes)."""
     if lat_fast is None:  # plain batching: consecutive batches of up to `cap`
-        items = queues.head(qi, cap * n)
+        items, d = queues.head_deadlines(qi, cap * n)
         for p in range(0, len(items), cap):
-            chunk = items[p : p + cap]
-            yield Candidate(chunk, qi, min(r.deadline_ms for r in chunk))
+            yield Candidate(items[p : p + cap], qi, float(d[p : p + cap].min()))
         return
+    if len(queues.groups[qi]) > 1:  # several applications, merged: at most n batches of at most cap
+        buf, d = queues.head_deadlines(qi, cap * n)  # (≤ cap · n,) deadlines of `buf`
+        pos = 0
+        while pos < len(buf):
+            m = deadline_cut(d[pos : pos + cap], now_ms, cap, lat_fast)  # as cut from a window of cap
+            yield Candidate(buf[pos : pos + m], qi, float(d[pos : pos + m].min()))
+            pos += m
+        return
+    # one application: deadlines ascending, kept by the queue
     it = queues.iter(qi)
     buf = list(islice(it, cap))
-    if len(queues.groups[qi]) == 1:  # one application: deadlines ascending, kept by the queue
-        app, pos = queues.groups[qi][0], 0
-        finish = now_ms + np.asarray(lat_fast[1 : cap + 1], dtype=float)  # (cap,): as in deadline_cut
-        b = np.arange(1, cap + 1)
-        while buf:
-            d = queues.deadlines(app, pos, len(buf))  # (≤ cap,)
-            m = _cut_sorted(d, finish, b)
-            yield Candidate(buf[:m], qi, float(d[0]), d[:m])
-            pos += m
-            buf = buf[m:] + list(islice(it, m))
-        return
-    d = _deadlines(buf)  # (≤ cap,): of `buf`, kept along with it (each request's read once)
+    app, pos = queues.groups[qi][0], 0
+    finish = now_ms + np.asarray(lat_fast[1 : cap + 1], dtype=float)  # (cap,): as in deadline_cut
+    b = np.arange(1, cap + 1)
     while buf:
-        m = deadline_cut(d, now_ms, cap, lat_fast)
-        yield Candidate(buf[:m], qi, float(d[:m].min()))
-        more = list(islice(it, m))
-        buf = buf[m:] + more
-        d = np.concatenate((d[m:], _deadlines(more))) if more else d[m:]
-
-
-def _deadlines(reqs: list[Request]) -> np.ndarray:
-    return np.fromiter((r.deadline_ms for r in reqs), float, len(reqs))
+        d = queues.deadlines(app, pos, len(buf))  # (≤ cap,)
+        m = _cut_sorted(d, finish, b)
+        yield Candidate(buf[:m], qi, float(d[0]), d[:m])
+        pos += m
+        buf = buf[m:] + list(islice(it, m))
 
 
 def candidates(

@@ -33,7 +33,7 @@ through the same interface in the simulator and the live server.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -166,9 +166,8 @@ class Otas(Policy):
     def on_complete(self, plan: BatchPlan, now_ms: float, measured_ms: float, view: View) -> None:
         if self._floor is not None:
             i = view.profiles[plan.model].gammas.index(plan.gamma)
-            w = view.weights
-            done = [(r.arrival_ms, float(w(plan.model, r.app)[i])) for r in plan.requests if r.deadline_ms >= now_ms]
-            self._floor.credit(now_ms, done)
+            value = {a: float(view.weights(plan.model, a)[i]) for a in {r.app for r in plan.requests}}
+            self._floor.credit(now_ms, _per_request((r for r in plan.requests if r.deadline_ms >= now_ms), value))
 
     def choose(self, cands: list[Candidate], now_ms: float, view: View) -> Choice:
         cands = cands[: self.lookahead]
@@ -421,6 +420,20 @@ def _sustained(specs: list[optimizer.BatchSpec], t_ms: float, rate: float) -> fl
     (geomean at load 3: 1.286 / 1.291 / 1.293 against 1.333), so the rule stays as measured."""
     n = sum(len(d) for s in specs for d in s.deadlines)
     return min(1.0, n / (rate * t_ms)) if t_ms > 0 else 1.0
+
+
+def _per_request(reqs: Iterable[Request], value: dict[str, float]) -> list[tuple[float, float]]:
+    """(arrival, value) per run of consecutive queries that share an application and an arrival (the
+    images of one request, queued together): a batch's utility credited per request, not per image."""
+    out: list[list] = []
+    last = None
+    for r in reqs:
+        if (r.arrival_ms, r.app) == last:
+            out[-1][1] += value[r.app]
+        else:
+            last = (r.arrival_ms, r.app)
+            out.append([r.arrival_ms, value[r.app]])
+    return [(a, v) for a, v in out]
 
 
 def _first_best(values: list[float]) -> int:

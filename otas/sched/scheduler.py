@@ -178,8 +178,7 @@ class Scheduler:
                 Reason.INFEASIBLE,
                 f"{slack:.1f} ms to deadline < {self._fast[1]:.1f} ms at the fastest setting",
             )
-        for r in reqs:
-            self.queues.push(r)
+        self.queues.push_many(reqs)
         return None
 
     def next_batch(self, now_ms: float) -> BatchPlan | None:
