@@ -129,9 +129,12 @@ class Batches:
 
     def fail_expired(self, now: float) -> None:
         """Answer each request the scheduler dropped from its queue as expired."""
+        runs: dict[tuple[int, str], list[Pending]] = {}  # per request and reason, in order
         for req, why in self.scheduler.expired(now):
             it = self._books.pending.get(req.id)
             if it is not None:
-                slack = req.deadline_ms - now
-                detail = f"dropped from the queue: {slack:.1f} ms to its deadline is too little"
-                self._books.end(it, "expired", why, NotServed("expired", why, detail))
+                runs.setdefault((id(it.group), why), []).append(it)
+        for (_, why), items in runs.items():
+            slack = items[0].req.deadline_ms - now
+            detail = f"dropped from the queue: {slack:.1f} ms to its deadline is too little"
+            self._books.end_unserved(items, "expired", why, NotServed("expired", why, detail))

@@ -123,7 +123,7 @@ class Engine:
             if left:  # never forgotten: answered now
                 items = [it for it in self._books.pending.values() if it.req.app == name]
                 self._books.fail(items, "unknown_app", f"application {name!r} was removed before this request ran")
-                self.scheduler.cancel(it.req.id for it in items)
+                self.scheduler.cancel((it.req.id for it in items), name)
             self.scheduler.set_apps([a for a in self.apps.values() if a.name != name])
             self._last_arrival.pop(name, None)
             self._last_deadline.pop(name, None)

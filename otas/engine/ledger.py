@@ -74,7 +74,7 @@ class Ledger:
     def withdraw(self, g: Group) -> None:
         """Take back a request whose admission failed midway: its images leave the queue unobserved
         (the caller observes the refusal for all of them)."""
-        self.scheduler.cancel(g.ids)
+        self.scheduler.cancel(g.ids, g.app)
         for rid in g.ids:
             self.pending.pop(rid, None)
         g.closed = "withdrawn"
@@ -102,9 +102,27 @@ class Ledger:
         g.future.set_exception(answer)  # before closing: the future is not seen as cancelled
         self._close(g, "request_failed")
 
+    def end_unserved(self, items: Sequence[Pending], outcome: str, reason: str, answer: NotServed) -> None:
+        """Images of one request, ended unserved at once (as `end` of each, counted at once); an image
+        already ended is skipped."""
+        items = [it for it in items if self.pending.pop(it.req.id, None) is not None]
+        if not items:
+            return
+        g = items[0].group
+        if g.future.cancelled():  # its caller left; the future's callback may not have run yet
+            self._close(g, "client_gone")
+        observe(self._observer().ended_many, g.app, outcome, reason, len(items))
+        if not g.closed:
+            g.future.set_exception(answer)  # before closing: the future is not seen as cancelled
+            self._close(g, "request_failed")
+
     def fail(self, items: Sequence[Pending], reason: str, detail: str) -> None:
+        """End `items` (of any requests) with an error: one answer per request."""
+        groups: dict[int, list[Pending]] = {}
         for it in items:
-            self.end(it, "error", reason, NotServed("error", reason, detail))
+            groups.setdefault(id(it.group), []).append(it)
+        for run in groups.values():
+            self.end_unserved(run, "error", reason, NotServed("error", reason, detail))
 
     def fail_all(self, reason: str, detail: str) -> None:
         self.fail(list(self.pending.values()), reason, detail)
@@ -114,13 +132,12 @@ class Ledger:
         if g.closed or g.left == 0:
             return
         g.closed = why
-        for s in g.results:
-            if s is not None:
-                self._ended(g.app, "cancelled", why)
-        gone = self.scheduler.cancel(rid for rid in g.ids if rid in self.pending)
+        gone = self.scheduler.cancel((rid for rid in g.ids if rid in self.pending), g.app)
         for req in gone:
             del self.pending[req.id]
-            self._ended(g.app, "cancelled", why)
+        answered = sum(s is not None for s in g.results)  # answers it had, and images still queued: to nobody
+        if answered + len(gone):
+            observe(self._observer().ended_many, g.app, "cancelled", why, answered + len(gone))
         if gone:  # the queue shrank with no batch run: the gauge must say so now, not at the next batch
             observe(self._observer().queue_depth, self.scheduler.queued())
 

@@ -136,17 +136,21 @@ class Queues:
         self._n -= len(out)
         return out
 
-    def remove(self, ids: set[int]) -> list[Request]:
+    def remove(self, ids: Sequence[int], app: str | None = None) -> list[Request]:
         """Take the requests with these ids out of their deques, wherever they are (a caller that went
-        away); the rest keep their order. One pass over the queued requests: O(queue)."""
+        away), or only `app`'s; the rest keep their order. O(queue), found from the id column
+        (vectorised): an id not queued costs no pass over requests."""
         out: list[Request] = []
-        for app, dq in self._dq.items():
-            if any(r.id in ids for r in dq):
+        want = np.asarray(ids, dtype=float)
+        for a in [app] if app is not None else list(self._dq):
+            dq = self._dq[a]
+            hit = np.isin(self._dl[a].view(0, len(dq), _ID), want)  # (len(dq),) bool
+            if hit.any():
                 keep = deque()
-                for r in dq:
-                    (out if r.id in ids else keep).append(r)
-                self._dq[app] = keep
-                self._dl[app] = _Keys(keep)
+                for r, h in zip(dq, hit.tolist(), strict=True):
+                    (out if h else keep).append(r)
+                self._dq[a] = keep
+                self._dl[a] = _Keys(keep)
         self._n -= len(out)
         return out
 

@@ -270,12 +270,13 @@ class Scheduler:
         """Queued queries, of `app` only if given."""
         return len(self.queues) if app is None else self.queues.count(app)
 
-    def cancel(self, request_ids: Iterable[int]) -> list[Request]:
+    def cancel(self, request_ids: Iterable[int], app: str | None = None) -> list[Request]:
         """Take queued requests out (their callers went away): the ones found, never to be planned.
-        Requests already handed out by `next_batch`, or expired, are not found. O(queue); the policy
-        is not told (their arrival was already counted as demand)."""
-        ids = set(request_ids)
-        return self.queues.remove(ids) if ids else []
+        Requests already handed out by `next_batch`, or expired, are not found. `app`: they are all
+        this application's (only its queue is searched). O(queue); the policy is not told (their
+        arrival was already counted as demand)."""
+        ids = list(request_ids)
+        return self.queues.remove(ids, app) if ids else []
 
     def set_apps(self, apps: Sequence[App]) -> None:
         """Serve these applications from the next decision on (added, changed or removed at run time).
