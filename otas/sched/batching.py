@@ -141,10 +141,12 @@ class Queues:
         away), or only `app`'s; the rest keep their order. O(queue), found from the id column
         (vectorised): an id not queued costs no pass over requests."""
         out: list[Request] = []
-        want = np.asarray(ids, dtype=float)
+        want = np.sort(np.asarray(ids, dtype=float))  # (k,) ascending
         for a in [app] if app is not None else list(self._dq):
             dq = self._dq[a]
-            hit = np.isin(self._dl[a].view(0, len(dq), _ID), want)  # (len(dq),) bool
+            queued = self._dl[a].view(0, len(dq), _ID)  # (len(dq),)
+            # membership by binary search (np.isin's first call imports numpy.ma: a stall mid-serving)
+            hit = want[np.minimum(want.searchsorted(queued), len(want) - 1)] == queued  # (len(dq),) bool
             if hit.any():
                 keep = deque()
                 for r, h in zip(dq, hit.tolist(), strict=True):
