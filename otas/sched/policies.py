@@ -248,7 +248,7 @@ class Otas(Policy):
         gammas = view.profiles[m].gammas
         c = view.fifo_candidate(now_ms)
         g = fallback_gamma(gammas, view.servable(m, batch_apps(c)), gammas[self._cap])  # the cap's γ if it serves
-        finish = now_ms + view.lat_vector(m, len(c.requests))[gammas.index(g)] * view.latency_factor(m)
+        finish = now_ms + view.lat_vector(m, len(c.requests))[gammas.index(g)]  # (corrected already)
         if finish <= c.deadline_ms:
             return m, g, {"price": mu, "mixed": 1, "follow": 1}
         spec = self._spec(c, now_ms, view)
