@@ -74,7 +74,7 @@ class Batches:
             t0 = self._now_ms()
             out = await self._run(plan, items)
             t1 = self._now_ms()
-            self.scheduler.complete(plan, t1, t1 - t0)
+            self.scheduler.complete(plan, t1, t1 - t0, out.ms)
             self.count += 1
             observe(self._observer().batch, plan, t1 - t0, out.ms, self.scheduler.queued())
             self._answer(plan, items, out.probs, t0, t1, apps)

@@ -2,8 +2,10 @@
 
 The clock is injected: every method takes `now_ms`. The caller owns the device; it calls
 `next_batch` when the device is free, runs the plan, then reports the measured time through
-`complete`, which corrects the latency profile online (one multiplicative factor per model,
-an EWMA of measured / profiled).
+`complete`, which corrects the latency profile online: one multiplicative factor per model (an
+EWMA of the device's measured / profiled time), and, where the caller measures the device's time
+apart from the batch's whole turn (a live server: the device thread's time, and the wait for the
+event loop to take the result up), one additive per-batch host overhead (an EWMA of the rest).
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ class Scheduler:
         if self.policy.offline:
             raise ValueError(f"policy {self.policy.name!r} is an offline bound; compute it with otas.sim")
         self._factor = {m: 1.0 for m in self.profiles}
+        self._overhead = 0.0  # ms a batch's turn takes beyond the device's time (host side), EWMA
         self._refresh_lat()  # a policy may read the latencies when it binds
         self.policy.bind(self)
         groups = (
@@ -116,6 +119,12 @@ class Scheduler:
         """Measured over profiled latency (EWMA), the online correction applied to every prediction."""
         return self._factor[model]
 
+    @property
+    def overhead_ms(self) -> float:
+        """The host's part of a batch's turn beyond the device's time (EWMA; 0 unless `complete` is
+        given the device's time): added to every predicted batch latency."""
+        return self._overhead
+
     def servable(self, model: str, apps: Sequence[str]) -> np.ndarray:
         """(|Γ|,) bool: the γ at which every one of `apps` can be served on `model`."""
         tab = self._tab[model]
@@ -125,13 +134,14 @@ class Scheduler:
         return mask
 
     def predict(self, model: str, gamma: int, batch: int) -> float:
-        t = self._tab[model]
-        return float(t.lat[batch, t.index[gamma]] * self._factor[model])
+        return float(self._lat[model][batch, self._tab[model].index[gamma]])
 
     def _refresh_lat(self) -> None:
         # OPTIMIZATION: the corrected latency table, once per correction (rows are read-only)
         self._lat = {m: t.lat * self._factor[m] for m, t in self._tab.items()}
         for lat in self._lat.values():
+            if self._overhead > 0:
+                lat[1:] += self._overhead  # (a batch of nothing takes nothing)
             lat.flags.writeable = False
 
     def _refresh_fast(self) -> None:
@@ -139,7 +149,7 @@ class Scheduler:
         nondecreasing, and the largest batch that fits in memory."""
         self._refresh_lat()
         opts = self.policy.options(self)
-        rows = [self._tab[m].lat[:, self._tab[m].index[g]] * self._factor[m] for m, g in opts]
+        rows = [self._lat[m][:, self._tab[m].index[g]] for m, g in opts]
         fast = np.min(rows, axis=0)
         fast = np.maximum.accumulate(fast)
         fast[0] = 0.0
@@ -215,13 +225,13 @@ class Scheduler:
         if self.policy.deadline_aware and self.config.reject_infeasible:
             reqs = self._drop_late(reqs, model, gamma, now_ms + switch)
         self.model = model
-        b = len(reqs)
-        profiled = float(self._tab[model].lat[b, self._tab[model].index[gamma]])
+        b, i = len(reqs), self._tab[model].index[gamma]
+        profiled = float(self._tab[model].lat[b, i])
         meta = {**meta, "profiled_ms": profiled}
         return BatchPlan(
             requests=reqs,
             gamma=gamma,
-            predicted_ms=profiled * self._factor[model] + switch,
+            predicted_ms=float(self._lat[model][b, i]) + switch,
             start_ms=now_ms,
             model=model,
             switch_ms=switch,
@@ -236,7 +246,7 @@ class Scheduler:
         would lose every member runs whole (its members then end late, as planned)."""
         i = self._tab[model].index[gamma]
         while True:
-            finish = start_ms + self._tab[model].lat[len(reqs), i] * self._factor[model]
+            finish = start_ms + self._lat[model][len(reqs), i]
             keep = [r for r in reqs if r.deadline_ms >= finish]
             if not keep or len(keep) == len(reqs):
                 return reqs
@@ -249,14 +259,24 @@ class Scheduler:
             return None
         return self._hold_until if self._hold_until is not None else now_ms
 
-    def complete(self, plan: BatchPlan, now_ms: float, measured_ms: float) -> None:
-        """Feedback after a batch ran: correct the model's latency factor, inform the policy."""
+    def complete(self, plan: BatchPlan, now_ms: float, measured_ms: float, device_ms: float | None = None) -> None:
+        """Feedback after a batch ran: correct the model's latency factor, inform the policy.
+
+        `measured_ms`: the batch's whole turn, from its start until its results were taken up;
+        `device_ms`: the device's part of it, if measured apart (the runner's own time). The factor
+        corrects the device's time against the profile; the rest is the host's (waiting for the
+        event loop, which serves requests meanwhile), a per-batch overhead that merging does not
+        shorten: scaling the profile by it would make every batch look slower in proportion and
+        send the policy to merge for a host-bound server."""
         a = self.config.latency_ewma
         profiled = plan.meta.get("profiled_ms", 0.0)
         if a > 0 and profiled > 0:
-            ratio = max(measured_ms - plan.switch_ms, 0.0) / profiled
+            device = measured_ms if device_ms is None else min(device_ms, measured_ms)
+            ratio = max(device - plan.switch_ms, 0.0) / profiled
             f = (1 - a) * self._factor[plan.model] + a * ratio
             self._factor[plan.model] = min(max(f, _FACTOR_RANGE[0]), _FACTOR_RANGE[1])
+            if device_ms is not None:
+                self._overhead = (1 - a) * self._overhead + a * max(measured_ms - device, 0.0)
             self._refresh_fast()
         self.policy.on_complete(plan, now_ms, measured_ms, self)
 

@@ -4,7 +4,7 @@ import pytest
 
 from otas.config import SchedulerConfig
 from otas.sched import Scheduler, make_policy
-from otas.types import Reason, Request
+from otas.types import App, Reason, Request
 from tests.factories import make_apps, make_profile, make_request, make_small_profile
 
 APPS = make_apps()
@@ -421,3 +421,25 @@ def test_submit_many_queues_a_request_whole_or_not_at_all_and_the_policy_hears_o
             s.submit_many(bad, 3.0)
     with pytest.raises(ValueError, match="unknown application"):
         s.submit_many([Request(40, "nope", 0.0, 500.0)], 3.0)
+
+
+def test_host_overhead_is_added_per_batch_not_scaled_into_the_device_factor():
+    """A live turn that took the device's profiled time plus a fixed host wait: the factor stays at
+    1 (the device is as profiled) and the wait is added to every predicted batch, whatever its size."""
+    apps = [App("a", 1000.0, 1.0, "novel")]
+    s = Scheduler(apps, make_profile(), "fixed:0", SchedulerConfig(latency_ewma=1.0))
+    base = s.predict(s.model, 0, 8), s.predict(s.model, 0, 64)
+    s.submit_many([Request(i, "a", 0.0, 1000.0) for i in range(8)], 0.0)
+    plan = s.next_batch(0.0)
+    device = plan.meta["profiled_ms"]
+    s.complete(plan, device + 30.0, device + 30.0, device_ms=device)
+    assert s.latency_factor(s.model) == pytest.approx(1.0)
+    assert s.overhead_ms == pytest.approx(30.0)
+    assert s.predict(s.model, 0, 8) == pytest.approx(base[0] + 30.0)
+    assert s.predict(s.model, 0, 64) == pytest.approx(base[1] + 30.0)
+    # without the device's time, the whole turn corrects the factor, as in the simulator
+    s2 = Scheduler(apps, make_profile(), "fixed:0", SchedulerConfig(latency_ewma=1.0))
+    s2.submit_many([Request(i, "a", 0.0, 1000.0) for i in range(8)], 0.0)
+    plan = s2.next_batch(0.0)
+    s2.complete(plan, 2 * device, 2 * device)
+    assert s2.latency_factor(s2.model) == pytest.approx(2.0) and s2.overhead_ms == 0.0
