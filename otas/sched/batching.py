@@ -10,10 +10,11 @@ prefix of one queue, so it never mixes SLO classes; its deadline is its earliest
 from __future__ import annotations
 
 import heapq
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
+from operator import attrgetter
 
 import numpy as np
 
@@ -81,6 +82,9 @@ class _Keys:
         return self.buf[self.head + start : self.head + start + n, col]
 
 
+_app = attrgetter("app")
+
+
 def _by_deadline(r: Request) -> tuple[float, int]:
     return (r.deadline_ms, r.id)
 
@@ -92,12 +96,15 @@ def _by_arrival(r: Request) -> tuple[float, int]:
 class Queues:
     """Per-application deques grouped into queues; `order` is 'deadline' or 'arrival'."""
 
-    def __init__(self, groups: list[list[str]], order: str = "deadline") -> None:
+    def __init__(self, groups: list[list[str]], order: str = "deadline", _share: Queues | None = None) -> None:
         if order not in ("deadline", "arrival"):
             raise ValueError(f"queue order {order!r}: use 'deadline' or 'arrival'")
         self.groups = groups
         self.order = order
         self._key = _by_deadline if order == "deadline" else _by_arrival
+        if _share is not None:  # a view over another's deques (`merged`)
+            self._dq, self._dl, self._n = _share._dq, _share._dl, _share._n
+            return
         self._dq: dict[str, deque[Request]] = {a: deque() for g in groups for a in g}
         self._dl = {a: _Keys() for a in self._dq}
         self._n = 0
@@ -200,19 +207,20 @@ class Queues:
 
     def pop(self, batch: list[Request]) -> None:
         """Remove a batch that is a prefix of its queue (so a prefix of each deque)."""
-        for r in batch:
-            got = self._dq[r.app].popleft()
-            assert got is r, "a batch must be a prefix of its queue"
-            self._dl[r.app].head += 1
+        for app, k in Counter(map(_app, batch)).items():
+            dq = self._dq[app]
+            mine = [r for r in batch if r.app == app] if k < len(batch) else batch
+            assert dq[0] is mine[0] and dq[k - 1] is mine[-1], "a batch must be a prefix of its queue"
+            for _ in range(k):
+                dq.popleft()
+            self._dl[app].head += k
         self._n -= len(batch)
 
     def merged(self, order: str = "deadline") -> Queues:
         """One queue over every application (deadline or arrival `order`), sharing these deques: a
         read-only view for planning (a batch cut from it is a prefix of each deque; pop it through
         `self`)."""
-        view = Queues([[a for g in self.groups for a in g]], order)
-        view._dq, view._dl, view._n = self._dq, self._dl, self._n
-        return view
+        return Queues([[a for g in self.groups for a in g]], order, _share=self)
 
     def nonempty(self) -> list[int]:
         return [i for i, g in enumerate(self.groups) if any(self._dq[a] for a in g)]

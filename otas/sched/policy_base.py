@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from operator import attrgetter
 from typing import Protocol
 
 import numpy as np
@@ -36,12 +37,12 @@ class View(Protocol):
     def fast_latency(self) -> np.ndarray: ...
 
 
+_app = attrgetter("app")
+
+
 def batch_apps(c: Candidate) -> list[str]:
     """The distinct applications of a candidate batch (usually one, under selective batching)."""
-    reqs = c.requests
-    if reqs[0].app == reqs[-1].app and all(r.app == reqs[0].app for r in reqs):
-        return [reqs[0].app]
-    return list(dict.fromkeys(r.app for r in reqs))
+    return list(dict.fromkeys(map(_app, c.requests)))
 
 
 Choice = tuple[str, int, dict[str, float]]
