@@ -65,15 +65,10 @@ class _Shadow:
         self.running: tuple[float, list[tuple[float, float]]] | None = None
         self.scale = 1.0  # measured over profiled latency, as the scheduler corrects its own predictions
         self.extra = 0.0  # ms of host overhead per batch, as the scheduler adds to its own
-        self.floor = 0.0  # ms under which no batch's turn falls while the host is the bottleneck, likewise
-
-    def _turn(self, size: int) -> float:
-        """ms of a batch of `size`, corrected as the scheduler corrects its own predictions."""
-        return max(self.lat[size] * self.scale + self.extra, self.floor)
 
     def advance(self, t_ms: float) -> None:
         """Run every batch that starts by `t_ms`; credit those that finished by then."""
-        one = self._turn(1)
+        one = self.lat[1] * self.scale + self.extra
         while True:
             if self.running is not None and self.running[0] <= t_ms:  # credited when done, as the policy's are
                 _credit(self.earned, self.settled, *self.running)
@@ -102,7 +97,7 @@ class _Shadow:
                     x[3] -= k
             if not members:
                 continue
-            finish = start + self._turn(size)
+            finish = start + self.lat[size] * self.scale + self.extra
             self.running = (finish, [(a, v * k if k > 1 else v) for a, d, v, k in members if d >= finish])
             self.free = finish
 
@@ -110,7 +105,7 @@ class _Shadow:
         """`n` queries of one request (one arrival and deadline), each worth `value` on time."""
         self.advance(arrival_ms)
         # else rejected on arrival, as reject_infeasible does
-        if self.max_batch and arrival_ms + self._turn(1) <= deadline_ms:
+        if self.max_batch and arrival_ms + self.lat[1] * self.scale + self.extra <= deadline_ms:
             self.queues[cls].append([arrival_ms, deadline_ms, value, n])
 
 
@@ -175,15 +170,15 @@ class FixedShadows:
         """The policy's batch completed at `t_ms`: (arrival, value) of each query it served on time."""
         _credit(self.earned, self.settled, t_ms, done)
 
-    def cap(self, now_ms: float, scale: float = 1.0, extra_ms: float = 0.0, floor_ms: float = 0.0) -> int | None:
+    def cap(self, now_ms: float, scale: float = 1.0, extra_ms: float = 0.0) -> int | None:
         """Index into Γ of the fixed γ that earned the most recently, if it earned more than the policy;
         else None (no cap). Ties go to the slowest of them: the cap that restricts least. `scale`:
         measured over profiled latency (the scheduler's online correction), which the shadows' batches
         from now on take too: on a host slower than its profile, shadows on the profile's latencies
-        would out-earn any policy that runs there. `extra_ms` and `floor_ms`: the host's overhead per
-        batch and its floor under a batch's turn (the scheduler's `overhead_ms`, `host_floor_ms`), likewise."""
+        would out-earn any policy that runs there. `extra_ms`: the host's overhead per batch (the
+        scheduler's `overhead_ms`), likewise."""
         for s in self.shadows:
-            s.scale, s.extra, s.floor = scale, extra_ms, floor_ms
+            s.scale, s.extra = scale, extra_ms
             s.advance(now_ms)
         earned = [s.settled.at(now_ms) for s in self.shadows]
         best = max(earned)

@@ -172,8 +172,7 @@ class Otas(Policy):
     def choose(self, cands: list[Candidate], now_ms: float, view: View) -> Choice:
         cands = cands[: self.lookahead]
         fl, m = self._floor, view.model
-        host = (view.overhead_ms, view.host_floor_ms)
-        self._cap = fl.cap(now_ms, view.latency_factor(m), *host) if fl is not None else None
+        self._cap = fl.cap(now_ms, view.latency_factor(m), view.overhead_ms) if fl is not None else None
         following = self._cap is not None and self._floor.following
         self._priced = self._price if self._price_now(following, now_ms) else None
         cfg = view.config

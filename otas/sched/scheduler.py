@@ -5,8 +5,7 @@ The clock is injected: every method takes `now_ms`. The caller owns the device; 
 `complete`, which corrects the latency profile online: one multiplicative factor per model (an
 EWMA of the device's measured / profiled time), and, where the caller measures the device's time
 apart from the batch's whole turn (a live server: the device thread's time, and the wait for the
-event loop to take the result up), the host's part: a small lag added to every batch (`overhead_ms`),
-and, while the loop is the bottleneck, a floor under every batch's turn (`host_floor_ms`).
+event loop to take the result up), one additive per-batch host overhead (an EWMA of the rest).
 """
 
 from __future__ import annotations
@@ -22,9 +21,6 @@ from otas.sched.policies import Policy, batch_apps, make_policy
 from otas.types import App, BatchPlan, Reason, Rejection, Request
 
 _FACTOR_RANGE = (0.25, 4.0)
-HOST_BOUND = 0.25
-"""A batch's turn is host-bound when the event loop took its result up more than this fraction of the
-device's time after the device finished: the loop was busy with other work the whole time."""
 
 
 class _Table:
@@ -77,7 +73,6 @@ class Scheduler:
             raise ValueError(f"policy {self.policy.name!r} is an offline bound; compute it with otas.sim")
         self._factor = {m: 1.0 for m in self.profiles}
         self._overhead = 0.0  # ms a batch's turn takes beyond the device's time (host side), EWMA
-        self._host_floor = 0.0  # ms no batch's turn takes less than while the host is the bottleneck, EWMA
         self._refresh_lat()  # a policy may read the latencies when it binds
         self.policy.bind(self)
         groups = (
@@ -130,14 +125,6 @@ class Scheduler:
         given the device's time): added to every predicted batch latency."""
         return self._overhead
 
-    @property
-    def host_floor_ms(self) -> float:
-        """The host's turn (EWMA of host-bound turns, 0 for the others; 0 unless `complete` is given
-        the device's time): no predicted batch latency is below it. A busy event loop takes a batch's
-        result up only when its other work is done, whatever the batch: merging does not shorten
-        that turn, and spare device time up to it is free (for prompts)."""
-        return self._host_floor
-
     def servable(self, model: str, apps: Sequence[str]) -> np.ndarray:
         """(|Γ|,) bool: the γ at which every one of `apps` can be served on `model`."""
         tab = self._tab[model]
@@ -155,8 +142,6 @@ class Scheduler:
         for lat in self._lat.values():
             if self._overhead > 0:
                 lat[1:] += self._overhead  # (a batch of nothing takes nothing)
-            if self._host_floor > 0:
-                np.maximum(lat[1:], self._host_floor, out=lat[1:])
             lat.flags.writeable = False
 
     def _refresh_fast(self) -> None:
@@ -280,10 +265,9 @@ class Scheduler:
         `measured_ms`: the batch's whole turn, from its start until its results were taken up;
         `device_ms`: the device's part of it, if measured apart (the runner's own time). The factor
         corrects the device's time against the profile; the rest is the host's (waiting for the
-        event loop, which serves requests meanwhile): merging does not shorten it, and scaling the
-        profile by it made every batch look slower in proportion and sent the policy to merge on a
-        host-bound server. A lag under `HOST_BOUND` of the device's time is a per-batch overhead; a
-        longer one means the loop was busy throughout, and the turn it took is the host's floor."""
+        event loop, which serves requests meanwhile), a per-batch overhead that merging does not
+        shorten: scaling the profile by it would make every batch look slower in proportion and
+        send the policy to merge for a host-bound server."""
         a = self.config.latency_ewma
         profiled = plan.meta.get("profiled_ms", 0.0)
         if a > 0 and profiled > 0:
@@ -292,10 +276,7 @@ class Scheduler:
             f = (1 - a) * self._factor[plan.model] + a * ratio
             self._factor[plan.model] = min(max(f, _FACTOR_RANGE[0]), _FACTOR_RANGE[1])
             if device_ms is not None:
-                lag = max(measured_ms - device, 0.0)
-                host = measured_ms if lag > HOST_BOUND * device else 0.0
-                self._overhead = (1 - a) * self._overhead + a * (0.0 if host else lag)
-                self._host_floor = (1 - a) * self._host_floor + a * host
+                self._overhead = (1 - a) * self._overhead + a * max(measured_ms - device, 0.0)
             self._refresh_fast()
         self.policy.on_complete(plan, now_ms, measured_ms, self)
 

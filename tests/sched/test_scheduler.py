@@ -437,32 +437,9 @@ def test_host_overhead_is_added_per_batch_not_scaled_into_the_device_factor():
     assert s.overhead_ms == pytest.approx(30.0)
     assert s.predict(s.model, 0, 8) == pytest.approx(base[0] + 30.0)
     assert s.predict(s.model, 0, 64) == pytest.approx(base[1] + 30.0)
-    assert s.host_floor_ms == 0.0  # a lag of 30 ms after a device time of more than 120 ms: not host-bound
     # without the device's time, the whole turn corrects the factor, as in the simulator
     s2 = Scheduler(apps, make_profile(), "fixed:0", SchedulerConfig(latency_ewma=1.0))
     s2.submit_many([Request(i, "a", 0.0, 1000.0) for i in range(8)], 0.0)
     plan = s2.next_batch(0.0)
     s2.complete(plan, 2 * device, 2 * device)
     assert s2.latency_factor(s2.model) == pytest.approx(2.0) and s2.overhead_ms == 0.0
-
-
-def test_a_host_bound_turn_floors_every_prediction_so_merging_looks_no_faster():
-    """The event loop took the result up long after the device finished (busy with other work): that
-    turn is the host's floor, under which no batch's predicted latency falls, fast γ or slow."""
-    apps = [App("a", 1000.0, 1.0, "novel")]
-    s = Scheduler(apps, make_profile(), "fixed:0", SchedulerConfig(latency_ewma=1.0))
-    s.submit_many([Request(i, "a", 0.0, 1000.0) for i in range(8)], 0.0)
-    plan = s.next_batch(0.0)
-    device = plan.meta["profiled_ms"]
-    turn = 10 * device
-    s.complete(plan, turn, turn, device_ms=device)
-    assert s.latency_factor(s.model) == pytest.approx(1.0)
-    assert s.host_floor_ms == pytest.approx(turn) and s.overhead_ms == 0.0
-    fastest = min(s.profiles[s.model].gammas)
-    assert s.predict(s.model, fastest, 8) == pytest.approx(turn) == s.predict(s.model, 0, 1)
-    assert s.predict(s.model, 0, 64) == max(turn, s.profiles[s.model].lat(0, 64))
-    # the next turns keep pace with the device again: the floor decays away (EWMA weight 1: at once)
-    s.submit_many([Request(100 + i, "a", turn, turn + 100_000.0) for i in range(8)], turn)
-    plan = s.next_batch(turn)
-    s.complete(plan, turn + device, device, device_ms=device)
-    assert s.host_floor_ms == 0.0 and s.predict(s.model, 0, 8) == pytest.approx(device)
