@@ -33,7 +33,9 @@ through the same interface in the simulator and the live server.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+from itertools import groupby, islice
+from operator import attrgetter
 
 import numpy as np
 
@@ -166,8 +168,8 @@ class Otas(Policy):
     def on_complete(self, plan: BatchPlan, now_ms: float, measured_ms: float, view: View) -> None:
         if self._floor is not None:
             i = view.profiles[plan.model].gammas.index(plan.gamma)
-            value = {a: float(view.weights(plan.model, a)[i]) for a in {r.app for r in plan.requests}}
-            self._floor.credit(now_ms, _per_request((r for r in plan.requests if r.deadline_ms >= now_ms), value))
+            value = {a: float(view.weights(plan.model, a)[i]) for a in set(map(_app, plan.requests))}
+            self._floor.credit(now_ms, _per_request(plan.requests, value, now_ms))
 
     def choose(self, cands: list[Candidate], now_ms: float, view: View) -> Choice:
         cands = cands[: self.lookahead]
@@ -423,18 +425,30 @@ def _sustained(specs: list[optimizer.BatchSpec], t_ms: float, rate: float) -> fl
     return min(1.0, n / (rate * t_ms)) if t_ms > 0 else 1.0
 
 
-def _per_request(reqs: Iterable[Request], value: dict[str, float]) -> list[tuple[float, float]]:
+_app = attrgetter("app")
+_run_key = attrgetter("arrival_ms", "app", "deadline_ms")
+
+
+def _per_request(reqs: Sequence[Request], value: dict[str, float], now_ms: float) -> list[tuple[float, float]]:
     """(arrival, value) per run of consecutive queries that share an application and an arrival (the
-    images of one request, queued together): a batch's utility credited per request, not per image."""
-    out: list[list] = []
-    last = None
-    for r in reqs:
-        if (r.arrival_ms, r.app) == last:
-            out[-1][1] += value[r.app]
+    images of one request, queued together) among those on time at `now_ms`: a batch's utility
+    credited per request, not per image (the runs found in C, the values summed one by one)."""
+    out: list[tuple[float, float]] = []
+    last, acc = None, 0.0
+    for (arrival, app, deadline), run in groupby(reqs, _run_key):
+        if deadline < now_ms:
+            continue
+        v = value[app]
+        if last == (arrival, app):  # (runs apart only by deadline: one request's, as before)
+            arrival, acc = out.pop()
         else:
-            last = (r.arrival_ms, r.app)
-            out.append([r.arrival_ms, value[r.app]])
-    return [(a, v) for a, v in out]
+            acc = v
+            run = islice(run, 1, None)
+        for _ in run:
+            acc += v
+        out.append((arrival, acc))
+        last = (arrival, app)
+    return out
 
 
 def _first_best(values: list[float]) -> int:
