@@ -149,6 +149,8 @@ class Queues:
         (vectorised): an id not queued costs no pass over requests."""
         out: list[Request] = []
         want = np.sort(np.asarray(ids, dtype=float))  # (k,) ascending
+        if not len(want):
+            return out
         for a in [app] if app is not None else list(self._dq):
             dq = self._dq[a]
             queued = self._dl[a].view(0, len(dq), _ID)  # (len(dq),)
@@ -189,6 +191,8 @@ class Queues:
         by id: `iter`'s order), not request by request; only the first n of each application can
         be among them."""
         apps = [a for a in self.groups[queue] if self._dq[a]]
+        if not apps:
+            return [], np.empty(0)
         if len(apps) == 1:
             dq = self._dq[apps[0]]
             k = min(n, len(dq))

@@ -1,3 +1,5 @@
+from itertools import islice
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -5,7 +7,7 @@ from otas.config import SchedulerConfig
 from otas.sched.batching import Queues, candidates, slo_classes
 from otas.sim.simulator import run
 from otas.sim.traces import capacity_per_s, make_trace
-from otas.types import App
+from otas.types import App, Request
 from tests.factories import make_profile, make_request
 
 
@@ -73,3 +75,32 @@ def test_deadline_cut_maximises_on_time_members():
     unsorted = [50.0, 5.0, 50.0, 50.0]  # mixed applications: the same answer by brute force
     best = max(range(1, 5), key=lambda b: (sum(x >= flat[b] for x in unsorted[:b]), -b))
     assert deadline_cut(unsorted, 0.0, 4, flat) == best == 4
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from("abc"), st.integers(1, 6), st.integers(0, 40)), min_size=1, max_size=40),
+    st.sampled_from(["deadline", "arrival"]),
+    st.integers(1, 80),
+    st.lists(st.integers(0, 120), max_size=10),
+)
+def test_merged_head_is_the_request_by_request_merge_and_removal_keeps_order(reqs, order, n, gone):
+    """A queue's head merged from the key columns is the lazy `heapq.merge` of its deques, with their
+    deadlines; requests taken out (`remove`) leave the rest in order, their columns with them."""
+    slo = {"a": 30.0, "b": 50.0, "c": 50.0}
+    q = Queues([["a", "b", "c"]], order)
+    last = {"a": 0.0, "b": 0.0, "c": 0.0}
+    rid = 0
+    for app, k, gap in reqs:  # requests of k queries, each application's in arrival order
+        last[app] += gap
+        q.push_many([Request(rid + i, app, last[app], last[app] + slo[app]) for i in range(k)])
+        rid += k
+    head, d = q.head_deadlines(0, n)
+    want = list(islice(q.iter(0), n))
+    assert head == want and list(d) == [r.deadline_ms for r in want]
+    out = q.remove(gone)
+    assert sorted(r.id for r in out) == sorted(set(gone) & set(range(rid)))
+    left = list(q.iter(0))
+    assert len(q) == len(left) == rid - len(out) and not {r.id for r in left} & set(gone)
+    head, d = q.head_deadlines(0, len(left))
+    assert head == left and list(d) == [r.deadline_ms for r in left]
