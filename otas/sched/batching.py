@@ -151,7 +151,7 @@ class Queues:
         want = np.sort(np.asarray(ids, dtype=float))  # (k,) ascending
         if not len(want):
             return out
-        for a in [app] if app is not None else list(self._dq):
+        for a in list(self._dq) if app is None else [app] if app in self._dq else []:  # (an app not served: none)
             dq = self._dq[a]
             queued = self._dl[a].view(0, len(dq), _ID)  # (len(dq),)
             # membership by binary search (np.isin's first call imports numpy.ma: a stall mid-serving)

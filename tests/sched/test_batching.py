@@ -98,6 +98,7 @@ def test_merged_head_is_the_request_by_request_merge_and_removal_keeps_order(req
     head, d = q.head_deadlines(0, n)
     want = list(islice(q.iter(0), n))
     assert head == want and list(d) == [r.deadline_ms for r in want]
+    assert q.remove(gone, "not-served") == []  # an application not queued here has nothing to take out
     out = q.remove(gone)
     assert sorted(r.id for r in out) == sorted(set(gone) & set(range(rid)))
     left = list(q.iter(0))
