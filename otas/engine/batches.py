@@ -108,7 +108,7 @@ class Batches:
         prof = self.scheduler.profiles[plan.model]
         # per application: (its SLO, its classes, their count where a row has more columns, u · acc at the plan's γ)
         per_app: dict[str, tuple[float, list[str], int | None, float]] = {}
-        gamma, b, exec_ms, end = plan.gamma, len(items), t1 - t0, self._books.end
+        gamma, b, exec_ms, served = plan.gamma, len(items), t1 - t0, self._books.served
         for it, p in zip(items, probs, strict=True):
             r = it.req
             if (known := per_app.get(r.app)) is None:
@@ -125,7 +125,7 @@ class Batches:
                 r.id, r.app, gamma, p if cut is None else p[:cut], classes,
                 t0 - arrival, exec_ms, t1 - arrival, met, b, value if met else 0.0,
             )  # fmt: skip
-            end(it, "served", "", s)
+            served(it, s)
 
     def fail_expired(self, now: float) -> None:
         """Answer each request the scheduler dropped from its queue as expired."""

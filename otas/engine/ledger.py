@@ -80,31 +80,25 @@ class Ledger:
         g.closed = "withdrawn"
         g.future.cancel()
 
-    def end(self, it: Pending, outcome: str, reason: str, answer: Served | NotServed) -> None:
-        """One image's end: the first end counts, a later one is dropped."""
+    def served(self, it: Pending, answer: Served) -> None:
+        """One image served: the first end counts, a later one is dropped. Its request is answered
+        with its last image; a request already failed or abandoned counts the answer as cancelled."""
         if self.pending.pop(it.req.id, None) is None:
             return
-        g, served = it.group, answer if isinstance(answer, Served) else None
+        g = it.group
         if g.future.cancelled():  # its caller left; the future's callback may not have run yet
             self._close(g, "client_gone")
         if g.closed:  # its request already failed or was abandoned
-            if served is not None:
-                outcome, reason = "cancelled", g.closed
-            self._ended(g.app, outcome, reason)
+            observe(self._observer().ended_many, g.app, "cancelled", g.closed, 1)
             return
-        if served is not None:
-            g.results[it.index], g.left = served, g.left - 1
-            if g.left == 0:
-                g.future.set_result(served if g.single else list(g.results))
-                observe(self._observer().served_many, g.app, g.results)
-            return
-        self._ended(g.app, outcome, reason)
-        g.future.set_exception(answer)  # before closing: the future is not seen as cancelled
-        self._close(g, "request_failed")
+        g.results[it.index], g.left = answer, g.left - 1
+        if g.left == 0:
+            g.future.set_result(answer if g.single else list(g.results))
+            observe(self._observer().served_many, g.app, g.results)
 
     def end_unserved(self, items: Sequence[Pending], outcome: str, reason: str, answer: NotServed) -> None:
-        """Images of one request, ended unserved at once (as `end` of each, counted at once); an image
-        already ended is skipped."""
+        """Images of one request, ended unserved at once (counted at once); an image already ended is
+        skipped. The request fails with `answer` unless it already failed or was abandoned."""
         items = [it for it in items if self.pending.pop(it.req.id, None) is not None]
         if not items:
             return
@@ -140,6 +134,3 @@ class Ledger:
             observe(self._observer().ended_many, g.app, "cancelled", why, answered + len(gone))
         if gone:  # the queue shrank with no batch run: the gauge must say so now, not at the next batch
             observe(self._observer().queue_depth, self.scheduler.queued())
-
-    def _ended(self, app: str, outcome: str, reason: str, served: Served | None = None) -> None:
-        observe(self._observer().ended, app, outcome, reason, served)

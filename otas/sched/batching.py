@@ -82,7 +82,8 @@ class _Keys:
         return self.buf[self.head + start : self.head + start + n, col]
 
 
-_app = attrgetter("app")
+app_of = attrgetter("app")
+"""A request's application (`map(app_of, requests)` walks a batch in C)."""
 
 
 def _by_deadline(r: Request) -> tuple[float, int]:
@@ -180,10 +181,6 @@ class Queues:
         """Deadlines of one application's queued requests start .. start + n - 1, ascending."""
         return self._dl[app].view(start, n)
 
-    def head(self, queue: int, n: int) -> list[Request]:
-        """The first n requests of a queue, in queue order."""
-        return self.head_deadlines(queue, n)[0]
-
     def head_deadlines(self, queue: int, n: int) -> tuple[list[Request], np.ndarray]:
         """The first n requests of a queue, in queue order, and their deadlines (n,).
 
@@ -211,7 +208,7 @@ class Queues:
 
     def pop(self, batch: list[Request]) -> None:
         """Remove a batch that is a prefix of its queue (so a prefix of each deque)."""
-        for app, k in Counter(map(_app, batch)).items():
+        for app, k in Counter(map(app_of, batch)).items():
             dq = self._dq[app]
             mine = [r for r in batch if r.app == app] if k < len(batch) else batch
             assert dq[0] is mine[0] and dq[k - 1] is mine[-1], "a batch must be a prefix of its queue"

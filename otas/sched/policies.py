@@ -41,7 +41,7 @@ import numpy as np
 
 from otas.sched import optimizer
 from otas.sched.baselines import Clipper, Edf, Fixed, ModelSwitch, Oracle, fallback_gamma
-from otas.sched.batching import Candidate, slo_classes
+from otas.sched.batching import Candidate, app_of, slo_classes
 from otas.sched.floor import FixedShadows
 from otas.sched.modes import ModeJudge
 from otas.sched.policy_base import Choice, Policy, View, batch_apps
@@ -168,7 +168,7 @@ class Otas(Policy):
     def on_complete(self, plan: BatchPlan, now_ms: float, measured_ms: float, view: View) -> None:
         if self._floor is not None:
             i = view.profiles[plan.model].gammas.index(plan.gamma)
-            value = {a: float(view.weights(plan.model, a)[i]) for a in set(map(_app, plan.requests))}
+            value = {a: float(view.weights(plan.model, a)[i]) for a in set(map(app_of, plan.requests))}
             self._floor.credit(now_ms, _per_request(plan.requests, value, now_ms))
 
     def choose(self, cands: list[Candidate], now_ms: float, view: View) -> Choice:
@@ -425,7 +425,6 @@ def _sustained(specs: list[optimizer.BatchSpec], t_ms: float, rate: float) -> fl
     return min(1.0, n / (rate * t_ms)) if t_ms > 0 else 1.0
 
 
-_app = attrgetter("app")
 _run_key = attrgetter("arrival_ms", "app", "deadline_ms")
 
 

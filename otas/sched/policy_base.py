@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from operator import attrgetter
 from typing import Protocol
 
 import numpy as np
 
 from otas.config import SchedulerConfig
 from otas.profile.table import Profile
-from otas.sched.batching import Candidate
+from otas.sched.batching import Candidate, app_of
 from otas.types import App, BatchPlan, Request
 
 
@@ -35,12 +34,9 @@ class View(Protocol):
     def fast_latency(self) -> np.ndarray: ...
 
 
-_app = attrgetter("app")
-
-
 def batch_apps(c: Candidate) -> list[str]:
     """The distinct applications of a candidate batch (usually one, under selective batching)."""
-    return list(dict.fromkeys(map(_app, c.requests)))
+    return list(dict.fromkeys(map(app_of, c.requests)))
 
 
 Choice = tuple[str, int, dict[str, float]]
