@@ -26,9 +26,11 @@ class App:
     """The downstream task whose head and prompts answer this application (a profile task)."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Request:
-    """One query. `deadline_ms` is absolute: arrival_ms + the application's SLO."""
+    """One query. `deadline_ms` is absolute: arrival_ms + the application's SLO. Made once per image
+    (the simulator's and the live engine's), so a slotted record compared and hashed by value (a
+    frozen one costs 3-4× as much to make); treat it as read-only."""
 
     id: int
     app: str

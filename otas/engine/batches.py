@@ -10,14 +10,15 @@ import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import groupby
 from typing import Protocol
 
 import numpy as np
 
-from otas.engine.ledger import Ledger, Pending
+from otas.engine.ledger import Group, Ledger
 from otas.engine.serving import NotServed, Observer, Served, observe
 from otas.sched.scheduler import Scheduler
-from otas.types import App, BatchPlan
+from otas.types import App, BatchPlan, Request
 
 log = logging.getLogger("otas.engine")
 
@@ -67,30 +68,32 @@ class Batches:
     async def execute(self, plan: BatchPlan) -> None:
         """Run one batch and answer each of its requests exactly once, whatever fails: the
         runner, the scheduler's feedback, or stop() giving up on the device (cancellation)."""
-        items = [self._books.pending[r.id] for r in plan.requests]
+        ids = [r.id for r in plan.requests]
+        groups = list(map(self._books.pending.__getitem__, ids))  # (B,): each image's request
         apps = self.scheduler.apps  # as planned: set_apps swaps in a new dict, so a removed app is still answered
         observe(self._observer().queue_depth, self.scheduler.queued())
         try:
             t0 = self._now_ms()
-            out = await self._run(plan, items)
+            out = await self._run(plan, groups, ids)
             t1 = self._now_ms()
             self.scheduler.complete(plan, t1, t1 - t0, out.ms)
             self.count += 1
             observe(self._observer().batch, plan, t1 - t0, out.ms, self.scheduler.queued())
-            self._answer(plan, items, out.probs, t0, t1, apps)
+            self._answer(plan, groups, ids, out.probs, t0, t1, apps)
         except asyncio.CancelledError:
-            self._books.fail(items, "shutting_down", "the server shut down while this request's batch ran; retry")
+            self._books.fail(ids, "shutting_down", "the server shut down while this request's batch ran; retry")
             raise
         except Exception as e:
-            detail = f"batch of {len(items)} at gamma={plan.gamma} failed: {type(e).__name__}: {e}"
+            detail = f"batch of {len(ids)} at gamma={plan.gamma} failed: {type(e).__name__}: {e}"
             log.error("batch failed", exc_info=True, extra={"event": "batch_failed", "detail": detail})
-            self._books.fail(items, "batch_failed", detail)
+            self._books.fail(ids, "batch_failed", detail)
 
-    async def _run(self, plan: BatchPlan, items: list[Pending]) -> RunResult:
+    async def _run(self, plan: BatchPlan, groups: list[Group], ids: list[int]) -> RunResult:
         """The batch on the device thread; queued requests that expire meanwhile are answered."""
-        tasks = [self.scheduler.apps[it.req.app].task for it in items]  # (only drained applications leave)
+        tasks = [self.scheduler.apps[g.app].task for g in groups]  # (only drained applications leave)
+        images = [g.images[rid - g.first] for g, rid in zip(groups, ids, strict=True)]
         loop = asyncio.get_running_loop()
-        job = loop.run_in_executor(self._device, self.runner.run, [it.image for it in items], tasks, plan.gamma)
+        job = loop.run_in_executor(self._device, self.runner.run, images, tasks, plan.gamma)
         job.add_done_callback(lambda f: f.cancelled() or f.exception())  # read even if nobody waits any more
         while True:
             done, _ = await asyncio.wait({job}, timeout=self._poll_s)
@@ -98,43 +101,53 @@ class Batches:
                 break
             self.fail_expired(self._now_ms())
         out = job.result()
-        if len(out.probs) != len(items):
-            raise RuntimeError(f"runner returned {len(out.probs)} results for a batch of {len(items)}")
+        if len(out.probs) != len(ids):
+            raise RuntimeError(f"runner returned {len(out.probs)} results for a batch of {len(ids)}")
         return out
 
     def _answer(
-        self, plan: BatchPlan, items: list[Pending], probs: np.ndarray, t0: float, t1: float, apps: dict[str, App]
+        self,
+        plan: BatchPlan,
+        groups: list[Group],
+        ids: list[int],
+        probs: np.ndarray,
+        t0: float,
+        t1: float,
+        apps: dict[str, App],
     ) -> None:
+        """Each run of one request's images answered at once: their app, arrival and so their
+        timing and deadline are the request's; only the id and the probabilities differ."""
         prof = self.scheduler.profiles[plan.model]
-        # per application: (its SLO, its classes, their count where a row has more columns, u · acc at the plan's γ)
-        per_app: dict[str, tuple[float, list[str], int | None, float]] = {}
-        gamma, b, exec_ms, served = plan.gamma, len(items), t1 - t0, self._books.served
-        for it, p in zip(items, probs, strict=True):
-            r = it.req
-            if (known := per_app.get(r.app)) is None:
-                a = apps[r.app]
-                classes = self.runner.classes[a.task]
-                cut = len(classes) if len(classes) < probs.shape[1] else None
-                known = per_app[r.app] = (a.slo_ms, classes, cut, a.utility * prof.acc(a.task, gamma))
-            slo, classes, cut, value = known
-            arrival = it.arrival_ms
-            met = t1 <= arrival + slo
-            # (positional: one record per image, on the event loop) id, app, gamma, probs, classes,
-            # queue_ms, exec_ms, total_ms, deadline_met, batch_size, utility
-            s = Served(
-                r.id, r.app, gamma, p if cut is None else p[:cut], classes,
-                t0 - arrival, exec_ms, t1 - arrival, met, b, value if met else 0.0,
-            )  # fmt: skip
-            served(it, s)
+        gamma, b, exec_ms = plan.gamma, len(ids), t1 - t0
+        pos = 0
+        for g, run in groupby(groups):
+            k = sum(1 for _ in run)
+            a = apps[g.app]
+            classes = self.runner.classes[a.task]
+            cut = len(classes) if len(classes) < probs.shape[1] else None
+            arrival = g.arrival_ms
+            met = t1 <= arrival + a.slo_ms
+            value = a.utility * prof.acc(a.task, gamma) if met else 0.0
+            queue_ms, total_ms = t0 - arrival, t1 - arrival
+            rows = probs[pos : pos + k] if cut is None else probs[pos : pos + k, :cut]
+            mine = ids[pos : pos + k]
+            # (positional: one record per image) id, app, gamma, probs, classes, queue_ms, exec_ms,
+            # total_ms, deadline_met, batch_size, utility
+            answers = [
+                Served(rid, g.app, gamma, p, classes, queue_ms, exec_ms, total_ms, met, b, value)
+                for rid, p in zip(mine, rows, strict=True)
+            ]  # fmt: skip
+            self._books.served(g, mine, answers)
+            pos += k
 
     def fail_expired(self, now: float) -> None:
         """Answer each request the scheduler dropped from its queue as expired."""
-        runs: dict[tuple[int, str], list[Pending]] = {}  # per request and reason, in order
+        runs: dict[tuple[int, str], tuple[Group, list[Request]]] = {}  # per request and reason, in order
         for req, why in self.scheduler.expired(now):
-            it = self._books.pending.get(req.id)
-            if it is not None:
-                runs.setdefault((id(it.group), why), []).append(it)
-        for (_, why), items in runs.items():
-            slack = items[0].req.deadline_ms - now
+            g = self._books.pending.get(req.id)
+            if g is not None:
+                runs.setdefault((id(g), why), (g, []))[1].append(req)
+        for (_, why), (g, reqs) in runs.items():
+            slack = reqs[0].deadline_ms - now
             detail = f"dropped from the queue: {slack:.1f} ms to its deadline is too little"
-            self._books.end_unserved(items, "expired", why, NotServed("expired", why, detail))
+            self._books.end_unserved(g, [r.id for r in reqs], "expired", why, NotServed("expired", why, detail))

@@ -24,6 +24,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Sequence
+from itertools import islice
 
 import numpy as np
 
@@ -121,9 +122,9 @@ class Engine:
                 await asyncio.sleep(0.005)
             left = self.open_requests(name)
             if left:  # never forgotten: answered now
-                items = [it for it in self._books.pending.values() if it.req.app == name]
-                self._books.fail(items, "unknown_app", f"application {name!r} was removed before this request ran")
-                self.scheduler.cancel((it.req.id for it in items), name)
+                ids = self._books.of_app(name)
+                self._books.fail(ids, "unknown_app", f"application {name!r} was removed before this request ran")
+                self.scheduler.cancel(ids, name)
             self.scheduler.set_apps([a for a in self.apps.values() if a.name != name])
             self._last_arrival.pop(name, None)
             self._last_deadline.pop(name, None)
@@ -133,7 +134,7 @@ class Engine:
 
     def open_requests(self, name: str) -> int:
         """Requests of application `name` accepted and not yet answered (queued or on the device)."""
-        return sum(1 for it in self._books.pending.values() if it.req.app == name)
+        return len(self._books.of_app(name))
 
     @property
     def image_size(self) -> int:
@@ -230,13 +231,11 @@ class Engine:
         deadline = max(queued_at + self.apps[app].slo_ms * (1 - self.margin), before)
         self._admit(app, n, now, deadline, arrival)
         self._last_arrival[app], self._last_deadline[app] = queued_at, deadline
-        g = self._books.open(app, n, single)
-        reqs = [Request(next(self._ids), app, queued_at, deadline) for _ in range(n)]
+        reqs = [Request(i, app, queued_at, deadline) for i in islice(self._ids, n)]  # consecutive ids
         rej = self.scheduler.submit_many(reqs, now)  # all or none
         if rej is not None:  # not expected after admission
-            self._books.withdraw(g)
             raise self._refuse(app, n, "rejected", rej.reason.value, rej.detail)
-        self._books.add_many(g, reqs, images, arrival)
+        g = self._books.open(app, reqs, images, arrival, single)
         observe(self.observer.queue_depth, self.scheduler.queued())
         self._wake.set()
         return g.future

@@ -264,7 +264,7 @@ def test_slo_lowered_applies_once_the_queue_under_the_old_one_is_gone():
         eng.set_apps([replace(a, slo_ms=slo) if a.name == "blur" else a for a in eng.apps.values()])
         t0 = eng.now_ms()
         new = eng.submit("blur", img(2))
-        (queued,) = [it.req for it in eng._books.pending.values()]
+        (queued,) = list(eng.scheduler.queues.iter_app("blur"))
         await gate.step()
         await new
         await eng.stop()
