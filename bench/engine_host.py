@@ -6,6 +6,7 @@ time per image is the host cost of queueing, deciding, collating and answering t
 before HTTP. One JSON line per policy is appended to `--out` (with commit, command and machine).
 
     python bench/engine_host.py --policies otas,fixed:0 --out bench/results/engine_host/engine_host.jsonl
+    python bench/engine_host.py --plot bench/results/engine_host/engine_host.jsonl   (bars per line, in file order)
 """
 
 from __future__ import annotations
@@ -64,8 +65,36 @@ async def measure(policy: str, n: int, inflight: int, images: int) -> dict:
     }  # fmt: skip
 
 
+def plot(path: Path) -> Path:
+    """One bar per line of `path` (a policy at a commit; its rounds as dots), grouped by policy, in
+    file order; written beside it as .png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    policies = list(dict.fromkeys(r["policy"] for r in rows))
+    fig, axes = plt.subplots(1, len(policies), figsize=(4.5 * len(policies), 3.6), squeeze=False)
+    for ax, policy in zip(axes[0], policies, strict=True):
+        mine = [r for r in rows if r["policy"] == policy]
+        x = np.arange(len(mine))
+        ax.bar(x, [r["loop_us_per_image"] for r in mine], color="tab:blue", alpha=0.7)
+        for i, r in enumerate(mine):
+            ax.plot([i] * len(r["rounds_us_per_image"]), r["rounds_us_per_image"], "k.", ms=3)
+        ax.set_xticks(x, [r["meta"]["commit"] for r in mine], rotation=45, ha="right", fontsize=8)
+        ax.set_title(policy)
+        ax.set_ylabel("µs per image")
+    fig.suptitle("event-loop time per image, engine alone (bar: median; dots: rounds)", fontsize=10)
+    fig.tight_layout()
+    out = path.with_suffix(".png")
+    fig.savefig(out, dpi=120)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--plot", type=Path, help="plot this result file (no run)")
     ap.add_argument("--policies", default="otas,fixed:0")
     ap.add_argument("--n", type=int, default=40, help="images per request")
     ap.add_argument("--inflight", type=int, default=12)
@@ -73,6 +102,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="runs per policy; the median is reported")
     ap.add_argument("--out", type=Path, default=Path("bench/results/engine_host/engine_host.jsonl"))
     a = ap.parse_args()
+    if a.plot is not None:
+        print(f"wrote {plot(a.plot)}")
+        return
     a.out.parent.mkdir(parents=True, exist_ok=True)
     for policy in a.policies.split(","):
         runs = [asyncio.run(measure(policy, a.n, a.inflight, a.images)) for _ in range(a.rounds)]

@@ -116,6 +116,9 @@ class EngineConfig:
     """The interpreter's GIL switch interval while the engine runs (Python's default: 5 ms); 0 leaves it.
     The device thread waits up to this long for the GIL after each call into torch whenever another
     thread runs Python (`otas.engine.engine.SWITCH_INTERVAL_S`, bench/gil.py)."""
+    plan_ahead: bool = True
+    """While a batch runs and a full batch is queued, plan the next and queue it on the device thread
+    behind the running one: the device then never waits for the event loop (`Engine._may_plan`)."""
     decode_workers: int = 0
     """Threads (or processes) decoding images beside the event loop; 0 = the host's cores, 2 to 8
     (`default_decode_workers`)."""

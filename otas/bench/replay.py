@@ -199,12 +199,16 @@ async def open_loop(
     return recs
 
 
-def simulate(trace: Trace, apps: Sequence[App], profile: Profile, policy: str, cfg: SchedulerConfig, seed: int) -> dict:
+def simulate(
+    trace: Trace, apps: Sequence[App], profile: Profile, policy: str, cfg: SchedulerConfig, seed: int,
+    plan_ahead: bool = False,
+) -> dict:  # fmt: skip
+    """The simulator's run of the replayed trace, as the server schedules it (`plan_ahead`: as its engine)."""
     from otas.sim.simulator import run
 
     out = {}
     for noise in (False, True):
-        res = run(trace, apps, profile, policy, cfg, seed=seed, noise=noise)
+        res = run(trace, apps, profile, policy, cfg, seed=seed, noise=noise, plan_ahead=plan_ahead)
         s = res.summary(apps)
         names = np.array(res.app_of)
         s["utility_per_app"] = {a.name: float(res.utility[names == a.name].sum()) for a in apps}
@@ -323,6 +327,7 @@ def main(
         apps = load_apps(apps_path) if apps_path else [App(**a) for a in info["apps"]]
         profile = Profile.from_dict(info["profile"])
         cfg = SchedulerConfig(**info["scheduler"])
+        plan_ahead = bool(info.get("plan_ahead", False))  # (a server from before planning ahead: none)
         policy, model, max_batch, device = info["policy"], info["model"], cfg.max_batch, info.get("device")
         if fmt_name == "otas-uint8":
             size = input_size(url, model)
@@ -331,7 +336,7 @@ def main(
 
         apps = load_apps(apps_path or default_apps_path("cpu"))
         profile = Profile.load(profile_path or default_profile_path())
-        cfg, policy, device = None, f"peer:{fmt_name}", profile.device
+        cfg, policy, device, plan_ahead = None, f"peer:{fmt_name}", profile.device, False
     fmt = make_format(fmt_name, apps, model, size=size)
     if coalesce_ms > 0 and not fmt.speaks_otas:
         raise ValueError(
@@ -348,7 +353,7 @@ def main(
     console.print(f"replaying against {url} ({fmt.name} format, {policy})")
     started = time.time()  # unix time: matched against the server's and the device's own samples
     live, recs, wall = run_live(url, fmt, work, apps, profile)
-    sim = simulate(trace, apps, profile, policy, cfg, seed) if cfg is not None else None
+    sim = simulate(trace, apps, profile, policy, cfg, seed, plan_ahead) if cfg is not None else None
     result = {
         "meta": {"url": url, "format": fmt.name, "trace": trace.name, "load": load, "capacity_per_s": cap,
                  "requests": n, "seed": seed, "policy": policy, "model": model, "device": device, "wall_s": wall,

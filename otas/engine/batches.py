@@ -1,7 +1,8 @@
 """One batch from plan to answers: the runner contract, the one thread that owns the device, and
 the rule that every request of a batch is answered exactly once, whatever fails (the runner, the
-scheduler's feedback, or `Engine.stop` giving up on the device). While a batch runs, queued
-requests that expire are answered; the event loop never waits on the device."""
+scheduler's feedback, or `Engine.stop` giving up on the device). A batch is launched onto the
+device thread (`launch`), possibly behind the one running there, and answered once its job is done
+(`finish`); the event loop never waits on the device."""
 
 from __future__ import annotations
 
@@ -39,6 +40,22 @@ class Runner(Protocol):
     def run(self, images: Sequence[np.ndarray], tasks: Sequence[str], gamma: int) -> RunResult: ...
 
 
+@dataclass(eq=False)
+class Launched:
+    """A batch handed to the device thread."""
+
+    plan: BatchPlan
+    ids: list[int]
+    groups: list[Group]
+    """(B,): each image's request."""
+    apps: dict[str, App]
+    """The applications as planned."""
+    job: asyncio.Future[tuple[float, RunResult]]
+    """When the device took it up (engine clock, ms), and its result."""
+    end_ms: float
+    """When it is expected to finish: its planned start plus the predicted time."""
+
+
 class Batches:
     """Runs the scheduler's batches on the device thread and answers them through the books."""
 
@@ -57,7 +74,7 @@ class Batches:
         """Batches run to completion."""
 
     @property
-    def _poll_s(self) -> float:
+    def poll_s(self) -> float:
         """Expiry checks while a batch runs: a tenth of the tightest SLO."""
         return min((a.slo_ms for a in self.scheduler.apps.values()), default=100.0) / 10 / 1000
 
@@ -65,45 +82,47 @@ class Batches:
         """Wait for a batch still on the device (its result unread), then free the thread."""
         self._device.shutdown()
 
-    async def execute(self, plan: BatchPlan) -> None:
-        """Run one batch and answer each of its requests exactly once, whatever fails: the
-        runner, the scheduler's feedback, or stop() giving up on the device (cancellation)."""
+    def launch(self, plan: BatchPlan, start_ms: float) -> Launched:
+        """Hand a batch to the device thread (behind the one it runs, if any); `start_ms`: when it
+        is planned to start. Its requests stay in the books until `finish` or `abandon` answers them."""
         ids = [r.id for r in plan.requests]
         groups = list(map(self._books.pending.__getitem__, ids))  # (B,): each image's request
         apps = self.scheduler.apps  # as planned: set_apps swaps in a new dict, so a removed app is still answered
-        observe(self._observer().queue_depth, self.scheduler.queued())
-        try:
-            t0 = self._now_ms()
-            out = await self._run(plan, groups, ids)
-            t1 = self._now_ms()
-            self.scheduler.complete(plan, t1, t1 - t0, out.ms)
-            self.count += 1
-            observe(self._observer().batch, plan, t1 - t0, out.ms, self.scheduler.queued())
-            self._answer(plan, groups, ids, out.probs, t0, t1, apps)
-        except asyncio.CancelledError:
-            self._books.fail(ids, "shutting_down", "the server shut down while this request's batch ran; retry")
-            raise
-        except Exception as e:
-            detail = f"batch of {len(ids)} at gamma={plan.gamma} failed: {type(e).__name__}: {e}"
-            log.error("batch failed", exc_info=True, extra={"event": "batch_failed", "detail": detail})
-            self._books.fail(ids, "batch_failed", detail)
-
-    async def _run(self, plan: BatchPlan, groups: list[Group], ids: list[int]) -> RunResult:
-        """The batch on the device thread; queued requests that expire meanwhile are answered."""
-        tasks = [self.scheduler.apps[g.app].task for g in groups]  # (only drained applications leave)
+        tasks = [apps[g.app].task for g in groups]
         images = [g.images[rid - g.first] for g, rid in zip(groups, ids, strict=True)]
-        loop = asyncio.get_running_loop()
-        job = loop.run_in_executor(self._device, self.runner.run, images, tasks, plan.gamma)
+        job = asyncio.get_running_loop().run_in_executor(self._device, self._on_device, images, tasks, plan.gamma)
         job.add_done_callback(lambda f: f.cancelled() or f.exception())  # read even if nobody waits any more
-        while True:
-            done, _ = await asyncio.wait({job}, timeout=self._poll_s)
-            if done:
-                break
-            self.fail_expired(self._now_ms())
-        out = job.result()
-        if len(out.probs) != len(ids):
-            raise RuntimeError(f"runner returned {len(out.probs)} results for a batch of {len(ids)}")
-        return out
+        return Launched(plan, ids, groups, apps, job, start_ms + plan.predicted_ms)
+
+    def _on_device(self, images: list[np.ndarray], tasks: list[str], gamma: int) -> tuple[float, RunResult]:
+        """On the device thread: the batch, and when the device took it up (engine clock, ms)."""
+        t0 = self._now_ms()
+        return t0, self.runner.run(images, tasks, gamma)
+
+    def finish(self, b: Launched) -> None:
+        """Answer a batch whose job is done, each of its requests exactly once whatever failed: the
+        runner, or the scheduler's feedback."""
+        try:
+            t0, out = b.job.result()
+            if len(out.probs) != len(b.ids):
+                raise RuntimeError(f"runner returned {len(out.probs)} results for a batch of {len(b.ids)}")
+            t1 = self._now_ms()
+            self.scheduler.complete(b.plan, t1, t1 - t0, out.ms)
+            self.count += 1
+            observe(self._observer().batch, b.plan, t1 - t0, out.ms, self.scheduler.queued())
+            self._answer(b.plan, b.groups, b.ids, out.probs, t0, t1, b.apps)
+        except Exception as e:
+            detail = f"batch of {len(b.ids)} at gamma={b.plan.gamma} failed: {type(e).__name__}: {e}"
+            log.error("batch failed", exc_info=True, extra={"event": "batch_failed", "detail": detail})
+            self._books.fail(b.ids, "batch_failed", detail)
+        except asyncio.CancelledError:  # the device thread's job was cancelled (the executor shut down)
+            self.abandon(b)
+
+    def abandon(self, b: Launched) -> None:
+        """Answer a batch given up on (the engine stopping while it is on the device); one still
+        queued behind the running one never starts."""
+        b.job.cancel()
+        self._books.fail(b.ids, "shutting_down", "the server shut down while this request's batch ran; retry")
 
     def _answer(
         self,

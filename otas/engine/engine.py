@@ -3,6 +3,7 @@
     submit_many ──> admission (whole request) ──(refused)──> NotServed at once
                     │ Scheduler.submit each image; one future per request
     loop: device free ──> next_batch ──> runner.run (device thread) ──> complete(measured) ──> futures
+          (a full batch queued while one runs: the next is planned then, queued on the device behind it)
 
 The Scheduler is the very object the simulator drives; it is touched only from the event loop, so
 it needs no lock. The runner runs in one dedicated thread (it owns the device); decoding runs in a
@@ -23,12 +24,13 @@ import logging
 import math
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from itertools import islice
 
 import numpy as np
 
-from otas.engine.batches import Batches, Runner, RunResult  # noqa: F401 (RunResult: imported from here too)
+from otas.engine.batches import Batches, Launched, Runner, RunResult  # noqa: F401 (RunResult: imported from here too)
 from otas.engine.images import DecodeBusy, DecodeExpired, DecodeLimits, Decoder, DecodeRestarted
 from otas.engine.ledger import Ledger
 from otas.engine.serving import NotServed, Observer, Served, observe
@@ -59,14 +61,19 @@ class Engine:
         clock=time.monotonic,
         decode_processes: bool = False,
         switch_interval_s: float = SWITCH_INTERVAL_S,
+        plan_ahead: bool = True,
     ):
         """`deadline_margin`: the scheduler plans against deadlines this fraction of the SLO early,
         leaving time to send the answer (the optimizer packs batches right up to a deadline).
-        `switch_interval_s`: the GIL switch interval set at `start` (0: Python's own is left)."""
+        `switch_interval_s`: the GIL switch interval set at `start` (0: Python's own is left).
+        `plan_ahead`: while a batch runs and a full one is queued, plan the next and queue it on the
+        device thread behind the running one (`_may_plan`)."""
         if not 0 <= deadline_margin < 0.5:
             raise ValueError(f"deadline_margin={deadline_margin}: use a fraction of the SLO in [0, 0.5), e.g. 0.02")
         self.margin = deadline_margin
         self.switch_interval_s = switch_interval_s
+        self.plan_ahead = plan_ahead
+        self._full = min(scheduler.config.max_batch, runner.max_batch)
         self.scheduler, self.runner = scheduler, runner
         self.observer = observer or Observer()
         self._check_tasks(scheduler.apps.values())
@@ -272,14 +279,39 @@ class Engine:
         return NotServed(outcome, reason, detail)
 
     # -- the loop -----------------------------------------------------------------------------
+    def _may_plan(self, inflight: deque[Launched]) -> bool:
+        """A batch may be planned now: the device has none, or (planning ahead) it has one and a
+        full batch is queued, so the next is planned while this one runs and handed to the device
+        behind it: the device then never waits for the event loop (its decision, its answers, or
+        HTTP work ahead of them). Only for a backlog: a batch planned ahead leaves out the requests
+        that arrive while the running one finishes."""
+        if not inflight:
+            return True
+        return self.plan_ahead and len(inflight) == 1 and self.scheduler.queued() >= self._full
+
     async def _loop(self) -> None:
+        inflight: deque[Launched] = deque()  # on the device thread, oldest first (at most two)
+        plan_ms = -math.inf  # the scheduler's clock: planned starts never go back
         try:
             while True:
                 now = self.now_ms()
-                plan = self.scheduler.next_batch(now)
                 self._batches.fail_expired(now)
-                if plan is not None:
-                    await self._batches.execute(plan)
+                if inflight and inflight[0].job.done():
+                    self._batches.finish(inflight.popleft())
+                    continue
+                if self._may_plan(inflight):
+                    plan_ms = max(now, inflight[-1].end_ms if inflight else now, plan_ms)
+                    plan = self.scheduler.next_batch(plan_ms)
+                    if plan is not None:
+                        inflight.append(self._batches.launch(plan, plan_ms))
+                        observe(self.observer.queue_depth, self.scheduler.queued())
+                        continue
+                if inflight:  # until it finishes, new work arrives (to plan ahead), or expiry is due
+                    self._wake.clear()
+                    woken = asyncio.ensure_future(self._wake.wait())
+                    await asyncio.wait({inflight[0].job, woken}, timeout=self._batches.poll_s,
+                                       return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+                    woken.cancel()
                     continue
                 # nothing to run: requests may have left the queue without a batch (expired, cancelled)
                 observe(self.observer.queue_depth, self.scheduler.queued())
@@ -293,6 +325,8 @@ class Engine:
                 except TimeoutError:
                     pass
         except asyncio.CancelledError:
+            for b in inflight:  # stop() gave up on the device
+                self._batches.abandon(b)
             raise
         except Exception:
             log.exception("engine loop crashed; failing every pending request")

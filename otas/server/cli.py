@@ -83,6 +83,10 @@ def serve_cmd(
             help="GIL switch interval, ms: how long the forward's thread may wait for Python's lock (0 = Python's 5)."
         ),
     ] = 1.0,
+    plan_ahead: Annotated[
+        bool,
+        typer.Option(help="Plan the next batch while one runs, when a full batch is queued (the device never waits)."),
+    ] = True,
     decode_workers: Annotated[
         int, typer.Option(help="Threads (or processes) decoding images (0 = the host's cores, 2 to 8).")
     ] = 0,
@@ -163,6 +167,7 @@ def serve_cmd(
                 paced,
                 torch_threads=torch_threads,
                 switch_interval_ms=switch_interval_ms,
+                plan_ahead=plan_ahead,
                 decode_workers=decode_workers,
                 decode_processes=decode_processes,
                 decode_queue=decode_queue,

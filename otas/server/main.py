@@ -74,13 +74,15 @@ def make_engine(
     engine_cfg: EngineConfig | None = None,
 ) -> tuple[Engine, dict]:
     """(engine, its `/v1/config` info) for a runner (real, no-op or paced) and its profile; of
-    `engine_cfg` only the decoding knobs are read (the runner is already built)."""
+    `engine_cfg` only the decoding knobs, the GIL switch interval and `plan_ahead` are read (the runner is
+    already built)."""
     check_servable(runner, profile, apps, policy)
     sched = Scheduler(apps, profile, policy, config)
     e = engine_cfg or EngineConfig()
     engine = Engine(
         sched, runner, observer=observer, decode_workers=e.decode_workers, decode_limits=e.decode_limits(),
         decode_queue=e.decode_queue, decode_processes=e.decode_processes, switch_interval_s=e.switch_interval_ms / 1e3,
+        plan_ahead=e.plan_ahead,
     )  # fmt: skip
     info = {
         "policy": sched.policy.name,
@@ -89,6 +91,7 @@ def make_engine(
         "profile": profile.to_dict(),
         "device": str(getattr(runner, "device", "none")),
         "mode": getattr(runner, "mode", "none"),
+        "plan_ahead": e.plan_ahead,
     }
     return engine, info
 

@@ -65,6 +65,7 @@ def sweep(
     seed: int = 0,
     noise: bool = False,
     n_synthetic: int = 20_000,
+    plan_ahead: bool = False,
 ) -> tuple[dict[str, object], dict[float, list[SimResult]]]:
     """Run every policy at every load. Returns (JSON-ready results, SimResults per load)."""
     for name in policies:
@@ -87,7 +88,10 @@ def sweep(
                     "offset_ms": bound.offset_ms,
                 }
             else:
-                res = run(tr, apps, online_profiles(name, profiles), name, config, seed=seed, noise=noise)
+                res = run(
+                    tr, apps, online_profiles(name, profiles), name, config, seed=seed, noise=noise,
+                    plan_ahead=plan_ahead,
+                )  # fmt: skip
                 kept[load].append(res)
                 row = res.summary(apps)
             row["vs_oracle"] = float(row["utility"]) / bound.value if bound.value > 0 else math.nan  # type: ignore[arg-type]
@@ -117,6 +121,9 @@ def simulate(
     load: opt.Load = "1.0",
     seed: opt.Seed = 0,
     noise: Annotated[bool, typer.Option(help="Draw batch latencies from the profile's p90 spread.")] = False,
+    plan_ahead: Annotated[
+        bool, typer.Option(help="Plan the next batch while one runs when a full batch is queued, as `otas serve`.")
+    ] = False,
     lookahead: opt.Lookahead = 8,
     max_batch: opt.MaxBatch = 64,
     max_queue_delay_ms: opt.MaxQueueDelay = 0.0,
@@ -156,7 +163,7 @@ def simulate(
         opt.warn(line)
     names = [p for p in policies.split(",") if p] or default_policies(profs)
     try:
-        out, kept = sweep(trace, app_list, profs, names, loads, config, seed=seed, noise=noise)
+        out, kept = sweep(trace, app_list, profs, names, loads, config, seed=seed, noise=noise, plan_ahead=plan_ahead)
     except (ValueError, OSError) as e:  # an unknown policy or trace, an unreadable file: a usage error
         opt.fail(str(e))
     runs = out["runs"]

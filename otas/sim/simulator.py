@@ -121,8 +121,13 @@ def run(
     config: SchedulerConfig | None = None,
     seed: int = 0,
     noise: bool = False,
+    plan_ahead: bool = False,
 ) -> SimResult:
-    """Simulate one policy on one trace; deterministic for a given seed."""
+    """Simulate one policy on one trace; deterministic for a given seed.
+
+    `plan_ahead`: as the live engine does (`Engine._may_plan`), when a batch starts and a full batch
+    (`max_batch`) is queued, the next is planned at once, for when this one is predicted to end, and
+    starts when it ends, without the requests that arrive meanwhile."""
     profs = [profiles] if isinstance(profiles, Profile) else list(profiles)
     by_model = {p.model: p for p in profs}
     app_by = {a.name: a for a in apps}
@@ -132,6 +137,8 @@ def run(
     rng = random.Random(seed)
     i, n = 0, len(reqs)
     busy: tuple[BatchPlan, float, float] | None = None  # plan, end time, actual latency
+    ahead: BatchPlan | None = None  # planned while `busy` runs, to start when it ends
+    full, clock, ends = sched.config.max_batch, -math.inf, -math.inf  # the scheduler's clock never goes back
     wake: float | None = None
     while True:
         t_arr = reqs[i].arrival_ms if i < n else math.inf
@@ -158,13 +165,16 @@ def run(
                 rec.end(reqs[i].id, Outcome.REJECTED, rej.reason.value)
             i += 1
         if busy is None:
-            plan = sched.next_batch(now)
+            plan, ahead = (ahead, None) if ahead is not None else (sched.next_batch(clock := max(clock, now)), None)
             if plan is not None:
                 actual = _latency(plan, by_model, noise, rng)
                 busy = (plan, now + actual, actual)
+                ends = max(clock, now) + plan.predicted_ms  # when the engine expects it to end
                 rec.r.batches.append((now, plan.size, plan.gamma, plan.model))
             else:
                 wake = sched.next_wakeup(now)
+        if plan_ahead and busy is not None and ahead is None and sched.queued() >= full:
+            ahead = sched.next_batch(clock := max(clock, now, ends))
         for r, why in sched.expired(now):
             rec.end(r.id, Outcome.EXPIRED, why)
     missing = [k for k, o in enumerate(rec.r.outcome) if o is None]

@@ -54,10 +54,12 @@ class Ends(Observer):
         self.ends[(outcome, reason)] += 1
 
 
-def engine(max_batch: int, max_queue: int = 1000) -> tuple[Engine, Gate, Ends]:
+def engine(max_batch: int, max_queue: int = 1000, plan_ahead: bool = False) -> tuple[Engine, Gate, Ends]:
+    """An engine on the gated device; by default one batch at a time (`test_plan_ahead.py` tests the
+    batch planned behind the running one)."""
     gate, obs = Gate(max_batch), Ends()
     sched = Scheduler(APPS, paced_profile(), "fixed:0", SchedulerConfig(max_batch=max_batch, max_queue=max_queue))
-    return Engine(sched, gate, obs), gate, obs
+    return Engine(sched, gate, obs, plan_ahead=plan_ahead), gate, obs
 
 
 async def settle() -> None:

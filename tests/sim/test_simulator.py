@@ -42,6 +42,21 @@ def test_every_query_ends_exactly_once(bursty, policy):
     assert not res.on_time[~served].any() and (res.utility[~res.on_time] == 0).all()
 
 
+@pytest.mark.parametrize("policy", ["otas", "fixed:0", "edf"])
+def test_planning_ahead_ends_every_query_once_and_changes_nothing_without_a_backlog(bursty, policy):
+    """As the live engine plans ahead (`Engine._may_plan`): under a backlog batches are planned while
+    one runs; every query still ends once. Below a full batch queued nothing is planned ahead, so a
+    light trace runs exactly as without it."""
+    cfg = SchedulerConfig(max_batch=16)
+    res = run(bursty, APPS, make_profile(), policy, cfg, noise=True, plan_ahead=True)
+    assert all(o is not None for o in res.outcome)
+    assert sum(b for _, b, _, _ in res.batches) == res.count(Outcome.SERVED)
+    assert res.batches != run(bursty, APPS, make_profile(), policy, cfg, noise=True).batches  # it planned ahead
+    light = make_trace("poisson", APPS, 0.3, capacity_per_s(make_profile(), APPS, 64), seed=2, n=1500)
+    runs = [run(light, APPS, make_profile(), policy, SchedulerConfig(), plan_ahead=pa) for pa in (False, True)]
+    assert runs[0].batches == runs[1].batches and runs[0].total_utility == runs[1].total_utility
+
+
 def test_same_seed_same_results(bursty):
     cfg = SchedulerConfig()
     a = run(bursty, APPS, make_profile(), "otas", cfg, seed=3, noise=True)

@@ -1,0 +1,123 @@
+"""Planning ahead: while a batch runs and a full batch is queued, the next is planned and queued on
+the device thread behind it, so the device never waits for the event loop. Every image still ends
+exactly once. The device is gated (`test_ledger.Gate`): nothing depends on timing."""
+
+import asyncio
+from collections import Counter
+
+from otas.engine.engine import NotServed
+from tests.engine.test_ledger import POISON, engine, img, settle
+
+
+async def planned(eng, n: int) -> None:
+    """Wait until `n` images have left the queue for the device."""
+    for _ in range(500):
+        if eng.scheduler.queued() <= n:
+            return
+        await asyncio.sleep(0.002)
+
+
+def test_next_batch_is_planned_while_one_runs():
+    async def main():
+        eng, gate, obs = engine(max_batch=2, plan_ahead=True)
+        await eng.start()
+        fut = eng.submit_many("blur", [img(i + 1) for i in range(6)])
+        assert await asyncio.to_thread(gate.started.acquire, True, 10)  # batch 1 held on the device
+        await planned(eng, 2)
+        queued_while_first_runs = eng.scheduler.queued()
+        for _ in range(3):
+            gate._go.release()
+            if _ < 2:
+                assert await asyncio.to_thread(gate.started.acquire, True, 10)
+        res = await fut
+        await eng.stop()
+        return queued_while_first_runs, res, gate, obs
+
+    queued, res, gate, obs = asyncio.run(main())
+    assert queued == 2  # batch 2 left the queue before batch 1 finished
+    assert gate.ran == [[1, 2], [3, 4], [5, 6]] and [s.id for s in res] == sorted(s.id for s in res)
+    assert obs.ends == Counter({("served", ""): 6})
+
+
+def test_no_planning_ahead_without_a_full_batch_queued():
+    async def main():
+        eng, gate, obs = engine(max_batch=4, plan_ahead=True)
+        await eng.start()
+        first = eng.submit_many("blur", [img(i + 1) for i in range(4)])
+        assert await asyncio.to_thread(gate.started.acquire, True, 10)
+        rest = eng.submit_many("blur", [img(9), img(10)])  # half a batch: it waits for the device
+        await settle()
+        queued = eng.scheduler.queued()
+        gate._go.release()
+        await gate.step()
+        await first
+        await rest
+        await eng.stop()
+        return queued, gate, obs
+
+    queued, gate, obs = asyncio.run(main())
+    assert queued == 2 and gate.ran == [[1, 2, 3, 4], [9, 10]]
+    assert obs.ends == Counter({("served", ""): 6})
+
+
+def test_request_abandoned_after_its_batch_was_planned_ahead_is_counted_once():
+    async def main():
+        eng, gate, obs = engine(max_batch=2, plan_ahead=True)
+        await eng.start()
+        first = eng.submit_many("blur", [img(1), img(2)])
+        second = eng.submit_many("blur", [img(3), img(4)])
+        assert await asyncio.to_thread(gate.started.acquire, True, 10)
+        await planned(eng, 0)  # the second request's batch is queued behind the first
+        second.cancel()  # its client went away
+        await settle()
+        gate._go.release()
+        await gate.step()  # the planned batch still runs; its answers go to nobody
+        await first
+        await eng.stop()
+        return gate, obs
+
+    gate, obs = asyncio.run(main())
+    assert gate.ran == [[1, 2], [3, 4]]
+    assert obs.ends == Counter({("served", ""): 2, ("cancelled", "client_gone"): 2})
+
+
+def test_failure_of_the_running_batch_leaves_the_planned_one_answered():
+    async def main():
+        eng, gate, obs = engine(max_batch=2, plan_ahead=True)
+        await eng.start()
+        bad = eng.submit_many("blur", [img(POISON), img(2)])
+        good = eng.submit_many("blur", [img(3), img(4)])
+        assert await asyncio.to_thread(gate.started.acquire, True, 10)
+        await planned(eng, 0)
+        gate._go.release()
+        await gate.step()
+        try:
+            await bad
+        except NotServed as e:
+            reason = e.reason
+        served = await good
+        await eng.stop()
+        return reason, served, obs
+
+    reason, served, obs = asyncio.run(main())
+    assert reason == "batch_failed" and len(served) == 2
+    assert obs.ends == Counter({("error", "batch_failed"): 2, ("served", ""): 2})
+
+
+def test_stop_answers_both_batches_on_the_device():
+    async def main():
+        eng, gate, obs = engine(max_batch=2, plan_ahead=True)
+        await eng.start()
+        futs = [eng.submit_many("blur", [img(1), img(2)]), eng.submit_many("blur", [img(3), img(4)])]
+        assert await asyncio.to_thread(gate.started.acquire, True, 10)
+        await planned(eng, 0)
+        stopping = asyncio.create_task(eng.stop(timeout_s=0.2))  # gives up on the device
+        errors = await asyncio.gather(*futs, return_exceptions=True)  # answered while the device still runs
+        gate._go.release()
+        await stopping
+        return errors, gate, obs
+
+    errors, gate, obs = asyncio.run(main())
+    assert all(isinstance(e, NotServed) and e.reason == "shutting_down" for e in errors)
+    assert gate.ran == [[1, 2]]  # the batch queued behind it never started
+    assert obs.ends == Counter({("error", "shutting_down"): 4})
