@@ -1,8 +1,9 @@
 """One summary over a live GPU session (`scripts/gpu_serve_replay.sh`): per policy and load, live
 utility beside the simulator's, SLO attainment, the send lag of the load generator, and the device's
-busy share over the replay, two ways: the server's measured batch time (`otas_batch_measured_seconds`
-from /metrics, before and after) over the replay's wall time (from its first send to its last answer,
-not the loading of images or the simulation around it), and nvidia-smi's utilisation samples then.
+busy share over the replay, two ways: the device's own batch time (`otas_batch_device_seconds` from
+/metrics, before and after; `otas_batch_measured_seconds` from a server without it) over the replay's
+wall time (from its first send to its last answer, not the loading of images or the simulation around
+it), and nvidia-smi's utilisation samples then.
 
     python -m otas.bench.live_summary WORKDIR --out bench/results/live_h100
 
@@ -80,9 +81,12 @@ def row(work: Path, replay: Path) -> dict[str, Any]:
         t0, t1 = (float(x) for x in times.read_text().split()[:2])  # the whole command: images, replay, sim
         if "started_unix" in r["meta"]:  # the replay alone (the server is idle before and after it)
             t0, t1 = r["meta"]["started_unix"], r["meta"]["started_unix"] + r["meta"]["wall_s"]
-        busy = metric_sum(after.read_text(), "otas_batch_measured_seconds_sum") - metric_sum(
-            before.read_text(), "otas_batch_measured_seconds_sum"
-        )
+        # the device's own time; a server from before that metric: the measured turn (which, with
+        # batches planned ahead, overlaps the next batch's and can sum past the wall time)
+        name = "otas_batch_device_seconds_sum"
+        if name not in after.read_text():
+            name = "otas_batch_measured_seconds_sum"
+        busy = metric_sum(after.read_text(), name) - metric_sum(before.read_text(), name)
         out["busy_share_server"] = busy / (t1 - t0)
         out["gpu_util_smi"] = gpu_util(work / "gpu_util.csv", t0, t1)
     return out

@@ -73,7 +73,13 @@ class Metrics(Observer):
         )  # fmt: skip
         self.measured = Histogram(
             "otas_batch_measured_seconds",
-            "Measured batch latency (dispatch to results)",
+            "Measured batch latency (the device taking it up to the event loop taking up its results)",
+            buckets=_LAT_BUCKETS,
+            registry=r,
+        )
+        self.device = Histogram(
+            "otas_batch_device_seconds",
+            "The device's own time of a batch (the runner's: collation, forward, copy back)",
             buckets=_LAT_BUCKETS,
             registry=r,
         )
@@ -158,6 +164,7 @@ class Metrics(Observer):
         self.batch_size.observe(plan.size)
         self.predicted.observe(plan.predicted_ms / 1e3)
         self.measured.observe(measured_ms / 1e3)
+        self.device.observe(runner_ms / 1e3)
         if plan.predicted_ms > 0:
             self.ratio.set(measured_ms / plan.predicted_ms)
         self.queue_depth_g.set(queued)

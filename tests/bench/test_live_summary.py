@@ -61,3 +61,22 @@ def test_busy_share_is_over_the_replay_alone_when_it_records_its_start(tmp_path)
     live_summary.main([str(work), "--out", str(out)])
     (row,) = json.loads((out / "live.json").read_text())["rows"]
     assert row["busy_share_server"] == pytest.approx(0.9) and row["gpu_util_smi"] == pytest.approx(95)
+
+
+def test_busy_share_is_the_devices_own_time_where_the_server_reports_it(tmp_path):
+    """Batches planned ahead overlap their measured turns (device start to the loop taking the result
+    up), which can sum past the wall time: the device's own time is what the busy share counts."""
+    work, out = tmp_path / "work", tmp_path / "out"
+    work.mkdir()
+    t0 = datetime.strptime("2025/11/24 16:00:00.000", "%Y/%m/%d %H:%M:%S.%f").timestamp()
+    (work / "replay_trace_otas_x2.json").write_text(json.dumps(_replay("otas", 2.0, 90.0, 100.0)))
+    (work / "t_otas_x2.txt").write_text(f"{t0}\n{t0 + 2}\n")
+    (work / "metrics_otas_x2_before.txt").write_text(
+        "otas_batch_measured_seconds_sum 0\notas_batch_device_seconds_sum 0\n"
+    )
+    (work / "metrics_otas_x2_after.txt").write_text(
+        "otas_batch_measured_seconds_sum 2.6\notas_batch_device_seconds_sum 1.5\n"
+    )
+    live_summary.main([str(work), "--out", str(out)])
+    (row,) = json.loads((out / "live.json").read_text())["rows"]
+    assert row["busy_share_server"] == pytest.approx(0.75)
