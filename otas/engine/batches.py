@@ -99,18 +99,15 @@ class Batches:
         t0 = self._now_ms()
         return t0, self.runner.run(images, tasks, gamma)
 
-    def finish(self, b: Launched, followed: bool = False) -> None:
+    def finish(self, b: Launched) -> None:
         """Answer a batch whose job is done, each of its requests exactly once whatever failed: the
-        runner, or the scheduler's feedback. `followed`: the device had the next batch already (planned
-        ahead), so the event loop's delay in taking this one up cost the device nothing: the scheduler
-        hears only the device's time (no per-batch host overhead to add to the batches that follow)."""
+        runner, or the scheduler's feedback."""
         try:
             t0, out = b.job.result()
             if len(out.probs) != len(b.ids):
                 raise RuntimeError(f"runner returned {len(out.probs)} results for a batch of {len(b.ids)}")
             t1 = self._now_ms()
-            turn = min(out.ms, t1 - t0) if followed else t1 - t0
-            self.scheduler.complete(b.plan, t1, turn, out.ms)
+            self.scheduler.complete(b.plan, t1, t1 - t0, out.ms)
             self.count += 1
             observe(self._observer().batch, b.plan, t1 - t0, out.ms, self.scheduler.queued())
             self._answer(b.plan, b.groups, b.ids, out.probs, t0, t1, b.apps)

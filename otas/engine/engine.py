@@ -297,8 +297,7 @@ class Engine:
                 now = self.now_ms()
                 self._batches.fail_expired(now)
                 if inflight and inflight[0].job.done():
-                    done = inflight.popleft()
-                    self._batches.finish(done, followed=bool(inflight))
+                    self._batches.finish(inflight.popleft())
                     continue
                 if self._may_plan(inflight):
                     plan_ms = max(now, inflight[-1].end_ms if inflight else now, plan_ms)
