@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from otas.server.errors import ProtocolError
-from otas.server.guard import ARRIVAL, TICKET, until_disconnect
+from otas.server.guard import ARRIVAL, TICKET, body_of, until_disconnect
 from otas.server.handlers import config_of, engine_of, guarded, model_of
 from otas.server.headers import byte_count
 from otas.server.http_codec import HEADER_LENGTH, check_values, encode_infer, parse_classify, parse_infer
@@ -51,7 +51,7 @@ async def infer(request: Request) -> Response:
     arrival = arrival_of(request)
     name = model_of(request)
     _identity_encoding(request)
-    body = await request.body()
+    body = await body_of(request)
     header = request.headers.get(HEADER_LENGTH)
     n = byte_count((header or "").strip())
     json_bytes = len(body) if n is None else n  # binary: cheap
@@ -122,10 +122,10 @@ async def _classify_payload(request: Request, default_k: int) -> tuple[bytes, in
         data = await up.read()
         k = form.get("top_k", k)
     elif ctype.startswith("application/json"):
-        data, sent_k = await parser_of(request).run(parse_classify, await request.body())
+        data, sent_k = await parser_of(request).run(parse_classify, await body_of(request))
         k = k if sent_k is None else sent_k
     elif ctype.startswith(("image/", "application/octet-stream")):
-        data = await request.body()
+        data = await body_of(request)
     else:
         raise ProtocolError(
             415,
