@@ -39,7 +39,7 @@ async def measure(policy: str, n: int, inflight: int, images: int) -> dict:
     apps, prof = load_apps(APPS), Profile.load(PROFILE)
     runner = NoopRunner(apps, 32, 256)
     sched = Scheduler(apps, prof, policy, SchedulerConfig(max_batch=256, max_queue=100_000))
-    eng = Engine(sched, runner)
+    eng = Engine(sched, runner, plan_ahead=True)  # as `otas serve` on a GPU
     await eng.start()
     img = np.zeros((32, 32, 3), np.uint8)
     names, ended = [a.name for a in apps], [0, 0]  # served, refused

@@ -50,10 +50,15 @@ class Launched:
     """(B,): each image's request."""
     apps: dict[str, App]
     """The applications as planned."""
-    job: asyncio.Future[tuple[float, RunResult]]
-    """When the device took it up (engine clock, ms), and its result."""
+    job: asyncio.Future[tuple[float, float, RunResult]]
+    """When the device took it up and when it was done with it (engine clock, ms), and its result."""
+    start_ms: float
+    """When it is expected to start."""
+    launched_ms: float
+    """When it was handed to the device thread."""
     end_ms: float
-    """When it is expected to finish: its planned start plus the predicted time."""
+    """When the device is expected to finish it: its planned start plus the predicted time, less the
+    host's part."""
 
 
 class Batches:
@@ -82,9 +87,11 @@ class Batches:
         """Wait for a batch still on the device (its result unread), then free the thread."""
         self._device.shutdown()
 
-    def launch(self, plan: BatchPlan, start_ms: float) -> Launched:
+    def launch(self, plan: BatchPlan, start_ms: float, overhead_ms: float = 0.0) -> Launched:
         """Hand a batch to the device thread (behind the one it runs, if any); `start_ms`: when it
-        is planned to start. Its requests stay in the books until `finish` or `abandon` answers them."""
+        is planned to start; `overhead_ms`: the host's part of its predicted time (the event loop
+        taking its results up), which the device does not wait for. Its requests stay in the books
+        until `finish` or `abandon` answers them."""
         ids = [r.id for r in plan.requests]
         groups = list(map(self._books.pending.__getitem__, ids))  # (B,): each image's request
         apps = self.scheduler.apps  # as planned: set_apps swaps in a new dict, so a removed app is still answered
@@ -92,18 +99,22 @@ class Batches:
         images = [g.images[rid - g.first] for g, rid in zip(groups, ids, strict=True)]
         job = asyncio.get_running_loop().run_in_executor(self._device, self._on_device, images, tasks, plan.gamma)
         job.add_done_callback(lambda f: f.cancelled() or f.exception())  # read even if nobody waits any more
-        return Launched(plan, ids, groups, apps, job, start_ms + plan.predicted_ms)
+        device_ms = max(plan.predicted_ms - overhead_ms, 0.0)
+        return Launched(plan, ids, groups, apps, job, start_ms, self._now_ms(), start_ms + device_ms)
 
-    def _on_device(self, images: list[np.ndarray], tasks: list[str], gamma: int) -> tuple[float, RunResult]:
-        """On the device thread: the batch, and when the device took it up (engine clock, ms)."""
+    def _on_device(self, images: list[np.ndarray], tasks: list[str], gamma: int) -> tuple[float, float, RunResult]:
+        """On the device thread: the batch, and when the device took it up and was done (engine clock, ms)."""
         t0 = self._now_ms()
-        return t0, self.runner.run(images, tasks, gamma)
+        out = self.runner.run(images, tasks, gamma)
+        return t0, self._now_ms(), out
 
-    def finish(self, b: Launched) -> None:
+    def finish(self, b: Launched) -> float | None:
         """Answer a batch whose job is done, each of its requests exactly once whatever failed: the
-        runner, or the scheduler's feedback."""
+        runner, or the scheduler's feedback. Returns when the device was done with it (None: unknown,
+        the job failed)."""
+        done = None
         try:
-            t0, out = b.job.result()
+            t0, done, out = b.job.result()
             if len(out.probs) != len(b.ids):
                 raise RuntimeError(f"runner returned {len(out.probs)} results for a batch of {len(b.ids)}")
             t1 = self._now_ms()
@@ -117,6 +128,7 @@ class Batches:
             self._books.fail(b.ids, "batch_failed", detail)
         except asyncio.CancelledError:  # the device thread's job was cancelled (the executor shut down)
             self.abandon(b)
+        return done
 
     def abandon(self, b: Launched) -> None:
         """Answer a batch given up on (the engine stopping while it is on the device); one still

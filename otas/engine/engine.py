@@ -61,7 +61,7 @@ class Engine:
         clock=time.monotonic,
         decode_processes: bool = False,
         switch_interval_s: float = SWITCH_INTERVAL_S,
-        plan_ahead: bool = True,
+        plan_ahead: bool = False,
     ):
         """`deadline_margin`: the scheduler plans against deadlines this fraction of the SLO early,
         leaving time to send the answer (the optimizer packs batches right up to a deadline).
@@ -291,27 +291,37 @@ class Engine:
 
     async def _loop(self) -> None:
         inflight: deque[Launched] = deque()  # on the device thread, oldest first (at most two)
-        plan_ms = -math.inf  # the scheduler's clock: planned starts never go back
         try:
             while True:
                 now = self.now_ms()
-                self._batches.fail_expired(now)
                 if inflight and inflight[0].job.done():
-                    self._batches.finish(inflight.popleft())
+                    done = self._batches.finish(inflight.popleft())
+                    if inflight and done is not None:  # the next one started then, not when expected
+                        nxt = inflight[0]
+                        began = max(done, nxt.launched_ms)
+                        nxt.start_ms, nxt.end_ms = began, began + nxt.end_ms - nxt.start_ms
                     continue
+                plan = None
                 if self._may_plan(inflight):
-                    plan_ms = max(now, inflight[-1].end_ms if inflight else now, plan_ms)
-                    plan = self.scheduler.next_batch(plan_ms)
+                    # planned for now, or (ahead) for when the batch on the device is expected to end
+                    start = max(now, inflight[-1].end_ms) if inflight else now
+                    plan = self.scheduler.next_batch(start)
                     if plan is not None:
-                        inflight.append(self._batches.launch(plan, plan_ms))
+                        overhead = self.scheduler.overhead_ms  # the device does not wait for the loop
+                        inflight.append(self._batches.launch(plan, start, overhead))
                         observe(self.observer.queue_depth, self.scheduler.queued())
-                        continue
+                # expired by now, and any the planning dropped (no later pass may come: an idle loop sleeps)
+                self._batches.fail_expired(now)
+                if plan is not None:
+                    continue
                 if inflight:  # until it finishes, new work arrives (to plan ahead), or expiry is due
                     self._wake.clear()
                     woken = asyncio.ensure_future(self._wake.wait())
-                    await asyncio.wait({inflight[0].job, woken}, timeout=self._batches.poll_s,
-                                       return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
-                    woken.cancel()
+                    try:
+                        await asyncio.wait({inflight[0].job, woken}, timeout=self._batches.poll_s,
+                                           return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+                    finally:
+                        woken.cancel()
                     continue
                 # nothing to run: requests may have left the queue without a batch (expired, cancelled)
                 observe(self.observer.queue_depth, self.scheduler.queued())

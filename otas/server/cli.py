@@ -84,9 +84,12 @@ def serve_cmd(
         ),
     ] = 1.0,
     plan_ahead: Annotated[
-        bool,
-        typer.Option(help="Plan the next batch while one runs, when a full batch is queued (the device never waits)."),
-    ] = True,
+        bool | None,
+        typer.Option(
+            help="Plan the next batch while one runs, when a full batch is queued (the device never waits for "
+            "the event loop); default: on for a GPU, off on a CPU."
+        ),
+    ] = None,
     decode_workers: Annotated[
         int, typer.Option(help="Threads (or processes) decoding images (0 = the host's cores, 2 to 8).")
     ] = 0,

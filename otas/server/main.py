@@ -82,7 +82,7 @@ def make_engine(
     engine = Engine(
         sched, runner, observer=observer, decode_workers=e.decode_workers, decode_limits=e.decode_limits(),
         decode_queue=e.decode_queue, decode_processes=e.decode_processes, switch_interval_s=e.switch_interval_ms / 1e3,
-        plan_ahead=e.plan_ahead,
+        plan_ahead=plans_ahead(runner, e.plan_ahead),
     )  # fmt: skip
     info = {
         "policy": sched.policy.name,
@@ -91,9 +91,17 @@ def make_engine(
         "profile": profile.to_dict(),
         "device": str(getattr(runner, "device", "none")),
         "mode": getattr(runner, "mode", "none"),
-        "plan_ahead": e.plan_ahead,
+        "plan_ahead": engine.plan_ahead,
     }
     return engine, info
+
+
+def plans_ahead(runner, setting: bool | None) -> bool:
+    """`EngineConfig.plan_ahead` for this runner: as set, else on unless its device is a CPU."""
+    if setting is not None:
+        return setting
+    device = str(getattr(runner, "device", "cpu"))
+    return not (device.startswith("cpu") or "(cpu" in device)
 
 
 def check_host(host: str) -> None:

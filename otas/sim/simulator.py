@@ -138,7 +138,7 @@ def run(
     i, n = 0, len(reqs)
     busy: tuple[BatchPlan, float, float] | None = None  # plan, end time, actual latency
     ahead: BatchPlan | None = None  # planned while `busy` runs, to start when it ends
-    full, clock, ends = sched.config.max_batch, -math.inf, -math.inf  # the scheduler's clock never goes back
+    full, ends = sched.config.max_batch, -math.inf
     wake: float | None = None
     while True:
         t_arr = reqs[i].arrival_ms if i < n else math.inf
@@ -165,16 +165,16 @@ def run(
                 rec.end(reqs[i].id, Outcome.REJECTED, rej.reason.value)
             i += 1
         if busy is None:
-            plan, ahead = (ahead, None) if ahead is not None else (sched.next_batch(clock := max(clock, now)), None)
+            plan, ahead = (ahead, None) if ahead is not None else (sched.next_batch(now), None)
             if plan is not None:
                 actual = _latency(plan, by_model, noise, rng)
                 busy = (plan, now + actual, actual)
-                ends = max(clock, now) + plan.predicted_ms  # when the engine expects it to end
+                ends = now + plan.predicted_ms  # when the engine expects the device to be done with it
                 rec.r.batches.append((now, plan.size, plan.gamma, plan.model))
             else:
                 wake = sched.next_wakeup(now)
         if plan_ahead and busy is not None and ahead is None and sched.queued() >= full:
-            ahead = sched.next_batch(clock := max(clock, now, ends))
+            ahead = sched.next_batch(max(now, ends))  # planned for then, started when it ends
         for r, why in sched.expired(now):
             rec.end(r.id, Outcome.EXPIRED, why)
     missing = [k for k, o in enumerate(rec.r.outcome) if o is None]

@@ -121,3 +121,71 @@ def test_stop_answers_both_batches_on_the_device():
     assert all(isinstance(e, NotServed) and e.reason == "shutting_down" for e in errors)
     assert gate.ran == [[1, 2]]  # the batch queued behind it never started
     assert obs.ends == Counter({("error", "shutting_down"): 4})
+
+
+def test_after_a_backlog_planned_ahead_an_urgent_request_is_served_not_expired_early():
+    """Batches planned ahead are planned for when the one on the device is expected to end: that
+    expectation is re-anchored to when the device really finished the one before (and leaves out the
+    host's part of a batch's predicted time, which the device does not wait for), so the scheduler's
+    time does not run ahead of the clock over a long backlog with a busy event loop. Once the backlog
+    is gone, a request of a tight SLO arriving at an idle device is planned now and served."""
+    import time
+
+    import numpy as np
+
+    from otas.config import SchedulerConfig
+    from otas.engine.engine import Engine, RunResult
+    from otas.sched.scheduler import Scheduler
+    from otas.types import App
+    from tests.server.helpers import GAMMAS, SIZE, paced_profile
+
+    apps = [App("blur", 3000.0, 1.0, "blur"), App("novel", 100.0, 1.0, "novel")]
+    prof = paced_profile(base_ms=10.0, per_image_ms=2.0, max_batch=4)
+
+    class Paced:
+        image_size, max_batch, gammas = SIZE, 4, list(GAMMAS)
+        classes = {"blur": ["a", "b"], "novel": ["a", "b"]}
+
+        def run(self, images, tasks, gamma):
+            t0 = time.perf_counter()
+            time.sleep(prof.lat(gamma, len(images)) / 1e3)
+            return RunResult(np.full((len(images), 2), 0.5, np.float32), (time.perf_counter() - t0) * 1e3)
+
+    async def busy_loop(stop: asyncio.Event) -> None:  # HTTP work holding the event loop half the time
+        while not stop.is_set():
+            time.sleep(0.004)
+            await asyncio.sleep(0.004)
+
+    async def main():
+        sched = Scheduler(apps, prof, "fixed:0", SchedulerConfig(max_batch=4, max_queue=10_000))
+        eng = Engine(sched, Paced(), plan_ahead=True)
+        ahead: list[float] = []  # how far past the clock each batch was planned for
+        plan = sched.next_batch
+        sched.next_batch = lambda start: ahead.append(start - eng.now_ms()) or plan(start)
+        await eng.start()
+        stop = asyncio.Event()
+        hog = asyncio.create_task(busy_loop(stop))
+        backlog = await asyncio.gather(*(eng.submit("blur", img()) for _ in range(320)), return_exceptions=True)
+        stop.set()
+        await hog
+        urgent = await asyncio.gather(eng.submit("novel", img()), return_exceptions=True)
+        await eng.stop()
+        return backlog, urgent[0], ahead
+
+    backlog, urgent, ahead = asyncio.run(main())
+    assert not any(isinstance(r, Exception) for r in backlog)
+    assert not isinstance(urgent, Exception), urgent
+    assert urgent.deadline_met
+    one = prof.lat(0, 4)  # a full batch's time: planning ahead looks at most about that far
+    assert max(ahead) <= 1.5 * one, (max(ahead), one)
+
+
+def test_planning_ahead_is_on_for_a_device_apart_from_the_host_by_default():
+    from types import SimpleNamespace
+
+    from otas.server.main import plans_ahead
+
+    assert plans_ahead(SimpleNamespace(device="cuda:0"), None)
+    assert plans_ahead(SimpleNamespace(device="paced no-op (NVIDIA H100 80GB HBM3)"), None)
+    assert not plans_ahead(SimpleNamespace(device="cpu"), None) and not plans_ahead(SimpleNamespace(), None)
+    assert plans_ahead(SimpleNamespace(device="cpu"), True) and not plans_ahead(SimpleNamespace(device="cuda"), False)
