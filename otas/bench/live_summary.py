@@ -83,10 +83,11 @@ def row(work: Path, replay: Path) -> dict[str, Any]:
             t0, t1 = r["meta"]["started_unix"], r["meta"]["started_unix"] + r["meta"]["wall_s"]
         # the device's own time; a server from before that metric: the measured turn (which, with
         # batches planned ahead, overlaps the next batch's and can sum past the wall time)
+        text = after.read_text()
         name = "otas_batch_device_seconds_sum"
-        if name not in after.read_text():
+        if name not in text:
             name = "otas_batch_measured_seconds_sum"
-        busy = metric_sum(after.read_text(), name) - metric_sum(before.read_text(), name)
+        busy = metric_sum(text, name) - metric_sum(before.read_text(), name)
         out["busy_share_server"] = busy / (t1 - t0)
         out["gpu_util_smi"] = gpu_util(work / "gpu_util.csv", t0, t1)
     return out

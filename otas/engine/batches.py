@@ -56,9 +56,13 @@ class Launched:
     """When it is expected to start."""
     launched_ms: float
     """When it was handed to the device thread."""
-    end_ms: float
-    """When the device is expected to finish it: its planned start plus the predicted time, less the
-    host's part."""
+    device_ms: float
+    """Its predicted time less the host's part: what the device spends on it."""
+
+    @property
+    def end_ms(self) -> float:
+        """When the device is expected to be done with it."""
+        return self.start_ms + self.device_ms
 
 
 class Batches:
@@ -100,7 +104,7 @@ class Batches:
         job = asyncio.get_running_loop().run_in_executor(self._device, self._on_device, images, tasks, plan.gamma)
         job.add_done_callback(lambda f: f.cancelled() or f.exception())  # read even if nobody waits any more
         device_ms = max(plan.predicted_ms - overhead_ms, 0.0)
-        return Launched(plan, ids, groups, apps, job, start_ms, self._now_ms(), start_ms + device_ms)
+        return Launched(plan, ids, groups, apps, job, start_ms, self._now_ms(), device_ms)
 
     def _on_device(self, images: list[np.ndarray], tasks: list[str], gamma: int) -> tuple[float, float, RunResult]:
         """On the device thread: the batch, and when the device took it up and was done (engine clock, ms)."""

@@ -297,9 +297,7 @@ class Engine:
                 if inflight and inflight[0].job.done():
                     done = self._batches.finish(inflight.popleft())
                     if inflight and done is not None:  # the next one started then, not when expected
-                        nxt = inflight[0]
-                        began = max(done, nxt.launched_ms)
-                        nxt.start_ms, nxt.end_ms = began, began + nxt.end_ms - nxt.start_ms
+                        inflight[0].start_ms = max(done, inflight[0].launched_ms)
                     continue
                 plan = None
                 if self._may_plan(inflight):

@@ -48,9 +48,6 @@ class Group:
     def ids(self) -> range:
         return range(self.first, self.first + len(self.results))
 
-    def image(self, rid: int) -> np.ndarray:
-        return self.images[rid - self.first]
-
 
 class Ledger:
     """Accepted images not yet ended (queued or on the device): image id -> its request.
