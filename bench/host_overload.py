@@ -35,7 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from otas.bench.replay import open_loop  # noqa: E402
+from otas.bench.openloop import open_loop  # noqa: E402
 from otas.provenance import run_meta  # noqa: E402
 
 MODEL = "noop"

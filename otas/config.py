@@ -219,6 +219,9 @@ class HttpConfig:
     requests are still accepted (a load balancer stops sending); then the listener closes."""
     json_workers: int = 1
     """Processes parsing large JSON bodies off the event loop (json holds the GIL); 0 = on the loop."""
+    workers: int = 0
+    """HTTP front-end processes (`otas.server.workers`): they parse, decode and answer requests and hand
+    them to the one engine process; 0 = HTTP on the engine process's own event loop."""
     front_budget: float = 0.5
     """Share of the tightest application's SLO an inference request may wait in the host's front end
     (HTTP, JSON, decoding) before the scheduler: requests beyond what the host, at its measured rate,
@@ -251,6 +254,8 @@ class HttpConfig:
             raise ValueError(
                 f"json_workers={self.json_workers!r}: use 0 (parse on the event loop) or a count up to {MAX_WORKERS}"
             )
+        if not isinstance(self.workers, int) or not 0 <= self.workers <= 64:
+            raise ValueError(f"workers={self.workers!r}: use 0 (HTTP on the engine's process) or 1..64 processes")
         if not 0 <= self.front_budget <= 1:
             raise ValueError(f"front_budget={self.front_budget!r}: use a share of the tightest SLO in [0, 1], e.g. 0.5")
 

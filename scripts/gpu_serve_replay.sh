@@ -14,6 +14,8 @@
 #                                         FORMAT: the replay's request format (otas: base64 PNGs; otas-uint8:
 #                                         raw pixels in binary, nothing to decode), OVERHEAD=0: skip the no-op
 #                                         overhead run, REPEAT: play the scaled trace this many times,
+#                                         SENDERS: the replay's sending processes (default 1; several when one
+#                                         process's send lag grows at thousands of requests a second),
 #                                         TWIN_ARCH: serve a latency twin of this architecture instead, e.g.
 #                                         vit_base_p2, profiled first: a model the GPU limits, not the host,
 #                                         SPY: a py-spy binary to sample the server with during the replay at SPY_LOAD)
@@ -86,7 +88,7 @@ for POLICY in $POLICIES; do
     date +%s.%N > "$W/t_${TAG}_x${LOAD}.txt"
     $OTAS bench replay --url http://127.0.0.1:8000 --trace "$TRACE" --load "$LOAD" --limit "$N" --out "$W" \
       --coalesce-ms "${COALESCE_MS:-0}" --format "${FORMAT:-otas}" --repeat "${REPEAT:-1}" \
-      --tag "$TAG" > "$W/replay_${TAG}_x${LOAD}.txt" 2>&1 &
+      --senders "${SENDERS:-1}" --tag "$TAG" > "$W/replay_${TAG}_x${LOAD}.txt" 2>&1 &
     REP=$!
     if [ -n "${SPY:-}" ] && [ "$LOAD" = "${SPY_LOAD:-1}" ]; then  # py-spy over the server's threads, 2 s of this replay
       for _ in $(seq 300); do grep -q "replaying against" "$W/replay_${TAG}_x${LOAD}.txt" && break; sleep 0.2; done

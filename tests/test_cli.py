@@ -89,6 +89,8 @@ def test_predict_file_size_limit(tmp_path):
         (["bench", "replay", "--load", "nan"], "--load"),
         (["bench", "replay", "--load", "inf"], "--load"),
         (["bench", "replay", "--duration-s", "nan"], "--duration-s"),
+        (["bench", "replay", "--senders", "0"], "--senders 0: use 1..64"),
+        (["bench", "replay", "--senders", "65"], "--senders 65: use 1..64"),
         (["bench", "overhead", "--concurrency", "0"], "--concurrency"),
         (["bench", "overhead", "--clients", "0"], "--clients"),
         (["bench", "overhead", "--duration-s", "-1"], "--duration-s"),

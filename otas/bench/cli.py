@@ -63,17 +63,27 @@ def bench_replay_cmd(
             "second at a GPU's rate); --limit and --duration-s then cut the result."
         ),
     ] = 1,
+    senders: Annotated[
+        int,
+        typer.Option(
+            help="Sending processes (1..64): request k goes from process k % K, all on one schedule; one Python "
+            "process falls behind at thousands of large requests a second (its send lag shows it)."
+        ),
+    ] = 1,
 ) -> None:
     """Replay a trace open-loop against a server (otas, or a peer in bench/peers/) with labelled
     CIFAR-10 test images; report utility, SLO attainment, goodput, accuracy and latency per app, beside
     the simulator's prediction against otas."""
+    from otas.bench.openloop import check_senders
     from otas.bench.replay import check_window
     from otas.bench.replay import main as replay_main
 
     try:
         check_window(load, limit, duration_s)  # before the server is asked anything (replay_main checks the rest first)
+        check_senders(senders)
         replay_main(url, trace, apps, load, limit, seed, out, tag, data, console, format, model or "vit_tiny_p2_c5"
-                    if format == "triton" else model, profile, max_batch, duration_s, coalesce_ms, repeat)  # fmt: skip
+                    if format == "triton" else model, profile, max_batch, duration_s, coalesce_ms, repeat,
+                    senders)  # fmt: skip
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
 

@@ -21,13 +21,12 @@ all read from the server's /v1/config) is written beside the live figures; anoth
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from otas.bench.formats import Format, input_size, make_format
+from otas.bench.openloop import Groups, check_senders, send_open_loop
 from otas.bench.scoring import summarize
 from otas.config import SchedulerConfig, default_apps_path, load_apps
 from otas.profile.table import Profile
@@ -92,15 +92,6 @@ def image_pools(apps: Sequence[App], needed: dict[str, int], data: Path | None, 
     return pools
 
 
-@dataclass
-class Groups:
-    """The requests of a coalesced replay: request k is sent at `send_ms[k]` and carries the trace's
-    arrivals `members[k]` (one application's, in order)."""
-
-    send_ms: list[float]
-    members: list[list[int]]
-
-
 MAX_REPEAT = 1000
 """Copies of the trace one replay plays at most."""
 
@@ -130,73 +121,6 @@ def coalesce(trace: Trace, window_ms: float, most: int = MAX_COALESCED) -> Group
     out += [(t0 + window_ms, m) for t0, m in opened.values()]
     out.sort(key=lambda x: (x[0], x[1][0]))
     return Groups([t for t, _ in out], [m for _, m in out])
-
-
-async def open_loop(
-    endpoint: str,
-    bodies: list[bytes],
-    arrival_ms: Sequence[float],
-    timeout_s: float,
-    parse: Callable[..., Any],
-    groups: Groups | None = None,
-    headers: Callable[[bytes], dict[str, str]] | None = None,
-    limit: int = 4000,
-) -> list[dict[str, Any]]:
-    """POST `bodies[i]` to `endpoint` at `arrival_ms[i]` after the start, open loop (a late answer
-    delays no later send). One record per request: `lag_ms` (how late it was sent), `latency_ms`
-    (from its scheduled time), `status` (-1: no answer, -2: an answer `parse` cannot read) and
-    `parse(status, body)`'s fields. `limit`: connections open at once.
-
-    With `groups`, `bodies[k]` is sent at `groups.send_ms[k]` and carries the arrivals
-    `groups.members[k]`; there is still one record per arrival, its lag and latency from its own
-    arrival, and `parse(status, body, n)` gives a list of the n images' fields. `headers(body)`: the
-    HTTP headers of a body (default: JSON), worked out for every body before the first is sent."""
-    import aiohttp
-
-    recs: list[dict[str, Any]] = [{} for _ in range(len(arrival_ms))]
-    json_headers = {"content-type": "application/json"}
-    heads = [headers(b) for b in bodies] if headers else [json_headers] * len(bodies)
-    if groups is None:
-        send_ms, members = list(arrival_ms), [[i] for i in range(len(arrival_ms))]
-        one = parse
-        parse = lambda status, raw, n: [one(status, raw)]  # noqa: E731
-    else:
-        send_ms, members = groups.send_ms, groups.members
-
-    # aiohttp rather than httpx: httpx's connection pool slows down badly with hundreds in flight
-    conn = aiohttp.TCPConnector(limit=limit)
-    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=timeout_s)) as client:
-
-        async def send(k: int, t0: float) -> None:
-            mine = members[k]
-            now = time.perf_counter()
-            for i in mine:
-                recs[i]["lag_ms"] = (now - t0 - arrival_ms[i] / 1e3) * 1e3
-            try:
-                async with client.post(endpoint, data=bodies[k], headers=heads[k]) as r:
-                    raw = await r.read()
-                done = time.perf_counter()
-                fields = parse(r.status, raw, len(mine))
-                if len(fields) != len(mine):
-                    raise ValueError(f"{len(fields)} answers for {len(mine)} images")
-                for i, f in zip(mine, fields, strict=True):
-                    recs[i].update(latency_ms=(done - t0 - arrival_ms[i] / 1e3) * 1e3, status=r.status, **f)
-            except (aiohttp.ClientError, TimeoutError) as e:  # no answer: lost
-                for i in mine:
-                    recs[i].update(status=-1, reason=f"{type(e).__name__}: {e}")
-            except (ValueError, KeyError, IndexError, TypeError) as e:  # an answer we cannot read: an error
-                for i in mine:
-                    recs[i].update(status=-2, reason=f"unreadable answer ({type(e).__name__}: {e})")
-
-        t0 = time.perf_counter() + 0.05
-        pending = []
-        for k, t in enumerate(send_ms):
-            delay = t0 + t / 1000.0 - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            pending.append(asyncio.create_task(send(k, t0)))
-        await asyncio.gather(*pending)
-    return recs
 
 
 def simulate(
@@ -287,14 +211,18 @@ def needed_images(trace: Trace, apps: Sequence[App]) -> dict[str, int]:
     return needed
 
 
-def run_live(url: str, fmt: Format, work: Workload, apps: Sequence[App], profile: Profile) -> tuple[dict, list, float]:
-    """Replay a workload against a server: (per-application summary, per-request records, wall s)."""
+def run_live(
+    url: str, fmt: Format, work: Workload, apps: Sequence[App], profile: Profile, senders: int = 1
+) -> tuple[dict, list, float]:
+    """Replay a workload against a server from `senders` processes: (per-application summary,
+    per-request records, wall s)."""
     t0 = time.perf_counter()
     timeout_s = 30 + 10 * max(a.slo_ms for a in apps) / 1e3
     endpoint = f"{url.rstrip('/')}{fmt.path}"
     parse = fmt.parse if work.groups is None else fmt.parse_many
-    sends = open_loop(endpoint, work.bodies, work.trace.arrival_ms, timeout_s, parse, work.groups, fmt.headers)
-    recs = asyncio.run(sends)
+    recs = send_open_loop(
+        endpoint, work.bodies, work.trace.arrival_ms, timeout_s, parse, work.groups, fmt.headers, senders=senders
+    )
     wall = time.perf_counter() - t0
     return summarize(recs, work.trace, apps, work.labels, profile), recs, wall
 
@@ -317,10 +245,12 @@ def main(
     duration_s: float = 0.0,
     coalesce_ms: float = 0.0,
     repeat: int = 1,
+    senders: int = 1,
 ) -> dict[str, Any]:
     url = url.rstrip("/")
     if not 0 <= coalesce_ms < math.inf:
         raise ValueError(f"--coalesce-ms {coalesce_ms}: use a finite window >= 0 (0: one request per arrival)")
+    check_senders(senders)
     size = 32
     if fmt_name in ("otas", "otas-uint8"):
         info = server_info(url)
@@ -352,14 +282,14 @@ def main(
     work = Workload(trace, *encode(trace, apps, pools, fmt, groups), load, cap, groups)
     console.print(f"replaying against {url} ({fmt.name} format, {policy})")
     started = time.time()  # unix time: matched against the server's and the device's own samples
-    live, recs, wall = run_live(url, fmt, work, apps, profile)
+    live, recs, wall = run_live(url, fmt, work, apps, profile, senders)
     sim = simulate(trace, apps, profile, policy, cfg, seed, plan_ahead) if cfg is not None else None
     result = {
         "meta": {"url": url, "format": fmt.name, "trace": trace.name, "load": load, "capacity_per_s": cap,
                  "requests": n, "seed": seed, "policy": policy, "model": model, "device": device, "wall_s": wall,
                  "started_unix": started,
                  "duration_s": trace.duration_ms / 1e3, "max_batch": max_batch, "coalesce_ms": coalesce_ms,
-                 "repeat": repeat, "http_requests": len(groups.members) if groups else n,
+                 "repeat": repeat, "senders": senders, "http_requests": len(groups.members) if groups else n,
                  "scheduler": cfg.__dict__ if cfg is not None else None, **run_meta()},
         "apps": [a.__dict__ for a in apps],
         "live": live,

@@ -75,13 +75,16 @@ class ServeConfig:
             raise ValueError(f"grpc_port={self.grpc_port}: use 0..65535, or None for no gRPC")
 
 
-def create_app(engine: ServingEngine, config: ServeConfig, metrics: Metrics | None = None) -> Starlette:
+def create_app(
+    engine: ServingEngine, config: ServeConfig, metrics: Metrics | None = None, routes: list[Route] | None = None
+) -> Starlette:
     """The ASGI app around a (not yet started) engine; the app's lifespan starts and stops it.
-    `metrics`, if given, becomes the engine's observer and is served at /metrics."""
+    `metrics`, if given, becomes the engine's observer and is served at /metrics. `routes`: other
+    endpoints than the whole API (an HTTP front-end process's, `workers.py`)."""
     if metrics is not None:
         engine.observer = metrics
     errors = {HTTPException: handlers.http_error, Exception: handlers.internal_error}
-    app = Starlette(routes=_routes(), lifespan=_lifespan, exception_handlers=errors)
+    app = Starlette(routes=_routes() if routes is None else routes, lifespan=_lifespan, exception_handlers=errors)
     app.state.engine, app.state.config, app.state.metrics = engine, config, metrics
     app.state.grpc_port = None
     app.state.guard = Guard(config.http, config.max_body_bytes)

@@ -67,6 +67,13 @@ def serve_cmd(
     json_workers: Annotated[
         int, typer.Option(help="Processes parsing JSON bodies over 64 KiB off the event loop (0 = on the loop).")
     ] = 1,
+    http_workers: Annotated[
+        int,
+        typer.Option(
+            help="HTTP front-end processes feeding the one engine process (0 = HTTP on the engine's event loop; "
+            "for a GPU that serves faster than one Python process parses requests)."
+        ),
+    ] = 0,
     front_budget: Annotated[
         float,
         typer.Option(
@@ -194,6 +201,7 @@ def serve_cmd(
                 max_header_kb=max_header_kb,
                 drain_s=drain_s,
                 json_workers=json_workers,
+                workers=http_workers,
                 front_budget=front_budget,
             ),
             ray=RayConfig(replicas, address),
@@ -201,6 +209,8 @@ def serve_cmd(
         if backend == "ray":
             from otas.scale.launch import serve_ray
 
+            if http_workers:
+                raise ValueError("--http-workers is for the local backend; the ray backend has its own HTTP front end")
             serve_ray(cfg)
         else:
             from otas.server.main import serve

@@ -230,7 +230,27 @@ def serve(cfg: ServingConfig) -> None:
             extra={"event": "serve", "url": f"http://{host}:{bound_port}",
                    "grpc": f"{host}:{grpc_port}" if grpc_port else None, "model": profile.model, "policy": cfg.policy,
                    "device": cfg.engine.device, "mode": getattr(runner, "mode", "none"), "max_queue": config.max_queue,
-                   "apps": [a.name for a in apps]},
+                   "apps": [a.name for a in apps], "http_workers": cfg.http.workers},
         )  # fmt: skip
 
+    if cfg.http.workers:
+        serve_workers(cfg, app, runner, grace_s, started)
+        return
     make_server(app, host, port, timeout_graceful_shutdown=grace_s, on_started=started).run()
+
+
+def serve_workers(cfg: ServingConfig, app, runner, grace_s: float, started) -> None:
+    """`serve` with HTTP in `cfg.http.workers` front-end processes (`otas.server.workers`)."""
+    import asyncio
+
+    from otas.server.workers import WorkerSpec, listen, run_engine_process
+
+    sock = listen(cfg.http.host, cfg.http.port)
+    front = replace(
+        app.state.config, info=None, grpc_port=None, start_parser=False, admin_token="", apps_file=None,
+        http=replace(cfg.http, json_workers=0),
+    )  # fmt: skip
+    spec = WorkerSpec("", front, replace(cfg.engine, decode_processes=False), cfg.http.log_level, drain_s=grace_s)
+    pre = getattr(runner, "preprocess", None)
+    stop_s = cfg.http.drain_s + grace_s + 10.0
+    asyncio.run(run_engine_process(app, cfg.http.workers, sock, spec, pre.to_dict() if pre else None, stop_s, started))

@@ -47,12 +47,13 @@ def test_coalescing_puts_each_arrival_in_one_request_of_its_application_within_t
 
 
 def test_replay_coalesced_scores_every_arrival_from_its_own_arrival(paced, cifar_archive, tmp_path):
+    """From two sender processes (tests/bench/test_openloop.py checks their split in detail)."""
     with serving(paced, paced_profile()) as (srv, _):
         res = replay(srv.url, "poisson", None, 1.0, 120, 0, tmp_path, "t", cifar_archive, Console(width=200),
-                     coalesce_ms=30.0)  # fmt: skip
+                     coalesce_ms=30.0, senders=2)  # fmt: skip
     live, meta = res["live"]["all"], res["meta"]
     assert live["sent"] == 120 == live["answered"] + live["rejected"] + live["errors"] and live["errors"] == 0
-    assert meta["coalesce_ms"] == 30.0 and meta["http_requests"] < 120
+    assert meta["coalesce_ms"] == 30.0 and meta["http_requests"] < 120 and meta["senders"] == 2
     assert live["send_lag_ms"]["max"] > 5  # an arrival waits for its request's window: that counts against it
     assert live["slo_attainment"] > 0.8
 

@@ -1,0 +1,202 @@
+"""The engine process's end of `otas serve --http-workers`: a Unix socket that the HTTP front-end
+processes (`workers.py`) connect to, one connection each (frames: `wire.py`).
+
+A SUBMIT frame's pixels go to `Engine.submit_many` as views of the frame's buffer; its one answer
+goes back as SERVED or REFUSED. A CANCEL (the client went away) cancels the request, as a
+disconnect does in one process. A CALL (any endpoint but inference) runs through the engine
+process's own ASGI app, in process, and its answer goes back as REPLY; after one that changed the
+applications, every front end gets the new ones (APPS). When a front end's connection drops, its
+requests are cancelled: nobody is left to answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import asdict
+from typing import Any
+
+from otas.engine.serving import NotServed, ServingEngine
+from otas.server.wire import Frame, FrameReader, Kind, WireError, pack, pack_served, unpack_submit
+
+log = logging.getLogger("otas.server")
+META_MARGIN = 1 << 20
+
+
+def hello(engine: ServingEngine, preprocess: dict | None) -> dict[str, Any]:
+    """What a front end needs of the engine: sizes, classes, applications, and the engine's clock
+    (its `now_ms` at a `time.monotonic()` instant: both processes read the same monotonic clock)."""
+    return {
+        "image_size": engine.image_size,
+        "classes": engine.classes,
+        "preprocess": preprocess,
+        "apps": apps_of(engine),
+        "clock_ms": engine.now_ms(),
+        "monotonic_s": time.monotonic(),
+    }
+
+
+def apps_of(engine: ServingEngine) -> list[dict[str, Any]]:
+    return [asdict(a) for a in engine.apps.values()]
+
+
+class Intake:
+    """The front ends' connections to one engine (see the module docstring)."""
+
+    def __init__(self, engine: ServingEngine, app, max_body_bytes: int, preprocess: dict | None = None):
+        self.engine, self.app, self.preprocess = engine, app, preprocess
+        self.max_frame = max_body_bytes + META_MARGIN
+        self.conns: set[_Conn] = set()
+        self._server: asyncio.AbstractServer | None = None
+        self._apps = apps_of(engine)
+
+    async def start(self, path: str) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_unix_server(lambda: _Conn(self), path)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for c in list(self.conns):
+            c.transport.close()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    def apps_changed(self) -> None:
+        """Send the applications to every front end if they changed."""
+        now = apps_of(self.engine)
+        if now != self._apps:
+            self._apps = now
+            head = pack(Kind.APPS, 0, {"apps": now})
+            for c in self.conns:
+                c.transport.write(head)
+
+
+class _Conn(asyncio.BufferedProtocol):
+    def __init__(self, intake: Intake):
+        self.intake = intake
+        self.reader = FrameReader(intake.max_frame)
+        self.pending: dict[int, asyncio.Future] = {}
+        self.transport: asyncio.Transport
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.intake.conns.add(self)
+        transport.write(pack(Kind.HELLO, 0, hello(self.intake.engine, self.intake.preprocess)))
+
+    def connection_lost(self, exc) -> None:
+        self.intake.conns.discard(self)
+        for f in list(self.pending.values()):
+            f.cancel()  # its front end is gone: the engine counts it as a client gone
+        self.pending.clear()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.reader.buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        try:
+            frame = self.reader.advance(nbytes)
+        except WireError as e:
+            log.error("bad frame from a front end", extra={"event": "wire_error", "error": str(e)[:300]})
+            self.transport.close()
+            return
+        if frame is not None:
+            self.on_frame(frame)
+
+    def on_frame(self, f: Frame) -> None:
+        if f.kind == Kind.SUBMIT:
+            self.submit(f)
+        elif f.kind == Kind.CANCEL:
+            if (fut := self.pending.pop(f.id, None)) is not None:
+                fut.cancel()
+        elif f.kind == Kind.CALL:
+            task = asyncio.ensure_future(self.call(f))
+            self.pending[f.id] = task
+        else:
+            log.error("unexpected frame from a front end", extra={"event": "wire_error", "kind": int(f.kind)})
+            self.transport.close()
+
+    def submit(self, f: Frame) -> None:
+        engine = self.intake.engine
+        try:
+            app, arrival, pixels = unpack_submit(f, engine.image_size)
+            fut = engine.submit_many(app, list(pixels), arrival)
+        except NotServed as e:
+            self.refuse(f.id, e)
+            return
+        except WireError as e:
+            self.refuse(f.id, NotServed("rejected", "bad_request", str(e)))
+            return
+        self.pending[f.id] = fut
+        fut.add_done_callback(lambda done, rid=f.id: self.answer(rid, done))
+
+    def answer(self, rid: int, fut: asyncio.Future) -> None:
+        if self.pending.pop(rid, None) is None or fut.cancelled():
+            return  # cancelled by its front end, or the connection is gone
+        e = fut.exception()
+        if e is None:
+            self.transport.writelines(pack_served(rid, fut.result()))
+        elif isinstance(e, NotServed):
+            self.refuse(rid, e)
+        else:
+            log.error("request failed", exc_info=e, extra={"event": "internal_error"})
+            self.refuse(rid, NotServed("error", "internal", f"the engine failed on this request ({type(e).__name__})"))
+
+    def refuse(self, rid: int, e: NotServed) -> None:
+        if not self.transport.is_closing():
+            meta = {"outcome": e.outcome, "reason": e.reason, "detail": e.detail}
+            self.transport.write(pack(Kind.REFUSED, rid, meta))
+
+    async def call(self, f: Frame) -> None:
+        """Run a proxied HTTP request through the engine's app and send its answer."""
+        m = f.meta
+        try:
+            status, headers, body = await run_asgi(self.intake.app, m, bytes(f.payload))
+        except asyncio.CancelledError:
+            return
+        except Exception as e:  # noqa: BLE001 - answered, not raised into the event loop
+            log.exception("proxied call failed", extra={"event": "internal_error", "path": m.get("path")})
+            status, headers, body = 500, [], f'{{"error": "internal: {type(e).__name__}"}}'.encode()
+        finally:
+            self.pending.pop(f.id, None)
+        if not self.transport.is_closing():
+            self.transport.writelines([pack(Kind.REPLY, f.id, {"status": status, "headers": headers}, len(body)), body])
+        if m.get("method") not in ("GET", "HEAD"):
+            self.intake.apps_changed()
+
+
+async def run_asgi(app, m: dict[str, Any], body: bytes) -> tuple[int, list[list[str]], bytes]:
+    """(status, headers, body) of `app`'s answer to one HTTP request given as CALL meta: method,
+    path, query (str), headers ([[name, value], ...], latin-1) and client ([host, port])."""
+    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in m.get("headers", [])]
+    path = str(m.get("path", "/"))
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": str(m.get("method", "GET")),
+        "scheme": "http", "path": path, "raw_path": path.encode("utf-8", "surrogateescape"), "root_path": "",
+        "query_string": str(m.get("query", "")).encode("latin-1"), "headers": headers,
+        "client": tuple(m["client"]) if m.get("client") else None, "server": None, "state": {},
+    }  # fmt: skip
+    sent = False
+    gone = asyncio.Event()
+
+    async def receive():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await gone.wait()  # the front end holds the client: a proxied call never sees it leave
+        return {"type": "http.disconnect"}
+
+    status, out_headers, chunks = 500, [], []
+
+    async def send(message):
+        nonlocal status, out_headers
+        if message["type"] == "http.response.start":
+            status = message["status"]
+            out_headers = [[k.decode("latin-1"), v.decode("latin-1")] for k, v in message.get("headers", [])]
+        elif message["type"] == "http.response.body":
+            chunks.append(bytes(message.get("body", b"")))
+
+    await app(scope, receive, send)
+    return status, out_headers, b"".join(chunks)

@@ -1,0 +1,236 @@
+"""`otas serve --http-workers K`: HTTP in K front-end processes, one engine process.
+
+One event loop cannot both parse HTTP at the rate a GPU serves and run the engine: on an H100 the
+host, not the device, was the ceiling. With K > 0 the serving process binds the port and starts K
+front-end processes that accept on it. Each runs the same HTTP stack as one process would
+(`connections.py`, `guard.py`, `admission.py`, the inference handlers), around a `RemoteEngine`
+(`remote.py`) that sends parsed, decoded requests to this process's one engine over a Unix socket
+(`intake.py`). Every other endpoint (metrics, config, applications, model metadata) is passed
+through whole to this process's own app, so there is one scheduler, one set of metrics, one
+admin API. gRPC stays in this process.
+
+    clients ─> port ─┬─ front end 1 ─┐  frames (pixels, answers)
+                     ├─ front end 2 ─┼──────────────> intake ─> Engine (scheduler, device)
+                     └─ front end K ─┘    Unix socket
+
+The front ends' limits (connections, bytes in flight, the front door) hold per process. A front
+end that dies is replaced; its requests in flight are cancelled (their clients lose the
+connection). At SIGINT or SIGTERM the front ends drain and finish what they hold first, then the
+engine drains its queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from otas.config import EngineConfig
+from otas.server import handlers, http_infer
+from otas.server.app import ServeConfig, create_app
+from otas.server.guard import body_of, until_disconnect
+from otas.server.handlers import engine_of, guarded
+from otas.server.intake import Intake
+
+log = logging.getLogger("otas.server")
+METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
+MAX_WORKERS = 64
+
+
+@dataclass
+class WorkerSpec:
+    """What a front-end process is started with (pickled to it)."""
+
+    intake: str
+    """The engine process's Unix socket."""
+    serve: ServeConfig
+    """The HTTP layer's config (no gRPC, no JSON parser process: the front end is one)."""
+    decode: EngineConfig
+    """Decoding options (threads: the front end is its own process)."""
+    log_level: str = "info"
+    drain_s: float = 30.0
+    """At shutdown, answers in flight are awaited this long."""
+
+
+# -- a front-end process ----------------------------------------------------------------------------
+def worker_routes() -> list[Route]:
+    """Health and inference here; everything else passed through to the engine process's app."""
+    model = ["/v2/models/{model}", "/v2/models/{model}/versions/{version}"]
+    return [
+        Route("/v2/health/live", handlers.live),
+        Route("/v2/health/ready", handlers.ready),
+        *(Route(f"{m}/infer", http_infer.infer, methods=["POST"]) for m in model),
+        Route("/v1/apps/{app}/classify", http_infer.classify, methods=["POST"]),
+        Route("/{path:path}", proxy, methods=METHODS),
+    ]
+
+
+@guarded
+async def proxy(request: Request) -> Response:
+    """Any other request, answered by the engine process's app as if it had come there."""
+    scope = request.scope
+    meta = {
+        "method": request.method,
+        "path": scope["path"],
+        "query": scope.get("query_string", b"").decode("latin-1"),
+        "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]],
+        "client": list(scope["client"]) if scope.get("client") else None,
+    }
+    body = bytes(await body_of(request))
+    status, headers, content = await until_disconnect(request.receive, engine_of(request).call(meta, body))
+    response = Response(content, status_code=status)
+    response.raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+    return response
+
+
+def worker_main(spec: WorkerSpec, sock: socket.socket) -> None:
+    """A front-end process: uvicorn on the shared listening socket until SIGTERM (or the engine
+    process goes away)."""
+    os.setpgid(0, 0)  # Ctrl-C reaches the engine process only; it stops the front ends in order
+    from otas.server import memory
+    from otas.server.connections import make_server
+    from otas.server.logs import setup_logging
+    from otas.server.remote import RemoteEngine
+
+    setup_logging(spec.log_level)
+    memory.tune()
+    engine = RemoteEngine(spec.intake, spec.decode, spec.drain_s)
+    app = create_app(engine, spec.serve, None, worker_routes())
+    host, port = sock.getsockname()[:2]
+    server = make_server(app, host, port, timeout_graceful_shutdown=spec.drain_s)
+    engine.on_lost = lambda: setattr(server, "should_exit", True)
+    server.run(sockets=[sock])
+
+
+# -- the engine process's side ----------------------------------------------------------------------
+def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
+    """The listening socket every front end accepts on (bound here: `--port 0` picks one port for all)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise ValueError(f"--port {port} on {host}: cannot listen there ({e.strerror or e})") from None
+    sock.listen(backlog)
+    sock.set_inheritable(True)
+    return sock
+
+
+class Workers:
+    """K front-end processes on one listening socket, replaced if one dies."""
+
+    def __init__(self, k: int, spec: WorkerSpec, sock: socket.socket):
+        if not 1 <= k <= MAX_WORKERS:
+            raise ValueError(f"http workers={k}: use 1..{MAX_WORKERS} (0 = HTTP in the engine's process)")
+        self.k, self.spec, self.sock = k, spec, sock
+        self.ctx = multiprocessing.get_context("spawn")  # the engine process holds threads: no fork
+        self.procs: list[multiprocessing.process.BaseProcess] = []
+        self.stopping = False
+        self.restarts = 0
+
+    def _spawn(self, i: int):
+        p = self.ctx.Process(target=worker_main, args=(self.spec, self.sock), name=f"otas-http-{i}", daemon=True)
+        p.start()
+        return p
+
+    def start(self) -> None:
+        self.procs = [self._spawn(i) for i in range(self.k)]
+
+    async def supervise(self, period_s: float = 0.5) -> None:
+        """Replace a front end that died (not one that was stopped)."""
+        while not self.stopping:
+            await asyncio.sleep(period_s)
+            for i, p in enumerate(self.procs):
+                if not self.stopping and not p.is_alive():
+                    log.warning("http worker died; starting another",
+                                extra={"event": "worker_died", "worker": i, "exitcode": p.exitcode})  # fmt: skip
+                    self.restarts += 1
+                    self.procs[i] = await asyncio.to_thread(self._spawn, i)
+
+    def stop(self, timeout_s: float) -> None:
+        """SIGTERM each front end (it drains and answers what it holds), then wait; kill what is left."""
+        self.stopping = True
+        for p in self.procs:
+            if p.is_alive() and p.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signal.SIGTERM)
+        end = time.monotonic() + timeout_s
+        for p in self.procs:
+            p.join(max(end - time.monotonic(), 0.1))
+            if p.is_alive():
+                log.warning("http worker did not stop; killing it", extra={"event": "worker_killed", "pid": p.pid})
+                p.kill()
+                p.join(5)
+
+
+async def wait_connected(intake: Intake, workers: Workers, k: int, timeout_s: float = 180.0) -> None:
+    end = time.monotonic() + timeout_s
+    while len(intake.conns) < k:
+        dead = [p for p in workers.procs if p.exitcode is not None]
+        if dead:
+            raise RuntimeError(f"an HTTP worker exited while starting (exit code {dead[0].exitcode}); see the log")
+        if time.monotonic() > end:
+            raise RuntimeError(f"{len(intake.conns)} of {k} HTTP workers connected within {timeout_s:g} s")
+        await asyncio.sleep(0.02)
+
+
+async def run_engine_process(
+    app,
+    k: int,
+    sock: socket.socket,
+    spec: WorkerSpec,
+    preprocess: dict | None,
+    stop_timeout_s: float,
+    on_started: Callable[[int], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """The engine (through `app`'s lifespan: engine, gRPC), the intake, and K front ends on `sock`,
+    until SIGINT/SIGTERM (or `stop` is set); then the front ends drain, then the engine."""
+    loop = asyncio.get_running_loop()
+    stop = stop or asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+    folder = tempfile.mkdtemp(prefix="otas-intake-")
+    path = str(Path(folder) / "engine.sock")
+    spec.intake = path
+    engine = app.state.engine
+    try:
+        async with app.router.lifespan_context(app):
+            intake = Intake(engine, app, spec.serve.max_body_bytes, preprocess)
+            await intake.start(path)
+            workers = Workers(k, spec, sock)
+            await asyncio.to_thread(workers.start)
+            supervisor = None
+            try:
+                await wait_connected(intake, workers, k)
+                if on_started is not None:
+                    on_started(sock.getsockname()[1])
+                supervisor = asyncio.create_task(workers.supervise())
+                await stop.wait()
+            finally:
+                log.info("stopping http workers", extra={"event": "workers_stop", "workers": k})
+                workers.stopping = True
+                if supervisor is not None:
+                    supervisor.cancel()
+                await asyncio.to_thread(workers.stop, stop_timeout_s)
+                await intake.close()
+    finally:
+        sock.close()
+        shutil.rmtree(folder, ignore_errors=True)

@@ -1,0 +1,269 @@
+"""HTTP in front-end processes, one engine process (`otas serve --http-workers`): a request through a
+front end gets the engine's one answer, refusals and cancellations cross the process boundary, the
+other endpoints are the engine process's own, and neither a dying front end nor a shutdown loses
+an accepted request."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from otas.config import SchedulerConfig
+from otas.engine.noop import NoopRunner, PacedRunner
+from otas.engine.serving import NotServed
+from otas.server.intake import Intake
+from otas.server.main import build, default_max_queue
+from otas.server.remote import RemoteEngine
+from tests.server.helpers import APPS, paced_profile, requests_total
+
+SIZE = 8
+
+
+def engine_app(base_ms: float = 5.0, max_queue: int = 0, admin_token: str = ""):
+    profile = paced_profile(base_ms, 0.1)
+    runner = PacedRunner(NoopRunner(APPS, image_size=SIZE, max_batch=16), profile)
+    cfg = SchedulerConfig(max_batch=16)
+    cfg.max_queue = max_queue or default_max_queue(profile, APPS, 16)
+    app, engine = build(runner, profile, APPS, "otas", cfg, admin_token=admin_token)
+    return app, engine
+
+
+def with_front_end(test, **kw):
+    """Run `await test(remote, engine, intake)` with the engine's app up, its intake on a Unix socket
+    and one RemoteEngine connected to it."""
+
+    async def main():
+        app, engine = engine_app(**kw)
+        with tempfile.TemporaryDirectory() as d:
+            path = str(Path(d) / "e.sock")
+            async with app.router.lifespan_context(app):
+                intake = Intake(engine, app, 1 << 20)
+                await intake.start(path)
+                remote = RemoteEngine(path, drain_s=5.0)
+                await remote.start()
+                try:
+                    return await test(remote, engine, intake)
+                finally:
+                    await remote.stop()
+                    await intake.close()
+
+    return asyncio.run(main())
+
+
+def pixels(n: int, seed: int = 0) -> list[np.ndarray]:
+    return list(np.random.default_rng(seed).integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8))
+
+
+def test_a_request_through_a_front_end_gets_the_engines_answers():
+    async def test(remote, engine, intake):
+        assert remote.image_size == SIZE and set(remote.apps) == {a.name for a in APPS}
+        assert abs(remote.now_ms() - engine.now_ms()) < 50  # one clock
+        out = await remote.submit_many("lowlight", pixels(5), remote.now_ms())
+        one = await remote.submit("novel", pixels(1)[0])
+        return out, one
+
+    out, one = with_front_end(test)
+    assert [s.app for s in out] == ["lowlight"] * 5 and one.app == "novel"
+    assert len({s.id for s in out}) == 5
+    assert all(s.deadline_met and s.utility > 0 and s.batch_size >= 5 for s in out)
+    assert out[0].classes == NoopRunner(APPS).classes["lowlight"]
+    np.testing.assert_allclose(np.stack([s.probs for s in out]), 0.2, rtol=1e-6)
+
+
+def test_refusals_cross_the_process_boundary():
+    async def test(remote, engine, intake):
+        with pytest.raises(NotServed) as unknown:  # seen in the front end: nothing sent
+            remote.submit_many("nope", pixels(1))
+        with pytest.raises(NotServed) as full:  # seen in the engine: 8 images > max_queue 4
+            await remote.submit_many("blur", pixels(8))
+        return unknown.value, full.value
+
+    unknown, full = with_front_end(test, max_queue=4)
+    assert unknown.reason == "unknown_app"
+    assert (full.outcome, full.reason) == ("rejected", "queue_full")
+
+
+def test_a_cancelled_request_leaves_the_engines_queue():
+    async def test(remote, engine, intake):
+        busy = remote.submit_many("blur", pixels(16), remote.now_ms())  # a batch on the device for 200 ms
+        await asyncio.sleep(0.05)
+        fut = remote.submit_many("blur", pixels(3, 1), remote.now_ms())
+        await asyncio.sleep(0.05)
+        queued = engine.open_requests("blur")
+        fut.cancel()
+        for _ in range(100):
+            if engine.open_requests("blur") <= 16:
+                break
+            await asyncio.sleep(0.01)
+        left = engine.open_requests("blur")
+        await busy
+        return queued, left
+
+    queued, left = with_front_end(test, base_ms=200.0)
+    assert queued == 16 + 3 and left <= 16
+
+
+def test_other_endpoints_are_the_engine_processs_own_and_app_changes_reach_the_front_end():
+    async def test(remote, engine, intake):
+        status, headers, body = await remote.call({"method": "GET", "path": "/v1/config", "headers": []}, b"")
+        new = json.dumps({"name": "late", "slo_ms": 900, "utility": 3.0, "task": "blur"}).encode()
+        auth = [["authorization", "Bearer t"], ["content-type", "application/json"]]
+        made = await remote.call({"method": "POST", "path": "/v1/apps", "headers": auth}, new)
+        await asyncio.sleep(0.05)
+        served = await remote.submit_many("late", pixels(2))
+        missing = await remote.call({"method": "GET", "path": "/v2/nowhere", "headers": []}, b"")
+        return status, dict(headers), json.loads(body), made[0], set(remote.apps), served, missing[0]
+
+    status, headers, config, made, apps, served, missing = with_front_end(test, admin_token="t")
+    assert status == 200 and headers["content-type"] == "application/json"
+    assert config["policy"] == "otas" and {a["name"] for a in config["apps"]} == {a.name for a in APPS}
+    assert made == 201 and "late" in apps and [s.app for s in served] == ["late", "late"]
+    assert missing == 404
+
+
+def test_when_the_engine_process_goes_the_front_end_answers_what_it_holds_and_stops():
+    async def test(remote, engine, intake):
+        lost = asyncio.Event()
+        remote.on_lost = lost.set
+        busy = remote.submit_many("blur", pixels(16), remote.now_ms())
+        await asyncio.sleep(0.05)
+        for c in list(intake.conns):
+            c.transport.abort()
+        await asyncio.wait_for(lost.wait(), 5)
+        with pytest.raises(NotServed) as gone:
+            await busy
+        with pytest.raises(NotServed) as after:
+            remote.submit_many("blur", pixels(1))
+        return gone.value, after.value, remote.ready
+
+    gone, after, ready = with_front_end(test, base_ms=300.0)
+    assert gone.reason == "engine_gone" and not ready
+    assert after.reason == "shutting_down"
+
+
+# -- the whole server, in processes ----------------------------------------------------------------
+def uint8_request(n: int, app: str = "blur", seed: int = 0) -> tuple[bytes, dict[str, str]]:
+    raw = np.random.default_rng(seed).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8).tobytes()
+    inp = {"name": "image", "datatype": "UINT8", "shape": [n, 32, 32, 3], "parameters": {"binary_data_size": len(raw)}}
+    head = json.dumps({"parameters": {"app": app}, "inputs": [inp]}).encode()
+    return head + raw, {"content-type": "application/octet-stream", "inference-header-content-length": str(len(head))}
+
+
+def children(pid: int) -> set[int]:
+    """The front-end processes of server `pid`: its children that lead their own process group."""
+    out = set()
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = Path(f"/proc/{d}/stat").read_text()
+            except OSError:
+                continue
+            _, ppid, pgrp = stat.rsplit(")", 1)[1].split()[:3]
+            if int(ppid) == pid and int(pgrp) == int(d):
+                out.add(int(d))
+    return out
+
+
+def wait_children(pid: int, k: int, timeout_s: float = 60.0, without: int = -1) -> set[int]:
+    """The server's front ends once there are `k` of them (and `without` is not one)."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        now = children(pid)
+        if len(now) == k and without not in now:
+            return now
+        time.sleep(0.1)
+    return children(pid)
+
+
+@pytest.fixture
+def workers_server(tmp_path):
+    from otas.bench.local_server import free_port, wait_ready
+
+    prof = tmp_path / "paced.json"
+    paced_profile(40.0, 1.0, max_batch=64).save(prof)
+    apps = tmp_path / "apps.yaml"
+    lines = [f"  - {{name: {a.name}, slo_ms: 3000, utility: 1, task: {a.task}}}\n" for a in APPS]
+    apps.write_text("apps:\n" + "".join(lines))
+    port = free_port()
+    cmd = [sys.executable, "-m", "otas.cli", "serve", "--noop", "--paced", "--profile", str(prof), "--apps", str(apps),
+           "--http-workers", "2", "--port", str(port), "--grpc-port", "0", "--log-level", "info",
+           "--drain-s", "0.2"]  # fmt: skip
+    log = open(tmp_path / "serve.log", "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[2])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, proc, timeout_s=120)
+        end = time.monotonic() + 120
+        while '"event": "serve"' not in (tmp_path / "serve.log").read_text():  # every front end connected
+            assert proc.poll() is None and time.monotonic() < end, (tmp_path / "serve.log").read_text()[-2000:]
+            time.sleep(0.1)
+        yield url, proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+        log.close()
+
+
+def send_many(url: str, k: int, n: int) -> list[tuple[int, int]]:
+    """(status, answers) of `k` concurrent requests of `n` images."""
+
+    model = httpx.get(f"{url}/v1/config", timeout=30).json()["model"]
+
+    def one(i: int) -> tuple[int, int]:
+        body, headers = uint8_request(n, seed=i)
+        try:
+            r = httpx.post(f"{url}/v2/models/{model}/infer", content=body, headers=headers, timeout=60)
+        except httpx.HTTPError:
+            return -1, 0
+        if r.status_code != 200:
+            return r.status_code, 0
+        n_head = int(r.headers.get("inference-header-content-length", len(r.content)))
+        outs = json.loads(r.content[:n_head])["outputs"]
+        return 200, outs[0]["shape"][0]
+
+    with ThreadPoolExecutor(k) as pool:
+        return list(pool.map(one, range(k)))
+
+
+def test_the_server_in_worker_processes_answers_every_request_once(workers_server):
+    url, proc = workers_server
+    got = send_many(url, 24, 8)
+    assert got == [(200, 8)] * 24
+    assert requests_total(url, "served") == 24 * 8  # one engine counts them all
+    assert len(wait_children(proc.pid, 2)) == 2
+
+
+def test_a_front_end_that_dies_is_replaced(workers_server):
+    url, proc = workers_server
+    first = wait_children(proc.pid, 2)
+    victim = max(first)
+    os.kill(victim, signal.SIGKILL)
+    after = wait_children(proc.pid, 2, without=victim)
+    assert victim not in after and len(after) == 2
+    time.sleep(1.0)  # the new one connected (it accepts only once it has)
+    assert send_many(url, 8, 4) == [(200, 4)] * 8
+
+
+def test_sigterm_answers_the_requests_in_flight_then_stops(workers_server):
+    url, proc = workers_server
+    with ThreadPoolExecutor(1) as pool:
+        sending = pool.submit(send_many, url, 16, 16)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        got = sending.result(90)
+    assert proc.wait(60) == 0
+    assert all(status == 200 and n == 16 or status == 503 for status, n in got), got
+    assert sum(status == 200 for status, _ in got) >= 1
