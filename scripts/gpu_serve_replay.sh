@@ -18,6 +18,7 @@
 #                                         process's send lag grows at thousands of requests a second),
 #                                         TWIN_ARCH: serve a latency twin of this architecture instead, e.g.
 #                                         vit_base_p2, profiled first: a model the GPU limits, not the host,
+#                                         OVERHEAD_PROTOCOLS: the no-op run's protocols (default uint8),
 #                                         SPY: a py-spy binary to sample the server with during the replay at SPY_LOAD)
 set -uo pipefail  # no -e: one failed replay must not cost the others
 cd "$(dirname "$0")/.."
@@ -108,6 +109,7 @@ $OTAS serve --noop --port 8001 --grpc-port 8002 --log-level warning ${SERVE_ARGS
 PID=$!
 for _ in $(seq 60); do curl -sf localhost:8001/v2/health/ready > /dev/null && break; sleep 1; done
 $OTAS bench overhead --url http://127.0.0.1:8001 --concurrency 64 --clients 4 --duration-s 3 --warmup-s 0.5 --batches 1,8,64,256 \
+  --protocols "${OVERHEAD_PROTOCOLS:-uint8}" \
   --profile "$PROFILE" --out "$W" > "$W/overhead.txt" 2>&1
 echo "overhead rc=$? at $((SECONDS - T0))s"
 kill -TERM $PID; wait $PID

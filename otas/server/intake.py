@@ -48,6 +48,8 @@ class Intake:
         self.engine, self.app, self.preprocess = engine, app, preprocess
         self.max_frame = max_body_bytes + META_MARGIN
         self.conns: set[_Conn] = set()
+        self.segments: dict[str, Any] = {}
+        """Shared segments made for front ends (`ring.Segment`), by token, until each front end attaches."""
         self._server: asyncio.AbstractServer | None = None
         self._apps = apps_of(engine)
 
@@ -78,6 +80,8 @@ class _Conn(asyncio.BufferedProtocol):
         self.intake = intake
         self.reader = FrameReader(intake.max_frame)
         self.pending: dict[int, asyncio.Future] = {}
+        self.segment = None
+        """The front end's shared segment (a buffer), once it attached one."""
         self.transport: asyncio.Transport
 
     def connection_made(self, transport) -> None:
@@ -110,6 +114,15 @@ class _Conn(asyncio.BufferedProtocol):
         elif f.kind == Kind.CANCEL:
             if (fut := self.pending.pop(f.id, None)) is not None:
                 fut.cancel()
+                # the final word on it: its pixels' place in the shared segment may now be reused
+                self.refuse(f.id, NotServed("cancelled", "client_gone", "cancelled by its front end"))
+        elif f.kind == Kind.ATTACH:
+            seg = self.intake.segments.pop(str(f.meta.get("segment")), None)
+            if seg is None:
+                log.error("a front end attached an unknown segment", extra={"event": "wire_error"})
+                self.transport.close()
+                return
+            self.segment = seg.map
         elif f.kind == Kind.CALL:
             task = asyncio.ensure_future(self.call(f))
             self.pending[f.id] = task
@@ -120,7 +133,7 @@ class _Conn(asyncio.BufferedProtocol):
     def submit(self, f: Frame) -> None:
         engine = self.intake.engine
         try:
-            app, arrival, pixels = unpack_submit(f, engine.image_size)
+            app, arrival, pixels = unpack_submit(f, engine.image_size, self.segment)
             fut = engine.submit_many(app, list(pixels), arrival)
         except NotServed as e:
             self.refuse(f.id, e)

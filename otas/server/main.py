@@ -250,7 +250,10 @@ def serve_workers(cfg: ServingConfig, app, runner, grace_s: float, started) -> N
         app.state.config, info=None, grpc_port=None, start_parser=False, admin_token="", apps_file=None,
         http=replace(cfg.http, json_workers=0),
     )  # fmt: skip
-    spec = WorkerSpec("", front, replace(cfg.engine, decode_processes=False), cfg.http.log_level, drain_s=grace_s)
+    spec = WorkerSpec(
+        "", front, replace(cfg.engine, decode_processes=False), cfg.http.log_level, drain_s=grace_s,
+        ring_bytes=cfg.http.max_inflight_bytes,
+    )  # fmt: skip
     pre = getattr(runner, "preprocess", None)
     stop_s = cfg.http.drain_s + grace_s + 10.0
     asyncio.run(run_engine_process(app, cfg.http.workers, sock, spec, pre.to_dict() if pre else None, stop_s, started))

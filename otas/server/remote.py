@@ -19,11 +19,13 @@ from typing import Any
 
 import numpy as np
 
+from otas.collate import collate
 from otas.config import EngineConfig
 from otas.data.preprocess import Preprocess
 from otas.engine.images import DecodeBusy, Decoder, DecodeRestarted
 from otas.engine.serving import NotServed, Observer, Served
-from otas.server.wire import Frame, FrameReader, Kind, WireError, pack, pack_submit, unpack_served
+from otas.server.ring import Ring, Segment, SegmentHandle
+from otas.server.wire import Frame, FrameReader, Kind, WireError, pack, pack_submit, pack_submit_at, unpack_served
 from otas.types import App
 
 log = logging.getLogger("otas.server")
@@ -34,8 +36,18 @@ MAX_ANSWER = 64 << 20
 class RemoteEngine:
     """A `ServingEngine` in a front-end process (see the module docstring)."""
 
-    def __init__(self, path: str, decode: EngineConfig | None = None, drain_s: float = 30.0):
+    def __init__(
+        self,
+        path: str,
+        decode: EngineConfig | None = None,
+        drain_s: float = 30.0,
+        segment: SegmentHandle | None = None,
+        token: str = "",
+    ):
+        """`segment`, `token`: the shared segment the engine process made for this front end
+        (`ring.py`); without one, every request's pixels travel in its frame."""
         self.path, self.drain_s = path, drain_s
+        self._segment_handle, self._token = segment, token
         self._decode_cfg = decode or EngineConfig()
         self.observer = Observer()
         self.batches = 0
@@ -65,6 +77,10 @@ class RemoteEngine:
         self.image_size, self.classes = int(h["image_size"]), h["classes"]
         self.set_apps(h["apps"])
         self._offset_ms = float(h["clock_ms"]) - float(h["monotonic_s"]) * 1000.0
+        if self._segment_handle is not None:
+            seg = self._segment_handle.open()
+            seg.close()  # the mapping stays
+            self._proto.attach(self._token, seg)
         d, pre = self._decode_cfg, h.get("preprocess")
         self._decode = Decoder(
             Preprocess.from_dict(pre) if pre else self.image_size, d.decode_workers, d.decode_limits(), d.decode_queue
@@ -126,9 +142,8 @@ class RemoteEngine:
         self._check(app)
         now = self.now_ms()
         arrival = now if arrival_ms is None else min(arrival_ms, now)
-        pixels = images[0][None] if len(images) == 1 else np.stack(images)  # (N, H, W, 3)
         assert self._proto is not None
-        return self._proto.send(app, arrival, pixels)
+        return self._proto.send(app, arrival, images)
 
     async def call(self, meta: dict[str, Any], body: bytes) -> tuple[int, list[list[str]], bytes]:
         """(status, headers, body) of the engine process's app for a passed-through HTTP request."""
@@ -162,6 +177,8 @@ class _Client(asyncio.BufferedProtocol):
         self.waiting: dict[int, asyncio.Future] = {}
         self.ids = itertools.count(1)
         self.alive = False
+        self.segment: Segment | None = None
+        self.ring: Ring | None = None
         self.transport: asyncio.Transport
 
     def connection_made(self, transport) -> None:
@@ -202,6 +219,8 @@ class _Client(asyncio.BufferedProtocol):
         if f.kind == Kind.APPS:
             self.engine.set_apps(f.meta.get("apps", []))
             return
+        if self.ring is not None and f.kind in (Kind.SERVED, Kind.REFUSED):
+            self.ring.free(f.id)  # the engine's last word on it: its pixels' place is free again
         fut = self.waiting.pop(f.id, None)
         if fut is None or fut.done():
             return  # cancelled here meanwhile
@@ -229,10 +248,26 @@ class _Client(asyncio.BufferedProtocol):
         fut.add_done_callback(gone)
         return fut
 
-    def send(self, app: str, arrival_ms: float, pixels: np.ndarray) -> asyncio.Future:
+    def attach(self, token: str, segment: Segment) -> None:
+        """Write pixels to `segment` from now on (the engine process made it, under `token`)."""
+        self.segment, self.ring = segment, Ring(segment.size)
+        self.transport.write(pack(Kind.ATTACH, 0, {"segment": token}))
+
+    def send(self, app: str, arrival_ms: float, images: Sequence[np.ndarray]) -> asyncio.Future:
+        """One request: its pixels into the shared segment where a place is free, else in its frame."""
         if not self.alive:
             raise NotServed("error", "engine_gone", "the engine process is gone; retry")
         rid = next(self.ids)
+        shape = (len(images), *images[0].shape)  # (N, H, W, 3)
+        nbytes = int(np.prod(shape))
+        at = self.ring.alloc(rid, nbytes) if self.ring is not None else None
+        if at is not None:
+            assert self.segment is not None
+            collate(images, np.frombuffer(self.segment.map, np.uint8, nbytes, at).reshape(shape))
+            fut = self._track(rid)
+            self.transport.write(pack_submit_at(rid, app, arrival_ms, shape, at))
+            return fut
+        pixels = collate(images, np.empty(shape, np.uint8))
         head, payload = pack_submit(rid, app, arrival_ms, pixels)
         fut = self._track(rid)
         self.transport.writelines([head, payload])

@@ -44,6 +44,8 @@ class Kind(IntEnum):
     """front end → engine: an HTTP request for the engine's own app (metrics, config, admin, ...)."""
     REPLY = 8
     """engine → front end: the engine app's answer to CALL `id`."""
+    ATTACH = 9
+    """front end → engine, first: the shared segment it writes pixels to (`ring.py`), by its token."""
 
 
 class WireError(ValueError):
@@ -123,13 +125,28 @@ def pack_submit(rid: int, app: str, arrival_ms: float, pixels: np.ndarray) -> tu
     return pack(Kind.SUBMIT, rid, meta, pixels.nbytes), memoryview(pixels).cast("B")
 
 
-def unpack_submit(frame: Frame, size: int) -> tuple[str, float, np.ndarray]:
-    """(app, arrival on the engine's clock in ms, uint8 (N, size, size, 3) over the frame's buffer)."""
+def pack_submit_at(rid: int, app: str, arrival_ms: float, shape: tuple[int, ...], at: int) -> bytes:
+    """A request whose pixels (uint8, `shape` = (N, H, W, 3)) lie at byte `at` of the sender's segment."""
+    n, h, w, _ = shape
+    return pack(Kind.SUBMIT, rid, {"app": app, "arrival_ms": arrival_ms, "n": n, "h": h, "w": w, "at": at})
+
+
+def unpack_submit(frame: Frame, size: int, segment=None) -> tuple[str, float, np.ndarray]:
+    """(app, arrival on the engine's clock in ms, uint8 (N, size, size, 3) over the frame's buffer,
+    or over `segment` (a buffer) where the frame says `at`)."""
     m = frame.meta
     app, arrival, n, h, w = m.get("app"), m.get("arrival_ms"), m.get("n"), m.get("h"), m.get("w")
     ints = all(isinstance(v, int) for v in (n, h, w))
     if not isinstance(app, str) or not isinstance(arrival, int | float) or not ints:
         raise WireError(f"SUBMIT meta {m!r}: want app (str), arrival_ms (number), n, h, w (ints)")
+    at = m.get("at")
+    if at is not None:
+        nbytes = n * h * w * 3 if n > 0 else 0
+        if segment is None or not isinstance(at, int) or at < 0 or at + nbytes > len(segment) or len(frame.payload):
+            raise WireError(f"SUBMIT at {at!r} of {nbytes} bytes: outside the shared segment, or none attached")
+        if h != size or w != size or n < 1:
+            raise WireError(f"SUBMIT of {n} × {h} × {w} × 3 pixels; the model takes {size}²")
+        return app, float(arrival), np.frombuffer(segment, np.uint8, nbytes, at).reshape(n, h, w, 3)
     if h != size or w != size or n < 1 or n * h * w * 3 != len(frame.payload):
         got = len(frame.payload)
         raise WireError(f"SUBMIT of {n} × {h} × {w} × 3 pixels with {got} bytes; the model takes {size}²")

@@ -45,6 +45,7 @@ from otas.server.app import ServeConfig, create_app
 from otas.server.guard import body_of, until_disconnect
 from otas.server.handlers import engine_of, guarded
 from otas.server.intake import Intake
+from otas.server.ring import Segment, SegmentHandle
 
 log = logging.getLogger("otas.server")
 METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
@@ -64,6 +65,8 @@ class WorkerSpec:
     log_level: str = "info"
     drain_s: float = 30.0
     """At shutdown, answers in flight are awaited this long."""
+    ring_bytes: int = 64 << 20
+    """Each front end's shared segment for pixels (`ring.py`); 0 = pixels travel in the frames."""
 
 
 # -- a front-end process ----------------------------------------------------------------------------
@@ -97,7 +100,7 @@ async def proxy(request: Request) -> Response:
     return response
 
 
-def worker_main(spec: WorkerSpec, sock: socket.socket) -> None:
+def worker_main(spec: WorkerSpec, sock: socket.socket, segment: SegmentHandle | None = None, token: str = "") -> None:
     """A front-end process: uvicorn on the shared listening socket until SIGTERM (or the engine
     process goes away)."""
     os.setpgid(0, 0)  # Ctrl-C reaches the engine process only; it stops the front ends in order
@@ -108,7 +111,7 @@ def worker_main(spec: WorkerSpec, sock: socket.socket) -> None:
 
     setup_logging(spec.log_level)
     memory.tune()
-    engine = RemoteEngine(spec.intake, spec.decode, spec.drain_s)
+    engine = RemoteEngine(spec.intake, spec.decode, spec.drain_s, segment, token)
     app = create_app(engine, spec.serve, None, worker_routes())
     host, port = sock.getsockname()[:2]
     server = make_server(app, host, port, timeout_graceful_shutdown=spec.drain_s)
@@ -135,18 +138,32 @@ def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
 class Workers:
     """K front-end processes on one listening socket, replaced if one dies."""
 
-    def __init__(self, k: int, spec: WorkerSpec, sock: socket.socket):
+    def __init__(self, k: int, spec: WorkerSpec, sock: socket.socket, segments: dict | None = None):
+        """`segments`: where each front end's shared segment is registered by its token, for the
+        intake to find when the front end attaches (None: no shared segments)."""
         if not 1 <= k <= MAX_WORKERS:
             raise ValueError(f"http workers={k}: use 1..{MAX_WORKERS} (0 = HTTP in the engine's process)")
-        self.k, self.spec, self.sock = k, spec, sock
+        self.k, self.spec, self.sock, self.segments = k, spec, sock, segments
+        self.tokens: list[str | None] = [None] * k
         self.ctx = multiprocessing.get_context("spawn")  # the engine process holds threads: no fork
         self.procs: list[multiprocessing.process.BaseProcess] = []
         self.stopping = False
         self.restarts = 0
 
     def _spawn(self, i: int):
-        p = self.ctx.Process(target=worker_main, args=(self.spec, self.sock), name=f"otas-http-{i}", daemon=True)
+        handle, token, seg = None, "", None
+        if self.segments is not None and self.spec.ring_bytes > 0:
+            if self.tokens[i] is not None:  # its predecessor's, never attached
+                self.segments.pop(self.tokens[i], None)
+            token = f"{i}.{self.restarts}.{os.getpid()}"
+            seg = Segment.new(self.spec.ring_bytes)
+            self.segments[token], self.tokens[i] = seg, token
+            handle = seg.handle()
+        args = (self.spec, self.sock, handle, token)
+        p = self.ctx.Process(target=worker_main, args=args, name=f"otas-http-{i}", daemon=True)
         p.start()
+        if seg is not None:
+            seg.close()  # the front end has its own fd now; the mapping stays here
         return p
 
     def start(self) -> None:
@@ -215,7 +232,7 @@ async def run_engine_process(
         async with app.router.lifespan_context(app):
             intake = Intake(engine, app, spec.serve.max_body_bytes, preprocess)
             await intake.start(path)
-            workers = Workers(k, spec, sock)
+            workers = Workers(k, spec, sock, intake.segments)
             await asyncio.to_thread(workers.start)
             supervisor = None
             try:
@@ -227,6 +244,9 @@ async def run_engine_process(
             finally:
                 log.info("stopping http workers", extra={"event": "workers_stop", "workers": k})
                 workers.stopping = True
+                # the front ends hold the listener now: once the last one closes it, connecting is refused
+                # at once, not queued unanswered until this process exits
+                sock.close()
                 if supervisor is not None:
                     supervisor.cancel()
                 await asyncio.to_thread(workers.stop, stop_timeout_s)

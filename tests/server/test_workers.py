@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,6 +27,7 @@ from otas.engine.serving import NotServed
 from otas.server.intake import Intake
 from otas.server.main import build, default_max_queue
 from otas.server.remote import RemoteEngine
+from otas.server.ring import Segment, SegmentHandle
 from tests.server.helpers import APPS, paced_profile, requests_total
 
 SIZE = 8
@@ -40,9 +42,9 @@ def engine_app(base_ms: float = 5.0, max_queue: int = 0, admin_token: str = ""):
     return app, engine
 
 
-def with_front_end(test, **kw):
+def with_front_end(test, segment: int = 0, **kw):
     """Run `await test(remote, engine, intake)` with the engine's app up, its intake on a Unix socket
-    and one RemoteEngine connected to it."""
+    and one RemoteEngine connected to it (with a shared segment of `segment` bytes, if > 0)."""
 
     async def main():
         app, engine = engine_app(**kw)
@@ -51,7 +53,11 @@ def with_front_end(test, **kw):
             async with app.router.lifespan_context(app):
                 intake = Intake(engine, app, 1 << 20)
                 await intake.start(path)
-                remote = RemoteEngine(path, drain_s=5.0)
+                handle = None
+                if segment:
+                    seg = Segment.new(segment)
+                    intake.segments["t"], handle = seg, SegmentHandle(os.dup(seg.fd), segment)
+                remote = RemoteEngine(path, drain_s=5.0, segment=handle, token="t")
                 await remote.start()
                 try:
                     return await test(remote, engine, intake)
@@ -80,6 +86,55 @@ def test_a_request_through_a_front_end_gets_the_engines_answers():
     assert all(s.deadline_met and s.utility > 0 and s.batch_size >= 5 for s in out)
     assert out[0].classes == NoopRunner(APPS).classes["lowlight"]
     np.testing.assert_allclose(np.stack([s.probs for s in out]), 0.2, rtol=1e-6)
+
+
+def seen_by(engine) -> list[np.ndarray]:
+    """The pixels of each request the engine is given, as it gets them."""
+    seen, submit = [], engine.submit_many
+
+    def spy(app, images, arrival_ms=None):
+        seen.append(np.stack(images).copy())
+        return submit(app, images, arrival_ms)
+
+    engine.submit_many = spy
+    return seen
+
+
+@pytest.mark.parametrize("segment", [0, 1 << 16, 700])
+def test_pixels_arrive_as_sent_in_the_shared_segment_or_in_the_frame(segment):
+    sent = [np.stack(pixels(n, seed=n)) for n in (3, 1, 9, 4)]
+
+    async def test(remote, engine, intake):
+        seen = seen_by(engine)
+        out = await asyncio.gather(*(remote.submit_many("blur", list(p)) for p in sent))
+        ring = remote._proto.ring
+        return seen, out, None if ring is None else (ring.used, len(ring.live))
+
+    seen, out, ring = with_front_end(test, segment=segment)
+    assert [len(o) for o in out] == [3, 1, 9, 4]
+    for got, want in zip(seen, sent, strict=True):
+        np.testing.assert_array_equal(got, want)
+    # a 700-byte segment holds only the one-image request (192 B); the rest travel in their frames
+    assert ring in ((0, 0), None)
+
+
+def test_a_cancelled_requests_place_in_the_segment_is_freed_once_the_engine_lets_go():
+    async def test(remote, engine, intake):
+        busy = remote.submit_many("blur", pixels(16), remote.now_ms())
+        await asyncio.sleep(0.05)
+        fut = remote.submit_many("blur", pixels(3, 1), remote.now_ms())
+        await asyncio.sleep(0.02)
+        held = len(remote._proto.ring.live)
+        fut.cancel()
+        for _ in range(100):
+            if len(remote._proto.ring.live) == 1:
+                break
+            await asyncio.sleep(0.01)
+        freed = len(remote._proto.ring.live)
+        await busy
+        return held, freed, len(remote._proto.ring.live)
+
+    assert with_front_end(test, segment=1 << 16, base_ms=200.0) == (2, 1, 0)
 
 
 def test_refusals_cross_the_process_boundary():
@@ -217,8 +272,8 @@ def workers_server(tmp_path):
         log.close()
 
 
-def send_many(url: str, k: int, n: int) -> list[tuple[int, int]]:
-    """(status, answers) of `k` concurrent requests of `n` images."""
+def send_many(url: str, k: int, n: int, first: threading.Event | None = None) -> list[tuple[int, int]]:
+    """(status, answers) of `k` concurrent requests of `n` images; `first` is set at the first answer."""
 
     model = httpx.get(f"{url}/v1/config", timeout=30).json()["model"]
 
@@ -228,6 +283,9 @@ def send_many(url: str, k: int, n: int) -> list[tuple[int, int]]:
             r = httpx.post(f"{url}/v2/models/{model}/infer", content=body, headers=headers, timeout=60)
         except httpx.HTTPError:
             return -1, 0
+        finally:
+            if first is not None:
+                first.set()
         if r.status_code != 200:
             return r.status_code, 0
         n_head = int(r.headers.get("inference-header-content-length", len(r.content)))
@@ -259,11 +317,12 @@ def test_a_front_end_that_dies_is_replaced(workers_server):
 
 def test_sigterm_answers_the_requests_in_flight_then_stops(workers_server):
     url, proc = workers_server
+    first = threading.Event()
     with ThreadPoolExecutor(1) as pool:
-        sending = pool.submit(send_many, url, 16, 16)
-        time.sleep(0.3)
-        proc.send_signal(signal.SIGTERM)
+        sending = pool.submit(send_many, url, 16, 16, first)
+        assert first.wait(60)
+        proc.send_signal(signal.SIGTERM)  # the others in flight
         got = sending.result(90)
     assert proc.wait(60) == 0
-    assert all(status == 200 and n == 16 or status == 503 for status, n in got), got
+    assert all(status == 200 and n == 16 or status == 503 for status, n in got), [g for g in got if g[0] != 200]
     assert sum(status == 200 for status, _ in got) >= 1
