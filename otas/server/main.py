@@ -243,9 +243,9 @@ def serve_workers(cfg: ServingConfig, app, runner, grace_s: float, started) -> N
     """`serve` with HTTP in `cfg.http.workers` front-end processes (`otas.server.workers`)."""
     import asyncio
 
-    from otas.server.workers import WorkerSpec, listen, run_engine_process
+    from otas.server.workers import WorkerSpec, bind, run_engine_process
 
-    sock = listen(cfg.http.host, cfg.http.port)
+    sock = bind(cfg.http.host, cfg.http.port)  # held, not listened on: the front ends listen
     front = replace(
         app.state.config, info=None, grpc_port=None, start_parser=False, admin_token="", apps_file=None,
         http=replace(cfg.http, json_workers=0),

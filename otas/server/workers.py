@@ -100,9 +100,9 @@ async def proxy(request: Request) -> Response:
     return response
 
 
-def worker_main(spec: WorkerSpec, sock: socket.socket, segment: SegmentHandle | None = None, token: str = "") -> None:
-    """A front-end process: uvicorn on the shared listening socket until SIGTERM (or the engine
-    process goes away)."""
+def worker_main(spec: WorkerSpec, address: tuple, segment: SegmentHandle | None = None, token: str = "") -> None:
+    """A front-end process: uvicorn on its own listening socket of the served port until SIGTERM (or
+    the engine process goes away)."""
     os.setpgid(0, 0)  # Ctrl-C reaches the engine process only; it stops the front ends in order
     from otas.server import memory
     from otas.server.connections import make_server
@@ -113,37 +113,42 @@ def worker_main(spec: WorkerSpec, sock: socket.socket, segment: SegmentHandle | 
     memory.tune()
     engine = RemoteEngine(spec.intake, spec.decode, spec.drain_s, segment, token)
     app = create_app(engine, spec.serve, None, worker_routes())
-    host, port = sock.getsockname()[:2]
+    sock = bind(*address[:2], listen=True)
+    host, port = address[:2]
     server = make_server(app, host, port, timeout_graceful_shutdown=spec.drain_s)
     engine.on_lost = lambda: setattr(server, "should_exit", True)
     server.run(sockets=[sock])
 
 
 # -- the engine process's side ----------------------------------------------------------------------
-def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
-    """The listening socket every front end accepts on (bound here: `--port 0` picks one port for all)."""
+def bind(host: str, port: int, listen: bool = False, backlog: int = 2048) -> socket.socket:
+    """A socket of the served port that shares it (SO_REUSEPORT). The engine process binds one first
+    and never listens on it: it holds the port (`--port 0` picks one for all). Each front end listens
+    on its own, so the kernel spreads new connections evenly over the front ends; on one shared
+    listening socket, whichever front end woke first took a whole burst of them."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as e:
         sock.close()
         raise ValueError(f"--port {port} on {host}: cannot listen there ({e.strerror or e})") from None
-    sock.listen(backlog)
-    sock.set_inheritable(True)
+    if listen:
+        sock.listen(backlog)
     return sock
 
 
 class Workers:
-    """K front-end processes on one listening socket, replaced if one dies."""
+    """K front-end processes on one port, replaced if one dies."""
 
-    def __init__(self, k: int, spec: WorkerSpec, sock: socket.socket, segments: dict | None = None):
+    def __init__(self, k: int, spec: WorkerSpec, address: tuple, segments: dict | None = None):
         """`segments`: where each front end's shared segment is registered by its token, for the
         intake to find when the front end attaches (None: no shared segments)."""
         if not 1 <= k <= MAX_WORKERS:
             raise ValueError(f"http workers={k}: use 1..{MAX_WORKERS} (0 = HTTP in the engine's process)")
-        self.k, self.spec, self.sock, self.segments = k, spec, sock, segments
+        self.k, self.spec, self.address, self.segments = k, spec, address, segments
         self.tokens: list[str | None] = [None] * k
         self.ctx = multiprocessing.get_context("spawn")  # the engine process holds threads: no fork
         self.procs: list[multiprocessing.process.BaseProcess] = []
@@ -159,7 +164,7 @@ class Workers:
             seg = Segment.new(self.spec.ring_bytes)
             self.segments[token], self.tokens[i] = seg, token
             handle = seg.handle()
-        args = (self.spec, self.sock, handle, token)
+        args = (self.spec, self.address, handle, token)
         p = self.ctx.Process(target=worker_main, args=args, name=f"otas-http-{i}", daemon=True)
         p.start()
         if seg is not None:
@@ -217,7 +222,7 @@ async def run_engine_process(
     on_started: Callable[[int], None] | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
-    """The engine (through `app`'s lifespan: engine, gRPC), the intake, and K front ends on `sock`,
+    """The engine (through `app`'s lifespan: engine, gRPC), the intake, and K front ends on `sock`'s port,
     until SIGINT/SIGTERM (or `stop` is set); then the front ends drain, then the engine."""
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
@@ -232,7 +237,7 @@ async def run_engine_process(
         async with app.router.lifespan_context(app):
             intake = Intake(engine, app, spec.serve.max_body_bytes, preprocess)
             await intake.start(path)
-            workers = Workers(k, spec, sock, intake.segments)
+            workers = Workers(k, spec, sock.getsockname()[:2], intake.segments)
             await asyncio.to_thread(workers.start)
             supervisor = None
             try:
@@ -244,9 +249,6 @@ async def run_engine_process(
             finally:
                 log.info("stopping http workers", extra={"event": "workers_stop", "workers": k})
                 workers.stopping = True
-                # the front ends hold the listener now: once the last one closes it, connecting is refused
-                # at once, not queued unanswered until this process exits
-                sock.close()
                 if supervisor is not None:
                     supervisor.cancel()
                 await asyncio.to_thread(workers.stop, stop_timeout_s)

@@ -6,9 +6,11 @@ an accepted request."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -302,6 +304,41 @@ def test_the_server_in_worker_processes_answers_every_request_once(workers_serve
     assert got == [(200, 8)] * 24
     assert requests_total(url, "served") == 24 * 8  # one engine counts them all
     assert len(wait_children(proc.pid, 2)) == 2
+
+
+def established(port: int, pid: int) -> int:
+    """TCP connections of process `pid` on local port `port`, established."""
+    mine = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if link.startswith("socket:["):
+                mine.add(link[8:-1])
+    n = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            for line in f.readlines()[1:]:
+                cols = line.split()
+                n += int(cols[1].rsplit(":", 1)[1], 16) == port and cols[3] == "01" and cols[9] in mine
+    return n
+
+
+def test_a_burst_of_connections_is_spread_over_the_front_ends(workers_server):
+    url, proc = workers_server
+    port = int(url.rsplit(":", 1)[1])
+    fronts = wait_children(proc.pid, 2)
+    conns = [socket.create_connection(("127.0.0.1", port)) for _ in range(32)]  # at once, as a load test opens
+    try:
+        for c in conns:
+            c.sendall(b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\n\r\n")
+        for c in conns:
+            c.settimeout(30)
+            assert c.recv(4096).startswith(b"HTTP/1.1 200")
+        per = {p: established(port, p) for p in fronts}
+    finally:
+        for c in conns:
+            c.close()
+    assert sum(per.values()) == 32 and min(per.values()) >= 4, per
 
 
 def test_a_front_end_that_dies_is_replaced(workers_server):
