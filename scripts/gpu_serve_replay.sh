@@ -105,7 +105,7 @@ done
 kill $SMI 2>/dev/null
 # Server overhead: the no-op model (HTTP + scheduling + collation), images per request 1, 8, 64, 256
 if [ "${OVERHEAD:-1}" != 0 ]; then
-$OTAS serve --noop --port 8001 --grpc-port 8002 --log-level warning ${SERVE_ARGS:-} > "$W/serve_noop.log" 2>&1 &
+$OTAS serve --noop --max-batch 256 --port 8001 --grpc-port 8002 --log-level warning ${SERVE_ARGS:-} > "$W/serve_noop.log" 2>&1 &
 PID=$!
 for _ in $(seq 60); do curl -sf localhost:8001/v2/health/ready > /dev/null && break; sleep 1; done
 $OTAS bench overhead --url http://127.0.0.1:8001 --concurrency 64 --clients 4 --duration-s 3 --warmup-s 0.5 --batches 1,8,64,256 \
