@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("otas.server")
 STATUS = {
     "queue_full": 429, "decode_busy": 429, "infeasible": 503, "deadline_unreachable": 503, "shutting_down": 503,
-    "unknown_app": 404, "engine_gone": 503,
+    "unknown_app": 404, "engine_gone": 503, "pixels_busy": 429, "too_large": 413, "headers_too_large": 431,
 }  # fmt: skip
 
 

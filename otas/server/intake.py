@@ -22,12 +22,15 @@ from otas.server.wire import Frame, FrameReader, Kind, WireError, pack, pack_ser
 
 log = logging.getLogger("otas.server")
 META_MARGIN = 1 << 20
+INTERNAL = b'{"error": "internal server error; see the server log", "reason": "internal"}'
 
 
-def hello(engine: ServingEngine, preprocess: dict | None) -> dict[str, Any]:
-    """What a front end needs of the engine: sizes, classes, applications, and the engine's clock
-    (its `now_ms` at a `time.monotonic()` instant: both processes read the same monotonic clock)."""
+def hello(engine: ServingEngine, preprocess: dict | None, max_frame: int) -> dict[str, Any]:
+    """What a front end needs of the engine: sizes, classes, applications, the largest frame it
+    reads, and the engine's clock (its `now_ms` at a `time.monotonic()` instant: both processes read
+    the same monotonic clock)."""
     return {
+        "max_frame": max_frame,
         "image_size": engine.image_size,
         "classes": engine.classes,
         "preprocess": preprocess,
@@ -48,6 +51,7 @@ class Intake:
         self.engine, self.app, self.preprocess = engine, app, preprocess
         self.max_frame = max_body_bytes + META_MARGIN
         self.conns: set[_Conn] = set()
+        self.calls: set[asyncio.Task] = set()
         self.segments: dict[str, Any] = {}
         """Shared segments made for front ends (`ring.Segment`), by token, until each front end attaches."""
         self._server: asyncio.AbstractServer | None = None
@@ -80,6 +84,7 @@ class _Conn(asyncio.BufferedProtocol):
         self.intake = intake
         self.reader = FrameReader(intake.max_frame)
         self.pending: dict[int, asyncio.Future] = {}
+        """Requests in the engine by id (proxied calls are not here: they always run to their end)."""
         self.segment = None
         """The front end's shared segment (a buffer), once it attached one."""
         self.transport: asyncio.Transport
@@ -87,7 +92,7 @@ class _Conn(asyncio.BufferedProtocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
         self.intake.conns.add(self)
-        transport.write(pack(Kind.HELLO, 0, hello(self.intake.engine, self.intake.preprocess)))
+        transport.write(pack(Kind.HELLO, 0, hello(self.intake.engine, self.intake.preprocess, self.intake.max_frame)))
 
     def connection_lost(self, exc) -> None:
         self.intake.conns.discard(self)
@@ -124,8 +129,11 @@ class _Conn(asyncio.BufferedProtocol):
                 return
             self.segment = seg.map
         elif f.kind == Kind.CALL:
+            # never cancelled: an admin call stopped halfway would leave the file, the engine and the
+            # front ends disagreeing (its answer is dropped if nobody waits for it any more)
             task = asyncio.ensure_future(self.call(f))
-            self.pending[f.id] = task
+            self.intake.calls.add(task)
+            task.add_done_callback(self.intake.calls.discard)
         else:
             log.error("unexpected frame from a front end", extra={"event": "wire_error", "kind": int(f.kind)})
             self.transport.close()
@@ -162,21 +170,19 @@ class _Conn(asyncio.BufferedProtocol):
             self.transport.write(pack(Kind.REFUSED, rid, meta))
 
     async def call(self, f: Frame) -> None:
-        """Run a proxied HTTP request through the engine's app and send its answer."""
+        """Run a proxied HTTP request through the engine's app and send its answer (after the
+        applications, if it changed them, so the front end serves the change it answers)."""
         m = f.meta
         try:
             status, headers, body = await run_asgi(self.intake.app, m, bytes(f.payload))
-        except asyncio.CancelledError:
-            return
-        except Exception as e:  # noqa: BLE001 - answered, not raised into the event loop
+        except Exception:  # noqa: BLE001 - answered, not raised into the event loop
             log.exception("proxied call failed", extra={"event": "internal_error", "path": m.get("path")})
-            status, headers, body = 500, [], f'{{"error": "internal: {type(e).__name__}"}}'.encode()
+            status, headers, body = 500, [["content-type", "application/json"]], INTERNAL
         finally:
-            self.pending.pop(f.id, None)
+            if m.get("method") not in ("GET", "HEAD"):
+                self.intake.apps_changed()
         if not self.transport.is_closing():
             self.transport.writelines([pack(Kind.REPLY, f.id, {"status": status, "headers": headers}, len(body)), body])
-        if m.get("method") not in ("GET", "HEAD"):
-            self.intake.apps_changed()
 
 
 async def run_asgi(app, m: dict[str, Any], body: bytes) -> tuple[int, list[list[str]], bytes]:

@@ -245,10 +245,15 @@ def serve_workers(cfg: ServingConfig, app, runner, grace_s: float, started) -> N
 
     from otas.server.workers import WorkerSpec, bind, run_engine_process
 
-    sock = bind(cfg.http.host, cfg.http.port)  # held, not listened on: the front ends listen
+    sock = bind(cfg.http.host, cfg.http.port, probe=True)  # held, not listened on: the front ends listen
+    if cfg.engine.decode_processes:
+        log.warning(
+            "--decode-processes is not used with --http-workers: each front end decodes in its own threads",
+            extra={"event": "config_warning"},
+        )
+    app.state.config.start_parser = False  # JSON bodies are parsed in the front ends
     front = replace(
         app.state.config, info=None, grpc_port=None, start_parser=False, admin_token="", apps_file=None,
-        http=replace(cfg.http, json_workers=0),
     )  # fmt: skip
     spec = WorkerSpec(
         "", front, replace(cfg.engine, decode_processes=False), cfg.http.log_level, drain_s=grace_s,

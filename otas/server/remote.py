@@ -25,7 +25,17 @@ from otas.data.preprocess import Preprocess
 from otas.engine.images import DecodeBusy, Decoder, DecodeRestarted
 from otas.engine.serving import NotServed, Observer, Served
 from otas.server.ring import Ring, Segment, SegmentHandle
-from otas.server.wire import Frame, FrameReader, Kind, WireError, pack, pack_submit, pack_submit_at, unpack_served
+from otas.server.wire import (
+    MAX_META,
+    Frame,
+    FrameReader,
+    Kind,
+    WireError,
+    pack,
+    pack_submit,
+    pack_submit_at,
+    unpack_served,
+)
 from otas.types import App
 
 log = logging.getLogger("otas.server")
@@ -74,6 +84,7 @@ class RemoteEngine:
         hello: asyncio.Future = loop.create_future()
         _, self._proto = await loop.create_unix_connection(lambda: _Client(self, hello), self.path)
         h = await asyncio.wait_for(hello, 30)
+        self._proto.max_frame = int(h.get("max_frame", MAX_ANSWER))
         self.image_size, self.classes = int(h["image_size"]), h["classes"]
         self.set_apps(h["apps"])
         self._offset_ms = float(h["clock_ms"]) - float(h["monotonic_s"]) * 1000.0
@@ -179,6 +190,8 @@ class _Client(asyncio.BufferedProtocol):
         self.alive = False
         self.segment: Segment | None = None
         self.ring: Ring | None = None
+        self.max_frame = MAX_ANSWER
+        """The largest frame the engine reads (its HELLO says)."""
         self.transport: asyncio.Transport
 
     def connection_made(self, transport) -> None:
@@ -263,10 +276,26 @@ class _Client(asyncio.BufferedProtocol):
         at = self.ring.alloc(rid, nbytes) if self.ring is not None else None
         if at is not None:
             assert self.segment is not None
-            collate(images, np.frombuffer(self.segment.map, np.uint8, nbytes, at).reshape(shape))
+            try:
+                collate(images, np.frombuffer(self.segment.map, np.uint8, nbytes, at).reshape(shape))
+                head = pack_submit_at(rid, app, arrival_ms, shape, at)
+            except Exception:
+                self.ring.free(rid)
+                raise
             fut = self._track(rid)
-            self.transport.write(pack_submit_at(rid, app, arrival_ms, shape, at))
+            self.transport.write(head)
             return fut
+        if nbytes + MAX_META > self.max_frame:  # the engine would refuse the frame (and close the connection)
+            if self.ring is not None and nbytes <= self.ring.size:
+                raise NotServed(
+                    "rejected", "pixels_busy",
+                    f"the shared memory for requests in flight is full ({self.ring.used} bytes held); retry shortly",
+                )  # fmt: skip
+            raise NotServed(
+                "rejected", "too_large",
+                f"{shape[0]} images of {shape[1]}x{shape[2]} decode to {nbytes} bytes, more than this server takes "
+                f"in one request ({self.max_frame - MAX_META}); send fewer images per request",
+            )  # fmt: skip
         pixels = collate(images, np.empty(shape, np.uint8))
         head, payload = pack_submit(rid, app, arrival_ms, pixels)
         fut = self._track(rid)
@@ -278,6 +307,12 @@ class _Client(asyncio.BufferedProtocol):
         if not self.alive:
             raise NotServed("error", "engine_gone", "the engine process is gone; retry")
         rid = next(self.ids)
+        try:
+            head = pack(Kind.CALL, rid, meta, len(body))
+        except WireError:
+            raise NotServed(
+                "rejected", "headers_too_large", "the request's headers are too large; send fewer"
+            ) from None
         fut = self._track(rid)
-        self.transport.writelines([pack(Kind.CALL, rid, meta, len(body)), body])
+        self.transport.writelines([head, body])
         return fut

@@ -4,8 +4,10 @@ The engine process makes one anonymous shared segment per front end (`memfd_crea
 a /dev/shm mount, gone once both processes close it) and hands it over when it starts the front end.
 The front end writes each request's pixels into it and sends only their place (`wire.py`), so the
 engine process neither reads them off a socket nor copies them: it queues views of the segment. A
-request's place is freed when the engine sends its final frame (answer, refusal, or cancellation);
-while the engine holds views of it, it is not written again.
+request's place is freed when the engine sends its final frame (answer, refusal, or cancellation).
+A served request's images have all been copied into their batches by then. A refused or cancelled
+one's may still sit in a batch planned ahead, not yet copied: if the place is written again first,
+only that request's rows of the batch read other pixels, and its answers go to nobody.
 
 `Ring` is the allocator: places in ring order, freed in any order; a place freed out of order is
 reused once every older one is freed too. When no place fits, the request travels in its frame.

@@ -15,6 +15,7 @@ not JSON: one request of hundreds of images is answered in one frame.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
@@ -107,8 +108,8 @@ class FrameReader:
         view = memoryview(body)
         try:
             meta = json.loads(bytes(view[: self._meta_size])) if self._meta_size else {}
-        except (ValueError, UnicodeDecodeError) as e:
-            raise WireError(f"frame meta is not JSON ({e})") from None
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
+            raise WireError(f"frame meta is not JSON ({type(e).__name__})") from None
         if not isinstance(meta, dict):
             raise WireError("frame meta is not a JSON object")
         return Frame(self._kind, self._rid, meta, view[self._meta_size :])
@@ -137,7 +138,7 @@ def unpack_submit(frame: Frame, size: int, segment=None) -> tuple[str, float, np
     m = frame.meta
     app, arrival, n, h, w = m.get("app"), m.get("arrival_ms"), m.get("n"), m.get("h"), m.get("w")
     ints = all(isinstance(v, int) for v in (n, h, w))
-    if not isinstance(app, str) or not isinstance(arrival, int | float) or not ints:
+    if not isinstance(app, str) or not isinstance(arrival, int | float) or not ints or not math.isfinite(arrival):
         raise WireError(f"SUBMIT meta {m!r}: want app (str), arrival_ms (number), n, h, w (ints)")
     at = m.get("at")
     if at is not None:

@@ -76,6 +76,7 @@ def worker_routes() -> list[Route]:
     return [
         Route("/v2/health/live", handlers.live),
         Route("/v2/health/ready", handlers.ready),
+        *(Route(f"{m}/ready", handlers.model_ready) for m in model),  # this front end's drain counts
         *(Route(f"{m}/infer", http_infer.infer, methods=["POST"]) for m in model),
         Route("/v1/apps/{app}/classify", http_infer.classify, methods=["POST"]),
         Route("/{path:path}", proxy, methods=METHODS),
@@ -113,7 +114,7 @@ def worker_main(spec: WorkerSpec, address: tuple, segment: SegmentHandle | None 
     memory.tune()
     engine = RemoteEngine(spec.intake, spec.decode, spec.drain_s, segment, token)
     app = create_app(engine, spec.serve, None, worker_routes())
-    sock = bind(*address[:2], listen=True)
+    sock = bind(*address[:2])  # listened on once the engine is connected (asyncio listens as it starts serving)
     host, port = address[:2]
     server = make_server(app, host, port, timeout_graceful_shutdown=spec.drain_s)
     engine.on_lost = lambda: setattr(server, "should_exit", True)
@@ -121,12 +122,22 @@ def worker_main(spec: WorkerSpec, address: tuple, segment: SegmentHandle | None 
 
 
 # -- the engine process's side ----------------------------------------------------------------------
-def bind(host: str, port: int, listen: bool = False, backlog: int = 2048) -> socket.socket:
-    """A socket of the served port that shares it (SO_REUSEPORT). The engine process binds one first
-    and never listens on it: it holds the port (`--port 0` picks one for all). Each front end listens
-    on its own, so the kernel spreads new connections evenly over the front ends; on one shared
-    listening socket, whichever front end woke first took a whole burst of them."""
+def bind(host: str, port: int, probe: bool = False) -> socket.socket:
+    """A socket of the served port that shares it (SO_REUSEPORT), bound, not listening. The engine
+    process binds one first and never listens on it: it holds the port (`--port 0` picks one for
+    all). Each front end binds its own, listened on once it is connected to the engine, so the
+    kernel spreads new connections evenly over the front ends; on one shared listening socket,
+    whichever front end woke first took a whole burst of them. `probe`: first make sure no other
+    process holds the port (SO_REUSEPORT would let a second server share it silently)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    if probe:
+        with socket.socket(family, socket.SOCK_STREAM) as alone:
+            alone.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                alone.bind((host, port))
+            except OSError as e:
+                raise ValueError(f"--port {port} on {host}: cannot listen there ({e.strerror or e})") from None
+            port = alone.getsockname()[1]  # --port 0: the one the system picked
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -135,8 +146,6 @@ def bind(host: str, port: int, listen: bool = False, backlog: int = 2048) -> soc
     except OSError as e:
         sock.close()
         raise ValueError(f"--port {port} on {host}: cannot listen there ({e.strerror or e})") from None
-    if listen:
-        sock.listen(backlog)
     return sock
 
 
@@ -152,8 +161,11 @@ class Workers:
         self.tokens: list[str | None] = [None] * k
         self.ctx = multiprocessing.get_context("spawn")  # the engine process holds threads: no fork
         self.procs: list[multiprocessing.process.BaseProcess] = []
+        self.started: list[multiprocessing.process.BaseProcess] = []
+        """Every process started (one spawned while stopping began included): `stop` ends them all."""
         self.stopping = False
         self.restarts = 0
+        self.born = [0.0] * k
 
     def _spawn(self, i: int):
         handle, token, seg = None, "", None
@@ -167,6 +179,8 @@ class Workers:
         args = (self.spec, self.address, handle, token)
         p = self.ctx.Process(target=worker_main, args=args, name=f"otas-http-{i}", daemon=True)
         p.start()
+        self.started.append(p)
+        self.born[i] = time.monotonic()
         if seg is not None:
             seg.close()  # the front end has its own fd now; the mapping stays here
         return p
@@ -174,26 +188,38 @@ class Workers:
     def start(self) -> None:
         self.procs = [self._spawn(i) for i in range(self.k)]
 
-    async def supervise(self, period_s: float = 0.5) -> None:
-        """Replace a front end that died (not one that was stopped)."""
+    async def supervise(self, period_s: float = 0.5, settle_s: float = 60.0) -> None:
+        """Replace a front end that died (not one that was stopped); one that keeps dying soon after
+        it started is replaced after a wait that doubles each time (up to 30 s)."""
+        wait = [0.0] * self.k
+        due = [0.0] * self.k
         while not self.stopping:
             await asyncio.sleep(period_s)
             for i, p in enumerate(self.procs):
-                if not self.stopping and not p.is_alive():
+                if self.stopping or p.is_alive():
+                    continue
+                now = time.monotonic()
+                if due[i] == 0.0:  # just found dead
+                    quick = now - self.born[i] < settle_s
+                    wait[i] = min(max(2 * wait[i], 0.5), 30.0) if quick else 0.0
+                    due[i] = now + wait[i]
                     log.warning("http worker died; starting another",
-                                extra={"event": "worker_died", "worker": i, "exitcode": p.exitcode})  # fmt: skip
+                                extra={"event": "worker_died", "worker": i, "exitcode": p.exitcode,
+                                       "after_s": wait[i]})  # fmt: skip
+                if now >= due[i]:
+                    due[i] = 0.0
                     self.restarts += 1
                     self.procs[i] = await asyncio.to_thread(self._spawn, i)
 
     def stop(self, timeout_s: float) -> None:
         """SIGTERM each front end (it drains and answers what it holds), then wait; kill what is left."""
         self.stopping = True
-        for p in self.procs:
+        for p in self.started:
             if p.is_alive() and p.pid is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(p.pid, signal.SIGTERM)
         end = time.monotonic() + timeout_s
-        for p in self.procs:
+        for p in self.started:
             p.join(max(end - time.monotonic(), 0.1))
             if p.is_alive():
                 log.warning("http worker did not stop; killing it", extra={"event": "worker_killed", "pid": p.pid})
@@ -201,9 +227,11 @@ class Workers:
                 p.join(5)
 
 
-async def wait_connected(intake: Intake, workers: Workers, k: int, timeout_s: float = 180.0) -> None:
+async def wait_connected(
+    intake: Intake, workers: Workers, k: int, stop: asyncio.Event, timeout_s: float = 180.0
+) -> None:
     end = time.monotonic() + timeout_s
-    while len(intake.conns) < k:
+    while len(intake.conns) < k and not stop.is_set():
         dead = [p for p in workers.procs if p.exitcode is not None]
         if dead:
             raise RuntimeError(f"an HTTP worker exited while starting (exit code {dead[0].exitcode}); see the log")
@@ -241,7 +269,7 @@ async def run_engine_process(
             await asyncio.to_thread(workers.start)
             supervisor = None
             try:
-                await wait_connected(intake, workers, k)
+                await wait_connected(intake, workers, k, stop)
                 if on_started is not None:
                     on_started(sock.getsockname()[1])
                 supervisor = asyncio.create_task(workers.supervise())

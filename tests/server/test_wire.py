@@ -90,6 +90,7 @@ def frame(kind: int, meta: bytes, payload: bytes = b"", rid: int = 1) -> bytes:
         (frame(3, b"{not json"), "not JSON"),
         (frame(3, b"[1, 2]"), "not a JSON object"),
         (HEAD.pack(4, 3, 1, 9) + b"{}{}", "over the limit"),  # meta longer than the frame
+        (frame(3, b"[" * 100_000 + b"]" * 100_000), "not JSON"),  # nested past the parser's depth
     ],
 )
 def test_a_frame_that_breaks_the_format_is_refused(raw, why):
@@ -106,6 +107,8 @@ def test_a_frame_that_breaks_the_format_is_refused(raw, why):
         (b'{"app":3,"arrival_ms":0,"n":1,"h":4,"w":4}', bytes(48)),
         (b'{"app":"a","arrival_ms":"soon","n":1,"h":4,"w":4}', bytes(48)),
         (b'{"app":"a","arrival_ms":0,"n":1.0,"h":4,"w":4}', bytes(48)),
+        (b'{"app":"a","arrival_ms":NaN,"n":1,"h":4,"w":4}', bytes(48)),
+        (b'{"app":"a","arrival_ms":0,"n":1,"h":4,"w":4,"at":0}', bytes(48)),  # a place, but no segment
     ],
 )
 def test_a_request_whose_pixels_do_not_match_its_shape_is_refused(meta, payload):

@@ -30,6 +30,7 @@ from otas.server.intake import Intake
 from otas.server.main import build, default_max_queue
 from otas.server.remote import RemoteEngine
 from otas.server.ring import Segment, SegmentHandle
+from otas.server.workers import Workers, WorkerSpec, bind, worker_routes
 from tests.server.helpers import APPS, paced_profile, requests_total
 
 SIZE = 8
@@ -178,8 +179,7 @@ def test_other_endpoints_are_the_engine_processs_own_and_app_changes_reach_the_f
         new = json.dumps({"name": "late", "slo_ms": 900, "utility": 3.0, "task": "blur"}).encode()
         auth = [["authorization", "Bearer t"], ["content-type", "application/json"]]
         made = await remote.call({"method": "POST", "path": "/v1/apps", "headers": auth}, new)
-        await asyncio.sleep(0.05)
-        served = await remote.submit_many("late", pixels(2))
+        served = await remote.submit_many("late", pixels(2))  # the change came before its answer
         missing = await remote.call({"method": "GET", "path": "/v2/nowhere", "headers": []}, b"")
         return status, dict(headers), json.loads(body), made[0], set(remote.apps), served, missing[0]
 
@@ -188,6 +188,90 @@ def test_other_endpoints_are_the_engine_processs_own_and_app_changes_reach_the_f
     assert config["policy"] == "otas" and {a["name"] for a in config["apps"]} == {a.name for a in APPS}
     assert made == 201 and "late" in apps and [s.app for s in served] == ["late", "late"]
     assert missing == 404
+
+
+def test_an_admin_call_whose_client_leaves_still_runs_to_its_end_everywhere():
+    async def test(remote, engine, intake):
+        new = json.dumps({"name": "late", "slo_ms": 900, "utility": 3.0, "task": "blur"}).encode()
+        auth = [["authorization", "Bearer t"], ["content-type", "application/json"]]
+        call = remote.call({"method": "POST", "path": "/v1/apps", "headers": auth}, new)
+        task = asyncio.ensure_future(call)
+        await asyncio.sleep(0)
+        task.cancel()  # the client went away at once
+        for _ in range(200):
+            if "late" in remote.apps:
+                break
+            await asyncio.sleep(0.01)
+        return set(engine.apps), set(remote.apps)
+
+    in_engine, in_front = with_front_end(test, admin_token="t")
+    assert "late" in in_engine and "late" in in_front
+
+
+def test_a_request_too_large_for_a_frame_is_refused_not_the_front_end():
+    async def test(remote, engine, intake):
+        remote._proto.max_frame = 4096  # as a server with a small body limit
+        with pytest.raises(NotServed) as busy:  # fits the segment (700 B), but the segment is taken
+            hold = remote.submit_many("blur", pixels(3), remote.now_ms())  # 576 B in the segment
+            remote.submit_many("blur", pixels(3, 1))
+        with pytest.raises(NotServed) as large:
+            remote.submit_many("blur", pixels(30))  # 5,760 B: never fits
+        await hold
+        return busy.value.reason, large.value.reason, len(intake.conns), len(remote._proto.ring.live)
+
+    assert with_front_end(test, segment=700) == ("pixels_busy", "too_large", 1, 0)
+
+
+def test_the_front_end_answers_its_own_readiness_and_the_models():
+    paths = {r.path: r.endpoint.__name__ for r in worker_routes()}
+    assert paths["/v2/models/{model}/ready"] == "model_ready" and paths["/v2/health/ready"] == "ready"
+    assert paths["/{path:path}"] == "proxy"
+
+
+def test_a_port_held_by_another_server_is_refused():
+    held = socket.socket()
+    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    held.bind(("127.0.0.1", 0))
+    held.listen()
+    try:
+        with pytest.raises(ValueError, match="cannot listen there"):
+            bind("127.0.0.1", held.getsockname()[1], probe=True)
+    finally:
+        held.close()
+    sock = bind("127.0.0.1", 0, probe=True)  # a free one is picked, and shareable by the front ends
+    try:
+        bind("127.0.0.1", sock.getsockname()[1]).close()
+    finally:
+        sock.close()
+
+
+def test_a_front_end_that_keeps_dying_is_restarted_ever_more_slowly():
+    class Dead:
+        exitcode = 1
+
+        def is_alive(self):
+            return False
+
+    workers = Workers(1, WorkerSpec("", None, None), ("127.0.0.1", 0))
+    spawned = []
+
+    def spawn(i):
+        spawned.append(time.monotonic())
+        workers.born[i] = time.monotonic()
+        return Dead()
+
+    workers._spawn = spawn
+    workers.procs = [spawn(0)]
+
+    async def main():
+        task = asyncio.ensure_future(workers.supervise(period_s=0.05))
+        await asyncio.sleep(2.2)
+        workers.stopping = True
+        await task
+
+    asyncio.run(main())
+    gaps = np.diff(spawned)
+    assert 3 <= len(spawned) <= 5 and all(b > a for a, b in zip(gaps, gaps[1:], strict=False)), gaps
 
 
 def test_when_the_engine_process_goes_the_front_end_answers_what_it_holds_and_stops():
