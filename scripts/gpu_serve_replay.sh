@@ -19,7 +19,8 @@
 #                                         TWIN_ARCH: serve a latency twin of this architecture instead, e.g.
 #                                         vit_base_p2, profiled first: a model the GPU limits, not the host,
 #                                         OVERHEAD_PROTOCOLS: the no-op run's protocols (default uint8),
-#                                         SPY: a py-spy binary to sample the server with during the replay at SPY_LOAD)
+#                                         SPY: a py-spy binary to sample the server (and its front ends) with during the
+#                                         replay at SPY_LOAD; the connections each process holds then, from ss)
 set -uo pipefail  # no -e: one failed replay must not cost the others
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results/live_h100}
@@ -93,7 +94,12 @@ for POLICY in $POLICIES; do
     REP=$!
     if [ -n "${SPY:-}" ] && [ "$LOAD" = "${SPY_LOAD:-1}" ]; then  # py-spy over the server's threads, 2 s of this replay
       for _ in $(seq 300); do grep -q "replaying against" "$W/replay_${TAG}_x${LOAD}.txt" && break; sleep 0.2; done
+      for C in $(ps -o pid= --ppid $PID); do  # front ends (--http-workers): the children leading their own group
+        [ "$(ps -o pgid= -p "$C" | tr -d ' ')" = "$C" ] && $SPY record --pid "$C" --duration 2 --rate 250 --format raw \
+          -o "$W/spy_${TAG}_x${LOAD}_front$C.txt" > /dev/null 2>&1 &
+      done
       $SPY record --pid $PID --duration 2 --rate 250 --threads --format raw -o "$W/spy_${TAG}_x${LOAD}.txt" > /dev/null 2>&1
+      ss -tnpH state established "( sport = :8000 )" > "$W/conns_${TAG}_x${LOAD}.txt" 2>/dev/null
     fi
     wait $REP
     echo "  load $LOAD ($N requests) rc=$? at $((SECONDS - T0))s"
