@@ -447,3 +447,27 @@ def test_sigterm_answers_the_requests_in_flight_then_stops(workers_server):
     assert proc.wait(60) == 0
     assert all(status == 200 and n == 16 or status == 503 for status, n in got), [g for g in got if g[0] != 200]
     assert sum(status == 200 for status, _ in got) >= 1
+
+
+def test_hostile_requests_get_their_answers_from_a_front_end_and_it_keeps_serving(workers_server):
+    url, proc = workers_server
+    port = int(url.rsplit(":", 1)[1])
+    model = httpx.get(f"{url}/v1/config", timeout=30).json()["model"]
+    infer = f"{url}/v2/models/{model}/infer"
+    with socket.create_connection(("127.0.0.1", port)) as s:  # a body over the limit, announced
+        s.sendall(f"POST /v2/models/{model}/infer HTTP/1.1\r\nhost: x\r\ncontent-length: {9 << 20}\r\n\r\n".encode())
+        s.settimeout(30)
+        big = s.recv(4096)
+    bad_json = httpx.post(infer, content=b'{"inputs": [', headers={"content-type": "application/json"}, timeout=30)
+    no_model = httpx.post(f"{url}/v2/models/other/infer", json={"inputs": []}, timeout=30)
+    no_token = httpx.post(f"{url}/v1/apps", json={"name": "x", "slo_ms": 100, "utility": 1, "task": "blur"}, timeout=30)
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(b"\x16\x03\x01 not http at all\r\n\r\n")
+        s.settimeout(30)
+        garbage = s.recv(4096)
+    assert big.startswith(b"HTTP/1.1 413") and b"too_large" in big
+    assert bad_json.status_code == 400 and "reason" in bad_json.json()
+    assert no_model.status_code == 404
+    assert no_token.status_code == 403 and no_token.json()["reason"] == "admin_disabled"
+    assert garbage.startswith(b"HTTP/1.1 400")
+    assert send_many(url, 4, 8) == [(200, 8)] * 4
