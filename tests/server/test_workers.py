@@ -123,21 +123,23 @@ def test_pixels_arrive_as_sent_in_the_shared_segment_or_in_the_frame(segment):
 
 def test_a_cancelled_requests_place_in_the_segment_is_freed_once_the_engine_lets_go():
     async def test(remote, engine, intake):
-        busy = remote.submit_many("blur", pixels(16), remote.now_ms())
+        ring = remote._proto.ring
+        busy = remote.submit_many("blur", pixels(16), remote.now_ms())  # on the device for 200 ms
         await asyncio.sleep(0.05)
         fut = remote.submit_many("blur", pixels(3, 1), remote.now_ms())
+        mine = list(ring.live)[-1]
         await asyncio.sleep(0.02)
-        held = len(remote._proto.ring.live)
+        held = mine in ring.live
         fut.cancel()
-        for _ in range(100):
-            if len(remote._proto.ring.live) == 1:
+        for _ in range(500):
+            if mine not in ring.live:
                 break
             await asyncio.sleep(0.01)
-        freed = len(remote._proto.ring.live)
+        freed = mine not in ring.live
         await busy
-        return held, freed, len(remote._proto.ring.live)
+        return held, freed, len(ring.live)
 
-    assert with_front_end(test, segment=1 << 16, base_ms=200.0) == (2, 1, 0)
+    assert with_front_end(test, segment=1 << 16, base_ms=200.0) == (True, True, 0)
 
 
 def test_refusals_cross_the_process_boundary():
@@ -359,7 +361,8 @@ def workers_server(tmp_path):
 
 
 def send_many(url: str, k: int, n: int, first: threading.Event | None = None) -> list[tuple[int, int]]:
-    """(status, answers) of `k` concurrent requests of `n` images; `first` is set at the first answer."""
+    """(status, answers) of `k` concurrent requests of `n` images (status -2: refused connection, -1:
+    no answer on an accepted one); `first` is set at the first answer."""
 
     model = httpx.get(f"{url}/v1/config", timeout=30).json()["model"]
 
@@ -367,8 +370,10 @@ def send_many(url: str, k: int, n: int, first: threading.Event | None = None) ->
         body, headers = uint8_request(n, seed=i)
         try:
             r = httpx.post(f"{url}/v2/models/{model}/infer", content=body, headers=headers, timeout=60)
+        except httpx.ConnectError:
+            return -2, 0  # never accepted (the server had stopped listening)
         except httpx.HTTPError:
-            return -1, 0
+            return -1, 0  # accepted, then lost
         finally:
             if first is not None:
                 first.set()
@@ -445,7 +450,9 @@ def test_sigterm_answers_the_requests_in_flight_then_stops(workers_server):
         proc.send_signal(signal.SIGTERM)  # the others in flight
         got = sending.result(90)
     assert proc.wait(60) == 0
-    assert all(status == 200 and n == 16 or status == 503 for status, n in got), [g for g in got if g[0] != 200]
+    # every request the server accepted is answered: served, or refused 503 while draining; one sent
+    # after the last front end stopped listening is refused its connection (-2), as by any server
+    assert all(status == 200 and n == 16 or status in (503, -2) for status, n in got), got
     assert sum(status == 200 for status, _ in got) >= 1
 
 
