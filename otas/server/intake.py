@@ -44,6 +44,43 @@ def apps_of(engine: ServingEngine) -> list[dict[str, Any]]:
     return [asdict(a) for a in engine.apps.values()]
 
 
+class FrontEnds:
+    """The front ends' doors as one, for the engine's /metrics (`Metrics.watch`): the sums of what
+    each last reported (STATS), with the counts of front ends gone kept."""
+
+    def __init__(self) -> None:
+        self.now: dict[int, dict[str, float]] = {}
+        self.gone = {"admitted": 0, "refused": 0}
+
+    def _sum(self, key: str) -> float:
+        return sum(float(s.get(key) or 0) for s in self.now.values())
+
+    @property
+    def admitted(self) -> float:
+        return self.gone["admitted"] + self._sum("admitted")
+
+    @property
+    def refused(self) -> float:
+        return self.gone["refused"] + self._sum("refused")
+
+    @property
+    def in_flight(self) -> float:
+        return self._sum("in_flight")
+
+    @property
+    def limit(self) -> float:
+        return self._sum("limit")
+
+    @property
+    def rate(self) -> float:
+        return self._sum("rate")
+
+    def left(self, key: int) -> None:
+        last = self.now.pop(key, {})
+        for k in self.gone:
+            self.gone[k] += int(last.get(k) or 0)
+
+
 class Intake:
     """The front ends' connections to one engine (see the module docstring)."""
 
@@ -52,6 +89,7 @@ class Intake:
         self.max_frame = max_body_bytes + META_MARGIN
         self.conns: set[_Conn] = set()
         self.calls: set[asyncio.Task] = set()
+        self.fronts = FrontEnds()
         self.segments: dict[str, Any] = {}
         """Shared segments made for front ends (`ring.Segment`), by token, until each front end attaches."""
         self._server: asyncio.AbstractServer | None = None
@@ -96,6 +134,7 @@ class _Conn(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc) -> None:
         self.intake.conns.discard(self)
+        self.intake.fronts.left(id(self))
         for f in list(self.pending.values()):
             f.cancel()  # its front end is gone: the engine counts it as a client gone
         self.pending.clear()
@@ -121,6 +160,8 @@ class _Conn(asyncio.BufferedProtocol):
                 fut.cancel()
                 # the final word on it: its pixels' place in the shared segment may now be reused
                 self.refuse(f.id, NotServed("cancelled", "client_gone", "cancelled by its front end"))
+        elif f.kind == Kind.STATS:
+            self.intake.fronts.now[id(self)] = {k: v for k, v in f.meta.items() if isinstance(v, int | float)}
         elif f.kind == Kind.ATTACH:
             seg = self.intake.segments.pop(str(f.meta.get("segment")), None)
             if seg is None:

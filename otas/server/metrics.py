@@ -91,17 +91,22 @@ class Metrics(Observer):
         self._totals = {k: [0, 0] for k in ("success", "fail", "queue", "compute_infer")}  # [count, ns]
         self._batches, self._last_ms = 0, 0
         self._children: dict[tuple[str, tuple[str, ...]], Any] = {}  # (metric, labels) -> its child, made once
+        self._doors: list = []
 
     def watch(self, door: FrontDoor) -> None:
-        """Export the front door's state (`admission.py`), read at each scrape."""
-        r = self.registry
+        """Export the front door's state (`admission.py`), read at each scrape. Several doors (the
+        gRPC door here and the HTTP front ends' of `--http-workers`, `intake.FrontEnds`) are summed."""
+        self._doors.append(door)
+        if len(self._doors) > 1:
+            return
+        r, doors = self.registry, self._doors
         Gauge("otas_front_in_flight", "Inference requests in the host's front end (parsing, decoding)",
-              registry=r).set_function(lambda: door.in_flight)  # fmt: skip
+              registry=r).set_function(lambda: sum(d.in_flight for d in doors))  # fmt: skip
         Gauge("otas_front_limit", "Front-end requests admitted at most now (0: not yet measured)",
-              registry=r).set_function(lambda: door.limit or 0)  # fmt: skip
+              registry=r).set_function(lambda: sum(d.limit or 0 for d in doors))  # fmt: skip
         Gauge("otas_front_rate", "Requests per second the front end finishes while busy (measured)",
-              registry=r).set_function(lambda: door.rate or 0.0)  # fmt: skip
-        r.register(_DoorCounts(door))
+              registry=r).set_function(lambda: sum(d.rate or 0.0 for d in doors))  # fmt: skip
+        r.register(_DoorCounts(doors))
 
     def forget(self, app: str) -> None:
         """Drop every series of an application that was removed (its counts leave /metrics)."""
@@ -191,11 +196,11 @@ class _DoorCounts:
     `overloaded`, before parsing: not in `otas_requests_total`, which counts images of parsed
     requests) by the front door."""
 
-    def __init__(self, door: FrontDoor):
-        self.door = door
+    def __init__(self, doors: list):
+        self.doors = doors
 
     def collect(self):
         c = CounterMetricFamily("otas_front_requests", "Inference requests at the front door", labels=["outcome"])
-        c.add_metric(["admitted"], self.door.admitted)
-        c.add_metric(["overloaded"], self.door.refused)
+        c.add_metric(["admitted"], sum(d.admitted for d in self.doors))
+        c.add_metric(["overloaded"], sum(d.refused for d in self.doors))
         yield c

@@ -39,6 +39,7 @@ from otas.server.wire import (
 from otas.types import App
 
 log = logging.getLogger("otas.server")
+STATS_S = 0.5
 MAX_ANSWER = 64 << 20
 """Largest frame the engine sends a front end (a proxied answer, or a request's answers)."""
 
@@ -70,6 +71,9 @@ class RemoteEngine:
         self._offset_ms = 0.0
         self.on_lost: Callable[[], None] | None = None
         """Called once if the engine process goes away (the front end then stops)."""
+        self.door = None
+        """This front end's `FrontDoor`, if any: its counts go to the engine every `STATS_S`."""
+        self._stats: asyncio.Task | None = None
 
     # -- the ServingEngine surface ---------------------------------------------------------------
     def now_ms(self) -> float:
@@ -88,6 +92,7 @@ class RemoteEngine:
         self.image_size, self.classes = int(h["image_size"]), h["classes"]
         self.set_apps(h["apps"])
         self._offset_ms = float(h["clock_ms"]) - float(h["monotonic_s"]) * 1000.0
+        self._stats = asyncio.ensure_future(self._report())
         if self._segment_handle is not None:
             seg = self._segment_handle.open()
             seg.close()  # the mapping stays
@@ -97,14 +102,30 @@ class RemoteEngine:
             Preprocess.from_dict(pre) if pre else self.image_size, d.decode_workers, d.decode_limits(), d.decode_queue
         )
 
+    async def _report(self) -> None:
+        """The front door's counts to the engine process, for its /metrics."""
+        while True:
+            await asyncio.sleep(STATS_S)
+            self.report()
+
+    def report(self) -> None:
+        d, p = self.door, self._proto
+        if d is not None and p is not None and p.alive:
+            stats = {"admitted": d.admitted, "refused": d.refused, "in_flight": d.in_flight, "limit": d.limit or 0,
+                     "rate": d.rate or 0.0}  # fmt: skip
+            p.transport.write(pack(Kind.STATS, 0, stats))
+
     async def stop(self, timeout_s: float | None = None) -> None:
         """Stop admitting; wait for the answers in flight (for `drain_s`), then answer the rest."""
         self._closing = True
+        if self._stats is not None:
+            self._stats.cancel()
         p = self._proto
         if p is not None and p.waiting:
             await asyncio.wait(set(p.waiting.values()), timeout=self.drain_s if timeout_s is None else timeout_s)
             p.fail_all(NotServed("error", "shutting_down", "the server shut down before this request ran; retry"))
         if p is not None:
+            self.report()  # the last counts
             p.transport.close()
         if self._decode is not None:
             self._decode.shutdown()

@@ -47,6 +47,8 @@ class Kind(IntEnum):
     """engine → front end: the engine app's answer to CALL `id`."""
     ATTACH = 9
     """front end → engine, first: the shared segment it writes pixels to (`ring.py`), by its token."""
+    STATS = 10
+    """front end → engine, every half second: its front door's counts (for the engine's /metrics)."""
 
 
 class WireError(ValueError):

@@ -114,6 +114,7 @@ def worker_main(spec: WorkerSpec, address: tuple, segment: SegmentHandle | None 
     memory.tune()
     engine = RemoteEngine(spec.intake, spec.decode, spec.drain_s, segment, token)
     app = create_app(engine, spec.serve, None, worker_routes())
+    engine.door = app.state.guard.door
     sock = bind(*address[:2])  # listened on once the engine is connected (asyncio listens as it starts serving)
     host, port = address[:2]
     server = make_server(app, host, port, timeout_graceful_shutdown=spec.drain_s)
@@ -264,6 +265,8 @@ async def run_engine_process(
     try:
         async with app.router.lifespan_context(app):
             intake = Intake(engine, app, spec.serve.max_body_bytes, preprocess)
+            if app.state.metrics is not None:
+                app.state.metrics.watch(intake.fronts)
             await intake.start(path)
             workers = Workers(k, spec, sock.getsockname()[:2], intake.segments)
             await asyncio.to_thread(workers.start)

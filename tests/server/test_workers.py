@@ -55,6 +55,7 @@ def with_front_end(test, segment: int = 0, **kw):
             path = str(Path(d) / "e.sock")
             async with app.router.lifespan_context(app):
                 intake = Intake(engine, app, 1 << 20)
+                app.state.metrics.watch(intake.fronts)  # as run_engine_process does
                 await intake.start(path)
                 handle = None
                 if segment:
@@ -222,6 +223,34 @@ def test_a_request_too_large_for_a_frame_is_refused_not_the_front_end():
         return busy.value.reason, large.value.reason, len(intake.conns), len(remote._proto.ring.live)
 
     assert with_front_end(test, segment=700) == ("pixels_busy", "too_large", 1, 0)
+
+
+def test_the_front_ends_door_counts_reach_the_engines_metrics_and_outlive_the_front_end():
+    from types import SimpleNamespace
+
+    def front_requests(text: str) -> dict[str, float]:
+        out = {}
+        for line in text.splitlines():
+            if line.startswith("otas_front_requests_total{"):
+                out[line.split('outcome="')[1].split('"')[0]] = float(line.rsplit(" ", 1)[1])
+        return out
+
+    async def test(remote, engine, intake):
+        remote.door = SimpleNamespace(admitted=7, refused=3, in_flight=2, limit=40, rate=900.0)
+        remote.report()
+        await asyncio.sleep(0.05)
+        _, _, body = await remote.call({"method": "GET", "path": "/metrics", "headers": []}, b"")
+        during = front_requests(body.decode())
+        engine_door = intake.app.state.guard.door  # the engine process's own (gRPC's), counted too
+        for c in list(intake.conns):
+            c.transport.close()  # the front end goes; its counts stay
+        await asyncio.sleep(0.05)
+        after = (intake.fronts.admitted, intake.fronts.refused, intake.fronts.in_flight)
+        return during, after, (engine_door.admitted, engine_door.refused)
+
+    during, after, own = with_front_end(test)
+    assert during == {"admitted": 7 + own[0], "overloaded": 3 + own[1]}
+    assert after == (7, 3, 0)
 
 
 def test_the_front_end_answers_its_own_readiness_and_the_models():
