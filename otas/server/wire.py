@@ -174,31 +174,49 @@ class Answers:
 
 
 def pack_served(rid: int, served: list) -> list[bytes]:
-    """The frame answering request `rid` with its `Served` records (one app, one class list)."""
+    """The frame answering request `rid` with its `Served` records (one app, one class list). The
+    images of one request served in one batch share every field but their id (consecutive) and
+    probabilities: those fields travel once per such run (OPTIMIZATION: one tuple per image into
+    arrays cost 1.7 µs an image on the engine's event loop; runs, 0.4 µs)."""
     n, k = len(served), len(served[0].probs)
-    probs = np.empty((n, k), np.float32)
-    for i, s in enumerate(served):
-        probs[i] = s.probs
-    floats = np.array([(s.queue_ms, s.exec_ms, s.total_ms, s.utility) for s in served], np.float64)
-    ints = np.array([(s.id, s.gamma, s.batch_size, s.deadline_met) for s in served], np.int64)
-    parts = [probs.tobytes(), floats.tobytes(), ints.tobytes()]
-    meta = {"app": served[0].app, "n": n, "k": k}
-    return [pack(Kind.SERVED, rid, meta, sum(len(p) for p in parts)), *parts]
+    first = served[0]
+    runs: list[list] = []
+    key = None
+    nxt = -1
+    for s in served:
+        now = (s.gamma, s.queue_ms, s.exec_ms, s.total_ms, s.deadline_met, s.batch_size, s.utility)
+        if now != key or s.id != nxt:
+            key = now
+            runs.append([s.id, 0, *now])
+        runs[-1][1] += 1
+        nxt = s.id + 1
+    try:  # rows of float32 in C order, as the runners answer: their bytes as they are
+        probs = b"".join([s.probs for s in served])
+    except (BufferError, TypeError, ValueError):  # a row that is a strided view
+        probs = b""
+    if len(probs) != n * k * 4:  # not float32 (the byte count tells): converted
+        probs = np.array([s.probs for s in served], np.float32).tobytes()
+    meta = {"app": first.app, "n": n, "k": k, "runs": runs}
+    return [pack(Kind.SERVED, rid, meta, len(probs)), probs]
 
 
 def unpack_served(frame: Frame) -> Answers:
     m = frame.meta
-    n, k, app = m.get("n"), m.get("k"), m.get("app")
-    if not (isinstance(n, int) and isinstance(k, int) and isinstance(app, str)) or n < 1 or k < 1:
-        raise WireError(f"SERVED meta {m!r}: want app (str), n and k (ints >= 1)")
-    sizes = (n * k * 4, n * len(_FLOATS) * 8, n * len(_INTS) * 8)
-    if sum(sizes) != len(frame.payload):
+    n, k, app, runs = m.get("n"), m.get("k"), m.get("app"), m.get("runs")
+    if not (isinstance(n, int) and isinstance(k, int) and isinstance(app, str) and isinstance(runs, list)):
+        raise WireError(f"SERVED meta {m!r}: want app (str), n and k (ints >= 1), runs (a list)")
+    if n < 1 or k < 1 or n * k * 4 != len(frame.payload):
         raise WireError(f"SERVED of {n} images × {k} classes with {len(frame.payload)} bytes")
-    p = frame.payload
-    a, b = sizes[0], sizes[0] + sizes[1]
-    return Answers(
-        app,
-        np.frombuffer(p[:a], np.float32).reshape(n, k),
-        np.frombuffer(p[a:b], np.float64).reshape(n, len(_FLOATS)),
-        np.frombuffer(p[b:], np.int64).reshape(n, len(_INTS)),
-    )
+    try:
+        ids = np.concatenate([np.arange(r[0], r[0] + r[1]) for r in runs]) if runs else np.empty(0, np.int64)
+        count = np.array([r[1] for r in runs], np.int64)
+        fields = np.array([r[2:9] for r in runs], np.float64).reshape(len(runs), 7)  # gamma, queue..utility
+    except (TypeError, ValueError, IndexError):
+        raise WireError(f"SERVED runs {str(runs)[:200]}: want [first id, count, gamma, queue_ms, exec_ms, "
+                        "total_ms, deadline_met, batch_size, utility] each") from None  # fmt: skip
+    if len(ids) != n or (count < 1).any():
+        raise WireError(f"SERVED runs cover {len(ids)} images, not {n}")
+    per = np.repeat(fields, count, axis=0)  # (N, 7)
+    floats = per[:, [1, 2, 3, 6]]  # queue_ms, exec_ms, total_ms, utility
+    ints = np.stack([ids, per[:, 0], per[:, 5], per[:, 4]], axis=1).astype(np.int64)  # id, gamma, batch, met
+    return Answers(app, np.frombuffer(frame.payload, np.float32).reshape(n, k), floats, ints)

@@ -117,11 +117,37 @@ def test_a_request_whose_pixels_do_not_match_its_shape_is_refused(meta, payload)
         unpack_submit(f, 4)
 
 
-def test_an_answer_whose_arrays_do_not_match_its_counts_is_refused():
-    head, *parts = pack_served(1, served(3, 5))
-    (f,) = read_all(frame(5, b'{"app":"a","n":4,"k":5}', b"".join(parts)))
-    with pytest.raises(WireError, match="4 images"):
+@pytest.mark.parametrize(
+    "meta",
+    [
+        b'{"app":"a","n":4,"k":5,"runs":[[0,3,0,1,1,1,1,3,1]]}',  # 4 images announced, payload for 3
+        b'{"app":"a","n":3,"k":5,"runs":[[0,2,0,1,1,1,1,3,1]]}',  # runs cover 2 of 3
+        b'{"app":"a","n":3,"k":5,"runs":[[0,3,0]]}',  # a run without its fields
+        b'{"app":"a","n":3,"k":5,"runs":[[0,4,0,1,1,1,1,3,1],[9,-1,0,1,1,1,1,3,1]]}',  # a negative count
+        b'{"app":"a","n":3,"k":5}',
+    ],
+)
+def test_an_answer_whose_parts_do_not_match_its_counts_is_refused(meta):
+    payload = np.zeros((3, 5), np.float32).tobytes()
+    (f,) = read_all(frame(5, meta, payload))
+    with pytest.raises(WireError):
         unpack_served(f)
+
+
+def test_answers_from_several_batches_and_any_rows_read_back_as_they_were():
+    rng = np.random.default_rng(0)
+    full = rng.random((6, 7), dtype=np.float32)
+    rows = [full[0, :5], full[1, :5], full[2:3, :5][0], full[3, :5].astype(np.float64), full[4, :5], full[5, :5]]
+    served = [
+        Served(i + (10 if i >= 4 else 0), "a", g, r, ["c"] * 5, q, 2.0, q + 2, q < 3, b, 0.5 * i)
+        for i, (r, g, q, b) in enumerate(zip(rows, [0, 0, 0, -8, -8, -8], [1.0, 1.0, 1.0, 4.0, 4.0, 4.0],
+                                             [3, 3, 3, 64, 64, 64], strict=True))
+    ]  # fmt: skip
+    (f,) = read_all(b"".join(pack_served(7, served)))
+    a = unpack_served(f)
+    np.testing.assert_allclose(a.probs, np.stack([np.asarray(r, np.float32) for r in rows]))
+    assert a.ints.tolist() == [[s.id, s.gamma, s.batch_size, int(s.deadline_met)] for s in served]
+    np.testing.assert_allclose(a.floats, [[s.queue_ms, s.exec_ms, s.total_ms, s.utility] for s in served])
 
 
 def test_only_pixel_arrays_are_sent():
