@@ -18,7 +18,7 @@ from dataclasses import asdict
 from typing import Any
 
 from otas.engine.serving import NotServed, ServingEngine
-from otas.server.wire import Frame, FrameReader, Kind, WireError, pack, pack_served, unpack_submit
+from otas.server.wire import Frame, FrameProtocol, Kind, WireError, pack, pack_served, unpack_submit
 
 log = logging.getLogger("otas.server")
 META_MARGIN = 1 << 20
@@ -117,15 +117,16 @@ class Intake:
                 c.transport.write(head)
 
 
-class _Conn(asyncio.BufferedProtocol):
+class _Conn(FrameProtocol):
+    peer = "a front end"
+
     def __init__(self, intake: Intake):
+        super().__init__(intake.max_frame)
         self.intake = intake
-        self.reader = FrameReader(intake.max_frame)
         self.pending: dict[int, asyncio.Future] = {}
         """Requests in the engine by id (proxied calls are not here: they always run to their end)."""
         self.segment = None
         """The front end's shared segment (a buffer), once it attached one."""
-        self.transport: asyncio.Transport
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -138,19 +139,6 @@ class _Conn(asyncio.BufferedProtocol):
         for f in list(self.pending.values()):
             f.cancel()  # its front end is gone: the engine counts it as a client gone
         self.pending.clear()
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self.reader.buffer()
-
-    def buffer_updated(self, nbytes: int) -> None:
-        try:
-            frame = self.reader.advance(nbytes)
-        except WireError as e:
-            log.error("bad frame from a front end", extra={"event": "wire_error", "error": str(e)[:300]})
-            self.transport.close()
-            return
-        if frame is not None:
-            self.on_frame(frame)
 
     def on_frame(self, f: Frame) -> None:
         if f.kind == Kind.SUBMIT:

@@ -28,7 +28,7 @@ from otas.server.ring import Ring, Segment, SegmentHandle
 from otas.server.wire import (
     MAX_META,
     Frame,
-    FrameReader,
+    FrameProtocol,
     Kind,
     WireError,
     pack,
@@ -200,12 +200,14 @@ class RemoteEngine:
         ]
 
 
-class _Client(asyncio.BufferedProtocol):
+class _Client(FrameProtocol):
     """The front end's connection: requests by id, each answered once."""
 
+    peer = "the engine"
+
     def __init__(self, engine: RemoteEngine, hello: asyncio.Future):
+        super().__init__(MAX_ANSWER)
         self.engine, self.hello = engine, hello
-        self.reader = FrameReader(MAX_ANSWER)
         self.waiting: dict[int, asyncio.Future] = {}
         self.ids = itertools.count(1)
         self.alive = False
@@ -213,7 +215,6 @@ class _Client(asyncio.BufferedProtocol):
         self.ring: Ring | None = None
         self.max_frame = MAX_ANSWER
         """The largest frame the engine reads (its HELLO says)."""
-        self.transport: asyncio.Transport
 
     def connection_made(self, transport) -> None:
         self.transport, self.alive = transport, True
@@ -231,19 +232,6 @@ class _Client(asyncio.BufferedProtocol):
             if not f.done():
                 f.set_exception(e)
         self.waiting.clear()
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self.reader.buffer()
-
-    def buffer_updated(self, nbytes: int) -> None:
-        try:
-            frame = self.reader.advance(nbytes)
-        except WireError as e:
-            log.error("bad frame from the engine", extra={"event": "wire_error", "error": str(e)[:300]})
-            self.transport.close()
-            return
-        if frame is not None:
-            self.on_frame(frame)
 
     def on_frame(self, f: Frame) -> None:
         if f.kind == Kind.HELLO:

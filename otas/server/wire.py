@@ -14,7 +14,9 @@ not JSON: one request of hundreds of images is answered in one frame.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import math
 import struct
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+log = logging.getLogger("otas.server")
 HEAD = struct.Struct("<IBQI")
 MAX_META = 1 << 20
 """A frame's JSON part is at most this (the largest is a proxied answer's headers, or the apps)."""
@@ -117,6 +120,33 @@ class FrameReader:
         return Frame(self._kind, self._rid, meta, view[self._meta_size :])
 
 
+class FrameProtocol(asyncio.BufferedProtocol):
+    """A connection that reads frames (`FrameReader`) into `on_frame`; a frame that breaks the format
+    closes it (logged, naming `peer`)."""
+
+    peer = "the other process"
+
+    def __init__(self, max_frame: int):
+        self.reader = FrameReader(max_frame)
+        self.transport: asyncio.Transport
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.reader.buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        try:
+            frame = self.reader.advance(nbytes)
+        except WireError as e:
+            log.error(f"bad frame from {self.peer}", extra={"event": "wire_error", "error": str(e)[:300]})
+            self.transport.close()
+            return
+        if frame is not None:
+            self.on_frame(frame)
+
+    def on_frame(self, f: Frame) -> None:
+        raise NotImplementedError
+
+
 # -- one request's images, and their answers ---------------------------------------------------------
 def pack_submit(rid: int, app: str, arrival_ms: float, pixels: np.ndarray) -> tuple[bytes, memoryview]:
     """(head + meta, payload) of a request: `pixels` uint8 (N, H, W, 3)."""
@@ -142,17 +172,15 @@ def unpack_submit(frame: Frame, size: int, segment=None) -> tuple[str, float, np
     ints = all(isinstance(v, int) for v in (n, h, w))
     if not isinstance(app, str) or not isinstance(arrival, int | float) or not ints or not math.isfinite(arrival):
         raise WireError(f"SUBMIT meta {m!r}: want app (str), arrival_ms (number), n, h, w (ints)")
-    at = m.get("at")
+    if h != size or w != size or n < 1:
+        raise WireError(f"SUBMIT of {n} × {h} × {w} × 3 pixels; the model takes {size}²")
+    nbytes, at = n * h * w * 3, m.get("at")
     if at is not None:
-        nbytes = n * h * w * 3 if n > 0 else 0
         if segment is None or not isinstance(at, int) or at < 0 or at + nbytes > len(segment) or len(frame.payload):
             raise WireError(f"SUBMIT at {at!r} of {nbytes} bytes: outside the shared segment, or none attached")
-        if h != size or w != size or n < 1:
-            raise WireError(f"SUBMIT of {n} × {h} × {w} × 3 pixels; the model takes {size}²")
         return app, float(arrival), np.frombuffer(segment, np.uint8, nbytes, at).reshape(n, h, w, 3)
-    if h != size or w != size or n < 1 or n * h * w * 3 != len(frame.payload):
-        got = len(frame.payload)
-        raise WireError(f"SUBMIT of {n} × {h} × {w} × 3 pixels with {got} bytes; the model takes {size}²")
+    if nbytes != len(frame.payload):
+        raise WireError(f"SUBMIT of {n} × {h} × {w} × 3 pixels with {len(frame.payload)} bytes")
     return app, float(arrival), np.frombuffer(frame.payload, np.uint8).reshape(n, h, w, 3)
 
 
