@@ -19,6 +19,7 @@
 #                                         TWIN_ARCH: serve a latency twin of this architecture instead, e.g.
 #                                         vit_base_p2, profiled first: a model the GPU limits, not the host,
 #                                         OVERHEAD_PROTOCOLS: the no-op run's protocols (default uint8),
+#                                         REPLAY_ARGS: more `otas bench replay` options, e.g. --no-state-wait,
 #                                         SPY: a py-spy binary to sample the server (and its front ends) with during the
 #                                         replay at SPY_LOAD; the connections each process holds then, from ss)
 set -uo pipefail  # no -e: one failed replay must not cost the others
@@ -90,7 +91,7 @@ for POLICY in $POLICIES; do
     date +%s.%N > "$W/t_${TAG}_x${LOAD}.txt"
     $OTAS bench replay --url http://127.0.0.1:8000 --trace "$TRACE" --load "$LOAD" --limit "$N" --out "$W" \
       --coalesce-ms "${COALESCE_MS:-0}" --format "${FORMAT:-otas}" --repeat "${REPEAT:-1}" \
-      --senders "${SENDERS:-1}" --tag "$TAG" > "$W/replay_${TAG}_x${LOAD}.txt" 2>&1 &
+      --senders "${SENDERS:-1}" --tag "$TAG" ${REPLAY_ARGS:-} > "$W/replay_${TAG}_x${LOAD}.txt" 2>&1 &
     REP=$!
     if [ -n "${SPY:-}" ] && [ "$LOAD" = "${SPY_LOAD:-1}" ]; then  # py-spy over the server's threads, 2 s of this replay
       for _ in $(seq 300); do grep -q "replaying against" "$W/replay_${TAG}_x${LOAD}.txt" && break; sleep 0.2; done

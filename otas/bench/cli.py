@@ -70,6 +70,13 @@ def bench_replay_cmd(
             "process falls behind at thousands of large requests a second (its send lag shows it)."
         ),
     ] = 1,
+    state_wait: Annotated[
+        bool,
+        typer.Option(
+            help="otas formats: each request states how long its first arrival waited before it was sent (the "
+            "otas-waited-ms header: the coalescing window and any send lag), so the server times it from that arrival."
+        ),
+    ] = True,
 ) -> None:
     """Replay a trace open-loop against a server (otas, or a peer in bench/peers/) with labelled
     CIFAR-10 test images; report utility, SLO attainment, goodput, accuracy and latency per app, beside
@@ -83,7 +90,7 @@ def bench_replay_cmd(
         check_senders(senders)
         replay_main(url, trace, apps, load, limit, seed, out, tag, data, console, format, model or "vit_tiny_p2_c5"
                     if format == "triton" else model, profile, max_batch, duration_s, coalesce_ms, repeat,
-                    senders)  # fmt: skip
+                    senders, state_wait)  # fmt: skip
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
 

@@ -39,6 +39,7 @@ async def open_loop(
     groups: Groups | None = None,
     headers: Callable[[bytes], dict[str, str]] | None = None,
     limit: int = 4000,
+    waited: str | None = None,
 ) -> list[dict[str, Any]]:
     """POST `bodies[i]` to `endpoint` at `arrival_ms[i]` after the start, open loop (a late answer
     delays no later send). One record per request: `lag_ms` (how late it was sent), `latency_ms`
@@ -49,8 +50,10 @@ async def open_loop(
     `groups.members[k]`; there is still one record per arrival, its lag and latency from its own
     arrival, and `parse(status, body, n)` gives a list of the n images' fields. `headers(body)`: the
     HTTP headers of a body (default: JSON), worked out for every body before the first is sent.
-    `send_open_loop` runs the same schedule from several processes."""
-    plan = _plan(endpoint, bodies, arrival_ms, timeout_s, parse, groups, headers)
+    `waited`: a header that states, as each request is sent, how long its first arrival has waited
+    (ms; `otas.server.waited`), so the server times it from that arrival. `send_open_loop` runs the
+    same schedule from several processes."""
+    plan = _plan(endpoint, bodies, arrival_ms, timeout_s, parse, groups, headers, waited)
     recs: list[dict[str, Any]] = [{} for _ in range(len(arrival_ms))]
     share = await _send_share(plan, range(len(plan.send_ms)), time.perf_counter() + 0.05, limit)
     for i, r in share.items():
@@ -72,18 +75,20 @@ class _Plan:
     members: Sequence[Sequence[int]]
     parse: Callable[[int, bytes, int], list[dict[str, Any]]]
     timeout_s: float
+    waited: str | None = None
+    """The header stating each request's wait when sent (None: not stated)."""
 
 
-def _plan(endpoint, bodies, arrival_ms, timeout_s, parse, groups, headers) -> _Plan:  # open_loop's arguments
+def _plan(endpoint, bodies, arrival_ms, timeout_s, parse, groups, headers, waited=None) -> _Plan:  # open_loop's
     arrival_ms = [float(t) for t in arrival_ms]  # OPTIMIZATION: a list indexes faster than an array, per send
     json_headers = {"content-type": "application/json"}
     heads = [headers(b) for b in bodies] if headers else [json_headers] * len(bodies)
     if groups is not None:
-        return _Plan(endpoint, bodies, heads, arrival_ms, groups.send_ms, groups.members, parse, timeout_s)
+        return _Plan(endpoint, bodies, heads, arrival_ms, groups.send_ms, groups.members, parse, timeout_s, waited)
     one = parse
     many = lambda status, raw, n: [one(status, raw)]  # noqa: E731
     members = [[i] for i in range(len(arrival_ms))]
-    return _Plan(endpoint, bodies, heads, arrival_ms, arrival_ms, members, many, timeout_s)
+    return _Plan(endpoint, bodies, heads, arrival_ms, arrival_ms, members, many, timeout_s, waited)
 
 
 async def _send_share(plan: _Plan, share: Sequence[int], t0: float, limit: int) -> dict[int, dict[str, Any]]:
@@ -91,7 +96,7 @@ async def _send_share(plan: _Plan, share: Sequence[int], t0: float, limit: int) 
     time) + `send_ms[k]`, over at most `limit` connections: the records of their arrivals."""
     import aiohttp
 
-    arrival_ms, members, parse = plan.arrival_ms, plan.members, plan.parse
+    arrival_ms, members, parse, waited = plan.arrival_ms, plan.members, plan.parse, plan.waited
     recs: dict[int, dict[str, Any]] = {i: {} for k in share for i in members[k]}
     # aiohttp rather than httpx: httpx's connection pool slows down badly with hundreds in flight
     conn = aiohttp.TCPConnector(limit=limit)
@@ -103,8 +108,11 @@ async def _send_share(plan: _Plan, share: Sequence[int], t0: float, limit: int) 
             now = time.perf_counter()
             for i in mine:
                 recs[i]["lag_ms"] = (now - t0 - arrival_ms[i] / 1e3) * 1e3
+            head = plan.heads[k]
+            if waited is not None:  # the first arrival's wait (members are in arrival order)
+                head = {**head, waited: f"{max(recs[mine[0]]['lag_ms'], 0.0):.3f}"}
             try:
-                async with client.post(plan.endpoint, data=plan.bodies[k], headers=plan.heads[k]) as r:
+                async with client.post(plan.endpoint, data=plan.bodies[k], headers=head) as r:
                     raw = await r.read()
                 done = time.perf_counter()
                 fields = parse(r.status, raw, len(mine))
@@ -156,21 +164,22 @@ def send_open_loop(
     headers: Callable[[bytes], dict[str, str]] | None = None,
     limit: int = 4000,
     senders: int = 1,
+    waited: str | None = None,
 ) -> list[dict[str, Any]]:
     """`open_loop` run to its end, here (`senders` = 1) or from `senders` forked processes: request k
     goes from process k % senders, each over ceil(`limit` / senders) connections, all on one schedule
     from one start time, so lag and latency mean what they mean in one process. One Python process
     cannot send thousands of large requests a second on time; several can. The arrivals of a sender
-    that dies come back lost (status -1) with the reason."""
+    that dies come back lost (status -1) with the reason. `waited`: as `open_loop`."""
     check_senders(senders)
     if senders == 1:
-        return asyncio.run(open_loop(endpoint, bodies, arrival_ms, timeout_s, parse, groups, headers, limit))
+        return asyncio.run(open_loop(endpoint, bodies, arrival_ms, timeout_s, parse, groups, headers, limit, waited))
     import multiprocessing
 
     import aiohttp  # noqa: F401  (imported once here, inherited by every sender)
 
     global _SHARED
-    plan = _plan(endpoint, bodies, arrival_ms, timeout_s, parse, groups, headers)
+    plan = _plan(endpoint, bodies, arrival_ms, timeout_s, parse, groups, headers, waited)
     ctx = multiprocessing.get_context("fork")  # the big plan is inherited, not pickled
     procs: list[tuple[BaseProcess, Connection]] = []
     try:

@@ -7,7 +7,10 @@ happened to earlier ones (open loop, many in flight). Every request is counted o
 
 With `coalesce_ms` W > 0 the client is a batching gateway: arrivals of one application within W ms
 of the first are sent as one multi-image request when the window closes (or at 256 images), and
-each image is still scored from its own arrival, so the wait counts against it. A fast device
+each image is still scored from its own arrival, so the wait counts against it. Each request states
+its first arrival's wait when sent (`otas-waited-ms`, unless `state_wait` is off), so the server
+times it from there, and the simulator's prediction sends the arrivals as the same gateway does
+(`otas.sim.simulator.Gateway`). A fast device
 serves more images per second than one Python front end takes requests (a ViT-Tiny at 32 px on
 one H200: ~53,000/s); coalescing lets a replay reach it.
 
@@ -29,7 +32,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -39,8 +42,12 @@ from otas.bench.scoring import summarize
 from otas.config import SchedulerConfig, default_apps_path, load_apps
 from otas.profile.table import Profile
 from otas.provenance import run_meta
+from otas.server.waited import WAITED
 from otas.sim.traces import MAX_LOAD, MIN_LOAD, Trace, capacity_per_s, make_trace
 from otas.types import App
+
+if TYPE_CHECKING:
+    from otas.sim.simulator import Gateway
 
 
 @dataclass
@@ -123,16 +130,28 @@ def coalesce(trace: Trace, window_ms: float, most: int = MAX_COALESCED) -> Group
     return Groups([t for t, _ in out], [m for _, m in out])
 
 
+def gateway(trace: Trace, groups: Groups, told: bool) -> Gateway:
+    """The coalescing client as the simulator models it: each arrival reaches the server when its
+    request is sent; `told`: the request states its first arrival's wait (`otas-waited-ms`)."""
+    from otas.sim.simulator import Gateway
+
+    send, first = np.empty(len(trace)), np.empty(len(trace))
+    for t, members in zip(groups.send_ms, groups.members, strict=True):
+        send[members], first[members] = t, trace.arrival_ms[members[0]]
+    return Gateway(send, first, told)
+
+
 def simulate(
     trace: Trace, apps: Sequence[App], profile: Profile, policy: str, cfg: SchedulerConfig, seed: int,
-    plan_ahead: bool = False,
+    plan_ahead: bool = False, via: Gateway | None = None,
 ) -> dict:  # fmt: skip
-    """The simulator's run of the replayed trace, as the server schedules it (`plan_ahead`: as its engine)."""
+    """The simulator's run of the replayed trace, as the server schedules it (`plan_ahead`: as its
+    engine) and as the client sends it (`via`: through a coalescing gateway; None: each arrival at once)."""
     from otas.sim.simulator import run
 
     out = {}
     for noise in (False, True):
-        res = run(trace, apps, profile, policy, cfg, seed=seed, noise=noise, plan_ahead=plan_ahead)
+        res = run(trace, apps, profile, policy, cfg, seed=seed, noise=noise, plan_ahead=plan_ahead, gateway=via)
         s = res.summary(apps)
         names = np.array(res.app_of)
         s["utility_per_app"] = {a.name: float(res.utility[names == a.name].sum()) for a in apps}
@@ -212,16 +231,26 @@ def needed_images(trace: Trace, apps: Sequence[App]) -> dict[str, int]:
 
 
 def run_live(
-    url: str, fmt: Format, work: Workload, apps: Sequence[App], profile: Profile, senders: int = 1
-) -> tuple[dict, list, float]:
+    url: str, fmt: Format, work: Workload, apps: Sequence[App], profile: Profile, senders: int = 1,
+    state_wait: bool = False,
+) -> tuple[dict, list, float]:  # fmt: skip
     """Replay a workload against a server from `senders` processes: (per-application summary,
-    per-request records, wall s)."""
+    per-request records, wall s). `state_wait`: each request states its first arrival's wait when
+    sent (`otas-waited-ms`), so the server times it from that arrival."""
     t0 = time.perf_counter()
     timeout_s = 30 + 10 * max(a.slo_ms for a in apps) / 1e3
     endpoint = f"{url.rstrip('/')}{fmt.path}"
     parse = fmt.parse if work.groups is None else fmt.parse_many
     recs = send_open_loop(
-        endpoint, work.bodies, work.trace.arrival_ms, timeout_s, parse, work.groups, fmt.headers, senders=senders
+        endpoint,
+        work.bodies,
+        work.trace.arrival_ms,
+        timeout_s,
+        parse,
+        work.groups,
+        fmt.headers,
+        senders=senders,
+        waited=WAITED if state_wait else None,
     )
     wall = time.perf_counter() - t0
     return summarize(recs, work.trace, apps, work.labels, profile), recs, wall
@@ -246,6 +275,7 @@ def main(
     coalesce_ms: float = 0.0,
     repeat: int = 1,
     senders: int = 1,
+    state_wait: bool = True,
 ) -> dict[str, Any]:
     url = url.rstrip("/")
     if not 0 <= coalesce_ms < math.inf:
@@ -282,14 +312,17 @@ def main(
     work = Workload(trace, *encode(trace, apps, pools, fmt, groups), load, cap, groups)
     console.print(f"replaying against {url} ({fmt.name} format, {policy})")
     started = time.time()  # unix time: matched against the server's and the device's own samples
-    live, recs, wall = run_live(url, fmt, work, apps, profile, senders)
-    sim = simulate(trace, apps, profile, policy, cfg, seed, plan_ahead) if cfg is not None else None
+    told = state_wait and fmt.speaks_otas  # (another server would not read the header)
+    live, recs, wall = run_live(url, fmt, work, apps, profile, senders, told)
+    via = gateway(trace, groups, told) if groups is not None else None
+    sim = simulate(trace, apps, profile, policy, cfg, seed, plan_ahead, via) if cfg is not None else None
     result = {
         "meta": {"url": url, "format": fmt.name, "trace": trace.name, "load": load, "capacity_per_s": cap,
                  "requests": n, "seed": seed, "policy": policy, "model": model, "device": device, "wall_s": wall,
                  "started_unix": started,
                  "duration_s": trace.duration_ms / 1e3, "max_batch": max_batch, "coalesce_ms": coalesce_ms,
-                 "repeat": repeat, "senders": senders, "http_requests": len(groups.members) if groups else n,
+                 "repeat": repeat, "senders": senders, "state_wait": told,
+                 "http_requests": len(groups.members) if groups else n,
                  "scheduler": cfg.__dict__ if cfg is not None else None, **run_meta()},
         "apps": [a.__dict__ for a in apps],
         "live": live,

@@ -66,8 +66,9 @@ class Engine:
         """`deadline_margin`: the scheduler plans against deadlines this fraction of the SLO early,
         leaving time to send the answer (the optimizer packs batches right up to a deadline).
         `switch_interval_s`: the GIL switch interval set at `start` (0: Python's own is left).
-        `plan_ahead`: while a batch runs and a full one is queued, plan the next and queue it on the
-        device thread behind the running one (`_may_plan`)."""
+        `plan_ahead`: while a batch runs, plan the next and queue it on the device thread behind the
+        running one: at once for a full batch queued, else just before the running one is expected
+        to end (`_may_plan`)."""
         if not 0 <= deadline_margin < 0.5:
             raise ValueError(f"deadline_margin={deadline_margin}: use a fraction of the SLO in [0, 0.5), e.g. 0.02")
         self.margin = deadline_margin
@@ -270,8 +271,8 @@ class Engine:
             raise self._refuse(
                 app, n, "rejected", "infeasible",
                 f"{deadline - now:.0f} ms are left to its deadline, less than the {self.scheduler.fastest_ms(1):.1f} "
-                f"ms it needs at the fastest setting: {now - arrival:.0f} ms passed from its first byte (the "
-                "upload, then parsing and decoding here); send it whole at once, or retry",
+                f"ms it needs at the fastest setting: {now - arrival:.0f} ms passed from its arrival (any wait its "
+                "client stated, the upload, then parsing and decoding here); send it whole at once, or retry",
             )  # fmt: skip
 
     def _refuse(self, app: str, n: int, outcome: str, reason: str, detail: str) -> NotServed:
@@ -279,18 +280,35 @@ class Engine:
         return NotServed(outcome, reason, detail)
 
     # -- the loop -----------------------------------------------------------------------------
-    def _may_plan(self, inflight: deque[Launched]) -> bool:
+    def _may_plan(self, inflight: deque[Launched], now: float, declined: bool) -> bool:
         """A batch may be planned now: the device has none, or (planning ahead) it has one and a
-        full batch is queued, so the next is planned while this one runs and handed to the device
-        behind it: the device then never waits for the event loop (its decision, its answers, or
-        HTTP work ahead of them). Only for a backlog: a batch planned ahead leaves out the requests
-        that arrive while the running one finishes."""
+        full batch is queued, or the running one is about to end (`_plan_at`), so the next is
+        planned while this one runs and handed to the device behind it: the device then does not
+        wait for the event loop (its decision, its answers, or HTTP work ahead of them). A batch
+        planned ahead leaves out the requests that arrive while the running one finishes, so with
+        less than a full batch queued it is planned as late as still hides the loop's lag.
+        `declined`: the last plan ahead found nothing to run yet (the policy waits for more); not
+        asked again until work arrives or the batch ends."""
         if not inflight:
             return True
-        return self.plan_ahead and len(inflight) == 1 and self.scheduler.queued() >= self._full
+        if not self.plan_ahead or len(inflight) != 1:
+            return False
+        if self.scheduler.queued() >= self._full:
+            return True
+        at = self._plan_at(inflight)
+        return not declined and at is not None and now >= at
+
+    def _plan_at(self, inflight: deque[Launched]) -> float | None:
+        """When to plan the batch to follow the one running with less than a full batch queued:
+        the loop's lag in taking a batch's results up (the scheduler's host overhead per batch)
+        before the device is expected to be done with it. None: nothing to plan ahead."""
+        if not self.plan_ahead or len(inflight) != 1 or not self.scheduler.queued():
+            return None
+        return inflight[0].end_ms - self.scheduler.overhead_ms
 
     async def _loop(self) -> None:
         inflight: deque[Launched] = deque()  # on the device thread, oldest first (at most two)
+        declined = False  # planning ahead found nothing to run yet (`_may_plan`)
         try:
             while True:
                 now = self.now_ms()
@@ -298,9 +316,10 @@ class Engine:
                     done = self._batches.finish(inflight.popleft())
                     if inflight and done is not None:  # the next one started then, not when expected
                         inflight[0].start_ms = max(done, inflight[0].launched_ms)
+                    declined = False
                     continue
                 plan = None
-                if self._may_plan(inflight):
+                if self._may_plan(inflight, now, declined):
                     # planned for now, or (ahead) for when the batch on the device is expected to end
                     start = max(now, inflight[-1].end_ms) if inflight else now
                     plan = self.scheduler.next_batch(start)
@@ -308,17 +327,22 @@ class Engine:
                         overhead = self.scheduler.overhead_ms  # the device does not wait for the loop
                         inflight.append(self._batches.launch(plan, start, overhead))
                         observe(self.observer.queue_depth, self.scheduler.queued())
+                    declined = plan is None and bool(inflight)
                 # expired by now, and any the planning dropped (no later pass may come: an idle loop sleeps)
                 self._batches.fail_expired(now)
                 if plan is not None:
                     continue
-                if inflight:  # until it finishes, new work arrives (to plan ahead), or expiry is due
+                if inflight:  # until it finishes, new work arrives, expiry is due, or it is time to plan ahead
+                    timeout = self._batches.poll_s
+                    if not declined and (at := self._plan_at(inflight)) is not None:
+                        timeout = min(timeout, max(at - now, 0.0) / 1000.0)
                     self._wake.clear()
                     woken = asyncio.ensure_future(self._wake.wait())
                     try:
-                        await asyncio.wait({inflight[0].job, woken}, timeout=self._batches.poll_s,
+                        await asyncio.wait({inflight[0].job, woken}, timeout=timeout,
                                            return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
                     finally:
+                        declined = declined and not woken.done()  # new work: ask again
                         woken.cancel()
                     continue
                 # nothing to run: requests may have left the queue without a batch (expired, cancelled)

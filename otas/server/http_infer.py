@@ -23,6 +23,7 @@ from otas.server.http_codec import HEADER_LENGTH, check_values, encode_infer, pa
 from otas.server.inference import check_app, decode_all, run
 from otas.server.parsing import JsonParser
 from otas.server.protocol import classify_response, infer_outputs, top_k
+from otas.server.waited import WAITED, waited_ms
 
 log = logging.getLogger("otas.server")
 
@@ -32,11 +33,13 @@ def parser_of(request: Request) -> JsonParser:
 
 
 def arrival_of(request: Request) -> float:
-    """When the request's first byte was read (`connections.py`), on the engine's clock: its deadline
-    runs from there, so time spent waiting for the event loop counts."""
+    """When the request's first byte was read (`connections.py`), on the engine's clock, less the
+    wait its client states (`waited.py`): its deadline runs from there, so time spent waiting for
+    the event loop counts, and so does time spent before it was sent."""
     now = engine_of(request).now_ms()
     t = request.scope.get(ARRIVAL)
-    return now if t is None else now - max(time.monotonic() - t, 0.0) * 1e3
+    first = now if t is None else now - max(time.monotonic() - t, 0.0) * 1e3
+    return first - waited_ms(request.headers.getlist(WAITED))
 
 
 def hand_off(request: Request):

@@ -21,7 +21,7 @@ from otas.profile.table import Profile
 from otas.sched.policies import Policy
 from otas.sched.scheduler import Scheduler
 from otas.sim.traces import Trace
-from otas.types import App, BatchPlan, Outcome
+from otas.types import App, BatchPlan, Outcome, Request
 
 _Z90 = 1.2815515655446004  # standard normal 90th percentile
 
@@ -80,6 +80,37 @@ class SimResult:
         }
 
 
+@dataclass(frozen=True)
+class Gateway:
+    """Arrivals that reach the server late, several to a request, as a batching gateway sends them
+    (`otas.bench.replay.coalesce`). Arrival i reaches the server at `send_ms[i]`, its request's send
+    time. `told`: the gateway states each request's wait (the `otas-waited-ms` header), so the server
+    times the request from `first_ms[i]`, its request's first arrival; otherwise from its send time.
+    Either way each arrival is scored from its own arrival, as the client scores it."""
+
+    send_ms: np.ndarray
+    """(N,) when arrival i's request is sent, ms; never before the arrival."""
+    first_ms: np.ndarray
+    """(N,) the first arrival of arrival i's request, ms; never after arrival i."""
+    told: bool = True
+
+    def requests(self, trace: Trace, apps: Sequence[App]) -> tuple[list[Request], np.ndarray]:
+        """The requests as the server sees them, in the order it sees them (ids are arrival
+        indices), and each arrival's own deadline, which scores it."""
+        t = np.asarray(trace.arrival_ms, dtype=float)
+        send, first = np.asarray(self.send_ms, dtype=float), np.asarray(self.first_ms, dtype=float)
+        if send.shape != t.shape or first.shape != t.shape:
+            raise ValueError(f"gateway times for {send.shape} and {first.shape} arrivals; the trace has {t.shape}")
+        if not (np.all(send >= t) and np.all(first <= t)):
+            raise ValueError("a gateway sends each arrival at or after it, in a request whose first arrival is earlier")
+        slo = {a.name: a.slo_ms for a in apps}
+        timed = first if self.told else send
+        order = sorted(range(len(t)), key=lambda i: (send[i], timed[i], i))
+        reqs = [Request(i, trace.apps[i], float(timed[i]), float(timed[i]) + slo[trace.apps[i]]) for i in order]
+        own = t + np.array([slo[a] for a in trace.apps], dtype=float)
+        return reqs, own
+
+
 class _Recorder:
     def __init__(self, n: int, trace: Trace, policy: str) -> None:
         self.r = SimResult(
@@ -122,17 +153,25 @@ def run(
     seed: int = 0,
     noise: bool = False,
     plan_ahead: bool = False,
+    gateway: Gateway | None = None,
 ) -> SimResult:
     """Simulate one policy on one trace; deterministic for a given seed.
 
     `plan_ahead`: as the live engine does (`Engine._may_plan`), when a batch starts and a full batch
     (`max_batch`) is queued, the next is planned at once, for when this one is predicted to end, and
-    starts when it ends, without the requests that arrive meanwhile."""
+    starts when it ends, without the requests that arrive meanwhile. `gateway`: the arrivals reach
+    the server as that gateway sends them (a request's images at once, late)."""
     profs = [profiles] if isinstance(profiles, Profile) else list(profiles)
     by_model = {p.model: p for p in profs}
     app_by = {a.name: a for a in apps}
     sched = Scheduler(apps, profs, policy, config)
-    reqs = trace.requests(apps)
+    if gateway is None:
+        reqs = trace.requests(apps)
+        seen = [r.arrival_ms for r in reqs]  # when the server sees each (in order)
+        own = np.array([r.deadline_ms for r in reqs])  # (N,) by id: each arrival's deadline, as scored
+    else:
+        reqs, own = gateway.requests(trace, apps)
+        seen = [float(gateway.send_ms[r.id]) for r in reqs]
     rec = _Recorder(len(reqs), trace, sched.policy.name)
     rng = random.Random(seed)
     i, n = 0, len(reqs)
@@ -141,7 +180,7 @@ def run(
     full, ends = sched.config.max_batch, -math.inf
     wake: float | None = None
     while True:
-        t_arr = reqs[i].arrival_ms if i < n else math.inf
+        t_arr = seen[i] if i < n else math.inf
         t_done = busy[1] if busy else math.inf
         t_wake = wake if (wake is not None and busy is None) else math.inf
         now = min(t_arr, t_done, t_wake)
@@ -155,11 +194,11 @@ def run(
                 rec.end(r.id, Outcome.SERVED)
                 acc = by_model[plan.model].acc(app_by[r.app].task, plan.gamma)
                 rec.r.finish_ms[r.id], rec.r.accuracy[r.id] = end, acc
-                if end <= r.deadline_ms:
+                if end <= own[r.id]:
                     rec.r.on_time[r.id] = True
                     rec.r.utility[r.id] = app_by[r.app].utility * acc
             sched.complete(plan, now, actual)
-        while i < n and reqs[i].arrival_ms <= now:
+        while i < n and seen[i] <= now:
             rej = sched.submit(reqs[i], now)
             if rej is not None:
                 rec.end(reqs[i].id, Outcome.REJECTED, rej.reason.value)

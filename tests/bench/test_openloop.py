@@ -18,22 +18,24 @@ import pytest
 from otas.bench import openloop
 from otas.bench.openloop import check_senders, send_open_loop
 from otas.bench.replay import coalesce
+from otas.server.waited import WAITED, waited_ms
 from otas.sim.traces import Trace
 
 
 @contextmanager
-def echo_server() -> Iterator[tuple[str, list[tuple[float, list[int]]]]]:
+def echo_server() -> Iterator[tuple[str, list[tuple[float, list[int], str | None]]]]:
     """A minimal aiohttp server on loopback, in a thread: it answers each POST with the arrival ids
-    it carried (503 when the first id is 4 mod 5), and logs (perf_counter time, ids) per request."""
+    it carried (503 when the first id is 4 mod 5), and logs (perf_counter time, ids, the stated
+    wait's header) per request."""
     from aiohttp import web
 
-    seen: list[tuple[float, list[int]]] = []
+    seen: list[tuple[float, list[int], str | None]] = []
     started = threading.Event()
     box: dict = {}
 
     async def infer(request: web.Request) -> web.Response:
         ids = json.loads(await request.read())["ids"]
-        seen.append((time.perf_counter(), ids))
+        seen.append((time.perf_counter(), ids, request.headers.get(WAITED)))
         if ids[0] % 5 == 4:
             return web.json_response({"error": "busy"}, status=503)
         return web.json_response({"ids": ids})
@@ -88,7 +90,7 @@ def test_every_arrival_has_one_record_from_its_own_request_on_one_schedule(sende
     with echo_server() as (url, seen):
         recs = send_open_loop(url, bodies, t, 10.0, parse_many if groups else one, groups, limit=64, senders=senders)
     assert len(recs) == len(t) and len(seen) == len(bodies)  # every request sent, exactly once
-    assert sorted(i for _, ids in seen for i in ids) == list(range(len(t)))
+    assert sorted(i for _, ids, _ in seen for i in ids) == list(range(len(t)))
     pids = {}
     for k, m in enumerate(members):
         for i in m:
@@ -105,8 +107,23 @@ def test_every_arrival_has_one_record_from_its_own_request_on_one_schedule(sende
     # one start time for every sender: the server sees each request at start + its send time
     send_ms = groups.send_ms if groups else t
     k_of = {m[0]: k for k, m in enumerate(members)}
-    starts = [at - send_ms[k_of[ids[0]]] / 1e3 for at, ids in seen]
+    starts = [at - send_ms[k_of[ids[0]]] / 1e3 for at, ids, _ in seen]
     assert max(starts) - min(starts) < 0.25
+
+
+@pytest.mark.parametrize("senders", [1, 2])
+def test_each_request_states_its_first_arrivals_wait(senders):
+    bodies, t, groups, _ = workload(coalesce_ms=20.0)
+    with echo_server() as (url, seen):
+        recs = send_open_loop(url, bodies, t, 10.0, parse_many, groups, limit=64, senders=senders, waited=WAITED)
+        told, seen[:] = list(seen), []
+        send_open_loop(url, bodies, t, 10.0, parse_many, groups, limit=64, senders=senders)
+    assert len(told) == len(seen) == len(bodies)
+    for _, ids, w in told:
+        ms = waited_ms([w])  # what the server reads
+        assert abs(ms - max(recs[ids[0]]["lag_ms"], 0.0)) < 1e-2  # the first arrival's lag when sent ...
+        assert ms >= t[ids[-1]] - t[ids[0]] - 1  # ... which covers the coalescing window it waited
+    assert all(w is None for *_, w in seen)  # a replay told not to states nothing
 
 
 @pytest.mark.parametrize("how", ["exit", "raise"])
@@ -134,7 +151,7 @@ def test_a_dead_sender_loses_its_arrivals_visibly_and_the_others_are_kept(monkey
             }
         else:
             assert r["status"] == (503 if i % 5 == 4 else 200) and math.isfinite(r["latency_ms"])
-    assert sorted(i for _, ids in seen for i in ids) == [i for i in range(len(t)) if i % 3 != 1]
+    assert sorted(i for _, ids, _ in seen for i in ids) == [i for i in range(len(t)) if i % 3 != 1]
 
 
 def test_senders_are_checked():

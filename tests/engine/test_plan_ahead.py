@@ -1,5 +1,6 @@
-"""Planning ahead: while a batch runs and a full batch is queued, the next is planned and queued on
-the device thread behind it, so the device never waits for the event loop. Every image still ends
+"""Planning ahead: while a batch runs and a full batch is queued (or the running one is about to
+end), the next is planned and queued on the device thread behind it, so the device does not wait
+for the event loop. Every image still ends
 exactly once. The device is gated (`test_ledger.Gate`): nothing depends on timing."""
 
 import asyncio
@@ -39,7 +40,41 @@ def test_next_batch_is_planned_while_one_runs():
     assert obs.ends == Counter({("served", ""): 6})
 
 
-def test_no_planning_ahead_without_a_full_batch_queued():
+def test_a_partial_batch_is_planned_just_before_the_running_one_is_expected_to_end():
+    """Less than a full batch queued waits for more arrivals until the running batch is about to
+    end (its predicted time: 90 ms here), then is planned behind it; the loop is not spun meanwhile."""
+
+    async def main():
+        eng, gate, obs = engine(max_batch=4, plan_ahead=True)
+        plans: list[float] = []
+        plan = eng.scheduler.next_batch
+        eng.scheduler.next_batch = lambda start: plans.append(start) or plan(start)
+        await eng.start()
+        first = eng.submit_many("blur", [img(i + 1) for i in range(4)])
+        assert await asyncio.to_thread(gate.started.acquire, True, 10)
+        t0 = eng.now_ms()
+        rest = eng.submit_many("blur", [img(9), img(10)])
+        await settle()
+        early = eng.scheduler.queued()
+        await planned(eng, 0)
+        late = eng.now_ms() - t0
+        await asyncio.sleep(0.3)  # the running batch is held long past its expected end
+        asked = len(plans)
+        gate._go.release()
+        await gate.step()
+        await first
+        await rest
+        await eng.stop()
+        return early, late, asked, gate, obs
+
+    early, late, asked, gate, obs = asyncio.run(main())
+    assert early == 2  # not planned at once: more may arrive before the device is free
+    assert 40 < late < 200  # planned about when the running batch was expected to end (90 ms)
+    assert asked <= 3  # the first batch, the one planned ahead: no busy asking while held
+    assert gate.ran == [[1, 2, 3, 4], [9, 10]] and obs.ends == Counter({("served", ""): 6})
+
+
+def test_a_partial_batch_is_not_planned_ahead_at_once():
     async def main():
         eng, gate, obs = engine(max_batch=4, plan_ahead=True)
         await eng.start()

@@ -91,3 +91,49 @@ def test_model_switch_switches_with_load_and_counts_it():
     assert sum(s["batches_per_model"].values()) == s["batches"]
     one = run(trace, APPS, [tiny], "fixed:0", SchedulerConfig()).summary(APPS)
     assert one["model_switches"] == 0 and one["batches_per_model"] == {tiny.model: one["batches"]}
+
+
+def _coalesced(trace, window_ms: float, told: bool):
+    from otas.bench.replay import coalesce, gateway
+
+    return gateway(trace, coalesce(trace, window_ms), told)
+
+
+def test_a_gateway_that_sends_each_arrival_at_once_changes_nothing(bursty):
+    from otas.sim.simulator import Gateway
+
+    t = np.asarray(bursty.arrival_ms)
+    at_once = Gateway(t, t, told=True)
+    for policy in ("otas", "fixed:0"):
+        a, b = (run(bursty, APPS, make_profile(), policy, SchedulerConfig(), gateway=g) for g in (None, at_once))
+        assert a.batches == b.batches and a.total_utility == b.total_utility
+
+
+@pytest.mark.parametrize("policy", ["otas", "fixed:0", "edf"])
+def test_a_coalescing_gateway_delays_arrivals_and_each_is_scored_from_its_own(bursty, policy):
+    """Arrivals gathered into requests reach the scheduler when their request is sent; each is still
+    scored from its own arrival. Told the wait, the scheduler plans against the deadlines the
+    client judges by (its request's first arrival's, no later than its own), and serves none late
+    that it could have dropped."""
+    cfg = SchedulerConfig(max_batch=16)
+    ran = {told: run(bursty, APPS, make_profile(), policy, cfg, gateway=_coalesced(bursty, 30.0, told))
+           for told in (False, True)}  # fmt: skip
+    direct = run(bursty, APPS, make_profile(), policy, cfg)
+    for res in ran.values():
+        assert all(o is not None for o in res.outcome)
+        served = np.array([o is Outcome.SERVED for o in res.outcome])
+        slo = np.array([{a.name: a.slo_ms for a in APPS}[a] for a in res.app_of])
+        assert (res.on_time == (served & (res.finish_ms <= res.arrival_ms + slo))).all()
+        assert res.total_utility < direct.total_utility  # the window's wait costs
+    late = {told: res.count(Outcome.SERVED) - int(res.on_time.sum()) for told, res in ran.items()}
+    assert late[True] <= late[False]
+
+
+def test_a_gateway_must_send_each_arrival_after_it():
+    from otas.sim.simulator import Gateway
+
+    trace = make_trace("poisson", APPS, 0.5, 100.0, seed=0, n=20)
+    t = np.asarray(trace.arrival_ms)
+    for send, first in [(t - 1, t), (t, t + 1), (t[:-1], t[:-1])]:
+        with pytest.raises(ValueError, match="gateway"):
+            run(trace, APPS, make_profile(), "otas", SchedulerConfig(), gateway=Gateway(send, first))

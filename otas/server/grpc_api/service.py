@@ -38,6 +38,7 @@ from otas.server.protocol import (
     server_version,
 )
 from otas.server.tensors import to_raw
+from otas.server.waited import WAITED, waited_ms
 
 if TYPE_CHECKING:
     from otas.server.app import ServeConfig
@@ -146,7 +147,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     @guarded
     async def ModelInfer(self, request, context):
-        arrival = self.engine.now_ms()
+        stated = [v for k, v in context.invocation_metadata() or () if k == WAITED]
+        arrival = self.engine.now_ms() - waited_ms([v if isinstance(v, str) else "" for v in stated])
         size = request.ByteSize()
         if self.guard is not None and not self.guard.reserve(size):
             limit = self.guard.http.max_inflight_bytes
