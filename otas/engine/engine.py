@@ -31,6 +31,7 @@ from itertools import islice
 import numpy as np
 
 from otas.engine.batches import Batches, Launched, Runner, RunResult  # noqa: F401 (RunResult: imported from here too)
+from otas.engine.delivery import Delivery
 from otas.engine.images import DecodeBusy, DecodeExpired, DecodeLimits, Decoder, DecodeRestarted
 from otas.engine.ledger import Ledger
 from otas.engine.serving import NotServed, Observer, Served, observe
@@ -64,6 +65,7 @@ class Engine:
         plan_ahead: bool = False,
     ):
         """`deadline_margin`: the scheduler plans against deadlines this fraction of the SLO early,
+        and the measured delivery time early besides (`delivered`, up to half the SLO in all),
         leaving time to send the answer (the optimizer packs batches right up to a deadline).
         `switch_interval_s`: the GIL switch interval set at `start` (0: Python's own is left).
         `plan_ahead`: while a batch runs, plan the next and queue it on the device thread behind the
@@ -72,6 +74,8 @@ class Engine:
         if not 0 <= deadline_margin < 0.5:
             raise ValueError(f"deadline_margin={deadline_margin}: use a fraction of the SLO in [0, 0.5), e.g. 0.02")
         self.margin = deadline_margin
+        self.delivery = Delivery()
+        """How long answers take to leave the HTTP layer once ready here (`delivered`)."""
         self.switch_interval_s = switch_interval_s
         self.plan_ahead = plan_ahead
         self._full = min(scheduler.config.max_batch, runner.max_batch)
@@ -236,7 +240,7 @@ class Engine:
         # queued under the old one (the answer's deadline_met is judged on the true arrival and SLO);
         # once none is queued, the new SLO is the only one
         before = self._last_deadline.get(app, -math.inf) if self.scheduler.queued(app) else -math.inf
-        deadline = max(queued_at + self.apps[app].slo_ms * (1 - self.margin), before)
+        deadline = max(queued_at + self._plannable_ms(app), before)
         self._admit(app, n, now, deadline, arrival)
         self._last_arrival[app], self._last_deadline[app] = queued_at, deadline
         reqs = [Request(i, app, queued_at, deadline) for i in islice(self._ids, n)]  # consecutive ids
@@ -247,6 +251,16 @@ class Engine:
         observe(self.observer.queue_depth, self.scheduler.queued())
         self._wake.set()
         return g.future
+
+    def _plannable_ms(self, app: str) -> float:
+        """The part of `app`'s SLO the scheduler plans in: less the margin and the time answers
+        take to reach their clients (at least half the SLO)."""
+        slo = self.apps[app].slo_ms
+        return slo - min(slo * self.margin + self.delivery.ms, slo / 2)
+
+    def delivered(self, ms: float) -> None:
+        """A response left the HTTP layer `ms` after its answer was ready here (`ServingEngine`)."""
+        self.delivery.add(ms)
 
     def _admit(self, app: str, n: int, now: float, deadline: float, arrival: float) -> None:
         """Refuse (NotServed, observed for each image) a request that cannot be accepted whole;

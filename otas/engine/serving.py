@@ -162,6 +162,12 @@ class ServingEngine(Protocol):
         future resolves to every answer, or to the first failure (the rest are then dropped)."""
         ...
 
+    def delivered(self, ms: float) -> None:
+        """A response left the HTTP layer `ms` after its answer was ready on the engine (its last
+        image's): the engine plans deadlines short by the time answers take to reach their clients
+        (`otas.engine.delivery`)."""
+        ...
+
     async def start(self) -> None: ...
 
     async def stop(self) -> None:

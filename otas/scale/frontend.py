@@ -127,6 +127,10 @@ class RoutedEngine:
             observe(self.observer.ended, app, "rejected", reason)
         return NotServed("rejected", reason, detail)
 
+    def delivered(self, ms: float) -> None:
+        """Not passed on: each replica plans with its own margin (`Engine.deadline_margin`), not the
+        router's delivery times."""
+
     def submit_many(
         self, app: str, images: Sequence[np.ndarray], arrival_ms: float | None = None
     ) -> asyncio.Future[list[Served]]:

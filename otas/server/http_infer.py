@@ -20,7 +20,7 @@ from otas.server.guard import ARRIVAL, TICKET, body_of, until_disconnect
 from otas.server.handlers import config_of, engine_of, guarded, model_of
 from otas.server.headers import byte_count
 from otas.server.http_codec import HEADER_LENGTH, check_values, encode_infer, parse_classify, parse_infer
-from otas.server.inference import check_app, decode_all, run
+from otas.server.inference import check_app, decode_all, delivered, run
 from otas.server.parsing import JsonParser
 from otas.server.protocol import classify_response, infer_outputs, top_k
 from otas.server.waited import WAITED, waited_ms
@@ -68,6 +68,7 @@ async def infer(request: Request) -> Response:
     results = await until_disconnect(request.receive, run(engine, req, arrival, hand_off(request)))
     outputs = infer_outputs(results, req.outputs, req.classification)
     content, header_length = encode_infer(name, req, outputs, parsed.binary)
+    delivered(engine, arrival, results)
     if header_length is None:
         return Response(content, media_type="application/json")
     headers = {HEADER_LENGTH: str(header_length)}
@@ -92,7 +93,9 @@ async def classify(request: Request) -> Response:
         return (await engine.submit_many(name, images, arrival))[0]
 
     served = await until_disconnect(request.receive, work())
-    return JSONResponse(classify_response(served, k, slo_ms))
+    body = classify_response(served, k, slo_ms)
+    delivered(engine, arrival, [served])
+    return JSONResponse(body)
 
 
 def _identity_encoding(request: Request) -> None:

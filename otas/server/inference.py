@@ -36,6 +36,13 @@ async def run(
     return await engine.submit_many(req.app, images, arrival_ms)
 
 
+def delivered(engine: ServingEngine, arrival_ms: float, results: list[Served]) -> None:
+    """Tell the engine how long this response took from its answer to leaving here: the engine's
+    clock now, less when its last image was answered (its arrival plus its `total_ms`)."""
+    if results:
+        engine.delivered(engine.now_ms() - arrival_ms - max(s.total_ms for s in results))
+
+
 async def decode_all(
     engine: ServingEngine,
     app: str,

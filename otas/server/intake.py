@@ -18,7 +18,16 @@ from dataclasses import asdict
 from typing import Any
 
 from otas.engine.serving import NotServed, ServingEngine
-from otas.server.wire import Frame, FrameProtocol, Kind, WireError, pack, pack_served, unpack_submit
+from otas.server.wire import (
+    DELIVERED_MAX,
+    Frame,
+    FrameProtocol,
+    Kind,
+    WireError,
+    pack,
+    pack_served,
+    unpack_submit,
+)
 
 log = logging.getLogger("otas.server")
 META_MARGIN = 1 << 20
@@ -149,7 +158,13 @@ class _Conn(FrameProtocol):
                 # the final word on it: its pixels' place in the shared segment may now be reused
                 self.refuse(f.id, NotServed("cancelled", "client_gone", "cancelled by its front end"))
         elif f.kind == Kind.STATS:
-            self.intake.fronts.now[id(self)] = {k: v for k, v in f.meta.items() if isinstance(v, int | float)}
+            counts = {k: v for k, v in f.meta.items() if isinstance(v, int | float)}
+            if counts:  # (a front end without a front door reports none)
+                self.intake.fronts.now[id(self)] = counts
+            times = f.meta.get("delivered")
+            for ms in times[:DELIVERED_MAX] if isinstance(times, list) else ():
+                if isinstance(ms, int | float):
+                    self.intake.engine.delivered(float(ms))
         elif f.kind == Kind.ATTACH:
             seg = self.intake.segments.pop(str(f.meta.get("segment")), None)
             if seg is None:

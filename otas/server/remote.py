@@ -14,6 +14,7 @@ import asyncio
 import itertools
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,6 +27,7 @@ from otas.engine.images import DecodeBusy, Decoder, DecodeRestarted
 from otas.engine.serving import NotServed, Observer, Served
 from otas.server.ring import Ring, Segment, SegmentHandle
 from otas.server.wire import (
+    DELIVERED_MAX,
     MAX_META,
     Frame,
     FrameProtocol,
@@ -74,6 +76,7 @@ class RemoteEngine:
         self.door = None
         """This front end's `FrontDoor`, if any: its counts go to the engine every `STATS_S`."""
         self._stats: asyncio.Task | None = None
+        self._delivered: deque[float] = deque(maxlen=DELIVERED_MAX)  # since the last report, the latest
 
     # -- the ServingEngine surface ---------------------------------------------------------------
     def now_ms(self) -> float:
@@ -109,11 +112,23 @@ class RemoteEngine:
             self.report()
 
     def report(self) -> None:
+        """The front door's counts, and the delivery times since the last report."""
         d, p = self.door, self._proto
-        if d is not None and p is not None and p.alive:
+        if p is None or not p.alive:
+            return
+        stats: dict[str, Any] = {}
+        if d is not None:
             stats = {"admitted": d.admitted, "refused": d.refused, "in_flight": d.in_flight, "limit": d.limit or 0,
                      "rate": d.rate or 0.0}  # fmt: skip
+        if self._delivered:
+            stats["delivered"] = [round(ms, 3) for ms in self._delivered]
+            self._delivered.clear()
+        if stats:
             p.transport.write(pack(Kind.STATS, 0, stats))
+
+    def delivered(self, ms: float) -> None:
+        """Kept for the next report: the engine process plans with it (`Engine.delivered`)."""
+        self._delivered.append(ms)
 
     async def stop(self, timeout_s: float | None = None) -> None:
         """Stop admitting; wait for the answers in flight (for `drain_s`), then answer the rest."""

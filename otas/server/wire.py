@@ -29,6 +29,8 @@ log = logging.getLogger("otas.server")
 HEAD = struct.Struct("<IBQI")
 MAX_META = 1 << 20
 """A frame's JSON part is at most this (the largest is a proxied answer's headers, or the apps)."""
+DELIVERED_MAX = 256
+"""Delivery times (`otas.engine.delivery`) one STATS frame carries at most: the latest."""
 
 
 class Kind(IntEnum):
@@ -51,7 +53,8 @@ class Kind(IntEnum):
     ATTACH = 9
     """front end → engine, first: the shared segment it writes pixels to (`ring.py`), by its token."""
     STATS = 10
-    """front end → engine, every half second: its front door's counts (for the engine's /metrics)."""
+    """front end → engine, every half second: its front door's counts (for the engine's /metrics) and
+    `delivered`, the delivery times of its responses since the last (`Engine.delivered`)."""
 
 
 class WireError(ValueError):

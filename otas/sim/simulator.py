@@ -144,6 +144,10 @@ def _latency(plan: BatchPlan, profiles: dict[str, Profile], noise: bool, rng: ra
     return med + plan.switch_ms
 
 
+def _same_request(a: Request, b: Request) -> bool:
+    return a.app == b.app and a.arrival_ms == b.arrival_ms and a.deadline_ms == b.deadline_ms
+
+
 def run(
     trace: Trace,
     apps: Sequence[App],
@@ -160,7 +164,7 @@ def run(
     `plan_ahead`: as the live engine does (`Engine._may_plan`), when a batch starts and a full batch
     (`max_batch`) is queued, the next is planned at once, for when this one is predicted to end, and
     starts when it ends, without the requests that arrive meanwhile. `gateway`: the arrivals reach
-    the server as that gateway sends them (a request's images at once, late)."""
+    the server as that gateway sends them (a request's images at once, late, submitted together)."""
     profs = [profiles] if isinstance(profiles, Profile) else list(profiles)
     by_model = {p.model: p for p in profs}
     app_by = {a.name: a for a in apps}
@@ -199,10 +203,15 @@ def run(
                     rec.r.utility[r.id] = app_by[r.app].utility * acc
             sched.complete(plan, now, actual)
         while i < n and seen[i] <= now:
-            rej = sched.submit(reqs[i], now)
+            j = i + 1
+            if gateway is not None:  # one request's arrivals at once, as the server takes them
+                while j < n and seen[j] == seen[i] and _same_request(reqs[j], reqs[i]):
+                    j += 1
+            rej = sched.submit_many(reqs[i:j], now)
             if rej is not None:
-                rec.end(reqs[i].id, Outcome.REJECTED, rej.reason.value)
-            i += 1
+                for r in reqs[i:j]:
+                    rec.end(r.id, Outcome.REJECTED, rej.reason.value)
+            i = j
         if busy is None:
             plan, ahead = (ahead, None) if ahead is not None else (sched.next_batch(now), None)
             if plan is not None:

@@ -253,6 +253,23 @@ def test_the_front_ends_door_counts_reach_the_engines_metrics_and_outlive_the_fr
     assert after == (7, 3, 0)
 
 
+def test_the_front_ends_delivery_times_reach_the_engine():
+    async def test(remote, engine, intake):
+        before = len(engine.delivery)
+        for ms in (1.0, 2.0, 3.0):
+            remote.delivered(ms)
+        remote.report()
+        remote.report()  # nothing new: nothing sent twice
+        for _ in range(100):
+            if len(engine.delivery) >= before + 3:
+                break
+            await asyncio.sleep(0.01)
+        return before, len(engine.delivery), engine.delivery.ms
+
+    before, after, ms = with_front_end(test)
+    assert after == before + 3 and ms == 3.0
+
+
 def test_the_front_end_answers_its_own_readiness_and_the_models():
     paths = {r.path: r.endpoint.__name__ for r in worker_routes()}
     assert paths["/v2/models/{model}/ready"] == "model_ready" and paths["/v2/health/ready"] == "ready"

@@ -26,7 +26,7 @@ from otas.server.admission import OVERLOADED_MESSAGE, FrontDoor, Ticket
 from otas.server.errors import ProtocolError, clip
 from otas.server.grpc_api import grpc_predict_v2_pb2 as pb
 from otas.server.grpc_api import grpc_predict_v2_pb2_grpc as pb_grpc
-from otas.server.inference import run
+from otas.server.inference import delivered, run
 from otas.server.protocol import (
     EXTENSIONS,
     SERVER_NAME,
@@ -188,6 +188,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         for o in infer_outputs(results, req.outputs, req.classification):
             resp.outputs.add(name=o.name, datatype=o.datatype, shape=o.shape)
             resp.raw_output_contents.append(to_raw(o.datatype, o.data))
+        delivered(self.engine, arrival, results)
         return resp
 
 

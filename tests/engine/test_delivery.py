@@ -1,0 +1,71 @@
+"""Delivery times: the engine plans deadlines short by the time answers take to reach their clients
+(a high quantile of recent responses), never by more than half an SLO."""
+
+import asyncio
+import math
+
+import pytest
+
+from otas.engine.delivery import FRESH, Delivery
+from tests.engine.test_ledger import engine, img
+
+
+def test_the_estimate_is_a_high_quantile_of_the_recent_times():
+    d = Delivery(window=100, quantile=0.95)
+    assert d.ms == 0.0 and len(d) == 0
+    d.add(4.0)
+    assert d.ms == 4.0  # the first samples count at once
+    for ms in range(1, 101):  # 1..100 ms: the window keeps these 100
+        d.add(float(ms))
+    assert len(d) == 100 and d.ms == 95.0
+    for _ in range(100):  # deliveries got faster: the old times leave the window
+        d.add(1.0)
+    assert d.ms == 1.0
+
+
+def test_bad_times_do_not_move_the_estimate():
+    d = Delivery()
+    for ms in (math.nan, math.inf, -math.inf):
+        d.add(ms)
+    d.add(-3.0)  # two processes' clocks a little apart: 0
+    assert len(d) == 1 and d.ms == 0.0
+    with pytest.raises(ValueError):
+        Delivery(window=0)
+    with pytest.raises(ValueError):
+        Delivery(quantile=0.0)
+
+
+def test_the_estimate_is_read_again_only_after_enough_new_times():
+    d = Delivery(window=1000)
+    for _ in range(2 * FRESH):
+        d.add(2.0)
+    assert d.ms == 2.0
+    for _ in range(FRESH - 1):
+        d.add(50.0)
+    assert d.ms == 2.0  # (read again after FRESH new times)
+    d.add(50.0)
+    assert d.ms == 50.0
+
+
+@pytest.mark.parametrize("delivered_ms,planned_ms", [(0.0, 784.0), (30.0, 754.0), (500.0, 400.0)])
+def test_deadlines_are_planned_short_by_the_delivery_time_up_to_half_the_slo(delivered_ms, planned_ms):
+    """lowlight: SLO 800 ms, margin 2 % (16 ms), then the delivery time; at most half the SLO in all."""
+
+    async def main():
+        eng, gate, _ = engine(max_batch=4)
+        for _ in range(FRESH):
+            eng.delivered(delivered_ms)
+        await eng.start()
+        first = eng.submit("blur", img(1))  # holds the device, so the next stays queued
+        assert await asyncio.to_thread(gate.started.acquire, True, 10)
+        arrival = eng.now_ms()
+        fut = eng.submit("lowlight", img(2), arrival)
+        (req,) = eng.scheduler.queues.iter_app("lowlight")
+        gate._go.release()
+        await gate.step()
+        await first
+        await fut
+        await eng.stop()
+        return req.deadline_ms - arrival
+
+    assert asyncio.run(main()) == pytest.approx(planned_ms)

@@ -1,0 +1,30 @@
+"""Every transport tells the engine how long each response took from its answer to leaving the
+server (`ServingEngine.delivered`): the engine plans deadlines short by it."""
+
+import grpc
+import httpx
+
+from otas.server.grpc_api import grpc_predict_v2_pb2 as pb
+from otas.server.grpc_api import grpc_predict_v2_pb2_grpc as pb_grpc
+from tests.server.helpers import infer_body, paced_profile, png, serving
+
+
+def test_each_response_reports_its_delivery_time(paced):
+    with serving(paced, paced_profile(), grpc=True) as (srv, engine):
+        assert len(engine.delivery) == 0
+        r = httpx.post(srv.url + "/v2/models/tiny_test/infer", json=infer_body("blur", 3), timeout=30)
+        assert r.status_code == 200, r.text
+        r = httpx.post(
+            srv.url + "/v1/apps/novel/classify", content=png(0), headers={"content-type": "image/png"}, timeout=30
+        )
+        assert r.status_code == 200, r.text
+        refused = httpx.post(srv.url + "/v2/models/tiny_test/infer", json=infer_body("nope", 1), timeout=30)
+        assert refused.status_code == 400  # no answer: nothing delivered
+        with grpc.insecure_channel(srv.grpc_target) as ch:
+            data = pb.ModelInferRequest.InferInputTensor(name="image", datatype="BYTES", shape=[1])
+            data.contents.bytes_contents.append(png(1))
+            req = pb.ModelInferRequest(model_name="tiny_test", inputs=[data])
+            req.parameters["app"].string_param = "lowlight"
+            pb_grpc.GRPCInferenceServiceStub(ch).ModelInfer(req, timeout=30)
+        assert len(engine.delivery) == 3  # one per response, not per image
+        assert 0 <= engine.delivery.ms < 1000
