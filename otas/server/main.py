@@ -147,7 +147,9 @@ def build(
         model_name=profile.model, max_body_bytes=max_body_bytes, info=info, grpc_port=grpc_port, grpc_host=host,
         grpc_grace_s=grace_s, http=http or HttpConfig(), admin_token=admin_token, apps_file=apps_file,
     )  # fmt: skip
-    return create_app(engine, serve_cfg, Metrics(profile.gammas)), engine
+    metrics = Metrics(profile.gammas)
+    metrics.watch_delivery(lambda: engine.delivery.ms)
+    return create_app(engine, serve_cfg, metrics), engine
 
 
 def check_profile_arch(profile: Profile, checkpoint) -> None:

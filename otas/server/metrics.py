@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -107,6 +107,15 @@ class Metrics(Observer):
         Gauge("otas_front_rate", "Requests per second the front end finishes while busy (measured)",
               registry=r).set_function(lambda: sum(d.rate or 0.0 for d in doors))  # fmt: skip
         r.register(_DoorCounts(doors))
+
+    def watch_delivery(self, ms: Callable[[], float]) -> None:
+        """Export the delivery time the engine plans deadlines short by (`Engine.delivery`), read at
+        each scrape."""
+        help_ = (
+            "Answer ready on the engine to response leaving the HTTP layer: the recent 95th percentile, which "
+            "deadlines are planned short by"
+        )
+        Gauge("otas_delivery_seconds", help_, registry=self.registry).set_function(lambda: ms() / 1e3)
 
     def forget(self, app: str) -> None:
         """Drop every series of an application that was removed (its counts leave /metrics)."""
