@@ -117,12 +117,17 @@ class EngineConfig:
     The device thread waits up to this long for the GIL after each call into torch whenever another
     thread runs Python (`otas.engine.engine.SWITCH_INTERVAL_S`, bench/gil.py)."""
     plan_ahead: bool | None = None
-    """While a batch runs and a full batch is queued, plan the next and queue it on the device thread
-    behind the running one: the device then never waits for the event loop (`Engine._may_plan`).
+    """While a batch runs, plan the next and queue it on the device thread behind the running one (at
+    once for a full batch queued, else just before the running one is expected to end): the device
+    then does not wait for the event loop (`Engine._may_plan`).
     None: on for a device apart from the host (a GPU, or the paced no-op model of one), off on a CPU,
     whose forward shares the host's cores and whose batches (hundreds of ms) are a large share of an
     SLO to plan ahead by (the 10× burst test's accepted requests met their SLO 83-89 % of the time
     planned ahead, against ≥ 90 % without)."""
+    delivery_quantile: float = 0.95
+    """Deadlines are planned short by this quantile of the recent delivery times (an answer ready on the
+    engine to its response leaving the HTTP layer: `otas.engine.delivery`), on top of the 2 % margin;
+    0: not at all."""
     decode_workers: int = 0
     """Threads (or processes) decoding images beside the event loop; 0 = the host's cores, 2 to 8
     (`default_decode_workers`)."""
@@ -169,6 +174,9 @@ class EngineConfig:
             raise ValueError(
                 f"switch_interval_ms={self.switch_interval_ms!r}: use milliseconds in [0, 100] (0 = Python's)"
             )
+        q = self.delivery_quantile
+        if not (isinstance(q, int | float) and not isinstance(q, bool) and 0 <= q <= 1):
+            raise ValueError(f"delivery_quantile={q!r}: use a quantile in [0, 1], e.g. 0.95 (0: not planned for)")
         if not isinstance(self.decode_workers, int) or not 0 <= self.decode_workers <= MAX_WORKERS:
             raise ValueError(f"decode_workers={self.decode_workers!r}: use 1..{MAX_WORKERS}, or 0 for the host's cores")
         self.decode_workers = self.decode_workers or default_decode_workers()

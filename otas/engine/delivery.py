@@ -21,8 +21,9 @@ class Delivery:
     """The recent delivery times of responses, and the `QUANTILE` of them."""
 
     def __init__(self, window: int = WINDOW, quantile: float = QUANTILE):
-        if window < 1 or not 0 < quantile <= 1:
-            raise ValueError(f"window {window}, quantile {quantile}: use a window >= 1 and a quantile in (0, 1]")
+        """`quantile` 0: the estimate stays 0 (delivery not planned for)."""
+        if window < 1 or not 0 <= quantile <= 1:
+            raise ValueError(f"window {window}, quantile {quantile}: use a window >= 1 and a quantile in [0, 1]")
         self._ms: deque[float] = deque(maxlen=window)
         self.quantile = quantile
         self._estimate = 0.0
@@ -38,7 +39,7 @@ class Delivery:
     @property
     def ms(self) -> float:
         """The `quantile` of the recent delivery times (0 before any)."""
-        if self._new >= FRESH or (self._new and len(self._ms) <= FRESH):
+        if self.quantile > 0 and (self._new >= FRESH or (self._new and len(self._ms) <= FRESH)):
             s = sorted(self._ms)
             self._estimate = s[min(math.ceil(self.quantile * len(s)) - 1, len(s) - 1)]
             self._new = 0

@@ -63,9 +63,11 @@ class Engine:
         decode_processes: bool = False,
         switch_interval_s: float = SWITCH_INTERVAL_S,
         plan_ahead: bool = False,
+        delivery_quantile: float = 0.95,
     ):
         """`deadline_margin`: the scheduler plans against deadlines this fraction of the SLO early,
-        and the measured delivery time early besides (`delivered`, up to half the SLO in all),
+        and the `delivery_quantile` of the measured delivery times early besides (`delivered`; 0:
+        not), up to half the SLO in all,
         leaving time to send the answer (the optimizer packs batches right up to a deadline).
         `switch_interval_s`: the GIL switch interval set at `start` (0: Python's own is left).
         `plan_ahead`: while a batch runs, plan the next and queue it on the device thread behind the
@@ -74,7 +76,7 @@ class Engine:
         if not 0 <= deadline_margin < 0.5:
             raise ValueError(f"deadline_margin={deadline_margin}: use a fraction of the SLO in [0, 0.5), e.g. 0.02")
         self.margin = deadline_margin
-        self.delivery = Delivery()
+        self.delivery = Delivery(quantile=delivery_quantile)
         """How long answers take to leave the HTTP layer once ready here (`delivered`)."""
         self.switch_interval_s = switch_interval_s
         self.plan_ahead = plan_ahead

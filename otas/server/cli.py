@@ -93,10 +93,17 @@ def serve_cmd(
     plan_ahead: Annotated[
         bool | None,
         typer.Option(
-            help="Plan the next batch while one runs, when a full batch is queued (the device never waits for "
-            "the event loop); default: on for a GPU, off on a CPU."
+            help="Plan the next batch while one runs (at once for a full batch queued, else just before the running "
+            "one ends: the device does not wait for the event loop); default: on for a GPU, off on a CPU."
         ),
     ] = None,
+    delivery_quantile: Annotated[
+        float,
+        typer.Option(
+            help="Plan deadlines short by this quantile of recent delivery times (answer ready to response sent; "
+            "the otas_delivery_seconds metric); 0: not."
+        ),
+    ] = 0.95,
     decode_workers: Annotated[
         int, typer.Option(help="Threads (or processes) decoding images (0 = the host's cores, 2 to 8).")
     ] = 0,
@@ -178,6 +185,7 @@ def serve_cmd(
                 torch_threads=torch_threads,
                 switch_interval_ms=switch_interval_ms,
                 plan_ahead=plan_ahead,
+                delivery_quantile=delivery_quantile,
                 decode_workers=decode_workers,
                 decode_processes=decode_processes,
                 decode_queue=decode_queue,

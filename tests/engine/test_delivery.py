@@ -32,7 +32,10 @@ def test_bad_times_do_not_move_the_estimate():
     with pytest.raises(ValueError):
         Delivery(window=0)
     with pytest.raises(ValueError):
-        Delivery(quantile=0.0)
+        Delivery(quantile=1.5)
+    none = Delivery(quantile=0.0)  # not planned for
+    none.add(40.0)
+    assert none.ms == 0.0 and len(none) == 1
 
 
 def test_the_estimate_is_read_again_only_after_enough_new_times():

@@ -144,3 +144,24 @@ def test_a_profile_of_another_path_than_the_served_one_is_named(tiny_ckpt, tmp_p
     with caplog.at_level(logging.WARNING):
         load_runner(cfg)
     assert any("profile timed another path" in r.getMessage() for r in caplog.records) == warned
+
+
+@pytest.mark.parametrize("q", [-0.1, 1.5, float("nan"), True, "0.9"])
+def test_a_bad_delivery_quantile_is_refused(q):
+    with pytest.raises(ValueError, match="delivery_quantile"):
+        EngineConfig(delivery_quantile=q)
+
+
+@pytest.mark.parametrize("q,planned", [(0.95, 30.0), (0.0, 0.0)])
+def test_the_delivery_quantile_reaches_the_engine_and_0_plans_for_none(q, planned):
+    from otas.config import SchedulerConfig
+    from otas.engine.noop import NoopRunner, noop_profile
+    from otas.server.main import make_engine
+    from tests.server.helpers import APPS
+
+    runner, profile = NoopRunner(APPS, max_batch=8), noop_profile(APPS, 8)
+    cfg = EngineConfig(delivery_quantile=q)
+    engine, info = make_engine(runner, profile, APPS, "fixed:0", SchedulerConfig(max_batch=8), engine_cfg=cfg)
+    for _ in range(64):
+        engine.delivered(30.0)
+    assert engine.delivery.ms == planned and info["delivery_quantile"] == q
