@@ -80,6 +80,7 @@ class Engine:
         """How long answers take to leave the HTTP layer once ready here (`delivered`)."""
         self.switch_interval_s = switch_interval_s
         self.plan_ahead = plan_ahead
+        scheduler.pipelined = plan_ahead  # the loop's lag then delays answers only (`_plannable_ms`)
         self._full = min(scheduler.config.max_batch, runner.max_batch)
         self.scheduler, self.runner = scheduler, runner
         self.observer = observer or Observer()
@@ -256,9 +257,11 @@ class Engine:
 
     def _plannable_ms(self, app: str) -> float:
         """The part of `app`'s SLO the scheduler plans in: less the margin and the time answers
-        take to reach their clients (at least half the SLO)."""
+        take to reach their clients once the device is done (the delivery time and, planning
+        ahead, the loop's lag in taking the results up: `Scheduler.pipelined`); at least half."""
         slo = self.apps[app].slo_ms
-        return slo - min(slo * self.margin + self.delivery.ms, slo / 2)
+        after = self.delivery.ms + (self.scheduler.host_lag_ms if self.plan_ahead else 0.0)
+        return slo - min(slo * self.margin + after, slo / 2)
 
     def delivered(self, ms: float) -> None:
         """A response left the HTTP layer `ms` after its answer was ready here (`ServingEngine`)."""
@@ -316,11 +319,11 @@ class Engine:
 
     def _plan_at(self, inflight: deque[Launched]) -> float | None:
         """When to plan the batch to follow the one running with less than a full batch queued:
-        the loop's lag in taking a batch's results up (the scheduler's host overhead per batch)
+        the loop's lag in taking a batch's results up (the scheduler's `host_lag_ms`)
         before the device is expected to be done with it. None: nothing to plan ahead."""
         if not self.plan_ahead or len(inflight) != 1 or not self.scheduler.queued():
             return None
-        return inflight[0].end_ms - self.scheduler.overhead_ms
+        return inflight[0].end_ms - self.scheduler.host_lag_ms
 
     async def _loop(self) -> None:
         inflight: deque[Launched] = deque()  # on the device thread, oldest first (at most two)
@@ -338,7 +341,9 @@ class Engine:
                 if self._may_plan(inflight, now, declined):
                     # planned for now, or (ahead) for when the batch on the device is expected to end
                     start = max(now, inflight[-1].end_ms) if inflight else now
+                    t = time.perf_counter()
                     plan = self.scheduler.next_batch(start)
+                    observe(self.observer.decided, (time.perf_counter() - t) * 1e3, plan is not None)
                     if plan is not None:
                         overhead = self.scheduler.overhead_ms  # the device does not wait for the loop
                         inflight.append(self._batches.launch(plan, start, overhead))

@@ -71,6 +71,9 @@ class Observer:
 
     def queue_depth(self, n: int) -> None: ...
 
+    def decided(self, ms: float, planned: bool) -> None:
+        """The scheduler took `ms` of the event loop to decide (`planned`: a batch; else nothing yet)."""
+
 
 def observe(hook: Callable[..., None], *args: Any) -> None:
     """Call one observer hook. Observers are metrics and logs: one that raises is logged, and costs

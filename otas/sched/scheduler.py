@@ -5,7 +5,8 @@ The clock is injected: every method takes `now_ms`. The caller owns the device; 
 `complete`, which corrects the latency profile online: one multiplicative factor per model (an
 EWMA of the device's measured / profiled time), and, where the caller measures the device's time
 apart from the batch's whole turn (a live server: the device thread's time, and the wait for the
-event loop to take the result up), one additive per-batch host overhead (an EWMA of the rest).
+event loop to take the result up), one additive per-batch host overhead (an EWMA of the rest),
+left out of the predictions for a caller that is `pipelined`.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ class Scheduler:
             raise ValueError(f"policy {self.policy.name!r} is an offline bound; compute it with otas.sim")
         self._factor = {m: 1.0 for m in self.profiles}
         self._overhead = 0.0  # ms a batch's turn takes beyond the device's time (host side), EWMA
+        self._pipelined = False
         self._refresh_lat()  # a policy may read the latencies when it binds
         self.policy.bind(self)
         groups = (
@@ -121,9 +123,28 @@ class Scheduler:
 
     @property
     def overhead_ms(self) -> float:
-        """The host's part of a batch's turn beyond the device's time (EWMA; 0 unless `complete` is
-        given the device's time): added to every predicted batch latency."""
+        """What is added to every predicted batch latency for the host: its lag (`host_lag_ms`),
+        unless the caller is `pipelined`."""
+        return 0.0 if self._pipelined else self._overhead
+
+    @property
+    def host_lag_ms(self) -> float:
+        """The host's part of a batch's turn beyond the device's time: from the device done to the
+        caller taking the results up (EWMA; 0 unless `complete` is given the device's time)."""
         return self._overhead
+
+    @property
+    def pipelined(self) -> bool:
+        """The caller hands the device its next batch before the running one ends (a live engine
+        that plans ahead): the host's lag then delays each batch's answers, not the batches after
+        it, so it is not added to predicted batch latencies (which the plan sums over batches); the
+        caller plans its deadlines short by it instead (`Engine._plannable_ms`)."""
+        return self._pipelined
+
+    @pipelined.setter
+    def pipelined(self, on: bool) -> None:
+        self._pipelined = bool(on)
+        self._refresh_fast()
 
     def servable(self, model: str, apps: Sequence[str]) -> np.ndarray:
         """(|Γ|,) bool: the γ at which every one of `apps` can be served on `model`."""
@@ -140,8 +161,8 @@ class Scheduler:
         # OPTIMIZATION: the corrected latency table, once per correction (rows are read-only)
         self._lat = {m: t.lat * self._factor[m] for m, t in self._tab.items()}
         for lat in self._lat.values():
-            if self._overhead > 0:
-                lat[1:] += self._overhead  # (a batch of nothing takes nothing)
+            if self.overhead_ms > 0:
+                lat[1:] += self.overhead_ms  # (a batch of nothing takes nothing)
             lat.flags.writeable = False
 
     def _refresh_fast(self) -> None:

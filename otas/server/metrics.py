@@ -19,6 +19,7 @@ from otas.types import BatchPlan
 
 _LAT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_DECISION_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025)
 
 
 def observe_many(child, values: np.ndarray) -> None:
@@ -84,6 +85,10 @@ class Metrics(Observer):
             registry=r,
         )
         self.ratio = Gauge("otas_batch_measured_over_predicted", "Last batch: measured / predicted latency", registry=r)
+        self.decision = Histogram(
+            "otas_decision_seconds", "The scheduler's time deciding the next batch, on the event loop",
+            ["planned"], buckets=_DECISION_BUCKETS, registry=r,
+        )  # fmt: skip
         for g in gammas:
             self.gamma.labels(str(g))
         self._ended: dict[str, int] = {}
@@ -171,6 +176,9 @@ class Metrics(Observer):
             self._of(self.slo_met, app).inc(met)
             self._met[app] = self._met.get(app, 0) + met
         self._of(self.slo_attainment, app).set(self._met.get(app, 0) / self._ended[app])
+
+    def decided(self, ms: float, planned: bool) -> None:
+        self._of(self.decision, "1" if planned else "0").observe(ms / 1e3)
 
     def batch(self, plan: BatchPlan, measured_ms: float, runner_ms: float, queued: int) -> None:
         self._of(self.gamma, str(plan.gamma)).inc()

@@ -169,6 +169,7 @@ def run(
     by_model = {p.model: p for p in profs}
     app_by = {a.name: a for a in apps}
     sched = Scheduler(apps, profs, policy, config)
+    sched.pipelined = plan_ahead  # (as the engine sets it; the simulator's host takes no time)
     if gateway is None:
         reqs = trace.requests(apps)
         seen = [r.arrival_ms for r in reqs]  # when the server sees each (in order)

@@ -72,3 +72,17 @@ def test_deadlines_are_planned_short_by_the_delivery_time_up_to_half_the_slo(del
         return req.deadline_ms - arrival
 
     assert asyncio.run(main()) == pytest.approx(planned_ms)
+
+
+@pytest.mark.parametrize("plan_ahead,planned_ms", [(False, 774.0), (True, 754.0)])
+def test_planning_ahead_the_loops_lag_is_planned_for_as_answers_delay(plan_ahead, planned_ms):
+    """lowlight (SLO 800 ms, margin 16 ms), 10 ms delivery and a 20 ms host lag: planning ahead, the
+    lag delays the answers (in the deadline) and not the batches after (out of the latencies)."""
+    eng, _, _ = engine(max_batch=4, plan_ahead=plan_ahead)
+    for _ in range(FRESH):
+        eng.delivered(10.0)
+    eng.scheduler._overhead = 20.0
+    eng.scheduler.pipelined = plan_ahead  # (refreshes the predictions)
+    assert eng.scheduler.pipelined == plan_ahead
+    assert eng._plannable_ms("lowlight") == pytest.approx(planned_ms)
+    assert eng.scheduler.overhead_ms == (0.0 if plan_ahead else 20.0)

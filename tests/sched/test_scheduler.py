@@ -443,3 +443,9 @@ def test_host_overhead_is_added_per_batch_not_scaled_into_the_device_factor():
     plan = s2.next_batch(0.0)
     s2.complete(plan, 2 * device, 2 * device)
     assert s2.latency_factor(s2.model) == pytest.approx(2.0) and s2.overhead_ms == 0.0
+    # a pipelined caller (planning ahead): the lag delays answers, not the next batch; not predicted
+    s.pipelined = True
+    assert s.host_lag_ms == pytest.approx(30.0) and s.overhead_ms == 0.0
+    assert s.predict(s.model, 0, 8) == pytest.approx(base[0]) and s.fastest_ms(8) <= base[0]
+    s.pipelined = False
+    assert s.predict(s.model, 0, 8) == pytest.approx(base[0] + 30.0)

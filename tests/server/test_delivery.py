@@ -1,5 +1,6 @@
 """Every transport tells the engine how long each response took from its answer to leaving the
-server (`ServingEngine.delivered`): the engine plans deadlines short by it."""
+server (`ServingEngine.delivered`): the engine plans deadlines short by it. /metrics shows it, and
+the scheduler's own time per decision."""
 
 import grpc
 import httpx
@@ -28,3 +29,13 @@ def test_each_response_reports_its_delivery_time(paced):
             pb_grpc.GRPCInferenceServiceStub(ch).ModelInfer(req, timeout=30)
         assert len(engine.delivery) == 3  # one per response, not per image
         assert 0 <= engine.delivery.ms < 1000
+
+
+def test_the_schedulers_decisions_are_timed(paced):
+    with serving(paced, paced_profile()) as (srv, _):
+        for app in ("blur", "novel"):
+            assert httpx.post(srv.url + "/v2/models/tiny_test/infer", json=infer_body(app, 2), timeout=30).is_success
+        text = httpx.get(srv.url + "/metrics").text
+    counts = {ln.split("{")[1].split("}")[0]: float(ln.rsplit(" ", 1)[1])
+              for ln in text.splitlines() if ln.startswith("otas_decision_seconds_count")}  # fmt: skip
+    assert counts['planned="1"'] >= 2  # a decision per batch at least (and some that waited for more)
