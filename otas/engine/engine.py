@@ -333,9 +333,11 @@ class Engine:
                 now = self.now_ms()
                 if inflight and inflight[0].job.done():
                     done = self._batches.finish(inflight.popleft())
-                    if inflight and done is not None:  # the next one started then, not when expected
-                        inflight[0].start_ms = max(done, inflight[0].launched_ms)
                     declined = False
+                    if inflight:  # the device has the next batch: this one's answers go out before the next decision
+                        if done is not None:  # the next one started then, not when expected
+                            inflight[0].start_ms = max(done, inflight[0].launched_ms)
+                        await asyncio.sleep(0)
                     continue
                 plan = None
                 if self._may_plan(inflight, now, declined):

@@ -74,6 +74,46 @@ def test_a_partial_batch_is_planned_just_before_the_running_one_is_expected_to_e
     assert gate.ran == [[1, 2, 3, 4], [9, 10]] and obs.ends == Counter({("served", ""): 6})
 
 
+def test_a_batchs_answers_go_out_before_the_next_decision_when_the_device_has_work():
+    """Planned ahead, the device already runs the next batch when one finishes: the loop lets the
+    finished batch's callers have their answers before it decides again (a decision can take a
+    millisecond, which the answers would otherwise wait)."""
+
+    async def main():
+        eng, gate, obs = engine(max_batch=2, plan_ahead=True)
+        events: list[str] = []
+        plan = eng.scheduler.next_batch
+        eng.scheduler.next_batch = lambda start: events.append("decided") or plan(start)
+        await eng.start()
+
+        async def caller(images):
+            out = await eng.submit_many("blur", images)
+            events.append("answered")
+            return out
+
+        first = asyncio.ensure_future(caller([img(1), img(2)]))
+        await settle()
+        assert await asyncio.to_thread(gate.started.acquire, True, 10)  # batch 1 held on the device
+        rest = asyncio.ensure_future(caller([img(i + 3) for i in range(6)]))
+        await settle()  # submitted
+        await planned(eng, 4)  # batch 2 planned ahead, behind batch 1
+        assert eng.scheduler.queued() == 4
+        events.append("released")
+        gate._go.release()  # batch 1 ends; batch 2 starts at once (a full one is still queued)
+        assert await asyncio.to_thread(gate.started.acquire, True, 10)
+        await first
+        gate._go.release()  # batch 2 ends
+        await gate.step()  # batch 3
+        await gate.step()  # batch 4
+        await rest
+        await eng.stop()
+        return events
+
+    events = asyncio.run(main())
+    after = events[events.index("released") + 1 :]
+    assert after[0] == "answered", events  # before deciding the batch after the next
+
+
 def test_a_partial_batch_is_not_planned_ahead_at_once():
     async def main():
         eng, gate, obs = engine(max_batch=4, plan_ahead=True)
