@@ -15,6 +15,9 @@ QUANTILE = 0.95
 """The time planned for: most answers arrive within it."""
 FRESH = 32
 """Samples between two readings of the quantile (a sort of `WINDOW` values)."""
+REPORT_MAX = 256
+"""Delivery times one report from another process carries at most (a front end's STATS frame, the
+Ray router's probe of a replica): the latest."""
 
 
 class Delivery:

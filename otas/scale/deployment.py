@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -55,8 +56,8 @@ class EngineReplica:
     async def submit(self, app: str, image: np.ndarray, arrival_epoch_ms: float) -> Reply:
         return await self.core.submit(app, image, arrival_epoch_ms)
 
-    async def stats(self) -> dict[str, Any]:
-        return {**self.core.stats(), "actor": self.actor}
+    async def stats(self, delivered: list[float] | None = None) -> dict[str, Any]:
+        return {**self.core.stats(delivered or ()), "actor": self.actor}
 
     async def describe(self) -> dict[str, Any]:
         return self.core.describe()
@@ -87,8 +88,8 @@ class RayReplica:
     async def submit(self, app: str, image: np.ndarray, arrival_epoch_ms: float) -> Reply:
         return await self._call("submit", app, image, arrival_epoch_ms)
 
-    async def stats(self) -> dict[str, Any]:
-        return await self._call("stats")
+    async def stats(self, delivered: Sequence[float] = ()) -> dict[str, Any]:
+        return await self._call("stats", list(delivered))
 
     async def describe(self) -> dict[str, Any]:
         return await self._call("describe")
@@ -123,7 +124,9 @@ class OtasRouter:
         mb = max_body_bytes / (1 << 20)
         http = HttpConfig(max_body_mb=mb, max_inflight_mb=max(64.0, mb), json_workers=0)
         serve_cfg = ServeConfig(model_name=profile.model, max_body_bytes=max_body_bytes, info=info, http=http)
-        app = create_app(self.engine, serve_cfg, Metrics(profile.gammas, registry))
+        metrics = Metrics(profile.gammas, registry)
+        metrics.watch_delivery(lambda: self.engine.delivery.ms)
+        app = create_app(self.engine, serve_cfg, metrics)
         self.asgi = with_replicas_endpoint(app, self.engine)
         memory.freeze_heap()
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -27,6 +28,7 @@ from starlette.responses import JSONResponse
 
 from otas.config import EngineConfig
 from otas.data.preprocess import Preprocess
+from otas.engine.delivery import REPORT_MAX, Delivery
 from otas.engine.images import DecodeBusy, Decoder, DecodeRestarted
 from otas.engine.serving import NotServed, Observer, Served, gather_all, observe
 from otas.scale.frontend_config import FrontendConfig, ReplicaClient, RouterMetrics
@@ -76,6 +78,9 @@ class RoutedEngine:
             d.decode_queue, clock=clock, processes=d.decode_processes,
         )  # fmt: skip
         self._inflight: set[asyncio.Task] = set()
+        self.delivery = Delivery()
+        """The delivery times of this router's responses (`delivered`)."""
+        self._delivered: deque[float] = deque(maxlen=REPORT_MAX)  # since the last probe, the latest
         self._probe: asyncio.Task | None = None
         self._closing = False
         self.fast_ms = lat_fast[1]
@@ -128,8 +133,10 @@ class RoutedEngine:
         return NotServed("rejected", reason, detail)
 
     def delivered(self, ms: float) -> None:
-        """Not passed on: each replica plans with its own margin (`Engine.deadline_margin`), not the
-        router's delivery times."""
+        """Kept (`delivery`, `otas_delivery_seconds`) and sent to every replica with the next probe:
+        its engine plans deadlines short by them (an answer's time from the replica to leaving here)."""
+        self.delivery.add(ms)
+        self._delivered.append(ms)
 
     def submit_many(
         self, app: str, images: Sequence[np.ndarray], arrival_ms: float | None = None
@@ -226,7 +233,7 @@ class RoutedEngine:
             self.rmetrics.rpc.observe(max(rpc_ms - reply.replica_ms, 0.0) / 1e3)
             s = reply.served
             self.router.done(k, *((s.exec_ms, s.batch_size) if s is not None else ()))
-            self._absorb(k, reply.queued, reply.batches)
+            self._absorb(k, reply.queued, reply.batches, reply.decisions)
             if s is not None:
                 observe(self.observer.ended, app, "served", "", s)
                 return s
@@ -254,10 +261,12 @@ class RoutedEngine:
                 extra={"event": "replica_down", "replica": self.names[k], "error": f"{type(e).__name__}: {e}"[:300]},
             )
 
-    def _absorb(self, k: int, queued: int, batches: list) -> None:
+    def _absorb(self, k: int, queued: int, batches: list, decisions: list) -> None:
         for ev in batches:
             observe(self.observer.batch, *ev)
             self.batches += 1
+        for ms, planned in decisions:
+            observe(self.observer.decided, ms, planned)
         self._queued[k] = queued
         observe(
             self.observer.queue_depth, sum(q for q, r in zip(self._queued, self.router.replicas, strict=True) if r.up)
@@ -266,12 +275,14 @@ class RoutedEngine:
     # -- health -------------------------------------------------------------------------------------
     async def _probe_loop(self) -> None:
         while True:
-            await asyncio.gather(*(self._probe_one(k) for k in range(len(self.clients))))
+            delivered = list(self._delivered)  # to every replica
+            self._delivered.clear()
+            await asyncio.gather(*(self._probe_one(k, delivered) for k in range(len(self.clients))))
             await asyncio.sleep(self.config.probe_s)
 
-    async def _probe_one(self, k: int) -> None:
+    async def _probe_one(self, k: int, delivered: list[float]) -> None:
         try:
-            st = await asyncio.wait_for(self.clients[k].stats(), self.config.probe_timeout_s)
+            st = await asyncio.wait_for(self.clients[k].stats(delivered), self.config.probe_timeout_s)
         except TimeoutError:  # slow is not dead, but two silent probes in a row take it out
             self._misses[k] += 1
             if self._misses[k] >= 2 and self.router.replicas[k].up:
@@ -284,7 +295,7 @@ class RoutedEngine:
                 self._down(k, e, call=False)
             return
         self._misses[k] = 0
-        self._absorb(k, st["queued"], st["batches"])
+        self._absorb(k, st["queued"], st["batches"], st.get("decisions", []))
         if self._pids[k] is not None and st["pid"] != self._pids[k]:
             log.warning("replica restarted", extra={"event": "replica_restarted", "replica": self.names[k],
                                                     "pid": st["pid"]})  # fmt: skip

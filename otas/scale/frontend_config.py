@@ -20,7 +20,10 @@ class ReplicaClient(Protocol):
 
     async def submit(self, app: str, image: np.ndarray, arrival_epoch_ms: float) -> Reply: ...
 
-    async def stats(self) -> dict[str, Any]: ...
+    async def stats(self, delivered: Sequence[float] = ()) -> dict[str, Any]:
+        """The replica's health and relayed observations; `delivered`: the router's delivery times
+        since the last probe (`ReplicaCore.stats`)."""
+        ...
 
 
 @dataclass

@@ -12,12 +12,14 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from otas.config import EngineConfig, SchedulerConfig
+from otas.engine.delivery import REPORT_MAX
 from otas.engine.serving import NotServed, Observer, Served
 from otas.profile.table import Profile
 from otas.server.main import make_engine
@@ -92,13 +94,25 @@ class Reply:
     """Wall time spent inside the replica (the router subtracts it to get its RPC overhead)."""
     batches: list[tuple[BatchPlan, float, float, int]] = field(default_factory=list)
     """Batch observations since the last reply: `Observer.batch` arguments."""
+    decisions: list[tuple[float, bool]] = field(default_factory=list)
+    """The scheduler's decisions since the last reply: `Observer.decided` arguments."""
 
 
 class _Relay(Observer):
-    """Keeps batch observations for the router (request outcomes are counted there)."""
+    """Keeps batch and decision observations for the router (request outcomes are counted there)."""
 
     def __init__(self) -> None:
         self.events: list[tuple[BatchPlan, float, float, int]] = []
+        self.decisions: list[tuple[float, bool]] = []
+
+    def decided(self, ms: float, planned: bool) -> None:
+        self.decisions.append((ms, planned))
+        if len(self.decisions) > MAX_RELAYED:
+            del self.decisions[: len(self.decisions) - MAX_RELAYED]
+
+    def drain_decisions(self) -> list[tuple[float, bool]]:
+        out, self.decisions = self.decisions, []
+        return out
 
     def batch(self, plan: BatchPlan, measured_ms: float, runner_ms: float, queued: int) -> None:
         plan = replace(plan, meta={})  # policy diagnostics are not relayed
@@ -154,6 +168,7 @@ class ReplicaCore:
             reply = Reply(None, ns.outcome, ns.reason, ns.detail)
         reply.queued = e.scheduler.queued()
         reply.batches = self.relay.drain()
+        reply.decisions = self.relay.drain_decisions()
         reply.replica_ms = (time.perf_counter() - t0) * 1e3
         return reply
 
@@ -163,8 +178,14 @@ class ReplicaCore:
             raise ValueError(f"unknown application {app!r}; known: {sorted(self.engine.apps)}")
         return a.slo_ms
 
-    def stats(self) -> dict[str, Any]:
-        """Health probe: liveness, queue depth, process identity, relayed batch observations."""
+    def stats(self, delivered: Sequence[float] = ()) -> dict[str, Any]:
+        """Health probe: liveness, queue depth, process identity, relayed batch and decision
+        observations. `delivered`: the router's delivery times since the last probe (its answers'
+        time from arriving there to leaving its HTTP layer), which this replica's engine plans
+        deadlines short by (`Engine.delivered`)."""
+        for ms in list(delivered)[:REPORT_MAX]:
+            if isinstance(ms, int | float):
+                self.engine.delivered(float(ms))
         return {
             "index": self.index,
             "healthy": self.healthy,
@@ -174,6 +195,7 @@ class ReplicaCore:
             "host": socket.gethostname(),
             "started_at": self.started_at,
             "batches": self.relay.drain(),
+            "decisions": self.relay.drain_decisions(),
         }
 
     def describe(self) -> dict[str, Any]:

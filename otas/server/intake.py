@@ -17,9 +17,9 @@ import time
 from dataclasses import asdict
 from typing import Any
 
+from otas.engine.delivery import REPORT_MAX
 from otas.engine.serving import NotServed, ServingEngine
 from otas.server.wire import (
-    DELIVERED_MAX,
     Frame,
     FrameProtocol,
     Kind,
@@ -162,7 +162,7 @@ class _Conn(FrameProtocol):
             if counts:  # (a front end without a front door reports none)
                 self.intake.fronts.now[id(self)] = counts
             times = f.meta.get("delivered")
-            for ms in times[:DELIVERED_MAX] if isinstance(times, list) else ():
+            for ms in times[:REPORT_MAX] if isinstance(times, list) else ():
                 if isinstance(ms, int | float):
                     self.intake.engine.delivered(float(ms))
         elif f.kind == Kind.ATTACH:

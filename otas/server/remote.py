@@ -23,11 +23,11 @@ import numpy as np
 from otas.collate import collate
 from otas.config import EngineConfig
 from otas.data.preprocess import Preprocess
+from otas.engine.delivery import REPORT_MAX
 from otas.engine.images import DecodeBusy, Decoder, DecodeRestarted
 from otas.engine.serving import NotServed, Observer, Served
 from otas.server.ring import Ring, Segment, SegmentHandle
 from otas.server.wire import (
-    DELIVERED_MAX,
     MAX_META,
     Frame,
     FrameProtocol,
@@ -76,7 +76,7 @@ class RemoteEngine:
         self.door = None
         """This front end's `FrontDoor`, if any: its counts go to the engine every `STATS_S`."""
         self._stats: asyncio.Task | None = None
-        self._delivered: deque[float] = deque(maxlen=DELIVERED_MAX)  # since the last report, the latest
+        self._delivered: deque[float] = deque(maxlen=REPORT_MAX)  # since the last report, the latest
 
     # -- the ServingEngine surface ---------------------------------------------------------------
     def now_ms(self) -> float:

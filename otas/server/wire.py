@@ -29,8 +29,6 @@ log = logging.getLogger("otas.server")
 HEAD = struct.Struct("<IBQI")
 MAX_META = 1 << 20
 """A frame's JSON part is at most this (the largest is a proxied answer's headers, or the apps)."""
-DELIVERED_MAX = 256
-"""Delivery times (`otas.engine.delivery`) one STATS frame carries at most: the latest."""
 
 
 class Kind(IntEnum):

@@ -34,8 +34,8 @@ class LocalReplica:
     async def submit(self, app, image, arrival_epoch_ms):
         return await self._call(self.core.submit(app, image, arrival_epoch_ms))
 
-    async def stats(self):
-        return await self._call(asyncio.sleep(0, self.core.stats()))
+    async def stats(self, delivered=()):
+        return await self._call(asyncio.sleep(0, self.core.stats(delivered)))
 
     async def _call(self, coro):
         if self.dead:
@@ -63,6 +63,10 @@ class Counts(Observer):
     def __init__(self):
         self.ended_by: dict[tuple, int] = {}
         self.batches = 0
+        self.decisions = 0
+
+    def decided(self, ms, planned):
+        self.decisions += 1
 
     def ended(self, app, outcome, reason="", served=None):
         self.ended_by[(outcome, reason)] = self.ended_by.get((outcome, reason), 0) + 1
@@ -116,6 +120,25 @@ def test_routes_each_application_home_and_relays_batches():
     assert routed_[1].get("home:blur") == 6 and "home:blur" not in routed_[0]
     assert eng.observer.ended_by == {("served", ""): 18}
     assert eng.observer.batches == eng.batches > 0  # batch observations relayed from the replicas
+
+
+def test_decisions_are_relayed_and_the_routers_delivery_times_reach_every_replica():
+    async def main():
+        eng, cores, _ = await routed()
+        for _ in range(40):
+            eng.delivered(12.0)
+        await asyncio.wait_for(asyncio.gather(*(eng.submit(a.name, IMG) for a in APPS)), 10)
+        for _ in range(100):  # a probe or two
+            if all(len(c.engine.delivery) == 40 for c in cores):
+                break
+            await asyncio.sleep(0.02)
+        out = [len(c.engine.delivery) for c in cores], [c.engine.delivery.ms for c in cores], eng.delivery.ms
+        await close(eng, cores)
+        return eng, out
+
+    eng, (counts, ms, own) = asyncio.run(main())
+    assert counts == [40, 40] and ms == [12.0, 12.0] and own == 12.0  # sent once to each, not again
+    assert eng.observer.decisions >= 3  # at least a decision per batch, relayed
 
 
 def test_killed_replica_requests_retry_elsewhere_and_router_stops_sending():

@@ -39,7 +39,7 @@ class StubReplica:
         probs = np.array([0.1, 0.6, 0.1, 0.1, 0.1], np.float32)
         return Reply(Served(0, app, 0, probs, CLASSES[task], 1.0, 2.0, 3.0, True, 1, 1.0))
 
-    async def stats(self):
+    async def stats(self, delivered=()):
         return {"queued": 0, "batches": [], "pid": 1, "healthy": True}
 
 
@@ -66,7 +66,7 @@ def test_both_engines_provide_the_serving_engine_protocol(make):
     assert isinstance(engine, ServingEngine)
     data, props, methods = _protocol_members()
     assert data == {"apps", "observer", "batches"} and props == {"image_size", "classes", "ready"}
-    assert methods == {"now_ms", "decode", "submit", "submit_many", "start", "stop"}
+    assert methods == {"now_ms", "decode", "submit", "submit_many", "delivered", "start", "stop"}
     assert isinstance(engine.apps, dict) and isinstance(engine.observer, Observer) and engine.batches == 0
     assert engine.image_size == SIZE and engine.classes == CLASSES and engine.ready is False
     for name in methods:
