@@ -1,4 +1,4 @@
-"""The live H100 runs 15-18 side by side: `otas` over the best fixed γ of the same run, per load; the
+"""The live H100 runs 15-19 side by side: `otas` over the best fixed γ of the same run, per load; the
 side-by-side comparisons each run made on one machine (a request's stated wait, deadlines planned
 short by the delivery time, the loop's lag as answers' delay); and each machine's host speed (the
 no-op server's images per second), which differed between runs. Reads the `live.json` files that
@@ -29,12 +29,15 @@ FILES = [
     ("run 18 A", "run18/wa.json", ""),
     ("run 18 B", "run18/wb.json", "the run-16 tree"),
     ("run 18 A again", "run18/wa2.json", ""),
+    ("run 19", "run19/live.json", ""),
+    ("run 19 otas again", "run19/again.json", ""),
 ]
 BASELINE = {  # the rows a side-by-side label is compared with: the same machine's
     "run 15, no stated wait": "run 15",
     "run 16, delivery not planned for": "run 16",
     "run 18 B": "run 18 A",
     "run 18 A again": "run 18 A",
+    "run 19 otas again": "run 19",
 }
 
 
