@@ -20,6 +20,8 @@
 #                                         vit_base_p2, profiled first: a model the GPU limits, not the host,
 #                                         OVERHEAD_PROTOCOLS: the no-op run's protocols (default uint8),
 #                                         REPLAY_ARGS: more `otas bench replay` options, e.g. --no-state-wait,
+#                                         ROUNDS: play the policies in turn this many times on one machine
+#                                         (tags <policy>-r<k>: the spread of repeats beside the differences),
 #                                         SPY: a py-spy binary to sample the server (and its front ends) with during the
 #                                         replay at SPY_LOAD; the connections each process holds then, from ss)
 set -uo pipefail  # no -e: one failed replay must not cost the others
@@ -68,8 +70,11 @@ echo "capacity of γ=0: $CAP/s"
 nvidia-smi --query-gpu=timestamp,utilization.gpu --format=csv,noheader,nounits -lms 250 > "$W/gpu_util.csv" 2>/dev/null &
 SMI=$!
 BUDGET_S=${BUDGET_S:-480}  # no new policy starts after this (the overhead run and the summary need ~70 s)
+ROUNDS=${ROUNDS:-1}
+for ROUND in $(seq "$ROUNDS"); do
 for POLICY in $POLICIES; do
   TAG=${POLICY/:/}
+  [ "$ROUNDS" -gt 1 ] && TAG=$TAG-r$ROUND
   if [ $((SECONDS - T0)) -gt "$BUDGET_S" ]; then echo "skip $POLICY: time budget"; continue; fi
   $OTAS serve --model "$MODEL" --profile "$PROFILE" --apps "$APPS" --device cuda --policy "$POLICY" --max-batch 256 ${SERVE_ARGS:-} \
     --port 8000 --grpc-port 0 --log-level warning > "$W/serve_$TAG.log" 2>&1 &
@@ -108,6 +113,7 @@ for POLICY in $POLICIES; do
     curl -s localhost:8000/metrics > "$W/metrics_${TAG}_x${LOAD}_after.txt"
   done
   kill -TERM $PID; wait $PID
+done
 done
 kill $SMI 2>/dev/null
 # Server overhead: the no-op model (HTTP + scheduling + collation), images per request 1, 8, 64, 256

@@ -56,6 +56,7 @@ def row(work: Path, replay: Path) -> dict[str, Any]:
     live, sim, noisy = r["live"]["all"], r["sim"]["noise_free"], r["sim"]["noisy"]
     out = {
         "policy": r["meta"]["policy"],
+        "run": tag,
         "load": r["meta"]["load"],
         "requests": r["meta"]["requests"],
         "rate_per_s": r["meta"]["requests"] / max(r["meta"]["duration_s"], 1e-9),
@@ -102,7 +103,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     for x in rows:
         smi = x.get("gpu_util_smi")
         lines.append(
-            f"| {x['policy']} | {x['load']:g} | {x['rate_per_s']:.0f} | {x['utility_live']:.1f} "
+            f"| {_name(x)} | {x['load']:g} | {x['rate_per_s']:.0f} | {x['utility_live']:.1f} "
             f"| {x['utility_sim']:.1f} "
             f"| {x['live_over_sim']:.3f} | {x['slo_live']:.3f} | {x['slo_sim']:.3f} | {x['rejected']} "
             f"| {x['p99_ms']:.1f} | {x['send_lag_p99_ms']:.1f} | {x.get('busy_share_server', float('nan')):.3f} "
@@ -111,15 +112,21 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _name(x: dict[str, Any]) -> str:
+    """A row's policy, and its run's tag where the session ran the policy more than once (ROUNDS)."""
+    run = x.get("run", "")
+    return x["policy"] if run in ("", x["policy"].replace(":", "")) else f"{x['policy']} ({run})"
+
+
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
     from otas.plotting import pyplot, save
 
     plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for policy in dict.fromkeys(x["policy"] for x in rows):
-        rs = sorted((x for x in rows if x["policy"] == policy), key=lambda x: x["load"])
-        line = ax.plot([x["load"] for x in rs], [x["utility_live"] for x in rs], "o-", label=f"{policy} live")[0]
+    for name in dict.fromkeys(map(_name, rows)):
+        rs = sorted((x for x in rows if _name(x) == name), key=lambda x: x["load"])
+        line = ax.plot([x["load"] for x in rs], [x["utility_live"] for x in rs], "o-", label=f"{name} live")[0]
         ax.plot([x["load"] for x in rs], [x["utility_sim"] for x in rs], "x--", color=line.get_color(), label="sim")
     ax.set_xlabel("load (× capacity of γ = 0)")
     ax.set_ylabel("utility (expected)")
@@ -134,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("work", type=Path)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
-    rows = sorted((row(args.work, f) for f in args.work.glob("replay_*.json")), key=lambda x: (x["policy"], x["load"]))
+    rows = sorted((row(args.work, f) for f in args.work.glob("replay_*.json")), key=lambda x: (_name(x), x["load"]))
     overhead = [json.loads(f.read_text()) for f in sorted(args.work.glob("overhead*.json"))]
     machine = (args.work / "machine.txt").read_text() if (args.work / "machine.txt").exists() else ""
     args.out.mkdir(parents=True, exist_ok=True)

@@ -80,3 +80,17 @@ def test_busy_share_is_the_devices_own_time_where_the_server_reports_it(tmp_path
     live_summary.main([str(work), "--out", str(out)])
     (row,) = json.loads((out / "live.json").read_text())["rows"]
     assert row["busy_share_server"] == pytest.approx(0.75)
+
+
+def test_rounds_of_one_policy_are_rows_of_their_own(tmp_path):
+    """ROUNDS > 1 tags each round's replay `<policy>-r<k>`: one row each, named apart."""
+    work, out = tmp_path / "work", tmp_path / "out"
+    work.mkdir()
+    for k, u in ((1, 90.0), (2, 80.0)):
+        (work / f"replay_trace_otas-r{k}_x1.json").write_text(json.dumps(_replay("otas", 1.0, u, 100.0)))
+    (work / "replay_trace_fixed-20_x1.json").write_text(json.dumps(_replay("fixed:-20", 1.0, 95.0, 95.0)))
+    live_summary.main([str(work), "--out", str(out)])
+    rows = json.loads((out / "live.json").read_text())["rows"]
+    assert [(r["run"], r["utility_live"]) for r in rows] == [("fixed-20", 95.0), ("otas-r1", 90.0), ("otas-r2", 80.0)]
+    text = (out / "live.md").read_text()
+    assert "| fixed:-20 | 1 |" in text and "| otas (otas-r1) | 1 |" in text and "| otas (otas-r2) | 1 |" in text
