@@ -20,6 +20,14 @@ REPORT_MAX = 256
 Ray router's probe of a replica): the latest."""
 
 
+def reported(times: object) -> list[float]:
+    """The delivery times another process reported (a list it sent), as this one takes them: the
+    first `REPORT_MAX`, numbers only."""
+    if not isinstance(times, list | tuple):
+        return []
+    return [float(ms) for ms in times[:REPORT_MAX] if isinstance(ms, int | float)]
+
+
 class Delivery:
     """The recent delivery times of responses, and the `QUANTILE` of them."""
 

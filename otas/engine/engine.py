@@ -310,12 +310,10 @@ class Engine:
         asked again until work arrives or the batch ends."""
         if not inflight:
             return True
-        if not self.plan_ahead or len(inflight) != 1:
+        at = self._plan_at(inflight)  # None unless planning ahead behind one batch, with work queued
+        if at is None:
             return False
-        if self.scheduler.queued() >= self._full:
-            return True
-        at = self._plan_at(inflight)
-        return not declined and at is not None and now >= at
+        return self.scheduler.queued() >= self._full or (not declined and now >= at)
 
     def _plan_at(self, inflight: deque[Launched]) -> float | None:
         """When to plan the batch to follow the one running with less than a full batch queued:

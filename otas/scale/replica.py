@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from otas.config import EngineConfig, SchedulerConfig
-from otas.engine.delivery import REPORT_MAX
+from otas.engine.delivery import reported
 from otas.engine.serving import NotServed, Observer, Served
 from otas.profile.table import Profile
 from otas.server.main import make_engine
@@ -183,9 +183,8 @@ class ReplicaCore:
         observations. `delivered`: the router's delivery times since the last probe (its answers'
         time from arriving there to leaving its HTTP layer), which this replica's engine plans
         deadlines short by (`Engine.delivered`)."""
-        for ms in list(delivered)[:REPORT_MAX]:
-            if isinstance(ms, int | float):
-                self.engine.delivered(float(ms))
+        for ms in reported(list(delivered)):
+            self.engine.delivered(ms)
         return {
             "index": self.index,
             "healthy": self.healthy,

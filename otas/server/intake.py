@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from otas.engine.delivery import REPORT_MAX
+from otas.engine.delivery import reported
 from otas.engine.serving import NotServed, ServingEngine
 from otas.server.wire import (
     Frame,
@@ -161,10 +161,8 @@ class _Conn(FrameProtocol):
             counts = {k: v for k, v in f.meta.items() if isinstance(v, int | float)}
             if counts:  # (a front end without a front door reports none)
                 self.intake.fronts.now[id(self)] = counts
-            times = f.meta.get("delivered")
-            for ms in times[:REPORT_MAX] if isinstance(times, list) else ():
-                if isinstance(ms, int | float):
-                    self.intake.engine.delivered(float(ms))
+            for ms in reported(f.meta.get("delivered")):
+                self.intake.engine.delivered(ms)
         elif f.kind == Kind.ATTACH:
             seg = self.intake.segments.pop(str(f.meta.get("segment")), None)
             if seg is None:

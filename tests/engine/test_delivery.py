@@ -86,3 +86,11 @@ def test_planning_ahead_the_loops_lag_is_planned_for_as_answers_delay(plan_ahead
     assert eng.scheduler.pipelined == plan_ahead
     assert eng._plannable_ms("lowlight") == pytest.approx(planned_ms)
     assert eng.scheduler.overhead_ms == (0.0 if plan_ahead else 20.0)
+
+
+def test_reported_times_are_taken_as_numbers_and_at_most_the_cap():
+    from otas.engine.delivery import REPORT_MAX, reported
+
+    assert reported(None) == [] and reported("1,2") == [] and reported({"a": 1}) == []
+    assert reported([1, 2.5, "3", None]) == [1.0, 2.5]
+    assert len(reported([1.0] * (REPORT_MAX + 10))) == REPORT_MAX
