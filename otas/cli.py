@@ -187,6 +187,13 @@ def profile_cmd(
             "of the same architecture and merge schedule (otas.profile.combine)."
         ),
     ] = None,
+    merge_every: Annotated[
+        int | None,
+        typer.Option(
+            help="Merge every k blocks, k·|γ| tokens at once (fewer, larger merge steps; the largest k that fits "
+            "where k·|γ| does not). Default: the checkpoint's. The server runs the schedule its profile names."
+        ),
+    ] = None,
 ) -> None:
     """Measure accuracy per (task, γ) and latency/memory per (γ, batch size); write a JSON profile."""
     import torch
@@ -212,11 +219,15 @@ def profile_cmd(
         raise typer.BadParameter(f"--accuracy-limit {accuracy_limit}: use a number of images >= 1 (or leave it out)")
     if out is not None and out.is_dir():
         raise typer.BadParameter(f"--out {out}: a directory; give the profile's file path")
+    if merge_every is not None and not 1 <= merge_every <= 64:
+        raise typer.BadParameter(f"--merge-every {merge_every}: use an integer in 1..64 (1 = merge in every block)")
     try:
         pkg = ModelPackage.open(checkpoint)
         if latency_from is not None:
             if accuracy_from is None:
                 raise ValueError("--latency-from needs --accuracy-from: nothing is measured then")
+            if merge_every is not None:
+                raise ValueError("--merge-every with --latency-from: nothing is measured; the profiles keep theirs")
             from otas.models.checkpoint import read_header
             from otas.profile.combine import combine
 
@@ -238,6 +249,7 @@ def profile_cmd(
                 mode=mode,
                 gammas=opt.ints(gammas) if gammas else None,
                 folders=task_folders(task or []),
+                merge_every=merge_every,
             )
     except ValueError as e:
         opt.fail(str(e))

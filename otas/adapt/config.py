@@ -19,7 +19,10 @@ class AdaptConfig:
     """Add log(size) to the attention logits of merged tokens (ToMe's proportional attention)."""
     merge_every: int = 1
     """Merge only in every k-th block, k·|γ| tokens at a time: the same tokens merged over the depth in
-    fewer, larger steps (each step has a fixed cost; merging earlier also saves more FLOPs)."""
+    fewer, larger steps (each step has a fixed cost; merging earlier also saves more FLOPs). k is the
+    most: a γ whose k·|γ| tokens the first block cannot merge takes the largest k that it can. It
+    changes which tokens merge, so a profile is measured with it (`otas profile --merge-every`) and
+    the server runs the schedule its profile was measured with."""
     tasks: dict[str, int] = field(default_factory=dict)
     """Downstream task name -> number of classes (the backbone's own task is always served too)."""
 

@@ -22,29 +22,40 @@ def merge_schedule(num_tokens: int, r: int, depth: int, protected: int, every: i
     """Tokens merged in each of `depth` blocks when asking for `r` per block.
 
     `every` = k merges only in blocks 0, k, 2k, ..., each taking the r of its k blocks at once
-    (k·r, or fewer in a last, shorter group), so the merge steps are fewer and larger.
-    At most half of the mergeable tokens can be merged in one block (each merge needs one token of
-    A and a distinct destination in B), so r is capped where too few tokens remain. Raises
-    ValueError when even the first block cannot merge its share: that γ is impossible for this
-    sequence length.
+    (k·r, or fewer in a last, shorter group), so the merge steps are fewer and larger. k is the
+    most blocks a step covers: where k·r tokens cannot merge in the first block, the largest k
+    that can is used (`steps_of`). At most half of the mergeable tokens can be merged in one
+    block (each merge needs one token of A and a distinct destination in B), so r is capped where
+    too few tokens remain. Raises ValueError when even the first block cannot merge r: that γ is
+    impossible for this sequence length.
     """
     if r < 0:
         raise ValueError(f"r must be >= 0, got {r}")
     if every < 1:
         raise ValueError(f"every must be >= 1 (merge in every k-th block), got {every}")
-    first = (num_tokens - protected) // 2
-    if r * min(every, depth) > first:
+    if r > (num_tokens - protected) // 2:
         raise ValueError(
-            f"cannot merge r={r} tokens per block (every {every} blocks: {r * min(every, depth)} at once): only "
-            f"{num_tokens - protected} mergeable tokens ({num_tokens} minus {protected} protected) enter the first "
-            f"block, so at most {first} at once; use a smaller |gamma|"
+            f"cannot merge r={r} tokens per block: only {num_tokens - protected} mergeable tokens ({num_tokens} "
+            f"minus {protected} protected) enter the first block, so at most {(num_tokens - protected) // 2} at "
+            "once; use a smaller |gamma|"
         )
+    every = steps_of(num_tokens, r, depth, protected, every)
     schedule, n = [], num_tokens
     for i in range(depth):
         r_l = min(r * min(every, depth - i), (n - protected) // 2) if i % every == 0 else 0
         schedule.append(r_l)
         n -= r_l
     return schedule
+
+
+def steps_of(num_tokens: int, r: int, depth: int, protected: int, every: int) -> int:
+    """The blocks one merge step covers at r per block, given at most `every`: the largest k ≤ every
+    whose k·r tokens the first block can merge."""
+    first = (num_tokens - protected) // 2
+    k = min(every, depth)
+    while k > 1 and r * k > first:
+        k -= 1
+    return k
 
 
 def match(metric: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:

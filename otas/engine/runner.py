@@ -92,9 +92,12 @@ class Runner:
         max_batch: int = 64,
         mode: str = "",
         host_io: bool = True,
+        merge_every: int | None = None,
     ) -> Runner:
+        """`merge_every`: the merge schedule to run (default: the checkpoint's; `load_checkpoint`)."""
         dt = dtype or (torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
-        return cls(load_checkpoint(path, "cpu", torch.float32), device, dt, max_batch, mode, host_io)
+        model = load_checkpoint(path, "cpu", torch.float32, merge_every=merge_every)
+        return cls(model, device, dt, max_batch, mode, host_io)
 
     def _labels(self, task: str) -> list[str]:
         model = self.fast.model

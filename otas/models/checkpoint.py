@@ -165,12 +165,17 @@ def load_checkpoint(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     gammas: tuple[int, ...] | None = None,
+    merge_every: int | None = None,
 ) -> AdaptiveViT:
-    """Rebuild the model from `path` (weights upcast/downcast to `dtype`), in eval mode."""
+    """Rebuild the model from `path` (weights upcast/downcast to `dtype`), in eval mode; `merge_every`:
+    the merge schedule to run instead of the checkpoint's (`AdaptConfig.merge_every`; the weights are
+    the same, the tokens merged are not)."""
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"checkpoint {p} does not exist")
     header = read_header(p)
+    if merge_every is not None:
+        header = {**header, "adapt": {**header["adapt"], "merge_every": merge_every}}
     try:
         _check_tensors(p, header, gammas)  # before a byte of the model is allocated
     except ValueError as e:

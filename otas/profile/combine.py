@@ -38,6 +38,9 @@ def combine(
     differ = [g for g in latency_from.gammas if g not in a or g not in b or abs(a[g] - b[g]) > 1e-3 * max(b[g], 1e-9)]
     if differ:
         raise ValueError(f"GFLOPs per image differ at γ {differ}: another merge schedule, so other times")
+    ka, kb = accuracy_from.merge_every, latency_from.merge_every
+    if ka is not None and kb is not None and ka != kb:
+        raise ValueError(f"--accuracy-from was measured with merge_every={ka}, --latency-from with {kb}")
     acc = {t: {g: v for g, v in row.items() if g in latency_from.gammas} for t, row in accuracy_from.accuracy.items()}
     meta = {
         **run_meta(),
@@ -48,4 +51,6 @@ def combine(
         "latency_from": f"{latency_from.model} on {latency_from.device} ({latency_from.dtype}), "
         f"created {latency_from.meta.get('created')}: same architecture and GFLOPs per γ",
     }
+    if (k := kb or ka) is not None:
+        meta["merge_every"] = k
     return replace(latency_from, model=model, accuracy=acc, tasks=dict(accuracy_from.tasks), meta=meta)

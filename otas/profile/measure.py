@@ -217,20 +217,29 @@ def measure_profile(
     mode: str = "eager",
     gammas: list[int] | None = None,
     folders: dict[str, Path] | None = None,
+    merge_every: int | None = None,
 ) -> Profile:
     """Profile `checkpoint` on `device`. `gammas`: a subset of the model's Γ (default: all of it).
 
     `accuracy_from`: reuse the accuracy of another profile of the same model; the γ it lacks are
     measured here (and listed in `meta["accuracy_measured"]`). Latency cells are timed
     interleaved (`time_cells`). `folders`: task -> validation folder to measure accuracy on
-    (`validation_sets`).
+    (`validation_sets`). `merge_every`: the merge schedule to measure (default: the checkpoint's;
+    recorded in the profile's meta, and the server runs the schedule its profile names).
     """
     dev = torch.device(device)
     t0 = time.perf_counter()
-    model = load_checkpoint(checkpoint, dev, dtype)  # raises for a missing or foreign file
+    model = load_checkpoint(checkpoint, dev, dtype, merge_every=merge_every)  # raises for a missing or foreign file
     _sync(dev)
     weights_ms = (time.perf_counter() - t0) * 1e3
     header = read_header(checkpoint)
+    if accuracy_from is not None:  # accuracies of another schedule are other accuracies
+        theirs = accuracy_from.merge_every or header["adapt"].get("merge_every", 1)
+        if theirs != model.config.merge_every:
+            raise ValueError(
+                f"--accuracy-from profile was measured with merge_every={theirs}, this one with "
+                f"{model.config.merge_every}: its accuracies are another schedule's; measure them here"
+            )
     fast = None
     if mode != "eager":
         from otas.adapt.fast import FastConfig, FastForward
@@ -248,6 +257,7 @@ def measure_profile(
         "mode": mode,
         "merge_impl": fast.merge_impl if fast is not None else "reference",
         "fused_norm": fast.fused_norm if fast is not None else False,
+        "merge_every": model.config.merge_every,
         "threads": torch.get_num_threads(),
         # model_load_ms = weights from disk onto the device + ready to serve γ = 0 (below)
         "model_load_parts_ms": {"weights": round(weights_ms, 1), "warmup": round(warm_ms, 1)},

@@ -77,6 +77,13 @@ def _object(field: str, v: Any) -> dict[str, Any]:
     return v
 
 
+def _merge_every(meta: dict[str, Any]) -> int | None:
+    k = meta.get("merge_every")
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 64):
+        raise ValueError(f"profile meta.merge_every={str(k)[:40]!r}: expected an integer in 1..64")
+    return k
+
+
 def _str_keys(d: dict[int, Any]) -> dict[str, Any]:
     return {str(k): v for k, v in sorted(d.items())}
 
@@ -138,12 +145,19 @@ class Profile:
                     )
             if table is not None and (extra := sorted(set(table) - set(self.gammas))):
                 raise ValueError(f"profile {name} has gammas {extra} that are not in gammas {self.gammas}")
+        _merge_every(self.meta)  # a bad value fails when the profile is read, not when it is served
         for task, acc in self.accuracy.items():
             if not acc:
                 raise ValueError(f"profile task {task!r} has no accuracy at any gamma; it cannot be served")
             extra = sorted(set(acc) - set(self.gammas))
             if extra:
                 raise ValueError(f"profile task {task!r} has accuracy for gammas {extra} outside its set {self.gammas}")
+
+    @property
+    def merge_every(self) -> int | None:
+        """The merge schedule the profile was measured with (`AdaptConfig.merge_every`), or None if
+        it does not say (older profiles: the checkpoint's own). ValueError if it is not an integer ≥ 1."""
+        return _merge_every(self.meta)
 
     # -- queries used by the scheduler -------------------------------------------------------
     def lat(self, gamma: int, batch: int) -> float:

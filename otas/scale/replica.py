@@ -74,7 +74,7 @@ def build_runner(spec: ReplicaSpec):
     from otas.predict import default_model_path
 
     dt = getattr(torch, spec.dtype) if spec.dtype else None
-    runner = Runner.load(spec.model or default_model_path(), spec.device, dt, mb)
+    runner = Runner.load(spec.model or default_model_path(), spec.device, dt, mb, merge_every=profile.merge_every)
     if spec.warmup:
         runner.warmup()
     return runner

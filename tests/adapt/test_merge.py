@@ -12,6 +12,25 @@ def test_schedule_caps_where_few_tokens_remain():
     assert sched[:11] == [20] * 11 and sched[11] == 18  # 37 tokens left: at most 18 mergeable pairs
 
 
+def test_merge_every_is_the_most_blocks_a_step_covers():
+    """k·|γ| tokens at once in every k-th block; where k·|γ| cannot merge in the first block (at most
+    half of the mergeable tokens), the largest k that can, so one merge_every serves every γ."""
+    assert merge_schedule(257, 8, 12, 1, every=4) == [32, 0, 0, 0] * 3
+    assert merge_schedule(257, 20, 12, 1, every=4)[:5] == [80, 0, 0, 0, 80]
+    assert merge_schedule(257, 48, 12, 1, every=4) == merge_schedule(257, 48, 12, 1, every=2)  # 4·48 > 128
+    assert merge_schedule(257, 48, 12, 1, every=2)[:3] == [96, 0, 80]  # then capped: 161 tokens left
+    assert merge_schedule(257, 100, 12, 1, every=4) == merge_schedule(257, 100, 12, 1)  # only k = 1 fits
+    assert merge_schedule(257, 8, 3, 1, every=8) == [24, 0, 0]  # a step covers at most the depth
+    for r in range(0, 129):
+        for k in (1, 2, 3, 4, 6):
+            sched = merge_schedule(257, r, 12, 1, every=k)
+            assert sum(sched) <= r * 12 and all(s >= 0 for s in sched)
+            n = 257
+            for s in sched:  # never more than half of what is mergeable
+                assert s <= (n - 1) // 2
+                n -= s
+
+
 def test_schedule_rejects_impossible_merge():
     with pytest.raises(ValueError, match="cannot merge r=129"):
         merge_schedule(257, 129, 12, 1)

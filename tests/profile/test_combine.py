@@ -70,3 +70,14 @@ _only_0_4 = dict(
 def test_other_compute_is_refused(acc, lat, match):
     with pytest.raises(ValueError, match=match):
         combine("small_v2", "vit_small_p2", _profile(**acc), _cpu(**lat))
+
+
+def test_the_merge_schedule_is_kept_and_must_agree():
+    """Equal GFLOPs per γ say one schedule; where both profiles name theirs, they must agree, and the
+    result names it (the server runs the schedule its profile names)."""
+    two = {"arch": "vit_small_p2", "merge_every": 2}
+    out = combine("small_v2", "vit_small_p2", _profile(meta=two), _cpu(meta={**two, "created": "then"}))
+    assert out.merge_every == 2
+    assert combine("small_v2", "vit_small_p2", _profile(), _cpu()).merge_every is None  # neither says
+    with pytest.raises(ValueError, match="merge_every=2, --latency-from with 1"):
+        combine("small_v2", "vit_small_p2", _profile(meta=two), _cpu(meta={"arch": "vit_small_p2", "merge_every": 1}))

@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 
@@ -6,7 +8,7 @@ from otas.models.checkpoint import save_checkpoint
 from otas.models.registry import build_vit
 from otas.profile.measure import device_slug, gflops, measure_profile, time_cells
 from otas.profile.report import markdown, speedup_rows
-from otas.profile.table import Profile
+from otas.profile.table import SCHEMA, Profile
 
 
 def _ckpt(tmp_path):
@@ -116,3 +118,38 @@ def test_profile_your_own_model_on_its_folders(byo_model, tmp_path, monkeypatch)
     for bad, message in [(f"nosuch={other}", "this model serves tasks"), ("colours", "write NAME=DIR")]:
         res = CliRunner().invoke(app, [*args, "--task", bad], terminal_width=200)
         assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, res.output
+
+
+def test_a_profile_names_the_merge_schedule_it_measured(tmp_path):
+    """`merge_every` changes which tokens merge, so accuracies and times: the profile records the
+    schedule it measured, and refuses the accuracies of a profile of another schedule."""
+    m, p = _ckpt(tmp_path)
+    acc = Profile(
+        model="x",
+        device="d",
+        dtype="float32",
+        gammas=[-8, 0, 4],
+        batch_sizes=[1],
+        accuracy={"source": {-8: 0.5, 0: 0.6}, "novel": {-8: 0.4, 0: 0.5, 4: 0.7}},
+        latency_ms={g: {1: 1.0} for g in (-8, 0, 4)},
+    )
+    own = measure_profile(p, "cpu", torch.float32, [1], accuracy_from=acc, min_time_s=0.01)
+    assert own.meta["merge_every"] == 1 == own.merge_every  # the checkpoint's
+    with pytest.raises(ValueError, match="measured with merge_every=1, this one with 2"):
+        measure_profile(p, "cpu", torch.float32, [1], accuracy_from=acc, min_time_s=0.01, merge_every=2)
+    acc2 = dataclasses.replace(acc, meta={"merge_every": 2})
+    two = measure_profile(p, "cpu", torch.float32, [1], accuracy_from=acc2, min_time_s=0.01, merge_every=2)
+    assert two.merge_every == 2 and Profile.from_dict(two.to_dict()).merge_every == 2
+    assert two.gflops[-8] < own.gflops[-8] and two.gflops[0] == own.gflops[0]  # merged earlier: fewer FLOPs
+    with pytest.raises(ValueError, match="measured with merge_every=2, this one with 1"):
+        measure_profile(p, "cpu", torch.float32, [1], accuracy_from=acc2, min_time_s=0.01)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.0, True, "2", 65])
+def test_a_bad_merge_schedule_in_a_profile_is_refused_when_read(bad):
+    doc = {
+        "schema": SCHEMA, "model": "x", "device": "d", "dtype": "float32", "gammas": [0], "batch_sizes": [1],
+        "accuracy": {"source": {"0": 0.5}}, "latency_ms": {"0": {"1": 1.0}}, "meta": {"merge_every": bad},
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="meta.merge_every"):
+        Profile.from_dict(doc)

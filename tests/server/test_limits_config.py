@@ -165,3 +165,33 @@ def test_the_delivery_quantile_reaches_the_engine_and_0_plans_for_none(q, planne
     for _ in range(64):
         engine.delivered(30.0)
     assert engine.delivery.ms == planned and info["delivery_quantile"] == q
+
+
+@pytest.mark.parametrize("every", [None, 1, 2, 4])
+def test_the_server_runs_the_merge_schedule_its_profile_names(tiny_ckpt, tmp_path, every):
+    """A profile's accuracies and latencies are those of the merge schedule it was measured with
+    (`meta.merge_every`): the server runs that one, on the same weights; a profile that does not say
+    runs the checkpoint's own. The Ray replicas build theirs the same way."""
+    import json
+
+    from otas.adapt.merge import merge_schedule
+    from otas.config import SchedulerConfig, ServingConfig
+    from otas.models.checkpoint import read_header
+    from otas.scale.replica import ReplicaSpec, build_runner
+    from otas.server.main import load_runner
+    from tests.server.helpers import APPS
+
+    doc = json.load(open("tests/data/handmade_tiny__cpu.json"))
+    if every is not None:
+        doc["meta"] = {**doc.get("meta", {}), "merge_every": every}
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(doc))
+    cfg = ServingConfig(apps=APPS, model=str(tiny_ckpt), profile=path, engine=EngineConfig(warmup=False))
+    runner, _ = load_runner(cfg)
+    want = every or read_header(tiny_ckpt)["adapt"].get("merge_every", 1)
+    model = runner.fast.model
+    assert model.config.merge_every == want
+    depth, n, p = len(model.vit.blocks), model.num_tokens, model.vit.num_prefix_tokens
+    assert model.merge_schedule(-8) == merge_schedule(n, 8, depth, p, want)
+    spec = ReplicaSpec(APPS, doc, "otas", SchedulerConfig(max_batch=16), model=str(tiny_ckpt), warmup=False)
+    assert build_runner(spec).fast.model.config.merge_every == want
