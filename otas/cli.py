@@ -171,7 +171,13 @@ def profile_cmd(
     gammas: Annotated[str, typer.Option(help="Profile only these γ of the model's set, e.g. -20,0,16.")] = "",
     accuracy_limit: Annotated[int | None, typer.Option(help="Test images per task (default: all).")] = None,
     min_time_s: Annotated[float, typer.Option(help="Timing seconds per (γ, batch) cell, cells interleaved.")] = 1.0,
-    mode: Annotated[str, typer.Option(help="Timed path: eager, traced, graphs, compile or compiled-graphs.")] = "eager",
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="Timed path: eager, traced, graphs, compile or compiled-graphs (default: the one `otas serve` runs "
+            "on the device: traced on a CPU, graphs on a GPU)."
+        ),
+    ] = "",
     task: Annotated[
         list[str] | None,
         typer.Option(
@@ -221,6 +227,10 @@ def profile_cmd(
         raise typer.BadParameter(f"--out {out}: a directory; give the profile's file path")
     if merge_every is not None and not 1 <= merge_every <= 64:
         raise typer.BadParameter(f"--merge-every {merge_every}: use an integer in 1..64 (1 = merge in every block)")
+    if not mode:
+        from otas.engine.runner import default_mode
+
+        mode = default_mode(device)
     try:
         pkg = ModelPackage.open(checkpoint)
         if latency_from is not None:

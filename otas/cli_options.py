@@ -20,6 +20,12 @@ Policy = Annotated[
     ),
 ]
 Apps = Annotated[Path | None, typer.Option(help="Applications YAML (default: otas/configs/apps.yaml).")]
+ServeApps = Annotated[
+    Path | None,
+    typer.Option(
+        help="Applications YAML (default: otas/configs/apps.yaml; otas/configs/apps-h100.yaml with --device cuda)."
+    ),
+]
 Lookahead = Annotated[int, typer.Option(help="Optimizer lookahead n (batches planned; only the first runs).")]
 MaxBatch = Annotated[int, typer.Option(help="Largest batch B_max.")]
 MaxQueueDelay = Annotated[float, typer.Option(help="Hold a batch below B_max this long in ms (0 = work-conserving).")]

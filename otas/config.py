@@ -240,6 +240,8 @@ class HttpConfig:
             raise ValueError(f"port={self.port}: use 0..65535")
         if not 0 <= self.grpc_port < 65536:
             raise ValueError(f"grpc_port={self.grpc_port}: use 1..65535, or 0 for no gRPC")
+        if self.grpc_port and self.grpc_port == self.port:
+            raise ValueError(f"port and grpc_port are both {self.port}: give the HTTP and gRPC APIs a port each")
         if not 0 < self.max_body_mb <= MAX_BODY_MB:
             raise ValueError(f"max_body_mb={self.max_body_mb}: use a size in MiB in (0, {MAX_BODY_MB}]")
         if not isinstance(self.max_connections, int) or self.max_connections < 1:

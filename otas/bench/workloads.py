@@ -57,7 +57,20 @@ class ProfileSet:
         return cls(name, tuple(p for p in paths.split(",") if p), max_batch)
 
     def profiles(self) -> list[Profile]:
-        return _load_profiles(self.paths)
+        return _load_profiles(tuple(_located(p) for p in self.paths))
+
+
+_CHECKOUT = Path(__file__).resolve().parents[2]
+
+
+def _located(path: str) -> str:
+    """`path`, or, when a relative path is not found from here, the same path in the checkout this
+    module runs from (the default sets name the repository's profiles/, so the suite runs from any
+    directory)."""
+    p = Path(path)
+    if p.is_absolute() or p.exists() or not (_CHECKOUT / p).exists():
+        return path
+    return str(_CHECKOUT / p)
 
 
 # the model-size ladder (docs/models.md): the served Tiny model first, then the larger one, for model-switch;

@@ -243,8 +243,11 @@ class Engine:
         # queued under the old one (the answer's deadline_met is judged on the true arrival and SLO);
         # once none is queued, the new SLO is the only one
         before = self._last_deadline.get(app, -math.inf) if self.scheduler.queued(app) else -math.inf
-        deadline = max(queued_at + self._plannable_ms(app), before)
-        self._admit(app, n, now, deadline, arrival)
+        plannable = self._plannable_ms(app)
+        deadline = max(queued_at + plannable, before)
+        # admitted by its own deadline: one of a request that waited before it came (a stated wait) is
+        # earlier than the queue's order lets it be planned at
+        self._admit(app, n, now, min(deadline, arrival + plannable), arrival)
         self._last_arrival[app], self._last_deadline[app] = queued_at, deadline
         reqs = [Request(i, app, queued_at, deadline) for i in islice(self._ids, n)]  # consecutive ids
         rej = self.scheduler.submit_many(reqs, now)  # all or none
@@ -284,13 +287,13 @@ class Engine:
                 raise self._refuse(
                     app, n, "rejected", "infeasible",
                     f"{n} images (and {ahead} queued ahead) need {need:.0f} ms at the fastest setting but "
-                    f"{deadline - now:.0f} ms are left; send fewer images per request",
+                    f"{_left(deadline, now)}; send fewer images per request",
                 )  # fmt: skip
         elif self.scheduler.config.reject_infeasible and now + self.scheduler.fastest_ms(1) > deadline:
             raise self._refuse(
                 app, n, "rejected", "infeasible",
-                f"{deadline - now:.0f} ms are left to its deadline, less than the {self.scheduler.fastest_ms(1):.1f} "
-                f"ms it needs at the fastest setting: {now - arrival:.0f} ms passed from its arrival (any wait its "
+                f"it needs {self.scheduler.fastest_ms(1):.1f} ms at the fastest setting but {_left(deadline, now)}: "
+                f"{now - arrival:.0f} ms passed from its arrival (any wait its "
                 "client stated, the upload, then parsing and decoding here); send it whole at once, or retry",
             )  # fmt: skip
 
@@ -385,3 +388,10 @@ class Engine:
             log.exception("engine loop crashed; failing every pending request")
             self._books.fail_all("engine_failed", "the engine loop crashed; see the server log")
             raise
+
+
+def _left(deadline: float, now: float) -> str:
+    """The time left to a deadline, in words (a request that waited before it came may be past it)."""
+    if deadline >= now:
+        return f"{deadline - now:.0f} ms are left"
+    return f"its deadline passed {now - deadline:.0f} ms ago"

@@ -47,7 +47,7 @@ class ModelPackage:
             return cls(p, ckpt)
         if p.is_file():
             return cls(p, p)
-        raise ValueError(f"--model {p}: no such package directory or checkpoint file")
+        raise ValueError(f"model {p}: no such package directory or checkpoint file")
 
     @property
     def is_dir(self) -> bool:

@@ -94,6 +94,12 @@ def _build_timm(name, num_classes, drop_path_rate, pretrained, pretrained_file, 
         detail = " ".join(line.strip() for line in first[:3])[:400]
         src = pretrained_file or "timm's pretrained weights"
         raise ValueError(f"weights {src} do not match timm:{name}: {detail}") from None
+    except OSError as e:  # the hub unreachable (huggingface_hub's errors are OSErrors), or a cache unwritable
+        why = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ValueError(
+            f"cannot fetch timm:{name}'s pretrained weights ({type(e).__name__}: {why}); "
+            "give them as a file with --pretrained-file W.safetensors"
+        ) from None
 
 
 def _head_classes(path: Path) -> int | None:

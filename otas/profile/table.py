@@ -339,6 +339,8 @@ class Profile:
     @classmethod
     def load(cls, path: str | Path) -> Profile:
         p = Path(path)
+        if p.is_dir():
+            raise ValueError(f"profile file {p} is a directory; give the profile's JSON file")
         if not p.is_file():
             raise ValueError(f"profile file {p} does not exist; run `otas profile` to make one")
         try:

@@ -85,6 +85,9 @@ def create_app(
         engine.observer = metrics
     errors = {HTTPException: handlers.http_error, Exception: handlers.internal_error}
     app = Starlette(routes=_routes() if routes is None else routes, lifespan=_lifespan, exception_handlers=errors)
+    # a path with a trailing slash is not found (a JSON 404), not redirected to a URL built from the
+    # client's own Host header
+    app.router.redirect_slashes = False
     app.state.engine, app.state.config, app.state.metrics = engine, config, metrics
     app.state.grpc_port = None
     app.state.guard = Guard(config.http, config.max_body_bytes)

@@ -25,7 +25,7 @@ def serve_cmd(
             "the shipped model: its CPU profile)."
         ),
     ] = None,  # fmt: skip
-    apps: opt.Apps = None,
+    apps: opt.ServeApps = None,
     policy: opt.Policy = "otas",
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     mode: Annotated[

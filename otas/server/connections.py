@@ -27,6 +27,7 @@ import resource
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 import uvicorn
 
@@ -294,8 +295,12 @@ def protocol_class(guard: Guard) -> type[asyncio.Protocol]:
 
 
 def _inference(url: bytes) -> bool:
-    path = url.split(b"?", 1)[0].rstrip(b"/")
-    return path.endswith((b"/infer", b"/classify"))
+    """Whether a request's target routes to an inference handler: judged on the decoded path, as
+    the router decodes it (`/v2/models/m/inf%65r` is `/infer`: it must not pass the door uncounted)."""
+    path = url.split(b"?", 1)[0]
+    if b"%" in path:
+        path = unquote_to_bytes(path)
+    return path.rstrip(b"/").endswith((b"/infer", b"/classify"))
 
 
 OVERLOADED_BODY = json.dumps(error_body(OVERLOADED_MESSAGE, "overloaded")).encode()

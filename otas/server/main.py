@@ -258,6 +258,7 @@ def serve_workers(cfg: ServingConfig, app, runner, grace_s: float, started) -> N
     app.state.config.start_parser = False  # JSON bodies are parsed in the front ends
     front = replace(
         app.state.config, info=None, grpc_port=None, start_parser=False, admin_token="", apps_file=None,
+        http=replace(app.state.config.http, json_workers=0),  # a front end parses on its own loop: it is a process
     )  # fmt: skip
     spec = WorkerSpec(
         "", front, replace(cfg.engine, decode_processes=False), cfg.http.log_level, drain_s=grace_s,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -129,10 +130,12 @@ def build_request(
         raise ProtocolError(400, "missing_app", 'give the application as the request parameter "app" (a string)')
     if len(inputs) != 1:
         raise ProtocolError(400, "bad_request", f"send exactly one input tensor, {_INPUTS_HELP}; got {len(inputs)}")
-    if outputs is not None and (bad := [o for o in outputs if o not in OUTPUTS]):
-        raise ProtocolError(400, "unknown_output", f"outputs {bad} are not outputs of this model; ask for {OUTPUTS}")
+    if outputs is not None and (bad := list(dict.fromkeys(o for o in outputs if o not in OUTPUTS))):
+        raise ProtocolError(
+            400, "unknown_output", f"outputs {bad[:5]} are not outputs of this model; ask for {OUTPUTS}"
+        )  # (at most 5 named: a request may list thousands)
     if outputs is not None and len(set(outputs)) < len(outputs):
-        twice = sorted({o for o in outputs if outputs.count(o) > 1})
+        twice = sorted(o for o, k in Counter(outputs).items() if k > 1)  # (linear: outputs may be thousands long)
         raise ProtocolError(400, "duplicate_output", f"outputs {twice} are asked for more than once; ask once")
     classes = _classification(classification or {})
     t = inputs[0]

@@ -7,6 +7,7 @@ plans against a deadline later than the client's."""
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 
 from otas.server.errors import ProtocolError
@@ -15,6 +16,7 @@ WAITED = "otas-waited-ms"
 """The header (HTTP) or metadata key (gRPC, lower case) that states the wait, in ms."""
 MAX_WAITED_MS = 86_400_000.0
 """A day: a longer stated wait is a client's mistake (its request is long past any SLO anyway)."""
+_DECIMAL = re.compile(r"\+?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 
 
 def waited_ms(values: Sequence[str]) -> float:
@@ -26,7 +28,7 @@ def waited_ms(values: Sequence[str]) -> float:
         raise ProtocolError(400, "bad_waited", f"{WAITED} given {len(values)} times; send it once")
     text = values[0].strip()
     try:
-        ms = float(text) if len(text) <= 32 and text.isascii() else math.nan
+        ms = float(text) if len(text) <= 32 and _DECIMAL.fullmatch(text) else math.nan  # (not float's "1_0")
     except ValueError:
         ms = math.nan
     if not 0 <= ms <= MAX_WAITED_MS:  # NaN and ±inf fail too

@@ -110,6 +110,8 @@ def _read_csv(p: Path) -> tuple[np.ndarray, np.ndarray]:
                         when = when.replace(tzinfo=UTC)
                     t = when.timestamp() + (float("0." + frac) if frac else 0.0)
                     times.append(t * 1000.0)
+                    if None in row.values():  # a short row: DictReader fills the missing fields with None
+                        raise ValueError(f"{sum(v is None for v in row.values())} fields missing")
                     tokens.append(int(row["ContextTokens"]))
                 except (KeyError, ValueError) as e:
                     raise ValueError(f"{p}: bad row {row!r} ({e}); expected TIMESTAMP,ContextTokens,...") from None

@@ -133,3 +133,16 @@ def test_cli_refuses_a_bad_request_range(bad):
 
     out = CliRunner().invoke(bench_app, ["workloads", "--requests", bad, "--out", "/nonexistent/never"])
     assert out.exit_code == 2 and "--requests" in out.output
+
+
+def test_the_default_profile_sets_are_found_from_any_directory(tmp_path, monkeypatch):
+    """The default sets name the repository's profiles/ relatively: run elsewhere, they are found in the
+    checkout the module runs from (a path that exists where it is given is taken as it is)."""
+    from otas.bench.workloads import DEFAULT_SETS, _located
+
+    monkeypatch.chdir(tmp_path)
+    assert [p.model for p in DEFAULT_SETS[0].profiles()]
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "mine.json").write_text("{}")
+    assert _located("profiles/mine.json") == "profiles/mine.json"
+    assert _located("profiles/nowhere.json") == "profiles/nowhere.json"  # missing everywhere: its own error later

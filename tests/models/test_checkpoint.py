@@ -121,3 +121,16 @@ def test_latency_twin_copies_everything_but_the_weights(tmp_path):
     assert back.config == real.config and back.task_classes == real.task_classes
     assert back.source_classes == real.source_classes and back.preprocess == real.preprocess
     assert back.untrained == []
+
+
+def test_unreachable_pretrained_weights_are_a_clear_error(monkeypatch):
+    """Offline, timm's hub download raises an OSError (huggingface_hub's LocalEntryNotFoundError is
+    one): a one-line ValueError naming the way out, not the hub's traceback."""
+    import timm
+
+    def offline(*a, **kw):
+        raise FileNotFoundError("An error happened while trying to locate the file on the Hub\nmore")
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(ValueError, match="cannot fetch timm:vit_tiny_patch16_224's pretrained .*--pretrained-file"):
+        build_vit("timm:vit_tiny_patch16_224", 10, pretrained=True)

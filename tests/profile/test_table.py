@@ -112,3 +112,8 @@ def test_an_implausible_latency_is_refused_at_load(tmp_path, ms):
     (tmp_path / "p.json").write_text(json.dumps(d))
     with pytest.raises(ValueError, match=r"latency_ms\[0\]\[8\]"):
         Profile.load(tmp_path / "p.json")
+
+
+def test_a_directory_given_as_a_profile_says_so(tmp_path):
+    with pytest.raises(ValueError, match="is a directory"):
+        Profile.load(tmp_path)

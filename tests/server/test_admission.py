@@ -335,3 +335,21 @@ def test_stalled_uploads_hold_no_place(noop_server, stalled):
     finally:
         for s in socks:
             s.close()
+
+
+@pytest.mark.parametrize("path", ["/v2/models/noop/inf%65r", "/v2/models/noop/%69nfer", "/v2/models/noop/infer"])
+def test_a_percent_encoded_inference_path_passes_the_door_counted(noop_server, path):
+    """The router decodes the path, so the door judges the decoded one: `inf%65r` is `/infer`, admitted
+    (and, under overload, refused) like any other inference request, never served uncounted."""
+    url = noop_server
+    name = 'otas_front_requests_total{outcome="admitted"}'
+    before = _metric(url, name)
+    r = httpx.post(url + path, content=_body("loose", _pngs(1, 0)[0]), timeout=30)
+    assert r.status_code == 200, r.text
+    assert _metric(url, name) == before + 1
+
+
+def test_a_trailing_slash_is_not_found_not_redirected(noop_server):
+    r = httpx.post(noop_server + "/v2/models/noop/infer/", content=_body("loose", _pngs(1, 0)[0]), timeout=30,
+                   headers={"host": "evil.example:666"})  # fmt: skip
+    assert r.status_code == 404 and "location" not in r.headers and r.json()["reason"], r.text

@@ -195,3 +195,11 @@ def test_the_server_runs_the_merge_schedule_its_profile_names(tiny_ckpt, tmp_pat
     assert model.merge_schedule(-8) == merge_schedule(n, 8, depth, p, want)
     spec = ReplicaSpec(APPS, doc, "otas", SchedulerConfig(max_batch=16), model=str(tiny_ckpt), warmup=False)
     assert build_runner(spec).fast.model.config.merge_every == want
+
+
+def test_the_http_and_grpc_apis_need_a_port_each():
+    from otas.config import HttpConfig
+
+    with pytest.raises(ValueError, match="port and grpc_port are both 8005"):
+        HttpConfig(port=8005, grpc_port=8005)
+    HttpConfig(port=8005, grpc_port=0)  # no gRPC: nothing to clash with

@@ -205,3 +205,21 @@ def test_bad_output_requests_are_400(srv, outputs, reason):
     body = {"parameters": {"app": APP}, "inputs": [image], "outputs": outputs}
     r = httpx.post(f"{srv.url}/v2/models/{MODEL}/infer", json=body, timeout=30)
     assert r.status_code == 400 and r.json()["reason"] == reason, r.text
+
+
+def test_a_long_list_of_outputs_is_refused_at_once():
+    """Thousands of output names (a 400 either way) are judged in linear time: the check runs on the
+    event loop or a parser process, before anything else of the request."""
+    import time
+
+    from otas.server.errors import ProtocolError
+    from otas.server.protocol import InputTensor, build_request
+
+    t = InputTensor("image", "UINT8", [1, 32, 32, 3], data=[0] * 3072)
+    many = [f"x{i}" for i in range(50_000)]
+    for outputs, reason in ((["probs"] * 50_000, "duplicate_output"), (many, "unknown_output")):
+        t0 = time.perf_counter()
+        with pytest.raises(ProtocolError) as e:
+            build_request(None, {"app": APP}, [t], 32, outputs=outputs)
+        assert e.value.reason == reason and time.perf_counter() - t0 < 0.5
+        assert len(e.value.message) < 500  # names a few, not all

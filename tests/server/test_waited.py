@@ -14,13 +14,17 @@ from tests.server.helpers import paced_profile, png, serving
 CLASSIFY = "/v1/apps/novel/classify"  # SLO 400 ms; a batch of one takes 60 ms at γ=0, 36 at the fastest
 
 
-@pytest.mark.parametrize("values,ms", [([], 0.0), (["0"], 0.0), ([" 12.5 "], 12.5), (["3e2"], 300.0)])
+@pytest.mark.parametrize(
+    "values,ms", [([], 0.0), (["0"], 0.0), ([" 12.5 "], 12.5), (["3e2"], 300.0), (["7."], 7.0), ([".5"], 0.5)]
+)
 def test_stated_wait_is_read(values, ms):
     assert waited_ms(values) == ms
 
 
 @pytest.mark.parametrize(
-    "values", [["-1"], ["nan"], ["inf"], ["abc"], [""], ["1", "2"], [str(MAX_WAITED_MS * 2)], ["1" * 40], ["١٢"]]
+    "values",
+    [["-1"], ["nan"], ["inf"], ["abc"], [""], ["1", "2"], [str(MAX_WAITED_MS * 2)], ["1" * 40], ["١٢"], ["1_0"]]
+    + [["0x1"], ["1e"], ["."]],
 )
 def test_bad_stated_wait_is_a_clear_400(values):
     with pytest.raises(ProtocolError) as e:
@@ -47,6 +51,21 @@ def test_http_request_is_timed_from_its_stated_wait(paced):
         )
         assert bad.status_code == 400 and bad.json()["reason"] == "bad_waited", bad.text
         assert paced.sizes == [1, 1]  # the refused and the bad request cost no device time
+
+
+def test_a_request_past_its_own_deadline_is_refused_behind_a_recent_one(paced):
+    """An application's requests queue in arrival order, so one that waited upstream is planned no
+    earlier than the last one queued; it is still admitted by its own deadline: stating a wait far
+    past its SLO right after an ordinary request is a 503 infeasible, not an answer known to be late."""
+    with serving(paced, paced_profile()) as (srv, _):
+        plain = httpx.post(srv.url + CLASSIFY, content=png(0), headers={"content-type": "image/png"}, timeout=30)
+        assert plain.status_code == 200, plain.text
+        late = httpx.post(
+            srv.url + CLASSIFY, content=png(1), headers={"content-type": "image/png", WAITED: "10000"}, timeout=30
+        )
+        assert late.status_code == 503 and late.json()["reason"] == "infeasible", late.text
+        assert "its deadline passed" in late.json()["error"] and "-" not in late.json()["error"].split("passed")[1][:6]
+        assert paced.sizes == [1]
 
 
 def _infer(stub, metadata):

@@ -441,6 +441,23 @@ def test_the_server_in_worker_processes_answers_every_request_once(workers_serve
     assert len(wait_children(proc.pid, 2)) == 2
 
 
+def test_a_front_end_parses_large_json_bodies_itself(workers_server):
+    """A front end is a daemon process and cannot start a JSON parser process of its own: a body over
+    the inline limit (64 KiB) is parsed on its loop, not answered 500."""
+    url, _ = workers_server
+    model = httpx.get(f"{url}/v1/config", timeout=30).json()["model"]
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 256, (8, 32, 32, 3)).ravel().tolist()  # 8 images as JSON numbers: ~100 KB
+    body = {"parameters": {"app": APPS[0].name}, "inputs": [{"name": "image", "datatype": "UINT8",
+            "shape": [8, 32, 32, 3], "data": data}]}  # fmt: skip
+    raw = json.dumps(body).encode()
+    assert len(raw) > 64 << 10
+    r = httpx.post(f"{url}/v2/models/{model}/infer", content=raw, headers={"content-type": "application/json"},
+                   timeout=60)  # fmt: skip
+    assert r.status_code == 200, r.text
+    assert r.json()["outputs"][0]["shape"][0] == 8
+
+
 def established(port: int, pid: int) -> int:
     """TCP connections of process `pid` on local port `port`, established."""
     mine = set()

@@ -69,3 +69,11 @@ def test_a_trace_at_one_instant_has_no_rate_to_scale():
     tr.arrival_ms[:] = 0.0
     with pytest.raises(ValueError, match="one instant"):
         scale_to_rate(tr, 10.0)
+
+
+def test_a_short_csv_row_is_a_clear_error(tmp_path):
+    """A row with fewer fields than the header (DictReader fills them with None) names the row."""
+    p = tmp_path / "short.csv"
+    p.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6\n2023-11-16 18:15:47.6,3,1\n")
+    with pytest.raises(ValueError, match="bad row .*fields missing"):
+        load_csv(p, APPS)
