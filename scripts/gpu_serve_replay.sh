@@ -57,7 +57,8 @@ if [ -n "${TWIN_ARCH:-}" ]; then
 fi
 if [ -n "${REPROFILE:-}" ]; then  # latency of the served path as it is now; accuracy kept from $PROFILE
   NAME=${PROFILE_OUT:-vit_tiny_p2_c5__h100-graphs.json}
-  $OTAS profile "$MODEL" --device cuda --batch-sizes 1,8,64,256 --mode graphs \
+  EVERY=$(python3 -c "from otas.profile.table import Profile; print(Profile.load('$PROFILE').merge_every or '')")
+  $OTAS profile "$MODEL" --device cuda --batch-sizes 1,8,64,256 --mode graphs ${EVERY:+--merge-every $EVERY} \
     --min-time-s 0.5 --accuracy-from "$PROFILE" --out "$W/$NAME" > "$W/profile.log" 2>&1
   echo "profile rc=$? at $((SECONDS - T0))s"
   cp "$W/$NAME" "$OUT/"
