@@ -22,6 +22,7 @@ import binascii
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,10 @@ from otas.server.tensors import element_count, from_raw, split_bytes
 
 SERVER_NAME = "otas"
 EXTENSIONS = ["binary_tensor_data", "classification", "statistics", "otas_apps", "otas_metrics"]
+"""What HTTP's server metadata names."""
+GRPC_EXTENSIONS = [e for e in EXTENSIONS if e != "statistics"]
+"""What gRPC's names: the KServe v2 gRPC service has no ModelStatistics method (Triton's own proto adds
+one); the statistics extension is served over HTTP only (/v2/models/{model}/stats)."""
 VERSIONS = ("", "1")
 
 
@@ -111,6 +116,18 @@ MAX_ID = 1024
 """Characters of a request `id` (it is echoed in the answer)."""
 
 
+def _first_unknown(outputs: Sequence[Any], most: int = 5) -> list[Any]:
+    """The first few distinct names in `outputs` that are not outputs of the model (a request may list
+    thousands, of any JSON type: compared by equality, never hashed)."""
+    bad: list[Any] = []
+    for o in outputs:
+        if o not in OUTPUTS and o not in bad:
+            bad.append(o)
+            if len(bad) == most:
+                break
+    return bad
+
+
 def build_request(
     rid: str | None,
     params: Mapping[str, Any],
@@ -130,10 +147,8 @@ def build_request(
         raise ProtocolError(400, "missing_app", 'give the application as the request parameter "app" (a string)')
     if len(inputs) != 1:
         raise ProtocolError(400, "bad_request", f"send exactly one input tensor, {_INPUTS_HELP}; got {len(inputs)}")
-    if outputs is not None and (bad := list(dict.fromkeys(o for o in outputs if o not in OUTPUTS))):
-        raise ProtocolError(
-            400, "unknown_output", f"outputs {bad[:5]} are not outputs of this model; ask for {OUTPUTS}"
-        )  # (at most 5 named: a request may list thousands)
+    if outputs is not None and (bad := _first_unknown(outputs)):
+        raise ProtocolError(400, "unknown_output", f"outputs {bad} are not outputs of this model; ask for {OUTPUTS}")
     if outputs is not None and len(set(outputs)) < len(outputs):
         twice = sorted(o for o, k in Counter(outputs).items() if k > 1)  # (linear: outputs may be thousands long)
         raise ProtocolError(400, "duplicate_output", f"outputs {twice} are asked for more than once; ask once")
@@ -208,12 +223,31 @@ def _elements(data: Sequence, n: int, what: str) -> list[bytes]:
 
 ELEMENT_TYPES = {"UINT8": (int,), "FP32": (int, float)}
 """Python types a JSON (or typed gRPC) element may have, per datatype, as Triton accepts them:
-integers for UINT8, numbers for FP32; never strings, booleans, nulls or nested lists."""
+integers for UINT8, numbers for FP32; never strings, booleans or nulls (lists only as the shape's
+nesting, `_flat`)."""
 _TYPE_NAMES = {int: "integers", float: "numbers"}
+
+
+def _flat(data: Sequence, shape: list[int], what: str) -> Sequence:
+    """`data` as a flat list: sent flat, or nested as the tensor's shape (the protocol allows its
+    natural multi-dimensional form, row-major: KServe's own samples nest), each level as long as its
+    dimension; any other nesting is a 400."""
+    if not data or type(data[0]) is not list or len(shape) < 2:
+        return data
+    out: Sequence = data
+    for depth in range(len(shape) - 1):
+        dim, inner = shape[depth], shape[depth + 1]
+        if len(out) != element_count(shape[:depth]) * dim or not all(type(x) is list and len(x) == inner for x in out):
+            raise ProtocolError(
+                400, "bad_payload", f"{what}: data nested otherwise than shape {shape}; send it flat or nested as it"
+            )
+        out = list(chain.from_iterable(out))
+    return out
 
 
 def _numbers(dtype: str, data: Sequence, shape: list[int], what: str) -> np.ndarray:
     n = element_count(shape)
+    data = _flat(data, shape, what)
     if len(data) != n:
         raise ProtocolError(400, "bad_shape", f"{what}: {len(data)} values but shape {shape} needs {n}; check both")
     # OPTIMIZATION: the element types in one C-level pass; `bool` is its own type here, not an int

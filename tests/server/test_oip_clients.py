@@ -111,6 +111,8 @@ def test_http_metadata_names_each_input_once(srv):
 def test_grpc_bytes_and_tensors(srv, reference):
     with tgrpc.InferenceServerClient(srv.grpc_target) as c:
         assert c.is_server_live() and c.is_server_ready() and c.is_model_ready(MODEL)
+        # the KServe v2 gRPC service has no statistics method: gRPC does not claim the extension
+        assert "statistics" not in c.get_server_metadata(as_json=True)["extensions"]
         meta = c.get_model_metadata(MODEL, as_json=True)
         assert [i["name"] for i in meta["inputs"]] == ["image", "image_uint8", "image_fp32"]
         assert meta["inputs"][1]["shape"] == ["-1", str(SIZE), str(SIZE), "3"]  # int64 as JSON strings

@@ -1,6 +1,7 @@
 """Tensors are validated as Triton validates them, on every path (JSON, binary tensors, gRPC all go
 through `protocol.build_request`): UINT8 data are integers, FP32 data numbers (never strings,
-booleans, nulls, floats for UINT8, nested lists), and a BYTES input has one dimension."""
+booleans, nulls, floats for UINT8, lists other than the shape's nesting), and a BYTES input has one
+dimension."""
 
 import json
 
@@ -57,6 +58,23 @@ BAD_FP32 = [
 def test_uint8_takes_integers_0_to_255(srv, value, what, where):
     for name in ("image", "image_uint8"):
         r = httpx.post(srv.url + INFER, json=tensor("UINT8", spoil(value, where), name=name))
+        assert r.status_code == 400 and r.json()["reason"] == "bad_payload", r.text
+
+
+def test_data_nested_as_the_shape_is_the_same_tensor(srv):
+    """The protocol allows a tensor's natural multi-dimensional form (row-major), as KServe's samples
+    send it: nested as the shape it answers as flat; nested otherwise it is a 400."""
+    flat = httpx.post(srv.url + INFER, json=tensor("UINT8", PIX, name="image_uint8"))
+    nested = np.asarray(PIX).reshape(1, SIZE, SIZE, 3).tolist()
+    deep = httpx.post(srv.url + INFER, json=tensor("UINT8", nested, name="image_uint8"))
+    assert flat.status_code == deep.status_code == 200, deep.text
+
+    def answer(r):
+        return {o["name"]: o["data"] for o in r.json()["outputs"] if o["name"] in ("label", "probs")}
+
+    assert answer(flat) == answer(deep) and answer(flat)
+    for bad in (np.asarray(PIX).reshape(1, SIZE * SIZE, 3).tolist(), [nested[0][0]] + nested[0][1:]):
+        r = httpx.post(srv.url + INFER, json=tensor("UINT8", bad, name="image_uint8"))
         assert r.status_code == 400 and r.json()["reason"] == "bad_payload", r.text
 
 

@@ -28,7 +28,7 @@ from otas.server.grpc_api import grpc_predict_v2_pb2 as pb
 from otas.server.grpc_api import grpc_predict_v2_pb2_grpc as pb_grpc
 from otas.server.inference import delivered, run
 from otas.server.protocol import (
-    EXTENSIONS,
+    GRPC_EXTENSIONS,
     SERVER_NAME,
     InputTensor,
     build_request,
@@ -137,7 +137,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     @guarded
     async def ServerMetadata(self, request, context):
-        return pb.ServerMetadataResponse(name=SERVER_NAME, version=server_version(), extensions=EXTENSIONS)
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=server_version(), extensions=GRPC_EXTENSIONS)
 
     @guarded
     async def ModelMetadata(self, request, context):
