@@ -322,13 +322,18 @@ def predict_cmd(
     top_k: int = 3,
 ) -> None:
     """Classify images with the model at one γ and print the top-k labels."""
+    import warnings
+
+    from otas.adapt import MergeCapWarning
     from otas.predict import Predictor
 
     if top_k < 1:
         opt.fail(f"--top-k {top_k}: use a number of labels >= 1")
 
     try:
-        pred = Predictor.load(model)
+        with warnings.catch_warnings():  # the capped merge schedule is the model's, not this call's news
+            warnings.simplefilter("ignore", MergeCapWarning)
+            pred = Predictor.load(model)
         results = pred.classify_files(images, task, gamma, top_k)
     except (ValueError, OSError) as e:
         opt.fail(str(e))

@@ -210,6 +210,10 @@ def bench_workloads_cmd(
     from otas.bench.workloads import COMPARE, DEFAULT_SETS, ProfileSet, main, parse_requests
 
     loads = opt.loads("0.5,1,2" if quick and load == "0.5,1,1.5,2,3" else load)
+    if jobs < 0:
+        raise typer.BadParameter(f"--jobs {jobs}: use a count of processes, or 0 for every CPU")
+    if first_seed < 0:
+        raise typer.BadParameter(f"--first-seed {first_seed}: use a seed >= 0")
     try:
         n_requests = parse_requests(requests)
         sets = [ProfileSet.parse(s) for s in profile_set] if profile_set else list(DEFAULT_SETS)

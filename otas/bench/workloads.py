@@ -146,8 +146,8 @@ def parse_requests(text: str) -> tuple[int, int]:
         lo, hi = (int(x) for x in text.split(","))
     except ValueError:
         raise ValueError(f"--requests {text!r}: write MIN,MAX, e.g. 3000,6000") from None
-    if not 1 <= lo <= hi:
-        raise ValueError(f"--requests {text!r}: need 1 <= MIN <= MAX")
+    if not 2 <= lo <= hi:
+        raise ValueError(f"--requests {text!r}: need 2 <= MIN <= MAX (a trace of at least two requests)")
     return lo, hi
 
 

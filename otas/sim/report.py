@@ -17,6 +17,10 @@ def table(rows: Sequence[dict[str, object]], title: str, console: Console | None
     """One row per policy: utility, vs oracle, SLO attainment (overall and per app), accuracy, drops."""
     console = console or Console(width=max(Console().width, 160))  # wide table: don't squeeze it
     apps = next((list(r["slo_attainment_per_app"]) for r in rows if "slo_attainment_per_app" in r), [])  # type: ignore[call-overload]
+    if len(apps) > MAX_APP_COLUMNS:  # one column each would squeeze the table past reading: a table of its own
+        table([{k: v for k, v in r.items() if k != "slo_attainment_per_app"} for r in rows], title, console)
+        _per_app(rows, apps, title, console)
+        return
     t = Table(title=title)
     for col in [
         "policy",
@@ -55,6 +59,25 @@ def table(rows: Sequence[dict[str, object]], title: str, console: Console | None
             str(r.get("expired", "-")),
             str(r.get("late", "-")),
         )
+    console.print(t)
+
+
+MAX_APP_COLUMNS = 6
+"""Applications shown as columns of the policy table; more get a table of their own (`_per_app`)."""
+
+
+def _per_app(rows: Sequence[dict[str, object]], apps: list[str], title: str, console: Console) -> None:
+    """SLO attainment (%) per application, one row each, a column per policy."""
+    t = Table(title=f"{title}: SLO attainment per application (%)")
+    t.add_column("application", no_wrap=True)
+    for r in rows:
+        t.add_column(str(r["policy"]), justify="right")
+    for a in apps:
+        cells = []
+        for r in rows:
+            v = r.get("slo_attainment_per_app", {}).get(a)  # type: ignore[union-attr]
+            cells.append("-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * float(v):.1f}")
+        t.add_row(a, *cells)
     console.print(t)
 
 

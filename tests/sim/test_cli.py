@@ -123,3 +123,23 @@ def test_an_slo_nothing_can_meet_is_warned_of(tmp_path):
     apps.write_text("apps:\n  - {name: quick, slo_ms: 0.001, utility: 1, task: novel}\n")
     res = invoke(["simulate", "--profile", str(prof), "--policies", "fixed:0", "--trace", "step", "--apps", str(apps)])
     assert "SLO 0.001 ms is below the fastest batch of one" in res.output.replace("\n", " ")
+
+
+def test_many_applications_get_a_table_of_their_own():
+    """Past six applications the per-application columns would squeeze the policy table past reading:
+    they move to a table of their own, one row per application, and the key columns stay whole."""
+    from rich.console import Console
+
+    from otas.sim.report import table
+
+    apps = {f"application_{i}": 0.5 + i / 100 for i in range(20)}
+    rows = [
+        {"policy": p, "utility": 12345.6, "vs_oracle": 0.987, "slo_attainment": 0.9, "slo_attainment_per_app": apps,
+         "mean_accuracy_served": 0.8, "mean_gamma": -3.0, "mean_batch": 12.0, "rejected": 0, "expired": 1, "late": 2}
+        for p in ("otas", "fixed:0")
+    ]  # fmt: skip
+    console = Console(width=120, record=True)
+    table(rows, "twenty", console)
+    text = console.export_text()
+    assert "12345.6" in text and "0.987" in text and "…" not in text
+    assert "application_19" in text and "SLO attainment per" in text
