@@ -226,7 +226,8 @@ class HttpConfig:
     """At SIGTERM: for this long readiness fails and every response says `Connection: close`, while
     requests are still accepted (a load balancer stops sending); then the listener closes."""
     json_workers: int = 1
-    """Processes parsing large JSON bodies off the event loop (json holds the GIL); 0 = on the loop."""
+    """Processes parsing large JSON bodies off the event loop (json holds the GIL); 0 = on the loop. Not used
+    with `workers`: each front end is a process and parses on its own loop."""
     workers: int = 0
     """HTTP front-end processes (`otas.server.workers`): they parse, decode and answer requests and hand
     them to the one engine process; 0 = HTTP on the engine process's own event loop."""

@@ -74,7 +74,7 @@ done
 # fp32 accuracy of the new model, for its CPU profile (`otas profile --accuracy-from`): one short timing cell per γ
 F32=runs/${NAME}__h200-fp32.json
 if [ -f "runs/fp16/$NAME.safetensors" ] && [ ! -f "$F32" ] && [ "$(left)" -gt 90 ]; then
-  $OTAS profile "runs/fp16/$NAME.safetensors" --device cuda --dtype float32 --batch-sizes 256 --min-time-s 0.2 \
+  $OTAS profile "runs/fp16/$NAME.safetensors" --device cuda --dtype float32 --batch-sizes 256 --min-time-s 0.2 --mode eager \
     --out "$F32" 2>&1 | tail -5 | tee -a "$LOGS/profile.log"
 fi
 cp runs/*__h200-graphs.json runs/*__h200-graphs.md runs/*__h200-fp32.json "$LOGS/" 2>/dev/null

@@ -42,6 +42,8 @@ class ProfileSet:
     name: str
     paths: tuple[str, ...]
     max_batch: int
+    in_checkout: bool = False
+    """Relative paths are the repository's (the default sets): found from any directory (`_located`)."""
 
     @classmethod
     def parse(cls, spec: str) -> ProfileSet:
@@ -57,7 +59,7 @@ class ProfileSet:
         return cls(name, tuple(p for p in paths.split(",") if p), max_batch)
 
     def profiles(self) -> list[Profile]:
-        return _load_profiles(tuple(_located(p) for p in self.paths))
+        return _load_profiles(tuple(_located(p) for p in self.paths) if self.in_checkout else self.paths)
 
 
 _CHECKOUT = Path(__file__).resolve().parents[2]
@@ -66,7 +68,7 @@ _CHECKOUT = Path(__file__).resolve().parents[2]
 def _located(path: str) -> str:
     """`path`, or, when a relative path is not found from here, the same path in the checkout this
     module runs from (the default sets name the repository's profiles/, so the suite runs from any
-    directory)."""
+    directory; a path given by a user is read as given)."""
     p = Path(path)
     if p.is_absolute() or p.exists() or not (_CHECKOUT / p).exists():
         return path
@@ -76,9 +78,12 @@ def _located(path: str) -> str:
 # the model-size ladder (docs/models.md): the served Tiny model first, then the larger one, for model-switch;
 # each set's profiles measured on one machine (the GPU's in one session, CUDA graphs)
 DEFAULT_SETS = (
-    ProfileSet("cpu", ("profiles/vit_tiny_p2_c5__cpu.json", "profiles/vit_small_p2_c5_grown__cpu.json"), 64),
+    ProfileSet("cpu", ("profiles/vit_tiny_p2_c5__cpu.json", "profiles/vit_small_p2_c5_grown__cpu.json"), 64, True),
     ProfileSet(
-        "h200", ("profiles/vit_tiny_p2_c5__h200-graphs.json", "profiles/vit_small_p2_c5_grown__h200-graphs.json"), 256
+        "h200",
+        ("profiles/vit_tiny_p2_c5__h200-graphs.json", "profiles/vit_small_p2_c5_grown__h200-graphs.json"),
+        256,
+        True,
     ),
 )
 

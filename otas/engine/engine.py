@@ -245,9 +245,10 @@ class Engine:
         before = self._last_deadline.get(app, -math.inf) if self.scheduler.queued(app) else -math.inf
         plannable = self._plannable_ms(app)
         deadline = max(queued_at + plannable, before)
-        # admitted by its own deadline: one of a request that waited before it came (a stated wait) is
-        # earlier than the queue's order lets it be planned at
-        self._admit(app, n, now, min(deadline, arrival + plannable), arrival)
+        # admitted by its own deadline, arrival + plannable: that of a request that waited before it came
+        # (a stated wait, or decoding that finished out of order) is earlier than the queue's order lets it
+        # be planned at, and it is refused rather than served late
+        self._admit(app, n, now, arrival + plannable, arrival)
         self._last_arrival[app], self._last_deadline[app] = queued_at, deadline
         reqs = [Request(i, app, queued_at, deadline) for i in islice(self._ids, n)]  # consecutive ids
         rej = self.scheduler.submit_many(reqs, now)  # all or none

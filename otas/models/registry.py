@@ -96,6 +96,8 @@ def _build_timm(name, num_classes, drop_path_rate, pretrained, pretrained_file, 
         raise ValueError(f"weights {src} do not match timm:{name}: {detail}") from None
     except OSError as e:  # the hub unreachable (huggingface_hub's errors are OSErrors), or a cache unwritable
         why = (str(e).strip().splitlines() or [""])[0][:200]
+        if pretrained_file:
+            raise ValueError(f"cannot read --pretrained-file {pretrained_file} ({type(e).__name__}: {why})") from None
         raise ValueError(
             f"cannot fetch timm:{name}'s pretrained weights ({type(e).__name__}: {why}); "
             "give them as a file with --pretrained-file W.safetensors"

@@ -79,8 +79,8 @@ def _object(field: str, v: Any) -> dict[str, Any]:
 
 def _merge_every(meta: dict[str, Any]) -> int | None:
     k = meta.get("merge_every")
-    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 64):
-        raise ValueError(f"profile meta.merge_every={str(k)[:40]!r}: expected an integer in 1..64")
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+        raise ValueError(f"profile meta.merge_every={str(k)[:40]!r}: expected an integer >= 1 (blocks per merge step)")
     return k
 
 

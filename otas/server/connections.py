@@ -297,7 +297,7 @@ def protocol_class(guard: Guard) -> type[asyncio.Protocol]:
 def _inference(url: bytes) -> bool:
     """Whether a request's target routes to an inference handler: judged on the decoded path, as
     the router decodes it (`/v2/models/m/inf%65r` is `/infer`: it must not pass the door uncounted)."""
-    path = url.split(b"?", 1)[0]
+    path = url.split(b"?", 1)[0].split(b"#", 1)[0]  # (the router reads the path as httptools parses it)
     if b"%" in path:
         path = unquote_to_bytes(path)
     return path.rstrip(b"/").endswith((b"/infer", b"/classify"))

@@ -118,7 +118,7 @@ def parse_infer(body: bytes, header_length: str | None, image_size: int, counted
         elif "data" in inp:
             data = inp["data"]
             if not isinstance(data, list):
-                raise ProtocolError(400, "bad_payload", f"inputs[{i}].data must be a JSON list (flat, row-major)")
+                raise ProtocolError(400, "bad_payload", f"inputs[{i}].data must be a JSON list (row-major)")
         tensors.append(InputTensor(inp.get("name"), inp.get("datatype"), inp.get("shape"), data, raw))
     if offset != len(tail):
         raise ProtocolError(

@@ -172,11 +172,12 @@ def build_request(
         payloads = split_bytes(t.raw, n, what) if t.raw is not None else _elements(t.data, n, what)
         return InferRequest(rid, app, payloads, None, outs, classes)
     size = image_size
+    data = None if t.data is None else _flat(t.data, shape, what)  # nested as sent: before a 3-D shape gains its 1
     if len(shape) == 3:
         shape = [1, *shape]
     want = f"[N, {size}, {size}, 3] (N RGB images, height × width × channel)"
     _count(shape[0] if len(shape) == 4 and shape[1:] == [size, size, 3] else -1, shape, want)
-    flat = from_raw(dtype, t.raw, shape, what) if t.raw is not None else _numbers(dtype, t.data, shape, what)
+    flat = from_raw(dtype, t.raw, shape, what) if t.raw is not None else _numbers(dtype, data, shape, what)
     try:
         return InferRequest(rid, app, None, tensor_images(dtype, shape, flat, size), outs, classes)
     except ImageError as e:
@@ -247,7 +248,6 @@ def _flat(data: Sequence, shape: list[int], what: str) -> Sequence:
 
 def _numbers(dtype: str, data: Sequence, shape: list[int], what: str) -> np.ndarray:
     n = element_count(shape)
-    data = _flat(data, shape, what)
     if len(data) != n:
         raise ProtocolError(400, "bad_shape", f"{what}: {len(data)} values but shape {shape} needs {n}; check both")
     # OPTIMIZATION: the element types in one C-level pass; `bool` is its own type here, not an int
@@ -256,7 +256,8 @@ def _numbers(dtype: str, data: Sequence, shape: list[int], what: str) -> np.ndar
         names = sorted(t.__name__ for t in bad)
         raise ProtocolError(
             400, "bad_payload",
-            f"{what}: {dtype} data must be a flat list of {_TYPE_NAMES[ELEMENT_TYPES[dtype][-1]]}, got {names}",
+            f"{what}: {dtype} data must be a list of {_TYPE_NAMES[ELEMENT_TYPES[dtype][-1]]} (flat, or nested as the "
+            f"shape), got {names}",
         )  # fmt: skip
     try:
         return np.asarray(data, dtype=np.float64 if dtype == "FP32" else np.int64)

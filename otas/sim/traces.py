@@ -101,6 +101,8 @@ def _read_csv(p: Path) -> tuple[np.ndarray, np.ndarray]:
         with p.open(encoding="utf-8-sig") as f:  # (a byte-order mark, as some editors write, is not a column name)
             for row in csv.DictReader(f):
                 try:
+                    if None in (row.get("TIMESTAMP", ""), row.get("ContextTokens", "")):  # short: DictReader's None
+                        raise ValueError("fields missing")
                     ts = row["TIMESTAMP"].strip()
                     head, _, frac = ts.partition(".")
                     if frac and not frac.isdigit():  # float() would take "5e3" or "inf" after the point
@@ -110,8 +112,6 @@ def _read_csv(p: Path) -> tuple[np.ndarray, np.ndarray]:
                         when = when.replace(tzinfo=UTC)
                     t = when.timestamp() + (float("0." + frac) if frac else 0.0)
                     times.append(t * 1000.0)
-                    if None in row.values():  # a short row: DictReader fills the missing fields with None
-                        raise ValueError(f"{sum(v is None for v in row.values())} fields missing")
                     tokens.append(int(row["ContextTokens"]))
                 except (KeyError, ValueError) as e:
                     raise ValueError(f"{p}: bad row {row!r} ({e}); expected TIMESTAMP,ContextTokens,...") from None

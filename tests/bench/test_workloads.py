@@ -138,11 +138,16 @@ def test_cli_refuses_a_bad_request_range(bad):
 def test_the_default_profile_sets_are_found_from_any_directory(tmp_path, monkeypatch):
     """The default sets name the repository's profiles/ relatively: run elsewhere, they are found in the
     checkout the module runs from (a path that exists where it is given is taken as it is)."""
-    from otas.bench.workloads import DEFAULT_SETS, _located
+    from otas.bench.workloads import DEFAULT_SETS, ProfileSet, _load_profiles, _located
 
     monkeypatch.chdir(tmp_path)
     assert [p.model for p in DEFAULT_SETS[0].profiles()]
+    name = DEFAULT_SETS[0].paths[0]  # in the checkout, and (below) here too: the one here wins
     (tmp_path / "profiles").mkdir()
-    (tmp_path / "profiles" / "mine.json").write_text("{}")
-    assert _located("profiles/mine.json") == "profiles/mine.json"
+    (tmp_path / name).write_text("{}")
+    assert _located(name) == name
     assert _located("profiles/nowhere.json") == "profiles/nowhere.json"  # missing everywhere: its own error later
+    (tmp_path / name).unlink()
+    _load_profiles.cache_clear()  # (an earlier test may have read the same relative path from the checkout)
+    with pytest.raises(ValueError, match="does not exist"):  # a user's set is read as given, never the checkout's
+        ProfileSet.parse(f"mine={name}@64").profiles()

@@ -145,7 +145,7 @@ def test_a_profile_names_the_merge_schedule_it_measured(tmp_path):
         measure_profile(p, "cpu", torch.float32, [1], accuracy_from=acc2, min_time_s=0.01)
 
 
-@pytest.mark.parametrize("bad", [0, -1, 2.0, True, "2", 65])
+@pytest.mark.parametrize("bad", [0, -1, 2.0, True, "2"])
 def test_a_bad_merge_schedule_in_a_profile_is_refused_when_read(bad):
     doc = {
         "schema": SCHEMA, "model": "x", "device": "d", "dtype": "float32", "gammas": [0], "batch_sizes": [1],

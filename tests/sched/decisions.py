@@ -30,7 +30,10 @@ from otas.types import App
 REPO = Path(__file__).resolve().parents[2]
 RECORD = Path(__file__).with_name("decisions.json")
 # the H100 profile as it was when decisions.json was recorded (profiles/ holds a re-measured one since)
-PROFILES = ["profiles/vit_tiny_p2_c5__cpu-eager.json", "tests/data/vit_tiny_p2_c5__h100-graphs_da7acf6.json"]
+PROFILES = [
+    "profiles/vit_tiny_p2_c5__cpu-eager.json",
+    "bench/results/workloads/h100_profile/vit_tiny_p2_c5__h100-graphs_da7acf6.json",
+]
 POLICIES = ["otas", "otas", "otas", "otas-paper", "otas-fifo", "otas-greedy"]
 KINDS = ["poisson", "mmpp", "diurnal", "step"]
 N_CASES = 64

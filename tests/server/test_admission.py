@@ -353,3 +353,13 @@ def test_a_trailing_slash_is_not_found_not_redirected(noop_server):
     r = httpx.post(noop_server + "/v2/models/noop/infer/", content=_body("loose", _pngs(1, 0)[0]), timeout=30,
                    headers={"host": "evil.example:666"})  # fmt: skip
     assert r.status_code == 404 and "location" not in r.headers and r.json()["reason"], r.text
+
+
+def test_the_door_reads_the_path_as_the_router_does():
+    from otas.server.connections import _inference
+
+    for url in (b"/v2/models/m/infer", b"/v2/models/m/inf%65r", b"/v2/models/m/infer#x", b"/v2/models/m/infer?a#b",
+                b"/v1/apps/a/classif%79", b"/v1/apps/a/classify#frag"):  # fmt: skip
+        assert _inference(url), url
+    for url in (b"/metrics", b"/v2/models/m/ready#infer", b"/v2/models/m?x=/infer"):
+        assert not _inference(url), url

@@ -192,6 +192,9 @@ def test_the_server_runs_the_merge_schedule_its_profile_names(tiny_ckpt, tmp_pat
     model = runner.fast.model
     assert model.config.merge_every == want
     depth, n, p = len(model.vit.blocks), model.num_tokens, model.vit.num_prefix_tokens
+    k = min(want, depth)
+    if 8 * k <= (n - p) // 2:  # a step of 8·k tokens fits the first block: every k-th block merges
+        assert model.merge_schedule(-8)[:k] == [8 * k] + [0] * (k - 1)
     assert model.merge_schedule(-8) == merge_schedule(n, 8, depth, p, want)
     spec = ReplicaSpec(APPS, doc, "otas", SchedulerConfig(max_batch=16), model=str(tiny_ckpt), warmup=False)
     assert build_runner(spec).fast.model.config.merge_every == want

@@ -136,3 +136,13 @@ def test_grpc_typed_contents_are_checked_as_json_is(srv):
     with grpc.insecure_channel(srv.grpc_target) as ch, pytest.raises(grpc.RpcError) as e:
         pb_grpc.GRPCInferenceServiceStub(ch).ModelInfer(req, timeout=30)
     assert e.value.details().startswith("bad_payload: ")
+
+
+def test_a_three_dimensional_tensor_may_be_nested_as_sent():
+    """Shape [H, W, 3] is one image; data nested as that shape is read before the shape gains its 1."""
+    from otas.server.protocol import InputTensor, build_request
+
+    nested = np.asarray(PIX).reshape(SIZE, SIZE, 3).tolist()
+    for shape, data in (([SIZE, SIZE, 3], nested), ([SIZE, SIZE, 3], PIX), ([1, SIZE, SIZE, 3], [nested])):
+        req = build_request(None, {"app": "novel"}, [InputTensor("image_uint8", "UINT8", shape, data=data)], SIZE)
+        assert len(req.images) == 1 and (req.images[0] == np.asarray(PIX).reshape(SIZE, SIZE, 3)).all()
