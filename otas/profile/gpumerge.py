@@ -236,7 +236,7 @@ def time_group(
             cells[v.label] = _cell(fasts[v.label], gamma, batch, device)
             build_s[v.label] = round(time.monotonic() - t0, 2)  # capture (and compile) of this cell
             flops[v.label] = gflops(m, gamma) / base
-            if v.impl != "limit" and v.prop and v.every == 1:
+            if v.impl != "limit":  # (at γ = 0 nothing merges: any variant's model is the stock one)
                 stocks.setdefault(stock_label(v), fasts[v.label])
         except Exception as e:  # one impl failing (e.g. a compile error) must not lose the others
             fasts.pop(v.label, None)

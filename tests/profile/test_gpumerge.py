@@ -96,3 +96,18 @@ def test_accuracy_of_impls_on_cpu(tmp_path, cifar_archive):
     assert len({r["task"] for r in rows}) == len(model.tasks) and all(r["images"] == 16 for r in rows)
     for r in rows:  # float32 on a CPU: the same predictions
         assert r["agree"] == 1.0 and 0 <= r["acc"] <= 1
+
+
+def test_a_variant_merging_every_k_blocks_gets_its_own_stock(tmp_path):
+    """γ = 0 merges nothing, so any variant's model times its stock cell (its mode and norms): a group whose
+    variants all merge every k blocks is still compared with its own γ = 0, not another path's."""
+    model = small_model(gammas=(-8, 0))
+    save_checkpoint(model, tmp_path / "small.safetensors")
+    name, model = load_model(str(tmp_path / "small.safetensors"), gammas=(-8, 0))
+    parts = tmp_path / "parts.jsonl"
+    rec = Recorder(parts, echo=lambda s: None)
+    rec.meta(torch.device("cpu"), phase="time")
+    v = Variant("matmul", every=2, mode="traced")
+    time_model(name, model, rec, torch.device("cpu"), [2], (v,), mode="eager", rounds=1)
+    (row,) = [r for r in build(load_records([parts]))["rows"] if r["impl"] == v.label]
+    assert stock_label(v) == "stock@traced" and row["stock_ms"] > 0 and row["limit_ms"] > 0
