@@ -20,6 +20,21 @@ def _ckpt(tmp_path):
     return m, p
 
 
+def _accuracies(source4: bool = False) -> Profile:
+    """A profile of the checkpoint's Γ to take accuracies from (`source4`: with a stale source γ = 4,
+    which the source task, having no prompts, cannot be served at)."""
+    source = {-8: 0.5, 0: 0.6, **({4: 0.6} if source4 else {})}
+    return Profile(
+        model="x",
+        device="d",
+        dtype="float32",
+        gammas=[-8, 0, 4],
+        batch_sizes=[1],
+        accuracy={"source": source, "novel": {-8: 0.4, 0: 0.5, 4: 0.7}},
+        latency_ms={g: {1: 1.0} for g in (-8, 0, 4)},
+    )
+
+
 def test_gflops_follow_token_counts(tmp_path):
     m, _ = _ckpt(tmp_path)
     assert gflops(m, -8) < gflops(m, 0) < gflops(m, 4)
@@ -31,15 +46,7 @@ def test_gflops_follow_token_counts(tmp_path):
 
 def test_measure_profile_on_cpu(tmp_path):
     _, p = _ckpt(tmp_path)
-    acc = Profile(
-        model="x",
-        device="d",
-        dtype="float32",
-        gammas=[-8, 0, 4],
-        batch_sizes=[1],
-        accuracy={"source": {-8: 0.5, 0: 0.6, 4: 0.6}, "novel": {-8: 0.4, 0: 0.5, 4: 0.7}},  # source/4: stale
-        latency_ms={g: {1: 1.0} for g in (-8, 0, 4)},
-    )
+    acc = _accuracies(source4=True)
     prof = measure_profile(p, "cpu", torch.float32, [1, 4], accuracy_from=acc, min_time_s=0.01)
     assert prof.gammas == [-8, 0, 4] and prof.batch_sizes == [1, 4]
     assert all(prof.latency_ms[g][b] > 0 for g in prof.gammas for b in (1, 4))
@@ -124,15 +131,7 @@ def test_a_profile_names_the_merge_schedule_it_measured(tmp_path):
     """`merge_every` changes which tokens merge, so accuracies and times: the profile records the
     schedule it measured, and refuses the accuracies of a profile of another schedule."""
     m, p = _ckpt(tmp_path)
-    acc = Profile(
-        model="x",
-        device="d",
-        dtype="float32",
-        gammas=[-8, 0, 4],
-        batch_sizes=[1],
-        accuracy={"source": {-8: 0.5, 0: 0.6}, "novel": {-8: 0.4, 0: 0.5, 4: 0.7}},
-        latency_ms={g: {1: 1.0} for g in (-8, 0, 4)},
-    )
+    acc = _accuracies()
     own = measure_profile(p, "cpu", torch.float32, [1], accuracy_from=acc, min_time_s=0.01)
     assert own.meta["merge_every"] == 1 == own.merge_every  # the checkpoint's
     with pytest.raises(ValueError, match="measured with merge_every=1, this one with 2"):
