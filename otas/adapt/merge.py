@@ -33,11 +33,11 @@ def merge_schedule(num_tokens: int, r: int, depth: int, protected: int, every: i
         raise ValueError(f"r must be >= 0, got {r}")
     if every < 1:
         raise ValueError(f"every must be >= 1 (merge in every k-th block), got {every}")
-    if r > (num_tokens - protected) // 2:
+    first = (num_tokens - protected) // 2  # the most one block can merge
+    if r > first:
         raise ValueError(
             f"cannot merge r={r} tokens per block: only {num_tokens - protected} mergeable tokens ({num_tokens} "
-            f"minus {protected} protected) enter the first block, so at most {(num_tokens - protected) // 2} at "
-            "once; use a smaller |gamma|"
+            f"minus {protected} protected) enter the first block, so at most {first} at once; use a smaller |gamma|"
         )
     every = steps_of(num_tokens, r, depth, protected, every)
     schedule, n = [], num_tokens

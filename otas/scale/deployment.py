@@ -56,8 +56,8 @@ class EngineReplica:
     async def submit(self, app: str, image: np.ndarray, arrival_epoch_ms: float) -> Reply:
         return await self.core.submit(app, image, arrival_epoch_ms)
 
-    async def stats(self, delivered: list[float] | None = None) -> dict[str, Any]:
-        return {**self.core.stats(delivered or ()), "actor": self.actor}
+    async def stats(self, delivered: Sequence[float] = ()) -> dict[str, Any]:
+        return {**self.core.stats(delivered), "actor": self.actor}
 
     async def describe(self) -> dict[str, Any]:
         return self.core.describe()

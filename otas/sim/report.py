@@ -37,9 +37,6 @@ def table(rows: Sequence[dict[str, object]], title: str, console: Console | None
     ]:
         t.add_column(col, justify="left" if col == "policy" else "right", no_wrap=col == "policy")
 
-    def pct(x: object) -> str:
-        return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * float(x):.1f}"  # type: ignore[arg-type]
-
     def num(r: dict[str, object], key: str, fmt: str) -> str:
         v = r.get(key)
         return "-" if v is None else format(float(v), fmt)  # type: ignore[arg-type]
@@ -50,8 +47,8 @@ def table(rows: Sequence[dict[str, object]], title: str, console: Console | None
             str(r["policy"]),
             num(r, "utility", ".1f"),
             num(r, "vs_oracle", ".3f"),
-            pct(r.get("slo_attainment")),
-            *[pct(per.get(a)) for a in apps],
+            _pct(r.get("slo_attainment")),
+            *[_pct(per.get(a)) for a in apps],
             num(r, "mean_accuracy_served", ".3f"),
             num(r, "mean_gamma", ".1f"),
             num(r, "mean_batch", ".1f"),
@@ -73,12 +70,13 @@ def _per_app(rows: Sequence[dict[str, object]], apps: list[str], title: str, con
     for r in rows:
         t.add_column(str(r["policy"]), justify="right")
     for a in apps:
-        cells = []
-        for r in rows:
-            v = r.get("slo_attainment_per_app", {}).get(a)  # type: ignore[union-attr]
-            cells.append("-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * float(v):.1f}")
-        t.add_row(a, *cells)
+        t.add_row(a, *(_pct(r.get("slo_attainment_per_app", {}).get(a)) for r in rows))  # type: ignore[union-attr]
     console.print(t)
+
+
+def _pct(x: object) -> str:
+    """A share as a percentage with one decimal; "-" where there is none."""
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * float(x):.1f}"  # type: ignore[arg-type]
 
 
 def _bins(res: SimResult, n_bins: int) -> np.ndarray:
