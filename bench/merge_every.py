@@ -95,7 +95,7 @@ def plot(prof: dict, suite_: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.2))
     colors = dict(zip(prof, ("tab:blue", "tab:orange", "tab:red", "tab:purple", "tab:brown"), strict=False))
     ax = axes[0]
     for name, p in prof.items():
@@ -112,7 +112,18 @@ def plot(prof: dict, suite_: dict, path: Path) -> None:
         ax.plot(gs, [p["mean_accuracy"][g] for g in gs], marker="o", ms=3, color=colors[name], label=name)
     ax.set(xlabel="γ", ylabel="accuracy, mean of the tasks (%)", title="accuracy (CIFAR-10 test, 5,000 per task)")
     ax.legend(fontsize=7)
-    ax = axes[2]
+    ax = axes[2]  # the trade-off each schedule offers the scheduler: a point per γ ≤ 0
+    for name, p in prof.items():
+        gs = sorted(g for g in p["mean_accuracy"] if g <= 0)
+        ax.plot([p["latency_ms"][g][256] for g in gs], [p["mean_accuracy"][g] for g in gs], marker="o", ms=3,
+                color=colors[name], label=name)  # fmt: skip
+    ax.set(
+        xlabel="latency at batch 256 (ms)",
+        ylabel="accuracy, mean of the tasks (%)",
+        title="γ ≤ 0: latency against accuracy",
+    )
+    ax.legend(fontsize=7)
+    ax = axes[3]
     for pair, per_load in suite_["over_base"].items():
         loads = sorted(per_load, key=float)
         for who, ls in (("otas", "-"), ("best_other", ":")):
