@@ -13,7 +13,7 @@ import heapq
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import islice
+from itertools import chain, islice
 from operator import attrgetter
 
 import numpy as np
@@ -46,6 +46,10 @@ class Candidate:
     deadline_ms: float
     deadlines: np.ndarray | None = None
     """Members' deadlines, ascending, when the batch holds one application (else None)."""
+    groups: dict[str, np.ndarray] | None = None
+    """Where the cut read them, for a batch of a deadline-ordered queue of several applications:
+    each application's members' deadlines, ascending, the applications in order of first
+    appearance in the batch (else None)."""
 
 
 _DEADLINE, _ARRIVAL, _ID = 0, 1, 2  # the columns of `_Keys`
@@ -182,38 +186,54 @@ class Queues:
         return self._dl[app].view(start, n)
 
     def head_deadlines(self, queue: int, n: int) -> tuple[list[Request], np.ndarray]:
-        """The first n requests of a queue, in queue order, and their deadlines (n,).
+        """The first n requests of a queue, in queue order, and their deadlines (n,)."""
+        return self._head(queue, n)[:2]
+
+    def _head(self, queue: int, n: int) -> tuple[list[Request], np.ndarray, list[str], np.ndarray | None]:
+        """`head_deadlines`, with the queue's non-empty applications and, if several, each
+        request's among them (an index, (n,)).
 
         OPTIMIZATION: merged across applications from the key columns (one stable sort by key, then
         by id: `iter`'s order), not request by request; only the first n of each application can
         be among them."""
         apps = [a for a in self.groups[queue] if self._dq[a]]
         if not apps:
-            return [], np.empty(0)
+            return [], np.empty(0), apps, None
         if len(apps) == 1:
             dq = self._dq[apps[0]]
             k = min(n, len(dq))
-            return list(islice(dq, k)), self._dl[apps[0]].view(0, k)
+            return list(islice(dq, k)), self._dl[apps[0]].view(0, k), apps, None
         col = _DEADLINE if self.order == "deadline" else _ARRIVAL
-        pool: list[Request] = []
-        keys, ids, dls = [], [], []
+        keys, ids, dls, sizes = [], [], [], []
         for a in apps:
             k = min(n, len(self._dq[a]))
-            pool.extend(islice(self._dq[a], k))
             keys.append(self._dl[a].view(0, k, col))
             ids.append(self._dl[a].view(0, k, _ID))
             dls.append(self._dl[a].view(0, k))
-        order = np.lexsort((np.concatenate(ids), np.concatenate(keys)))[:n]  # (≤ n,): by key, then id
-        return [pool[i] for i in order.tolist()], np.concatenate(dls)[order]
+            sizes.append(k)
+        key = np.concatenate(keys)
+        order = np.lexsort((np.concatenate(ids), key))[:n]  # (≤ n,): by key, then id
+        d = (key if col == _DEADLINE else np.concatenate(dls))[order]
+        src = np.repeat(np.arange(len(apps)), sizes)[order]
+        # OPTIMIZATION: the requests reordered as an object array (in C), not one by one
+        queued = chain.from_iterable(islice(self._dq[a], k) for a, k in zip(apps, sizes, strict=True))
+        return np.fromiter(queued, object, len(key))[order].tolist(), d, apps, src
 
     def pop(self, batch: list[Request]) -> None:
         """Remove a batch that is a prefix of its queue (so a prefix of each deque)."""
-        for app, k in Counter(map(app_of, batch)).items():
+        # OPTIMIZATION: a batch of one application (the usual case) counted by its length
+        one = len({r.app: None for r in batch}) == 1
+        for app, k in ({batch[0].app: len(batch)} if one else Counter(map(app_of, batch))).items():
             dq = self._dq[app]
-            mine = [r for r in batch if r.app == app] if k < len(batch) else batch
-            assert dq[0] is mine[0] and dq[k - 1] is mine[-1], "a batch must be a prefix of its queue"
+            if k < len(batch):  # its first and last member of `app` (OPTIMIZATION: found from the ends)
+                first = next(r for r in batch if r.app == app)
+                last = next(r for r in reversed(batch) if r.app == app)
+            else:
+                first, last = batch[0], batch[-1]
+            assert dq[0] is first and dq[k - 1] is last, "a batch must be a prefix of its queue"
+            popleft = dq.popleft
             for _ in range(k):
-                dq.popleft()
+                popleft()
             self._dl[app].head += k
         self._n -= len(batch)
 
@@ -255,33 +275,45 @@ def _cut_sorted(d: np.ndarray, finish: np.ndarray, b: np.ndarray) -> int:
     return int((b[:k] - late).argmax()) + 1
 
 
-def _chunks(queues: Queues, qi: int, now_ms: float, cap: int, n: int, lat_fast) -> Iterator[Candidate]:
-    """A queue's pending batches in order, cut lazily (only as many as the caller takes)."""
+def _chunks(queues: Queues, qi: int, now_ms: float, cap: int, n: int, lat_fast, cut) -> Iterator[Candidate]:
+    """A queue's pending batches in order, cut lazily (only as many as the caller takes); `cut`:
+    (finish, b) of `_cut_sorted`, unless `lat_fast` is None."""
     if lat_fast is None:  # plain batching: consecutive batches of up to `cap`
         items, d = queues.head_deadlines(qi, cap * n)
         for p in range(0, len(items), cap):
             yield Candidate(items[p : p + cap], qi, float(d[p : p + cap].min()))
         return
     if len(queues.groups[qi]) > 1:  # several applications, merged: at most n batches of at most cap
-        buf, d = queues.head_deadlines(qi, cap * n)  # (≤ cap · n,) deadlines of `buf`
+        buf, d, apps, src = queues._head(qi, cap * n)  # (≤ cap · n,) deadlines of `buf`
+        grouped = queues.order == "deadline"  # (then each application's members' deadlines ascend)
         pos = 0
         while pos < len(buf):
-            m = deadline_cut(d[pos : pos + cap], now_ms, cap, lat_fast)  # as cut from a window of cap
-            yield Candidate(buf[pos : pos + m], qi, float(d[pos : pos + m].min()))
+            w = d[pos : pos + cap]  # as cut from a window of cap (ascending in a deadline-ordered queue)
+            m = _cut_sorted(w, *cut) if grouped else deadline_cut(w, now_ms, cap, lat_fast)
+            reqs, dm = buf[pos : pos + m], d[pos : pos + m]
+            groups = _groups(dm, None if src is None else src[pos : pos + m], apps) if grouped else None
+            yield Candidate(reqs, qi, float(dm.min()), groups=groups)
             pos += m
         return
     # one application: deadlines ascending, kept by the queue
     it = queues.iter(qi)
     buf = list(islice(it, cap))
     app, pos = queues.groups[qi][0], 0
-    finish = now_ms + np.asarray(lat_fast[1 : cap + 1], dtype=float)  # (cap,): as in deadline_cut
-    b = np.arange(1, cap + 1)
     while buf:
         d = queues.deadlines(app, pos, len(buf))  # (≤ cap,)
-        m = _cut_sorted(d, finish, b)
+        m = _cut_sorted(d, *cut)
         yield Candidate(buf[:m], qi, float(d[0]), d[:m])
         pos += m
         buf = buf[m:] + list(islice(it, m))
+
+
+def _groups(d: np.ndarray, src: np.ndarray | None, apps: list[str]) -> dict[str, np.ndarray]:
+    """`Candidate.groups` of a batch: `d` its members' deadlines, `src` each one's application (an
+    index into `apps`; None: `apps[0]`'s alone). OPTIMIZATION: from the key columns, not a pass
+    over the requests (a shared batch holds up to B_max members)."""
+    if src is None:
+        return {apps[0]: d}
+    return {apps[k]: d[src == k] for k in dict.fromkeys(src.tolist())}
 
 
 def candidates(
@@ -297,7 +329,10 @@ def candidates(
     batch deadline), ties by queue then position. One queue: its own order. Batches are cut
     lazily, so a decision cuts about n of them whatever the number of queues.
     """
-    streams = [_chunks(queues, qi, now_ms, cap, n, lat_fast) for qi in queues.nonempty()]
+    cut = None
+    if lat_fast is not None:  # (cap,) each: as in deadline_cut, once for every queue
+        cut = now_ms + np.asarray(lat_fast[1 : cap + 1], dtype=float), np.arange(1, cap + 1)
+    streams = [_chunks(queues, qi, now_ms, cap, n, lat_fast, cut) for qi in queues.nonempty()]
     if len(streams) == 1:
         return list(islice(streams[0], n))
     if queues.order == "deadline":

@@ -42,8 +42,7 @@ def _credit(earned: Decayed, settled: Decayed, t_ms: float, done: Sequence[tuple
     to `settled`, where it is another sum, at each query's arrival."""
     earned.add(sum(v for _, v in done), t_ms)
     if settled is not earned:
-        for arrival, v in done:
-            settled.add(v, arrival)
+        settled.add_dated(done)
 
 
 class _Shadow:
@@ -53,6 +52,7 @@ class _Shadow:
 
     def __init__(self, lat: np.ndarray, max_batch: int, tau_ms: float, classes: int = 1, lag_ms: float = 0.0):
         self.lat = lat  # (B_max + 1,) ms of a batch of each size at this γ, nondecreasing; inf: does not fit
+        self._lat = lat.tolist()  # OPTIMIZATION: the same as floats (read per batch; a numpy scalar is slower)
         fits = np.flatnonzero(np.isfinite(lat[1 : max_batch + 1]))
         self.max_batch = int(fits[-1]) + 1 if len(fits) else 0  # as the scheduler caps a batch by memory
         # per class, FIFO of [arrival, deadline, value, n]: n queries of one request not yet run
@@ -68,17 +68,23 @@ class _Shadow:
 
     def advance(self, t_ms: float) -> None:
         """Run every batch that starts by `t_ms`; credit those that finished by then."""
-        one = self.lat[1] * self.scale + self.extra
+        lat = self._lat
+        one = lat[1] * self.scale + self.extra
         while True:
             if self.running is not None and self.running[0] <= t_ms:  # credited when done, as the policy's are
                 _credit(self.earned, self.settled, *self.running)
                 self.running = None
             if self.free > t_ms:
                 return
-            waiting = [q for q in self.queues if q]
-            if not waiting:
-                return
-            q = min(waiting, key=lambda q: q[0][0])  # (one class: its only queue)
+            if len(self.queues) == 1:  # (one class: its only queue)
+                q = self.queues[0]
+                if not q:
+                    return
+            else:
+                waiting = [q for q in self.queues if q]
+                if not waiting:
+                    return
+                q = min(waiting, key=lambda q: q[0][0])
             start = max(self.free, q[0][0])
             if start > t_ms:
                 return
@@ -97,7 +103,7 @@ class _Shadow:
                     x[3] -= k
             if not members:
                 continue
-            finish = start + self.lat[size] * self.scale + self.extra
+            finish = start + lat[size] * self.scale + self.extra
             self.running = (finish, [(a, v * k if k > 1 else v) for a, d, v, k in members if d >= finish])
             self.free = finish
 
@@ -105,7 +111,7 @@ class _Shadow:
         """`n` queries of one request (one arrival and deadline), each worth `value` on time."""
         self.advance(arrival_ms)
         # else rejected on arrival, as reject_infeasible does
-        if self.max_batch and arrival_ms + self.lat[1] * self.scale + self.extra <= deadline_ms:
+        if self.max_batch and arrival_ms + self._lat[1] * self.scale + self.extra <= deadline_ms:
             self.queues[cls].append([arrival_ms, deadline_ms, value, n])
 
 

@@ -114,18 +114,15 @@ class _Batch:
     def first(self, V: np.ndarray) -> list[float]:
         """The value of each γ run first (from grid point 0), `V` the value after it: column 0 of
         what `level` computes, by the same operations in the same order (so the same floats)."""
-        out = []
-        for r, k in enumerate(self.steps):
-            if not self.valid[r]:
-                out.append(-math.inf)
-                continue
-            v = V.item(k)
-            for g, row in enumerate(self.rows):
-                v += self.spec.weights.item(r, g) * self.counts.item(row, k)
-            if self.costs is not None:
-                v -= self.costs[r]
-            out.append(v)
-        return out
+        s, w = self.s, self.spec.weights
+        val = V[s] + self.counts[self.rows[0], s] * w[:, 0]
+        for g in range(1, len(self.rows)):
+            val += self.counts[self.rows[g], s] * w[:, g]
+        if self.cost is not None:
+            val -= self.cost
+        if self.invalid is not None:
+            val[self.invalid] = -np.inf
+        return val.tolist()
 
 
 def _batches(specs: list[BatchSpec], delta: float, G: int, taus: np.ndarray, price: float) -> list[_Batch]:
@@ -232,6 +229,8 @@ def plan_fronts(
     n = len(specs)
     delta, G = grid_step(specs, delta_ms, max_grid)
     taus = np.arange(G + 1) * delta  # τ of each grid index; index G stands for 'after the horizon'
+    if n == 1 and fronts == [0]:
+        return [_alone(specs[0], delta, G, taus, price)]
     splits = [f for f in fronts if not isinstance(f, int)]
     batches = _batches(specs + [x for _, head, rest in splits for x in (head, rest)], delta, G, taus, price)
     ws = _workspace()
@@ -259,6 +258,38 @@ def plan_fronts(
             v, free = free + 1, free + 1
         out.append(_read_back(front, front.first(ws.V[v]), path, G, delta))
     return out
+
+
+def _alone(spec: BatchSpec, delta: float, G: int, taus: np.ndarray, price: float) -> Plan:
+    """`plan_fronts` of one batch, run now (front 0): no DP level, only its value per γ run first.
+    OPTIMIZATION: the counts at its own steps alone (a decision often sees one batch), then the
+    same operations as `_Batch.first` with V = 0 after it (so the same floats)."""
+    lat = spec.latency.tolist()
+    valid = [math.isfinite(x) for x in lat]
+    steps = [min(math.ceil(x / delta - 1e-9), G) if ok else 0 for x, ok in zip(lat, valid, strict=True)]
+    c = _cost(spec, price)
+    costs = None if c is None else c.tolist()
+    # #{d ≥ τ_k} = m − #{d < τ_k} (deadlines ascending) for k < G, 0 from G on (as `_batches` counts)
+    tau, counts = taus[steps], []
+    for d in spec.deadlines:
+        c = (len(d) - d.searchsorted(tau)).tolist()
+        counts.append([0 if k >= G else x for x, k in zip(c, steps, strict=True)])
+    w = spec.weights.tolist()
+    val0 = []
+    for r in range(len(lat)):
+        if not valid[r]:
+            val0.append(-math.inf)
+            continue
+        v = 0.0
+        for g, cnt in enumerate(counts):
+            v += w[r][g] * cnt[r]
+        if costs is not None:
+            v -= costs[r]
+        val0.append(v)
+    if not any(math.isfinite(v) for v in val0):
+        raise ValueError("no gamma fits the first batch in memory; lower max_batch or raise the limit")
+    g0 = _fastest_best(val0, lat)
+    return Plan([g0], val0[g0], delta)
 
 
 def _read_back(front: _Batch, val0: list[float], path: list[tuple[_Batch, np.ndarray]], G: int, delta: float):

@@ -33,9 +33,8 @@ through the same interface in the simulator and the live server.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
-from itertools import groupby, islice
-from operator import attrgetter
 
 import numpy as np
 
@@ -124,6 +123,7 @@ class Otas(Policy):
     def bind(self, view: View) -> None:
         self.lookahead = self._lookahead or view.config.lookahead
         self._one: dict[tuple[str, str], tuple[np.ndarray, np.ndarray | None]] = {}  # see `_one_app`
+        self._stacked: dict[tuple[str, tuple[str, ...]], np.ndarray] = {}  # see `_group_weights`
         self._price = None
         if self.priced and view.apps:  # no applications yet: nothing to price
             apps = list(view.apps.values())
@@ -168,7 +168,7 @@ class Otas(Policy):
     def on_complete(self, plan: BatchPlan, now_ms: float, measured_ms: float, view: View) -> None:
         if self._floor is not None:
             i = view.profiles[plan.model].gammas.index(plan.gamma)
-            value = {a: float(view.weights(plan.model, a)[i]) for a in set(map(app_of, plan.requests))}
+            value = {a: float(view.weights(plan.model, a)[i]) for a in {r.app for r in plan.requests}}
             self._floor.credit(now_ms, _per_request(plan.requests, value, now_ms))
 
     def choose(self, cands: list[Candidate], now_ms: float, view: View) -> Choice:
@@ -285,11 +285,17 @@ class Otas(Policy):
         time of a saturated queue (bench/results/sched_bench_side_by_side: p50 0.45 → 1.65 ms) and changed
         no cell."""
         cfg = view.config
-        first = view.mixed_candidates(now_ms, 1)[0]
+        # OPTIMIZATION: where no application has more queued than a pending batch holds (so at most
+        # the batch cap), the shared queue's first batch is cut from every query queued whether one
+        # batch or all are asked for, so all are cut at once (else the first alone first: often it
+        # is all that is needed)
+        whole = max(view.backlog()) <= max(sum(map(len, s.deadlines)) for s in specs)
+        mc = view.mixed_candidates(now_ms) if whole else None
+        first = mc[0] if mc is not None else view.mixed_candidates(now_ms, 1)[0]
         m1 = len(first.requests)
         if m1 < largest or m1 == largest and (largest < cfg.max_batch or len(batch_apps(first)) == 1):
             return None  # (at B_max, a shared batch of one application is that class's own batch)
-        mc = view.mixed_candidates(now_ms)[: self.lookahead]
+        mc = (mc or view.mixed_candidates(now_ms))[: self.lookahead]
         alt = [self._spec(c, now_ms, view) for c in mc]
         mopts: list[tuple[optimizer.Front, int]] = [(0, 0)]
         if self._priced is not None:
@@ -333,9 +339,14 @@ class Otas(Policy):
         if it is no larger."""
         if len(c.requests) <= head:
             return None
-        d = c.deadlines
-        h = Candidate(c.requests[:head], c.queue, c.deadline_ms, None if d is None else d[:head])
-        r = Candidate(c.requests[head:], c.queue, c.deadline_ms, None if d is None else d[head:])
+        d, g = c.deadlines, c.groups
+        hg = rg = None
+        if g is not None:  # each application's first members run in the head, the others after
+            k = Counter(map(app_of, c.requests[:head]))
+            hg = {a: g[a][:n] for a, n in k.items()}
+            rg = {a: g[a][k.get(a, 0) :] for a in dict.fromkeys(map(app_of, c.requests[head:]))}
+        h = Candidate(c.requests[:head], c.queue, c.deadline_ms, None if d is None else d[:head], hg)
+        r = Candidate(c.requests[head:], c.queue, c.deadline_ms, None if d is None else d[head:], rg)
         return self._spec(h, now_ms, view), self._spec(r, now_ms, view)
 
     def _with_costs(
@@ -374,6 +385,14 @@ class Otas(Policy):
             self._one[key] = view.weights(view.model, app)[:, None], None if ok.all() else ok
         return self._one[key]
 
+    def _group_weights(self, view: View, apps: tuple[str, ...]) -> np.ndarray:
+        """(|Γ|, len(apps)) weights of a batch's applications (in its order) on the current model,
+        stacked once per binding (OPTIMIZATION: asked for every shared batch)."""
+        key = (view.model, apps)
+        if key not in self._stacked:
+            self._stacked[key] = np.stack([view.weights(view.model, a) for a in apps], axis=1)
+        return self._stacked[key]
+
     def _spec(self, c: Candidate, now_ms: float, view: View) -> optimizer.BatchSpec:
         reqs = c.requests
         lat = view.lat_vector(view.model, len(reqs))
@@ -382,11 +401,14 @@ class Otas(Policy):
         if c.deadlines is not None:  # OPTIMIZATION: one application, deadlines already sorted
             w, ok = self._one_app(view, reqs[0].app)
             return optimizer.BatchSpec((c.deadlines - now_ms,), w, lat if ok is None else np.where(ok, lat, np.inf))
-        apps = batch_apps(c)
+        apps = list(c.groups) if c.groups is not None else batch_apps(c)
         one = len(apps) == 1
         ok = view.servable(view.model, apps)
         if not ok.all():  # a γ some member's task is not served at is unavailable
             lat = np.where(ok, lat, np.inf)
+        if c.groups is not None:  # OPTIMIZATION: grouped by the cut, each group's deadlines ascending
+            deadlines = tuple(d - now_ms for d in c.groups.values())
+            return optimizer.BatchSpec(deadlines, self._group_weights(view, tuple(apps)), lat)
         if one:  # OPTIMIZATION: one application (the usual case under selective batching): no grouping
             d = np.fromiter((r.deadline_ms for r in reqs), float, len(reqs)) - now_ms
             d.sort()
@@ -425,28 +447,35 @@ def _sustained(specs: list[optimizer.BatchSpec], t_ms: float, rate: float) -> fl
     return min(1.0, n / (rate * t_ms)) if t_ms > 0 else 1.0
 
 
-_run_key = attrgetter("arrival_ms", "app", "deadline_ms")
-
-
 def _per_request(reqs: Sequence[Request], value: dict[str, float], now_ms: float) -> list[tuple[float, float]]:
     """(arrival, value) per run of consecutive queries that share an application and an arrival (the
     images of one request, queued together) among those on time at `now_ms`: a batch's utility
-    credited per request, not per image (the runs found in C, the values summed one by one)."""
+    credited per request, not per image (the values summed one by one). OPTIMIZATION: one plain
+    pass, each query's (arrival, application, deadline) compared with its run's (as `groupby` would
+    compare them; an attribute getter per query cost more than the whole pass)."""
     out: list[tuple[float, float]] = []
-    last, acc = None, 0.0
-    for (arrival, app, deadline), run in groupby(reqs, _run_key):
-        if deadline < now_ms:
+    last = key = None  # (arrival, app) of the last run credited; (arrival, app, deadline) of this run
+    on, arrival, v, acc = False, 0.0, 0.0, 0.0  # this run: on time, its arrival, value per query, sum
+    for r in reqs:
+        k = (r.arrival_ms, r.app, r.deadline_ms)
+        if k == key:  # the run goes on
+            if on:
+                acc += v
             continue
-        v = value[app]
-        if last == (arrival, app):  # (runs apart only by deadline: one request's, as before)
-            arrival, acc = out.pop()
-        else:
-            acc = v
-            run = islice(run, 1, None)
-        for _ in run:
-            acc += v
+        if on:
+            out.append((arrival, acc))
+        key, on = k, not k[2] < now_ms
+        if on:
+            arrival, app = k[0], k[1]
+            v = value[app]
+            if last == (arrival, app):  # (runs apart only by deadline: one request's, as before)
+                arrival, acc = out.pop()
+                acc += v
+            else:
+                acc = v
+            last = (arrival, app)
+    if on:
         out.append((arrival, acc))
-        last = (arrival, app)
     return out
 
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from otas.config import SchedulerConfig
 from otas.profile.table import Profile
-from otas.sched.batching import Candidate, app_of
+from otas.sched.batching import Candidate
 from otas.types import App, BatchPlan, Request
 
 
@@ -35,8 +35,10 @@ class View(Protocol):
 
 
 def batch_apps(c: Candidate) -> list[str]:
-    """The distinct applications of a candidate batch (usually one, under selective batching)."""
-    return list(dict.fromkeys(map(app_of, c.requests)))
+    """The distinct applications of a candidate batch (usually one, under selective batching), in
+    order of first appearance. OPTIMIZATION: a comprehension (slot reads) costs less than
+    `dict.fromkeys(map(app_of, ...))` (an attribute getter call per query)."""
+    return list({r.app: None for r in c.requests})
 
 
 Choice = tuple[str, int, dict[str, float]]

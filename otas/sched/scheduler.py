@@ -11,6 +11,7 @@ left out of the predictions for a caller that is `pipelined`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -47,6 +48,16 @@ class _Table:
             for a in apps
         }
         self.load_ms = float(profile.model_load_ms or 0.0)
+        self._fastest: dict[tuple[int, ...], np.ndarray] = {}
+
+    def fastest(self, cols: tuple[int, ...]) -> np.ndarray:
+        """(B_max + 1,) the least profiled latency over the settings `cols` (indices into Γ) at each
+        batch size, computed once per set of settings (the table never changes); read-only."""
+        if cols not in self._fastest:
+            row = self.lat[:, list(cols)].min(axis=1)
+            row.flags.writeable = False
+            self._fastest[cols] = row
+        return self._fastest[cols]
 
 
 class Scheduler:
@@ -169,9 +180,18 @@ class Scheduler:
         """The corrected latencies; latency per batch size at the policy's fastest setting, made
         nondecreasing, and the largest batch that fits in memory."""
         self._refresh_lat()
-        opts = self.policy.options(self)
-        rows = [self._lat[m][:, self._tab[m].index[g]] for m, g in opts]
-        fast = np.min(rows, axis=0)
+        cols: dict[str, list[int]] = {}
+        for m, g in self.policy.options(self):
+            cols.setdefault(m, []).append(self._tab[m].index[g])
+        # OPTIMIZATION: the correction (× factor, + overhead) is monotone, so the least corrected
+        # latency over a model's settings is its least profiled one corrected (the same float)
+        rows = []
+        for m, c in cols.items():
+            row = self._tab[m].fastest(tuple(c)) * self._factor[m]
+            if self.overhead_ms > 0:
+                row[1:] += self.overhead_ms  # (as in `_refresh_lat`)
+            rows.append(row)
+        fast = rows[0] if len(rows) == 1 else np.min(rows, axis=0)
         fast = np.maximum.accumulate(fast)
         fast[0] = 0.0
         self._fast = fast  # (B_max + 1,) ndarray: sliced, never converted, on the hot path
@@ -244,7 +264,7 @@ class Scheduler:
         switch = self._tab[model].load_ms if model != self.model and not self.policy.resident_models else 0.0
         reqs = first.requests
         if self.policy.deadline_aware and self.config.reject_infeasible:
-            reqs = self._drop_late(reqs, model, gamma, now_ms + switch)
+            reqs = self._drop_late(reqs, model, gamma, now_ms + switch, first.deadline_ms)
         self.model = model
         b, i = len(reqs), self._tab[model].index[gamma]
         profiled = float(self._tab[model].lat[b, i])
@@ -260,12 +280,17 @@ class Scheduler:
             meta=meta,
         )
 
-    def _drop_late(self, reqs: list[Request], model: str, gamma: int, start_ms: float) -> list[Request]:
+    def _drop_late(
+        self, reqs: list[Request], model: str, gamma: int, start_ms: float, earliest_ms: float = -math.inf
+    ) -> list[Request]:
         """The batch without the members it would finish late (they expire now, with a reason,
         rather than be served late for nothing while their device time delays the others). A
         smaller batch finishes sooner, so this repeats until every member is on time; a batch that
-        would lose every member runs whole (its members then end late, as planned)."""
+        would lose every member runs whole (its members then end late, as planned). `earliest_ms`:
+        at most the earliest member's deadline (its candidate's deadline)."""
         i = self._tab[model].index[gamma]
+        if earliest_ms >= start_ms + self._lat[model][len(reqs), i]:
+            return reqs  # OPTIMIZATION: every member on time (the usual case), seen without a pass
         while True:
             finish = start_ms + self._lat[model][len(reqs), i]
             keep = [r for r in reqs if r.deadline_ms >= finish]
