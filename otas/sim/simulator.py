@@ -158,13 +158,19 @@ def run(
     noise: bool = False,
     plan_ahead: bool = False,
     gateway: Gateway | None = None,
+    host_ms: float = 0.0,
 ) -> SimResult:
     """Simulate one policy on one trace; deterministic for a given seed.
 
     `plan_ahead`: as the live engine does (`Engine._may_plan`), when a batch starts and a full batch
     (`max_batch`) is queued, the next is planned at once, for when this one is predicted to end, and
     starts when it ends, without the requests that arrive meanwhile. `gateway`: the arrivals reach
-    the server as that gateway sends them (a request's images at once, late, submitted together)."""
+    the server as that gateway sends them (a request's images at once, late, submitted together).
+    `host_ms` ≥ 0: a host that takes this long per batch beyond the device's time (its answers, and
+    the next batch, wait for it), reported to the scheduler apart from the device's time as a live
+    engine reports it (`Scheduler.complete`'s `device_ms`); 0: the host takes no time."""
+    if not 0.0 <= host_ms < math.inf:
+        raise ValueError(f"host_ms {host_ms}: use a finite number of ms >= 0")
     profs = [profiles] if isinstance(profiles, Profile) else list(profiles)
     by_model = {p.model: p for p in profs}
     app_by = {a.name: a for a in apps}
@@ -202,7 +208,7 @@ def run(
                 if end <= own[r.id]:
                     rec.r.on_time[r.id] = True
                     rec.r.utility[r.id] = app_by[r.app].utility * acc
-            sched.complete(plan, now, actual)
+            sched.complete(plan, now, actual + host_ms, actual if host_ms > 0 else None)
         while i < n and seen[i] <= now:
             j = i + 1
             if gateway is not None:  # one request's arrivals at once, as the server takes them
@@ -217,7 +223,7 @@ def run(
             plan, ahead = (ahead, None) if ahead is not None else (sched.next_batch(now), None)
             if plan is not None:
                 actual = _latency(plan, by_model, noise, rng)
-                busy = (plan, now + actual, actual)
+                busy = (plan, now + actual + host_ms, actual)
                 ends = now + plan.predicted_ms  # when the engine expects the device to be done with it
                 rec.r.batches.append((now, plan.size, plan.gamma, plan.model))
             else:

@@ -57,6 +57,23 @@ def test_planning_ahead_ends_every_query_once_and_changes_nothing_without_a_back
     assert runs[0].batches == runs[1].batches and runs[0].total_utility == runs[1].total_utility
 
 
+@pytest.mark.parametrize("policy", ["otas", "fixed:0"])
+def test_a_host_that_takes_time_per_batch_delays_every_batch_by_it(bursty, policy):
+    """`host_ms`: each batch holds the server that much longer than its device time (answers and the
+    next batch wait), reported to the scheduler apart from the device's time, as the live engine does.
+    Batches then start at least that far apart; 0 is the default."""
+    p, cfg = make_profile(), SchedulerConfig()
+    base = run(bursty, APPS, p, policy, cfg)
+    assert run(bursty, APPS, p, policy, cfg, host_ms=0.0).batches == base.batches
+    slow = run(bursty, APPS, p, policy, cfg, host_ms=2.0)
+    assert all(o is not None for o in slow.outcome)
+    starts = [t for t, _, _, _ in slow.batches]
+    for (t0, b, g, _), t1 in zip(slow.batches, starts[1:], strict=False):
+        assert t1 >= t0 + p.lat(g, b) + 2.0 - 1e-9
+    with pytest.raises(ValueError, match="host_ms"):
+        run(bursty, APPS, p, policy, cfg, host_ms=-1.0)
+
+
 def test_same_seed_same_results(bursty):
     cfg = SchedulerConfig()
     a = run(bursty, APPS, make_profile(), "otas", cfg, seed=3, noise=True)
