@@ -66,6 +66,7 @@ def sweep(
     noise: bool = False,
     n_synthetic: int = 20_000,
     plan_ahead: bool = False,
+    host_ms: float = 0.0,
 ) -> tuple[dict[str, object], dict[float, list[SimResult]]]:
     """Run every policy at every load. Returns (JSON-ready results, SimResults per load)."""
     for name in policies:
@@ -90,7 +91,7 @@ def sweep(
             else:
                 res = run(
                     tr, apps, online_profiles(name, profiles), name, config, seed=seed, noise=noise,
-                    plan_ahead=plan_ahead,
+                    plan_ahead=plan_ahead, host_ms=host_ms,
                 )  # fmt: skip
                 kept[load].append(res)
                 row = res.summary(apps)
@@ -103,6 +104,7 @@ def sweep(
             "python": platform.python_version(),
             "seed": seed,
             "noise": noise,
+            "host_ms": host_ms,
             "profiles": [f"{p.model} on {p.device}" for p in profiles],
             "apps": [a.__dict__ for a in apps],
             "config": config.__dict__,
@@ -124,6 +126,13 @@ def simulate(
     plan_ahead: Annotated[
         bool, typer.Option(help="Plan the next batch while one runs when a full batch is queued, as `otas serve`.")
     ] = False,
+    host_ms: Annotated[
+        float,
+        typer.Option(
+            help="Host time per batch beyond the device's, in ms (a server's measured turn minus its device time, "
+            "e.g. from `otas_batch_measured_seconds` and `otas_batch_device_seconds`); 0: the host takes no time."
+        ),
+    ] = 0.0,
     lookahead: opt.Lookahead = 8,
     max_batch: opt.MaxBatch = 64,
     max_queue_delay_ms: opt.MaxQueueDelay = 0.0,
@@ -136,6 +145,8 @@ def simulate(
         raise typer.BadParameter("give --profile PATH (e.g. profiles/vit_tiny_p2_c5__cpu.json)")
     config = opt.scheduler_config(lookahead, max_batch, max_queue_delay_ms, slo_class_tolerance)
     loads = opt.loads(load)
+    if not 0.0 <= host_ms < math.inf:
+        raise typer.BadParameter(f"--host-ms {host_ms}: use a finite number of ms >= 0")
     try:
         profs = [Profile.load(p) for p in profile.split(",") if p.strip()]
         if not profs:
@@ -163,7 +174,9 @@ def simulate(
         opt.warn(line)
     names = [p for p in policies.split(",") if p] or default_policies(profs)
     try:
-        out, kept = sweep(trace, app_list, profs, names, loads, config, seed=seed, noise=noise, plan_ahead=plan_ahead)
+        out, kept = sweep(
+            trace, app_list, profs, names, loads, config, seed=seed, noise=noise, plan_ahead=plan_ahead, host_ms=host_ms
+        )
     except (ValueError, OSError) as e:  # an unknown policy or trace, an unreadable file: a usage error
         opt.fail(str(e))
     runs = out["runs"]

@@ -87,12 +87,30 @@ def test_load_apps_errors(tmp_path):
         (lambda d: ["--seed", "-1"], "seed"),
         (lambda d: ["--max-queue-delay-ms", "inf"], "max_queue_delay_ms"),
         (lambda d: ["--max-batch", "100000000"], "max_batch"),
+        (lambda d: ["--host-ms", "-1"], "--host-ms"),
+        (lambda d: ["--host-ms", "inf"], "--host-ms"),
+        (lambda d: ["--host-ms", "nan"], "--host-ms"),
     ],
 )
 def test_simulate_refuses_bad_input_without_a_traceback(tmp_path, make, message):
     prof = str(DATA / "handmade_tiny__cpu.json")
     args = ["simulate", "--profile", prof, "--policies", "fixed:0", "--trace", "step", *make(tmp_path)]
     assert_refused(invoke(args), message)
+
+
+def test_simulate_takes_a_host_time_per_batch(tmp_path):
+    """`--host-ms`: every batch holds the server that much longer (the simulator's `host_ms`); recorded in
+    the JSON; under a heavy load a fixed γ then earns less than with a host that takes no time."""
+    prof = str(DATA / "handmade_tiny__cpu.json")
+    utility = {}
+    for h in ("0", "5"):
+        out = tmp_path / f"h{h}.json"
+        args = ["simulate", "--profile", prof, "--policies", "fixed:0", "--trace", "step", "--load", "2"]
+        assert invoke([*args, "--host-ms", h, "--json", str(out)]).exit_code == 0
+        res = json.loads(out.read_text())
+        assert res["meta"]["host_ms"] == float(h)
+        utility[h] = res["runs"][0]["utility"]
+    assert utility["5"] < utility["0"]
 
 
 def test_model_switch_with_one_model_is_refused(tmp_path):
