@@ -5,7 +5,7 @@ run's directory (default bench/results/gpu_merge_every/, run 21: k = 1 and 4; se
 made each file); writes summary.json and summary.png there.
 
     python bench/merge_every.py                                            # run 21: k = 1, 4
-    python bench/merge_every.py --dir bench/results/gpu_merge_every/run25 --every 4,12,6,8 --base 4
+    python bench/merge_every.py --dir bench/results/gpu_merge_every/run25 --every 4,12,8 --base 4
 """
 
 from __future__ import annotations

@@ -272,8 +272,8 @@ def _alone(spec: BatchSpec, delta: float, G: int, taus: np.ndarray, price: float
     # #{d ≥ τ_k} = m − #{d < τ_k} (deadlines ascending) for k < G, 0 from G on (as `_batches` counts)
     tau, counts = taus[steps], []
     for d in spec.deadlines:
-        c = (len(d) - d.searchsorted(tau)).tolist()
-        counts.append([0 if k >= G else x for x, k in zip(c, steps, strict=True)])
+        n = (len(d) - d.searchsorted(tau)).tolist()
+        counts.append([0 if k >= G else x for x, k in zip(n, steps, strict=True)])
     w = spec.weights.tolist()
     val0 = []
     for r in range(len(lat)):

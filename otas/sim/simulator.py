@@ -166,8 +166,9 @@ def run(
     (`max_batch`) is queued, the next is planned at once, for when this one is predicted to end, and
     starts when it ends, without the requests that arrive meanwhile. `gateway`: the arrivals reach
     the server as that gateway sends them (a request's images at once, late, submitted together).
-    `host_ms` ≥ 0: a host that takes this long per batch beyond the device's time (its answers, and
-    the next batch, wait for it), reported to the scheduler apart from the device's time as a live
+    `host_ms` ≥ 0: a host that takes this long per batch beyond the device's time, in series (its
+    answers and the next batch wait for it, a batch planned ahead too, which the engine would hand the
+    device before the turn ends), reported to the scheduler apart from the device's time as a live
     engine reports it (`Scheduler.complete`'s `device_ms`); 0: the host takes no time."""
     if not 0.0 <= host_ms < math.inf:
         raise ValueError(f"host_ms {host_ms}: use a finite number of ms >= 0")
@@ -175,7 +176,7 @@ def run(
     by_model = {p.model: p for p in profs}
     app_by = {a.name: a for a in apps}
     sched = Scheduler(apps, profs, policy, config)
-    sched.pipelined = plan_ahead  # (as the engine sets it; the simulator's host takes no time)
+    sched.pipelined = plan_ahead  # (as the engine sets it; the simulator's host takes `host_ms` per batch)
     if gateway is None:
         reqs = trace.requests(apps)
         seen = [r.arrival_ms for r in reqs]  # when the server sees each (in order)
