@@ -23,7 +23,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from otas.bench.replay import coalesce, gateway, window  # noqa: E402
+from otas.bench.replay import sim_window  # noqa: E402
 from otas.config import SchedulerConfig, load_apps  # noqa: E402
 from otas.profile.table import Profile  # noqa: E402
 from otas.provenance import run_meta  # noqa: E402
@@ -69,9 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = SchedulerConfig(max_batch=256)
     rows = []
     for load in (float(x) for x in args.loads.split(",")):
-        _, cap = window(args.trace, apps, profile, 256, load, 0, 0, 0, args.repeat)
-        tr, _ = window(args.trace, apps, profile, 256, load, int(load * cap * args.seconds), 0, 0, args.repeat)
-        via = gateway(tr, coalesce(tr, 5.0), True)
+        tr, via = sim_window(args.trace, apps, profile, load, args.seconds, args.repeat, 5.0)
         for policy in args.policies.split(","):
             best: dict[str, float] = {}
             for _ in range(args.rounds):

@@ -24,7 +24,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from otas.bench.replay import coalesce, gateway, window  # noqa: E402
+from otas.bench.replay import sim_window  # noqa: E402
 from otas.config import SchedulerConfig, load_apps  # noqa: E402
 from otas.profile.table import Profile  # noqa: E402
 from otas.provenance import run_meta  # noqa: E402
@@ -75,9 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     apps, profile, cfg = load_apps(args.apps), Profile.load(args.profile), SchedulerConfig(max_batch=256)
     sims = []
     for load in (float(x) for x in args.loads.split(",")):
-        _, cap = window(args.trace, apps, profile, 256, load, 0, 0, 0, 6)
-        tr, _ = window(args.trace, apps, profile, 256, load, int(load * cap * 10), 0, 0, 6)
-        via = gateway(tr, coalesce(tr, 5.0), True)
+        tr, via = sim_window(args.trace, apps, profile, load, 10.0, 6, 5.0)
         for policy in args.policies.split(","):
             for h in (float(x) for x in args.host_ms.split(",")):
                 s = run(tr, apps, profile, policy, cfg, plan_ahead=True, gateway=via, host_ms=h).summary(apps)

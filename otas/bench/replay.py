@@ -141,6 +141,18 @@ def gateway(trace: Trace, groups: Groups, told: bool) -> Gateway:
     return Gateway(send, first, told)
 
 
+def sim_window(
+    trace_spec: str, apps: Sequence[App], profile: Profile, load: float, seconds: float, repeat: int,
+    coalesce_ms: float, max_batch: int = 256,
+) -> tuple[Trace, Gateway]:  # fmt: skip
+    """What a replay sends, for the simulator alone: `load` × the γ = 0 capacity × `seconds` arrivals of the
+    trace played `repeat` times (as `scripts/gpu_serve_replay.sh` sizes a replay), and the coalescing
+    gateway (`coalesce_ms`, waits stated) that sends them."""
+    n = int(load * capacity_per_s(profile, apps, max_batch) * seconds)
+    trace, _ = window(trace_spec, apps, profile, max_batch, load, n, 0, 0, repeat)
+    return trace, gateway(trace, coalesce(trace, coalesce_ms), True)
+
+
 def simulate(
     trace: Trace, apps: Sequence[App], profile: Profile, policy: str, cfg: SchedulerConfig, seed: int,
     plan_ahead: bool = False, via: Gateway | None = None,
