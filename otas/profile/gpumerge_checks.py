@@ -129,6 +129,7 @@ def sdpa_rows(rec: Recorder, shapes: list[tuple[int, int, int, int]], rounds: in
                 row(fn, B=B, H=H, N=N, d=d, case=case, head_dim=dim, backend=backend)
         qkv = torch.randn(B, N, 3, H, d, device="cuda", dtype=torch.bfloat16)
         _value_column_rows(row, sdpa, qkv, size, B, H, N, d)
+        _flex_rows(row, qkv, size, B, H, N, d)
         for bm, bn, warps, stages in TRITON_CONFIGS:
             with mock.patch.multiple(ta, BLOCK_M=bm, BLOCK_N=bn, WARPS=warps, STAGES=stages):  # read per call
                 fn = functools.partial(ta.attention_qkv, qkv, size, d**-0.5)
@@ -169,6 +170,42 @@ def _value_column_rows(row, sdpa, qkv: torch.Tensor, size: torch.Tensor, B: int,
             head_dim=ev, backend=backend, max_err=err)  # fmt: skip
         row(functools.partial(full, backend), B=B, H=H, N=N, d=d, case="value_column_full", head_dim=ev,
             backend=backend)  # fmt: skip
+
+
+@functools.cache
+def _flex():
+    """`flex_attention` compiled (it runs unfused, and slowly, uncompiled), once for every shape."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=True)
+
+
+def flex_bias(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, size: torch.Tensor, scale: float) -> torch.Tensor:
+    """Proportional attention through PyTorch's FlexAttention: q, k, v (B, H, N, hd), size (B, N, 1) ->
+    softmax(q kᵀ · scale + log size_j) v (B, H, N, hd), log(size) added to each key's score by a
+    `score_mod` (a Triton kernel Inductor generates and tunes)."""
+    logs = size[:, :, 0].float().log()  # (B, N)
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        return score + logs[b, kv_idx]
+
+    return _flex()(q, k, v, score_mod=score_mod, scale=scale)
+
+
+def _flex_rows(row, qkv: torch.Tensor, size: torch.Tensor, B: int, H: int, N: int, d: int) -> None:
+    """Case "flex": `flex_bias` on q, k, v as strided views of the qkv output ("flex") and made contiguous
+    first (backend "flex_contiguous", the copies not timed); the error against the mask form (fp32) once."""
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    qc, kc, vc = (t.contiguous() for t in (q, k, v))
+    mask = size.float().log().transpose(1, 2)[:, None]
+    ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, scale=d**-0.5)
+    for backend, (a, b, c) in (("flex", (q, k, v)), ("flex_contiguous", (qc, kc, vc))):
+        try:
+            err = float((flex_bias(a, b, c, size, d**-0.5).float() - ref).abs().max())
+        except Exception:  # noqa: BLE001 (flex refuses these inputs; row() records why)
+            err = None
+        row(functools.partial(flex_bias, a, b, c, size, d**-0.5), B=B, H=H, N=N, d=d, case="bias", head_dim=d,
+            backend=backend, max_err=err)  # fmt: skip
 
 
 def timm_compile(name: str, model: AdaptiveViT, rec: Recorder, batches: list[int], deadline: float) -> None:

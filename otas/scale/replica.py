@@ -115,7 +115,8 @@ class _Relay(Observer):
         return out
 
     def batch(self, plan: BatchPlan, measured_ms: float, runner_ms: float, queued: int) -> None:
-        plan = replace(plan, meta={})  # policy diagnostics are not relayed
+        # policy diagnostics are not relayed, but for how the floor held the batch (`otas_floor_batches_total`)
+        plan = replace(plan, meta={k: plan.meta[k] for k in ("cap", "follow") if k in plan.meta})
         self.events.append((plan, measured_ms, runner_ms, queued))
         if len(self.events) > MAX_RELAYED:
             del self.events[: len(self.events) - MAX_RELAYED]

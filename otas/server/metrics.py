@@ -66,6 +66,12 @@ class Metrics(Observer):
             "otas_utility", "Expected utility accrued: u * acc(task, gamma), on time", ["app"], registry=r
         )
         self.gamma = Counter("otas_batches", "Batches run, by gamma", ["gamma"], registry=r)
+        self.floor = Counter(
+            "otas_floor_batches",
+            "Batches by how the policy's floor held them (otas): free, capped (no slower than the fixed gamma "
+            "that earned more) or following (run as that gamma's baseline batches)",
+            ["mode"], registry=r,
+        )  # fmt: skip
         self.batch_size = Histogram("otas_batch_size", "Requests per batch", buckets=_BATCH_BUCKETS, registry=r)
         self.queue_depth_g = Gauge("otas_queue_depth", "Requests queued in the scheduler", registry=r)
         self.predicted = Histogram(
@@ -182,6 +188,7 @@ class Metrics(Observer):
 
     def batch(self, plan: BatchPlan, measured_ms: float, runner_ms: float, queued: int) -> None:
         self._of(self.gamma, str(plan.gamma)).inc()
+        self._of(self.floor, "following" if "follow" in plan.meta else "capped" if "cap" in plan.meta else "free").inc()
         self._batches += 1
         self.batch_size.observe(plan.size)
         self.predicted.observe(plan.predicted_ms / 1e3)

@@ -10,6 +10,7 @@ from otas.sched.floor import FixedShadows
 from otas.sched.policies import Otas
 from otas.sim.simulator import run
 from otas.sim.traces import at_load, capacity_per_s, synthetic
+from otas.types import Request
 from tests.factories import make_apps, make_profile
 
 APPS = make_apps()
@@ -234,3 +235,20 @@ def test_a_request_of_many_queries_is_batched_as_queries_that_arrived_together()
     shadow.submit(0.0, 20.0, 0.5, n=10)
     shadow.advance(math.inf)
     assert shadow.free == 16.0 and shadow.earned.total == pytest.approx(2.0) and not shadow.queues[0]
+
+
+@pytest.mark.parametrize("measured", [False, True])
+def test_the_floor_judges_the_policys_batch_as_planned(measured):
+    """A live engine reads a batch's results some time after the device is done (and may start it
+    late); the shadows, on the profile, pay none of that. So a batch counts for the policy as on time
+    if it would be done by its deadline as planned, whenever its results came back; judged by the
+    latter (`floor_measured=True`, the rule before) the host's delays counted against the policy alone."""
+    s = Scheduler(APPS, make_profile(gammas=[-20, 0]), Otas(floor_measured=measured), SchedulerConfig(max_batch=8))
+    app = APPS[0].name
+    s.submit_many([Request(i, app, 0.0, 50.0) for i in range(4)], 0.0)
+    plan = s.next_batch(0.0)
+    assert plan.start_ms + plan.predicted_ms <= 50.0  # on time as planned
+    back = 60.0  # the results came back after the deadline
+    s.complete(plan, back, back - plan.start_ms, plan.predicted_ms)
+    earned = s.policy._floor.earned.at(back)
+    assert (earned > 0) is not measured

@@ -79,3 +79,15 @@ def test_ended_many_counts_as_ended_one_by_one_and_forget_drops_the_cached_serie
     assert not any('app="blur"' in k for k, _ in _samples(many))
     many.ended_many("blur", "rejected", "queue_full", 2)  # series made again after forget
     assert any('app="blur",outcome="rejected",reason="queue_full"} 2.0' in f"{k} {v}" for k, v in _samples(many))
+
+
+def test_batches_are_counted_by_how_the_floor_held_them():
+    """`otas_floor_batches_total{mode}`: free, capped (the plan names the cap's γ) or following."""
+    from otas.types import BatchPlan, Request
+
+    m = Metrics([-20, 0])
+    reqs = [Request(0, "blur", 0.0, 50.0)]
+    for meta in ({}, {"cap": -20}, {"cap": -20}, {"follow": 1}):
+        m.batch(BatchPlan(reqs, 0, 1.0, 0.0, "m", meta=dict(meta)), 1.0, 1.0, 0)
+    got = dict(_samples(m))
+    assert [float(got[f'otas_floor_batches_total{{mode="{k}"}}']) for k in ("free", "capped", "following")] == [1, 2, 1]

@@ -1,0 +1,199 @@
+"""Live against simulated as the device gets fast next to the host: the paced no-op server on this machine.
+
+`otas serve --noop --paced` sleeps each batch's profiled latency, so it stands in for a device with no
+accelerator. Scaling the profile's latencies, the applications' SLOs and the replay's gateway window by S keeps
+the workload the same for the scheduler (every time in the simulator scales by S; its utility does not move)
+while the host's own time per batch (HTTP, decisions, collation, answers) stays what it is: at large S the
+host is negligible beside the device, at S = 1 it is what the GPU machine's host is to its GPU. Each (S,
+policy, round) is one server and one `otas bench replay` of the same scaled Azure conv window (load × the
+γ = 0 capacity, played `--repeat` times, coalesced over 5·S ms), policies in turn within a round.
+
+    python bench/paced_scale.py --scales 10,5,3,2 --policies otas,otas+floor_measured,fixed:-16 --rounds 2 \\
+        --out bench/results/paced_scale
+
+A policy "otas+KNOB" runs `otas` with that `Otas` knob on (`KNOBS`; the server then runs in this script).
+
+Writes paced_scale.json (every replay's live and simulated utility, mean γ and SLO attainment, with
+machine, commit and command) and paced_scale.png (live over simulated utility against S, per policy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from otas.config import load_apps  # noqa: E402
+from otas.provenance import run_meta  # noqa: E402
+
+PROFILE = REPO / "profiles/vit_tiny_p2_c5__h100-graphs.json"
+APPS = REPO / "otas/configs/apps-h100.yaml"
+
+
+def scaled(profile: Path, apps: Path, s: float, into: Path) -> tuple[Path, Path]:
+    """The profile with every latency × s and the applications with every SLO × s, written under `into`."""
+    p = json.loads(profile.read_text())
+    for key in ("latency_ms", "latency_p90_ms"):
+        if key in p:
+            p[key] = {g: {b: v * s for b, v in row.items()} for g, row in p[key].items()}
+    p["device"] = f"{p['device']}, {s:g}x slower (paced)"
+    out_p = into / f"profile_x{s:g}.json"
+    out_p.write_text(json.dumps(p))
+    lines = ["apps:"]
+    for a in load_apps(apps):
+        lines.append(f"  - {{name: {a.name}, slo_ms: {a.slo_ms * s:g}, utility: {a.utility:g}, task: {a.task}}}")
+    out_a = into / f"apps_x{s:g}.yaml"
+    out_a.write_text("\n".join(lines) + "\n")
+    return out_p, out_a
+
+
+def _ready(url: str, proc: subprocess.Popen, timeout_s: float = 90.0) -> None:
+    t = time.monotonic() + timeout_s
+    while time.monotonic() < t:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited ({proc.returncode}) before it was ready")
+        try:
+            with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"the server at {url} was not ready within {timeout_s:.0f} s")
+
+
+KNOBS = ("floor_measured",)
+"""`Otas` knobs a policy may name after a "+" (e.g. "otas+floor_measured", the floor's rule before): the
+server then runs in this script (`serve_with`), its `otas` policy built with the knob on."""
+
+
+def serve_with(knob: str, argv: list[str]) -> None:
+    """`otas serve ARGV` with the `otas` policy built with `knob` on (bench only: an ablation of a live server;
+    its /v1/config still names the policy "otas", and the simulator's noise-free prediction is the same)."""
+    import otas.sched.scheduler as scheduler
+    from otas.cli import app
+
+    plain = scheduler.make_policy
+    scheduler.make_policy = lambda name, **kw: plain(name, **({knob: True} if name == "otas" else {}), **kw)
+    app(["serve", *argv], standalone_mode=False)
+
+
+def one(otas: str, s: float, policy: str, profile: Path, apps: Path, args, work: Path, tag: str) -> dict:
+    """One server and one replay: the replay's live and simulated figures."""
+    url = f"http://127.0.0.1:{args.port}"
+    name, _, knob = policy.partition("+")
+    if knob and knob not in KNOBS:
+        raise SystemExit(f"policy {policy!r}: a knob after '+' is one of {KNOBS}")
+    flags = ["--noop", "--paced", "--profile", str(profile), "--apps", str(apps), "--policy", name,
+             "--max-batch", "256", "--port", str(args.port), "--log-level", "warning"]  # fmt: skip
+    serve = [sys.executable, __file__, "--serve-with", knob, "--", *flags] if knob else [otas, "serve", *flags]
+    log = (work / f"serve_{tag}.log").open("w")
+    proc = subprocess.Popen(serve, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _ready(url, proc)
+        replay = [otas, "bench", "replay", "--url", url, "--trace", args.trace, "--load", str(args.load),
+                  "--duration-s", f"{args.seconds * s:g}", "--limit", "100000000", "--repeat", str(args.repeat),
+                  "--coalesce-ms", f"{args.coalesce_ms * s:g}", "--format", "otas-uint8", "--tag", tag,
+                  "--out", str(work)]  # fmt: skip
+        subprocess.run(replay, check=True, stdout=(work / f"replay_{tag}.txt").open("w"), stderr=subprocess.STDOUT)
+        with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
+            metrics = r.read().decode()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+    (res,) = work.glob(f"replay_*_{tag}_x*.json")
+    d = json.loads(res.read_text())
+    apps_ = [a for a in d["live"] if a != "all"]
+    live = sum(d["live"][a]["utility_expected"] for a in apps_)
+    sim = d["sim"]["noise_free"]
+    floor = {m: _sample(metrics, f'otas_floor_batches_total{{mode="{m}"}}') for m in ("free", "capped", "following")}
+    return {
+        "scale": s, "policy": policy, "live_utility": live, "sim_utility": sim["utility"],
+        "live_over_sim": live / sim["utility"], "live_mean_gamma": d["live"]["all"]["mean_gamma"],
+        "sim_mean_gamma": sim["mean_gamma"], "live_slo": d["live"]["all"]["slo_attainment"],
+        "sim_slo": sim["slo_attainment"], "requests": d["meta"]["requests"], "floor_batches": floor,
+    }  # fmt: skip
+
+
+def _sample(text: str, series: str) -> float:
+    """The value of one series in a Prometheus exposition (0 if absent)."""
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for policy in dict.fromkeys(r["policy"] for r in rows):
+        mine = [r for r in rows if r["policy"] == policy]
+        ax.scatter([r["scale"] for r in mine], [r["live_over_sim"] for r in mine], label=policy, alpha=0.7)
+    ax.axhline(0.9, color="grey", lw=0.8, ls="--")
+    ax.set_xscale("log")
+    ax.set_xlabel("S: device S x slower than the profile's (SLOs x S)")
+    ax.set_ylabel("live / simulated utility")
+    ax.set_title("Paced no-op server: live against the simulator as the host's share grows")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--serve-with"]:
+        return serve_with(argv[1], argv[3:])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scales", default="10,5,3,2")
+    ap.add_argument("--policies", default="otas,fixed:-16")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--profile", type=Path, default=PROFILE)
+    ap.add_argument("--apps", type=Path, default=APPS)
+    ap.add_argument("--trace", default="azure")
+    ap.add_argument("--load", type=float, default=1.0)
+    ap.add_argument("--seconds", type=float, default=2.5, help="replay length at S = 1 (× S at S)")
+    ap.add_argument("--repeat", type=int, default=6)
+    ap.add_argument("--coalesce-ms", type=float, default=5.0, help="gateway window at S = 1 (× S at S)")
+    ap.add_argument("--port", type=int, default=8041)
+    ap.add_argument("--otas", default=str(Path(sys.executable).with_name("otas")))
+    ap.add_argument("--out", type=Path, default=REPO / "bench/results/paced_scale")
+    args = ap.parse_args(argv)
+    scales = [float(x) for x in args.scales.split(",")]
+    policies = args.policies.split(",")
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for r in range(args.rounds):
+            for s in scales:
+                profile, apps = scaled(args.profile, args.apps, s, work)
+                for policy in policies:
+                    tag = f"x{s:g}-{policy.replace(':', '').replace('+', '-')}-r{r}"
+                    row = {**one(args.otas, s, policy, profile, apps, args, work, tag), "round": r}
+                    rows.append(row)
+                    gammas = f"γ {row['live_mean_gamma']:.1f} vs {row['sim_mean_gamma']:.1f}"
+                    print(f"S={s:g} {policy:12s} round {r}: live/sim {row['live_over_sim']:.3f} "
+                          f"(live {row['live_utility']:.0f}, {gammas}, SLO {row['live_slo']:.3f}, "
+                          f"floor {row['floor_batches']})", flush=True)  # fmt: skip
+    meta = run_meta()
+    meta["cpus"] = os.cpu_count()
+    (args.out / "paced_scale.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    plot(rows, args.out / "paced_scale.png")
+
+
+if __name__ == "__main__":
+    main()
