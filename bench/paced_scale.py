@@ -8,7 +8,7 @@ host is negligible beside the device, at S = 1 it is what the GPU machine's host
 policy, round) is one server and one `otas bench replay` of the same scaled Azure conv window (load × the
 γ = 0 capacity, played `--repeat` times, coalesced over 5·S ms), policies in turn within a round.
 
-    python bench/paced_scale.py --scales 10,5,3,2 --policies otas,otas+floor_measured,fixed:-16 --rounds 2 \\
+    python bench/paced_scale.py --scales 10,5,3,2 --policies otas,otas+floor_planned,fixed:-16 --rounds 2 \\
         --out bench/results/paced_scale
 
 A policy "otas+KNOB" runs `otas` with that `Otas` knob on (`KNOBS`; the server then runs in this script).
@@ -25,13 +25,14 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from otas.bench.live_summary import metric_sum  # noqa: E402
+from otas.bench.local_server import free_port, wait_ready  # noqa: E402
 from otas.config import load_apps  # noqa: E402
 from otas.provenance import run_meta  # noqa: E402
 
@@ -56,23 +57,8 @@ def scaled(profile: Path, apps: Path, s: float, into: Path) -> tuple[Path, Path]
     return out_p, out_a
 
 
-def _ready(url: str, proc: subprocess.Popen, timeout_s: float = 90.0) -> None:
-    t = time.monotonic() + timeout_s
-    while time.monotonic() < t:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited ({proc.returncode}) before it was ready")
-        try:
-            with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"the server at {url} was not ready within {timeout_s:.0f} s")
-
-
-KNOBS = ("floor_measured",)
-"""`Otas` knobs a policy may name after a "+" (e.g. "otas+floor_measured", the floor's rule before): the
+KNOBS = ("floor_planned",)
+"""`Otas` knobs a policy may name after a "+" (e.g. "otas+floor_planned", the floor judging as planned): the
 server then runs in this script (`serve_with`), its `otas` policy built with the knob on."""
 
 
@@ -89,48 +75,44 @@ def serve_with(knob: str, argv: list[str]) -> None:
 
 def one(otas: str, s: float, policy: str, profile: Path, apps: Path, args, work: Path, tag: str) -> dict:
     """One server and one replay: the replay's live and simulated figures."""
-    url = f"http://127.0.0.1:{args.port}"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
     name, _, knob = policy.partition("+")
     if knob and knob not in KNOBS:
         raise SystemExit(f"policy {policy!r}: a knob after '+' is one of {KNOBS}")
     flags = ["--noop", "--paced", "--profile", str(profile), "--apps", str(apps), "--policy", name,
-             "--max-batch", "256", "--port", str(args.port), "--log-level", "warning"]  # fmt: skip
+             "--max-batch", "256", "--port", str(port), "--log-level", "warning"]  # fmt: skip
     serve = [sys.executable, __file__, "--serve-with", knob, "--", *flags] if knob else [otas, "serve", *flags]
-    log = (work / f"serve_{tag}.log").open("w")
-    proc = subprocess.Popen(serve, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        _ready(url, proc)
-        replay = [otas, "bench", "replay", "--url", url, "--trace", args.trace, "--load", str(args.load),
-                  "--duration-s", f"{args.seconds * s:g}", "--limit", "100000000", "--repeat", str(args.repeat),
-                  "--coalesce-ms", f"{args.coalesce_ms * s:g}", "--format", "otas-uint8", "--tag", tag,
-                  "--out", str(work)]  # fmt: skip
-        subprocess.run(replay, check=True, stdout=(work / f"replay_{tag}.txt").open("w"), stderr=subprocess.STDOUT)
-        with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
-            metrics = r.read().decode()
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        log.close()
+    with (work / f"serve_{tag}.log").open("w") as log, (work / f"replay_{tag}.txt").open("w") as out:
+        proc = subprocess.Popen(serve, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_ready(url, proc, 90.0)
+            replay = [otas, "bench", "replay", "--url", url, "--trace", args.trace, "--load", str(args.load),
+                      "--duration-s", f"{args.seconds * s:g}", "--limit", "100000000", "--repeat", str(args.repeat),
+                      "--coalesce-ms", f"{args.coalesce_ms * s:g}", "--format", "otas-uint8", "--tag", tag,
+                      "--out", str(work)]  # fmt: skip
+            subprocess.run(replay, check=True, stdout=out, stderr=subprocess.STDOUT)
+            with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
+                metrics = r.read().decode()
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
     (res,) = work.glob(f"replay_*_{tag}_x*.json")
     d = json.loads(res.read_text())
     apps_ = [a for a in d["live"] if a != "all"]
     live = sum(d["live"][a]["utility_expected"] for a in apps_)
     sim = d["sim"]["noise_free"]
-    floor = {m: _sample(metrics, f'otas_floor_batches_total{{mode="{m}"}}') for m in ("free", "capped", "following")}
+    floor = {m: metric_sum(metrics, f'otas_floor_batches_total{{mode="{m}"}}') for m in ("free", "capped", "following")}
     return {
         "scale": s, "policy": policy, "live_utility": live, "sim_utility": sim["utility"],
         "live_over_sim": live / sim["utility"], "live_mean_gamma": d["live"]["all"]["mean_gamma"],
         "sim_mean_gamma": sim["mean_gamma"], "live_slo": d["live"]["all"]["slo_attainment"],
         "sim_slo": sim["slo_attainment"], "requests": d["meta"]["requests"], "floor_batches": floor,
     }  # fmt: skip
-
-
-def _sample(text: str, series: str) -> float:
-    """The value of one series in a Prometheus exposition (0 if absent)."""
-    for line in text.splitlines():
-        if line.startswith(series + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -168,7 +150,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seconds", type=float, default=2.5, help="replay length at S = 1 (× S at S)")
     ap.add_argument("--repeat", type=int, default=6)
     ap.add_argument("--coalesce-ms", type=float, default=5.0, help="gateway window at S = 1 (× S at S)")
-    ap.add_argument("--port", type=int, default=8041)
     ap.add_argument("--otas", default=str(Path(sys.executable).with_name("otas")))
     ap.add_argument("--out", type=Path, default=REPO / "bench/results/paced_scale")
     args = ap.parse_args(argv)

@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
-# run 29 (issue 14): the floor's two rules live, in turn: otas judged as planned (this tree) and otas judged
-# when results came back (the rule before: this tree with Otas(floor_measured=True) as the default, in a copy),
-# loads 1 and 1.5, twice each; run 25's merge_every = 4 profile.
+# run 30 (issue 14): fixed:-16 twice and one more otas under each floor rule (this tree: judged as planned; the
+# copy: judged when results came back), in turn, at loads 1 and 1.5; run 25's merge_every = 4 profile.
 set -u
 export PYTHONUNBUFFERED=1
 C="APPS=otas/configs/apps-h100.yaml FORMAT=otas-uint8 REPEAT=6 COALESCE_MS=5 SENDERS=4 PROFILE=.carry/h100_r25_every4.json OVERHEAD=0"
