@@ -128,6 +128,8 @@ class EngineConfig:
     """Deadlines are planned short by this quantile of the recent delivery times (an answer ready on the
     engine to its response leaving the HTTP layer: `otas.engine.delivery`), on top of the 2 % margin;
     0: not at all."""
+    decision_log: str = ""
+    """A file to append one JSON line per batch to, as decided (`otas.engine.decision_log`); "" = none."""
     decode_workers: int = 0
     """Threads (or processes) decoding images beside the event loop; 0 = the host's cores, 2 to 8
     (`default_decode_workers`)."""

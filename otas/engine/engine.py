@@ -31,6 +31,7 @@ from itertools import islice
 import numpy as np
 
 from otas.engine.batches import Batches, Launched, Runner, RunResult  # noqa: F401 (RunResult: imported from here too)
+from otas.engine.decision_log import DecisionLog
 from otas.engine.delivery import Delivery
 from otas.engine.images import DecodeBusy, DecodeExpired, DecodeLimits, Decoder, DecodeRestarted
 from otas.engine.ledger import Ledger
@@ -64,6 +65,7 @@ class Engine:
         switch_interval_s: float = SWITCH_INTERVAL_S,
         plan_ahead: bool = False,
         delivery_quantile: float = 0.95,
+        decision_log: str | None = None,
     ):
         """`deadline_margin`: the scheduler plans against deadlines this fraction of the SLO early,
         and the `delivery_quantile` of the measured delivery times early besides (`delivered`; 0:
@@ -72,7 +74,8 @@ class Engine:
         `switch_interval_s`: the GIL switch interval set at `start` (0: Python's own is left).
         `plan_ahead`: while a batch runs, plan the next and queue it on the device thread behind the
         running one: at once for a full batch queued, else just before the running one is expected
-        to end (`_may_plan`)."""
+        to end (`_may_plan`). `decision_log`: a file to append one JSON line per batch to, as decided
+        (`otas.engine.decision_log`)."""
         if not 0 <= deadline_margin < 0.5:
             raise ValueError(f"deadline_margin={deadline_margin}: use a fraction of the SLO in [0, 0.5), e.g. 0.02")
         self.margin = deadline_margin
@@ -80,6 +83,8 @@ class Engine:
         """How long answers take to leave the HTTP layer once ready here (`delivered`)."""
         self.switch_interval_s = switch_interval_s
         self.plan_ahead = plan_ahead
+        self._decision_log = decision_log
+        self._log: DecisionLog | None = None
         scheduler.pipelined = plan_ahead  # the loop's lag then delays answers only (`_plannable_ms`)
         self._full = min(scheduler.config.max_batch, runner.max_batch)
         self.scheduler, self.runner = scheduler, runner
@@ -171,6 +176,8 @@ class Engine:
         if self.switch_interval_s > 0:  # process-wide: the device thread shares one GIL with every other
             sys.setswitchinterval(self.switch_interval_s)
         self._wake = asyncio.Event()
+        if self._decision_log:
+            self._log = DecisionLog(self._decision_log)
         self._task = asyncio.create_task(self._loop(), name="otas-engine")
 
     async def stop(self, timeout_s: float = 30.0) -> None:
@@ -187,6 +194,9 @@ class Engine:
         # while the answers above go out.
         await asyncio.to_thread(self._batches.shutdown)
         self._decode.shutdown()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     # -- requests -----------------------------------------------------------------------------
     async def decode(
@@ -352,6 +362,8 @@ class Engine:
                         overhead = self.scheduler.overhead_ms  # the device does not wait for the loop
                         inflight.append(self._batches.launch(plan, start, overhead))
                         observe(self.observer.queue_depth, self.scheduler.queued())
+                        if self._log is not None:
+                            self._log.write(now, start, plan, self.scheduler.queued())
                     declined = plan is None and bool(inflight)
                 # expired by now, and any the planning dropped (no later pass may come: an idle loop sleeps)
                 self._batches.fail_expired(now)

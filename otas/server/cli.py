@@ -104,6 +104,10 @@ def serve_cmd(
             "the otas_delivery_seconds metric); 0: not."
         ),
     ] = 0.95,
+    decision_log: Annotated[
+        str,
+        typer.Option(help="Append one JSON line per batch, as decided (γ, size, the policy's notes), to this file."),
+    ] = "",
     decode_workers: Annotated[
         int, typer.Option(help="Threads (or processes) decoding images (0 = the host's cores, 2 to 8).")
     ] = 0,
@@ -186,6 +190,7 @@ def serve_cmd(
                 switch_interval_ms=switch_interval_ms,
                 plan_ahead=plan_ahead,
                 delivery_quantile=delivery_quantile,
+                decision_log=decision_log,
                 decode_workers=decode_workers,
                 decode_processes=decode_processes,
                 decode_queue=decode_queue,
@@ -219,6 +224,8 @@ def serve_cmd(
 
             if http_workers:
                 raise ValueError("--http-workers is for the local backend; the ray backend has its own HTTP front end")
+            if decision_log:
+                raise ValueError("--decision-log is for the local backend (the ray backend's replicas keep no log)")
             serve_ray(cfg)
         else:
             from otas.server.main import serve

@@ -74,8 +74,8 @@ def make_engine(
     engine_cfg: EngineConfig | None = None,
 ) -> tuple[Engine, dict]:
     """(engine, its `/v1/config` info) for a runner (real, no-op or paced) and its profile; of
-    `engine_cfg` only the decoding knobs, the GIL switch interval, `plan_ahead` and `delivery_quantile` are
-    read (the runner is already built)."""
+    `engine_cfg` only the decoding knobs, the GIL switch interval, `plan_ahead`, `delivery_quantile` and
+    `decision_log` are read (the runner is already built)."""
     check_servable(runner, profile, apps, policy)
     sched = Scheduler(apps, profile, policy, config)
     e = engine_cfg or EngineConfig()
@@ -83,6 +83,7 @@ def make_engine(
         sched, runner, observer=observer, decode_workers=e.decode_workers, decode_limits=e.decode_limits(),
         decode_queue=e.decode_queue, decode_processes=e.decode_processes, switch_interval_s=e.switch_interval_ms / 1e3,
         plan_ahead=plans_ahead(runner, e.plan_ahead), delivery_quantile=e.delivery_quantile,
+        decision_log=e.decision_log or None,
     )  # fmt: skip
     info = {
         "policy": sched.policy.name,

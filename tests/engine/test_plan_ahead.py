@@ -4,10 +4,14 @@ for the event loop. Every image still ends
 exactly once. The device is gated (`test_ledger.Gate`): nothing depends on timing."""
 
 import asyncio
+import json
 from collections import Counter
 
-from otas.engine.engine import NotServed
-from tests.engine.test_ledger import POISON, engine, img, settle
+from otas.config import SchedulerConfig
+from otas.engine.engine import Engine, NotServed
+from otas.sched.scheduler import Scheduler
+from tests.engine.test_ledger import POISON, Ends, Gate, engine, img, settle
+from tests.server.helpers import APPS, paced_profile
 
 
 async def planned(eng, n: int) -> None:
@@ -264,3 +268,25 @@ def test_planning_ahead_is_on_for_a_device_apart_from_the_host_by_default():
     assert plans_ahead(SimpleNamespace(device="paced no-op (NVIDIA H100 80GB HBM3)"), None)
     assert not plans_ahead(SimpleNamespace(device="cpu"), None) and not plans_ahead(SimpleNamespace(), None)
     assert plans_ahead(SimpleNamespace(device="cpu"), True) and not plans_ahead(SimpleNamespace(device="cuda"), False)
+
+
+def test_the_decision_log_has_one_line_per_batch_as_decided(tmp_path):
+    """`decision_log`: one JSON line per batch handed to the device, with its γ, size, images per
+    application and the policy's notes; the file is closed when the engine stops."""
+
+    async def main():
+        gate = Gate(2)
+        sched = Scheduler(APPS, paced_profile(), "fixed:0", SchedulerConfig(max_batch=2))
+        eng = Engine(sched, gate, Ends(), decision_log=str(tmp_path / "log" / "decisions.jsonl"))
+        await eng.start()
+        fut = eng.submit_many("blur", [img(i + 1) for i in range(5)])
+        for _ in range(3):
+            await gate.step()
+        await fut
+        await eng.stop()
+
+    asyncio.run(main())
+    lines = [json.loads(x) for x in (tmp_path / "log" / "decisions.jsonl").read_text().splitlines()]
+    assert [x["size"] for x in lines] == [2, 2, 1]
+    assert all(x["gamma"] == 0 and x["apps"] == {"blur": x["size"]} and x["start_ms"] >= 0 for x in lines)
+    assert [x["queued"] for x in lines] == [3, 1, 0]
