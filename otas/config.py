@@ -179,6 +179,10 @@ class EngineConfig:
         q = self.delivery_quantile
         if not (isinstance(q, int | float) and not isinstance(q, bool) and 0 <= q <= 1):
             raise ValueError(f"delivery_quantile={q!r}: use a quantile in [0, 1], e.g. 0.95 (0: not planned for)")
+        if self.decision_log:
+            from otas.engine.decision_log import check_path
+
+            check_path(self.decision_log)
         if not isinstance(self.decode_workers, int) or not 0 <= self.decode_workers <= MAX_WORKERS:
             raise ValueError(f"decode_workers={self.decode_workers!r}: use 1..{MAX_WORKERS}, or 0 for the host's cores")
         self.decode_workers = self.decode_workers or default_decode_workers()

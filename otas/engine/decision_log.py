@@ -10,10 +10,25 @@ server chose what it did, and to lay its decisions beside the simulator's.
 from __future__ import annotations
 
 import json
+import logging
+import os
 from collections import Counter
 from pathlib import Path
+from typing import TextIO
 
 from otas.types import BatchPlan
+
+log = logging.getLogger("otas.engine")
+
+
+def check_path(path: str | Path) -> None:
+    """ValueError, with the fix, unless a decision log can be appended to at `path`."""
+    p = Path(path)
+    folder = next((d for d in (p.parent, *p.parent.parents) if d.exists()), Path("."))
+    if p.is_dir():
+        raise ValueError(f"--decision-log {str(p)[:200]!r} is a folder; name a file in it")
+    if (p.exists() and not os.access(p, os.W_OK)) or not os.access(folder, os.W_OK):
+        raise ValueError(f"--decision-log {str(p)[:200]!r}: not writable here; name a file in a writable folder")
 
 
 class DecisionLog:
@@ -22,7 +37,7 @@ class DecisionLog:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = self.path.open("a", encoding="utf-8")
+        self._f: TextIO | None = self.path.open("a", encoding="utf-8")
 
     def write(self, decided_ms: float, start_ms: float, plan: BatchPlan, queued: int) -> None:
         meta = {k: v for k, v in plan.meta.items() if isinstance(v, int | float | str | bool)}
@@ -31,7 +46,19 @@ class DecisionLog:
             "gamma": plan.gamma, "size": plan.size, "predicted_ms": round(plan.predicted_ms, 4), "queued": queued,
             "apps": dict(Counter(r.app for r in plan.requests)), "meta": meta,
         }  # fmt: skip
-        self._f.write(json.dumps(record) + "\n")
+        if self._f is None:
+            return
+        try:
+            self._f.write(json.dumps(record) + "\n")
+        except OSError as e:  # a full disk, say: the log stops, serving goes on
+            log.warning("decision log stopped: %s", e, extra={"event": "decision_log_failed", "detail": str(e)})
+            f, self._f = self._f, None
+            try:
+                f.close()
+            except OSError:
+                pass
 
     def close(self) -> None:
-        self._f.close()
+        if self._f is not None:
+            self._f.close()
+            self._f = None

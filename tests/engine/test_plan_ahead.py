@@ -7,6 +7,8 @@ import asyncio
 import json
 from collections import Counter
 
+import pytest
+
 from otas.config import SchedulerConfig
 from otas.engine.engine import Engine, NotServed
 from otas.sched.scheduler import Scheduler
@@ -290,3 +292,27 @@ def test_the_decision_log_has_one_line_per_batch_as_decided(tmp_path):
     assert [x["size"] for x in lines] == [2, 2, 1]
     assert all(x["gamma"] == 0 and x["apps"] == {"blur": x["size"]} and x["start_ms"] >= 0 for x in lines)
     assert [x["queued"] for x in lines] == [3, 1, 0]
+
+
+def test_a_decision_log_that_cannot_be_written_is_refused_up_front(tmp_path):
+    from otas.config import EngineConfig
+
+    with pytest.raises(ValueError, match="is a folder"):
+        EngineConfig(decision_log=str(tmp_path))
+    EngineConfig(decision_log=str(tmp_path / "new" / "decisions.jsonl"))  # its folder is made when it opens
+
+
+def test_a_decision_log_that_fails_stops_and_serving_goes_on(tmp_path):
+    from otas.engine.decision_log import DecisionLog
+    from otas.types import BatchPlan, Request
+
+    dl = DecisionLog(tmp_path / "d.jsonl")
+    plan = BatchPlan([Request(0, "blur", 0.0, 10.0)], 0, 1.0, 0.0, "m")
+
+    def full(_):
+        raise OSError(28, "No space left on device")
+
+    dl._f.write = full
+    dl.write(0.0, 0.0, plan, 0)  # logged as a warning, not raised
+    dl.write(1.0, 1.0, plan, 0)  # and no more tries
+    dl.close()
