@@ -159,6 +159,7 @@ def run(
     plan_ahead: bool = False,
     gateway: Gateway | None = None,
     host_ms: float = 0.0,
+    device_scale: float = 1.0,
 ) -> SimResult:
     """Simulate one policy on one trace; deterministic for a given seed.
 
@@ -169,7 +170,11 @@ def run(
     `host_ms` ≥ 0: a host that takes this long per batch beyond the device's time, in series (its
     answers and the next batch wait for it, a batch planned ahead too, which the engine would hand the
     device before the turn ends), reported to the scheduler apart from the device's time as a live
-    engine reports it (`Scheduler.complete`'s `device_ms`); 0: the host takes no time."""
+    engine reports it (`Scheduler.complete`'s `device_ms`); 0: the host takes no time. `device_scale`: the
+    device takes this × the profile's latency (a device slower or faster than profiled, as a live one may be:
+    the scheduler corrects its predictions online, as it does live); 1: as profiled."""
+    if not 0.0 < device_scale < math.inf:
+        raise ValueError(f"device_scale {device_scale}: use a finite factor > 0 (1: the device runs as profiled)")
     if not 0.0 <= host_ms < math.inf:
         raise ValueError(f"host_ms {host_ms}: use a finite number of ms >= 0")
     profs = [profiles] if isinstance(profiles, Profile) else list(profiles)
@@ -223,7 +228,7 @@ def run(
         if busy is None:
             plan, ahead = (ahead, None) if ahead is not None else (sched.next_batch(now), None)
             if plan is not None:
-                actual = _latency(plan, by_model, noise, rng)
+                actual = _latency(plan, by_model, noise, rng) * device_scale
                 busy = (plan, now + actual + host_ms, actual)
                 ends = now + plan.predicted_ms  # when the engine expects the device to be done with it
                 rec.r.batches.append((now, plan.size, plan.gamma, plan.model))

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from otas.config import SchedulerConfig
+from otas.sched.policies import make_policy
 from otas.sim.simulator import run
 from otas.sim.traces import capacity_per_s, make_trace
 from otas.types import Outcome
@@ -72,6 +73,27 @@ def test_a_host_that_takes_time_per_batch_delays_every_batch_by_it(bursty, polic
         assert t1 >= t0 + p.lat(g, b) + 2.0 - 1e-9
     with pytest.raises(ValueError, match="host_ms"):
         run(bursty, APPS, p, policy, cfg, host_ms=-1.0)
+
+
+@pytest.mark.parametrize("policy", ["otas", "fixed:0"])
+def test_a_device_slower_than_profiled_takes_longer_and_the_scheduler_learns_it(bursty, policy):
+    """`device_scale`: every batch takes that × its profiled latency; the scheduler corrects its
+    predictions online to match, as it does live. 1 is the default."""
+    p, cfg = make_profile(), SchedulerConfig()
+    base = run(bursty, APPS, p, policy, cfg)
+    assert run(bursty, APPS, p, policy, cfg, device_scale=1.0).batches == base.batches
+    seen = []
+    pol = make_policy(policy)
+    done = pol.on_complete
+    pol.on_complete = lambda plan, now, measured, view: (
+        seen.append((plan, measured, view)) or done(plan, now, measured, view)
+    )
+    run(bursty, APPS, p, pol, cfg, device_scale=1.25)
+    assert all(measured == pytest.approx(1.25 * p.lat(plan.gamma, plan.size)) for plan, measured, _ in seen)
+    view = seen[-1][2]
+    assert view.latency_factor(p.model) == pytest.approx(1.25, rel=0.02)
+    with pytest.raises(ValueError, match="device_scale"):
+        run(bursty, APPS, p, policy, cfg, device_scale=0.0)
 
 
 def test_same_seed_same_results(bursty):
