@@ -124,10 +124,9 @@ def _ratios(before: list[dict], after: list[dict]) -> list[dict]:
 
 
 def plot(rows: list[dict], before: list[dict] | None, path: Path) -> None:
-    import matplotlib
+    from otas.plotting import pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, len(CALLS), figsize=(5 * len(CALLS), 3.8))
     label = [f"{r['policy']} @ {r['load']:g}" for r in rows]
@@ -149,8 +148,7 @@ def plot(rows: list[dict], before: list[dict] | None, path: Path) -> None:
         ax.set_xticks(x, label, rotation=30, ha="right", fontsize=7)
         ax.set(ylabel="ms per call (mean)", title=f"Scheduler.{n}")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save(fig, path, dpi=110)
 
 
 if __name__ == "__main__":

@@ -49,10 +49,9 @@ def pairs(folders: list[Path]) -> dict:
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
+    from otas.plotting import pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     policies = sorted({p for row in result["loads"] for p in row["live"]})
@@ -67,8 +66,7 @@ def plot(result: dict, path: Path) -> None:
     ax.set_ylabel("live utility (expected, on time)")
     ax.set_title("Live replays on one H100, policies in turn")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:

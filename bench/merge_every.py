@@ -90,10 +90,9 @@ def suite(d: Path, every: list[int], base: int) -> dict[str, dict]:
 
 
 def plot(prof: dict, suite_: dict, path: Path) -> None:
-    import matplotlib
+    from otas.plotting import pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 4, figsize=(20, 4.2))
     colors = dict(zip(prof, ("tab:blue", "tab:orange", "tab:red", "tab:purple", "tab:brown"), strict=False))
@@ -133,8 +132,7 @@ def plot(prof: dict, suite_: dict, path: Path) -> None:
     ax.axhline(1.0, color="k", lw=0.6)
     ax.set(xlabel="load (× γ = 0 capacity)", ylabel="utility over the base k (geomean)", title="workload suite")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save(fig, path, dpi=110)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -103,8 +103,7 @@ def one(otas: str, s: float, policy: str, profile: Path, apps: Path, args, work:
                 proc.wait()
     (res,) = work.glob(f"replay_*_{tag}_x*.json")
     d = json.loads(res.read_text())
-    apps_ = [a for a in d["live"] if a != "all"]
-    live = sum(d["live"][a]["utility_expected"] for a in apps_)
+    live = d["live"]["all"]["utility_expected"]  # the replay's own total, as `otas.bench.live_summary` reads it
     sim = d["sim"]["noise_free"]
     floor = {m: metric_sum(metrics, f'otas_floor_batches_total{{mode="{m}"}}') for m in ("free", "capped", "following")}
     return {
@@ -116,10 +115,9 @@ def one(otas: str, s: float, policy: str, profile: Path, apps: Path, args, work:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
+    from otas.plotting import pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for policy in dict.fromkeys(r["policy"] for r in rows):
@@ -131,8 +129,7 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.set_ylabel("live / simulated utility")
     ax.set_title("Paced no-op server: live against the simulator as the host's share grows")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:

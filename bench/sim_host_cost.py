@@ -102,10 +102,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def plot(sims: list[dict], live: list[dict], path: Path) -> None:
-    import matplotlib
+    from otas.plotting import pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     loads = sorted({r["load"] for r in sims})
     fig, axes = plt.subplots(1, len(loads), figsize=(5 * len(loads), 3.8), squeeze=False)
@@ -130,8 +129,7 @@ def plot(sims: list[dict], live: list[dict], path: Path) -> None:
             title=f"load {load:g} (x: live H100, the server's own host time)",
         )
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save(fig, path, dpi=110)
 
 
 if __name__ == "__main__":

@@ -136,6 +136,12 @@ def sdpa_rows(rec: Recorder, shapes: list[tuple[int, int, int, int]], rounds: in
                 row(fn, B=B, H=H, N=N, d=d, case="bias", head_dim=d, backend=f"triton/{bm}x{bn}w{warps}s{stages}")
 
 
+def _fp32_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, size: torch.Tensor, d: int) -> torch.Tensor:
+    """Proportional attention in fp32 through SDPA's mask form: what each variant's error is measured against."""
+    mask = size.float().log().transpose(1, 2)[:, None]
+    return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, scale=d**-0.5)
+
+
 def _value_column_rows(row, sdpa, qkv: torch.Tensor, size: torch.Tensor, B: int, H: int, N: int, d: int) -> None:
     """Proportional attention with the sizes carried by the values instead of a bias on the logits:
     softmax(qk + log s) v = (sum_j e^(qk_j) s_j v_j) / (sum_j e^(qk_j) s_j), i.e. plain attention over
@@ -159,8 +165,7 @@ def _value_column_rows(row, sdpa, qkv: torch.Tensor, size: torch.Tensor, B: int,
         o = sdpa(q, k, values(), None, d**-0.5, backend)
         return o[..., :d] / o[..., d : d + 1]
 
-    mask = size.float().log().transpose(1, 2)[:, None]
-    ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, scale=d**-0.5)
+    ref = _fp32_reference(q, k, v, size, d)
     for backend in SDPA_BACKENDS:
         try:
             err = float((full(backend).float() - ref).abs().max())
@@ -197,8 +202,7 @@ def _flex_rows(row, qkv: torch.Tensor, size: torch.Tensor, B: int, H: int, N: in
     first (backend "flex_contiguous", the copies not timed); the error against the mask form (fp32) once."""
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
     qc, kc, vc = (t.contiguous() for t in (q, k, v))
-    mask = size.float().log().transpose(1, 2)[:, None]
-    ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, scale=d**-0.5)
+    ref = _fp32_reference(q, k, v, size, d)
     for backend, (a, b, c) in (("flex", (q, k, v)), ("flex_contiguous", (qc, kc, vc))):
         try:
             err = float((flex_bias(a, b, c, size, d**-0.5).float() - ref).abs().max())
