@@ -42,6 +42,7 @@ VARIANTS = {
     "no-blocked": lambda: Otas(name="otas", blocked_cost=False),
     "no-protect": lambda: Otas(name="otas", head_cap=False, blocked_cost=False),
     "price-judge": lambda: Otas(name="otas", price_judge=True),
+    "step-price": lambda: Otas(name="otas", smooth_price=False),
 }
 
 

@@ -226,3 +226,24 @@ def _model_side(profile: Path, max_batch: int, runs: list[dict], console) -> dic
     )
     return {"profile": str(profile), "images_per_s_gamma0": prof.throughput(0, max_batch),
             "images_per_s_fastest": fastest, "server_over_model": best / fastest}  # fmt: skip
+
+
+def model_shares(
+    batch: int, answered: int, duration_s: float, device_s: float, device_batches: float, model_ms: float
+) -> dict[str, Any]:
+    """A server running a model, one request of `batch` images per batch (`--max-batch batch`): `answered`
+    requests in the client's window of `duration_s`; the server's device time `device_s` over `device_batches`
+    batches (its `otas_batch_device_seconds` sum and count, deltas over the run); `model_ms` the profile's
+    latency of a batch of `batch`. The model's share of wall time is batches per second × `model_ms`, the
+    overhead the rest: the share of wall time that is not model time (`bench/model_overhead.py`)."""
+    if duration_s <= 0 or model_ms <= 0:
+        raise ValueError(f"duration_s={duration_s}, model_ms={model_ms}: need both > 0")
+    per_s = answered / duration_s  # batches per second (one request per batch)
+    device_ms = device_s / device_batches * 1e3 if device_batches > 0 else None  # None: the server ran no batch
+    model = per_s * model_ms / 1e3
+    return {
+        "batch": batch, "batches_per_s": per_s, "images_per_s": per_s * batch, "model_ms": model_ms,
+        "device_ms": device_ms, "model_share": model, "overhead": 1.0 - model,
+        "device_share": per_s * device_ms / 1e3 if device_ms is not None else None,
+        "wall_ms_per_batch": 1e3 / per_s if per_s else None,
+    }  # fmt: skip

@@ -79,7 +79,9 @@ class Otas(Policy):
     latency from the planned start, as its shadows' are, rather than when their results came back: the
     same decisions in the noise-free simulator without host time; live on the H100 it measured the same,
     and with a host that takes time per batch in the simulator it earned less in most runs where it
-    decided otherwise, bench/results/floor_planned_host; docs/scheduler.md).
+    decided otherwise, bench/results/floor_planned_host; docs/scheduler.md), `smooth_price=False` (the price of
+    device time at the fluid relaxation's break itself, which jumps where the smoothed one moves:
+    `DevicePrice._smoothed`, bench/price_drift.py).
     """
 
     def __init__(
@@ -99,8 +101,10 @@ class Otas(Policy):
         blocked_cost: bool = True,
         price_judge: bool = False,
         floor_planned: bool = False,
+        smooth_price: bool = True,
     ):
         self.name = name
+        self.smooth_price = smooth_price
         self.floor_planned = floor_planned
         self.price_judge = price_judge
         self.served_price = served_price
@@ -137,9 +141,8 @@ class Otas(Policy):
             # rates over τ = rate_window × the loosest SLO, read from at least the tightest SLO of arrivals:
             # arrivals within one tightest SLO are a batch, not yet a rate
             tau, tightest = view.config.rate_window * max(a.slo_ms for a in apps), min(a.slo_ms for a in apps)
-            self._price = DevicePrice(
-                apps, view.profiles[view.model], view.config.max_batch, tau, tightest, self.served_price
-            )
+            prof, b_max = view.profiles[view.model], view.config.max_batch
+            self._price = DevicePrice(apps, prof, b_max, tau, tightest, self.served_price, self.smooth_price)
             self._slo = np.array([a.slo_ms for a in apps])  # (apps,), in DevicePrice's order
             self._value = np.array([view.weights(view.model, a.name).max() for a in apps])  # best u·acc
         self._priced = self._price  # until a decision judges otherwise (`_price_now`)

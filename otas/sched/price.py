@@ -51,10 +51,13 @@ class DevicePrice:
         tau_ms: float,
         min_window_ms: float | None = None,
         served_only: bool = False,
+        smooth: bool = False,
     ):
         """`min_window_ms`: the shortest history a rate is read from (`rates`; default τ). `served_only`:
-        the price is that of the applications served (`price`)."""
+        the price is that of the applications served (`price`). `smooth`: the price moves across the
+        marginal application's switch in proportion to the share of it that must switch (`price`)."""
         self.served_only = served_only
+        self.smooth = smooth
         if not tau_ms > 0:
             raise ValueError(f"tau_ms={tau_ms!r}: use a positive time constant in ms")
         self.min_window = float(tau_ms if min_window_ms is None else min_window_ms)
@@ -110,7 +113,28 @@ class DevicePrice:
             # what the served applications' own next upgrade earns, the lowest price at which they fit
             demand = scale * (self._S[:, self.served] @ r[self.served])
             m = int(np.argmax(demand <= 1.0))
-        return 0.0 if m == 0 else float(self._breaks[m - 1])
+        if m == 0:
+            return 0.0
+        mu = float(self._breaks[m - 1])
+        if self.smooth and demand[m - 1] > demand[m]:
+            mu = self._smoothed(demand, m)
+        return mu
+
+    def _smoothed(self, demand: np.ndarray, m: int) -> float:
+        """The price for the first interval `m` whose demand fits, moved down across the price range of the
+        settings just before it (the intervals k < m of demand[m - 1], [μ_lo, μ_m)) by θ, the share of the
+        marginal switch the device can still afford: θ = (1 − d_m) / (d_{m−1} − d_m). At μ_m the fluid
+        optimum switches only that share of the marginal application, but the DP, deciding batch by batch
+        near one price, switches nearly all of it (on the Azure trace at 1.5 × the H100's γ = 0 capacity, a
+        device 5 % slower than profiled took lowlight from γ = 16 to γ ≤ −20 in 9 of 10 images to free 3 %
+        of the device). Continuous in the demand: θ → 1 as d_{m−1} falls to 1, where interval m − 1 fits."""
+        k = m - 1
+        while k > 0 and demand[k - 1] == demand[m - 1]:  # the same settings: one level
+            k -= 1
+        lo = float(self._breaks[k - 1]) if k > 0 else 0.0
+        hi = float(self._breaks[m - 1])
+        theta = (1.0 - demand[m]) / (demand[m - 1] - demand[m])
+        return hi - theta * (hi - lo)
 
     def _decay(self, now_ms: float) -> None:
         if now_ms > self._t:

@@ -59,3 +59,23 @@ def test_closed_loop_counts_the_calls_that_end_in_the_window():
     inside = [t for t in ends if 0.1 <= t - t0 <= 0.4]
     assert bad == 0 and ok == len(lat) >= 1 and abs(ok - len(inside)) <= 1
     assert max(lat) >= 240  # the held-up first call is among them
+
+
+def test_model_shares_are_the_device_and_model_time_over_wall_time():
+    """100 requests of 64 images in 2 s, each its own batch of 1.5 ms as profiled and 1.6 ms on the device
+    thread: the model holds 50 / s × 1.5 ms = 7.5 % of wall time, the overhead is the rest."""
+    import pytest
+
+    from otas.bench.overhead import model_shares
+
+    r = model_shares(64, 100, 2.0, device_s=0.16 * 1.1, device_batches=110, model_ms=1.5)
+    assert r["batches_per_s"] == 50 and r["images_per_s"] == 3200
+    assert r["model_share"] == pytest.approx(0.075) and r["overhead"] == pytest.approx(0.925)
+    assert r["device_ms"] == pytest.approx(1.6) and r["device_share"] == pytest.approx(0.08)
+    assert r["wall_ms_per_batch"] == pytest.approx(20.0)
+    idle = model_shares(8, 0, 1.0, device_s=0.0, device_batches=0, model_ms=0.5)  # nothing answered, no batch
+    assert idle["overhead"] == 1.0 and idle["device_ms"] is None and idle["device_share"] is None
+    for bad in ({"duration_s": 0.0}, {"model_ms": 0.0}):
+        with pytest.raises(ValueError, match="need both > 0"):
+            model_shares(**{"batch": 8, "answered": 1, "duration_s": 1.0, "device_s": 0.0, "device_batches": 0,
+                            "model_ms": 1.0, **bad})  # fmt: skip

@@ -131,3 +131,42 @@ def test_served_only_prices_the_served_applications_upgrade():
         p._rate[:] = [0.6, 0.6]
         assert p.price(0.0) == pytest.approx(want)
         assert p.served.tolist() == [True, False]
+
+
+def test_smoothed_price_moves_with_the_share_of_the_marginal_switch():
+    """`smooth`: at 0.7 q/ms the device affords γ=8 for θ = (1 − 0.7) / (1.4 − 0.7) of the queries, so the
+    price sits that share of the way down from the switch's 0.1 to the bottom of γ=8's range (0); it is
+    continuous where the plain price jumps (a demand just over the device at γ=8, just over it at γ=-8)."""
+    app = App("a", 100.0, 1.0, "t")
+    plain = DevicePrice([app], two_setting_profile(), max_batch=2, tau_ms=1000.0)
+    smooth = DevicePrice([app], two_setting_profile(), max_batch=2, tau_ms=1000.0, smooth=True)
+    for p in (plain, smooth):
+        p._t0 = -np.inf
+    at = {}
+    for rate in (0.4, 0.5 + 1e-9, 0.7, 1.0, 1.0 + 1e-9, 1.5):
+        plain._rate[:] = smooth._rate[:] = rate
+        at[rate] = plain.price(0.0), smooth.price(0.0)
+    assert at[0.4] == (0.0, 0.0)
+    assert at[0.7][0] == pytest.approx(0.1) and at[0.7][1] == pytest.approx(0.1 * (1 - 0.3 / 0.7))
+    assert at[0.5 + 1e-9][0] == pytest.approx(0.1) and at[0.5 + 1e-9][1] == pytest.approx(0.0, abs=1e-6)
+    assert at[1.0][1] == pytest.approx(0.1)  # θ = 0: all of it switches, the break itself
+    assert at[1.0 + 1e-9][0] == pytest.approx(0.8) and at[1.0 + 1e-9][1] == pytest.approx(0.1, abs=1e-6)
+    assert at[1.5][1] == pytest.approx(0.8 - (1 - 0) / (1.5 - 0) * (0.8 - 0.1))  # serving stops paying, in part
+
+
+def test_smoothed_price_is_continuous_and_monotone_in_the_load():
+    apps = make_apps()
+    plain = DevicePrice(apps, make_profile(), max_batch=64, tau_ms=2000.0)
+    smooth = DevicePrice(apps, make_profile(), max_batch=64, tau_ms=2000.0, smooth=True)
+    for p in (plain, smooth):
+        p._t0 = -np.inf
+    rates = np.linspace(0.0, 0.2, 4001)
+    got = []
+    for rate in rates:
+        plain._rate[:] = smooth._rate[:] = rate / len(apps)
+        got.append((plain.price(0.0), smooth.price(0.0)))
+    p, s = np.array(got).T
+    assert np.all(np.diff(s) >= -1e-12) and s[-1] > 0
+    assert np.all(s <= p + 1e-12)  # never above the plain price: it moves down from it
+    step = np.max(np.abs(np.diff(s)))
+    assert np.max(np.abs(np.diff(p))) > 20 * step  # the plain price jumps where the smoothed one moves

@@ -4,8 +4,9 @@ at each deliberate change of a decision rule: when shared and per-class batching
 compared at the utility rate each sustains, when plans equal to within 1e-9 became ties broken
 by order (`policies._first_best`), when reordering came to pull forward only classes more
 urgent than the head's, and when `max_queue_delay_ms` stopped holding a batch past the moment its
-most urgent member can still make its deadline, and when the price's arrival rates came to be read
-unbiased from the first arrival (`DevicePrice.rates`): before the tie rule,
+most urgent member can still make its deadline, when the price's arrival rates came to be read
+unbiased from the first arrival (`DevicePrice.rates`), and when the price came to move across the
+marginal application's switch instead of jumping to it (`DevicePrice._smoothed`): before the tie rule,
 such ties went to whichever sum came out larger in its last bits, which differs between CPUs
 (numpy's SIMD reductions with and without AVX-512). `test_decisions_do_not_hang_on_simd` runs the
 cases again with AVX-512 off."""

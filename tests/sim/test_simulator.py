@@ -153,7 +153,9 @@ def test_a_coalescing_gateway_delays_arrivals_and_each_is_scored_from_its_own(bu
     """Arrivals gathered into requests reach the scheduler when their request is sent; each is still
     scored from its own arrival. Told the wait, the scheduler plans against the deadlines the
     client judges by (its request's first arrival's, no later than its own), and serves none late
-    that it could have dropped."""
+    that it could have dropped. Not told, the wait costs every policy; told, it costs the policies
+    that batch by a rule, while `otas` may gain more from the coalesced requests' batches than the
+    wait costs it (other seeds of this trace: 2,113 against 2,074 direct with the stepped price too)."""
     cfg = SchedulerConfig(max_batch=16)
     ran = {told: run(bursty, APPS, make_profile(), policy, cfg, gateway=_coalesced(bursty, 30.0, told))
            for told in (False, True)}  # fmt: skip
@@ -163,7 +165,9 @@ def test_a_coalescing_gateway_delays_arrivals_and_each_is_scored_from_its_own(bu
         served = np.array([o is Outcome.SERVED for o in res.outcome])
         slo = np.array([{a.name: a.slo_ms for a in APPS}[a] for a in res.app_of])
         assert (res.on_time == (served & (res.finish_ms <= res.arrival_ms + slo))).all()
-        assert res.total_utility < direct.total_utility  # the window's wait costs
+    for told, res in ran.items():
+        if not told or policy != "otas":
+            assert res.total_utility < direct.total_utility  # the window's wait costs
     late = {told: res.count(Outcome.SERVED) - int(res.on_time.sum()) for told, res in ran.items()}
     assert late[True] <= late[False]
 
