@@ -11,7 +11,7 @@ policy, round) is one server and one `otas bench replay` of the same scaled Azur
     python bench/paced_scale.py --scales 10,5,3,2 --policies otas,otas+floor_planned,fixed:-16 --rounds 2 \\
         --out bench/results/paced_scale
 
-A policy "otas+KNOB" runs `otas` with that `Otas` knob on (`KNOBS`; the server then runs in this script).
+A policy "otas+KNOB" runs `otas` with an `Otas` ablation (`KNOBS`; the server then runs in this script).
 
 Writes paced_scale.json (every replay's live and simulated utility, mean γ and SLO attainment, with
 machine, commit and command) and paced_scale.png (live over simulated utility against S, per policy).
@@ -57,19 +57,21 @@ def scaled(profile: Path, apps: Path, s: float, into: Path) -> tuple[Path, Path]
     return out_p, out_a
 
 
-KNOBS = ("floor_planned",)
-"""`Otas` knobs a policy may name after a "+" (e.g. "otas+floor_planned", the floor judging as planned): the
-server then runs in this script (`serve_with`), its `otas` policy built with the knob on."""
+KNOBS = {"floor_planned": ("floor_planned", True), "step_price": ("smooth_price", False)}
+"""Ablations a policy may name after a "+" (e.g. "otas+floor_planned", the floor judging as planned; "otas+step_price",
+the price of device time at the fluid relaxation's break): the `Otas` knob each sets, and to what. The server then
+runs in this script (`serve_with`), its `otas` policy built so."""
 
 
 def serve_with(knob: str, argv: list[str]) -> None:
-    """`otas serve ARGV` with the `otas` policy built with `knob` on (bench only: an ablation of a live server;
+    """`otas serve ARGV` with the `otas` policy built with `KNOBS[knob]` (bench only: an ablation of a live server;
     its /v1/config still names the policy "otas", and the simulator's noise-free prediction is the same)."""
     import otas.sched.scheduler as scheduler
     from otas.cli import app
 
     plain = scheduler.make_policy
-    scheduler.make_policy = lambda name, **kw: plain(name, **({knob: True} if name == "otas" else {}), **kw)
+    attr, value = KNOBS[knob]
+    scheduler.make_policy = lambda name, **kw: plain(name, **({attr: value} if name == "otas" else {}), **kw)
     app(["serve", *argv], standalone_mode=False)
 
 
@@ -79,7 +81,7 @@ def one(otas: str, s: float, policy: str, profile: Path, apps: Path, args, work:
     url = f"http://127.0.0.1:{port}"
     name, _, knob = policy.partition("+")
     if knob and knob not in KNOBS:
-        raise SystemExit(f"policy {policy!r}: a knob after '+' is one of {KNOBS}")
+        raise SystemExit(f"policy {policy!r}: a knob after '+' is one of {', '.join(KNOBS)}")
     flags = ["--noop", "--paced", "--profile", str(profile), "--apps", str(apps), "--policy", name,
              "--max-batch", "256", "--port", str(port), "--log-level", "warning"]  # fmt: skip
     serve = [sys.executable, __file__, "--serve-with", knob, "--", *flags] if knob else [otas, "serve", *flags]
