@@ -122,19 +122,20 @@ class DevicePrice:
 
     def _smoothed(self, demand: np.ndarray, m: int) -> float:
         """The price for the first interval `m` whose demand fits, moved down across the price range of the
-        settings just before it (the intervals k < m of demand[m - 1], [μ_lo, μ_m)) by θ, the share of the
-        marginal switch the device can still afford: θ = (1 − d_m) / (d_{m−1} − d_m). At μ_m the fluid
-        optimum switches only that share of the marginal application, but the DP, deciding batch by batch
-        near one price, switches nearly all of it (on the Azure trace at 1.5 × the H100's γ = 0 capacity, a
-        device 5 % slower than profiled took lowlight from γ = 16 to γ ≤ −20 in 9 of 10 images to free 3 %
-        of the device). Continuous in the demand: θ → 1 as d_{m−1} falls to 1, where interval m − 1 fits."""
+        settings just before it (the intervals k < m of demand[m - 1], [μ_lo, μ_m)) by θ = (1 − d_m) / (d_{m−1} −
+        d_m): the share of the marginal application the device can still afford at its settings before the
+        switch. At μ_m the fluid optimum switches only the rest of it, but the DP, deciding batch by batch near
+        one price, switches nearly all of it (on the Azure trace at 1.5 × the H100's γ = 0 capacity with the
+        device 5 % slower than profiled, all but 687 of lowlight's 38,730 images left γ = 16 to free 3 % of the
+        device; docs/scheduler.md). Continuous in the demand: θ → 1 as d_{m−1} falls to 1, where interval m − 1
+        fits and the price is its own."""
         k = m - 1
         while k > 0 and demand[k - 1] == demand[m - 1]:  # the same settings: one level
             k -= 1
         lo = float(self._breaks[k - 1]) if k > 0 else 0.0
         hi = float(self._breaks[m - 1])
         theta = (1.0 - demand[m]) / (demand[m - 1] - demand[m])
-        return hi - theta * (hi - lo)
+        return float(hi - theta * (hi - lo))
 
     def _decay(self, now_ms: float) -> None:
         if now_ms > self._t:
