@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from otas.bench.live_summary import metric_sum  # noqa: E402
-from otas.bench.local_server import free_port, wait_ready  # noqa: E402
+from otas.bench.local_server import free_port, stop, wait_ready  # noqa: E402
 from otas.provenance import run_meta  # noqa: E402
 
 MODEL = REPO / "otas/assets/vit_tiny_p2_c5.safetensors"
@@ -69,12 +69,7 @@ def one(batch: int, args, log: Path) -> dict:
                                    args.duration_s, args.clients, args.warmup_s)  # fmt: skip
             after = _metrics(url)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc)
 
     def delta(name: str) -> float:
         return metric_sum(after, name) - metric_sum(before, name)

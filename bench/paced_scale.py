@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from otas.bench.live_summary import metric_sum  # noqa: E402
-from otas.bench.local_server import free_port, wait_ready  # noqa: E402
+from otas.bench.local_server import free_port, stop, wait_ready  # noqa: E402
 from otas.config import load_apps  # noqa: E402
 from otas.provenance import run_meta  # noqa: E402
 
@@ -97,12 +97,7 @@ def one(otas: str, s: float, policy: str, profile: Path, apps: Path, args, work:
             with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
                 metrics = r.read().decode()
         finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc)
     (res,) = work.glob(f"replay_*_{tag}_x*.json")
     d = json.loads(res.read_text())
     live = d["live"]["all"]["utility_expected"]  # the replay's own total, as `otas.bench.live_summary` reads it

@@ -1,5 +1,5 @@
-"""A server process on loopback for a benchmark or a test: a free port to give it, and a wait until
-it answers ready (GET /v2/health/ready is 200) that gives up as soon as the process exits."""
+"""A server process on loopback for a benchmark or a test: a free port to give it, a wait until it
+answers ready (GET /v2/health/ready is 200) that gives up as soon as the process exits, and a stop."""
 
 from __future__ import annotations
 
@@ -32,3 +32,14 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float, every_s: floa
         if time.monotonic() > deadline:
             raise RuntimeError(f"the server was not ready at {url} within {timeout_s:.0f} s")
         time.sleep(every_s)
+
+
+def stop(proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
+    """Ask the server to stop (SIGTERM: it drains and answers what it holds) and wait; kill it if it has
+    not exited within `timeout_s`."""
+    proc.terminate()
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

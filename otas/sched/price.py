@@ -21,6 +21,9 @@ exceed the device, none is, and batches are capped for no one (counting the marg
 measured worse on the workload suite's H200 set: geomean at load 3 1.301 against 1.333).
 Demand is piecewise constant in μ, with breaks where an application's best
 setting changes, so the breaks are computed once and each query of μ is one small mat-vec.
+`smooth` (the policy `otas`): that μ, the break at which the marginal application switches, moved
+down across the price range before it by the share of that application the device can still afford
+there, so the price moves with the demand instead of jumping (`DevicePrice._smoothed`).
 Pure numpy; no clock of its own (times are passed in).
 """
 
@@ -122,20 +125,21 @@ class DevicePrice:
 
     def _smoothed(self, demand: np.ndarray, m: int) -> float:
         """The price for the first interval `m` whose demand fits, moved down across the price range of the
-        settings just before it (the intervals k < m of demand[m - 1], [μ_lo, μ_m)) by θ = (1 − d_m) / (d_{m−1} −
-        d_m): the share of the marginal application the device can still afford at its settings before the
-        switch. At μ_m the fluid optimum switches only the rest of it, but the DP, deciding batch by batch near
-        one price, switches nearly all of it (on the Azure trace at 1.5 × the H100's γ = 0 capacity with the
-        device 5 % slower than profiled, all but 687 of lowlight's 38,730 images left γ = 16 to free 3 % of the
-        device; docs/scheduler.md). Continuous in the demand: θ → 1 as d_{m−1} falls to 1, where interval m − 1
+        demand just before it (the intervals whose demand is interval m − 1's, [μ_lo, μ_m)) by θ = (1 − d_m) /
+        (d_{m−1} − d_m): the share of the marginal application the device can still afford at its settings
+        before the switch. At μ_m the fluid optimum switches only the rest of it, but the DP, deciding batch by
+        batch near one price, switches nearly all of it (on the Azure trace at 1.5 × the H100's γ = 0 capacity
+        with the device 5 % slower than profiled, all but 687 of lowlight's 38,730 images left γ = 16 to free 3 %
+        of the device; docs/scheduler.md). Continuous in the demand: θ → 1 as d_{m−1} falls to 1, where interval m − 1
         fits and the price is its own."""
-        k = m - 1
-        while k > 0 and demand[k - 1] == demand[m - 1]:  # the same settings: one level
-            k -= 1
+        # where interval m - 1's demand begins: demand is nonincreasing in μ, so the intervals before m - 1
+        # that differ from it are exactly those before its run
+        k = int(np.count_nonzero(demand[: m - 1] != demand[m - 1]))
         lo = float(self._breaks[k - 1]) if k > 0 else 0.0
         hi = float(self._breaks[m - 1])
-        theta = (1.0 - demand[m]) / (demand[m - 1] - demand[m])
-        return float(hi - theta * (hi - lo))
+        d_below, d_m = float(demand[m - 1]), float(demand[m])
+        theta = (1.0 - d_m) / (d_below - d_m)
+        return hi - theta * (hi - lo)
 
     def _decay(self, now_ms: float) -> None:
         if now_ms > self._t:
