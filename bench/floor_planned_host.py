@@ -22,8 +22,7 @@ sys.path.insert(0, str(ROOT))
 from otas.provenance import run_meta  # noqa: E402
 from otas.sched.policies import Otas  # noqa: E402
 from otas.sim.simulator import run  # noqa: E402
-from otas.sim.traces import at_load, capacity_per_s, synthetic  # noqa: E402
-from tests.sched.decisions import N_CASES, case  # noqa: E402
+from tests.sched.decisions import N_CASES, case, case_trace  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,8 +35,7 @@ def main(argv: list[str] | None = None) -> None:
         apps, profile, name, cfg, tr = case(seed)
         if name != "otas":
             continue
-        base = synthetic(tr["kind"], apps, n=tr["n"], seed=seed, mix=tr["mix"])
-        trace = at_load(base, tr["load"], capacity_per_s(profile, apps, cfg.max_batch))
+        trace = case_trace(seed, apps, profile, cfg, tr)
         host = args.host_share * profile.lat(0, 1)
         for ahead in (False, True):
             u = {

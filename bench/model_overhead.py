@@ -26,26 +26,21 @@ import json
 import shlex
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from otas.bench.live_summary import metric_sum  # noqa: E402
-from otas.bench.local_server import free_port, stop, wait_ready  # noqa: E402
+from otas.bench.local_server import free_port, metrics, stop, wait_ready  # noqa: E402
 from otas.provenance import run_meta  # noqa: E402
 
 MODEL = REPO / "otas/assets/vit_tiny_p2_c5.safetensors"
 
 
-def _metrics(url: str) -> str:
-    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
-        return r.read().decode()
-
-
-def one(batch: int, args, log: Path) -> dict:
-    """One server at --max-batch `batch`, one closed loop against it."""
+def one(batch: int, args, log: Path, model_time) -> dict:
+    """One server at --max-batch `batch`, one closed loop against it; `model_time`: the profile of the model's
+    own time."""
     from otas.bench.formats import input_size
     from otas.bench.overhead import measure, model_shares, pngs, request
     from otas.bench.replay import server_info
@@ -64,19 +59,17 @@ def one(batch: int, args, log: Path) -> dict:
             model = info["model"]
             app = args.app or max(info["apps"], key=lambda a: a["slo_ms"])["name"]
             body, headers = request("uint8", model, app, pngs(batch, input_size(url, model)))
-            before = _metrics(url)
+            before = metrics(url)
             ok, bad, lat = measure("uint8", f"{url}/v2/models/{model}/infer", body, headers, args.in_flight,
                                    args.duration_s, args.clients, args.warmup_s)  # fmt: skip
-            after = _metrics(url)
+            after = metrics(url)
         finally:
             stop(proc)
 
     def delta(name: str) -> float:
         return metric_sum(after, name) - metric_sum(before, name)
 
-    from otas.profile.table import Profile
-
-    model_ms = Profile.load(args.model_time_from or args.profile).lat(args.gamma, batch)
+    model_ms = model_time.lat(args.gamma, batch)
     row = model_shares(batch, ok, args.duration_s, delta("otas_batch_device_seconds_sum"),
                        delta("otas_batch_device_seconds_count"), model_ms)  # fmt: skip
     lat.sort()
@@ -127,10 +120,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--otas", default=f"{shlex.quote(sys.executable)} -m otas.cli", help="how to run the CLI")
     ap.add_argument("--out", type=Path, default=REPO / "bench/results/model_overhead")
     args = ap.parse_args(argv)
+    from otas.profile.table import Profile
+
+    model_time = Profile.load(args.model_time_from or args.profile)  # read once, before any server starts
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for b in (int(x) for x in args.batches.split(",")):
-        row = one(b, args, args.out / f"serve_b{b}.log")
+        row = one(b, args, args.out / f"serve_b{b}.log", model_time)
         rows.append(row)
         print(f"b={b:>3}: {row['images_per_s']:9.0f} images/s, model share {row['model_share']:.3f} "
               f"(overhead {row['overhead']:.1%}), device thread {row['device_share']:.3f}, "

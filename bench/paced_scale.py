@@ -25,14 +25,13 @@ import os
 import subprocess
 import sys
 import tempfile
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from otas.bench.live_summary import metric_sum  # noqa: E402
-from otas.bench.local_server import free_port, stop, wait_ready  # noqa: E402
+from otas.bench.local_server import free_port, metrics, stop, wait_ready  # noqa: E402
 from otas.config import load_apps  # noqa: E402
 from otas.provenance import run_meta  # noqa: E402
 
@@ -94,15 +93,14 @@ def one(otas: str, s: float, policy: str, profile: Path, apps: Path, args, work:
                       "--coalesce-ms", f"{args.coalesce_ms * s:g}", "--format", "otas-uint8", "--tag", tag,
                       "--out", str(work)]  # fmt: skip
             subprocess.run(replay, check=True, stdout=out, stderr=subprocess.STDOUT)
-            with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
-                metrics = r.read().decode()
+            text = metrics(url)
         finally:
             stop(proc)
     (res,) = work.glob(f"replay_*_{tag}_x*.json")
     d = json.loads(res.read_text())
     live = d["live"]["all"]["utility_expected"]  # the replay's own total, as `otas.bench.live_summary` reads it
     sim = d["sim"]["noise_free"]
-    floor = {m: metric_sum(metrics, f'otas_floor_batches_total{{mode="{m}"}}') for m in ("free", "capped", "following")}
+    floor = {m: metric_sum(text, f'otas_floor_batches_total{{mode="{m}"}}') for m in ("free", "capped", "following")}
     return {
         "scale": s, "policy": policy, "live_utility": live, "sim_utility": sim["utility"],
         "live_over_sim": live / sim["utility"], "live_mean_gamma": d["live"]["all"]["mean_gamma"],

@@ -1,5 +1,6 @@
 """A server process on loopback for a benchmark or a test: a free port to give it, a wait until it
-answers ready (GET /v2/health/ready is 200) that gives up as soon as the process exits, and a stop."""
+answers ready (GET /v2/health/ready is 200) that gives up as soon as the process exits, its metrics, and a
+stop."""
 
 from __future__ import annotations
 
@@ -32,6 +33,12 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float, every_s: floa
         if time.monotonic() > deadline:
             raise RuntimeError(f"the server was not ready at {url} within {timeout_s:.0f} s")
         time.sleep(every_s)
+
+
+def metrics(url: str, timeout_s: float = 10.0) -> str:
+    """The server's Prometheus exposition text (GET /metrics)."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=timeout_s) as r:
+        return r.read().decode()
 
 
 def stop(proc: subprocess.Popen, timeout_s: float = 30.0) -> None:

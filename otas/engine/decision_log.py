@@ -40,14 +40,14 @@ class DecisionLog:
         self._f: TextIO | None = self.path.open("a", encoding="utf-8")
 
     def write(self, decided_ms: float, start_ms: float, plan: BatchPlan, queued: int) -> None:
+        if self._f is None:  # stopped (`close`, or a failed write)
+            return
         meta = {k: v for k, v in plan.meta.items() if isinstance(v, int | float | str | bool)}
         record = {
             "decided_ms": round(decided_ms, 4), "start_ms": round(start_ms, 4), "model": plan.model,
             "gamma": plan.gamma, "size": plan.size, "predicted_ms": round(plan.predicted_ms, 4), "queued": queued,
             "apps": dict(Counter(r.app for r in plan.requests)), "meta": meta,
         }  # fmt: skip
-        if self._f is None:
-            return
         try:
             self._f.write(json.dumps(record) + "\n")
         except OSError as e:  # a full disk, say: the log stops, serving goes on

@@ -24,7 +24,7 @@ from otas.config import SchedulerConfig
 from otas.profile.table import Profile
 from otas.sched import make_policy
 from otas.sim.simulator import run
-from otas.sim.traces import at_load, capacity_per_s, synthetic
+from otas.sim.traces import Trace, at_load, capacity_per_s, synthetic
 from otas.types import App
 
 REPO = Path(__file__).resolve().parents[2]
@@ -74,11 +74,16 @@ def case(seed: int) -> tuple[list[App], Profile, str, SchedulerConfig, dict]:
     return apps, profile, POLICIES[seed % len(POLICIES)], cfg, trace
 
 
+def case_trace(seed: int, apps: list[App], profile: Profile, cfg: SchedulerConfig, tr: dict) -> Trace:
+    """The trace of one seed's case (`case`'s description of it, at its load)."""
+    base = synthetic(tr["kind"], apps, n=tr["n"], seed=seed, mix=tr["mix"])
+    return at_load(base, tr["load"], capacity_per_s(profile, apps, cfg.max_batch))
+
+
 def decisions(seed: int) -> tuple[int, str]:
     """(batches run, digest of every decision and outcome) of one seed's case."""
     apps, profile, name, cfg, tr = case(seed)
-    base = synthetic(tr["kind"], apps, n=tr["n"], seed=seed, mix=tr["mix"])
-    trace = at_load(base, tr["load"], capacity_per_s(profile, apps, cfg.max_batch))
+    trace = case_trace(seed, apps, profile, cfg, tr)
     policy = make_policy(name)
     seen: list[str] = []
     on_complete = policy.on_complete
