@@ -55,8 +55,10 @@ class _Shadow:
         self._lat = lat.tolist()  # OPTIMIZATION: the same as floats (read per batch; a numpy scalar is slower)
         fits = np.flatnonzero(np.isfinite(lat[1 : max_batch + 1]))
         self.max_batch = int(fits[-1]) + 1 if len(fits) else 0  # as the scheduler caps a batch by memory
-        # per class, FIFO of [arrival, deadline, value, n]: n queries of one request not yet run
-        self.queues: list[deque[list]] = [deque() for _ in range(classes)]
+        # per class, FIFO of (arrival, deadline, value, n): n queries of one request not yet run; tuples of
+        # numbers, which the cyclic GC stops tracking (OPTIMIZATION: a FIFO shadow under overload holds
+        # every query within the loosest SLO, |Γ| times over, and lists made each full collection scan them)
+        self.queues: list[deque[tuple]] = [deque() for _ in range(classes)]
         self.free = -math.inf
         self.earned = Decayed(tau_ms)
         self.settled = Decayed(tau_ms, lag_ms) if lag_ms > 0 else self.earned
@@ -100,7 +102,7 @@ class _Shadow:
                 if k == x[3]:
                     q.popleft()
                 else:  # the rest of the request waits for the next batch
-                    x[3] -= k
+                    q[0] = (x[0], x[1], x[2], x[3] - k)
             if not members:
                 continue
             finish = start + lat[size] * self.scale + self.extra
@@ -112,7 +114,7 @@ class _Shadow:
         self.advance(arrival_ms)
         # else rejected on arrival, as reject_infeasible does
         if self.max_batch and arrival_ms + self._lat[1] * self.scale + self.extra <= deadline_ms:
-            self.queues[cls].append([arrival_ms, deadline_ms, value, n])
+            self.queues[cls].append((arrival_ms, deadline_ms, value, n))
 
 
 class FixedShadows:

@@ -250,3 +250,22 @@ def test_the_floor_judges_the_policys_batch_when_its_results_came_back(planned):
     back = 60.0  # the results came back after the deadline
     s.complete(plan, back, back - plan.start_ms, plan.predicted_ms)
     assert (s.policy._floor.earned.at(back) > 0) is planned
+
+
+def test_an_overloaded_shadow_leaves_the_cyclic_gc_nothing_to_scan():
+    """Under overload a FIFO shadow holds every query within the loosest SLO, |Γ| times over; its entries are
+    plain numbers, which the cyclic GC stops tracking, so a full collection (a pause of the server's event
+    loop) does not grow with the backlog (as lists they made each one scan millions of objects)."""
+    import gc
+
+    profile = make_profile(gammas=[-20, -8, 0, 8])
+    shadows = _shadows(profile, SchedulerConfig(max_batch=64), 1000.0)
+    for i in range(20_000):  # 20 queries per ms: far beyond any γ's capacity
+        a = APPS[i % len(APPS)]
+        shadows.submit(a.name, i / 20, i / 20 + a.slo_ms * 100)
+    shadows.cap(1000.0)
+    held = sum(len(q) for s in shadows.shadows for q in s.queues)
+    assert held > 40_000  # the backlog is there
+    gc.collect()
+    tracked = {id(o) for o in gc.get_objects()}
+    assert not any(id(e) in tracked for s in shadows.shadows for q in s.queues for e in q)
