@@ -152,7 +152,8 @@ def main() -> None:
     ax.set_xlabel("wall time (s), one-hour Azure trace")
     ax.set_title(
         f"decision p50 {dec['decision_p50_ms']:.3f} ms, p99 {dec['decision_p99_ms']:.3f} ms, "
-        f"max {dec['decision_max_ms']:.2f} ms (lookahead 8, |Γ|=8, 1024 queued); |Γ|={dec_all['gammas']}: p99 {dec_all['decision_p99_ms']:.3f} ms",
+        f"max {dec['decision_max_ms']:.2f} ms (lookahead 8, |Γ|=8, 1024 queued);\n"
+        f"|Γ|={dec_all['gammas']}: p99 {dec_all['decision_p99_ms']:.3f} ms",
         fontsize=9,
     )
     fig.text(0.01, 0.01, f"{result['command']} @ {result['commit']}; {result['machine']}", fontsize=7, color="0.4")
