@@ -1,3 +1,4 @@
+import gc
 import math
 
 import numpy as np
@@ -256,8 +257,6 @@ def test_an_overloaded_shadow_leaves_the_cyclic_gc_nothing_to_scan():
     """Under overload a FIFO shadow holds every query within the loosest SLO, |Γ| times over; its entries are
     plain numbers, which the cyclic GC stops tracking, so a full collection (a pause of the server's event
     loop) does not grow with the backlog (as lists they made each one scan millions of objects)."""
-    import gc
-
     profile = make_profile(gammas=[-20, -8, 0, 8])
     shadows = _shadows(profile, SchedulerConfig(max_batch=64), 1000.0)
     for i in range(20_000):  # 20 queries per ms: far beyond any γ's capacity
