@@ -4,6 +4,7 @@ anywhere, images that trip the decoder's own bomb check; checked over HTTP (smal
 place, large ones in the parser process) and by fuzzing the parser and the validation directly."""
 
 import base64
+import dataclasses
 import json
 import logging
 
@@ -18,7 +19,7 @@ from otas.server.http_codec import parse_infer
 from otas.server.parsing import INLINE
 from otas.server.protocol import MAX_ID, InputTensor, build_request
 from otas.server.tensors import join_bytes
-from tests.server.helpers import SIZE, PacedRunner, b64png, infer_body, paced_profile, png, serving
+from tests.server.helpers import APPS, SIZE, PacedRunner, b64png, infer_body, paced_profile, png, serving
 from tests.server.test_decode_abuse import png_header
 
 INFER, CLASSIFY = "/v2/models/tiny_test/infer", "/v1/apps/novel/classify"
@@ -29,7 +30,11 @@ DEEP = 100_000
 @pytest.fixture(scope="module")
 def srv(runner):
     prof = paced_profile(5, 1)
-    with serving(PacedRunner(runner, prof), prof, max_body=1 << 20) as (s, _):
+    # SLOs of seconds: what is under test is the answer to a malformed body, and a request the server cannot
+    # admit in time is refused before its images are decoded (503), so a host that stalls past a short SLO
+    # would answer a bad image with 503, not the 400 under test
+    apps = [dataclasses.replace(a, slo_ms=10 * a.slo_ms) for a in APPS]
+    with serving(PacedRunner(runner, prof), prof, apps=apps, max_body=1 << 20) as (s, _):
         with httpx.Client(base_url=s.url, timeout=60) as c:
             yield c
 
