@@ -6,7 +6,7 @@
 #
 # Prepare here (once): `bash scripts/gpu_carry.sh` (the wheels the GPU image lacks). Run on the GPU machine from the
 # repository root, .carry/ carried:
-#   bash scripts/gpu_model_overhead.sh   (env: OUT, PROFILE (accuracy source), APPS, GAMMAS (default "0 -32"),
+#   bash scripts/gpu_model_overhead.sh   (env: OUT, PROFILE (accuracy source), MERGE_EVERY (its schedule, 4), APPS, GAMMAS (default "0 -32"),
 #                                         BATCHES (default 1,8,64,256 at γ = 0 and 256 otherwise), HTTP_WORKERS (6))
 set -u
 cd "$(dirname "$0")/.."
@@ -20,7 +20,8 @@ APPS=${APPS:-otas/configs/apps-h100.yaml}
 { nvidia-smi --query-gpu=name,clocks.max.sm --format=csv; nproc; git log -1 --format='commit %h' 2>/dev/null; } \
   > "$OUT/machine.txt" 2>&1
 timeout 300 python3 -m otas.cli profile otas/assets/vit_tiny_p2_c5.safetensors --device cuda --mode graphs \
-  --batch-sizes 1,8,64,256 --min-time-s 0.5 --accuracy-from "$PROFILE" --out /tmp/mo/model_time.json \
+  --batch-sizes 1,8,64,256 --min-time-s 0.5 --merge-every "${MERGE_EVERY:-4}" --accuracy-from "$PROFILE" \
+  --out /tmp/mo/model_time.json \
   > /tmp/mo/profile.log 2>&1
 echo "profile rc=$? at $SECONDS s"
 MT=/tmp/mo/model_time.json
