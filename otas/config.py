@@ -228,6 +228,9 @@ class HttpConfig:
     """An idle keep-alive connection is closed after this."""
     max_header_kb: int = 32
     """Size of a request's line and headers (431 above)."""
+    max_pipelined: int = 16
+    """Requests a connection may queue behind the one being answered (HTTP/1.1 pipelining); one more is answered
+    503 `too_many_pipelined`, after the answers before it, and the connection closed."""
     drain_s: float = 2.0
     """At SIGTERM: for this long readiness fails and every response says `Connection: close`, while
     requests are still accepted (a load balancer stops sending); then the listener closes."""
@@ -265,6 +268,8 @@ class HttpConfig:
                 raise ValueError(f"{name}={getattr(self, name)!r}: use a positive number of seconds")
         if not isinstance(self.max_header_kb, int) or not 1 <= self.max_header_kb <= 1024:
             raise ValueError(f"max_header_kb={self.max_header_kb!r}: use 1..1024 KiB, e.g. 32")
+        if not isinstance(self.max_pipelined, int) or not 1 <= self.max_pipelined <= 1024:
+            raise ValueError(f"max_pipelined={self.max_pipelined!r}: use 1..1024 requests, e.g. 16")
         if not 0 <= self.drain_s < math.inf:
             raise ValueError(f"drain_s={self.drain_s!r}: use 0 (close at once) or a number of seconds")
         if not isinstance(self.json_workers, int) or not 0 <= self.json_workers <= MAX_WORKERS:

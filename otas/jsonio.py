@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from typing import Any
 
 
@@ -15,7 +16,7 @@ class DuplicateKeyError(ValueError):
 def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     keys = [k for k, _ in pairs]
     if len(set(keys)) < len(keys):
-        twice = sorted({k for k in keys if keys.count(k) > 1})[:5]
+        twice = sorted(k for k, n in Counter(keys).items() if n > 1)[:5]  # (linear: a body may hold many keys)
         msg = f"keys {twice} appear twice in one object (more than once leaves a guess); give each once"
         raise DuplicateKeyError(msg)
     return dict(pairs)

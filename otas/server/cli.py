@@ -61,6 +61,9 @@ def serve_cmd(
     body_timeout_s: Annotated[float, typer.Option(help="A request's body must arrive within this (408).")] = 10.0,
     keep_alive_s: Annotated[float, typer.Option(help="Idle keep-alive connections are closed after this.")] = 5.0,
     max_header_kb: Annotated[int, typer.Option(help="Request line and headers, KiB (431 above).")] = 32,
+    max_pipelined: Annotated[
+        int, typer.Option(help="Requests a connection may send ahead of their answers (pipelined); beyond: 503.")
+    ] = 16,
     drain_s: Annotated[
         float, typer.Option(help="At SIGTERM: readiness fails and responses close connections this long first.")
     ] = 2.0,
@@ -212,6 +215,7 @@ def serve_cmd(
                 body_timeout_s=body_timeout_s,
                 keep_alive_s=keep_alive_s,
                 max_header_kb=max_header_kb,
+                max_pipelined=max_pipelined,
                 drain_s=drain_s,
                 json_workers=json_workers,
                 workers=http_workers,

@@ -68,6 +68,10 @@ def protocol_class(guard: Guard) -> type[asyncio.Protocol]:
         _counted = False
         _skipping = _boundary = False
         """The body of a request answered `overloaded` is arriving (not headers: not counted as such)."""
+        _head_open = False
+        """A request's head has begun and not ended (httptools: between `on_message_begin` and
+        `on_headers_complete`), so the bytes arriving are head bytes even while an earlier request
+        on the connection runs (pipelined)."""
         _running = None
         """The cycle whose ASGI task runs (uvicorn's `cycle` is the newest request's: a pipelined one
         may be parsed while an earlier one runs)."""
@@ -76,9 +80,11 @@ def protocol_class(guard: Guard) -> type[asyncio.Protocol]:
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
+            self._head_open = True
             self.scope[ARRIVAL] = time.monotonic()
 
         def on_headers_complete(self) -> None:
+            self._head_open = False
             if self._pending is not None or self.transport.is_closing():  # after a refusal in this piece
                 return
             if (hosts := sum(k == b"host" for k, _ in self.headers)) != 1 and self.parser.get_http_version() == "1.1":
@@ -92,6 +98,10 @@ def protocol_class(guard: Guard) -> type[asyncio.Protocol]:
                 msg = ("this server speaks HTTP/1.1 only, and the body of a request asking to upgrade is not read; "
                        "send it without the Upgrade and Connection: upgrade headers")  # fmt: skip
                 return self._refuse(400, "upgrade_unsupported", msg)
+            if len(getattr(self, "pipeline", ())) >= cfg.max_pipelined:  # (each queued request holds memory)
+                msg = (f"more than {cfg.max_pipelined} requests were sent on this connection ahead of their answers; "
+                       "read the answers before sending more, or open another connection")  # fmt: skip
+                return self._refuse(503, "too_many_pipelined", msg)
             if (self.cycle is None or self.cycle.response_complete) and self._body_refused():
                 return
             door = guard.door
@@ -192,7 +202,10 @@ def protocol_class(guard: Guard) -> type[asyncio.Protocol]:
             skipping, self._boundary = self._skipping, False
             if self.transport.is_closing() or self._pending is not None:  # refused: nothing more is read
                 return
-            if not skipping and (self.cycle is None or self.cycle.response_complete):  # a head is due
+            # a head is due: on an idle connection, or one begun in an earlier piece behind a running request
+            # (pipelined: counted and timed as any head, else a header value could grow without end)
+            continuing = self._head_open
+            if not skipping and (continuing or self.cycle is None or self.cycle.response_complete):
                 end = data.find(b"\r\n\r\n")  # a head whole in one piece is parsed at once: count it first
                 if self._head_bytes + (len(data) if end < 0 else end + 4) > cfg.max_header_kb * 1024:
                     msg = f"request line and headers are over {cfg.max_header_kb} KiB; send fewer or shorter"
@@ -200,6 +213,12 @@ def protocol_class(guard: Guard) -> type[asyncio.Protocol]:
             super().data_received(data)
             if self.transport.is_closing():
                 return self._disarm()
+            if self._head_open and (continuing or self.cycle is not None and not self.cycle.response_complete):
+                # a pipelined head still arriving; begun after a message that ended in this piece, it is counted
+                # from the next piece (where it began is not known: at most one piece of it goes uncounted)
+                began_inside = self._boundary or skipping
+                self._head_bytes = 0 if began_inside else (self._head_bytes if continuing else 0) + len(data)
+                return self._arm()
             if (
                 skipping
                 or self._skipping
@@ -240,7 +259,12 @@ def protocol_class(guard: Guard) -> type[asyncio.Protocol]:
 
         def _head_timeout(self) -> None:
             self._head_timer = None
-            if self.transport.is_closing() or (self.cycle is not None and not self.cycle.response_complete):
+            if self.transport.is_closing():
+                return
+            if self._head_open and self._busy():  # a pipelined head, behind requests still to be answered
+                msg = f"request headers did not arrive whole within {cfg.header_timeout_s:g} s; send them promptly"
+                return self._refuse(408, "header_timeout", msg)
+            if self.cycle is not None and not self.cycle.response_complete:
                 return
             if self._head_bytes:
                 msg = f"request headers did not arrive whole within {cfg.header_timeout_s:g} s; send them promptly"

@@ -3,6 +3,8 @@ timeout, headers are capped, connections beyond the cap are answered 503 at once
 flight are capped (503 at once beyond; slow bodies 408 after the body timeout), ordinary requests get
 through all the while, and memory goes back once large bodies are gone."""
 
+import contextlib
+import dataclasses
 import json
 import socket
 import threading
@@ -13,7 +15,7 @@ import numpy as np
 import pytest
 
 from otas.config import HttpConfig
-from tests.server.helpers import PacedRunner, infer_body, paced_profile, rss_mb, server_process, serving
+from tests.server.helpers import APPS, PacedRunner, infer_body, paced_profile, rss_mb, server_process, serving
 
 INFER = "/v2/models/tiny_test/infer"
 HEAD = f"POST {INFER} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
@@ -218,7 +220,7 @@ def test_pipelined_requests_behind_unread_answers_hold_no_place(runner, impl):
     turn, which is not host work, so they take no place in the front door until it comes (they once
     held theirs for as long as the connection stayed open, and with the door's measured limit that
     refused every other client 503 `overloaded`)."""
-    with server(runner, header_timeout_s=30) as (srv, _):
+    with server(runner, header_timeout_s=30, max_pipelined=1024) as (srv, _):
         body = json.dumps(infer_body("blur")).encode()
         infer = HEAD.encode() + b"content-length: %d\r\n\r\n" % len(body) + body
         s = connect(srv.url)
@@ -234,3 +236,78 @@ def test_pipelined_requests_behind_unread_answers_hold_no_place(runner, impl):
         while srv.app.state.guard.connections > 0 and time.monotonic() < deadline:
             time.sleep(0.02)
         assert ok(srv.url) and door.in_flight == 0
+
+
+def answers(s: socket.socket) -> list[tuple[int, dict]]:
+    """Every response on a connection, in order, until the server closes it: (status, JSON body)."""
+    data = b""
+    try:
+        while chunk := s.recv(65536):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    s.close()
+    out = []
+    while data:
+        head, _, data = data.partition(b"\r\n\r\n")
+        length = int(
+            next(v for k, _, v in (h.partition(b": ") for h in head.split(b"\r\n")) if k.lower() == b"content-length")
+        )
+        out.append((int(head.split()[1]), json.loads(data[:length]) if length else {}))
+        data = data[length:]
+    return out
+
+
+@contextlib.contextmanager
+def slow_server(runner, **http):
+    """A server whose batches take a second (applications with SLOs of tens of seconds): a request on it
+    runs while the client sends what follows it on the connection."""
+    prof = paced_profile(1000, 1)
+    apps = [dataclasses.replace(a, slo_ms=20 * a.slo_ms) for a in APPS]
+    cfg = HttpConfig(**{"drain_s": 0.0, **http})
+    with serving(PacedRunner(runner, prof), prof, apps=apps, http=cfg) as (srv, engine):
+        yield srv, engine
+
+
+def slow_infer() -> bytes:
+    body = json.dumps(infer_body("blur")).encode()
+    return HEAD.encode() + b"content-length: %d\r\n\r\n" % len(body) + body
+
+
+def test_a_pipelined_head_is_capped_and_timed_while_the_request_before_it_runs(runner):
+    """(httptools; h11 reads nothing more while a request runs.) The head of a request pipelined behind one
+    still running counts against the header limit and the header time as any head does: it once went
+    uncounted until the answer before it was out, and httptools grew one header value by 56 MB, re-copying
+    it for each piece read, while other clients waited on the event loop."""
+    with slow_server(runner, max_header_kb=4, header_timeout_s=0.5) as (srv, _):
+        s = connect(srv.url)
+        s.sendall(slow_infer() + b"GET /v2 HTTP/1.1\r\nhost: x\r\nx-a: ")
+        sent = 0
+        with contextlib.suppress(OSError):  # the server stops reading the head once it is over the limit
+            s.settimeout(2)
+            while sent < 64 << 20:
+                s.sendall(b"a" * (16 << 10))
+                sent += 16 << 10
+        assert sent < 8 << 20  # it took no more than the limit and what the socket buffers hold
+        s.settimeout(20)
+        (status, _), (refused, body) = answers(s)
+        assert status == 200 and refused == 431 and body["reason"] == "headers_too_large", body
+
+        s = connect(srv.url)  # a pipelined head that stops short: 408 once its time is up, after the answer before
+        s.sendall(slow_infer() + b"GET /v2 HTTP/1.1\r\nhost: x\r\n")
+        (status, _), (refused, body) = answers(s)
+        assert status == 200 and refused == 408 and body["reason"] == "header_timeout", body
+        assert ok(srv.url)
+
+
+def test_requests_pipelined_beyond_the_limit_are_refused_after_the_answers_before_them(runner):
+    """(httptools.) At most `max_pipelined` requests queue behind the one running; the next is answered 503
+    `too_many_pipelined` in its turn and the connection closed. Two clients once sent 41 MB of pipelined
+    health checks without reading: the server queued every one (2.2 GB) and took 4.7 s to answer another."""
+    with slow_server(runner, max_pipelined=4) as (srv, _):
+        s = connect(srv.url)
+        s.sendall(slow_infer() + b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\n\r\n" * 2000)
+        got = answers(s)
+        assert [status for status, _ in got] == [200] * 5 + [503], got
+        assert got[-1][1]["reason"] == "too_many_pipelined"
+        assert ok(srv.url)
