@@ -138,6 +138,55 @@ def test_connections_that_never_speak_or_go_idle_are_closed(runner):
             assert stub.ServerLive(pb.ServerLiveRequest(), timeout=10).live  # ... and reopened
 
 
+def test_a_call_whose_message_does_not_come_is_cut_at_the_body_timeout(runner):
+    """A gRPC call must bring its message whole within the body timeout of its start, as an HTTP body
+    must: else DEADLINE_EXCEEDED `body_timeout`, and its call slot is free again. A client that declared
+    messages and sent all but their last bytes once held every slot (RESOURCE_EXHAUSTED for everyone
+    else) for as long as it kept its streams open, and the bytes gRPC buffered for them (1.2 GB for 80
+    streams) outside the bytes-in-flight budget. A call that ends with no message is INVALID_ARGUMENT."""
+    import threading
+    import time
+
+    prof = paced_profile(5, 1)
+    http = HttpConfig(drain_s=0.0, body_timeout_s=1.0, max_connections=4)
+    with (
+        serving(PacedRunner(runner, prof), prof, policy="fixed:0", grpc=True, http=http) as (srv, _),
+        grpc.insecure_channel(srv.grpc_target) as ch,
+    ):
+        stub, never = pb_grpc.GRPCInferenceServiceStub(ch), threading.Event()
+
+        def silent():  # a request stream that sends nothing (not even the half-close) until released
+            never.wait(30)
+            return
+            yield
+
+        infer = ch.stream_unary(
+            "/inference.GRPCInferenceService/ModelInfer",
+            request_serializer=pb.ModelInferRequest.SerializeToString,
+            response_deserializer=pb.ModelInferResponse.FromString,
+        )
+        try:
+            t0 = time.monotonic()
+            stalled = [infer.future(silent(), timeout=30) for _ in range(4)]
+            time.sleep(0.3)
+            with pytest.raises(grpc.RpcError) as e:  # every slot is held: refused at once
+                stub.ServerLive(pb.ServerLiveRequest(), timeout=10)
+            assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            for f in stalled:
+                err = f.exception(timeout=20)
+                assert err is not None and err.code() == grpc.StatusCode.DEADLINE_EXCEEDED, err
+                assert err.details().startswith("body_timeout: ")
+                assert ("otas-reason", "body_timeout") in err.trailing_metadata()
+            assert time.monotonic() - t0 < 10
+            assert stub.ServerLive(pb.ServerLiveRequest(), timeout=10).live  # the slots are free again
+        finally:
+            never.set()
+        with pytest.raises(grpc.RpcError) as e:
+            infer(iter(()), timeout=10)  # half-closed with no message
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert e.value.details().startswith("bad_message: ")
+
+
 _FLOOD = """
 import otas.server.grpc_api  # first, as `otas serve` imports it: before grpc itself
 import grpc

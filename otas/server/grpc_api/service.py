@@ -199,17 +199,46 @@ def _param(p: pb.InferParameter) -> object:
 
 def add_service(servicer: InferenceService, server: grpc.aio.Server) -> None:
     """Register every method of the KServe v2 service (all unary), as the generated
-    `add_GRPCInferenceServiceServicer_to_server` does, but with `lenient` request parsing."""
+    `add_GRPCInferenceServiceServicer_to_server` does, but with `lenient` request parsing, and each
+    call's message due whole within the body timeout of the call's start (`whole_message`)."""
     service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    timeout_s = servicer.config.http.body_timeout_s
     handlers = {
-        m.name: grpc.unary_unary_rpc_method_handler(
-            getattr(servicer, m.name),
+        m.name: grpc.stream_unary_rpc_method_handler(
+            whole_message(getattr(servicer, m.name), timeout_s),
             request_deserializer=lenient(getattr(pb, m.input_type.name)),
             response_serializer=getattr(pb, m.output_type.name).SerializeToString,
         )
         for m in service.methods
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+
+
+def whole_message(behavior, timeout_s: float):
+    """A unary method's `behavior(request, context)` as a handler that runs as its call starts and
+    reads the one request message, which must arrive whole within `timeout_s` (else
+    DEADLINE_EXCEEDED `body_timeout`, the call reset and its buffered bytes freed). Registered
+    unary, a handler runs only once its message is whole, however long that takes: a client
+    declaring a message and sending all but its last byte held a call slot (of
+    `--max-connections`) and the bytes gRPC buffered for as long as it kept the stream open.
+    Clients call the method as unary: one message, then the half-close (the wire is the same)."""
+
+    async def handler(request_iterator, context: grpc.aio.ServicerContext):
+        try:
+            request = await asyncio.wait_for(context.read(), timeout_s)
+        except TimeoutError:
+            reason, code = "body_timeout", Code.DEADLINE_EXCEEDED
+            message = (
+                f"the request message did not arrive whole within {timeout_s:g} s of the call's start; send it promptly"
+            )
+        else:
+            if request is not grpc.aio.EOF:
+                return await behavior(request, context)
+            reason, code, message = "bad_message", Code.INVALID_ARGUMENT, "the call ended without a request message"
+        context.set_trailing_metadata((("otas-reason", reason),))
+        await context.abort(code, f"{reason}: {message}")
+
+    return handler
 
 
 def _cancel_with(context: grpc.aio.ServicerContext) -> None:
