@@ -83,7 +83,7 @@ def parse_apps(data: object, source: str = "<apps>", allow_empty: bool = False) 
         if not isinstance(entry, dict):
             raise ValueError(f"{where} is {_short.repr(entry)}; write a mapping with name, slo_ms, utility, task")
         missing = [k for k in ("name", "slo_ms", "utility", "task") if k not in entry]
-        extra = sorted(set(entry) - {"name", "slo_ms", "utility", "task"})
+        extra = sorted(map(str, set(entry) - {"name", "slo_ms", "utility", "task"}))  # (YAML keys: any type)
         if missing or extra:
             raise ValueError(f"{where} {_short.repr(entry)}: missing keys {missing}, unknown keys {extra}")
         for key in ("name", "task"):

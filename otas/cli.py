@@ -217,8 +217,11 @@ def profile_cmd(
     if dt not in ("float32", "bfloat16", "float16"):
         raise typer.BadParameter(f"--dtype must be float32, bfloat16 or float16, got {dt!r}")
     sizes = opt.ints(batch_sizes)
-    if not sizes or not all(1 <= b <= MAX_BATCH for b in sizes):
-        raise typer.BadParameter(f"--batch-sizes {batch_sizes!r}: use comma-separated integers in 1..{MAX_BATCH}")
+    if not sizes or not all(1 <= b <= MAX_BATCH for b in sizes) or len(set(sizes)) < len(sizes):
+        raise typer.BadParameter(
+            f"--batch-sizes {batch_sizes!r}: use distinct comma-separated integers in 1..{MAX_BATCH}"
+        )
+    sizes = sorted(sizes)
     if not 0 < min_time_s <= 3600:
         raise typer.BadParameter(f"--min-time-s {min_time_s}: use seconds in (0, 3600]")
     if accuracy_limit is not None and accuracy_limit < 1:

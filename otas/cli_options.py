@@ -70,6 +70,8 @@ def loads(value: str) -> list[float]:
         raise typer.BadParameter(f"--load {value!r}: write a number or comma-separated numbers, e.g. 0.5,1,2") from None
     if any(not MIN_LOAD <= x <= MAX_LOAD for x in out):
         raise typer.BadParameter(f"--load {value!r}: every load must be a number in [{MIN_LOAD:g}, {MAX_LOAD:g}]")
+    if twice := sorted({x for x in out if out.count(x) > 1}):  # (a typo: its tables and plots would repeat)
+        raise typer.BadParameter(f"--load {value!r}: load {twice[0]:g} is given twice; give each load once")
     return out
 
 

@@ -86,6 +86,11 @@ def run_demo(model_path: Path | None, console: Console) -> None:
     x, y = samples[t]
     top = pred.topk(pred.probs(x[:1], t, 0), t, 3)[0]
     console.print(f"example ({t}, true label {pred.labels(t)[y[0]]}): " + ", ".join(f"{lab} {p:.2f}" for lab, p in top))
+    if model_path is not None:  # the schedule below is the shipped model's: say so, not pass it off as this one's
+        console.print(
+            "[dim]the schedule below is the shipped model's (its profile and applications); for this model run "
+            "`otas profile` on it, then `otas simulate --profile <that profile> --apps <its applications>`[/]"
+        )
     _demo_schedule(console)
 
 

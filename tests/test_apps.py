@@ -46,6 +46,7 @@ BAD = {
     "e_notation": "apps:\n  - {name: a, slo_ms: 1e9, utility: 1, task: novel}\n",
     "slo_base60": "apps:\n  - {name: a, slo_ms: 1:30, utility: 1, task: novel}\n",  # YAML 1.1 read 90
     "utility_base60": "apps:\n  - {name: a, slo_ms: 500, utility: 1:30.5, task: novel}\n",
+    "unknown_keys_of_mixed_types": "apps:\n  - {name: a, slo_ms: 500, utility: 1, task: novel, 1: 2, foo: 3, ~: 4}\n",
 }  # fmt: skip
 
 

@@ -60,6 +60,18 @@ class Pool:
     pixels: list[bytes]
 
 
+def check_out(out: Path, tag: str) -> None:
+    """ValueError unless the replay's files can be written under `out` with `tag` in their names."""
+    if tag and (tag in (".", "..") or not all(c.isalnum() or c in "._+=-" for c in tag)):
+        raise ValueError(f"--tag {tag!r}: use letters, digits and . _ + = - (it names the output files)")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a directory (made if missing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--out {out}: cannot make it ({e.strerror}); give a writable directory") from None
+
+
 def server_info(url: str) -> dict[str, Any]:
     """The server's /v1/config: model, policy, scheduler config, applications, profile."""
     import urllib.error
@@ -67,9 +79,14 @@ def server_info(url: str) -> dict[str, Any]:
 
     try:
         with urllib.request.urlopen(f"{url}/v1/config", timeout=10) as r:
-            return json.loads(r.read())
+            info = json.loads(r.read())
     except (urllib.error.URLError, OSError) as e:
         raise ValueError(f"cannot reach the server at {url} ({e}); start it with `otas serve`") from None
+    except ValueError as e:  # (JSONDecodeError, UnicodeDecodeError)
+        raise ValueError(f"{url}/v1/config is not JSON ({str(e)[:200]}); is this an otas server?") from None
+    if not isinstance(info, dict):
+        raise ValueError(f"{url}/v1/config is a JSON {type(info).__name__}, not an otas server's configuration")
+    return info
 
 
 def image_pools(apps: Sequence[App], needed: dict[str, int], data: Path | None, size: int = 32) -> dict[str, Pool]:
@@ -293,14 +310,28 @@ def main(
     if not 0 <= coalesce_ms < math.inf:
         raise ValueError(f"--coalesce-ms {coalesce_ms}: use a finite window >= 0 (0: one request per arrival)")
     check_senders(senders)
+    check_out(out, tag)  # before the replay, not after it
     size = 32
     if fmt_name in ("otas", "otas-uint8"):
         info = server_info(url)
-        apps = load_apps(apps_path) if apps_path else [App(**a) for a in info["apps"]]
-        profile = Profile.from_dict(info["profile"])
-        cfg = SchedulerConfig(**info["scheduler"])
+        try:
+            served = [App(**a) for a in info["apps"]]
+            profile = Profile.from_dict(info["profile"])
+            cfg = SchedulerConfig(**info["scheduler"])
+            policy, model = info["policy"], info["model"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(
+                f"{url}/v1/config is not an otas server's configuration ({type(e).__name__}: {str(e)[:200]}); "
+                "for another server, give --format and the applications and profile it serves"
+            ) from None
+        apps = load_apps(apps_path) if apps_path else served
+        if unknown := sorted({a.name for a in apps} - {a.name for a in served}):
+            raise ValueError(
+                f"{apps_path}: applications {unknown[:5]} are not served by {url} (it serves "
+                f"{sorted(a.name for a in served)[:10]}); add them there (POST /v1/apps) or leave --apps out"
+            )
         plan_ahead = bool(info.get("plan_ahead", False))  # (a server from before planning ahead: none)
-        policy, model, max_batch, device = info["policy"], info["model"], cfg.max_batch, info.get("device")
+        max_batch, device = cfg.max_batch, info.get("device")
         if fmt_name == "otas-uint8":
             size = input_size(url, model)
     else:  # another server: no /v1/config; what otas would read from it comes from the command line
@@ -309,6 +340,11 @@ def main(
         apps = load_apps(apps_path or default_apps_path("cpu"))
         profile = Profile.load(profile_path or default_profile_path())
         cfg, policy, device, plan_ahead = None, f"peer:{fmt_name}", profile.device, False
+    if coalesce_ms >= (slo := max(a.slo_ms for a in apps)):
+        raise ValueError(
+            f"--coalesce-ms {coalesce_ms:g}: a gateway holding arrivals that long sends them past every "
+            f"application's SLO (the largest is {slo:g} ms); use a window well under it"
+        )
     fmt = make_format(fmt_name, apps, model, size=size)
     if coalesce_ms > 0 and not fmt.speaks_otas:
         raise ValueError(

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import lzma
 import os
 import tarfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,13 +101,19 @@ def _iter_files(root: Path, split: str | None):
             if f.suffix.lower() in IMAGE_SUFFIXES:
                 yield f.parent.name, f.name, f.read_bytes()
     else:
-        with tarfile.open(root, "r:*") as tar:
-            for m in tar:
-                if not m.isfile():
-                    continue
-                where = _split_path(m.name.strip("/").split("/"), split)
-                if where:
-                    yield where[0], where[1], tar.extractfile(m).read()  # type: ignore[union-attr]
+        try:
+            with tarfile.open(root, "r:*") as tar:
+                for m in tar:
+                    if not m.isfile():
+                        continue
+                    where = _split_path(m.name.strip("/").split("/"), split)
+                    if where:
+                        yield where[0], where[1], tar.extractfile(m).read()  # type: ignore[union-attr]
+        except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as e:  # (gzip, bz2: OSError)
+            raise ValueError(
+                f"{root} is neither a folder nor a readable tar archive (tar, .tar.gz, .tar.bz2, .tar.xz): "
+                f"{type(e).__name__}: {str(e)[:200] or 'truncated'}; fetch it again or point at the image folder"
+            ) from None
 
 
 def load_image_folder(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,8 @@ MAX_CLASSES = 100_000
 """Classes of a head (a header asking for more is refused before anything is built)."""
 MAX_GAMMA = 4096
 """|γ| of any configured setting (prompts of γ tokens are allocated from the header alone)."""
+SIZE_LIMITS = {"depth": 256, "num_heads": 1024, "embed_dim": 131_072, "patch_size": 1024, "img_size": 16_384}
+"""Bounds on a header's architecture sizes (`arch_overrides`), far above any ViT's."""
 
 
 def read_header(path: str | Path) -> dict[str, Any]:
@@ -100,6 +103,13 @@ def check_header(h: dict[str, Any], where: str | Path = "checkpoint") -> None:
     ov = h.get("arch_overrides", {})
     if not isinstance(ov, dict) or not all(isinstance(k, str) for k in ov):
         raise bad("arch_overrides", "an object of timm model arguments")  # their values: timm checks, meta build
+    for k, top in SIZE_LIMITS.items():  # the sizes the meta build walks (a depth of 100,000 took minutes and GBs)
+        v = ov.get(k, 1)
+        sizes = v if isinstance(v, list) and len(v) == 2 and k == "img_size" else [v]
+        if not all(_is_int(x) and 1 <= x <= top for x in sizes):
+            raise ValueError(
+                f"{where}: header field arch_overrides.{k}={str(v)[:100]!r}; expected an integer in [1, {top}]"
+            )
     if not _is_int(h.get("num_classes")) or not 1 <= h["num_classes"] <= MAX_CLASSES:
         raise bad("num_classes", f"an integer in [1, {MAX_CLASSES}]")
     adapt = h.get("adapt")
@@ -135,7 +145,7 @@ def check_header(h: dict[str, Any], where: str | Path = "checkpoint") -> None:
     for field, where_, names in [("source_classes", "", src or [])] + [("task_classes", f" of task {k!r}", v)
                                                                          for k, v in tc.items()]:  # fmt: skip
         if len(set(names)) < len(names):  # an answer's label must say which class it is
-            twice = sorted({c for c in names if names.count(c) > 1})[:5]
+            twice = sorted(c for c, n in Counter(names).items() if n > 1)[:5]
             raise bad(field, f"distinct class names{where_} (given more than once: {twice})")
 
 
@@ -152,7 +162,7 @@ def model_from_header(
         vit = build_vit(arch or header["arch"], header["num_classes"], **overrides)
         pre = Preprocess.from_dict(header["preprocess"]) if "preprocess" in header else None  # older files: the arch's
         model = AdaptiveViT(vit, AdaptConfig(**cfg), header.get("source_classes"), pre)
-    except (TypeError, KeyError, AssertionError, AttributeError, RuntimeError) as e:  # timm's own checks
+    except (TypeError, KeyError, AssertionError, AttributeError, RuntimeError, ZeroDivisionError) as e:  # timm's checks
         raise ValueError(
             f"the checkpoint header describes a model that cannot be built ({type(e).__name__}: {str(e)[:200]})"
         ) from None

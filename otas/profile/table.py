@@ -131,8 +131,12 @@ class Profile:
     def __post_init__(self) -> None:
         if sorted(self.gammas) != list(self.gammas) or len(set(self.gammas)) != len(self.gammas):
             raise ValueError(f"profile gammas must be ascending and unique, got {self.gammas}")
-        if sorted(self.batch_sizes) != list(self.batch_sizes) or not self.batch_sizes:
-            raise ValueError(f"profile batch_sizes must be ascending, got {self.batch_sizes}")
+        if sorted(set(self.batch_sizes)) != list(self.batch_sizes) or not self.batch_sizes:
+            raise ValueError(f"profile batch_sizes must be ascending and unique, got {self.batch_sizes}")
+        if self.gflops is not None and set(self.gflops) != set(self.gammas):  # one per γ, as measured
+            raise ValueError(
+                f"profile gflops has gammas {sorted(self.gflops)}; it needs exactly gammas {self.gammas} (or none)"
+            )
         for name, table in (("latency", self.latency_ms), ("latency_p90", self.latency_p90_ms),
                             ("memory", self.memory_mb)):  # fmt: skip
             for g in self.gammas if table is not None else ():
@@ -300,11 +304,11 @@ class Profile:
                 }
             return out
 
-        def numbers(name: str, lo: float, hi: float = math.inf) -> dict[int, float]:
+        def numbers(name: str, lo: float, positive: bool) -> dict[int, float]:
             row = d[name]
             if not isinstance(row, dict):
                 raise ValueError(f"profile field {name}: expected an object gamma -> number")
-            return {_key(name, g): _number(f"{name}[{g}]", v, lo, False, hi) for g, v in row.items()}
+            return {_key(name, g): _number(f"{name}[{g}]", v, lo, positive) for g, v in row.items()}
 
         acc = d["accuracy"]
         if not isinstance(acc, dict) or not all(isinstance(t, str) and isinstance(a, dict) for t, a in acc.items()):
@@ -326,7 +330,7 @@ class Profile:
             latency_ms=table("latency_ms", *LATENCY_MS),  # type: ignore[arg-type]
             latency_p90_ms=table("latency_p90_ms", *LATENCY_MS),
             memory_mb=table("memory_mb", 0.0, False),
-            gflops=None if d.get("gflops") is None else numbers("gflops", 0.0),
+            gflops=None if d.get("gflops") is None else numbers("gflops", 0.0, True),
             tasks=_object("tasks", d.get("tasks", {})),
             model_load_ms=None if load_ms is None else _number("model_load_ms", load_ms, 0.0, False),
             meta=_object("meta", d.get("meta", {})),

@@ -104,10 +104,12 @@ def _read_csv(p: Path) -> tuple[np.ndarray, np.ndarray]:
                     if None in (row.get("TIMESTAMP", ""), row.get("ContextTokens", "")):  # short: DictReader's None
                         raise ValueError("fields missing")
                     ts = row["TIMESTAMP"].strip()
-                    head, _, frac = ts.partition(".")
-                    if frac and not frac.isdigit():  # float() would take "5e3" or "inf" after the point
-                        raise ValueError(f"fraction of a second {frac!r} is not digits")
-                    when = datetime.fromisoformat(head)
+                    head, dot, rest = ts.partition(".")
+                    frac = rest[: len(rest) - len(rest.lstrip("0123456789"))]  # then a time zone may follow
+                    zone = rest[len(frac) :]
+                    if dot and (not frac or zone[:1] not in ("", "Z", "+", "-")):  # float() would take "5e3", "inf"
+                        raise ValueError(f"fraction of a second {rest!r} is not digits (then a time zone, if any)")
+                    when = datetime.fromisoformat(head + zone)  # (a bad zone: its ValueError)
                     if when.tzinfo is None:  # a naive time is UTC: the same trace on every host's time zone
                         when = when.replace(tzinfo=UTC)
                     t = when.timestamp() + (float("0." + frac) if frac else 0.0)

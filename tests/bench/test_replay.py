@@ -84,3 +84,47 @@ def test_replay_raw_pixels_coalesced_answers_every_arrival_as_png_does(paced, ci
         assert live["sent"] == 120 == live["answered"] + live["rejected"] + live["errors"] and live["errors"] == 0
         assert r["meta"]["http_requests"] < 120 and live["slo_attainment"] > 0.8
     assert res["otas-uint8"]["meta"]["format"] == "otas-uint8"
+
+
+def test_a_replay_that_cannot_be_run_or_written_is_refused_before_it_starts(paced, tmp_path):
+    """Each before a request is sent: an output that cannot be written (a finished replay was once
+    lost to it), a gateway window past every SLO (it slept for ~forever), applications the server does
+    not serve (every request a 404, scored as if served), a URL that is no otas server."""
+    import http.server
+    import threading
+
+    (tmp_path / "afile").write_text("x")
+    c = Console(width=200)
+    with serving(paced, paced_profile()) as (srv, _):
+        bad = {"--out": dict(out=tmp_path / "afile"), "--tag": dict(tag="a/b")}
+        for what, kw in bad.items():
+            args = {"out": tmp_path, "tag": "t", **kw}
+            with pytest.raises(ValueError, match=what):
+                replay(srv.url, "poisson", None, 0.5, 20, 0, args["out"], args["tag"], None, c)
+        with pytest.raises(ValueError, match="past every"):
+            replay(srv.url, "poisson", None, 0.5, 20, 0, tmp_path, "t", None, c, coalesce_ms=1e300)
+        apps = tmp_path / "apps.yaml"
+        apps.write_text("apps:\n  - {name: zzz, slo_ms: 500, utility: 1, task: novel}\n")
+        with pytest.raises(ValueError, match=r"\['zzz'\] are not served"):
+            replay(srv.url, "poisson", apps, 0.5, 20, 0, tmp_path, "t", None, c)
+
+    for body in (b"[1]", b"{}", b"not json"):
+
+        class Fake(http.server.BaseHTTPRequestHandler):
+            def do_GET(self, body=body):  # noqa: N802
+                self.send_response(200)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        fake = http.server.HTTPServer(("127.0.0.1", 0), Fake)
+        threading.Thread(target=fake.serve_forever, daemon=True).start()
+        try:
+            with pytest.raises(ValueError, match="v1/config"):
+                replay(f"http://127.0.0.1:{fake.server_port}", "poisson", None, 0.5, 20, 0, tmp_path, "t", None, c)
+        finally:
+            fake.shutdown()
+    assert not list(tmp_path.glob("replay_*"))

@@ -51,3 +51,18 @@ def test_cifar_archive_layout(cifar_archive, tmp_path, monkeypatch):
     test = load_cifar10("test", cifar_archive, progress=False)
     assert test.images.shape == (10000, 32, 32, 3)
     assert np.bincount(test.labels).tolist() == [1000] * 10
+
+
+@pytest.mark.parametrize("kind", ["empty", "text", "truncated"])
+def test_an_archive_that_cannot_be_read_is_a_value_error(tmp_path, monkeypatch, kind):
+    """Not tar's or gzip's own exceptions (a truncated .tar.gz once ended a command as a bare "Aborted.")."""
+    monkeypatch.setenv("OTAS_CACHE", str(tmp_path / "cache"))
+    _make_folder(tmp_path / "ds")
+    with tarfile.open(tmp_path / "ds.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "ds", arcname="ds")
+    whole = (tmp_path / "ds.tar.gz").read_bytes()
+    data = {"empty": b"", "text": b"not an archive\n" * 50, "truncated": whole[: len(whole) // 2]}[kind]
+    bad = tmp_path / "bad.tar.gz"
+    bad.write_bytes(data)
+    with pytest.raises(ValueError, match="bad.tar.gz is neither a folder nor a readable tar archive"):
+        load_image_folder(bad, "train", progress=False)

@@ -69,6 +69,10 @@ HEADER_EDITS = [
     ("preprocess", {"size": 16, "mean": "abc"}), ("preprocess", {"size": 16, "crop_pct": "1"}),
     ("preprocess", {"mean": [0.5] * 3}), ("preprocess", {"size": True}),
     ("task_classes", {"novel": ["v", "v", "x", "y", "z"]}), ("source_classes", ["a", "b", "a", "d", "e"]),
+    # sizes the meta build walks, or divides by: a depth of 100,000 ran for minutes and GBs before any check
+    ("arch_overrides", {"depth": 100_000}), ("arch_overrides", {"depth": 0}), ("arch_overrides", {"num_heads": 0}),
+    ("arch_overrides", {"patch_size": 0}), ("arch_overrides", {"embed_dim": 0}), ("arch_overrides", {"depth": True}),
+    ("arch_overrides", {"img_size": [16, 10**9]}),
 ]  # fmt: skip
 
 
@@ -104,6 +108,17 @@ def test_tensors_that_do_not_match_the_header_are_a_value_error(good, tmp_path, 
     p = rewrite(good, tmp_path, tensors_edit=TENSOR_EDITS[edit])
     with pytest.raises(ValueError, match="bad.safetensors"):
         load_checkpoint(p)
+
+
+def test_many_class_names_with_one_twice_are_refused_at_once(good, tmp_path):
+    """The names are checked in one pass (counting each over the list took hours at 100,000 classes)."""
+
+    def edit(h):
+        h["num_classes"] = 100_000
+        h["source_classes"] = [f"c{i}" for i in range(99_999)] + ["c7"]
+
+    with pytest.raises(ValueError, match=r"given more than once: \['c7'\]"):
+        load_checkpoint(rewrite(good, tmp_path, edit))
 
 
 def test_a_huge_model_in_the_header_is_refused_before_allocation(good, tmp_path):

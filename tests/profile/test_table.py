@@ -82,6 +82,15 @@ def test_errors_name_the_problem(tmp_path):
         _profile(latency_ms={**full, 99: {1: 1.0, 8: 2.0}})
     with pytest.raises(ValueError, match="ascending"):
         _profile(gammas=[0, -4, 4])
+    with pytest.raises(ValueError, match="ascending and unique"):
+        _profile(batch_sizes=[1, 1, 8], latency_ms=full)
+    for gflops in ({-4: 1.0, 0: 2.0}, {-4: 1.0, 0: 2.0, 4: 3.0, 99: 1.0}):  # (`otas report` divided by them)
+        with pytest.raises(ValueError, match="gflops has gammas"):
+            _profile(latency_ms=full, gflops=gflops)
+    d = _profile(latency_ms=full, gflops={-4: 1.0, 0: 2.0, 4: 3.0}).to_dict()
+    d["gflops"]["0"] = 0
+    with pytest.raises(ValueError, match=r"gflops\[0\]=0.0: expected a finite number > 0"):
+        Profile.from_dict(d)
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(ValueError, match="not an otas profile"):
         Profile.load(tmp_path / "bad.json")

@@ -70,6 +70,7 @@ def test_load_apps_errors(tmp_path):
         (lambda d: ["--load", "1e-320"], "--load"),
         (lambda d: ["--load", "1,,2"], "--load"),
         (lambda d: ["--load", "1,2,"], "--load"),
+        (lambda d: ["--load", "1,2,1"], "given twice"),
         (lambda d: ["--profile", ","], "at least one profile"),
         (lambda d: ["--json", str(Path(write(d / "f", b"x")) / "x.json")], "cannot write"),
         (lambda d: ["--plots", str(Path(write(d / "g", b"x")) / "plots")], "cannot write"),

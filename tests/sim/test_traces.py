@@ -77,3 +77,12 @@ def test_a_short_csv_row_is_a_clear_error(tmp_path):
     p.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6\n2023-11-16 18:15:47.6,3,1\n")
     with pytest.raises(ValueError, match="bad row .*fields missing"):
         load_csv(p, APPS)
+
+
+def test_iso_times_with_a_fraction_and_a_zone_are_read(tmp_path):
+    """A fraction of a second then a zone (`...46.5Z`, `...46.25+01:00`) is ISO 8601 as it is without
+    either; each row's own zone counts."""
+    rows = ["2023-11-16T18:15:46Z", "2023-11-16T18:15:46.5Z", "2023-11-16T19:15:47.25+01:00", "2023-11-16 18:15:48"]
+    path = tmp_path / "iso.csv"
+    path.write_text("TIMESTAMP,ContextTokens\n" + "".join(f"{r},10\n" for r in rows))
+    assert load_csv(path, APPS).arrival_ms.tolist() == [0.0, 500.0, 1250.0, 2000.0]
