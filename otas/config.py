@@ -56,6 +56,9 @@ class SchedulerConfig:
     """Backpressure: submissions beyond this many queued queries are rejected (queue_full)."""
     latency_ewma: float = 0.1
     """Weight of each measured batch in the online latency correction (0 disables it)."""
+    latency_model: str = "affine"
+    """The online latency correction: "affine" (the device's time as a factor × the profile's + an offset
+    per batch, `otas.sched.latency_fit`) or "factor" (the factor alone)."""
     rate_window: float = 2.0
     """Time constant of the arrival-rate estimate that prices device time (policy `otas`), in
     multiples of the loosest SLO: the horizon over which work still to come competes for the device."""
@@ -88,6 +91,8 @@ class SchedulerConfig:
             raise ValueError(f"floor_window={self.floor_window!r}: use a positive multiple of the loosest SLO, e.g. 20")
         if not 0.0 <= self.latency_ewma <= 1.0:
             raise ValueError(f"latency_ewma={self.latency_ewma!r}: use a weight in [0, 1] (0 = off)")
+        if self.latency_model not in ("affine", "factor"):
+            raise ValueError(f"latency_model={self.latency_model!r}: use 'affine' (factor and offset) or 'factor'")
 
 
 @dataclass

@@ -2,8 +2,9 @@
 
 The clock is injected: every method takes `now_ms`. The caller owns the device; it calls
 `next_batch` when the device is free, runs the plan, then reports the measured time through
-`complete`, which corrects the latency profile online: one multiplicative factor per model (an
-EWMA of the device's measured / profiled time), and, where the caller measures the device's time
+`complete`, which corrects the latency profile online: per model, the device's measured time as a
+factor × the profiled one + an offset per batch (`latency_fit.AffineFit`; `latency_model="factor"`:
+the factor alone, an EWMA of measured / profiled), and, where the caller measures the device's time
 apart from the batch's whole turn (a live server: the device thread's time, and the wait for the
 event loop to take the result up), one additive per-batch host overhead (an EWMA of the rest),
 left out of the predictions for a caller that is `pipelined`.
@@ -19,6 +20,7 @@ import numpy as np
 from otas.config import SchedulerConfig
 from otas.profile.table import Profile
 from otas.sched.batching import Candidate, Queues, candidates, slo_classes
+from otas.sched.latency_fit import AffineFit
 from otas.sched.policies import Policy, batch_apps, make_policy
 from otas.types import App, BatchPlan, Reason, Rejection, Request
 
@@ -84,6 +86,9 @@ class Scheduler:
         if self.policy.offline:
             raise ValueError(f"policy {self.policy.name!r} is an offline bound; compute it with otas.sim")
         self._factor = {m: 1.0 for m in self.profiles}
+        self._offset = {m: 0.0 for m in self.profiles}  # ms the device adds per batch (`latency_model="affine"`)
+        self._fit = {m: AffineFit() for m in self.profiles}
+        self._slowest = {m: float(np.max(t.lat[np.isfinite(t.lat)])) for m, t in self._tab.items()}
         self._overhead = 0.0  # ms a batch's turn takes beyond the device's time (host side), EWMA
         self._pipelined = False
         self._refresh_lat()  # a policy may read the latencies when it binds
@@ -129,8 +134,12 @@ class Scheduler:
         return self._fast
 
     def latency_factor(self, model: str) -> float:
-        """Measured over profiled latency (EWMA), the online correction applied to every prediction."""
+        """The online correction's factor: a batch is predicted at factor × its profiled time + `latency_offset_ms`."""
         return self._factor[model]
+
+    def latency_offset_ms(self, model: str) -> float:
+        """The online correction's offset: the device's time per batch beyond factor × the profile's (≥ 0)."""
+        return self._offset[model]
 
     @property
     def overhead_ms(self) -> float:
@@ -171,9 +180,9 @@ class Scheduler:
     def _refresh_lat(self) -> None:
         # OPTIMIZATION: the corrected latency table, once per correction (rows are read-only)
         self._lat = {m: t.lat * self._factor[m] for m, t in self._tab.items()}
-        for lat in self._lat.values():
-            if self.overhead_ms > 0:
-                lat[1:] += self.overhead_ms  # (a batch of nothing takes nothing)
+        for m, lat in self._lat.items():
+            if (add := self._offset[m] + self.overhead_ms) > 0:
+                lat[1:] += add  # (a batch of nothing takes nothing)
             lat.flags.writeable = False
 
     def _refresh_fast(self) -> None:
@@ -188,8 +197,8 @@ class Scheduler:
         rows = []
         for m, c in cols.items():
             row = self._tab[m].fastest(tuple(c)) * self._factor[m]
-            if self.overhead_ms > 0:
-                row[1:] += self.overhead_ms  # (as in `_refresh_lat`)
+            if (add := self._offset[m] + self.overhead_ms) > 0:
+                row[1:] += add  # (as in `_refresh_lat`)
             rows.append(row)
         fast = rows[0] if len(rows) == 1 else np.min(rows, axis=0)
         fast = np.maximum.accumulate(fast)
@@ -317,10 +326,16 @@ class Scheduler:
         a = self.config.latency_ewma
         profiled = plan.meta.get("profiled_ms", 0.0)
         if a > 0 and profiled > 0:
+            m = plan.model
             device = measured_ms if device_ms is None else min(device_ms, measured_ms)
-            ratio = max(device - plan.switch_ms, 0.0) / profiled
-            f = (1 - a) * self._factor[plan.model] + a * ratio
-            self._factor[plan.model] = min(max(f, _FACTOR_RANGE[0]), _FACTOR_RANGE[1])
+            took = max(device - plan.switch_ms, 0.0)
+            if self.config.latency_model == "affine":
+                self._fit[m].observe(profiled, took, a)
+                f, offset = self._fit[m].solve()
+                self._offset[m] = min(offset, self._slowest[m])  # (a stall: at most the slowest batch's time)
+            else:
+                f = (1 - a) * self._factor[m] + a * took / profiled
+            self._factor[m] = min(max(f, _FACTOR_RANGE[0]), _FACTOR_RANGE[1])
             if device_ms is not None:
                 self._overhead = (1 - a) * self._overhead + a * max(measured_ms - device, 0.0)
             self._refresh_fast()

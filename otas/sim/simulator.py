@@ -160,21 +160,26 @@ def run(
     gateway: Gateway | None = None,
     host_ms: float = 0.0,
     device_scale: float = 1.0,
+    device_add_ms: float = 0.0,
 ) -> SimResult:
     """Simulate one policy on one trace; deterministic for a given seed.
 
-    `plan_ahead`: as the live engine does (`Engine._may_plan`), when a batch starts and a full batch
-    (`max_batch`) is queued, the next is planned at once, for when this one is predicted to end, and
-    starts when it ends, without the requests that arrive meanwhile. `gateway`: the arrivals reach
-    the server as that gateway sends them (a request's images at once, late, submitted together).
-    `host_ms` ≥ 0: a host that takes this long per batch beyond the device's time, in series (its
-    answers and the next batch wait for it, a batch planned ahead too, which the engine would hand the
-    device before the turn ends), reported to the scheduler apart from the device's time as a live
-    engine reports it (`Scheduler.complete`'s `device_ms`); 0: the host takes no time. `device_scale`: the
-    device takes this × the profile's latency (a device slower or faster than profiled, as a live one may be:
-    the scheduler corrects its predictions online, as it does live); 1: as profiled."""
+        `plan_ahead`: as the live engine does (`Engine._may_plan`), when a batch starts and a full batch
+        (`max_batch`) is queued, the next is planned at once, for when this one is predicted to end, and
+        starts when it ends, without the requests that arrive meanwhile. `gateway`: the arrivals reach
+        the server as that gateway sends them (a request's images at once, late, submitted together).
+        `host_ms` ≥ 0: a host that takes this long per batch beyond the device's time, in series (its
+        answers and the next batch wait for it, a batch planned ahead too, which the engine would hand the
+        device before the turn ends), reported to the scheduler apart from the device's time as a live
+        engine reports it (`Scheduler.complete`'s `device_ms`); 0: the host takes no time. `device_scale`: the
+        device takes this × the profile's latency (a device slower or faster than profiled, as a live one may be:
+        the scheduler corrects its predictions online, as it does live); 1: as profiled. `device_add_ms` ≥ 0: and
+    this much more per batch, whatever its size (a serving path's copies and launches, which a profile of the
+    forward alone leaves out); 0: none."""
     if not 0.0 < device_scale < math.inf:
         raise ValueError(f"device_scale {device_scale}: use a finite factor > 0 (1: the device runs as profiled)")
+    if not 0.0 <= device_add_ms < math.inf:
+        raise ValueError(f"device_add_ms {device_add_ms}: use a finite number of ms >= 0")
     if not 0.0 <= host_ms < math.inf:
         raise ValueError(f"host_ms {host_ms}: use a finite number of ms >= 0")
     profs = [profiles] if isinstance(profiles, Profile) else list(profiles)
@@ -228,7 +233,7 @@ def run(
         if busy is None:
             plan, ahead = (ahead, None) if ahead is not None else (sched.next_batch(now), None)
             if plan is not None:
-                actual = _latency(plan, by_model, noise, rng) * device_scale
+                actual = _latency(plan, by_model, noise, rng) * device_scale + device_add_ms
                 busy = (plan, now + actual + host_ms, actual)
                 ends = now + plan.predicted_ms  # when the engine expects the device to be done with it
                 rec.r.batches.append((now, plan.size, plan.gamma, plan.model))

@@ -6,8 +6,10 @@ by order (`policies._first_best`), when reordering came to pull forward only cla
 urgent than the head's, and when `max_queue_delay_ms` stopped holding a batch past the moment its
 most urgent member can still make its deadline, when the price's arrival rates came to be read
 unbiased from the first arrival (`DevicePrice.rates`), and when the price came to move across the
-marginal application's switch instead of jumping to it (`DevicePrice._smoothed`): before the tie rule,
-such ties went to whichever sum came out larger in its last bits, which differs between CPUs
+marginal application's switch instead of jumping to it (`DevicePrice._smoothed`), and when the online
+latency correction came to fit a factor and an offset per batch (`latency_fit.AffineFit`: only the cases
+with noisy latencies changed; where every batch takes its profiled time the fit is exactly 1 and 0): before
+the tie rule, such ties went to whichever sum came out larger in its last bits, which differs between CPUs
 (numpy's SIMD reductions with and without AVX-512). `test_decisions_do_not_hang_on_simd` runs the
 cases again with AVX-512 off."""
 

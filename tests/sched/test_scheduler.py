@@ -86,8 +86,16 @@ def test_online_latency_correction():
     s.submit(make_request(1, APPS[2], 0.0), 0.0)
     plan = s.next_batch(0.0)
     assert plan.predicted_ms == pytest.approx(60.0)
-    s.complete(plan, 120.0, measured_ms=120.0)  # twice as slow as profiled
-    assert s.predict(s.model, 0, 1) == pytest.approx(90.0)
+    s.complete(plan, 120.0, measured_ms=120.0)  # twice as slow as profiled: part of the way at once ...
+    assert 80.0 < s.predict(s.model, 0, 1) < 110.0
+    for _ in range(20):
+        plan = s.next_batch(0.0) or (s.submit(make_request(2, APPS[2], 0.0), 0.0), s.next_batch(0.0))[1]
+        s.complete(plan, 120.0, measured_ms=120.0)
+    assert s.predict(s.model, 0, 1) == pytest.approx(120.0, rel=0.01)  # ... and all of it as it goes on
+    f = Scheduler(APPS, make_profile(), "fixed:0", SchedulerConfig(latency_ewma=0.5, latency_model="factor"))
+    f.submit(make_request(1, APPS[2], 0.0), 0.0)
+    f.complete(f.next_batch(0.0), 120.0, measured_ms=120.0)
+    assert f.predict(f.model, 0, 1) == pytest.approx(90.0)  # the factor alone: an EWMA of measured / profiled
 
 
 def test_memory_limit_caps_batch():
@@ -437,12 +445,13 @@ def test_host_overhead_is_added_per_batch_not_scaled_into_the_device_factor():
     assert s.overhead_ms == pytest.approx(30.0)
     assert s.predict(s.model, 0, 8) == pytest.approx(base[0] + 30.0)
     assert s.predict(s.model, 0, 64) == pytest.approx(base[1] + 30.0)
-    # without the device's time, the whole turn corrects the factor, as in the simulator
+    # without the device's time, the whole turn corrects the device's, as in the simulator
     s2 = Scheduler(apps, make_profile(), "fixed:0", SchedulerConfig(latency_ewma=1.0))
     s2.submit_many([Request(i, "a", 0.0, 1000.0) for i in range(8)], 0.0)
     plan = s2.next_batch(0.0)
     s2.complete(plan, 2 * device, 2 * device)
-    assert s2.latency_factor(s2.model) == pytest.approx(2.0) and s2.overhead_ms == 0.0
+    assert s2.predict(s2.model, 0, 8) == pytest.approx(2 * device, rel=0.01) and s2.overhead_ms == 0.0
+    assert s2.latency_factor(s2.model) > 1.0 and s2.latency_offset_ms(s2.model) > 0.0  # one size: shared
     # a pipelined caller (planning ahead): the lag delays answers, not the next batch; not predicted
     s.pipelined = True
     assert s.host_lag_ms == pytest.approx(30.0) and s.overhead_ms == 0.0

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The online latency correction live on one GPU: `otas` with the factor and an offset per batch (the default,
+# otas.sched.latency_fit) beside `otas` with the factor alone (a copy of this tree with
+# SchedulerConfig(latency_model="factor") as the default) and `fixed:-20` (the best live fixed γ at 1.5 on the
+# H100, runs 29-34), at loads 1 and 1.5, each `otas` with its decision log. One round per call, the second in
+# reverse order:  bash scripts/gpu_latency_ab.sh 1   then   bash scripts/gpu_latency_ab.sh 2   (one machine held).
+# Needs .carry/ (`bash scripts/gpu_carry.sh`) with the profile as .carry/h100_r25_every4.json, or PROF=<a file in
+# .carry>. Writes $OUT/lat_<round>.tar.xz.
+set -u
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1
+R=$1
+C="APPS=otas/configs/apps-h100.yaml FORMAT=otas-uint8 REPEAT=6 COALESCE_MS=5 SENDERS=4 PROFILE=$PWD/.carry/${PROF:-h100_r25_every4.json} OVERHEAD=0 TRACE=$PWD/.carry/AzureLLMInferenceTrace_conv.csv CIFAR=$PWD/.carry/cifar10-test.tar.gz"
+D=/tmp/factor; rm -rf $D; mkdir -p $D; cp -r otas scripts pyproject.toml .carry $D/
+sed -i 's/    latency_model: str = "affine"/    latency_model: str = "factor"/' $D/otas/config.py
+grep -H "    latency_model: str" $D/otas/config.py otas/config.py
+rm -rf /tmp/lat; mkdir -p /tmp/lat
+one() {  # one: TREE TAG POLICY LOADS
+  rm -rf /tmp/live
+  local extra=""; [ "$3" = otas ] && extra=" --decision-log /tmp/lat/dl_$2.jsonl"
+  (cd "$1" && env $C "SERVE_ARGS=--http-workers 6$extra" BUDGET_S=200 OUT=/tmp/lat/$2 POLICIES="$3" LOADS="$4" ROUNDS=1 \
+    timeout 190 bash scripts/gpu_serve_replay.sh > /tmp/lat/$2.log 2>&1)
+  echo "$2 rc=$? at $SECONDS s"
+  find /tmp/live -name "*.png" -delete 2>/dev/null; rm -f /tmp/lat/$2/live_raw.tgz; mv /tmp/live /tmp/lat/$2/raw
+  sed -n '3,7p' /tmp/lat/$2/live.md; grep -h "otas_floor_batches_total{" /tmp/lat/$2/raw/metrics_*after.txt 2>/dev/null
+}
+if [ "$R" = 1 ]; then
+  one . f20-r$R fixed:-20 "1.5 1"; one /tmp/factor factor-r$R otas "1.5 1"; one . affine-r$R otas "1.5 1"
+else
+  one . affine-r$R otas "1 1.5"; one /tmp/factor factor-r$R otas "1 1.5"; one . f20-r$R fixed:-20 "1 1.5"
+fi
+tar cJf $OUT/lat_$R.tar.xz -C /tmp lat
