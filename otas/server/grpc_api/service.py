@@ -7,8 +7,9 @@ go back as `raw_output_contents`, as Triton does. Errors carry the HTTP path's r
 `"<reason>: <message>"` and in the trailing metadata `otas-reason`: bad input INVALID_ARGUMENT
 (a message that is not valid protobuf too: `bad_message`), unknown model NOT_FOUND, queue full
 RESOURCE_EXHAUSTED, cannot meet the deadline, shutting down or request bytes in flight over
-`max_inflight_mb` (`in_flight_full`, counted with HTTP's) UNAVAILABLE, failed batch INTERNAL. A
-call the client cancels, or whose deadline passes, takes its images out of the engine's queue.
+`max_inflight_mb` (`in_flight_full`, counted with HTTP's) UNAVAILABLE, failed batch INTERNAL, a
+message not whole within the body timeout DEADLINE_EXCEEDED (`body_timeout`). A call the client
+cancels, or whose deadline passes, takes its images out of the engine's queue.
 """
 
 from __future__ import annotations
