@@ -15,15 +15,8 @@ D=/tmp/factor; rm -rf $D; mkdir -p $D; cp -r otas scripts pyproject.toml .carry 
 sed -i 's/    latency_model: str = "affine"/    latency_model: str = "factor"/' $D/otas/config.py
 grep -H "    latency_model: str" $D/otas/config.py otas/config.py
 rm -rf /tmp/lat; mkdir -p /tmp/lat
-one() {  # one: TREE TAG POLICY LOADS
-  rm -rf /tmp/live
-  local extra=""; [ "$3" = otas ] && extra=" --decision-log /tmp/lat/dl_$2.jsonl"
-  (cd "$1" && env $C "SERVE_ARGS=--http-workers 6$extra" BUDGET_S=200 OUT=/tmp/lat/$2 POLICIES="$3" LOADS="$4" ROUNDS=1 \
-    timeout 190 bash scripts/gpu_serve_replay.sh > /tmp/lat/$2.log 2>&1)
-  echo "$2 rc=$? at $SECONDS s"
-  find /tmp/live -name "*.png" -delete 2>/dev/null; rm -f /tmp/lat/$2/live_raw.tgz; mv /tmp/live /tmp/lat/$2/raw
-  sed -n '3,7p' /tmp/lat/$2/live.md; grep -h "otas_floor_batches_total{" /tmp/lat/$2/raw/metrics_*after.txt 2>/dev/null
-}
+RES=/tmp/lat
+source scripts/replay_one.sh
 if [ "$R" = 1 ]; then
   one . f20-r$R fixed:-20 "1.5 1"; one /tmp/factor factor-r$R otas "1.5 1"; one . affine-r$R otas "1.5 1"
 else

@@ -19,15 +19,8 @@ for V in smooth:True step:False; do
   grep -H "        smooth_price: bool" $D/otas/sched/policies.py
 done
 rm -rf /tmp/r34; mkdir -p /tmp/r34
-one() {  # one: TREE TAG POLICY LOADS
-  rm -rf /tmp/live
-  local extra=""; [ "$3" = otas ] && extra=" --decision-log /tmp/r34/dl_$2.jsonl"
-  (cd "$1" && env $C "SERVE_ARGS=--http-workers 6$extra" BUDGET_S=200 OUT=/tmp/r34/$2 POLICIES="$3" LOADS="$4" ROUNDS=1 \
-    timeout 190 bash scripts/gpu_serve_replay.sh > /tmp/r34/$2.log 2>&1)
-  echo "$2 rc=$? at $SECONDS s"
-  find /tmp/live -name "*.png" -delete 2>/dev/null; rm -f /tmp/r34/$2/live_raw.tgz; mv /tmp/live /tmp/r34/$2/raw
-  sed -n '3,7p' /tmp/r34/$2/live.md; grep -h "otas_floor_batches_total{" /tmp/r34/$2/raw/metrics_*after.txt 2>/dev/null
-}
+RES=/tmp/r34
+source scripts/replay_one.sh
 if [ "$R" = 1 ]; then
   one . f20-r1 fixed:-20 "1.5 1"; one /tmp/step step-r1 otas "1.5 1"; one /tmp/smooth smooth-r1 otas "1.5 1"
 else

@@ -47,18 +47,10 @@ def connect(url: str) -> socket.socket:
 
 
 def answer(s: socket.socket) -> tuple[int | None, dict | None]:
-    """Read until the server closes: (status, JSON body), or (None, None) if it closed silently."""
-    data = b""
-    try:
-        while chunk := s.recv(65536):
-            data += chunk
-    except ConnectionResetError:
-        pass
-    s.close()
-    if not data:
-        return None, None
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split()[1]), json.loads(body)
+    """Read until the server closes: (status, JSON body) of the first response, or (None, None) if it
+    closed silently."""
+    got = answers(s)
+    return got[0] if got else (None, None)
 
 
 def ok(url: str) -> bool:
