@@ -56,21 +56,46 @@ def scaled(profile: Path, apps: Path, s: float, into: Path) -> tuple[Path, Path]
     return out_p, out_a
 
 
-KNOBS = {"floor_planned": ("floor_planned", True), "step_price": ("smooth_price", False)}
+KNOBS = {"floor_planned": ("floor_planned", True), "step_price": ("smooth_price", False), "factor": None}
 """Ablations a policy may name after a "+" (e.g. "otas+floor_planned", the floor judging as planned; "otas+step_price",
-the price of device time at the fluid relaxation's break): the `Otas` knob each sets, and to what. The server then
-runs in this script (`serve_with`), its `otas` policy built so."""
+the price of device time at the fluid relaxation's break): the `Otas` knob each sets, and to what; "factor": the
+scheduler's latency correction as the factor alone (`SchedulerConfig(latency_model="factor")`). The server then runs
+in this script (`serve_with`), its `otas` policy built so."""
 
 
-def serve_with(knob: str, argv: list[str]) -> None:
-    """`otas serve ARGV` with the `otas` policy built with `KNOBS[knob]` (bench only: an ablation of a live server;
-    its /v1/config still names the policy "otas", and the simulator's noise-free prediction is the same)."""
+def serve_with(knob: str, extra_ms: float, argv: list[str]) -> None:
+    """`otas serve ARGV` with the `otas` policy built with `KNOBS[knob]` ("": as it is) and the paced device taking
+    `extra_ms` more per batch than its profile (bench only: an ablation of a live server; its /v1/config still names
+    the policy "otas", and the simulator's noise-free prediction is the same)."""
+    import dataclasses
+    import time
+
+    import otas.engine.noop as noop
     import otas.sched.scheduler as scheduler
     from otas.cli import app
 
-    plain = scheduler.make_policy
-    attr, value = KNOBS[knob]
-    scheduler.make_policy = lambda name, **kw: plain(name, **({attr: value} if name == "otas" else {}), **kw)
+    if knob == "factor":
+        init = scheduler.Scheduler.__init__
+
+        def factor_alone(self, apps, profile, policy, config=None):
+            init(self, apps, profile, policy, dataclasses.replace(config, latency_model="factor") if config else None)
+
+        scheduler.Scheduler.__init__ = factor_alone
+    elif knob:
+        plain = scheduler.make_policy
+        attr, value = KNOBS[knob]
+        scheduler.make_policy = lambda name, **kw: plain(name, **({attr: value} if name == "otas" else {}), **kw)
+    if extra_ms > 0:
+        paced = noop.PacedRunner.run
+
+        def slower(self, images, tasks, gamma):
+            t0 = time.perf_counter()
+            out = paced(self, images, tasks, gamma)
+            time.sleep(extra_ms / 1e3)  # (a sleep, as the device's wait: the CPU and the GIL stay free)
+            out.ms = (time.perf_counter() - t0) * 1e3
+            return out
+
+        noop.PacedRunner.run = slower
     app(["serve", *argv], standalone_mode=False)
 
 
@@ -83,7 +108,9 @@ def one(otas: str, s: float, policy: str, profile: Path, apps: Path, args, work:
         raise SystemExit(f"policy {policy!r}: a knob after '+' is one of {', '.join(KNOBS)}")
     flags = ["--noop", "--paced", "--profile", str(profile), "--apps", str(apps), "--policy", name,
              "--max-batch", "256", "--port", str(port), "--log-level", "warning"]  # fmt: skip
-    serve = [sys.executable, __file__, "--serve-with", knob, "--", *flags] if knob else [otas, "serve", *flags]
+    extra = args.extra_ms * s
+    in_script = [sys.executable, __file__, "--serve-with", knob, f"{extra:g}", "--", *flags]
+    serve = in_script if knob or extra > 0 else [otas, "serve", *flags]
     with (work / f"serve_{tag}.log").open("w") as log, (work / f"replay_{tag}.txt").open("w") as out:
         proc = subprocess.Popen(serve, stdout=log, stderr=subprocess.STDOUT)
         try:
@@ -130,7 +157,7 @@ def plot(rows: list[dict], path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--serve-with"]:
-        return serve_with(argv[1], argv[3:])
+        return serve_with(argv[1], float(argv[2]), argv[4:])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scales", default="10,5,3,2")
     ap.add_argument("--policies", default="otas,fixed:-16")
@@ -142,6 +169,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seconds", type=float, default=2.5, help="replay length at S = 1 (× S at S)")
     ap.add_argument("--repeat", type=int, default=6)
     ap.add_argument("--coalesce-ms", type=float, default=5.0, help="gateway window at S = 1 (× S at S)")
+    ap.add_argument(
+        "--extra-ms",
+        type=float,
+        default=0.0,
+        help="the paced device takes this much more per batch than its profile, at S = 1 (× S at S)",
+    )
     ap.add_argument("--otas", default=str(Path(sys.executable).with_name("otas")))
     ap.add_argument("--out", type=Path, default=REPO / "bench/results/paced_scale")
     args = ap.parse_args(argv)
