@@ -3,7 +3,8 @@
 # otas.sched.latency_fit) beside `otas` with the factor alone (a copy of this tree with
 # SchedulerConfig(latency_model="factor") as the default) and `fixed:-20` (the best live fixed γ at 1.5 on the
 # H100, runs 29-34), at loads 1 and 1.5, each `otas` with its decision log. One round per call, the second in
-# reverse order:  bash scripts/gpu_latency_ab.sh 1   then   bash scripts/gpu_latency_ab.sh 2   (one machine held).
+# reverse order:  bash scripts/gpu_latency_ab.sh 1   then   bash scripts/gpu_latency_ab.sh 2   (one machine held;
+# LOADS_AB="1.5": that load alone).
 # Needs .carry/ (`bash scripts/gpu_carry.sh`) with the profile as .carry/h100_r25_every4.json, or PROF=<a file in
 # .carry>. Writes $OUT/lat_<round>.tar.xz.
 set -u
@@ -18,8 +19,8 @@ rm -rf /tmp/lat; mkdir -p /tmp/lat
 RES=/tmp/lat
 source scripts/replay_one.sh
 if [ "$R" = 1 ]; then
-  one . f20-r$R fixed:-20 "1.5 1"; one /tmp/factor factor-r$R otas "1.5 1"; one . affine-r$R otas "1.5 1"
+  L=${LOADS_AB:-1.5 1}; one . f20-r$R fixed:-20 "$L"; one /tmp/factor factor-r$R otas "$L"; one . affine-r$R otas "$L"
 else
-  one . affine-r$R otas "1 1.5"; one /tmp/factor factor-r$R otas "1 1.5"; one . f20-r$R fixed:-20 "1 1.5"
+  L=${LOADS_AB:-1 1.5}; one . affine-r$R otas "$L"; one /tmp/factor factor-r$R otas "$L"; one . f20-r$R fixed:-20 "$L"
 fi
 tar cJf $OUT/lat_$R.tar.xz -C /tmp lat
