@@ -56,10 +56,15 @@ def scaled(profile: Path, apps: Path, s: float, into: Path) -> tuple[Path, Path]
     return out_p, out_a
 
 
-KNOBS = {"floor_planned": ("floor_planned", True), "step_price": ("smooth_price", False), "factor": None}
+KNOBS = {
+    "floor_planned": ("floor_planned", True), "step_price": ("smooth_price", False), "no_floor": ("floor", False),
+    "no_mix": ("mix", False), "no_reorder": ("reorder", False), "unpriced": ("priced", False), "factor": None,
+    "no_lateness": None,
+}  # fmt: skip
 """Ablations a policy may name after a "+" (e.g. "otas+floor_planned", the floor judging as planned; "otas+step_price",
 the price of device time at the fluid relaxation's break): the `Otas` knob each sets, and to what; "factor": the
-scheduler's latency correction as the factor alone (`SchedulerConfig(latency_model="factor")`). The server then runs
+scheduler's latency correction as the factor alone (`SchedulerConfig(latency_model="factor")`); "no_lateness": the
+engine's deadlines not planned short by the batches' lateness (`Engine.lateness`). The server then runs
 in this script (`serve_with`), its `otas` policy built so."""
 
 
@@ -74,7 +79,17 @@ def serve_with(knob: str, extra_ms: float, argv: list[str]) -> None:
     import otas.sched.scheduler as scheduler
     from otas.cli import app
 
-    if knob == "factor":
+    if knob == "no_lateness":  # deadlines not planned short by the batches' lateness (the engine's `lateness`)
+        import otas.engine.engine as engine
+
+        made = engine.Engine.__init__
+
+        def on_time(self, *a, **kw):
+            made(self, *a, **kw)
+            self.lateness.quantile = 0.0
+
+        engine.Engine.__init__ = on_time
+    elif knob == "factor":
         init = scheduler.Scheduler.__init__
 
         def factor_alone(self, apps, profile, policy, config=None):
@@ -133,6 +148,7 @@ def one(otas: str, s: float, policy: str, profile: Path, apps: Path, args, work:
         "live_over_sim": live / sim["utility"], "live_mean_gamma": d["live"]["all"]["mean_gamma"],
         "sim_mean_gamma": sim["mean_gamma"], "live_slo": d["live"]["all"]["slo_attainment"],
         "sim_slo": sim["slo_attainment"], "requests": d["meta"]["requests"], "floor_batches": floor,
+        "live_rejected": d["live"]["all"]["reject_reasons"], "live_p99_ms": d["live"]["all"]["latency_ms"]["p99"],
     }  # fmt: skip
 
 
@@ -194,7 +210,8 @@ def main(argv: list[str] | None = None) -> None:
                     gammas = f"γ {row['live_mean_gamma']:.1f} vs {row['sim_mean_gamma']:.1f}"
                     print(f"S={s:g} {policy:12s} round {r}: live/sim {row['live_over_sim']:.3f} "
                           f"(live {row['live_utility']:.0f}, {gammas}, SLO {row['live_slo']:.3f}, "
-                          f"floor {row['floor_batches']})", flush=True)  # fmt: skip
+                          f"floor {row['floor_batches']}, dropped {row['live_rejected']}, "
+                          f"p99 {row['live_p99_ms']:.0f} ms)", flush=True)  # fmt: skip
     meta = run_meta()
     meta["cpus"] = os.cpu_count()
     (args.out / "paced_scale.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")

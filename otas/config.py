@@ -131,8 +131,8 @@ class EngineConfig:
     planned ahead, against ≥ 90 % without)."""
     delivery_quantile: float = 0.95
     """Deadlines are planned short by this quantile of the recent delivery times (an answer ready on the
-    engine to its response leaving the HTTP layer: `otas.engine.delivery`), on top of the 2 % margin;
-    0: not at all."""
+    engine to its response leaving the HTTP layer: `otas.engine.delivery`) and of the recent batches' lateness
+    against their plans (`Engine.lateness`), on top of the 2 % margin; 0: not at all."""
     decision_log: str = ""
     """A file to append one JSON line per batch to, as decided (`otas.engine.decision_log`); "" = none."""
     decode_workers: int = 0

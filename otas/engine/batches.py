@@ -16,6 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
+from otas.engine.delivery import Delivery
 from otas.engine.ledger import Group, Ledger
 from otas.engine.serving import NotServed, Observer, Served, observe
 from otas.sched.scheduler import Scheduler
@@ -75,9 +76,13 @@ class Batches:
         books: Ledger,
         observer: Callable[[], Observer],
         now_ms: Callable[[], float],
+        lateness: Delivery | None = None,
     ):
+        """`lateness`: where each finished batch's lateness against its plan is added (its end, as the plan
+        counts it, less its planned start and predicted time; 0 if early)."""
         self.scheduler, self.runner, self._books = scheduler, runner, books
         self._observer, self._now_ms = observer, now_ms
+        self._lateness = lateness
         self._device = ThreadPoolExecutor(1, thread_name_prefix="otas-device")
         self.count = 0
         """Batches run to completion."""
@@ -122,6 +127,9 @@ class Batches:
             if len(out.probs) != len(b.ids):
                 raise RuntimeError(f"runner returned {len(out.probs)} results for a batch of {len(b.ids)}")
             t1 = self._now_ms()
+            if self._lateness is not None:  # (planning ahead, a plan counts the device's end: the loop's lag is apart)
+                end = done if self.scheduler.pipelined else t1
+                self._lateness.add(end - (b.plan.start_ms + b.plan.predicted_ms))
             self.scheduler.complete(b.plan, t1, t1 - t0, out.ms)
             self.count += 1
             observe(self._observer().batch, b.plan, t1 - t0, out.ms, self.scheduler.queued())

@@ -81,6 +81,9 @@ class Engine:
         self.margin = deadline_margin
         self.delivery = Delivery(quantile=delivery_quantile)
         """How long answers take to leave the HTTP layer once ready here (`delivered`)."""
+        self.lateness = Delivery(quantile=delivery_quantile)
+        """How much later than planned batches end (`Batches.finish`): the device, or the host around it, slower
+        or less steady than the scheduler predicts (its correction follows the mean, not the spread)."""
         self.switch_interval_s = switch_interval_s
         self.plan_ahead = plan_ahead
         self._decision_log = decision_log
@@ -93,7 +96,7 @@ class Engine:
         self._clock, self._t0 = clock, clock()
         self._ids = itertools.count()
         self._books = Ledger(scheduler, lambda: self.observer)  # accepted and not yet ended
-        self._batches = Batches(scheduler, runner, self._books, lambda: self.observer, self.now_ms)
+        self._batches = Batches(scheduler, runner, self._books, lambda: self.observer, self.now_ms, self.lateness)
         self._last_arrival: dict[str, float] = {}
         self._last_deadline: dict[str, float] = {}
         pre = getattr(runner, "preprocess", None) or runner.image_size  # a stand-in runner: a plain resize
@@ -270,11 +273,12 @@ class Engine:
         return g.future
 
     def _plannable_ms(self, app: str) -> float:
-        """The part of `app`'s SLO the scheduler plans in: less the margin and the time answers
+        """The part of `app`'s SLO the scheduler plans in: less the margin, the time answers
         take to reach their clients once the device is done (the delivery time and, planning
-        ahead, the loop's lag in taking the results up: `Scheduler.pipelined`); at least half."""
+        ahead, the loop's lag in taking the results up: `Scheduler.pipelined`) and the lateness of
+        batches against their plans (both at `delivery_quantile`); at least half."""
         slo = self.apps[app].slo_ms
-        after = self.delivery.ms + (self.scheduler.host_lag_ms if self.plan_ahead else 0.0)
+        after = self.delivery.ms + self.lateness.ms + (self.scheduler.host_lag_ms if self.plan_ahead else 0.0)
         return slo - min(slo * self.margin + after, slo / 2)
 
     def delivered(self, ms: float) -> None:

@@ -104,7 +104,7 @@ def serve_cmd(
         float,
         typer.Option(
             help="Plan deadlines short by this quantile of recent delivery times (answer ready to response sent; "
-            "the otas_delivery_seconds metric); 0: not."
+            "the otas_delivery_seconds metric) and of batches' lateness against their plans; 0: not."
         ),
     ] = 0.95,
     decision_log: Annotated[
