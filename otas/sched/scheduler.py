@@ -331,8 +331,8 @@ class Scheduler:
             took = max(device - plan.switch_ms, 0.0)
             if self.config.latency_model == "affine":
                 self._fit[m].observe(profiled, took, a)
-                f, offset = self._fit[m].solve()
-                self._offset[m] = min(offset, self._slowest[m])  # (a stall: at most the slowest batch's time)
+                # (a stall: the offset at most the slowest batch's time)
+                f, self._offset[m] = self._fit[m].solve(_FACTOR_RANGE, self._slowest[m])
             else:
                 f = (1 - a) * self._factor[m] + a * took / profiled
             self._factor[m] = min(max(f, _FACTOR_RANGE[0]), _FACTOR_RANGE[1])

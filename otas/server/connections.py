@@ -233,7 +233,8 @@ def protocol_class(guard: Guard) -> type[asyncio.Protocol]:
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
-            self._head_bytes = 0
+            if not self._head_open:  # (a pipelined head still arriving keeps its count)
+                self._head_bytes = 0
             if self._pending is not None:
                 if not self._busy():  # every earlier answer is out
                     self.transport.write(self._pending)
@@ -262,11 +263,13 @@ def protocol_class(guard: Guard) -> type[asyncio.Protocol]:
             if self.transport.is_closing():
                 return
             if self._head_open and self._busy():  # a pipelined head, behind requests still to be answered
+                if getattr(self.flow, "read_paused", False):  # not read while the requests before it wait: not
+                    return self._arm()  # the client's delay (it may have sent the rest); timed again from now
                 msg = f"request headers did not arrive whole within {cfg.header_timeout_s:g} s; send them promptly"
                 return self._refuse(408, "header_timeout", msg)
             if self.cycle is not None and not self.cycle.response_complete:
                 return
-            if self._head_bytes:
+            if self._head_bytes or self._head_open:
                 msg = f"request headers did not arrive whole within {cfg.header_timeout_s:g} s; send them promptly"
                 return self._refuse(408, "header_timeout", msg)
             self.transport.close()  # nothing was asked: no answer

@@ -63,3 +63,16 @@ def test_the_scheduler_predicts_small_and_large_batches_from_one_fit():
         got[model] = [s.predict(s.model, 0, b) / (p.lat(0, b) + 9.0) for b in (1, 8, 64)]
     assert got["affine"] == pytest.approx([1.0, 1.0, 1.0], abs=0.02)
     assert got["factor"][0] < 0.95 and got["factor"][2] > 1.03
+
+
+def test_a_bounded_factor_leaves_the_offset_fitted_beside_it():
+    """A batch whose profile is tiny against a fixed cost (0.05 ms profiled, 0.6 measured): the factor the
+    fit asks for is past the scheduler's bound; the offset is fitted again beside the bounded factor, so the
+    prediction stays the measured time (clamping the factor alone predicted 0.47 ms, 20 % short)."""
+    fit = AffineFit()
+    for _ in range(300):
+        fit.observe(0.05, 0.6, 0.1)
+    f, c = fit.solve((0.25, 4.0))
+    assert f == 4.0 and 0.05 * f + c == pytest.approx(0.6, rel=0.01)
+    f, c = fit.solve((0.25, 4.0), max_offset_ms=0.1)  # and an offset at its bound: the factor at its own
+    assert c == 0.1 and f == 4.0
