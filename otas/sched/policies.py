@@ -186,10 +186,9 @@ class Otas(Policy):
     def choose(self, cands: list[Candidate], now_ms: float, view: View) -> Choice:
         cands = cands[: self.lookahead]
         fl, m = self._floor, view.model
-        if fl is not None:  # (the shadows' batches take what the policy's do: the corrected profile)
-            self._cap = fl.cap(now_ms, view.latency_factor(m), view.overhead_ms + view.latency_offset_ms(m))
-        else:
-            self._cap = None
+        # (the shadows' batches take what the policy's do: the corrected profile, and the host's overhead)
+        extra = view.overhead_ms + view.latency_offset_ms(m)
+        self._cap = fl.cap(now_ms, view.latency_factor(m), extra) if fl is not None else None
         following = self._cap is not None and self._floor.following
         self._priced = self._price if self._price_now(following, now_ms) else None
         cfg = view.config

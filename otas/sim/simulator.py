@@ -164,16 +164,16 @@ def run(
 ) -> SimResult:
     """Simulate one policy on one trace; deterministic for a given seed.
 
-        `plan_ahead`: as the live engine does (`Engine._may_plan`), when a batch starts and a full batch
-        (`max_batch`) is queued, the next is planned at once, for when this one is predicted to end, and
-        starts when it ends, without the requests that arrive meanwhile. `gateway`: the arrivals reach
-        the server as that gateway sends them (a request's images at once, late, submitted together).
-        `host_ms` ≥ 0: a host that takes this long per batch beyond the device's time, in series (its
-        answers and the next batch wait for it, a batch planned ahead too, which the engine would hand the
-        device before the turn ends), reported to the scheduler apart from the device's time as a live
-        engine reports it (`Scheduler.complete`'s `device_ms`); 0: the host takes no time. `device_scale`: the
-        device takes this × the profile's latency (a device slower or faster than profiled, as a live one may be:
-        the scheduler corrects its predictions online, as it does live); 1: as profiled. `device_add_ms` ≥ 0: and
+    `plan_ahead`: as the live engine does (`Engine._may_plan`), when a batch starts and a full batch
+    (`max_batch`) is queued, the next is planned at once, for when this one is predicted to end, and
+    starts when it ends, without the requests that arrive meanwhile. `gateway`: the arrivals reach
+    the server as that gateway sends them (a request's images at once, late, submitted together).
+    `host_ms` ≥ 0: a host that takes this long per batch beyond the device's time, in series (its
+    answers and the next batch wait for it, a batch planned ahead too, which the engine would hand the
+    device before the turn ends), reported to the scheduler apart from the device's time as a live
+    engine reports it (`Scheduler.complete`'s `device_ms`); 0: the host takes no time. `device_scale`: the
+    device takes this × the profile's latency (a device slower or faster than profiled, as a live one may be:
+    the scheduler corrects its predictions online, as it does live); 1: as profiled. `device_add_ms` ≥ 0: and
     this much more per batch, whatever its size (a serving path's copies and launches, which a profile of the
     forward alone leaves out); 0: none."""
     if not 0.0 < device_scale < math.inf:

@@ -99,10 +99,15 @@ def guarded(fn):
             if not isinstance(e, ProtocolError | NotServed):
                 log.exception("unhandled error", extra={"event": "internal_error", "rpc": fn.__name__})
             code, reason, message = status_of(e)
-        context.set_trailing_metadata((("otas-reason", reason),))
-        await context.abort(code, f"{reason}: {clip(message)}")
+        await _abort(context, code, reason, message)
 
     return method
+
+
+async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, reason: str, message: str) -> None:
+    """End a call with `code`, its reason in the trailing metadata and first in the status message."""
+    context.set_trailing_metadata((("otas-reason", reason),))
+    await context.abort(code, f"{reason}: {clip(message)}")
 
 
 class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
@@ -236,8 +241,7 @@ def whole_message(behavior, timeout_s: float):
             if request is not grpc.aio.EOF:
                 return await behavior(request, context)
             reason, code, message = "bad_message", Code.INVALID_ARGUMENT, "the call ended without a request message"
-        context.set_trailing_metadata((("otas-reason", reason),))
-        await context.abort(code, f"{reason}: {message}")
+        await _abort(context, code, reason, message)
 
     return handler
 
