@@ -21,6 +21,7 @@ from otas.adapt.fast import DEFAULT_BUCKETS, PER_SHAPE_MODES, FastConfig, FastFo
 from otas.adapt.vit import key
 from otas.engine.batches import RunResult
 from otas.models.checkpoint import load_checkpoint
+from otas.profile.table import Profile
 
 
 def default_mode(device: str | torch.device) -> str:
@@ -98,6 +99,11 @@ class Runner:
         dt = dtype or (torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
         model = load_checkpoint(path, "cpu", torch.float32, merge_every=merge_every)
         return cls(model, device, dt, max_batch, mode, host_io)
+
+    def served_profile(self, profile: Profile) -> Profile:
+        """`profile` as this runner serves it: padded to its buckets where it runs one graph per
+        (γ, bucket), else to none (whatever the file says: the path served decides what a batch costs)."""
+        return profile.with_buckets(self.fast.cfg.buckets if self.mode in PER_SHAPE_MODES else None)
 
     def _labels(self, task: str) -> list[str]:
         model = self.fast.model

@@ -227,6 +227,8 @@ def measure_profile(
     (`validation_sets`). `merge_every`: the merge schedule to measure (default: the checkpoint's;
     recorded in the profile's meta, and the server runs the schedule its profile names).
     """
+    from otas.adapt.fast import DEFAULT_BUCKETS, PER_SHAPE_MODES, FastConfig, FastForward
+
     dev = torch.device(device)
     t0 = time.perf_counter()
     model = load_checkpoint(checkpoint, dev, dtype, merge_every=merge_every)  # raises for a missing or foreign file
@@ -242,8 +244,6 @@ def measure_profile(
             )
     fast = None
     if mode != "eager":
-        from otas.adapt.fast import FastConfig, FastForward
-
         fast = FastForward(model, dev, FastConfig(mode=mode, dtype=dtype, buckets=tuple(batch_sizes), host_io=True))
     load_ms, warm_ms = _ready(model, fast, batch_sizes, dev, dtype, t0)
     gammas = sorted({model.config.check_gamma(g) for g in gammas}) if gammas else list(model.config.gammas)
@@ -323,4 +323,7 @@ def measure_profile(
         tasks=task_info,
         model_load_ms=round(load_ms, 1),
         meta={**meta, "arch": header["arch"], "source_test_acc": header["meta"].get("source_test_acc")},
+        # the server runs this path with a graph per (γ, bucket) and pads every batch to its bucket (the
+        # cells above timed exact buckets); eager and traced run any batch at its own size
+        buckets=list(DEFAULT_BUCKETS) if mode in PER_SHAPE_MODES else None,
     )

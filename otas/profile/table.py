@@ -19,6 +19,8 @@ File format (JSON, ``schema: "otas.profile/1"``)::
       "memory_mb": {"-20": {"1": 210.5, ...}, ...} | null,       # peak device memory, GPU only
       "gflops": {"-20": 0.61, ...},                              # per image, forward pass
       "model_load_ms": 120.0,                # a model swap: weights onto the device, then ready at γ = 0
+      "buckets": [1, 2, 4, ..., 256],        # optional: the served path pads a batch to the smallest of
+                                             # these >= it (CUDA graphs); latency and memory are read there
       "meta": {"commit": "...", "command": "...", "created": "...", "torch": "...", ...}
     }
 
@@ -127,8 +129,16 @@ class Profile:
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     model_load_ms: float | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    buckets: list[int] | None = None
+    """The batch sizes the served path pads a batch to (one CUDA graph per (γ, bucket), `FastForward`): a
+    batch of b runs, takes and holds as much as the smallest bucket >= b, so latency and memory are read
+    there; past the last bucket, at b itself. None: every batch runs at its own size (eager, traced)."""
 
     def __post_init__(self) -> None:
+        if self.buckets is not None and (
+            not self.buckets or sorted(set(self.buckets)) != list(self.buckets) or self.buckets[0] < 1
+        ):
+            raise ValueError(f"profile buckets must be ascending, unique batch sizes >= 1, got {self.buckets}")
         if sorted(self.gammas) != list(self.gammas) or len(set(self.gammas)) != len(self.gammas):
             raise ValueError(f"profile gammas must be ascending and unique, got {self.gammas}")
         if sorted(set(self.batch_sizes)) != list(self.batch_sizes) or not self.batch_sizes:
@@ -164,18 +174,41 @@ class Profile:
         return _merge_every(self.meta)
 
     # -- queries used by the scheduler -------------------------------------------------------
+
+    def padded(self, batch: int) -> int:
+        """The batch size a batch of `batch` runs at: its bucket (`buckets`), or itself."""
+        b = self.buckets
+        if not b or batch > b[-1]:
+            return batch
+        return b[bisect.bisect_left(b, batch)]
+
+    def for_max_batch(self, max_batch: int) -> Profile:
+        """This profile as served with batches of at most `max_batch`: the served path's largest
+        bucket is `max_batch` itself (`otas.engine.runner.buckets_for`), the buckets below it are
+        kept. Itself where that changes nothing (no buckets, or `max_batch` is one of them)."""
+        if not self.buckets:
+            return self
+        kept = [b for b in self.buckets if b < max_batch] + [max_batch]
+        return self if kept == self.buckets else replace(self, buckets=kept)
+
+    def with_buckets(self, buckets: list[int] | tuple[int, ...] | None) -> Profile:
+        """The same measurements on a path that pads to `buckets` (None: to nothing)."""
+        new = None if buckets is None else list(buckets)
+        return self if new == self.buckets else replace(self, buckets=new)
+
     def lat(self, gamma: int, batch: int) -> float:
-        """Latency in ms of one batch of `batch` images at `gamma` (interpolated in batch size)."""
+        """Latency in ms of one batch of `batch` images at `gamma` (interpolated in batch size, at the
+        size the batch runs at: `padded`)."""
         row = self._row(self.latency_ms, gamma)
         xs = sorted(row)
-        return _interp(xs, [row[b] for b in xs], batch)
+        return _interp(xs, [row[b] for b in xs], self.padded(batch))
 
     def lat_p90(self, gamma: int, batch: int) -> float:
         if self.latency_p90_ms is None:
             return self.lat(gamma, batch)
         row = self._row(self.latency_p90_ms, gamma)
         xs = sorted(row)
-        return _interp(xs, [row[b] for b in xs], batch)
+        return _interp(xs, [row[b] for b in xs], self.padded(batch))
 
     def acc(self, task: str, gamma: int) -> float:
         if gamma not in self.servable(task):
@@ -194,14 +227,15 @@ class Profile:
             return 0.0
         row = self._row(self.memory_mb, gamma)
         xs = sorted(row)
-        return _interp(xs, [row[b] for b in xs], batch)
+        return _interp(xs, [row[b] for b in xs], self.padded(batch))
 
     def throughput(self, gamma: int, max_batch: int, max_lat_ms: float | None = None) -> float:
         """Best images per second at `gamma` over batch sizes 1..max_batch whose batch latency is
         within `max_lat_ms` (batch size 1 if none is): the sustainable rate of one device."""
-        best = 1000.0 / self.lat(gamma, 1)
+        p = self.for_max_batch(max_batch)
+        best = 1000.0 / p.lat(gamma, 1)
         for b in range(2, max_batch + 1):
-            lat = self.lat(gamma, b)
+            lat = p.lat(gamma, b)
             if max_lat_ms is not None and lat > max_lat_ms:
                 break
             best = max(best, 1000.0 * b / lat)
@@ -257,7 +291,7 @@ class Profile:
         def table(t: dict[int, dict[int, float]] | None) -> dict[str, Any] | None:
             return None if t is None else {str(g): _str_keys(row) for g, row in sorted(t.items())}
 
-        return {
+        out = {
             "schema": SCHEMA,
             "model": self.model,
             "device": self.device,
@@ -273,6 +307,9 @@ class Profile:
             "model_load_ms": self.model_load_ms,
             "meta": self.meta,
         }
+        if self.buckets is not None:  # (absent: a path that pads nothing, as files before the field)
+            out["buckets"] = list(self.buckets)
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Profile:
@@ -316,6 +353,9 @@ class Profile:
         for k in ("gammas", "batch_sizes"):
             if not isinstance(d[k], list) or len(d[k]) > 4096:
                 raise ValueError(f"profile field {k}: expected a list of integers")
+        buckets = d.get("buckets")
+        if buckets is not None and (not isinstance(buckets, list) or len(buckets) > 4096):
+            raise ValueError("profile field buckets: expected a list of batch sizes (or null)")
         load_ms = d.get("model_load_ms")
         return cls(
             model=d["model"],
@@ -334,6 +374,7 @@ class Profile:
             tasks=_object("tasks", d.get("tasks", {})),
             model_load_ms=None if load_ms is None else _number("model_load_ms", load_ms, 0.0, False),
             meta=_object("meta", d.get("meta", {})),
+            buckets=None if buckets is None else [_key("buckets", b, 1) for b in buckets],
         )
 
     def save(self, path: str | Path) -> None:

@@ -78,6 +78,7 @@ class RouterMetrics:
 def fastest_latency(profile, max_batch: int) -> list[float]:
     """[0, lat(1), ..., lat(B_max)]: per batch size the profile's fastest setting, made
     nondecreasing (as the scheduler's own feasibility check), for the router's wait predictions."""
+    profile = profile.for_max_batch(max_batch)
     lat = [0.0] + [min(profile.lat(g, b) for g in profile.gammas) for b in range(1, max_batch + 1)]
     for b in range(1, len(lat)):
         lat[b] = max(lat[b], lat[b - 1])

@@ -67,7 +67,7 @@ def build_runner(spec: ReplicaSpec):
         from otas.engine.noop import NoopRunner, PacedRunner
 
         runner = NoopRunner(spec.apps, max_batch=mb)
-        return PacedRunner(runner, profile) if spec.paced else runner
+        return PacedRunner(runner, profile.for_max_batch(mb)) if spec.paced else runner
     import torch
 
     from otas.engine.runner import Runner
@@ -131,8 +131,10 @@ class ReplicaCore:
 
     def __init__(self, spec: ReplicaSpec, index: int, runner=None):
         self.spec, self.index = spec, index
-        self.profile = Profile.from_dict(spec.profile)
         self.runner = runner if runner is not None else build_runner(spec)
+        profile = Profile.from_dict(spec.profile)
+        served = getattr(self.runner, "served_profile", None)  # a model's runner: read at its batch buckets
+        self.profile = served(profile) if served is not None else profile
         self.relay = _Relay()
         self.engine, self.info = make_engine(
             self.runner,

@@ -53,7 +53,7 @@ class Bound:
 def options(app: App, profiles: Sequence[Profile], cfg: SchedulerConfig) -> list[tuple[float, float]]:
     """(c_a(o), v_a(o)) for every usable option o = (model, γ) of this application."""
     out = []
-    for p in profiles:
+    for p in (p.for_max_batch(cfg.max_batch) for p in profiles):
         for gamma in p.servable(app.task):
             costs = [
                 p.lat(gamma, b) / b

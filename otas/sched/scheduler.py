@@ -79,6 +79,8 @@ class Scheduler:
         profiles = [profile] if isinstance(profile, Profile) else list(profile)
         if not profiles:
             raise ValueError("give at least one profile")
+        # a path that pads to buckets pads batches of up to B_max to B_max itself
+        profiles = [p.for_max_batch(self.config.max_batch) for p in profiles]
         self.profiles = {p.model: p for p in profiles}
         self.model = profiles[0].model
         self._tab = {p.model: _Table(p, apps, self.config) for p in profiles}  # checks tasks exist

@@ -175,7 +175,7 @@ def load_runner(cfg: ServingConfig):
 
         noop = NoopRunner(apps, max_batch=sched.max_batch)
         if eng.paced:  # the profiled device's latency per batch, slept: the host side at that device's speed
-            profile = Profile.load(cfg.profile)
+            profile = Profile.load(cfg.profile).for_max_batch(sched.max_batch)  # padded as the path it paces
             return PacedRunner(noop, profile), profile
         return noop, noop_profile(apps, sched.max_batch)
     import torch
@@ -199,9 +199,15 @@ def load_runner(cfg: ServingConfig):
             "profile timed another path",
             extra={"event": "profile_mode", "profile_mode": profile.meta.get("mode"), "runner_mode": runner.mode},
         )
+    served = runner.served_profile(profile)
+    if served.buckets != profile.buckets:
+        log.info(
+            "profile read at the served batch sizes",
+            extra={"event": "profile_buckets", "profile_buckets": profile.buckets, "served_buckets": served.buckets},
+        )
     if eng.warmup:
         runner.warmup()
-    return runner, profile
+    return runner, served
 
 
 def serve(cfg: ServingConfig) -> None:

@@ -161,6 +161,7 @@ def run(
     host_ms: float = 0.0,
     device_scale: float = 1.0,
     device_add_ms: float = 0.0,
+    device_profiles: Profile | Sequence[Profile] | None = None,
 ) -> SimResult:
     """Simulate one policy on one trace; deterministic for a given seed.
 
@@ -175,7 +176,9 @@ def run(
     device takes this × the profile's latency (a device slower or faster than profiled, as a live one may be:
     the scheduler corrects its predictions online, as it does live); 1: as profiled. `device_add_ms` ≥ 0: and
     this much more per batch, whatever its size (a serving path's copies and launches, which a profile of the
-    forward alone leaves out); 0: none."""
+    forward alone leaves out); 0: none. `device_profiles`: the device's latencies are these profiles' (one per
+    model of `profiles`, by name) where the scheduler plans with `profiles` (e.g. a device that pads batches
+    to buckets its profile does not name); None: `profiles`'."""
     if not 0.0 < device_scale < math.inf:
         raise ValueError(f"device_scale {device_scale}: use a finite factor > 0 (1: the device runs as profiled)")
     if not 0.0 <= device_add_ms < math.inf:
@@ -183,9 +186,15 @@ def run(
     if not 0.0 <= host_ms < math.inf:
         raise ValueError(f"host_ms {host_ms}: use a finite number of ms >= 0")
     profs = [profiles] if isinstance(profiles, Profile) else list(profiles)
-    by_model = {p.model: p for p in profs}
-    app_by = {a.name: a for a in apps}
     sched = Scheduler(apps, profs, policy, config)
+    by_model = sched.profiles  # (as served at its B_max: `Profile.for_max_batch`)
+    device = by_model
+    if device_profiles is not None:
+        devs = [device_profiles] if isinstance(device_profiles, Profile) else list(device_profiles)
+        device = {p.model: p.for_max_batch(sched.config.max_batch) for p in devs}
+        if missing := sorted(set(by_model) - set(device)):
+            raise ValueError(f"device_profiles lack the models {missing} that the scheduler plans with")
+    app_by = {a.name: a for a in apps}
     sched.pipelined = plan_ahead  # (as the engine sets it; the simulator's host takes `host_ms` per batch)
     if gateway is None:
         reqs = trace.requests(apps)
@@ -233,7 +242,7 @@ def run(
         if busy is None:
             plan, ahead = (ahead, None) if ahead is not None else (sched.next_batch(now), None)
             if plan is not None:
-                actual = _latency(plan, by_model, noise, rng) * device_scale + device_add_ms
+                actual = _latency(plan, device, noise, rng) * device_scale + device_add_ms
                 busy = (plan, now + actual + host_ms, actual)
                 ends = now + plan.predicted_ms  # when the engine expects the device to be done with it
                 rec.r.batches.append((now, plan.size, plan.gamma, plan.model))

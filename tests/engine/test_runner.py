@@ -115,3 +115,17 @@ def test_warmup_traces_every_gamma_at_two_batch_sizes_on_a_cpu(runner, monkeypat
     runner.warmup()
     assert sorted(sizes) == sorted((g, b) for g in runner.gammas for b in (1, 8))
     assert sorted(runner.fast._traced) == sorted(runner.gammas)
+
+
+def test_the_served_profile_pads_as_the_runner_does(runner):
+    """The server plans with its profile read at the batch sizes its runner runs: padded to the
+    runner's buckets in a mode with a graph per bucket, at each batch's own size otherwise (this CPU
+    runner traces one function per γ), whatever the profile file says."""
+    from types import SimpleNamespace
+
+    from otas.engine.runner import Runner
+
+    prof = noop_profile(APPS, 16).with_buckets([1, 2, 4, 8, 16])
+    assert runner.mode not in ("graphs", "compile") and runner.served_profile(prof).buckets is None
+    graphs = SimpleNamespace(mode="graphs", fast=SimpleNamespace(cfg=SimpleNamespace(buckets=(1, 2, 4, 12))))
+    assert Runner.served_profile(graphs, prof.with_buckets(None)).buckets == [1, 2, 4, 12]

@@ -126,3 +126,38 @@ def test_an_implausible_latency_is_refused_at_load(tmp_path, ms):
 def test_a_directory_given_as_a_profile_says_so(tmp_path):
     with pytest.raises(ValueError, match="is a directory"):
         Profile.load(tmp_path)
+
+
+def test_a_padded_path_costs_and_holds_what_its_bucket_does(tmp_path):
+    """`buckets`: the served path pads a batch to the smallest bucket >= it (a CUDA graph per bucket),
+    so latency, its spread and memory are read there; past the last bucket at the batch itself."""
+    mem = {g: {1: 10.0, 8: 80.0} for g in (-4, 0, 4)}
+    p = _profile(buckets=[1, 2, 4, 8], memory_mb=mem, latency_p90_ms={g: {1: 7.0, 8: 40.0} for g in (-4, 0, 4)})
+    plain = p.with_buckets(None)
+    assert [p.padded(b) for b in (1, 2, 3, 5, 8, 9)] == [1, 2, 4, 8, 8, 9]
+    assert p.lat(0, 3) == plain.lat(0, 4) and p.lat(0, 5) == 30.0 > plain.lat(0, 5)
+    assert p.lat_p90(0, 5) == 40.0 and p.mem(0, 5) == 80.0
+    assert p.lat(0, 9) == plain.lat(0, 9)  # beyond the buckets: its own size
+    assert plain.lat(0, 5) == pytest.approx(6.0 + 24.0 * 4 / 7)
+    p.save(tmp_path / "p.json")
+    assert Profile.load(tmp_path / "p.json") == p
+    plain.save(tmp_path / "q.json")
+    assert "buckets" not in json.loads((tmp_path / "q.json").read_text())  # files without padding as before
+
+
+def test_the_largest_bucket_is_the_max_batch_served():
+    """`for_max_batch`: as the runner's buckets (`buckets_for`), the buckets below B_max and B_max itself."""
+    p = _profile(buckets=[1, 2, 4, 8, 16])
+    assert p.for_max_batch(6).buckets == [1, 2, 4, 6] and p.for_max_batch(6).lat(0, 5) == _profile().lat(0, 6)
+    assert p.for_max_batch(16) is p and p.for_max_batch(32).buckets == [1, 2, 4, 8, 16, 32]
+    assert _profile().for_max_batch(6).buckets is None
+    assert p.throughput(0, 6) == p.for_max_batch(6).throughput(0, 6)
+
+
+@pytest.mark.parametrize("buckets", [[], [4, 2], [0, 1], [1, 1, 2], "1,2", [1.5]])
+def test_bad_buckets_are_refused_with_the_field_named(tmp_path, buckets):
+    d = _profile().to_dict()
+    d["buckets"] = buckets
+    (tmp_path / "p.json").write_text(json.dumps(d))
+    with pytest.raises(ValueError, match="buckets"):
+        Profile.load(tmp_path / "p.json")

@@ -458,3 +458,18 @@ def test_host_overhead_is_added_per_batch_not_scaled_into_the_device_factor():
     assert s.predict(s.model, 0, 8) == pytest.approx(base[0]) and s.fastest_ms(8) <= base[0]
     s.pipelined = False
     assert s.predict(s.model, 0, 8) == pytest.approx(base[0] + 30.0)
+
+
+def test_a_padded_path_is_planned_at_its_buckets_up_to_the_max_batch():
+    """A profile whose path pads batches to buckets is planned at the bucket's latency, and batches
+    past the last bucket below B_max at B_max's (the served path's largest bucket), as it runs them."""
+    plain = make_profile()
+    padded = plain.with_buckets([1, 2, 4, 8, 16, 32, 64])
+    s = Scheduler(APPS, padded, "otas", SchedulerConfig(max_batch=48))
+    gammas = padded.gammas
+    assert list(s.lat_vector(padded.model, 5)) == [plain.lat(g, 8) for g in gammas]
+    assert list(s.lat_vector(padded.model, 33)) == [plain.lat(g, 48) for g in gammas]
+    assert list(s.lat_vector(padded.model, 48)) == [plain.lat(g, 48) for g in gammas]
+    assert s.profiles[padded.model].buckets == [1, 2, 4, 8, 16, 32, 48]
+    s = Scheduler(APPS, plain, "otas", SchedulerConfig(max_batch=48))
+    assert list(s.lat_vector(plain.model, 5)) == [plain.lat(g, 5) for g in gammas]

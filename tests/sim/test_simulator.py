@@ -96,6 +96,25 @@ def test_a_device_slower_than_profiled_takes_longer_and_the_scheduler_learns_it(
         run(bursty, APPS, p, policy, cfg, device_scale=0.0)
 
 
+@pytest.mark.parametrize("policy", ["otas", "fixed:0"])
+def test_a_device_that_pads_batches_takes_its_buckets_time_planned_for_or_not(bursty, policy):
+    """A device that pads each batch to its bucket (a CUDA graph per bucket) takes the bucket's time,
+    whether the scheduler plans with that (`buckets` in its profile) or with a profile that names no
+    padding (`device_profiles`: what the device does where the plan's profile says otherwise)."""
+    plain, cfg = make_profile(), SchedulerConfig()
+    padded = plain.with_buckets([1, 2, 4, 8, 16, 32, 64])
+    base = run(bursty, APPS, plain, policy, cfg)
+    assert run(bursty, APPS, plain, policy, cfg, device_profiles=plain).batches == base.batches
+    for planned in (plain, padded):
+        res = run(bursty, APPS, planned, policy, cfg, device_profiles=padded)
+        assert all(o is not None for o in res.outcome)
+        assert any(b not in padded.buckets for _, b, _, _ in res.batches)
+        ends = set(np.round(res.finish_ms[np.isfinite(res.finish_ms)], 6))  # each served query: its batch's end
+        assert {round(t0 + padded.lat(g, b), 6) for t0, b, g, _ in res.batches} == ends
+    with pytest.raises(ValueError, match="device_profiles lack"):
+        run(bursty, APPS, plain, policy, cfg, device_profiles=make_profile(model="other"))
+
+
 def test_same_seed_same_results(bursty):
     cfg = SchedulerConfig()
     a = run(bursty, APPS, make_profile(), "otas", cfg, seed=3, noise=True)

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The scheduler planning at the batch buckets the CUDA-graph path pads to (`Profile.buckets`, the default)
+# beside one planning at each batch's own size (a copy of this tree whose runner serves its profile
+# without buckets, and the profile without them: the scheduler before buckets were known), and `fixed:-20`
+# (the best live fixed γ at 1.5 on the H100, runs 29-34), at loads 1.5 and 1, each `otas` with its decision
+# log. One round per call, the second in reverse order:
+#   bash scripts/gpu_pad_ab.sh 1     then     bash scripts/gpu_pad_ab.sh 2     (one machine held;
+#   LOADS_AB="1.5": that load alone).
+# Needs .carry/ (`bash scripts/gpu_carry.sh`) with the profile as .carry/h100_r25_every4.json, or PROF=<a file in
+# .carry>. Writes $OUT/pad_<round>.tar.xz.
+set -u
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1
+R=$1
+P=${PROF:-h100_r25_every4.json}
+C="APPS=otas/configs/apps-h100.yaml FORMAT=otas-uint8 REPEAT=6 COALESCE_MS=5 SENDERS=4 OVERHEAD=0 TRACE=$PWD/.carry/AzureLLMInferenceTrace_conv.csv CIFAR=$PWD/.carry/cifar10-test.tar.gz"
+D=/tmp/unaware; rm -rf $D; mkdir -p $D; cp -r otas scripts pyproject.toml .carry $D/
+sed -i 's/        return profile.with_buckets(self.fast.cfg.buckets if self.mode in PER_SHAPE_MODES else None)/        return profile.with_buckets(None)/' $D/otas/engine/runner.py
+grep -H "return profile.with_buckets" $D/otas/engine/runner.py
+python3 -c "
+import json; d = json.load(open('.carry/$P')); d.pop('buckets', None); json.dump(d, open('$D/.carry/unpadded.json', 'w'), indent=1)"
+rm -rf /tmp/pad; mkdir -p /tmp/pad
+RES=/tmp/pad
+source scripts/replay_one.sh
+A="$C PROFILE=$PWD/.carry/$P"
+U="$C PROFILE=$D/.carry/unpadded.json"
+if [ "$R" = 1 ]; then
+  L=${LOADS_AB:-1.5 1}; C=$A one . f20-r$R fixed:-20 "$L"; C=$U one $D unaware-r$R otas "$L"; C=$A one . aware-r$R otas "$L"
+else
+  L=${LOADS_AB:-1 1.5}; C=$A one . aware-r$R otas "$L"; C=$U one $D unaware-r$R otas "$L"; C=$A one . f20-r$R fixed:-20 "$L"
+fi
+tar cJf $OUT/pad_$R.tar.xz -C /tmp pad
