@@ -86,6 +86,9 @@ def markdown(prof: Profile) -> str:
         lines += ["", f"Accuracy from {meta['accuracy_from']}{measured}."]
     if meta.get("latency_from"):
         lines += ["", f"Latency, memory and load time from {meta['latency_from']}."]
+    if prof.buckets:
+        sizes = ", ".join(map(str, prof.buckets))
+        lines += ["", f"Served padded to the batch buckets {sizes}: a batch takes its bucket's time."]
     return "\n".join(lines) + "\n"
 
 

@@ -63,6 +63,8 @@ def test_measure_profile_on_cpu(tmp_path):
     rows = speedup_rows(prof)
     assert {(r["gamma"], r["batch"]) for r in rows} == {(g, b) for g in (-8, 0, 4) for b in (1, 4)}
     assert "| -8 |" in markdown(prof)
+    assert prof.buckets is None and "buckets" not in markdown(prof)  # eager runs any batch at its own size
+    assert "batch buckets 1, 4:" in markdown(prof.with_buckets([1, 4]))
     assert device_slug("NVIDIA H100 80GB HBM3") == "h100" and device_slug("AMD EPYC 7B13") == "cpu-amd"
 
 
