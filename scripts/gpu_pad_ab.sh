@@ -5,7 +5,7 @@
 # (the best live fixed γ at 1.5 on the H100, runs 29-34), at loads 1.5 and 1, each `otas` with its decision
 # log. One round per call, the second in reverse order:
 #   bash scripts/gpu_pad_ab.sh 1     then     bash scripts/gpu_pad_ab.sh 2     (one machine held;
-#   LOADS_AB="1.5": that load alone).
+#   LOADS_AB="1.5": that load alone; ARMS="aware f20": those servers alone, in that order).
 # Needs .carry/ (`bash scripts/gpu_carry.sh`) with the profile as .carry/h100_r25_every4.json, or PROF=<a file in
 # .carry>. Writes $OUT/pad_<round>.tar.xz.
 set -u
@@ -24,9 +24,14 @@ RES=/tmp/pad
 source scripts/replay_one.sh
 A="$C PROFILE=$PWD/.carry/$P"
 U="$C PROFILE=$D/.carry/unpadded.json"
-if [ "$R" = 1 ]; then
-  L=${LOADS_AB:-1.5 1}; C=$A one . f20-r$R fixed:-20 "$L"; C=$U one $D unaware-r$R otas "$L"; C=$A one . aware-r$R otas "$L"
-else
-  L=${LOADS_AB:-1 1.5}; C=$A one . aware-r$R otas "$L"; C=$U one $D unaware-r$R otas "$L"; C=$A one . f20-r$R fixed:-20 "$L"
-fi
-tar cJf $OUT/pad_$R.tar.xz -C /tmp pad
+arm() {  # arm NAME LOADS: one server of the A/B, its results packed at once (a call cut short keeps them)
+  case $1 in
+    f20) C=$A one . f20-r$R fixed:-20 "$2" ;;
+    unaware) C=$U one $D unaware-r$R otas "$2" ;;
+    aware) C=$A one . aware-r$R otas "$2" ;;
+  esac
+  tar cJf $OUT/pad_$R.tar.xz -C /tmp pad
+}
+if [ "$R" = 1 ]; then L=${LOADS_AB:-1.5 1}; ORDER=${ARMS:-f20 unaware aware}
+else L=${LOADS_AB:-1 1.5}; ORDER=${ARMS:-aware unaware f20}; fi
+for a in $ORDER; do arm "$a" "$L"; done
