@@ -41,6 +41,7 @@ def main() -> None:
     batches = [int(b) for b in args.batch_sizes.split(",")]
     prof = Profile.load(args.profile)
     runner = Runner.load(args.model or default_model_path(), args.device, None, max(batches), args.mode)
+    prof = runner.served_profile(prof).for_max_batch(max(batches))  # read at the runner's buckets, as served
     t0 = time.perf_counter()
     runner.warmup()
     warm_s = time.perf_counter() - t0

@@ -138,7 +138,8 @@ class Profile:
         if self.buckets is not None and (
             not self.buckets or sorted(set(self.buckets)) != list(self.buckets) or self.buckets[0] < 1
         ):
-            raise ValueError(f"profile buckets must be ascending, unique batch sizes >= 1, got {self.buckets}")
+            got = str(self.buckets)[:80]  # (a hostile list is not echoed whole)
+            raise ValueError(f"profile buckets must be ascending, unique batch sizes >= 1, got {got}")
         if sorted(self.gammas) != list(self.gammas) or len(set(self.gammas)) != len(self.gammas):
             raise ValueError(f"profile gammas must be ascending and unique, got {self.gammas}")
         if sorted(set(self.batch_sizes)) != list(self.batch_sizes) or not self.batch_sizes:
@@ -354,8 +355,12 @@ class Profile:
             if not isinstance(d[k], list) or len(d[k]) > 4096:
                 raise ValueError(f"profile field {k}: expected a list of integers")
         buckets = d.get("buckets")
-        if buckets is not None and (not isinstance(buckets, list) or len(buckets) > 4096):
-            raise ValueError("profile field buckets: expected a list of batch sizes (or null)")
+        if buckets is not None and (
+            not isinstance(buckets, list)
+            or len(buckets) > 4096
+            or not all(isinstance(b, int) and not isinstance(b, bool) and 1 <= b <= 1 << 20 for b in buckets)
+        ):
+            raise ValueError("profile field buckets: expected a list of batch sizes, integers from 1 (or null)")
         load_ms = d.get("model_load_ms")
         return cls(
             model=d["model"],
@@ -374,7 +379,7 @@ class Profile:
             tasks=_object("tasks", d.get("tasks", {})),
             model_load_ms=None if load_ms is None else _number("model_load_ms", load_ms, 0.0, False),
             meta=_object("meta", d.get("meta", {})),
-            buckets=None if buckets is None else [_key("buckets", b, 1) for b in buckets],
+            buckets=buckets,
         )
 
     def save(self, path: str | Path) -> None:

@@ -112,7 +112,8 @@ class OtasRouter:
         setup_logging(log_level)
         clients = [RayReplica(h, f"otas-replica-{i}") for i, h in enumerate(replicas)]
         desc = await clients[0].describe()
-        profile = Profile.from_dict(spec.profile)
+        # the replicas' profile as they serve it (read at their runner's buckets, `Runner.served_profile`)
+        profile = Profile.from_dict(desc["info"].get("profile", spec.profile))
         lat_fast = fastest_latency(profile, spec.scheduler.max_batch)
         registry = CollectorRegistry()
         self.engine = RoutedEngine(

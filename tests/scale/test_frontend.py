@@ -9,6 +9,7 @@ import pytest
 
 from otas.config import SchedulerConfig
 from otas.engine.engine import NotServed, Observer
+from otas.profile.table import Profile
 from otas.scale.frontend import RoutedEngine
 from otas.scale.frontend_config import FrontendConfig, fastest_latency
 from otas.scale.replica import ReplicaCore, ReplicaSpec
@@ -297,3 +298,19 @@ def test_the_router_decodes_with_the_configured_limits_and_formats():
             await close(eng, cores)
 
     asyncio.run(main())
+
+
+def test_a_replica_plans_and_describes_its_profile_at_its_runners_buckets():
+    """A replica's scheduler reads the profile as its runner serves it (`Runner.served_profile`: padded to its
+    CUDA-graph buckets), and describes that profile to the router, whose wait predictions read it too."""
+    from otas.engine.noop import NoopRunner, PacedRunner
+
+    class Padding(PacedRunner):
+        def served_profile(self, profile):
+            return profile.with_buckets([1, 4, 16])
+
+    sp = spec()
+    core = ReplicaCore(sp, 0, runner=Padding(NoopRunner(APPS, max_batch=16), Profile.from_dict(sp.profile)))
+    assert core.profile.buckets == [1, 4, 16]
+    assert core.engine.scheduler.profiles[core.profile.model].buckets == [1, 4, 16]
+    assert core.describe()["info"]["profile"]["buckets"] == [1, 4, 16]

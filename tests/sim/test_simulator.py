@@ -101,16 +101,19 @@ def test_a_device_that_pads_batches_takes_its_buckets_time_planned_for_or_not(bu
     """A device that pads each batch to its bucket (a CUDA graph per bucket) takes the bucket's time,
     whether the scheduler plans with that (`buckets` in its profile) or with a profile that names no
     padding (`device_profiles`: what the device does where the plan's profile says otherwise)."""
-    plain, cfg = make_profile(), SchedulerConfig()
+    plain, cfg = make_profile(), SchedulerConfig(max_batch=48)  # the last bucket is B_max: 48, not 64
     padded = plain.with_buckets([1, 2, 4, 8, 16, 32, 64])
+    served = padded.for_max_batch(48)
     base = run(bursty, APPS, plain, policy, cfg)
     assert run(bursty, APPS, plain, policy, cfg, device_profiles=plain).batches == base.batches
     for planned in (plain, padded):
         res = run(bursty, APPS, planned, policy, cfg, device_profiles=padded)
         assert all(o is not None for o in res.outcome)
         assert any(b not in padded.buckets for _, b, _, _ in res.batches)
+        if policy == "fixed:0":  # (it takes every query waiting: batches where the last bucket matters)
+            assert any(32 < b < 48 for _, b, _, _ in res.batches)
         ends = set(np.round(res.finish_ms[np.isfinite(res.finish_ms)], 6))  # each served query: its batch's end
-        assert {round(t0 + padded.lat(g, b), 6) for t0, b, g, _ in res.batches} == ends
+        assert {round(t0 + served.lat(g, b), 6) for t0, b, g, _ in res.batches} == ends
     with pytest.raises(ValueError, match="device_profiles lack"):
         run(bursty, APPS, plain, policy, cfg, device_profiles=make_profile(model="other"))
 
