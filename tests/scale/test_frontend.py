@@ -314,3 +314,11 @@ def test_a_replica_plans_and_describes_its_profile_at_its_runners_buckets():
     assert core.profile.buckets == [1, 4, 16]
     assert core.engine.scheduler.profiles[core.profile.model].buckets == [1, 4, 16]
     assert core.describe()["info"]["profile"]["buckets"] == [1, 4, 16]
+
+
+def test_the_routers_wait_predictions_read_a_padded_profile_at_its_buckets_up_to_the_max_batch():
+    prof = paced_profile(50.0, 10.0)
+    padded = prof.with_buckets([1, 4, 32])
+    lat = fastest_latency(padded, 12)  # the runner's buckets at B_max 12: 1, 4, 12
+    fastest = [min(prof.lat(g, b) for g in prof.gammas) for b in (1, 4, 12)]
+    assert lat[1] == fastest[0] and lat[2] == lat[4] == fastest[1] and lat[5] == lat[12] == fastest[2]

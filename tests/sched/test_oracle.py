@@ -82,3 +82,18 @@ def test_bound_above_every_policy_in_simulation():
     bound = upper_bound(tr.requests(apps), apps, p, cfg).value
     for name in ["otas", "otas-fifo", "fixed:-20", "fixed:16", "edf", "clipper"]:
         assert run(tr, apps, p, name, cfg).total_utility <= bound + 1e-6
+
+
+def test_the_bound_costs_a_query_at_its_batchs_bucket_up_to_the_max_batch():
+    """A padded path's best cost per query is read at the buckets, the last one B_max itself: with buckets
+    (1, 64) and B_max 48, a batch of 48 costs lat(48), not lat(64) (what the file's last bucket would say)."""
+    from otas.sched.oracle import options
+    from tests.factories import make_profile
+
+    plain = make_profile()  # timed at 1, 8, 64; linear between
+    app = App("a", slo_ms=1e9, utility=1.0, task="novel")
+    cfg = SchedulerConfig(max_batch=48)
+    best = {c for c, _ in options(app, [plain.with_buckets([1, 64])], cfg)}
+    assert best == {min(plain.lat(g, b) / b for b in (1, 48)) for g in plain.servable("novel")}
+    read_at_64 = {min(plain.lat(g, 1), plain.lat(g, 64) / 48) for g in plain.servable("novel")}
+    assert best.isdisjoint(read_at_64)
