@@ -11,13 +11,13 @@ set -u
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
 R=$1
-C="APPS=otas/configs/apps-h100.yaml FORMAT=otas-uint8 REPEAT=6 COALESCE_MS=5 SENDERS=4 PROFILE=$PWD/.carry/${PROF:-h100_r25_every4.json} OVERHEAD=0 TRACE=$PWD/.carry/AzureLLMInferenceTrace_conv.csv CIFAR=$PWD/.carry/cifar10-test.tar.gz"
-D=/tmp/factor; rm -rf $D; mkdir -p $D; cp -r otas scripts pyproject.toml .carry $D/
+source scripts/replay_one.sh
+C="$REPLAY PROFILE=$PWD/.carry/${PROF:-h100_r25_every4.json}"
+D=/tmp/factor; variant $D
 sed -i 's/    latency_model: str = "affine"/    latency_model: str = "factor"/' $D/otas/config.py
 grep -H "    latency_model: str" $D/otas/config.py otas/config.py
 rm -rf /tmp/lat; mkdir -p /tmp/lat
 RES=/tmp/lat
-source scripts/replay_one.sh
 if [ "$R" = 1 ]; then
   L=${LOADS_AB:-1.5 1}; one . f20-r$R fixed:-20 "$L"; one /tmp/factor factor-r$R otas "$L"; one . affine-r$R otas "$L"
 else

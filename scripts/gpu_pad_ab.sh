@@ -13,17 +13,16 @@ cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
 R=$1
 P=${PROF:-h100_r25_every4.json}
-C="APPS=otas/configs/apps-h100.yaml FORMAT=otas-uint8 REPEAT=6 COALESCE_MS=5 SENDERS=4 OVERHEAD=0 TRACE=$PWD/.carry/AzureLLMInferenceTrace_conv.csv CIFAR=$PWD/.carry/cifar10-test.tar.gz"
-D=/tmp/unaware; rm -rf $D; mkdir -p $D; cp -r otas scripts pyproject.toml .carry $D/
+source scripts/replay_one.sh
+D=/tmp/unaware; variant $D
 sed -i 's/        return profile.with_buckets(self.fast.cfg.buckets if self.mode in PER_SHAPE_MODES else None)/        return profile.with_buckets(None)/' $D/otas/engine/runner.py
 grep -H "return profile.with_buckets" $D/otas/engine/runner.py
 python3 -c "
 import json; d = json.load(open('.carry/$P')); d.pop('buckets', None); json.dump(d, open('$D/.carry/unpadded.json', 'w'), indent=1)"
 rm -rf /tmp/pad; mkdir -p /tmp/pad
 RES=/tmp/pad
-source scripts/replay_one.sh
-A="$C PROFILE=$PWD/.carry/$P"
-U="$C PROFILE=$D/.carry/unpadded.json"
+A="$REPLAY PROFILE=$PWD/.carry/$P"
+U="$REPLAY PROFILE=$D/.carry/unpadded.json"
 arm() {  # arm NAME LOADS: one server of the A/B, its results packed at once (a call cut short keeps them)
   case $1 in
     f20) C=$A one . f20-r$R fixed:-20 "$2" ;;

@@ -12,15 +12,15 @@ set -u
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
 R=$1
-C="APPS=otas/configs/apps-h100.yaml FORMAT=otas-uint8 REPEAT=6 COALESCE_MS=5 SENDERS=4 PROFILE=$PWD/.carry/${PROF:-h100_r25_every4.json} OVERHEAD=0 TRACE=$PWD/.carry/AzureLLMInferenceTrace_conv.csv CIFAR=$PWD/.carry/cifar10-test.tar.gz"
+source scripts/replay_one.sh
+C="$REPLAY PROFILE=$PWD/.carry/${PROF:-h100_r25_every4.json}"
 for V in smooth:True step:False; do
-  D=/tmp/${V%%:*}; rm -rf $D; mkdir -p $D; cp -r otas scripts pyproject.toml .carry $D/
+  D=/tmp/${V%%:*}; variant $D
   sed -i "s/        smooth_price: bool = [A-Za-z]*,/        smooth_price: bool = ${V##*:},/" $D/otas/sched/policies.py
   grep -H "        smooth_price: bool" $D/otas/sched/policies.py
 done
 rm -rf /tmp/r34; mkdir -p /tmp/r34
 RES=/tmp/r34
-source scripts/replay_one.sh
 if [ "$R" = 1 ]; then
   one . f20-r1 fixed:-20 "1.5 1"; one /tmp/step step-r1 otas "1.5 1"; one /tmp/smooth smooth-r1 otas "1.5 1"
 else

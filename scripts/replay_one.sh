@@ -1,6 +1,16 @@
-# Sourced by the A/B scripts (gpu_price_ab.sh, gpu_latency_ab.sh): `one TREE TAG POLICY LOADS` runs
-# scripts/gpu_serve_replay.sh from TREE (a copy of the repository with one default changed, or .) for POLICY at
-# LOADS with the settings in $C, each `otas` with its decision log, and keeps its results under $RES/TAG.
+# Sourced by the A/B scripts (gpu_price_ab.sh, gpu_latency_ab.sh, gpu_pad_ab.sh) from the repository root:
+# `one TREE TAG POLICY LOADS` runs scripts/gpu_serve_replay.sh from TREE (a copy of the repository with one default
+# changed, `variant`, or .) for POLICY at LOADS with the settings in $C, each `otas` with its decision log, and keeps
+# its results under $RES/TAG.
+
+# the replays' settings, less the profile (the Azure conv trace played 6 times, raw-pixel requests coalesced over
+# 5 ms by 4 senders, no no-op overhead run)
+REPLAY="APPS=otas/configs/apps-h100.yaml FORMAT=otas-uint8 REPEAT=6 COALESCE_MS=5 SENDERS=4 OVERHEAD=0 TRACE=$PWD/.carry/AzureLLMInferenceTrace_conv.csv CIFAR=$PWD/.carry/cifar10-test.tar.gz"
+
+variant() {  # variant DIR: a fresh copy at DIR of what a replay runs, to change one default in
+  rm -rf "$1"; mkdir -p "$1"; cp -r otas scripts pyproject.toml .carry "$1"/
+}
+
 one() {
   rm -rf /tmp/live
   local extra=""; [ "$3" = otas ] && extra=" --decision-log $RES/dl_$2.jsonl"

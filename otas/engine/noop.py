@@ -50,7 +50,8 @@ class PacedRunner:
     does), so the server's host side can be measured at that device's speed on any machine."""
 
     def __init__(self, inner: NoopRunner, profile: Profile):
-        self.inner, self.profile = inner, profile
+        self.inner = inner
+        self.profile = profile.for_max_batch(inner.max_batch)  # a padded path's last bucket is its B_max
         self.image_size, self.max_batch, self.classes = inner.image_size, inner.max_batch, inner.classes
         self.gammas = list(profile.gammas)
         self.device = f"paced no-op ({profile.device})"

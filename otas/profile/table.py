@@ -200,16 +200,12 @@ class Profile:
     def lat(self, gamma: int, batch: int) -> float:
         """Latency in ms of one batch of `batch` images at `gamma` (interpolated in batch size, at the
         size the batch runs at: `padded`)."""
-        row = self._row(self.latency_ms, gamma)
-        xs = sorted(row)
-        return _interp(xs, [row[b] for b in xs], self.padded(batch))
+        return self._read(self.latency_ms, gamma, batch)
 
     def lat_p90(self, gamma: int, batch: int) -> float:
         if self.latency_p90_ms is None:
             return self.lat(gamma, batch)
-        row = self._row(self.latency_p90_ms, gamma)
-        xs = sorted(row)
-        return _interp(xs, [row[b] for b in xs], self.padded(batch))
+        return self._read(self.latency_p90_ms, gamma, batch)
 
     def acc(self, task: str, gamma: int) -> float:
         if gamma not in self.servable(task):
@@ -226,9 +222,7 @@ class Profile:
         """Peak device memory in MB, or 0.0 where the profile has none (CPU)."""
         if self.memory_mb is None:
             return 0.0
-        row = self._row(self.memory_mb, gamma)
-        xs = sorted(row)
-        return _interp(xs, [row[b] for b in xs], self.padded(batch))
+        return self._read(self.memory_mb, gamma, batch)
 
     def throughput(self, gamma: int, max_batch: int, max_lat_ms: float | None = None) -> float:
         """Best images per second at `gamma` over batch sizes 1..max_batch whose batch latency is
@@ -280,6 +274,12 @@ class Profile:
                 if row[b] > row[slowest]:
                     slowest = b
         return out
+
+    def _read(self, table: dict[int, dict[int, float]], gamma: int, batch: int) -> float:
+        """`table` at `gamma`, interpolated in batch size at the size the batch runs at (`padded`)."""
+        row = self._row(table, gamma)
+        xs = sorted(row)
+        return _interp(xs, [row[b] for b in xs], self.padded(batch))
 
     def _row(self, table: dict[int, Any], gamma: int) -> Any:
         try:

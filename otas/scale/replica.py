@@ -67,7 +67,7 @@ def build_runner(spec: ReplicaSpec):
         from otas.engine.noop import NoopRunner, PacedRunner
 
         runner = NoopRunner(spec.apps, max_batch=mb)
-        return PacedRunner(runner, profile.for_max_batch(mb)) if spec.paced else runner
+        return PacedRunner(runner, profile) if spec.paced else runner
     import torch
 
     from otas.engine.runner import Runner

@@ -4,9 +4,10 @@ A profile is measured in a harness (the model's forward, timed on its own); a li
 copies each batch in, launches it and waits for it, a cost per batch that does not grow with the batch.
 One multiplicative factor fitted to both small and large batches blows that fixed cost up in proportion
 to the batch: measured on one H100, a device thread 0.15-0.2 ms slower than the profile per batch of 1-8
-(0.49 → 0.65 ms) but 4 % slower at 256 (5.6 → 5.8 ms) gave a factor of about 1.45, which predicted the
-large batch at 8.1 ms, so the policy ran small fast batches, and more of them, each paying the fixed
-cost again. An affine fit keeps the two apart.
+(0.49 → 0.65 ms) but 4 % slower at 256 (5.6 → 5.8 ms); live servers there learned a factor of about 1.45
+(part of it the padding of batches to their CUDA-graph bucket, which profiles now name: `Profile.buckets`),
+which predicted the large batch at 8.1 ms, so the policy ran small fast batches, and more of them, each
+paying the fixed cost again. An affine fit keeps the two apart.
 
 The fit is least squares over the batches seen, each weighted by an exponential decay (the newest by
 `a`, as the scheduler's EWMA of the factor was), against a prior of the profile itself (factor 1, offset 0)

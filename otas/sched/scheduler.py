@@ -181,11 +181,17 @@ class Scheduler:
 
     def _refresh_lat(self) -> None:
         # OPTIMIZATION: the corrected latency table, once per correction (rows are read-only)
-        self._lat = {m: t.lat * self._factor[m] for m, t in self._tab.items()}
-        for m, lat in self._lat.items():
-            if (add := self._offset[m] + self.overhead_ms) > 0:
-                lat[1:] += add  # (a batch of nothing takes nothing)
+        self._lat = {m: self._corrected(m, t.lat) for m, t in self._tab.items()}
+        for lat in self._lat.values():
             lat.flags.writeable = False
+
+    def _corrected(self, m: str, lat: np.ndarray) -> np.ndarray:
+        """A new array of profiled latencies `lat` (indexed by batch size, from 0) of model `m` as predicted
+        now: × its factor, + its offset and the host's overhead per batch (a batch of nothing takes nothing)."""
+        out = lat * self._factor[m]
+        if (add := self._offset[m] + self.overhead_ms) > 0:
+            out[1:] += add
+        return out
 
     def _refresh_fast(self) -> None:
         """The corrected latencies; latency per batch size at the policy's fastest setting, made
@@ -196,12 +202,7 @@ class Scheduler:
             cols.setdefault(m, []).append(self._tab[m].index[g])
         # OPTIMIZATION: the correction (× factor, + overhead) is monotone, so the least corrected
         # latency over a model's settings is its least profiled one corrected (the same float)
-        rows = []
-        for m, c in cols.items():
-            row = self._tab[m].fastest(tuple(c)) * self._factor[m]
-            if (add := self._offset[m] + self.overhead_ms) > 0:
-                row[1:] += add  # (as in `_refresh_lat`)
-            rows.append(row)
+        rows = [self._corrected(m, self._tab[m].fastest(tuple(c))) for m, c in cols.items()]
         fast = rows[0] if len(rows) == 1 else np.min(rows, axis=0)
         fast = np.maximum.accumulate(fast)
         fast[0] = 0.0

@@ -262,14 +262,12 @@ def protocol_class(guard: Guard) -> type[asyncio.Protocol]:
             self._head_timer = None
             if self.transport.is_closing():
                 return
-            if self._head_open and self._busy():  # a pipelined head, behind requests still to be answered
-                if getattr(self.flow, "read_paused", False):  # not read while the requests before it wait: not
-                    return self._arm()  # the client's delay (it may have sent the rest); timed again from now
-                msg = f"request headers did not arrive whole within {cfg.header_timeout_s:g} s; send them promptly"
-                return self._refuse(408, "header_timeout", msg)
-            if self.cycle is not None and not self.cycle.response_complete:
+            pipelined = self._head_open and self._busy()  # a head behind requests still to be answered
+            if pipelined and getattr(self.flow, "read_paused", False):  # not read while the requests before it
+                return self._arm()  # wait: not the client's delay (it may have sent the rest); timed again from now
+            if not pipelined and self.cycle is not None and not self.cycle.response_complete:
                 return
-            if self._head_bytes or self._head_open:
+            if pipelined or self._head_bytes or self._head_open:
                 msg = f"request headers did not arrive whole within {cfg.header_timeout_s:g} s; send them promptly"
                 return self._refuse(408, "header_timeout", msg)
             self.transport.close()  # nothing was asked: no answer

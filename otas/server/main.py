@@ -175,7 +175,7 @@ def load_runner(cfg: ServingConfig):
 
         noop = NoopRunner(apps, max_batch=sched.max_batch)
         if eng.paced:  # the profiled device's latency per batch, slept: the host side at that device's speed
-            profile = Profile.load(cfg.profile).for_max_batch(sched.max_batch)  # padded as the path it paces
+            profile = Profile.load(cfg.profile)
             return PacedRunner(noop, profile), profile
         return noop, noop_profile(apps, sched.max_batch)
     import torch
