@@ -31,6 +31,17 @@ def test_a_paced_batch_takes_the_profiled_latency_of_its_gamma_and_size():
         assert out.probs.shape == (b, 5) and np.allclose(out.probs.sum(1), 1)
 
 
+def test_a_paced_padded_profile_sleeps_each_batch_at_its_bucket_up_to_the_max_batch():
+    """A profile that names the buckets its path pads to is slept at each batch's bucket, the last one the
+    runner's B_max (as the CUDA-graph path runs it), not the file's last bucket."""
+    prof = profile().with_buckets([1, 2, 8])
+    runner = PacedRunner(NoopRunner(APPS, max_batch=4), prof)
+    assert runner.profile.buckets == [1, 2, 4]
+    img = np.zeros((32, 32, 3), np.uint8)
+    out = runner.run([img] * 3, ["novel"] * 3, 0)
+    assert out.ms >= profile().lat(0, 4) > profile().lat(0, 3)
+
+
 def test_serve_noop_paced_runs_the_paced_runner_planned_with_the_given_profile(tmp_path):
     path = tmp_path / "p.json"
     profile().save(path)
