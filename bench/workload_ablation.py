@@ -43,6 +43,8 @@ VARIANTS = {
     "no-protect": lambda: Otas(name="otas", head_cap=False, blocked_cost=False),
     "price-judge": lambda: Otas(name="otas", price_judge=True),
     "step-price": lambda: Otas(name="otas", smooth_price=False),
+    "own-blocked": lambda: Otas(name="otas", blocked="own"),
+    "all-blocked": lambda: Otas(name="otas", blocked="all"),
 }
 
 
@@ -79,6 +81,7 @@ def run_suite(path: str, names: list[str], jobs: int, out: str | None = None, se
     if out:
         with open(out, "w") as f:
             json.dump({"suite": path, "baselines_commit": data["meta"]["commit"], "cells": rows}, f, indent=1)
+        plot_cdf(rows, [f"stored:{k}" for k in STORED] + names, out.rsplit(".", 1)[0] + ".png")
     for pset in sorted({r["set"] for r in rows}):
         for band, keep in (("0.5", lambda x: x < 1), ("≥1", lambda x: x >= 1)):
             for split in ("all", "tuning", "held-out"):
@@ -93,6 +96,31 @@ def run_suite(path: str, names: list[str], jobs: int, out: str | None = None, se
                         f"  geomean {st['geomean']:.3f}"
                         f"  vs oracle median {orc:.3f}"
                     )
+
+
+def plot_cdf(rows: list[dict], names: list[str], path: str) -> None:
+    """Per profile set and load band (0.5, ≥ 1), the CDF of each variant's ratio to the best other policy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets = sorted({r["set"] for r in rows})
+    fig, axes = plt.subplots(len(sets), 2, figsize=(10, 3.2 * len(sets)), squeeze=False)
+    for ax_row, pset in zip(axes, sets, strict=True):
+        for ax, (band, keep) in zip(ax_row, (("0.5", lambda x: x < 1), ("≥ 1", lambda x: x >= 1)), strict=True):
+            sel = [r for r in rows if r["set"] == pset and keep(r["load"])]
+            for n in names:
+                v = np.sort([r[n] for r in sel])
+                ax.step(v, np.arange(1, len(v) + 1) / len(v), where="post", label=n)
+            ax.axvline(1.0, color="grey", lw=0.6, ls=":")
+            ax.set_xscale("log")
+            ax.set_title(f"{pset}, load {band} ({len(sel)} cells)")
+            ax.set_xlabel("utility over the best other policy")
+            ax.set_ylabel("share of cells")
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def main() -> None:
@@ -112,7 +140,15 @@ def main() -> None:
         help="with --cells: also run every variant on the trace without the tightest application's queries (each "
         "of them then earns nothing): what giving that application up entirely would earn",
     )
+    ap.add_argument("--replot", nargs="+", help="per-cell JSON files an --out wrote: each plotted again, nothing run")
     args = ap.parse_args()
+    if args.replot:
+        for path in args.replot:
+            d = json.load(open(path))
+            keys = d["cells"][0]
+            names = [k for k in keys if k not in ("set", "split", "load", "seed") and not k.endswith("/oracle")]
+            plot_cdf(d["cells"], names, path.rsplit(".", 1)[0] + ".png")
+        return
     if args.suite:
         names = args.variants.split(",")
         if unknown := [n for n in names if n not in VARIANTS]:

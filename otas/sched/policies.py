@@ -81,7 +81,10 @@ class Otas(Policy):
     and with a host that takes time per batch in the simulator it earned less in most runs where it
     decided otherwise, bench/results/floor_planned_host; docs/scheduler.md), `smooth_price=False` (the price of
     device time at the fluid relaxation's break itself, which jumps where the smoothed one moves:
-    `DevicePrice._smoothed`, bench/price_drift.py).
+    `DevicePrice._smoothed`, bench/price_drift.py), `blocked` (whose arrivals a query blocked by a long batch runs
+    with next, in the head cap and the blocked-arrival cost: "batched", the default, its own application's in a
+    per-class plan and every application's in a shared one, as each batches; "own": its own application's
+    always, the model before; "all": every application's always; bench/results/workloads/blocked).
     """
 
     def __init__(
@@ -102,8 +105,12 @@ class Otas(Policy):
         price_judge: bool = False,
         floor_planned: bool = False,
         smooth_price: bool = True,
+        blocked: str = "batched",
     ):
         self.name = name
+        if blocked not in ("batched", "own", "all"):
+            raise ValueError(f"blocked={blocked!r}: use 'batched', 'own' or 'all'")
+        self.blocked = blocked
         self.smooth_price = smooth_price
         self.floor_planned = floor_planned
         self.price_judge = price_judge
@@ -219,11 +226,11 @@ class Otas(Policy):
         head = 0  # > 0: a batch longer than this blocks arrivals that could still make their SLO
         options: list[tuple[optimizer.Front, int]] = [(j, 0) for j in fronts]  # (front, members run)
         if self._priced is not None:
-            head = self._head_cap(now_ms, view) if self.head_cap else 0
+            head = self._head_cap(now_ms, view, False) if self.head_cap else 0
             # each front batch may also run only its first `head` members, the rest next
             halves = [(j, sp) for j in fronts if head and (sp := self._split(cands[j], head, now_ms, view))]
             # OPTIMIZATION: the costs of the batches and of their halves in one vector pass
-            costed = self._with_costs(specs + [x for _, sp in halves for x in sp], mu, now_ms, view)
+            costed = self._with_costs(specs + [x for _, sp in halves for x in sp], mu, now_ms, view, False)
             specs, rest = costed[: len(specs)], costed[len(specs) :]
             options += [((j, rest[2 * k], rest[2 * k + 1]), head) for k, (j, _) in enumerate(halves)]
         fr = [f for f, _ in options]
@@ -272,7 +279,7 @@ class Otas(Policy):
             return m, g, {"price": mu, "mixed": 1, "follow": 1}
         spec = self._spec(c, now_ms, view)
         if self._priced is not None:
-            (spec,) = self._with_costs([spec], mu, now_ms, view)
+            (spec,) = self._with_costs([spec], mu, now_ms, view, True)
         (plan,) = optimizer.plan_fronts([spec], [0], cfg.delta_ms, cfg.max_grid, mu)
         return m, gammas[plan.choice[0]], {"planned_value": plan.value, "price": mu, "mixed": 1, "follow": 2}
 
@@ -315,8 +322,10 @@ class Otas(Policy):
         alt = [self._spec(c, now_ms, view) for c in mc]
         mopts: list[tuple[optimizer.Front, int]] = [(0, 0)]
         if self._priced is not None:
+            if head:  # (the arrivals a shared batch blocks run with every class's, in the next shared batch)
+                head = self._head_cap(now_ms, view, True)
             sp = self._split(mc[0], head, now_ms, view) if head else None
-            alt = self._with_costs(alt + list(sp or ()), mu, now_ms, view)
+            alt = self._with_costs(alt + list(sp or ()), mu, now_ms, view, True)
             if sp:
                 alt, (hs, rs) = alt[:-2], alt[-2:]
                 mopts.append(((0, hs, rs), head))
@@ -333,16 +342,26 @@ class Otas(Policy):
                 v_split *= _sustained(specs, _plan_ms(plan, specs, front), rate)
         return (mplans[mb], mopts[mb][1]) if _first_best([v_split, v_mixed]) == 1 else None  # ties: per class
 
-    def _head_cap(self, now_ms: float, view: View) -> int:
+    def _pooled(self, shared: bool) -> bool:
+        """Whether an arrival a batch blocks runs next with every application's arrivals (`blocked`): in a
+        shared batch (`shared`: the plan batches the classes together), or always ("all"); else with its
+        own application's alone (per-class batches)."""
+        return self.blocked == "all" or (shared and self.blocked == "batched")
+
+    def _head_cap(self, now_ms: float, view: View, shared: bool) -> int:
         """The largest batch after which the arrivals it blocks still make their SLO: a query of `a`
         arriving while a batch of b runs at the fastest setting waits for it, then runs with the
-        others of `a` that arrived meanwhile (R_a · lat_fast(b) of them). b ≤ B_max; 0 if none."""
+        others that arrived meanwhile, at best at the fastest setting: those of `a` (R_a · lat_fast(b)
+        of them) in a per-class plan, those of every application served (Σ R · lat_fast(b)) in a
+        shared one (`shared`, `_pooled`). b ≤ B_max; 0 if none."""
         fast = view.fast_latency()  # (B_max + 1,)
         rates = self._priced.rates(now_ms)
         live = (rates > 0) & self._priced.served  # applications worth their device time at the price
         if not live.any():
             return len(fast) - 1
         r, slo = rates[live], self._slo[live]
+        if self._pooled(shared):
+            r = np.full_like(r, r.sum())
         n = np.minimum(np.maximum(np.ceil(r[:, None] * fast[None, :]), 1), len(fast) - 1).astype(np.int64)
         ok = (fast[None, :] + fast[n] <= slo[:, None]).all(axis=0)  # (B_max + 1,)
         ok[0] = True
@@ -366,11 +385,12 @@ class Otas(Policy):
         return self._spec(h, now_ms, view), self._spec(r, now_ms, view)
 
     def _with_costs(
-        self, specs: list[optimizer.BatchSpec], mu: float, now_ms: float, view: View
+        self, specs: list[optimizer.BatchSpec], mu: float, now_ms: float, view: View, shared: bool
     ) -> list[optimizer.BatchSpec]:
         """`specs` with what each setting costs the work still to come: μ per ms of device time, plus
         the arrivals it blocks. A query of `a` arriving s ms into a batch of latency L waits for it,
-        then runs with the n_a = ⌈R_a · L⌉ others that arrived meanwhile, at best at the fastest
+        then runs with the n_a = ⌈R_a · L⌉ others that arrived meanwhile (R: `a`'s rate in a per-class
+        plan, every served application's in a shared one, `shared`: `_pooled`), at best at the fastest
         setting: it makes its SLO iff L − s + lat_fast(n_a) ≤ D_a, so the arrivals of the first
         min(L, max(0, L + lat_fast(n_a) − D_a)) ms are lost: R_a · u_a·acc_a each ms."""
         if not specs:
@@ -385,7 +405,8 @@ class Otas(Policy):
         row = {s.latency.tobytes(): s.latency for s in specs}
         lat = np.array(list(row.values()))  # (rows, |Γ|)
         lat = np.where(np.isfinite(lat), lat, 0.0)  # settings that do not fit never run
-        n = np.minimum(np.maximum(np.ceil(rates[None, :, None] * lat[:, None, :]), 1), len(fast) - 1).astype(np.int64)
+        r = np.full_like(rates, float(rates[self._priced.served].sum())) if self._pooled(shared) else rates
+        n = np.minimum(np.maximum(np.ceil(r[None, :, None] * lat[:, None, :]), 1), len(fast) - 1).astype(np.int64)
         late = np.minimum(np.maximum(lat[:, None, :] + fast[n] - self._slo[None, :, None], 0.0), lat[:, None, :])
         cost = mu * lat
         by_row = {key: cost[i] + rate_value @ late[i] for i, key in enumerate(row)}

@@ -70,6 +70,32 @@ def test_rates_are_unbiased_from_the_first_arrival_and_decay_after_the_last(rate
     assert late == pytest.approx(at_stop * np.exp(-10) * weight, rel=1e-9)
 
 
+@pytest.mark.parametrize("rate", [0.5, 20.0])
+def test_traffic_after_a_lull_reads_as_its_rate_from_its_start(rate):
+    """A stream, then nothing for 20 τ, then the same stream again: early in the second one (a tenth of
+    τ in) the rate reads as the stream's, as it did early in the first, not the fraction a count decayed
+    through the lull has gathered by then; a lull shorter than τ keeps the count."""
+    apps = make_apps()
+    tau = 200.0
+    p = DevicePrice(apps, make_profile(), max_batch=64, tau_ms=tau, min_window_ms=10.0)
+    gap = 1.0 / rate
+
+    def stream(t0: float, t1: float) -> None:
+        t = t0
+        while t <= t1:
+            p.observe(apps[0].name, t)
+            t += gap
+
+    stream(0.0, 3 * tau)
+    restart = 23 * tau
+    stream(restart, restart + 0.1 * tau)
+    assert p.rates(restart + 0.1 * tau).sum() == pytest.approx(rate, rel=max(0.1, 2 * gap / (0.1 * tau)))
+    before = p.rates(restart + 0.1 * tau).sum()
+    stream(restart + 0.6 * tau, restart + 0.7 * tau)  # a pause of half τ: the same clock, counts kept
+    assert p._t0 == pytest.approx(restart)
+    assert p.rates(restart + 0.7 * tau).sum() < before
+
+
 def test_demand_table_intervals_are_monotone():
     rng = np.random.default_rng(0)
     for _ in range(50):

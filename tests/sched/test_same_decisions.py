@@ -8,7 +8,9 @@ most urgent member can still make its deadline, when the price's arrival rates c
 unbiased from the first arrival (`DevicePrice.rates`), and when the price came to move across the
 marginal application's switch instead of jumping to it (`DevicePrice._smoothed`), and when the online
 latency correction came to fit a factor and an offset per batch (`latency_fit.AffineFit`: only the cases
-with noisy latencies changed; where every batch takes its profiled time the fit is exactly 1 and 0): before
+with noisy latencies changed; where every batch takes its profiled time the fit is exactly 1 and 0), and when the
+arrivals a query blocked by a long batch runs with next came to be counted as its plan batches them, every
+application's in a shared plan (`Otas(blocked="batched")`): before
 the tie rule, such ties went to whichever sum came out larger in its last bits, which differs between CPUs
 (numpy's SIMD reductions with and without AVX-512). `test_decisions_do_not_hang_on_simd` runs the
 cases again with AVX-512 off."""

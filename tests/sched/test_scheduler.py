@@ -292,9 +292,34 @@ def test_head_cap_protects_only_applications_worth_their_device_time():
                     s.submit(Request(2 * i + (app == "tight"), app, t, t + s.apps[app].slo_ms), t)
         p = s.policy
         mu = p._price.price(2000.0, s.backlog(), s.latency_factor(s.model))
-        caps[loose_gap] = (mu > 0, p._price.served.tolist(), p._head_cap(2000.0, s))
+        caps[loose_gap] = (mu > 0, p._price.served.tolist(), p._head_cap(2000.0, s, False))
     assert caps[400][:2] == (False, [True, True]) and caps[400][2] < 64
     assert caps[40] == (True, [False, True], 64)
+
+
+@pytest.mark.parametrize("blocked", ["batched", "own", "all"])
+def test_head_cap_of_a_shared_batch_counts_every_class_arrivals(blocked):
+    """A device that pads to buckets (a batch of 129-256 costs 1.9 ms, of 65-128 1.0 ms) and three applications
+    arriving at 30 queries/ms each, the tightest with a 3.2 ms SLO. Its query blocked by a batch of 256 waits
+    1.9 ms; in a batch of its own class it then runs with the 57 of its application that arrived meanwhile
+    (0.75 ms: on time), but in a batch the classes share, with the 171 of all three (1.9 ms: late). So a
+    per-class plan may run 256 at once and a shared one only 128 (the default, "batched"); "own" counts
+    its own application's arrivals in both, "all" every application's in both."""
+    apps = [App("tight", 3.2, 1.0, "novel"), App("mid", 9.0, 1.0, "novel"), App("loose", 45.0, 1.0, "novel")]
+    prof = make_profile(base_ms=(0.5, 1.0, 1.9), batch_sizes=(1, 128, 256), gammas=[0], device="flat (hand-made)")
+    prof = prof.with_buckets([1, 2, 4, 8, 16, 32, 64, 128, 256])
+    policy = make_policy("otas", blocked=blocked)
+    s = Scheduler(apps, prof, policy, SchedulerConfig(max_batch=256))
+    price = policy._price
+    price._t0, price._t = -1e9, 0.0  # a long history: the rates read as set
+    price._rate[:] = 30.0
+    caps = (policy._head_cap(0.0, s, False), policy._head_cap(0.0, s, True))
+    assert caps == {"batched": (256, 128), "own": (256, 256), "all": (128, 128)}[blocked]
+
+
+def test_otas_rejects_an_unknown_blocked_model():
+    with pytest.raises(ValueError, match="blocked='every'"):
+        make_policy("otas", blocked="every")
 
 
 @pytest.mark.parametrize("policy", ["otas", "otas-paper"])
