@@ -92,7 +92,7 @@ class DevicePrice:
         elif now_ms - self._last > self.tau:
             # a lull longer than τ: the arrivals before it say nothing of the rate after it, and a count decayed
             # through it starts near 0 again (live on the H100, traffic after 13 s idle: μ = 0 for its first
-            # 115-206 ms while 2,000 queries queued at the most accurate γ), so the clock starts again here
+            # 115-223 ms while 2,000 queries queued at the most accurate γ), so the clock starts again here
             self._rate[:] = 0.0
             self._t0 = now_ms
         self._last = max(self._last, now_ms)
