@@ -44,7 +44,7 @@ VARIANTS = {
     "price-judge": lambda: Otas(name="otas", price_judge=True),
     "step-price": lambda: Otas(name="otas", smooth_price=False),
     "own-blocked": lambda: Otas(name="otas", blocked="own"),
-    "all-blocked": lambda: Otas(name="otas", blocked="all"),
+    "batched-blocked": lambda: Otas(name="otas", blocked="batched"),
 }
 
 

@@ -81,10 +81,11 @@ class Otas(Policy):
     and with a host that takes time per batch in the simulator it earned less in most runs where it
     decided otherwise, bench/results/floor_planned_host; docs/scheduler.md), `smooth_price=False` (the price of
     device time at the fluid relaxation's break itself, which jumps where the smoothed one moves:
-    `DevicePrice._smoothed`, bench/price_drift.py), `blocked` (whose arrivals a query blocked by a long batch runs
-    with next, in the head cap and the blocked-arrival cost: "batched", the default, its own application's in a
-    per-class plan and every application's in a shared one, as each batches; "own": its own application's
-    always, the model before; "all": every application's always; bench/results/workloads/blocked).
+    `DevicePrice._smoothed`, bench/price_drift.py), `blocked` (whose arrivals a query blocked by a long batch waits
+    for next, in the head cap and the blocked-arrival cost: "all", the default, every served application's, in
+    per-class and shared plans alike; "batched": its own application's in a per-class plan and every
+    application's in a shared one, which charges the two kinds of plan differently for the same wait; "own": its
+    own application's always, the model before; bench/results/workloads/blocked).
     """
 
     def __init__(
@@ -105,7 +106,7 @@ class Otas(Policy):
         price_judge: bool = False,
         floor_planned: bool = False,
         smooth_price: bool = True,
-        blocked: str = "batched",
+        blocked: str = "all",
     ):
         self.name = name
         if blocked not in ("batched", "own", "all"):
@@ -343,9 +344,10 @@ class Otas(Policy):
         return (mplans[mb], mopts[mb][1]) if _first_best([v_split, v_mixed]) == 1 else None  # ties: per class
 
     def _pooled(self, shared: bool) -> bool:
-        """Whether an arrival a batch blocks runs next with every application's arrivals (`blocked`): in a
-        shared batch (`shared`: the plan batches the classes together), or always ("all"); else with its
-        own application's alone (per-class batches)."""
+        """Whether an arrival a batch blocks waits next for every served application's arrivals (`blocked`):
+        always ("all": in a shared batch they run with it, and per class the other classes' batches run before
+        or after it in turn, each a batch's time on a device whose latency is nearly flat in the batch), or in a
+        shared plan alone (`shared`, "batched"); else for its own application's alone."""
         return self.blocked == "all" or (shared and self.blocked == "batched")
 
     def _head_cap(self, now_ms: float, view: View, shared: bool) -> int:

@@ -9,8 +9,8 @@ unbiased from the first arrival (`DevicePrice.rates`), and when the price came t
 marginal application's switch instead of jumping to it (`DevicePrice._smoothed`), and when the online
 latency correction came to fit a factor and an offset per batch (`latency_fit.AffineFit`: only the cases
 with noisy latencies changed; where every batch takes its profiled time the fit is exactly 1 and 0), and when the
-arrivals a query blocked by a long batch runs with next came to be counted as its plan batches them, every
-application's in a shared plan (`Otas(blocked="batched")`): before
+arrivals a query blocked by a long batch waits for next came to be every served application's, not its own
+application's alone (`Otas(blocked="all")`): before
 the tie rule, such ties went to whichever sum came out larger in its last bits, which differs between CPUs
 (numpy's SIMD reductions with and without AVX-512). `test_decisions_do_not_hang_on_simd` runs the
 cases again with AVX-512 off."""

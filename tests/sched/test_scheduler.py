@@ -302,9 +302,9 @@ def test_head_cap_of_a_shared_batch_counts_every_class_arrivals(blocked):
     """A device that pads to buckets (a batch of 129-256 costs 1.9 ms, of 65-128 1.0 ms) and three applications
     arriving at 30 queries/ms each, the tightest with a 3.2 ms SLO. Its query blocked by a batch of 256 waits
     1.9 ms; in a batch of its own class it then runs with the 57 of its application that arrived meanwhile
-    (0.75 ms: on time), but in a batch the classes share, with the 171 of all three (1.9 ms: late). So a
-    per-class plan may run 256 at once and a shared one only 128 (the default, "batched"); "own" counts
-    its own application's arrivals in both, "all" every application's in both."""
+    (0.75 ms: on time), but in a batch the classes share, with the 171 of all three (1.9 ms: late). "batched"
+    lets a per-class plan run 256 at once and a shared one only 128; "own" counts its own application's
+    arrivals in both, "all" (the default) every application's in both."""
     apps = [App("tight", 3.2, 1.0, "novel"), App("mid", 9.0, 1.0, "novel"), App("loose", 45.0, 1.0, "novel")]
     prof = make_profile(base_ms=(0.5, 1.0, 1.9), batch_sizes=(1, 128, 256), gammas=[0], device="flat (hand-made)")
     prof = prof.with_buckets([1, 2, 4, 8, 16, 32, 64, 128, 256])
