@@ -36,6 +36,14 @@ def read_rounds(folder: Path) -> list[dict]:
                                  "commit": data["meta"].get("commit", "")})  # fmt: skip
     if not rows:
         raise SystemExit(f"no <arm>-r<round>/live.json in the tarballs under {folder}")
+    seen: dict[tuple, str] = {}
+    for r in rows:
+        key = (r["arm"], r["round"], r["load"])
+        if key in seen:
+            raise SystemExit(
+                f"{r['arm']} round {r['round']} at load {r['load']:g} is in both {seen[key]} and {r['tarball']}"
+            )
+        seen[key] = r["tarball"]
     return rows
 
 

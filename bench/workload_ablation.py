@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import lzma
 from multiprocessing import Pool
 
 import numpy as np
@@ -81,7 +82,6 @@ def run_suite(path: str, names: list[str], jobs: int, out: str | None = None, se
     if out:
         with open(out, "w") as f:
             json.dump({"suite": path, "baselines_commit": data["meta"]["commit"], "cells": rows}, f, indent=1)
-        plot_cdf(rows, [f"stored:{k}" for k in STORED] + names, out.rsplit(".", 1)[0] + ".png")
     for pset in sorted({r["set"] for r in rows}):
         for band, keep in (("0.5", lambda x: x < 1), ("≥1", lambda x: x >= 1)):
             for split in ("all", "tuning", "held-out"):
@@ -96,6 +96,8 @@ def run_suite(path: str, names: list[str], jobs: int, out: str | None = None, se
                         f"  geomean {st['geomean']:.3f}"
                         f"  vs oracle median {orc:.3f}"
                     )
+    if out:  # (after the tables: a plotting error loses no printed result)
+        plot_cdf(rows, [f"stored:{k}" for k in STORED] + names, out.rsplit(".", 1)[0] + ".png")
 
 
 def plot_cdf(rows: list[dict], names: list[str], path: str) -> None:
@@ -140,11 +142,14 @@ def main() -> None:
         help="with --cells: also run every variant on the trace without the tightest application's queries (each "
         "of them then earns nothing): what giving that application up entirely would earn",
     )
-    ap.add_argument("--replot", nargs="+", help="per-cell JSON files an --out wrote: each plotted again, nothing run")
+    ap.add_argument(
+        "--replot", nargs="+", help="per-cell JSON files (.json or .json.xz) an --out wrote: each plotted again"
+    )
     args = ap.parse_args()
     if args.replot:
         for path in args.replot:
-            d = json.load(open(path))
+            d = json.load(lzma.open(path) if path.endswith(".xz") else open(path))
+            path = path.removesuffix(".xz")
             keys = d["cells"][0]
             names = [k for k in keys if k not in ("set", "split", "load", "seed") and not k.endswith("/oracle")]
             plot_cdf(d["cells"], names, path.rsplit(".", 1)[0] + ".png")

@@ -323,7 +323,7 @@ class Otas(Policy):
         alt = [self._spec(c, now_ms, view) for c in mc]
         mopts: list[tuple[optimizer.Front, int]] = [(0, 0)]
         if self._priced is not None:
-            if head:  # (the arrivals a shared batch blocks run with every class's, in the next shared batch)
+            if head and self._pooled(True) != self._pooled(False):  # ("batched": a shared plan's own cap)
                 head = self._head_cap(now_ms, view, True)
             sp = self._split(mc[0], head, now_ms, view) if head else None
             alt = self._with_costs(alt + list(sp or ()), mu, now_ms, view, True)
@@ -350,20 +350,24 @@ class Otas(Policy):
         shared plan alone (`shared`, "batched"); else for its own application's alone."""
         return self.blocked == "all" or (shared and self.blocked == "batched")
 
+    def _waited_rates(self, rates: np.ndarray, shared: bool) -> np.ndarray:
+        """(apps,) per application, the rate of the arrivals a query of it blocked by a batch waits for after
+        it (`_pooled`): every served application's, Σ R, or its own, R_a (`shared`: the plan shares batches)."""
+        if not self._pooled(shared):
+            return rates
+        return np.full_like(rates, float(rates[self._priced.served].sum()))
+
     def _head_cap(self, now_ms: float, view: View, shared: bool) -> int:
         """The largest batch after which the arrivals it blocks still make their SLO: a query of `a`
-        arriving while a batch of b runs at the fastest setting waits for it, then runs with the
-        others that arrived meanwhile, at best at the fastest setting: those of `a` (R_a · lat_fast(b)
-        of them) in a per-class plan, those of every application served (Σ R · lat_fast(b)) in a
-        shared one (`shared`, `_pooled`). b ≤ B_max; 0 if none."""
+        arriving while a batch of b runs at the fastest setting waits for it, then for the others that
+        arrived meanwhile, at best at the fastest setting: R · lat_fast(b) of them, R the rate
+        `_waited_rates` gives (`blocked`: by default every served application's). b ≤ B_max; 0 if none."""
         fast = view.fast_latency()  # (B_max + 1,)
         rates = self._priced.rates(now_ms)
         live = (rates > 0) & self._priced.served  # applications worth their device time at the price
         if not live.any():
             return len(fast) - 1
-        r, slo = rates[live], self._slo[live]
-        if self._pooled(shared):
-            r = np.full_like(r, r.sum())
+        r, slo = self._waited_rates(rates, shared)[live], self._slo[live]
         n = np.minimum(np.maximum(np.ceil(r[:, None] * fast[None, :]), 1), len(fast) - 1).astype(np.int64)
         ok = (fast[None, :] + fast[n] <= slo[:, None]).all(axis=0)  # (B_max + 1,)
         ok[0] = True
@@ -391,10 +395,10 @@ class Otas(Policy):
     ) -> list[optimizer.BatchSpec]:
         """`specs` with what each setting costs the work still to come: μ per ms of device time, plus
         the arrivals it blocks. A query of `a` arriving s ms into a batch of latency L waits for it,
-        then runs with the n_a = ⌈R_a · L⌉ others that arrived meanwhile (R: `a`'s rate in a per-class
-        plan, every served application's in a shared one, `shared`: `_pooled`), at best at the fastest
-        setting: it makes its SLO iff L − s + lat_fast(n_a) ≤ D_a, so the arrivals of the first
-        min(L, max(0, L + lat_fast(n_a) − D_a)) ms are lost: R_a · u_a·acc_a each ms."""
+        then for the n_a = ⌈R · L⌉ others that arrived meanwhile (R: `_waited_rates`, by default every
+        served application's), at best at the fastest setting: it makes its SLO iff L − s + lat_fast(n_a) ≤ D_a,
+        so the arrivals of the first min(L, max(0, L + lat_fast(n_a) − D_a)) ms are lost: R_a · u_a·acc_a each
+        ms."""
         if not specs:
             return []
         rates = self._priced.rates(now_ms)  # (apps,)
@@ -407,7 +411,7 @@ class Otas(Policy):
         row = {s.latency.tobytes(): s.latency for s in specs}
         lat = np.array(list(row.values()))  # (rows, |Γ|)
         lat = np.where(np.isfinite(lat), lat, 0.0)  # settings that do not fit never run
-        r = np.full_like(rates, float(rates[self._priced.served].sum())) if self._pooled(shared) else rates
+        r = self._waited_rates(rates, shared)
         n = np.minimum(np.maximum(np.ceil(r[None, :, None] * lat[:, None, :]), 1), len(fast) - 1).astype(np.int64)
         late = np.minimum(np.maximum(lat[:, None, :] + fast[n] - self._slo[None, :, None], 0.0), lat[:, None, :])
         cost = mu * lat

@@ -43,6 +43,10 @@ def service_ms(profile: Profile, max_batch: int, budget_ms: float) -> np.ndarray
     return np.array([1000.0 / profile.throughput(g, max_batch, budget_ms) for g in profile.gammas])
 
 
+LULL_TAUS = 5.0
+"""A gap with no arrival longer than this many τ is a lull: the rate estimate's clock starts again after it."""
+
+
 class DevicePrice:
     """Online μ for one model: arrival rates by exponential decay with time constant `tau_ms`."""
 
@@ -89,10 +93,12 @@ class DevicePrice:
         self._decay(now_ms)
         if self._t0 is None or now_ms < self._t0:  # the earliest arrival seen (a replay may start in the past)
             self._t0 = now_ms
-        elif now_ms - self._last > self.tau:
-            # a lull longer than τ: the arrivals before it say nothing of the rate after it, and a count decayed
-            # through it starts near 0 again (live on the H100, traffic after 13 s idle: μ = 0 for its first
-            # 115-223 ms while 2,000 queries queued at the most accurate γ), so the clock starts again here
+        elif now_ms - self._last > LULL_TAUS * self.tau:
+            # a lull of several τ: the arrivals before it have decayed to under 1 % and say nothing of the rate
+            # after it, and a count decayed through it starts near 0 again (live on the H100, traffic after 13 s
+            # idle: μ = 0 for its first 115-223 ms while 2,000 queries queued at the most accurate γ), so the clock
+            # starts again here. Not after a gap of about τ: a sparse steady stream would restart at every
+            # arrival and read each as a burst over `min_window`.
             self._rate[:] = 0.0
             self._t0 = now_ms
         self._last = max(self._last, now_ms)
@@ -104,9 +110,10 @@ class DevicePrice:
         starts at 0 and reaches the rate only after a few τ: early in a run (a few multiples of the
         loosest SLO) it saw a fraction of the load, sized batches for that, and let them block tight
         classes. The floor on t keeps a burst at the start from reading as a sustained rate (the
-        policy `otas` sets it to the tightest SLO). After a lull longer than τ (no arrival), the clock starts
-        again at the first arrival after it, the counts from before it dropped: traffic after an idle spell is
-        read as a rate as soon as at the start."""
+        policy `otas` sets it to the tightest SLO). After a lull (no arrival for `LULL_TAUS` × τ), the clock
+        starts again at the first arrival after it, the counts from before it dropped: traffic after an idle
+        spell is read as a rate as soon as at the start. Times are expected in order after the first arrivals
+        (as the scheduler passes them)."""
         self._decay(now_ms)
         if self._t0 is None:
             return self._rate.copy()

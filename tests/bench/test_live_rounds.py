@@ -48,3 +48,10 @@ def test_each_arm_over_the_reference_of_its_own_round(tmp_path):
 def test_a_folder_without_rounds_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="no <arm>-r<round>/live.json"):
         live_rounds.read_rounds(tmp_path)
+
+
+def test_one_round_in_two_tarballs_is_a_clear_error(tmp_path):
+    for name in ("pad_1.tar.xz", "again_1.tar.xz"):
+        _pack(tmp_path / name, {"pad/f20-r1/live.json": _live([(1.0, 100.0)])})
+    with pytest.raises(SystemExit, match="f20 round 1 at load 1 is in both"):
+        live_rounds.read_rounds(tmp_path)

@@ -74,7 +74,7 @@ def test_rates_are_unbiased_from_the_first_arrival_and_decay_after_the_last(rate
 def test_traffic_after_a_lull_reads_as_its_rate_from_its_start(rate):
     """A stream, then nothing for 20 τ, then the same stream again: early in the second one (a tenth of
     τ in) the rate reads as the stream's, as it did early in the first, not the fraction a count decayed
-    through the lull has gathered by then; a lull shorter than τ keeps the count."""
+    through the lull has gathered by then; a pause of half τ keeps the count."""
     apps = make_apps()
     tau = 200.0
     p = DevicePrice(apps, make_profile(), max_batch=64, tau_ms=tau, min_window_ms=10.0)
@@ -94,6 +94,20 @@ def test_traffic_after_a_lull_reads_as_its_rate_from_its_start(rate):
     stream(restart + 0.6 * tau, restart + 0.7 * tau)  # a pause of half τ: the same clock, counts kept
     assert p._t0 == pytest.approx(restart)
     assert p.rates(restart + 0.7 * tau).sum() < before
+
+
+def test_a_sparse_steady_stream_is_not_read_as_bursts():
+    """Requests of 16 queries every 1.25 τ: no lull, so the clock runs on and each arrival reads near the
+    stream's rate (a decayed count peaks at an arrival), not as a burst over the minimum window (16 / 25 ms,
+    ten times the rate, had each gap restarted the clock)."""
+    apps = make_apps()
+    tau, gap, n = 200.0, 250.0, 16
+    p = DevicePrice(apps, make_profile(), max_batch=64, tau_ms=tau, min_window_ms=25.0)
+    reads = []
+    for k in range(40):
+        p.observe(apps[0].name, k * gap, n)
+        reads.append(p.rates(k * gap).sum())
+    assert max(reads[10:]) < 2 * n / gap
 
 
 def test_demand_table_intervals_are_monotone():
