@@ -66,6 +66,36 @@ def summarize(
             },
         }
     lags = [r["lag_ms"] for r in recs if "lag_ms" in r]
+    rows["all"]["timeline"] = timeline(recs, trace, apps)
     rows["all"]["error_examples"] = sorted(set(errs))[:5]
     rows["all"]["send_lag_ms"] = {"p50": _pct(lags, 50), "p99": _pct(lags, 99), "max": max(lags, default=math.nan)}
     return rows
+
+
+TIMELINE_BINS = 50
+"""Equal spans of a replay's arrival times that `timeline` counts outcomes in."""
+
+
+def timeline(
+    recs: list[dict[str, Any]], trace: Trace, apps: Sequence[App], bins: int = TIMELINE_BINS
+) -> dict[str, Any]:
+    """When in a replay its requests were lost to their SLO: the arrival times cut into `bins` equal spans, and
+    per application and span, the requests sent and those answered within the SLO (the rest were late,
+    rejected, failed or lost). `start_ms`: each span's start, on the trace's clock."""
+    t = np.asarray(trace.arrival_ms, dtype=float)
+    if not len(t):
+        return {"start_ms": [], "sent": {}, "on_time": {}}
+    edges = np.linspace(t[0], t[-1], bins + 1) if t[-1] > t[0] else np.array([t[0], t[0] + 1.0])
+    where = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, len(edges) - 2)  # (N,) each request's span
+    slo = {a.name: a.slo_ms for a in apps}
+    names = np.array(trace.apps)
+    met = np.array(
+        [r.get("status") == 200 and r["latency_ms"] <= slo[a] for a, r in zip(trace.apps, recs, strict=True)]
+    )
+    sent: dict[str, list[int]] = {}
+    on_time: dict[str, list[int]] = {}
+    for a in apps:
+        mine = names == a.name
+        sent[a.name] = np.bincount(where[mine], minlength=len(edges) - 1).tolist()
+        on_time[a.name] = np.bincount(where[mine & met], minlength=len(edges) - 1).tolist()
+    return {"start_ms": edges[:-1].round(3).tolist(), "sent": sent, "on_time": on_time}

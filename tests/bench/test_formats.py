@@ -124,6 +124,11 @@ def test_every_request_counted_once():
     assert a["utility_expected"] == pytest.approx(expect) and a["utility_realized"] == u["novel"]
     assert rows["novel"]["slo_attainment"] == 0.5 and rows["blur"]["answered"] == 0
     assert math.isnan(rows["blur"]["latency_ms"]["p50"])
+    tl = a["timeline"]  # when each request arrived, and whether it was answered within its SLO
+    assert len(tl["start_ms"]) == 50 and tl["start_ms"][0] == 0.0
+    assert {k: sum(v) for k, v in tl["sent"].items()} == {"novel": 2, "lowlight": 2, "blur": 2}
+    assert {k: sum(v) for k, v in tl["on_time"].items()} == {"novel": 1, "lowlight": 1, "blur": 0}
+    assert tl["on_time"]["novel"][0] == 1 and tl["sent"]["novel"][:11] == [1] + [0] * 9 + [1]
 
 
 def test_window_is_a_prefix_of_the_scaled_trace():
