@@ -43,7 +43,7 @@ def plot_replay(result: dict[str, Any], recs: list[dict], trace: Trace, apps: Se
     plt = pyplot()
 
     live, sim = result["live"], (result["sim"] or {}).get("noise_free")
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(16, 4))
     names = [a.name for a in apps]
     x = np.arange(len(names))
     a1.bar(x - 0.2, [live[n]["slo_attainment"] for n in names], 0.4, label="live")
@@ -64,6 +64,17 @@ def plot_replay(result: dict[str, Any], recs: list[dict], trace: Trace, apps: Se
     a2.set_xlabel("client latency (ms); dashed: SLO")
     a2.set_ylabel("CDF of answered")
     a2.legend()
+    tl = live["all"].get("timeline")
+    if tl and tl["start_ms"]:  # each application's share answered within its SLO, by when its requests arrived
+        t = np.asarray(tl["start_ms"]) / 1e3
+        for n in names:
+            sent, met = np.asarray(tl["sent"][n], float), np.asarray(tl["on_time"][n], float)
+            share = np.divide(met, sent, out=np.full_like(sent, np.nan), where=sent > 0)
+            a3.step(t, share, where="post", label=n)
+        a3.set_ylim(-0.02, 1.05)
+    a3.set_xlabel("arrival time in the replay (s)")
+    a3.set_ylabel("share answered within the SLO")
+    a3.legend()
     save(fig, path)
 
 
