@@ -29,13 +29,17 @@ def summarize(
     by = {a.name: a for a in apps}
     duration_s = max(trace.duration_ms / 1e3, 1e-3)
     errs = [r["reason"] for r in recs if r.get("status") not in (None, 200) and not rejected(r.get("status", -1))]
+    met = np.array(  # (N,) answered within its application's SLO
+        [r.get("status") == 200 and r["latency_ms"] <= by[a].slo_ms for a, r in zip(trace.apps, recs, strict=True)],
+        dtype=bool,
+    )
     rows: dict[str, dict[str, Any]] = {}
     for name in [a.name for a in apps] + ["all"]:
         idx = [i for i, a in enumerate(trace.apps) if name in ("all", a)]
         ok = [i for i in idx if recs[i].get("status") == 200]
         rej = [i for i in idx if rejected(recs[i].get("status", -1))]
         lost = [i for i in idx if recs[i].get("status", -1) == -1]
-        on_time = [i for i in ok if recs[i]["latency_ms"] <= by[trace.apps[i]].slo_ms]
+        on_time = [i for i in ok if met[i]]
         correct = [i for i in ok if recs[i]["label"] == labels[i]]
         reasons: dict[str, int] = {}
         for i in rej:
@@ -66,7 +70,7 @@ def summarize(
             },
         }
     lags = [r["lag_ms"] for r in recs if "lag_ms" in r]
-    rows["all"]["timeline"] = timeline(recs, trace, apps)
+    rows["all"]["timeline"] = timeline(trace, apps, met)
     rows["all"]["error_examples"] = sorted(set(errs))[:5]
     rows["all"]["send_lag_ms"] = {"p50": _pct(lags, 50), "p99": _pct(lags, 99), "max": max(lags, default=math.nan)}
     return rows
@@ -76,22 +80,16 @@ TIMELINE_BINS = 50
 """Equal spans of a replay's arrival times that `timeline` counts outcomes in."""
 
 
-def timeline(
-    recs: list[dict[str, Any]], trace: Trace, apps: Sequence[App], bins: int = TIMELINE_BINS
-) -> dict[str, Any]:
+def timeline(trace: Trace, apps: Sequence[App], met: np.ndarray, bins: int = TIMELINE_BINS) -> dict[str, Any]:
     """When in a replay its requests were lost to their SLO: the arrival times cut into `bins` equal spans, and
-    per application and span, the requests sent and those answered within the SLO (the rest were late,
-    rejected, failed or lost). `start_ms`: each span's start, on the trace's clock."""
+    per application and span, the requests sent and those answered within the SLO (`met`, per request; the
+    rest were late, rejected, failed or lost). `start_ms`: each span's start, on the trace's clock."""
     t = np.asarray(trace.arrival_ms, dtype=float)
     if not len(t):
         return {"start_ms": [], "sent": {}, "on_time": {}}
     edges = np.linspace(t[0], t[-1], bins + 1) if t[-1] > t[0] else np.array([t[0], t[0] + 1.0])
     where = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, len(edges) - 2)  # (N,) each request's span
-    slo = {a.name: a.slo_ms for a in apps}
     names = np.array(trace.apps)
-    met = np.array(
-        [r.get("status") == 200 and r["latency_ms"] <= slo[a] for a, r in zip(trace.apps, recs, strict=True)]
-    )
     sent: dict[str, list[int]] = {}
     on_time: dict[str, list[int]] = {}
     for a in apps:

@@ -43,6 +43,10 @@ class NoopRunner:
     def warmup(self, batch_sizes: Sequence[int] = ()) -> None:
         pass
 
+    def served_profile(self, profile: Profile) -> Profile:
+        """`profile` as served here (`Runner.served_profile`): as it is, this path pads to no buckets of its own."""
+        return profile
+
 
 class PacedRunner:
     """The no-op runner, slowed to the profile's latency per batch: a stand-in for the profiled
@@ -67,6 +71,10 @@ class PacedRunner:
 
     def warmup(self, batch_sizes: Sequence[int] = ()) -> None:
         pass
+
+    def served_profile(self, profile: Profile) -> Profile:
+        """`profile` as served here (`Runner.served_profile`): as it is, this path sleeps the buckets it names."""
+        return profile
 
 
 def noop_profile(apps: Sequence[App], max_batch: int = 64) -> Profile:

@@ -132,9 +132,7 @@ class ReplicaCore:
     def __init__(self, spec: ReplicaSpec, index: int, runner=None):
         self.spec, self.index = spec, index
         self.runner = runner if runner is not None else build_runner(spec)
-        profile = Profile.from_dict(spec.profile)
-        served = getattr(self.runner, "served_profile", None)  # a model's runner: read at its batch buckets
-        self.profile = served(profile) if served is not None else profile
+        self.profile = self.runner.served_profile(Profile.from_dict(spec.profile))  # read at its batch buckets
         self.relay = _Relay()
         self.engine, self.info = make_engine(
             self.runner,
