@@ -100,6 +100,8 @@ class Scheduler:
         )
         self.queues = Queues(groups, self.policy.order)
         self._expired: list[tuple[Request, str]] = []
+        self._mixed: list[Candidate] = []
+        self._mixed_order = "deadline"  # the order of the shared queue `_mixed` was cut from
         self._hold_until: float | None = None
         self._refresh_fast()
 
@@ -121,6 +123,7 @@ class Scheduler:
         that mixes SLO classes."""
         cap, fast = self._cut
         self._mixed = candidates(self.queues.merged(), now_ms, cap, n or max(self.policy.lookahead, 1), fast)
+        self._mixed_order = "deadline"
         return self._mixed
 
     def fifo_candidate(self, now_ms: float) -> Candidate:
@@ -128,6 +131,7 @@ class Scheduler:
         waiting queries, up to the batch cap (for a policy that runs as a fixed γ would)."""
         cap, _ = self._cut
         self._mixed = candidates(self.queues.merged("arrival"), now_ms, cap, 1, None)
+        self._mixed_order = "arrival"
         return self._mixed[0]
 
     def fast_latency(self) -> np.ndarray:
@@ -277,6 +281,9 @@ class Scheduler:
         reqs = first.requests
         if self.policy.deadline_aware and self.config.reject_infeasible:
             reqs = self._drop_late(reqs, model, gamma, now_ms + switch, first.deadline_ms)
+            if len(reqs) < len(first.requests):  # room its late members left: the queries queued next, on time
+                source = self.queues.merged(self._mixed_order) if meta.get("mixed") else self.queues
+                reqs = self._refill(reqs, len(first.requests), source, first.queue, model, gamma, now_ms + switch)
         self.model = model
         b, i = len(reqs), self._tab[model].index[gamma]
         profiled = float(self._tab[model].lat[b, i])
@@ -310,6 +317,30 @@ class Scheduler:
                 return reqs
             self._expired.extend((r, Reason.DEADLINE_UNREACHABLE.value) for r in reqs if r.deadline_ms < finish)
             reqs = keep
+
+    def _refill(
+        self, reqs: list[Request], size: int, source: Queues, queue: int, model: str, gamma: int, start_ms: float
+    ) -> list[Request]:
+        """The batch `reqs` (what `_drop_late` kept of one of `size`) with up to `size - len(reqs)` more: the
+        queries next in its queue (`queue` of `source`, the queues it was cut from), as many as end on time at
+        `gamma` with the batch they make, and leave its members on time (a batch of the policy's size runs
+        rather than a smaller one while queries wait). They leave the queue."""
+        more, d = source.head_deadlines(queue, size - len(reqs))  # (m,)
+        if not more:
+            return reqs
+        i = self._tab[model].index[gamma]
+        finish = start_ms + self._lat[model][len(reqs) + 1 : len(reqs) + len(more) + 1, i]  # (m,): with k = 1..m more
+        earliest = min(r.deadline_ms for r in reqs)
+        # (both sides monotone in k: the first k all end on time up to some k, and none past it)
+        ok = (np.minimum.accumulate(d) >= finish) & (earliest >= finish)  # (m,)
+        served = {a: bool(self.servable(model, [a])[i]) for a in {r.app for r in more}}
+        if not all(served.values()):  # (and up to the first whose task is not served at γ)
+            ok &= np.logical_and.accumulate([served[r.app] for r in more])
+        k = int(ok.sum())
+        if not k:
+            return reqs
+        self.queues.pop(more[:k])
+        return reqs + more[:k]
 
     def next_wakeup(self, now_ms: float) -> float | None:
         """After next_batch gave None: when to ask again; None = only when new work arrives."""

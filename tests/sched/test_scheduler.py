@@ -336,6 +336,35 @@ def test_members_a_batch_would_finish_late_expire_instead(policy):
     assert [(r.id, why) for r, why in s.expired(400.0)] == [(0, Reason.DEADLINE_UNREACHABLE.value)]
 
 
+@pytest.mark.parametrize("policy", ["otas", "otas-paper", "otas-fifo"])
+def test_a_batch_that_drops_late_members_takes_the_queries_queued_next(policy):
+    """As above, with more queued behind the batch (cap 8): the batch runs at the size the policy chose,
+    the oldest query's place taken by the next one queued, on time; the rest stay queued."""
+    s = Scheduler(APPS, make_profile(), policy, SchedulerConfig(max_batch=8))
+    assert s.submit(make_request(0, NOVEL, 0.0), 0.0) is None
+    for i in range(1, 12):
+        assert s.submit(make_request(i, NOVEL, 100.0), 100.0) is None
+    plan = s.next_batch(400.0)
+    assert [r.id for r in plan.requests] == list(range(1, 9))
+    assert 400.0 + plan.predicted_ms <= plan.deadline_ms
+    assert [(r.id, why) for r, why in s.expired(400.0)] == [(0, Reason.DEADLINE_UNREACHABLE.value)]
+    assert s.queued() == 3
+    assert [r.id for r in s.next_batch(400.0 + plan.predicted_ms).requests] == [9, 10, 11]
+
+
+def test_a_batch_takes_in_only_queries_that_end_on_time_with_it():
+    """The query queued next would end late in the batch, as the oldest would: the batch runs smaller rather
+    than with it, and it stays queued (to expire, or run alone at a faster setting)."""
+    s = Scheduler(APPS, make_profile(), "otas-fifo", SchedulerConfig(max_batch=8))
+    assert s.submit(make_request(0, NOVEL, 0.0), 0.0) is None
+    for i in range(1, 8):
+        assert s.submit(make_request(i, APPS[2], 5.0), 5.0) is None  # blur: 2 s SLO
+    assert s.submit(make_request(8, NOVEL, 10.0), 10.0) is None  # due at 510, before the batch ends
+    plan = s.next_batch(400.0)
+    assert 0 not in [r.id for r in plan.requests] and 8 not in [r.id for r in plan.requests]
+    assert plan.size == 7 and s.queued() == 1
+
+
 def test_plain_batching_serves_late_members_as_triton_would():
     s = Scheduler(APPS, make_profile(), "fixed:-20", SchedulerConfig(max_batch=64))
     assert s.submit(make_request(0, NOVEL, 0.0), 0.0) is None
