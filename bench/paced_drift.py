@@ -4,9 +4,11 @@ latency, the scheduler's online factor), and the simulator's run of the same rep
 that much slower than profiled (`otas.sim.simulator.run(device_scale=)`) beside the plain one.
 
     python bench/paced_drift.py --replay R.json --decision-log D.jsonl --profile P --apps A \\
-        --out bench/results/paced_drift
+        --out bench/results/paced_drift [--others fixed:-20]
 
 R.json is the replay's output (`otas bench replay`), which names the trace window; P and A the server's.
+--others: more policies simulated on the same window, as profiled and on the measured device (whether the
+simulator ranks the replay's policy against them alike once its device runs as the live one did).
 Writes paced_drift.json (with machine, commit and command).
 """
 
@@ -36,6 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--apps", type=Path, required=True)
     ap.add_argument("--trace", default="azure")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--others", default="", help="comma-separated policies simulated beside it, e.g. fixed:-20")
     args = ap.parse_args(argv)
     replay = json.loads(args.replay.read_text())
     m = replay["meta"]
@@ -45,17 +48,23 @@ def main(argv: list[str] | None = None) -> None:
     prof, apps = Profile.load(args.profile), load_apps(args.apps)
     trace, gw = sim_window(args.trace, apps, prof, m["load"], m["duration_s"], m["repeat"], m["coalesce_ms"])
     cfg = SchedulerConfig(**m["scheduler"])
-    sims = {}
-    for name, scale in (("as_profiled", 1.0), ("as_measured", factor)):
-        res = run(trace, apps, prof, m["policy"], cfg, plan_ahead=True, gateway=gw, device_scale=scale)
-        s = res.summary(apps)
-        sims[name] = {"device_scale": scale, "utility": res.total_utility, "mean_gamma": s["mean_gamma"],
-                      "batches": len(res.batches)}  # fmt: skip
+
+    def simulated(policy: str) -> dict[str, dict]:
+        sims = {}
+        for name, scale in (("as_profiled", 1.0), ("as_measured", factor)):
+            res = run(trace, apps, prof, policy, cfg, plan_ahead=True, gateway=gw, device_scale=scale)
+            s = res.summary(apps)
+            sims[name] = {"device_scale": scale, "utility": res.total_utility, "mean_gamma": s["mean_gamma"],
+                          "batches": len(res.batches)}  # fmt: skip
+        return sims
+
+    sims = simulated(m["policy"])
+    others = {p: simulated(p) for p in args.others.split(",") if p}
     live = replay["live"]["all"]["utility_expected"]  # the replay's own total, as `otas.bench.live_summary` reads it
     out = {
         "meta": run_meta(), "replay": str(args.replay), "live_factor": factor, "live_utility": live,
         "live_mean_gamma": replay["live"]["all"]["mean_gamma"], "live_batches": len(log), "sim": sims,
-        "live_over_sim": {k: live / v["utility"] for k, v in sims.items()},
+        "live_over_sim": {k: live / v["utility"] for k, v in sims.items()}, "others": others,
     }  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "paced_drift.json").write_text(json.dumps(out, indent=1) + "\n")
@@ -63,6 +72,9 @@ def main(argv: list[str] | None = None) -> None:
     for k, v in sims.items():
         print(f"  sim {k}: {v['utility']:.0f} (γ {v['mean_gamma']:.1f}, {v['batches']} batches), "
               f"live/sim {out['live_over_sim'][k]:.3f}")  # fmt: skip
+    for p, o in others.items():
+        print(f"  {p}: sim as profiled {o['as_profiled']['utility']:.0f}, on the measured device "
+              f"{o['as_measured']['utility']:.0f}")  # fmt: skip
 
 
 if __name__ == "__main__":

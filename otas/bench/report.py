@@ -65,17 +65,24 @@ def plot_replay(result: dict[str, Any], recs: list[dict], trace: Trace, apps: Se
     a2.set_ylabel("CDF of answered")
     a2.legend()
     tl = live["all"].get("timeline")
-    if tl and tl["start_ms"]:  # each application's share answered within its SLO, by when its requests arrived
-        t = np.asarray(tl["start_ms"]) / 1e3
-        for n in names:
-            sent, met = np.asarray(tl["sent"][n], float), np.asarray(tl["on_time"][n], float)
-            share = np.divide(met, sent, out=np.full_like(sent, np.nan), where=sent > 0)
-            a3.step(t, share, where="post", label=n)
-        a3.set_ylim(-0.02, 1.05)
-    a3.set_xlabel("arrival time in the replay (s)")
-    a3.set_ylabel("share answered within the SLO")
+    for n in names:
+        draw_timeline(a3, tl, n, label=n)
     a3.legend()
     save(fig, path)
+
+
+def draw_timeline(ax, timeline: dict | None, app: str, **style) -> None:
+    """One application's share of requests answered within its SLO by when they arrived (a replay's
+    `live.all.timeline`, `otas.bench.scoring.timeline`) as a step line on `ax`; nothing for a replay
+    without one."""
+    if timeline and timeline["start_ms"]:
+        t = np.asarray(timeline["start_ms"]) / 1e3
+        sent, met = np.asarray(timeline["sent"][app], float), np.asarray(timeline["on_time"][app], float)
+        share = np.divide(met, sent, out=np.full_like(sent, np.nan), where=sent > 0)
+        ax.step(t, share, where="post", **style)
+    ax.set_ylim(-0.02, 1.05)
+    ax.set_xlabel("arrival time in the replay (s)")
+    ax.set_ylabel("share answered within the SLO")
 
 
 def summary(files: Sequence[Path]) -> str:
