@@ -42,13 +42,15 @@ def read_replays(folder: Path, rnd: int) -> list[dict]:
                 if not tl:
                     raise SystemExit(f"{tar}:{m.name} has no timeline (a replay older than live.all.timeline)")
                 meta, apps = r["meta"], [a["name"] for a in r["apps"]]
+                if missing := [a for a in apps if a not in tl["sent"] or a not in tl["on_time"]]:
+                    raise SystemExit(f"{tar}:{m.name}: its timeline lacks applications {missing}")
                 rows.append({"arm": hit["arm"], "load": meta["load"], "policy": meta["policy"], "apps": apps,
                              "timeline": tl, "file": f"{tar.name}:{m.name}"})  # fmt: skip
     if not rows:
         raise SystemExit(f"no replay of round {rnd} with a timeline in {folder}/*.tar.xz")
     seen = [(r["arm"], r["load"]) for r in rows]
     if len(set(seen)) != len(seen):
-        raise SystemExit(f"round {rnd}: an arm's replay at one load is in two tarballs of {folder}")
+        raise SystemExit(f"round {rnd}: some arm has two replays at one load in {folder}/*.tar.xz")
     return sorted(rows, key=lambda r: (r["load"], r["arm"]))
 
 

@@ -27,6 +27,7 @@ from otas.bench.replay import sim_window  # noqa: E402
 from otas.config import SchedulerConfig, load_apps  # noqa: E402
 from otas.profile.table import Profile  # noqa: E402
 from otas.provenance import run_meta  # noqa: E402
+from otas.sched.policies import make_policy  # noqa: E402
 from otas.sim.simulator import run  # noqa: E402
 
 
@@ -40,6 +41,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--others", default="", help="comma-separated policies simulated beside it, e.g. fixed:-20")
     args = ap.parse_args(argv)
+    for p in filter(None, args.others.split(",")):
+        make_policy(p)  # an unknown name fails here, before any simulation
     replay = json.loads(args.replay.read_text())
     m = replay["meta"]
     log = [json.loads(line) for line in args.decision_log.read_text().splitlines() if line.strip()]

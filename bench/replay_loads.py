@@ -2,7 +2,8 @@
 `--repeat` times, each application's arrivals coalesced over 5 ms, batches planned ahead) over a sweep of loads
 between the replay's, each policy on a device as profiled and as much slower as `--scales` says (a live run's
 latency correction, e.g. from `bench/paced_drift.py`): where on the load axis the simulator itself ranks `otas`
-below a fixed γ, which the live replays' few loads can miss.
+below a fixed γ, which the live replays' few loads can miss. The scheduler's settings are the defaults (with
+`--max-batch`), not a replay's own.
 
     python bench/replay_loads.py \\
         --profile bench/results/gpu_merge_every/run25/vit_tiny_p2_c5__h100-graphs-every4.json \\
@@ -37,7 +38,7 @@ def sweep(args: argparse.Namespace) -> list[dict]:
     cfg = SchedulerConfig(max_batch=args.max_batch)
     rows = []
     for load in (float(x) for x in args.loads.split(",")):
-        trace, gateway = sim_window(args.trace, apps, profile, load, args.seconds, args.repeat, 5.0)
+        trace, gateway = sim_window(args.trace, apps, profile, load, args.seconds, args.repeat, 5.0, args.max_batch)
         for scale in (float(x) for x in args.scales.split(",")):
             for policy in args.policies.split(","):
                 res = run(trace, apps, profile, policy, cfg, plan_ahead=True, gateway=gateway, device_scale=scale)
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", default=str(REPO / "profiles/vit_tiny_p2_c5__h100-graphs.json"))
     ap.add_argument("--apps", default=str(REPO / "otas/configs/apps-h100.yaml"))
-    ap.add_argument("--trace", default=str(REPO.parent / "shared/data/traces/AzureLLMInferenceTrace_conv.csv"))
+    ap.add_argument("--trace", default="azure", help="as `otas simulate --trace`: azure, a CSV path, poisson, ...")
     ap.add_argument("--loads", default="1,1.25,1.5,1.6,1.725,1.85,2")
     ap.add_argument("--scales", default="1,1.15", help="device latency over the profile's, e.g. a live correction")
     ap.add_argument("--policies", default="otas,fixed:-20,fixed:-32")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Does a decision's host time cost a fixed γ its utility live? `fixed:-20` as it is, and in copies of this tree
 # whose `Fixed.choose` first spins for 0.5 and 1 ms of Python (holding the GIL, as the scheduler's own work does):
-# about what `otas` decides in beyond a fixed γ live (0.56-0.69 ms against 0.13-0.15 ms per decision,
+# about what `otas` decides in beyond a fixed γ live (0.62-0.64 ms against 0.10-0.15 ms per decision,
 # otas_decision_seconds, bench/results/live_h100/19_h100_runs37_40). Loads 1 and 1.5. One round per call;
 # ARMS sets the servers and their order (default "f20 pad05 pad10 f20b"), LOADS_AB the loads ("1 1.5"):
 #   bash scripts/gpu_decision_pad_ab.sh 1
@@ -26,7 +26,7 @@ new = ("    def choose(self, cands: list[Candidate], now_ms: float, view: View) 
        "        while time.perf_counter() < t_end:\n            pass\n        ok = view.servable(")
 open(p, "w").write(s.replace(old, new))
 PY
-  grep -c "t_end = time.perf_counter()" $1/otas/sched/baselines.py
+  grep -q "t_end = time.perf_counter()" $1/otas/sched/baselines.py || { echo "the spin patch did not apply to $1" >&2; exit 1; }
 }
 spin /tmp/pad05 0.5
 spin /tmp/pad10 1.0

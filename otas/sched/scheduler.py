@@ -323,20 +323,21 @@ class Scheduler:
     ) -> list[Request]:
         """The batch `reqs` (what `_drop_late` kept of one of `size`) with up to `size - len(reqs)` more: the
         queries next in its queue (`queue` of `source`, the queues it was cut from), as many as end on time at
-        `gamma` with the batch they make, and leave its members on time (a batch of the policy's size runs
-        rather than a smaller one while queries wait). They leave the queue."""
+        `gamma` with the batch they make, leave its members on time, and are served at `gamma` (a batch of the
+        policy's size runs rather than a smaller one while queries wait). They leave the queue."""
         more, d = source.head_deadlines(queue, size - len(reqs))  # (m,)
         if not more:
             return reqs
         i = self._tab[model].index[gamma]
         finish = start_ms + self._lat[model][len(reqs) + 1 : len(reqs) + len(more) + 1, i]  # (m,): with k = 1..m more
         earliest = min(r.deadline_ms for r in reqs)
-        # (both sides monotone in k: the first k all end on time up to some k, and none past it)
+        # ok[k - 1]: the batch with the first k of them ends every member on time (each k judged at its own
+        # latency: a profile's latency may dip as the batch grows, so a larger k can pass where a smaller fails)
         ok = (np.minimum.accumulate(d) >= finish) & (earliest >= finish)  # (m,)
         served = {a: bool(self.servable(model, [a])[i]) for a in {r.app for r in more}}
         if not all(served.values()):  # (and up to the first whose task is not served at γ)
             ok &= np.logical_and.accumulate([served[r.app] for r in more])
-        k = int(ok.sum())
+        k = int(np.flatnonzero(ok)[-1]) + 1 if ok.any() else 0  # the most that end on time
         if not k:
             return reqs
         self.queues.pop(more[:k])

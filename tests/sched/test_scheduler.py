@@ -365,6 +365,23 @@ def test_a_batch_takes_in_only_queries_that_end_on_time_with_it():
     assert plan.size == 7 and s.queued() == 1
 
 
+def test_a_batch_takes_in_no_query_that_would_make_its_members_late_where_latency_dips():
+    """A profile whose latency dips as the batch grows (4 profiled faster than 3, as measured profiles may): the
+    batch of two members due at 29.5 ms takes the two queries queued next (a batch of 4: 29 ms), not one (a
+    batch of 3: 30 ms, which would end both members late). `Scheduler._refill` directly: the batch as
+    `_drop_late` left it, popped, and the queue behind it."""
+    apps = [App("a", 1000.0, 1.0, "novel")]
+    prof = make_profile(base_ms=(10.0, 20.0, 30.0, 29.0, 400.0), batch_sizes=(1, 2, 3, 4, 64), gammas=[0])
+    s = Scheduler(apps, prof, "otas", SchedulerConfig(max_batch=8))
+    assert [s.predict(prof.model, 0, b) for b in (2, 3, 4)] == [20.0, 30.0, 29.0]
+    s.queues.push_many([Request(2, "a", 0.0, 1000.0), Request(3, "a", 0.0, 1000.0)])
+    kept = [Request(0, "a", 0.0, 29.5), Request(1, "a", 0.0, 29.5)]
+    assert [r.id for r in s._refill(kept, 4, s.queues, 0, prof.model, 0, 0.0)] == [0, 1, 2, 3]
+    assert s.queued() == 0
+    s.queues.push_many([Request(4, "a", 0.0, 1000.0)])  # one alone would make a batch of 3: none is taken
+    assert [r.id for r in s._refill(kept, 3, s.queues, 0, prof.model, 0, 0.0)] == [0, 1] and s.queued() == 1
+
+
 def test_plain_batching_serves_late_members_as_triton_would():
     s = Scheduler(APPS, make_profile(), "fixed:-20", SchedulerConfig(max_batch=64))
     assert s.submit(make_request(0, NOVEL, 0.0), 0.0) is None
