@@ -1,10 +1,7 @@
 """bench/live_rounds.py reads every arm's rounds from the A/B tarballs and compares each with the reference arm of
 the same round and load."""
 
-import io
-import json
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -13,14 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 import live_rounds  # noqa: E402
 
-
-def _pack(path: Path, members: dict[str, dict]) -> None:
-    with tarfile.open(path, "w:xz") as t:
-        for name, data in members.items():
-            raw = json.dumps(data).encode()
-            info = tarfile.TarInfo(name)
-            info.size = len(raw)
-            t.addfile(info, io.BytesIO(raw))
+from tests.bench.tarballs import pack  # noqa: E402
 
 
 def _live(rows: list[tuple[float, float]]) -> dict:
@@ -30,10 +20,10 @@ def _live(rows: list[tuple[float, float]]) -> dict:
 
 
 def test_each_arm_over_the_reference_of_its_own_round(tmp_path):
-    _pack(tmp_path / "pad_1.tar.xz", {"pad/f20-r1/live.json": _live([(1.0, 100.0), (1.5, 80.0)]),
+    pack(tmp_path / "pad_1.tar.xz", {"pad/f20-r1/live.json": _live([(1.0, 100.0), (1.5, 80.0)]),
                                       "pad/aware-r1/live.json": _live([(1.0, 90.0), (1.5, 88.0)]),
                                       "pad/aware-r1/raw/other.json": {"not": "read"}})  # fmt: skip
-    _pack(tmp_path / "pad_2.tar.xz", {"pad/f20-r2/live.json": _live([(1.0, 50.0)]),
+    pack(tmp_path / "pad_2.tar.xz", {"pad/f20-r2/live.json": _live([(1.0, 50.0)]),
                                       "pad/aware-r2/live.json": _live([(1.0, 60.0), (1.5, 70.0)])})  # fmt: skip
     rows = live_rounds.with_ratios(live_rounds.read_rounds(tmp_path), "f20")
     got = {(r["arm"], r["round"], r["load"]): r["over_ref"] for r in rows}
@@ -52,6 +42,6 @@ def test_a_folder_without_rounds_is_a_clear_error(tmp_path):
 
 def test_one_round_in_two_tarballs_is_a_clear_error(tmp_path):
     for name in ("pad_1.tar.xz", "again_1.tar.xz"):
-        _pack(tmp_path / name, {"pad/f20-r1/live.json": _live([(1.0, 100.0)])})
+        pack(tmp_path / name, {"pad/f20-r1/live.json": _live([(1.0, 100.0)])})
     with pytest.raises(SystemExit, match="f20 round 1 at load 1 is in both"):
         live_rounds.read_rounds(tmp_path)
