@@ -12,28 +12,34 @@ import argparse
 import json
 import re
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
+from otas.plotting import pyplot, save
 from otas.provenance import run_meta
 
 _TAG = re.compile(r"(?:^|/)(?P<arm>[A-Za-z0-9_.:-]+?)-r(?P<round>\d+)/live\.json$")
 
 
-def read_rounds(folder: Path) -> list[dict]:
-    """One row per (arm, round, load) from every tarball's `<arm>-r<round>/live.json`."""
-    rows = []
+def tarball_json(folder: Path, pattern: re.Pattern) -> Iterator[tuple[Path, str, re.Match, dict]]:
+    """(tarball, member name, the match, its JSON) for every file in `folder`'s *.tar.xz whose name `pattern`
+    matches (searched), tarballs in name order: what an A/B script packed."""
     for tar in sorted(folder.glob("*.tar.xz")):
         with tarfile.open(tar) as t:
             for m in t.getmembers():
-                hit = _TAG.search(m.name)
-                if not (hit and m.isfile()):
-                    continue
-                data = json.load(t.extractfile(m))
-                for r in data["rows"]:
-                    rows.append({"arm": hit["arm"], "round": int(hit["round"]), "load": float(r["load"]),
-                                 "utility_live": r["utility_live"], "utility_sim": r["utility_sim"],
-                                 "slo_live": r["slo_live"], "rejected": r["rejected"], "tarball": tar.name,
-                                 "commit": data["meta"].get("commit", "")})  # fmt: skip
+                if m.isfile() and (hit := pattern.search(m.name)):
+                    yield tar, m.name, hit, json.load(t.extractfile(m))
+
+
+def read_rounds(folder: Path) -> list[dict]:
+    """One row per (arm, round, load) from every tarball's `<arm>-r<round>/live.json`."""
+    rows = []
+    for tar, _, hit, data in tarball_json(folder, _TAG):
+        for r in data["rows"]:
+            rows.append({"arm": hit["arm"], "round": int(hit["round"]), "load": float(r["load"]),
+                         "utility_live": r["utility_live"], "utility_sim": r["utility_sim"],
+                         "slo_live": r["slo_live"], "rejected": r["rejected"], "tarball": tar.name,
+                         "commit": data["meta"].get("commit", "")})  # fmt: skip
     if not rows:
         raise SystemExit(f"no <arm>-r<round>/live.json in the tarballs under {folder}")
     seen: dict[tuple, str] = {}
@@ -57,11 +63,7 @@ def with_ratios(rows: list[dict], ref: str) -> list[dict]:
 
 
 def plot(rows: list[dict], path: Path, ref: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     loads = sorted({r["load"] for r in rows})
     arms = sorted({r["arm"] for r in rows})
     fig, axes = plt.subplots(1, len(loads), figsize=(5 * len(loads), 3.6), squeeze=False)
@@ -78,8 +80,7 @@ def plot(rows: list[dict], path: Path, ref: str) -> None:
         ax.set_ylabel("utility, live")
         ax.legend(fontsize=8)
     fig.suptitle(f"live utility per round (reference arm: {ref})", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save(fig, path)
 
 
 def main() -> None:

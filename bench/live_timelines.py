@@ -14,11 +14,12 @@ import argparse
 import json
 import re
 import sys
-import tarfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from live_rounds import tarball_json  # noqa: E402 (bench/, beside this script)
 
 from otas.bench.report import draw_timeline  # noqa: E402
 from otas.provenance import run_meta  # noqa: E402
@@ -31,21 +32,17 @@ FIRST = 0.1
 def read_replays(folder: Path, rnd: int) -> list[dict]:
     """One row per (arm, load) of round `rnd`: its replay's meta, and its timeline."""
     rows = []
-    for tar in sorted(folder.glob("*.tar.xz")):
-        with tarfile.open(tar) as t:
-            for m in t.getmembers():
-                hit = _REPLAY.search(m.name)
-                if not (hit and m.isfile() and int(hit["round"]) == rnd):
-                    continue
-                r = json.load(t.extractfile(m))
-                tl = r["live"]["all"].get("timeline")
-                if not tl:
-                    raise SystemExit(f"{tar}:{m.name} has no timeline (a replay older than live.all.timeline)")
-                meta, apps = r["meta"], [a["name"] for a in r["apps"]]
-                if missing := [a for a in apps if a not in tl["sent"] or a not in tl["on_time"]]:
-                    raise SystemExit(f"{tar}:{m.name}: its timeline lacks applications {missing}")
-                rows.append({"arm": hit["arm"], "load": meta["load"], "policy": meta["policy"], "apps": apps,
-                             "timeline": tl, "file": f"{tar.name}:{m.name}"})  # fmt: skip
+    for tar, name, hit, r in tarball_json(folder, _REPLAY):
+        if int(hit["round"]) != rnd:
+            continue
+        tl = r["live"]["all"].get("timeline")
+        if not tl:
+            raise SystemExit(f"{tar}:{name} has no timeline (a replay older than live.all.timeline)")
+        meta, apps = r["meta"], [a["name"] for a in r["apps"]]
+        if missing := [a for a in apps if a not in tl["sent"] or a not in tl["on_time"]]:
+            raise SystemExit(f"{tar}:{name}: its timeline lacks applications {missing}")
+        rows.append({"arm": hit["arm"], "load": meta["load"], "policy": meta["policy"], "apps": apps,
+                     "timeline": tl, "file": f"{tar.name}:{name}"})  # fmt: skip
     if not rows:
         raise SystemExit(f"no replay of round {rnd} with a timeline in {folder}/*.tar.xz")
     seen = [(r["arm"], r["load"]) for r in rows]

@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--others", default="", help="comma-separated policies simulated beside it, e.g. fixed:-20")
     args = ap.parse_args(argv)
-    for p in filter(None, args.others.split(",")):
+    names = [p for p in args.others.split(",") if p]
+    for p in names:
         make_policy(p)  # an unknown name fails here, before any simulation
     replay = json.loads(args.replay.read_text())
     m = replay["meta"]
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
         return sims
 
     sims = simulated(m["policy"])
-    others = {p: simulated(p) for p in args.others.split(",") if p}
+    others = {p: simulated(p) for p in names}
     live = replay["live"]["all"]["utility_expected"]  # the replay's own total, as `otas.bench.live_summary` reads it
     out = {
         "meta": run_meta(), "replay": str(args.replay), "live_factor": factor, "live_utility": live,

@@ -102,11 +102,9 @@ def run_suite(path: str, names: list[str], jobs: int, out: str | None = None, se
 
 def plot_cdf(rows: list[dict], names: list[str], path: str) -> None:
     """Per profile set and load band (0.5, ≥ 1), the CDF of each variant's ratio to the best other policy."""
-    import matplotlib
+    from otas.plotting import pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     sets = sorted({r["set"] for r in rows})
     fig, axes = plt.subplots(len(sets), 2, figsize=(10, 3.2 * len(sets)), squeeze=False)
     for ax_row, pset in zip(axes, sets, strict=True):
@@ -121,8 +119,7 @@ def plot_cdf(rows: list[dict], names: list[str], path: str) -> None:
             ax.set_xlabel("utility over the best other policy")
             ax.set_ylabel("share of cells")
             ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save(fig, path, dpi=110)
 
 
 def main() -> None:
