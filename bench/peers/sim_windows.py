@@ -1,8 +1,10 @@
-"""The simulator on the very trace windows a peers sweep replayed: otas and every fixed γ, and each live
-run's utility over the simulated utility of its policy (otas, or the peer's γ).
+"""The simulator on the very trace windows a peers sweep replayed: otas and every fixed γ, the offline upper
+bound on any schedule's utility (`otas.sched.oracle`), and each live run's utility over the simulated utility of
+its policy (otas, or the peer's γ).
 
-It bounds what otas can gain over a peer handed the best fixed γ in hindsight, and shows how close each
-server comes live to its own simulation. Reads the sweep's `sweep.json` (trace, loads, window length,
+It bounds what otas can gain over a peer handed the best fixed γ in hindsight: the oracle over that fixed γ's
+simulated utility is the most any scheduler can earn over a peer that runs as simulated. And it shows how close
+each server comes live to its own simulation. Reads the sweep's `sweep.json` (trace, loads, window length,
 B_max) and writes `sim_windows.json` beside it.
 
     .venv/bin/python bench/peers/sim_windows.py [--sweep bench/results/peers/sweep.json]
@@ -18,6 +20,7 @@ from otas.bench.replay import window
 from otas.config import SchedulerConfig, default_apps_path, load_apps
 from otas.profile.table import Profile
 from otas.provenance import run_meta
+from otas.sched.oracle import upper_bound
 from otas.sim.demo import default_profile_path
 from otas.sim.simulator import run
 
@@ -43,16 +46,19 @@ def main() -> None:
             for p in ["otas"] + [f"fixed:{g}" for g in gammas]
         }
         best = max((p for p in u if p != "otas"), key=u.get)
+        bound = upper_bound(trace.requests(apps), apps, profile, cfg).value
         live = {}
         for r in sweep["runs"]:
             if r["load"] == load:
                 policy = "otas" if r["server"] == "otas" else f"fixed:{r['gamma']}"
                 live[f"{r['server']} {r['variant']}"] = r["all"]["utility_expected"] / u[policy]
         loads[str(load)] = {"requests": len(trace), "sim_utility": u, "best_fixed": best,
-                            "otas_over_best_fixed": u["otas"] / u[best], "live_over_sim": live}  # fmt: skip
+                            "otas_over_best_fixed": u["otas"] / u[best], "oracle": bound,
+                            "oracle_over_best_fixed": bound / u[best], "live_over_sim": live}  # fmt: skip
         print(
             f"load {load:g}: otas {u['otas']:.1f}, best fixed {best} {u[best]:.1f} (otas / it "
-            f"{u['otas'] / u[best]:.3f}); live / sim " + ", ".join(f"{k} {v:.2f}" for k, v in live.items())
+            f"{u['otas'] / u[best]:.3f}), oracle {bound:.1f} ({bound / u[best]:.3f} of it); live / sim "
+            + ", ".join(f"{k} {v:.2f}" for k, v in live.items())
         )
     out = a.sweep.with_name("sim_windows.json")
     doc = {"meta": {**run_meta(), "sweep": str(a.sweep), "sweep_commit": m["commit"]}, "loads": loads}
