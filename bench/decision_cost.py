@@ -90,8 +90,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"{n} {v:.3f} ms" for n, v in row["mean_ms"].items()))  # fmt: skip
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    command = "python bench/decision_cost.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    result = {"meta": {**run_meta(), "command": command}, "rows": rows}
+    result = {"meta": run_meta(__file__, argv), "rows": rows}
     if args.against is not None:
         other = json.loads(args.against.read_text())
         result["against"] = {

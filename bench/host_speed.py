@@ -48,22 +48,15 @@ def measure(profile: Profile, checkpoint: Path, todo: list[tuple[int, int]], min
     profile's latency."""
     import torch
 
-    from otas.adapt import SOURCE
-    from otas.adapt.fast import FastConfig, FastForward
     from otas.models.checkpoint import load_checkpoint
-    from otas.profile.measure import time_cells
+    from otas.profile.measure import cell_task, served_path, time_cells
 
     if missing := sorted({g for g, _ in todo} - set(profile.gammas)):
         raise ValueError(f"γ {missing}: the profile has no such γ (it has {profile.gammas})")
     dev, dtype = torch.device("cpu"), getattr(torch, profile.dtype)
     model = load_checkpoint(checkpoint, dev, dtype, merge_every=profile.merge_every)
-    mode = str(profile.meta.get("mode", "eager"))
-    fast = None
-    if mode != "eager":
-        cfg = FastConfig(mode=mode, dtype=dtype, buckets=tuple(profile.batch_sizes), host_io=True)
-        fast = FastForward(model, dev, cfg)
-    first = next(iter(model.config.tasks), SOURCE)
-    timed = time_cells(model, todo, dev, dtype, min_time_s, task_of=lambda g: SOURCE if g <= 0 else first, fast=fast)
+    fast = served_path(model, dev, dtype, str(profile.meta.get("mode", "eager")), profile.batch_sizes)
+    timed = time_cells(model, todo, dev, dtype, min_time_s, task_of=cell_task(model), fast=fast)
     rows = []
     for g, b in todo:
         ms, prof = timed[g, b][0], profile.lat(g, b)
@@ -95,10 +88,8 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(str(e))
     ratios = [r["over_profile"] for r in rows]
     lo, mid, hi = min(ratios), statistics.median(ratios), max(ratios)
-    command = "python bench/host_speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
     meta = {
-        **run_meta(),
-        "command": command,
+        **run_meta(__file__, argv),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "profile": str(path),

@@ -92,8 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         r["lost"] = lost(r)
         each = [f"{a} lost {v['lost_first']} + {v['lost_after']} of {v['sent']}" for a, v in r["lost"].items()]
         print(f"load {r['load']:<4g} {r['arm']:>10s}: " + "  ".join(each))
-    command = "python bench/live_timelines.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    out = {"meta": {**run_meta(), "command": command, "first": FIRST}, "rows": rows}
+    out = {"meta": {**run_meta(__file__, argv), "first": FIRST}, "rows": rows}
     (args.folder / f"timelines_r{args.round}.json").write_text(json.dumps(out, indent=1) + "\n")
     title = f"round {args.round}: answered within the SLO, by arrival time"
     plot(rows, args.folder / f"timelines_r{args.round}.png", title)

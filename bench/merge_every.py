@@ -146,8 +146,7 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(f"--base {args.base} is not in --every {args.every}")
     d = args.dir
     prof, az, su = profiles(d, every), azure(d, every), suite(d, every, args.base)
-    command = "python bench/merge_every.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
-    out = {"meta": {**run_meta(), "command": command}, "profiles": prof, "azure": az, "suite": su}
+    out = {"meta": run_meta(__file__, argv), "profiles": prof, "azure": az, "suite": su}
     (d / "summary.json").write_text(json.dumps(out, indent=1) + "\n")
     plot(prof, su, d / "summary.png")
     for pair, per_load in su["over_base"].items():

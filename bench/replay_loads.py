@@ -83,8 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     rows = sweep(args)
     args.out.mkdir(parents=True, exist_ok=True)
-    command = "python bench/replay_loads.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    (args.out / "replay_loads.json").write_text(json.dumps({"meta": {**run_meta(), "command": command},
+    (args.out / "replay_loads.json").write_text(json.dumps({"meta": run_meta(__file__, argv),
                                                             "rows": rows}, indent=1) + "\n")  # fmt: skip
     plot(rows, args.out / "replay_loads.png")
     print(f"wrote {args.out}/replay_loads.json and .png")

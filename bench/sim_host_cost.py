@@ -94,8 +94,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"{r['live_over_sim_at_host']:.3f}")  # fmt: skip
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    command = "python bench/sim_host_cost.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    meta = {**run_meta(), "command": command, "profile": args.profile, "live": str(args.live)}
+    meta = {**run_meta(__file__, argv), "profile": args.profile, "live": str(args.live)}
     (out / "sim_host_cost.json").write_text(json.dumps({"meta": meta, "sim": sims, "live": live}, indent=1) + "\n")
     plot(sims, live, out / "sim_host_cost.png")
     print(f"wrote {out / 'sim_host_cost.json'} and .png")

@@ -11,6 +11,7 @@ import platform
 import random
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -204,6 +205,21 @@ def _source(pre, data: Path | None) -> TaskData:
     return TaskData(None, val, None, info)
 
 
+def served_path(model: AdaptiveViT, device: torch.device, dtype: torch.dtype, mode: str, batch_sizes: list[int]):
+    """The `FastForward` a profile of `mode` times (host copies included, graphs per batch size), or None for eager."""
+    from otas.adapt.fast import FastConfig, FastForward
+
+    if mode == "eager":
+        return None
+    return FastForward(model, device, FastConfig(mode=mode, dtype=dtype, buckets=tuple(batch_sizes), host_io=True))
+
+
+def cell_task(model: AdaptiveViT) -> Callable[[int], str]:
+    """The task a profile's latency cell at γ runs: the backbone's own for γ ≤ 0, the first prompted task above."""
+    first = next(iter(model.config.tasks), SOURCE)
+    return lambda gamma: SOURCE if gamma <= 0 else first
+
+
 def measure_profile(
     checkpoint: Path,
     device: str,
@@ -227,7 +243,7 @@ def measure_profile(
     (`validation_sets`). `merge_every`: the merge schedule to measure (default: the checkpoint's;
     recorded in the profile's meta, and the server runs the schedule its profile names).
     """
-    from otas.adapt.fast import DEFAULT_BUCKETS, PER_SHAPE_MODES, FastConfig, FastForward
+    from otas.adapt.fast import DEFAULT_BUCKETS, PER_SHAPE_MODES
 
     dev = torch.device(device)
     t0 = time.perf_counter()
@@ -242,9 +258,7 @@ def measure_profile(
                 f"--accuracy-from profile was measured with merge_every={theirs}, this one with "
                 f"{model.config.merge_every}: its accuracies are another schedule's; measure them here"
             )
-    fast = None
-    if mode != "eager":
-        fast = FastForward(model, dev, FastConfig(mode=mode, dtype=dtype, buckets=tuple(batch_sizes), host_io=True))
+    fast = served_path(model, dev, dtype, mode, batch_sizes)
     load_ms, warm_ms = _ready(model, fast, batch_sizes, dev, dtype, t0)
     gammas = sorted({model.config.check_gamma(g) for g in gammas}) if gammas else list(model.config.gammas)
     if 0 not in gammas:
@@ -295,14 +309,13 @@ def measure_profile(
         acc = {t: {g: acc[t][g] for g in gammas if g in model.servable(t)} for t in tasks}
         cells = [(g, b) for g in gammas for b in batch_sizes]
         job = bar.add_task("latency (interleaved rounds)", total=None)
-        first_task = next(iter(model.config.tasks), SOURCE)
         timed = time_cells(
             model,
             cells,
             dev,
             dtype,
             min_time_s=min_time_s,
-            task_of=lambda g: SOURCE if g <= 0 else first_task,
+            task_of=cell_task(model),
             fast=fast,
             on_round=lambda: bar.advance(job),
         )

@@ -322,14 +322,20 @@ def test_otas_rejects_an_unknown_blocked_model():
         make_policy("otas", blocked="every")
 
 
+def _oldest_then_behind(policy: str, max_batch: int, behind: int) -> Scheduler:
+    """A novel query at 0 ms, then `behind` more at 100 ms: by 400 ms the oldest can make it alone, not in a batch."""
+    s = Scheduler(APPS, make_profile(), policy, SchedulerConfig(max_batch=max_batch))
+    assert s.submit(make_request(0, NOVEL, 0.0), 0.0) is None
+    for i in range(1, behind + 1):
+        assert s.submit(make_request(i, NOVEL, 100.0), 100.0) is None
+    return s
+
+
 @pytest.mark.parametrize("policy", ["otas", "otas-paper"])
 def test_members_a_batch_would_finish_late_expire_instead(policy):
     """The oldest query could still make it alone, but not in the batch that serves the seven
     behind it: it expires now with a reason rather than being served late."""
-    s = Scheduler(APPS, make_profile(), policy, SchedulerConfig(max_batch=64))
-    assert s.submit(make_request(0, NOVEL, 0.0), 0.0) is None
-    for i in range(1, 8):
-        assert s.submit(make_request(i, NOVEL, 100.0), 100.0) is None
+    s = _oldest_then_behind(policy, max_batch=64, behind=7)
     plan = s.next_batch(400.0)
     assert [r.id for r in plan.requests] == list(range(1, 8))
     assert 400.0 + plan.predicted_ms <= plan.deadline_ms
@@ -340,10 +346,7 @@ def test_members_a_batch_would_finish_late_expire_instead(policy):
 def test_a_batch_that_drops_late_members_takes_the_queries_queued_next(policy):
     """As above, with more queued behind the batch (cap 8): the batch runs at the size the policy chose,
     the oldest query's place taken by the next one queued, on time; the rest stay queued."""
-    s = Scheduler(APPS, make_profile(), policy, SchedulerConfig(max_batch=8))
-    assert s.submit(make_request(0, NOVEL, 0.0), 0.0) is None
-    for i in range(1, 12):
-        assert s.submit(make_request(i, NOVEL, 100.0), 100.0) is None
+    s = _oldest_then_behind(policy, max_batch=8, behind=11)
     plan = s.next_batch(400.0)
     assert [r.id for r in plan.requests] == list(range(1, 9))
     assert 400.0 + plan.predicted_ms <= plan.deadline_ms
