@@ -129,6 +129,10 @@ class EngineConfig:
     whose forward shares the host's cores and whose batches (hundreds of ms) are a large share of an
     SLO to plan ahead by (the 10× burst test's accepted requests met their SLO 83-89 % of the time
     planned ahead, against ≥ 90 % without)."""
+    launch_ahead: bool = True
+    """On a GPU (CUDA graphs), queue each batch on the device behind the running one and read the running one's
+    answer on another thread (`Runner.launch`), so the device goes from batch to batch without waiting for the
+    host's collation and copy back; False: one batch at a time on the device thread (`Runner.run`)."""
     delivery_quantile: float = 0.95
     """Deadlines are planned short by this quantile of the recent delivery times (an answer ready on the
     engine to its response leaving the HTTP layer: `otas.engine.delivery`) and of the recent batches' lateness

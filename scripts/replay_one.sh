@@ -14,7 +14,7 @@ variant() {  # variant DIR: a fresh copy at DIR of what a replay runs, to change
 one() {
   rm -rf /tmp/live
   local extra=""; [ "$3" = otas ] && extra=" --decision-log $RES/dl_$2.jsonl"
-  (cd "$1" && env $C "SERVE_ARGS=--http-workers 6$extra" BUDGET_S=200 OUT=$RES/$2 POLICIES="$3" LOADS="$4" ROUNDS=1 \
+  (cd "$1" && env $C "SERVE_ARGS=--http-workers 6$extra${SERVE_EXTRA:-}" BUDGET_S=200 OUT=$RES/$2 POLICIES="$3" LOADS="$4" ROUNDS=1 \
     timeout 190 bash scripts/gpu_serve_replay.sh > $RES/$2.log 2>&1)
   echo "$2 rc=$? at $SECONDS s"
   find /tmp/live -name "*.png" -delete 2>/dev/null; rm -f $RES/$2/live_raw.tgz; mv /tmp/live $RES/$2/raw

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import bisect
 import importlib.util
+import queue
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -136,6 +137,8 @@ class FastForward:
         # graphs capture them): images (B_max, H, W, 3) uint8, task indices (B_max,), output (B_max, K)
         self._in = self._idx = self._out = None
         self._in_np = self._idx_np = self._out_np = None
+        self._extra_slots: list[tuple] = []  # `launch`'s further sets of those buffers (`_slot`)
+        self._free: queue.SimpleQueue[int] | None = None  # the slots no launched batch holds (`launch`)
         self._fn = self._forward
         if self.cfg.mode in ("compile", "compiled-graphs"):
             self._fn = torch.compile(self._forward, dynamic=False)
@@ -208,6 +211,65 @@ class FastForward:
         torch.cuda.current_stream(self.device).synchronize()
         return self._out_np[:b].copy()
 
+    SLOTS = 2
+    """Batches `launch` may hold on the device at once: one running, the next queued behind it."""
+
+    def launch(
+        self, images: Sequence[np.ndarray] | np.ndarray | torch.Tensor, gamma: int, tasks: str | Sequence[str]
+    ) -> Callable[[], np.ndarray]:
+        """`predict_host` in two halves: stage the batch and queue it on the device, returning at once; the
+        returned call waits for it and gives its probabilities (B, K), a new array. While one batch runs the
+        next is staged in the other slot's pinned buffers and queued behind it, so the device goes from one
+        to the next without waiting for the host (its collation, the answer's copy, the thread's turn). Each
+        slot has its own graphs (captured at first use: `_graph`); a launch waits for a free slot, so at most
+        `SLOTS` batches are in flight. Called from one thread; the waits, in launch order, from another (or
+        the same). Without host I/O graphs (other modes, or their check fell back): `predict_host` now."""
+        if not self._host_graphs:
+            probs = self.predict_host(images, gamma, tasks)
+            return lambda: probs
+        b = len(images)
+        B = self.bucket(b)
+        idx = self.model.task_indices(tasks, b, gamma)
+        gamma = int(gamma)
+        if self._free is None:
+            self._free = queue.SimpleQueue()
+            for k in range(self.SLOTS):
+                self._free.put(k)
+            self._slot_events = [torch.cuda.Event() for _ in range(self.SLOTS)]  # each slot's batch done
+        if any((gamma, B, k) not in self._graphs for k in range(1, self.SLOTS)) or (gamma, B) not in self._graphs:
+            # a capture while another thread waits on the device is refused (global capture mode): first
+            # every batch in flight is waited for, then each slot's graph captured (warm-up does this early)
+            held = [self._free.get() for _ in range(self.SLOTS)]
+            try:
+                for k in range(self.SLOTS):
+                    self._graph(gamma, B, k)
+            finally:
+                for k in held:
+                    self._free.put(k)
+            if not self._host_graphs:  # the copies' check fell back
+                return self.launch(images, gamma, tasks)
+        k = self._free.get()  # blocks while every slot holds a batch not yet waited for
+        try:
+            graph = self._graphs[(gamma, B, k) if k else (gamma, B)][0]
+            _, _, _, h_in, h_idx, h_out = self._slot(k)
+            collate(images.cpu().numpy() if isinstance(images, torch.Tensor) else images, h_in)  # (b, H, W, 3)
+            h_idx[:b] = idx
+            graph.replay()
+            done = self._slot_events[k]
+            done.record(torch.cuda.current_stream(self.device))
+        except BaseException:
+            self._free.put(k)
+            raise
+
+        def wait() -> np.ndarray:
+            try:
+                done.synchronize()
+                return h_out[:b].copy()
+            finally:
+                self._free.put(k)
+
+        return wait
+
     def _host_buffers(self) -> None:
         if self._in is None:
             pin = self.device.type == "cuda"
@@ -274,7 +336,13 @@ class FastForward:
         return traced
 
     @torch.inference_mode()
-    def _graph(self, gamma: int, B: int):
+    def _graph(self, gamma: int, B: int, slot: int = 0):
+        if slot:  # `launch`'s second set: the same forward, copying through that slot's buffers
+            if (gamma, B, slot) not in self._graphs:
+                self._graph(gamma, B)  # slot 0 first: its capture checks the copies and may fall back
+                if self._host_graphs:
+                    self._graphs[(gamma, B, slot)] = self._capture(gamma, B, slot)
+            return self._graphs.get((gamma, B, slot)) or self._graphs[(gamma, B)]
         if (gamma, B) not in self._graphs:
             if self._host_graphs and not self._host_io_checked:
                 self._host_io_checked = True
@@ -297,9 +365,9 @@ class FastForward:
                 self._graphs[(gamma, B)] = self._capture(gamma, B)
         return self._graphs[(gamma, B)]
 
-    def _capture(self, gamma: int, B: int):
+    def _capture(self, gamma: int, B: int, slot: int = 0):
         """(graph, device input, device task indices, device output) at (γ, bucket B); with host I/O the
-        graph also copies the pinned host buffers in first and its output out last."""
+        graph also copies the pinned host buffers of `slot` (`launch`) in first and its output out last."""
         x = torch.randint(0, 256, (B, *self._shape), dtype=torch.uint8, device=self.device)
         i = torch.full((B,), 1 if gamma > 0 else 0, dtype=torch.long, device=self.device)
         s = torch.cuda.Stream(self.device)
@@ -313,15 +381,27 @@ class FastForward:
             self._host_buffers()
             self._out = torch.zeros((self.cfg.buckets[-1], y.shape[1]), dtype=y.dtype, pin_memory=True)
             self._out_np = self._out.numpy()
+        if io:
+            h_in, h_idx, h_out = self._slot(slot)[:3]
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             if io:  # pinned host -> device, captured: each replay reads what the host wrote before it
-                x.copy_(self._in[:B], non_blocking=True)
-                i.copy_(self._idx[:B], non_blocking=True)
+                x.copy_(h_in[:B], non_blocking=True)
+                i.copy_(h_idx[:B], non_blocking=True)
             out = self._fn(x, gamma, i)
             if io:
-                self._out[:B].copy_(out, non_blocking=True)
+                h_out[:B].copy_(out, non_blocking=True)
         return graph, x, i, out
+
+    def _slot(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray, np.ndarray, np.ndarray]:
+        """The pinned host buffers of batch slot `k` (images, task indices, output) and their NumPy views; slot 0
+        is `predict_host`'s, the others `launch`'s second set (made at first use, shaped as slot 0)."""
+        if k == 0:
+            return self._in, self._idx, self._out, self._in_np, self._idx_np, self._out_np
+        while len(self._extra_slots) < k:
+            bufs = [torch.zeros_like(t, pin_memory=True) for t in (self._in, self._idx, self._out)]
+            self._extra_slots.append((*bufs, *(t.numpy() for t in bufs)))
+        return self._extra_slots[k - 1]
 
     def _host_io_differs(self, graph: torch.cuda.CUDAGraph, gamma: int, B: int) -> str:
         """Why the graph's captured copies do not carry what the host wrote ("" if they do): two batches of

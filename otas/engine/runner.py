@@ -10,7 +10,7 @@ normalisation, the forward at γ and every task head run on the device.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +79,9 @@ class Runner:
         self.gammas = list(model.config.gammas)
         self.classes = {t: self._labels(t) for t in model.tasks}
         self.untrained = trained_gaps(model)
+        self._last_done = 0.0  # perf_counter s: when the last launched batch's answer was read (`launch`)
+        self.pipeline = True
+        """Whether a caller may launch batches behind the running one where the path allows it (`pipelined`)."""
         # task -> the γ it is served at: the model's pairs less those the checkpoint holds no weights for
         self.servable = {
             t: tuple(g for g in model.servable(t) if g not in self.untrained.get(t, ())) for t in model.tasks
@@ -126,6 +129,37 @@ class Runner:
         """uint8 images ((H, W, 3) arrays, or (B, H, W, 3) host array or tensor), B ≤ max_batch ->
         probabilities (B, K) as float32 numpy; ValueError for a (task, γ) the checkpoint holds no trained
         weights for."""
+        self._check_trained(tasks, gamma)
+        return self.fast.predict_host(images, gamma, tasks)  # waits for the device
+
+    @property
+    def pipelined(self) -> bool:
+        """Whether `launch` queues a batch behind the running one (CUDA graphs with host I/O), so a
+        caller may launch the next before waiting for this one."""
+        return self.pipeline and self.fast._host_graphs
+
+    def launch(self, images: Sequence[np.ndarray], tasks: Sequence[str], gamma: int) -> Callable[[], RunResult]:
+        """`run` in two halves (`FastForward.launch`): the batch staged and queued on the device now, the
+        returned call waiting for it. Its `RunResult.ms` counts from when the device could take it up (its
+        launch, or the previous launch's end if that came later) to when its answer was read: its own
+        turn, not the wait behind the batch before it. Waits are made in launch order."""
+        b = len(images)
+        if not 1 <= b <= self.max_batch or len(tasks) != b:
+            raise ValueError(f"batch of {b} images and {len(tasks)} tasks; need 1..{self.max_batch} of each")
+        self._check_trained(tasks, gamma)
+        t0 = time.perf_counter()
+        wait = self.fast.launch(images, gamma, tasks)
+
+        def result() -> RunResult:
+            probs = wait()
+            t1 = time.perf_counter()
+            start, self._last_done = max(t0, self._last_done), t1
+            return RunResult(probs, (t1 - start) * 1e3)
+
+        return result
+
+    def _check_trained(self, tasks: str | Sequence[str], gamma: int) -> None:
+        """ValueError for a (task, γ) the checkpoint holds no trained weights for."""
         if self.untrained:
             for t in {tasks} if isinstance(tasks, str) else set(tasks):
                 if gamma in self.untrained.get(t, ()):
@@ -133,7 +167,6 @@ class Runner:
                         f"task {t!r} is not trained at gamma={gamma} in this checkpoint (no prompts or head); "
                         f"it is served at {list(self.servable[t])}"
                     )
-        return self.fast.predict_host(images, gamma, tasks)  # waits for the device
 
     def warmup(self, batch_sizes: Sequence[int] | None = None) -> None:
         """One forward per (γ, batch size) before serving: in the per-shape modes (graphs, compile) every
@@ -149,3 +182,5 @@ class Runner:
             for b in sizes:
                 b = min(b, self.max_batch)
                 self.run([img] * b, [t] * b, g)
+                if self.pipelined:  # every slot's graph of (γ, bucket) captured now, not while serving
+                    self.launch([img] * b, [t] * b, g)()

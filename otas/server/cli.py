@@ -100,6 +100,13 @@ def serve_cmd(
             "one ends: the device does not wait for the event loop); default: on for a GPU, off on a CPU."
         ),
     ] = None,
+    launch_ahead: Annotated[
+        bool,
+        typer.Option(
+            help="On a GPU, queue each batch on the device behind the running one and read answers on another "
+            "thread, so the device does not wait for the host between batches (off: one batch at a time)."
+        ),
+    ] = True,
     delivery_quantile: Annotated[
         float,
         typer.Option(
@@ -192,6 +199,7 @@ def serve_cmd(
                 torch_threads=torch_threads,
                 switch_interval_ms=switch_interval_ms,
                 plan_ahead=plan_ahead,
+                launch_ahead=launch_ahead,
                 delivery_quantile=delivery_quantile,
                 decision_log=decision_log,
                 decode_workers=decode_workers,

@@ -93,6 +93,7 @@ def make_engine(
         "device": str(getattr(runner, "device", "none")),
         "mode": getattr(runner, "mode", "none"),
         "plan_ahead": engine.plan_ahead,
+        "pipelined": bool(getattr(runner, "pipelined", False)),
         "delivery_quantile": e.delivery_quantile,
     }
     return engine, info
@@ -191,6 +192,7 @@ def load_runner(cfg: ServingConfig):
     check_profile_arch(profile, ckpt)
     # the merge schedule the profile was measured with: its accuracies and latencies are that schedule's
     runner = Runner.load(ckpt, eng.device, dt, sched.max_batch, eng.mode, merge_every=profile.merge_every)
+    runner.pipeline = eng.launch_ahead
     log.info("merge schedule", extra={"event": "merge_every", "merge_every": runner.model.config.merge_every})
     # traced runs eager's kernels, but without Python between them: 0.5-0.8x eager's time at batches of 1 on a
     # 2-core CPU (profiles/vit_tiny_p2_c5__cpu{,-eager}.json), so a profile of one does not predict the other

@@ -34,6 +34,22 @@ def test_runner_rejects_bad_batches(runner):
         runner.run(_imgs(1), ["novel"], 3)
 
 
+def test_launch_answers_as_run_does(runner):
+    """`launch` (the pipelined path's halves) gives `run`'s answers; on a CPU it runs at once (nothing to
+    queue behind), so the runner is not pipelined, and it refuses what `run` refuses before any work."""
+    imgs, tasks = _imgs(5, seed=3), ["novel", "blur", "lowlight", "novel", "blur"]
+    assert not runner.pipelined
+    for g in (runner.gammas[0], 0, runner.gammas[-1]):
+        want = runner.run(imgs, tasks, g).probs
+        got = runner.launch(imgs, tasks, g)()
+        np.testing.assert_allclose(got.probs, want, atol=1e-6)
+        assert got.ms >= 0
+    with pytest.raises(ValueError, match="need 1..16"):
+        runner.launch(_imgs(17), ["novel"] * 17, 0)
+    with pytest.raises(ValueError, match="gamma=3"):
+        runner.launch(_imgs(1), ["novel"], 3)
+
+
 def test_noop_runner_collates_and_returns_uniform():
     r = NoopRunner(APPS, image_size=SIZE, max_batch=8)
     out = r.run(_imgs(3), ["novel"] * 3, 0)

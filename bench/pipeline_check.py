@@ -1,0 +1,145 @@
+"""The pipelined device path (`Runner.launch`) against the one-batch-at-a-time path (`Runner.run`) on one GPU:
+the same answers (two batches in flight, waited for on another thread), and the device thread's time per batch
+of each beside the graph's own replay time, per (γ, batch). A CUDA device with graphs is needed.
+
+    python bench/pipeline_check.py --out bench/results/pipeline/h100
+
+Writes pipeline_check.json (machine, commit, command; `check`: the largest difference per case; `timing`: ms per
+batch of `run`, of `launch` with the next batch launched before the last is waited for, and of the replay alone,
+its share of each) and pipeline_check.png under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from otas.provenance import run_meta  # noqa: E402
+
+MODEL = REPO / "otas/assets/vit_tiny_p2_c5.safetensors"
+
+
+def tasks_at(runner, gamma: int, n: int, rng: np.random.Generator) -> list[str]:
+    """`n` tasks drawn from those the runner serves at γ."""
+    ok = [t for t, gs in runner.servable.items() if gamma in gs]
+    return [ok[i] for i in rng.integers(0, len(ok), n)]
+
+
+def check(runner, cases: list[tuple[int, int]], rng: np.random.Generator) -> list[dict]:
+    """Per (γ, b): two batches launched back to back, waited for on another thread, against `run` of each."""
+    rows = []
+    with ThreadPoolExecutor(1) as waiter:
+        for g, b in cases:
+            size = runner.image_size
+            batches = [list(rng.integers(0, 256, (b, size, size, 3), dtype=np.uint8)) for _ in range(2)]
+            tasks = [tasks_at(runner, g, b, rng) for _ in range(2)]
+            want = [runner.run(x, t, g).probs for x, t in zip(batches, tasks, strict=True)]
+            waits = [runner.launch(x, t, g) for x, t in zip(batches, tasks, strict=True)]  # both in flight
+            got = [waiter.submit(w).result().probs for w in waits]
+            diff = max(float(np.abs(a - w).max()) for a, w in zip(got, want, strict=True))
+            rows.append({"gamma": g, "batch": b, "max_abs_diff": diff})
+            print(f"check γ {g:4d} b {b:4d}: max |launch − run| {diff:.2e}", flush=True)
+    return rows
+
+
+def timing(runner, cases: list[tuple[int, int]], seconds: float, rng: np.random.Generator) -> list[dict]:
+    """Per (γ, b): ms per batch of `run` in a loop, of `launch` keeping one batch queued behind the running one,
+    and of the bare graph replay (the device's own time, as `otas profile` times a cell)."""
+    import torch
+
+    rows = []
+    for g, b in cases:
+        size = runner.image_size
+        imgs = list(rng.integers(0, 256, (b, size, size, 3), dtype=np.uint8))
+        tasks = tasks_at(runner, g, b, rng)
+        replay = runner.fast.replay(g, b)
+
+        def loop(step) -> tuple[int, float]:
+            n, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < seconds:
+                step()
+                n += 1
+            return n, t0
+
+        n, t0 = loop(lambda: runner.run(imgs, tasks, g))
+        run_ms = (time.perf_counter() - t0) * 1e3 / n
+        pending = [None]
+
+        def pipelined() -> None:
+            w = runner.launch(imgs, tasks, g)
+            if pending[0] is not None:
+                pending[0]()
+            pending[0] = w
+
+        n, t0 = loop(pipelined)
+        pending[0]()
+        pipe_ms = (time.perf_counter() - t0) * 1e3 / n
+
+        def bare() -> None:
+            replay()
+
+        torch.cuda.synchronize()
+        n, t0 = loop(bare)
+        torch.cuda.synchronize()
+        replay_ms = (time.perf_counter() - t0) * 1e3 / n
+        row = {"gamma": g, "batch": b, "run_ms": run_ms, "launch_ms": pipe_ms, "replay_ms": replay_ms,
+               "run_overhead": 1 - replay_ms / run_ms, "launch_overhead": 1 - replay_ms / pipe_ms}  # fmt: skip
+        rows.append(row)
+        print(f"time  γ {g:4d} b {b:4d}: run {run_ms:.3f} ms, launched {pipe_ms:.3f} ms, replay {replay_ms:.3f} ms "
+              f"(not replay: {row['run_overhead']:.1%} → {row['launch_overhead']:.1%})", flush=True)  # fmt: skip
+    return rows
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    from otas.plotting import pyplot, save
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    labels = [f"γ {r['gamma']}\nb {r['batch']}" for r in rows]
+    x = np.arange(len(rows))
+    ax.bar(x - 0.2, [100 * r["run_overhead"] for r in rows], 0.4, label="one batch at a time (run)")
+    ax.bar(x + 0.2, [100 * r["launch_overhead"] for r in rows], 0.4, label="next batch queued behind (launch)")
+    ax.set_xticks(x, labels)
+    ax.set_ylabel("% of the device thread's time\nnot in the graph's replay")
+    ax.axhline(5, color="grey", lw=0.8, ls=":")
+    ax.legend(fontsize=8)
+    ax.set_title("Device thread per batch against the bare replay")
+    save(fig, path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, default=MODEL)
+    ap.add_argument("--merge-every", type=int, default=4, help="the merge schedule served")
+    ap.add_argument("--seconds", type=float, default=2.0, help="timing seconds per path and case")
+    ap.add_argument("--out", type=Path, default=REPO / "bench/results/pipeline")
+    args = ap.parse_args(argv)
+    from otas.engine.runner import Runner
+
+    runner = Runner.load(args.model, "cuda", None, 256, "graphs", merge_every=args.merge_every)
+    if not runner.pipelined:
+        sys.exit("this runner cannot launch batches ahead (no CUDA graphs with host I/O here)")
+    rng = np.random.default_rng(0)
+    gammas = sorted({runner.gammas[0], -32 if -32 in runner.gammas else runner.gammas[0], 0, runner.gammas[-1]})
+    t0 = time.perf_counter()
+    checked = check(runner, [(g, b) for g in gammas for b in (1, 8, 64, 200, 256)], rng)
+    timed = timing(runner, [(0, 1), (0, 8), (0, 64), (0, 256), (-32, 64), (-32, 256)], args.seconds, rng)
+    args.out.mkdir(parents=True, exist_ok=True)
+    out = {"meta": {**run_meta(__file__, argv), "wall_s": round(time.perf_counter() - t0, 1)},
+           "check": checked, "timing": timed}  # fmt: skip
+    (args.out / "pipeline_check.json").write_text(json.dumps(out, indent=1))
+    plot(timed, args.out / "pipeline_check.png")
+    print(f"wrote {args.out}/pipeline_check.json")
+
+
+if __name__ == "__main__":
+    main()
