@@ -51,51 +51,50 @@ def check(runner, cases: list[tuple[int, int]], rng: np.random.Generator) -> lis
     return rows
 
 
-def timing(runner, cases: list[tuple[int, int]], seconds: float, rng: np.random.Generator) -> list[dict]:
-    """Per (γ, b): ms per batch of `run` in a loop, of `launch` keeping one batch queued behind the running one,
+def per_batch_ms(step, seconds: float) -> float:
+    """ms per call of `step`, called for `seconds`."""
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        step()
+        n += 1
+    return (time.perf_counter() - t0) * 1e3 / n
+
+
+def time_case(runner, g: int, b: int, seconds: float, rng: np.random.Generator) -> dict:
+    """One (γ, b): ms per batch of `run` in a loop, of `launch` keeping one batch queued behind the running one,
     and of the bare graph replay (the device's own time, as `otas profile` times a cell)."""
     import torch
 
+    size = runner.image_size
+    imgs = list(rng.integers(0, 256, (b, size, size, 3), dtype=np.uint8))
+    tasks = tasks_at(runner, g, b, rng)
+    run_ms = per_batch_ms(lambda: runner.run(imgs, tasks, g), seconds)
+    pending: list = []
+
+    def launched() -> None:
+        pending.append(runner.launch(imgs, tasks, g))
+        if len(pending) == 2:  # the one before, waited for once the next is queued behind it
+            pending.pop(0)()
+
+    launch_ms = per_batch_ms(launched, seconds)
+    for w in pending:
+        w()
+    torch.cuda.synchronize()
+    replay_ms = per_batch_ms(runner.fast.replay(g, b), seconds)
+    torch.cuda.synchronize()
+    return {"gamma": g, "batch": b, "run_ms": run_ms, "launch_ms": launch_ms, "replay_ms": replay_ms,
+            "run_overhead": 1 - replay_ms / run_ms, "launch_overhead": 1 - replay_ms / launch_ms}  # fmt: skip
+
+
+def timing(runner, cases: list[tuple[int, int]], seconds: float, rng: np.random.Generator) -> list[dict]:
+    """`time_case` of each (γ, b), printed as it goes."""
     rows = []
     for g, b in cases:
-        size = runner.image_size
-        imgs = list(rng.integers(0, 256, (b, size, size, 3), dtype=np.uint8))
-        tasks = tasks_at(runner, g, b, rng)
-        replay = runner.fast.replay(g, b)
-
-        def loop(step) -> tuple[int, float]:
-            n, t0 = 0, time.perf_counter()
-            while time.perf_counter() - t0 < seconds:
-                step()
-                n += 1
-            return n, t0
-
-        n, t0 = loop(lambda: runner.run(imgs, tasks, g))
-        run_ms = (time.perf_counter() - t0) * 1e3 / n
-        pending = [None]
-
-        def pipelined() -> None:
-            w = runner.launch(imgs, tasks, g)
-            if pending[0] is not None:
-                pending[0]()
-            pending[0] = w
-
-        n, t0 = loop(pipelined)
-        pending[0]()
-        pipe_ms = (time.perf_counter() - t0) * 1e3 / n
-
-        def bare() -> None:
-            replay()
-
-        torch.cuda.synchronize()
-        n, t0 = loop(bare)
-        torch.cuda.synchronize()
-        replay_ms = (time.perf_counter() - t0) * 1e3 / n
-        row = {"gamma": g, "batch": b, "run_ms": run_ms, "launch_ms": pipe_ms, "replay_ms": replay_ms,
-               "run_overhead": 1 - replay_ms / run_ms, "launch_overhead": 1 - replay_ms / pipe_ms}  # fmt: skip
+        row = time_case(runner, g, b, seconds, rng)
         rows.append(row)
-        print(f"time  γ {g:4d} b {b:4d}: run {run_ms:.3f} ms, launched {pipe_ms:.3f} ms, replay {replay_ms:.3f} ms "
-              f"(not replay: {row['run_overhead']:.1%} → {row['launch_overhead']:.1%})", flush=True)  # fmt: skip
+        print(f"time  γ {g:4d} b {b:4d}: run {row['run_ms']:.3f} ms, launched {row['launch_ms']:.3f} ms, replay "
+              f"{row['replay_ms']:.3f} ms (not replay: {row['run_overhead']:.1%} → {row['launch_overhead']:.1%})",
+              flush=True)  # fmt: skip
     return rows
 
 

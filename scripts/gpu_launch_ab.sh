@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Live replays of `otas` launching each batch behind the running one (`ahead`: the default) and one batch at a time
-# (`serial`: `otas serve --no-launch-ahead`), at loads 2 and 1.5, each `otas` with its decision log. One round per
+# Live replays of `otas` launching each batch behind the running one (`ahead`: `otas serve --launch-ahead`) and one
+# batch at a time (`serial`: `--no-launch-ahead`, the default), at loads 2 and 1.5, each `otas` with its decision log. One round per
 # call, the second in reverse order:
 #   bash scripts/gpu_launch_ab.sh 1     then     bash scripts/gpu_launch_ab.sh 2     (one machine held;
 #   LOADS_AB="2": that load alone; ARMS="ahead serial": those servers, in that order).
@@ -17,7 +17,7 @@ RES=/tmp/launch
 A="$REPLAY PROFILE=$PWD/.carry/$P"
 arm() {  # arm NAME LOADS: one server of the A/B, its results packed at once (a call cut short keeps them)
   case $1 in
-    ahead) SERVE_EXTRA="" C=$A one . ahead-r$R otas "$2" ;;
+    ahead) SERVE_EXTRA=" --launch-ahead" C=$A one . ahead-r$R otas "$2" ;;
     serial) SERVE_EXTRA=" --no-launch-ahead" C=$A one . serial-r$R otas "$2" ;;
   esac
   tar cJf $OUT/launch_$R.tar.xz -C /tmp launch

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The device path launching each batch behind the running one (`otas serve --launch-ahead`, the default) against one
-# batch at a time (`--no-launch-ahead`), on one GPU: first `bench/pipeline_check.py` (the same answers; the device
+# The device path launching each batch behind the running one (`otas serve --launch-ahead`) against one batch at a
+# time (`--no-launch-ahead`, the default), on one GPU: first `bench/pipeline_check.py` (the same answers; the device
 # thread's time per batch against the bare replay), then the model's own time here (`otas profile`, γ 0 and -32),
 # then the server overhead with the model served (`bench/model_overhead.py`) for both settings, alternating, at
 # γ = 0 (b = 1, 8, 64, 256) and γ = -32 (b = 64, 256). Results (≤ 8 files) under $OUT.
@@ -31,7 +31,7 @@ MT=/tmp/pl/model_time.json; [ -f $MT ] || MT=$PROFILE
 for G in ${GAMMAS:-0 -32}; do
   [ "$G" = 0 ] && B=1,8,64,256 || B=64,256
   for ARM in ahead serial; do
-    SA="--http-workers 6"; [ $ARM = serial ] && SA="$SA --no-launch-ahead"
+    SA="--http-workers 6"; [ $ARM = serial ] && SA="$SA --no-launch-ahead" || SA="$SA --launch-ahead"
     timeout 240 python3 bench/model_overhead.py --device cuda --profile "$MT" --apps otas/configs/apps-h100.yaml \
       --gamma "$G" --batches "$B" --serve-args "$SA" --otas "python3 -m otas.cli" --duration-s 4 \
       --out "/tmp/pl/g${G}_$ARM" > "/tmp/pl/g${G}_$ARM.log" 2>&1

@@ -104,9 +104,10 @@ def serve_cmd(
         bool,
         typer.Option(
             help="On a GPU, queue each batch on the device behind the running one and read answers on another "
-            "thread, so the device does not wait for the host between batches (off: one batch at a time)."
+            "thread, so the device does not wait for the host between batches; pays where the device, not the "
+            "host, bounds the server (off: one batch at a time)."
         ),
-    ] = True,
+    ] = False,
     delivery_quantile: Annotated[
         float,
         typer.Option(
