@@ -1,4 +1,5 @@
-"""The pipelined device path (`Runner.launch`) against the one-batch-at-a-time path (`Runner.run`) on one GPU:
+"""The pipelined device path (`Runner.launch`) against the one-batch-at-a-time path (`Runner.forward`, what `Runner.run`
+runs without launching ahead) on one GPU:
 the same answers (two batches in flight, waited for on another thread), and the device thread's time per batch
 of each beside the graph's own replay time, per (γ, batch). A CUDA device with graphs is needed.
 
@@ -35,14 +36,14 @@ def tasks_at(runner, gamma: int, n: int, rng: np.random.Generator) -> list[str]:
 
 
 def check(runner, cases: list[tuple[int, int]], rng: np.random.Generator) -> list[dict]:
-    """Per (γ, b): two batches launched back to back, waited for on another thread, against `run` of each."""
+    """Per (γ, b): two batches launched back to back, waited for on another thread, against `forward` of each."""
     rows = []
     with ThreadPoolExecutor(1) as waiter:
         for g, b in cases:
             size = runner.image_size
             batches = [list(rng.integers(0, 256, (b, size, size, 3), dtype=np.uint8)) for _ in range(2)]
             tasks = [tasks_at(runner, g, b, rng) for _ in range(2)]
-            want = [runner.run(x, t, g).probs for x, t in zip(batches, tasks, strict=True)]
+            want = [runner.forward(x, t, g) for x, t in zip(batches, tasks, strict=True)]
             waits = [runner.launch(x, t, g) for x, t in zip(batches, tasks, strict=True)]  # both in flight
             got = [waiter.submit(w).result().probs for w in waits]
             diff = max(float(np.abs(a - w).max()) for a, w in zip(got, want, strict=True))
@@ -61,14 +62,14 @@ def per_batch_ms(step, seconds: float) -> float:
 
 
 def time_case(runner, g: int, b: int, seconds: float, rng: np.random.Generator) -> dict:
-    """One (γ, b): ms per batch of `run` in a loop, of `launch` keeping one batch queued behind the running one,
-    and of the bare graph replay (the device's own time, as `otas profile` times a cell)."""
+    """One (γ, b): ms per batch of `forward` (one batch at a time) in a loop, of `launch` keeping one batch queued
+    behind the running one, and of the bare graph replay (the device's own time, as `otas profile` times a cell)."""
     import torch
 
     size = runner.image_size
     imgs = list(rng.integers(0, 256, (b, size, size, 3), dtype=np.uint8))
     tasks = tasks_at(runner, g, b, rng)
-    run_ms = per_batch_ms(lambda: runner.run(imgs, tasks, g), seconds)
+    run_ms = per_batch_ms(lambda: runner.forward(imgs, tasks, g), seconds)
     pending: list = []
 
     def launched() -> None:
@@ -125,6 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     from otas.engine.runner import Runner
 
     runner = Runner.load(args.model, "cuda", None, 256, "graphs", merge_every=args.merge_every)
+    runner.pipeline = True
     if not runner.pipelined:
         sys.exit("this runner cannot launch batches ahead (no CUDA graphs with host I/O here)")
     rng = np.random.default_rng(0)

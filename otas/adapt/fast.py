@@ -25,6 +25,7 @@ from __future__ import annotations
 import bisect
 import importlib.util
 import queue
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -216,17 +217,23 @@ class FastForward:
 
     def launch(
         self, images: Sequence[np.ndarray] | np.ndarray | torch.Tensor, gamma: int, tasks: str | Sequence[str]
-    ) -> Callable[[], np.ndarray]:
+    ) -> Callable[[], tuple[np.ndarray, float]]:
         """`predict_host` in two halves: stage the batch and queue it on the device, returning at once; the
-        returned call waits for it and gives its probabilities (B, K), a new array. While one batch runs the
+        returned call (once) waits for it and gives its probabilities (B, K), a new array, and the device's
+        ms on it (CUDA events around its replay: from when the device took it up, after the batch before,
+        to its answer copied out). While one batch runs the
         next is staged in the other slot's pinned buffers and queued behind it, so the device goes from one
         to the next without waiting for the host (its collation, the answer's copy, the thread's turn). Each
         slot has its own graphs (captured at first use: `_graph`); a launch waits for a free slot, so at most
         `SLOTS` batches are in flight. Called from one thread; the waits, in launch order, from another (or
-        the same). Without host I/O graphs (other modes, or their check fell back): `predict_host` now."""
+        the same). Without host I/O graphs (other modes, or their check fell back): `predict_host` now, its
+        wall time as the device's. Not to be mixed with `predict_host` while a launched batch is unread: slot
+        0 is its buffers too."""
         if not self._host_graphs:
+            t0 = time.perf_counter()
             probs = self.predict_host(images, gamma, tasks)
-            return lambda: probs
+            ms = (time.perf_counter() - t0) * 1e3
+            return lambda: (probs, ms)
         b = len(images)
         B = self.bucket(b)
         idx = self.model.task_indices(tasks, b, gamma)
@@ -235,7 +242,10 @@ class FastForward:
             self._free = queue.SimpleQueue()
             for k in range(self.SLOTS):
                 self._free.put(k)
-            self._slot_events = [torch.cuda.Event() for _ in range(self.SLOTS)]  # each slot's batch done
+            # each slot's batch taken up by the device and done with (timed: `elapsed_time` between them)
+            self._slot_events = [
+                (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(self.SLOTS)
+            ]
         if any((gamma, B, k) not in self._graphs for k in range(1, self.SLOTS)) or (gamma, B) not in self._graphs:
             # a capture while another thread waits on the device is refused (global capture mode): first
             # every batch in flight is waited for, then each slot's graph captured (warm-up does this early)
@@ -254,17 +264,24 @@ class FastForward:
             _, _, _, h_in, h_idx, h_out = self._slot(k)
             collate(images.cpu().numpy() if isinstance(images, torch.Tensor) else images, h_in)  # (b, H, W, 3)
             h_idx[:b] = idx
+            start, done = self._slot_events[k]
+            stream = torch.cuda.current_stream(self.device)
+            start.record(stream)
             graph.replay()
-            done = self._slot_events[k]
-            done.record(torch.cuda.current_stream(self.device))
+            done.record(stream)
         except BaseException:
             self._free.put(k)
             raise
+        waited = False
 
-        def wait() -> np.ndarray:
+        def wait() -> tuple[np.ndarray, float]:
+            nonlocal waited
+            if waited:  # a second wait would free the slot twice, and two batches would share it
+                raise RuntimeError("this launched batch was already waited for")
+            waited = True
             try:
                 done.synchronize()
-                return h_out[:b].copy()
+                return h_out[:b].copy(), start.elapsed_time(done)
             finally:
                 self._free.put(k)
 

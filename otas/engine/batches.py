@@ -165,10 +165,7 @@ class Batches:
     def _on_device(self, images: list[np.ndarray], tasks: list[str], gamma: int) -> tuple[float, float, RunResult]:
         """On the device thread: the batch, and when the device took it up and was done (engine clock, ms)."""
         t0 = self._now_ms()
-        if self._waiter is not None:  # launched and waited for here: the slots stay the runner's to hand out
-            out = self.runner.launch(images, tasks, gamma)()
-        else:
-            out = self.runner.run(images, tasks, gamma)
+        out = self.runner.run(images, tasks, gamma)  # (a pipelined runner: launched and waited for here)
         return t0, self._now_ms(), out
 
     def finish(self, b: Launched) -> float | None:

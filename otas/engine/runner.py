@@ -79,9 +79,9 @@ class Runner:
         self.gammas = list(model.config.gammas)
         self.classes = {t: self._labels(t) for t in model.tasks}
         self.untrained = trained_gaps(model)
-        self._last_done = 0.0  # perf_counter s: when the last launched batch's answer was read (`launch`)
-        self.pipeline = True
-        """Whether a caller may launch batches behind the running one where the path allows it (`pipelined`)."""
+        self.pipeline = False
+        """Whether a caller may launch batches behind the running one where the path allows it (`pipelined`;
+        `otas serve --launch-ahead`)."""
         # task -> the γ it is served at: the model's pairs less those the checkpoint holds no weights for
         self.servable = {
             t: tuple(g for g in model.servable(t) if g not in self.untrained.get(t, ())) for t in model.tasks
@@ -119,6 +119,8 @@ class Runner:
         b = len(images)
         if not 1 <= b <= self.max_batch or len(tasks) != b:
             raise ValueError(f"batch of {b} images and {len(tasks)} tasks; need 1..{self.max_batch} of each")
+        if self.pipelined:  # through a slot, so it never writes buffers a launched batch still reads
+            return self.launch(images, tasks, gamma)()
         t0 = time.perf_counter()
         probs = self.forward(images, tasks, gamma)
         return RunResult(probs, (time.perf_counter() - t0) * 1e3)
@@ -140,21 +142,18 @@ class Runner:
 
     def launch(self, images: Sequence[np.ndarray], tasks: Sequence[str], gamma: int) -> Callable[[], RunResult]:
         """`run` in two halves (`FastForward.launch`): the batch staged and queued on the device now, the
-        returned call waiting for it. Its `RunResult.ms` counts from when the device could take it up (its
-        launch, or the previous launch's end if that came later) to when its answer was read: its own
-        turn, not the wait behind the batch before it. Waits are made in launch order."""
+        returned call (once, from any thread) waiting for it. Its `RunResult.ms` is the device's time on it,
+        from when the device took it up (after the batch before) to its answer copied out, not the wait
+        behind the batch before it."""
         b = len(images)
         if not 1 <= b <= self.max_batch or len(tasks) != b:
             raise ValueError(f"batch of {b} images and {len(tasks)} tasks; need 1..{self.max_batch} of each")
         self._check_trained(tasks, gamma)
-        t0 = time.perf_counter()
         wait = self.fast.launch(images, gamma, tasks)
 
         def result() -> RunResult:
-            probs = wait()
-            t1 = time.perf_counter()
-            start, self._last_done = max(t0, self._last_done), t1
-            return RunResult(probs, (t1 - start) * 1e3)
+            probs, ms = wait()
+            return RunResult(probs, ms)
 
         return result
 
@@ -181,6 +180,4 @@ class Runner:
                 continue
             for b in sizes:
                 b = min(b, self.max_batch)
-                self.run([img] * b, [t] * b, g)
-                if self.pipelined:  # every slot's graph of (γ, bucket) captured now, not while serving
-                    self.launch([img] * b, [t] * b, g)()
+                self.run([img] * b, [t] * b, g)  # (launching ahead: every slot's graph, `FastForward.launch`)

@@ -192,7 +192,8 @@ def load_runner(cfg: ServingConfig):
     check_profile_arch(profile, ckpt)
     # the merge schedule the profile was measured with: its accuracies and latencies are that schedule's
     runner = Runner.load(ckpt, eng.device, dt, sched.max_batch, eng.mode, merge_every=profile.merge_every)
-    runner.pipeline = eng.launch_ahead
+    # launching ahead needs a batch planned behind the running one to launch (`Engine.plan_ahead`)
+    runner.pipeline = eng.launch_ahead and plans_ahead(runner, eng.plan_ahead)
     log.info("merge schedule", extra={"event": "merge_every", "merge_every": runner.model.config.merge_every})
     # traced runs eager's kernels, but without Python between them: 0.5-0.8x eager's time at batches of 1 on a
     # 2-core CPU (profiles/vit_tiny_p2_c5__cpu{,-eager}.json), so a profile of one does not predict the other
