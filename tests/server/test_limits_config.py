@@ -206,3 +206,28 @@ def test_the_http_and_grpc_apis_need_a_port_each():
     with pytest.raises(ValueError, match="port and grpc_port are both 8005"):
         HttpConfig(port=8005, grpc_port=8005)
     HttpConfig(port=8005, grpc_port=0)  # no gRPC: nothing to clash with
+
+
+@pytest.mark.parametrize(
+    "launch,plan,want",
+    [(False, None, False), (False, True, False), (True, True, True), (True, False, False), (True, None, False)],
+)
+def test_a_runner_launches_ahead_only_where_asked_and_batches_are_planned_ahead(tiny_ckpt, launch, plan, want):
+    """`--launch-ahead` is off by default and needs planning ahead (off by default on a CPU), which makes the batch
+    to launch behind the running one; a Ray replica never launches ahead. On a CPU nothing can be launched ahead
+    (no CUDA graphs), whatever is asked."""
+    import json
+
+    from otas.config import SchedulerConfig, ServingConfig
+    from otas.scale.replica import ReplicaSpec, build_runner
+    from otas.server.main import load_runner
+    from tests.server.helpers import APPS
+
+    profile = "tests/data/handmade_tiny__cpu.json"
+    engine = EngineConfig(warmup=False, launch_ahead=launch, plan_ahead=plan)
+    runner, _ = load_runner(ServingConfig(apps=APPS, model=str(tiny_ckpt), profile=profile, engine=engine))
+    assert runner.pipeline is want and not runner.pipelined
+    spec = ReplicaSpec(
+        APPS, json.load(open(profile)), "otas", SchedulerConfig(max_batch=16), model=str(tiny_ckpt), warmup=False
+    )
+    assert build_runner(spec).pipeline is False
