@@ -140,6 +140,7 @@ class FastForward:
         self._in_np = self._idx_np = self._out_np = None
         self._extra_slots: list[tuple] = []  # `launch`'s further sets of those buffers (`_slot`)
         self._free: queue.SimpleQueue[int] | None = None  # the slots no launched batch holds (`launch`)
+        self._slot_events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []  # per slot (`launch`)
         self._fn = self._forward
         if self.cfg.mode in ("compile", "compiled-graphs"):
             self._fn = torch.compile(self._forward, dynamic=False)
@@ -215,6 +216,11 @@ class FastForward:
     SLOTS = 2
     """Batches `launch` may hold on the device at once: one running, the next queued behind it."""
 
+    @property
+    def launches_ahead(self) -> bool:
+        """Whether `launch` queues a batch behind the running one (graphs with host I/O) or runs it now."""
+        return self._host_graphs
+
     def launch(
         self, images: Sequence[np.ndarray] | np.ndarray | torch.Tensor, gamma: int, tasks: str | Sequence[str]
     ) -> Callable[[], tuple[np.ndarray, float]]:
@@ -246,7 +252,7 @@ class FastForward:
             self._slot_events = [
                 (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(self.SLOTS)
             ]
-        if any((gamma, B, k) not in self._graphs for k in range(1, self.SLOTS)) or (gamma, B) not in self._graphs:
+        if any(_graph_key(gamma, B, k) not in self._graphs for k in range(self.SLOTS)):
             # a capture while another thread waits on the device is refused (global capture mode): first
             # every batch in flight is waited for, then each slot's graph captured (warm-up does this early)
             held = [self._free.get() for _ in range(self.SLOTS)]
@@ -260,9 +266,9 @@ class FastForward:
                 return self.launch(images, gamma, tasks)
         k = self._free.get()  # blocks while every slot holds a batch not yet waited for
         try:
-            graph = self._graphs[(gamma, B, k) if k else (gamma, B)][0]
+            graph = self._graphs[_graph_key(gamma, B, k)][0]
             _, _, _, h_in, h_idx, h_out = self._slot(k)
-            collate(images.cpu().numpy() if isinstance(images, torch.Tensor) else images, h_in)  # (b, H, W, 3)
+            self._stage_np(images, b, h_in)
             h_idx[:b] = idx
             start, done = self._slot_events[k]
             stream = torch.cuda.current_stream(self.device)
@@ -294,12 +300,15 @@ class FastForward:
             self._idx = torch.zeros(self.cfg.buckets[-1], dtype=torch.long, pin_memory=pin)
             self._in_np, self._idx_np = self._in.numpy(), self._idx.numpy()
 
-    def _stage_np(self, images: Sequence[np.ndarray] | np.ndarray | torch.Tensor, b: int) -> None:
-        """`images` into the pinned staging buffer with NumPy alone (no torch call: the served graph path)."""
+    def _stage_np(
+        self, images: Sequence[np.ndarray] | np.ndarray | torch.Tensor, b: int, into: np.ndarray | None = None
+    ) -> None:
+        """`images` into the pinned staging buffer (slot 0's, or `into`) with NumPy alone (no torch call: the
+        served graph path)."""
         self._host_buffers()
         if isinstance(images, torch.Tensor):
             images = images.cpu().numpy()
-        collate(images, self._in_np)  # (b, H, W, 3), no allocation, the GIL held (`otas.collate`)
+        collate(images, self._in_np if into is None else into)  # (b, H, W, 3), no allocation, the GIL held
 
     def _stage(self, images: Sequence[np.ndarray] | np.ndarray | torch.Tensor, b: int) -> torch.Tensor:
         """`images` as a uint8 (b, H, W, 3) host tensor, in the staging buffer where it fits."""
@@ -355,11 +364,12 @@ class FastForward:
     @torch.inference_mode()
     def _graph(self, gamma: int, B: int, slot: int = 0):
         if slot:  # `launch`'s second set: the same forward, copying through that slot's buffers
-            if (gamma, B, slot) not in self._graphs:
+            key = _graph_key(gamma, B, slot)
+            if key not in self._graphs:
                 self._graph(gamma, B)  # slot 0 first: its capture checks the copies and may fall back
                 if self._host_graphs:
-                    self._graphs[(gamma, B, slot)] = self._capture(gamma, B, slot)
-            return self._graphs.get((gamma, B, slot)) or self._graphs[(gamma, B)]
+                    self._graphs[key] = self._capture(gamma, B, slot)
+            return self._graphs.get(key) or self._graphs[(gamma, B)]
         if (gamma, B) not in self._graphs:
             if self._host_graphs and not self._host_io_checked:
                 self._host_io_checked = True
@@ -436,6 +446,12 @@ class FastForward:
             if not err <= 2e-2:
                 return f"the graph at gamma={gamma}, batch {B} answered {err:.3g} away from the direct forward"
         return ""
+
+
+def _graph_key(gamma: int, B: int, slot: int) -> tuple[int, ...]:
+    """The key of (γ, bucket B)'s graph copying through batch slot `slot` in `FastForward._graphs` (slot 0's is
+    `predict_host`'s, (γ, B))."""
+    return (gamma, B, slot) if slot else (gamma, B)
 
 
 class _AtGamma(torch.nn.Module):

@@ -94,7 +94,7 @@ class Batches:
         self._device = ThreadPoolExecutor(1, thread_name_prefix="otas-device")
         # a runner that queues a batch behind the running one (`Runner.launch`): the device thread launches,
         # this thread waits, so the next batch is on the device before the running one's answer is read
-        pipelined = getattr(runner, "pipelined", False) and hasattr(runner, "launch")
+        pipelined = getattr(runner, "pipelined", False)
         self._waiter = ThreadPoolExecutor(1, thread_name_prefix="otas-wait") if pipelined else None
         self.count = 0
         """Batches run to completion."""

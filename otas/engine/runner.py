@@ -116,11 +116,9 @@ class Runner:
 
     def run(self, images: Sequence[np.ndarray], tasks: Sequence[str], gamma: int) -> RunResult:
         """Images (each (H, W, 3) uint8) and one task per image -> probabilities, at γ."""
-        b = len(images)
-        if not 1 <= b <= self.max_batch or len(tasks) != b:
-            raise ValueError(f"batch of {b} images and {len(tasks)} tasks; need 1..{self.max_batch} of each")
         if self.pipelined:  # through a slot, so it never writes buffers a launched batch still reads
             return self.launch(images, tasks, gamma)()
+        self._check_batch(images, tasks)
         t0 = time.perf_counter()
         probs = self.forward(images, tasks, gamma)
         return RunResult(probs, (time.perf_counter() - t0) * 1e3)
@@ -138,16 +136,14 @@ class Runner:
     def pipelined(self) -> bool:
         """Whether `launch` queues a batch behind the running one (CUDA graphs with host I/O), so a
         caller may launch the next before waiting for this one."""
-        return self.pipeline and self.fast._host_graphs
+        return self.pipeline and self.fast.launches_ahead
 
     def launch(self, images: Sequence[np.ndarray], tasks: Sequence[str], gamma: int) -> Callable[[], RunResult]:
         """`run` in two halves (`FastForward.launch`): the batch staged and queued on the device now, the
         returned call (once, from any thread) waiting for it. Its `RunResult.ms` is the device's time on it,
         from when the device took it up (after the batch before) to its answer copied out, not the wait
         behind the batch before it."""
-        b = len(images)
-        if not 1 <= b <= self.max_batch or len(tasks) != b:
-            raise ValueError(f"batch of {b} images and {len(tasks)} tasks; need 1..{self.max_batch} of each")
+        self._check_batch(images, tasks)
         self._check_trained(tasks, gamma)
         wait = self.fast.launch(images, gamma, tasks)
 
@@ -156,6 +152,12 @@ class Runner:
             return RunResult(probs, ms)
 
         return result
+
+    def _check_batch(self, images: Sequence[np.ndarray], tasks: Sequence[str]) -> None:
+        """ValueError for a batch of no images, more than `max_batch`, or not one task per image."""
+        b = len(images)
+        if not 1 <= b <= self.max_batch or len(tasks) != b:
+            raise ValueError(f"batch of {b} images and {len(tasks)} tasks; need 1..{self.max_batch} of each")
 
     def _check_trained(self, tasks: str | Sequence[str], gamma: int) -> None:
         """ValueError for a (task, γ) the checkpoint holds no trained weights for."""
