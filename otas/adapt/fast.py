@@ -221,25 +221,32 @@ class FastForward:
         """Whether `launch` queues a batch behind the running one (graphs with host I/O) or runs it now."""
         return self._host_graphs
 
+    def captures(self, gamma: int, b: int) -> bool:
+        """Whether `launch` of a batch of `b` at γ would first capture graphs, which it does with no batch in
+        flight: it waits until every launched batch is read (warm-up captures them all before serving)."""
+        return self._host_graphs and any(
+            _graph_key(int(gamma), self.bucket(b), k) not in self._graphs for k in range(self.SLOTS)
+        )
+
     def launch(
         self, images: Sequence[np.ndarray] | np.ndarray | torch.Tensor, gamma: int, tasks: str | Sequence[str]
-    ) -> Callable[[], tuple[np.ndarray, float]]:
+    ) -> Launch:
         """`predict_host` in two halves: stage the batch and queue it on the device, returning at once; the
-        returned call (once) waits for it and gives its probabilities (B, K), a new array, and the device's
-        ms on it (CUDA events around its replay: from when the device took it up, after the batch before,
-        to its answer copied out). While one batch runs the
-        next is staged in the other slot's pinned buffers and queued behind it, so the device goes from one
-        to the next without waiting for the host (its collation, the answer's copy, the thread's turn). Each
-        slot has its own graphs (captured at first use: `_graph`); a launch waits for a free slot, so at most
-        `SLOTS` batches are in flight. Called from one thread; the waits, in launch order, from another (or
-        the same). Without host I/O graphs (other modes, or their check fell back): `predict_host` now, its
-        wall time as the device's. Not to be mixed with `predict_host` while a launched batch is unread: slot
-        0 is its buffers too."""
+        returned handle says whether the device is done with it (`ready`, never blocking) and, called once,
+        waits for it and gives its probabilities (B, K), a new array, and the device's ms on it (CUDA events
+        around its replay: from when the device took it up, after the batch before, to its answer copied
+        out). While one batch runs the next is staged in the other slot's pinned buffers and queued behind
+        it, so the device goes from one to the next without waiting for the host (its collation, the
+        answer's copy, the thread's turn). Each slot has its own graphs (captured at first use: `_graph`,
+        `captures`); a launch waits for a free slot, so at most `SLOTS` batches are in flight. Called from
+        one thread; the waits, in launch order, from any (the same, or another). Without host I/O graphs
+        (other modes, or their check fell back): `predict_host` now, its wall time as the device's. Not to
+        be mixed with `predict_host` while a launched batch is unread: slot 0 is its buffers too."""
         if not self._host_graphs:
             t0 = time.perf_counter()
             probs = self.predict_host(images, gamma, tasks)
             ms = (time.perf_counter() - t0) * 1e3
-            return lambda: (probs, ms)
+            return Launch(lambda: True, lambda: (probs, ms))
         b = len(images)
         B = self.bucket(b)
         idx = self.model.task_indices(tasks, b, gamma)
@@ -252,7 +259,7 @@ class FastForward:
             self._slot_events = [
                 (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(self.SLOTS)
             ]
-        if any(_graph_key(gamma, B, k) not in self._graphs for k in range(self.SLOTS)):
+        if self.captures(gamma, b):
             # a capture while another thread waits on the device is refused (global capture mode): first
             # every batch in flight is waited for, then each slot's graph captured (warm-up does this early)
             held = [self._free.get() for _ in range(self.SLOTS)]
@@ -291,7 +298,7 @@ class FastForward:
             finally:
                 self._free.put(k)
 
-        return wait
+        return Launch(done.query, wait)
 
     def _host_buffers(self) -> None:
         if self._in is None:
@@ -446,6 +453,19 @@ class FastForward:
             if not err <= 2e-2:
                 return f"the graph at gamma={gamma}, batch {B} answered {err:.3g} away from the direct forward"
         return ""
+
+
+@dataclass(frozen=True)
+class Launch:
+    """A batch `FastForward.launch` queued on the device."""
+
+    ready: Callable[[], bool]
+    """Whether the device is done with it; never blocks."""
+    wait: Callable[[], tuple[np.ndarray, float]]
+    """Once, from any thread: waits for it, frees its slot and gives (probs (B, K), the device's ms on it)."""
+
+    def __call__(self) -> tuple[np.ndarray, float]:
+        return self.wait()
 
 
 def _graph_key(gamma: int, B: int, slot: int) -> tuple[int, ...]:

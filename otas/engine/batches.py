@@ -1,15 +1,14 @@
 """One batch from plan to answers: the runner contract, the one thread that owns the device, and
 the rule that every request of a batch is answered exactly once, whatever fails (the runner, the
 scheduler's feedback, or `Engine.stop` giving up on the device). A batch is launched onto the
-device thread (`launch`), possibly behind the one running there, and answered once its job is done
-(`finish`); the event loop never waits on the device."""
+device thread (`launch`, `otas.engine.device`), possibly behind the one running there, and answered once its
+job is done (`finish`); the event loop never waits on the device."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import groupby
 from typing import Protocol
@@ -17,20 +16,13 @@ from typing import Protocol
 import numpy as np
 
 from otas.engine.delivery import Delivery
+from otas.engine.device import Device
 from otas.engine.ledger import Group, Ledger
 from otas.engine.serving import NotServed, Observer, Served, observe
 from otas.sched.scheduler import Scheduler
 from otas.types import App, BatchPlan, Request
 
 log = logging.getLogger("otas.engine")
-
-
-LAUNCH_AHEAD_MS = 0.8
-"""A pipelined runner's batches predicted to take at least this long are waited for on the waiter thread, so the
-device thread queues the next behind them; shorter ones are launched and waited for on the device thread, one at
-a time. Measured on one H100 serving ViT-Tiny (bench/results/pipeline/): waiting on the other thread served 8-14 %
-more images per second at batches of 64 and 256 (1.5-5.3 ms) but 13-16 % fewer at 1 and 8 (0.5-0.6 ms), where
-the hand-over between threads costs more than the host's part of a batch it hides."""
 
 
 @dataclass
@@ -91,11 +83,7 @@ class Batches:
         self.scheduler, self.runner, self._books = scheduler, runner, books
         self._observer, self._now_ms = observer, now_ms
         self._lateness = lateness
-        self._device = ThreadPoolExecutor(1, thread_name_prefix="otas-device")
-        # a runner that queues a batch behind the running one (`Runner.launch`): the device thread launches,
-        # this thread waits, so the next batch is on the device before the running one's answer is read
-        pipelined = getattr(runner, "pipelined", False)
-        self._waiter = ThreadPoolExecutor(1, thread_name_prefix="otas-wait") if pipelined else None
+        self._device = Device(runner, now_ms)  # (a runner launching ahead: the next batch queued behind the running)
         self.count = 0
         """Batches run to completion."""
 
@@ -107,8 +95,6 @@ class Batches:
     def shutdown(self) -> None:
         """Wait for a batch still on the device (its result unread), then free the threads."""
         self._device.shutdown()
-        if self._waiter is not None:
-            self._waiter.shutdown()
 
     def launch(self, plan: BatchPlan, start_ms: float, overhead_ms: float = 0.0) -> Launched:
         """Hand a batch to the device thread (behind the one it runs, if any); `start_ms`: when it
@@ -120,53 +106,10 @@ class Batches:
         apps = self.scheduler.apps  # as planned: set_apps swaps in a new dict, so a removed app is still answered
         tasks = [apps[g.app].task for g in groups]
         images = [g.images[rid - g.first] for g, rid in zip(groups, ids, strict=True)]
-        loop = asyncio.get_running_loop()
-        if self._waiter is not None and plan.predicted_ms >= LAUNCH_AHEAD_MS:
-            job = asyncio.wrap_future(self._launch(images, tasks, plan.gamma), loop=loop)
-        else:
-            job = loop.run_in_executor(self._device, self._on_device, images, tasks, plan.gamma)
-        job.add_done_callback(lambda f: f.cancelled() or f.exception())  # read even if nobody waits any more
         device_ms = max(plan.predicted_ms - overhead_ms, 0.0)
+        job = asyncio.wrap_future(self._device.submit(images, tasks, plan.gamma, device_ms))
+        job.add_done_callback(lambda f: f.cancelled() or f.exception())  # read even if nobody waits any more
         return Launched(plan, ids, groups, apps, job, start_ms, self._now_ms(), device_ms)
-
-    def _launch(self, images: list[np.ndarray], tasks: list[str], gamma: int) -> Future:
-        """A pipelined runner's batch (`Runner.launch`): staged and queued on the device by the device thread,
-        which is then free to queue the next one behind it, and waited for by the waiter thread, in order; the
-        future gets what `_on_device` returns. A batch cancelled before the device thread takes it up never
-        runs; one cancelled after is still waited for (its slot freed), its result dropped."""
-        fut: Future = Future()  # pending until settled, so cancelling it (`abandon`) always takes
-
-        def settle(value: tuple[float, float, RunResult] | None, error: BaseException | None) -> None:
-            if fut.set_running_or_notify_cancel():  # (False: cancelled meanwhile, the result dropped)
-                fut.set_exception(error) if error is not None else fut.set_result(value)
-
-        def on_device() -> None:
-            if fut.cancelled():
-                return
-            try:
-                wait = self.runner.launch(images, tasks, gamma)
-            except BaseException as e:  # noqa: BLE001 (the batch's failure is its requests' answer)
-                settle(None, e)
-                return
-            self._waiter.submit(waited, wait)
-
-        def waited(wait: Callable[[], RunResult]) -> None:
-            try:
-                out = wait()
-            except BaseException as e:  # noqa: BLE001
-                settle(None, e)
-                return
-            done = self._now_ms()
-            settle((done - out.ms, done, out), None)
-
-        self._device.submit(on_device)
-        return fut
-
-    def _on_device(self, images: list[np.ndarray], tasks: list[str], gamma: int) -> tuple[float, float, RunResult]:
-        """On the device thread: the batch, and when the device took it up and was done (engine clock, ms)."""
-        t0 = self._now_ms()
-        out = self.runner.run(images, tasks, gamma)  # (a pipelined runner: launched and waited for here)
-        return t0, self._now_ms(), out
 
     def finish(self, b: Launched) -> float | None:
         """Answer a batch whose job is done, each of its requests exactly once whatever failed: the

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,19 @@ from otas.adapt.vit import key
 from otas.engine.batches import RunResult
 from otas.models.checkpoint import load_checkpoint
 from otas.profile.table import Profile
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """A batch `Runner.launch` queued on the device."""
+
+    ready: Callable[[], bool]
+    """Whether the device is done with it; never blocks."""
+    wait: Callable[[], RunResult]
+    """Once, from any thread: waits for it and gives its result."""
+
+    def __call__(self) -> RunResult:
+        return self.wait()
 
 
 def default_mode(device: str | torch.device) -> str:
@@ -138,20 +152,30 @@ class Runner:
         caller may launch the next before waiting for this one."""
         return self.pipeline and self.fast.launches_ahead
 
-    def launch(self, images: Sequence[np.ndarray], tasks: Sequence[str], gamma: int) -> Callable[[], RunResult]:
-        """`run` in two halves (`FastForward.launch`): the batch staged and queued on the device now, the
-        returned call (once, from any thread) waiting for it. Its `RunResult.ms` is the device's time on it,
-        from when the device took it up (after the batch before) to its answer copied out, not the wait
-        behind the batch before it."""
+    @property
+    def slots(self) -> int:
+        """Batches `launch` holds on the device at once; a launch past them waits for one to be read."""
+        return self.fast.SLOTS
+
+    def captures(self, gamma: int, b: int) -> bool:
+        """Whether `launch` of a batch of `b` at γ would first wait for every launched batch to be read (to
+        capture its graphs; warm-up does so before serving)."""
+        return 1 <= b <= self.max_batch and self.fast.captures(gamma, b)  # (a bad batch: `launch` says why)
+
+    def launch(self, images: Sequence[np.ndarray], tasks: Sequence[str], gamma: int) -> InFlight:
+        """`run` in two halves (`FastForward.launch`): the batch staged and queued on the device now; the
+        handle says whether the device is done with it (`ready`, never blocking) and, called once from any
+        thread, waits for it. Its `RunResult.ms` is the device's time on it, from when the device took it up
+        (after the batch before) to its answer copied out, not the wait behind the batch before it."""
         self._check_batch(images, tasks)
         self._check_trained(tasks, gamma)
-        wait = self.fast.launch(images, gamma, tasks)
+        launched = self.fast.launch(images, gamma, tasks)
 
         def result() -> RunResult:
-            probs, ms = wait()
+            probs, ms = launched()
             return RunResult(probs, ms)
 
-        return result
+        return InFlight(launched.ready, result)
 
     def _check_batch(self, images: Sequence[np.ndarray], tasks: Sequence[str]) -> None:
         """ValueError for a batch of no images, more than `max_batch`, or not one task per image."""

@@ -1,5 +1,5 @@
 """A pipelined runner (`Runner.launch`: CUDA graphs with host I/O): the device thread queues a batch on the
-device and is free to queue the next behind it; another thread waits for each in launch order. Every
+device and is free to queue the next behind it, then reads each in launch order once it is done. Every
 image still ends exactly once, whatever fails, and answers keep their order. The device is gated: nothing
 depends on timing."""
 
@@ -12,6 +12,7 @@ import pytest
 
 from otas.config import SchedulerConfig
 from otas.engine.engine import Engine, NotServed, RunResult
+from otas.engine.runner import InFlight
 from otas.sched.scheduler import Scheduler
 from tests.engine.test_ledger import POISON, Ends, K, img
 from tests.server.helpers import APPS, GAMMAS, SIZE, paced_profile
@@ -49,8 +50,17 @@ class PipeGate:
             self.most_in_flight = max(self.most_in_flight, self.in_flight)
         self.started.release()
 
+        went = False  # the test let it finish (`finish`), seen by `ready` or the wait
+
+        def ready():
+            nonlocal went
+            went = went or self._go.acquire(blocking=False)
+            return went
+
         def wait():
-            assert self._go.acquire(timeout=10), "the test never let the batch finish"
+            nonlocal went
+            went = went or self._go.acquire(timeout=10)
+            assert went, "the test never let the batch finish"
             with self._lock:
                 self.waited.append(ids)
                 self.in_flight -= 1
@@ -58,7 +68,7 @@ class PipeGate:
                 raise RuntimeError("poisoned wait")
             return RunResult(np.full((len(ids), K), 1 / K, np.float32), 1.0)
 
-        return wait
+        return InFlight(ready, wait)
 
     async def launches(self, n: int) -> None:
         """Wait until `n` more batches have been launched."""
@@ -133,23 +143,24 @@ def test_stopping_answers_every_batch_in_flight_once():
     assert len(results) == 3 and sum(obs.ends.values()) == 6  # each image answered once, served or not
 
 
-def test_short_batches_are_launched_and_waited_for_on_the_device_thread(monkeypatch):
-    """A batch predicted shorter than `LAUNCH_AHEAD_MS` is waited for where it was launched: one at a time."""
-    import otas.engine.batches as batches
-
-    monkeypatch.setattr(batches, "LAUNCH_AHEAD_MS", 1e9)
+def test_a_batch_handed_over_past_the_running_ones_predicted_end_is_launched_while_it_runs():
+    """Past its predicted end the device thread polls the running batch (never blocks on it), so a batch
+    planned late still goes onto the device before the running one is read."""
 
     async def main():
         eng, gate, obs = pipe_engine(max_batch=2)
         await eng.start()
-        fut = eng.submit_many("blur", [img(i + 1) for i in range(6)])
-        for _ in range(3):
-            await gate.launches(1)
-            gate.finish()
-        res = await fut
+        first = eng.submit_many("blur", [img(1), img(2)])
+        await gate.launches(1)
+        await asyncio.sleep(0.05)  # far past the profile's prediction for it: the thread polls
+        second = eng.submit_many("blur", [img(3), img(4)])
+        await gate.launches(1)
+        in_flight = gate.in_flight
+        gate.finish(2)
+        res = await asyncio.gather(first, second)
         await eng.stop()
-        return res, gate, obs
+        return in_flight, res, gate, obs
 
-    res, gate, obs = asyncio.run(main())
-    assert gate.launched == gate.waited == [[1, 2], [3, 4], [5, 6]] and gate.most_in_flight == 1
-    assert len(res) == 6 and obs.ends == Counter({("served", ""): 6})
+    in_flight, res, gate, obs = asyncio.run(main())
+    assert in_flight == 2 and gate.launched == gate.waited == [[1, 2], [3, 4]]
+    assert sum(map(len, res)) == 4 and obs.ends == Counter({("served", ""): 4})
