@@ -129,13 +129,13 @@ class EngineConfig:
     whose forward shares the host's cores and whose batches (hundreds of ms) are a large share of an
     SLO to plan ahead by (the 10× burst test's accepted requests met their SLO 83-89 % of the time
     planned ahead, against ≥ 90 % without)."""
-    launch_ahead: bool = False
-    """On a GPU (CUDA graphs), queue each batch on the device behind the running one and read the running one's
-    answer on another thread (`Runner.launch`), so the device goes from batch to batch without waiting for the
-    host's collation and copy back; False: one batch at a time on the device thread (`Runner.run`). Off by
-    default: it served 1.05-1.15 × the images per second where the device bounds the server (γ = 0, batches of
-    64-256 on an H100) but 0.76-0.88 × where the host does (γ = -32), and live at load 1.5 it lost a third of
-    the utility (bench/results/pipeline/h100_run42/)."""
+    launch_ahead: bool = True
+    """On a GPU (CUDA graphs), queue each batch on the device behind the running one (`Runner.launch`, the device
+    thread reading each answer near its predicted end: `otas.engine.device`), so the device goes from batch to
+    batch without waiting for the host's collation and copy back; False: one batch at a time (`Runner.run`).
+    Needs planning ahead. On three H100s (bench/results/pipeline/h100_run43/) it served 1.06-1.13 × the images
+    per second where the device bounds the server (γ = 0, batches of 64-256) and 0.99-1.00 × where the host does
+    (γ = -32), but 0.82-0.89 × at γ = 0 with batches capped at 8 and the server saturated (not explained yet)."""
     delivery_quantile: float = 0.95
     """Deadlines are planned short by this quantile of the recent delivery times (an answer ready on the
     engine to its response leaving the HTTP layer: `otas.engine.delivery`) and of the recent batches' lateness

@@ -3,11 +3,10 @@ device took it up, when it was done (engine clock, ms) and its result.
 
 One batch at a time, a batch is run (`Runner.run`) and settled. A runner that launches ahead (`Runner.launch`:
 CUDA graphs with host I/O) has each batch staged and queued on the device behind the running one, and the same
-thread sees each through to its answer: it sleeps on its job queue until the running batch's predicted end, so a
-batch handed over meanwhile is launched at once, then polls the batch's `ready` (never blocking on the device, so
-a batch handed over late is still launched while the other runs) and reads it. No second thread takes the GIL
-per batch: on a host-bound server that hand-over cost more than launching ahead hid (run 42,
-bench/results/pipeline/h100_run42/)."""
+thread sees each through to its answer: it sleeps on its job queue until shortly before the running batch's
+predicted end (`EARLY_MS`), so a batch handed over meanwhile is launched at once, then waits for the batch and
+reads it. No second thread takes the GIL per batch: on a host-bound server that hand-over cost more than
+launching ahead hid (run 42, bench/results/pipeline/h100_run42/)."""
 
 from __future__ import annotations
 
@@ -21,10 +20,11 @@ from typing import Any
 
 import numpy as np
 
-POLL_S = 1e-4
-"""Past a launched batch's predicted end, the first wait between two looks at whether it is done; each next one
-doubles, up to `POLL_MAX_S` (a batch far slower than predicted costs few wake-ups, its answer at most that late)."""
-POLL_MAX_S = 1e-3
+EARLY_MS = 0.2
+"""A launched batch is waited for (the thread blocked on the device, the GIL released) from this long before its
+predicted end unless a batch is queued to launch behind it: a thread woken from a timed sleep takes tens of µs
+and the GIL more, so waking at the predicted end itself would make every answer that much later (a batch of one
+on an H100 takes 0.45 ms). A batch handed over after that is launched once the running one is read."""
 
 _NONE = object()
 """No new batch came while the thread waited."""
@@ -80,20 +80,19 @@ class Device:
     # -- on the device thread -------------------------------------------------------------------------
     def _main(self) -> None:
         flights: deque[_Flight] = deque()  # launched, oldest first
-        poll = POLL_S
         while True:
+            job: _Job | None | object = _NONE
             if len(flights) >= self._slots:  # no launch before the oldest is read: wait for it
                 self._read(flights.popleft())
-                poll = POLL_S
                 continue
-            if flights:  # until a new batch comes, or the running one is due (then polled, backing off)
-                late = self._now_ms() >= flights[0].end_ms
-                wait = poll if late else max((flights[0].end_ms - self._now_ms()) / 1e3, POLL_S)
+            if flights:  # a new batch until shortly before the running one's predicted end, then that one
+                wait_s = (flights[0].end_ms - EARLY_MS - self._now_ms()) / 1e3
                 try:
-                    job = self._jobs.get(timeout=wait)
+                    job = self._jobs.get(timeout=wait_s) if wait_s > 0 else self._jobs.get_nowait()
                 except queue.Empty:
-                    job = _NONE
-                    poll = min(2 * poll, POLL_MAX_S) if late else POLL_S
+                    if wait_s <= 0:
+                        self._read(flights.popleft())
+                    continue
             else:
                 job = self._jobs.get()
             if job is None:
@@ -105,9 +104,8 @@ class Device:
                     self._launch(job, flights)
                 else:
                     self._run(job)
-            while flights and self._ready(flights[0]):
+            while flights and self._ready(flights[0]):  # (done already: read it before the next wait)
                 self._read(flights.popleft())
-                poll = POLL_S
 
     def _run(self, job: _Job) -> None:
         t0 = self._now_ms()

@@ -103,11 +103,10 @@ def serve_cmd(
     launch_ahead: Annotated[
         bool,
         typer.Option(
-            help="On a GPU, queue each batch on the device behind the running one and read answers on another "
-            "thread, so the device does not wait for the host between batches; pays where the device, not the "
-            "host, bounds the server (off: one batch at a time)."
+            help="On a GPU, queue each batch on the device behind the running one, so the device does not wait "
+            "for the host between batches (needs planning ahead; off: one batch at a time)."
         ),
-    ] = False,
+    ] = True,
     delivery_quantile: Annotated[
         float,
         typer.Option(

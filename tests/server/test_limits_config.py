@@ -210,10 +210,11 @@ def test_the_http_and_grpc_apis_need_a_port_each():
 
 @pytest.mark.parametrize(
     "launch,plan,want",
-    [(False, None, False), (False, True, False), (True, True, True), (True, False, False), (True, None, False)],
-)
+    [(False, None, False), (False, True, False), (True, True, True), (True, False, False), (True, None, False),
+     (None, True, True)],  # (None: the default)
+)  # fmt: skip
 def test_a_runner_launches_ahead_only_where_asked_and_batches_are_planned_ahead(tiny_ckpt, launch, plan, want):
-    """`--launch-ahead` is off by default and needs planning ahead (off by default on a CPU), which makes the batch
+    """`--launch-ahead` (on by default) needs planning ahead (off by default on a CPU), which makes the batch
     to launch behind the running one; a Ray replica never launches ahead. On a CPU nothing can be launched ahead
     (no CUDA graphs), whatever is asked."""
     import json
@@ -224,7 +225,8 @@ def test_a_runner_launches_ahead_only_where_asked_and_batches_are_planned_ahead(
     from tests.server.helpers import APPS
 
     profile = "tests/data/handmade_tiny__cpu.json"
-    engine = EngineConfig(warmup=False, launch_ahead=launch, plan_ahead=plan)
+    asked = {} if launch is None else {"launch_ahead": launch}
+    engine = EngineConfig(warmup=False, plan_ahead=plan, **asked)
     runner, _ = load_runner(ServingConfig(apps=APPS, model=str(tiny_ckpt), profile=profile, engine=engine))
     assert runner.pipeline is want and not runner.pipelined
     spec = ReplicaSpec(
