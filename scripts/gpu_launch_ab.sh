@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Live replays of `otas` launching each batch behind the running one (`ahead`: `otas serve --launch-ahead`) and one
-# batch at a time (`serial`: `--no-launch-ahead`, the default), at loads 2 and 1.5, each `otas` with its decision log. One round per
+# Live replays of `otas` launching each batch behind the running one (`ahead`: `otas serve --launch-ahead`, the default) and one
+# batch at a time (`serial`: `--no-launch-ahead`), at loads 2 and 1.5, each `otas` with its decision log. One round per
 # call, the second in reverse order:
 #   bash scripts/gpu_launch_ab.sh 1     then     bash scripts/gpu_launch_ab.sh 2     (one machine held;
 #   LOADS_AB="2": that load alone; ARMS="ahead serial": those servers, in that order).

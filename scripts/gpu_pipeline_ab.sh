@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The device path launching each batch behind the running one (`otas serve --launch-ahead`) against one batch at a
-# time (`--no-launch-ahead`, the default), on one GPU: first `bench/pipeline_check.py` (the same answers; the device
+# time (`--no-launch-ahead`), on one GPU: first `bench/pipeline_check.py` (the same answers; the device
 # thread's time per batch against the bare replay), then the model's own time here (`otas profile`, γ 0 and -32),
 # then the server overhead with the model served (`bench/model_overhead.py`) for both settings, alternating, at
 # γ = 0 (b = 1, 8, 64, 256) and γ = -32 (b = 64, 256). Results (≤ 8 files) under $OUT.
