@@ -260,8 +260,9 @@ class FastForward:
                 (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(self.SLOTS)
             ]
         if self.captures(gamma, b):
-            # a capture while another thread waits on the device is refused (global capture mode): first
-            # every batch in flight is waited for, then each slot's graph captured (warm-up does this early)
+            # a capture while a thread waits on the device is refused (global capture mode): first every batch
+            # in flight is waited for (by whoever launched it: the caller reads them first, `captures`), then
+            # each slot's graph captured (warm-up does this early)
             held = [self._free.get() for _ in range(self.SLOTS)]
             try:
                 for k in range(self.SLOTS):

@@ -1,8 +1,8 @@
-"""One batch from plan to answers: the runner contract, the one thread that owns the device, and
-the rule that every request of a batch is answered exactly once, whatever fails (the runner, the
-scheduler's feedback, or `Engine.stop` giving up on the device). A batch is launched onto the
-device thread (`launch`, `otas.engine.device`), possibly behind the one running there, and answered once its
-job is done (`finish`); the event loop never waits on the device."""
+"""One batch from plan to answers: the runner contract, the hand-over to the one thread that owns the
+device (`otas.engine.device`), and the rule that every request of a batch is answered exactly once,
+whatever fails (the runner, the scheduler's feedback, or `Engine.stop` giving up on the device). A
+batch is launched onto the device thread (`launch`), possibly behind the one running there, and
+answered once its job is done (`finish`); the event loop never waits on the device."""
 
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ class Batches:
         return min((a.slo_ms for a in self.scheduler.apps.values()), default=100.0) / 10 / 1000
 
     def shutdown(self) -> None:
-        """Wait for a batch still on the device (its result unread), then free the threads."""
+        """Wait for a batch still on the device (its result unread), then end the device thread."""
         self._device.shutdown()
 
     def launch(self, plan: BatchPlan, start_ms: float, overhead_ms: float = 0.0) -> Launched:
@@ -132,7 +132,7 @@ class Batches:
             detail = f"batch of {len(b.ids)} at gamma={b.plan.gamma} failed: {type(e).__name__}: {e}"
             log.error("batch failed", exc_info=True, extra={"event": "batch_failed", "detail": detail})
             self._books.fail(b.ids, "batch_failed", detail)
-        except asyncio.CancelledError:  # the device thread's job was cancelled (the executor shut down)
+        except asyncio.CancelledError:  # the device thread's job was cancelled (the engine stopping)
             self.abandon(b)
         return done
 

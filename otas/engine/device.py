@@ -1,12 +1,17 @@
 """The one thread that owns the device. It takes batches in order and settles each batch's future with when the
-device took it up, when it was done (engine clock, ms) and its result.
+device took it up, when it was done (engine clock, ms) and its result, or with the runner's error.
 
 One batch at a time, a batch is run (`Runner.run`) and settled. A runner that launches ahead (`Runner.launch`:
 CUDA graphs with host I/O) has each batch staged and queued on the device behind the running one, and the same
-thread sees each through to its answer: it sleeps on its job queue until shortly before the running batch's
-predicted end (`EARLY_MS`), so a batch handed over meanwhile is launched at once, then waits for the batch and
-reads it. No second thread takes the GIL per batch: on a host-bound server that hand-over cost more than
-launching ahead hid (run 42, bench/results/pipeline/h100_run42/)."""
+thread sees each through to its answer: it sleeps on its job queue, so a batch handed over meanwhile is launched
+at once, looking every `LOOK_MS` at whether the running batch is done, until shortly before its expected end
+(`EARLY_MS`); then it waits for the batch on the device and reads it. No second thread takes the GIL per batch:
+on a host-bound server that hand-over cost more than launching ahead hid (run 42,
+bench/results/pipeline/h100_run42/). The expected end is the scheduler's prediction scaled by the least recent
+ratio of measured to predicted device time (`Device.ratio`), so an answer is not held back by a prediction
+that runs long.
+
+`now_ms` must be a real clock (the engine's): the thread sleeps against it."""
 
 from __future__ import annotations
 
@@ -22,9 +27,17 @@ import numpy as np
 
 EARLY_MS = 0.2
 """A launched batch is waited for (the thread blocked on the device, the GIL released) from this long before its
-predicted end unless a batch is queued to launch behind it: a thread woken from a timed sleep takes tens of µs
-and the GIL more, so waking at the predicted end itself would make every answer that much later (a batch of one
-on an H100 takes 0.45 ms). A batch handed over after that is launched once the running one is read."""
+expected end unless a batch is queued to launch behind it: a thread woken from a timed sleep takes tens of µs and
+the GIL more, so waking at the end itself would make every answer that much later (a batch of one on an H100 takes
+0.45 ms). A batch handed over after that is launched once the running one is read."""
+LOOK_MS = 1.0
+"""Longest sleep between two looks at whether a launched batch is done: an answer that comes earlier than expected
+waits at most about this long."""
+RATIO_RISE = 0.1
+"""How fast `Device.ratio` follows measured times that run longer than predicted (it follows shorter ones at
+once)."""
+RATIO_RANGE = (0.25, 4.0)
+"""`Device.ratio` is kept within this (the scheduler's own latency factor is)."""
 
 _NONE = object()
 """No new batch came while the thread waited."""
@@ -48,11 +61,12 @@ class _Flight:
     handle: Any
     """`Runner.launch`'s: `ready()` never blocks; calling it (once) waits and gives the `RunResult`."""
     end_ms: float
-    """When the device is predicted to be done with it."""
+    """When the device is expected to be done with it."""
 
 
 class Device:
-    """The device thread, started at the first batch; `submit` from any one thread, `shutdown` once."""
+    """The device thread, started at the first batch; `submit` from one thread at a time, `shutdown` once (a
+    batch submitted after it raises)."""
 
     def __init__(self, runner: Any, now_ms: Callable[[], float]):
         self._runner, self._now_ms = runner, now_ms
@@ -60,10 +74,15 @@ class Device:
         self._slots = int(getattr(runner, "slots", 2))  # batches the runner holds on the device at once
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._closed = False
+        self.ratio = 1.0
+        """Measured over predicted device time of the launched batches: the least of late, rising slowly."""
 
     def submit(self, images: Sequence[np.ndarray], tasks: Sequence[str], gamma: int, device_ms: float) -> Future:
         """A batch behind those submitted before: its future gets (taken up, done, `RunResult`) or the runner's
         error. Cancelled before the thread takes it up, it never runs; after, it runs and its result is dropped."""
+        if self._closed:
+            raise RuntimeError("the device thread is shut down (or failed): no batch can run")
         if self._thread is None:
             self._thread = threading.Thread(target=self._main, name="otas-device", daemon=True)
             self._thread.start()
@@ -73,6 +92,7 @@ class Device:
 
     def shutdown(self) -> None:
         """Run what is queued (less what was cancelled), read every launched batch, then end the thread."""
+        self._closed = True
         if self._thread is not None:
             self._jobs.put(None)
             self._thread.join()
@@ -80,17 +100,31 @@ class Device:
     # -- on the device thread -------------------------------------------------------------------------
     def _main(self) -> None:
         flights: deque[_Flight] = deque()  # launched, oldest first
+        try:
+            self._serve(flights)
+        except BaseException as e:  # a bug of this thread's own: fail what it holds rather than leave it pending
+            self._closed = True
+            for f in flights:
+                _settle(f.job.fut, error=e)
+            while (job := self._jobs.get_nowait() if not self._jobs.empty() else None) is not None:
+                if job.fut.set_running_or_notify_cancel():
+                    _settle(job.fut, error=e)
+            raise
+
+    def _serve(self, flights: deque[_Flight]) -> None:
         while True:
             job: _Job | None | object = _NONE
             if len(flights) >= self._slots:  # no launch before the oldest is read: wait for it
                 self._read(flights.popleft())
                 continue
-            if flights:  # a new batch until shortly before the running one's predicted end, then that one
-                wait_s = (flights[0].end_ms - EARLY_MS - self._now_ms()) / 1e3
+            if flights:  # a new batch, looking now and then whether the running one is done, until near its end
+                wait_ms = flights[0].end_ms - EARLY_MS - self._now_ms()
                 try:
-                    job = self._jobs.get(timeout=wait_s) if wait_s > 0 else self._jobs.get_nowait()
+                    job = (
+                        self._jobs.get(timeout=min(wait_ms, LOOK_MS) / 1e3) if wait_ms > 0 else self._jobs.get_nowait()
+                    )
                 except queue.Empty:
-                    if wait_s <= 0:
+                    if wait_ms <= 0 or self._ready(flights[0]):
                         self._read(flights.popleft())
                     continue
             else:
@@ -108,26 +142,24 @@ class Device:
                 self._read(flights.popleft())
 
     def _run(self, job: _Job) -> None:
-        t0 = self._now_ms()
         try:
+            t0 = self._now_ms()
             out = self._runner.run(job.images, job.tasks, job.gamma)
+            _settle(job.fut, (t0, self._now_ms(), out))
         except BaseException as e:  # noqa: BLE001 (the batch's failure is its requests' answer)
-            job.fut.set_exception(e)
-            return
-        job.fut.set_result((t0, self._now_ms(), out))
+            _settle(job.fut, error=e)
 
     def _launch(self, job: _Job, flights: deque[_Flight]) -> None:
         captures = getattr(self._runner, "captures", None)
+        if flights and captures is not None and captures(job.gamma, len(job.images)):
+            while flights:  # a launch that captures graphs waits on slots only this thread frees
+                self._read(flights.popleft())
         try:
-            if flights and captures is not None and captures(job.gamma, len(job.images)):
-                while flights:  # (or the launch would wait on slots only this thread frees)
-                    self._read(flights.popleft())
             handle = self._runner.launch(job.images, job.tasks, job.gamma)
+            start = max(self._now_ms(), flights[-1].end_ms) if flights else self._now_ms()
+            flights.append(_Flight(job, handle, start + self.ratio * job.device_ms))
         except BaseException as e:  # noqa: BLE001
-            job.fut.set_exception(e)
-            return
-        start = max(self._now_ms(), flights[-1].end_ms) if flights else self._now_ms()
-        flights.append(_Flight(job, handle, start + job.device_ms))
+            _settle(job.fut, error=e)
 
     @staticmethod
     def _ready(f: _Flight) -> bool:
@@ -137,11 +169,19 @@ class Device:
             return True
 
     def _read(self, f: _Flight) -> None:
-        """Wait for a launched batch (it is done, or the last in flight) and settle it."""
+        """Wait for a launched batch and settle it; learn how its device time compared with its prediction."""
         try:
             out = f.handle()
+            done = self._now_ms()
+            if f.job.device_ms > 0:
+                r = min(max(out.ms / f.job.device_ms, RATIO_RANGE[0]), RATIO_RANGE[1])
+                self.ratio = r if r < self.ratio else self.ratio + RATIO_RISE * (r - self.ratio)
+            _settle(f.job.fut, (done - out.ms, done, out))
         except BaseException as e:  # noqa: BLE001
-            f.job.fut.set_exception(e)
-            return
-        done = self._now_ms()
-        f.job.fut.set_result((done - out.ms, done, out))
+            _settle(f.job.fut, error=e)
+
+
+def _settle(fut: Future, value: Any = None, error: BaseException | None = None) -> None:
+    """Settle a running future once (a second settling of one batch is a bug, not an answer)."""
+    if not fut.done():
+        fut.set_exception(error) if error is not None else fut.set_result(value)

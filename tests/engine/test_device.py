@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from otas.engine.batches import RunResult
-from otas.engine.device import Device
+from otas.engine.device import RATIO_RISE, Device
 from otas.engine.runner import InFlight
 
 
@@ -162,3 +162,56 @@ def test_a_batch_is_read_near_its_predicted_end_with_nothing_behind_it():
     runner.go(0)
     assert fut.result(timeout=10)[2].ms == 0.5  # (no shutdown, no next batch)
     dev.shutdown()
+
+
+def test_a_batch_done_long_before_its_predicted_end_is_answered_at_once():
+    """The thread looks at a launched batch's readiness while it sleeps: an answer is not held back to a
+    prediction that runs long (here 2 s; the answer comes within a look or two)."""
+    runner = Gated()
+    dev = Device(runner, clock())
+    t0 = time.perf_counter()
+    fut = dev.submit(*batch(0, device_ms=2000.0))
+    runner.go(0)
+    fut.result(timeout=10)
+    took = time.perf_counter() - t0
+    dev.shutdown()
+    assert took < 1.0
+
+
+def test_the_expected_end_follows_measured_times_down_at_once_and_up_slowly():
+    runner = Gated()  # its batches measure 0.5 ms
+    dev = Device(runner, clock())
+    seen = []
+    for k, ms in enumerate((2.0, 0.25)):
+        fut = dev.submit(*batch(0, device_ms=ms))
+        runner.go(k)
+        fut.result(timeout=10)
+        seen.append(dev.ratio)
+    dev.shutdown()
+    assert seen[0] == 0.5 / 2.0  # down at once to the batch that ran short
+    assert seen[1] == pytest.approx(0.25 + RATIO_RISE * (0.5 / 0.25 - 0.25))  # up a step towards the one that ran long
+
+
+def test_no_batch_is_taken_after_shutdown():
+    dev = Device(Gated(pipelined=False), clock())
+    dev.submit(*batch(0)).result(timeout=10)
+    dev.shutdown()
+    with pytest.raises(RuntimeError, match="shut down"):
+        dev.submit(*batch(1))
+
+
+def test_a_result_that_breaks_after_its_wait_fails_its_batch_alone():
+    class Broken(Gated):
+        def launch(self, images, tasks, gamma):
+            inner = super().launch(images, tasks, gamma)
+            return InFlight(inner.ready, lambda: None) if gamma == -1 else inner  # (None has no .ms)
+
+    runner = Broken()
+    dev = Device(runner, clock())
+    futs = [dev.submit(*batch(g)) for g in (0, -1, 2)]
+    for k in range(3):
+        runner.go(k)
+    dev.shutdown()
+    assert futs[0].result()[2].probs[0, 0] == 0 and futs[2].result()[2].probs[0, 0] == 2
+    with pytest.raises(AttributeError):
+        futs[1].result()
