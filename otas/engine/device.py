@@ -15,6 +15,7 @@ that runs long.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections import deque
@@ -24,6 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+log = logging.getLogger("otas.engine")
 
 EARLY_MS = 0.2
 """A launched batch is waited for (the thread blocked on the device, the GIL released) from this long before its
@@ -109,7 +112,7 @@ class Device:
             while (job := self._jobs.get_nowait() if not self._jobs.empty() else None) is not None:
                 if job.fut.set_running_or_notify_cancel():
                     _settle(job.fut, error=e)
-            raise
+            log.exception("the device thread failed; its batches failed with it", extra={"event": "device_failed"})
 
     def _serve(self, flights: deque[_Flight]) -> None:
         while True:

@@ -215,3 +215,25 @@ def test_a_result_that_breaks_after_its_wait_fails_its_batch_alone():
     assert futs[0].result()[2].probs[0, 0] == 0 and futs[2].result()[2].probs[0, 0] == 2
     with pytest.raises(AttributeError):
         futs[1].result()
+
+
+def test_a_failure_of_the_thread_itself_fails_every_batch_it_holds():
+    broken = threading.Event()
+    tick = clock()
+
+    def now_ms():
+        if broken.is_set():
+            raise OSError("the clock broke")
+        return tick()
+
+    runner = Gated()
+    dev = Device(runner, now_ms)
+    held = dev.submit(*batch(0, device_ms=1e6))
+    while not runner.gates:  # launched
+        time.sleep(0.001)
+    broken.set()
+    with pytest.raises(OSError, match="clock broke"):
+        held.result(timeout=10)
+    with pytest.raises(RuntimeError, match="shut down"):
+        dev.submit(*batch(1))
+    dev.shutdown()
