@@ -6,8 +6,9 @@ of each beside the graph's own replay time, per (γ, batch). A CUDA device with 
     python bench/pipeline_check.py --out bench/results/pipeline/h100
 
 Writes pipeline_check.json (machine, commit, command; `check`: the largest difference per case; `timing`: ms per
-batch of `run`, of `launch` with the next batch launched before the last is waited for, and of the replay alone,
-its share of each) and pipeline_check.png under --out.
+batch of `run`, of `launch` with the next batch launched before the last is waited for, of the replay alone (its
+share of each), and through the engine's device thread one batch at a time and launching ahead) and
+pipeline_check.png under --out.
 """
 
 from __future__ import annotations
@@ -83,8 +84,37 @@ def time_case(runner, g: int, b: int, seconds: float, rng: np.random.Generator) 
     torch.cuda.synchronize()
     replay_ms = per_batch_ms(runner.fast.replay(g, b), seconds)
     torch.cuda.synchronize()
-    return {"gamma": g, "batch": b, "run_ms": run_ms, "launch_ms": launch_ms, "replay_ms": replay_ms,
+    # the engine's device thread (`otas.engine.device.Device`) fed as planning ahead feeds it: the next batch
+    # handed over while one runs, the one after once the first is answered; one batch at a time, then ahead
+    thread_ms = {k: through_device(runner, imgs, tasks, g, replay_ms, seconds, ahead) for k, ahead in
+                 (("device_serial_ms", False), ("device_ahead_ms", True))}  # fmt: skip
+    return {"gamma": g, "batch": b, "run_ms": run_ms, "launch_ms": launch_ms, "replay_ms": replay_ms, **thread_ms,
             "run_overhead": 1 - replay_ms / run_ms, "launch_overhead": 1 - replay_ms / launch_ms}  # fmt: skip
+
+
+def through_device(runner, imgs, tasks, g: int, predicted_ms: float, seconds: float, ahead: bool) -> float:
+    """ms per batch through a `Device` on `runner` (launching ahead or not), two batches handed over at a time."""
+    from collections import deque
+
+    from otas.engine.device import Device
+
+    runner.pipeline = ahead
+    t0 = time.perf_counter()
+    dev = Device(runner, lambda: (time.perf_counter() - t0) * 1e3)
+    futs: deque = deque()
+
+    def step() -> None:
+        futs.append(dev.submit(imgs, tasks, g, predicted_ms))
+        if len(futs) == 2:
+            futs.popleft().result()
+
+    try:
+        return per_batch_ms(step, seconds)
+    finally:
+        for f in futs:
+            f.result()
+        dev.shutdown()
+        runner.pipeline = True
 
 
 def timing(runner, cases: list[tuple[int, int]], seconds: float, rng: np.random.Generator) -> list[dict]:
@@ -94,8 +124,8 @@ def timing(runner, cases: list[tuple[int, int]], seconds: float, rng: np.random.
         row = time_case(runner, g, b, seconds, rng)
         rows.append(row)
         print(f"time  γ {g:4d} b {b:4d}: run {row['run_ms']:.3f} ms, launched {row['launch_ms']:.3f} ms, replay "
-              f"{row['replay_ms']:.3f} ms (not replay: {row['run_overhead']:.1%} → {row['launch_overhead']:.1%})",
-              flush=True)  # fmt: skip
+              f"{row['replay_ms']:.3f} ms (not replay: {row['run_overhead']:.1%} → {row['launch_overhead']:.1%}); "
+              f"device thread {row['device_serial_ms']:.3f} → {row['device_ahead_ms']:.3f} ms", flush=True)  # fmt: skip
     return rows
 
 
