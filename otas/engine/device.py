@@ -5,11 +5,9 @@ One batch at a time, a batch is run (`Runner.run`) and settled. A runner that la
 CUDA graphs with host I/O) has each batch staged and queued on the device behind the running one, and the same
 thread sees each through to its answer: it sleeps on its job queue, so a batch handed over meanwhile is launched
 at once, looking every `LOOK_MS` at whether the running batch is done, until shortly before its expected end
-(`EARLY_MS`); then it waits for the batch on the device and reads it. No second thread takes the GIL per batch:
-on a host-bound server that hand-over cost more than launching ahead hid (run 42,
-bench/results/pipeline/h100_run42/). The expected end is the scheduler's prediction scaled by the least recent
-ratio of measured to predicted device time (`Device.ratio`), so an answer is not held back by a prediction
-that runs long.
+(`EARLY_MS`; the scheduler's prediction, from when the batch before it was read); then it waits for the batch on
+the device and reads it. No second thread takes the GIL per batch: on a host-bound server that hand-over cost
+more than launching ahead hid (run 42, bench/results/pipeline/h100_run42/).
 
 `now_ms` must be a real clock (the engine's): the thread sleeps against it."""
 
@@ -36,12 +34,6 @@ the GIL more, so waking at the end itself would make every answer that much late
 LOOK_MS = 1.0
 """Longest sleep between two looks at whether a launched batch is done: an answer that comes earlier than expected
 waits at most about this long."""
-RATIO_RISE = 0.1
-"""How fast `Device.ratio` follows measured times that run longer than predicted (it follows shorter ones at
-once)."""
-RATIO_RANGE = (0.25, 4.0)
-"""`Device.ratio` is kept within this (the scheduler's own latency factor is)."""
-
 _NONE = object()
 """No new batch came while the thread waited."""
 
@@ -78,26 +70,28 @@ class Device:
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._closed = False
-        self.ratio = 1.0
-        """Measured over predicted device time of the launched batches: the least of late, rising slowly."""
+        self._lock = threading.Lock()
 
     def submit(self, images: Sequence[np.ndarray], tasks: Sequence[str], gamma: int, device_ms: float) -> Future:
         """A batch behind those submitted before: its future gets (taken up, done, `RunResult`) or the runner's
         error. Cancelled before the thread takes it up, it never runs; after, it runs and its result is dropped."""
-        if self._closed:
-            raise RuntimeError("the device thread is shut down (or failed): no batch can run")
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._main, name="otas-device", daemon=True)
-            self._thread.start()
         fut: Future = Future()
-        self._jobs.put(_Job(fut, images, tasks, gamma, device_ms))
+        with self._lock:  # (against the thread failing meanwhile: a job put after its drain would never end)
+            if self._closed:
+                raise RuntimeError("the device thread is shut down (or failed): no batch can run")
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._main, name="otas-device", daemon=True)
+                self._thread.start()
+            self._jobs.put(_Job(fut, images, tasks, gamma, device_ms))
         return fut
 
     def shutdown(self) -> None:
         """Run what is queued (less what was cancelled), read every launched batch, then end the thread."""
-        self._closed = True
+        with self._lock:
+            self._closed = True
+            if self._thread is not None:
+                self._jobs.put(None)
         if self._thread is not None:
-            self._jobs.put(None)
             self._thread.join()
 
     # -- on the device thread -------------------------------------------------------------------------
@@ -106,11 +100,20 @@ class Device:
         try:
             self._serve(flights)
         except BaseException as e:  # a bug of this thread's own: fail what it holds rather than leave it pending
-            self._closed = True
+            with self._lock:  # (no batch is queued after this)
+                self._closed = True
             for f in flights:
+                try:
+                    f.handle()  # its slot freed (best effort)
+                except BaseException:  # noqa: BLE001, S110
+                    pass
                 _settle(f.job.fut, error=e)
-            while (job := self._jobs.get_nowait() if not self._jobs.empty() else None) is not None:
-                if job.fut.set_running_or_notify_cancel():
+            while True:
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is not None and job.fut.set_running_or_notify_cancel():
                     _settle(job.fut, error=e)
             log.exception("the device thread failed; its batches failed with it", extra={"event": "device_failed"})
 
@@ -118,23 +121,21 @@ class Device:
         while True:
             job: _Job | None | object = _NONE
             if len(flights) >= self._slots:  # no launch before the oldest is read: wait for it
-                self._read(flights.popleft())
+                self._read(flights)
                 continue
             if flights:  # a new batch, looking now and then whether the running one is done, until near its end
                 wait_ms = flights[0].end_ms - EARLY_MS - self._now_ms()
                 try:
-                    job = (
-                        self._jobs.get(timeout=min(wait_ms, LOOK_MS) / 1e3) if wait_ms > 0 else self._jobs.get_nowait()
-                    )
+                    job = self._jobs.get(True, min(wait_ms, LOOK_MS) / 1e3) if wait_ms > 0 else self._jobs.get_nowait()
                 except queue.Empty:
                     if wait_ms <= 0 or self._ready(flights[0]):
-                        self._read(flights.popleft())
+                        self._read(flights)
                     continue
             else:
                 job = self._jobs.get()
             if job is None:
                 while flights:
-                    self._read(flights.popleft())
+                    self._read(flights)
                 return
             if isinstance(job, _Job) and job.fut.set_running_or_notify_cancel():
                 if self.pipelined:
@@ -142,7 +143,7 @@ class Device:
                 else:
                     self._run(job)
             while flights and self._ready(flights[0]):  # (done already: read it before the next wait)
-                self._read(flights.popleft())
+                self._read(flights)
 
     def _run(self, job: _Job) -> None:
         try:
@@ -154,13 +155,13 @@ class Device:
 
     def _launch(self, job: _Job, flights: deque[_Flight]) -> None:
         captures = getattr(self._runner, "captures", None)
-        if flights and captures is not None and captures(job.gamma, len(job.images)):
-            while flights:  # a launch that captures graphs waits on slots only this thread frees
-                self._read(flights.popleft())
         try:
+            if flights and captures is not None and captures(job.gamma, len(job.images)):
+                while flights:  # a launch that captures graphs waits on slots only this thread frees
+                    self._read(flights)
             handle = self._runner.launch(job.images, job.tasks, job.gamma)
             start = max(self._now_ms(), flights[-1].end_ms) if flights else self._now_ms()
-            flights.append(_Flight(job, handle, start + self.ratio * job.device_ms))
+            flights.append(_Flight(job, handle, start + job.device_ms))
         except BaseException as e:  # noqa: BLE001
             _settle(job.fut, error=e)
 
@@ -171,17 +172,19 @@ class Device:
         except BaseException:  # noqa: BLE001 (read it: the wait raises the same, and frees its slot)
             return True
 
-    def _read(self, f: _Flight) -> None:
-        """Wait for a launched batch and settle it; learn how its device time compared with its prediction."""
+    def _read(self, flights: deque[_Flight]) -> None:
+        """Wait for the oldest launched batch and settle it; the next then runs from now on the device (its
+        expected end moved with it: a batch that ran long would otherwise leave the next one's end past)."""
+        f = flights.popleft()
         try:
             out = f.handle()
             done = self._now_ms()
-            if f.job.device_ms > 0:
-                r = min(max(out.ms / f.job.device_ms, RATIO_RANGE[0]), RATIO_RANGE[1])
-                self.ratio = r if r < self.ratio else self.ratio + RATIO_RISE * (r - self.ratio)
             _settle(f.job.fut, (done - out.ms, done, out))
         except BaseException as e:  # noqa: BLE001
+            done = self._now_ms()
             _settle(f.job.fut, error=e)
+        if flights:
+            flights[0].end_ms = done + flights[0].job.device_ms
 
 
 def _settle(fut: Future, value: Any = None, error: BaseException | None = None) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from otas.engine.batches import RunResult
-from otas.engine.device import RATIO_RISE, Device
+from otas.engine.device import Device
 from otas.engine.runner import InFlight
 
 
@@ -178,18 +178,30 @@ def test_a_batch_done_long_before_its_predicted_end_is_answered_at_once():
     assert took < 1.0
 
 
-def test_the_expected_end_follows_measured_times_down_at_once_and_up_slowly():
-    runner = Gated()  # its batches measure 0.5 ms
-    dev = Device(runner, clock())
-    seen = []
-    for k, ms in enumerate((2.0, 0.25)):
-        fut = dev.submit(*batch(0, device_ms=ms))
-        runner.go(k)
-        fut.result(timeout=10)
-        seen.append(dev.ratio)
+def test_a_batch_that_ran_long_moves_the_next_ones_expected_end():
+    """The next batch runs from when the one before was read: its expected end moves with it, so the thread
+    keeps taking new batches meanwhile rather than blocking on it at once (the clock is the test's)."""
+    now = [0.0]
+    runner = Gated()
+    dev = Device(runner, lambda: now[0])
+    first = dev.submit(*batch(0, device_ms=1.0))
+    dev.submit(*batch(1, device_ms=300.0))  # expected to end at 301, were it not moved
+    until = time.monotonic() + 10
+    while runner.launched < 2 and time.monotonic() < until:
+        time.sleep(0.001)
+    now[0] = 600.0  # the first ran long
+    runner.go(0)
+    first.result(timeout=10)
+    time.sleep(0.05)  # (the thread back to waiting; unmoved, it would be blocked on the second by now)
+    dev.submit(*batch(2, device_ms=1.0))
+    deadline = time.monotonic() + 2  # (unmoved: launched only once the second is read, after the test lets it go)
+    while runner.launched < 3 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    launched = runner.launched
+    runner.go(1)
+    runner.go(2)
     dev.shutdown()
-    assert seen[0] == 0.5 / 2.0  # down at once to the batch that ran short
-    assert seen[1] == pytest.approx(0.25 + RATIO_RISE * (0.5 / 0.25 - 0.25))  # up a step towards the one that ran long
+    assert launched == 3
 
 
 def test_no_batch_is_taken_after_shutdown():
