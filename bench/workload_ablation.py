@@ -62,8 +62,9 @@ def _suite_cell(job: tuple[dict, list[str], tuple[int, int], list[suite.ProfileS
 
 def run_suite(path: str, names: list[str], jobs: int, out: str | None = None, sets: list[str] | None = None) -> None:
     """Every variant on every cell of the stored suite run at `path` (of the profile `sets` named, or
-    all); prints the ratio statistics and writes the per-cell ratios to `out` (JSON) if given."""
-    data = json.load(open(path))
+    all; a .json or a .json.xz); prints the ratio statistics and writes the per-cell ratios to `out` (JSON) if
+    given."""
+    data = json.load(lzma.open(path) if path.endswith(".xz") else open(path))
     cells = [c for c in data["cells"] if sets is None or c["set"] in sets]
     n_requests = tuple(data["meta"]["generator"]["n_requests"])  # the range the stored run drew from
     # the profile sets the stored run drew its workloads for (their served tasks) and ran on
