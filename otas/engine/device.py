@@ -103,10 +103,6 @@ class Device:
             with self._lock:  # (no batch is queued after this)
                 self._closed = True
             for f in flights:
-                try:
-                    f.handle()  # its slot freed (best effort)
-                except BaseException:  # noqa: BLE001, S110
-                    pass
                 _settle(f.job.fut, error=e)
             while True:
                 try:
@@ -116,6 +112,11 @@ class Device:
                 if job is not None and job.fut.set_running_or_notify_cancel():
                     _settle(job.fut, error=e)
             log.exception("the device thread failed; its batches failed with it", extra={"event": "device_failed"})
+            for f in flights:  # then their slots freed, best effort (each waits for its batch)
+                try:
+                    f.handle()
+                except BaseException:  # noqa: BLE001, S110
+                    pass
 
     def _serve(self, flights: deque[_Flight]) -> None:
         while True:
