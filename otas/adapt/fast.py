@@ -95,8 +95,16 @@ class FastConfig:
     """Graph modes: each captured graph copies its input from pinned host buffers and its output to one,
     so a batch through `predict_host` is one replay and one wait, with no other call into torch (the
     served path). Off, a graph holds the device work only (kernel benchmarks)."""
+    launch_timing: str = "events"
+    """How `launch` times a batch on the device: "events", two timing events around its replay; "chain", one
+    after it, a batch queued behind the one before timed from that one's event (a start event only where the
+    device was idle at its launch). Each event record gives the GIL back and waits to take it again while other
+    threads run Python, so "chain" saves one such wait a batch (not yet measured on a GPU: a lead for the loss
+    of launching ahead at batches of 8, bench/results/pipeline/h100_run43/)."""
 
     def __post_init__(self) -> None:
+        if self.launch_timing not in ("events", "chain"):
+            raise ValueError(f"launch_timing must be 'events' or 'chain'; got {self.launch_timing!r}")
         if self.merge_impl != "auto":
             check_merge_impl(self.merge_impl)
         if self.mode not in MODES:
@@ -141,6 +149,9 @@ class FastForward:
         self._extra_slots: list[tuple] = []  # `launch`'s further sets of those buffers (`_slot`)
         self._free: queue.SimpleQueue[int] | None = None  # the slots no launched batch holds (`launch`)
         self._slot_events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []  # per slot (`launch`)
+        self._ring: list[torch.cuda.Event] = []  # launch_timing "chain": batch n's end event is _ring[n % 3]
+        self._launches = 0
+        self._last_done: torch.cuda.Event | None = None  # the last launched batch's end event ("chain")
         self._fn = self._forward
         if self.cfg.mode in ("compile", "compiled-graphs"):
             self._fn = torch.compile(self._forward, dynamic=False)
@@ -259,6 +270,8 @@ class FastForward:
             self._slot_events = [
                 (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(self.SLOTS)
             ]
+            # (waits in launch order: batch n is read before n + 2 launches, so n - 1's event is not yet reused)
+            self._ring = [torch.cuda.Event(enable_timing=True) for _ in range(self.SLOTS + 1)]
         if self.captures(gamma, b):
             # a capture while a thread waits on the device is refused (global capture mode): first every batch
             # in flight is waited for (by whoever launched it: the caller reads them first, `captures`), then
@@ -280,9 +293,22 @@ class FastForward:
             h_idx[:b] = idx
             start, done = self._slot_events[k]
             stream = torch.cuda.current_stream(self.device)
-            start.record(stream)
-            graph.replay()
-            done.record(stream)
+            since = start
+            if self.cfg.launch_timing == "chain":
+                prev = self._last_done
+                if prev is not None and not prev.query():  # queued behind it: it starts when that one ends
+                    since = prev
+                else:
+                    start.record(stream)
+                graph.replay()
+                done = self._ring[self._launches % len(self._ring)]
+                self._launches += 1
+                done.record(stream)
+                self._last_done = done
+            else:
+                start.record(stream)
+                graph.replay()
+                done.record(stream)
         except BaseException:
             self._free.put(k)
             raise
@@ -295,7 +321,7 @@ class FastForward:
             waited = True
             try:
                 done.synchronize()
-                return h_out[:b].copy(), start.elapsed_time(done)
+                return h_out[:b].copy(), since.elapsed_time(done)
             finally:
                 self._free.put(k)
 

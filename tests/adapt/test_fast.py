@@ -267,3 +267,13 @@ def test_gpu_host_io_graphs_that_fail_their_check_fall_back_with_a_warning(monke
     np.testing.assert_allclose(got, want, atol=2e-2, rtol=0)
     want = ref(torch.from_numpy(images), -4, "b").float().cpu().numpy()
     np.testing.assert_allclose(fast.predict_host(images, -4, "b"), want, atol=2e-2, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "bad,match",
+    [({"mode": "fast"}, "mode must be one of"), ({"buckets": (8, 1)}, "ascending"),
+     ({"launch_timing": "wall"}, "'events' or 'chain'")],
+)  # fmt: skip
+def test_a_bad_fast_config_says_what_to_use(bad, match):
+    with pytest.raises(ValueError, match=match):
+        FastConfig(**bad)
