@@ -151,7 +151,10 @@ class FastForward:
         self._slot_events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []  # per slot (`launch`)
         self._ring: list[torch.cuda.Event] = []  # launch_timing "chain": batch n's end event is _ring[n % 3]
         self._launches = 0
-        self._last_done: torch.cuda.Event | None = None  # the last launched batch's end event ("chain")
+        self._last_done: tuple[torch.cuda.Event, torch.cuda.Stream] | None = None  # the last batch's end ("chain")
+        self.chain_unsure = 0
+        """"chain": batches timed from the batch before that may have ended before their replay (the time counts
+        the device's idle gap: an upper bound)."""
         self._fn = self._forward
         if self.cfg.mode in ("compile", "compiled-graphs"):
             self._fn = torch.compile(self._forward, dynamic=False)
@@ -295,21 +298,23 @@ class FastForward:
             stream = torch.cuda.current_stream(self.device)
             since = start
             if self.cfg.launch_timing == "chain":
-                prev = self._last_done
-                if prev is not None and not prev.query():  # queued behind it: it starts when that one ends
+                prev, on = self._last_done or (None, None)
+                if prev is not None and on == stream and not prev.query():  # it starts when that one ends
                     since = prev
                 else:
                     start.record(stream)
                 graph.replay()
+                if since is prev and prev.query():  # (it may have ended before the replay: an upper bound)
+                    self.chain_unsure += 1
                 done = self._ring[self._launches % len(self._ring)]
-                self._launches += 1
                 done.record(stream)
-                self._last_done = done
+                self._launches, self._last_done = self._launches + 1, (done, stream)
             else:
                 start.record(stream)
                 graph.replay()
                 done.record(stream)
         except BaseException:
+            self._last_done = None  # ("chain": the next batch times itself from its own start)
             self._free.put(k)
             raise
         waited = False
@@ -489,7 +494,8 @@ class Launch:
     ready: Callable[[], bool]
     """Whether the device is done with it; never blocks."""
     wait: Callable[[], tuple[np.ndarray, float]]
-    """Once, from any thread: waits for it, frees its slot and gives (probs (B, K), the device's ms on it)."""
+    """Once, from any thread, in launch order: waits for it, frees its slot and gives (probs (B, K), the device's
+    ms on it)."""
 
     def __call__(self) -> tuple[np.ndarray, float]:
         return self.wait()
