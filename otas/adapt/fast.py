@@ -29,6 +29,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import numpy as np
 import torch
@@ -152,9 +153,6 @@ class FastForward:
         self._ring: list[torch.cuda.Event] = []  # launch_timing "chain": batch n's end event is _ring[n % 3]
         self._launches = 0
         self._last_done: tuple[torch.cuda.Event, torch.cuda.Stream] | None = None  # the last batch's end ("chain")
-        self.chain_unsure = 0
-        """"chain": batches timed from the batch before that may have ended before their replay (the time counts
-        the device's idle gap: an upper bound)."""
         self._fn = self._forward
         if self.cfg.mode in ("compile", "compiled-graphs"):
             self._fn = torch.compile(self._forward, dynamic=False)
@@ -244,7 +242,7 @@ class FastForward:
 
     def launch(
         self, images: Sequence[np.ndarray] | np.ndarray | torch.Tensor, gamma: int, tasks: str | Sequence[str]
-    ) -> Launch:
+    ) -> Launch[tuple[np.ndarray, float]]:
         """`predict_host` in two halves: stage the batch and queue it on the device, returning at once; the
         returned handle says whether the device is done with it (`ready`, never blocking) and, called once,
         waits for it and gives its probabilities (B, K), a new array, and the device's ms on it (CUDA events
@@ -273,8 +271,9 @@ class FastForward:
             self._slot_events = [
                 (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(self.SLOTS)
             ]
-            # (waits in launch order: batch n is read before n + 2 launches, so n - 1's event is not yet reused)
-            self._ring = [torch.cuda.Event(enable_timing=True) for _ in range(self.SLOTS + 1)]
+            if self.cfg.launch_timing == "chain":  # (waits in launch order: n is read before n + 2 launches, so
+                # n - 1's end event is not yet reused)
+                self._ring = [torch.cuda.Event(enable_timing=True) for _ in range(self.SLOTS + 1)]
         if self.captures(gamma, b):
             # a capture while a thread waits on the device is refused (global capture mode): first every batch
             # in flight is waited for (by whoever launched it: the caller reads them first, `captures`), then
@@ -303,9 +302,7 @@ class FastForward:
                     since = prev
                 else:
                     start.record(stream)
-                graph.replay()
-                if since is prev and prev.query():  # (it may have ended before the replay: an upper bound)
-                    self.chain_unsure += 1
+                graph.replay()  # (had prev ended just before this, the time counts the gap: an upper bound)
                 done = self._ring[self._launches % len(self._ring)]
                 done.record(stream)
                 self._launches, self._last_done = self._launches + 1, (done, stream)
@@ -487,17 +484,20 @@ class FastForward:
         return ""
 
 
+T = TypeVar("T")
+
+
 @dataclass(frozen=True)
-class Launch:
-    """A batch `FastForward.launch` queued on the device."""
+class Launch(Generic[T]):
+    """A batch queued on the device (`FastForward.launch`: its result (probs (B, K), the device's ms on it);
+    `Runner.launch`: a `RunResult`)."""
 
     ready: Callable[[], bool]
     """Whether the device is done with it; never blocks."""
-    wait: Callable[[], tuple[np.ndarray, float]]
-    """Once, from any thread, in launch order: waits for it, frees its slot and gives (probs (B, K), the device's
-    ms on it)."""
+    wait: Callable[[], T]
+    """Once, from any thread, in launch order: waits for it, frees its slot and gives its result."""
 
-    def __call__(self) -> tuple[np.ndarray, float]:
+    def __call__(self) -> T:
         return self.wait()
 
 

@@ -34,8 +34,6 @@ the GIL more, so waking at the end itself would make every answer that much late
 LOOK_MS = 1.0
 """Longest sleep between two looks at whether a launched batch is done: an answer that comes earlier than expected
 waits at most about this long."""
-_NONE = object()
-"""No new batch came while the thread waited."""
 
 
 @dataclass(eq=False)
@@ -120,7 +118,6 @@ class Device:
 
     def _serve(self, flights: deque[_Flight]) -> None:
         while True:
-            job: _Job | None | object = _NONE
             if len(flights) >= self._slots:  # no launch before the oldest is read: wait for it
                 self._read(flights)
                 continue
@@ -138,7 +135,7 @@ class Device:
                 while flights:
                     self._read(flights)
                 return
-            if isinstance(job, _Job) and job.fut.set_running_or_notify_cancel():
+            if job.fut.set_running_or_notify_cancel():  # (cancelled before it was taken up: never run)
                 if self.pipelined:
                     self._launch(job, flights)
                 else:

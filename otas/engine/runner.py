@@ -10,32 +10,18 @@ normalisation, the forward at γ and every task head run on the device.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from otas.adapt import SOURCE, AdaptiveViT
-from otas.adapt.fast import DEFAULT_BUCKETS, PER_SHAPE_MODES, FastConfig, FastForward
+from otas.adapt.fast import DEFAULT_BUCKETS, PER_SHAPE_MODES, FastConfig, FastForward, Launch
 from otas.adapt.vit import key
 from otas.engine.batches import RunResult
 from otas.models.checkpoint import load_checkpoint
 from otas.profile.table import Profile
-
-
-@dataclass(frozen=True)
-class InFlight:
-    """A batch `Runner.launch` queued on the device."""
-
-    ready: Callable[[], bool]
-    """Whether the device is done with it; never blocks."""
-    wait: Callable[[], RunResult]
-    """Once, from any thread: waits for it and gives its result."""
-
-    def __call__(self) -> RunResult:
-        return self.wait()
 
 
 def default_mode(device: str | torch.device) -> str:
@@ -162,7 +148,7 @@ class Runner:
         capture its graphs; warm-up does so before serving)."""
         return 1 <= b <= self.max_batch and self.fast.captures(gamma, b)  # (a bad batch: `launch` says why)
 
-    def launch(self, images: Sequence[np.ndarray], tasks: Sequence[str], gamma: int) -> InFlight:
+    def launch(self, images: Sequence[np.ndarray], tasks: Sequence[str], gamma: int) -> Launch[RunResult]:
         """`run` in two halves (`FastForward.launch`): the batch staged and queued on the device now; the
         handle says whether the device is done with it (`ready`, never blocking) and, called once from any
         thread, waits for it. Its `RunResult.ms` is the device's time on it, from when the device took it up
@@ -175,7 +161,7 @@ class Runner:
             probs, ms = launched()
             return RunResult(probs, ms)
 
-        return InFlight(launched.ready, result)
+        return Launch(launched.ready, result)
 
     def _check_batch(self, images: Sequence[np.ndarray], tasks: Sequence[str]) -> None:
         """ValueError for a batch of no images, more than `max_batch`, or not one task per image."""

@@ -8,9 +8,9 @@ import time
 import numpy as np
 import pytest
 
+from otas.adapt.fast import Launch
 from otas.engine.batches import RunResult
 from otas.engine.device import Device
-from otas.engine.runner import InFlight
 
 
 class Gated:
@@ -55,7 +55,7 @@ class Gated:
                 raise RuntimeError(f"bad {self.fail}")
             return RunResult(np.full((len(images), 2), gamma, np.float32), 0.5)
 
-        return InFlight(ready, wait)
+        return Launch(ready, wait)
 
     def go(self, k: int) -> None:
         """Let the k-th launched batch finish, once it is launched."""
@@ -216,7 +216,7 @@ def test_a_result_that_breaks_after_its_wait_fails_its_batch_alone():
     class Broken(Gated):
         def launch(self, images, tasks, gamma):
             inner = super().launch(images, tasks, gamma)
-            return InFlight(inner.ready, lambda: None) if gamma == -1 else inner  # (None has no .ms)
+            return Launch(inner.ready, lambda: None) if gamma == -1 else inner  # (None has no .ms)
 
     runner = Broken()
     dev = Device(runner, clock())

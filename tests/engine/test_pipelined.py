@@ -10,9 +10,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from otas.adapt.fast import Launch
 from otas.config import SchedulerConfig
 from otas.engine.engine import Engine, NotServed, RunResult
-from otas.engine.runner import InFlight
 from otas.sched.scheduler import Scheduler
 from tests.engine.test_ledger import POISON, Ends, K, img
 from tests.server.helpers import APPS, GAMMAS, SIZE, paced_profile
@@ -68,7 +68,7 @@ class PipeGate:
                 raise RuntimeError("poisoned wait")
             return RunResult(np.full((len(ids), K), 1 / K, np.float32), 1.0)
 
-        return InFlight(ready, wait)
+        return Launch(ready, wait)
 
     async def launches(self, n: int) -> None:
         """Wait until `n` more batches have been launched."""
