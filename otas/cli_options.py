@@ -15,8 +15,8 @@ from otas.sim.traces import MAX_LOAD, MIN_LOAD
 Policy = Annotated[
     str,
     typer.Option(
-        help="otas, otas-greedy, otas-fifo, fixed:<γ>, edf, clipper "
-        "(model-switch, model-switch:resident need several profiles)."
+        help="otas, otas-paper, otas-greedy, otas-fifo, fixed:<γ>, edf, clipper "
+        "(model-switch, model-switch:resident need several profiles; the offline bound oracle: otas simulate)."
     ),
 ]
 Apps = Annotated[Path | None, typer.Option(help="Applications YAML (default: otas/configs/apps.yaml).")]

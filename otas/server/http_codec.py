@@ -73,6 +73,19 @@ def check_values(raw: bytes | memoryview, image_size: int) -> None:
         )  # fmt: skip
 
 
+def header_bytes(header_length: str, body_bytes: int) -> int:
+    """The JSON header's byte count an Inference-Header-Content-Length gives, checked against the body's size;
+    ProtocolError (400 bad_header_length) for a value that is not a byte count in 1..`body_bytes`."""
+    h = byte_count(header_length.strip())
+    if h is None or not 0 < h <= body_bytes:
+        raise ProtocolError(
+            400, "bad_header_length",
+            f"{HEADER_LENGTH} is {header_length[:40]!r} but the body has {body_bytes} bytes; "
+            "give the byte length of the JSON header that starts the body",
+        )  # fmt: skip
+    return h
+
+
 def parse_infer(body: bytes, header_length: str | None, image_size: int, counted: bool = False) -> HttpInfer:
     """An infer request body (and its Inference-Header-Content-Length, if any) -> the request.
     Declared binary sizes are checked against the bytes present before anything is sliced.
@@ -84,13 +97,7 @@ def parse_infer(body: bytes, header_length: str | None, image_size: int, counted
             check_values(body, image_size)
         head, tail = loads(body), view[len(view) :]
     else:
-        h = byte_count(header_length.strip())
-        if h is None or not 0 < h <= len(view):
-            raise ProtocolError(
-                400, "bad_header_length",
-                f"{HEADER_LENGTH} is {header_length!r} but the body has {len(view)} bytes; "
-                "give the byte length of the JSON header that starts the body",
-            )  # fmt: skip
+        h = header_bytes(header_length, len(view))
         if not counted:
             check_values(view[:h], image_size)
         head, tail = loads(view[:h]), view[h:]

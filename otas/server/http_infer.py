@@ -18,8 +18,7 @@ from starlette.responses import JSONResponse, Response
 from otas.server.errors import ProtocolError
 from otas.server.guard import ARRIVAL, TICKET, body_of, until_disconnect
 from otas.server.handlers import config_of, engine_of, guarded, model_of
-from otas.server.headers import byte_count
-from otas.server.http_codec import HEADER_LENGTH, check_values, encode_infer, parse_classify, parse_infer
+from otas.server.http_codec import HEADER_LENGTH, check_values, encode_infer, header_bytes, parse_classify, parse_infer
 from otas.server.inference import check_app, decode_all, delivered, run
 from otas.server.parsing import JsonParser
 from otas.server.protocol import classify_response, infer_outputs, top_k
@@ -56,12 +55,10 @@ async def infer(request: Request) -> Response:
     _identity_encoding(request)
     body = await body_of(request)
     header = request.headers.get(HEADER_LENGTH)
-    n = byte_count((header or "").strip())
+    # here, not in the parser: a refused body never travels there (a header length the body cannot hold neither)
+    n = None if header is None else header_bytes(header, len(body))
     json_bytes = len(body) if n is None else n  # binary: cheap
-    if n is not None and 0 < n <= len(body):
-        check_values(memoryview(body)[:n], engine.image_size)
-    elif n is None:
-        check_values(body, engine.image_size)  # here, not in the parser: a refused body never travels there
+    check_values(body if n is None else memoryview(body)[:n], engine.image_size)
     # counted=True: check_values ran above wherever parse_infer would run it
     parsed = await parser_of(request).run(parse_infer, body, header, engine.image_size, True, json_bytes=json_bytes)
     req = parsed.request

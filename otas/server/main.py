@@ -107,8 +107,18 @@ def plans_ahead(runner, setting: bool | None) -> bool:
     return not (device.startswith("cpu") or "(cpu" in device)
 
 
-def check_host(host: str) -> None:
-    """ValueError, with the fix, unless this machine can listen on `host` (an address or a name)."""
+def check_policy(name: str) -> None:
+    """ValueError, with the fix, for a policy name `otas serve` cannot run (unknown, or an offline bound)."""
+    if make_policy(name).offline:  # (an unknown name raises, listing the valid ones)
+        raise ValueError(
+            f"policy {name!r} is an offline bound (it knows every arrival in advance) and cannot serve; "
+            f"compare with it in `otas simulate --policies otas,{name}`"
+        )
+
+
+def check_host(host: str, ports: Sequence[int] = ()) -> None:
+    """ValueError, with the fix, unless this machine can listen on `host` (an address or a name), and on each
+    of `ports` there (0: any port; not checked) that no other process holds."""
     import socket
 
     try:
@@ -124,6 +134,16 @@ def check_host(host: str) -> None:
                 f"--host {host[:100]!r}: cannot listen there ({e.strerror or e}); use an address of this machine, "
                 "e.g. 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)"
             ) from None
+    for port in (p for p in ports if p):
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind (a closed one's TIME_WAIT)
+            try:
+                s.bind((address[0], port, *address[2:]))
+            except OSError as e:
+                raise ValueError(
+                    f"port {port} on {host[:100]!r}: cannot listen there ({e.strerror or e}); another process holds "
+                    "it: stop it, or pick another with --port / --grpc-port"
+                ) from None
 
 
 def build(
@@ -221,7 +241,9 @@ def serve(cfg: ServingConfig) -> None:
     from otas.server.logs import setup_logging
 
     setup_logging(cfg.http.log_level)
-    check_host(cfg.http.host)  # before the model loads: a typo'd address is the first thing to hear of
+    # before the model loads: a typo'd address, a port in use or an unknown policy is the first thing to hear of
+    check_host(cfg.http.host, (cfg.http.port, cfg.http.grpc_port))
+    check_policy(cfg.policy)
     memory.tune()
     runner, profile = load_runner(cfg)
     apps = cfg.apps

@@ -87,6 +87,22 @@ def test_more_values_than_any_request_is_refused_unparsed(srv, monkeypatch, n, f
     assert seen == [] and sent == []  # refused before the body could travel to the parser process
 
 
+@pytest.mark.parametrize("header", ["999999999999999999", "0", "-5", "abc", "12x"])
+def test_a_header_length_the_body_cannot_hold_is_refused_unparsed(srv, monkeypatch, header):
+    """An Inference-Header-Content-Length that is not a byte count within the body is refused on the event loop:
+    a large body with it never travels to the parser process (it once did, and four at once held the parser)."""
+    sent = []
+    run = JsonParser.run
+    monkeypatch.setattr(
+        JsonParser, "run", lambda self, fn, body, *a, **k: sent.append(len(body)) or run(self, fn, body, *a, **k)
+    )
+    body = numbers(MOST - 10, "7")  # a body the parser process would take
+    headers = {"content-type": "application/octet-stream", "Inference-Header-Content-Length": header}
+    r = httpx.post(srv.url + INFER, content=body, headers=headers, timeout=60)
+    assert r.status_code == 400 and r.json()["reason"] == "bad_header_length", r.text
+    assert sent == []
+
+
 @pytest.mark.parametrize("n", [INLINE // 2, MOST - 10])
 def test_large_json_is_parsed_off_the_event_loop(srv, monkeypatch, n):
     seen = []

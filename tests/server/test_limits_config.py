@@ -233,3 +233,23 @@ def test_a_runner_launches_ahead_only_where_asked_and_batches_are_planned_ahead(
         APPS, json.load(open(profile)), "otas", SchedulerConfig(max_batch=16), model=str(tiny_ckpt), warmup=False
     )
     assert build_runner(spec).pipeline is False
+
+
+def test_a_port_in_use_and_an_unservable_policy_are_refused_before_the_model_loads():
+    """`otas serve` checks its ports and its policy first (a model takes seconds to minutes to load and warm)."""
+    import socket
+
+    from otas.server.main import check_host, check_policy
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        with pytest.raises(ValueError, match=f"port {port} .*another process holds it"):
+            check_host("127.0.0.1", (0, port))
+    check_host("127.0.0.1", (port, 0))  # free again
+    with pytest.raises(ValueError, match="unknown policy 'otass'"):
+        check_policy("otass")
+    with pytest.raises(ValueError, match="offline bound.*otas simulate --policies otas,oracle"):
+        check_policy("oracle")
+    check_policy("fixed:-8")
