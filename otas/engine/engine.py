@@ -292,6 +292,7 @@ class Engine:
             raise self._refuse(
                 app, n, "rejected", "shutting_down", "the server is shutting down; retry on another replica"
             )
+        self.scheduler.age(now)  # (corrections no batch has confirmed for long go back to the profile)
         queued, cap = self.scheduler.queued(), self.scheduler.config.max_queue
         if queued + n > cap:
             raise self._refuse(app, n, "rejected", "queue_full", f"{queued} queued + {n} > {cap} (max_queue)")

@@ -44,6 +44,13 @@ class AffineFit:
         self._xe = keep * self._xe + a * x * e
         self._prior *= keep
 
+    def relax(self, keep: float) -> None:
+        """Age the evidence by an idle spell: every batch's weight × `keep` ∈ [0, 1], the prior back towards its
+        first weight (one batch) by as much, so a fit no batch has confirmed for long returns to the profile."""
+        self._w, self._x, self._xx = keep * self._w, keep * self._x, keep * self._xx
+        self._e, self._xe = keep * self._e, keep * self._xe
+        self._prior = keep * self._prior + (1.0 - keep)
+
     def solve(
         self, factor_range: tuple[float, float] = (0.0, math.inf), max_offset_ms: float = math.inf
     ) -> tuple[float, float]:

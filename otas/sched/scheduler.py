@@ -92,6 +92,8 @@ class Scheduler:
         self._fit = {m: AffineFit() for m in self.profiles}
         self._slowest = {m: float(np.max(t.lat[np.isfinite(t.lat)])) for m, t in self._tab.items()}
         self._overhead = 0.0  # ms a batch's turn takes beyond the device's time (host side), EWMA
+        self._aged_ms: float | None = None  # the corrections are aged to this time (the last batch's end, or later)
+        self._busy_ms = -math.inf  # the latest predicted end of a batch handed out (`age` counts idle time only)
         self._pipelined = False
         self._refresh_lat()  # a policy may read the latencies when it binds
         self.policy.bind(self)
@@ -221,6 +223,37 @@ class Scheduler:
         """Queue a request, or reject it early with a reason."""
         return self.submit_many((req,), now_ms)
 
+    def age(self, now_ms: float) -> None:
+        """Age the online corrections (the latency fit, the host's lag) by the time since the last batch ended:
+        evidence no batch has confirmed for τ = `rate_window` × the loosest SLO of idle time (past the predicted
+        end of every batch handed out) weighs e⁻¹ of what it did, the
+        rest goes back to the profile's prediction. Under load batches end every few ms and this does next to
+        nothing; after a burst that left the corrections high (an event loop saturated by parsing slows the
+        device thread and delays the answers), requests refused as infeasible at them end no batch that could
+        correct them, so without ageing a tight application would be refused for good. Called by every
+        admission (`submit_many`, `next_batch`, and the engine's own check of a request's size); steps under
+        τ/20 are left for later (each step rebuilds the corrected tables)."""
+        if self._aged_ms is None:
+            return
+        since = max(self._aged_ms, self._busy_ms)
+        if now_ms <= since:
+            return
+        tau = self.config.rate_window * max((a.slo_ms for a in self.apps.values()), default=math.inf)
+        dt = now_ms - since
+        if not dt * 20 >= tau:  # (no applications: τ = inf, nothing ages)
+            return
+        keep = math.exp(-dt / tau)
+        self._aged_ms = now_ms
+        for m, fit in self._fit.items():
+            if self.config.latency_model == "affine":
+                fit.relax(keep)
+                f, self._offset[m] = fit.solve(_FACTOR_RANGE, self._slowest[m])
+            else:
+                f = 1.0 + keep * (self._factor[m] - 1.0)
+            self._factor[m] = min(max(f, _FACTOR_RANGE[0]), _FACTOR_RANGE[1])
+        self._overhead *= keep
+        self._refresh_fast()
+
     def submit_many(self, reqs: Sequence[Request], now_ms: float) -> Rejection | None:
         """Queue the queries of one request (one application, arrival and deadline: the images of one
         call) all or none, or reject them early with a reason (for the first). The policy hears of
@@ -235,6 +268,7 @@ class Scheduler:
         ):
             raise ValueError("submit_many takes the queries of one request: one application, arrival and deadline")
         self.policy.on_submit_many(reqs, now_ms)
+        self.age(now_ms)
         if len(self.queues) + len(reqs) > self.config.max_queue:
             more = f" + {len(reqs)}" if len(reqs) > 1 else ""
             return Rejection(first, Reason.QUEUE_FULL, f"{len(self.queues)} queued{more} (max_queue)")
@@ -250,6 +284,7 @@ class Scheduler:
 
     def next_batch(self, now_ms: float) -> BatchPlan | None:
         """The device is free: the batch to run now (removed from the queues), or None."""
+        self.age(now_ms)
         self._drain(now_ms)
         self._hold_until = None
         if not len(self.queues):
@@ -288,10 +323,13 @@ class Scheduler:
         b, i = len(reqs), self._tab[model].index[gamma]
         profiled = float(self._tab[model].lat[b, i])
         meta = {**meta, "profiled_ms": profiled}
+        predicted = float(self._lat[model][b, i]) + switch
+        # no ageing while it is predicted to run (the corrections age over idle time only)
+        self._busy_ms = max(self._busy_ms, now_ms + predicted)
         return BatchPlan(
             requests=reqs,
             gamma=gamma,
-            predicted_ms=float(self._lat[model][b, i]) + switch,
+            predicted_ms=predicted,
             start_ms=now_ms,
             model=model,
             switch_ms=switch,
@@ -373,6 +411,7 @@ class Scheduler:
             self._factor[m] = min(max(f, _FACTOR_RANGE[0]), _FACTOR_RANGE[1])
             if device_ms is not None:
                 self._overhead = (1 - a) * self._overhead + a * max(measured_ms - device, 0.0)
+            self._aged_ms = max(now_ms, self._aged_ms or -math.inf)
             self._refresh_fast()
         self.policy.on_complete(plan, now_ms, measured_ms, self)
 
