@@ -10,6 +10,9 @@ below a fixed γ, which the live replays' few loads can miss. The scheduler's se
         --buckets 1,2,4,8,16,32,64,128,256 --loads 1,1.25,1.5,1.6,1.725,1.85,2 --scales 1,1.15 \\
         --policies otas,fixed:-20,fixed:-32 --out bench/results/live_h100/19_h100_runs37_40/sim_loads
 
+A policy may be `otas` with constructor settings in brackets (`otas[mix=False]`, `otas[priced=False]`, the ablations of
+`otas.sched.policies.Otas`), to see which part of the policy a band of loads turns on.
+
 Writes replay_loads.json (machine, commit, command; one row per load, scale and policy) and replay_loads.png (utility
 by load, a panel per scale) under --out.
 """
@@ -17,6 +20,7 @@ by load, a panel per scale) under --out.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import sys
 from pathlib import Path
@@ -28,7 +32,24 @@ from otas.bench.replay import sim_window  # noqa: E402
 from otas.config import SchedulerConfig, load_apps  # noqa: E402
 from otas.profile.table import Profile  # noqa: E402
 from otas.provenance import run_meta  # noqa: E402
+from otas.sched.policies import make_policy  # noqa: E402
 from otas.sim.simulator import run  # noqa: E402
+
+
+def policy_of(spec: str):
+    """A policy by name, or `otas[key=value,...]`: `Otas` with those constructor settings (Python literals)."""
+    name, _, rest = spec.partition("[")
+    if not rest:
+        return make_policy(spec)
+    if not rest.endswith("]"):
+        raise ValueError(f"policy {spec!r}: write NAME[key=value,...]")
+    kwargs = {}
+    for item in filter(None, rest[:-1].split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"policy {spec!r}: {item!r} is not key=value")
+        kwargs[key.strip()] = ast.literal_eval(value.strip())
+    return make_policy(name, **kwargs)
 
 
 def sweep(args: argparse.Namespace) -> list[dict]:
@@ -40,8 +61,9 @@ def sweep(args: argparse.Namespace) -> list[dict]:
     for load in (float(x) for x in args.loads.split(",")):
         trace, gateway = sim_window(args.trace, apps, profile, load, args.seconds, args.repeat, 5.0, args.max_batch)
         for scale in (float(x) for x in args.scales.split(",")):
-            for policy in args.policies.split(","):
-                res = run(trace, apps, profile, policy, cfg, plan_ahead=True, gateway=gateway, device_scale=scale)
+            for policy in _split(args.policies):
+                pol = policy_of(policy)
+                res = run(trace, apps, profile, pol, cfg, plan_ahead=True, gateway=gateway, device_scale=scale)
                 s = res.summary(apps)
                 rows.append({"load": load, "scale": scale, "policy": policy, "utility": res.total_utility,
                              "slo": s["slo_attainment"], "mean_gamma": s["mean_gamma"],
@@ -49,6 +71,19 @@ def sweep(args: argparse.Namespace) -> list[dict]:
                 print(f"load {load:<6g} device × {scale:<5g} {policy:>10s}: utility {res.total_utility:9.1f}  "
                       f"SLO {s['slo_attainment']:.3f}  mean γ {s['mean_gamma']:6.1f}")  # fmt: skip
     return rows
+
+
+def _split(policies: str) -> list[str]:
+    """Comma-separated policies, commas inside brackets kept."""
+    out, depth, cur = [], 0, ""
+    for ch in policies:
+        depth += (ch == "[") - (ch == "]")
+        if ch == "," and depth == 0:
+            out.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return [p for p in [*out, cur] if p]
 
 
 def plot(rows: list[dict], path: Path) -> None:

@@ -46,6 +46,8 @@ VARIANTS = {
     "step-price": lambda: Otas(name="otas", smooth_price=False),
     "own-blocked": lambda: Otas(name="otas", blocked="own"),
     "batched-blocked": lambda: Otas(name="otas", blocked="batched"),
+    "apps-price": lambda: Otas(name="otas", price_batching="apps"),
+    "shared-price": lambda: Otas(name="otas", price_batching="shared"),
 }
 
 

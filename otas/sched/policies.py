@@ -41,6 +41,7 @@ import numpy as np
 from otas.sched import optimizer
 from otas.sched.baselines import Clipper, Edf, Fixed, ModelSwitch, Oracle, fallback_gamma
 from otas.sched.batching import Candidate, app_of, slo_classes
+from otas.sched.decayed import Decayed
 from otas.sched.floor import FixedShadows
 from otas.sched.modes import ModeJudge
 from otas.sched.policy_base import Choice, Policy, View, batch_apps
@@ -85,7 +86,11 @@ class Otas(Policy):
     for next, in the head cap and the blocked-arrival cost: "all", the default, every served application's, in
     per-class and shared plans alike; "batched": its own application's in a per-class plan and every
     application's in a shared one, which charges the two kinds of plan differently for the same wait; "own": its
-    own application's always, the model before; bench/results/workloads/blocked).
+    own application's always, the model before; bench/results/workloads/blocked), `price_batching` (the
+    price of device time for the batching that runs: "apps", the fluid relaxation with a setting per application,
+    the price before; "shared", with one setting for all, as a shared batch runs them; "blend", the default, the
+    two weighted by the share of recent decisions that ran a shared batch, decayed over the price's τ;
+    `DevicePrice.shared_price`, bench/results/workloads/shared_price).
     """
 
     def __init__(
@@ -107,8 +112,12 @@ class Otas(Policy):
         floor_planned: bool = False,
         smooth_price: bool = True,
         blocked: str = "all",
+        price_batching: str = "blend",
     ):
         self.name = name
+        if price_batching not in ("apps", "shared", "blend"):
+            raise ValueError(f"price_batching={price_batching!r}: use 'apps', 'shared' or 'blend'")
+        self.price_batching = price_batching
         if blocked not in ("batched", "own", "all"):
             raise ValueError(f"blocked={blocked!r}: use 'batched', 'own' or 'all'")
         self.blocked = blocked
@@ -154,6 +163,9 @@ class Otas(Policy):
             self._slo = np.array([a.slo_ms for a in apps])  # (apps,), in DevicePrice's order
             self._value = np.array([view.weights(view.model, a.name).max() for a in apps])  # best u·acc
         self._priced = self._price  # until a decision judges otherwise (`_price_now`)
+        # decisions, and those that ran a shared batch, decayed over the price's τ (`price_batching="blend"`)
+        tau = self._price.tau if self._price is not None else 1.0
+        self._decided, self._shared = Decayed(tau), Decayed(tau)
         self._floor, self._cap, self._judge, self._free, self._mode = None, None, None, None, True
         if self.floor and view.apps:
             apps = list(view.apps.values())
@@ -202,7 +214,7 @@ class Otas(Policy):
         cfg = view.config
         mu = 0.0
         if self._price is not None:  # kept current either way (it also marks the applications served)
-            mu = self._price.price(now_ms, view.backlog(), view.latency_factor(view.model))
+            mu = self._mu(now_ms, view)
         if self._priced is None:
             mu = 0.0
         if following:
@@ -244,6 +256,8 @@ class Otas(Policy):
             shared = self._mixed_plan(largest, head, mu, plan, specs, f, now_ms, view)
             if shared is not None:
                 (plan, take), first, mixed = shared, 0, 1
+        self._decided.add(1.0, now_ms)
+        self._shared.add(float(mixed), now_ms)
         gamma = view.profiles[view.model].gammas[plan.choice[0]]
         meta = {"planned_value": plan.value, "planned_batches": len(specs), "price": mu, "batch": first, "mixed": mixed}
         if take:
@@ -251,6 +265,19 @@ class Otas(Policy):
         if self._cap is not None:  # held to the leading shadow's speed (the floor)
             meta["cap"] = view.profiles[view.model].gammas[self._cap]
         return view.model, gamma, meta
+
+    def _mu(self, now_ms: float, view: View) -> float:
+        """The price of device time for the batching that runs (`price_batching`); the per-application price is
+        asked for either way (it marks the applications worth their device time)."""
+        args = (now_ms, view.backlog(), view.latency_factor(view.model))
+        mu = self._price.price(*args)
+        if self.price_batching == "apps":
+            return mu
+        if self.price_batching == "shared":
+            return self._price.shared_price(*args)
+        decided = self._decided.at(now_ms)
+        w = self._shared.at(now_ms) / decided if decided > 0 else 0.0  # share of recent decisions shared
+        return mu if w == 0.0 else (1.0 - w) * mu + w * self._price.shared_price(*args)
 
     def _price_now(self, following: bool, now_ms: float) -> bool:
         """Whether this decision plans with the price: always, without a judge; else the judged mode

@@ -24,6 +24,11 @@ setting changes, so the breaks are computed once and each query of μ is one sma
 `smooth` (the policy `otas`): that μ, the break at which the marginal application switches, moved
 down across the price range before it by the share of that application the device can still afford
 there, so the price moves with the demand instead of jumping (`DevicePrice._smoothed`).
+`shared_price`: the same relaxation with every application at one γ, the price for batches shared
+across applications. The per-application optimum can split the applications (on the Azure trace at
+1.6 × the H100's γ = 0 capacity: lowlight, utility 2, at γ = 16, novel and blur at -48, the device full),
+which shared batches cannot realise: they ran at -36 to -40 at that price where `fixed:-20` kept up at
+every SLO (the policy `otas` weighs the two by how much it shares batches, `Otas(price_batching)`).
 Pure numpy; no clock of its own (times are passed in).
 """
 
@@ -81,6 +86,7 @@ class DevicePrice:
             values.append(np.where(ok, [a.utility * profile.acc(a.task, g) if k else 0.0
                                         for g, k in zip(profile.gammas, ok, strict=True)], -np.inf))  # fmt: skip
         self._breaks, self._S = _demand_table(np.array(values), s)
+        self._values, self._service = np.array(values), s  # (apps, |Γ|) each: v_a(γ) (-inf: not servable), s_a(γ)
         self._rate = np.zeros(len(self.apps))  # queries per ms, decayed to `_t`
         self._t = -math.inf  # the counts are decayed to this time (the latest seen)
         self._t0: float | None = None  # the first arrival (after the last lull): the estimate's clock starts there
@@ -138,6 +144,36 @@ class DevicePrice:
         mu = float(self._breaks[m - 1])
         if self.smooth and demand[m - 1] > demand[m]:
             mu = self._smoothed(demand, m)
+        return mu
+
+    def shared_price(self, now_ms: float, backlog: Sequence[int] | None = None, scale: float = 1.0) -> float:
+        """μ with every application at one γ (batches shared across applications): the smallest price at which
+        the setting maximising Σ_a R_a · v_a(γ) − μ · Σ_a R_a · s_a(γ) fits the device, found along the upper
+        hull of (device time, value) from the most valuable setting; `smooth` moves it down from the switch that
+        fits by the share θ of the costlier setting the device still affords, as `price` does for the marginal
+        application. Where even the fastest setting does not fit, the price of the last switch to it: a higher
+        price changes no shared setting, and which applications stop paying for their device time is the
+        per-application price's to say (`price`, `served`). Arguments as `price`'s."""
+        r = self.rates(now_ms)
+        r = r if backlog is None else r + np.asarray(backlog, float) / self.tau
+        on = r > 0
+        ok = np.all(np.isfinite(self._values[on]), axis=0)  # (|Γ|,): a setting every arriving application takes
+        if not on.any() or not ok.any():
+            return 0.0
+        value = self._values[on][:, ok].T @ r[on]  # utility per ms at each setting
+        cost = self._service[on][:, ok].T @ r[on]  # profiled device ms per ms, as `price`'s
+        i, mu = int(np.argmax(value)), 0.0
+        while scale * cost[i] > 1.0:
+            cheaper = np.flatnonzero(cost < cost[i])
+            if not len(cheaper):  # the fastest setting: no switch left
+                return mu
+            slope = (value[i] - value[cheaper]) / (cost[i] - cost[cheaper])
+            k = int(np.argmin(slope))
+            j, nxt = int(cheaper[k]), max(float(slope[k]), mu)
+            if scale * cost[j] <= 1.0 and self.smooth:  # the device affords the share θ of setting i
+                theta = (1.0 - scale * cost[j]) / (scale * (cost[i] - cost[j]))
+                return mu + (1.0 - theta) * (nxt - mu)
+            i, mu = j, nxt
         return mu
 
     def _smoothed(self, demand: np.ndarray, m: int) -> float:

@@ -210,3 +210,78 @@ def test_smoothed_price_is_continuous_and_monotone_in_the_load():
     assert np.all(s <= p + 1e-12)  # never above the plain price: it moves down from it
     step = np.max(np.abs(np.diff(s)))
     assert np.max(np.abs(np.diff(p))) > 20 * step  # the plain price jumps where the smoothed one moves
+
+
+def _two_apps_price(smooth: bool) -> DevicePrice:
+    """Applications a (utility 1) and b (utility 3) of one task on the two-setting profile, rates set by hand."""
+    apps = [App("a", 100.0, 1.0, "t"), App("b", 100.0, 3.0, "t")]
+    p = DevicePrice(apps, two_setting_profile(), max_batch=2, tau_ms=1000.0, smooth=smooth)
+    p._t0, p._t = -np.inf, 0.0  # observing for ever, the counts decayed to now: they are the rates
+    return p
+
+
+def test_shared_price_is_where_one_setting_for_all_fits():
+    """0.3 q/ms each: γ=8 for both needs 1.2 ms/ms, γ=-8 0.6; with one setting for all, the switch is at the
+    rate-weighted value over device time, (0.3·0.1 + 0.3·3·0.1) / 0.6 = 0.2, where the per-application price
+    switches a alone (0.1: b keeps γ=8, the demand 0.9 fits)."""
+    p = _two_apps_price(smooth=False)
+    p._rate[:] = [0.3, 0.3]
+    assert p.shared_price(0.0) == pytest.approx(0.2)
+    assert p.price(0.0) == pytest.approx(0.1)
+    p._rate[:] = [0.2, 0.2]  # γ=8 for both fits
+    assert p.shared_price(0.0) == 0.0
+    p._rate[:] = [0.6, 0.6]  # even γ=-8 needs 1.2: the switch to it, the last a shared setting makes
+    assert p.shared_price(0.0) == pytest.approx(0.2)
+    p._rate[:] = 0.0
+    assert p.shared_price(0.0) == 0.0  # no arrivals: nothing to price
+    p._rate[:] = [0.2, 0.2]
+    assert p.shared_price(0.0, backlog=[100, 100]) == pytest.approx(0.2)  # a backlog is demand too
+    assert p.shared_price(0.0, scale=1.5) == pytest.approx(0.2)  # measured 1.5x slower: γ=8 needs 1.2
+
+
+def test_smoothed_shared_price_moves_with_the_share_the_device_affords():
+    """At 0.3 q/ms each the device affords γ=8 for θ = (1 − 0.6) / (1.2 − 0.6) of the queries: the price sits
+    that share of the way down from the switch (0.2) to the bottom of γ=8's range (0)."""
+    p = _two_apps_price(smooth=True)
+    p._rate[:] = [0.3, 0.3]
+    assert p.shared_price(0.0) == pytest.approx(0.2 * (1 - 2 / 3))
+    p._rate[:] = [0.25, 0.25]  # γ=8 needs exactly 1: free
+    assert p.shared_price(0.0) == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_shared_price_is_the_least_price_whose_best_common_setting_fits(seed):
+    """Brute force on random profiles and rates: the unsmoothed shared price is the smallest μ on a fine grid
+    at which the setting maximising Σ R·v − μ·Σ R·s fits the device, or, where none fits, at which that setting is
+    the fastest."""
+    rng = np.random.default_rng(seed)
+    n_apps = int(rng.integers(1, 4))
+    gammas = sorted(rng.choice(np.arange(-48, 17, 4), size=int(rng.integers(2, 6)), replace=False).tolist())
+    per_query = np.sort(rng.uniform(0.2, 3.0, len(gammas)))  # ms per query, rising with γ
+    prof = Profile(
+        model="m",
+        device="d",
+        dtype="f",
+        gammas=gammas,
+        batch_sizes=[1],
+        accuracy={
+            f"t{k}": dict(zip(gammas, rng.uniform(0.3, 0.95, len(gammas)).tolist(), strict=True)) for k in range(n_apps)
+        },
+        latency_ms={g: {1: float(t)} for g, t in zip(gammas, per_query, strict=True)},
+    )
+    apps = [App(f"a{k}", 1e6, float(rng.uniform(0.5, 5)), f"t{k}") for k in range(n_apps)]
+    p = DevicePrice(apps, prof, max_batch=1, tau_ms=1000.0)
+    p._t0, p._t = -np.inf, 0.0
+    p._rate[:] = rng.uniform(0.0, 1.5, n_apps)
+    mu = p.shared_price(0.0)
+    r = p._rate
+    value, demand = p._values.T @ r, p._service.T @ r  # (× the online correction's scale: 1 here)
+    enough = max(1.0, demand.min())  # where no setting fits, the fastest is as far as a price can go
+
+    def fits(m: float) -> bool:
+        best = np.flatnonzero(value - m * demand >= np.max(value - m * demand) - 1e-12)
+        return demand[best].min() <= enough  # (ties: the cheaper of them)
+
+    assert fits(mu + 1e-9)
+    grid = np.linspace(0.0, mu, 2001)[:-1]
+    assert not any(fits(m) for m in grid[grid < mu - 1e-6])

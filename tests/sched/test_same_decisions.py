@@ -11,7 +11,9 @@ latency correction came to fit a factor and an offset per batch (`latency_fit.Af
 with noisy latencies changed; where every batch takes its profiled time the fit is exactly 1 and 0), and when the
 arrivals a query blocked by a long batch waits for next came to be every served application's, not its own
 application's alone (`Otas(blocked="all")`), and when a batch that drops members it would end late came to take
-the queries queued next in their place, as many as end on time (`Scheduler._refill`): before
+the queries queued next in their place, as many as end on time (`Scheduler._refill`), and when the price of device
+time came to weigh the one-setting-for-all price by the share of recent decisions that shared a batch
+(`Otas(price_batching="blend")`) and the online corrections came to age over idle time (`Scheduler.age`): before
 the tie rule, such ties went to whichever sum came out larger in its last bits, which differs between CPUs
 (numpy's SIMD reductions with and without AVX-512). `test_decisions_do_not_hang_on_simd` runs the
 cases again with AVX-512 off."""

@@ -547,3 +547,63 @@ def test_a_padded_path_is_planned_at_its_buckets_up_to_the_max_batch():
     assert s.profiles[padded.model].buckets == [1, 2, 4, 8, 16, 32, 48]
     s = Scheduler(APPS, plain, "otas", SchedulerConfig(max_batch=48))
     assert list(s.lat_vector(plain.model, 5)) == [plain.lat(g, 5) for g in gammas]
+
+
+def test_otas_prices_device_time_for_the_batching_it_runs():
+    """`price_batching`: "apps" asks the per-application price, "shared" the one-setting-for-all price, and
+    "blend" weighs them by the share of recent decisions that ran a shared batch: the per-application price
+    until a batch is shared, the shared price once every recent decision was."""
+    from otas.sched.policies import Otas
+
+    apps = [App("tight", 15.0, 1.0, "novel"), App("loose", 18.0, 3.0, "blur")]
+    flat = make_profile(base_ms=(10.0, 10.5, 12.0), gammas=[0, 4, 8, 16], device="flat (hand-made)")
+    with pytest.raises(ValueError, match="price_batching='joint'"):
+        Otas(price_batching="joint")
+    got = {}
+    for mode in ("apps", "shared", "blend"):
+        s = Scheduler(apps, flat, Otas(price_batching=mode), SchedulerConfig(max_batch=64))
+        p = s.policy
+        for t in range(0, 400, 2):  # 1 query/ms, above what this device serves at any γ
+            for a in apps:
+                p.on_submit(make_request(t, a, float(t)), float(t))
+        got[mode] = p._mu(400.0, s)
+        if mode == "blend":
+            assert got[mode] == pytest.approx(got["apps"])  # no decision yet: none shared
+            p._decided.add(1.0, 400.0)
+            p._shared.add(1.0, 400.0)
+            assert p._mu(400.0, s) == pytest.approx(got["shared"])
+            p._decided.add(1.0, 400.0)  # one of two recent decisions shared: halfway
+            assert p._mu(400.0, s) == pytest.approx((got["apps"] + got["shared"]) / 2)
+    assert got["apps"] > 0 and got["shared"] > 0 and got["apps"] != pytest.approx(got["shared"])
+
+
+@pytest.mark.parametrize("model", ["affine", "factor"])
+def test_corrections_age_back_to_the_profile_over_idle_time(model):
+    """After batches whose answers the host took up far later than the device gave them (an event loop saturated
+    by a burst: 540 ms of host lag a batch against the profile's 60 ms), a lone novel query is refused
+    as infeasible at the corrected prediction; no batch then runs to correct it, so the corrections age over idle
+    time (τ = rate_window × the loosest SLO, 4 s here) and the same query is taken again; while a batch is
+    predicted to run, nothing ages."""
+    s = Scheduler(APPS, make_profile(), "fixed:0", SchedulerConfig(latency_ewma=0.5, latency_model=model))
+    t, rej = 0.0, None
+    for i in range(20):  # until the corrected prediction leaves no room in novel's 500 ms
+        rej = s.submit(make_request(i, NOVEL, t), t)
+        if rej is not None:
+            break
+        plan = s.next_batch(t)
+        t += 600.0
+        s.complete(plan, t, measured_ms=600.0, device_ms=120.0)  # the device twice the profile, the host the rest
+    assert rej is not None and rej.reason is Reason.INFEASIBLE
+    slow = s.predict(s.model, 0, 1)
+    assert slow > 500.0
+    s.age(t + 150.0)  # under τ / 20 of idle time: left for later
+    assert s.predict(s.model, 0, 1) == slow
+    s.age(t + 1000.0)
+    assert 60.0 < s.predict(s.model, 0, 1) < slow
+    later = t + 20_000.0  # five τ idle
+    assert s.submit(make_request(101, NOVEL, later), later) is None
+    assert s.predict(s.model, 0, 1) < 100.0
+    busy = s.next_batch(later)  # predicted to run until later + predicted_ms: no ageing before then
+    aged = s.predict(s.model, 0, 1)
+    s.age(later + busy.predicted_ms - 1.0)
+    assert s.predict(s.model, 0, 1) == aged
