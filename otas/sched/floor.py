@@ -109,6 +109,22 @@ class _Shadow:
             self.running = (finish, [(a, v * k if k > 1 else v) for a, d, v, k in members if d >= finish])
             self.free = finish
 
+    def withdraw(self, arrival_ms: float, deadline_ms: float, cls: int = 0, n: int = 1) -> None:
+        """`n` queries of the request that arrived at `arrival_ms` with that deadline leave unserved (their caller
+        went away), if this shadow still has them queued; ones it already ran stay counted (from the newest:
+        a caller that leaves has mostly just sent)."""
+        q = self.queues[cls]
+        for i in range(len(q) - 1, -1, -1):
+            a, d, v, k = q[i]
+            if a == arrival_ms and d == deadline_ms:
+                if k > n:
+                    q[i] = (a, d, v, k - n)
+                else:
+                    del q[i]
+                return
+            if a < arrival_ms:  # (FIFO by arrival: past it, the request is not queued here)
+                return
+
     def submit(self, arrival_ms: float, deadline_ms: float, value: float, cls: int = 0, n: int = 1) -> None:
         """`n` queries of one request (one arrival and deadline), each worth `value` on time."""
         self.advance(arrival_ms)
@@ -173,6 +189,14 @@ class FixedShadows:
         cls = self.cls.get(app, 0)
         for s, v in zip(self.shadows, self.value[app], strict=True):
             s.submit(arrival_ms, deadline_ms, v, cls, n)
+
+    def withdraw(self, app: str, arrival_ms: float, deadline_ms: float, n: int = 1) -> None:
+        """`n` queries of `app` (one request) were taken out of the policy's queue unserved: every shadow that
+        still queues them gives them up (`_Shadow.withdraw`), so a client that sends and leaves does not earn the
+        shadows what the policy could not (the floor then capped every tenant at a fast γ for its window)."""
+        cls = self.cls.get(app, 0)
+        for s in self.shadows:
+            s.withdraw(arrival_ms, deadline_ms, cls, n)
 
     def credit(self, t_ms: float, done: Sequence[tuple[float, float]]) -> None:
         """The policy's batch completed at `t_ms`: (arrival, value) of each query it served on time."""

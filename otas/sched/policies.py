@@ -203,6 +203,12 @@ class Otas(Policy):
             done = plan.start_ms + plan.predicted_ms if self.floor_planned else now_ms
             self._floor.credit(now_ms, _per_request(plan.requests, value, done))
 
+    def on_cancel(self, reqs: Sequence[Request]) -> None:
+        if self._floor is not None:  # the shadows give them up too, or they would earn what the policy cannot
+            counts = Counter((r.app, r.arrival_ms, r.deadline_ms) for r in reqs)
+            for (app, arrival, deadline), n in counts.items():
+                self._floor.withdraw(app, arrival, deadline, n)
+
     def choose(self, cands: list[Candidate], now_ms: float, view: View) -> Choice:
         cands = cands[: self.lookahead]
         fl, m = self._floor, view.model

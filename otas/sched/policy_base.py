@@ -85,3 +85,6 @@ class Policy:
 
     def on_complete(self, plan: BatchPlan, now_ms: float, measured_ms: float, view: View) -> None:
         pass
+
+    def on_cancel(self, reqs: Sequence[Request]) -> None:
+        """Queued queries taken out before they ran (their callers went away, `Scheduler.cancel`)."""

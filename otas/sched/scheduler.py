@@ -428,10 +428,13 @@ class Scheduler:
     def cancel(self, request_ids: Iterable[int], app: str | None = None) -> list[Request]:
         """Take queued requests out (their callers went away): the ones found, never to be planned.
         Requests already handed out by `next_batch`, or expired, are not found. `app`: they are all
-        this application's (only its queue is searched). O(queue); the policy is not told (their
-        arrival was already counted as demand)."""
+        this application's (only its queue is searched). O(queue). The policy is told (`on_cancel`: the
+        floor's shadows give them up too); their arrival stays counted as demand."""
         ids = list(request_ids)
-        return self.queues.remove(ids, app) if ids else []
+        gone = self.queues.remove(ids, app) if ids else []
+        if gone:
+            self.policy.on_cancel(gone)
+        return gone
 
     def set_apps(self, apps: Sequence[App]) -> None:
         """Serve these applications from the next decision on (added, changed or removed at run time).

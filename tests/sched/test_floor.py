@@ -268,3 +268,20 @@ def test_an_overloaded_shadow_leaves_the_cyclic_gc_nothing_to_scan():
     gc.collect()
     tracked = {id(o) for o in gc.get_objects()}
     assert not any(id(e) in tracked for s in shadows.shadows for q in s.queues for e in q)
+
+
+def test_requests_whose_callers_left_are_withdrawn_from_the_shadows():
+    """Clients that send and hang up: their queries leave the policy's queue unserved (`Scheduler.cancel`), and
+    every shadow gives them up too, so the shadows earn no more than the policy could and the floor stays off (the
+    shadows kept and credited them, and the floor capped every tenant at a fast γ)."""
+    s = Scheduler(APPS, make_profile(), Otas(), SchedulerConfig(max_batch=64))
+    fl, novel, blur = s.policy._floor, APPS[0], APPS[2]
+    assert s.submit(Request(10_000, blur.name, 0.0, blur.slo_ms), 0.0) is None  # one request: the device busy
+    plan = s.next_batch(0.0)
+    for i in range(40):  # then 40 requests of 8 images, 1 ms apart, each abandoned before any device was free
+        t = 1.0 + i
+        assert s.submit_many([Request(8 * i + k, novel.name, t, t + novel.slo_ms) for k in range(8)], t) is None
+    assert len(s.cancel(range(320), novel.name)) == 320 and s.queued() == 0
+    assert all(not q for sh in fl.shadows for q in sh.queues)  # every shadow gave them up
+    s.complete(plan, plan.predicted_ms, plan.predicted_ms)
+    assert fl.cap(2_000.0) is None  # the shadows earned the first request, as the policy did
