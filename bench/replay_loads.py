@@ -41,6 +41,8 @@ def policy_of(spec: str):
     name, _, rest = spec.partition("[")
     if not rest:
         return make_policy(spec)
+    if name != "otas":  # (the other policies take no settings: make_policy would drop them silently)
+        raise ValueError(f"policy {spec!r}: settings in brackets are for otas only")
     if not rest.endswith("]"):
         raise ValueError(f"policy {spec!r}: write NAME[key=value,...]")
     kwargs = {}

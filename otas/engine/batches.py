@@ -115,7 +115,7 @@ class Batches:
         """Answer a batch whose job is done, each of its requests exactly once whatever failed: the
         runner, or the scheduler's feedback. Returns when the device was done with it (None: unknown,
         the job failed)."""
-        done = None
+        done, completed = None, False
         try:
             t0, done, out = b.job.result()
             if len(out.probs) != len(b.ids):
@@ -124,6 +124,7 @@ class Batches:
             if self._lateness is not None:  # (planning ahead, a plan counts the device's end: the loop's lag is apart)
                 end = done if self.scheduler.pipelined else t1
                 self._lateness.add(end - (b.plan.start_ms + b.plan.predicted_ms))
+            completed = True  # (the scheduler counts it in flight no more, whatever `complete` raises)
             self.scheduler.complete(b.plan, t1, t1 - t0, out.ms)
             self.count += 1
             observe(self._observer().batch, b.plan, t1 - t0, out.ms, self.scheduler.queued())
@@ -131,6 +132,8 @@ class Batches:
         except Exception as e:
             detail = f"batch of {len(b.ids)} at gamma={b.plan.gamma} failed: {type(e).__name__}: {e}"
             log.error("batch failed", exc_info=True, extra={"event": "batch_failed", "detail": detail})
+            if not completed:
+                self.scheduler.abandon(b.plan)
             self._books.fail(b.ids, "batch_failed", detail)
         except asyncio.CancelledError:  # the device thread's job was cancelled (the engine stopping)
             self.abandon(b)
@@ -140,6 +143,7 @@ class Batches:
         """Answer a batch given up on (the engine stopping while it is on the device); one still
         queued behind the running one never starts."""
         b.job.cancel()
+        self.scheduler.abandon(b.plan)
         self._books.fail(b.ids, "shutting_down", "the server shut down while this request's batch ran; retry")
 
     def _answer(

@@ -256,6 +256,9 @@ class Engine:
         # queued under the old one (the answer's deadline_met is judged on the true arrival and SLO);
         # once none is queued, the new SLO is the only one
         before = self._last_deadline.get(app, -math.inf) if self.scheduler.queued(app) else -math.inf
+        # (idle: corrections no batch has confirmed for long age first, where they would refuse it: the host
+        # lag they hold also shortens the deadline planned in)
+        self.scheduler.infeasible(now, arrival + self._plannable_ms(app), n)
         plannable = self._plannable_ms(app)
         deadline = max(queued_at + plannable, before)
         # admitted by its own deadline, arrival + plannable: that of a request that waited before it came
@@ -292,11 +295,11 @@ class Engine:
             raise self._refuse(
                 app, n, "rejected", "shutting_down", "the server is shutting down; retry on another replica"
             )
-        self.scheduler.age(now)  # (corrections no batch has confirmed for long go back to the profile)
         queued, cap = self.scheduler.queued(), self.scheduler.config.max_queue
         if queued + n > cap:
             raise self._refuse(app, n, "rejected", "queue_full", f"{queued} queued + {n} > {cap} (max_queue)")
         if n > 1:  # a lone image is the scheduler's to judge (alone, at the fastest setting)
+            self.scheduler.infeasible(now, deadline, n)  # (idle: corrections no batch confirmed for long age first)
             ahead = self.scheduler.queues.count(app)
             need = self.scheduler.fastest_ms(ahead + n)
             if now + need > deadline:
@@ -305,7 +308,7 @@ class Engine:
                     f"{n} images (and {ahead} queued ahead) need {need:.0f} ms at the fastest setting but "
                     f"{_left(deadline, now)}; send fewer images per request",
                 )  # fmt: skip
-        elif self.scheduler.config.reject_infeasible and now + self.scheduler.fastest_ms(1) > deadline:
+        elif self.scheduler.config.reject_infeasible and self.scheduler.infeasible(now, deadline):
             raise self._refuse(
                 app, n, "rejected", "infeasible",
                 f"it needs {self.scheduler.fastest_ms(1):.1f} ms at the fastest setting but {_left(deadline, now)}: "

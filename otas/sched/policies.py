@@ -89,7 +89,8 @@ class Otas(Policy):
     own application's always, the model before; bench/results/workloads/blocked), `price_batching` (the
     price of device time for the batching that runs: "apps", the fluid relaxation with a setting per application,
     the price before; "shared", with one setting for all, as a shared batch runs them; "blend", the default, the
-    two weighted by the share of recent decisions that ran a shared batch, decayed over the price's τ;
+    two weighted by the share of recent batches that ran several applications at one setting (shared, a class of
+    several applications, or following a shadow), decayed over the price's τ;
     `DevicePrice.shared_price`, bench/results/workloads/shared_price).
     """
 
@@ -224,7 +225,9 @@ class Otas(Policy):
         if self._priced is None:
             mu = 0.0
         if following:
-            return self._follow(mu, now_ms, view)
+            choice = self._follow(mu, now_ms, view)
+            self._count(now_ms, len(batch_apps(view.fifo_candidate(now_ms))) > 1)
+            return choice
         specs = [self._spec(c, now_ms, view) for c in cands]
         fronts = [0]
         if self.reorder:
@@ -262,8 +265,7 @@ class Otas(Policy):
             shared = self._mixed_plan(largest, head, mu, plan, specs, f, now_ms, view)
             if shared is not None:
                 (plan, take), first, mixed = shared, 0, 1
-        self._decided.add(1.0, now_ms)
-        self._shared.add(float(mixed), now_ms)
+        self._count(now_ms, bool(mixed) or len(batch_apps(cands[first])) > 1)
         gamma = view.profiles[view.model].gammas[plan.choice[0]]
         meta = {"planned_value": plan.value, "planned_batches": len(specs), "price": mu, "batch": first, "mixed": mixed}
         if take:
@@ -271,6 +273,12 @@ class Otas(Policy):
         if self._cap is not None:  # held to the leading shadow's speed (the floor)
             meta["cap"] = view.profiles[view.model].gammas[self._cap]
         return view.model, gamma, meta
+
+    def _count(self, now_ms: float, shared: bool) -> None:
+        """A decision, and whether its batch runs several applications at one γ (a shared batch, a class of
+        several applications, or following a shadow's FIFO batch): the blend's weight (`price_batching`)."""
+        self._decided.add(1.0, now_ms)
+        self._shared.add(float(shared), now_ms)
 
     def _mu(self, now_ms: float, view: View) -> float:
         """The price of device time for the batching that runs (`price_batching`); the per-application price is
@@ -282,7 +290,7 @@ class Otas(Policy):
         if self.price_batching == "shared":
             return self._price.shared_price(*args)
         decided = self._decided.at(now_ms)
-        w = self._shared.at(now_ms) / decided if decided > 0 else 0.0  # share of recent decisions shared
+        w = self._shared.at(now_ms) / decided if decided > 0 else 0.0  # share of recent batches that were shared
         return mu if w == 0.0 else (1.0 - w) * mu + w * self._price.shared_price(*args)
 
     def _price_now(self, following: bool, now_ms: float) -> bool:

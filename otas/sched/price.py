@@ -158,8 +158,10 @@ class DevicePrice:
         r = r if backlog is None else r + np.asarray(backlog, float) / self.tau
         on = r > 0
         ok = np.all(np.isfinite(self._values[on]), axis=0)  # (|Γ|,): a setting every arriving application takes
-        if not on.any() or not ok.any():
+        if not on.any():
             return 0.0
+        if not ok.any():  # no setting serves every arriving application: no shared batch to price
+            return self.price(now_ms, backlog, scale)
         value = self._values[on][:, ok].T @ r[on]  # utility per ms at each setting
         cost = self._service[on][:, ok].T @ r[on]  # profiled device ms per ms, as `price`'s
         i, mu = int(np.argmax(value)), 0.0
@@ -168,7 +170,8 @@ class DevicePrice:
             if not len(cheaper):  # the fastest setting: no switch left
                 return mu
             slope = (value[i] - value[cheaper]) / (cost[i] - cost[cheaper])
-            k = int(np.argmin(slope))
+            tied = np.flatnonzero(slope <= slope.min() * (1 + 1e-12))  # (collinear: to the cheapest of them)
+            k = int(tied[np.argmin(cost[cheaper[tied]])])
             j, nxt = int(cheaper[k]), max(float(slope[k]), mu)
             if scale * cost[j] <= 1.0 and self.smooth:  # the device affords the share θ of setting i
                 theta = (1.0 - scale * cost[j]) / (scale * (cost[i] - cost[j]))

@@ -93,7 +93,7 @@ class Scheduler:
         self._slowest = {m: float(np.max(t.lat[np.isfinite(t.lat)])) for m, t in self._tab.items()}
         self._overhead = 0.0  # ms a batch's turn takes beyond the device's time (host side), EWMA
         self._aged_ms: float | None = None  # the corrections are aged to this time (the last batch's end, or later)
-        self._busy_ms = -math.inf  # the latest predicted end of a batch handed out (`age` counts idle time only)
+        self._inflight = 0  # batches handed out by `next_batch` and not yet completed (or `abandon`ed)
         self._pipelined = False
         self._refresh_lat()  # a policy may read the latencies when it binds
         self.policy.bind(self)
@@ -223,23 +223,24 @@ class Scheduler:
         """Queue a request, or reject it early with a reason."""
         return self.submit_many((req,), now_ms)
 
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and no batch handed out that has not completed (`complete`, `abandon`)."""
+        return self._inflight == 0 and not len(self.queues)
+
     def age(self, now_ms: float) -> None:
         """Age the online corrections (the latency fit, the host's lag) by the time since the last batch ended:
-        evidence no batch has confirmed for τ = `rate_window` × the loosest SLO of idle time (past the predicted
-        end of every batch handed out) weighs e⁻¹ of what it did, the
-        rest goes back to the profile's prediction. Under load batches end every few ms and this does next to
-        nothing; after a burst that left the corrections high (an event loop saturated by parsing slows the
-        device thread and delays the answers), requests refused as infeasible at them end no batch that could
-        correct them, so without ageing a tight application would be refused for good. Called by every
-        admission (`submit_many`, `next_batch`, and the engine's own check of a request's size); steps under
-        τ/20 are left for later (each step rebuilds the corrected tables)."""
-        if self._aged_ms is None:
-            return
-        since = max(self._aged_ms, self._busy_ms)
-        if now_ms <= since:
+        evidence no batch has confirmed for τ = `rate_window` × the loosest SLO weighs e⁻¹ of what it did, the
+        rest goes back to the profile's prediction. Called only where a request would be refused as infeasible
+        on an `idle` scheduler (`submit_many`, and the engine's admission): after a burst that left the
+        corrections high (an event loop saturated by parsing slows the device thread and delays the answers),
+        refused requests run no batch that could correct them, and a tight application was refused for good.
+        A server that refuses nothing never ages (on a device slower than its profile, ageing between sparse
+        requests would forget what it learned). Steps under τ/20 are left for later (each rebuilds the tables)."""
+        if self._aged_ms is None or now_ms <= self._aged_ms:
             return
         tau = self.config.rate_window * max((a.slo_ms for a in self.apps.values()), default=math.inf)
-        dt = now_ms - since
+        dt = now_ms - self._aged_ms
         if not dt * 20 >= tau:  # (no applications: τ = inf, nothing ages)
             return
         keep = math.exp(-dt / tau)
@@ -253,6 +254,15 @@ class Scheduler:
             self._factor[m] = min(max(f, _FACTOR_RANGE[0]), _FACTOR_RANGE[1])
         self._overhead *= keep
         self._refresh_fast()
+
+    def infeasible(self, now_ms: float, deadline_ms: float, n: int = 1) -> bool:
+        """Whether `n` queries (one request) cannot end by `deadline_ms` even alone at the fastest setting, the
+        corrections aged first where that would refuse them on an `idle` scheduler (`age`)."""
+        if now_ms + self.fastest_ms(n) <= deadline_ms:
+            return False
+        if self.idle:
+            self.age(now_ms)
+        return now_ms + self.fastest_ms(n) > deadline_ms
 
     def submit_many(self, reqs: Sequence[Request], now_ms: float) -> Rejection | None:
         """Queue the queries of one request (one application, arrival and deadline: the images of one
@@ -268,11 +278,10 @@ class Scheduler:
         ):
             raise ValueError("submit_many takes the queries of one request: one application, arrival and deadline")
         self.policy.on_submit_many(reqs, now_ms)
-        self.age(now_ms)
         if len(self.queues) + len(reqs) > self.config.max_queue:
             more = f" + {len(reqs)}" if len(reqs) > 1 else ""
             return Rejection(first, Reason.QUEUE_FULL, f"{len(self.queues)} queued{more} (max_queue)")
-        if self.config.reject_infeasible and now_ms + self._fast[1] > first.deadline_ms:
+        if self.config.reject_infeasible and self.infeasible(now_ms, first.deadline_ms):
             slack = first.deadline_ms - now_ms
             return Rejection(
                 first,
@@ -284,7 +293,6 @@ class Scheduler:
 
     def next_batch(self, now_ms: float) -> BatchPlan | None:
         """The device is free: the batch to run now (removed from the queues), or None."""
-        self.age(now_ms)
         self._drain(now_ms)
         self._hold_until = None
         if not len(self.queues):
@@ -324,8 +332,7 @@ class Scheduler:
         profiled = float(self._tab[model].lat[b, i])
         meta = {**meta, "profiled_ms": profiled}
         predicted = float(self._lat[model][b, i]) + switch
-        # no ageing while it is predicted to run (the corrections age over idle time only)
-        self._busy_ms = max(self._busy_ms, now_ms + predicted)
+        self._inflight += 1
         return BatchPlan(
             requests=reqs,
             gamma=gamma,
@@ -396,6 +403,7 @@ class Scheduler:
         event loop, which serves requests meanwhile), a per-batch overhead that merging does not
         shorten: scaling the profile by it would make every batch look slower in proportion and
         send the policy to merge for a host-bound server."""
+        self._inflight = max(self._inflight - 1, 0)
         a = self.config.latency_ewma
         profiled = plan.meta.get("profiled_ms", 0.0)
         if a > 0 and profiled > 0:
@@ -414,6 +422,10 @@ class Scheduler:
             self._aged_ms = max(now_ms, self._aged_ms or -math.inf)
             self._refresh_fast()
         self.policy.on_complete(plan, now_ms, measured_ms, self)
+
+    def abandon(self, plan: BatchPlan) -> None:
+        """A batch handed out that will not `complete` (it failed, or the caller gave up on it)."""
+        self._inflight = max(self._inflight - 1, 0)
 
     def expired(self, now_ms: float) -> list[tuple[Request, str]]:
         """Queries dropped since the last call, with reasons (they are also drained in next_batch)."""

@@ -119,6 +119,7 @@ def check_policy(name: str) -> None:
 def check_host(host: str, ports: Sequence[int] = ()) -> None:
     """ValueError, with the fix, unless this machine can listen on `host` (an address or a name), and on each
     of `ports` there (0: any port; not checked) that no other process holds."""
+    import errno
     import socket
 
     try:
@@ -135,15 +136,17 @@ def check_host(host: str, ports: Sequence[int] = ()) -> None:
                 "e.g. 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)"
             ) from None
     for port in (p for p in ports if p):
-        with socket.socket(family, kind, proto) as s:
+        # the family the servers bind with (`workers.bind`, uvicorn): IPv6 only for an address with a colon
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind (a closed one's TIME_WAIT)
             try:
-                s.bind((address[0], port, *address[2:]))
+                s.bind((host, port))
             except OSError as e:
-                raise ValueError(
-                    f"port {port} on {host[:100]!r}: cannot listen there ({e.strerror or e}); another process holds "
-                    "it: stop it, or pick another with --port / --grpc-port"
-                ) from None
+                why = {
+                    errno.EADDRINUSE: "another process holds it: stop it, or pick another with --port / --grpc-port",
+                    errno.EACCES: "not permitted (ports below 1024 need privileges): pick another",
+                }.get(e.errno, "pick another with --port / --grpc-port")
+                raise ValueError(f"port {port} on {host[:100]!r}: cannot listen ({e.strerror or e}); {why}") from None
 
 
 def build(

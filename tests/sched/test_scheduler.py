@@ -580,10 +580,10 @@ def test_otas_prices_device_time_for_the_batching_it_runs():
 @pytest.mark.parametrize("model", ["affine", "factor"])
 def test_corrections_age_back_to_the_profile_over_idle_time(model):
     """After batches whose answers the host took up far later than the device gave them (an event loop saturated
-    by a burst: 540 ms of host lag a batch against the profile's 60 ms), a lone novel query is refused
-    as infeasible at the corrected prediction; no batch then runs to correct it, so the corrections age over idle
-    time (τ = rate_window × the loosest SLO, 4 s here) and the same query is taken again; while a batch is
-    predicted to run, nothing ages."""
+    by a burst: 480 ms of host lag a batch, the device at twice the profile's 60 ms), a lone novel query is refused
+    as infeasible at the corrected prediction; no batch then runs to correct it, so where a request would be refused
+    on an idle scheduler the corrections age over the time since the last batch ended (τ = rate_window × the loosest
+    SLO, 4 s here), and the same query is taken again. Nothing ages while a batch is out."""
     s = Scheduler(APPS, make_profile(), "fixed:0", SchedulerConfig(latency_ewma=0.5, latency_model=model))
     t, rej = 0.0, None
     for i in range(20):  # until the corrected prediction leaves no room in novel's 500 ms
@@ -592,18 +592,36 @@ def test_corrections_age_back_to_the_profile_over_idle_time(model):
             break
         plan = s.next_batch(t)
         t += 600.0
-        s.complete(plan, t, measured_ms=600.0, device_ms=120.0)  # the device twice the profile, the host the rest
+        s.complete(plan, t, measured_ms=600.0, device_ms=120.0)
     assert rej is not None and rej.reason is Reason.INFEASIBLE
     slow = s.predict(s.model, 0, 1)
-    assert slow > 500.0
-    s.age(t + 150.0)  # under τ / 20 of idle time: left for later
+    assert slow > 500.0 and s.idle
+    assert s.infeasible(t + 150.0, t + 150.0 + NOVEL.slo_ms)  # under τ / 20 since the last batch: not yet aged
     assert s.predict(s.model, 0, 1) == slow
-    s.age(t + 1000.0)
-    assert 60.0 < s.predict(s.model, 0, 1) < slow
-    later = t + 20_000.0  # five τ idle
-    assert s.submit(make_request(101, NOVEL, later), later) is None
-    assert s.predict(s.model, 0, 1) < 100.0
-    busy = s.next_batch(later)  # predicted to run until later + predicted_ms: no ageing before then
-    aged = s.predict(s.model, 0, 1)
-    s.age(later + busy.predicted_ms - 1.0)
-    assert s.predict(s.model, 0, 1) == aged
+    later = t + 2_000.0
+    assert s.submit(make_request(101, NOVEL, later), later) is None  # aged by half τ: taken
+    taken = s.predict(s.model, 0, 1)
+    assert 60.0 < taken < min(slow, NOVEL.slo_ms)
+    assert s.submit(make_request(102, NOVEL, later + 9e3), later + 9e3) is None  # one queued: not idle, no ageing
+    assert s.predict(s.model, 0, 1) == taken
+    busy = Scheduler(APPS, make_profile(), "fixed:0", SchedulerConfig(latency_ewma=0.5, latency_model=model))
+    busy.submit(make_request(0, NOVEL, 0.0), 0.0)
+    first = busy.next_batch(0.0)
+    busy.complete(first, 600.0, measured_ms=600.0, device_ms=120.0)
+    busy.submit(make_request(1, NOVEL, 600.0), 600.0)
+    busy.next_batch(600.0)  # out, never completed: not idle
+    held = busy.predict(busy.model, 0, 1)
+    assert busy.infeasible(60_000.0, 60_000.0 + held / 2) and busy.predict(busy.model, 0, 1) == held
+
+
+def test_a_device_slower_than_its_profile_is_not_forgotten_between_sparse_requests():
+    """Nothing is refused, so nothing ages: a device 1.3 × its profile, one query every 3 s (τ = 4 s), keeps its
+    learned prediction (ageing every idle gap took it back towards the profile's 60 ms and planned batches that
+    finished late)."""
+    s = Scheduler(APPS, make_profile(), "fixed:0", SchedulerConfig(latency_ewma=0.5))
+    for i in range(30):
+        t = 3000.0 * i
+        assert s.submit(make_request(i, NOVEL, t), t) is None
+        plan = s.next_batch(t)
+        s.complete(plan, t + 78.0, measured_ms=78.0)
+    assert s.predict(s.model, 0, 1) == pytest.approx(78.0, rel=0.02)
