@@ -256,9 +256,7 @@ class Engine:
         # queued under the old one (the answer's deadline_met is judged on the true arrival and SLO);
         # once none is queued, the new SLO is the only one
         before = self._last_deadline.get(app, -math.inf) if self.scheduler.queued(app) else -math.inf
-        # (idle: corrections no batch has confirmed for long age first, where they would refuse it: the host
-        # lag they hold also shortens the deadline planned in)
-        self.scheduler.infeasible(now, arrival + self._plannable_ms(app), n)
+        self._age_if_refused(now, arrival + self._plannable_ms(app), n)  # (the host lag shortens the plannable part)
         plannable = self._plannable_ms(app)
         deadline = max(queued_at + plannable, before)
         # admitted by its own deadline, arrival + plannable: that of a request that waited before it came
@@ -298,8 +296,8 @@ class Engine:
         queued, cap = self.scheduler.queued(), self.scheduler.config.max_queue
         if queued + n > cap:
             raise self._refuse(app, n, "rejected", "queue_full", f"{queued} queued + {n} > {cap} (max_queue)")
+        self._age_if_refused(now, deadline, n)
         if n > 1:  # a lone image is the scheduler's to judge (alone, at the fastest setting)
-            self.scheduler.infeasible(now, deadline, n)  # (idle: corrections no batch confirmed for long age first)
             ahead = self.scheduler.queues.count(app)
             need = self.scheduler.fastest_ms(ahead + n)
             if now + need > deadline:
@@ -308,13 +306,19 @@ class Engine:
                     f"{n} images (and {ahead} queued ahead) need {need:.0f} ms at the fastest setting but "
                     f"{_left(deadline, now)}; send fewer images per request",
                 )  # fmt: skip
-        elif self.scheduler.config.reject_infeasible and self.scheduler.infeasible(now, deadline):
+        elif self.scheduler.config.reject_infeasible and now + self.scheduler.fastest_ms(1) > deadline:
             raise self._refuse(
                 app, n, "rejected", "infeasible",
                 f"it needs {self.scheduler.fastest_ms(1):.1f} ms at the fastest setting but {_left(deadline, now)}: "
                 f"{now - arrival:.0f} ms passed from its arrival (any wait its "
                 "client stated, the upload, then parsing and decoding here); send it whole at once, or retry",
             )  # fmt: skip
+
+    def _age_if_refused(self, now: float, deadline: float, n: int) -> None:
+        """Where an idle scheduler would refuse a request of `n` images as infeasible by `deadline`, its online
+        corrections age first (`Scheduler.infeasible`): a lone image only where infeasible ones are refused."""
+        if n > 1 or self.scheduler.config.reject_infeasible:
+            self.scheduler.infeasible(now, deadline, n)
 
     def _refuse(self, app: str, n: int, outcome: str, reason: str, detail: str) -> NotServed:
         observe(self.observer.ended_many, app, outcome, reason, n)

@@ -225,9 +225,7 @@ class Otas(Policy):
         if self._priced is None:
             mu = 0.0
         if following:
-            choice = self._follow(mu, now_ms, view)
-            self._count(now_ms, len(batch_apps(view.fifo_candidate(now_ms))) > 1)
-            return choice
+            return self._follow(mu, now_ms, view)
         specs = [self._spec(c, now_ms, view) for c in cands]
         fronts = [0]
         if self.reorder:
@@ -315,6 +313,7 @@ class Otas(Policy):
         cfg, m = view.config, view.model
         gammas = view.profiles[m].gammas
         c = view.fifo_candidate(now_ms)
+        self._count(now_ms, len(batch_apps(c)) > 1)
         g = fallback_gamma(gammas, view.servable(m, batch_apps(c)), gammas[self._cap])  # the cap's γ if it serves
         finish = now_ms + view.lat_vector(m, len(c.requests))[gammas.index(g)]  # (corrected already)
         if finish <= c.deadline_ms:

@@ -331,12 +331,11 @@ class Scheduler:
         b, i = len(reqs), self._tab[model].index[gamma]
         profiled = float(self._tab[model].lat[b, i])
         meta = {**meta, "profiled_ms": profiled}
-        predicted = float(self._lat[model][b, i]) + switch
         self._inflight += 1
         return BatchPlan(
             requests=reqs,
             gamma=gamma,
-            predicted_ms=predicted,
+            predicted_ms=float(self._lat[model][b, i]) + switch,
             start_ms=now_ms,
             model=model,
             switch_ms=switch,
