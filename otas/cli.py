@@ -317,7 +317,9 @@ def report_cmd(
 @app.command("predict")
 def predict_cmd(
     images: Annotated[list[Path], typer.Argument(help="Image files (any size; resized to the model's).")],
-    task: str = "novel",
+    task: Annotated[
+        str | None, typer.Option(help="The task to classify for (default: the model's first task after source).")
+    ] = None,
     gamma: int = 0,
     model: Annotated[
         Path | None, typer.Option(help="Model package or checkpoint (default: the shipped model).")
@@ -327,7 +329,7 @@ def predict_cmd(
     """Classify images with the model at one γ and print the top-k labels."""
     import warnings
 
-    from otas.adapt import MergeCapWarning
+    from otas.adapt import SOURCE, MergeCapWarning
     from otas.predict import Predictor
 
     if top_k < 1:
@@ -337,6 +339,8 @@ def predict_cmd(
         with warnings.catch_warnings():  # the capped merge schedule is the model's, not this call's news
             warnings.simplefilter("ignore", MergeCapWarning)
             pred = Predictor.load(model)
+        if task is None:  # a package trained for its own tasks has no `novel`
+            task = next((t for t in pred.model.tasks if t != SOURCE), pred.model.tasks[0])
         results = pred.classify_files(images, task, gamma, top_k)
     except (ValueError, OSError) as e:
         opt.fail(str(e))

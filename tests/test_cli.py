@@ -34,6 +34,13 @@ def test_predict_your_own_model_with_its_class_names(byo_model, tmp_path):
     img = next((folders["colours"] / "red").glob("*.png"))
     res = CliRunner().invoke(app, ["predict", str(img), "--model", str(pkg), "--task", "colours", "--gamma", "4"])
     assert res.exit_code == 0 and {"red", "green", "blue"} <= set(res.output.replace(",", " ").split()), res.output
+    # without --task: the package's first task after source, not the shipped model's `novel`
+    from otas.predict import Predictor
+
+    first = next(t for t in Predictor.load(pkg).model.tasks if t != "source")
+    res = CliRunner().invoke(app, ["predict", str(img), "--model", str(pkg)])
+    assert res.exit_code == 0, res.output
+    assert set(Predictor.load(pkg).labels(first)) & set(res.output.replace(",", " ").split()), res.output
     res = CliRunner().invoke(app, ["predict", str(img), "--model", str(pkg), "--task", "nosuch"])
     assert res.exit_code == 2 and "unknown task 'nosuch'" in res.output and "Traceback" not in res.output
 
