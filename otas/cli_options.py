@@ -40,7 +40,11 @@ TrainDevice = Annotated[str | None, typer.Option(help="cuda or cpu (default: cud
 
 
 def scheduler_config(
-    lookahead: int = 8, max_batch: int = 64, max_queue_delay_ms: float = 0.0, slo_class_tolerance: float = 0.0
+    lookahead: int = 8,
+    max_batch: int = 64,
+    max_queue_delay_ms: float = 0.0,
+    slo_class_tolerance: float = 0.0,
+    host_gap: bool = False,
 ) -> SchedulerConfig:
     """The `SchedulerConfig` of the shared scheduler options (a bad value is a usage error)."""
     try:
@@ -49,6 +53,7 @@ def scheduler_config(
             max_batch=max_batch,
             max_queue_delay_ms=max_queue_delay_ms,
             slo_class_tolerance=slo_class_tolerance,
+            host_gap=host_gap,
         )
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None

@@ -67,6 +67,10 @@ class SchedulerConfig:
     (`otas.sched.floor`), in multiples of the loosest SLO. Long enough to hold many batches: at 2 (the
     price's window) the comparison flipped on noise and cost the CPU set of the workload suite 0.01
     of geomean; 20 and an unbounded window measured the same (docs/scheduler.md)."""
+    host_gap: bool = False
+    """Planning ahead (`Scheduler.pipelined`), add the device's idle time before each batch whose work was
+    waiting (the host late with it: `Scheduler.host_gap_ms`) to every predicted batch latency, so that a
+    host-bound server plans with the batches' true spacing. Measured either way; off: not planned with."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.lookahead, int) or self.lookahead < 1:
@@ -93,6 +97,8 @@ class SchedulerConfig:
             raise ValueError(f"latency_ewma={self.latency_ewma!r}: use a weight in [0, 1] (0 = off)")
         if self.latency_model not in ("affine", "factor"):
             raise ValueError(f"latency_model={self.latency_model!r}: use 'affine' (factor and offset) or 'factor'")
+        if not isinstance(self.host_gap, bool):
+            raise ValueError(f"host_gap={self.host_gap!r}: use true or false")
 
 
 @dataclass

@@ -19,7 +19,7 @@ from otas.engine.delivery import Delivery
 from otas.engine.device import Device
 from otas.engine.ledger import Group, Ledger
 from otas.engine.serving import NotServed, Observer, Served, observe
-from otas.sched.scheduler import Scheduler
+from otas.sched.scheduler import Scheduler, host_idle_ms
 from otas.types import App, BatchPlan, Request
 
 log = logging.getLogger("otas.engine")
@@ -86,6 +86,7 @@ class Batches:
         self._device = Device(runner, now_ms)  # (a runner launching ahead: the next batch queued behind the running)
         self.count = 0
         """Batches run to completion."""
+        self._free_ms: float | None = None  # when the device was done with the last batch read (None: unknown)
 
     @property
     def poll_s(self) -> float:
@@ -117,7 +118,9 @@ class Batches:
         the job failed)."""
         done, completed = None, False
         try:
+            free, self._free_ms = self._free_ms, None
             t0, done, out = b.job.result()
+            self._free_ms = done
             if len(out.probs) != len(b.ids):
                 raise RuntimeError(f"runner returned {len(out.probs)} results for a batch of {len(b.ids)}")
             t1 = self._now_ms()
@@ -125,7 +128,7 @@ class Batches:
                 end = done if self.scheduler.pipelined else t1
                 self._lateness.add(end - (b.plan.start_ms + b.plan.predicted_ms))
             completed = True  # (the scheduler counts it in flight no more, whatever `complete` raises)
-            self.scheduler.complete(b.plan, t1, t1 - t0, out.ms)
+            self.scheduler.complete(b.plan, t1, t1 - t0, out.ms, host_idle_ms(b.plan, free, t0))
             self.count += 1
             observe(self._observer().batch, b.plan, t1 - t0, out.ms, self.scheduler.queued())
             self._answer(b.plan, b.groups, b.ids, out.probs, t0, t1, b.apps)

@@ -39,7 +39,9 @@ class DecisionLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._f: TextIO | None = self.path.open("a", encoding="utf-8")
 
-    def write(self, decided_ms: float, start_ms: float, plan: BatchPlan, queued: int) -> None:
+    def write(self, decided_ms: float, start_ms: float, plan: BatchPlan, queued: int, host_gap_ms: float = 0.0) -> None:
+        """One decision: when, for when, what, how many queries were left queued, and the scheduler's
+        measured host gap then (`Scheduler.host_gap_ms`)."""
         if self._f is None:  # stopped (`close`, or a failed write)
             return
         meta = {k: v for k, v in plan.meta.items() if isinstance(v, int | float | str | bool)}
@@ -47,6 +49,7 @@ class DecisionLog:
             "decided_ms": round(decided_ms, 4), "start_ms": round(start_ms, 4), "model": plan.model,
             "gamma": plan.gamma, "size": plan.size, "predicted_ms": round(plan.predicted_ms, 4), "queued": queued,
             "apps": dict(Counter(r.app for r in plan.requests)), "meta": meta,
+            "host_gap_ms": round(host_gap_ms, 4),
         }  # fmt: skip
         try:
             self._f.write(json.dumps(record) + "\n")

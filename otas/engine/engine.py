@@ -375,7 +375,7 @@ class Engine:
                         inflight.append(self._batches.launch(plan, start, overhead))
                         observe(self.observer.queue_depth, self.scheduler.queued())
                         if self._log is not None:
-                            self._log.write(now, start, plan, self.scheduler.queued())
+                            self._log.write(now, start, plan, self.scheduler.queued(), self.scheduler.host_gap_ms)
                     declined = plan is None and bool(inflight)
                 # expired by now, and any the planning dropped (no later pass may come: an idle loop sleeps)
                 self._batches.fail_expired(now)

@@ -7,7 +7,9 @@ factor × the profiled one + an offset per batch (`latency_fit.AffineFit`; `late
 the factor alone, an EWMA of measured / profiled), and, where the caller measures the device's time
 apart from the batch's whole turn (a live server: the device thread's time, and the wait for the
 event loop to take the result up), one additive per-batch host overhead (an EWMA of the rest),
-left out of the predictions for a caller that is `pipelined`.
+left out of the predictions for a caller that is `pipelined`. For such a caller, where it reports the
+device's idle time before a batch whose work was waiting (`complete`'s `idle_ms`: the host late with the
+batch), an EWMA of that gap, added to the predictions with `SchedulerConfig.host_gap`.
 """
 
 from __future__ import annotations
@@ -62,6 +64,16 @@ class _Table:
         return self._fastest[cols]
 
 
+def host_idle_ms(plan: BatchPlan, free_ms: float | None, start_ms: float) -> float | None:
+    """How long the device stood idle before `plan` started on it at `start_ms`, having been free since `free_ms`
+    (the batch before it done), where some of the plan's queries were already queued then: the host late with
+    the batch (`Scheduler.complete`'s `idle_ms`). None where nothing of it was waiting (the device was free for
+    want of work) or the device's last end is unknown."""
+    if free_ms is None or not plan.requests or min(r.arrival_ms for r in plan.requests) > free_ms:
+        return None
+    return max(start_ms - free_ms, 0.0)
+
+
 class Scheduler:
     """Queues requests, expires hopeless ones, and hands out batch plans chosen by a policy."""
 
@@ -92,6 +104,7 @@ class Scheduler:
         self._fit = {m: AffineFit() for m in self.profiles}
         self._slowest = {m: float(np.max(t.lat[np.isfinite(t.lat)])) for m, t in self._tab.items()}
         self._overhead = 0.0  # ms a batch's turn takes beyond the device's time (host side), EWMA
+        self._gap = 0.0  # ms the device idles before a batch whose work was waiting (the host late), EWMA
         self._aged_ms: float | None = None  # the corrections are aged to this time (the last batch's end, or later)
         self._inflight = 0  # batches handed out by `next_batch` and not yet completed (or `abandon`ed)
         self._pipelined = False
@@ -151,9 +164,19 @@ class Scheduler:
 
     @property
     def overhead_ms(self) -> float:
-        """What is added to every predicted batch latency for the host: its lag (`host_lag_ms`),
-        unless the caller is `pipelined`."""
-        return 0.0 if self._pipelined else self._overhead
+        """What is added to every predicted batch latency for the host: its lag (`host_lag_ms`), unless the
+        caller is `pipelined`; then the gap before each batch (`host_gap_ms`) with `SchedulerConfig.host_gap`."""
+        if self._pipelined:
+            return self._gap if self.config.host_gap else 0.0
+        return self._overhead
+
+    @property
+    def host_gap_ms(self) -> float:
+        """The device's idle time before a batch whose work was already waiting when the batch before it
+        ended: the host handing batches over later than the device could take them (EWMA of `complete`'s
+        `idle_ms`; 0 where none is reported). Planning ahead on a host-bound server, batches follow each
+        other this much slower than their device time."""
+        return self._gap
 
     @property
     def host_lag_ms(self) -> float:
@@ -229,7 +252,7 @@ class Scheduler:
         return self._inflight == 0 and not len(self.queues)
 
     def age(self, now_ms: float) -> None:
-        """Age the online corrections (the latency fit, the host's lag) by the time since the last batch ended:
+        """Age the online corrections (the latency fit, the host's lag and gap) by the time since the last batch ended:
         evidence no batch has confirmed for τ = `rate_window` × the loosest SLO weighs e⁻¹ of what it did, the
         rest goes back to the profile's prediction. Called only where a request would be refused as infeasible
         on an `idle` scheduler (`submit_many`, and the engine's admission): after a burst that left the
@@ -253,6 +276,7 @@ class Scheduler:
                 f = 1.0 + keep * (self._factor[m] - 1.0)
             self._factor[m] = min(max(f, _FACTOR_RANGE[0]), _FACTOR_RANGE[1])
         self._overhead *= keep
+        self._gap *= keep
         self._refresh_fast()
 
     def infeasible(self, now_ms: float, deadline_ms: float, n: int = 1) -> bool:
@@ -393,7 +417,14 @@ class Scheduler:
             return None
         return self._hold_until if self._hold_until is not None else now_ms
 
-    def complete(self, plan: BatchPlan, now_ms: float, measured_ms: float, device_ms: float | None = None) -> None:
+    def complete(
+        self,
+        plan: BatchPlan,
+        now_ms: float,
+        measured_ms: float,
+        device_ms: float | None = None,
+        idle_ms: float | None = None,
+    ) -> None:
         """Feedback after a batch ran: correct the model's latency factor, inform the policy.
 
         `measured_ms`: the batch's whole turn, from its start until its results were taken up;
@@ -401,7 +432,9 @@ class Scheduler:
         corrects the device's time against the profile; the rest is the host's (waiting for the
         event loop, which serves requests meanwhile), a per-batch overhead that merging does not
         shorten: scaling the profile by it would make every batch look slower in proportion and
-        send the policy to merge for a host-bound server."""
+        send the policy to merge for a host-bound server. `idle_ms`: how long the device was idle before
+        this batch although its work was waiting when the batch before it ended (`host_gap_ms`); None:
+        not known, or the device was free for want of work."""
         self._inflight = max(self._inflight - 1, 0)
         a = self.config.latency_ewma
         profiled = plan.meta.get("profiled_ms", 0.0)
@@ -418,6 +451,8 @@ class Scheduler:
             self._factor[m] = min(max(f, _FACTOR_RANGE[0]), _FACTOR_RANGE[1])
             if device_ms is not None:
                 self._overhead = (1 - a) * self._overhead + a * max(measured_ms - device, 0.0)
+            if idle_ms is not None:
+                self._gap = (1 - a) * self._gap + a * max(idle_ms, 0.0)
             self._aged_ms = max(now_ms, self._aged_ms or -math.inf)
             self._refresh_fast()
         self.policy.on_complete(plan, now_ms, measured_ms, self)

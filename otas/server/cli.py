@@ -107,6 +107,13 @@ def serve_cmd(
             "for the host between batches (needs planning ahead; off: one batch at a time)."
         ),
     ] = True,
+    host_gap: Annotated[
+        bool,
+        typer.Option(
+            help="Planning ahead, plan each batch with the device's measured idle time before batches whose work "
+            "was waiting (a host-bound server: the batches' true spacing); off: the device's time alone."
+        ),
+    ] = False,
     delivery_quantile: Annotated[
         float,
         typer.Option(
@@ -169,7 +176,7 @@ def serve_cmd(
         default_apps_path,
     )
 
-    sched = opt.scheduler_config(lookahead, max_batch, max_queue_delay_ms, slo_class_tolerance)
+    sched = opt.scheduler_config(lookahead, max_batch, max_queue_delay_ms, slo_class_tolerance, host_gap)
     cuda = device.startswith("cuda")
     try:
         apps_file = apps if admin_token else None  # where changes over HTTP go: never the packaged default

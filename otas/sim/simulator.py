@@ -19,7 +19,7 @@ import numpy as np
 from otas.config import SchedulerConfig
 from otas.profile.table import Profile
 from otas.sched.policies import Policy
-from otas.sched.scheduler import Scheduler
+from otas.sched.scheduler import Scheduler, host_idle_ms
 from otas.sim.traces import Trace
 from otas.types import App, BatchPlan, Outcome, Request
 
@@ -206,7 +206,8 @@ def run(
     rec = _Recorder(len(reqs), trace, sched.policy.name)
     rng = random.Random(seed)
     i, n = 0, len(reqs)
-    busy: tuple[BatchPlan, float, float] | None = None  # plan, end time, actual latency
+    busy: tuple[BatchPlan, float, float, float | None] | None = None  # plan, end time, actual latency, idle before
+    free: float | None = None  # when the device was last done with a batch (the host's turn follows)
     ahead: BatchPlan | None = None  # planned while `busy` runs, to start when it ends
     full, ends = sched.config.max_batch, -math.inf
     wake: float | None = None
@@ -219,7 +220,7 @@ def run(
             break
         wake = None
         if t_done <= now and busy is not None:
-            plan, end, actual = busy
+            plan, end, actual, idle = busy
             busy = None
             for r in plan.requests:
                 rec.end(r.id, Outcome.SERVED)
@@ -228,7 +229,7 @@ def run(
                 if end <= own[r.id]:
                     rec.r.on_time[r.id] = True
                     rec.r.utility[r.id] = app_by[r.app].utility * acc
-            sched.complete(plan, now, actual + host_ms, actual if host_ms > 0 else None)
+            sched.complete(plan, now, actual + host_ms, actual if host_ms > 0 else None, idle if host_ms > 0 else None)
         while i < n and seen[i] <= now:
             j = i + 1
             if gateway is not None:  # one request's arrivals at once, as the server takes them
@@ -243,7 +244,8 @@ def run(
             plan, ahead = (ahead, None) if ahead is not None else (sched.next_batch(now), None)
             if plan is not None:
                 actual = _latency(plan, device, noise, rng) * device_scale + device_add_ms
-                busy = (plan, now + actual + host_ms, actual)
+                busy = (plan, now + actual + host_ms, actual, host_idle_ms(plan, free, now))
+                free = now + actual
                 ends = now + plan.predicted_ms  # when the engine expects the device to be done with it
                 rec.r.batches.append((now, plan.size, plan.gamma, plan.model))
             else:

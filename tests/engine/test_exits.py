@@ -96,11 +96,11 @@ def test_failing_scheduler_feedback_fails_its_batch_and_the_loop_serves_on():
         eng = _engine(runner, obs)
         complete, calls = eng.scheduler.complete, []
 
-        def flaky(plan, now_ms, measured_ms, device_ms=None):
+        def flaky(plan, now_ms, measured_ms, device_ms=None, idle_ms=None):
             calls.append(plan.size)
             if len(calls) == 1:
                 raise RuntimeError("feedback broke")
-            complete(plan, now_ms, measured_ms, device_ms)
+            complete(plan, now_ms, measured_ms, device_ms, idle_ms)
 
         eng.scheduler.complete = flaky
         await eng.start()

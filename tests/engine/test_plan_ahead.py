@@ -316,3 +316,24 @@ def test_a_decision_log_that_fails_stops_and_serving_goes_on(tmp_path):
     dl.write(0.0, 0.0, plan, 0)  # logged as a warning, not raised
     dl.write(1.0, 1.0, plan, 0)  # and no more tries
     dl.close()
+
+
+def test_the_device_waiting_for_the_host_is_measured_as_the_host_gap():
+    """One batch at a time, the device waits for the event loop between batches; a loop that takes 20 ms to
+    decide keeps it idle that long before each batch whose images were queued all along: the scheduler's
+    `host_gap_ms` measures it (two such batches at the EWMA's weight 0.1: at least 3.8 ms)."""
+    import time
+
+    async def main():
+        eng, gate, _ = engine(max_batch=2)
+        decide = eng.scheduler.next_batch
+        eng.scheduler.next_batch = lambda start: time.sleep(0.02) or decide(start)
+        await eng.start()
+        fut = eng.submit_many("blur", [img(i + 1) for i in range(6)])
+        for _ in range(3):
+            await gate.step()
+        await fut
+        await eng.stop()
+        return eng.scheduler.host_gap_ms
+
+    assert asyncio.run(main()) >= 3.8

@@ -253,3 +253,15 @@ def test_a_port_in_use_and_an_unservable_policy_are_refused_before_the_model_loa
     with pytest.raises(ValueError, match="offline bound.*otas simulate --policies otas,oracle"):
         check_policy("oracle")
     check_policy("fixed:-8")
+
+
+@pytest.mark.parametrize("args,want", [([], False), (["--host-gap"], True), (["--no-host-gap"], False)])
+def test_otas_serve_plans_with_the_host_gap_only_when_asked(monkeypatch, args, want):
+    """`--host-gap` reaches the scheduler's config (off by default: measured, not planned with)."""
+    import otas.server.main as main
+
+    seen = {}
+    monkeypatch.setattr(main, "serve", lambda cfg: seen.setdefault("cfg", cfg))
+    res = CliRunner().invoke(app, ["serve", "--noop", *args], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    assert seen["cfg"].scheduler.host_gap is want
