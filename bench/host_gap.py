@@ -7,18 +7,29 @@ it planned with.
 
     python bench/host_gap.py [--host-ms 0,0.5,1,1.5,2] [--loads 1,1.5,2] [--policies otas,fixed:-20]
 Writes host_gap.json (with machine, commit, command) and host_gap.png under --out.
+
+    python bench/host_gap.py --suite bench/results/workloads/buckets/workloads_h100.json.xz --seeds 15
+The same on workloads of a stored suite run (its held-out seeds, first --seeds of them, on its profile set,
+planned ahead): `otas` and fixed γ, each with the gap measured only and planned with; prints, per host time
+and load, the ratio of `otas` to the best fixed γ and of each setting to the other. Writes host_gap_suite.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import lzma
 import sys
+from dataclasses import replace
+from multiprocessing import Pool
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from otas.bench import workloads as suite  # noqa: E402
 from otas.bench.replay import sim_window  # noqa: E402
 from otas.config import SchedulerConfig, load_apps  # noqa: E402
 from otas.plotting import pyplot, save  # noqa: E402
@@ -40,7 +51,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeat", type=int, default=6, help="copies of the scaled trace, as the replay's --repeat")
     ap.add_argument("--seconds", type=float, default=10.0, help="load × capacity × this many requests")
     ap.add_argument("--out", default=str(REPO / "bench/results/host_gap"))
+    ap.add_argument("--suite", help="a stored suite run (.json or .json.xz): its held-out workloads instead")
+    ap.add_argument("--seeds", type=int, default=15, help="with --suite: this many of its held-out seeds")
+    ap.add_argument("--fixed", default="0,-20,-32,-48", help="with --suite: the fixed γ beside otas")
+    ap.add_argument("--jobs", type=int, default=2, help="with --suite: worker processes")
     args = ap.parse_args(argv)
+    if args.suite:
+        return run_suite(args, argv)
     apps, profile = load_apps(args.apps), Profile.load(args.profile)
     rows = []
     for load in (float(x) for x in args.loads.split(",")):
@@ -62,6 +79,63 @@ def main(argv: list[str] | None = None) -> None:
     (out / "host_gap.json").write_text(json.dumps({"meta": run_meta(__file__, argv), "rows": rows}, indent=1))
     plot(rows, out / "host_gap.png")
     print(f"wrote {out / 'host_gap.json'} and .png")
+
+
+def _suite_job(job: tuple) -> list[dict]:
+    seed, set_name, n_requests, sets, load, host, policies = job
+    w, cell = suite.seeded_cell(seed, set_name, n_requests=n_requests, sets=sets)
+    trace, rows = cell.trace(load), []
+    for policy in policies:
+        for gap in (False, True):
+            profiles = suite.online_profiles("otas", cell.profiles)
+            cfg = replace(cell.config, host_gap=gap)
+            u = run(trace, cell.apps, profiles, policy, cfg, seed=w.seed, plan_ahead=True, host_ms=host).total_utility
+            rows.append({"seed": seed, "load": load, "host_ms": host, "policy": policy, "host_gap": gap, "utility": u})
+    return rows
+
+
+def run_suite(args: argparse.Namespace, argv: list[str] | None) -> None:
+    """`otas` and fixed γ, gap measured only and planned with, on held-out workloads of a stored suite run."""
+    data = json.load(lzma.open(args.suite) if args.suite.endswith(".xz") else open(args.suite))
+    sets = [suite.ProfileSet(k, tuple(v["profiles"]), v["max_batch"]) for k, v in data["meta"]["sets"].items()]
+    n_requests = tuple(data["meta"]["generator"]["n_requests"])
+    set_name = sets[0].name
+    seeds = sorted({c["seed"] for c in data["cells"] if c["split"] == "held-out" and c["set"] == set_name})
+    seeds = seeds[: args.seeds]
+    policies = ["otas", *(f"fixed:{g}" for g in args.fixed.split(","))]
+    loads, hosts = [float(x) for x in args.loads.split(",")], [float(x) for x in args.host_ms.split(",")]
+    jobs = [(s, set_name, n_requests, sets, lo, h, policies) for s in seeds for lo in loads for h in hosts]
+    with Pool(args.jobs) as pool:
+        rows = [r for got in pool.map(_suite_job, jobs, chunksize=1) for r in got]
+    u = {(r["seed"], r["load"], r["host_ms"], r["policy"], r["host_gap"]): r["utility"] for r in rows}
+    summary = []
+    for h in hosts:
+        for lo in loads:
+            cells = [(s, lo, h) for s in seeds]
+            best = {g: [max(u[(*c, p, g)] for p in policies[1:]) for c in cells] for g in (False, True)}
+            line = {"host_ms": h, "load": lo, "cells": len(cells)}
+            for g in (False, True):
+                r = [u[(*c, "otas", g)] / b if b > 0 else 1.0 for c, b in zip(cells, best[g], strict=True)]
+                line[f"otas/best_fixed_{'planned' if g else 'measured'}"] = _stats(r)
+            line["otas_planned/measured"] = _stats([u[(*c, "otas", True)] / u[(*c, "otas", False)] for c in cells])
+            line["best_fixed_planned/measured"] = _stats([a / b for a, b in zip(best[True], best[False], strict=True)])
+            line["otas_planned/best_fixed_measured"] = _stats(
+                [u[(*c, "otas", True)] / b for c, b in zip(cells, best[False], strict=True)]
+            )
+            summary.append(line)
+            print(f"host {h:g} ms load {lo:g}: " + "  ".join(
+                f"{k} min {v['min']:.3f} geomean {v['geomean']:.3f}" for k, v in line.items() if isinstance(v, dict)
+            ), flush=True)  # fmt: skip
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {**run_meta(__file__, argv), "suite": args.suite, "set": set_name, "seeds": seeds}
+    (out / "host_gap_suite.json").write_text(json.dumps({"meta": meta, "summary": summary, "rows": rows}, indent=1))
+    print(f"wrote {out / 'host_gap_suite.json'}")
+
+
+def _stats(xs: list[float]) -> dict[str, float]:
+    xs = sorted(xs)
+    return {"min": xs[0], "median": xs[len(xs) // 2], "geomean": float(np.exp(np.mean(np.log(xs)))), "n": len(xs)}
 
 
 def plot(rows: list[dict], path: Path) -> None:

@@ -27,6 +27,13 @@ ServeApps = Annotated[
     ),
 ]
 Lookahead = Annotated[int, typer.Option(help="Optimizer lookahead n (batches planned; only the first runs).")]
+HostGap = Annotated[
+    bool,
+    typer.Option(
+        help="Planning ahead, plan each batch with the device's measured idle time before batches whose work waited "
+        "for it (a host-bound server: the batches' true spacing); off: measured only (the simulator's host: --host-ms)."
+    ),
+]
 MaxBatch = Annotated[int, typer.Option(help="Largest batch B_max.")]
 MaxQueueDelay = Annotated[float, typer.Option(help="Hold a batch below B_max this long in ms (0 = work-conserving).")]
 SloClassTolerance = Annotated[
@@ -44,7 +51,7 @@ def scheduler_config(
     max_batch: int = 64,
     max_queue_delay_ms: float = 0.0,
     slo_class_tolerance: float = 0.0,
-    host_gap: bool = False,
+    host_gap: bool = True,
 ) -> SchedulerConfig:
     """The `SchedulerConfig` of the shared scheduler options (a bad value is a usage error)."""
     try:

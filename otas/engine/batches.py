@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import groupby
@@ -51,8 +52,9 @@ class Launched:
     """(B,): each image's request."""
     apps: dict[str, App]
     """The applications as planned."""
-    job: asyncio.Future[tuple[float, float, RunResult]]
-    """When the device took it up and when it was done with it (engine clock, ms), and its result."""
+    job: asyncio.Future[tuple[float, float, RunResult, float]]
+    """When the device took it up and when it was done with it (engine clock, ms), its result, and when the
+    device thread began it (`otas.engine.device`)."""
     start_ms: float
     """When it is expected to start."""
     launched_ms: float
@@ -87,6 +89,8 @@ class Batches:
         self.count = 0
         """Batches run to completion."""
         self._free_ms: float | None = None  # when the device was done with the last batch read (None: unknown)
+        self._taken_ms = -math.inf  # when the loop took that batch up
+        self._waiting = False  # whether work was queued then, with no decision since to leave the device idle
 
     @property
     def poll_s(self) -> float:
@@ -119,7 +123,10 @@ class Batches:
         done, completed = None, False
         try:
             free, self._free_ms = self._free_ms, None
-            t0, done, out = b.job.result()
+            # its work waited for the device if it was handed over before the batch before it was taken up, or
+            # queued then (`declined`: the loop chose to wait since)
+            waited = b.launched_ms < self._taken_ms or self._waiting
+            t0, done, out, began = b.job.result()
             self._free_ms = done
             if len(out.probs) != len(b.ids):
                 raise RuntimeError(f"runner returned {len(out.probs)} results for a batch of {len(b.ids)}")
@@ -128,7 +135,8 @@ class Batches:
                 end = done if self.scheduler.pipelined else t1
                 self._lateness.add(end - (b.plan.start_ms + b.plan.predicted_ms))
             completed = True  # (the scheduler counts it in flight no more, whatever `complete` raises)
-            self.scheduler.complete(b.plan, t1, t1 - t0, out.ms, host_idle_ms(b.plan, free, t0))
+            self._taken_ms, self._waiting = t1, self.scheduler.queued() > 0
+            self.scheduler.complete(b.plan, t1, t1 - t0, out.ms, host_idle_ms(free, began, waited))
             self.count += 1
             observe(self._observer().batch, b.plan, t1 - t0, out.ms, self.scheduler.queued())
             self._answer(b.plan, b.groups, b.ids, out.probs, t0, t1, b.apps)
@@ -141,6 +149,11 @@ class Batches:
         except asyncio.CancelledError:  # the device thread's job was cancelled (the engine stopping)
             self.abandon(b)
         return done
+
+    def declined(self) -> None:
+        """The loop left the device idle by choice (nothing to run, or its policy waits): the next batch's start
+        is not the host's gap."""
+        self._waiting = False
 
     def abandon(self, b: Launched) -> None:
         """Answer a batch given up on (the engine stopping while it is on the device); one still

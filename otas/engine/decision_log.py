@@ -39,7 +39,7 @@ class DecisionLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._f: TextIO | None = self.path.open("a", encoding="utf-8")
 
-    def write(self, decided_ms: float, start_ms: float, plan: BatchPlan, queued: int, host_gap_ms: float = 0.0) -> None:
+    def write(self, decided_ms: float, start_ms: float, plan: BatchPlan, queued: int, host_gap_ms: float) -> None:
         """One decision: when, for when, what, how many queries were left queued, and the scheduler's
         measured host gap then (`Scheduler.host_gap_ms`)."""
         if self._f is None:  # stopped (`close`, or a failed write)

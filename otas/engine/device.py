@@ -1,5 +1,6 @@
 """The one thread that owns the device. It takes batches in order and settles each batch's future with when the
-device took it up, when it was done (engine clock, ms) and its result, or with the runner's error.
+device took it up, when it was done (engine clock, ms), its result, and when the thread began it (ran it, or
+launched it behind the running one), or with the runner's error.
 
 One batch at a time, a batch is run (`Runner.run`) and settled. A runner that launches ahead (`Runner.launch`:
 CUDA graphs with host I/O) has each batch staged and queued on the device behind the running one, and the same
@@ -55,6 +56,8 @@ class _Flight:
     """`Runner.launch`'s: `ready()` never blocks; calling it (once) waits and gives the `RunResult`."""
     end_ms: float
     """When the device is expected to be done with it."""
+    launched_ms: float
+    """When this thread launched it (engine clock, ms)."""
 
 
 class Device:
@@ -71,8 +74,9 @@ class Device:
         self._lock = threading.Lock()
 
     def submit(self, images: Sequence[np.ndarray], tasks: Sequence[str], gamma: int, device_ms: float) -> Future:
-        """A batch behind those submitted before: its future gets (taken up, done, `RunResult`) or the runner's
-        error. Cancelled before the thread takes it up, it never runs; after, it runs and its result is dropped."""
+        """A batch behind those submitted before: its future gets (taken up, done, `RunResult`, begun) or the
+        runner's error. Cancelled before the thread takes it up, it never runs; after, it runs and its result is
+        dropped."""
         fut: Future = Future()
         with self._lock:  # (against the thread failing meanwhile: a job put after its drain would never end)
             if self._closed:
@@ -147,7 +151,7 @@ class Device:
         try:
             t0 = self._now_ms()
             out = self._runner.run(job.images, job.tasks, job.gamma)
-            _settle(job.fut, (t0, self._now_ms(), out))
+            _settle(job.fut, (t0, self._now_ms(), out, t0))
         except BaseException as e:  # noqa: BLE001 (the batch's failure is its requests' answer)
             _settle(job.fut, error=e)
 
@@ -157,9 +161,10 @@ class Device:
             if flights and captures is not None and captures(job.gamma, len(job.images)):
                 while flights:  # a launch that captures graphs waits on slots only this thread frees
                     self._read(flights)
+            now = self._now_ms()
             handle = self._runner.launch(job.images, job.tasks, job.gamma)
             start = max(self._now_ms(), flights[-1].end_ms) if flights else self._now_ms()
-            flights.append(_Flight(job, handle, start + job.device_ms))
+            flights.append(_Flight(job, handle, start + job.device_ms, now))
         except BaseException as e:  # noqa: BLE001
             _settle(job.fut, error=e)
 
@@ -177,7 +182,7 @@ class Device:
         try:
             out = f.handle()
             done = self._now_ms()
-            _settle(f.job.fut, (done - out.ms, done, out))
+            _settle(f.job.fut, (done - out.ms, done, out, f.launched_ms))
         except BaseException as e:  # noqa: BLE001
             done = self._now_ms()
             _settle(f.job.fut, error=e)

@@ -370,6 +370,8 @@ class Engine:
                     t = time.perf_counter()
                     plan = self.scheduler.next_batch(start)
                     observe(self.observer.decided, (time.perf_counter() - t) * 1e3, plan is not None)
+                    if plan is None and not inflight:  # the device left idle by choice: no host gap
+                        self._batches.declined()
                     if plan is not None:
                         overhead = self.scheduler.overhead_ms  # the device does not wait for the loop
                         inflight.append(self._batches.launch(plan, start, overhead))

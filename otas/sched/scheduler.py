@@ -64,14 +64,13 @@ class _Table:
         return self._fastest[cols]
 
 
-def host_idle_ms(plan: BatchPlan, free_ms: float | None, start_ms: float) -> float | None:
-    """How long the device stood idle before `plan` started on it at `start_ms`, having been free since `free_ms`
-    (the batch before it done), where some of the plan's queries were already queued then: the host late with
-    the batch (`Scheduler.complete`'s `idle_ms`). None where nothing of it was waiting (the device was free for
-    want of work) or the device's last end is unknown."""
-    if free_ms is None or not plan.requests or min(r.arrival_ms for r in plan.requests) > free_ms:
-        return None
-    return max(start_ms - free_ms, 0.0)
+def host_idle_ms(free_ms: float | None, began_ms: float, waited: bool) -> float | None:
+    """How long the device stood idle before a batch its caller began at `began_ms`, the device free since
+    `free_ms` (the batch before it done), where the batch's work `waited` for it (planned before the device was
+    free, or queued then, with no decision since to leave the device idle): the host late with the batch
+    (`Scheduler.complete`'s `idle_ms`). None where the device was free for want of work, or by choice, or its
+    last end is unknown."""
+    return max(began_ms - free_ms, 0.0) if free_ms is not None and waited else None
 
 
 class Scheduler:

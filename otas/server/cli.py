@@ -107,13 +107,7 @@ def serve_cmd(
             "for the host between batches (needs planning ahead; off: one batch at a time)."
         ),
     ] = True,
-    host_gap: Annotated[
-        bool,
-        typer.Option(
-            help="Planning ahead, plan each batch with the device's measured idle time before batches whose work "
-            "was waiting (a host-bound server: the batches' true spacing); off: the device's time alone."
-        ),
-    ] = False,
+    host_gap: opt.HostGap = True,
     delivery_quantile: Annotated[
         float,
         typer.Option(

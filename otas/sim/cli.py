@@ -133,6 +133,7 @@ def simulate(
             "e.g. from `otas_batch_measured_seconds` and `otas_batch_device_seconds`); 0: the host takes no time."
         ),
     ] = 0.0,
+    host_gap: opt.HostGap = True,
     lookahead: opt.Lookahead = 8,
     max_batch: opt.MaxBatch = 64,
     max_queue_delay_ms: opt.MaxQueueDelay = 0.0,
@@ -143,7 +144,7 @@ def simulate(
     """Simulate scheduling policies on a trace with profiled latencies; print one table per load."""
     if not profile:
         raise typer.BadParameter("give --profile PATH (e.g. profiles/vit_tiny_p2_c5__cpu.json)")
-    config = opt.scheduler_config(lookahead, max_batch, max_queue_delay_ms, slo_class_tolerance)
+    config = opt.scheduler_config(lookahead, max_batch, max_queue_delay_ms, slo_class_tolerance, host_gap)
     loads = opt.loads(load)
     if not 0.0 <= host_ms < math.inf:
         raise typer.BadParameter(f"--host-ms {host_ms}: use a finite number of ms >= 0")

@@ -172,7 +172,9 @@ def run(
     `host_ms` ≥ 0: a host that takes this long per batch beyond the device's time, in series (its
     answers and the next batch wait for it, a batch planned ahead too, which the engine would hand the
     device before the turn ends), reported to the scheduler apart from the device's time as a live
-    engine reports it (`Scheduler.complete`'s `device_ms`); 0: the host takes no time. `device_scale`: the
+    engine reports it (`Scheduler.complete`'s `device_ms`), and so the device idle that long before each batch
+    whose work waited for it (`idle_ms`: the host's gap, planned with under `SchedulerConfig.host_gap`); 0: the
+    host takes no time. `device_scale`: the
     device takes this × the profile's latency (a device slower or faster than profiled, as a live one may be:
     the scheduler corrects its predictions online, as it does live); 1: as profiled. `device_add_ms` ≥ 0: and
     this much more per batch, whatever its size (a serving path's copies and launches, which a profile of the
@@ -208,6 +210,7 @@ def run(
     i, n = 0, len(reqs)
     busy: tuple[BatchPlan, float, float, float | None] | None = None  # plan, end time, actual latency, idle before
     free: float | None = None  # when the device was last done with a batch (the host's turn follows)
+    waiting = False  # whether work waited for the device then, with no decision since to leave it idle
     ahead: BatchPlan | None = None  # planned while `busy` runs, to start when it ends
     full, ends = sched.config.max_batch, -math.inf
     wake: float | None = None
@@ -229,7 +232,8 @@ def run(
                 if end <= own[r.id]:
                     rec.r.on_time[r.id] = True
                     rec.r.utility[r.id] = app_by[r.app].utility * acc
-            sched.complete(plan, now, actual + host_ms, actual if host_ms > 0 else None, idle if host_ms > 0 else None)
+            sched.complete(plan, now, actual + host_ms, actual if host_ms > 0 else None, idle)
+            waiting = ahead is not None or sched.queued() > 0  # (as the engine judges it when it takes a batch up)
         while i < n and seen[i] <= now:
             j = i + 1
             if gateway is not None:  # one request's arrivals at once, as the server takes them
@@ -244,12 +248,12 @@ def run(
             plan, ahead = (ahead, None) if ahead is not None else (sched.next_batch(now), None)
             if plan is not None:
                 actual = _latency(plan, device, noise, rng) * device_scale + device_add_ms
-                busy = (plan, now + actual + host_ms, actual, host_idle_ms(plan, free, now))
+                busy = (plan, now + actual + host_ms, actual, host_idle_ms(free, now, waiting))
                 free = now + actual
-                ends = now + plan.predicted_ms  # when the engine expects the device to be done with it
+                ends = now + plan.predicted_ms - sched.overhead_ms  # when the engine expects the device done with it
                 rec.r.batches.append((now, plan.size, plan.gamma, plan.model))
             else:
-                wake = sched.next_wakeup(now)
+                wake, waiting = sched.next_wakeup(now), False
         if plan_ahead and busy is not None and ahead is None and sched.queued() >= full:
             ahead = sched.next_batch(max(now, ends))  # planned for then, started when it ends
         for r, why in sched.expired(now):

@@ -82,8 +82,8 @@ def test_one_at_a_time_in_order_with_each_error_its_own():
     assert futs[0].result()[2].probs.shape == (1, 2) and futs[2].result()[2].ms == 1.0
     with pytest.raises(RuntimeError, match="bad run"):
         futs[1].result()
-    t0, t1, _ = futs[0].result()
-    assert t0 <= t1
+    t0, t1, _, began = futs[0].result()
+    assert began == t0 <= t1  # one at a time, a batch begins when the thread takes it up
 
 
 def test_launching_ahead_holds_at_most_the_runners_slots():
@@ -96,6 +96,10 @@ def test_launching_ahead_holds_at_most_the_runners_slots():
         runner.go(k)
     dev.shutdown()
     assert runner.most_in_flight == 2 and [f.result()[2].probs[0, 0] for f in futs] == [0, 1, 2, 3, 4]
+    # each begun when launched: the third only once a slot came free, after the first was done
+    begun, done = [f.result()[3] for f in futs], [f.result()[1] for f in futs]
+    assert begun == sorted(begun) and begun[1] < done[0] <= begun[2]
+    assert all(b <= d for b, d in zip(begun, done, strict=True))
 
 
 @pytest.mark.parametrize("stage", ["launch", "ready", "wait"])

@@ -313,15 +313,16 @@ def test_a_decision_log_that_fails_stops_and_serving_goes_on(tmp_path):
         raise OSError(28, "No space left on device")
 
     dl._f.write = full
-    dl.write(0.0, 0.0, plan, 0)  # logged as a warning, not raised
-    dl.write(1.0, 1.0, plan, 0)  # and no more tries
+    dl.write(0.0, 0.0, plan, 0, 0.0)  # logged as a warning, not raised
+    dl.write(1.0, 1.0, plan, 0, 0.0)  # and no more tries
     dl.close()
 
 
 def test_the_device_waiting_for_the_host_is_measured_as_the_host_gap():
     """One batch at a time, the device waits for the event loop between batches; a loop that takes 20 ms to
     decide keeps it idle that long before each batch whose images were queued all along: the scheduler's
-    `host_gap_ms` measures it (two such batches at the EWMA's weight 0.1: at least 3.8 ms)."""
+    `host_gap_ms` measures it (two such batches at the EWMA's weight 0.1: at least 3.8 ms; a lower bound, not
+    a timing)."""
     import time
 
     async def main():
@@ -337,3 +338,27 @@ def test_the_device_waiting_for_the_host_is_measured_as_the_host_gap():
         return eng.scheduler.host_gap_ms
 
     assert asyncio.run(main()) >= 3.8
+
+
+def test_no_host_gap_is_measured_across_a_failed_batch():
+    """A failed batch has no end on the device to count from: the batch after it reports no idle time (without
+    the reset it would count the failed batch's whole turn, and the one before it, as the host's)."""
+    import time
+
+    async def main():
+        eng, gate, _ = engine(max_batch=2)
+        decide, complete, idles = eng.scheduler.next_batch, eng.scheduler.complete, []
+        eng.scheduler.next_batch = lambda start: time.sleep(0.02) or decide(start)
+        eng.scheduler.complete = lambda plan, now, ms, dev=None, idle=None: (
+            idles.append(idle) or complete(plan, now, ms, dev, idle)
+        )
+        await eng.start()
+        futs = [eng.submit_many("blur", [img(POISON if k == 1 else 2 * k + 1), img(2 * k + 2)]) for k in range(3)]
+        for _ in range(3):
+            await gate.step()
+        await asyncio.wait(futs)
+        await eng.stop()
+        return idles, [f.exception() is None for f in futs]
+
+    idles, ok = asyncio.run(main())
+    assert ok == [True, False, True] and idles == [None, None]

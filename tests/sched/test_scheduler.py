@@ -628,19 +628,14 @@ def test_a_device_slower_than_its_profile_is_not_forgotten_between_sparse_reques
 
 
 def test_host_idle_is_the_device_waiting_for_a_batch_whose_work_was_queued():
-    """`host_idle_ms`: the gap between the device's last end and a batch's start, counted only where some of
-    the batch was queued by that end (otherwise the device waited for work, not for the host)."""
+    """`host_idle_ms`: the gap between the device's last end and a batch's start, counted only where the batch's
+    work waited for the device (otherwise the device waited for work, or by the loop's choice: not the host)."""
     from otas.sched.scheduler import host_idle_ms
-    from otas.types import BatchPlan
 
-    def plan(*arrivals):
-        reqs = [Request(i, "a", t, t + 100.0) for i, t in enumerate(arrivals)]
-        return BatchPlan(reqs, gamma=0, predicted_ms=1.0, start_ms=0.0, model="m")
-
-    assert host_idle_ms(plan(1.0, 5.0), 2.0, 3.5) == pytest.approx(1.5)  # one query waited since 1
-    assert host_idle_ms(plan(1.0), 2.0, 1.0) == 0.0  # launched behind the batch before: no gap
-    assert host_idle_ms(plan(2.5, 3.0), 2.0, 3.5) is None  # nothing of it was queued when the device was free
-    assert host_idle_ms(plan(1.0), None, 3.5) is None  # no batch before it
+    assert host_idle_ms(2.0, 3.5, True) == pytest.approx(1.5)
+    assert host_idle_ms(2.0, 1.0, True) == 0.0  # launched behind the batch before: no gap
+    assert host_idle_ms(2.0, 3.5, False) is None  # nothing waited for the device
+    assert host_idle_ms(None, 3.5, True) is None  # no batch before it (or it failed)
 
 
 def test_host_gap_is_measured_always_and_planned_with_only_when_asked():
@@ -652,7 +647,7 @@ def test_host_gap_is_measured_always_and_planned_with_only_when_asked():
     for on in (False, True):
         s = Scheduler(apps, make_profile(), "fixed:0", SchedulerConfig(latency_ewma=1.0, host_gap=on))
         s.pipelined = True
-        base = s.predict(s.model, 0, 8)
+        base, fast = s.predict(s.model, 0, 8), s.fastest_ms(1)
         s.submit_many([Request(i, "a", 0.0, 1000.0) for i in range(8)], 0.0)
         plan = s.next_batch(0.0)
         device = plan.meta["profiled_ms"]
@@ -660,7 +655,7 @@ def test_host_gap_is_measured_always_and_planned_with_only_when_asked():
         assert s.host_gap_ms == pytest.approx(4.0) and s.host_lag_ms == pytest.approx(1.0)
         assert s.latency_factor(s.model) == pytest.approx(1.0)
         assert s.predict(s.model, 0, 8) == pytest.approx(base + (4.0 if on else 0.0))
-        assert s.fastest_ms(1) >= (4.0 if on else 0.0)
+        assert s.fastest_ms(1) == pytest.approx(fast + (4.0 if on else 0.0))
         s.pipelined = False  # one batch at a time: the host's lag, as without the gap
         assert s.predict(s.model, 0, 8) == pytest.approx(base + 1.0)
     with pytest.raises(ValueError, match="host_gap"):
@@ -669,25 +664,26 @@ def test_host_gap_is_measured_always_and_planned_with_only_when_asked():
 
 def test_the_simulated_host_is_measured_as_the_gap_between_batches(monkeypatch):
     """The simulator's host turn per batch (in series, planning ahead) is the device's idle time before each
-    batch that had work waiting: the scheduler's `host_gap_ms` converges to it, and planning with it
-    (`host_gap`) predicts the batches' true spacing."""
+    batch whose work waited: the scheduler's `host_gap_ms` follows it (the EWMA's last sample at weight 1), with
+    the gap planned with or not; without a host it stays 0."""
+    import numpy as np
+
+    import otas.sim.simulator as simulator
     from otas.sim.simulator import run
     from otas.sim.traces import Trace
 
-    apps = [App("a", 200.0, 1.0, "novel")]
-    seen = {}
+    apps, seen = [App("a", 200.0, 1.0, "novel")], {}
 
     class Spy(Scheduler):
         def complete(self, *a, **k):
             super().complete(*a, **k)
-            seen["gap"] = self.host_gap_ms
-
-    import numpy as np
-
-    import otas.sim.simulator as simulator
+            seen.setdefault(self.config.host_gap, []).append(self.host_gap_ms)
 
     monkeypatch.setattr(simulator, "Scheduler", Spy)
     trace = Trace("burst", np.linspace(0.0, 400.0, 2000), ["a"] * 2000)
-    cfg = SchedulerConfig(max_batch=8, latency_ewma=1.0)
-    run(trace, apps, make_profile(), "fixed:0", cfg, plan_ahead=True, host_ms=3.0)
-    assert seen["gap"] == pytest.approx(3.0)
+    for gap in (False, True):
+        cfg = SchedulerConfig(max_batch=8, latency_ewma=1.0, host_gap=gap)
+        run(trace, apps, make_profile(), "fixed:0", cfg, plan_ahead=True, host_ms=3.0)
+        assert seen.pop(gap)[-1] == pytest.approx(3.0)
+        run(trace, apps, make_profile(), "fixed:0", cfg, plan_ahead=True)
+        assert set(seen.pop(gap)) == {0.0}

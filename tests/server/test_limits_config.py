@@ -255,9 +255,9 @@ def test_a_port_in_use_and_an_unservable_policy_are_refused_before_the_model_loa
     check_policy("fixed:-8")
 
 
-@pytest.mark.parametrize("args,want", [([], False), (["--host-gap"], True), (["--no-host-gap"], False)])
-def test_otas_serve_plans_with_the_host_gap_only_when_asked(monkeypatch, args, want):
-    """`--host-gap` reaches the scheduler's config (off by default: measured, not planned with)."""
+@pytest.mark.parametrize("args,want", [([], True), (["--host-gap"], True), (["--no-host-gap"], False)])
+def test_otas_serve_plans_with_the_host_gap_unless_told_not_to(monkeypatch, args, want):
+    """`--host-gap` reaches the scheduler's config (on by default; off: measured, not planned with)."""
     import otas.server.main as main
 
     seen = {}
