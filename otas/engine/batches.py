@@ -127,9 +127,9 @@ class Batches:
             # queued then (`declined`: the loop chose to wait since)
             waited = b.launched_ms < self._taken_ms or self._waiting
             t0, done, out, began = b.job.result()
-            self._free_ms = done
             if len(out.probs) != len(b.ids):
                 raise RuntimeError(f"runner returned {len(out.probs)} results for a batch of {len(b.ids)}")
+            self._free_ms = done
             t1 = self._now_ms()
             if self._lateness is not None:  # (planning ahead, a plan counts the device's end: the loop's lag is apart)
                 end = done if self.scheduler.pipelined else t1

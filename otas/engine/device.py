@@ -141,6 +141,8 @@ class Device:
                 return
             if job.fut.set_running_or_notify_cancel():  # (cancelled before it was taken up: never run)
                 if self.pipelined:
+                    while flights and self._ready(flights[0]):  # done while this thread slept: read first, so
+                        self._read(flights)  # the new batch is not counted as launched behind it (the host's gap)
                     self._launch(job, flights)
                 else:
                     self._run(job)

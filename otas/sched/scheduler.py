@@ -8,8 +8,8 @@ the factor alone, an EWMA of measured / profiled), and, where the caller measure
 apart from the batch's whole turn (a live server: the device thread's time, and the wait for the
 event loop to take the result up), one additive per-batch host overhead (an EWMA of the rest),
 left out of the predictions for a caller that is `pipelined`. For such a caller, where it reports the
-device's idle time before a batch whose work was waiting (`complete`'s `idle_ms`: the host late with the
-batch), an EWMA of that gap, added to the predictions with `SchedulerConfig.host_gap`.
+device's idle time before a batch whose work waited for it (`complete`'s `idle_ms`: the host late with the
+batch), an EWMA of that gap, added to the predictions with `SchedulerConfig.host_gap` (the default).
 """
 
 from __future__ import annotations
@@ -171,10 +171,11 @@ class Scheduler:
 
     @property
     def host_gap_ms(self) -> float:
-        """The device's idle time before a batch whose work was already waiting when the batch before it
-        ended: the host handing batches over later than the device could take them (EWMA of `complete`'s
-        `idle_ms`; 0 where none is reported). Planning ahead on a host-bound server, batches follow each
-        other this much slower than their device time."""
+        """The device's idle time before a batch whose work waited for it (`host_idle_ms`): the host handing
+        batches over later than the device could take them (EWMA of `complete`'s `idle_ms`, learnt as the
+        latency correction is, with `latency_ewma` > 0 and a profiled batch; 0 where none is reported).
+        Planning ahead on a host-bound server, batches follow each other this much slower than their
+        device time."""
         return self._gap
 
     @property
@@ -432,8 +433,8 @@ class Scheduler:
         event loop, which serves requests meanwhile), a per-batch overhead that merging does not
         shorten: scaling the profile by it would make every batch look slower in proportion and
         send the policy to merge for a host-bound server. `idle_ms`: how long the device was idle before
-        this batch although its work was waiting when the batch before it ended (`host_gap_ms`); None:
-        not known, or the device was free for want of work."""
+        this batch although its work waited for it (`host_idle_ms`, `host_gap_ms`); None: not known, or the
+        device was free for want of work or by the caller's choice."""
         self._inflight = max(self._inflight - 1, 0)
         a = self.config.latency_ewma
         profiled = plan.meta.get("profiled_ms", 0.0)

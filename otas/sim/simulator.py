@@ -212,6 +212,7 @@ def run(
     free: float | None = None  # when the device was last done with a batch (the host's turn follows)
     waiting = False  # whether work waited for the device then, with no decision since to leave it idle
     ahead: BatchPlan | None = None  # planned while `busy` runs, to start when it ends
+    ahead_over = 0.0  # the host's part of its predicted time when it was planned
     full, ends = sched.config.max_batch, -math.inf
     wake: float | None = None
     while True:
@@ -245,17 +246,19 @@ def run(
                     rec.end(r.id, Outcome.REJECTED, rej.reason.value)
             i = j
         if busy is None:
+            over = ahead_over if ahead is not None else sched.overhead_ms  # (the host's part, as it was planned)
             plan, ahead = (ahead, None) if ahead is not None else (sched.next_batch(now), None)
             if plan is not None:
                 actual = _latency(plan, device, noise, rng) * device_scale + device_add_ms
                 busy = (plan, now + actual + host_ms, actual, host_idle_ms(free, now, waiting))
                 free = now + actual
-                ends = now + plan.predicted_ms - sched.overhead_ms  # when the engine expects the device done with it
+                ends = now + plan.predicted_ms - over  # when the engine expects the device to be done with it
                 rec.r.batches.append((now, plan.size, plan.gamma, plan.model))
             else:
                 wake, waiting = sched.next_wakeup(now), False
         if plan_ahead and busy is not None and ahead is None and sched.queued() >= full:
-            ahead = sched.next_batch(max(now, ends))  # planned for then, started when it ends
+            # planned for then, started when it ends
+            ahead, ahead_over = sched.next_batch(max(now, ends)), sched.overhead_ms
         for r, why in sched.expired(now):
             rec.end(r.id, Outcome.EXPIRED, why)
     missing = [k for k, o in enumerate(rec.r.outcome) if o is None]

@@ -362,3 +362,30 @@ def test_no_host_gap_is_measured_across_a_failed_batch():
 
     idles, ok = asyncio.run(main())
     assert ok == [True, False, True] and idles == [None, None]
+
+
+def test_a_batch_held_back_by_choice_is_not_the_hosts_gap():
+    """Work queued when a batch is taken up, then held by the policy (`max_queue_delay_ms`: a partial batch waits
+    for its oldest query to have waited 60 ms): the idle device is the scheduler's choice, not the host late
+    (`Batches.declined`), so the held batch reports no idle time, where it would count the whole hold."""
+    from otas.engine.engine import Engine
+    from tests.engine.test_ledger import Gate
+
+    async def main():
+        gate, obs = Gate(4), Ends()
+        cfg = SchedulerConfig(max_batch=4, max_queue_delay_ms=60.0)
+        eng = Engine(Scheduler(APPS, paced_profile(), "fixed:0", cfg), gate, obs)
+        complete, idles = eng.scheduler.complete, []
+        eng.scheduler.complete = lambda plan, now, ms, dev=None, idle=None: (
+            idles.append(idle) or complete(plan, now, ms, dev, idle)
+        )
+        await eng.start()
+        futs = [eng.submit_many("blur", [img(1), img(2), img(3), img(4)]), eng.submit_many("blur", [img(5), img(6)])]
+        await gate.step()  # the full batch; the two queued behind it are held, then run
+        await gate.step()
+        await asyncio.wait(futs)
+        await eng.stop()
+        return idles, gate.ran
+
+    idles, ran = asyncio.run(main())
+    assert ran == [[1, 2, 3, 4], [5, 6]] and idles == [None, None]
