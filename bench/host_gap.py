@@ -24,12 +24,11 @@ from dataclasses import replace
 from multiprocessing import Pool
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from otas.bench import workloads as suite  # noqa: E402
+from otas.bench import workloads_report as rep  # noqa: E402
 from otas.bench.replay import sim_window  # noqa: E402
 from otas.config import SchedulerConfig, load_apps  # noqa: E402
 from otas.plotting import pyplot, save  # noqa: E402
@@ -115,13 +114,12 @@ def run_suite(args: argparse.Namespace, argv: list[str] | None) -> None:
             best = {g: [max(u[(*c, p, g)] for p in policies[1:]) for c in cells] for g in (False, True)}
             line = {"host_ms": h, "load": lo, "cells": len(cells)}
             for g in (False, True):
-                r = [u[(*c, "otas", g)] / b if b > 0 else 1.0 for c, b in zip(cells, best[g], strict=True)]
-                line[f"otas/best_fixed_{'planned' if g else 'measured'}"] = _stats(r)
-            line["otas_planned/measured"] = _stats([u[(*c, "otas", True)] / u[(*c, "otas", False)] for c in cells])
-            line["best_fixed_planned/measured"] = _stats([a / b for a, b in zip(best[True], best[False], strict=True)])
-            line["otas_planned/best_fixed_measured"] = _stats(
-                [u[(*c, "otas", True)] / b for c, b in zip(cells, best[False], strict=True)]
-            )
+                r = [rep.ratio(u[(*c, "otas", g)], b) for c, b in zip(cells, best[g], strict=True)]
+                line[f"otas/best_fixed_{'planned' if g else 'measured'}"] = rep.stats(r)
+            planned, measured = ([u[(*c, "otas", g)] for c in cells] for g in (True, False))
+            line["otas_planned/measured"] = rep.stats(map(rep.ratio, planned, measured))
+            line["best_fixed_planned/measured"] = rep.stats(map(rep.ratio, best[True], best[False]))
+            line["otas_planned/best_fixed_measured"] = rep.stats(map(rep.ratio, planned, best[False]))
             summary.append(line)
             print(f"host {h:g} ms load {lo:g}: " + "  ".join(
                 f"{k} min {v['min']:.3f} geomean {v['geomean']:.3f}" for k, v in line.items() if isinstance(v, dict)
@@ -131,11 +129,6 @@ def run_suite(args: argparse.Namespace, argv: list[str] | None) -> None:
     meta = {**run_meta(__file__, argv), "suite": args.suite, "set": set_name, "seeds": seeds}
     (out / "host_gap_suite.json").write_text(json.dumps({"meta": meta, "summary": summary, "rows": rows}, indent=1))
     print(f"wrote {out / 'host_gap_suite.json'}")
-
-
-def _stats(xs: list[float]) -> dict[str, float]:
-    xs = sorted(xs)
-    return {"min": xs[0], "median": xs[len(xs) // 2], "geomean": float(np.exp(np.mean(np.log(xs)))), "n": len(xs)}
 
 
 def plot(rows: list[dict], path: Path) -> None:
