@@ -83,10 +83,9 @@ def main(argv: list[str] | None = None) -> None:
 def _suite_job(job: tuple) -> list[dict]:
     seed, set_name, n_requests, sets, load, host, policies = job
     w, cell = suite.seeded_cell(seed, set_name, n_requests=n_requests, sets=sets)
-    trace, rows = cell.trace(load), []
+    trace, profiles, rows = cell.trace(load), suite.online_profiles("otas", cell.profiles), []
     for policy in policies:
         for gap in (False, True):
-            profiles = suite.online_profiles("otas", cell.profiles)
             cfg = replace(cell.config, host_gap=gap)
             u = run(trace, cell.apps, profiles, policy, cfg, seed=w.seed, plan_ahead=True, host_ms=host).total_utility
             rows.append({"seed": seed, "load": load, "host_ms": host, "policy": policy, "host_gap": gap, "utility": u})

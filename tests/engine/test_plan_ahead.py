@@ -5,6 +5,7 @@ exactly once. The device is gated (`test_ledger.Gate`): nothing depends on timin
 
 import asyncio
 import json
+import time
 from collections import Counter
 
 import pytest
@@ -318,17 +319,30 @@ def test_a_decision_log_that_fails_stops_and_serving_goes_on(tmp_path):
     dl.close()
 
 
+def slow_decisions(eng: Engine, s: float = 0.02) -> None:
+    """Every decision of `eng`'s scheduler takes `s` more (the event loop blocked, as by a slow host)."""
+    decide = eng.scheduler.next_batch
+    eng.scheduler.next_batch = lambda start: time.sleep(s) or decide(start)
+
+
+def idles_reported(eng: Engine) -> list[float | None]:
+    """The `idle_ms` each batch reports to `eng`'s scheduler, in order (appended as they complete)."""
+    complete, idles = eng.scheduler.complete, []
+    eng.scheduler.complete = lambda plan, now, ms, dev=None, idle=None: (
+        idles.append(idle) or complete(plan, now, ms, dev, idle)
+    )
+    return idles
+
+
 def test_the_device_waiting_for_the_host_is_measured_as_the_host_gap():
     """One batch at a time, the device waits for the event loop between batches; a loop that takes 20 ms to
     decide keeps it idle that long before each batch whose images were queued all along: the scheduler's
     `host_gap_ms` measures it (two such batches at the EWMA's weight 0.1: at least 3.8 ms; a lower bound, not
     a timing)."""
-    import time
 
     async def main():
         eng, gate, _ = engine(max_batch=2)
-        decide = eng.scheduler.next_batch
-        eng.scheduler.next_batch = lambda start: time.sleep(0.02) or decide(start)
+        slow_decisions(eng)
         await eng.start()
         fut = eng.submit_many("blur", [img(i + 1) for i in range(6)])
         for _ in range(3):
@@ -343,15 +357,11 @@ def test_the_device_waiting_for_the_host_is_measured_as_the_host_gap():
 def test_no_host_gap_is_measured_across_a_failed_batch():
     """A failed batch has no end on the device to count from: the batch after it reports no idle time (without
     the reset it would count the failed batch's whole turn, and the one before it, as the host's)."""
-    import time
 
     async def main():
         eng, gate, _ = engine(max_batch=2)
-        decide, complete, idles = eng.scheduler.next_batch, eng.scheduler.complete, []
-        eng.scheduler.next_batch = lambda start: time.sleep(0.02) or decide(start)
-        eng.scheduler.complete = lambda plan, now, ms, dev=None, idle=None: (
-            idles.append(idle) or complete(plan, now, ms, dev, idle)
-        )
+        slow_decisions(eng)
+        idles = idles_reported(eng)
         await eng.start()
         futs = [eng.submit_many("blur", [img(POISON if k == 1 else 2 * k + 1), img(2 * k + 2)]) for k in range(3)]
         for _ in range(3):
@@ -368,17 +378,12 @@ def test_a_batch_held_back_by_choice_is_not_the_hosts_gap():
     """Work queued when a batch is taken up, then held by the policy (`max_queue_delay_ms`: a partial batch waits
     for its oldest query to have waited 60 ms): the idle device is the scheduler's choice, not the host late
     (`Batches.declined`), so the held batch reports no idle time, where it would count the whole hold."""
-    from otas.engine.engine import Engine
-    from tests.engine.test_ledger import Gate
 
     async def main():
-        gate, obs = Gate(4), Ends()
+        gate = Gate(4)
         cfg = SchedulerConfig(max_batch=4, max_queue_delay_ms=60.0)
-        eng = Engine(Scheduler(APPS, paced_profile(), "fixed:0", cfg), gate, obs)
-        complete, idles = eng.scheduler.complete, []
-        eng.scheduler.complete = lambda plan, now, ms, dev=None, idle=None: (
-            idles.append(idle) or complete(plan, now, ms, dev, idle)
-        )
+        eng = Engine(Scheduler(APPS, paced_profile(), "fixed:0", cfg), gate, Ends())
+        idles = idles_reported(eng)
         await eng.start()
         futs = [eng.submit_many("blur", [img(1), img(2), img(3), img(4)]), eng.submit_many("blur", [img(5), img(6)])]
         await gate.step()  # the full batch; the two queued behind it are held, then run
