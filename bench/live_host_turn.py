@@ -20,8 +20,8 @@ import numpy as np
 
 from otas.provenance import run_meta
 
-_METRICS = re.compile(r"pad/(?P<arm>[^/]+)/raw/metrics_.+_x(?P<load>[0-9.]+)_(?P<when>before|after)\.txt$")
-_LOG = re.compile(r"pad/dl_(?P<arm>[^/]+)\.jsonl$")
+_METRICS = re.compile(r"^[^/]+/(?P<arm>[^/]+)/raw/metrics_.+_x(?P<load>[0-9.]+)_(?P<when>before|after)\.txt$")
+_LOG = re.compile(r"^[^/]+/dl_(?P<arm>[^/]+)\.jsonl$")
 QUEUE_BANDS = (0, 250, 1000, 2500)
 
 
