@@ -136,7 +136,7 @@ def load_image_folder(
         with np.load(cached) as z:
             return ImageSet(z["images"], z["labels"], [str(c) for c in z["classes"]])
 
-    from rich.progress import Progress
+    from otas.progress import Progress
 
     items: list[tuple[str, str, np.ndarray]] = []
     bad: list[str] = []

@@ -15,12 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from rich.progress import Progress
 
 from otas.adapt import SOURCE, AdaptiveViT
 from otas.data.tasks import TASKS
 from otas.models.checkpoint import load_checkpoint, read_header
 from otas.profile.table import Profile
+from otas.progress import Progress
 from otas.provenance import run_meta
 from otas.train.common import evaluate, to_device
 from otas.train.data import TaskData, TaskSource, load_task, release_cifar

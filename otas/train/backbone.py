@@ -17,12 +17,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
 
 from otas.adapt import AdaptConfig, AdaptiveViT
 from otas.data.transforms import AUGMENTS, mix
 from otas.models.checkpoint import save_checkpoint
 from otas.models.registry import build_vit
+from otas.progress import Progress
 from otas.train.checks import check_optim
 from otas.train.common import autocast, batches, cosine_lr, evaluate, pick_device, source_data, train_batch
 from otas.train.state import load_state, save_state

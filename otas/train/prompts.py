@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from rich.progress import Progress
 
 from otas.adapt import AdaptConfig, AdaptiveViT
 from otas.adapt.config import DEFAULT_GAMMAS
@@ -26,6 +25,7 @@ from otas.adapt.vit import key
 from otas.data.tasks import DOWNSTREAM
 from otas.models.checkpoint import load_checkpoint, read_header, save_checkpoint
 from otas.models.registry import build_vit, check_timm_name
+from otas.progress import Progress
 from otas.train.checks import check_optim
 from otas.train.common import autocast, batches, cosine_lr, evaluate, pick_device, to_device, train_batch
 from otas.train.data import VAL_FRACTION, TaskSource, load_task, release_cifar

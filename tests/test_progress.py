@@ -1,0 +1,92 @@
+"""otas.progress: a bar on a terminal, plain lines in a log (where rich alone prints nothing until the end)."""
+
+import io
+
+import pytest
+from rich.console import Console
+
+from otas.progress import Progress, line
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _lines(out: io.StringIO) -> list[str]:
+    return [x for x in out.getvalue().splitlines() if x.strip()]  # (rich ends a transient display with a newline)
+
+
+def _bar(terminal: bool, clock: Clock, **kwargs) -> tuple[Progress, io.StringIO]:
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=terminal, width=120, color_system=None)
+    return Progress(console=console, get_time=clock, every_s=10, transient=True, **kwargs), out
+
+
+def test_a_log_gets_a_line_per_interval_and_one_at_the_end():
+    clock = Clock()
+    bar, out = _bar(False, clock)
+    with bar:
+        job = bar.add_task("[bold]train tiny", total=5)
+        for _ in range(5):
+            clock.t += 4
+            bar.advance(job)
+    lines = _lines(out)
+    assert lines == ["train tiny: 3/5 (60 %), 12s elapsed, about 8s left", "train tiny: 5/5 (100 %), 20s elapsed, done"]
+
+
+def test_a_task_without_total_ends_with_the_work_and_its_note_is_shown():
+    clock = Clock()
+    bar, out = _bar(False, clock)
+    with bar:
+        job = bar.add_task("decoding", total=None, msg="")
+        for i in range(3):
+            clock.t += 6
+            bar.update(job, advance=1, msg=f"loss {i}")
+    assert _lines(out) == [
+        "decoding: 2, 12s elapsed (loss 1)",
+        "decoding: 3, 18s elapsed, ended (loss 2)",
+    ]
+
+
+def test_short_work_prints_nothing_in_a_log():
+    clock = Clock()
+    bar, out = _bar(False, clock)
+    with bar:
+        job = bar.add_task("quick", total=3)
+        for _ in range(3):
+            clock.t += 1
+            bar.advance(job)
+    assert out.getvalue().strip() == ""
+
+
+def test_a_terminal_gets_the_bar_and_no_lines():
+    clock = Clock()
+    bar, out = _bar(True, clock)
+    with bar:
+        job = bar.add_task("train tiny", total=2)
+        for _ in range(2):
+            clock.t += 20
+            bar.advance(job)
+    assert "elapsed" not in out.getvalue()
+
+
+def test_disabled_prints_nothing():
+    clock = Clock()
+    bar, out = _bar(False, clock, disable=True)
+    with bar:
+        job = bar.add_task("x", total=2)
+        clock.t += 30
+        bar.advance(job)
+        bar.advance(job)
+    assert out.getvalue() == ""
+
+
+def test_line_spans_and_bad_interval():
+    assert line("p", 1, 4, 3725, 90) == "p: 1/4 (25 %), 1h02m elapsed, about 1m30s left"
+    assert line("p", 4, 4, 59.6, 0, end=True) == "p: 4/4 (100 %), 1m00s elapsed, done"
+    with pytest.raises(ValueError, match="every_s"):
+        Progress(every_s=0)
