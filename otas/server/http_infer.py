@@ -106,6 +106,22 @@ def _identity_encoding(request: Request) -> None:
         raise ProtocolError(400, "bad_header_length", f"{HEADER_LENGTH} given more than once; send it once")
 
 
+def _check_closed(ctype: str, body: bytes | bytearray) -> None:
+    """400 `bad_multipart` for a multipart body that stops before its closing delimiter (`--BOUNDARY--`): the
+    parser then yields no part at all, which would otherwise read as a request without an image. `ctype`: the
+    Content-Type header as sent (a boundary is case-sensitive)."""
+    boundary = next((p.split("=", 1)[1].strip().strip('"') for p in ctype.split(";")[1:]
+                     if p.strip().lower().startswith("boundary=")), "")  # fmt: skip
+    if not boundary:
+        raise ProtocolError(400, "bad_multipart", "multipart/form-data without a boundary parameter; send one")
+    closing = b"--" + boundary.encode("latin-1", "replace") + b"--"
+    if bytes(body).find(closing) < 0:  # (only on this error path: a scan of the body)
+        raise ProtocolError(
+            400, "bad_multipart", f"the multipart body ends before its closing delimiter {closing.decode('latin-1')}; "
+            "send the whole body"
+        )  # fmt: skip
+
+
 async def _classify_payload(request: Request, default_k: int) -> tuple[bytes, int]:
     """The image bytes and top_k of a classify request: multipart (field `image` or `file`),
     JSON {"image": base64, "top_k": k}, or a raw image/* body."""
@@ -121,6 +137,7 @@ async def _classify_payload(request: Request, default_k: int) -> tuple[bytes, in
             ) from None
         up = form.get("image") or form.get("file")
         if not isinstance(up, UploadFile):
+            _check_closed(request.headers.get("content-type", ""), await body_of(request))
             raise ProtocolError(400, "missing_image", "send the image as a multipart file field named `image`")
         data = await up.read()
         k = form.get("top_k", k)

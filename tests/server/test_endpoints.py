@@ -108,6 +108,7 @@ def _raw(data: bytes, ctype: str = "image/png") -> dict:
 
 
 FULL = SIZE * SIZE * 3
+_PART = b'--XyZ\r\nContent-Disposition: form-data; name="image"; filename="x.png"\r\nContent-Type: image/png\r\n\r\n'
 BAD = [
     # (what, (path, post kwargs or None for GET), status, reason)
     ("unknown model", ("/v2/models/nope/infer", {"json": infer_body()}), 404, "unknown_model"),
@@ -128,6 +129,8 @@ BAD = [
     ("bad datatype", (INFER, _tensor("INT64", [1], [1])), 400, "bad_datatype"),
     ("bad top_k", (CLASSIFY + "?top_k=zero", _b64(png())), 400, "bad_top_k"),
     ("no file field", (CLASSIFY, {"files": {"other": ("x.png", png(), "image/png")}}), 400, "missing_image"),
+    ("multipart cut short", (CLASSIFY, _raw(_PART + png(), "multipart/form-data; boundary=XyZ")), 400, "bad_multipart"),
+    ("multipart, no boundary", (CLASSIFY, _raw(_PART + png(), "multipart/form-data")), 400, "bad_multipart"),
     ("unsupported media", (CLASSIFY, _raw(b"abc", "text/plain")), 415, "unsupported_media_type"),
     ("unknown input", (INFER, {"json": {**infer_body(), "inputs": [{**infer_body()["inputs"][0], "name": "x"}]}}),
      400, "unknown_input"),
