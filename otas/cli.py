@@ -327,18 +327,14 @@ def predict_cmd(
     top_k: int = 3,
 ) -> None:
     """Classify images with the model at one γ and print the top-k labels."""
-    import warnings
-
-    from otas.adapt import SOURCE, MergeCapWarning
+    from otas.adapt import SOURCE
     from otas.predict import Predictor
 
     if top_k < 1:
         opt.fail(f"--top-k {top_k}: use a number of labels >= 1")
 
     try:
-        with warnings.catch_warnings():  # the capped merge schedule is the model's, not this call's news
-            warnings.simplefilter("ignore", MergeCapWarning)
-            pred = Predictor.load(model)
+        pred = Predictor.load(model)
         if task is None:  # a package trained for its own tasks has no `novel`
             task = next((t for t in pred.model.tasks if t != SOURCE), pred.model.tasks[0])
         results = pred.classify_files(images, task, gamma, top_k)

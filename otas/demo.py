@@ -9,14 +9,12 @@ from __future__ import annotations
 import random
 import statistics
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from otas.adapt import MergeCapWarning
 from otas.predict import Predictor, sample_dir
 
 
@@ -51,16 +49,14 @@ def _time_gammas(pred: Predictor, x: np.ndarray, task: str, gammas: list[int], r
 
 
 def run_demo(model_path: Path | None, console: Console) -> None:
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", MergeCapWarning)
-        pred = Predictor.load(model_path)
+    pred = Predictor.load(model_path)
     model = pred.model
     tasks = list(model.config.tasks)
     console.print(
         f"[bold]model[/] {model_path or 'shipped default'}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M "
         f"parameters, {model.num_tokens} tokens, Γ = {list(model.config.gammas)}, tasks {tasks}"
     )
-    if any(issubclass(w.category, MergeCapWarning) for w in caught):
+    if model.merge_caps:
         console.print(
             f"[dim]at γ ≤ {max(model.merge_caps)} the last blocks run short of tokens, so fewer than |γ| are merged "
             "there (the profile measures exactly that schedule)[/]"

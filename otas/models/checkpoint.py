@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -18,9 +20,11 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from otas.adapt import AdaptConfig, AdaptiveViT
+from otas.adapt import AdaptConfig, AdaptiveViT, MergeCapWarning
 from otas.data.preprocess import Preprocess
 from otas.models.registry import build_vit
+
+log = logging.getLogger(__name__)
 
 FORMAT = "otas.checkpoint/1"
 
@@ -161,11 +165,18 @@ def model_from_header(
     try:
         vit = build_vit(arch or header["arch"], header["num_classes"], **overrides)
         pre = Preprocess.from_dict(header["preprocess"]) if "preprocess" in header else None  # older files: the arch's
-        model = AdaptiveViT(vit, AdaptConfig(**cfg), header.get("source_classes"), pre)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", MergeCapWarning)
+            model = AdaptiveViT(vit, AdaptConfig(**cfg), header.get("source_classes"), pre)
     except (TypeError, KeyError, AssertionError, AttributeError, RuntimeError, ZeroDivisionError) as e:  # timm's checks
         raise ValueError(
             f"the checkpoint header describes a model that cannot be built ({type(e).__name__}: {str(e)[:200]})"
         ) from None
+    for w in caught:  # a saved model's capped merge schedule is its own, profiled as it is: not a warning here
+        if issubclass(w.category, MergeCapWarning):
+            log.info("merge schedule: %s", w.message)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     model.task_classes = header.get("task_classes") or {}
     return model
 

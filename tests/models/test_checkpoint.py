@@ -1,8 +1,11 @@
+import logging
+import warnings
+
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from otas.adapt import AdaptConfig, AdaptiveViT
+from otas.adapt import AdaptConfig, AdaptiveViT, MergeCapWarning
 from otas.models.checkpoint import load_checkpoint, read_header, save_checkpoint
 from otas.models.registry import build_vit
 
@@ -134,3 +137,18 @@ def test_unreachable_pretrained_weights_are_a_clear_error(monkeypatch):
     monkeypatch.setattr(timm, "create_model", offline)
     with pytest.raises(ValueError, match="cannot fetch timm:vit_tiny_patch16_224's pretrained .*--pretrained-file"):
         build_vit("timm:vit_tiny_patch16_224", 10, pretrained=True)
+
+
+def test_a_saved_models_capped_merge_schedule_is_logged_not_warned(tmp_path, caplog):
+    """Building a model whose γ asks for more merges than its last blocks hold warns (`MergeCapWarning`); a
+    saved model's schedule is its own, profiled as it is, so loading it logs the schedule at INFO instead."""
+    torch.manual_seed(0)
+    vit = build_vit("vit_tiny_p2", 5, img_size=16, depth=4)  # 65 tokens: γ = -20 runs short in the last blocks
+    with pytest.warns(MergeCapWarning):
+        m = AdaptiveViT(vit, AdaptConfig(gammas=(-20, 0), tasks={"novel": 5}), source_classes=list("abcde"))
+    save_checkpoint(m.eval(), tmp_path / "m.safetensors", {})
+    with warnings.catch_warnings(), caplog.at_level(logging.INFO, logger="otas.models.checkpoint"):
+        warnings.simplefilter("error", MergeCapWarning)
+        back = load_checkpoint(tmp_path / "m.safetensors")
+    assert back.merge_caps == m.merge_caps and -20 in back.merge_caps
+    assert "merge schedule" in caplog.text and "gamma=-20" in caplog.text
