@@ -33,8 +33,19 @@ class Progress(_RichProgress):
 
     def add_task(self, description: str, *args, **kwargs) -> TaskID:
         task_id = super().add_task(description, *args, **kwargs)
-        self._logged[task_id] = self.get_time()
+        self._forget(task_id)
         return task_id
+
+    def reset(self, task_id: TaskID, **kwargs) -> None:  # type: ignore[override]
+        super().reset(task_id, **kwargs)
+        self._forget(task_id)  # a task started again reports again
+
+    def remove_task(self, task_id: TaskID) -> None:
+        super().remove_task(task_id)
+        with self._lock:
+            self._logged.pop(task_id, None)
+            self._printed.discard(task_id)
+            self._ended.discard(task_id)
 
     def update(self, task_id: TaskID, **kwargs) -> None:  # type: ignore[override]
         super().update(task_id, **kwargs)
@@ -45,29 +56,40 @@ class Progress(_RichProgress):
         self._log(task_id)
 
     def stop(self) -> None:
-        for task_id in list(self._logged):  # a task with no total (or left short) ends with the work
-            self._log(task_id, end=True)
-        super().stop()
+        try:
+            for task_id in list(self._logged):  # a task with no total (or left short) ends with the work
+                self._log(task_id, end=True)
+        finally:
+            super().stop()
+
+    def _forget(self, task_id: TaskID) -> None:
+        with self._lock:
+            self._logged[task_id] = self.get_time()
+            self._printed.discard(task_id)
+            self._ended.discard(task_id)
 
     def _log(self, task_id: TaskID, end: bool = False) -> None:
-        if self.disable or self.console.is_terminal or task_id in self._ended:
+        # rich draws where the console is interactive (a dumb terminal is not), and in a notebook's widget
+        if self.disable or self.console.is_interactive or self.console.is_jupyter:
             return
-        with self._lock:
-            task = self._tasks[task_id]
-        now = self.get_time()
-        end = end or (task.total is not None and task.completed >= task.total)
-        due = now - self._logged[task_id] >= self.every_s
-        if end:
-            self._ended.add(task_id)
-            if not (due or task_id in self._printed):  # short work: no line
+        with self._lock:  # (re-entrant; rich's `track` advances from its own thread)
+            task = self._tasks.get(task_id)
+            if task is None or task_id in self._ended:
                 return
-        elif not due:
-            return
-        self._logged[task_id] = now
-        self._printed.add(task_id)
-        what = Text.from_markup(task.description).plain
-        text = line(what, task.completed, task.total, task.elapsed, task.time_remaining, end)
-        note = task.fields.get("msg")  # the training loops' loss and accuracy column
+            now = self.get_time()
+            end = end or (task.total is not None and task.completed >= task.total)
+            due = now - self._logged[task_id] >= self.every_s
+            if end:
+                self._ended.add(task_id)
+                if not (due or task_id in self._printed):  # short work: no line
+                    return
+            elif not due:
+                return
+            self._logged[task_id] = now
+            self._printed.add(task_id)
+            what = Text.from_markup(task.description).plain
+            text = line(what, task.completed, task.total, task.elapsed, task.time_remaining, end)
+            note = task.fields.get("msg")  # the training loops' loss and accuracy column
         self.console.print(f"{text} ({note})" if note else text, markup=False, highlight=False)
 
 

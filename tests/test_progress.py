@@ -20,9 +20,9 @@ def _lines(out: io.StringIO) -> list[str]:
     return [x for x in out.getvalue().splitlines() if x.strip()]  # (rich ends a transient display with a newline)
 
 
-def _bar(terminal: bool, clock: Clock, **kwargs) -> tuple[Progress, io.StringIO]:
+def _bar(terminal: bool, clock: Clock, interactive: bool | None = None, **kwargs) -> tuple[Progress, io.StringIO]:
     out = io.StringIO()
-    console = Console(file=out, force_terminal=terminal, width=120, color_system=None)
+    console = Console(file=out, force_terminal=terminal, force_interactive=interactive, width=120, color_system=None)
     return Progress(console=console, get_time=clock, every_s=10, transient=True, **kwargs), out
 
 
@@ -65,7 +65,7 @@ def test_short_work_prints_nothing_in_a_log():
 
 def test_a_terminal_gets_the_bar_and_no_lines():
     clock = Clock()
-    bar, out = _bar(True, clock)
+    bar, out = _bar(True, clock, interactive=True)
     with bar:
         job = bar.add_task("train tiny", total=2)
         for _ in range(2):
@@ -90,3 +90,32 @@ def test_line_spans_and_bad_interval():
     assert line("p", 4, 4, 59.6, 0, end=True) == "p: 4/4 (100 %), 1m00s elapsed, done"
     with pytest.raises(ValueError, match="every_s"):
         Progress(every_s=0)
+
+
+def test_a_dumb_terminal_gets_lines_as_a_log_does():
+    """rich draws only where the console is interactive: a terminal that is not (TERM=dumb) gets the lines."""
+    clock = Clock()
+    bar, out = _bar(True, clock, interactive=False)
+    with bar:
+        job = bar.add_task("train tiny", total=2)
+        for _ in range(2):
+            clock.t += 20
+            bar.advance(job)
+    assert "train tiny: 2/2 (100 %), 40s elapsed, done" in out.getvalue()
+
+
+def test_removed_and_reset_tasks():
+    clock = Clock()
+    bar, out = _bar(False, clock)
+    with bar:
+        gone = bar.add_task("gone", total=None)
+        clock.t += 20
+        bar.remove_task(gone)  # its state leaves with it: stopping does not look it up
+        job = bar.add_task("again", total=1)
+        clock.t += 20
+        bar.advance(job)
+        bar.reset(job, total=1)  # started again: reports again
+        clock.t += 20
+        bar.advance(job)
+    assert _lines(out) == ["again: 1/1 (100 %), 20s elapsed, done", "again: 1/1 (100 %), 20s elapsed, done"]
+    assert not bar.live.is_started

@@ -165,18 +165,13 @@ def model_from_header(
     try:
         vit = build_vit(arch or header["arch"], header["num_classes"], **overrides)
         pre = Preprocess.from_dict(header["preprocess"]) if "preprocess" in header else None  # older files: the arch's
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", MergeCapWarning)
+        with warnings.catch_warnings():  # a saved model's capped schedule is its own: `load_checkpoint` logs it
+            warnings.simplefilter("ignore", MergeCapWarning)
             model = AdaptiveViT(vit, AdaptConfig(**cfg), header.get("source_classes"), pre)
     except (TypeError, KeyError, AssertionError, AttributeError, RuntimeError, ZeroDivisionError) as e:  # timm's checks
         raise ValueError(
             f"the checkpoint header describes a model that cannot be built ({type(e).__name__}: {str(e)[:200]})"
         ) from None
-    for w in caught:  # a saved model's capped merge schedule is its own, profiled as it is: not a warning here
-        if issubclass(w.category, MergeCapWarning):
-            log.info("merge schedule: %s", w.message)
-        else:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     model.task_classes = header.get("task_classes") or {}
     return model
 
@@ -202,6 +197,10 @@ def load_checkpoint(
     except ValueError as e:
         raise ValueError(str(e) if str(p) in str(e) else f"{p}: {e}") from None
     model = model_from_header(header, gammas)
+    if model.merge_caps:  # the schedule it was trained and profiled with, capped where the last blocks run short
+        caps = "; ".join(f"gamma={g}: {s}" for g, s in sorted(model.merge_caps.items()))
+        log.info("merge schedule of %s: r capped in the last blocks (%d tokens), merged per block: %s", p.name,
+                 model.num_tokens, caps)  # fmt: skip
     state = load_file(str(p))
     if bad := [k for k, v in state.items() if not torch.isfinite(v).all()]:
         raise ValueError(f"{p}: tensors holding NaN or infinity: {bad[:3]}; the weights are corrupt")

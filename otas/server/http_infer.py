@@ -11,12 +11,13 @@ import logging
 import time
 from typing import Any
 
+from python_multipart.multipart import parse_options_header
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from otas.server.errors import ProtocolError
-from otas.server.guard import ARRIVAL, TICKET, body_of, until_disconnect
+from otas.server.guard import ARRIVAL, BODY, TICKET, body_of, until_disconnect
 from otas.server.handlers import config_of, engine_of, guarded, model_of
 from otas.server.http_codec import HEADER_LENGTH, check_values, encode_infer, header_bytes, parse_classify, parse_infer
 from otas.server.inference import check_app, decode_all, delivered, run
@@ -107,15 +108,13 @@ def _identity_encoding(request: Request) -> None:
 
 
 def _check_closed(ctype: str, body: bytes | bytearray) -> None:
-    """400 `bad_multipart` for a multipart body that stops before its closing delimiter (`--BOUNDARY--`): the
-    parser then yields no part at all, which would otherwise read as a request without an image. `ctype`: the
-    Content-Type header as sent (a boundary is case-sensitive)."""
-    boundary = next((p.split("=", 1)[1].strip().strip('"') for p in ctype.split(";")[1:]
-                     if p.strip().lower().startswith("boundary=")), "")  # fmt: skip
-    if not boundary:
-        raise ProtocolError(400, "bad_multipart", "multipart/form-data without a boundary parameter; send one")
-    closing = b"--" + boundary.encode("latin-1", "replace") + b"--"
-    if bytes(body).find(closing) < 0:  # (only on this error path: a scan of the body)
+    """400 `bad_multipart` for a multipart body that stops before its closing delimiter (`--BOUNDARY--`), an
+    empty one included: the parser then yields no part at all, which would otherwise read as a request without
+    an image. `ctype`: the Content-Type header as sent (a boundary is case-sensitive), parsed as the multipart
+    parser parses it (a body without a boundary never gets here: the parser refuses it)."""
+    boundary = parse_options_header(ctype)[1].get(b"boundary", b"")
+    closing = b"--" + boundary + b"--"
+    if body.find(closing) < 0:  # (only on this error path: a scan of the body)
         raise ProtocolError(
             400, "bad_multipart", f"the multipart body ends before its closing delimiter {closing.decode('latin-1')}; "
             "send the whole body"
@@ -137,7 +136,7 @@ async def _classify_payload(request: Request, default_k: int) -> tuple[bytes, in
             ) from None
         up = form.get("image") or form.get("file")
         if not isinstance(up, UploadFile):
-            _check_closed(request.headers.get("content-type", ""), await body_of(request))
+            _check_closed(request.headers.get("content-type", ""), request.scope.get(BODY) or b"")
             raise ProtocolError(400, "missing_image", "send the image as a multipart file field named `image`")
         data = await up.read()
         k = form.get("top_k", k)

@@ -131,6 +131,9 @@ BAD = [
     ("no file field", (CLASSIFY, {"files": {"other": ("x.png", png(), "image/png")}}), 400, "missing_image"),
     ("multipart cut short", (CLASSIFY, _raw(_PART + png(), "multipart/form-data; boundary=XyZ")), 400, "bad_multipart"),
     ("multipart, no boundary", (CLASSIFY, _raw(_PART + png(), "multipart/form-data")), 400, "bad_multipart"),
+    ("multipart, empty", (CLASSIFY, _raw(b"", "multipart/form-data; boundary=XyZ")), 400, "bad_multipart"),
+    ("multipart, quoted boundary, no image", (CLASSIFY, _raw(b'--X;y\r\nContent-Disposition: form-data; name="a"\r\n'
+     b"\r\n1\r\n--X;y--\r\n", 'multipart/form-data; Boundary="X;y"')), 400, "missing_image"),
     ("unsupported media", (CLASSIFY, _raw(b"abc", "text/plain")), 415, "unsupported_media_type"),
     ("unknown input", (INFER, {"json": {**infer_body(), "inputs": [{**infer_body()["inputs"][0], "name": "x"}]}}),
      400, "unknown_input"),

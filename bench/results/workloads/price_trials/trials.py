@@ -20,6 +20,7 @@ Each trial patches the shipped policy in this process, then runs bench/workload_
 
 from __future__ import annotations
 
+import multiprocessing
 import sys
 from pathlib import Path
 
@@ -134,8 +135,13 @@ def _backlog(rule) -> None:
         f = getattr(price.DevicePrice, name)
 
         def g(self, now_ms, backlog=None, scale=1.0, f=f):
-            if backlog is not None:
+            if backlog is not None and not getattr(self, "_ruled", False):  # (shared_price may fall back to price)
                 backlog = rule(self, now_ms, np.asarray(backlog, float))
+                self._ruled = True
+                try:
+                    return f(self, now_ms, backlog, scale)
+                finally:
+                    self._ruled = False
             return f(self, now_ms, backlog, scale)
 
         setattr(price.DevicePrice, name, g)
@@ -154,6 +160,7 @@ if __name__ == "__main__":
     trial = sys.argv.pop(1)
     if trial not in TRIALS:
         raise SystemExit(f"trial {trial!r}: use one of {', '.join(TRIALS)}")
+    multiprocessing.set_start_method("fork")  # the workers inherit the patch (spawned ones would run base)
     TRIALS[trial]()
     import workload_ablation  # noqa: E402 (bench/, after the patch)
 
