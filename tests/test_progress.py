@@ -26,14 +26,19 @@ def _bar(terminal: bool, clock: Clock, interactive: bool | None = None, **kwargs
     return Progress(console=console, get_time=clock, every_s=10, transient=True, **kwargs), out
 
 
+def _advance(bar: Progress, clock: Clock, description: str, total: int | None, steps: int, dt: float) -> None:
+    """A task of `total` advanced `steps` times, `dt` seconds apart."""
+    job = bar.add_task(description, total=total)
+    for _ in range(steps):
+        clock.t += dt
+        bar.advance(job)
+
+
 def test_a_log_gets_a_line_per_interval_and_one_at_the_end():
     clock = Clock()
     bar, out = _bar(False, clock)
     with bar:
-        job = bar.add_task("[bold]train tiny", total=5)
-        for _ in range(5):
-            clock.t += 4
-            bar.advance(job)
+        _advance(bar, clock, "[bold]train tiny", 5, 5, 4)
     lines = _lines(out)
     assert lines == ["train tiny: 3/5 (60 %), 12s elapsed, about 8s left", "train tiny: 5/5 (100 %), 20s elapsed, done"]
 
@@ -56,10 +61,7 @@ def test_short_work_prints_nothing_in_a_log():
     clock = Clock()
     bar, out = _bar(False, clock)
     with bar:
-        job = bar.add_task("quick", total=3)
-        for _ in range(3):
-            clock.t += 1
-            bar.advance(job)
+        _advance(bar, clock, "quick", 3, 3, 1)
     assert out.getvalue().strip() == ""
 
 
@@ -67,10 +69,7 @@ def test_a_terminal_gets_the_bar_and_no_lines():
     clock = Clock()
     bar, out = _bar(True, clock, interactive=True)
     with bar:
-        job = bar.add_task("train tiny", total=2)
-        for _ in range(2):
-            clock.t += 20
-            bar.advance(job)
+        _advance(bar, clock, "train tiny", 2, 2, 20)
     assert "elapsed" not in out.getvalue()
 
 
@@ -97,10 +96,7 @@ def test_a_dumb_terminal_gets_lines_as_a_log_does():
     clock = Clock()
     bar, out = _bar(True, clock, interactive=False)
     with bar:
-        job = bar.add_task("train tiny", total=2)
-        for _ in range(2):
-            clock.t += 20
-            bar.advance(job)
+        _advance(bar, clock, "train tiny", 2, 2, 20)
     assert "train tiny: 2/2 (100 %), 40s elapsed, done" in out.getvalue()
 
 
